@@ -1,0 +1,671 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+
+import {IJobMarket} from "./interfaces/IJobMarket.sol";
+import {IStakeManager} from "./interfaces/IStakeManager.sol";
+import {Job, JobParams, JobState, AssignTicket} from "./types/Job.sol";
+import {Payout} from "./libraries/Payout.sol";
+
+/// @title JobMarket
+/// @notice Escrow and lifecycle of compute jobs: clients escrow a reward and an audit fee, the
+/// market assigns a staked worker with a signed ticket, the worker commits its result hash, a
+/// random draw taken after the commit decides whether a verifier re-runs the job, and anyone can
+/// settle a job once its windows have passed. Payments are pulled with `withdraw`.
+/// @dev Only keccak256(abi.encode(job)) is stored per job; callers pass the record (see Job).
+/// Solvency: token.balanceOf(this) == sum of open escrows (reward + auditFee of jobs in Posted,
+/// Assigned, Committed or Audited; reward of jobs in AuditFailed or Appealed) + sum of
+/// withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never freezes
+/// settlement, verdicts, reclaim or withdraw.
+contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712, IJobMarket {
+    using SafeERC20 for IERC20;
+    using SafeCast for uint256;
+
+    bytes32 public constant ASSIGNER_ROLE = keccak256("ASSIGNER_ROLE");
+    bytes32 public constant VERIFIER_ROLE = keccak256("VERIFIER_ROLE");
+    bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+
+    bytes32 private constant _TICKET_TYPEHASH =
+        keccak256("AssignTicket(address worker,uint256[] jobIds,uint16 auditBps,uint40 leaseExpiry)");
+
+    /// @notice Deployment parameters.
+    /// @param feeBps protocol fee on each paid reward, in basis points (rounded up)
+    /// @param minAuditBps floor of every job's audit probability
+    /// @param challengeWindow seconds after a commit before an unaudited job can be paid
+    /// @param auditWindow seconds after the challenge window for the verifier's verdict (and,
+    /// after an appeal, for the appeal verdict)
+    /// @param appealWindow seconds after a failed audit during which the worker may appeal
+    struct Config {
+        uint16 feeBps;
+        uint16 minAuditBps;
+        uint40 challengeWindow;
+        uint40 auditWindow;
+        uint40 appealWindow;
+    }
+
+    /// @dev Hot per-account state, one slot: updated by every payment.
+    struct Account {
+        uint112 withdrawable;
+        uint112 earned;
+        uint32 completed;
+    }
+
+    /// @dev Colder per-account state, one slot.
+    struct Record {
+        uint128 withdrawn;
+        uint32 missed;
+        uint32 slashed;
+        uint32 auditsPassed;
+    }
+
+    /// @dev Credits gathered while settling, written once per run of equal addresses.
+    struct Pending {
+        address worker;
+        uint256 workerPay;
+        uint256 unlock;
+        uint256 completed;
+        address client;
+        uint256 clientRefund;
+        uint256 fees;
+    }
+
+    IERC20 private immutable _token;
+    IStakeManager private immutable _stakes;
+    uint16 private immutable _feeBps;
+    uint16 private immutable _minAuditBps;
+    uint40 private immutable _challengeWindow;
+    uint40 private immutable _auditWindow;
+    uint40 private immutable _appealWindow;
+
+    address private _feeRecipient;
+    uint256 private _nextJobId = 1;
+    mapping(uint256 jobId => bytes32 digest) private _jobDigest;
+    mapping(address account => Account) private _accounts;
+    mapping(address account => Record) private _records;
+
+    constructor(IERC20 token_, IStakeManager stakes_, address admin, address feeRecipient_, Config memory cfg)
+        EIP712("MeshJobMarket", "1")
+    {
+        if (address(token_) == address(0) || address(stakes_) == address(0)) revert ZeroAddress();
+        if (admin == address(0) || feeRecipient_ == address(0)) revert ZeroAddress();
+        if (address(stakes_.token()) != address(token_)) revert TokenMismatch();
+        if (cfg.feeBps > Payout.BPS) revert InvalidBps(cfg.feeBps);
+        if (cfg.minAuditBps > Payout.BPS) revert InvalidBps(cfg.minAuditBps);
+        uint256 windows =
+            uint256(cfg.challengeWindow) + cfg.auditWindow + cfg.appealWindow + cfg.auditWindow;
+        if (stakes_.unbondingDelay() <= windows) revert UnbondingTooShort(stakes_.unbondingDelay(), windows);
+        _token = token_;
+        _stakes = stakes_;
+        _feeBps = cfg.feeBps;
+        _minAuditBps = cfg.minAuditBps;
+        _challengeWindow = cfg.challengeWindow;
+        _auditWindow = cfg.auditWindow;
+        _appealWindow = cfg.appealWindow;
+        _feeRecipient = feeRecipient_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(PAUSER_ROLE, admin);
+        emit FeeRecipientSet(feeRecipient_);
+    }
+
+    // ================================================================== clients
+
+    /// @notice Post one job, escrowing `reward + auditFee` from the caller (needs an allowance).
+    function postJob(JobParams calldata params) external whenNotPaused nonReentrant returns (uint256 jobId) {
+        jobId = _nextJobId;
+        _nextJobId = jobId + 1;
+        uint256 escrow = _recordPost(jobId, params);
+        _token.safeTransferFrom(msg.sender, address(this), escrow);
+    }
+
+    /// @notice Post a batch of jobs (the shards of one submission) with one token transfer.
+    /// @return firstJobId the id of the first job; the others follow consecutively
+    function postJobs(JobParams[] calldata params) external whenNotPaused nonReentrant returns (uint256 firstJobId) {
+        return _postJobs(params);
+    }
+
+    /// @notice `postJobs` with an EIP-2612 permit, so a client with no prior approval needs one
+    /// transaction. A permit that fails (for example because someone front-ran it) is ignored
+    /// and the allowance already in place is used.
+    function postJobsWithPermit(
+        JobParams[] calldata params,
+        uint256 permitValue,
+        uint256 permitDeadline,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external whenNotPaused nonReentrant returns (uint256 firstJobId) {
+        try IERC20Permit(address(_token)).permit(msg.sender, address(this), permitValue, permitDeadline, v, r, s) {}
+            catch {}
+        return _postJobs(params);
+    }
+
+    /// @notice Take back the escrow of a job that has no committed result after its deadline.
+    /// Works while paused and needs nobody's help.
+    function reclaim(uint256 jobId, Job calldata job) external nonReentrant {
+        _checkRecord(jobId, job);
+        if (msg.sender != job.client) revert NotJobClient(jobId, msg.sender);
+        if (job.state != JobState.Posted && job.state != JobState.Assigned) revert InvalidJobState(jobId, job.state);
+        if (block.timestamp <= job.deadline) revert DeadlineNotReached(jobId, job.deadline);
+        Job memory j = job;
+        j.state = JobState.Refunded;
+        _store(jobId, j);
+        uint256 amount = uint256(j.reward) + j.auditFee;
+        emit JobRefunded(jobId, j.client, amount);
+        if (job.state == JobState.Assigned) {
+            _records[j.worker].missed += 1;
+            emit LeaseExpired(jobId, j.worker);
+            _stakes.unlock(j.worker, j.collateral);
+        }
+        _token.safeTransfer(j.client, amount);
+    }
+
+    // ================================================================== workers
+
+    /// @notice Take the jobs of a market-signed ticket: the caller must be the ticket's worker
+    /// and must have free stake for their collateral, which stays locked until the jobs end.
+    /// A job whose previous lease expired is taken over; a job the caller already holds has its
+    /// lease extended.
+    function assign(Job[] calldata jobs, AssignTicket calldata ticket, bytes calldata signature)
+        external
+        whenNotPaused
+        nonReentrant
+    {
+        _assign(jobs, ticket, signature);
+    }
+
+    /// @notice Commit result hashes of jobs the caller holds, before their deadlines.
+    function commitResults(uint256[] calldata jobIds, Job[] calldata jobs, bytes32[] calldata resultHashes)
+        external
+        whenNotPaused
+        nonReentrant
+    {
+        uint256 n = jobIds.length;
+        if (n == 0) revert EmptyBatch();
+        if (jobs.length != n || resultHashes.length != n) revert LengthMismatch();
+        for (uint256 i = 0; i < n; ++i) {
+            _checkRecord(jobIds[i], jobs[i]);
+            _commit(jobIds[i], jobs[i], resultHashes[i]);
+        }
+    }
+
+    /// @notice `assign` and `commitResults` in one transaction, for a worker that computed the
+    /// results while holding the ticket off chain.
+    function assignAndCommit(
+        Job[] calldata jobs,
+        AssignTicket calldata ticket,
+        bytes calldata signature,
+        bytes32[] calldata resultHashes
+    ) external whenNotPaused nonReentrant {
+        if (resultHashes.length != jobs.length) revert LengthMismatch();
+        Job[] memory held = _assign(jobs, ticket, signature);
+        for (uint256 i = 0; i < held.length; ++i) {
+            _commit(ticket.jobIds[i], held[i], resultHashes[i]);
+        }
+    }
+
+    /// @notice Appeal a failed audit, once, within the appeal window. A second verifier then
+    /// recomputes; without its verdict the first one stands.
+    function appeal(uint256 jobId, Job calldata job) external whenNotPaused nonReentrant {
+        _checkRecord(jobId, job);
+        if (msg.sender != job.worker) revert NotAssignedWorker(jobId, msg.sender);
+        if (job.state != JobState.AuditFailed) revert InvalidJobState(jobId, job.state);
+        uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        Job memory j = job;
+        j.state = JobState.Appealed;
+        _store(jobId, j);
+        emit AuditAppealed(jobId, msg.sender);
+    }
+
+    /// @notice Withdraw everything credited to the caller: earnings, audit fees, refunds.
+    function withdraw() external nonReentrant returns (uint256 amount) {
+        Account storage a = _accounts[msg.sender];
+        amount = a.withdrawable;
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        a.withdrawable = 0;
+        _records[msg.sender].withdrawn += amount.toUint128();
+        emit Withdrawn(msg.sender, amount);
+        _token.safeTransfer(msg.sender, amount);
+    }
+
+    // ================================================================== verifiers
+
+    /// @notice Post the verdict on a job drawn for audit, with the hash of the evidence (the
+    /// hashes of every output compared and the tolerance policy). A pass pays the worker at
+    /// once; a failure opens the appeal window. The verifier earns the job's audit fee.
+    function resolveAudit(uint256 jobId, Job calldata job, bool passed, bytes32 evidenceHash)
+        external
+        onlyRole(VERIFIER_ROLE)
+        nonReentrant
+    {
+        _checkRecord(jobId, job);
+        if (msg.sender == job.worker) revert VerifierConflict(jobId, msg.sender);
+        Job memory j = job;
+        if (j.state == JobState.Committed) {
+            uint256 drawBlock = uint256(j.committedBlock) + 1;
+            if (block.number <= drawBlock) revert AuditDrawPending(jobId, drawBlock + 1);
+            if (!_drawAudit(jobId, j)) revert NotDrawnForAudit(jobId);
+            emit AuditDrawn(jobId, true);
+        } else if (j.state != JobState.Audited) {
+            revert InvalidJobState(jobId, j.state);
+        }
+        uint256 closesAt = _auditClosesAt(j);
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        j.auditor = msg.sender;
+        j.resolvedAt = uint40(block.timestamp);
+        emit AuditResolved(jobId, msg.sender, passed, evidenceHash, j.resolvedAt);
+        if (j.auditFee > 0) {
+            _credit(msg.sender, j.auditFee);
+            emit AuditFeePaid(jobId, msg.sender, j.auditFee);
+        }
+        if (passed) {
+            _records[j.worker].auditsPassed += 1;
+            Pending memory p;
+            _pay(jobId, j, p, true, false);
+            _flush(p);
+        } else {
+            j.state = JobState.AuditFailed;
+            _store(jobId, j);
+        }
+    }
+
+    /// @notice Post the verdict of an appeal. Must come from a verifier other than the one who
+    /// failed the job. The loser of the appeal is the one the majority of the three
+    /// computations disagrees with: a worker who wins is paid, one who loses is slashed.
+    function resolveAppeal(uint256 jobId, Job calldata job, bool workerWins, bytes32 evidenceHash)
+        external
+        onlyRole(VERIFIER_ROLE)
+        nonReentrant
+    {
+        _checkRecord(jobId, job);
+        if (job.state != JobState.Appealed) revert InvalidJobState(jobId, job.state);
+        if (msg.sender == job.auditor || msg.sender == job.worker) revert VerifierConflict(jobId, msg.sender);
+        uint256 closesAt = _appealVerdictClosesAt(job);
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
+        Job memory j = job;
+        if (workerWins) {
+            _records[j.worker].auditsPassed += 1;
+            Pending memory p;
+            _pay(jobId, j, p, true, false);
+            _flush(p);
+        } else {
+            _slash(jobId, j);
+        }
+    }
+
+    // ================================================================== settlement (anyone)
+
+    /// @notice Settle one job whose outcome is decided: pay an unaudited job after the
+    /// challenge window, pay an audited job whose verdict did not come in time, slash a job
+    /// whose failed audit stands. If the draw selects the job for audit, this records the
+    /// draw (AuditDrawn) and the job waits for the verifier.
+    function finalize(uint256 jobId, Job calldata job) external nonReentrant {
+        _checkRecord(jobId, job);
+        Pending memory p;
+        _settle(jobId, job, p, true);
+        _flush(p);
+    }
+
+    /// @notice Settle many jobs; jobs that are not settleable (or whose record is stale) are
+    /// skipped rather than reverting the batch.
+    /// @return settled how many jobs were paid or slashed
+    function finalizeBatch(uint256[] calldata jobIds, Job[] calldata jobs)
+        external
+        nonReentrant
+        returns (uint256 settled)
+    {
+        uint256 n = jobIds.length;
+        if (jobs.length != n) revert LengthMismatch();
+        Pending memory p;
+        for (uint256 i = 0; i < n; ++i) {
+            bytes32 stored = _jobDigest[jobIds[i]];
+            if (stored == bytes32(0) || stored != keccak256(abi.encode(jobs[i]))) continue;
+            if (_settle(jobIds[i], jobs[i], p, false)) ++settled;
+        }
+        _flush(p);
+    }
+
+    // ================================================================== admin
+
+    /// @notice Stop new work from entering (post, assign, commit, appeal).
+    function pause() external onlyRole(PAUSER_ROLE) {
+        _pause();
+    }
+
+    function unpause() external onlyRole(PAUSER_ROLE) {
+        _unpause();
+    }
+
+    /// @notice Where future protocol fees and unclaimed slash remainders are credited.
+    function setFeeRecipient(address feeRecipient_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (feeRecipient_ == address(0)) revert ZeroAddress();
+        _feeRecipient = feeRecipient_;
+        emit FeeRecipientSet(feeRecipient_);
+    }
+
+    // ================================================================== views
+
+    function token() external view returns (IERC20) {
+        return _token;
+    }
+
+    function stakeManager() external view returns (IStakeManager) {
+        return _stakes;
+    }
+
+    function feeRecipient() external view returns (address) {
+        return _feeRecipient;
+    }
+
+    function config() external view returns (Config memory) {
+        return Config(_feeBps, _minAuditBps, _challengeWindow, _auditWindow, _appealWindow);
+    }
+
+    /// @notice The id the next posted job will get.
+    function nextJobId() external view returns (uint256) {
+        return _nextJobId;
+    }
+
+    /// @notice keccak256(abi.encode(job)) of the current record of `jobId` (zero if unknown).
+    function jobDigest(uint256 jobId) external view returns (bytes32) {
+        return _jobDigest[jobId];
+    }
+
+    /// @notice The digest of a job record, as stored.
+    function hashJob(Job calldata job) external pure returns (bytes32) {
+        return keccak256(abi.encode(job));
+    }
+
+    /// @notice The EIP-712 digest an assigner signs for `ticket`.
+    function hashTicket(AssignTicket calldata ticket) external view returns (bytes32) {
+        return _ticketDigest(ticket);
+    }
+
+    /// @notice Whether the audit draw of a committed job can be taken yet, and its outcome.
+    function auditStatus(uint256 jobId, Job calldata job) external view returns (bool drawable, bool audited) {
+        if (job.state != JobState.Committed) return (false, job.state == JobState.Audited);
+        if (block.number <= uint256(job.committedBlock) + 1) return (false, false);
+        return (true, _drawAudit(jobId, job));
+    }
+
+    /// @notice Payment state of `account`: credited and not withdrawn, total earned as a
+    /// worker, total withdrawn, jobs completed.
+    function accountOf(address account)
+        external
+        view
+        returns (uint256 withdrawable, uint256 earned, uint256 withdrawn, uint256 completed)
+    {
+        Account memory a = _accounts[account];
+        return (a.withdrawable, a.earned, _records[account].withdrawn, a.completed);
+    }
+
+    /// @notice Reliability record of a worker.
+    function workerRecord(address worker)
+        external
+        view
+        returns (uint256 completed, uint256 missed, uint256 slashed, uint256 auditsPassed)
+    {
+        Record memory r = _records[worker];
+        return (_accounts[worker].completed, r.missed, r.slashed, r.auditsPassed);
+    }
+
+    // ================================================================== internals
+
+    function _postJobs(JobParams[] calldata params) private returns (uint256 firstJobId) {
+        uint256 n = params.length;
+        if (n == 0) revert EmptyBatch();
+        firstJobId = _nextJobId;
+        _nextJobId = firstJobId + n;
+        uint256 escrow;
+        for (uint256 i = 0; i < n; ++i) {
+            escrow += _recordPost(firstJobId + i, params[i]);
+        }
+        _token.safeTransferFrom(msg.sender, address(this), escrow);
+    }
+
+    function _recordPost(uint256 jobId, JobParams calldata p) private returns (uint256 escrow) {
+        if (p.reward == 0) revert ZeroReward();
+        if (p.deadline <= block.timestamp) revert DeadlineInPast(p.deadline);
+        if (p.auditBps > Payout.BPS) revert InvalidBps(p.auditBps);
+        uint16 auditBps = p.auditBps < _minAuditBps ? _minAuditBps : p.auditBps;
+        Job memory j;
+        j.client = msg.sender;
+        j.reward = p.reward;
+        j.auditFee = p.auditFee;
+        j.collateral = p.collateral;
+        j.deadline = p.deadline;
+        j.auditBps = auditBps;
+        j.state = JobState.Posted;
+        j.specHash = p.specHash;
+        _store(jobId, j);
+        emit JobPosted(jobId, msg.sender, p.specHash, p.reward, p.auditFee, p.collateral, p.deadline, auditBps);
+        return uint256(p.reward) + p.auditFee;
+    }
+
+    function _assign(Job[] calldata jobs, AssignTicket calldata ticket, bytes calldata signature)
+        private
+        returns (Job[] memory held)
+    {
+        uint256 n = jobs.length;
+        if (n == 0) revert EmptyBatch();
+        if (ticket.jobIds.length != n) revert LengthMismatch();
+        if (ticket.worker != msg.sender) revert TicketWorkerMismatch(ticket.worker, msg.sender);
+        if (block.timestamp >= ticket.leaseExpiry) revert TicketExpired(ticket.leaseExpiry);
+        if (ticket.auditBps > Payout.BPS) revert InvalidBps(ticket.auditBps);
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(_ticketDigest(ticket), signature);
+        if (err != ECDSA.RecoverError.NoError || !hasRole(ASSIGNER_ROLE, signer)) revert InvalidTicketSigner(signer);
+
+        held = new Job[](n);
+        uint256 toLock;
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 jobId = ticket.jobIds[i];
+            _checkRecord(jobId, jobs[i]);
+            Job memory j = jobs[i];
+            if (block.timestamp > j.deadline) revert JobDeadlinePassed(jobId, j.deadline);
+            if (j.state == JobState.Posted) {
+                toLock += j.collateral;
+            } else if (j.state == JobState.Assigned) {
+                if (j.worker != msg.sender) {
+                    if (block.timestamp < j.leaseExpiry) revert JobLeased(jobId, j.worker, j.leaseExpiry);
+                    _records[j.worker].missed += 1;
+                    emit LeaseExpired(jobId, j.worker);
+                    _stakes.unlock(j.worker, j.collateral);
+                    toLock += j.collateral;
+                }
+            } else {
+                revert InvalidJobState(jobId, j.state);
+            }
+            j.worker = msg.sender;
+            j.leaseExpiry = ticket.leaseExpiry;
+            if (ticket.auditBps > j.auditBps) j.auditBps = ticket.auditBps;
+            j.state = JobState.Assigned;
+            _store(jobId, j);
+            emit JobAssigned(jobId, msg.sender, ticket.leaseExpiry, j.auditBps);
+            held[i] = j;
+        }
+        if (toLock > 0) _stakes.lock(msg.sender, toLock);
+    }
+
+    function _commit(uint256 jobId, Job memory j, bytes32 resultHash) private {
+        if (j.state != JobState.Assigned) revert InvalidJobState(jobId, j.state);
+        if (j.worker != msg.sender) revert NotAssignedWorker(jobId, msg.sender);
+        if (block.timestamp > j.deadline) revert JobDeadlinePassed(jobId, j.deadline);
+        if (resultHash == bytes32(0)) revert EmptyResult(jobId);
+        j.resultHash = resultHash;
+        j.committedAt = uint40(block.timestamp);
+        j.committedBlock = uint40(block.number);
+        j.state = JobState.Committed;
+        _store(jobId, j);
+        emit JobCommitted(jobId, msg.sender, resultHash, j.committedAt, j.committedBlock);
+    }
+
+    /// @dev Settles `job` if its outcome is decided. In strict mode, says why not by reverting.
+    function _settle(uint256 jobId, Job calldata job, Pending memory p, bool strict) private returns (bool) {
+        JobState s = job.state;
+        if (s == JobState.Committed) {
+            uint256 openAt = uint256(job.committedAt) + _challengeWindow;
+            if (block.timestamp < openAt) return _notYet(strict, jobId, openAt);
+            uint256 drawBlock = uint256(job.committedBlock) + 1;
+            if (block.number <= drawBlock) {
+                if (strict) revert AuditDrawPending(jobId, drawBlock + 1);
+                return false;
+            }
+            Job memory j = job;
+            if (_drawAudit(jobId, j)) {
+                j.state = JobState.Audited;
+                _store(jobId, j);
+                emit AuditDrawn(jobId, true);
+                return false;
+            }
+            _pay(jobId, j, p, false, true);
+            return true;
+        }
+        if (s == JobState.Audited) {
+            uint256 closesAt = _auditClosesAt(job);
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _pay(jobId, job, p, false, true);
+            return true;
+        }
+        if (s == JobState.AuditFailed) {
+            uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _slash(jobId, job);
+            return true;
+        }
+        if (s == JobState.Appealed) {
+            uint256 closesAt = _appealVerdictClosesAt(job);
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _slash(jobId, job);
+            return true;
+        }
+        if (strict) revert InvalidJobState(jobId, s);
+        return false;
+    }
+
+    function _notYet(bool strict, uint256 jobId, uint256 openAt) private pure returns (bool) {
+        if (strict) revert NotYetSettleable(jobId, openAt);
+        return false;
+    }
+
+    /// @dev Pays the worker (reward less fee, collateral unlocked). The audit fee goes back to
+    /// the client when no verifier earned it.
+    function _pay(uint256 jobId, Job memory j, Pending memory p, bool audited, bool refundAuditFee) private {
+        (uint256 workerPay, uint256 fee) = Payout.split(j.reward, _feeBps);
+        if (p.worker != j.worker) {
+            _flushWorker(p);
+            p.worker = j.worker;
+        }
+        p.workerPay += workerPay;
+        p.unlock += j.collateral;
+        p.completed += 1;
+        p.fees += fee;
+        if (refundAuditFee && j.auditFee > 0) {
+            if (p.client != j.client) {
+                _flushClient(p);
+                p.client = j.client;
+            }
+            p.clientRefund += j.auditFee;
+        }
+        j.state = JobState.Finalized;
+        _store(jobId, j);
+        emit JobPaid(jobId, j.worker, workerPay, fee, audited);
+    }
+
+    /// @dev Slashes the worker's collateral for a failed audit that stands: the client gets the
+    /// reward back plus compensation from the collateral first; any remainder goes to the fee
+    /// recipient.
+    function _slash(uint256 jobId, Job memory j) private {
+        (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.reward, j.auditFee);
+        j.state = JobState.Slashed;
+        _store(jobId, j);
+        _records[j.worker].slashed += 1;
+        _credit(j.client, uint256(j.reward) + compensation);
+        if (remainder > 0) _credit(_feeRecipient, remainder);
+        emit JobSlashed(jobId, j.worker, j.collateral, compensation);
+        emit JobRefunded(jobId, j.client, j.reward);
+        if (j.collateral > 0) _stakes.slash(j.worker, j.collateral, address(this));
+    }
+
+    function _flush(Pending memory p) private {
+        _flushWorker(p);
+        _flushClient(p);
+        if (p.fees > 0) {
+            _credit(_feeRecipient, p.fees);
+            p.fees = 0;
+        }
+    }
+
+    function _flushWorker(Pending memory p) private {
+        if (p.worker == address(0)) return;
+        Account storage a = _accounts[p.worker];
+        a.withdrawable += p.workerPay.toUint112();
+        a.earned += p.workerPay.toUint112();
+        a.completed += p.completed.toUint32();
+        if (p.unlock > 0) _stakes.unlock(p.worker, p.unlock);
+        p.worker = address(0);
+        p.workerPay = 0;
+        p.unlock = 0;
+        p.completed = 0;
+    }
+
+    function _flushClient(Pending memory p) private {
+        if (p.client == address(0)) return;
+        _credit(p.client, p.clientRefund);
+        p.client = address(0);
+        p.clientRefund = 0;
+    }
+
+    function _credit(address account, uint256 amount) private {
+        _accounts[account].withdrawable += amount.toUint112();
+    }
+
+    function _store(uint256 jobId, Job memory j) private {
+        _jobDigest[jobId] = keccak256(abi.encode(j));
+    }
+
+    function _checkRecord(uint256 jobId, Job calldata job) private view {
+        bytes32 stored = _jobDigest[jobId];
+        if (stored == bytes32(0)) revert UnknownJob(jobId);
+        if (stored != keccak256(abi.encode(job))) revert JobRecordMismatch(jobId);
+    }
+
+    /// @dev The audit draw uses the hash of the block after the commit, which does not exist
+    /// when the worker sends its commit. If that hash is no longer available (more than 256
+    /// blocks later) the job counts as drawn, so waiting cannot help a worker escape an audit.
+    function _drawAudit(uint256 jobId, Job memory j) private view returns (bool) {
+        bytes32 seed = blockhash(uint256(j.committedBlock) + 1);
+        if (seed == bytes32(0)) return true;
+        return uint256(keccak256(abi.encode(seed, jobId))) % Payout.BPS < j.auditBps;
+    }
+
+    function _auditClosesAt(Job memory j) private view returns (uint256) {
+        return uint256(j.committedAt) + _challengeWindow + _auditWindow;
+    }
+
+    function _appealVerdictClosesAt(Job memory j) private view returns (uint256) {
+        return uint256(j.resolvedAt) + _appealWindow + _auditWindow;
+    }
+
+    function _ticketDigest(AssignTicket calldata ticket) private view returns (bytes32) {
+        bytes32 structHash = keccak256(
+            abi.encode(
+                _TICKET_TYPEHASH,
+                ticket.worker,
+                keccak256(abi.encodePacked(ticket.jobIds)),
+                ticket.auditBps,
+                ticket.leaseExpiry
+            )
+        );
+        return _hashTypedDataV4(structHash);
+    }
+}

@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {JobState} from "../types/Job.sol";
+
+/// @notice Events and custom errors of the JobMarket.
+interface IJobMarket {
+    // ------------------------------------------------------------------ errors
+    /// @notice The zero address was given where an account or contract was required.
+    error ZeroAddress();
+    /// @notice A job must pay a reward greater than zero.
+    error ZeroReward();
+    /// @notice The job deadline `deadline` is not in the future.
+    error DeadlineInPast(uint256 deadline);
+    /// @notice A basis-point value above 10,000.
+    error InvalidBps(uint256 bps);
+    /// @notice An empty list was given where at least one job was required.
+    error EmptyBatch();
+    /// @notice Arrays passed together have different lengths.
+    error LengthMismatch();
+    /// @notice No job with this id exists.
+    error UnknownJob(uint256 jobId);
+    /// @notice The job record passed does not match the stored digest (stale or forged).
+    error JobRecordMismatch(uint256 jobId);
+    /// @notice The job is in `state`, which does not allow this action.
+    error InvalidJobState(uint256 jobId, JobState state);
+    /// @notice The caller is not the client of the job.
+    error NotJobClient(uint256 jobId, address caller);
+    /// @notice The caller is not the worker assigned to the job.
+    error NotAssignedWorker(uint256 jobId, address caller);
+    /// @notice The ticket names `worker` but was submitted by `caller`.
+    error TicketWorkerMismatch(address worker, address caller);
+    /// @notice The ticket's lease expired at `leaseExpiry`.
+    error TicketExpired(uint256 leaseExpiry);
+    /// @notice The ticket was not signed by an assigner.
+    error InvalidTicketSigner(address signer);
+    /// @notice The ticket lists job ids that differ from the jobs passed.
+    error TicketJobMismatch(uint256 index);
+    /// @notice The job is held by another worker whose lease runs until `leaseExpiry`.
+    error JobLeased(uint256 jobId, address worker, uint256 leaseExpiry);
+    /// @notice The job's deadline `deadline` has passed.
+    error JobDeadlinePassed(uint256 jobId, uint256 deadline);
+    /// @notice The job's deadline `deadline` has not passed yet.
+    error DeadlineNotReached(uint256 jobId, uint256 deadline);
+    /// @notice A committed result hash must not be zero.
+    error EmptyResult(uint256 jobId);
+    /// @notice The audit draw for the job needs block `blockNumber` to be mined first.
+    error AuditDrawPending(uint256 jobId, uint256 blockNumber);
+    /// @notice The job was not drawn for audit.
+    error NotDrawnForAudit(uint256 jobId);
+    /// @notice The window of this action closed at `closedAt`.
+    error WindowClosed(uint256 jobId, uint256 closedAt);
+    /// @notice The job cannot be settled before `openAt`.
+    error NotYetSettleable(uint256 jobId, uint256 openAt);
+    /// @notice The verifier may not audit its own job, and an appeal needs a second verifier.
+    error VerifierConflict(uint256 jobId, address verifier);
+    /// @notice `account` has nothing to withdraw.
+    error NothingToWithdraw(address account);
+    /// @notice The unbonding delay `unbondingDelay` must exceed the job windows `windows`.
+    error UnbondingTooShort(uint256 unbondingDelay, uint256 windows);
+    /// @notice The stake manager is bound to another token.
+    error TokenMismatch();
+
+    // ------------------------------------------------------------------ events
+    event JobPosted(
+        uint256 indexed jobId,
+        address indexed client,
+        bytes32 specHash,
+        uint96 reward,
+        uint96 auditFee,
+        uint96 collateral,
+        uint40 deadline,
+        uint16 auditBps
+    );
+    event JobAssigned(uint256 indexed jobId, address indexed worker, uint40 leaseExpiry, uint16 auditBps);
+    event LeaseExpired(uint256 indexed jobId, address indexed worker);
+    event JobCommitted(
+        uint256 indexed jobId, address indexed worker, bytes32 resultHash, uint40 committedAt, uint40 committedBlock
+    );
+    event AuditDrawn(uint256 indexed jobId, bool audited);
+    event AuditResolved(
+        uint256 indexed jobId, address indexed verifier, bool passed, bytes32 evidenceHash, uint40 resolvedAt
+    );
+    event AuditAppealed(uint256 indexed jobId, address indexed worker);
+    event AppealResolved(uint256 indexed jobId, address indexed verifier, bool workerWins, bytes32 evidenceHash);
+    /// @notice The earnings ledger: one event per paid job.
+    event JobPaid(uint256 indexed jobId, address indexed worker, uint256 amount, uint256 fee, bool audited);
+    event AuditFeePaid(uint256 indexed jobId, address indexed verifier, uint256 amount);
+    event JobSlashed(uint256 indexed jobId, address indexed worker, uint256 slashed, uint256 clientCompensation);
+    event JobRefunded(uint256 indexed jobId, address indexed client, uint256 amount);
+    event Withdrawn(address indexed account, uint256 amount);
+    event FeeRecipientSet(address indexed feeRecipient);
+}

@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+
+/// @title Payout
+/// @notice Pure payout math of the job market, mirrored by meshcompute.core.payout in Python.
+library Payout {
+    uint256 internal constant BPS = 10_000;
+
+    /// @notice Split a reward into the worker's pay and the protocol fee. The fee is rounded up,
+    /// so rounding never favours the payee.
+    function split(uint256 reward, uint256 feeBps) internal pure returns (uint256 workerPay, uint256 fee) {
+        fee = Math.mulDiv(reward, feeBps, BPS, Math.Rounding.Ceil);
+        // unchecked: feeBps <= BPS (checked at deployment), so fee <= reward.
+        unchecked {
+            workerPay = reward - fee;
+        }
+    }
+
+    /// @notice Split a slashed collateral: the client is compensated first, up to what it paid
+    /// (reward + audit fee); the remainder goes to the protocol.
+    function slashSplit(uint256 collateral, uint256 reward, uint256 auditFee)
+        internal
+        pure
+        returns (uint256 compensation, uint256 remainder)
+    {
+        uint256 paid = reward + auditFee;
+        compensation = collateral < paid ? collateral : paid;
+        // unchecked: compensation <= collateral.
+        unchecked {
+            remainder = collateral - compensation;
+        }
+    }
+}

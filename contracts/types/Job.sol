@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/// @notice Where a job is in its life. Terminal states: Finalized, Slashed, Refunded.
+/// Posted -> Assigned -> Committed -> (Audited -> AuditFailed (-> Appealed))
+///        -> Finalized | Slashed | Refunded. A passed audit or won appeal pays at once (Finalized).
+enum JobState {
+    None,
+    Posted,
+    Assigned,
+    Committed,
+    Audited,
+    AuditFailed,
+    Appealed,
+    Finalized,
+    Slashed,
+    Refunded
+}
+
+/// @notice The full record of one job. The contract stores only keccak256(abi.encode(job)) per
+/// job id; every call that acts on a job passes the record, which the contract checks against
+/// the stored digest. The record is rebuilt off chain from the job's events (each event carries
+/// what it changed), so the chain stays the only source of truth at one storage slot per job.
+struct Job {
+    address client;
+    address worker;
+    address auditor;
+    uint96 reward;
+    uint96 auditFee;
+    uint96 collateral;
+    uint40 deadline;
+    uint40 leaseExpiry;
+    uint40 committedAt;
+    uint40 committedBlock;
+    uint40 resolvedAt;
+    uint16 auditBps;
+    JobState state;
+    bytes32 specHash;
+    bytes32 resultHash;
+}
+
+/// @notice What a client chooses when posting a job.
+/// @param specHash sha256 of the job spec (program, inputs, tolerance policy, device)
+/// @param reward paid to the worker on success (less the protocol fee)
+/// @param auditFee paid to the verifier if the job is audited, refunded to the client otherwise
+/// @param collateral stake the worker must lock while it holds the job
+/// @param deadline latest time a result may be committed; after it the client may reclaim
+/// @param auditBps the client's minimum audit probability, in basis points
+struct JobParams {
+    bytes32 specHash;
+    uint96 reward;
+    uint96 auditFee;
+    uint96 collateral;
+    uint40 deadline;
+    uint16 auditBps;
+}
+
+/// @notice EIP-712 assignment ticket signed by an ASSIGNER_ROLE key (the market). It binds a
+/// list of jobs to one worker until `leaseExpiry`; only that worker can submit it.
+struct AssignTicket {
+    address worker;
+    uint256[] jobIds;
+    uint16 auditBps;
+    uint40 leaseExpiry;
+}
