@@ -34,8 +34,6 @@ interface IJobMarket {
     error TicketExpired(uint256 leaseExpiry);
     /// @notice The ticket was not signed by an assigner.
     error InvalidTicketSigner(address signer);
-    /// @notice The ticket lists job ids that differ from the jobs passed.
-    error TicketJobMismatch(uint256 index);
     /// @notice The job is held by another worker whose lease runs until `leaseExpiry`.
     error JobLeased(uint256 jobId, address worker, uint256 leaseExpiry);
     /// @notice The job's deadline `deadline` has passed.
