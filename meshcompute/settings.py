@@ -1,0 +1,98 @@
+"""Typed settings, read from ``MESH_*`` environment variables.
+
+One :class:`Settings` for the whole project; components read the fields they need through
+:func:`get_settings`. Add a field with a docstring (it becomes the field's description).
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meshcompute.errors import ConfigError
+
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+"""The well-known development mnemonic (anvil/hardhat). Never holds real value."""
+
+ENV_PREFIX = "MESH_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ANVIL = REPO_ROOT / "node_modules" / ".bin" / "anvil"
+
+
+def _default_anvil_path() -> str:
+    if _REPO_ANVIL.exists():
+        return str(_REPO_ANVIL)
+    return shutil.which("anvil") or "anvil"
+
+
+class Settings(BaseSettings):
+    """meshcompute configuration; each field reads ``MESH_<FIELD>`` from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        use_attribute_docstrings=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    rpc_url: str | None = None
+    """JSON-RPC endpoint of the chain; unset means a local anvil started on demand."""
+
+    chain_id: int | None = None
+    """Expected chain id; when set, a node reporting another id is refused."""
+
+    data_dir: Path = Path("~/.mesh")
+    """Where meshcompute keeps its local state (blobs, logs, deployments)."""
+
+    deployments_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "deployments")
+    """Deployment records (contract addresses per chain); defaults to ``<data_dir>/deployments``."""
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("MESH_REDIS_URL", "REDIS_URL")
+    )
+    """Redis/Valkey URL (``MESH_REDIS_URL`` or ``REDIS_URL``); unset means an embedded Valkey."""
+
+    market_url: str = "http://127.0.0.1:8000"
+    """Base URL of the market's HTTP API."""
+
+    tx_receipt_timeout_s: float = Field(default=30.0, gt=0)
+    """How long to wait for a transaction receipt before giving up."""
+
+    anvil_path: str = Field(default_factory=_default_anvil_path)
+    """The anvil executable: the repo's ``node_modules/.bin/anvil`` if present, else PATH."""
+
+    @field_validator("data_dir", "deployments_dir", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment plus ``overrides``; errors name the env variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_describe_problem(error) for error in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (``get_settings.cache_clear()`` re-reads)."""
+    return load_settings()
+
+
+def _describe_problem(error: Any) -> str:
+    location = error.get("loc") or ()
+    field = str(location[0]) if location else "?"
+    if field.isupper():  # an alias such as REDIS_URL is already the env variable name
+        key = field
+    else:
+        key = f"{ENV_PREFIX}{field.upper()}"
+    return f"{key}: {error.get('msg', 'invalid')} (got {error.get('input')!r})"
