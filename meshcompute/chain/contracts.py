@@ -1,0 +1,473 @@
+"""Typed bindings for MeshCredit, StakeManager and JobMarket.
+
+:class:`MeshContracts` reads (views, events, job records rebuilt from events);
+:class:`MeshActor` adds the writes of one account, sent through its own nonce-managed
+:class:`~meshcompute.chain.sender.TxSender`. Reverts come back as the exception class of the
+contract's custom error (see :mod:`meshcompute.chain.custom_errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from hexbytes import HexBytes
+from web3 import Web3
+from web3._utils.events import get_event_data
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from meshcompute.chain.artifacts import load_artifact
+from meshcompute.chain.custom_errors import decode_custom_error, revert_class
+from meshcompute.chain.deploy import Deployment
+from meshcompute.chain.sender import TxSender
+from meshcompute.chain.tickets import AssignTicket, sign_permit
+from meshcompute.core.job import JOB_EVENTS, JobRecord, apply_event
+from meshcompute.errors import ChainError, StaleJobRecord
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """What a client chooses for one job (mirrors the Solidity ``JobParams``)."""
+
+    spec_hash: bytes
+    reward: int
+    audit_fee: int
+    collateral: int
+    deadline: int
+    audit_bps: int = 0
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (
+            self.spec_hash,
+            self.reward,
+            self.audit_fee,
+            self.collateral,
+            self.deadline,
+            self.audit_bps,
+        )
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """One decoded contract event with the position needed to order and rewind it."""
+
+    name: str
+    args: dict[str, Any]
+    block_number: int
+    block_hash: str
+    tx_hash: str
+    log_index: int
+    address: str
+
+
+@dataclass(frozen=True)
+class StakePosition:
+    free: int
+    locked: int
+    unbonding: int
+    release_at: int
+    slashed: int
+
+
+@dataclass(frozen=True)
+class AccountState:
+    withdrawable: int
+    earned: int
+    withdrawn: int
+    completed: int
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    completed: int
+    missed: int
+    slashed: int
+    audits_passed: int
+
+
+class MeshContracts:
+    """Read access to one deployment."""
+
+    def __init__(self, w3: Web3, deployment: Deployment) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.credit = self._contract("MeshCredit")
+        self.stakes = self._contract("StakeManager")
+        self.market = self._contract("JobMarket")
+        self._events_by_topic: dict[bytes, tuple[str, dict[str, Any]]] = {}
+        for contract in (self.credit, self.stakes, self.market):
+            for item in contract.abi:
+                if item.get("type") == "event":
+                    types = ",".join(_abi_type(i) for i in item["inputs"])
+                    topic = keccak(text=f"{item['name']}({types})")
+                    self._events_by_topic[topic] = (item["name"], item)
+        self._job_event_topics = [
+            "0x" + topic.hex()
+            for topic, (name, _abi) in self._events_by_topic.items()
+            if name in JOB_EVENTS
+        ]
+
+    def _contract(self, name: str) -> Any:
+        return self.w3.eth.contract(
+            address=self.deployment.address(name), abi=load_artifact(name)["abi"]
+        )
+
+    # ------------------------------------------------------------------ token and stake
+    def balance_of(self, account: str) -> int:
+        return int(self.credit.functions.balanceOf(account).call())
+
+    def allowance(self, owner: str, spender: str) -> int:
+        return int(self.credit.functions.allowance(owner, spender).call())
+
+    def stake_of(self, staker: str) -> StakePosition:
+        return StakePosition(*(int(v) for v in self.stakes.functions.stakeOf(staker).call()))
+
+    def free_stake(self, staker: str) -> int:
+        return int(self.stakes.functions.freeStake(staker).call())
+
+    # ------------------------------------------------------------------ market views
+    def account_of(self, account: str) -> AccountState:
+        return AccountState(*(int(v) for v in self.market.functions.accountOf(account).call()))
+
+    def worker_record(self, worker: str) -> WorkerRecord:
+        return WorkerRecord(*(int(v) for v in self.market.functions.workerRecord(worker).call()))
+
+    def next_job_id(self) -> int:
+        return int(self.market.functions.nextJobId().call())
+
+    def job_digest(self, job_id: int) -> bytes:
+        return bytes(self.market.functions.jobDigest(job_id).call())
+
+    def config(self) -> dict[str, int]:
+        fee, min_audit, challenge, audit, appeal = self.market.functions.config().call()
+        return {
+            "fee_bps": fee,
+            "min_audit_bps": min_audit,
+            "challenge_window_s": challenge,
+            "audit_window_s": audit,
+            "appeal_window_s": appeal,
+        }
+
+    def audit_status(self, job_id: int, record: JobRecord) -> tuple[bool, bool]:
+        drawable, audited = self.market.functions.auditStatus(job_id, record.as_tuple()).call()
+        return bool(drawable), bool(audited)
+
+    def hash_job(self, record: JobRecord) -> bytes:
+        """keccak256(abi.encode(record)), computed locally like the contract does."""
+        encoded = self.w3.codec.encode([_JOB_TUPLE_TYPE], [record.as_tuple()])
+        return keccak(encoded)
+
+    # ------------------------------------------------------------------ events
+    def events(
+        self,
+        from_block: int | None = None,
+        to_block: int | str = "latest",
+        *,
+        topics: list[Any] | None = None,
+        addresses: Sequence[str] | None = None,
+    ) -> list[ChainEvent]:
+        """Decoded events of the three contracts, in chain order."""
+        flt: dict[str, Any] = {
+            "fromBlock": self.deployment.block if from_block is None else from_block,
+            "toBlock": to_block,
+            "address": list(addresses or self.deployment.addresses.values()),
+        }
+        if topics is not None:
+            flt["topics"] = topics
+        logs = self.w3.eth.get_logs(flt)  # type: ignore[arg-type]
+        out = [self._decode(log) for log in logs]
+        decoded = [event for event in out if event is not None]
+        decoded.sort(key=lambda e: (e.block_number, e.log_index))
+        return decoded
+
+    def _decode(self, log: Any) -> ChainEvent | None:
+        if not log["topics"]:
+            return None
+        entry = self._events_by_topic.get(bytes(log["topics"][0]))
+        if entry is None:
+            return None
+        name, abi = entry
+        data = get_event_data(self.w3.codec, abi, log)
+        return ChainEvent(
+            name=name,
+            args=dict(data["args"]),
+            block_number=int(log["blockNumber"]),
+            block_hash=HexBytes(log["blockHash"]).to_0x_hex(),
+            tx_hash=HexBytes(log["transactionHash"]).to_0x_hex(),
+            log_index=int(log["logIndex"]),
+            address=Web3.to_checksum_address(log["address"]),
+        )
+
+    def job_events(
+        self, job_ids: Iterable[int] | None = None, from_block: int | None = None
+    ) -> list[ChainEvent]:
+        """JobMarket events about ``job_ids`` (all jobs when None), in chain order."""
+        id_topics: Any = None
+        if job_ids is not None:
+            id_topics = ["0x" + int(i).to_bytes(32, "big").hex() for i in job_ids]
+            if not id_topics:
+                return []
+        return self.events(
+            from_block,
+            topics=[self._job_event_topics, id_topics],
+            addresses=[self.deployment.address("JobMarket")],
+        )
+
+    def job_records(
+        self, job_ids: Iterable[int] | None = None, *, verify: bool = True
+    ) -> dict[int, JobRecord]:
+        """Current records rebuilt from events; with ``verify`` each one is checked against
+        the digest the contract stores."""
+        records: dict[int, JobRecord] = {}
+        for event in self.job_events(job_ids):
+            job_id = int(event.args["jobId"])
+            records[job_id] = apply_event(records.get(job_id), event.name, event.args)
+        if verify:
+            for job_id, record in records.items():
+                if self.hash_job(record) != self.job_digest(job_id):
+                    raise ChainError(
+                        f"job {job_id}: the record rebuilt from events does not match the "
+                        "contract's digest (events missing from this node?)"
+                    )
+        return records
+
+    def job(self, job_id: int) -> JobRecord:
+        """The current record of one job."""
+        records = self.job_records([job_id])
+        if job_id not in records:
+            raise revert_class("UnknownJob")("UnknownJob", {"jobId": job_id}, contract="JobMarket")
+        return records[job_id]
+
+
+class MeshActor(MeshContracts):
+    """The writes of one account (client, worker, verifier, market operator or admin)."""
+
+    def __init__(
+        self, w3: Web3, deployment: Deployment, account: LocalAccount, sender: TxSender | None = None
+    ) -> None:
+        super().__init__(w3, deployment)
+        self.account = account
+        self.sender = sender or mesh_sender(w3, account)
+        if self.sender.error_decoder is None:
+            self.sender.error_decoder = decode_custom_error
+        if self.sender.revert_class is None:
+            self.sender.revert_class = revert_class
+        for name, address in deployment.addresses.items():
+            self.sender.name_contract(address, name)
+
+    def __repr__(self) -> str:
+        return f"<MeshActor {self.address}>"
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    def _send(self, call: Any) -> TxReceipt:
+        return self.sender.send(call)
+
+    # ------------------------------------------------------------------ token
+    def approve(self, spender: str, amount: int) -> TxReceipt:
+        return self._send(self.credit.functions.approve(spender, amount))
+
+    def transfer(self, to: str, amount: int) -> TxReceipt:
+        return self._send(self.credit.functions.transfer(to, amount))
+
+    def mint(self, to: str, amount: int) -> TxReceipt:
+        return self._send(self.credit.functions.mint(to, amount))
+
+    def faucet(self) -> TxReceipt:
+        return self._send(self.credit.functions.faucet())
+
+    # ------------------------------------------------------------------ stake
+    def stake(self, amount: int, *, approve: bool = True) -> TxReceipt:
+        if approve and self.allowance(self.address, self.stakes.address) < amount:
+            self.approve(self.stakes.address, amount)
+        return self._send(self.stakes.functions.stake(amount))
+
+    def unstake(self, amount: int) -> TxReceipt:
+        return self._send(self.stakes.functions.unstake(amount))
+
+    def withdraw_unbonded(self) -> TxReceipt:
+        return self._send(self.stakes.functions.withdrawUnbonded())
+
+    # ------------------------------------------------------------------ client
+    def post_job(self, params: JobParams, *, approve: bool = True) -> int:
+        """Post one job; returns its id."""
+        if approve:
+            self._ensure_allowance(params.reward + params.audit_fee)
+        receipt = self._send(self.market.functions.postJob(params.as_tuple()))
+        return self._posted_ids(receipt)[0]
+
+    def post_jobs(self, params: Sequence[JobParams], *, approve: bool = True) -> list[int]:
+        """Post a batch (the shards of one submission) in one transaction; returns the ids."""
+        if approve:
+            self._ensure_allowance(sum(p.reward + p.audit_fee for p in params))
+        receipt = self._send(self.market.functions.postJobs([p.as_tuple() for p in params]))
+        return self._posted_ids(receipt)
+
+    def post_jobs_with_permit(
+        self, params: Sequence[JobParams], *, permit_deadline: int | None = None
+    ) -> list[int]:
+        """Post a batch with an ERC-2612 permit: one transaction, no prior approval."""
+        total = sum(p.reward + p.audit_fee for p in params)
+        deadline = permit_deadline or (self.w3.eth.get_block("latest")["timestamp"] + 3600)
+        permit = sign_permit(
+            self.account,
+            spender=self.market.address,
+            value=total,
+            nonce=int(self.credit.functions.nonces(self.address).call()),
+            deadline=deadline,
+            chain_id=self.sender.chain_id,
+            token=self.credit.address,
+        )
+        receipt = self._send(
+            self.market.functions.postJobsWithPermit(
+                [p.as_tuple() for p in params],
+                permit.value,
+                permit.deadline,
+                permit.v,
+                permit.r,
+                permit.s,
+            )
+        )
+        return self._posted_ids(receipt)
+
+    def reclaim(self, job_id: int, record: JobRecord | None = None) -> TxReceipt:
+        record = record or self.job(job_id)
+        return self._send(self.market.functions.reclaim(job_id, record.as_tuple()))
+
+    def _ensure_allowance(self, amount: int) -> None:
+        if self.allowance(self.address, self.market.address) < amount:
+            self.approve(self.market.address, 2**256 - 1)
+
+    def _posted_ids(self, receipt: TxReceipt) -> list[int]:
+        logs = self.market.events.JobPosted().process_receipt(receipt, errors=DISCARD)
+        return [int(log["args"]["jobId"]) for log in logs]
+
+    # ------------------------------------------------------------------ worker
+    def assign(
+        self,
+        ticket: AssignTicket,
+        signature: bytes,
+        records: Sequence[JobRecord] | None = None,
+    ) -> TxReceipt:
+        records = self._records_for(ticket.job_ids, records)
+        return self._send(
+            self.market.functions.assign(
+                [r.as_tuple() for r in records], ticket.as_tuple(), signature
+            )
+        )
+
+    def commit_results(
+        self,
+        job_ids: Sequence[int],
+        result_hashes: Sequence[bytes],
+        records: Sequence[JobRecord] | None = None,
+    ) -> TxReceipt:
+        records = self._records_for(job_ids, records)
+        return self._send(
+            self.market.functions.commitResults(
+                list(job_ids), [r.as_tuple() for r in records], list(result_hashes)
+            )
+        )
+
+    def assign_and_commit(
+        self,
+        ticket: AssignTicket,
+        signature: bytes,
+        result_hashes: Sequence[bytes],
+        records: Sequence[JobRecord] | None = None,
+    ) -> TxReceipt:
+        records = self._records_for(ticket.job_ids, records)
+        return self._send(
+            self.market.functions.assignAndCommit(
+                [r.as_tuple() for r in records], ticket.as_tuple(), signature, list(result_hashes)
+            )
+        )
+
+    def appeal(self, job_id: int, record: JobRecord | None = None) -> TxReceipt:
+        record = record or self.job(job_id)
+        return self._send(self.market.functions.appeal(job_id, record.as_tuple()))
+
+    def withdraw(self) -> TxReceipt:
+        return self._send(self.market.functions.withdraw())
+
+    # ------------------------------------------------------------------ verifier
+    def resolve_audit(
+        self, job_id: int, passed: bool, evidence_hash: bytes, record: JobRecord | None = None
+    ) -> TxReceipt:
+        record = record or self.job(job_id)
+        return self._send(
+            self.market.functions.resolveAudit(job_id, record.as_tuple(), passed, evidence_hash)
+        )
+
+    def resolve_appeal(
+        self, job_id: int, worker_wins: bool, evidence_hash: bytes, record: JobRecord | None = None
+    ) -> TxReceipt:
+        record = record or self.job(job_id)
+        return self._send(
+            self.market.functions.resolveAppeal(
+                job_id, record.as_tuple(), worker_wins, evidence_hash
+            )
+        )
+
+    # ------------------------------------------------------------------ anyone
+    def finalize(self, job_id: int, record: JobRecord | None = None) -> TxReceipt:
+        record = record or self.job(job_id)
+        return self._send(self.market.functions.finalize(job_id, record.as_tuple()))
+
+    def finalize_batch(
+        self, job_ids: Sequence[int], records: Sequence[JobRecord] | None = None
+    ) -> TxReceipt:
+        records = self._records_for(job_ids, records)
+        return self._send(
+            self.market.functions.finalizeBatch(list(job_ids), [r.as_tuple() for r in records])
+        )
+
+    # ------------------------------------------------------------------ admin
+    def grant_role(self, contract: Any, role: bytes, account: str) -> TxReceipt:
+        return self._send(contract.functions.grantRole(role, account))
+
+    def pause(self) -> TxReceipt:
+        return self._send(self.market.functions.pause())
+
+    def unpause(self) -> TxReceipt:
+        return self._send(self.market.functions.unpause())
+
+    def _records_for(
+        self, job_ids: Sequence[int], records: Sequence[JobRecord] | None
+    ) -> list[JobRecord]:
+        if records is not None:
+            if len(records) != len(job_ids):
+                raise ValueError("records and job_ids differ in length")
+            return list(records)
+        found = self.job_records(job_ids, verify=False)
+        missing = [i for i in job_ids if i not in found]
+        if missing:
+            raise StaleJobRecord(
+                "UnknownJob", {"jobIds": missing}, contract="JobMarket",
+                detail="no JobPosted event for these ids",
+            )
+        return [found[i] for i in job_ids]
+
+
+def mesh_sender(w3: Web3, account: LocalAccount) -> TxSender:
+    """A TxSender that decodes the contracts' custom errors into their exception classes."""
+    return TxSender(w3, account, error_decoder=decode_custom_error, revert_class=revert_class)
+
+
+_JOB_TUPLE_TYPE = (
+    "(address,address,address,uint96,uint96,uint96,uint40,uint40,uint40,uint40,uint40,"
+    "uint16,uint8,bytes32,bytes32)"
+)
+
+
+def _abi_type(item: dict[str, Any]) -> str:
+    if item["type"].startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in item["components"])
+        return f"({inner}){item['type'][5:]}"
+    return item["type"]

@@ -1,0 +1,181 @@
+"""Deploy the three contracts to any chain and keep a record of where they are.
+
+``deploy_contracts`` works on anvil, the in-process eth-tester chain and any RPC URL with a
+funded key: it only needs a :class:`~meshcompute.chain.sender.TxSender`. The resulting
+:class:`Deployment` (addresses, block, chain id, parameters) is written to
+``<deployments_dir>/<chain_id>.json`` by :func:`save_deployment`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_utils import keccak
+from web3 import Web3
+
+from meshcompute.chain.artifacts import load_artifact
+from meshcompute.chain.sender import TxSender
+from meshcompute.errors import ConfigError, DeploymentNotFound
+
+CONTRACT_NAMES = ("MeshCredit", "StakeManager", "JobMarket")
+TOKEN = 10**18
+
+ASSIGNER_ROLE = keccak(text="ASSIGNER_ROLE")
+VERIFIER_ROLE = keccak(text="VERIFIER_ROLE")
+PAUSER_ROLE = keccak(text="PAUSER_ROLE")
+MINTER_ROLE = keccak(text="MINTER_ROLE")
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    """Protocol parameters fixed at deployment."""
+
+    fee_bps: int = 100
+    """Protocol fee on each paid reward, basis points (rounded up)."""
+    min_audit_bps: int = 500
+    """Floor of every job's audit probability, basis points."""
+    challenge_window_s: int = 30
+    """Seconds after a commit before an unaudited job can be paid."""
+    audit_window_s: int = 600
+    """Seconds after the challenge window for the verifier's verdict (and for an appeal's)."""
+    appeal_window_s: int = 600
+    """Seconds after a failed audit during which the worker may appeal."""
+    unbonding_delay_s: int = 3 * 24 * 3600
+    """Seconds between an unstake request and its withdrawal; must exceed all windows."""
+    enable_faucet: bool = False
+    """Turn the faucet on outside chain id 31337 (public testnets)."""
+    faucet_amount: int = 10_000 * TOKEN
+    faucet_cooldown_s: int = 3600
+
+    def __post_init__(self) -> None:
+        windows = self.challenge_window_s + 2 * self.audit_window_s + self.appeal_window_s
+        if self.unbonding_delay_s <= windows:
+            raise ConfigError(
+                f"unbonding_delay_s ({self.unbonding_delay_s}) must exceed the challenge, audit "
+                f"and appeal windows together ({windows})"
+            )
+        for name in ("fee_bps", "min_audit_bps"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise ConfigError(f"{name} must be within 0..10000, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the contracts live on one chain."""
+
+    chain_id: int
+    block: int
+    addresses: dict[str, str]
+    deployer: str
+    params: DeployParams = field(default_factory=DeployParams)
+
+    def address(self, name: str) -> str:
+        return self.addresses[name]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        try:
+            return cls(
+                chain_id=int(data["chain_id"]),
+                block=int(data["block"]),
+                addresses={k: Web3.to_checksum_address(v) for k, v in data["addresses"].items()},
+                deployer=Web3.to_checksum_address(data["deployer"]),
+                params=DeployParams(**data.get("params", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed deployment record: {exc}") from exc
+
+
+def deploy_contracts(
+    sender: TxSender,
+    params: DeployParams | None = None,
+    *,
+    assigners: tuple[str, ...] = (),
+    verifiers: tuple[str, ...] = (),
+    fee_recipient: str | None = None,
+) -> Deployment:
+    """Deploy MeshCredit, StakeManager and JobMarket with ``sender`` as admin, link them, and
+    grant ASSIGNER_ROLE / VERIFIER_ROLE to the given addresses."""
+    params = params or DeployParams()
+    w3 = sender.w3
+    admin = sender.address
+    first_block = w3.eth.block_number + 1
+    credit = _deploy(
+        sender,
+        "MeshCredit",
+        admin,
+        params.enable_faucet,
+        params.faucet_amount,
+        params.faucet_cooldown_s,
+    )
+    stakes = _deploy(sender, "StakeManager", credit, admin, params.unbonding_delay_s)
+    config = (
+        params.fee_bps,
+        params.min_audit_bps,
+        params.challenge_window_s,
+        params.audit_window_s,
+        params.appeal_window_s,
+    )
+    market = _deploy(sender, "JobMarket", credit, stakes, admin, fee_recipient or admin, config)
+    stake_contract = w3.eth.contract(address=stakes, abi=load_artifact("StakeManager")["abi"])
+    sender.send(stake_contract.functions.setJobMarket(market))
+    market_contract = w3.eth.contract(address=market, abi=load_artifact("JobMarket")["abi"])
+    for account in assigners:
+        sender.send(market_contract.functions.grantRole(ASSIGNER_ROLE, account))
+    for account in verifiers:
+        sender.send(market_contract.functions.grantRole(VERIFIER_ROLE, account))
+    for address, name in ((credit, "MeshCredit"), (stakes, "StakeManager"), (market, "JobMarket")):
+        sender.name_contract(address, name)
+    return Deployment(
+        chain_id=sender.chain_id,
+        block=first_block,
+        addresses={"MeshCredit": credit, "StakeManager": stakes, "JobMarket": market},
+        deployer=admin,
+        params=params,
+    )
+
+
+def _deploy(sender: TxSender, name: str, *args: Any) -> str:
+    artifact = load_artifact(name)
+    factory = sender.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+    receipt = sender.send(factory.constructor(*args))
+    return Web3.to_checksum_address(receipt["contractAddress"])
+
+
+def deployment_path(deployments_dir: Path, chain_id: int) -> Path:
+    return Path(deployments_dir).expanduser() / f"{chain_id}.json"
+
+
+def save_deployment(deployment: Deployment, deployments_dir: Path) -> Path:
+    """Write the record atomically to ``<deployments_dir>/<chain_id>.json``."""
+    path = deployment_path(deployments_dir, deployment.chain_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deployment-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(deployment.to_json(), out, indent=2, sort_keys=True)
+        out.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_deployment(deployments_dir: Path, chain_id: int) -> Deployment:
+    """The record for ``chain_id``; DeploymentNotFound says how to create one."""
+    path = deployment_path(deployments_dir, chain_id)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeploymentNotFound(
+            f"no deployment for chain id {chain_id} in {path.parent} "
+            "(run `mesh chain deploy` or `mesh chain up`)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"deployment record {path} is not valid JSON: {exc}") from exc
+    return Deployment.from_json(data)

@@ -1,0 +1,200 @@
+"""Job records and states, mirroring contracts/types/Job.sol, and the event reducer.
+
+The JobMarket contract stores only ``keccak256(abi.encode(job))`` per job. The record itself is
+rebuilt from the job's events with :func:`apply_event`, which mirrors every state change the
+contract makes; the chain adapter checks the rebuilt record against the stored digest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from enum import IntEnum
+from typing import Any
+
+ZERO_ADDRESS = "0x" + "00" * 20
+ZERO_HASH = b"\x00" * 32
+
+
+class JobState(IntEnum):
+    """Where a job is in its life (same numbering as the Solidity enum)."""
+
+    NONE = 0
+    POSTED = 1
+    ASSIGNED = 2
+    COMMITTED = 3
+    AUDITED = 4
+    AUDIT_FAILED = 5
+    APPEALED = 6
+    FINALIZED = 7
+    SLASHED = 8
+    REFUNDED = 9
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED})
+
+#: Every state change the contract can make. ASSIGNED -> ASSIGNED is a lease renewal or a
+#: takeover after an expired lease.
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.NONE: frozenset({JobState.POSTED}),
+    JobState.POSTED: frozenset({JobState.ASSIGNED, JobState.COMMITTED, JobState.REFUNDED}),
+    JobState.ASSIGNED: frozenset({JobState.ASSIGNED, JobState.COMMITTED, JobState.REFUNDED}),
+    JobState.COMMITTED: frozenset(
+        {JobState.AUDITED, JobState.FINALIZED, JobState.AUDIT_FAILED}
+    ),
+    JobState.AUDITED: frozenset({JobState.FINALIZED, JobState.AUDIT_FAILED}),
+    JobState.AUDIT_FAILED: frozenset({JobState.APPEALED, JobState.SLASHED}),
+    JobState.APPEALED: frozenset({JobState.FINALIZED, JobState.SLASHED}),
+    JobState.FINALIZED: frozenset(),
+    JobState.SLASHED: frozenset(),
+    JobState.REFUNDED: frozenset(),
+}
+
+
+def can_transition(old: JobState, new: JobState) -> bool:
+    """Whether the contract can move a job from ``old`` to ``new`` in one transaction."""
+    return new == old or new in TRANSITIONS[old]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One job, field for field the Solidity ``Job`` struct (addresses checksummed strings)."""
+
+    client: str
+    worker: str
+    auditor: str
+    reward: int
+    audit_fee: int
+    collateral: int
+    deadline: int
+    lease_expiry: int
+    committed_at: int
+    committed_block: int
+    resolved_at: int
+    audit_bps: int
+    state: JobState
+    spec_hash: bytes
+    result_hash: bytes
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The record as the ABI tuple the contract takes."""
+        return tuple(
+            int(getattr(self, f.name)) if f.name == "state" else getattr(self, f.name)
+            for f in fields(self)
+        )
+
+    @classmethod
+    def from_tuple(cls, values: tuple[Any, ...] | list[Any]) -> JobRecord:
+        kwargs = {f.name: v for f, v in zip(fields(cls), values, strict=True)}
+        kwargs["state"] = JobState(kwargs["state"])
+        kwargs["spec_hash"] = bytes(kwargs["spec_hash"])
+        kwargs["result_hash"] = bytes(kwargs["result_hash"])
+        return cls(**kwargs)
+
+    @property
+    def escrow(self) -> int:
+        """Tokens the market holds for this job right now (part of the solvency sum)."""
+        if self.state in (
+            JobState.POSTED,
+            JobState.ASSIGNED,
+            JobState.COMMITTED,
+            JobState.AUDITED,
+        ):
+            return self.reward + self.audit_fee
+        if self.state in (JobState.AUDIT_FAILED, JobState.APPEALED):
+            return self.reward
+        return 0
+
+    @property
+    def holds_collateral(self) -> bool:
+        """Whether the worker's collateral for this job is locked in the stake manager."""
+        return self.state in (
+            JobState.ASSIGNED,
+            JobState.COMMITTED,
+            JobState.AUDITED,
+            JobState.AUDIT_FAILED,
+            JobState.APPEALED,
+        )
+
+
+class UnknownEvent(ValueError):
+    """An event name the reducer does not know."""
+
+
+def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -> JobRecord:
+    """The record after one JobMarket event about it (``args`` as decoded from the log)."""
+    if event == "JobPosted":
+        return JobRecord(
+            client=args["client"],
+            worker=ZERO_ADDRESS,
+            auditor=ZERO_ADDRESS,
+            reward=args["reward"],
+            audit_fee=args["auditFee"],
+            collateral=args["collateral"],
+            deadline=args["deadline"],
+            lease_expiry=0,
+            committed_at=0,
+            committed_block=0,
+            resolved_at=0,
+            audit_bps=args["auditBps"],
+            state=JobState.POSTED,
+            spec_hash=bytes(args["specHash"]),
+            result_hash=ZERO_HASH,
+        )
+    if record is None:
+        raise ValueError(f"{event} for a job with no JobPosted event")
+    if event == "JobAssigned":
+        return replace(
+            record,
+            worker=args["worker"],
+            lease_expiry=args["leaseExpiry"],
+            audit_bps=args["auditBps"],
+            state=JobState.ASSIGNED,
+        )
+    if event == "JobCommitted":
+        return replace(
+            record,
+            result_hash=bytes(args["resultHash"]),
+            committed_at=args["committedAt"],
+            committed_block=args["committedBlock"],
+            state=JobState.COMMITTED,
+        )
+    if event == "AuditDrawn":
+        return replace(record, state=JobState.AUDITED) if args["audited"] else record
+    if event == "AuditResolved":
+        updated = replace(record, auditor=args["verifier"], resolved_at=args["resolvedAt"])
+        return updated if args["passed"] else replace(updated, state=JobState.AUDIT_FAILED)
+    if event == "AuditAppealed":
+        return replace(record, state=JobState.APPEALED)
+    if event == "JobPaid":
+        return replace(record, state=JobState.FINALIZED)
+    if event == "JobSlashed":
+        return replace(record, state=JobState.SLASHED)
+    if event == "JobRefunded":
+        if record.state in (JobState.POSTED, JobState.ASSIGNED):
+            return replace(record, state=JobState.REFUNDED)
+        return record
+    if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid"):
+        return record
+    raise UnknownEvent(event)
+
+
+#: JobMarket events that carry a ``jobId`` and feed :func:`apply_event`.
+JOB_EVENTS = (
+    "JobPosted",
+    "JobAssigned",
+    "LeaseExpired",
+    "JobCommitted",
+    "AuditDrawn",
+    "AuditResolved",
+    "AuditAppealed",
+    "AppealResolved",
+    "JobPaid",
+    "AuditFeePaid",
+    "JobSlashed",
+    "JobRefunded",
+)
