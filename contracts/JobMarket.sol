@@ -5,7 +5,6 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
-import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
@@ -26,7 +25,7 @@ import {Payout} from "./libraries/Payout.sol";
 /// Assigned, Committed or Audited; reward of jobs in AuditFailed or Appealed) + sum of
 /// withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never freezes
 /// settlement, verdicts, reclaim or withdraw.
-contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712, IJobMarket {
+contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarket {
     using SafeERC20 for IERC20;
     using SafeCast for uint256;
 
@@ -86,8 +85,17 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
     uint40 private immutable _auditWindow;
     uint40 private immutable _appealWindow;
 
-    address private _feeRecipient;
-    uint256 private _nextJobId = 1;
+    /// @dev Read by almost every call, so packed into one slot.
+    struct Globals {
+        uint64 nextJobId;
+        bool paused;
+        address feeRecipient;
+    }
+
+    /// @dev abi.encode(Job) is 15 static words.
+    uint256 private constant _JOB_WORDS_BYTES = 15 * 32;
+
+    Globals private _globals;
     mapping(uint256 jobId => bytes32 digest) private _jobDigest;
     mapping(address account => Account) private _accounts;
     mapping(address account => Record) private _records;
@@ -110,7 +118,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
         _challengeWindow = cfg.challengeWindow;
         _auditWindow = cfg.auditWindow;
         _appealWindow = cfg.appealWindow;
-        _feeRecipient = feeRecipient_;
+        _globals = Globals({nextJobId: 1, paused: false, feeRecipient: feeRecipient_});
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
         emit FeeRecipientSet(feeRecipient_);
@@ -120,8 +128,8 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
 
     /// @notice Post one job, escrowing `reward + auditFee` from the caller (needs an allowance).
     function postJob(JobParams calldata params) external whenNotPaused nonReentrant returns (uint256 jobId) {
-        jobId = _nextJobId;
-        _nextJobId = jobId + 1;
+        jobId = _globals.nextJobId;
+        _globals.nextJobId = uint64(jobId + 1);
         uint256 escrow = _recordPost(jobId, params);
         _token.safeTransferFrom(msg.sender, address(this), escrow);
     }
@@ -179,7 +187,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
         whenNotPaused
         nonReentrant
     {
-        _assign(jobs, ticket, signature);
+        _assign(jobs, ticket, signature, new bytes32[](0));
     }
 
     /// @notice Commit result hashes of jobs the caller holds, before their deadlines.
@@ -206,10 +214,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
         bytes32[] calldata resultHashes
     ) external whenNotPaused nonReentrant {
         if (resultHashes.length != jobs.length) revert LengthMismatch();
-        Job[] memory held = _assign(jobs, ticket, signature);
-        for (uint256 i = 0; i < held.length; ++i) {
-            _commit(ticket.jobIds[i], held[i], resultHashes[i]);
-        }
+        _assign(jobs, ticket, signature, resultHashes);
     }
 
     /// @notice Appeal a failed audit, once, within the appeal window. A second verifier then
@@ -329,7 +334,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
         Pending memory p;
         for (uint256 i = 0; i < n; ++i) {
             bytes32 stored = _jobDigest[jobIds[i]];
-            if (stored == bytes32(0) || stored != keccak256(abi.encode(jobs[i]))) continue;
+            if (stored == bytes32(0) || stored != _hashCalldata(jobs[i])) continue;
             if (_settle(jobIds[i], jobs[i], p, false)) ++settled;
         }
         _flush(p);
@@ -339,17 +344,26 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
 
     /// @notice Stop new work from entering (post, assign, commit, appeal).
     function pause() external onlyRole(PAUSER_ROLE) {
-        _pause();
+        if (_globals.paused) revert ExpectedPause();
+        _globals.paused = true;
+        emit Paused(msg.sender);
     }
 
     function unpause() external onlyRole(PAUSER_ROLE) {
-        _unpause();
+        if (!_globals.paused) revert ExpectedPause();
+        _globals.paused = false;
+        emit Unpaused(msg.sender);
+    }
+
+    /// @notice Whether new work is refused.
+    function paused() external view returns (bool) {
+        return _globals.paused;
     }
 
     /// @notice Where future protocol fees and unclaimed slash remainders are credited.
     function setFeeRecipient(address feeRecipient_) external onlyRole(DEFAULT_ADMIN_ROLE) {
         if (feeRecipient_ == address(0)) revert ZeroAddress();
-        _feeRecipient = feeRecipient_;
+        _globals.feeRecipient = feeRecipient_;
         emit FeeRecipientSet(feeRecipient_);
     }
 
@@ -364,7 +378,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
     }
 
     function feeRecipient() external view returns (address) {
-        return _feeRecipient;
+        return _globals.feeRecipient;
     }
 
     function config() external view returns (Config memory) {
@@ -373,7 +387,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
 
     /// @notice The id the next posted job will get.
     function nextJobId() external view returns (uint256) {
-        return _nextJobId;
+        return _globals.nextJobId;
     }
 
     /// @notice keccak256(abi.encode(job)) of the current record of `jobId` (zero if unknown).
@@ -383,7 +397,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
 
     /// @notice The digest of a job record, as stored.
     function hashJob(Job calldata job) external pure returns (bytes32) {
-        return keccak256(abi.encode(job));
+        return _hashCalldata(job);
     }
 
     /// @notice The EIP-712 digest an assigner signs for `ticket`.
@@ -424,8 +438,8 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
     function _postJobs(JobParams[] calldata params) private returns (uint256 firstJobId) {
         uint256 n = params.length;
         if (n == 0) revert EmptyBatch();
-        firstJobId = _nextJobId;
-        _nextJobId = firstJobId + n;
+        firstJobId = _globals.nextJobId;
+        _globals.nextJobId = (firstJobId + n).toUint64();
         uint256 escrow;
         for (uint256 i = 0; i < n; ++i) {
             escrow += _recordPost(firstJobId + i, params[i]);
@@ -452,10 +466,14 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
         return uint256(p.reward) + p.auditFee;
     }
 
-    function _assign(Job[] calldata jobs, AssignTicket calldata ticket, bytes calldata signature)
-        private
-        returns (Job[] memory held)
-    {
+    /// @dev Assigns the ticket's jobs to the caller; with `resultHashes` (same length) also
+    /// commits them, storing each record once.
+    function _assign(
+        Job[] calldata jobs,
+        AssignTicket calldata ticket,
+        bytes calldata signature,
+        bytes32[] memory resultHashes
+    ) private {
         uint256 n = jobs.length;
         if (n == 0) revert EmptyBatch();
         if (ticket.jobIds.length != n) revert LengthMismatch();
@@ -465,7 +483,7 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(_ticketDigest(ticket), signature);
         if (err != ECDSA.RecoverError.NoError || !hasRole(ASSIGNER_ROLE, signer)) revert InvalidTicketSigner(signer);
 
-        held = new Job[](n);
+        bool commit = resultHashes.length != 0;
         uint256 toLock;
         for (uint256 i = 0; i < n; ++i) {
             uint256 jobId = ticket.jobIds[i];
@@ -489,23 +507,29 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
             j.leaseExpiry = ticket.leaseExpiry;
             if (ticket.auditBps > j.auditBps) j.auditBps = ticket.auditBps;
             j.state = JobState.Assigned;
-            _store(jobId, j);
             emit JobAssigned(jobId, msg.sender, ticket.leaseExpiry, j.auditBps);
-            held[i] = j;
+            if (commit) _markCommitted(jobId, j, resultHashes[i]);
+            _store(jobId, j);
         }
         if (toLock > 0) _stakes.lock(msg.sender, toLock);
     }
 
-    function _commit(uint256 jobId, Job memory j, bytes32 resultHash) private {
-        if (j.state != JobState.Assigned) revert InvalidJobState(jobId, j.state);
-        if (j.worker != msg.sender) revert NotAssignedWorker(jobId, msg.sender);
-        if (block.timestamp > j.deadline) revert JobDeadlinePassed(jobId, j.deadline);
+    function _commit(uint256 jobId, Job calldata job, bytes32 resultHash) private {
+        if (job.state != JobState.Assigned) revert InvalidJobState(jobId, job.state);
+        if (job.worker != msg.sender) revert NotAssignedWorker(jobId, msg.sender);
+        if (block.timestamp > job.deadline) revert JobDeadlinePassed(jobId, job.deadline);
+        Job memory j = job;
+        _markCommitted(jobId, j, resultHash);
+        _store(jobId, j);
+    }
+
+    /// @dev Records the commit in `j` (the caller stores it).
+    function _markCommitted(uint256 jobId, Job memory j, bytes32 resultHash) private {
         if (resultHash == bytes32(0)) revert EmptyResult(jobId);
         j.resultHash = resultHash;
         j.committedAt = uint40(block.timestamp);
         j.committedBlock = uint40(block.number);
         j.state = JobState.Committed;
-        _store(jobId, j);
         emit JobCommitted(jobId, msg.sender, resultHash, j.committedAt, j.committedBlock);
     }
 
@@ -590,17 +614,22 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
         _store(jobId, j);
         _records[j.worker].slashed += 1;
         _credit(j.client, uint256(j.reward) + compensation);
-        if (remainder > 0) _credit(_feeRecipient, remainder);
+        if (remainder > 0) _credit(_globals.feeRecipient, remainder);
         emit JobSlashed(jobId, j.worker, j.collateral, compensation);
         emit JobRefunded(jobId, j.client, j.reward);
         if (j.collateral > 0) _stakes.slash(j.worker, j.collateral, address(this));
+    }
+
+    modifier whenNotPaused() {
+        if (_globals.paused) revert EnforcedPause();
+        _;
     }
 
     function _flush(Pending memory p) private {
         _flushWorker(p);
         _flushClient(p);
         if (p.fees > 0) {
-            _credit(_feeRecipient, p.fees);
+            _credit(_globals.feeRecipient, p.fees);
             p.fees = 0;
         }
     }
@@ -630,13 +659,32 @@ contract JobMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712,
     }
 
     function _store(uint256 jobId, Job memory j) private {
-        _jobDigest[jobId] = keccak256(abi.encode(j));
+        _jobDigest[jobId] = _hashMemory(j);
+    }
+
+    /// @dev keccak256(abi.encode(j)) without allocating: a memory struct of 15 static fields
+    /// is laid out exactly as its ABI encoding, one clean word per field.
+    function _hashMemory(Job memory j) private pure returns (bytes32 digest) {
+        assembly ("memory-safe") {
+            digest := keccak256(j, _JOB_WORDS_BYTES)
+        }
+    }
+
+    /// @dev keccak256 of the record's calldata words, copied to scratch memory past the free
+    /// memory pointer (not allocated). Dirty (non-canonical) encodings hash differently from
+    /// the stored digest and are rejected as a mismatch.
+    function _hashCalldata(Job calldata job) private pure returns (bytes32 digest) {
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            calldatacopy(ptr, job, _JOB_WORDS_BYTES)
+            digest := keccak256(ptr, _JOB_WORDS_BYTES)
+        }
     }
 
     function _checkRecord(uint256 jobId, Job calldata job) private view {
         bytes32 stored = _jobDigest[jobId];
         if (stored == bytes32(0)) revert UnknownJob(jobId);
-        if (stored != keccak256(abi.encode(job))) revert JobRecordMismatch(jobId);
+        if (stored != _hashCalldata(job)) revert JobRecordMismatch(jobId);
     }
 
     /// @dev The audit draw uses the hash of the block after the commit, which does not exist

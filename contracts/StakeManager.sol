@@ -100,6 +100,7 @@ contract StakeManager is AccessControl, ReentrancyGuardTransient, IStakeManager 
     // ---------------------------------------------------------------- job market actions
 
     /// @notice Lock `amount` of `staker`'s free stake as job collateral. Only the job market.
+    /// @dev No event: the job market's JobAssigned events say which collateral is locked.
     function lock(address staker, uint256 amount) external onlyJobMarket {
         Stake storage s = _stakes[staker];
         if (s.free < amount) revert InsufficientFreeStake(staker, s.free, amount);
@@ -109,7 +110,6 @@ contract StakeManager is AccessControl, ReentrancyGuardTransient, IStakeManager 
             s.free -= uint128(amount);
             s.locked += uint128(amount);
         }
-        emit StakeLocked(staker, amount);
     }
 
     /// @notice Release `amount` of `staker`'s locked collateral back to free stake. Only the job market.
@@ -121,7 +121,6 @@ contract StakeManager is AccessControl, ReentrancyGuardTransient, IStakeManager 
             s.locked -= uint128(amount);
             s.free += uint128(amount);
         }
-        emit StakeUnlocked(staker, amount);
     }
 
     /// @notice Take `amount` of `staker`'s locked collateral and send it to `recipient`.

@@ -58,6 +58,10 @@ interface IJobMarket {
     error UnbondingTooShort(uint256 unbondingDelay, uint256 windows);
     /// @notice The stake manager is bound to another token.
     error TokenMismatch();
+    /// @notice The market is paused: no new work is taken.
+    error EnforcedPause();
+    /// @notice pause() while paused, or unpause() while not paused.
+    error ExpectedPause();
 
     // ------------------------------------------------------------------ events
     event JobPosted(
@@ -88,4 +92,6 @@ interface IJobMarket {
     event JobRefunded(uint256 indexed jobId, address indexed client, uint256 amount);
     event Withdrawn(address indexed account, uint256 amount);
     event FeeRecipientSet(address indexed feeRecipient);
+    event Paused(address account);
+    event Unpaused(address account);
 }

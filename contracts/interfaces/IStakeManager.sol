@@ -27,8 +27,6 @@ interface IStakeManager {
     event Staked(address indexed staker, uint256 amount);
     event UnstakeRequested(address indexed staker, uint256 amount, uint256 releaseAt);
     event UnbondedWithdrawn(address indexed staker, uint256 amount);
-    event StakeLocked(address indexed staker, uint256 amount);
-    event StakeUnlocked(address indexed staker, uint256 amount);
     event StakeSlashed(address indexed staker, uint256 amount, address indexed recipient);
     event JobMarketSet(address indexed jobMarket);
 

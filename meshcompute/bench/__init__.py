@@ -1,0 +1,1 @@
+"""Benchmarks behind ``mesh bench``: each returns a JSON-able dict of measured figures."""

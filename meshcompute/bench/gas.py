@@ -1,0 +1,128 @@
+"""Gas per job for full lifecycles on anvil: post + assign + commit + finalize.
+
+``single``: one job through ``postJob``, ``assignAndCommit`` (ticket with one id) and
+``finalize``; also the separate ``assign`` + ``commitResults`` path. ``batched_100``: 100
+shards through ``postJobs``, one ``assignAndCommit`` ticket and ``finalizeBatch``, divided by
+100. Figures are steady state (the accounts involved already hold balances, as in a running
+market); the first job of a fresh deployment, which pays for new storage slots, is reported
+separately.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from meshcompute.chain.contracts import JobParams, MeshActor, mesh_sender
+from meshcompute.chain.deploy import TOKEN, DeployParams, deploy_contracts
+from meshcompute.chain.local import LocalChain
+from meshcompute.chain.tickets import AssignTicket, sign_ticket
+
+CHALLENGE_S = 60
+
+
+def run_gas_bench(batch: int = 100) -> dict[str, Any]:
+    with LocalChain() as chain:
+        w3 = chain.w3()
+        admin_acct, assigner, client_acct, worker_acct = chain.accounts[:4]
+        sender = mesh_sender(w3, admin_acct)
+        params = DeployParams(challenge_window_s=CHALLENGE_S, min_audit_bps=0)
+        deployment = deploy_contracts(sender, params, assigners=(assigner.address,))
+        admin = MeshActor(w3, deployment, admin_acct, sender)
+        client = MeshActor(w3, deployment, client_acct)
+        worker = MeshActor(w3, deployment, worker_acct)
+        admin.mint(client.address, 10**9 * TOKEN)
+        admin.mint(worker.address, 10**9 * TOKEN)
+        worker.stake(10**6 * TOKEN)
+        client.approve(deployment.address("JobMarket"), 2**256 - 1)
+        bench = _Lifecycle(chain, admin, client, worker, assigner)
+
+        cold = bench.single()
+        single = [bench.single() for _ in range(5)]
+        split_path = [bench.single(separate_assign=True) for _ in range(3)]
+        bench.batch(batch)  # warm-up: first batch touches the same slots as later ones
+        batched = bench.batch(batch)
+        return {
+            "per_job_gas_single": round(_mean(s["total"] for s in single)),
+            "per_job_gas_single_separate_assign": round(_mean(s["total"] for s in split_path)),
+            "per_job_gas_single_first_job": cold["total"],
+            f"per_job_gas_batched_{batch}": round(batched["total"] / batch),
+            "single_breakdown": {k: round(_mean(s[k] for s in single)) for k in single[0]},
+            f"batched_{batch}_breakdown": batched,
+            "chain": "anvil",
+            "evm_version": "cancun (compiled); anvil default hardfork at run time",
+        }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+class _Lifecycle:
+    def __init__(self, chain, admin: MeshActor, client: MeshActor, worker: MeshActor, assigner):
+        self.chain = chain
+        self.admin = admin
+        self.client = client
+        self.worker = worker
+        self.assigner = assigner
+        self.market = admin.deployment.address("JobMarket")
+        self.chain_id = admin.deployment.chain_id
+
+    def _params(self) -> JobParams:
+        now = self.chain.w3().eth.get_block("latest")["timestamp"]
+        return JobParams(
+            spec_hash=os.urandom(32),
+            reward=100 * TOKEN,
+            audit_fee=5 * TOKEN,
+            collateral=50 * TOKEN,
+            deadline=now + 3600,
+            audit_bps=0,
+        )
+
+    def _ticket(self, ids: list[int]) -> tuple[AssignTicket, bytes]:
+        now = self.chain.w3().eth.get_block("latest")["timestamp"]
+        ticket = AssignTicket(self.worker.address, tuple(ids), 0, now + 600)
+        return ticket, sign_ticket(
+            ticket, self.assigner, chain_id=self.chain_id, job_market=self.market
+        )
+
+    def _settle_time(self) -> None:
+        self.chain.increase_time(CHALLENGE_S + 1)
+        self.chain.mine(2)
+
+    def single(self, separate_assign: bool = False) -> dict[str, int]:
+        post = self.client.sender.send(self.client.market.functions.postJob(self._params().as_tuple()))
+        (job_id,) = self.client._posted_ids(post)
+        ticket, sig = self._ticket([job_id])
+        gas = {"post": post["gasUsed"]}
+        if separate_assign:
+            gas["assign"] = self.worker.assign(ticket, sig)["gasUsed"]
+            gas["commit"] = self.worker.commit_results([job_id], [os.urandom(32)])["gasUsed"]
+        else:
+            gas["assign_and_commit"] = self.worker.assign_and_commit(ticket, sig, [os.urandom(32)])[
+                "gasUsed"
+            ]
+        self._settle_time()
+        gas["finalize"] = self.admin.finalize(job_id)["gasUsed"]
+        gas["total"] = sum(gas.values())
+        return gas
+
+    def batch(self, n: int) -> dict[str, int]:
+        params = [self._params().as_tuple() for _ in range(n)]
+        post = self.client.sender.send(self.client.market.functions.postJobs(params))
+        ids = self.client._posted_ids(post)
+        ticket, sig = self._ticket(ids)
+        records = list(self.admin.job_records(ids, verify=False).values())
+        commit = self.worker.assign_and_commit(
+            ticket, sig, [os.urandom(32) for _ in ids], records=records
+        )
+        self._settle_time()
+        final = self.admin.finalize_batch(ids)
+        gas = {
+            "post_batch": post["gasUsed"],
+            "assign_and_commit_batch": commit["gasUsed"],
+            "finalize_batch": final["gasUsed"],
+        }
+        gas["total"] = sum(gas.values())
+        return gas
