@@ -274,7 +274,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         }
         if (passed) {
             _records[j.worker].auditsPassed += 1;
-            Pending memory p;
+            Pending memory p = _noPending();
             _pay(jobId, j, p, true, false);
             _flush(p);
         } else {
@@ -300,7 +300,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         Job memory j = job;
         if (workerWins) {
             _records[j.worker].auditsPassed += 1;
-            Pending memory p;
+            Pending memory p = _noPending();
             _pay(jobId, j, p, true, false);
             _flush(p);
         } else {
@@ -316,7 +316,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// draw (AuditDrawn) and the job waits for the verifier.
     function finalize(uint256 jobId, Job calldata job) external nonReentrant {
         _checkRecord(jobId, job);
-        Pending memory p;
+        Pending memory p = _noPending();
         _settle(jobId, job, p, true);
         _flush(p);
     }
@@ -331,7 +331,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     {
         uint256 n = jobIds.length;
         if (jobs.length != n) revert LengthMismatch();
-        Pending memory p;
+        Pending memory p = _noPending();
         for (uint256 i = 0; i < n; ++i) {
             bytes32 stored = _jobDigest[jobIds[i]];
             if (stored == bytes32(0) || stored != _hashCalldata(jobs[i])) continue;
@@ -440,7 +440,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (n == 0) revert EmptyBatch();
         firstJobId = _globals.nextJobId;
         _globals.nextJobId = (firstJobId + n).toUint64();
-        uint256 escrow;
+        uint256 escrow = 0;
         for (uint256 i = 0; i < n; ++i) {
             escrow += _recordPost(firstJobId + i, params[i]);
         }
@@ -452,15 +452,23 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (p.deadline <= block.timestamp) revert DeadlineInPast(p.deadline);
         if (p.auditBps > Payout.BPS) revert InvalidBps(p.auditBps);
         uint16 auditBps = p.auditBps < _minAuditBps ? _minAuditBps : p.auditBps;
-        Job memory j;
-        j.client = msg.sender;
-        j.reward = p.reward;
-        j.auditFee = p.auditFee;
-        j.collateral = p.collateral;
-        j.deadline = p.deadline;
-        j.auditBps = auditBps;
-        j.state = JobState.Posted;
-        j.specHash = p.specHash;
+        Job memory j = Job({
+            client: msg.sender,
+            worker: address(0),
+            auditor: address(0),
+            reward: p.reward,
+            auditFee: p.auditFee,
+            collateral: p.collateral,
+            deadline: p.deadline,
+            leaseExpiry: 0,
+            committedAt: 0,
+            committedBlock: 0,
+            resolvedAt: 0,
+            auditBps: auditBps,
+            state: JobState.Posted,
+            specHash: p.specHash,
+            resultHash: bytes32(0)
+        });
         _store(jobId, j);
         emit JobPosted(jobId, msg.sender, p.specHash, p.reward, p.auditFee, p.collateral, p.deadline, auditBps);
         return uint256(p.reward) + p.auditFee;
@@ -480,11 +488,15 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (ticket.worker != msg.sender) revert TicketWorkerMismatch(ticket.worker, msg.sender);
         if (block.timestamp >= ticket.leaseExpiry) revert TicketExpired(ticket.leaseExpiry);
         if (ticket.auditBps > Payout.BPS) revert InvalidBps(ticket.auditBps);
+        // The third return value (the malformed length or s value) is not needed: any
+        // recovery error is reported as an invalid signer (address zero).
+        // slither-disable-next-line unused-return
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(_ticketDigest(ticket), signature);
-        if (err != ECDSA.RecoverError.NoError || !hasRole(ASSIGNER_ROLE, signer)) revert InvalidTicketSigner(signer);
+        if (err != ECDSA.RecoverError.NoError) signer = address(0);
+        if (signer == address(0) || !hasRole(ASSIGNER_ROLE, signer)) revert InvalidTicketSigner(signer);
 
         bool commit = resultHashes.length != 0;
-        uint256 toLock;
+        uint256 toLock = 0;
         for (uint256 i = 0; i < n; ++i) {
             uint256 jobId = ticket.jobIds[i];
             _checkRecord(jobId, jobs[i]);
@@ -618,6 +630,10 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         emit JobSlashed(jobId, j.worker, j.collateral, compensation);
         emit JobRefunded(jobId, j.client, j.reward);
         if (j.collateral > 0) _stakes.slash(j.worker, j.collateral, address(this));
+    }
+
+    function _noPending() private pure returns (Pending memory) {
+        return Pending(address(0), 0, 0, 0, address(0), 0, 0);
     }
 
     modifier whenNotPaused() {
