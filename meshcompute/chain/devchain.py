@@ -15,6 +15,7 @@ from typing import Any, Self
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from meshcompute.errors import ChainError
 
@@ -88,7 +89,7 @@ class DevChain(ABC):
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
         """Call a (possibly non-standard) RPC method and return its result."""
-        response = self.w3().provider.make_request(method, params)  # type: ignore[arg-type]
+        response = self.w3().provider.make_request(RPCEndpoint(method), params)
         if "error" in response:
             raise ChainError(f"{method} failed: {response['error']}")
         return response.get("result")

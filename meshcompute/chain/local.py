@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Self
 
 from web3 import HTTPProvider, Web3
+from web3.types import RPCEndpoint
 
 from meshcompute.chain.devchain import DEV_ACCOUNT_COUNT, DevChain
 from meshcompute.errors import ChainUnavailable
@@ -202,7 +203,7 @@ def _answers_chain_id(port: int, expected: int) -> bool:
         exception_retry_configuration=None,
     )
     try:
-        response = provider.make_request("eth_chainId", [])  # type: ignore[arg-type]
+        response = provider.make_request(RPCEndpoint("eth_chainId"), [])
     except Exception:  # noqa: BLE001 - any failure just means "not ready yet"
         return False
     result = response.get("result")

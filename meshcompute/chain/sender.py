@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import requests
 from eth_account import Account
@@ -36,7 +36,7 @@ from web3.exceptions import (
     TransactionNotFound,
     Web3RPCError,
 )
-from web3.types import TxReceipt
+from web3.types import TxParams, TxReceipt
 
 from meshcompute.chain.fees import has_fees, suggest_fees
 from meshcompute.chain.nonces import NonceManager, is_nonce_conflict
@@ -176,7 +176,7 @@ class TxSender:
         try:
             with _node_reachable():
                 receipt = self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=limit, poll_latency=self.poll_interval_s
+                    HexBytes(tx_hash), timeout=limit, poll_latency=self.poll_interval_s
                 )
         except TimeExhausted:
             raise TransactionTimeout(HexBytes(tx_hash).to_0x_hex(), limit) from None
@@ -208,7 +208,7 @@ class TxSender:
         request = {key: fields[key] for key in ("to", "data", "value") if key in fields}
         request["from"] = self.address
         try:
-            estimate = self.w3.eth.estimate_gas(request)  # type: ignore[arg-type]
+            estimate = self.w3.eth.estimate_gas(cast(TxParams, request))
         except ContractLogicError as exc:
             raise contract_revert(
                 revert_data_bytes(exc.data),
@@ -250,7 +250,7 @@ class TxSender:
         return True
 
     def _pending_count(self, address: str) -> int:
-        return int(self.w3.eth.get_transaction_count(address, "pending"))  # type: ignore[arg-type]
+        return int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(address), "pending"))
 
     def _contract_name(self, address: Any) -> str | None:
         if not address:
@@ -273,7 +273,7 @@ class TxSender:
         data: bytes | None = None
         detail = None
         try:
-            self.w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)  # type: ignore[arg-type]
+            self.w3.eth.call(cast(TxParams, call), block_identifier=receipt["blockNumber"] - 1)
             detail = f"replay did not revert; gas used {receipt['gasUsed']} of {tx['gas']}"
         except ContractLogicError as exc:
             data = revert_data_bytes(exc.data)

@@ -19,12 +19,11 @@ import re
 import threading
 from typing import Any, cast
 
-from eth_abi import encode as abi_encode
-from eth_tester import EthereumTester, PyEVMBackend
-from eth_tester.exceptions import TransactionFailed
+from eth_abi.abi import encode as abi_encode
+from eth_tester import EthereumTester, PyEVMBackend  # type: ignore[import-untyped]
+from eth_tester.exceptions import TransactionFailed  # type: ignore[import-untyped]
 from eth_tester.exceptions import ValidationError as TesterValidationError
-from eth_utils import ValidationError as EvmValidationError
-from eth_utils import to_hex
+from eth_utils.exceptions import ValidationError as EvmValidationError
 from web3 import EthereumTesterProvider, Web3
 from web3.types import RPCEndpoint, RPCResponse
 
@@ -43,10 +42,11 @@ class NodeLikeTesterProvider(EthereumTesterProvider):
 
     def __init__(self, ethereum_tester: EthereumTester) -> None:
         super().__init__(ethereum_tester)
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
+        """Held for every request; hold it to touch the EthereumTester directly."""
 
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
-        with self._lock:
+        with self.lock:
             request_id = self._current_request_id
             self._current_request_id += 1
             namespace, _, endpoint = method.partition("_")
@@ -73,7 +73,8 @@ class TesterChain(DevChain):
             mnemonic, num_accounts=DEV_ACCOUNT_COUNT, hd_path=HD_PATH_PREFIX
         )
         self.tester = EthereumTester(backend)
-        self._w3 = Web3(NodeLikeTesterProvider(self.tester))
+        self._provider = NodeLikeTesterProvider(self.tester)
+        self._w3 = Web3(self._provider)
         self.chain_id = self._w3.eth.chain_id
 
     def __repr__(self) -> str:
@@ -96,7 +97,7 @@ class TesterChain(DevChain):
         self._rpc("evm_revert", [snapshot_id])
 
     def set_automine(self, enabled: bool) -> None:
-        with self._w3.provider._lock:  # type: ignore[attr-defined]
+        with self._provider.lock:
             if enabled:
                 self.tester.enable_auto_mine_transactions()
             else:
@@ -126,13 +127,16 @@ def _revert_error(request_id: Any, exc: TransactionFailed) -> RPCResponse:
     if isinstance(reason, Exception):
         reason = reason.args[0] if reason.args else b""
     if isinstance(reason, bytes | bytearray):
-        return _error(request_id, REVERT_CODE, "execution reverted", to_hex(bytes(reason)))
+        return _error(request_id, REVERT_CODE, "execution reverted", "0x" + bytes(reason).hex())
     text = str(reason)
     raw = _parse_bytes_literal(text)
     if raw is not None:
-        return _error(request_id, REVERT_CODE, "execution reverted", to_hex(raw))
+        return _error(request_id, REVERT_CODE, "execution reverted", "0x" + raw.hex())
     return _error(
-        request_id, REVERT_CODE, f"execution reverted: {text}", to_hex(_encode_error_string(text))
+        request_id,
+        REVERT_CODE,
+        f"execution reverted: {text}",
+        "0x" + _encode_error_string(text).hex(),
     )
 
 

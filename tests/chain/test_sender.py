@@ -261,3 +261,22 @@ def test_chain_errors_survive_pickling():
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert copy.__dict__ == error.__dict__
+
+
+def test_send_resubmitting_an_accepted_transaction_does_not_duplicate_it(sender, w3, alice, bob):
+    """A lost response plus web3's retry: the node already has our exact transaction."""
+    tx = {"to": bob.address, "value": 7, "gas": 21000, **_fixed_fees(w3)}
+    nonce = sender.resync()
+    already_sent = alice.sign_transaction({**tx, "nonce": nonce, "chainId": w3.eth.chain_id})
+    w3.eth.send_raw_transaction(already_sent.raw_transaction)
+
+    tx_hash = sender.send_async(tx)
+
+    assert tx_hash == already_sent.hash
+    assert pending_nonce(w3, alice) == nonce + 1
+    assert sender.send({"to": bob.address, "value": 1})["status"] == 1
+
+
+def _fixed_fees(w3: Web3) -> dict[str, int]:
+    base_fee = w3.eth.get_block("latest")["baseFeePerGas"]
+    return {"maxFeePerGas": 3 * base_fee + 10**9, "maxPriorityFeePerGas": 10**9}

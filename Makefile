@@ -1,0 +1,51 @@
+# meshcompute developer entry points. `make setup` is idempotent: stamp files under .venv/
+# record what was installed, so a second run with nothing changed takes about a second.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  := torch==2.13.0
+
+STAMP_TORCH := $(VENV)/.stamp-torch
+STAMP_PY    := $(VENV)/.stamp-python-deps
+STAMP_NPM   := $(VENV)/.stamp-npm
+
+.PHONY: setup test demo bench compile lint FORCE
+
+setup: $(STAMP_PY) $(STAMP_NPM)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned: it resolves to the CPU wheel on local disk. Left to resolve the
+# `torch>=...` range in pyproject.toml, pip would pick a ~5 GB CUDA build.
+$(STAMP_TORCH): | $(PY)
+	$(PIP) install $(TORCH)
+	touch $@
+
+$(STAMP_PY): pyproject.toml $(STAMP_TORCH)
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+# npm ci when package-lock.json changed or node_modules is missing.
+$(STAMP_NPM): package-lock.json $(if $(wildcard node_modules/.bin/anvil),,FORCE) | $(PY)
+	npm ci
+	touch $@
+
+FORCE:
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/mesh demo
+
+bench: setup
+	$(PY) -m meshcompute.bench
+
+compile: setup
+	$(PY) -m meshcompute.chain.compile
+
+lint: setup
+	$(VENV)/bin/ruff check .
