@@ -189,12 +189,15 @@ class TxSender:
     ) -> dict[str, Any]:
         """The full transaction minus its nonce: estimates gas and fees unless given.
 
-        Raises ContractRevert when the gas estimate reverts, TransactionRejected when the node
-        refuses the estimate for another reason (e.g. insufficient funds).
+        A ``from`` or ``nonce`` in ``tx`` is ignored: the key and the NonceManager decide
+        those. Raises ContractRevert when the gas estimate reverts, TransactionRejected when
+        the node refuses the estimate for another reason (e.g. insufficient funds).
         """
         fields = {**_transaction_fields(tx), **(tx_params or {})}
-        fields.pop("from", None)
-        fields.pop("nonce", None)
+        for ignored in ("from", "nonce"):
+            fields.pop(ignored, None)
+        if fields.get("to") is None:
+            fields.pop("to", None)  # a deployment
         fields.setdefault("value", 0)
         fields["chainId"] = self.chain_id
         with _node_reachable():
