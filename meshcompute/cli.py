@@ -102,6 +102,14 @@ def chain_deploy(
     console.print(f"deployment record: {path}")
 
 
+@app.command("demo")
+def demo() -> None:
+    """Run the marketplace on one machine and reconcile every balance with the chain."""
+    from meshcompute.demo import run_demo
+
+    run_demo(Console())
+
+
 @bench_app.command("gas")
 def bench_gas(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
