@@ -62,8 +62,11 @@ contract StakeManager is AccessControl, ReentrancyGuardTransient, IStakeManager 
     /// @notice Deposit `amount` credits as free stake. Needs an allowance.
     function stake(uint256 amount) external nonReentrant {
         if (amount == 0) revert ZeroAmount();
-        if (amount > type(uint128).max) revert AmountTooLarge(amount);
         Stake storage s = _stakes[msg.sender];
+        // Bound the whole position (free + locked + unbonding) by uint128, so the unchecked
+        // moves between those buckets in unstake, lock and unlock can never wrap.
+        uint256 position = uint256(s.free) + s.locked + _unbonding[msg.sender].amount;
+        if (amount > type(uint128).max - position) revert AmountTooLarge(amount);
         s.free += uint128(amount);
         emit Staked(msg.sender, amount);
         _token.safeTransferFrom(msg.sender, address(this), amount);
@@ -76,8 +79,8 @@ contract StakeManager is AccessControl, ReentrancyGuardTransient, IStakeManager 
         Stake storage s = _stakes[msg.sender];
         if (s.free < amount) revert InsufficientFreeStake(msg.sender, s.free, amount);
         Unbonding storage u = _unbonding[msg.sender];
-        // unchecked: amount <= s.free (checked above), and unbonding + free never exceed the
-        // uint128 total that was staked.
+        // unchecked: amount <= s.free (checked above), and free + locked + unbonding is bounded
+        // by uint128 in stake().
         unchecked {
             s.free -= uint128(amount);
             u.amount += uint128(amount);

@@ -26,7 +26,7 @@ from meshcompute.chain.deploy import Deployment
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
 from meshcompute.core.job import JOB_EVENTS, JobRecord, apply_event
-from meshcompute.errors import ChainError, StaleJobRecord
+from meshcompute.errors import ChainError
 
 
 @dataclass(frozen=True)
@@ -448,9 +448,9 @@ class MeshActor(MeshContracts):
         found = self.job_records(job_ids, verify=False)
         missing = [i for i in job_ids if i not in found]
         if missing:
-            raise StaleJobRecord(
-                "UnknownJob", {"jobIds": missing}, contract="JobMarket",
-                detail="no JobPosted event for these ids",
+            raise revert_class("UnknownJob")(
+                "UnknownJob", {"jobId": missing[0]}, contract="JobMarket",
+                detail="no JobPosted event for this id",
             )
         return [found[i] for i in job_ids]
 

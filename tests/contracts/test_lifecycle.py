@@ -664,13 +664,6 @@ def test_stake_adds_free_stake(world: World) -> None:
 U128_MAX = 2**128 - 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: StakeManager.stake bounds only `free` by uint128, but unstake() adds to the "
-    "unbonding amount in an `unchecked` block assuming free + unbonding <= uint128: after "
-    "staking 2**128-1 twice (unstaking in between) unstake(1) wraps unbonding to 0 and "
-    "2**128 wei of stake vanish from the accounting (tokens stuck in StakeManager)",
-)
 def test_unstake_never_wraps_the_unbonding_amount(world: World) -> None:
     outsider = world.outsider
     world.admin.mint(outsider.address, 2 * U128_MAX)
@@ -686,12 +679,6 @@ def test_unstake_never_wraps_the_unbonding_amount(world: World) -> None:
     assert_solvent(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: StakeManager.unlock adds the released collateral to `free` in an `unchecked` "
-    "block, but stake() lets free + locked exceed uint128 (it only checks free): a worker "
-    "with 2**128-1 free stake besides a locked collateral C gets free = C-1 after finalize",
-)
 def test_unlock_never_wraps_free_stake(world: World) -> None:
     worker = world.workers[0]
     collateral = 50 * TOKEN

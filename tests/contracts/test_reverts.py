@@ -1112,12 +1112,6 @@ def test_job_lookup_of_unknown_id_raises_not_found(world: World) -> None:
     assert isinstance(e.value, LookupError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (bindings): MeshActor._records_for raises StaleJobRecord (a ValueError) named "
-    "'UnknownJob' for ids with no JobPosted event, while the contract's UnknownJob revert and "
-    "MeshContracts.job() raise NotFoundOnChain (a LookupError): `except LookupError` misses it",
-)
 def test_commitResults_binding_check_of_unknown_job_raises_not_found(world: World) -> None:
     with reverts("UnknownJob", NotFoundOnChain) as e:
         world.workers[0].commit_results([4242], [RESULT])  # records rebuilt from events
