@@ -21,7 +21,7 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from meshcompute.chain.artifacts import load_artifact
-from meshcompute.chain.custom_errors import decode_custom_error, revert_class
+from meshcompute.chain.custom_errors import abi_type, decode_custom_error, revert_class
 from meshcompute.chain.deploy import Deployment
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
@@ -102,7 +102,7 @@ class MeshContracts:
         for contract in (self.credit, self.stakes, self.market):
             for item in contract.abi:
                 if item.get("type") == "event":
-                    types = ",".join(_abi_type(i) for i in item["inputs"])
+                    types = ",".join(abi_type(i) for i in item["inputs"])
                     topic = keccak(text=f"{item['name']}({types})")
                     self._events_by_topic[topic] = (item["name"], item)
         self._job_event_topics = [
@@ -465,9 +465,3 @@ _JOB_TUPLE_TYPE = (
     "uint16,uint8,bytes32,bytes32)"
 )
 
-
-def _abi_type(item: dict[str, Any]) -> str:
-    if item["type"].startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in item["components"])
-        return f"({inner}){item['type'][5:]}"
-    return item["type"]

@@ -103,7 +103,7 @@ def _selectors() -> dict[bytes, tuple[str, list[str], list[str]]]:
         for item in load_artifact(name)["abi"]:
             if item.get("type") != "error":
                 continue
-            types = [_abi_type(i) for i in item["inputs"]]
+            types = [abi_type(i) for i in item["inputs"]]
             signature = f"{item['name']}({','.join(types)})"
             table[keccak(text=signature)[:4]] = (
                 item["name"],
@@ -113,9 +113,10 @@ def _selectors() -> dict[bytes, tuple[str, list[str], list[str]]]:
     return table
 
 
-def _abi_type(item: dict[str, Any]) -> str:
+def abi_type(item: dict[str, Any]) -> str:
+    """The canonical ABI type of an ABI input item (tuples spelled out), for signatures."""
     if item["type"].startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in item["components"])
+        inner = ",".join(abi_type(c) for c in item["components"])
         return f"({inner}){item['type'][5:]}"
     return item["type"]
 
