@@ -110,6 +110,37 @@ class DeploymentNotFound(MeshError, LookupError):
     """No deployment record for the requested contract on this chain."""
 
 
+# --- errors outside the chain: bad input, authentication, services, jobs
+
+
+class BadInput(MeshError, ValueError):
+    """Input from a user or a peer is malformed; the message names what was wrong."""
+
+
+class AuthError(MeshError, PermissionError):
+    """A signed request was refused: bad, expired or replayed signature, or wrong signer."""
+
+
+class NotFound(MeshError, LookupError):
+    """Something asked for by id or hash does not exist (a blob, a job, a worker)."""
+
+
+class ServiceUnavailable(MeshError, ConnectionError):
+    """A service (the market, Redis) could not be reached; the message says which and where."""
+
+
+class JobFailed(MeshError, RuntimeError):
+    """A job could not be run; the reason is readable by the client."""
+
+
+class SandboxUnavailable(MeshError, RuntimeError):
+    """No OS-level isolation is available for running untrusted programs."""
+
+
+class WalletError(MeshError, ValueError):
+    """A keystore could not be created, read or unlocked (for example a wrong password)."""
+
+
 # --- families of contract reverts (meshcompute.chain.custom_errors maps each custom error to one)
 
 

@@ -1,15 +1,10 @@
-"""The ``mesh`` command line: one CLI for every role.
-
-This module holds the chain and benchmark commands of the foundation; the market, worker,
-verifier, job and wallet commands join it as those parts land.
-"""
+"""``mesh chain``: run a local chain or deploy the contracts to any EVM chain."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sys
 import time
 from typing import Annotated
 
@@ -18,11 +13,8 @@ from rich.console import Console
 
 from meshcompute.errors import MeshError
 
-app = typer.Typer(no_args_is_help=True, help="meshcompute: a verified compute marketplace.")
-chain_app = typer.Typer(no_args_is_help=True, help="Run or deploy to a chain.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON figures).")
-app.add_typer(chain_app, name="chain")
-app.add_typer(bench_app, name="bench")
+app = typer.Typer(no_args_is_help=True, help="Run or deploy to a chain.")
+chain_app = app
 
 console = Console(stderr=True)
 
@@ -100,45 +92,3 @@ def chain_deploy(
     path = save_deployment(deployment, get_settings().deployments_dir)
     print(json.dumps(deployment.to_json(), indent=2))
     console.print(f"deployment record: {path}")
-
-
-@app.command("demo")
-def demo() -> None:
-    """Run the marketplace on one machine and reconcile every balance with the chain."""
-    from meshcompute.demo import run_demo
-
-    run_demo(Console())
-
-
-@bench_app.command("gas")
-def bench_gas(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    batch: Annotated[int, typer.Option(help="Shards in the batched lifecycle.")] = 100,
-) -> None:
-    """Gas per job for full lifecycles on anvil (single and batched)."""
-    from meshcompute.bench.gas import run_gas_bench
-
-    result = run_gas_bench(batch)
-    if as_json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        console.print(f"{key:<40} {value}")
-
-
-def main() -> None:
-    """Entry point: readable one-line errors unless --debug."""
-    debug = "--debug" in sys.argv
-    if debug:
-        sys.argv.remove("--debug")
-    try:
-        app()
-    except MeshError as exc:
-        if debug:
-            raise
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,54 @@
+"""The ``mesh`` command line: one CLI for every role.
+
+Each role's commands live in their own module under :mod:`meshcompute.cli` and are mounted
+here; heavy imports (web3, torch, FastAPI) happen inside the commands, so ``mesh --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from meshcompute.errors import MeshError
+
+app = typer.Typer(no_args_is_help=True, help="meshcompute: a verified compute marketplace.")
+console = Console(stderr=True)
+
+#: (module under meshcompute.cli, command group name); each module exposes ``app``.
+SUBCOMMANDS: tuple[tuple[str, str], ...] = (
+    ("chain", "chain"),
+    ("bench", "bench"),
+)
+
+for _module, _name in SUBCOMMANDS:
+    app.add_typer(importlib.import_module(f"meshcompute.cli.{_module}").app, name=_name)
+
+
+@app.command("demo")
+def demo() -> None:
+    """Run the marketplace on one machine and reconcile every balance with the chain."""
+    from meshcompute.demo import run_demo
+
+    run_demo(Console())
+
+
+
+def main() -> None:
+    """Entry point: readable one-line errors unless --debug."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except MeshError as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

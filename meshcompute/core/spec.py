@@ -1,0 +1,174 @@
+"""The job spec: what a client asks for, content-addressed.
+
+A spec is a small JSON document stored in the blob store like any other blob; its sha256 is
+the ``specHash`` the client escrows on chain. It names the program (``.pt2``) and the inputs
+(safetensors) by their sha256, the device, the tolerance policy used by audits, and the limits
+the worker enforces. Shards of one client submission share a ``group`` and carry their index.
+
+Tensor naming, shared by everyone who reads or writes job data:
+
+- inputs: a safetensors file whose tensors are named ``args.0``, ``args.1``, ... and are passed
+  to the program positionally in that order;
+- outputs: a safetensors file whose tensors are named ``out.0``, ``out.1``, ... (the program's
+  outputs flattened in order);
+- a group's assembled output concatenates each ``out.i`` along dimension 0 in shard order.
+
+Pure: no I/O, no torch. Canonical bytes are ``json.dumps(sort_keys=True,
+separators=(",", ":"))`` of :meth:`JobSpec.to_json`, UTF-8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshcompute.errors import BadInput
+
+SPEC_VERSION = 1
+DEVICES = ("cpu", "cuda")
+TOLERANCE_KINDS = ("exact", "allclose", "argmax", "topk")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+#: Defaults a client gets when it says nothing (the tolerance default is measured, see
+#: BENCHMARKS.md "Verification").
+DEFAULT_TOLERANCE: dict[str, Any] = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
+DEFAULT_TIME_LIMIT_S = 300.0
+DEFAULT_MEMORY_LIMIT_MB = 2048
+DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex sha256, the name of a blob."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_sha256_hex(value: object) -> bool:
+    return isinstance(value, str) and bool(_SHA256_HEX.match(value))
+
+
+def validate_tolerance(tolerance: Any) -> dict[str, Any]:
+    """Check a tolerance policy's shape; returns it normalised (floats as floats).
+
+    Shapes: ``{"kind": "exact"}``; ``{"kind": "allclose", "rtol": r, "atol": a}``;
+    ``{"kind": "argmax", "min_agreement": f}``; ``{"kind": "topk", "k": k, "min_agreement": f}``.
+    """
+    if not isinstance(tolerance, dict):
+        raise BadInput(f"tolerance must be an object, got {type(tolerance).__name__}")
+    kind = tolerance.get("kind")
+    expected: dict[str, type] = {
+        "exact": {},
+        "allclose": {"rtol": float, "atol": float},
+        "argmax": {"min_agreement": float},
+        "topk": {"k": int, "min_agreement": float},
+    }.get(kind)  # type: ignore[assignment]
+    if expected is None:
+        raise BadInput(f"tolerance kind must be one of {TOLERANCE_KINDS}, got {kind!r}")
+    extra = set(tolerance) - {"kind", *expected}
+    if extra:
+        raise BadInput(f"tolerance {kind!r} has unknown fields: {sorted(extra)}")
+    out: dict[str, Any] = {"kind": kind}
+    for name, typ in expected.items():
+        value = tolerance.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadInput(f"tolerance {kind!r} needs a number {name!r}, got {value!r}")
+        value = typ(value)
+        if value < 0 or (name == "min_agreement" and value > 1) or (name == "k" and value < 1):
+            raise BadInput(f"tolerance {name!r} out of range: {value!r}")
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job as the client specified it (one shard of a group, or a single job)."""
+
+    program: str
+    """sha256 hex of the ``.pt2`` program."""
+    inputs: str
+    """sha256 hex of the inputs safetensors (``args.0``, ``args.1``, ...)."""
+    device: str = "cpu"
+    tolerance: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    group: str | None = None
+    """sha256-shaped hex id shared by the shards of one submission; None for a single job."""
+    shard: int = 0
+    shards: int = 1
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("program", "inputs"):
+            if not is_sha256_hex(getattr(self, name)):
+                raise BadInput(f"spec {name!r} must be a lowercase sha256 hex string")
+        if self.device not in DEVICES:
+            raise BadInput(f"spec device must be one of {DEVICES}, got {self.device!r}")
+        object.__setattr__(self, "tolerance", validate_tolerance(self.tolerance))
+        if not 0 < self.time_limit_s <= 86_400:
+            raise BadInput("spec time_limit_s must be in (0, 86400]")
+        if not 16 <= self.memory_limit_mb <= 1_048_576:
+            raise BadInput("spec memory_limit_mb must be in [16, 1048576]")
+        if not 0 < self.max_output_bytes <= 2**40:
+            raise BadInput("spec max_output_bytes must be positive")
+        if self.group is not None and not is_sha256_hex(self.group):
+            raise BadInput("spec group must be a lowercase sha256-shaped hex string")
+        if not (1 <= self.shards <= 10_000 and 0 <= self.shard < self.shards):
+            raise BadInput("spec needs 0 <= shard < shards <= 10000")
+        if self.shards > 1 and self.group is None:
+            raise BadInput("a spec with several shards needs a group")
+        if self.version != SPEC_VERSION:
+            raise BadInput(f"spec version {self.version} is not supported")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "program": self.program,
+            "inputs": self.inputs,
+            "device": self.device,
+            "tolerance": dict(self.tolerance),
+            "time_limit_s": float(self.time_limit_s),
+            "memory_limit_mb": int(self.memory_limit_mb),
+            "max_output_bytes": int(self.max_output_bytes),
+            "group": self.group,
+            "shard": self.shard,
+            "shards": self.shards,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def sha256(self) -> str:
+        """The spec's blob name; ``bytes.fromhex`` of it is the on-chain ``specHash``."""
+        return sha256_hex(self.canonical_bytes())
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobSpec:
+        """Parse a spec document; unknown or missing fields are named in the error."""
+        if not isinstance(data, dict):
+            raise BadInput(f"spec must be a JSON object, got {type(data).__name__}")
+        known = {
+            "version", "program", "inputs", "device", "tolerance", "time_limit_s",
+            "memory_limit_mb", "max_output_bytes", "group", "shard", "shards",
+        }
+        unknown = set(data) - known
+        if unknown:
+            raise BadInput(f"spec has unknown fields: {sorted(unknown)}")
+        missing = {"program", "inputs"} - set(data)
+        if missing:
+            raise BadInput(f"spec is missing fields: {sorted(missing)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise BadInput(f"spec is malformed: {exc}") from exc
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> JobSpec:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadInput(f"spec is not valid JSON: {exc}") from exc
+        return cls.from_json(data)
