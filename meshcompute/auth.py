@@ -1,0 +1,163 @@
+"""Signed HTTP requests: the wallet signature every state-changing market request carries.
+
+EIP-4361 style (see docs/market-api.md "Authentication"): the caller signs, with
+``eth_account.messages.encode_defunct``, a short text naming its address, the request (method,
+path, sha256 of the raw body), the chain id, a random nonce and an expiry. The signature and
+the fields travel in ``X-Mesh-*`` headers. :func:`verify_request` checks everything that can be
+checked statelessly; the nonce replay check needs shared state and lives on the server
+(``market.state.MarketState.claim_nonce``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Mapping
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from eth_keys.exceptions import BadSignature
+from eth_utils import ValidationError, is_hex_address, to_checksum_address
+
+from meshcompute.errors import AuthError
+
+HEADER_ADDRESS = "X-Mesh-Address"
+HEADER_NONCE = "X-Mesh-Nonce"
+HEADER_EXPIRES = "X-Mesh-Expires"
+HEADER_SIGNATURE = "X-Mesh-Signature"
+AUTH_HEADERS = (HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES, HEADER_SIGNATURE)
+
+MAX_TTL_S = 300
+"""An expiry more than this many seconds ahead is refused (bounds how long a nonce is kept)."""
+DEFAULT_TTL_S = 60
+
+_NONCE = re.compile(r"^[0-9a-f]{32}$")
+_SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+
+
+def request_message(
+    *,
+    address: str,
+    method: str,
+    path: str,
+    body: bytes,
+    chain_id: int,
+    nonce: str,
+    expires: int,
+) -> str:
+    """The exact text that is signed (docs/market-api.md); ``path`` carries no query."""
+    return (
+        "meshcompute request\n"
+        f"address: {address}\n"
+        f"method: {method.upper()}\n"
+        f"path: {path}\n"
+        f"body-sha256: {hashlib.sha256(body).hexdigest()}\n"
+        f"chain-id: {int(chain_id)}\n"
+        f"nonce: {nonce}\n"
+        f"expires: {int(expires)}"
+    )
+
+
+def sign_request(
+    account: LocalAccount,
+    method: str,
+    path: str,
+    body: bytes,
+    chain_id: int,
+    *,
+    now: float | None = None,
+    ttl_s: int = DEFAULT_TTL_S,
+) -> dict[str, str]:
+    """The four ``X-Mesh-*`` headers authenticating one request by ``account``."""
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}], got {ttl_s}")
+    address = to_checksum_address(account.address)
+    nonce = secrets.token_hex(16)
+    expires = int(time.time() if now is None else now) + int(ttl_s)
+    text = request_message(
+        address=address,
+        method=method,
+        path=path,
+        body=body,
+        chain_id=chain_id,
+        nonce=nonce,
+        expires=expires,
+    )
+    signature = account.sign_message(encode_defunct(text=text)).signature
+    return {
+        HEADER_ADDRESS: address,
+        HEADER_NONCE: nonce,
+        HEADER_EXPIRES: str(expires),
+        HEADER_SIGNATURE: "0x" + bytes(signature).hex(),
+    }
+
+
+def verify_request(
+    headers: Mapping[str, str],
+    method: str,
+    path: str,
+    body: bytes,
+    chain_id: int,
+    *,
+    now: float,
+) -> str:
+    """The checksummed address that signed this request; AuthError names what is wrong.
+
+    Checks presence and shape of the headers, the expiry window (not past, at most
+    :data:`MAX_TTL_S` ahead) and that the signature recovers to ``X-Mesh-Address``. The
+    caller must still refuse a nonce it has seen before.
+    """
+    values = _auth_headers(headers)
+    raw_address = values[HEADER_ADDRESS]
+    if not is_hex_address(raw_address):
+        raise AuthError(f"{HEADER_ADDRESS} is not an address: {raw_address[:64]!r}")
+    address = to_checksum_address(raw_address)
+    nonce = values[HEADER_NONCE]
+    if not _NONCE.match(nonce):
+        raise AuthError(f"{HEADER_NONCE} must be 32 lowercase hex characters")
+    try:
+        expires = int(values[HEADER_EXPIRES])
+    except ValueError:
+        raise AuthError(f"{HEADER_EXPIRES} must be unix seconds (an integer)") from None
+    if expires <= now:
+        raise AuthError(f"request expired at {expires} (now {int(now)})")
+    if expires > now + MAX_TTL_S:
+        raise AuthError(f"request expiry {expires} is more than {MAX_TTL_S} s ahead")
+    signature = values[HEADER_SIGNATURE]
+    if not _SIGNATURE.match(signature):
+        raise AuthError(f"{HEADER_SIGNATURE} must be a 65-byte 0x hex signature")
+    text = request_message(
+        address=address,
+        method=method,
+        path=path,
+        body=body,
+        chain_id=chain_id,
+        nonce=nonce,
+        expires=expires,
+    )
+    try:
+        signer = Account.recover_message(
+            encode_defunct(text=text), signature=bytes.fromhex(signature[2:])
+        )
+    except (BadSignature, ValidationError, ValueError) as exc:
+        raise AuthError(f"signature cannot be recovered: {exc}") from None
+    if to_checksum_address(signer) != address:
+        raise AuthError(
+            f"signature does not match {address} for {method.upper()} {path} on chain "
+            f"{chain_id} (wrong key, or the body, path or chain id differ)"
+        )
+    return address
+
+
+def _auth_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    lowered = {str(key).lower(): str(value) for key, value in headers.items()}
+    out: dict[str, str] = {}
+    for name in AUTH_HEADERS:
+        value = lowered.get(name.lower())
+        if value is None or not value.strip():
+            raise AuthError(f"missing header {name} (this request must be signed)")
+        out[name] = value.strip()
+    return out

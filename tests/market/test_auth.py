@@ -1,0 +1,128 @@
+"""meshcompute.auth: request signatures (pure, no network)."""
+
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+
+from meshcompute.auth import (
+    HEADER_ADDRESS,
+    HEADER_EXPIRES,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    MAX_TTL_S,
+    request_message,
+    sign_request,
+    verify_request,
+)
+from meshcompute.errors import AuthError
+
+ALICE = Account.from_key("0x" + "11" * 32)
+BOB = Account.from_key("0x" + "22" * 32)
+NOW = 1_800_000_000
+CHAIN = 31337
+
+
+def _signed(**kw):
+    args = {"method": "POST", "path": "/leases", "body": b'{"max_jobs":1}', "chain_id": CHAIN}
+    args.update(kw)
+    return sign_request(ALICE, args["method"], args["path"], args["body"], args["chain_id"],
+                        now=NOW)
+
+
+def test_sign_then_verify_returns_checksummed_signer():
+    headers = _signed()
+    assert verify_request(headers, "POST", "/leases", b'{"max_jobs":1}', CHAIN, now=NOW) == (
+        ALICE.address
+    )
+    assert int(headers[HEADER_EXPIRES]) == NOW + 60
+    assert len(headers[HEADER_NONCE]) == 32
+
+
+def test_verify_accepts_lowercase_header_names_and_method():
+    headers = {k.lower(): v for k, v in _signed().items()}
+    assert verify_request(headers, "post", "/leases", b'{"max_jobs":1}', CHAIN, now=NOW) == (
+        ALICE.address
+    )
+
+
+def test_nonces_differ_between_requests():
+    assert _signed()[HEADER_NONCE] != _signed()[HEADER_NONCE]
+
+
+def test_message_matches_documented_format():
+    text = request_message(address=ALICE.address, method="put", path="/blobs/ab", body=b"",
+                           chain_id=5, nonce="0" * 32, expires=7)
+    assert text.splitlines() == [
+        "meshcompute request",
+        f"address: {ALICE.address}",
+        "method: PUT",
+        "path: /blobs/ab",
+        "body-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "chain-id: 5",
+        "nonce: " + "0" * 32,
+        "expires: 7",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("method", "PUT"), ("path", "/leases/1"), ("body", b"{}"), ("chain_id", 1)],
+)
+def test_tampered_request_is_refused(field, value):
+    args = {"method": "POST", "path": "/leases", "body": b'{"max_jobs":1}', "chain_id": CHAIN}
+    headers = _signed()
+    args[field] = value
+    with pytest.raises(AuthError, match="signature does not match"):
+        verify_request(headers, args["method"], args["path"], args["body"], args["chain_id"],
+                       now=NOW)
+
+
+def test_wrong_signer_is_refused():
+    headers = _signed()
+    headers[HEADER_ADDRESS] = BOB.address
+    with pytest.raises(AuthError, match=f"does not match {BOB.address}"):
+        verify_request(headers, "POST", "/leases", b'{"max_jobs":1}', CHAIN, now=NOW)
+
+
+def test_expired_request_is_refused():
+    headers = _signed()
+    with pytest.raises(AuthError, match="expired"):
+        verify_request(headers, "POST", "/leases", b'{"max_jobs":1}', CHAIN, now=NOW + 60)
+
+
+def test_expiry_too_far_ahead_is_refused():
+    headers = sign_request(ALICE, "GET", "/x", b"", CHAIN, now=NOW + 1000)
+    with pytest.raises(AuthError, match=f"more than {MAX_TTL_S} s ahead"):
+        verify_request(headers, "GET", "/x", b"", CHAIN, now=NOW)
+
+
+@pytest.mark.parametrize("missing", [HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES,
+                                     HEADER_SIGNATURE])
+def test_missing_header_is_named(missing):
+    headers = _signed()
+    del headers[missing]
+    with pytest.raises(AuthError, match=f"missing header {missing}"):
+        verify_request(headers, "POST", "/leases", b'{"max_jobs":1}', CHAIN, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "reason"),
+    [
+        (HEADER_ADDRESS, "0x1234", "not an address"),
+        (HEADER_NONCE, "xyz", "32 lowercase hex"),
+        (HEADER_EXPIRES, "soon", "unix seconds"),
+        (HEADER_SIGNATURE, "0xdead", "65-byte"),
+        (HEADER_SIGNATURE, "0x" + "00" * 65, "cannot be recovered"),
+    ],
+)
+def test_malformed_headers_are_refused_with_reason(header, value, reason):
+    headers = _signed()
+    headers[header] = value
+    with pytest.raises(AuthError, match=reason):
+        verify_request(headers, "POST", "/leases", b'{"max_jobs":1}', CHAIN, now=NOW)
+
+
+def test_ttl_is_bounded():
+    with pytest.raises(ValueError):
+        sign_request(ALICE, "GET", "/", b"", CHAIN, ttl_s=MAX_TTL_S + 1)
