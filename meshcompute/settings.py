@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshcompute.errors import ConfigError
@@ -67,7 +67,20 @@ class Settings(BaseSettings):
     anvil_path: str = Field(default_factory=_default_anvil_path)
     """The anvil executable: the repo's ``node_modules/.bin/anvil`` if present, else PATH."""
 
-    @field_validator("data_dir", "deployments_dir", mode="after")
+    # --- wallet (meshcompute.wallet)
+    wallet_path: Path = Field(default_factory=lambda data: data["data_dir"] / "wallet.json")
+    """The encrypted V3 keystore of this node's account; defaults to ``<data_dir>/wallet.json``."""
+
+    wallet_password: SecretStr | None = None
+    """Keystore password for unattended use; prefer ``MESH_WALLET_PASSWORD_FILE``."""
+
+    wallet_password_file: Path | None = None
+    """A file holding the keystore password (one line), for unattended use."""
+
+    wallet_scrypt_n: int = Field(default=2**18, ge=2**10)
+    """scrypt work factor for new keystores (2**18, about 1 s); lower it only for tests."""
+
+    @field_validator("data_dir", "deployments_dir", "wallet_path", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
