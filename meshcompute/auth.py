@@ -43,18 +43,23 @@ def request_message(
     address: str,
     method: str,
     path: str,
-    body: bytes,
+    body: bytes | None = None,
     chain_id: int,
     nonce: str,
     expires: int,
+    body_sha256: str | None = None,
 ) -> str:
-    """The exact text that is signed (docs/market-api.md); ``path`` carries no query."""
+    """The exact text that is signed (docs/market-api.md); ``path`` carries no query.
+
+    Give the raw ``body``, or its ``body_sha256`` when the body is streamed from a file."""
+    if body_sha256 is None:
+        body_sha256 = hashlib.sha256(body or b"").hexdigest()
     return (
         "meshcompute request\n"
         f"address: {address}\n"
         f"method: {method.upper()}\n"
         f"path: {path}\n"
-        f"body-sha256: {hashlib.sha256(body).hexdigest()}\n"
+        f"body-sha256: {body_sha256}\n"
         f"chain-id: {int(chain_id)}\n"
         f"nonce: {nonce}\n"
         f"expires: {int(expires)}"
@@ -70,8 +75,11 @@ def sign_request(
     *,
     now: float | None = None,
     ttl_s: int = DEFAULT_TTL_S,
+    body_sha256: str | None = None,
 ) -> dict[str, str]:
-    """The four ``X-Mesh-*`` headers authenticating one request by ``account``."""
+    """The four ``X-Mesh-*`` headers authenticating one request by ``account``.
+
+    For a streamed body pass ``body=b""`` and its ``body_sha256``."""
     if not 0 < ttl_s <= MAX_TTL_S:
         raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}], got {ttl_s}")
     address = to_checksum_address(account.address)
@@ -85,6 +93,7 @@ def sign_request(
         chain_id=chain_id,
         nonce=nonce,
         expires=expires,
+        body_sha256=body_sha256,
     )
     signature = account.sign_message(encode_defunct(text=text)).signature
     return {
@@ -103,8 +112,12 @@ def verify_request(
     chain_id: int,
     *,
     now: float,
+    body_sha256: str | None = None,
 ) -> str:
     """The checksummed address that signed this request; AuthError names what is wrong.
+
+    ``body_sha256`` stands in for ``body`` when the body is streamed and checked later (a
+    blob upload is signed over the blob's name, and the store verifies the bytes).
 
     Checks presence and shape of the headers, the expiry window (not past, at most
     :data:`MAX_TTL_S` ahead) and that the signature recovers to ``X-Mesh-Address``. The
@@ -137,6 +150,7 @@ def verify_request(
         chain_id=chain_id,
         nonce=nonce,
         expires=expires,
+        body_sha256=body_sha256,
     )
     try:
         signer = Account.recover_message(

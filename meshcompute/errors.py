@@ -141,6 +141,11 @@ class WalletError(MeshError, ValueError):
     """A keystore could not be created, read or unlocked (for example a wrong password)."""
 
 
+class Conflict(MeshError, RuntimeError):
+    """The request is valid but the current state does not allow it yet (HTTP 409), e.g. a
+    group's output asked for before every shard is final."""
+
+
 # --- families of contract reverts (meshcompute.chain.custom_errors maps each custom error to one)
 
 

@@ -126,3 +126,16 @@ def test_malformed_headers_are_refused_with_reason(header, value, reason):
 def test_ttl_is_bounded():
     with pytest.raises(ValueError):
         sign_request(ALICE, "GET", "/", b"", CHAIN, ttl_s=MAX_TTL_S + 1)
+
+
+def test_streamed_body_is_signed_over_its_hash():
+    import hashlib
+
+    data = b"x" * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    headers = sign_request(ALICE, "PUT", f"/blobs/{sha}", b"", CHAIN, now=NOW, body_sha256=sha)
+    assert verify_request(headers, "PUT", f"/blobs/{sha}", data, CHAIN, now=NOW) == ALICE.address
+    assert (
+        verify_request(headers, "PUT", f"/blobs/{sha}", b"", CHAIN, now=NOW, body_sha256=sha)
+        == ALICE.address
+    )

@@ -1,0 +1,496 @@
+"""Python client of the market's HTTP API (docs/market-api.md), one typed method per endpoint.
+
+    client = MarketClient("http://127.0.0.1:8000", account, chain_id=31337)
+    sha = client.put_blob(data)
+    leases = client.lease(max_jobs=2)
+
+Requests that change state are signed with ``account`` (:mod:`meshcompute.auth`). A market
+that cannot be reached raises :class:`~meshcompute.errors.ServiceUnavailable` naming the URL;
+a refusal raises the fitting :class:`~meshcompute.errors.MeshError` subclass carrying the
+server's ``detail``. The wire forms of job records and leases live here too (the server builds
+its answers with the same functions), so both sides agree by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import httpx
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+
+from meshcompute.auth import sign_request
+from meshcompute.chain.tickets import AssignTicket
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.spec import JobSpec, is_sha256_hex
+from meshcompute.errors import (
+    AuthError,
+    BadInput,
+    Conflict,
+    MeshError,
+    NotFound,
+    ServiceUnavailable,
+)
+
+DEFAULT_TIMEOUT_S = 30.0
+_AMOUNT_FIELDS = ("reward", "audit_fee", "collateral")
+_BYTES_FIELDS = ("spec_hash", "result_hash")
+_UPLOAD_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------- wire forms
+def record_to_json(record: JobRecord) -> dict[str, Any]:
+    """A JobRecord as JSON: bytes as 0x hex, state as its integer, amounts as decimal strings."""
+    out: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name in _BYTES_FIELDS:
+            out[f.name] = "0x" + bytes(value).hex()
+        elif f.name == "state":
+            out[f.name] = int(value)
+        elif f.name in _AMOUNT_FIELDS:
+            out[f.name] = str(int(value))
+        else:
+            out[f.name] = value
+    return out
+
+
+def record_from_json(data: Mapping[str, Any]) -> JobRecord:
+    """Inverse of :func:`record_to_json`; BadInput names a missing or malformed field."""
+    try:
+        values: dict[str, Any] = {}
+        for f in fields(JobRecord):
+            value = data[f.name]
+            if f.name in _BYTES_FIELDS:
+                values[f.name] = bytes.fromhex(str(value).removeprefix("0x"))
+            elif f.name == "state":
+                values[f.name] = JobState(int(value))
+            elif f.name in ("client", "worker", "auditor"):
+                values[f.name] = to_checksum_address(value)
+            else:
+                values[f.name] = int(value)
+        return JobRecord(**values)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadInput(f"malformed job record: {exc!r}") from exc
+
+
+def ticket_to_json(ticket: AssignTicket) -> dict[str, Any]:
+    return {
+        "worker": ticket.worker,
+        "job_ids": list(ticket.job_ids),
+        "audit_bps": ticket.audit_bps,
+        "lease_expiry": ticket.lease_expiry,
+    }
+
+
+def ticket_from_json(data: Mapping[str, Any]) -> AssignTicket:
+    try:
+        return AssignTicket(
+            worker=to_checksum_address(data["worker"]),
+            job_ids=tuple(int(i) for i in data["job_ids"]),
+            audit_bps=int(data["audit_bps"]),
+            lease_expiry=int(data["lease_expiry"]),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadInput(f"malformed ticket: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One job leased to a worker, with the market-signed ticket that lets it take the job
+    on chain (``JobMarket.assignAndCommit(records, ticket, signature, [output hash])``)."""
+
+    job_id: int
+    spec: JobSpec
+    spec_sha256: str
+    record: JobRecord
+    ticket: AssignTicket
+    signature: bytes
+    lease_expiry: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "spec_sha256": self.spec_sha256,
+            "spec": self.spec.to_json(),
+            "record": record_to_json(self.record),
+            "ticket": ticket_to_json(self.ticket),
+            "signature": "0x" + self.signature.hex(),
+            "lease_expiry": self.lease_expiry,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Lease:
+        try:
+            return cls(
+                job_id=int(data["job_id"]),
+                spec=JobSpec.from_json(data["spec"]),
+                spec_sha256=str(data["spec_sha256"]),
+                record=record_from_json(data["record"]),
+                ticket=ticket_from_json(data["ticket"]),
+                signature=bytes.fromhex(str(data["signature"]).removeprefix("0x")),
+                lease_expiry=int(data["lease_expiry"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadInput(f"malformed lease: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a worker offers (``POST /workers`` ``hardware``)."""
+
+    device: str
+    cores: int
+    memory_mb: int
+    gpus: tuple[Gpu, ...] = ()
+    torch: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "cores": self.cores,
+            "memory_mb": self.memory_mb,
+            "gpus": [{"name": g.name, "memory_mb": g.memory_mb} for g in self.gpus],
+            "torch": self.torch,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Hardware:
+        return cls(
+            device=str(data["device"]),
+            cores=int(data["cores"]),
+            memory_mb=int(data["memory_mb"]),
+            gpus=tuple(Gpu(str(g["name"]), int(g["memory_mb"])) for g in data.get("gpus", [])),
+            torch=str(data.get("torch", "")),
+        )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """``GET /jobs/{id}``: a job as the market sees it (state from the indexed chain)."""
+
+    job_id: int
+    state: JobState
+    spec_sha256: str
+    spec: JobSpec | None
+    client: str
+    worker: str | None
+    output_sha256: str | None
+    failure: str | None
+    audited: bool
+    group: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobView:
+        spec = data.get("spec")
+        return cls(
+            job_id=int(data["job_id"]),
+            state=JobState[str(data["state"]).upper()],
+            spec_sha256=str(data["spec_sha256"]),
+            spec=JobSpec.from_json(spec) if spec is not None else None,
+            client=str(data["client"]),
+            worker=data.get("worker"),
+            output_sha256=data.get("output_sha256"),
+            failure=data.get("failure"),
+            audited=bool(data.get("audited", False)),
+            group=data.get("group"),
+        )
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """``GET /groups/{group}``: the shards of one submission, in shard order."""
+
+    group: str
+    job_ids: tuple[int, ...]
+    states: tuple[JobState, ...]
+    complete: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GroupView:
+        return cls(
+            group=str(data["group"]),
+            job_ids=tuple(int(i) for i in data["job_ids"]),
+            states=tuple(JobState[str(s).upper()] for s in data["states"]),
+            complete=bool(data["complete"]),
+        )
+
+
+@dataclass(frozen=True)
+class MarketInfo:
+    """``GET /info``."""
+
+    chain_id: int
+    addresses: dict[str, str]
+    assigner: str
+    max_blob_bytes: int
+    lease_s: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MarketInfo:
+        known = {"chain_id", "addresses", "assigner", "max_blob_bytes", "lease_s"}
+        return cls(
+            chain_id=int(data["chain_id"]),
+            addresses=dict(data["addresses"]),
+            assigner=str(data["assigner"]),
+            max_blob_bytes=int(data["max_blob_bytes"]),
+            lease_s=int(data["lease_s"]),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+# ---------------------------------------------------------------------- the client
+_STATUS_ERRORS: dict[int, type[MeshError]] = {
+    400: BadInput,
+    401: AuthError,
+    403: AuthError,
+    404: NotFound,
+    405: BadInput,
+    409: Conflict,
+    413: BadInput,
+    415: BadInput,
+    422: BadInput,
+}
+
+
+class MarketClient:
+    """Synchronous client of one market. ``account`` signs state-changing requests (None for a
+    read-only client); ``chain_id`` None means "ask the market's /info on first use"."""
+
+    def __init__(
+        self,
+        base_url: str,
+        account: LocalAccount | None = None,
+        chain_id: int | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.account = account
+        self._chain_id = chain_id
+        self._path_prefix = urlsplit(self.base_url).path.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __repr__(self) -> str:
+        who = self.account.address if self.account else "anonymous"
+        return f"<MarketClient {self.base_url} as {who}>"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = self.info().chain_id
+        return self._chain_id
+
+    @property
+    def address(self) -> str:
+        return str(self._signer().address)
+
+    # ------------------------------------------------------------------ public reads
+    def health(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/health").json())
+
+    def info(self) -> MarketInfo:
+        return MarketInfo.from_json(self._request("GET", "/info").json())
+
+    def get_blob(self, sha256: str, *, verify: bool = True) -> bytes:
+        """The blob's bytes; with ``verify`` (default) BadInput when they do not hash to
+        ``sha256`` (a corrupted store or a lying market)."""
+        _check_sha(sha256)
+        data = self._request("GET", f"/blobs/{sha256}").content
+        if verify:
+            got = hashlib.sha256(data).hexdigest()
+            if got != sha256:
+                raise BadInput(
+                    f"blob {sha256} downloaded from {self.base_url} hashes to {got}"
+                )
+        return data
+
+    def job(self, job_id: int) -> JobView:
+        return JobView.from_json(self._request("GET", f"/jobs/{int(job_id)}").json())
+
+    def group(self, group: str) -> GroupView:
+        return GroupView.from_json(self._request("GET", f"/groups/{group}").json())
+
+    def group_output(self, group: str) -> bytes:
+        """The assembled safetensors output; Conflict names the shards still open."""
+        return self._request("GET", f"/groups/{group}/output").content
+
+    # ------------------------------------------------------------------ signed writes
+    def put_blob(self, data: bytes) -> str:
+        """Upload ``data``; returns its sha256 (idempotent: an existing blob is fine)."""
+        sha = hashlib.sha256(data).hexdigest()
+        self._signed("PUT", f"/blobs/{sha}", data, content_type="application/octet-stream")
+        return sha
+
+    def put_file(self, path: str | Path) -> str:
+        """Upload a file without reading it into memory (hashed first, then streamed)."""
+        path = Path(path)
+        digest = hashlib.sha256()
+        with path.open("rb") as source:
+            for chunk in iter(lambda: source.read(_UPLOAD_CHUNK), b""):
+                digest.update(chunk)
+        sha = digest.hexdigest()
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as source:
+                yield from iter(lambda: source.read(_UPLOAD_CHUNK), b"")
+
+        self._signed(
+            "PUT",
+            f"/blobs/{sha}",
+            chunks(),
+            body_sha256=sha,
+            content_type="application/octet-stream",
+            content_length=path.stat().st_size,
+        )
+        return sha
+
+    def put_spec(self, spec: JobSpec) -> str:
+        """Store a job spec (the market checks its blobs exist); returns the spec's sha256."""
+        answer = self._signed_json("POST", "/specs", spec.to_json())
+        sha = str(answer["spec_sha256"])
+        if sha != spec.sha256:
+            raise BadInput(f"market stored spec as {sha}, expected {spec.sha256}")
+        return sha
+
+    def register(
+        self,
+        hardware: Hardware | Mapping[str, Any],
+        *,
+        price_wei: int,
+        slots: int,
+        operator: str | None = None,
+    ) -> dict[str, Any]:
+        """Register (or update) this account as a worker; AuthError when it has no stake."""
+        hw = hardware.to_json() if isinstance(hardware, Hardware) else dict(hardware)
+        body = {
+            "hardware": hw,
+            "price_wei": str(int(price_wei)),
+            "slots": int(slots),
+            "operator": operator or self.address,
+        }
+        return self._signed_json("POST", "/workers", body)
+
+    def heartbeat(self, running: Sequence[int] = ()) -> int:
+        """Tell the market this worker is alive; returns the lease length in seconds."""
+        answer = self._signed_json(
+            "POST", "/workers/heartbeat", {"running": [int(i) for i in running]}
+        )
+        return int(answer["lease_s"])
+
+    def lease(self, max_jobs: int = 1) -> list[Lease]:
+        """Jobs offered to this worker (possibly none: poll again later)."""
+        answer = self._signed_json("POST", "/leases", {"max_jobs": int(max_jobs)})
+        return [Lease.from_json(item) for item in answer["leases"]]
+
+    def renew(self, job_id: int) -> Lease:
+        return Lease.from_json(self._signed_json("POST", f"/leases/{int(job_id)}/renew", {}))
+
+    def release(self, job_id: int) -> None:
+        self._signed_json("POST", f"/leases/{int(job_id)}/release", {})
+
+    def fail(self, job_id: int, reason: str) -> None:
+        self._signed_json("POST", f"/leases/{int(job_id)}/fail", {"reason": str(reason)})
+
+    def submit_result(self, job_id: int, output_sha256: str) -> dict[str, Any]:
+        """Report the uploaded output blob of a held job (then commit it on chain)."""
+        _check_sha(output_sha256)
+        return self._signed_json(
+            "POST", f"/results/{int(job_id)}", {"output_sha256": output_sha256}
+        )
+
+    # ------------------------------------------------------------------ plumbing
+    def _signer(self) -> LocalAccount:
+        if self.account is None:
+            raise AuthError("this MarketClient has no account; signed requests need one")
+        return self.account
+
+    def _signed_json(self, method: str, path: str, payload: Any) -> dict[str, Any]:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        response = self._signed(method, path, body, content_type="application/json")
+        if not response.content:
+            return {}
+        return dict(response.json())
+
+    def _signed(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterator[bytes],
+        *,
+        content_type: str,
+        body_sha256: str | None = None,
+        content_length: int | None = None,
+    ) -> httpx.Response:
+        signer = self._signer()
+        headers = sign_request(
+            signer,
+            method,
+            self._path_prefix + path,
+            body if isinstance(body, bytes) else b"",
+            self.chain_id,
+            body_sha256=body_sha256,
+        )
+        headers["Content-Type"] = content_type
+        if content_length is not None:
+            headers["Content-Length"] = str(content_length)
+        return self._request(method, path, content=body, headers=headers)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                f"market at {self.base_url} cannot be reached ({type(exc).__name__}: {exc})"
+            ) from exc
+        if response.status_code >= 400:
+            raise _error_for(response, f"{method} {self.base_url}{path}")
+        return response
+
+
+def _error_for(response: httpx.Response, what: str) -> MeshError:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if not isinstance(detail, str):
+        detail = json.dumps(detail) if detail is not None else (response.text[:500] or "")
+    cls = _STATUS_ERRORS.get(response.status_code)
+    if cls is None:
+        if response.status_code >= 500:
+            return ServiceUnavailable(
+                f"{what} failed with HTTP {response.status_code}: {detail}"
+            )
+        cls = BadInput
+    error = cls(f"{detail} (HTTP {response.status_code} from {what})")
+    error.status_code = response.status_code  # type: ignore[attr-defined]
+    error.detail = detail  # type: ignore[attr-defined]
+    return error
+
+
+def _check_sha(value: str) -> None:
+    if not is_sha256_hex(value):
+        raise BadInput(f"not a lowercase sha256 hex string: {value!r}")
