@@ -21,6 +21,7 @@ console = Console(stderr=True)
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("chain", "chain"),
     ("bench", "bench"),
+    ("job", "job"),
 )
 
 for _module, _name in SUBCOMMANDS:

@@ -1,0 +1,413 @@
+"""The Python SDK for clients: export a model, submit it with a payment, get the output back.
+
+    from meshcompute import Client
+
+    client = Client.from_wallet()                      # keystore at ~/.mesh/wallet.json
+    job = client.submit(model, (x,), shards=4, pay="40", tolerance="allclose")
+    outputs = client.wait(job, progress=print)         # list of tensors, assembled in order
+
+What the client trusts: nothing but the chain. Payment is escrowed from the client's own wallet
+with one permit transaction; each shard's output is fetched by the result hash its worker
+committed on chain and checked against it; a shard whose worker was caught cheating is refunded
+(and compensated) on chain and, by default, posted again so the assembled output is complete.
+The market only stores blobs and hands out work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meshcompute.core.job import JobState
+from meshcompute.core.spec import DEFAULT_TOLERANCE, JobSpec, sha256_hex
+from meshcompute.errors import BadInput, JobFailed, MeshError
+
+if TYPE_CHECKING:
+    import torch
+    from eth_account.signers.local import LocalAccount
+
+    from meshcompute.chain.connect import ChainConnection
+    from meshcompute.market_client import MarketClient
+    from meshcompute.settings import Settings
+
+TOKEN = 10**18
+Progress = Callable[["SubmissionStatus"], None]
+
+
+def parse_amount(value: str | int | Decimal) -> int:
+    """MESH amount to wei: ``"12.5"`` -> 12.5e18; an int is taken as wei already."""
+    if isinstance(value, int):
+        return value
+    try:
+        amount = Decimal(str(value)) * TOKEN
+    except InvalidOperation as exc:
+        raise BadInput(f"not an amount of MESH: {value!r}") from exc
+    if amount <= 0 or amount != amount.to_integral_value():
+        raise BadInput(f"amount must be positive with at most 18 decimals: {value!r}")
+    return int(amount)
+
+
+def parse_duration(text: str | float) -> int:
+    """``"90s"``, ``"15m"``, ``"2h"``, ``"1d"`` or seconds -> seconds."""
+    if isinstance(text, int | float):
+        seconds = int(text)
+    else:
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        raw = text.strip().lower()
+        try:
+            seconds = int(float(raw[:-1]) * units[raw[-1]]) if raw[-1:] in units else int(raw)
+        except (ValueError, IndexError) as exc:
+            raise BadInput(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h)") from exc
+    if seconds <= 0:
+        raise BadInput(f"duration must be positive: {text!r}")
+    return seconds
+
+
+@dataclass
+class Shard:
+    index: int
+    spec: JobSpec
+    job_id: int
+    attempts: list[int] = field(default_factory=list)
+    """Every on-chain job id posted for this shard, oldest first (reposts after a slash)."""
+
+
+@dataclass
+class Submission:
+    """What :meth:`Client.submit` posted: one on-chain job per shard."""
+
+    group: str | None
+    program: str
+    shards: list[Shard]
+    reward_per_shard: int
+    audit_fee_per_shard: int
+    collateral_per_shard: int
+    audit_bps: int
+    deadline_s: int
+
+    @property
+    def job_ids(self) -> list[int]:
+        return [shard.job_id for shard in self.shards]
+
+    @property
+    def name(self) -> str:
+        """How the CLI refers to it: the group id, or the job id of a single job."""
+        return self.group or str(self.shards[0].job_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group, "program": self.program,
+            "shards": [
+                {"index": s.index, "spec": s.spec.to_json(), "job_id": s.job_id,
+                 "attempts": s.attempts}
+                for s in self.shards
+            ],
+            "reward_per_shard": str(self.reward_per_shard),
+            "audit_fee_per_shard": str(self.audit_fee_per_shard),
+            "collateral_per_shard": str(self.collateral_per_shard),
+            "audit_bps": self.audit_bps, "deadline_s": self.deadline_s,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Submission:
+        try:
+            return cls(
+                group=data["group"], program=data["program"],
+                shards=[
+                    Shard(index=s["index"], spec=JobSpec.from_json(s["spec"]),
+                          job_id=int(s["job_id"]), attempts=[int(a) for a in s["attempts"]])
+                    for s in data["shards"]
+                ],
+                reward_per_shard=int(data["reward_per_shard"]),
+                audit_fee_per_shard=int(data["audit_fee_per_shard"]),
+                collateral_per_shard=int(data["collateral_per_shard"]),
+                audit_bps=int(data["audit_bps"]), deadline_s=int(data["deadline_s"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"not a saved submission: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SubmissionStatus:
+    """A snapshot for progress display: how many shards are in each phase."""
+
+    phase: str
+    counts: dict[str, int]
+    total: int
+    detail: str = ""
+
+
+class Client:
+    """A client of the marketplace: one wallet, one chain, one market."""
+
+    def __init__(
+        self,
+        account: LocalAccount,
+        *,
+        connection: ChainConnection | None = None,
+        market: MarketClient | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        from meshcompute.chain.connect import actor_for, connect
+        from meshcompute.market_client import MarketClient
+        from meshcompute.settings import get_settings
+
+        self.settings = settings or get_settings()
+        self.connection = connection or connect(self.settings)
+        self.actor = actor_for(self.connection, account)
+        self.market = market or MarketClient(
+            self.settings.market_url, account, self.connection.deployment.chain_id
+        )
+        self.account = account
+
+    @classmethod
+    def from_wallet(cls, settings: Settings | None = None, *, prompt: bool = True) -> Client:
+        """A client using the keystore wallet (password from env, file or prompt)."""
+        from meshcompute.wallet import unlock
+
+        return cls(unlock(settings, prompt=prompt), settings=settings)
+
+    # ------------------------------------------------------------------ submit
+    def submit(
+        self,
+        program: torch.nn.Module | bytes | Path,
+        inputs: Sequence[torch.Tensor] | bytes | Path,
+        *,
+        shards: int = 1,
+        pay: str | int = "1",
+        tolerance: str | dict[str, Any] | None = None,
+        device: str = "cpu",
+        deadline: str | int = "1h",
+        collateral: str | int | None = None,
+        audit_fee: str | int | None = None,
+        audit_bps: int = 0,
+        time_limit_s: float | None = None,
+        memory_limit_mb: int | None = None,
+        progress: Progress | None = None,
+    ) -> Submission:
+        """Upload the program and each shard's inputs, then escrow payment for every shard in
+        one permit transaction. ``pay`` is the total reward (MESH, split over the shards);
+        ``collateral`` per shard defaults to twice the shard's reward; ``audit_fee`` per shard
+        defaults to a tenth of it."""
+        from meshcompute.programs import export_program, load_tensors, save_tensors
+
+        tensors = _as_tensors(inputs, load_tensors)
+        if not 1 <= shards <= max(1, len(tensors[0])):
+            raise BadInput(f"shards must be between 1 and the batch size {len(tensors[0])}")
+        if isinstance(program, bytes | Path):
+            program_bytes = Path(program).read_bytes() if isinstance(program, Path) else program
+        else:
+            program_bytes = export_program(program, tuple(t[:2] for t in tensors))
+        policy = _as_policy(tolerance)
+        total = parse_amount(pay)
+        reward = total // shards
+        if reward == 0:
+            raise BadInput("pay is too small to split over that many shards")
+        fee = parse_amount(audit_fee) if audit_fee is not None else max(1, reward // 10)
+        stake = parse_amount(collateral) if collateral is not None else 2 * reward
+        deadline_s = parse_duration(deadline)
+        self._check_balance(shards * (reward + fee))
+
+        _report(progress, "uploading", {}, shards, "program")
+        program_sha = self.market.put_blob(program_bytes)
+        group = sha256_hex(os.urandom(32)) if shards > 1 else None
+        specs: list[JobSpec] = []
+        for index, piece in enumerate(_split(tensors, shards)):
+            inputs_sha = self.market.put_blob(save_tensors(piece, prefix="args"))
+            limits: dict[str, Any] = {}
+            if time_limit_s is not None:
+                limits["time_limit_s"] = time_limit_s
+            if memory_limit_mb is not None:
+                limits["memory_limit_mb"] = memory_limit_mb
+            spec = JobSpec(
+                program=program_sha, inputs=inputs_sha, device=device, tolerance=policy,
+                group=group, shard=index, shards=shards, **limits,
+            )
+            self.market.put_spec(spec)
+            specs.append(spec)
+            _report(progress, "uploading", {"uploaded": index + 1}, shards, f"shard {index}")
+
+        submission = Submission(
+            group=group, program=program_sha, shards=[],
+            reward_per_shard=reward, audit_fee_per_shard=fee, collateral_per_shard=stake,
+            audit_bps=audit_bps, deadline_s=deadline_s,
+        )
+        _report(progress, "posting", {}, shards, "escrow on chain")
+        job_ids = self._post(submission, specs)
+        submission.shards = [
+            Shard(index=i, spec=spec, job_id=job_id, attempts=[job_id])
+            for i, (spec, job_id) in enumerate(zip(specs, job_ids, strict=True))
+        ]
+        _report(progress, "posted", {"posted": shards}, shards, f"jobs {job_ids}")
+        return submission
+
+    def _post(self, submission: Submission, specs: Sequence[JobSpec]) -> list[int]:
+        from meshcompute.chain.contracts import JobParams
+
+        now = int(self.connection.w3.eth.get_block("latest")["timestamp"])
+        params = [
+            JobParams(
+                spec_hash=bytes.fromhex(spec.sha256),
+                reward=submission.reward_per_shard,
+                audit_fee=submission.audit_fee_per_shard,
+                collateral=submission.collateral_per_shard,
+                deadline=now + submission.deadline_s,
+                audit_bps=submission.audit_bps,
+            )
+            for spec in specs
+        ]
+        return self.actor.post_jobs_with_permit(params)
+
+    def _check_balance(self, needed: int) -> None:
+        have = self.actor.balance_of(self.account.address)
+        if have < needed:
+            raise BadInput(
+                f"you have {have / TOKEN:g} MESH, this job needs {needed / TOKEN:g}; "
+                "get test credits with `mesh wallet faucet`"
+            )
+
+    # ------------------------------------------------------------------ follow
+    def states(self, submission: Submission) -> dict[int, JobState]:
+        """On-chain state of each shard's current job (rebuilt from events)."""
+        records = self.connection.contracts.job_records(submission.job_ids)
+        return {job_id: records[job_id].state for job_id in submission.job_ids}
+
+    def status(self, submission: Submission) -> SubmissionStatus:
+        counts: dict[str, int] = {}
+        for state in self.states(submission).values():
+            counts[state.name.lower()] = counts.get(state.name.lower(), 0) + 1
+        done = counts.get("finalized", 0)
+        phase = "done" if done == len(submission.shards) else "running"
+        return SubmissionStatus(phase, counts, len(submission.shards))
+
+    def wait(
+        self,
+        submission: Submission,
+        *,
+        timeout_s: float = 600.0,
+        poll_s: float = 0.5,
+        repost_slashed: bool = True,
+        progress: Progress | None = None,
+    ) -> list[torch.Tensor]:
+        """Wait until every shard is paid (verified), re-posting any shard whose worker was
+        slashed or whose job was refunded, then return the assembled outputs."""
+        give_up = time.monotonic() + timeout_s
+        while True:
+            states = self.states(submission)
+            failed = [
+                s for s in submission.shards
+                if states[s.job_id] in (JobState.SLASHED, JobState.REFUNDED)
+            ]
+            if failed:
+                if not repost_slashed:
+                    raise JobFailed(
+                        f"shards {[s.index for s in failed]} were not paid "
+                        f"({', '.join(states[s.job_id].name.lower() for s in failed)})"
+                    )
+                self._repost(submission, failed)
+                continue
+            status = self.status(submission)
+            if progress is not None:
+                progress(status)
+            if status.phase == "done":
+                return self.result(submission)
+            self._raise_on_market_failure(submission, states)
+            if time.monotonic() > give_up:
+                raise JobFailed(
+                    f"timed out after {timeout_s:.0f}s waiting for shards: {status.counts}; "
+                    "after the deadline, `mesh job reclaim` returns the escrow"
+                )
+            time.sleep(poll_s)
+
+    def _raise_on_market_failure(
+        self, submission: Submission, states: dict[int, JobState]
+    ) -> None:
+        for shard in submission.shards:
+            if states[shard.job_id] != JobState.POSTED:
+                continue
+            try:
+                failure = self.market.job(shard.job_id).failure
+            except MeshError:
+                continue
+            if failure:
+                raise JobFailed(
+                    f"shard {shard.index} (job {shard.job_id}) failed: {failure}; reclaim the "
+                    "escrow after the deadline with `mesh job reclaim`"
+                )
+
+    def _repost(self, submission: Submission, shards: Sequence[Shard]) -> None:
+        job_ids = self._post(submission, [s.spec for s in shards])
+        for shard, job_id in zip(shards, job_ids, strict=True):
+            shard.job_id = job_id
+            shard.attempts.append(job_id)
+
+    def result(self, submission: Submission) -> list[torch.Tensor]:
+        """The assembled outputs of a finished submission, each shard checked against the
+        result hash its worker committed on chain."""
+        import torch
+
+        from meshcompute.programs import load_tensors
+
+        events = self.connection.contracts.job_events(submission.job_ids)
+        committed: dict[int, str] = {}
+        for event in events:
+            if event.name == "JobCommitted":
+                committed[int(event.args["jobId"])] = bytes(event.args["resultHash"]).hex()
+        pieces: list[list[torch.Tensor]] = []
+        for shard in submission.shards:
+            result_hash = committed.get(shard.job_id)
+            if result_hash is None:
+                raise JobFailed(f"shard {shard.index} (job {shard.job_id}) has no committed result")
+            data = self.market.get_blob(result_hash, verify=True)
+            pieces.append(load_tensors(data, prefix="out"))
+        return [torch.cat(parts, dim=0) for parts in zip(*pieces, strict=True)]
+
+    def reclaim(self, job_id: int) -> None:
+        """Take back the escrow of a job that passed its deadline unfinished."""
+        self.actor.reclaim(job_id)
+
+
+# ---------------------------------------------------------------------- helpers
+def _as_tensors(
+    inputs: Sequence[torch.Tensor] | bytes | Path, load_tensors: Callable[..., Any]
+) -> list[torch.Tensor]:
+    if isinstance(inputs, Path):
+        inputs = inputs.read_bytes()
+    if isinstance(inputs, bytes):
+        tensors = list(load_tensors(inputs, prefix="args"))
+    else:
+        tensors = list(inputs)
+    if not tensors:
+        raise BadInput("a job needs at least one input tensor")
+    batch = {len(t) if t.dim() else 0 for t in tensors}
+    if len(batch) != 1 or 0 in batch:
+        raise BadInput("every input needs the same, non-zero batch dimension (dim 0)")
+    return tensors
+
+
+def _as_policy(tolerance: str | dict[str, Any] | None) -> dict[str, Any]:
+    if tolerance is None:
+        return dict(DEFAULT_TOLERANCE)
+    if isinstance(tolerance, dict):
+        return tolerance
+    from meshcompute.core.tolerance import parse_policy
+
+    return parse_policy(tolerance)
+
+
+def _split(tensors: Sequence[torch.Tensor], shards: int) -> list[list[torch.Tensor]]:
+    """Split every input along dim 0 into ``shards`` nearly equal, contiguous pieces."""
+    size = len(tensors[0])
+    bounds = [size * i // shards for i in range(shards + 1)]
+    return [[t[bounds[i]:bounds[i + 1]].contiguous() for t in tensors] for i in range(shards)]
+
+
+def _report(progress: Progress | None, phase: str, counts: dict[str, int], total: int,
+            detail: str) -> None:
+    if progress is not None:
+        progress(SubmissionStatus(phase, counts, total, detail))
