@@ -1,135 +1,164 @@
-"""``mesh demo``: the marketplace on one machine.
+"""``mesh demo``: the whole marketplace on one machine, for real.
 
-What runs today: a local anvil with the contracts deployed, a client posting a sharded job, a
-market key signing assignment tickets, two honest workers and one that cheats, a verifier that
-audits (every job is drawn, so the cheat is caught), settlement, slashing and the earnings read
-back from the chain, with every balance reconciled against the contracts. The market service,
-torch workers and the independent recomputation replace the in-process roles here as they land
-(issues 3-6).
+It starts anvil (contracts deployed), an embedded Valkey (or uses ``REDIS_URL``), the market
+API and its Celery worker and beat, one verifier and three workers, one of which is the
+test-only cheater, all as separate processes (:mod:`meshcompute.stack`). A client then exports
+an MLP built in code, splits a batch into shards, uploads it, escrows payment with one permit
+transaction and waits while workers run the shards in their sandboxes, the verifier recomputes
+each one blind and posts verdicts, and the market settles. The cheater's shards fail their
+audits: its collateral is slashed, the client refunded and compensated, and the client re-posts
+those shards so the output is complete. The demo then checks the assembled output against a
+local computation, prints the earnings read from the chain and reconciles every balance; it
+exits non-zero if anything does not add up.
+
+Every shard is audited here (``min_audit_bps = 10000``) so the cheater is caught with
+certainty in one run; in production the audit rate per job comes from
+:mod:`meshcompute.core.audit_rate`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import time
+from dataclasses import replace
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from meshcompute.chain.contracts import JobParams, MeshActor, mesh_sender
-from meshcompute.chain.deploy import TOKEN, DeployParams, deploy_contracts
-from meshcompute.chain.local import LocalChain
-from meshcompute.chain.tickets import AssignTicket, sign_ticket
+from meshcompute.chain.deploy import TOKEN
 from meshcompute.core.job import JobState
-from meshcompute.core.payout import slash_split, split_reward
+from meshcompute.core.payout import slash_split
 from meshcompute.errors import MeshError
+from meshcompute.stack import FAST_PARAMS, StackConfig, running_stack
 
 SHARDS = 6
-REWARD = 20 * TOKEN
-AUDIT_FEE = 2 * TOKEN
-COLLATERAL = 30 * TOKEN
-PARAMS = DeployParams(challenge_window_s=5, audit_window_s=60, appeal_window_s=30,
-                      unbonding_delay_s=3600, min_audit_bps=10_000)
+ROWS_PER_SHARD = 256
+PAY = "60"  # MESH, split over the shards
 
 
 class DemoFailed(MeshError):
     """Something in the demo did not reconcile."""
 
 
-def _shard_output(spec: bytes) -> bytes:
-    """The demo's stand-in computation: sha256 of the shard spec (real torch jobs come with
-    the worker service)."""
-    return hashlib.sha256(b"output:" + spec).digest()
+def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> None:
+    import torch
 
+    from meshcompute.chain.connect import ChainConnection
+    from meshcompute.chain.contracts import MeshContracts
+    from meshcompute.client import Client
+    from meshcompute.core.tolerance import compare
+    from meshcompute.market_client import MarketClient
+    from meshcompute.models import build_model, example_inputs
+    from meshcompute.settings import load_settings
 
-def run_demo(console: Console | None = None) -> None:
     console = console or Console()
-    with LocalChain() as chain:
-        w3 = chain.w3()
-        accts = chain.accounts
-        admin_sender = mesh_sender(w3, accts[0])
-        console.print(f"[bold]chain[/] anvil at {chain.rpc_url}")
-        deployment = deploy_contracts(admin_sender, PARAMS, assigners=(accts[1].address,),
-                                      verifiers=(accts[2].address,))
-        admin = MeshActor(w3, deployment, accts[0], admin_sender)
-        verifier = MeshActor(w3, deployment, accts[2])
-        client = MeshActor(w3, deployment, accts[3])
-        workers = [MeshActor(w3, deployment, a) for a in accts[4:7]]
-        cheater = workers[2]
-        for actor in [client, *workers]:
-            admin.mint(actor.address, 1_000 * TOKEN)
-        for worker in workers:
-            worker.stake(200 * TOKEN)
-        console.print("[bold]providers[/] 3 workers staked 200 MESH each (worker 3 cheats)")
+    started = time.monotonic()
+    config = StackConfig(workers=3, cheaters=1, params=replace(FAST_PARAMS, min_audit_bps=10_000))
+    console.print("[bold]starting[/] anvil, Valkey, market API + Celery, 1 verifier, 3 workers "
+                  "(worker-2 is the test-only cheater)")
+    with running_stack(config) as stack:
+        assert stack.deployment is not None
+        w3 = stack.chain.w3()
+        contracts = MeshContracts(w3, stack.deployment)
+        if not stack.sandboxed:
+            console.print("[yellow]bubblewrap is not usable here: workers run the demo's own "
+                          "model without OS isolation (--allow-unsandboxed)[/]")
+        console.print(f"  chain {stack.chain.rpc_url}  market {stack.market_url}  "
+                      f"redis {stack.redis_url}")
+        account = stack.client_account
+        connection = ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url)
+        market = MarketClient(stack.market_url, account, stack.deployment.chain_id)
+        settings = load_settings(market_url=stack.market_url)
+        client = Client(account, connection=connection, market=market, settings=settings)
 
-        now = w3.eth.get_block("latest")["timestamp"]
-        specs = [os.urandom(32) for _ in range(SHARDS)]
-        ids = client.post_jobs_with_permit(
-            [JobParams(s, REWARD, AUDIT_FEE, COLLATERAL, now + 600) for s in specs]
-        )
-        console.print(f"[bold]client[/] posted {SHARDS} shards as jobs {ids} in one transaction")
+        model = build_model("mlp", seed=7)
+        (x,) = example_inputs("mlp", batch=SHARDS * ROWS_PER_SHARD, seed=11)
+        with torch.no_grad():
+            expected = model(x)
+        client_before = contracts.balance_of(account.address)
 
-        holder = {}
-        for index, job_id in enumerate(ids):
-            worker = workers[index % len(workers)]
-            holder[job_id] = worker
-            ticket = AssignTicket(worker.address, (job_id,), 0, now + 300)
-            sig = sign_ticket(ticket, accts[1], chain_id=deployment.chain_id,
-                              job_market=deployment.address("JobMarket"))
-            honest = _shard_output(specs[index])
-            result = os.urandom(32) if worker is cheater else honest
-            worker.assign_and_commit(ticket, sig, [result])
-        console.print("[bold]workers[/] assigned by signed tickets, results committed")
+        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("submitting", total=SHARDS)
 
-        chain.increase_time(PARAMS.challenge_window_s + 1)
-        chain.mine(2)
-        admin.finalize_batch(ids)  # records the audit draws
-        for index, job_id in enumerate(ids):
-            record = verifier.job(job_id)
-            if record.state != JobState.AUDITED:
-                continue
-            passed = record.result_hash == _shard_output(specs[index])
-            evidence = hashlib.sha256(record.result_hash + _shard_output(specs[index])).digest()
-            verifier.resolve_audit(job_id, passed, evidence)
-        chain.increase_time(PARAMS.appeal_window_s + 1)
-        chain.mine(1)
-        admin.finalize_batch(ids)  # slashes the failed audits after the appeal window
-        records = admin.job_records(ids)
-        _report(console, admin, records, holder, cheater, client)
+            def show(status) -> None:
+                stack.check_alive()
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items()))
+                progress.update(task, completed=status.counts.get("finalized", 0),
+                                description=f"{status.phase:<9} {counts}")
+
+            submission = client.submit(model, (x,), shards=SHARDS, pay=PAY, progress=show)
+            console.print(f"[bold]client[/] posted {SHARDS} shards as jobs {submission.job_ids}"
+                          " with one permit transaction")
+            outputs = client.wait(submission, timeout_s=timeout_s, progress=show)
+
+        verdict = compare([expected.numpy()], [outputs[0].numpy()], submission.shards[0].spec.tolerance)
+        if not verdict.agree:
+            raise DemoFailed(f"assembled output differs from the local computation: {verdict.reason}")
+        console.print(f"[bold green]output[/] {tuple(outputs[0].shape)} matches the local "
+                      f"computation (max abs diff {verdict.max_abs:.2e})")
+        _report(console, stack, contracts, submission, client_before)
+    console.print(f"[bold green]demo finished[/] in {time.monotonic() - started:.0f} s; "
+                  "every process stopped")
 
 
-def _report(console, admin, records, holder, cheater, client) -> None:
-    table = Table(title="jobs")
-    for col in ("job", "worker", "state"):
-        table.add_column(col)
-    for job_id, record in records.items():
-        table.add_row(str(job_id), record.worker[:10], record.state.name)
-    console.print(table)
-    fee_bps = admin.config()["fee_bps"]
-    expected = {}
-    for job_id, record in records.items():
-        worker = holder[job_id]
-        want = JobState.SLASHED if worker is cheater else JobState.FINALIZED
-        if record.state != want:
-            raise DemoFailed(f"job {job_id} ended {record.state.name}, expected {want.name}")
-        if want == JobState.FINALIZED:
-            expected[worker.address] = expected.get(worker.address, 0) + split_reward(record.reward, fee_bps)[0]
-    earnings = Table(title="earnings (read from the chain)")
-    for col in ("worker", "earned", "withdrawable", "completed", "slashed jobs", "stake"):
-        earnings.add_column(col, justify="right")
-    for worker in {id(w): w for w in holder.values()}.values():
-        acct = admin.account_of(worker.address)
-        rec = admin.worker_record(worker.address)
-        stake = admin.stake_of(worker.address)
-        if acct.earned != expected.get(worker.address, 0):
-            raise DemoFailed(f"{worker.address} earned {acct.earned}, expected {expected.get(worker.address, 0)}")
-        earnings.add_row(worker.address[:10], f"{acct.earned / TOKEN:.2f}", f"{acct.withdrawable / TOKEN:.2f}",
-                         str(rec.completed), str(rec.slashed), f"{stake.free / TOKEN:.2f}")
-    console.print(earnings)
+def _report(console: Console, stack, contracts, submission, client_before: int) -> None:
+    from meshcompute.earnings import earnings_report
+    from meshcompute.reconcile import check_solvency
+
+    all_ids = [job_id for shard in submission.shards for job_id in shard.attempts]
+    records = contracts.job_records(all_ids)
+    cheaters = stack.cheater_addresses()
+    jobs = Table(title="jobs (on chain)")
+    for column in ("shard", "job", "worker", "state"):
+        jobs.add_column(column)
+    for shard in submission.shards:
+        for job_id in shard.attempts:
+            record = records[job_id]
+            who = record.worker[:10] + (" (cheater)" if record.worker in cheaters else "")
+            jobs.add_row(str(shard.index), str(job_id), who, record.state.name.lower())
+    console.print(jobs)
+
     slashed = [r for r in records.values() if r.state == JobState.SLASHED]
-    compensation = sum(r.reward + slash_split(r.collateral, r.reward, r.audit_fee)[0] for r in slashed)
-    got = admin.account_of(client.address).withdrawable
-    if got != compensation:
-        raise DemoFailed(f"client credited {got}, expected {compensation}")
-    console.print(f"[bold green]cheater caught[/]: {len(slashed)} jobs slashed, client refunded and "
-                  f"compensated {compensation / TOKEN:.2f} MESH; all balances reconcile")
+    for job_id, record in records.items():
+        if record.worker in cheaters and record.state != JobState.SLASHED:
+            raise DemoFailed(f"cheater's job {job_id} ended {record.state.name}, not slashed")
+        if record.worker not in cheaters and record.state != JobState.FINALIZED:
+            raise DemoFailed(f"honest job {job_id} ended {record.state.name}, not paid")
+    if cheaters and not slashed:
+        raise DemoFailed("the cheater took no job, so nothing was caught; run the demo again")
+
+    client = stack.client_account.address
+    owed = sum(r.reward + r.audit_fee + slash_split(r.collateral, r.reward, r.audit_fee)[0]
+               for r in slashed)
+    withdrawable = contracts.account_of(client).withdrawable
+    if withdrawable != owed:
+        raise DemoFailed(f"client credited {withdrawable} wei after slashes, expected {owed}")
+    console.print(f"[bold red]cheater caught[/]: {len(slashed)} jobs slashed; the client got "
+                  f"{owed / TOKEN:.2f} MESH back (escrow + compensation from the collateral), "
+                  "and re-posted those shards")
+
+    table = Table(title="earnings (read from the chain)")
+    for column in ("worker", "paid jobs", "earned", "withdrawable", "slashed", "free stake"):
+        table.add_column(column, justify="right")
+    for account in stack.worker_accounts():
+        report = earnings_report(contracts, account.address)
+        state = contracts.account_of(account.address)
+        if report.rows_total != state.earned or report.earned != state.earned:
+            raise DemoFailed(f"{account.address}: JobPaid events sum to {report.rows_total}, "
+                             f"contract says {state.earned}")
+        name = account.address[:10] + (" (cheater)" if account.address in cheaters else "")
+        table.add_row(name, str(len(report.final_rows)), f"{state.earned / TOKEN:.2f}",
+                      f"{state.withdrawable / TOKEN:.2f}", f"{report.slashed / TOKEN:.2f}",
+                      f"{contracts.stake_of(account.address).free / TOKEN:.2f}")
+    console.print(table)
+
+    solvency = check_solvency(contracts)
+    if not solvency.ok:
+        raise DemoFailed("books do not reconcile: " + "; ".join(solvency.problems))
+    spent = client_before - contracts.balance_of(client)
+    console.print(f"[bold green]reconciled[/]: JobMarket holds {solvency.market_balance / TOKEN:.2f}"
+                  f" MESH = escrow {solvency.escrow / TOKEN:.2f} + withdrawable "
+                  f"{solvency.withdrawable / TOKEN:.2f}; StakeManager holds "
+                  f"{solvency.stake_balance / TOKEN:.2f} = stakes; client spent "
+                  f"{spent / TOKEN:.2f} MESH from its wallet")
