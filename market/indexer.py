@@ -1,0 +1,496 @@
+"""Chain indexer: follows the three contracts' events into Redis and rewinds on reorgs.
+
+    indexer = ChainIndexer(redis_client, contracts, start_block=deployment.block)
+    report = indexer.sync()          # one step (the Celery beat task calls this)
+    indexer.job_records()            # JobRecord per job, rebuilt from the indexed events
+
+What it keeps under its prefix (default ``mesh:idx:``):
+
+* ``head`` — the last indexed block number (absent: ``start_block - 1``);
+* ``blocks`` — hash of every indexed block number -> ``[block hash, parent hash]``;
+* ``events`` — hash of ``<tx hash>:<log index>`` -> the decoded event as JSON (with block
+  number, block hash and the block's parent hash); ``order`` and ``job:<id>`` are sorted sets
+  of those keys scored by block number (all events, and the events of one job);
+* ``records`` — job id -> the job's record folded from its events with
+  :func:`meshcompute.core.job.apply_event`;
+* ``meta`` — chain id, JobMarket address and start block, so a prefix is never reused for
+  another deployment.
+
+Each sync first checks that the stored hash of the last indexed block is still the chain's.
+If not (a reorganisation), it walks back to the highest block whose stored hash still matches
+(:func:`common_ancestor`), deletes the events, blocks and record changes above it in one
+transaction, and reads forward again. A range read is checked for continuity (every block's
+parent hash is the previous block's hash, the first one's is the stored tip; every log's block
+hash is the header's; the tip is unchanged after the logs were read) and written in one
+MULTI/EXEC guarded by WATCH on ``head``: a crash leaves either none or all of a range, and two
+indexers on the same Redis never write the same range twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hexbytes import HexBytes
+from redis import Redis
+from redis.exceptions import WatchError
+from web3.exceptions import BlockNotFound
+
+from meshcompute.chain.contracts import ChainEvent, MeshContracts
+from meshcompute.core.job import JOB_EVENTS, JobRecord, JobState, apply_event
+from meshcompute.errors import BadInput, ChainError, ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "mesh:idx:"
+_ANCESTOR_WINDOW = 64
+_SYNC_ATTEMPTS = 5
+
+
+# ---------------------------------------------------------------------------- pure logic
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A block's number, hash and parent hash (0x hex)."""
+
+    number: int
+    hash: str
+    parent_hash: str
+
+
+def common_ancestor(stored: Mapping[int, str], chain: Mapping[int, str | None]) -> int | None:
+    """The highest block number whose stored hash is also the chain's, or None when no
+    stored block in ``stored`` is still on the chain. A block hash commits to all its
+    ancestors, so every stored block below the answer is on the chain too."""
+    for number in sorted(stored, reverse=True):
+        if chain.get(number) == stored[number]:
+            return number
+    return None
+
+
+def first_broken_link(tip_hash: str | None, headers: Sequence[BlockRef]) -> int | None:
+    """The number of the first header that does not extend the previous one (its parent
+    hash differs, or numbers are not consecutive), ``tip_hash`` being the hash the first
+    header's parent must have (None: not checked). None when the run is one chain."""
+    previous: BlockRef | None = None
+    for header in headers:
+        if previous is None:
+            if tip_hash is not None and header.parent_hash != tip_hash:
+                return header.number
+        elif header.number != previous.number + 1 or header.parent_hash != previous.hash:
+            return header.number
+        previous = header
+    return None
+
+
+# ---------------------------------------------------------------------------- adapter
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one :meth:`ChainIndexer.sync` did: it indexed blocks ``from_block..to_block``
+    (empty when ``to_block < from_block``) after rewinding ``reorged_blocks`` blocks."""
+
+    from_block: int
+    to_block: int
+    new_events: list[ChainEvent]
+    reorged_blocks: int
+
+
+class _ChainMoved(Exception):
+    """Internal: the chain changed while a range was read; retry."""
+
+
+class _Raced(Exception):
+    """Internal: another indexer on the same prefix wrote first; its work stands."""
+
+
+class ChainIndexer:
+    """Follows MeshCredit, StakeManager and JobMarket events from ``start_block``."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        contracts: MeshContracts,
+        *,
+        start_block: int,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if start_block < 0:
+            raise BadInput(f"start_block must be >= 0, got {start_block}")
+        self.redis = redis
+        self.contracts = contracts
+        self.w3 = contracts.w3
+        self.start_block = start_block
+        self.prefix = prefix
+        self._addresses = list(contracts.deployment.addresses.values())
+        self._meta_checked = False
+
+    def __repr__(self) -> str:
+        return f"<ChainIndexer {self.prefix!r} from block {self.start_block}>"
+
+    # ------------------------------------------------------------------ keys
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def _job_key(self, job_id: int) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def indexed_block(self) -> int:
+        """The last block indexed (``start_block - 1`` before the first sync)."""
+        value = self.redis.get(self._key("head"))
+        return self.start_block - 1 if value is None else int(value)
+
+    def head_lag(self) -> int:
+        """How many blocks the chain head is ahead of the index (0 when caught up)."""
+        return max(0, int(self.w3.eth.block_number) - self.indexed_block)
+
+    def events(self, *, job_id: int | None = None, name: str | None = None) -> list[ChainEvent]:
+        """Indexed events in chain order, optionally only those about ``job_id`` and/or
+        named ``name``."""
+        source = self._key("order") if job_id is None else self._job_key(job_id)
+        keys = self.redis.zrange(source, 0, -1)
+        if not keys:
+            return []
+        raw = self.redis.hmget(self._key("events"), keys)
+        out = [_event_from_json(item)[0] for item in raw if item is not None]
+        if name is not None:
+            out = [event for event in out if event.name == name]
+        out.sort(key=lambda e: (e.block_number, e.log_index))
+        return out
+
+    def job_records(self, *, verify: bool = False) -> dict[int, JobRecord]:
+        """Every indexed job's record. With ``verify`` each is checked against the digest
+        the contract stores now (which only holds when the index is caught up); a mismatch
+        raises ChainError naming the job."""
+        raw = self.redis.hgetall(self._key("records"))
+        records = {int(k): _record_from_json(v) for k, v in raw.items()}
+        if verify:
+            for job_id, record in sorted(records.items()):
+                self._verify(job_id, record)
+        return records
+
+    def job_record(self, job_id: int) -> JobRecord | None:
+        """One job's record, None when no JobPosted event of it is indexed."""
+        raw = self.redis.hget(self._key("records"), str(job_id))
+        return None if raw is None else _record_from_json(raw)
+
+    def _verify(self, job_id: int, record: JobRecord) -> None:
+        if self.contracts.hash_job(record) != self.contracts.job_digest(job_id):
+            raise ChainError(
+                f"job {job_id}: the indexed record does not match the contract's digest "
+                f"(index at block {self.indexed_block}; not caught up, or events lost)"
+            )
+
+    # ------------------------------------------------------------------ sync
+    def sync(self, max_blocks: int = 2000) -> SyncReport:
+        """Index up to ``max_blocks`` new blocks, rewinding first if the chain reorganised."""
+        if max_blocks < 1:
+            raise BadInput(f"max_blocks must be >= 1, got {max_blocks}")
+        self._check_meta()
+        reorged = 0
+        for _attempt in range(_SYNC_ATTEMPTS):
+            try:
+                reorged += self._rewind_if_reorged()
+                return self._read_forward(max_blocks, reorged)
+            except _ChainMoved as moved:
+                log.info("chain moved during sync (%s); retrying", moved)
+            except _Raced as raced:
+                log.info("%s; leaving this step to it", raced)
+                indexed = self.indexed_block
+                return SyncReport(indexed + 1, indexed, [], reorged)
+        raise ChainError(
+            f"indexer {self.prefix!r}: the chain kept changing during {_SYNC_ATTEMPTS} "
+            "sync attempts"
+        )
+
+    def _check_meta(self) -> None:
+        if self._meta_checked:
+            return
+        expected = {
+            "chain_id": str(int(self.w3.eth.chain_id)),
+            "market": self.contracts.deployment.address("JobMarket"),
+            "start_block": str(self.start_block),
+        }
+        key = self._key("meta")
+        self.redis.hsetnx(key, "chain_id", expected["chain_id"])
+        self.redis.hsetnx(key, "market", expected["market"])
+        self.redis.hsetnx(key, "start_block", expected["start_block"])
+        stored = {_text(k): _text(v) for k, v in self.redis.hgetall(key).items()}
+        for field, value in expected.items():
+            if stored.get(field) != value:
+                raise ConfigError(
+                    f"indexer prefix {self.prefix!r} holds {field}={stored.get(field)!r}, "
+                    f"not {value!r}: it indexes another deployment; use another prefix"
+                )
+        self._meta_checked = True
+
+    def _rewind_if_reorged(self) -> int:
+        indexed = self.indexed_block
+        if indexed < self.start_block:
+            return 0
+        stored = self._stored_hashes([indexed]).get(indexed)
+        if stored is not None and stored == self._chain_hashes(indexed, indexed).get(indexed):
+            return 0
+        ancestor = self._find_ancestor(indexed)
+        log.warning(
+            "reorg: block %d is no longer on the chain; rewinding to %d", indexed, ancestor
+        )
+        self._rewind(indexed, ancestor)
+        return indexed - ancestor
+
+    def _find_ancestor(self, indexed: int) -> int:
+        """Walk back in doubling windows until a stored block is still on the chain."""
+        top, window = indexed, _ANCESTOR_WINDOW
+        while top >= self.start_block:
+            low = max(self.start_block, top - window + 1)
+            numbers = list(range(low, top + 1))
+            found = common_ancestor(self._stored_hashes(numbers), self._chain_hashes(low, top))
+            if found is not None:
+                return found
+            top, window = low - 1, window * 2
+        return self.start_block - 1
+
+    def _rewind(self, indexed: int, ancestor: int) -> None:
+        order, events_key = self._key("order"), self._key("events")
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._key("head"))
+                if self._head_of(pipe) != indexed:
+                    raise _Raced("another indexer moved the head")
+                orphans = pipe.zrangebyscore(order, ancestor + 1, "+inf")
+                raw = pipe.hmget(events_key, orphans) if orphans else []
+                affected = sorted(
+                    {
+                        int(event.args["jobId"])
+                        for event, _ in (_event_from_json(r) for r in raw if r is not None)
+                        if event.name in JOB_EVENTS
+                    }
+                )
+                rebuilt = {
+                    job_id: self._rebuild_job(pipe, job_id, ancestor) for job_id in affected
+                }
+                pipe.multi()
+                if orphans:
+                    pipe.hdel(events_key, *orphans)
+                pipe.zremrangebyscore(order, ancestor + 1, "+inf")
+                for job_id, record in rebuilt.items():
+                    pipe.zremrangebyscore(self._job_key(job_id), ancestor + 1, "+inf")
+                    self._put_record(pipe, job_id, record)
+                pipe.hdel(self._key("blocks"), *range(ancestor + 1, indexed + 1))
+                pipe.set(self._key("head"), ancestor)
+                pipe.execute()
+            except WatchError:
+                raise _Raced("another indexer wrote during the rewind") from None
+
+    def _rebuild_job(self, pipe: Any, job_id: int, upto: int) -> JobRecord | None:
+        keys = pipe.zrangebyscore(self._job_key(job_id), "-inf", upto)
+        raw = pipe.hmget(self._key("events"), keys) if keys else []
+        events = sorted(
+            (_event_from_json(r)[0] for r in raw if r is not None),
+            key=lambda e: (e.block_number, e.log_index),
+        )
+        return _fold(job_id, None, events)
+
+    def _read_forward(self, max_blocks: int, reorged: int) -> SyncReport:
+        indexed = self.indexed_block
+        head = int(self.w3.eth.block_number)
+        to_block = min(head, indexed + max_blocks)
+        if to_block <= indexed:
+            return SyncReport(indexed + 1, indexed, [], reorged)
+        headers = self._headers(indexed + 1, to_block)
+        tip = self._stored_hashes([indexed]).get(indexed) if indexed >= self.start_block else None
+        broken = first_broken_link(tip, headers)
+        if broken is not None:
+            raise _ChainMoved(f"block {broken} does not extend the indexed chain")
+        by_number = {h.number: h for h in headers}
+        logs = self.w3.eth.get_logs(
+            {"fromBlock": indexed + 1, "toBlock": to_block, "address": self._addresses}
+        )
+        stored: list[tuple[ChainEvent, str]] = []
+        for entry in logs:
+            header = by_number[int(entry["blockNumber"])]
+            if HexBytes(entry["blockHash"]).to_0x_hex() != header.hash:
+                raise _ChainMoved(f"a log of block {header.number} is from another fork")
+            event = self.contracts._decode(entry)
+            if event is not None:
+                stored.append((event, header.parent_hash))
+        if self._chain_hashes(to_block, to_block).get(to_block) != headers[-1].hash:
+            raise _ChainMoved(f"block {to_block} changed while its logs were read")
+        stored.sort(key=lambda item: (item[0].block_number, item[0].log_index))
+        self._write_range(indexed, headers, stored)
+        return SyncReport(indexed + 1, to_block, [event for event, _ in stored], reorged)
+
+    def _write_range(
+        self, indexed: int, headers: Sequence[BlockRef], stored: Sequence[tuple[ChainEvent, str]]
+    ) -> None:
+        by_job: dict[int, list[ChainEvent]] = {}
+        for event, _ in stored:
+            if event.name in JOB_EVENTS:
+                by_job.setdefault(int(event.args["jobId"]), []).append(event)
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._key("head"))
+                if self._head_of(pipe) != indexed:
+                    raise _Raced("another indexer moved the head")
+                records: dict[int, JobRecord | None] = {}
+                for job_id, job_events in by_job.items():
+                    current = pipe.hget(self._key("records"), str(job_id))
+                    before = None if current is None else _record_from_json(current)
+                    records[job_id] = _fold(job_id, before, job_events)
+                pipe.multi()
+                pipe.hset(
+                    self._key("blocks"),
+                    mapping={h.number: json.dumps([h.hash, h.parent_hash]) for h in headers},
+                )
+                if stored:
+                    pipe.hset(
+                        self._key("events"),
+                        mapping={_event_key(e): _event_to_json(e, parent) for e, parent in stored},
+                    )
+                    pipe.zadd(self._key("order"), {_event_key(e): e.block_number for e, _ in stored})
+                for job_id, job_events in by_job.items():
+                    pipe.zadd(
+                        self._job_key(job_id), {_event_key(e): e.block_number for e in job_events}
+                    )
+                    self._put_record(pipe, job_id, records[job_id])
+                pipe.set(self._key("head"), headers[-1].number)
+                pipe.execute()
+            except WatchError:
+                raise _Raced("another indexer wrote this range") from None
+
+    def _head_of(self, pipe: Any) -> int:
+        value = pipe.get(self._key("head"))
+        return self.start_block - 1 if value is None else int(value)
+
+    def _put_record(self, pipe: Any, job_id: int, record: JobRecord | None) -> None:
+        if record is None:
+            pipe.hdel(self._key("records"), str(job_id))
+        else:
+            pipe.hset(self._key("records"), str(job_id), _record_to_json(record))
+
+    # ------------------------------------------------------------------ chain and store reads
+    def _stored_hashes(self, numbers: Iterable[int]) -> dict[int, str]:
+        numbers = list(numbers)
+        if not numbers:
+            return {}
+        raw = self.redis.hmget(self._key("blocks"), numbers)
+        return {n: json.loads(r)[0] for n, r in zip(numbers, raw, strict=True) if r is not None}
+
+    def _chain_hashes(self, low: int, high: int) -> dict[int, str | None]:
+        """Hashes of chain blocks ``low..high`` (None for numbers above the chain head)."""
+        head = int(self.w3.eth.block_number)
+        found = {h.number: h.hash for h in self._headers(low, min(high, head))}
+        return {n: found.get(n) for n in range(low, high + 1)}
+
+    def _headers(self, low: int, high: int) -> list[BlockRef]:
+        if high < low:
+            return []
+        try:
+            with self.w3.batch_requests() as batch:
+                for number in range(low, high + 1):
+                    batch.add(self.w3.eth.get_block(number))
+                blocks = batch.execute()
+        except BlockNotFound:
+            raise _ChainMoved(f"a block in {low}..{high} vanished") from None
+        return [
+            BlockRef(
+                int(block["number"]),
+                HexBytes(block["hash"]).to_0x_hex(),
+                HexBytes(block["parentHash"]).to_0x_hex(),
+            )
+            for block in blocks
+        ]
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _fold(job_id: int, record: JobRecord | None, events: Sequence[ChainEvent]) -> JobRecord | None:
+    try:
+        for event in events:
+            record = apply_event(record, event.name, event.args)
+    except ValueError as exc:
+        log.warning("job %d cannot be rebuilt from indexed events: %s", job_id, exc)
+        return None
+    return record
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event_key(event: ChainEvent) -> str:
+    return f"{event.tx_hash}:{event.log_index}"
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"$b": bytes(value).hex()}
+    if isinstance(value, list | tuple):
+        return [_encode_value(v) for v in value]
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"$b"}:
+        return bytes.fromhex(value["$b"])
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    return value
+
+
+def _event_to_json(event: ChainEvent, parent_hash: str) -> str:
+    return json.dumps(
+        {
+            "name": event.name,
+            "args": {k: _encode_value(v) for k, v in event.args.items()},
+            "block_number": event.block_number,
+            "block_hash": event.block_hash,
+            "parent_hash": parent_hash,
+            "tx_hash": event.tx_hash,
+            "log_index": event.log_index,
+            "address": event.address,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _event_from_json(raw: str | bytes) -> tuple[ChainEvent, str]:
+    data = json.loads(raw)
+    event = ChainEvent(
+        name=data["name"],
+        args={k: _decode_value(v) for k, v in data["args"].items()},
+        block_number=data["block_number"],
+        block_hash=data["block_hash"],
+        tx_hash=data["tx_hash"],
+        log_index=data["log_index"],
+        address=data["address"],
+    )
+    return event, data["parent_hash"]
+
+
+def _record_to_json(record: JobRecord) -> str:
+    values: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, bytes):
+            value = value.hex()
+        elif isinstance(value, JobState):
+            value = int(value)
+        values[f.name] = value
+    return json.dumps(values, separators=(",", ":"))
+
+
+def _record_from_json(raw: str | bytes) -> JobRecord:
+    data = json.loads(raw)
+    data["state"] = JobState(data["state"])
+    data["spec_hash"] = bytes.fromhex(data["spec_hash"])
+    data["result_hash"] = bytes.fromhex(data["result_hash"])
+    return JobRecord(**data)

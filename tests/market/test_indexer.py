@@ -1,0 +1,347 @@
+"""ChainIndexer on a real anvil and a real Redis/Valkey: following, restarting, reorgs.
+
+The module runs its own anvil (reorgs and reverts here must not disturb the session chain)
+with the contract-test world deployed once; each test starts from a snapshot and gets its own
+Redis prefix.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis as redis_lib
+from hypothesis import given
+from hypothesis import strategies as st
+
+from market.indexer import BlockRef, ChainIndexer, common_ancestor, first_broken_link
+from meshcompute.chain.contracts import ChainEvent, MeshContracts
+from meshcompute.chain.local import LocalChain
+from meshcompute.core.job import JobState
+from meshcompute.errors import BadInput, ChainError, ConfigError
+from tests.contracts.world import TEST_PARAMS, World, build_world
+
+# ---------------------------------------------------------------------------- pure logic
+
+
+def _hashes(tag: str, n: int) -> list[str]:
+    return [f"0x{tag}{i:04x}" for i in range(n)]
+
+
+@given(st.integers(1, 60), st.integers(0, 60), st.integers(0, 10), st.integers(0, 20))
+def test_common_ancestor_is_the_fork_point(length: int, fork: int, start: int, extra: int) -> None:
+    fork = min(fork, length - 1)
+    old = _hashes("a", length)
+    new = old[: fork + 1] + _hashes("b", length + extra)[fork + 1 :]
+    stored = {i: old[i] for i in range(start, length)}
+    chain = {i: new[i] for i in range(len(new))}
+    expected = fork if fork >= start else None
+    assert common_ancestor(stored, chain) == expected
+
+
+def test_common_ancestor_treats_missing_chain_blocks_as_gone() -> None:
+    assert common_ancestor({5: "0x5", 6: "0x6"}, {5: "0x5", 6: None}) == 5
+    assert common_ancestor({5: "0x5"}, {}) is None
+
+
+def test_first_broken_link_finds_the_block_that_does_not_extend_its_parent() -> None:
+    headers = [BlockRef(10, "0xa", "0x9"), BlockRef(11, "0xb", "0xa"), BlockRef(12, "0xc", "0xb")]
+    assert first_broken_link("0x9", headers) is None
+    assert first_broken_link(None, headers) is None
+    assert first_broken_link("0xother", headers) == 10
+    forked = [headers[0], BlockRef(11, "0xb2", "0xa2"), headers[2]]
+    assert first_broken_link("0x9", forked) == 11
+    gap = [headers[0], headers[2]]
+    assert first_broken_link("0x9", gap) == 12
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def chain(anvil_binary: str) -> Iterator[LocalChain]:
+    with LocalChain(anvil_path=anvil_binary) as own_chain:
+        yield own_chain
+
+
+@pytest.fixture(scope="module")
+def _deployed(chain: LocalChain) -> World:
+    return build_world(chain)
+
+
+@pytest.fixture
+def world(_deployed: World, chain: LocalChain) -> Iterator[World]:
+    snapshot = chain.snapshot()
+    yield _deployed
+    chain.revert(snapshot)
+    _deployed.resync()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_client: redis_lib.Redis) -> Iterator[str]:
+    name = f"test:idx:{uuid.uuid4().hex[:12]}:"
+    yield name
+    keys = list(redis_client.scan_iter(match=name + "*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def make_indexer(world: World, redis_client: redis_lib.Redis, prefix: str) -> ChainIndexer:
+    contracts = MeshContracts(world.w3, world.deployment)
+    return ChainIndexer(redis_client, contracts, start_block=world.deployment.block, prefix=prefix)
+
+
+def chain_events(world: World) -> list[ChainEvent]:
+    return MeshContracts(world.w3, world.deployment).events()
+
+
+def keys(events: list[ChainEvent]) -> list[tuple[str, int]]:
+    return [(e.tx_hash, e.log_index) for e in events]
+
+
+def paid_job(world: World) -> int:
+    """A job committed, past its challenge window, and finalized (JobPaid)."""
+    job_id = world.committed_job()
+    world.advance(TEST_PARAMS.challenge_window_s + 1)
+    world.outsider.finalize(job_id)
+    return job_id
+
+
+def assert_matches_chain(indexer: ChainIndexer, world: World) -> None:
+    """The index holds exactly the chain's events, and every record equals the contract's."""
+    assert keys(indexer.events()) == keys(chain_events(world))
+    assert indexer.events() == chain_events(world)
+    expected = MeshContracts(world.w3, world.deployment).job_records(verify=True)
+    assert indexer.job_records(verify=True) == expected
+    assert indexer.indexed_block == world.w3.eth.block_number
+    assert indexer.head_lag() == 0
+
+
+# ---------------------------------------------------------------------------- following
+
+
+def test_indexer_follows_a_live_chain(world: World, redis_client, prefix: str) -> None:
+    indexer = make_indexer(world, redis_client, prefix)
+    assert indexer.indexed_block == world.deployment.block - 1
+    assert indexer.job_records() == {}
+    assert indexer.head_lag() > 0
+
+    first = indexer.sync()
+    assert first.from_block == world.deployment.block
+    assert first.reorged_blocks == 0
+    names = {e.name for e in first.new_events}
+    assert {"Transfer", "Staked"} <= names  # mints and stakes of the world's setup
+    assert_matches_chain(indexer, world)
+
+    posted = world.post(n=3)
+    paid = paid_job(world)
+    second = indexer.sync()
+    assert second.from_block == first.to_block + 1
+    assert "JobPaid" in {e.name for e in second.new_events}
+    assert_matches_chain(indexer, world)
+
+    records = indexer.job_records()
+    assert {records[i].state for i in posted} == {JobState.POSTED}
+    assert indexer.job_record(paid).state == JobState.FINALIZED
+    assert indexer.job_record(10_000) is None
+    job_events = [e.name for e in indexer.events(job_id=paid)]
+    assert job_events == ["JobPosted", "JobAssigned", "JobCommitted", "JobPaid"]
+    assert [e.args["jobId"] for e in indexer.events(name="JobPosted")] == [*posted, paid]
+    assert indexer.events(job_id=paid, name="JobPaid")[0].args["worker"] == world.workers[0].address
+
+    idle = indexer.sync()
+    assert idle.new_events == [] and idle.to_block < idle.from_block
+
+
+def test_indexer_syncs_in_ranges_of_max_blocks(world: World, redis_client, prefix: str) -> None:
+    world.post(n=2)
+    indexer = make_indexer(world, redis_client, prefix)
+    head = world.w3.eth.block_number
+    reports = []
+    while indexer.indexed_block < head:
+        reports.append(indexer.sync(max_blocks=4))
+    assert all(r.to_block - r.from_block + 1 <= 4 for r in reports)
+    assert [r.from_block for r in reports[1:]] == [r.to_block + 1 for r in reports[:-1]]
+    assert_matches_chain(indexer, world)
+    with pytest.raises(BadInput, match="max_blocks"):
+        indexer.sync(max_blocks=0)
+
+
+def test_indexer_resumes_after_restart_without_duplicates(
+    world: World, redis_client, prefix: str
+) -> None:
+    world.post(n=2)
+    first = make_indexer(world, redis_client, prefix)
+    first.sync(max_blocks=5)
+    stopped_at = first.indexed_block
+    seen = keys(first.events())
+
+    paid_job(world)
+    restarted = make_indexer(world, redis_client, prefix)  # a new process, same Redis
+    assert restarted.indexed_block == stopped_at
+    report = restarted.sync()
+    assert report.from_block == stopped_at + 1
+    assert not set(keys(report.new_events)) & set(seen)
+    all_keys = keys(restarted.events())
+    assert len(all_keys) == len(set(all_keys))
+    assert_matches_chain(restarted, world)
+
+
+def test_indexer_refuses_a_prefix_of_another_deployment(
+    world: World, redis_client, prefix: str
+) -> None:
+    make_indexer(world, redis_client, prefix).sync()
+    other = ChainIndexer(
+        redis_client,
+        MeshContracts(world.w3, world.deployment),
+        start_block=world.deployment.block + 1,
+        prefix=prefix,
+    )
+    with pytest.raises(ConfigError, match="start_block"):
+        other.sync()
+
+
+def test_indexer_crash_before_commit_leaves_nothing_of_the_range(
+    world: World, redis_client, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The range is written in one MULTI/EXEC: a crash before EXEC leaves no partial range."""
+    world.post(n=2)
+    indexer = make_indexer(world, redis_client, prefix)
+    indexer.sync(max_blocks=3)
+    before = (indexer.indexed_block, keys(indexer.events()), indexer.job_records())
+    paid_job(world)
+
+    original = redis_lib.client.Pipeline.execute
+
+    def crash(self, raise_on_error: bool = True):
+        if self.command_stack:
+            self.reset()
+            raise redis_lib.exceptions.ConnectionError("killed during EXEC")
+        return original(self, raise_on_error)
+
+    monkeypatch.setattr(redis_lib.client.Pipeline, "execute", crash)
+    with pytest.raises(redis_lib.exceptions.ConnectionError):
+        indexer.sync()
+    monkeypatch.undo()
+    assert (indexer.indexed_block, keys(indexer.events()), indexer.job_records()) == before
+    indexer.sync()
+    assert_matches_chain(indexer, world)
+
+
+def test_two_indexers_on_one_redis_write_each_range_once(
+    world: World, redis_client, prefix: str
+) -> None:
+    for _ in range(3):
+        world.post(n=2)
+    paid_job(world)
+    indexers = [make_indexer(world, redis_client, prefix) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    head = world.w3.eth.block_number
+
+    def run(indexer: ChainIndexer) -> None:
+        try:
+            barrier.wait()
+            while indexer.indexed_block < head:
+                indexer.sync(max_blocks=3)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in indexers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    all_keys = keys(indexers[0].events())
+    assert len(all_keys) == len(set(all_keys))
+    assert_matches_chain(indexers[1], world)
+
+
+# ---------------------------------------------------------------------------- reorgs
+
+
+def test_indexer_follows_a_reorg_of_depth_3_after_a_paid_job(
+    world: World, chain: LocalChain, redis_client, prefix: str
+) -> None:
+    job_id = paid_job(world)
+    chain.mine(2)  # JobPaid is now 3 blocks deep
+    indexer = make_indexer(world, redis_client, prefix)
+    indexer.sync()
+    assert indexer.job_record(job_id).state == JobState.FINALIZED
+    paid_events = indexer.events(name="JobPaid")
+    assert [e.args["jobId"] for e in paid_events] == [job_id]
+    head = world.w3.eth.block_number
+    assert paid_events[0].block_number == head - 2
+
+    # The replacement chain holds another transaction instead: a new job posted.
+    client = world.clients[0]
+    params = world.params()
+    post = client.market.functions.postJob(params.as_tuple()).build_transaction(
+        {"from": client.address, "gas": 500_000}
+    )
+    replacement = {k: post[k] for k in ("from", "to", "data", "gas")}
+    chain._rpc("anvil_reorg", [3, [[replacement, 1]]])
+    world.resync()
+    assert world.w3.eth.block_number == head  # same height, different blocks
+
+    report = indexer.sync()
+    assert report.reorged_blocks == 3
+    assert indexer.events(name="JobPaid") == []
+    assert indexer.job_record(job_id).state == JobState.COMMITTED
+    assert [e.name for e in report.new_events] == ["JobPosted", "Transfer"]  # escrow moved
+    assert report.new_events[0].args["specHash"] == params.spec_hash
+    assert_matches_chain(indexer, world)
+
+    # The job is still payable on the new chain; the index follows.
+    world.outsider.finalize(job_id)
+    indexer.sync()
+    assert indexer.job_record(job_id).state == JobState.FINALIZED
+    assert_matches_chain(indexer, world)
+
+
+def test_indexer_rewinds_when_the_chain_gets_shorter(
+    world: World, chain: LocalChain, redis_client, prefix: str
+) -> None:
+    """evm_revert to an earlier snapshot drops blocks the index already holds; different
+    blocks then arrive at the same heights."""
+    indexer = make_indexer(world, redis_client, prefix)
+    world.post()
+    indexer.sync()
+    fork = chain.snapshot()
+    paid_job(world)
+    world.post(n=2)
+    indexer.sync()
+    dropped = indexer.indexed_block
+    chain.revert(fork)
+    world.resync()
+    forked_head = world.w3.eth.block_number
+
+    report = indexer.sync()  # the chain is shorter than the index
+    assert report.reorged_blocks == dropped - forked_head
+    assert_matches_chain(indexer, world)
+
+    world.post(n=3)
+    indexer.sync()
+    assert_matches_chain(indexer, world)
+
+
+def test_indexer_verify_reports_a_record_behind_the_contract(
+    world: World, redis_client, prefix: str
+) -> None:
+    job_id = world.committed_job()
+    indexer = make_indexer(world, redis_client, prefix)
+    indexer.sync()
+    world.advance(TEST_PARAMS.challenge_window_s + 1)
+    world.outsider.finalize(job_id)  # not yet indexed
+    with pytest.raises(ChainError, match=f"job {job_id}"):
+        indexer.job_records(verify=True)
