@@ -1,0 +1,163 @@
+"""The marketplace as real processes (anvil, Valkey, market API + Celery, verifier, workers):
+reliability under kill -9 and restarts (issue 3), and honest vs. cheating workers over many
+jobs (issue 5). Every test ends by reconciling the books against the contracts."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+import torch
+
+from meshcompute.chain.connect import ChainConnection
+from meshcompute.chain.contracts import MeshContracts
+from meshcompute.client import Client, Submission
+from meshcompute.core.job import JobState
+from meshcompute.core.payout import slash_split
+from meshcompute.market_client import MarketClient
+from meshcompute.models import MLP
+from meshcompute.reconcile import check_solvency
+from meshcompute.settings import load_settings
+from meshcompute.stack import FAST_PARAMS, DevStack, StackConfig
+
+pytestmark = [pytest.mark.anvil, pytest.mark.slow]
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return MLP(d_in=16, d_hidden=32, d_out=4, depth=2).eval()
+
+
+def _client(stack: DevStack) -> tuple[Client, MeshContracts]:
+    assert stack.deployment is not None
+    w3 = stack.chain.w3()
+    contracts = MeshContracts(w3, stack.deployment)
+    account = stack.client_account
+    client = Client(
+        account,
+        connection=ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url),
+        market=MarketClient(stack.market_url, account, stack.deployment.chain_id),
+        settings=load_settings(market_url=stack.market_url),
+    )
+    return client, contracts
+
+
+def _submit(client: Client, jobs: int, *, rows: int = 2, audit_bps: int = 0) -> Submission:
+    x = torch.randn(jobs * rows, 16, generator=torch.Generator().manual_seed(jobs))
+    return client.submit(_tiny_model(), (x,), shards=jobs, pay=str(jobs), audit_bps=audit_bps,
+                         deadline="20m")
+
+
+def _wait_terminal(stack: DevStack, contracts: MeshContracts, job_ids: list[int],
+                   timeout_s: float) -> dict[int, JobState]:
+    give_up = time.monotonic() + timeout_s
+    while True:
+        stack.check_alive()
+        records = contracts.job_records(job_ids)
+        states = {i: records[i].state for i in job_ids}
+        if all(s.terminal for s in states.values()):
+            return states
+        if time.monotonic() > give_up:
+            raise AssertionError(f"not terminal after {timeout_s}s: {Counter(states.values())}")
+        time.sleep(0.5)
+
+
+def _paid_events(contracts: MeshContracts, job_ids: list[int]) -> Counter[int]:
+    return Counter(int(e.args["jobId"]) for e in contracts.job_events(job_ids)
+                   if e.name == "JobPaid")
+
+
+def _assert_books(contracts: MeshContracts) -> None:
+    report = check_solvency(contracts)
+    assert report.ok, report.problems
+
+
+def test_kill_9_worker_mid_job_is_reassigned_and_paid_once() -> None:
+    config = StackConfig(workers=2, cheaters=0, verifier=False, lease_s=10,
+                         params=replace(FAST_PARAMS, min_audit_bps=0))
+    with DevStack(config) as stack:
+        client, contracts = _client(stack)
+        # a job long enough to be killed in the middle of: a bigger batch through the MLP
+        submission = _submit(client, 1, rows=2)
+        job_id = submission.job_ids[0]
+        addresses = {a.address: f"worker-{i}" for i, a in enumerate(stack.worker_accounts())}
+        holder = None
+        give_up = time.monotonic() + 60
+        while holder is None and time.monotonic() < give_up:
+            holder = client.market.job(job_id).worker
+            time.sleep(0.02)
+        assert holder is not None, "no worker leased the job"
+        stack.kill(addresses[holder], signal.SIGKILL)
+        states = _wait_terminal(stack, contracts, [job_id], timeout_s=120)
+        assert states[job_id] == JobState.FINALIZED
+        assert contracts.job(job_id).worker != holder, "the killed worker still committed"
+        assert _paid_events(contracts, [job_id]) == Counter({job_id: 1})
+        _assert_books(contracts)
+
+
+def test_redis_restart_during_a_burst_of_100_jobs() -> None:
+    config = StackConfig(workers=3, cheaters=0, verifier=False, worker_slots=4,
+                         params=replace(FAST_PARAMS, min_audit_bps=0))
+    with DevStack(config) as stack:
+        if stack.valkey is None:
+            pytest.skip("REDIS_URL is external; this test restarts the embedded Valkey")
+        client, contracts = _client(stack)
+        submission = _submit(client, 100)
+        time.sleep(3)
+        stack.restart_redis(down_s=2)
+        states = _wait_terminal(stack, contracts, submission.job_ids, timeout_s=400)
+        assert set(states.values()) == {JobState.FINALIZED}
+        paid = _paid_events(contracts, submission.job_ids)
+        assert sorted(paid) == sorted(submission.job_ids) and set(paid.values()) == {1}
+        _assert_books(contracts)
+
+
+def test_kill_api_and_celery_mid_run_and_restart() -> None:
+    config = StackConfig(workers=2, cheaters=0, verifier=False, worker_slots=2,
+                         params=replace(FAST_PARAMS, min_audit_bps=0))
+    with DevStack(config) as stack:
+        client, contracts = _client(stack)
+        submission = _submit(client, 20)
+        time.sleep(4)
+        stack.kill("market-api")
+        stack.kill("market-tasks")
+        time.sleep(2)
+        stack.services["market-api"].start()
+        stack.services["market-tasks"].start()
+        stack.wait_healthy()
+        states = _wait_terminal(stack, contracts, submission.job_ids, timeout_s=300)
+        assert set(states.values()) == {JobState.FINALIZED}
+        assert set(_paid_events(contracts, submission.job_ids).values()) == {1}
+        outputs = client.result(submission)
+        assert outputs[0].shape == (40, 4)
+        _assert_books(contracts)
+
+
+def test_two_honest_one_cheater_over_50_jobs() -> None:
+    config = StackConfig(workers=3, cheaters=1, cheat_fraction=0.5, worker_slots=2,
+                         params=replace(FAST_PARAMS, min_audit_bps=10_000))
+    with DevStack(config) as stack:
+        client, contracts = _client(stack)
+        submission = _submit(client, 50)
+        client_before = contracts.account_of(stack.client_account.address).withdrawable
+        states = _wait_terminal(stack, contracts, submission.job_ids, timeout_s=600)
+        records = contracts.job_records(submission.job_ids)
+        cheater = next(iter(stack.cheater_addresses()))
+        slashed = [r for r in records.values() if r.state == JobState.SLASHED]
+        assert slashed, "the cheater was never caught"
+        assert all(r.worker == cheater for r in slashed), "an honest worker was slashed"
+        for job_id, record in records.items():
+            if record.worker != cheater:
+                assert states[job_id] == JobState.FINALIZED
+        owed = sum(r.reward + r.audit_fee + slash_split(r.collateral, r.reward, r.audit_fee)[0]
+                   for r in slashed)
+        got = contracts.account_of(stack.client_account.address).withdrawable - client_before
+        assert got == owed
+        honest = {r.worker for r in records.values() if r.worker != cheater}
+        for worker in honest:
+            paid = [r for r in records.values() if r.worker == worker]
+            assert contracts.account_of(worker).earned > 0 and paid
+        _assert_books(contracts)
