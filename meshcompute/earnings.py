@@ -96,6 +96,7 @@ class EarningsReport:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON: amounts as decimal strings of wei (exact), plus MESH strings."""
+
         def money(value: int) -> dict[str, str]:
             return {"wei": str(value), "mesh": format_mesh(value)}
 
@@ -222,8 +223,7 @@ def open_jobs(contracts: MeshContracts, worker: str) -> dict[int, JobRecord]:
     from events and checked against the contract's digests."""
     worker = Web3.to_checksum_address(worker)
     ids = {
-        int(e.args["jobId"])
-        for e in _worker_events(contracts, "JobAssigned", worker, None, None)
+        int(e.args["jobId"]) for e in _worker_events(contracts, "JobAssigned", worker, None, None)
     }
     if not ids:
         return {}

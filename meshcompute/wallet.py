@@ -40,8 +40,9 @@ def create_wallet(path: Path, password: str, *, scrypt_n: int | None = None) -> 
     return str(account.address)
 
 
-def import_wallet(path: Path, private_key: str | bytes, password: str, *,
-                  scrypt_n: int | None = None) -> str:
+def import_wallet(
+    path: Path, private_key: str | bytes, password: str, *, scrypt_n: int | None = None
+) -> str:
     """Store an existing private key (hex, with or without 0x) in a keystore at ``path``."""
     account = _account_from_key(private_key)
     _write_keystore(Path(path), account, password, scrypt_n)
@@ -62,10 +63,8 @@ def load_account(path: Path, password: str) -> LocalAccount:
             ) from None
         raise WalletError(f"keystore {path} cannot be decrypted: {exc}") from None
     account: LocalAccount = Account.from_key(key)
-    expected = keystore.get("address")
-    if expected and account.address.lower().removeprefix("0x") != str(expected).lower().removeprefix(
-        "0x"
-    ):
+    declared = str(keystore.get("address") or "").lower().removeprefix("0x")
+    if declared and account.address.lower().removeprefix("0x") != declared:
         raise WalletError(f"keystore {path} decrypts to another address than it declares")
     return account
 

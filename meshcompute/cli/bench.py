@@ -33,3 +33,26 @@ def bench_gas(
     emit(run_gas_bench(batch), as_json)
 
 
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    rows: Annotated[int, typer.Option(help="Batch rows (sets the bare compute time).")] = 16_384,
+) -> None:
+    """Post -> output through the market, one worker, vs. the bare torch time."""
+    from meshcompute.bench.stack_bench import run_overhead_bench
+
+    emit(run_overhead_bench(rows=rows), as_json)
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 4,
+    duration: Annotated[float, typer.Option(help="Seconds of posting.")] = 30.0,
+) -> None:
+    """Settled jobs per second and post->final latency on the whole process stack."""
+    from meshcompute.bench.stack_bench import run_e2e_bench
+
+    emit(run_e2e_bench(workers=workers, duration_s=duration), as_json)

@@ -6,7 +6,8 @@ import json
 import os
 import signal
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,12 +17,18 @@ from meshcompute.errors import MeshError
 app = typer.Typer(no_args_is_help=True, help="Run or deploy to a chain.")
 chain_app = app
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @chain_app.command("up")
 def chain_up() -> None:
-    """Start a local anvil, deploy the contracts, fund the dev wallets; runs until Ctrl-C."""
+    """Start a local anvil, deploy the contracts, fund the dev wallets; runs until Ctrl-C.
+
+    While it runs, ``<data_dir>/chain.json`` tells other mesh commands where the chain is
+    (so they need no MESH_RPC_URL); it is removed on exit. A keystore at MESH_WALLET_PATH is
+    funded with MESH and ETH for gas.
+    """
+    from meshcompute.chain.connect import LocalChainRecord, remove_chain_record, write_chain_record
     from meshcompute.chain.contracts import MeshActor, mesh_sender
     from meshcompute.chain.deploy import TOKEN, deploy_contracts, save_deployment
     from meshcompute.chain.local import LocalChain
@@ -40,12 +47,23 @@ def chain_up() -> None:
         path = save_deployment(deployment, settings.deployments_dir)
         actor = MeshActor(w3, deployment, admin, sender)
         for account in chain.accounts[1:]:
-            actor.mint(account.address, 100_000 * TOKEN)
+            actor.mint(account.address, DEV_MESH * TOKEN)
         console.print(f"anvil at [bold]{chain.rpc_url}[/] (chain id {deployment.chain_id})")
         for name, address in deployment.addresses.items():
             console.print(f"  {name:<13} {address}")
         console.print(f"deployment record: {path}")
-        console.print("dev accounts 1-9 hold 100,000 MESH each; Ctrl-C stops the chain")
+        roles = {0: "admin", 1: "assigner (market)", 2: "verifier"}
+        console.print(f"dev accounts (dev mnemonic; 1-9 hold {DEV_MESH:,} MESH each):")
+        for index, account in enumerate(chain.accounts):
+            console.print(f"  {index}  {account.address}  {roles.get(index, '')}".rstrip())
+        _fund_dev_wallet(settings.wallet_path, actor, sender)
+        pid = os.getpid()
+        record_path = write_chain_record(
+            settings.data_dir,
+            LocalChainRecord(chain.rpc_url, deployment.chain_id, str(path), pid),
+        )
+        console.print(f"chain record: {record_path} (other mesh commands find the chain here)")
+        console.print("Ctrl-C stops the chain")
         stop = False
 
         def _stop(*_: object) -> None:
@@ -58,6 +76,37 @@ def chain_up() -> None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
+        finally:
+            remove_chain_record(settings.data_dir, pid=pid)
+
+
+DEV_MESH = 100_000
+"""MESH minted to each dev account and to the dev wallet by `mesh chain up`."""
+DEV_WALLET_ETH = 100
+"""ETH sent to the dev wallet for gas."""
+
+
+def _fund_dev_wallet(wallet_path: Path, actor: Any, sender: Any) -> None:
+    """Mint MESH to the keystore's address and send it ETH for gas (no password needed)."""
+    from meshcompute.chain.deploy import TOKEN
+    from meshcompute.errors import WalletError
+    from meshcompute.wallet import keystore_address
+
+    if not wallet_path.exists():
+        console.print(
+            f"no wallet at {wallet_path}: create one with `mesh wallet new` and restart to fund it"
+        )
+        return
+    try:
+        address = keystore_address(wallet_path)
+    except WalletError as exc:
+        console.print(f"[yellow]wallet not funded:[/] {exc}")
+        return
+    actor.mint(address, DEV_MESH * TOKEN)
+    sender.send({"to": address, "value": DEV_WALLET_ETH * 10**18})
+    console.print(
+        f"dev wallet {address} ({wallet_path}) funded: {DEV_MESH:,} MESH, {DEV_WALLET_ETH} ETH"
+    )
 
 
 @chain_app.command("deploy")

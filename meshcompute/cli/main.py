@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from meshcompute.errors import MeshError
 
@@ -22,10 +23,13 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("chain", "chain"),
     ("bench", "bench"),
     ("job", "job"),
+    ("wallet", "wallet"),
+    ("provider", "provider"),
 )
 
 for _module, _name in SUBCOMMANDS:
     app.add_typer(importlib.import_module(f"meshcompute.cli.{_module}").app, name=_name)
+importlib.import_module("meshcompute.cli.earnings").register(app)  # `mesh earnings`, `mesh withdraw`
 
 
 @app.command("demo")
@@ -47,7 +51,8 @@ def main() -> None:
     except MeshError as exc:
         if debug:
             raise
-        console.print(f"[red]error:[/] {exc}")
+        message = " ".join(str(exc).split())  # one line, whatever the exception holds
+        console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
         sys.exit(1)
 
 
