@@ -1,5 +1,10 @@
 """``python -m meshcompute.bench`` (``make bench``): run every benchmark and rewrite
-BENCHMARKS.md with the machine, the date and each figure."""
+BENCHMARKS.md with the machine, the date and each figure.
+
+``python -m meshcompute.bench gas match`` runs only those and keeps the other sections of the
+existing file. A benchmark that fails is written down as failed (with its error) and makes the
+command exit non-zero; nothing is left looking measured when it was not.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,15 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from meshcompute.bench.gas import run_gas_bench
-
-TARGETS = {
-    "per_job_gas_single": 200_000,
-    "per_job_gas_batched_100": 60_000,
-}
+BENCHMARKS = Path("BENCHMARKS.md")
+GAS_TARGETS = {"per_job_gas_single": 200_000, "per_job_gas_batched_100": 60_000}
 
 
 def machine() -> str:
@@ -27,18 +32,16 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, "
+            f"Python {platform.python_version()}")
 
 
-def render(gas: dict) -> str:
-    today = dt.date.today().isoformat()
+def _json_block(data: Any) -> list[str]:
+    return ["```json", json.dumps(data, indent=1, default=str), "```", ""]
+
+
+def render_gas(gas: dict[str, Any]) -> list[str]:
     lines = [
-        "# Benchmarks",
-        "",
-        f"Machine: {machine()}. Date: {today}. Regenerate with `make bench`.",
-        "",
-        "## Gas per job (`mesh bench gas --json`, anvil 1.7.1, solc 0.8.37, cancun, optimizer 200)",
-        "",
         "Full lifecycle = post + assign + commit + finalize. Steady state: the accounts already",
         "hold balances, as in a running market. Single uses `postJob`, `assignAndCommit` (one",
         "ticket, one id) and `finalize`; batched uses `postJobs`, one `assignAndCommit` ticket for",
@@ -49,20 +52,120 @@ def render(gas: dict) -> str:
     ]
     for key, value in gas.items():
         if isinstance(value, int):
-            target = TARGETS.get(key)
-            verdict = "" if target is None else f"<= {target:,} ({'met' if value <= target else 'missed'})"
+            target = GAS_TARGETS.get(key)
+            verdict = "" if target is None else (
+                f"<= {target:,} ({'met' if value <= target else 'missed'})")
             lines.append(f"| `{key}` | {value:,} | {verdict} |")
-    lines += ["", "Breakdown (gas per transaction):", "", "```json",
-              json.dumps({k: v for k, v in gas.items() if isinstance(v, dict)}, indent=1), "```", ""]
-    return "\n".join(lines)
+    lines += ["", "Breakdown (gas per transaction):", ""]
+    return lines + _json_block({k: v for k, v in gas.items() if isinstance(v, dict)})
 
 
-def main() -> int:
-    gas = run_gas_bench()
-    Path("BENCHMARKS.md").write_text(render(gas))
-    print(json.dumps({"gas": gas}))
-    return 0
+def render_plain(result: dict[str, Any]) -> list[str]:
+    lines = ["| figure | value |", "|---|---:|"]
+    nested = {}
+    for key, value in result.items():
+        if isinstance(value, dict | list):
+            nested[key] = value
+        else:
+            lines.append(f"| `{key}` | {value} |")
+    lines.append("")
+    return lines + (_json_block(nested) if nested else [])
+
+
+def _gas() -> dict[str, Any]:
+    from meshcompute.bench.gas import run_gas_bench
+
+    return run_gas_bench()
+
+
+def _match() -> dict[str, Any]:
+    from meshcompute.bench.match import run_match_bench
+
+    return run_match_bench()
+
+
+def _verify() -> dict[str, Any]:
+    from meshcompute.bench.verify import run_verify_bench
+
+    return run_verify_bench()
+
+
+def _sim() -> dict[str, Any]:
+    from meshcompute.bench.sim import run_sim_bench
+
+    return run_sim_bench()
+
+
+def _overhead() -> dict[str, Any]:
+    from meshcompute.bench.stack_bench import run_overhead_bench
+
+    return run_overhead_bench()
+
+
+def _e2e() -> dict[str, Any]:
+    from meshcompute.bench.stack_bench import run_e2e_bench
+
+    return run_e2e_bench()
+
+
+#: name -> (section title, runner, renderer)
+SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], list[str]]]] = {
+    "gas": ("Gas per job (`mesh bench gas --json`, anvil 1.7.1, solc 0.8.37, cancun, optimizer 200)",
+            _gas, render_gas),
+    "match": (("Matching in the pure core (`mesh bench match --json`; target median <= 1 ms "
+              "per assignment)"), _match, render_plain),
+    "verify": ("Verification: false positives and detection (`mesh bench verify --json`)",
+               _verify, render_plain),
+    "sim": ("Economics: honest vs. cheating providers (`mesh sim --json`)", _sim, render_plain),
+    "overhead": (("Worker overhead: post -> output vs. bare torch (`mesh bench overhead --json`; "
+                 "target e2e <= 1.2 x bare + 1 s)"), _overhead, render_plain),
+    "e2e": (("End to end on the process stack (`mesh bench e2e --json`; target >= 50 settled "
+            "jobs/s)"), _e2e, render_plain),
+}
+
+
+def _existing_sections() -> dict[str, str]:
+    if not BENCHMARKS.exists():
+        return {}
+    text = BENCHMARKS.read_text()
+    found = {}
+    for match in re.finditer(r"<!-- section:(\w+) -->\n(.*?)<!-- /section -->", text, re.DOTALL):
+        found[match.group(1)] = match.group(2)
+    return found
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or list(SECTIONS)
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        print(f"unknown benchmarks: {sorted(unknown)}; choose from {list(SECTIONS)}")
+        return 2
+    today = dt.date.today().isoformat()
+    bodies = _existing_sections()
+    results: dict[str, Any] = {}
+    failed = False
+    for name in wanted:
+        title, runner, renderer = SECTIONS[name]
+        try:
+            result = runner()
+            results[name] = result
+            lines = [f"## {title}", "", f"Measured {today} on {machine()}.", "",
+                     *renderer(result)]
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed benchmark, then exit 1
+            failed = True
+            traceback.print_exc()
+            lines = [f"## {title}", "", f"**Failed** on {today}: `{type(exc).__name__}: {exc}`", ""]
+        bodies[name] = "\n".join(lines) + "\n"
+    out = ["# Benchmarks", "",
+           (f"Regenerate with `make bench` (or `python -m meshcompute.bench NAME...`). "
+           f"Last run: {today}, {machine()}."), ""]
+    for name in SECTIONS:
+        if name in bodies:
+            out += [f"<!-- section:{name} -->", bodies[name].rstrip("\n"), "<!-- /section -->", ""]
+    BENCHMARKS.write_text("\n".join(out))
+    print(json.dumps(results, default=str))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
