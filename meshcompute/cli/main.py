@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("job", "job"),
     ("wallet", "wallet"),
     ("provider", "provider"),
+    ("sim", "sim"),
 )
 
 for _module, _name in SUBCOMMANDS:

@@ -1,0 +1,62 @@
+"""``mesh sim``: does cheating pay at the default parameters?"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Simulate honest and cheating providers (economics of audits).")
+sim_app = app
+
+
+@sim_app.callback(invoke_without_command=True)
+def sim(
+    jobs: Annotated[int, typer.Option(min=1, help="Jobs per strategy.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed (the run is reproducible).")] = 0,
+    trials: Annotated[int, typer.Option(min=1, help="Lifetimes per catch probability.")] = 1_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Expected profit per job of each strategy and the chance of catching a cheater."""
+    from meshcompute.bench.sim import CATCH_WITHIN, run_sim
+
+    result = run_sim(jobs, seed, trials=trials)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    table = Table(title=f"{jobs:,} jobs per strategy, seed {seed}, audit rates from audit_bps")
+    table.add_column("strategy")
+    table.add_column("profit/job", justify="right")
+    table.add_column("vs honest", justify="right")
+    table.add_column("per junk", justify="right")
+    table.add_column("junk", justify="right")
+    table.add_column("caught", justify="right")
+    for n in CATCH_WITHIN:
+        table.add_column(f"P(caught)\n<={n} jobs", justify="right")
+    for name, row in result["strategies"].items():
+        catch = row.get("p_caught_within_jobs") or {}
+        per_junk = row["profit_per_junk_result"]
+        table.add_row(
+            name,
+            f"{row['profit_per_job']:.2f}",
+            f"{row['profit_per_job_vs_honest']:+.2f}",
+            "-" if per_junk is None else f"{per_junk:.2f}",
+            str(row["junk_results"]),
+            str(row["caught"]),
+            *[f"{catch[str(n)]:.3f}" if str(n) in catch else "-" for n in CATCH_WITHIN],
+        )
+    console.print(table)
+    rates = result["audit_bps_reward_100"]
+    console.print(
+        f"audit rate for a reward-100 job: new worker {rates['new_worker']} bps, "
+        f"record of 1000 jobs {rates['after_1000_jobs_200_audits']} bps, "
+        f"ever slashed {rates['ever_slashed']} bps"
+    )
+    verdict = "negative" if result["cheating_has_negative_ev"] else "NOT negative"
+    console.print(f"cheating has {verdict} expected value for every strategy")
