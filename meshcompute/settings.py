@@ -80,6 +80,34 @@ class Settings(BaseSettings):
     wallet_scrypt_n: int = Field(default=2**18, ge=2**10)
     """scrypt work factor for new keystores (2**18, about 1 s); lower it only for tests."""
 
+    # --- worker node (worker.node, `mesh worker start`)
+    worker_slots: int = Field(default=1, ge=1, le=64)
+    """How many jobs the worker runs at the same time."""
+
+    worker_threads: int = Field(default=1, ge=1, le=256)
+    """torch threads per job (fixed, so results do not depend on the machine's load)."""
+
+    worker_price: str = "0"
+    """Asking price per job in MESH (decimal, e.g. ``"0.5"``), advertised to the market."""
+
+    worker_operator: str | None = None
+    """A label for the operator shown by the market; defaults to the wallet address."""
+
+    worker_scratch_dir: Path | None = None
+    """Where jobs get their scratch folders; unset means a temporary directory."""
+
+    worker_allow_unsandboxed: bool = False
+    """Run jobs without OS-level isolation when none is available (unsafe: trusted jobs only)."""
+
+    worker_json_logs: bool = False
+    """Print one JSON object per event instead of the live status table."""
+
+    worker_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+    """Seconds between asks for work while the worker has free slots."""
+
+    worker_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    """On SIGTERM, how long running jobs may take to finish before their leases are released."""
+
     @field_validator("data_dir", "deployments_dir", "wallet_path", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

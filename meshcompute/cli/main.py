@@ -23,6 +23,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("chain", "chain"),
     ("bench", "bench"),
     ("job", "job"),
+    ("worker", "worker"),
     ("wallet", "wallet"),
     ("provider", "provider"),
     ("sim", "sim"),

@@ -1,0 +1,107 @@
+"""``mesh worker``: run this machine as a provider's worker node, or check that one is alive."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from meshcompute.errors import BadInput, ConfigError, SandboxUnavailable
+
+app = typer.Typer(no_args_is_help=True, help="Run a worker node that earns credits for jobs.")
+worker_app = app
+
+STAKE_HINT = "stake first with `mesh provider stake AMOUNT`"
+
+
+@worker_app.command("start")
+def worker_start(
+    market: Annotated[str | None, typer.Option(help="Market URL (default MESH_MARKET_URL).")] = None,
+    slots: Annotated[int | None, typer.Option(help="Jobs run at the same time.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per job.")] = None,
+    price: Annotated[str | None, typer.Option(help="Asking price per job, MESH.")] = None,
+    allow_unsandboxed: Annotated[
+        bool, typer.Option(help="Run jobs without OS isolation when none works (unsafe).")
+    ] = False,
+    json_logs: Annotated[
+        bool, typer.Option(help="One JSON object per event instead of the live table.")
+    ] = False,
+    grace: Annotated[
+        float | None, typer.Option(help="Seconds running jobs get to finish on SIGTERM.")
+    ] = None,
+) -> None:
+    """Register with the market and run jobs until SIGTERM or Ctrl-C."""
+    from meshcompute.chain.connect import actor_for, connect
+    from meshcompute.market_client import MarketClient
+    from meshcompute.settings import get_settings
+    from meshcompute.wallet import unlock
+    from worker.adversary import adversary_from_env
+    from worker.hardware import detect_hardware
+    from worker.node import WorkerConfig, WorkerNode, parse_price
+    from worker.sandbox import sandbox_available
+    from worker.status import JsonLogSink, LiveStatus
+
+    settings = get_settings()
+    config = WorkerConfig.from_settings(
+        settings,
+        market_url=market,
+        slots=slots,
+        threads=threads,
+        price_wei=parse_price(price) if price is not None else None,
+        allow_unsandboxed=allow_unsandboxed or None,
+        json_logs=json_logs or None,
+        grace_s=grace,
+    )
+    if not config.allow_unsandboxed and not sandbox_available():
+        raise SandboxUnavailable(
+            "no OS-level sandbox (bubblewrap with user namespaces) works on this machine, so "
+            "jobs from strangers cannot run safely: install bubblewrap, or pass "
+            "--allow-unsandboxed to run without isolation (trusted jobs only)"
+        )
+    account = unlock(settings, prompt=sys.stdin.isatty())
+    conn = connect(settings)
+    position = conn.contracts.stake_of(account.address)
+    if position.free + position.locked == 0:
+        raise BadInput(f"{account.address} has no stake on chain {conn.chain_id}: {STAKE_HINT}")
+    adversary = adversary_from_env(conn.chain_id)
+    client = MarketClient(config.market_url, account, conn.chain_id)
+    market_chain = client.info().chain_id
+    if market_chain != conn.chain_id:
+        raise ConfigError(
+            f"the market at {config.market_url} serves chain {market_chain} but MESH_RPC_URL "
+            f"is chain {conn.chain_id}: point both at the same chain"
+        )
+    node = WorkerNode(config, account, client, actor_for(conn, account),
+                      hardware=detect_hardware(), adversary=adversary)
+    stop = threading.Event()
+
+    def _stop(*_: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        if config.json_logs or not sys.stdout.isatty():
+            node.set_event_sink(JsonLogSink(sys.stdout))
+            node.run(stop)
+        else:
+            with LiveStatus() as live:
+                node.set_event_sink(live)
+                node.run(stop)
+    finally:
+        client.close()
+
+
+@worker_app.command("health")
+def worker_health() -> None:
+    """Exit 0 when this machine's worker heartbeated recently (for container health checks)."""
+    from meshcompute.settings import get_settings
+    from worker.status import check_health
+
+    ok, message = check_health(get_settings().data_dir / "worker-health.json")
+    typer.echo(message)
+    if not ok:
+        raise typer.Exit(1)

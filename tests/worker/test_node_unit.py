@@ -1,0 +1,344 @@
+"""WorkerNode logic against an in-memory market and chain (timing and failures steered).
+
+The same behaviours run end to end against the real market, Redis, anvil and sandbox in
+test_node_market.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+
+from meshcompute.core.job import JobState
+from meshcompute.errors import ConfigError, TooLate, WrongJobState
+from tests.worker.fakes import (
+    HARDWARE,
+    WORKER,
+    FakeActor,
+    FakeMarket,
+    FakeRunner,
+    make_lease,
+)
+from worker.adversary import Adversary
+from worker.node import WorkerConfig, WorkerNode, parse_price
+
+
+def _config(**kw) -> WorkerConfig:
+    values = {"market_url": "http://fake-market", "poll_interval_s": 0.05, "grace_s": 2.0,
+              "audit_poll_s": 0.05, "earnings_poll_s": 0.05}
+    values.update(kw)
+    return WorkerConfig(**values)
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+class Harness:
+    def __init__(self, market: FakeMarket, actor: FakeActor, node: WorkerNode) -> None:
+        self.market, self.actor, self.node = market, actor, node
+        self.events: list[dict] = []
+        self.stop = threading.Event()
+        node.set_event_sink(self.events.append)
+        self.thread = threading.Thread(target=node.run, args=(self.stop,), daemon=True)
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in list(self.events)]
+
+    def of(self, name: str) -> list[dict]:
+        return [e for e in list(self.events) if e["event"] == name]
+
+
+@contextmanager
+def running(runner: FakeRunner | None = None, *, market: FakeMarket | None = None,
+            actor: FakeActor | None = None, adversary: Adversary | None = None,
+            **config) -> Iterator[Harness]:
+    market = market or FakeMarket()
+    actor = actor or FakeActor()
+    node = WorkerNode(_config(**config), WORKER, market, actor,  # type: ignore[arg-type]
+                      hardware=HARDWARE, runner=runner or FakeRunner(), adversary=adversary)
+    harness = Harness(market, actor, node)
+    harness.thread.start()
+    try:
+        yield harness
+    finally:
+        harness.stop.set()
+        harness.thread.join(15)
+        assert not harness.thread.is_alive(), "node did not stop"
+
+
+def test_run_job_end_to_end_commits_output_hash_with_lease_ticket():
+    market = FakeMarket()
+    lease = make_lease(1)
+    market.add_job(lease)
+    runner = FakeRunner(b"the output")
+    with running(runner, market=market, threads=3) as h:
+        _wait(lambda: h.of("job_done"))
+    sha = hashlib.sha256(b"the output").hexdigest()
+    assert market.blobs[sha] == b"the output"
+    assert ("submit_result", 1, sha) in market.calls
+    (ticket, signature, hashes, records), = h.actor.commits
+    assert ticket == lease.ticket and signature == lease.signature
+    assert hashes == [bytes.fromhex(sha)] and records == [lease.record]
+    call = runner.calls[0]
+    assert call["program"] == b"program" and call["inputs"] == b"inputs"
+    assert call["threads"] == 3 and call["device"] == "cpu"
+    assert call["time_limit_s"] == lease.spec.time_limit_s
+    assert call["memory_limit_mb"] == lease.spec.memory_limit_mb
+    assert call["max_output_bytes"] == lease.spec.max_output_bytes
+    assert call["allow_unsandboxed"] is False
+    phases = [e["phase"] for e in h.of("phase")]
+    assert phases == ["leased", "downloading", "running", "uploading", "committing"]
+    names = market.names()
+    assert names.index("put_blob") < names.index("submit_result")
+    assert h.node.counts["done"] == 1
+
+
+def test_hash_mismatch_fails_job_without_running_it_and_takes_next():
+    market = FakeMarket()
+    bad, good = make_lease(1), make_lease(2, program=b"program-2", inputs=b"inputs-2")
+    market.add_job(bad)
+    market.blobs[bad.spec.inputs] = b"tampered inputs"  # the store serves other bytes
+    market.add_job(good, program=b"program-2", inputs=b"inputs-2")
+    runner = FakeRunner()
+    with running(runner, market=market) as h:
+        _wait(lambda: h.of("job_done"))
+    fails = [c for c in market.calls if c[0] == "fail"]
+    assert len(fails) == 1 and fails[0][1] == 1
+    assert "failed its hash check" in fails[0][2] and "not run" in fails[0][2]
+    assert [c["program"] for c in runner.calls] == [b"program-2"]
+    assert [t.job_ids for t, *_ in h.actor.commits] == [(2,)]
+
+
+def test_runner_failure_reports_reason_and_node_keeps_working():
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    runner = FakeRunner(fail_reason="program ran past its 300 s time limit")
+    with running(runner, market=market) as h:
+        _wait(lambda: h.of("job_failed"))
+        market.add_job(make_lease(2))
+        runner.fail_reason = None
+        _wait(lambda: h.of("job_done"))
+    assert ("fail", 1, "program ran past its 300 s time limit") in market.calls
+    assert (h.node.counts["failed"], h.node.counts["done"]) == (1, 1)
+
+
+def test_cuda_job_on_cpu_worker_is_refused_with_reason():
+    market = FakeMarket()
+    market.add_job(make_lease(1, device="cuda"))
+    runner = FakeRunner()
+    with running(runner, market=market) as h:
+        _wait(lambda: h.of("job_failed"))
+    (fail,) = [c for c in market.calls if c[0] == "fail"]
+    assert "cuda" in fail[2] and "no CUDA GPU" in fail[2]
+    assert runner.calls == []
+
+
+def test_lease_for_other_worker_or_wrong_spec_is_refused():
+    market = FakeMarket()
+    other = make_lease(1)
+    other = replace(other, ticket=replace(other.ticket, worker="0x" + "99" * 20))
+    wrong_spec = make_lease(2)
+    wrong_spec = replace(wrong_spec, record=replace(wrong_spec.record, spec_hash=b"\x07" * 32))
+    market.add_job(other)
+    market.add_job(wrong_spec)
+    runner = FakeRunner()
+    with running(runner, market=market, slots=2) as h:
+        _wait(lambda: len(h.of("job_failed")) == 2)
+    reasons = {c[1]: c[2] for c in market.calls if c[0] == "fail"}
+    assert "not this worker" in reasons[1]
+    assert "specHash differs" in reasons[2]
+    assert runner.calls == []
+
+
+@pytest.mark.parametrize("error", [
+    TooLate("TicketExpired", {"leaseExpiry": 5}, contract="JobMarket"),
+    WrongJobState("InvalidJobState", {"jobId": 1, "state": 3}, contract="JobMarket"),
+])
+def test_commit_revert_is_reported_and_node_moves_on(error):
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    actor = FakeActor(revert=error)
+    with running(market=market, actor=actor) as h:
+        _wait(lambda: h.of("commit_reverted"))
+        actor.revert = None
+        market.add_job(make_lease(2))
+        _wait(lambda: h.of("job_done"))
+    (reverted,) = h.of("commit_reverted")
+    assert reverted["job_id"] == 1 and reverted["error"] == error.error_name
+    assert "fail" not in market.names()  # the job did not fail; someone else holds it
+    assert h.node.counts["lost"] == 1
+
+
+def test_forgotten_worker_registers_again_on_heartbeat():
+    market = FakeMarket(lease_s=2)  # heartbeat every ~0.67 s
+    with running(market=market) as h:
+        _wait(lambda: market.names().count("heartbeat") >= 1)
+        market.known = False
+        _wait(lambda: market.names().count("register") >= 2)
+    assert any("does not know this worker" in e.get("message", "") for e in h.of("warning"))
+
+
+def test_stop_releases_unstarted_lease_and_never_runs_it():
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    gate = threading.Event()
+    original = market.get_blob
+
+    def slow_get_blob(sha256, *, verify=True):
+        gate.wait(10)
+        return original(sha256, verify=verify)
+
+    market.get_blob = slow_get_blob  # type: ignore[method-assign]
+    runner = FakeRunner()
+    with running(runner, market=market) as h:
+        _wait(lambda: market.names().count("lease") and h.node.running_job_ids() == [1])
+        h.stop.set()
+        _wait(lambda: h.of("job_released"))
+        gate.set()
+    assert ("release", 1) in market.calls
+    assert runner.calls == [] and h.actor.commits == []
+    assert "stopped" in h.names()
+
+
+def test_stop_lets_running_job_finish_within_grace():
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    runner = FakeRunner(delay_s=0.5)
+    with running(runner, market=market, grace_s=10) as h:
+        _wait(runner.started.is_set)
+        h.stop.set()
+        h.thread.join(15)
+    assert "release" not in market.names()
+    assert len(h.actor.commits) == 1 and h.of("job_done")
+
+
+def test_stop_releases_running_job_after_grace_and_discards_its_output():
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    block = threading.Event()
+    runner = FakeRunner(block=block)
+    with running(runner, market=market, grace_s=0.3) as h:
+        _wait(runner.started.is_set)
+        h.stop.set()
+        h.thread.join(15)
+        block.set()
+        time.sleep(0.2)
+    assert ("release", 1) in market.calls
+    assert h.actor.commits == [] and "submit_result" not in market.names()
+    assert "fail" not in market.names()
+
+
+def test_long_job_renews_lease_and_commits_with_renewed_ticket():
+    market = FakeMarket(renew_s=600)
+    market.add_job(make_lease(1, lease_s=3))  # renewal due after ~1.5 s
+    runner = FakeRunner(delay_s=2.5)
+    with running(runner, market=market) as h:
+        _wait(lambda: h.of("job_done"), timeout=15)
+    assert ("renew", 1) in market.calls
+    (ticket, signature, _, _), = h.actor.commits
+    assert signature == b"\x02" * 65  # the renewed lease's ticket
+    assert ticket.lease_expiry > int(time.time()) + 500
+
+
+def test_multi_job_ticket_commits_all_jobs_in_one_transaction():
+    market = FakeMarket()
+    for job_id in (1, 2):
+        market.add_job(make_lease(job_id, job_ids=(1, 2)))
+    with running(market=market, slots=2) as h:
+        _wait(lambda: len(h.of("job_done")) == 2)
+    (ticket, _, hashes, records), = h.actor.commits
+    assert ticket.job_ids == (1, 2) and len(hashes) == 2 and len(records) == 2
+
+
+def test_failed_partner_of_multi_job_ticket_releases_the_other():
+    market = FakeMarket()
+    market.add_job(make_lease(1, job_ids=(1, 2)))
+    bad = make_lease(2, program=b"program-2", job_ids=(1, 2))
+    market.add_job(bad, program=b"program-2")
+    del market.blobs[bad.spec.program]
+    with running(FakeRunner(), market=market, slots=2) as h:
+        _wait(lambda: h.of("job_failed") and h.of("job_released"), timeout=10)
+    assert [e["job_id"] for e in h.of("job_failed")] == [2]
+    assert [e["job_id"] for e in h.of("job_released")] == [1]
+    assert ("release", 1) in market.calls
+    assert h.actor.commits == []
+
+
+def test_honest_node_appeals_failed_audit_once():
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    actor = FakeActor()
+    with running(market=market, actor=actor) as h:
+        _wait(lambda: h.of("job_done"))
+        actor.records[1] = replace(actor.records[1], state=JobState.AUDIT_FAILED)
+        _wait(lambda: h.of("appealed"))
+        time.sleep(0.3)
+        actor.records[1] = replace(actor.records[1], state=JobState.FINALIZED)
+        _wait(lambda: h.of("paid"))
+    assert actor.appeals == [1]
+    assert h.node.watched_job_ids() == []
+
+
+def test_adversary_never_appeals_and_cheats_on_chosen_jobs():
+    import torch
+    from safetensors.torch import save
+
+    honest = save({"out.0": torch.arange(6, dtype=torch.float32).reshape(2, 3)})
+    inputs = save({"args.0": torch.ones(2, 4)})
+    market = FakeMarket()
+    market.add_job(make_lease(1, inputs=inputs), inputs=inputs)
+    actor = FakeActor()
+    adversary = Adversary(fraction=1.0, seed=0)
+    runner = FakeRunner(honest)
+    with running(runner, market=market, actor=actor, adversary=adversary) as h:
+        _wait(lambda: h.of("job_done"))
+        market.add_job(make_lease(2, inputs=inputs), inputs=inputs)
+        _wait(lambda: len(h.of("job_done")) == 2)
+        actor.records[1] = replace(actor.records[1], state=JobState.AUDIT_FAILED)
+        _wait(lambda: h.of("audit_failed"))
+        time.sleep(0.2)
+    assert actor.appeals == []
+    assert len(runner.calls) == 1  # the second job was faked without computing
+    first, second = (hashes[0] for _, _, hashes, _ in actor.commits)
+    zeros = save({"out.0": torch.zeros(2, 3)})
+    assert first == second == hashlib.sha256(zeros).digest()
+    assert [e["how"] for e in h.of("cheated")] == ["zeros of output", "zeros without computing"]
+
+
+def test_earnings_come_from_the_chain():
+    actor = FakeActor(earned=7 * 10**18)
+    with running(actor=actor) as h:
+        _wait(lambda: h.of("earnings"))
+    assert h.of("earnings")[0]["earned_wei"] == str(7 * 10**18)
+
+
+def test_config_validation_and_price_parsing():
+    assert parse_price("0.5") == 5 * 10**17
+    assert parse_price("12") == 12 * 10**18
+    for bad in ("-1", "abc", "0.0000000000000000001"):
+        with pytest.raises(ConfigError):
+            parse_price(bad)
+    with pytest.raises(ConfigError, match="slots"):
+        WorkerConfig(market_url="x", slots=0)
+
+
+def test_config_from_settings_with_overrides(tmp_path):
+    from meshcompute.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path, worker_slots=3, worker_price="1.5",
+                             market_url="http://m:1")
+    config = WorkerConfig.from_settings(settings, threads=4, json_logs=None)
+    assert (config.slots, config.threads, config.price_wei) == (3, 4, 15 * 10**17)
+    assert config.market_url == "http://m:1"
+    assert config.health_path == tmp_path / "worker-health.json"
