@@ -67,6 +67,42 @@ class Settings(BaseSettings):
     anvil_path: str = Field(default_factory=_default_anvil_path)
     """The anvil executable: the repo's ``node_modules/.bin/anvil`` if present, else PATH."""
 
+    # --- market service (market/, `mesh market serve|tasks`)
+    market_host: str = "127.0.0.1"
+    """Interface the market's HTTP API listens on (``0.0.0.0`` inside a container)."""
+
+    market_port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port of the market's HTTP API."""
+
+    blob_root: Path = Field(default_factory=lambda data: data["data_dir"] / "blobs")
+    """Root folder of the market's content-addressed blob store; defaults to ``<data_dir>/blobs``."""
+
+    max_blob_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    """Largest blob the market accepts, in bytes (bigger uploads get HTTP 413)."""
+
+    lease_s: int = Field(default=300, ge=10, le=86_400)
+    """Length of a job lease (and of the ticket's on-chain lease) in seconds."""
+
+    heartbeat_timeout_s: float | None = Field(default=None, gt=0)
+    """A worker silent this long gets no new work; unset means three lease periods."""
+
+    offer_ttl_s: float = Field(default=60.0, gt=0)
+    """How long a matched job waits for its worker to poll before it is matched again."""
+
+    stake_cache_s: float = Field(default=5.0, ge=0)
+    """How long the market reuses a worker's stake and record read from chain."""
+
+    assigner_key: SecretStr | None = None
+    """Private key that signs assignment tickets (``MESH_ASSIGNER_KEY``; needs ASSIGNER_ROLE).
+    Unset on the dev chain (id 31337) means the dev mnemonic's account 1; elsewhere required."""
+
+    settler_key: SecretStr | None = None
+    """Private key that sends the batched finalize transactions (``MESH_SETTLER_KEY``; needs
+    gas only). Unset means the assigner key."""
+
+    market_json_logs: bool = True
+    """Log one JSON object per line from the market's processes."""
+
     # --- wallet (meshcompute.wallet)
     wallet_path: Path = Field(default_factory=lambda data: data["data_dir"] / "wallet.json")
     """The encrypted V3 keystore of this node's account; defaults to ``<data_dir>/wallet.json``."""

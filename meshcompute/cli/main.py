@@ -22,6 +22,7 @@ console = Console(stderr=True)
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("chain", "chain"),
     ("bench", "bench"),
+    ("market", "market"),
     ("job", "job"),
     ("worker", "worker"),
     ("wallet", "wallet"),

@@ -1,0 +1,184 @@
+"""``mesh verifier start|health`` (run a verifier) and ``mesh verify JOB_ID`` (re-check one)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from meshcompute.errors import ConfigError, SandboxUnavailable
+
+if TYPE_CHECKING:
+    from verifier.recheck import RecheckReport
+
+app = typer.Typer(no_args_is_help=True, help="Audit sampled results and judge appeals.")
+verifier_app = app
+console = Console()
+
+#: Exit status of ``mesh verify`` when our recomputation disagrees with the verdict on chain.
+EXIT_DISAGREES = 3
+
+
+@verifier_app.command("start")
+def verifier_start(
+    market: Annotated[str | None, typer.Option(help="Market URL (default MESH_MARKET_URL).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads per recomputation.", min=1)
+    ] = None,
+    allow_unsandboxed: Annotated[
+        bool, typer.Option(help="Recompute without OS isolation when none works (unsafe).")
+    ] = False,
+    json_logs: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
+) -> None:
+    """Follow the chain, audit the jobs drawn for audit and judge appeals, until SIGTERM."""
+    from meshcompute.chain.connect import actor_for, connect
+    from meshcompute.core.tolerance import evidence_hash
+    from meshcompute.market_client import MarketClient
+    from meshcompute.settings import get_settings
+    from meshcompute.wallet import unlock
+    from verifier.audit import Auditor
+    from verifier.journal import Journal, journal_path
+    from verifier.logs import configure_logging
+    from verifier.outputs import compare_outputs
+    from verifier.recompute import Recomputer
+    from verifier.service import ServiceConfig, VerifierService, require_verifier_role
+
+    settings = get_settings()
+    configure_logging(json_logs or settings.verifier_json_logs)
+    unsandboxed = allow_unsandboxed or settings.verifier_allow_unsandboxed
+    _require_sandbox(unsandboxed)
+    account = unlock(settings, prompt=sys.stdin.isatty())
+    conn = connect(settings)
+    actor = actor_for(conn, account)
+    require_verifier_role(actor)
+    market_url = market or settings.market_url
+    client = MarketClient(market_url, account, conn.chain_id)
+    market_chain = client.info().chain_id
+    if market_chain != conn.chain_id:
+        raise ConfigError(
+            f"the market at {market_url} serves chain {market_chain} but MESH_RPC_URL is "
+            f"chain {conn.chain_id}: point both at the same chain"
+        )
+    journal = Journal(journal_path(settings.data_dir, conn.chain_id, account.address))
+    recompute = Recomputer(
+        threads=threads or settings.verifier_threads,
+        allow_unsandboxed=unsandboxed,
+        scratch_root=settings.verifier_scratch_dir,
+    )
+    auditor = Auditor(
+        client, recompute, compare_outputs, evidence_hash, journal,
+        verifier=account.address, chain_id=conn.chain_id,
+        job_market=conn.deployment.address("JobMarket"),
+    )
+    service = VerifierService(
+        actor, auditor, journal,
+        ServiceConfig(
+            poll_interval_s=settings.verifier_poll_interval_s,
+            final_margin_s=settings.verifier_final_margin_s,
+        ),
+        health_path=settings.data_dir / "verifier-health.json",
+    )
+    stop = threading.Event()
+
+    def _stop(*_: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        service.run(stop)
+    finally:
+        client.close()
+
+
+@verifier_app.command("health")
+def verifier_health() -> None:
+    """Exit 0 when this machine's verifier polled the chain recently (container health)."""
+    from meshcompute.settings import get_settings
+    from verifier.service import check_health
+
+    settings = get_settings()
+    ok, message = check_health(settings.data_dir / "verifier-health.json",
+                               max_age_s=max(30.0, 10 * settings.verifier_poll_interval_s))
+    typer.echo(message)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def verify(
+    job_id: Annotated[int, typer.Argument(help="The on-chain job id.", min=1)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    market: Annotated[str | None, typer.Option(help="Market URL (default MESH_MARKET_URL).")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads for the recomputation.", min=1)] = 1,
+    allow_unsandboxed: Annotated[
+        bool, typer.Option(help="Recompute without OS isolation when none works (unsafe).")
+    ] = False,
+) -> None:
+    """Re-check a job's verdict: recompute it here from the blob store and say whether the
+    verdict on chain agrees (exit 0), disagrees (exit 3), or there is none (exit 0)."""
+    from meshcompute.chain.connect import connect
+    from meshcompute.core.tolerance import evidence_hash
+    from meshcompute.market_client import MarketClient
+    from meshcompute.settings import get_settings
+    from verifier.outputs import compare_outputs
+    from verifier.recheck import recheck_job
+    from verifier.recompute import Recomputer
+
+    settings = get_settings()
+    _require_sandbox(allow_unsandboxed)
+    conn = connect(settings)
+    with MarketClient(market or settings.market_url, None, conn.chain_id) as client:
+        report = recheck_job(
+            conn.contracts, client,
+            Recomputer(threads=threads, allow_unsandboxed=allow_unsandboxed),
+            compare_outputs, evidence_hash, job_id,
+        )
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        _print_report(report)
+    if report.agrees is False:
+        raise typer.Exit(EXIT_DISAGREES)
+
+
+def _require_sandbox(allow_unsandboxed: bool) -> None:
+    from worker.sandbox import sandbox_available
+
+    if not allow_unsandboxed and not sandbox_available():
+        raise SandboxUnavailable(
+            "no OS-level sandbox (bubblewrap with user namespaces) works on this machine, so "
+            "jobs from strangers cannot be recomputed safely: install bubblewrap, or pass "
+            "--allow-unsandboxed to run without isolation (trusted jobs only)"
+        )
+
+
+def _print_report(report: RecheckReport) -> None:
+    view = {True: "acceptable", False: "NOT acceptable", None: "undetermined"}
+    console.print(f"job {report.job_id}: {report.state}")
+    console.print(f"  worker output  {report.worker_output}")
+    console.print(f"  our output     {report.our_output or '-'}")
+    console.print(f"  our view       worker output {view[report.worker_acceptable]}: "
+                  f"{report.reason}")
+    if not report.checks:
+        console.print("  no verdict on chain for this job")
+        return
+    for check in report.checks:
+        said = ("passed" if check.verdict else "failed") if check.kind == "audit" else (
+            "worker wins" if check.verdict else "worker loses")
+        mark = "[green]agrees[/]" if check.agrees else "[red]DISAGREES[/]"
+        console.print(f"  {check.kind} verdict by {check.verifier}: {said} -> {mark}")
+        if check.evidence_ok:
+            console.print(f"    evidence {check.evidence_hash} checked: outputs "
+                          f"{', '.join(check.output_hashes)}")
+            for entry in check.verifier_outputs_vs_ours:
+                console.print(f"    verifier output {entry['output']}: agrees with ours = "
+                              f"{entry['agrees_with_ours']} ({entry['reason']})")
+        else:
+            console.print(f"    [yellow]evidence not checkable[/]: {check.evidence_problem}")
+    final = "[green]agrees[/]" if report.agrees else "[red]DISAGREES[/]"
+    console.print(f"the deciding verdict {final} with our recomputation")

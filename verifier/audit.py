@@ -1,0 +1,400 @@
+"""One audit, and one appeal, by blind independent recomputation.
+
+The steps of an audit (:meth:`Auditor.audit`), in this order:
+
+1. fetch the spec blob named by the on-chain ``specHash``, then the program and inputs blobs
+   (each hash-checked by the blob store client); a missing one raises :class:`MissingBlob`;
+2. recompute the job on this machine, upload our output and write its hash to the journal
+   (synced to disk): from here on our answer is fixed;
+3. only now fetch the worker's output, named by the result hash it committed on chain; if it is
+   missing or does not hash to the commitment the worker has delivered nothing checkable
+   (:class:`WorkerOutputMissing`, a fail once the caller decides it is final);
+4. compare under the spec's tolerance policy, build the evidence hash over
+   ``[worker output, our output]`` and the policy, and store an :class:`EvidenceRecord` blob.
+
+An appeal (:meth:`Auditor.appeal`) is a third computation done the same blind way; the first
+verifier's output is read from its evidence only after ours is fixed, and the majority of the
+three outputs decides (:func:`verifier.evidence.appeal_worker_wins`).
+
+Nothing here talks to the chain: the caller reads the record and posts the verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from meshcompute.core.job import JobRecord
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.errors import BadInput, JobFailed, NotFound
+from verifier.evidence import (
+    APPEAL,
+    AUDIT,
+    NO_OUTPUT,
+    Comparison,
+    EvidenceClaim,
+    EvidenceHash,
+    EvidenceRecord,
+    appeal_worker_wins,
+    claim_document,
+    parse_claim,
+)
+from verifier.journal import Journal
+
+log = logging.getLogger("meshcompute.verifier")
+
+
+class BlobStore(Protocol):
+    """What the verifier needs of the market's blob store (``MarketClient`` provides it)."""
+
+    def get_blob(self, sha256: str, *, verify: bool = True) -> bytes: ...
+
+    def put_blob(self, data: bytes) -> str: ...
+
+
+Recompute = Callable[[JobSpec, bytes, bytes], bytes]
+"""``recompute(spec, program, inputs) -> output safetensors``; raises :class:`RecomputeFailed`."""
+
+CompareOutputs = Callable[[bytes, bytes, dict[str, Any]], "OutputComparison"]
+"""``compare(expected, got, policy)``: two safetensors outputs under a tolerance policy."""
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    agree: bool
+    reason: str
+    max_abs: float | None = None
+    max_rel: float | None = None
+    agreement: float | None = None
+
+    def between(self, a: int, b: int) -> Comparison:
+        return Comparison(a, b, self.agree, self.reason, self.max_abs, self.max_rel,
+                          self.agreement)
+
+
+class MissingBlob(NotFound):
+    """A blob the job needs (spec, program, inputs) is not in the blob store or is corrupt."""
+
+    def __init__(self, job_id: int, role: str, sha256: str, detail: str) -> None:
+        super().__init__(f"job {job_id}: the {role} blob {sha256} is unavailable ({detail})")
+        self.job_id = job_id
+        self.role = role
+        self.sha256 = sha256
+
+
+class WorkerOutputMissing(NotFound):
+    """The worker's committed output is not in the blob store, or does not match its hash."""
+
+    def __init__(self, job_id: int, sha256: str, detail: str) -> None:
+        super().__init__(
+            f"job {job_id}: the worker's output {sha256} (its on-chain commitment) is "
+            f"unavailable ({detail})"
+        )
+        self.job_id = job_id
+        self.sha256 = sha256
+
+
+class RecomputeFailed(JobFailed):
+    """Our own recomputation did not produce an output (no verdict can be given)."""
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    spec: JobSpec
+    spec_sha256: str
+    program: bytes
+    inputs: bytes
+
+
+@dataclass(frozen=True)
+class VerdictReady:
+    """A verdict to post: ``verdict`` is "passed" for an audit, "worker wins" for an appeal."""
+
+    job_id: int
+    kind: str
+    verdict: bool
+    evidence_hash: bytes
+    evidence: EvidenceRecord
+    evidence_sha256: str
+
+
+def fetch_job_inputs(store: BlobStore, job_id: int, spec_hash: bytes) -> JobInputs:
+    """The spec, program and inputs of a job, each checked against its hash."""
+    spec_sha = bytes(spec_hash).hex()
+    raw = _fetch(store, job_id, "spec", spec_sha)
+    try:
+        spec = JobSpec.from_bytes(raw)
+    except BadInput as exc:
+        raise MissingBlob(job_id, "spec", spec_sha, f"not a valid job spec: {exc}") from exc
+    program = _fetch(store, job_id, "program", spec.program)
+    inputs = _fetch(store, job_id, "inputs", spec.inputs)
+    return JobInputs(spec=spec, spec_sha256=spec_sha, program=program, inputs=inputs)
+
+
+def _fetch(store: BlobStore, job_id: int, role: str, sha: str) -> bytes:
+    try:
+        data = store.get_blob(sha, verify=True)
+    except NotFound as exc:
+        raise MissingBlob(job_id, role, sha, "not in the blob store") from exc
+    except BadInput as exc:
+        raise MissingBlob(job_id, role, sha, str(exc)) from exc
+    if sha256_hex(data) != sha:  # the store client verifies too; this one is ours
+        raise MissingBlob(job_id, role, sha, "content does not match its hash")
+    return data
+
+
+def fetch_worker_output(store: BlobStore, job_id: int, record: JobRecord) -> bytes:
+    """The output the worker committed to on chain; WorkerOutputMissing when it cannot be had."""
+    sha = bytes(record.result_hash).hex()
+    try:
+        data = store.get_blob(sha, verify=True)
+    except NotFound as exc:
+        raise WorkerOutputMissing(job_id, sha, "never uploaded to the blob store") from exc
+    except BadInput as exc:
+        raise WorkerOutputMissing(job_id, sha, str(exc)) from exc
+    if sha256_hex(data) != sha:
+        raise WorkerOutputMissing(job_id, sha, "content does not match the committed hash")
+    return data
+
+
+class Auditor:
+    """Audits and appeals for one verifier; ``journal`` holds its blind commitments."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        recompute: Recompute,
+        compare: CompareOutputs,
+        evidence_hash: EvidenceHash,
+        journal: Journal,
+        *,
+        verifier: str,
+        chain_id: int,
+        job_market: str,
+    ) -> None:
+        self.store = store
+        self.recompute = recompute
+        self.compare = compare
+        self.evidence_hash = evidence_hash
+        self.journal = journal
+        self.verifier = verifier
+        self.chain_id = chain_id
+        self.job_market = job_market
+
+    # ------------------------------------------------------------------ blind step
+    def own_output(self, job_id: int, kind: str, job: JobInputs) -> tuple[bytes, str]:
+        """Our output for (job, kind), recomputed unless the journal already fixed one (then
+        it is read back from the blob store, or recomputed if it must be, and must match)."""
+        fixed = self.journal.own_output(job_id, kind)
+        if fixed is not None:
+            try:
+                return self.store.get_blob(fixed, verify=True), fixed
+            except (NotFound, BadInput):
+                log.info("job %s: own output %s not in the blob store, recomputing", job_id, fixed)
+        output = self.recompute(job.spec, job.program, job.inputs)
+        sha = sha256_hex(output)
+        if fixed is not None and sha != fixed:
+            raise RecomputeFailed(
+                f"job {job_id}: recomputation gave {sha}, but {fixed} was fixed earlier; "
+                "keeping the earlier answer is impossible without its bytes"
+            )
+        self.store.put_blob(output)
+        self.journal.record_own_output(job_id, kind, sha)
+        return output, sha
+
+    # ------------------------------------------------------------------ audit
+    def audit(
+        self, job_id: int, record: JobRecord, *, missing_output_is_final: bool
+    ) -> VerdictReady:
+        """Recompute, then compare with the worker's committed output.
+
+        Raises :class:`MissingBlob` (nothing to compute with: no verdict), :class:`
+        RecomputeFailed` (no verdict), or :class:`WorkerOutputMissing` while
+        ``missing_output_is_final`` is False; once it is True, a missing output is a fail.
+        """
+        job = fetch_job_inputs(self.store, job_id, record.spec_hash)
+        ours, our_sha = self.own_output(job_id, AUDIT, job)
+        worker_sha = bytes(record.result_hash).hex()
+        policy = dict(job.spec.tolerance)
+        try:
+            theirs = fetch_worker_output(self.store, job_id, record)
+        except WorkerOutputMissing as exc:
+            if not missing_output_is_final:
+                raise
+            return self._finish(
+                job_id, AUDIT, job.spec_sha256, policy, (worker_sha, our_sha), False, (),
+                note=str(exc),
+            )
+        result = self.compare(ours, theirs, policy)
+        return self._finish(
+            job_id, AUDIT, job.spec_sha256, policy, (worker_sha, our_sha), result.agree,
+            (result.between(0, 1),),
+        )
+
+    def fail_without_output(
+        self,
+        job_id: int,
+        record: JobRecord,
+        reason: str,
+        *,
+        kind: str = AUDIT,
+        first_evidence: bytes | None = None,
+    ) -> VerdictReady:
+        """A fail (audit) or a lost appeal for a job whose worker output is missing when we
+        have nothing to compute with ourselves (its spec, program or inputs are gone too).
+        The evidence names the missing worker output and no output of ours. Call only once
+        the window is about to close."""
+        worker_sha = bytes(record.result_hash).hex()
+        try:
+            fetch_worker_output(self.store, job_id, record)
+        except WorkerOutputMissing as exc:
+            policy = self._policy_if_known(record)
+            spec_sha = bytes(record.spec_hash).hex()
+            note = f"{exc}; {reason}"
+            if kind == AUDIT:
+                return self._finish(job_id, AUDIT, spec_sha, policy, (worker_sha, NO_OUTPUT),
+                                    False, (), note=note)
+            first_sha = NO_OUTPUT
+            if first_evidence is not None:
+                first_sha, _, first_note = self._first_verifier_output(job_id, first_evidence)
+                note = f"{note}; {first_note}".rstrip("; ")
+            return self._finish(job_id, APPEAL, spec_sha, policy,
+                                (worker_sha, first_sha, NO_OUTPUT), False, (), note=note,
+                                previous=first_evidence)
+        raise BadInput(
+            f"job {job_id}: the worker's output is present; it is not a missing-output fail"
+        )
+
+    def worker_output_present(self, job_id: int, record: JobRecord) -> bool:
+        """Whether the worker's committed output can be fetched (used only when we cannot
+        compute ourselves, so looking at it breaks no blindness)."""
+        try:
+            fetch_worker_output(self.store, job_id, record)
+        except WorkerOutputMissing:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ appeal
+    def appeal(
+        self,
+        job_id: int,
+        record: JobRecord,
+        first_evidence_hash: bytes,
+        *,
+        missing_output_is_final: bool,
+    ) -> VerdictReady:
+        """The third recomputation of an appealed job; the majority of three outputs decides."""
+        job = fetch_job_inputs(self.store, job_id, record.spec_hash)
+        ours, our_sha = self.own_output(job_id, APPEAL, job)
+        policy = dict(job.spec.tolerance)
+        worker_sha = bytes(record.result_hash).hex()
+        first_sha, first_output, first_note = self._first_verifier_output(
+            job_id, first_evidence_hash
+        )
+        try:
+            theirs = fetch_worker_output(self.store, job_id, record)
+        except WorkerOutputMissing as exc:
+            if not missing_output_is_final:
+                raise
+            return self._finish(
+                job_id, APPEAL, job.spec_sha256, policy, (worker_sha, first_sha, our_sha),
+                False, (), note=f"{exc}; {first_note}".rstrip("; "),
+                previous=first_evidence_hash,
+            )
+        comparisons: list[Comparison] = []
+        worker_vs_appeal = self.compare(ours, theirs, policy)
+        comparisons.append(worker_vs_appeal.between(0, 2))
+        worker_vs_first: bool | None = None
+        if first_output is not None:
+            wf = self.compare(first_output, theirs, policy)
+            comparisons.append(wf.between(0, 1))
+            comparisons.append(self.compare(ours, first_output, policy).between(1, 2))
+            worker_vs_first = wf.agree
+        wins = appeal_worker_wins(worker_vs_first, worker_vs_appeal.agree)
+        return self._finish(
+            job_id, APPEAL, job.spec_sha256, policy, (worker_sha, first_sha, our_sha), wins,
+            tuple(comparisons), note=first_note, previous=first_evidence_hash,
+        )
+
+    def _first_verifier_output(
+        self, job_id: int, first_evidence_hash: bytes
+    ) -> tuple[str, bytes | None, str]:
+        """(hash, bytes or None, note) of the first verifier's output, from its evidence."""
+        try:
+            first = load_claim(self.store, first_evidence_hash, self.evidence_hash)
+        except (NotFound, BadInput) as exc:
+            return NO_OUTPUT, None, f"first verifier's evidence unavailable: {exc}"
+        if len(first.output_hashes) != 2:
+            return NO_OUTPUT, None, "first verifier's evidence does not compare two outputs"
+        sha = first.output_hashes[1]
+        if sha == NO_OUTPUT:
+            return sha, None, "the first verifier had no output of its own"
+        try:
+            return sha, self.store.get_blob(sha, verify=True), ""
+        except (NotFound, BadInput) as exc:
+            return sha, None, f"first verifier's output {sha} unavailable: {exc}"
+
+    # ------------------------------------------------------------------ evidence
+    def _finish(
+        self,
+        job_id: int,
+        kind: str,
+        spec_sha: str,
+        policy: dict[str, Any],
+        hashes: tuple[str, ...],
+        verdict: bool,
+        comparisons: tuple[Comparison, ...],
+        *,
+        note: str = "",
+        previous: bytes | None = None,
+    ) -> VerdictReady:
+        digest = bytes(self.evidence_hash(list(hashes), dict(policy)))
+        record = EvidenceRecord(
+            kind=kind,
+            chain_id=self.chain_id,
+            job_market=self.job_market,
+            job_id=job_id,
+            spec_sha256=spec_sha,
+            policy=policy,
+            output_hashes=hashes,
+            verifier=self.verifier,
+            verdict=verdict,
+            evidence_hash="0x" + digest.hex(),
+            comparisons=comparisons,
+            note=note,
+            previous_evidence=None if previous is None else "0x" + bytes(previous).hex(),
+        )
+        evidence_sha = store_evidence(self.store, record, self.evidence_hash)
+        return VerdictReady(job_id, kind, verdict, digest, record, evidence_sha)
+
+    def _policy_if_known(self, record: JobRecord) -> dict[str, Any]:
+        try:
+            spec = JobSpec.from_bytes(self.store.get_blob(bytes(record.spec_hash).hex()))
+            return dict(spec.tolerance)
+        except (NotFound, BadInput):
+            return {"kind": "exact"}
+
+
+# ---------------------------------------------------------------------- evidence blobs
+def store_evidence(store: BlobStore, record: EvidenceRecord, evidence_hash: EvidenceHash) -> str:
+    """Upload the claim document (named by the on-chain evidence hash) and the full record;
+    returns the record's sha256."""
+    document = claim_document(record.output_hashes, record.policy)
+    name = sha256_hex(document)
+    expected = bytes(evidence_hash(list(record.output_hashes), dict(record.policy))).hex()
+    if name != expected or "0x" + name != record.evidence_hash:
+        raise BadInput(
+            f"evidence document hashes to {name}, not to the evidence hash {expected}: "
+            "verifier.evidence.claim_document and tolerance.evidence_hash disagree"
+        )
+    if store.put_blob(document) != name:
+        raise BadInput(f"blob store named the evidence document differently from {name}")
+    return store.put_blob(record.to_bytes())
+
+
+def load_claim(store: BlobStore, onchain_evidence: bytes, evidence_hash: EvidenceHash) -> EvidenceClaim:
+    """The claim behind an on-chain evidence hash, fetched from the blob store by that hash."""
+    raw = store.get_blob(bytes(onchain_evidence).hex(), verify=True)
+    return parse_claim(raw, onchain_evidence, evidence_hash)

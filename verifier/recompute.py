@@ -1,0 +1,61 @@
+"""The verifier's own recomputation: the worker's sandboxed runner, on this machine.
+
+The verifier runs a job exactly as a worker would (:func:`worker.sandbox.run_job`: schema and
+operator checks, OS isolation, the spec's limits), on its own hardware. A CUDA job runs on CUDA
+when this machine has a GPU and on the CPU otherwise: the tolerance policy is what makes
+devices comparable (TF32 stays off in the runner).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshcompute.core.spec import JobSpec, sha256_hex
+from verifier.audit import RecomputeFailed
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a verifier dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@dataclass
+class Recomputer:
+    """``Recomputer(...)(spec, program, inputs) -> output bytes`` (RecomputeFailed otherwise)."""
+
+    threads: int = 1
+    allow_unsandboxed: bool = False
+    scratch_root: Path | None = None
+    use_cuda: bool | None = None
+    """None: use CUDA for CUDA jobs when this machine has it."""
+
+    def device_for(self, spec: JobSpec) -> str:
+        if spec.device != "cuda":
+            return "cpu"
+        use = cuda_available() if self.use_cuda is None else self.use_cuda
+        return "cuda" if use else "cpu"
+
+    def __call__(self, spec: JobSpec, program: bytes, inputs: bytes) -> bytes:
+        from worker.sandbox import run_job
+
+        outcome = run_job(
+            program,
+            inputs,
+            device=self.device_for(spec),
+            time_limit_s=spec.time_limit_s,
+            memory_limit_mb=spec.memory_limit_mb,
+            max_output_bytes=spec.max_output_bytes,
+            threads=self.threads,
+            scratch_root=self.scratch_root,
+            allow_unsandboxed=self.allow_unsandboxed,
+        )
+        if not outcome.ok or outcome.output is None:
+            raise RecomputeFailed(f"recomputation failed: {outcome.reason}")
+        output = bytes(outcome.output)
+        if outcome.output_sha256 and outcome.output_sha256 != sha256_hex(output):
+            raise RecomputeFailed("the runner's output hash does not match its output")
+        return output

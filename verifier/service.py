@@ -1,0 +1,304 @@
+"""The verifier service: follow the chain, audit what was drawn, judge appeals, post verdicts.
+
+Each poll (:meth:`VerifierService.poll_once`):
+
+1. reads JobMarket events from the journal's cursor (the deployment block on first start) and
+   turns every ``JobCommitted``/``AuditDrawn`` into an audit task and every ``AuditAppealed``
+   into an appeal task (the journal is saved with the new cursor);
+2. works through every pending task, each on the job's current record as the contract stores
+   it (rebuilt from events and checked against the on-chain digest):
+
+   - audit: a committed job whose draw is not yet available waits; one not drawn is dropped;
+     a drawn one (``Committed`` + drawn, or ``Audited``) is audited while its audit window is
+     open (:meth:`verifier.audit.Auditor.audit`) and the verdict posted with ``resolveAudit``;
+   - appeal: an ``Appealed`` job whose first audit was not ours and whose worker is not us is
+     recomputed a third time and decided by majority (``resolveAppeal``);
+   - anything already settled on chain (a verdict posted by anyone, a finalized job) is skipped.
+
+Fairness when blobs are missing: if the spec, program or inputs cannot be fetched, that is not
+the worker's fault and no verdict is posted (the job is paid when the window closes). Only a
+missing *worker output* fails a job, and only once the window is about to close
+(``final_margin_s``), so a slow upload is not punished.
+
+One bad job never stops the service: its error is logged, counted in the journal, and the
+next job is processed. Recomputation failures are retried ``max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshcompute.chain.contracts import MeshActor
+from meshcompute.chain.deploy import VERIFIER_ROLE
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
+from verifier.audit import (
+    Auditor,
+    MissingBlob,
+    RecomputeFailed,
+    VerdictReady,
+    WorkerOutputMissing,
+)
+from verifier.evidence import APPEAL, AUDIT
+from verifier.journal import Journal
+from verifier.verdicts import job_verdicts
+
+log = logging.getLogger("meshcompute.verifier")
+
+_TASK_EVENTS = {"JobCommitted": AUDIT, "AuditDrawn": AUDIT, "AuditAppealed": APPEAL}
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    poll_interval_s: float = 2.0
+    """Seconds between polls of the chain."""
+    final_margin_s: int = 60
+    """How close to the end of a window a missing worker output becomes a fail (capped at
+    half the window)."""
+    max_attempts: int = 3
+    """Recomputations tried for one task before it is given up."""
+
+
+@dataclass
+class PollReport:
+    """What one poll did (for logs and tests)."""
+
+    cursor: int = 0
+    posted: list[tuple[int, str, bool]] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def require_verifier_role(actor: MeshActor) -> None:
+    """AuthError (one line) unless the actor's account may post verdicts."""
+    if not actor.market.functions.hasRole(VERIFIER_ROLE, actor.address).call():
+        raise AuthError(
+            f"{actor.address} does not hold VERIFIER_ROLE on JobMarket "
+            f"{actor.market.address}: ask the deployer to grant it (`mesh chain deploy "
+            "--verifier ADDRESS`, or grantRole) before starting a verifier"
+        )
+
+
+class VerifierService:
+    def __init__(
+        self,
+        actor: MeshActor,
+        auditor: Auditor,
+        journal: Journal,
+        config: ServiceConfig | None = None,
+        *,
+        health_path: Path | None = None,
+    ) -> None:
+        self.actor = actor
+        self.auditor = auditor
+        self.journal = journal
+        self.config = config or ServiceConfig()
+        self.health_path = health_path
+        self._windows = actor.config()
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Poll until ``stop`` is set; errors of a whole poll (node or market down) are
+        logged and retried on the next one."""
+        stop = stop or threading.Event()
+        _event(logging.INFO, "started", verifier=self.actor.address,
+               job_market=self.actor.market.address, cursor=self.journal.cursor)
+        while not stop.is_set():
+            try:
+                report = self.poll_once()
+                self._write_health(report)
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                _event(logging.ERROR, "poll_failed", error=f"{type(exc).__name__}: {exc}")
+            stop.wait(self.config.poll_interval_s)
+        _event(logging.INFO, "stopped", cursor=self.journal.cursor)
+
+    def poll_once(self) -> PollReport:
+        report = PollReport()
+        self._follow_events()
+        report.cursor = int(self.journal.cursor or 0)
+        now = int(self.actor.w3.eth.get_block("latest")["timestamp"])
+        for job_id, kind in self.journal.pending():
+            try:
+                outcome = self._process(job_id, kind, now)
+            except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others
+                message = f"{type(exc).__name__}: {exc}"
+                self.journal.note_attempt(job_id, kind, message)
+                _event(logging.ERROR, "job_error", job_id=job_id, task=kind, error=message)
+                report.errors.append((job_id, message))
+                continue
+            if isinstance(outcome, VerdictReady):
+                report.posted.append((job_id, kind, outcome.verdict))
+            elif outcome == "wait":
+                report.waiting.append(job_id)
+        return report
+
+    # ------------------------------------------------------------------ events
+    def _follow_events(self) -> None:
+        head = int(self.actor.w3.eth.block_number)
+        cursor = self.journal.cursor
+        start = self.actor.deployment.block if cursor is None else cursor + 1
+        last = head
+        if start <= head:
+            for event in self.actor.job_events(from_block=start):
+                kind = _TASK_EVENTS.get(event.name)
+                if kind is None or (event.name == "AuditDrawn" and not event.args["audited"]):
+                    continue
+                job_id = int(event.args["jobId"])
+                if self.journal.task(job_id, kind) is None:
+                    self.journal.ensure(job_id, kind, save=False)
+                last = max(last, event.block_number)
+        self.journal.set_cursor(last)
+
+    # ------------------------------------------------------------------ one task
+    def _process(self, job_id: int, kind: str, now: int) -> VerdictReady | str:
+        record = self.actor.job(job_id)
+        me = self.actor.address
+        if record.worker == me:
+            return self._skip(job_id, kind, "we are this job's worker")
+        if kind == AUDIT:
+            return self._audit(job_id, record, now)
+        if record.state != JobState.APPEALED:
+            return self._skip(job_id, kind, f"job is {record.state.name}, not APPEALED")
+        if record.auditor == me:
+            return self._skip(job_id, kind, "we did the first audit; another verifier judges")
+        return self._appeal(job_id, record, now)
+
+    def _audit(self, job_id: int, record: JobRecord, now: int) -> VerdictReady | str:
+        if record.state == JobState.COMMITTED:
+            drawable, audited = self.actor.audit_status(job_id, record)
+            if not drawable:
+                return "wait"
+            if not audited:
+                self.journal.forget(job_id, AUDIT)
+                return "not drawn"
+        elif record.state != JobState.AUDITED:
+            return self._skip(job_id, AUDIT, f"job is {record.state.name}: verdict already in")
+        closes = record.committed_at + self._windows["challenge_window_s"] + \
+            self._windows["audit_window_s"]
+        if now > closes:
+            return self._skip(job_id, AUDIT, "audit window closed")
+        final = now >= closes - self._margin()
+        try:
+            ready = self.auditor.audit(job_id, record, missing_output_is_final=final)
+        except WorkerOutputMissing as exc:
+            _event(logging.WARNING, "worker_output_missing", job_id=job_id, error=str(exc),
+                   fail_from=closes - self._margin())
+            return "wait"
+        except MissingBlob as exc:
+            _event(logging.WARNING, "job_blob_missing", job_id=job_id, role=exc.role,
+                   sha256=exc.sha256, error=str(exc))
+            if not final or self.auditor.worker_output_present(job_id, record):
+                return "wait"
+            ready = self.auditor.fail_without_output(job_id, record, str(exc))
+        except RecomputeFailed as exc:
+            return self._recompute_failed(job_id, AUDIT, exc)
+        return self._post(ready, record)
+
+    def _appeal(self, job_id: int, record: JobRecord, now: int) -> VerdictReady | str:
+        closes = record.resolved_at + self._windows["appeal_window_s"] + \
+            self._windows["audit_window_s"]
+        if now > closes:
+            return self._skip(job_id, APPEAL, "appeal verdict window closed")
+        first = job_verdicts(self.actor, job_id).audit
+        if first is None:
+            return self._skip(job_id, APPEAL, "no first verdict found in the job's events")
+        final = now >= closes - self._margin()
+        try:
+            ready = self.auditor.appeal(job_id, record, first.evidence_hash,
+                                        missing_output_is_final=final)
+        except WorkerOutputMissing as exc:
+            _event(logging.WARNING, "worker_output_missing", job_id=job_id, error=str(exc))
+            return "wait"
+        except MissingBlob as exc:
+            _event(logging.WARNING, "job_blob_missing", job_id=job_id, role=exc.role,
+                   sha256=exc.sha256, error=str(exc))
+            if not final or self.auditor.worker_output_present(job_id, record):
+                return "wait"
+            ready = self.auditor.fail_without_output(job_id, record, str(exc), kind=APPEAL,
+                                                     first_evidence=first.evidence_hash)
+        except RecomputeFailed as exc:
+            return self._recompute_failed(job_id, APPEAL, exc)
+        return self._post(ready, record)
+
+    # ------------------------------------------------------------------ posting
+    def _post(self, ready: VerdictReady, record: JobRecord) -> VerdictReady | str:
+        send = self.actor.resolve_audit if ready.kind == AUDIT else self.actor.resolve_appeal
+        try:
+            try:
+                receipt = send(ready.job_id, ready.verdict, ready.evidence_hash, record)
+            except StaleJobRecord:  # someone recorded the draw meanwhile: re-read once
+                record = self.actor.job(ready.job_id)
+                receipt = send(ready.job_id, ready.verdict, ready.evidence_hash, record)
+        except (WrongJobState, TooLate) as exc:
+            return self._skip(ready.job_id, ready.kind, f"verdict refused on chain: {exc}")
+        tx_hash = receipt["transactionHash"].to_0x_hex()
+        self.journal.mark_posted(
+            ready.job_id, ready.kind,
+            verdict=ready.verdict,
+            evidence_hash=ready.evidence.evidence_hash,
+            evidence_sha256=ready.evidence_sha256,
+            output_hashes=list(ready.evidence.output_hashes),
+            tx_hash=tx_hash,
+        )
+        _event(logging.INFO, "verdict_posted", job_id=ready.job_id, task=ready.kind,
+               verdict=ready.verdict, evidence_hash=ready.evidence.evidence_hash,
+               evidence_record=ready.evidence_sha256, tx_hash=tx_hash,
+               reason="; ".join(c.reason for c in ready.evidence.comparisons)
+               or ready.evidence.note)
+        return ready
+
+    def _recompute_failed(self, job_id: int, kind: str, exc: Exception) -> str:
+        attempts = self.journal.note_attempt(job_id, kind, str(exc))
+        _event(logging.WARNING, "recompute_failed", job_id=job_id, task=kind, error=str(exc),
+               attempts=attempts)
+        if attempts >= self.config.max_attempts:
+            return self._skip(job_id, kind, f"recomputation failed {attempts} times: {exc}")
+        return "wait"
+
+    def _skip(self, job_id: int, kind: str, reason: str) -> str:
+        self.journal.mark_skipped(job_id, kind, reason)
+        _event(logging.INFO, "job_skipped", job_id=job_id, task=kind, reason=reason)
+        return "skipped"
+
+    def _write_health(self, report: PollReport) -> None:
+        if self.health_path is None:
+            return
+        body = {"ts": time.time(), "cursor": report.cursor, "address": self.actor.address,
+                "pending": len(self.journal.pending())}
+        self.health_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.health_path.parent, prefix=".health-")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(body, out)
+        os.replace(tmp, self.health_path)
+
+    def _margin(self) -> int:
+        return min(self.config.final_margin_s, self._windows["audit_window_s"] // 2)
+
+
+def check_health(path: Path, *, max_age_s: float) -> tuple[bool, str]:
+    """(ok, message): whether the verifier at ``path`` finished a poll in the last
+    ``max_age_s`` seconds."""
+    try:
+        body = json.loads(Path(path).read_text(encoding="utf-8"))
+        age = time.time() - float(body["ts"])
+    except FileNotFoundError:
+        return False, f"no verifier heartbeat at {path} yet"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return False, f"verifier heartbeat {path} unreadable: {exc}"
+    if age > max_age_s:
+        return False, f"verifier last polled {age:.0f} s ago (limit {max_age_s:.0f} s)"
+    return True, f"verifier healthy: polled {age:.1f} s ago at block {body.get('cursor')}"
+
+
+def _event(level: int, name: str, **fields: Any) -> None:
+    """One log line per event; the JSON formatter prints ``fields`` as they are."""
+    text = " ".join(f"{k}={v}" for k, v in fields.items())
+    log.log(level, "%s %s", name, text, extra={"event": name, "fields": fields})
