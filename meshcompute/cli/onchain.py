@@ -42,7 +42,7 @@ def parse_mesh(text: str, *, what: str = "amount") -> int:
         raise BadInput(f"{what} must be a positive number of MESH, got {text!r}")
     wei = value * TOKEN
     if wei != wei.to_integral_value():
-        raise BadInput(f"{what} has more than 18 decimals: {text!r}")
+        raise BadInput(f"{what} has more than the 18 decimals MESH has: {text!r}")
     return int(wei)
 
 
