@@ -1,0 +1,149 @@
+"""The content-addressed blob store: programs, inputs, outputs and specs, named by sha256.
+
+An upload is streamed to a temporary file in ``<root>/.tmp`` while it is hashed and counted; it
+becomes visible only after its sha256 matches the name it was uploaded under, by an atomic
+rename into ``<root>/<aa>/<bb>/<sha256>``. A crash mid-upload leaves only a temporary file
+(swept at start-up), never a visible blob with the wrong bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from meshcompute.core.spec import is_sha256_hex
+from meshcompute.errors import BadInput, NotFound
+
+_CHUNK = 1 << 20
+_STALE_TMP_S = 3600
+
+
+class HashMismatch(BadInput):
+    """Uploaded bytes do not hash to the name they were uploaded under (HTTP 400)."""
+
+
+class BlobTooLarge(BadInput):
+    """An upload exceeds the store's per-blob size limit (HTTP 413)."""
+
+
+class BlobStore:
+    """Blobs on disk under ``root``; ``max_bytes`` bounds one blob."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = Path(root).expanduser()
+        self.max_bytes = int(max_bytes)
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._sweep_stale_uploads()
+
+    def __repr__(self) -> str:
+        return f"<BlobStore {self.root} max {self.max_bytes} bytes>"
+
+    def path(self, sha256: str) -> Path:
+        check_name(sha256)
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is not in the store") from None
+
+    def read(self, sha256: str) -> bytes:
+        try:
+            return self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is not in the store") from None
+
+    def iter_chunks(self, sha256: str) -> Iterator[bytes]:
+        """The blob's bytes in chunks (for a streamed download)."""
+        try:
+            source = self.path(sha256).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is not in the store") from None
+        with source:
+            yield from iter(lambda: source.read(_CHUNK), b"")
+
+    def put_bytes(self, data: bytes) -> tuple[str, bool]:
+        """Store ``data``; returns (sha256, created)."""
+        sha = hashlib.sha256(data).hexdigest()
+        if len(data) > self.max_bytes:
+            raise BlobTooLarge(
+                f"blob of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes"
+            )
+        if self.exists(sha):
+            return sha, False
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="up-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        return sha, self._publish(Path(tmp), sha)
+
+    async def put_stream(
+        self, sha256: str, chunks: AsyncIterator[bytes], *, declared_size: int | None = None
+    ) -> bool:
+        """Stream an upload claimed to be ``sha256``; returns whether it was new.
+
+        Raises :class:`BlobTooLarge` as soon as the bytes pass the limit (or up front when the
+        declared size does) and :class:`HashMismatch` when the bytes hash differently.
+        """
+        check_name(sha256)
+        if declared_size is not None and declared_size > self.max_bytes:
+            raise BlobTooLarge(
+                f"upload of {declared_size} bytes exceeds the limit of {self.max_bytes} bytes"
+            )
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="up-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise BlobTooLarge(
+                            f"upload exceeds the limit of {self.max_bytes} bytes"
+                        )
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            got = digest.hexdigest()
+            if got != sha256:
+                raise HashMismatch(
+                    f"uploaded bytes hash to {got}, not to the blob name {sha256}"
+                )
+            return self._publish(tmp, sha256)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _publish(self, tmp: Path, sha256: str) -> bool:
+        target = self.path(sha256)
+        if target.exists():
+            tmp.unlink(missing_ok=True)
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        return True
+
+    def _sweep_stale_uploads(self) -> None:
+        cutoff = time.time() - _STALE_TMP_S
+        for entry in self._tmp.iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+            except FileNotFoundError:
+                continue
+
+
+def check_name(sha256: str) -> None:
+    if not is_sha256_hex(sha256):
+        raise BadInput(f"blob name must be 64 lowercase hex characters, got {sha256[:80]!r}")

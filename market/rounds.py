@@ -1,0 +1,263 @@
+"""The market's periodic work, as plain functions the Celery tasks call.
+
+- :func:`index_round`: follow the chain (the indexer owns events, reorgs and resumption).
+- :func:`match_round`: read posted jobs and their specs, build the pure matcher's inputs from
+  the worker registry and the chain, and turn its assignments into offers the workers collect.
+- :func:`expire_round`: take back leases and offers whose time ran out.
+- :func:`settle_round`: finalize payable jobs in batches (the settler owns idempotency).
+
+Each function is idempotent: offers and leases are keyed by job id and guarded in
+:mod:`market.state`, counters are keyed by the lease they count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from market.runtime import MarketRuntime
+from market.service import leasable
+from market.state import MAX_FAILURES, LeaseInfo
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.matching import JobDemand, WorkerOffer, match
+from meshcompute.errors import BadInput, ChainError, NotFound
+
+log = logging.getLogger("market.rounds")
+
+
+@dataclass
+class MatchReport:
+    queued: int = 0
+    workers: int = 0
+    offered: list[tuple[int, str]] = field(default_factory=list)
+    spec_problems: dict[int, str] = field(default_factory=dict)
+    finished_leases: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ExpireReport:
+    expired_leases: list[int] = field(default_factory=list)
+    expired_offers: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- index
+def index_round(rt: MarketRuntime) -> dict[str, Any]:
+    report = rt.indexer.sync()
+    result = {
+        "from_block": report.from_block,
+        "to_block": report.to_block,
+        "new_events": len(report.new_events),
+        "reorged_blocks": report.reorged_blocks,
+    }
+    if report.new_events or report.reorged_blocks:
+        log.info("indexed", extra={"fields": result})
+    return result
+
+
+# ---------------------------------------------------------------------- match
+def match_round(rt: MarketRuntime, *, now: float | None = None) -> MatchReport:
+    now = time.time() if now is None else now
+    chain_now = rt.chain_now()
+    records = rt.indexer.job_records()
+    report = MatchReport()
+    report.finished_leases = _finish_leases(rt, records)
+
+    busy = {o.job_id for o in rt.state.all_offers()} | {
+        lease.job_id for lease in rt.state.all_leases()
+    }
+    candidates = {
+        job_id: record
+        for job_id, record in records.items()
+        if job_id not in busy and _queued(record, chain_now)
+    }
+    first_seen = rt.state.first_seen(candidates, now)
+    demands: list[JobDemand] = []
+    for job_id, record in sorted(candidates.items()):
+        spec = _read_spec(rt, job_id, record, report)
+        if spec is None or rt.state.failure_count(job_id) >= MAX_FAILURES:
+            continue
+        demands.append(
+            JobDemand(
+                job_id=job_id,
+                device=spec.device,
+                memory_mb=spec.memory_limit_mb,
+                collateral=record.collateral,
+                reward=record.reward,
+                posted_at=first_seen[job_id],
+                exclude_workers=rt.state.excluded(job_id, now),
+            )
+        )
+    report.queued = len(demands)
+    offers = _worker_offers(rt, records, now)
+    report.workers = len(offers)
+    if not demands or not offers:
+        return report
+    for assignment in match(demands, offers, now):
+        record = records[assignment.job_id]
+        if rt.state.create_offer(
+            assignment.job_id,
+            assignment.worker,
+            record.collateral,
+            now=now,
+            ttl_s=rt.settings.offer_ttl_s,
+        ):
+            report.offered.append((assignment.job_id, assignment.worker))
+    if report.offered:
+        log.info("matched", extra={"fields": {"offers": len(report.offered),
+                                              "queued": report.queued,
+                                              "workers": report.workers}})
+    return report
+
+
+def _queued(record: JobRecord, chain_now: int) -> bool:
+    """Posted, or assigned with an expired chain lease, and not too close to its deadline."""
+    if record.state not in (JobState.POSTED, JobState.ASSIGNED):
+        return False
+    return leasable(record, "", chain_now)
+
+
+def _read_spec(rt: MarketRuntime, job_id: int, record: JobRecord, report: MatchReport):
+    sha = record.spec_hash.hex()
+    try:
+        spec = rt.spec(sha)
+    except NotFound:
+        problem = f"spec blob {sha} is not in the market's blob store"
+    except BadInput as exc:
+        problem = str(exc)
+    else:
+        if rt.state.spec_problem(job_id) is not None:
+            rt.state.set_spec_problem(job_id, None)
+        if spec.group is not None:
+            rt.state.add_to_group(spec.group, spec.shard, job_id)
+        return spec
+    if rt.state.spec_problem(job_id) != problem:
+        rt.state.set_spec_problem(job_id, problem)
+        log.warning("spec problem", extra={"fields": {"job_id": job_id, "problem": problem}})
+    report.spec_problems[job_id] = problem
+    return None
+
+
+def _worker_offers(
+    rt: MarketRuntime, records: Mapping[int, JobRecord], now: float
+) -> list[WorkerOffer]:
+    """Registered, heartbeating workers with their free stake net of outstanding leases."""
+    pending_collateral: dict[str, int] = defaultdict(int)
+    load: dict[str, int] = defaultdict(int)
+    for offer in rt.state.all_offers():
+        pending_collateral[offer.worker] += offer.collateral
+        load[offer.worker] += 1
+    for lease in rt.state.all_leases():
+        load[lease.worker] += 1
+        record = records.get(lease.job_id)
+        # once committed on chain the collateral is locked there and not in free stake
+        if record is None or record.state in (JobState.POSTED, JobState.ASSIGNED):
+            pending_collateral[lease.worker] += lease.collateral
+    cutoff = now - rt.heartbeat_timeout_s
+    out: list[WorkerOffer] = []
+    for worker in rt.state.workers():
+        if worker.last_seen < cutoff:
+            continue
+        try:
+            standing = rt.standing(worker.address)
+        except ChainError as exc:
+            log.warning("stake unreadable", extra={"fields": {"worker": worker.address,
+                                                              "error": str(exc)}})
+            continue
+        free = standing.free_stake - pending_collateral[worker.address]
+        if free <= 0:
+            continue
+        try:
+            out.append(
+                WorkerOffer(
+                    address=worker.address,
+                    operator=worker.operator,
+                    device=worker.device,
+                    memory_mb=worker.memory_mb,
+                    gpu_memory_mb=worker.gpu_memory_mb,
+                    free_stake=free,
+                    price_wei=worker.price_wei,
+                    slots=worker.slots,
+                    load=load[worker.address],
+                    completed=standing.completed,
+                    missed=standing.missed,
+                    slashed=standing.slashed,
+                    last_assigned_at=worker.last_assigned_at,
+                )
+            )
+        except BadInput as exc:
+            log.warning("bad worker entry", extra={"fields": {"worker": worker.address,
+                                                              "error": str(exc)}})
+    return out
+
+
+def _finish_leases(rt: MarketRuntime, records: Mapping[int, JobRecord]) -> list[int]:
+    """Drop leases whose job moved on on chain (committed, refunded, taken by another)."""
+    finished = []
+    for lease in rt.state.all_leases():
+        record = records.get(lease.job_id)
+        if record is None:
+            continue
+        moved_on = record.state not in (JobState.POSTED, JobState.ASSIGNED) or (
+            record.state == JobState.ASSIGNED and record.worker != lease.worker
+        )
+        if moved_on and rt.state.end_lease(lease):
+            finished.append(lease.job_id)
+    return finished
+
+
+# ---------------------------------------------------------------------- expire
+def expire_round(rt: MarketRuntime, *, now: float | None = None) -> ExpireReport:
+    """Leases past their expiry go back to the queue, their holder excluded for a lease
+    period; offers nobody collected go back too. Each expiry is counted once."""
+    now = time.time() if now is None else now
+    chain_now = rt.chain_now()
+    report = ExpireReport()
+    for lease in rt.state.expired_leases(chain_now):
+        if _committed_by_holder(rt, lease):
+            rt.state.end_lease(lease)
+            continue
+        if rt.state.end_lease(lease):
+            rt.state.exclude(lease.job_id, lease.worker, now + rt.settings.lease_s)
+            rt.state.incr_metric("lease_expiries", key=lease.key)
+            report.expired_leases.append(lease.job_id)
+    for offer in rt.state.all_offers():
+        if offer.expires_at < now and rt.state.drop_offer(offer.job_id, offer.worker):
+            rt.state.exclude(offer.job_id, offer.worker, now + rt.settings.offer_ttl_s)
+            rt.state.incr_metric("offer_expiries", key=f"{offer.job_id}:{offer.worker}:"
+                                                       f"{offer.offered_at}")
+            report.expired_offers.append(offer.job_id)
+    if report.expired_leases or report.expired_offers:
+        log.info("expired", extra={"fields": {"leases": report.expired_leases,
+                                              "offers": report.expired_offers}})
+    return report
+
+
+def _committed_by_holder(rt: MarketRuntime, lease: LeaseInfo) -> bool:
+    record = rt.indexer.job_record(lease.job_id)
+    return record is not None and record.worker == lease.worker and record.state not in (
+        JobState.POSTED, JobState.ASSIGNED
+    )
+
+
+# ---------------------------------------------------------------------- settle
+def settle_round(rt: MarketRuntime, *, max_batch: int = 100) -> dict[str, Any]:
+    from market.settlement import Settler
+
+    settler = Settler(rt.settler, rt.redis, max_batch=max_batch)
+    report = settler.settle(rt.indexer.job_records(), rt.chain_now())
+    if report.job_ids:
+        rt.state.incr_metric("settled_jobs", len(report.job_ids), key=str(report.tx_hash))
+        if report.tx_hash is not None and rt.redis.set(
+            f"{rt.state.prefix}batch-seen:{report.tx_hash}", 1, nx=True, ex=7 * 24 * 3600
+        ):
+            rt.state.observe_batch(len(report.job_ids))
+        log.info("settled", extra={"fields": {"jobs": report.job_ids, "tx": report.tx_hash}})
+    return {
+        "job_ids": list(report.job_ids),
+        "tx_hash": report.tx_hash,
+        "skipped": list(report.skipped),
+    }

@@ -1,0 +1,195 @@
+"""Request and response bodies of the market API (docs/market-api.md).
+
+Requests refuse unknown fields (422 naming them). Amounts are decimal strings (they can exceed
+2**53); job records use the wire form of :func:`meshcompute.market_client.record_to_json`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from meshcompute.core.spec import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_TIME_LIMIT_S,
+    DEFAULT_TOLERANCE,
+    SPEC_VERSION,
+)
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, description="lowercase sha256 hex")]
+MAX_AMOUNT = 2**96 - 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------- requests
+class SpecIn(Strict):
+    """A JobSpec (meshcompute.core.spec) as JSON."""
+
+    version: int = SPEC_VERSION
+    program: Sha256
+    inputs: Sha256
+    device: Literal["cpu", "cuda"] = "cpu"
+    tolerance: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_TOLERANCE))
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    group: Sha256 | None = None
+    shard: int = 0
+    shards: int = 1
+
+
+class GpuIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    memory_mb: int = Field(ge=0, le=2**31)
+
+
+class HardwareIn(Strict):
+    device: Literal["cpu", "cuda"]
+    cores: int = Field(ge=1, le=4096)
+    memory_mb: int = Field(ge=0, le=2**31)
+    gpus: list[GpuIn] = Field(default_factory=list, max_length=64)
+    torch: str = Field(default="", max_length=100)
+
+
+def _amount(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("an amount is a decimal string or an integer, not a boolean")  # noqa: TRY004
+    if isinstance(value, str):
+        if not (0 < len(value) <= 40 and all("0" <= c <= "9" for c in value)):
+            raise ValueError(f"an amount must be a non-negative decimal string, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
+        raise ValueError(f"an amount must be an integer in [0, 2**96), got {value!r}")
+    return value
+
+
+class RegisterIn(Strict):
+    hardware: HardwareIn
+    price_wei: str | int = Field(description="asking price per job, wei of MESH, decimal string")
+    slots: int = Field(ge=1, le=256)
+    operator: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @field_validator("price_wei")
+    @classmethod
+    def _price(cls, value: Any) -> str:
+        return str(_amount(value))
+
+
+class HeartbeatIn(Strict):
+    running: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=1024)
+
+
+class LeaseIn(Strict):
+    max_jobs: int = Field(default=1, ge=1, le=64)
+
+
+class FailIn(Strict):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ResultIn(Strict):
+    output_sha256: Sha256
+
+
+class EmptyIn(Strict):
+    pass
+
+
+# ---------------------------------------------------------------------- responses
+class HealthOut(BaseModel):
+    status: str
+    chain_id: int
+    head_block: int
+    indexed_block: int
+    redis: str
+
+
+class InfoOut(BaseModel):
+    chain_id: int
+    addresses: dict[str, str]
+    assigner: str
+    max_blob_bytes: int
+    lease_s: int
+
+
+class BlobOut(BaseModel):
+    sha256: str
+    size: int
+    created: bool
+
+
+class SpecOut(BaseModel):
+    spec_sha256: str
+
+
+class WorkerOut(BaseModel):
+    address: str
+    operator: str
+    price_wei: str
+    slots: int
+    hardware: dict[str, Any]
+
+
+class HeartbeatOut(BaseModel):
+    lease_s: int
+
+
+class TicketOut(BaseModel):
+    worker: str
+    job_ids: list[int]
+    audit_bps: int
+    lease_expiry: int
+
+
+class LeaseOut(BaseModel):
+    job_id: int
+    spec_sha256: str
+    spec: dict[str, Any]
+    record: dict[str, Any]
+    ticket: TicketOut
+    signature: str
+    lease_expiry: int
+
+
+class LeasesOut(BaseModel):
+    leases: list[LeaseOut]
+
+
+class OkOut(BaseModel):
+    ok: bool = True
+
+
+class ResultOut(BaseModel):
+    job_id: int
+    output_sha256: str
+    lease_expiry: int
+
+
+class JobOut(BaseModel):
+    job_id: int
+    state: str
+    spec_sha256: str
+    spec: dict[str, Any] | None
+    client: str
+    worker: str | None
+    output_sha256: str | None
+    failure: str | None
+    audited: bool
+    group: str | None
+
+
+class GroupOut(BaseModel):
+    group: str
+    job_ids: list[int]
+    states: list[str]
+    complete: bool
+
+
+class ErrorOut(BaseModel):
+    detail: str

@@ -1,0 +1,327 @@
+"""What each endpoint does, as plain functions over a :class:`MarketRuntime`.
+
+Routes in :mod:`market.app` parse and authenticate, then call one of these. Errors are the
+project's error tree; the app maps them to HTTP statuses (BadInput 422 or a narrower 400/413,
+AuthError 401, Forbidden 403, NotFound 404, Conflict 409).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from market.runtime import MarketRuntime
+from market.state import MAX_FAILURES, LeaseInfo, WorkerInfo
+from meshcompute.chain.tickets import AssignTicket, sign_ticket
+from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
+from meshcompute.core.spec import JobSpec
+from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
+from meshcompute.market_client import Lease, ticket_from_json, ticket_to_json
+
+#: A ticket is not issued for a job whose deadline is closer than this (it could not finish).
+DEADLINE_MARGIN_S = 10
+
+
+class Forbidden(AuthError):
+    """Authenticated, but not allowed (no stake, not registered, not the lease holder): 403."""
+
+
+# ---------------------------------------------------------------------- public reads
+def health(rt: MarketRuntime) -> dict[str, Any]:
+    rt.redis.ping()
+    return {
+        "status": "ok",
+        "chain_id": rt.chain_id,
+        "head_block": int(rt.chain.w3.eth.block_number),
+        "indexed_block": int(rt.indexer.indexed_block),
+        "redis": "ok",
+    }
+
+
+def info(rt: MarketRuntime) -> dict[str, Any]:
+    return {
+        "chain_id": rt.chain_id,
+        "addresses": dict(rt.chain.deployment.addresses),
+        "assigner": rt.assigner.address,
+        "max_blob_bytes": rt.blobs.max_bytes,
+        "lease_s": rt.settings.lease_s,
+    }
+
+
+def job_record(rt: MarketRuntime, job_id: int) -> JobRecord:
+    record = rt.indexer.job_record(job_id)
+    if record is None:
+        raise NotFound(f"job {job_id} is not known (no JobPosted event indexed for it)")
+    return record
+
+
+def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
+    record = job_record(rt, job_id)
+    spec_sha = record.spec_hash.hex()
+    spec = rt.spec_or_none(spec_sha)
+    result = rt.state.result(job_id)
+    if record.result_hash != ZERO_HASH:
+        output = record.result_hash.hex()
+    else:
+        output = result["output_sha256"] if result else None
+    audited = any(
+        bool(event.args.get("audited"))
+        for event in rt.indexer.events(job_id=job_id, name="AuditDrawn")
+    )
+    return {
+        "job_id": job_id,
+        "state": record.state.name.lower(),
+        "spec_sha256": spec_sha,
+        "spec": spec.to_json() if spec else None,
+        "client": record.client,
+        "worker": record.worker if record.worker != ZERO_ADDRESS else None,
+        "output_sha256": output,
+        "failure": rt.state.failure(job_id),
+        "audited": audited,
+        "group": spec.group if spec else None,
+    }
+
+
+def group_view(rt: MarketRuntime, group: str) -> dict[str, Any]:
+    shards = rt.state.group(group)
+    if not shards:
+        raise NotFound(f"group {group} is not known (no posted job's spec names it)")
+    ordered = [shards[i] for i in sorted(shards)]
+    states = [job_record(rt, job_id).state for job_id in ordered]
+    expected = _expected_shards(rt, ordered)
+    complete = len(ordered) == expected and all(s == JobState.FINALIZED for s in states)
+    return {
+        "group": group,
+        "job_ids": ordered,
+        "states": [s.name.lower() for s in states],
+        "complete": complete,
+    }
+
+
+def group_output(rt: MarketRuntime, group: str) -> bytes:
+    """Each shard's ``out.i`` concatenated along dimension 0, in shard order."""
+    import numpy as np
+    from safetensors import SafetensorError
+    from safetensors.numpy import load, save
+
+    view = group_view(rt, group)
+    if not view["complete"]:
+        open_ = [
+            f"{job_id} ({state})"
+            for job_id, state in zip(view["job_ids"], view["states"], strict=True)
+            if state != "finalized"
+        ]
+        expected = _expected_shards(rt, view["job_ids"])
+        missing = expected - len(view["job_ids"])
+        more = f"; {missing} shard(s) not posted yet" if missing > 0 else ""
+        raise Conflict(f"group {group} is not final: open shards {', '.join(open_)}{more}")
+    parts: list[dict[str, Any]] = []
+    for job_id in view["job_ids"]:
+        sha = job_record(rt, job_id).result_hash.hex()
+        try:
+            parts.append(load(rt.blobs.read(sha)))
+        except NotFound:
+            raise Conflict(f"output blob {sha} of job {job_id} is not in the store") from None
+        except SafetensorError as exc:
+            raise BadInput(f"output blob {sha} of job {job_id} is not safetensors: {exc}") \
+                from None
+    names = sorted(parts[0], key=lambda n: (len(n), n))
+    for job_id, part in zip(view["job_ids"], parts, strict=True):
+        if sorted(part) != sorted(names):
+            raise BadInput(f"output of job {job_id} names tensors {sorted(part)}, "
+                           f"shard 0 names {sorted(names)}")
+    merged = {name: np.concatenate([p[name] for p in parts], axis=0) for name in names}
+    return save(merged)
+
+
+def _expected_shards(rt: MarketRuntime, job_ids: Sequence[int]) -> int:
+    spec = rt.spec_or_none(job_record(rt, job_ids[0]).spec_hash.hex()) if job_ids else None
+    return spec.shards if spec else len(job_ids)
+
+
+# ---------------------------------------------------------------------- blobs and specs
+def store_spec(rt: MarketRuntime, spec: JobSpec) -> str:
+    for name in ("program", "inputs"):
+        sha = getattr(spec, name)
+        if not rt.blobs.exists(sha):
+            raise BadInput(f"spec {name} blob {sha} is not in the store; upload it first")
+    sha, _created = rt.blobs.put_bytes(spec.canonical_bytes())
+    return sha
+
+
+# ---------------------------------------------------------------------- workers
+def register_worker(
+    rt: MarketRuntime,
+    address: str,
+    *,
+    hardware: Mapping[str, Any],
+    price_wei: int,
+    slots: int,
+    operator: str | None,
+    now: float,
+) -> WorkerInfo:
+    standing = rt.standing(address)
+    if standing.total_stake <= 0:
+        raise Forbidden(
+            f"{address} has no stake on chain; stake credits in the StakeManager "
+            f"({rt.chain.deployment.address('StakeManager')}) before registering"
+        )
+    return rt.state.save_worker(
+        address,
+        operator=operator or address,
+        hardware=hardware,
+        price_wei=price_wei,
+        slots=slots,
+        now=now,
+    )
+
+
+def registered(rt: MarketRuntime, address: str) -> WorkerInfo:
+    worker = rt.state.worker(address)
+    if worker is None:
+        raise Forbidden(f"{address} is not a registered worker (POST /workers first)")
+    return worker
+
+
+def heartbeat(rt: MarketRuntime, address: str, running: Sequence[int], now: float) -> int:
+    registered(rt, address)
+    rt.state.touch_worker(address, now)
+    return rt.settings.lease_s
+
+
+# ---------------------------------------------------------------------- leases
+def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> list[Lease]:
+    """Turn up to ``max_jobs`` of the offers waiting for ``address`` into signed leases."""
+    worker = registered(rt, address)
+    rt.state.touch_worker(address, now)
+    chain_now = rt.chain_now()
+    leases: list[Lease] = []
+    for offer in rt.state.offers_for(worker.address):
+        if len(leases) >= max_jobs:
+            break
+        if offer.expires_at < now:
+            continue  # the expiry task takes it back
+        record = rt.indexer.job_record(offer.job_id)
+        if record is None or not leasable(record, worker.address, chain_now):
+            rt.state.drop_offer(offer.job_id, worker.address)
+            continue
+        spec_sha = record.spec_hash.hex()
+        spec = rt.spec_or_none(spec_sha)
+        if spec is None:
+            rt.state.drop_offer(offer.job_id, worker.address)
+            continue
+        info_ = _sign_lease(rt, worker.address, offer.job_id, record, chain_now, now)
+        if not rt.state.offer_to_lease(offer, info_):
+            continue
+        rt.state.mark_assigned(worker.address, now)
+        leases.append(_lease_of(info_, spec, spec_sha, record))
+    return leases
+
+
+def leasable(record: JobRecord, worker: str, chain_now: int) -> bool:
+    """Whether ``worker`` could take the job on chain now (with a ticket)."""
+    if record.deadline <= chain_now + DEADLINE_MARGIN_S:
+        return False
+    if record.state == JobState.POSTED:
+        return True
+    if record.state == JobState.ASSIGNED:
+        return record.worker == worker or record.lease_expiry <= chain_now
+    return False
+
+
+def _sign_lease(
+    rt: MarketRuntime, worker: str, job_id: int, record: JobRecord, chain_now: int, now: float
+) -> LeaseInfo:
+    from meshcompute.core.audit_rate import audit_bps as audit_rate
+
+    standing = rt.standing(worker)
+    bps = audit_rate(
+        reward=record.reward,
+        collateral=record.collateral,
+        free_stake=standing.free_stake,
+        completed=standing.completed,
+        audits_passed=standing.audits_passed,
+        slashed=standing.slashed,
+        min_bps=max(int(rt.chain_config["min_audit_bps"]), record.audit_bps),
+    )
+    expiry = chain_now + rt.settings.lease_s
+    ticket = AssignTicket(worker, (job_id,), int(bps), expiry)
+    signature = sign_ticket(
+        ticket, rt.assigner, chain_id=rt.chain_id,
+        job_market=rt.chain.deployment.address("JobMarket"),
+    )
+    return LeaseInfo(
+        job_id=job_id,
+        worker=worker,
+        collateral=record.collateral,
+        expiry=expiry,
+        audit_bps=int(bps),
+        ticket=ticket_to_json(ticket),
+        signature="0x" + signature.hex(),
+        leased_at=now,
+    )
+
+
+def _lease_of(info_: LeaseInfo, spec: JobSpec, spec_sha: str, record: JobRecord) -> Lease:
+    return Lease(
+        job_id=info_.job_id,
+        spec=spec,
+        spec_sha256=spec_sha,
+        record=record,
+        ticket=ticket_from_json(info_.ticket),
+        signature=bytes.fromhex(info_.signature[2:]),
+        lease_expiry=info_.expiry,
+    )
+
+
+def held_lease(rt: MarketRuntime, address: str, job_id: int) -> LeaseInfo:
+    record = job_record(rt, job_id)  # 404 for an unknown job
+    lease = rt.state.lease(job_id)
+    if lease is None or lease.worker != address:
+        raise Forbidden(f"{address} holds no lease on job {job_id} (state "
+                        f"{record.state.name.lower()})")
+    return lease
+
+
+def renew_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> Lease:
+    old = held_lease(rt, address, job_id)
+    record = job_record(rt, job_id)
+    chain_now = rt.chain_now()
+    if old.expiry <= chain_now:
+        raise Conflict(f"the lease on job {job_id} expired at {old.expiry}; ask for new work")
+    if not leasable(record, address, chain_now):
+        raise Conflict(f"job {job_id} is {record.state.name.lower()} on chain; nothing to renew")
+    spec_sha = record.spec_hash.hex()
+    spec = rt.spec(spec_sha)
+    new = _sign_lease(rt, address, job_id, record, chain_now, now)
+    if not rt.state.renew_lease(old, new):
+        raise Conflict(f"the lease on job {job_id} changed meanwhile; try again")
+    return _lease_of(new, spec, spec_sha, record)
+
+
+def release_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> None:
+    lease = held_lease(rt, address, job_id)
+    if rt.state.end_lease(lease):
+        rt.state.exclude(job_id, address, now + rt.settings.lease_s)
+        rt.state.incr_metric("leases_released", key=lease.key)
+
+
+def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: float) -> None:
+    lease = held_lease(rt, address, job_id)
+    count = rt.state.record_failure(job_id, address, reason)
+    if rt.state.end_lease(lease):
+        # a job that failed on one worker may still run elsewhere, but never again here
+        rt.state.exclude(job_id, address, float("inf"))
+        rt.state.incr_metric("jobs_failed_runs", key=lease.key)
+        if count >= MAX_FAILURES:
+            rt.state.incr_metric("jobs_given_up", key=str(job_id))
+
+
+def submit_result(
+    rt: MarketRuntime, address: str, job_id: int, output_sha256: str, now: float
+) -> dict[str, Any]:
+    lease = held_lease(rt, address, job_id)
+    if not rt.blobs.exists(output_sha256):
+        raise BadInput(f"output blob {output_sha256} is not in the store; upload it first")
+    rt.state.save_result(job_id, address, output_sha256, now)
+    return {"job_id": job_id, "output_sha256": output_sha256, "lease_expiry": lease.expiry}

@@ -1,0 +1,450 @@
+"""The market's working state in Redis: workers, heartbeats, offers, leases, failures, nonces.
+
+Nothing here is money or truth: jobs, assignments and payments live on chain, bytes in the
+blob store. Losing this state costs at most a lease period of delay (offers and leases are
+re-made from the chain's queue). Every write is idempotent or guarded by a WATCH transaction,
+keyed by the job id, so a task run twice or an API call racing a task changes nothing twice.
+
+Keys (under ``prefix``): ``nonce:<addr>:<nonce>``, ``workers`` (set), ``worker:<addr>`` (hash),
+``offer:<job>`` (hash) + ``offers:<addr>`` (zset by time), ``lease:<job>`` (hash) +
+``leases:<addr>`` (set) + ``lease-expiry`` (zset), ``exclude:<job>`` (zset worker -> until),
+``failures:<job>`` (hash worker -> reason), ``result:<job>`` (hash), ``first-seen`` (hash
+job -> time), ``group:<g>`` (hash shard -> job), ``spec-problem:<job>``, ``metric:*``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from meshcompute.errors import AuthError
+
+DEFAULT_PREFIX = "mesh:mkt:"
+MAX_FAILURES = 3
+"""A job that failed to run on this many different workers is offered no more."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    address: str
+    operator: str
+    hardware: dict[str, Any]
+    price_wei: int
+    slots: int
+    registered_at: float
+    last_seen: float
+    last_assigned_at: float
+
+    @property
+    def device(self) -> str:
+        return str(self.hardware.get("device", "cpu"))
+
+    @property
+    def memory_mb(self) -> int:
+        return int(self.hardware.get("memory_mb", 0))
+
+    @property
+    def gpu_memory_mb(self) -> int:
+        gpus = self.hardware.get("gpus") or []
+        return max((int(g.get("memory_mb", 0)) for g in gpus), default=0)
+
+
+@dataclass(frozen=True)
+class OfferInfo:
+    job_id: int
+    worker: str
+    collateral: int
+    offered_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    job_id: int
+    worker: str
+    collateral: int
+    expiry: int
+    audit_bps: int
+    ticket: dict[str, Any]
+    signature: str
+    leased_at: float
+
+    @property
+    def key(self) -> str:
+        """Idempotency key of this lease: one job, one holder, one expiry."""
+        return f"{self.job_id}:{self.worker}:{self.expiry}"
+
+
+class MarketState:
+    """Typed access to the market's Redis keys."""
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        self.r = client
+        self.prefix = prefix
+
+    def _k(self, *parts: object) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    # ------------------------------------------------------------------ auth nonces
+    def claim_nonce(self, address: str, nonce: str, *, expires: int, now: float) -> None:
+        """Remember a request nonce until its expiry; AuthError if it was seen before."""
+        ttl = max(1, int(expires - now) + 1)
+        if not self.r.set(self._k("nonce", address, nonce), 1, nx=True, ex=ttl):
+            raise AuthError(f"nonce {nonce} was already used by {address} (replayed request)")
+
+    # ------------------------------------------------------------------ workers
+    def save_worker(
+        self,
+        address: str,
+        *,
+        operator: str,
+        hardware: Mapping[str, Any],
+        price_wei: int,
+        slots: int,
+        now: float,
+    ) -> WorkerInfo:
+        key = self._k("worker", address)
+        pipe = self.r.pipeline()
+        pipe.hsetnx(key, "registered_at", now)
+        pipe.hsetnx(key, "last_assigned_at", 0)
+        pipe.hset(
+            key,
+            mapping={
+                "operator": operator,
+                "hardware": json.dumps(dict(hardware), sort_keys=True),
+                "price_wei": str(price_wei),
+                "slots": slots,
+                "last_seen": now,
+            },
+        )
+        pipe.sadd(self._k("workers"), address)
+        pipe.execute()
+        worker = self.worker(address)
+        assert worker is not None
+        return worker
+
+    def worker(self, address: str) -> WorkerInfo | None:
+        data = self.r.hgetall(self._k("worker", address))
+        if not data:
+            return None
+        return _worker_from(address, data)
+
+    def workers(self) -> list[WorkerInfo]:
+        addresses = sorted(a.decode() for a in self.r.smembers(self._k("workers")))
+        pipe = self.r.pipeline()
+        for address in addresses:
+            pipe.hgetall(self._k("worker", address))
+        out = []
+        for address, data in zip(addresses, pipe.execute(), strict=True):
+            if data:
+                out.append(_worker_from(address, data))
+        return out
+
+    def touch_worker(self, address: str, now: float) -> None:
+        self.r.hset(self._k("worker", address), "last_seen", now)
+
+    def mark_assigned(self, address: str, now: float) -> None:
+        self.r.hset(self._k("worker", address), "last_assigned_at", now)
+
+    # ------------------------------------------------------------------ offers
+    def create_offer(self, job_id: int, worker: str, collateral: int, *, now: float,
+                     ttl_s: float) -> bool:
+        """Offer a job to a worker; False when the job already has an offer or a lease."""
+        offer_key, lease_key = self._k("offer", job_id), self._k("lease", job_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(offer_key, lease_key)
+                if pipe.exists(offer_key) or pipe.exists(lease_key):
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.hset(
+                    offer_key,
+                    mapping={
+                        "worker": worker,
+                        "collateral": str(collateral),
+                        "offered_at": now,
+                        "expires_at": now + ttl_s,
+                    },
+                )
+                pipe.zadd(self._k("offers", worker), {str(job_id): now})
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def offer(self, job_id: int) -> OfferInfo | None:
+        data = self.r.hgetall(self._k("offer", job_id))
+        if not data or b"expires_at" not in data:
+            return None
+        return OfferInfo(
+            job_id=job_id,
+            worker=data[b"worker"].decode(),
+            collateral=int(data[b"collateral"]),
+            offered_at=float(data[b"offered_at"]),
+            expires_at=float(data[b"expires_at"]),
+        )
+
+    def offers_for(self, worker: str) -> list[OfferInfo]:
+        ids = [int(i) for i in self.r.zrange(self._k("offers", worker), 0, -1)]
+        out = []
+        for job_id in ids:
+            offer = self.offer(job_id)
+            if offer is not None and offer.worker == worker:
+                out.append(offer)
+            else:
+                self.r.zrem(self._k("offers", worker), str(job_id))
+        return out
+
+    def all_offers(self) -> list[OfferInfo]:
+        out = []
+        for key in self.r.scan_iter(match=self._k("offer", "*"), count=1000):
+            offer = self.offer(int(key.decode().rsplit(":", 1)[1]))
+            if offer is not None:
+                out.append(offer)
+        return out
+
+    def drop_offer(self, job_id: int, worker: str) -> bool:
+        """Remove ``worker``'s offer of ``job_id`` (no-op when it is someone else's)."""
+        key = self._k("offer", job_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                holder = pipe.hget(key, "worker")
+                pipe.multi()
+                if holder is None or holder.decode() != worker:
+                    pipe.zrem(self._k("offers", worker), str(job_id))
+                    pipe.execute()
+                    return False
+                pipe.delete(key)
+                pipe.zrem(self._k("offers", worker), str(job_id))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def offer_to_lease(self, offer: OfferInfo, lease: LeaseInfo) -> bool:
+        """Atomically turn ``offer`` into ``lease``; False if the offer is gone or changed."""
+        key = self._k("offer", offer.job_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                holder = pipe.hget(key, "worker")
+                if holder is None or holder.decode() != offer.worker:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.delete(key)
+                pipe.zrem(self._k("offers", offer.worker), str(offer.job_id))
+                self._write_lease(pipe, lease)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    # ------------------------------------------------------------------ leases
+    def _write_lease(self, pipe: Any, lease: LeaseInfo) -> None:
+        pipe.hset(
+            self._k("lease", lease.job_id),
+            mapping={
+                "worker": lease.worker,
+                "collateral": str(lease.collateral),
+                "expiry": lease.expiry,
+                "audit_bps": lease.audit_bps,
+                "ticket": json.dumps(lease.ticket),
+                "signature": lease.signature,
+                "leased_at": lease.leased_at,
+            },
+        )
+        pipe.sadd(self._k("leases", lease.worker), lease.job_id)
+        pipe.zadd(self._k("lease-expiry"), {str(lease.job_id): lease.expiry})
+
+    def renew_lease(self, old: LeaseInfo, new: LeaseInfo) -> bool:
+        key = self._k("lease", old.job_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                current = pipe.hmget(key, "worker", "expiry")
+                if current[0] is None or current[0].decode() != old.worker or int(
+                    current[1]
+                ) != old.expiry:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                self._write_lease(pipe, new)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def lease(self, job_id: int) -> LeaseInfo | None:
+        data = self.r.hgetall(self._k("lease", job_id))
+        if not data or b"expiry" not in data:
+            return None
+        return LeaseInfo(
+            job_id=job_id,
+            worker=data[b"worker"].decode(),
+            collateral=int(data[b"collateral"]),
+            expiry=int(data[b"expiry"]),
+            audit_bps=int(data[b"audit_bps"]),
+            ticket=json.loads(data[b"ticket"]),
+            signature=data[b"signature"].decode(),
+            leased_at=float(data[b"leased_at"]),
+        )
+
+    def leases_of(self, worker: str) -> list[LeaseInfo]:
+        ids = sorted(int(i) for i in self.r.smembers(self._k("leases", worker)))
+        out = []
+        for job_id in ids:
+            lease = self.lease(job_id)
+            if lease is not None and lease.worker == worker:
+                out.append(lease)
+            else:
+                self.r.srem(self._k("leases", worker), job_id)
+        return out
+
+    def all_leases(self) -> list[LeaseInfo]:
+        ids = [int(i) for i in self.r.zrange(self._k("lease-expiry"), 0, -1)]
+        return [lease for lease in (self.lease(i) for i in ids) if lease is not None]
+
+    def expired_leases(self, now: float) -> list[LeaseInfo]:
+        ids = [int(i) for i in self.r.zrangebyscore(self._k("lease-expiry"), "-inf", now)]
+        return [lease for lease in (self.lease(i) for i in ids) if lease is not None]
+
+    def end_lease(self, lease: LeaseInfo) -> bool:
+        """Delete exactly this lease (same holder and expiry); True if this call removed it.
+
+        The boolean is the idempotency guard: callers count an expiry or a release only when
+        it is True."""
+        key = self._k("lease", lease.job_id)
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                current = pipe.hmget(key, "worker", "expiry")
+                pipe.multi()
+                pipe.srem(self._k("leases", lease.worker), lease.job_id)
+                if current[0] is None or current[0].decode() != lease.worker or int(
+                    current[1]
+                ) != lease.expiry:
+                    pipe.execute()
+                    return False
+                pipe.delete(key)
+                pipe.zrem(self._k("lease-expiry"), str(lease.job_id))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    # ------------------------------------------------------------------ exclusions, failures
+    def exclude(self, job_id: int, worker: str, until: float) -> None:
+        self.r.zadd(self._k("exclude", job_id), {worker: until}, gt=True)
+
+    def excluded(self, job_id: int, now: float) -> frozenset[str]:
+        members = self.r.zrangebyscore(self._k("exclude", job_id), now, "+inf")
+        return frozenset(m.decode() for m in members)
+
+    def record_failure(self, job_id: int, worker: str, reason: str) -> int:
+        """Remember why ``worker`` could not run the job; returns how many workers failed."""
+        key = self._k("failures", job_id)
+        pipe = self.r.pipeline()
+        pipe.hset(key, worker, reason)
+        pipe.set(self._k("last-failure", job_id), f"{worker}: {reason}")
+        pipe.hlen(key)
+        return int(pipe.execute()[-1])
+
+    def failure_count(self, job_id: int) -> int:
+        return int(self.r.hlen(self._k("failures", job_id)))
+
+    def failure(self, job_id: int) -> str | None:
+        problem = self.r.get(self._k("spec-problem", job_id))
+        if problem is not None:
+            return problem.decode()
+        last = self.r.get(self._k("last-failure", job_id))
+        return last.decode() if last is not None else None
+
+    def set_spec_problem(self, job_id: int, problem: str | None) -> None:
+        if problem is None:
+            self.r.delete(self._k("spec-problem", job_id))
+        else:
+            self.r.set(self._k("spec-problem", job_id), problem)
+
+    def spec_problem(self, job_id: int) -> str | None:
+        value = self.r.get(self._k("spec-problem", job_id))
+        return value.decode() if value is not None else None
+
+    # ------------------------------------------------------------------ results, groups
+    def save_result(self, job_id: int, worker: str, output_sha256: str, now: float) -> None:
+        self.r.hset(
+            self._k("result", job_id),
+            mapping={"worker": worker, "output_sha256": output_sha256, "at": now},
+        )
+
+    def result(self, job_id: int) -> dict[str, str] | None:
+        data = self.r.hgetall(self._k("result", job_id))
+        return {k.decode(): v.decode() for k, v in data.items()} or None
+
+    def first_seen(self, job_ids: Iterable[int], now: float) -> dict[int, float]:
+        """When the market first saw each job (set once, kept across restarts)."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        key = self._k("first-seen")
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.hsetnx(key, str(job_id), now)
+        pipe.hmget(key, [str(i) for i in ids])
+        values = pipe.execute()[-1]
+        return {job_id: float(v) for job_id, v in zip(ids, values, strict=True)}
+
+    def add_to_group(self, group: str, shard: int, job_id: int) -> None:
+        self.r.hset(self._k("group", group), str(shard), job_id)
+        self.r.set(self._k("job-group", job_id), group)
+
+    def group(self, group: str) -> dict[int, int]:
+        """shard index -> job id."""
+        data = self.r.hgetall(self._k("group", group))
+        return {int(k): int(v) for k, v in data.items()}
+
+    def spec_seen(self, job_id: int) -> bool:
+        return bool(self.r.exists(self._k("job-group", job_id))) or bool(
+            self.r.sismember(self._k("specs-read"), job_id)
+        )
+
+    def mark_spec_read(self, job_id: int) -> None:
+        self.r.sadd(self._k("specs-read"), job_id)
+
+    # ------------------------------------------------------------------ metrics counters
+    def incr_metric(self, name: str, amount: int = 1, *, key: str | None = None) -> None:
+        """Add to a counter; with ``key`` only once per key (idempotent across retries)."""
+        if key is not None and not self.r.set(self._k("metric-once", name, key), 1, nx=True,
+                                              ex=7 * 24 * 3600):
+            return
+        self.r.hincrby(self._k("metric"), name, amount)
+
+    def metrics(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.r.hgetall(self._k("metric")).items()}
+
+    def observe_batch(self, size: int) -> None:
+        pipe = self.r.pipeline()
+        pipe.hincrby(self._k("metric-batch"), str(size), 1)
+        pipe.execute()
+
+    def batch_sizes(self) -> dict[int, int]:
+        return {int(k): int(v) for k, v in self.r.hgetall(self._k("metric-batch")).items()}
+
+
+def _worker_from(address: str, data: Mapping[bytes, bytes]) -> WorkerInfo:
+    return WorkerInfo(
+        address=address,
+        operator=data.get(b"operator", address.encode()).decode(),
+        hardware=json.loads(data.get(b"hardware", b"{}")),
+        price_wei=int(data.get(b"price_wei", b"0")),
+        slots=int(data.get(b"slots", b"1")),
+        registered_at=float(data.get(b"registered_at", b"0")),
+        last_seen=float(data.get(b"last_seen", b"0")),
+        last_assigned_at=float(data.get(b"last_assigned_at", b"0")),
+    )
