@@ -211,10 +211,25 @@ def match(jobs: Sequence[JobDemand], workers: Sequence[WorkerOffer], now: float)
     return assignments
 
 
-class _Bucket:
-    """One segment tree: workers of one device family and memory class, sorted by price."""
+#: A family whose workers have at most this many distinct memory sizes gets one bucket per size
+#: (memory never needs checking inside a bucket); otherwise sizes are grouped by power of two.
+EXACT_MEMORY_CLASSES = 32
 
-    __slots__ = ("key", "max_memory", "mem", "memory", "prices", "size", "stake", "who")
+# A front entry: (-free_stake, -score, worker index). Sorting ascending puts the largest stake
+# first and, for equal stakes, the better-ranked worker first.
+_Entry = tuple[int, float, int]
+
+
+class _Bucket:
+    """One segment tree: workers of one device family and memory class, leaves sorted by price.
+
+    Each node keeps the Pareto front of its workers that have a free slot, over (free stake,
+    rank): sorted by stake descending, each entry ranks strictly better than every entry with
+    more stake. The best worker of the node whose free stake covers ``c`` is therefore the last
+    entry with stake >= c (one bisect). ``mem`` keeps the largest memory among those workers.
+    """
+
+    __slots__ = ("front", "max_memory", "mem", "memory", "prices", "size")
 
     def __init__(self, members: list[int], memory: list[int], price: list[int]) -> None:
         members.sort(key=lambda i: (price[i], i))
@@ -225,43 +240,51 @@ class _Bucket:
         while size < len(members):
             size *= 2
         self.size = size
-        self.key = [_NEG_INF] * (2 * size)
-        self.who = [-1] * (2 * size)
-        self.stake = [-1] * (2 * size)
+        self.front: list[list[_Entry]] = [[] for _ in range(2 * size)]
         self.mem = [-1] * (2 * size)
-        for pos, worker in enumerate(members):
-            self.who[size + pos] = worker
 
     def build(self) -> None:
         for node in range(self.size - 1, 0, -1):
             self._pull(node)
 
-    def _pull(self, node: int) -> None:
-        key, who, stake, mem = self.key, self.who, self.stake, self.mem
-        left = 2 * node
-        right = left + 1
-        kl = key[left]
-        kr = key[right]
-        if kl > kr or (kl == kr and who[left] < who[right]):
-            key[node] = kl
-            who[node] = who[left]
+    def _pull(self, node: int) -> bool:
+        """Recompute ``node`` from its children; return whether it changed."""
+        front = self.front
+        left = front[2 * node]
+        right = front[2 * node + 1]
+        if not left:
+            merged = right
+        elif not right:
+            merged = left
         else:
-            key[node] = kr
-            who[node] = who[right]
-        sl, sr = stake[left], stake[right]
-        stake[node] = max(sr, sl)
-        ml, mr = mem[left], mem[right]
-        mem[node] = max(mr, ml)
+            items = left + right
+            items.sort()
+            merged = []
+            best_score = math.inf  # negated scores: smaller is better
+            best_who = -1
+            for item in items:
+                neg_score = item[1]
+                if neg_score < best_score or (neg_score == best_score and item[2] < best_who):
+                    merged.append(item)
+                    best_score = neg_score
+                    best_who = item[2]
+        mem = self.mem
+        ml = mem[2 * node]
+        mr = mem[2 * node + 1]
+        new_mem = max(mr, ml)
+        if merged == front[node] and new_mem == mem[node]:
+            return False
+        front[node] = merged
+        mem[node] = new_mem
+        return True
 
-    def set_leaf(self, pos: int, key: float, stake: int, mem: int, *, pull: bool = True) -> None:
+    def set_leaf(self, pos: int, entry: _Entry | None, mem: int, *, pull: bool = True) -> None:
         node = self.size + pos
-        self.key[node] = key
-        self.stake[node] = stake
+        self.front[node] = [entry] if entry is not None else []
         self.mem[node] = mem
         if pull:
             node //= 2
-            while node:
-                self._pull(node)
+            while node and self._pull(node):
                 node //= 2
 
 
@@ -292,26 +315,30 @@ class MatchRound:
         self._ref_price = reference_price(ordered)
         self._served: set[int] = set()
 
-        # family -> memory class -> members. Families: ("cpu", host memory) for cpu workers,
-        # ("spill", host memory) for every other worker (cpu jobs when no cpu worker fits),
-        # and (device, accelerator memory) per accelerator device.
-        groups: dict[tuple[str, int], list[int]] = {}
+        # Families: "cpu" (cpu workers, host memory), "spill" (every other worker, host memory:
+        # cpu jobs when no cpu worker fits) and one per accelerator device (accelerator memory).
+        families: dict[str, tuple[list[int], list[int]]] = {}
         for i, w in enumerate(ordered):
             device = w.device.lower()
             if device == CPU:
-                groups.setdefault((CPU, w.memory_mb.bit_length()), []).append(i)
+                families.setdefault(CPU, ([], self._host_memory))[0].append(i)
             else:
-                groups.setdefault(("spill", w.memory_mb.bit_length()), []).append(i)
-                groups.setdefault((device, w.gpu_memory_mb.bit_length()), []).append(i)
+                families.setdefault("spill", ([], self._host_memory))[0].append(i)
+                families.setdefault(device, ([], self._accel_memory))[0].append(i)
         self._families: dict[str, list[_Bucket]] = {}
         self._handles: list[list[tuple[_Bucket, int]]] = [[] for _ in ordered]
-        for (family, _cls), members in sorted(groups.items()):
-            memory = self._accel_memory if family not in (CPU, "spill") else self._host_memory
-            bucket = _Bucket(members, memory, self._price)
-            self._families.setdefault(family, []).append(bucket)
-            start = bucket.size
-            for pos in range(len(members)):
-                self._handles[bucket.who[start + pos]].append((bucket, pos))
+        for family, (members, memory) in sorted(families.items()):
+            exact = len({memory[i] for i in members}) <= EXACT_MEMORY_CLASSES
+            classes: dict[int, list[int]] = {}
+            for i in members:
+                classes.setdefault(memory[i] if exact else memory[i].bit_length(), []).append(i)
+            buckets = []
+            for _cls, class_members in sorted(classes.items()):
+                bucket = _Bucket(class_members, memory, self._price)
+                buckets.append(bucket)
+                for pos, i in enumerate(class_members):  # sorted by price by _Bucket
+                    self._handles[i].append((bucket, pos))
+            self._families[family] = buckets
         for i in range(len(ordered)):
             self._refresh(i, pull=False)
         for buckets in self._families.values():
@@ -322,12 +349,12 @@ class MatchRound:
         if self._load[i] < self._slots[i]:
             key = worker_score(self._offers[i], load=self._load[i], last_assigned_at=self._last[i],
                                now=self.now, ref_price=self._ref_price)
-            stake = self._free_stake[i]
+            entry = (-self._free_stake[i], -key, i)
             for bucket, pos in self._handles[i]:
-                bucket.set_leaf(pos, key, stake, bucket.memory[i], pull=pull)
+                bucket.set_leaf(pos, entry, bucket.memory[i], pull=pull)
         else:
             for bucket, pos in self._handles[i]:
-                bucket.set_leaf(pos, _NEG_INF, -1, -1, pull=pull)
+                bucket.set_leaf(pos, None, -1, pull=pull)
 
     def serve(self, job: JobDemand) -> str | None:
         """Give ``job`` to its best eligible worker now; return that worker's address or None."""
@@ -364,29 +391,38 @@ class MatchRound:
 
     def _best(self, buckets: list[_Bucket], job: JobDemand, ex_workers: frozenset[str] | None,
               ex_operators: frozenset[str] | None) -> int:
-        """Best-first search over the buckets; the index of the best eligible worker or -1."""
+        """Best-first search over the buckets; the index of the best eligible worker or -1.
+
+        A node's bound is its best worker with enough free stake (a bisect of its front), so
+        stake, slots and price never cause a wasted step; memory (only in power-of-two buckets)
+        and exclusions can, and then the node's children are searched.
+        """
         need_mem = job.memory_mb
-        need_stake = job.collateral
+        probe = (-job.collateral, math.inf)  # sorts after every entry with stake >= collateral
         heap: list[tuple[float, int, int, int]] = []
         push = heapq.heappush
         for b_index, bucket in enumerate(buckets):
-            if (bucket.max_memory < need_mem or bucket.key[1] == _NEG_INF
-                    or bucket.stake[1] < need_stake or bucket.mem[1] < need_mem):
+            front, mem = bucket.front, bucket.mem
+            root = front[1]
+            if bucket.max_memory < need_mem or not root or root[0] > probe or mem[1] < need_mem:
                 continue
             count = bisect_right(bucket.prices, job.reward)
             if not count:
                 continue
-            key, who, stake, mem = bucket.key, bucket.who, bucket.stake, bucket.mem
             if count == len(bucket.prices):
-                push(heap, (-key[1], who[1], b_index, 1))
+                at = bisect_right(root, probe) - 1
+                push(heap, (root[at][1], root[at][2], b_index, 1))
                 continue
             lo = bucket.size
             hi = lo + count
             while lo < hi:  # canonical nodes covering leaves [0, count): a prefix, so the
                 if hi & 1:  # left edge stays aligned and only the right edge adds nodes
                     hi -= 1
-                    if key[hi] != _NEG_INF and stake[hi] >= need_stake and mem[hi] >= need_mem:
-                        push(heap, (-key[hi], who[hi], b_index, hi))
+                    node_front = front[hi]
+                    if node_front and mem[hi] >= need_mem:
+                        at = bisect_right(node_front, probe) - 1
+                        if at >= 0:
+                            push(heap, (node_front[at][1], node_front[at][2], b_index, hi))
                 lo //= 2
                 hi //= 2
         pop = heapq.heappop
@@ -397,8 +433,11 @@ class MatchRound:
                 return i
             if node >= bucket.size:
                 continue
-            key, who, stake, mem = bucket.key, bucket.who, bucket.stake, bucket.mem
+            front, mem = bucket.front, bucket.mem
             for child in (2 * node, 2 * node + 1):
-                if key[child] != _NEG_INF and stake[child] >= need_stake and mem[child] >= need_mem:
-                    push(heap, (-key[child], who[child], b_index, child))
+                node_front = front[child]
+                if node_front and mem[child] >= need_mem:
+                    at = bisect_right(node_front, probe) - 1
+                    if at >= 0:
+                        push(heap, (node_front[at][1], node_front[at][2], b_index, child))
         return -1
