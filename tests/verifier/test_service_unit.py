@@ -1,0 +1,278 @@
+"""Unit tests of the verifier's logic with an in-memory blob store and a fake recomputation:
+evidence documents, the appeal majority rule, the journal, blind ordering, missing blobs.
+The anvil + market + sandbox tests are in test_service_chain.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.core.tolerance import evidence_hash
+from meshcompute.errors import BadInput, ConfigError, NotFound
+from meshcompute.programs import save_tensors
+from verifier.audit import (
+    Auditor,
+    MissingBlob,
+    WorkerOutputMissing,
+    load_claim,
+)
+from verifier.evidence import (
+    NO_OUTPUT,
+    EvidenceRecord,
+    appeal_worker_wins,
+    claim_document,
+    parse_claim,
+)
+from verifier.journal import POSTED, Journal
+from verifier.outputs import compare_outputs
+
+POLICY = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
+
+
+class MemoryStore:
+    """Blob store in memory; records the order of reads so blindness can be checked."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.reads: list[str] = []
+        self.on_read = None
+
+    def get_blob(self, sha256: str, *, verify: bool = True) -> bytes:
+        self.reads.append(sha256)
+        if self.on_read is not None:
+            self.on_read(sha256)
+        if sha256 not in self.blobs:
+            raise NotFound(f"blob {sha256} is not in the store")
+        return self.blobs[sha256]
+
+    def put_blob(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self.blobs[sha] = bytes(data)
+        return sha
+
+
+def outputs(*tensors: torch.Tensor) -> bytes:
+    return save_tensors(list(tensors), "out")
+
+
+def make_job(store: MemoryStore, policy=POLICY) -> tuple[JobSpec, bytes]:
+    program = store.put_blob(b"program bytes")
+    inputs = store.put_blob(b"inputs bytes")
+    spec = JobSpec(program=program, inputs=inputs, tolerance=policy)
+    spec_sha = store.put_blob(spec.canonical_bytes())
+    return spec, bytes.fromhex(spec_sha)
+
+
+def record(spec_hash: bytes, result: bytes, state=JobState.AUDITED, auditor="0x" + "00" * 20):
+    return JobRecord(
+        client="0x" + "11" * 20, worker="0x" + "22" * 20, auditor=auditor, reward=100,
+        audit_fee=10, collateral=50, deadline=2_000_000_000, lease_expiry=0, committed_at=1,
+        committed_block=1, resolved_at=5, audit_bps=10_000, state=state, spec_hash=spec_hash,
+        result_hash=result,
+    )
+
+
+def auditor(store, journal, truth: bytes, address="0x" + "77" * 20):
+    calls = []
+
+    def recompute(spec, program, inputs):
+        calls.append(spec.sha256)
+        return truth
+
+    a = Auditor(store, recompute, compare_outputs, evidence_hash, journal, verifier=address,
+                chain_id=31337, job_market="0x" + "99" * 20)
+    a.calls = calls  # type: ignore[attr-defined]
+    return a
+
+
+TRUTH = outputs(torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7)
+NEAR = outputs(torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7 + 1e-7)
+WRONG = outputs(torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7 * 1.01)
+
+
+# ---------------------------------------------------------------------- evidence
+def test_claim_document_hashes_to_the_tolerance_evidence_hash() -> None:
+    hashes = [sha256_hex(b"a"), sha256_hex(b"b"), NO_OUTPUT]
+    for policy in (POLICY, {"kind": "exact"}, {"kind": "topk", "k": 3, "min_agreement": 0.9}):
+        assert hashlib.sha256(claim_document(hashes, policy)).digest() == evidence_hash(
+            hashes, policy
+        )
+
+
+def test_parse_claim_refuses_a_document_that_does_not_match_the_chain() -> None:
+    hashes = [sha256_hex(b"a"), sha256_hex(b"b")]
+    doc = claim_document(hashes, POLICY)
+    onchain = evidence_hash(hashes, POLICY)
+    claim = parse_claim(doc, onchain, evidence_hash)
+    assert claim.output_hashes == tuple(hashes)
+    tampered = json.loads(doc)
+    tampered["outputs"][1] = sha256_hex(b"c")
+    with pytest.raises(BadInput, match="not the on-chain evidence"):
+        parse_claim(json.dumps(tampered).encode(), onchain, evidence_hash)
+    with pytest.raises(BadInput, match="malformed"):
+        parse_claim(b"not json", onchain, evidence_hash)
+
+
+@pytest.mark.parametrize(
+    ("worker_vs_first", "worker_vs_appeal", "wins"),
+    [(True, True, True), (True, False, True), (False, True, True), (False, False, False),
+     (None, True, True), (None, False, False)],
+)
+def test_appeal_majority(worker_vs_first, worker_vs_appeal, wins) -> None:
+    assert appeal_worker_wins(worker_vs_first, worker_vs_appeal) is wins
+
+
+def test_evidence_record_round_trip_and_validation() -> None:
+    rec = EvidenceRecord(
+        kind="audit", chain_id=1, job_market="0x" + "99" * 20, job_id=3,
+        spec_sha256=sha256_hex(b"s"), policy=POLICY,
+        output_hashes=(sha256_hex(b"w"), sha256_hex(b"v")), verifier="0x" + "77" * 20,
+        verdict=True, evidence_hash="0x" + "ab" * 32,
+    )
+    assert EvidenceRecord.from_bytes(rec.to_bytes()) == rec
+    with pytest.raises(BadInput, match="needs 3 output hashes"):
+        EvidenceRecord(**{**rec.__dict__, "kind": "appeal"})
+
+
+# ---------------------------------------------------------------------- journal
+def test_journal_persists_and_refuses_to_change_a_fixed_output(tmp_path: Path) -> None:
+    path = tmp_path / "j.json"
+    journal = Journal(path)
+    journal.ensure(4, "audit")
+    journal.record_own_output(4, "audit", "aa" * 32)
+    journal.set_cursor(17)
+    again = Journal(path)
+    assert again.cursor == 17
+    assert again.own_output(4, "audit") == "aa" * 32
+    assert again.pending() == [(4, "audit")]
+    with pytest.raises(ConfigError, match="refusing to replace"):
+        again.record_own_output(4, "audit", "bb" * 32)
+    again.mark_posted(4, "audit", verdict=True)
+    assert Journal(path).status(4, "audit") == POSTED
+    assert Journal(path).pending() == []
+    path.write_text("{broken")
+    with pytest.raises(ConfigError, match="unreadable"):
+        Journal(path)
+
+
+# ---------------------------------------------------------------------- audit logic
+def test_audit_is_blind_our_hash_is_on_disk_before_the_worker_output_is_read(
+    tmp_path: Path,
+) -> None:
+    store = MemoryStore()
+    _, spec_hash = make_job(store)
+    worker_sha = store.put_blob(NEAR)
+    journal = Journal(tmp_path / "j.json")
+    seen_on_disk: list[str | None] = []
+
+    def on_read(sha: str) -> None:
+        if sha == worker_sha:
+            seen_on_disk.append(Journal(journal.path).own_output(1, "audit"))
+
+    store.on_read = on_read
+    a = auditor(store, journal, TRUTH)
+    ready = a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)),
+                    missing_output_is_final=False)
+    assert seen_on_disk == [sha256_hex(TRUTH)]
+    assert ready.verdict is True
+    assert ready.evidence.output_hashes == (worker_sha, sha256_hex(TRUTH))
+    assert sha256_hex(TRUTH) in store.blobs  # our output is public too
+    claim = load_claim(store, ready.evidence_hash, evidence_hash)
+    assert claim.output_hashes == (worker_sha, sha256_hex(TRUTH))
+    assert EvidenceRecord.from_bytes(store.blobs[ready.evidence_sha256]) == ready.evidence
+
+
+def test_audit_fails_a_wrong_output_and_reuses_the_fixed_answer(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _, spec_hash = make_job(store)
+    worker_sha = store.put_blob(WRONG)
+    journal = Journal(tmp_path / "j.json")
+    a = auditor(store, journal, TRUTH)
+    ready = a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)),
+                    missing_output_is_final=False)
+    assert ready.verdict is False
+    assert "outside" in ready.evidence.comparisons[0].reason
+    again = a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)),
+                    missing_output_is_final=False)
+    assert again.evidence_hash == ready.evidence_hash
+    assert len(a.calls) == 1  # the second run read our fixed output back, no recomputation
+
+
+def test_missing_worker_output_waits_then_fails(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _, spec_hash = make_job(store)
+    missing = bytes.fromhex(sha256_hex(b"never uploaded"))
+    a = auditor(store, Journal(tmp_path / "j.json"), TRUTH)
+    with pytest.raises(WorkerOutputMissing):
+        a.audit(1, record(spec_hash, missing), missing_output_is_final=False)
+    ready = a.audit(1, record(spec_hash, missing), missing_output_is_final=True)
+    assert ready.verdict is False
+    assert "never uploaded" in ready.evidence.note
+
+
+def test_missing_program_is_not_the_workers_fault(tmp_path: Path) -> None:
+    store = MemoryStore()
+    spec, spec_hash = make_job(store)
+    del store.blobs[spec.program]
+    worker_sha = store.put_blob(TRUTH)
+    a = auditor(store, Journal(tmp_path / "j.json"), TRUTH)
+    with pytest.raises(MissingBlob) as info:
+        a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)), missing_output_is_final=True)
+    assert info.value.role == "program"
+    assert worker_sha not in store.reads  # blind: nothing computed, nothing looked at
+    assert a.worker_output_present(1, record(spec_hash, bytes.fromhex(worker_sha)))
+    with pytest.raises(BadInput, match="present"):
+        a.fail_without_output(1, record(spec_hash, bytes.fromhex(worker_sha)), "x")
+
+
+def test_malformed_worker_output_is_a_fail_not_a_crash(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _, spec_hash = make_job(store)
+    bad = store.put_blob(b"\x00\x01 not safetensors")
+    wrong_names = store.put_blob(save_tensors([torch.zeros(2)], "args"))
+    half = store.put_blob(outputs((torch.arange(12).reshape(3, 4) / 7).to(torch.float16)))
+    a = auditor(store, Journal(tmp_path / "j.json"), TRUTH)
+    for job_id, sha in enumerate((bad, wrong_names, half), start=1):
+        ready = a.audit(job_id, record(spec_hash, bytes.fromhex(sha)),
+                        missing_output_is_final=False)
+        assert ready.verdict is False, ready.evidence.comparisons
+
+
+def test_appeal_majority_over_three_outputs(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _, spec_hash = make_job(store)
+    worker_sha = store.put_blob(NEAR)
+    # a faulty first verifier: its evidence names an output that disagrees with everyone
+    bogus = store.put_blob(WRONG)
+    store.put_blob(claim_document([worker_sha, bogus], POLICY))
+    first_evidence = evidence_hash([worker_sha, bogus], POLICY)
+    rec = record(spec_hash, bytes.fromhex(worker_sha), state=JobState.APPEALED)
+    a = auditor(store, Journal(tmp_path / "j.json"), TRUTH, address="0x" + "88" * 20)
+    ready = a.appeal(7, rec, first_evidence, missing_output_is_final=False)
+    assert ready.verdict is True
+    assert ready.evidence.output_hashes == (worker_sha, bogus, sha256_hex(TRUTH))
+    agree = {(c.a, c.b): c.agree for c in ready.evidence.comparisons}
+    assert agree == {(0, 2): True, (0, 1): False, (1, 2): False}
+    assert ready.evidence_hash == evidence_hash([worker_sha, bogus, sha256_hex(TRUTH)], POLICY)
+
+    # a cheating worker whose first verifier was right loses
+    cheat_sha = store.put_blob(WRONG)
+    right = store.put_blob(TRUTH)
+    store.put_blob(claim_document([cheat_sha, right], POLICY))
+    rec2 = record(spec_hash, bytes.fromhex(cheat_sha), state=JobState.APPEALED)
+    lost = a.appeal(8, rec2, evidence_hash([cheat_sha, right], POLICY),
+                    missing_output_is_final=False)
+    assert lost.verdict is False
+
+    # first verifier's evidence missing: the two remaining computations decide
+    unknown = bytes.fromhex(sha256_hex(b"no such evidence"))
+    ready3 = a.appeal(9, rec, unknown, missing_output_is_final=False)
+    assert ready3.verdict is True
+    assert ready3.evidence.output_hashes[1] == NO_OUTPUT
+    assert "unavailable" in ready3.evidence.note
