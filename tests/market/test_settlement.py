@@ -1,0 +1,268 @@
+"""Settler on a real anvil and a real Redis/Valkey: batches paid once, races, stale jobs, gas.
+
+The marketplace is deployed once on the session anvil; each test starts from a snapshot that
+its teardown reverts, and gets its own Redis prefix.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis as redis_lib
+
+from market import settlement as settlement_module
+from market.settlement import GAS_BASE, GAS_PER_JOB, SettlementReport, Settler
+from meshcompute.chain.contracts import MeshActor, MeshContracts
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.payout import split_reward
+from meshcompute.errors import BadInput, ContractRevert
+from tests.contracts.world import TEST_PARAMS, World, build_world
+
+CHALLENGE = TEST_PARAMS.challenge_window_s
+AUDIT = TEST_PARAMS.audit_window_s
+APPEAL = TEST_PARAMS.appeal_window_s
+
+
+@pytest.fixture(scope="module")
+def _deployed(anvil) -> Iterator[World]:
+    snapshot = anvil.snapshot()
+    world = build_world(anvil)
+    yield world
+    anvil.revert(snapshot)
+    world.resync()
+
+
+@pytest.fixture
+def world(_deployed: World, anvil) -> Iterator[World]:
+    snapshot = anvil.snapshot()
+    yield _deployed
+    anvil.revert(snapshot)
+    _deployed.resync()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_client: redis_lib.Redis) -> Iterator[str]:
+    name = f"test:settle:{uuid.uuid4().hex[:12]}:"
+    yield name
+    keys = list(redis_client.scan_iter(match=name + "*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def records_of(world: World) -> dict[int, JobRecord]:
+    return MeshContracts(world.w3, world.deployment).job_records(verify=True)
+
+
+def paid_count(world: World) -> Counter[int]:
+    events = MeshContracts(world.w3, world.deployment).job_events()
+    return Counter(int(e.args["jobId"]) for e in events if e.name == "JobPaid")
+
+
+def batches_sent(world: World, tx_hashes: list[str]) -> list[list[int]]:
+    """The job ids of each finalizeBatch transaction, decoded from its input."""
+    out = []
+    for tx_hash in tx_hashes:
+        tx = world.w3.eth.get_transaction(tx_hash)
+        func, params = world.market.decode_function_input(tx["input"])
+        assert func.fn_name == "finalizeBatch"
+        out.append(list(params["jobIds"]))
+    return out
+
+
+def committed_jobs(world: World, n: int, **kw) -> list[int]:
+    """n jobs posted in one batch and committed by one worker in one transaction."""
+    job_ids = world.post(n=n, **kw)
+    ticket, signature = world.ticket(world.workers[0], job_ids, audit_bps=kw.get("audit_bps", 0))
+    world.workers[0].assign_and_commit(ticket, signature, [b"\x42" * 32] * n)
+    return job_ids
+
+
+def settler(world: World, redis_client, prefix: str, actor: MeshActor | None = None, **kw):
+    return Settler(actor or world.outsider, redis_client, prefix=prefix, **kw)
+
+
+# ---------------------------------------------------------------------------- paying once
+
+
+def test_settle_pays_a_batch_once(world: World, redis_client, prefix: str) -> None:
+    job_ids = committed_jobs(world, 5)
+    world.advance(CHALLENGE + 1)
+    records = records_of(world)
+    worker = world.workers[0].address
+    earned_before = world.admin.account_of(worker).earned
+
+    s = settler(world, redis_client, prefix, max_batch=2)
+    report = s.settle(records, world.now())
+    assert sorted(report.job_ids) == job_ids
+    assert report.skipped == [] and report.drawn == []
+    assert len(report.tx_hashes) == 3 and report.tx_hash == report.tx_hashes[-1]
+    assert batches_sent(world, report.tx_hashes) == [job_ids[:2], job_ids[2:4], job_ids[4:]]
+    assert paid_count(world) == Counter({i: 1 for i in job_ids})
+    pay, _fee = split_reward(records[job_ids[0]].reward, TEST_PARAMS.fee_bps)
+    assert world.admin.account_of(worker).earned - earned_before == 5 * pay
+    for tx_hash in report.tx_hashes:  # explicit headroom, not the bare estimate
+        assert world.w3.eth.get_transaction(tx_hash)["gas"] >= GAS_BASE + GAS_PER_JOB
+    for job_id in job_ids:
+        assert redis_client.get(s.key(job_id, records[job_id])).startswith("done:0x")
+
+    again = s.settle(records, world.now())  # the same (now stale) records: nothing sent
+    assert again == SettlementReport(job_ids=[], tx_hash=None, skipped=job_ids)
+    fresh = s.settle(records_of(world), world.now())  # caught-up records: nothing payable
+    assert fresh == SettlementReport(job_ids=[], tx_hash=None, skipped=[])
+    other = settler(world, redis_client, prefix)  # another process, same Redis
+    assert other.settle(records, world.now()).tx_hash is None
+    assert paid_count(world) == Counter({i: 1 for i in job_ids})
+
+
+def test_settle_leaves_jobs_the_contract_would_refuse(
+    world: World, redis_client, prefix: str
+) -> None:
+    early = committed_jobs(world, 2)
+    posted = world.post(n=2)
+    s = settler(world, redis_client, prefix)
+    report = s.settle(records_of(world), world.now())  # challenge window still open
+    assert report == SettlementReport(job_ids=[], tx_hash=None, skipped=[])
+    assert list(redis_client.scan_iter(match=prefix + "*")) == []
+    world.advance(CHALLENGE + 1)
+    assert sorted(s.settle(records_of(world), world.now()).job_ids) == early
+    assert {records_of(world)[i].state for i in posted} == {JobState.POSTED}
+
+
+def test_two_settlers_racing_send_one_tx_per_job(world: World, redis_client, prefix: str) -> None:
+    job_ids = committed_jobs(world, 8)
+    world.advance(CHALLENGE + 1)
+    records = records_of(world)
+    now = world.now()
+    settlers = [
+        settler(world, redis_client, prefix, actor=world.outsider, max_batch=3),
+        settler(world, redis_client, prefix, actor=world.clients[1], max_batch=3),
+    ]
+    barrier = threading.Barrier(len(settlers))
+    reports: list[SettlementReport] = []
+    errors: list[BaseException] = []
+
+    def run(s: Settler) -> None:
+        try:
+            barrier.wait()
+            reports.append(s.settle(records, now))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in settlers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    sent = [job for r in reports for batch in batches_sent(world, r.tx_hashes) for job in batch]
+    assert sorted(sent) == job_ids  # every job in exactly one transaction
+    assert sorted(j for r in reports for j in r.job_ids) == job_ids
+    assert paid_count(world) == Counter({i: 1 for i in job_ids})
+
+
+def test_job_final_between_selection_and_send_is_skipped(
+    world: World, redis_client, prefix: str
+) -> None:
+    job_ids = committed_jobs(world, 4)
+    world.advance(CHALLENGE + 1)
+    selected = records_of(world)
+    world.clients[0].finalize(job_ids[1], selected[job_ids[1]])  # someone else settles it first
+
+    s = settler(world, redis_client, prefix)
+    report = s.settle(selected, world.now())
+    assert report.tx_hash is not None  # the batch went through, the stale entry skipped
+    assert world.w3.eth.get_transaction_receipt(report.tx_hash)["status"] == 1
+    assert sorted(report.job_ids) == [job_ids[0], *job_ids[2:]]
+    assert report.skipped == [job_ids[1]]
+    assert redis_client.get(s.key(job_ids[1], selected[job_ids[1]])).startswith("stale:0x")
+    assert s.settle(selected, world.now()).tx_hash is None
+    assert paid_count(world) == Counter({i: 1 for i in job_ids})
+
+
+# ---------------------------------------------------------------------------- audits
+
+
+def test_audited_job_draw_recorded_then_paid_after_silent_verifier(
+    world: World, redis_client, prefix: str
+) -> None:
+    (job_id,) = committed_jobs(world, 1, audit_bps=10_000)
+    world.advance(CHALLENGE + 1)
+    s = settler(world, redis_client, prefix)
+    report = s.settle(records_of(world), world.now())
+    assert report.drawn == [job_id] and report.job_ids == []
+    assert records_of(world)[job_id].state == JobState.AUDITED
+    assert list(redis_client.scan_iter(match=prefix + "*")) == []  # released, not done
+
+    assert s.settle(records_of(world), world.now()).tx_hash is None  # verdict window open
+    world.advance(AUDIT + 1)
+    paid = s.settle(records_of(world), world.now())
+    assert paid.job_ids == [job_id]
+    assert paid_count(world) == Counter({job_id: 1})
+
+
+def test_failed_audit_without_appeal_is_slashed_once(
+    world: World, redis_client, prefix: str
+) -> None:
+    (job_id,) = committed_jobs(world, 1, audit_bps=10_000)
+    world.advance(CHALLENGE + 1)
+    world.verifiers[0].resolve_audit(job_id, False, b"\x07" * 32)
+    records = records_of(world)
+    assert records[job_id].state == JobState.AUDIT_FAILED
+    s = settler(world, redis_client, prefix)
+    assert s.settle(records, world.now()).tx_hash is None  # appeal window open
+    world.advance(APPEAL + 1)
+    report = s.settle(records_of(world), world.now())
+    assert report.job_ids == [job_id]
+    receipt = world.w3.eth.get_transaction_receipt(report.tx_hash)
+    assert receipt["gasUsed"] <= GAS_BASE + GAS_PER_JOB  # the headroom covers a slash
+    assert records_of(world)[job_id].state == JobState.SLASHED
+    assert s.settle(records, world.now()).tx_hash is None
+
+
+# ---------------------------------------------------------------------------- gas
+
+
+def test_gas_headroom_covers_jobs_the_estimate_skips(
+    world: World, anvil, redis_client, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain clock has passed the challenge window but no block carries it yet: the
+    estimate (run in the latest block) skips every job; the transaction (next block) pays
+    them all. Without headroom it runs out of gas and its keys are released; with it, it
+    pays."""
+    job_ids = committed_jobs(world, 6)
+    anvil.mine(2)  # the audit draws are available
+    anvil._rpc("evm_increaseTime", [CHALLENGE + 5])  # no block mined
+    records = records_of(world)
+    now = world.now() + CHALLENGE + 5  # the market's clock, ahead of the latest block
+
+    monkeypatch.setattr(settlement_module, "GAS_PER_JOB", 0)
+    monkeypatch.setattr(settlement_module, "GAS_BASE", 0)
+    bare = settler(world, redis_client, prefix)
+    with pytest.raises(ContractRevert) as failed:
+        bare.settle(records, now)
+    assert failed.value.tx_hash is not None  # mined and out of gas, not refused at estimation
+    assert list(redis_client.scan_iter(match=prefix + "*")) == []  # keys released
+    assert paid_count(world) == Counter()
+
+    monkeypatch.undo()
+    report = settler(world, redis_client, prefix).settle(records, now)
+    assert sorted(report.job_ids) == job_ids
+    assert paid_count(world) == Counter({i: 1 for i in job_ids})
+
+
+def test_settler_rejects_bad_configuration(world: World, redis_client) -> None:
+    with pytest.raises(BadInput, match="max_batch"):
+        Settler(world.outsider, redis_client, max_batch=0)
+    with pytest.raises(BadInput, match="done_ttl_s"):
+        Settler(world.outsider, redis_client, done_ttl_s=0)
