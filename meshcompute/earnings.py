@@ -278,6 +278,8 @@ def _worker_events(
     job_topic: list[str] | None,
 ) -> list[ChainEvent]:
     """JobMarket events ``name(uint256 indexed jobId, address indexed worker, ...)``."""
+    if from_block is not None and from_block > contracts.w3.eth.block_number:
+        return []  # nodes refuse a range that starts past the head
     return contracts.events(
         from_block,
         topics=[event_topic(contracts, name), job_topic, _address_topic(worker)],

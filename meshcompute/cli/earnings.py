@@ -49,17 +49,19 @@ def earnings(
     out.print(f"earnings of {who} on chain id {conn.chain_id} (read from the chain)")
     if report.rows:
         table = Table()
-        for column in ("job", "amount MESH", "fee MESH", "audited", "status", "when (UTC)"):
-            table.add_column(column)
+        table.add_column("job", justify="right")
+        table.add_column("amount MESH", justify="right")
+        table.add_column("audited")
+        table.add_column("status", no_wrap=True)
+        table.add_column("when (UTC)", no_wrap=True)
         for row in report.rows:
             status = row.status if row.status == "final" else f"pending: {row.stage}"
             table.add_row(
                 str(row.job_id),
                 onchain.format_mesh(row.amount),
-                onchain.format_mesh(row.fee),
                 "yes" if row.audited else "no",
                 status,
-                onchain.when(row.timestamp)[:-4],
+                onchain.when(row.timestamp)[:16],
             )
         out.print(table)
     else:
