@@ -56,3 +56,19 @@ def bench_e2e(
     from meshcompute.bench.stack_bench import run_e2e_bench
 
     emit(run_e2e_bench(workers=workers, duration_s=duration), as_json)
+
+
+@bench_app.command("match")
+def bench_match(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker offers in the fleet.")] = 10_000,
+    jobs: Annotated[int, typer.Option(min=1, help="Queued jobs in the backlog.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic market.")] = 0,
+    scenario: Annotated[str, typer.Option(
+        help="realistic (a plausible market mix) or adversarial (defeats the shortcuts).")
+    ] = "realistic",
+) -> None:
+    """Matching in the pure core: time per assignment for a backlog against a fleet."""
+    from meshcompute.bench.match import run_match_bench
+
+    emit(run_match_bench(workers, jobs, seed, scenario), as_json)
