@@ -143,7 +143,12 @@ class Settler:
 
     # ------------------------------------------------------------------ settle
     def settle(self, records: Mapping[int, JobRecord], now: int) -> SettlementReport:
-        """Finalize every job of ``records`` the contract accepts at block time ``now``."""
+        """Finalize every job of ``records`` the contract accepts at block time ``now``.
+
+        Raises ContractRevert when a batch fails (estimation or on chain; its keys are
+        released) and TransactionTimeout when a batch has no receipt in time (its keys stay
+        ``sent:`` so no other run resends it; a later run finishes them from the receipt).
+        """
         actions = settle_actions(
             records,
             now=now,

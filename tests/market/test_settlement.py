@@ -19,7 +19,7 @@ from market.settlement import GAS_BASE, GAS_PER_JOB, SettlementReport, Settler
 from meshcompute.chain.contracts import MeshActor, MeshContracts
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.payout import split_reward
-from meshcompute.errors import BadInput, ContractRevert
+from meshcompute.errors import BadInput, ContractRevert, TransactionTimeout
 from tests.contracts.world import TEST_PARAMS, World, build_world
 
 CHALLENGE = TEST_PARAMS.challenge_window_s
@@ -187,6 +187,32 @@ def test_job_final_between_selection_and_send_is_skipped(
     assert report.skipped == [job_ids[1]]
     assert redis_client.get(s.key(job_ids[1], selected[job_ids[1]])).startswith("stale:0x")
     assert s.settle(selected, world.now()).tx_hash is None
+    assert paid_count(world) == Counter({i: 1 for i in job_ids})
+
+
+def test_second_run_does_not_resend_while_the_first_is_pending(
+    world: World, anvil, redis_client, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_ids = committed_jobs(world, 3)
+    world.advance(CHALLENGE + 1)
+    records = records_of(world)
+    first = settler(world, redis_client, prefix, actor=world.outsider)
+    second = settler(world, redis_client, prefix, actor=world.clients[1])
+    monkeypatch.setattr(world.outsider.sender, "receipt_timeout_s", 0.3)
+    anvil.set_automine(False)
+    try:
+        with pytest.raises(TransactionTimeout):  # sent, no receipt yet: keys stay "sent:"
+            first.settle(records, world.now())
+        held = {redis_client.get(first.key(i, records[i])) for i in job_ids}
+        assert len(held) == 1 and held.pop().startswith("sent:0x")
+        pending = second.settle(records, world.now())
+        assert pending == SettlementReport(job_ids=[], tx_hash=None, skipped=job_ids)
+    finally:
+        anvil.set_automine(True)
+    anvil.mine(1)  # the first transaction lands
+    after = second.settle(records, world.now())
+    assert after.tx_hash is None and after.skipped == job_ids
+    assert {redis_client.get(first.key(i, records[i]))[:5] for i in job_ids} == {"done:"}
     assert paid_count(world) == Counter({i: 1 for i in job_ids})
 
 
