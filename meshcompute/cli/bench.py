@@ -72,3 +72,19 @@ def bench_match(
     from meshcompute.bench.match import run_match_bench
 
     emit(run_match_bench(workers, jobs, seed, scenario), as_json)
+
+
+@bench_app.command("verify")
+def bench_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    policy: Annotated[
+        str | None, typer.Option(help="Tolerance policy, e.g. allclose:rtol=1e-4,atol=1e-5.")
+    ] = None,
+    cases: Annotated[int | None, typer.Option(min=1, help="Use only the first N cases.")] = None,
+) -> None:
+    """False accusations of honest recomputations and detection of cheats, per policy."""
+    from meshcompute.bench.verify import run_verify_bench
+    from meshcompute.core.tolerance import parse_policy
+
+    chosen = parse_policy(policy) if policy else None
+    emit(run_verify_bench(cases=cases, policy=chosen), as_json)

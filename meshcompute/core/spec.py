@@ -34,7 +34,7 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 #: Defaults a client gets when it says nothing (the tolerance default is measured, see
 #: BENCHMARKS.md "Verification").
-DEFAULT_TOLERANCE: dict[str, Any] = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
+DEFAULT_TOLERANCE: dict[str, Any] = {"kind": "allclose", "rtol": 3e-5, "atol": 3e-6}
 DEFAULT_TIME_LIMIT_S = 300.0
 DEFAULT_MEMORY_LIMIT_MB = 2048
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
