@@ -50,6 +50,7 @@ from meshcompute.errors import (
 from meshcompute.market_client import Hardware, Lease, MarketClient
 from meshcompute.settings import Settings
 from worker.adversary import Adversary
+from worker.runners import RunnerPool
 from worker.status import Event, EventSink, write_health
 
 TOKEN = 10**18
@@ -65,13 +66,6 @@ class JobOutcomeLike(Protocol):
 
 
 Runner = Callable[..., JobOutcomeLike]
-
-
-def sandbox_runner(program: bytes, inputs: bytes, **limits: Any) -> JobOutcomeLike:
-    """:func:`worker.sandbox.run_job`, imported on first use (it pulls in torch)."""
-    from worker.sandbox import run_job
-
-    return run_job(program, inputs, **limits)
 
 
 def parse_price(mesh: str | float | Decimal) -> int:
@@ -195,7 +189,7 @@ class WorkerNode:
         hardware: Hardware | None = None,
         on_event: EventSink | None = None,
         adversary: Adversary | None = None,
-        runner: Runner = sandbox_runner,
+        runner: Runner | None = None,
     ) -> None:
         if actor.address != account.address:
             raise ConfigError("the chain actor and the worker account differ")
@@ -205,7 +199,8 @@ class WorkerNode:
         self.actor = actor
         self.adversary = adversary
         self._hardware = hardware
-        self._runner = runner
+        self._pool = RunnerPool() if runner is None else None
+        self._runner: Runner = runner or self._pool  # type: ignore[assignment]
         self._sink = on_event or (lambda event: None)
         self._active: dict[int, _ActiveJob] = {}
         self._watched: dict[int, _Watched] = {}
@@ -213,6 +208,7 @@ class WorkerNode:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._stop_event: threading.Event | None = None
         self._hb_stop = threading.Event()
         self._lease_s = 60.0
         self._last_earnings: tuple[int, int] | None = None
@@ -241,6 +237,7 @@ class WorkerNode:
 
     def run(self, stop_event: threading.Event) -> None:
         """Work until ``stop_event`` is set, then wind down (see :meth:`_shut_down`)."""
+        self._stop_event = stop_event
         self._emit("started", address=self.address, market=self.market.base_url,
                    slots=self.config.slots, threads=self.config.threads,
                    device=self.hardware.device, adversary=self.adversary is not None)
@@ -253,6 +250,11 @@ class WorkerNode:
                 if stop_event.wait(self.config.poll_interval_s):
                     self._emit("stopped", **self.counts)
                     return
+        if self._pool is not None:
+            self._pool.prepare(device="cpu", threads=self.config.threads,
+                               scratch_root=self.config.scratch_dir,
+                               allow_unsandboxed=self.config.allow_unsandboxed,
+                               count=self.config.slots)
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="mesh-heartbeat",
                                      daemon=True)
         heartbeat.start()
@@ -280,6 +282,8 @@ class WorkerNode:
                     next_ask = min(next_ask, time.monotonic())
         finally:
             self._shut_down()
+            if self._pool is not None:
+                self._pool.close()
             self._hb_stop.set()
             heartbeat.join(timeout=5)
             self._write_health(state="stopped")
@@ -348,7 +352,11 @@ class WorkerNode:
             self._emit("warning", message=f"asking for work failed: {exc}")
             return False
         for lease in leases:
-            self._start(lease)
+            if self._stop_event is not None and self._stop_event.is_set():
+                # stopped while asking (SIGTERM): hand the job straight back, unstarted
+                self._release(lease.job_id, "worker stopping")
+            else:
+                self._start(lease)
         return bool(leases)
 
     def _start(self, lease: Lease) -> None:
