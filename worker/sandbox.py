@@ -43,6 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from meshcompute.errors import BadInput, SandboxUnavailable
 from worker.archive import validate_program
@@ -359,7 +360,7 @@ class JobRunner:
                 self._next.discard()
                 self._next = None
 
-    def __enter__(self) -> JobRunner:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
