@@ -1,0 +1,336 @@
+"""The verifier service on a real anvil, a real market (uvicorn + Redis) and real sandboxed
+recomputation: an honest audited job passes and pays, a wrong output is failed and slashed
+with the client refunded and compensated, an honest worker wrongly failed by a faulty verifier
+wins its appeal by majority, missing blobs are handled fairly, restarts are idempotent.
+
+Every job here is posted with ``audit_bps = 10000`` so the draw always selects it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meshcompute.chain.contracts import MeshActor
+from meshcompute.chain.deploy import save_deployment
+from meshcompute.core.job import JobState
+from meshcompute.core.payout import slash_split, split_reward
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.core.tolerance import evidence_hash
+from meshcompute.market_client import MarketClient
+from meshcompute.models import build_model, example_inputs
+from meshcompute.programs import export_program, load_tensors, save_tensors
+from meshcompute.settings import load_settings
+from tests.contracts.world import STAKE, TEST_PARAMS, World, build_world
+from verifier.audit import Auditor
+from verifier.evidence import claim_document
+from verifier.journal import POSTED, SKIPPED, Journal
+from verifier.outputs import compare_outputs
+from verifier.recompute import Recomputer
+from verifier.service import ServiceConfig, VerifierService, require_verifier_role
+
+AUDIT_ALL = 10_000
+
+
+# ---------------------------------------------------------------------- fixtures
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Market:
+    url: str
+    settings_env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def world_module(anvil) -> Iterator[World]:
+    snapshot = anvil.snapshot()
+    world = build_world(anvil)
+    yield world
+    anvil.revert(snapshot)
+    world.resync()
+
+
+@pytest.fixture
+def world(world_module: World, anvil) -> Iterator[World]:
+    snapshot = anvil.snapshot()
+    yield world_module
+    anvil.revert(snapshot)
+    world_module.resync()
+
+
+@pytest.fixture(scope="module")
+def market(world_module: World, anvil, redis_url: str, tmp_path_factory) -> Iterator[Market]:
+    """The real market API (create_app) served by uvicorn on a loopback port."""
+    import httpx
+    import uvicorn
+
+    from market.app import create_app
+
+    root = tmp_path_factory.mktemp("market")
+    deployments = root / "deployments"
+    save_deployment(world_module.deployment, deployments)
+    env = {
+        "MESH_RPC_URL": anvil.rpc_url,
+        "MESH_CHAIN_ID": str(world_module.deployment.chain_id),
+        "MESH_DEPLOYMENTS_DIR": str(deployments),
+        "MESH_DATA_DIR": str(root),
+        "MESH_REDIS_URL": redis_url,
+    }
+    settings = load_settings(
+        rpc_url=anvil.rpc_url, chain_id=world_module.deployment.chain_id,
+        deployments_dir=deployments, data_dir=root, redis_url=redis_url,
+        blob_root=root / "blobs",
+    )
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    give_up = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/info", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > give_up:
+            raise RuntimeError("market did not start")
+        time.sleep(0.1)
+    yield Market(url=url, settings_env=env | {"MESH_MARKET_URL": url})
+    server.should_exit = True
+    thread.join(10)
+
+
+@dataclass
+class JobKit:
+    program: bytes
+    inputs: bytes
+    honest: bytes
+    """The worker's honest output, computed by the sandbox with 2 threads."""
+
+
+@pytest.fixture(scope="module")
+def kit() -> JobKit:
+    from worker.sandbox import run_job
+
+    model = build_model("mlp")
+    x = example_inputs("mlp", batch=8)
+    program = export_program(model, x)
+    inputs = save_tensors(list(x), "args")
+    outcome = run_job(program, inputs, time_limit_s=120, memory_limit_mb=2048,
+                      max_output_bytes=1 << 20, threads=2, allow_unsandboxed=_unsandboxed())
+    assert outcome.ok, outcome.reason
+    return JobKit(program, inputs, outcome.output)
+
+
+def _unsandboxed() -> bool:
+    from worker.sandbox import sandbox_available
+
+    return not sandbox_available()
+
+
+# ---------------------------------------------------------------------- helpers
+def client_for(market: Market, actor: MeshActor) -> MarketClient:
+    return MarketClient(market.url, actor.account, actor.deployment.chain_id)
+
+
+def post_and_commit(world: World, market: Market, kit: JobKit, output: bytes, *,
+                    upload_output: bool = True, spec: JobSpec | None = None,
+                    worker: MeshActor | None = None) -> int:
+    """A client posts a job (audit rate 100%); a worker takes it and commits ``output``."""
+    client, worker = world.clients[0], worker or world.workers[0]
+    with client_for(market, client) as c:
+        if spec is None:
+            spec = JobSpec(program=c.put_blob(kit.program), inputs=c.put_blob(kit.inputs))
+            spec_sha = c.put_spec(spec)
+        else:
+            spec_sha = c.put_blob(spec.canonical_bytes())
+    (job_id,) = world.post(client, spec_hash=bytes.fromhex(spec_sha), audit_bps=AUDIT_ALL)
+    if upload_output:
+        with client_for(market, worker) as w:
+            w.put_blob(output)
+    world.assign(worker, [job_id], audit_bps=AUDIT_ALL)
+    worker.commit_results([job_id], [bytes.fromhex(sha256_hex(output))])
+    world.chain.mine(2)  # the draw block exists
+    return job_id
+
+
+class CountingRecomputer(Recomputer):
+    calls = 0
+
+    def __call__(self, spec, program, inputs):  # type: ignore[override]
+        type(self).calls += 1
+        return super().__call__(spec, program, inputs)
+
+
+def make_service(world: World, market: Market, verifier: MeshActor, journal_dir: Path,
+                 ) -> tuple[VerifierService, MarketClient]:
+    client = client_for(market, verifier)
+    journal = Journal(journal_dir / f"{verifier.address}.json")
+    auditor = Auditor(
+        client, CountingRecomputer(threads=1, allow_unsandboxed=_unsandboxed()),
+        compare_outputs, evidence_hash, journal, verifier=verifier.address,
+        chain_id=world.deployment.chain_id, job_market=world.deployment.address("JobMarket"),
+    )
+    service = VerifierService(verifier, auditor, journal, ServiceConfig(poll_interval_s=0.1))
+    return service, client
+
+
+def scaled(output: bytes, factor: float) -> bytes:
+    return save_tensors([t * factor for t in load_tensors(output, "out")], "out")
+
+
+# ---------------------------------------------------------------------- tests
+def test_role_check_refuses_an_account_without_verifier_role(world: World) -> None:
+    from meshcompute.errors import AuthError
+
+    require_verifier_role(world.verifiers[0])
+    with pytest.raises(AuthError, match="does not hold VERIFIER_ROLE"):
+        require_verifier_role(world.outsider)
+
+
+def test_honest_job_drawn_for_audit_passes_and_pays(world, market, kit, tmp_path) -> None:
+    verifier, worker = world.verifiers[0], world.workers[0]
+    job_id = post_and_commit(world, market, kit, kit.honest)
+    record = world.job(job_id)
+    worker_before = world.admin.account_of(worker.address).withdrawable
+    verifier_before = world.admin.account_of(verifier.address).withdrawable
+    passed_before = world.admin.worker_record(worker.address).audits_passed
+
+    service, client = make_service(world, market, verifier, tmp_path)
+    report = service.poll_once()
+    assert report.posted == [(job_id, "audit", True)], report
+
+    assert world.job(job_id).state == JobState.FINALIZED
+    pay, _fee = split_reward(record.reward, world.deployment.params.fee_bps)
+    assert world.admin.account_of(worker.address).withdrawable - worker_before == pay
+    assert world.admin.account_of(verifier.address).withdrawable - verifier_before == \
+        record.audit_fee
+    assert world.admin.worker_record(worker.address).audits_passed == passed_before + 1
+    assert world.admin.stake_of(worker.address).locked == 0
+    assert world.admin.free_stake(worker.address) == STAKE
+
+    # the evidence on chain names a blob: the compared outputs, worker's first
+    task = service.journal.task(job_id, "audit")
+    assert task["status"] == POSTED
+    onchain = world.admin.job_events([job_id])
+    resolved = next(e for e in onchain if e.name == "AuditResolved")
+    claim = client.get_blob(bytes(resolved.args["evidenceHash"]).hex())
+    assert claim == claim_document([sha256_hex(kit.honest), task["own_output_sha256"]],
+                                   JobSpec(program="0" * 64, inputs="0" * 64).tolerance)
+
+    # restart: a new service on the same journal does nothing more
+    again, _ = make_service(world, market, verifier, tmp_path)
+    calls = CountingRecomputer.calls
+    assert again.poll_once().posted == []
+    assert CountingRecomputer.calls == calls
+    client.close()
+
+
+def test_wrong_output_fails_then_slashes_and_compensates(world, market, kit, tmp_path) -> None:
+    verifier, worker, client = world.verifiers[0], world.workers[0], world.clients[0]
+    job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
+    record = world.job(job_id)
+    client_before = world.admin.account_of(client.address).withdrawable
+    verifier_before = world.admin.account_of(verifier.address).withdrawable
+    slashed_before = world.admin.worker_record(worker.address).slashed
+
+    service, market_client = make_service(world, market, verifier, tmp_path)
+    assert service.poll_once().posted == [(job_id, "audit", False)]
+    assert world.job(job_id).state == JobState.AUDIT_FAILED
+    assert world.admin.account_of(verifier.address).withdrawable - verifier_before == \
+        record.audit_fee
+
+    world.advance(TEST_PARAMS.appeal_window_s + 1)  # no appeal: the failed audit stands
+    world.admin.finalize(job_id)
+    assert world.job(job_id).state == JobState.SLASHED
+    compensation, _rest = slash_split(record.collateral, record.reward, record.audit_fee)
+    assert world.admin.account_of(client.address).withdrawable - client_before == \
+        record.reward + compensation
+    assert world.admin.worker_record(worker.address).slashed == slashed_before + 1
+    position = world.admin.stake_of(worker.address)
+    assert position.locked == 0
+    assert world.admin.free_stake(worker.address) == STAKE - record.collateral
+    market_client.close()
+
+
+def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
+    world, market, kit, tmp_path
+) -> None:
+    honest_verifier, faulty, worker = world.verifiers[0], world.verifiers[1], world.workers[0]
+    job_id = post_and_commit(world, market, kit, kit.honest)
+    record = world.job(job_id)
+    # a faulty verifier fails the job, with evidence naming a junk "recomputation"
+    junk = scaled(kit.honest, -1.0)
+    policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
+    hashes = [sha256_hex(kit.honest), sha256_hex(junk)]
+    with client_for(market, faulty) as c:
+        c.put_blob(junk)
+        c.put_blob(claim_document(hashes, policy))
+    faulty.resolve_audit(job_id, False, evidence_hash(hashes, policy))
+    worker.appeal(job_id)
+    assert world.job(job_id).state == JobState.APPEALED
+    worker_before = world.admin.account_of(worker.address).withdrawable
+
+    # the first auditor may not judge the appeal: its service skips it
+    first, c1 = make_service(world, market, faulty, tmp_path / "faulty")
+    assert first.poll_once().posted == []
+    assert first.journal.status(job_id, "appeal") == SKIPPED
+
+    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest")
+    report = service.poll_once()
+    assert report.posted == [(job_id, "appeal", True)], report
+    assert service.journal.status(job_id, "audit") == SKIPPED  # verdict was already in
+    task = service.journal.task(job_id, "appeal")
+    assert task["output_hashes"] == [sha256_hex(kit.honest), sha256_hex(junk),
+                                     task["own_output_sha256"]]
+
+    assert world.job(job_id).state == JobState.FINALIZED
+    pay, _ = split_reward(record.reward, world.deployment.params.fee_bps)
+    assert world.admin.account_of(worker.address).withdrawable - worker_before == pay
+    assert world.admin.stake_of(worker.address).locked == 0
+    assert world.admin.free_stake(worker.address) == STAKE
+    c1.close()
+    c2.close()
+
+
+def test_missing_blobs_fair_handling_and_one_bad_job_does_not_stop_others(
+    world, market, kit, tmp_path
+) -> None:
+    verifier = world.verifiers[0]
+    ghost_program = JobSpec(program=sha256_hex(b"program nobody uploaded"),
+                            inputs=sha256_hex(b"inputs nobody uploaded"))
+    # 1: program missing, worker output present -> never failed
+    present = post_and_commit(world, market, kit, scaled(kit.honest, 3.0), spec=ghost_program)
+    # 2: program missing and worker output never uploaded -> failed as the window closes
+    absent = post_and_commit(world, market, kit, scaled(kit.honest, 5.0), spec=ghost_program,
+                             upload_output=False, worker=world.workers[1])
+    service, c = make_service(world, market, verifier, tmp_path)
+    report = service.poll_once()
+    assert report.posted == [] and set(report.waiting) == {present, absent}
+
+    # near the end of the audit window (inside the final margin)
+    world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s - 30)
+    report = service.poll_once()
+    assert report.posted == [(absent, "audit", False)], report
+    assert world.job(present).state == JobState.COMMITTED  # the worker is not blamed
+    assert world.job(absent).state == JobState.AUDIT_FAILED
+
+    # after the window the unverifiable job is paid, and the service lets it go
+    world.advance(60)
+    world.admin.finalize(present)  # records the draw (AuditDrawn) ...
+    world.admin.finalize(present)  # ... and, the verdict being late, pays the worker
+    assert world.job(present).state == JobState.FINALIZED
+    service.poll_once()
+    assert service.journal.status(present, "audit") == SKIPPED
+    c.close()
