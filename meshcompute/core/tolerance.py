@@ -139,8 +139,11 @@ def allclose_ratio(
         both = np.isfinite(ew) & np.isfinite(gw)
         if not both.any():
             continue
-        d = np.abs(gw[both] - ew[both])
-        worst = max(worst, float(np.max(d / (atol + rtol * np.abs(ew[both])))))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            d = np.abs(gw[both] - ew[both])
+            budget = atol + rtol * np.abs(ew[both])
+            used = np.where(d == 0, 0.0, np.where(budget > 0, d / budget, np.inf))
+        worst = max(worst, float(np.max(used)))
     return worst
 
 
@@ -279,10 +282,11 @@ def _differences(e: np.ndarray, g: np.ndarray) -> tuple[float, float]:
     finite = np.isfinite(ew) & np.isfinite(gw)
     if not finite.any():
         return 0.0, 0.0
-    d = np.abs(gw[finite] - ew[finite])
-    mag = np.abs(ew[finite])
-    nonzero = mag > 0
-    max_rel = float(np.max(d[nonzero] / mag[nonzero])) if nonzero.any() else 0.0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        d = np.abs(gw[finite] - ew[finite])
+        mag = np.abs(ew[finite])
+        nonzero = mag > 0
+        max_rel = float(np.max(d[nonzero] / mag[nonzero])) if nonzero.any() else 0.0
     return float(np.max(d)), max_rel
 
 
@@ -321,8 +325,9 @@ def _allclose(exp, got, policy, max_abs, max_rel) -> Verdict:
                 False, f"out.{i}: {bad} infinite values differ", max_abs, max_rel, None, policy
             )
         finite = ~nan_e & ~inf
-        d = np.abs(gw[finite] - ew[finite])
-        outside = d > atol + rtol * np.abs(ew[finite])
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = np.abs(gw[finite] - ew[finite])
+            outside = d > atol + rtol * np.abs(ew[finite])
         if np.any(outside):
             bad = int(np.count_nonzero(outside))
             return Verdict(
