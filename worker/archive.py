@@ -187,6 +187,13 @@ def _validate_zip(archive: zipfile.ZipFile) -> ValidatedProgram:
     rel = {name[len(root) + 1:]: name for name in sizes}
 
     _check_text_members(archive, rel)
+    for member, full_name in rel.items():
+        if member.startswith(("data/weights/weight_", "data/constants/")):
+            _refuse_pickle(archive, full_name)
+    sample = "data/sample_inputs/model.pt"
+    if sample in rel and sizes[rel[sample]] != 0:
+        raise BadInput(f"program archive member {rel[sample]!r} holds pickled example inputs; "
+                       "refused (export with meshcompute.programs.export_program)")
     model = _read_json(archive, rel, "models/model.json")
     weights_config = _read_json(archive, rel, "data/weights/model_weights_config.json")
     constants_config = _read_json(archive, rel, "data/constants/model_constants_config.json")
@@ -204,12 +211,6 @@ def _validate_zip(archive: zipfile.ZipFile) -> ValidatedProgram:
         if member not in expected | optional | referenced:
             raise BadInput(f"program archive has unexpected member {full_name!r} (only a "
                            "torch.export program's weights, constants and graph are accepted)")
-    sample = "data/sample_inputs/model.pt"
-    if sample in rel and sizes[rel[sample]] != 0:
-        raise BadInput(f"program archive member {rel[sample]!r} holds pickled example inputs; "
-                       "refused (export with meshcompute.programs.export_program)")
-    for member in referenced:
-        _refuse_pickle(archive, rel[member])
 
     operators = _check_model(model)
     return ValidatedProgram(
