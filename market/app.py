@@ -73,6 +73,22 @@ _ERRORS: dict[int, dict[str, Any]] = {
 }
 
 
+def _runtime(request: Request) -> MarketRuntime:
+    return request.app.state.runtime.get()
+
+
+Runtime = Annotated[MarketRuntime, Depends(_runtime)]
+
+
+async def _signer(request: Request, runtime: Runtime) -> str:
+    """The address that signed this request (body read raw, before JSON parsing)."""
+    body = await request.body()
+    return await _authenticate(request, runtime, body=body)
+
+
+Signer = Annotated[str, Depends(_signer)]
+
+
 class _LazyRuntime:
     """Builds the runtime on first use (and again after a failed attempt)."""
 
@@ -103,17 +119,6 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
     )
     app.state.runtime = lazy
     _install_error_handlers(app)
-
-    def rt() -> MarketRuntime:
-        return lazy.get()
-
-    Runtime = Annotated[MarketRuntime, Depends(rt)]
-
-    async def signer(request: Request, runtime: Runtime) -> str:
-        body = await request.body()
-        return await _authenticate(request, runtime, body=body)
-
-    Signer = Annotated[str, Depends(signer)]
 
     # ------------------------------------------------------------------ public
     @app.get("/health", response_model=HealthOut, tags=["public"])

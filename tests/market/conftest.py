@@ -1,0 +1,106 @@
+"""Fixtures for market API tests: a deployed marketplace on the session anvil, a market
+runtime on its own Redis database, and the real app served by uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+import uvicorn
+
+from market.app import create_app
+from market.runtime import MarketRuntime
+from meshcompute.chain.deploy import save_deployment
+from meshcompute.market_client import MarketClient
+from meshcompute.settings import Settings, load_settings
+from tests.contracts.world import World, build_world
+
+MAX_BLOB_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class Market:
+    world: World
+    settings: Settings
+    rt: MarketRuntime
+    url: str
+
+    def client(self, account=None) -> MarketClient:
+        return MarketClient(self.url, account, self.world.deployment.chain_id, timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def market_settings(root: Path, rpc_url: str, redis_url: str, **overrides) -> Settings:
+    values = {
+        "rpc_url": rpc_url,
+        "chain_id": 31337,
+        "data_dir": root,
+        "deployments_dir": root / "deployments",
+        "redis_url": redis_url,
+        "max_blob_bytes": MAX_BLOB_BYTES,
+        "lease_s": 60,
+        "stake_cache_s": 0,
+        "offer_ttl_s": 30,
+        "market_json_logs": False,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture(scope="module")
+def market(anvil, redis_url, tmp_path_factory, request) -> Iterator[Market]:
+    """A fresh deployment, a flushed Redis database of its own, and the app on uvicorn."""
+    db = getattr(request.module, "REDIS_DB", 11)
+    url = f"{redis_url.rstrip('/')}/{db}"
+    redis_lib.Redis.from_url(url).flushdb()
+    snapshot = anvil.snapshot()
+    world = build_world(anvil)
+    root = tmp_path_factory.mktemp("market")
+    settings = market_settings(root, anvil.rpc_url, url)
+    save_deployment(world.deployment, settings.deployments_dir)
+    rt = MarketRuntime.from_settings(settings)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                       lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("market API did not start")
+        time.sleep(0.02)
+    try:
+        yield Market(world=world, settings=settings, rt=rt, url=f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        rt.close()
+        anvil.revert(snapshot)
+        world.resync()
+
+
+@pytest.fixture
+def mk(market: Market, anvil) -> Iterator[Market]:
+    """The module's market with a clean slate per test: chain snapshot reverted afterwards,
+    the market's Redis database flushed before."""
+    market.rt.redis.flushdb()
+    anvil.mine(1)  # a fresh block, so world.now() is current chain time
+    snapshot = anvil.snapshot()
+    try:
+        yield market
+    finally:
+        anvil.revert(snapshot)
+        market.world.resync()
