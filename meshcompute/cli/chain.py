@@ -118,6 +118,9 @@ def chain_deploy(
     assigner: Annotated[list[str], typer.Option(help="Address allowed to sign tickets.")] = [],  # noqa: B006
     verifier: Annotated[list[str], typer.Option(help="Address allowed to post verdicts.")] = [],  # noqa: B006
     faucet: Annotated[bool, typer.Option(help="Enable the faucet (testnets only).")] = False,
+    if_missing: Annotated[bool, typer.Option(
+        help="Do nothing when a deployment record for this chain exists and its contracts "
+             "have code (for container start-up).")] = False,
 ) -> None:
     """Deploy the contracts to any EVM chain with a funded key; writes the deployment record."""
     from dataclasses import replace
@@ -133,6 +136,9 @@ def chain_deploy(
     if not key:
         raise MeshError(f"set {key_env} to the deployer's private key (it is never printed)")
     w3 = Web3(Web3.HTTPProvider(rpc_url))
+    if if_missing and _deployed(w3, get_settings().deployments_dir):
+        console.print("deployment record present and its contracts have code: nothing to do")
+        return
     sender = mesh_sender(w3, Account.from_key(key))
     params = replace(DeployParams(), enable_faucet=faucet)
     deployment = deploy_contracts(
@@ -141,3 +147,18 @@ def chain_deploy(
     path = save_deployment(deployment, get_settings().deployments_dir)
     print(json.dumps(deployment.to_json(), indent=2))
     console.print(f"deployment record: {path}")
+
+
+def _deployed(w3: object, deployments_dir: Path) -> bool:
+    """Whether this chain already has our deployment (record present and code at each address)."""
+    from meshcompute.chain.deploy import load_deployment
+    from meshcompute.errors import DeploymentNotFound
+
+    try:
+        deployment = load_deployment(deployments_dir, int(w3.eth.chain_id))  # type: ignore[attr-defined]
+    except DeploymentNotFound:
+        return False
+    return all(
+        len(w3.eth.get_code(address)) > 0  # type: ignore[attr-defined]
+        for address in deployment.addresses.values()
+    )

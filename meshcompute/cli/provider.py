@@ -17,7 +17,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 
 @provider_app.command("stake")
-def provider_stake(amount: AmountArg, as_json: JsonOption = False) -> None:
+def provider_stake(
+    amount: AmountArg,
+    as_json: JsonOption = False,
+    if_unstaked: Annotated[bool, typer.Option(
+        help="Do nothing when the wallet already has stake (for container entrypoints).")] = False,
+) -> None:
     """Stake AMOUNT MESH from the wallet (approves the stake manager first when needed)."""
     from meshcompute.chain.connect import actor_for
 
@@ -25,6 +30,11 @@ def provider_stake(amount: AmountArg, as_json: JsonOption = False) -> None:
     cfg = onchain.settings()
     conn = onchain.connect_chain(cfg)
     who = onchain.my_address(cfg)
+    if if_unstaked:
+        position = conn.contracts.stake_of(who)
+        if position.free + position.locked > 0:
+            _print_position(conn, who, as_json, "already staked; nothing sent")
+            return
     onchain.require_balance(conn, who, wei, f"staking {onchain.mesh(wei)}")
     onchain.require_gas(conn, who)
     actor = actor_for(conn, onchain.unlock_wallet(cfg))
