@@ -144,6 +144,25 @@ class Settings(BaseSettings):
     worker_grace_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM, how long running jobs may take to finish before their leases are released."""
 
+    # --- verifier (verifier/, `mesh verifier start`, `mesh verify`)
+    verifier_threads: int = Field(default=1, ge=1, le=256)
+    """torch threads for the verifier's own recomputations."""
+
+    verifier_allow_unsandboxed: bool = False
+    """Recompute without OS-level isolation when none is available (unsafe: trusted jobs only)."""
+
+    verifier_json_logs: bool = False
+    """Log one JSON object per line from `mesh verifier start`."""
+
+    verifier_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+    """Seconds between the verifier's polls of the chain."""
+
+    verifier_final_margin_s: int = Field(default=60, ge=1)
+    """Seconds before an audit window closes from which a missing worker output is a fail."""
+
+    verifier_scratch_dir: Path | None = None
+    """Where recomputations get their scratch folders; unset means a temporary directory."""
+
     @field_validator("data_dir", "deployments_dir", "wallet_path", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

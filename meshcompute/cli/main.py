@@ -28,10 +28,12 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("wallet", "wallet"),
     ("provider", "provider"),
     ("sim", "sim"),
+    ("verifier", "verifier"),
 )
 
 for _module, _name in SUBCOMMANDS:
     app.add_typer(importlib.import_module(f"meshcompute.cli.{_module}").app, name=_name)
+app.command("verify")(importlib.import_module("meshcompute.cli.verifier").verify)
 importlib.import_module("meshcompute.cli.earnings").register(app)  # `mesh earnings`, `mesh withdraw`
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="Audit sampled results and judge appeals.")
 verifier_app = app
-console = Console()
+console = Console(soft_wrap=True)
 
 #: Exit status of ``mesh verify`` when our recomputation disagrees with the verdict on chain.
 EXIT_DISAGREES = 3
