@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshcompute.bench.match import NOW as BENCH_NOW
+from meshcompute.bench.match import run_match_bench, synthetic_market
 from meshcompute.core.matching import (
     Assignment,
     JobDemand,
@@ -49,7 +51,8 @@ def assigned(jobs: Sequence[JobDemand], workers: Sequence[WorkerOffer]) -> dict[
 class State:
     """Per-worker load, free stake and last assignment, advanced as assignments happen."""
 
-    def __init__(self, workers: Sequence[WorkerOffer]) -> None:
+    def __init__(self, workers: Sequence[WorkerOffer], now: float = NOW) -> None:
+        self.now = now
         self.load = {w.address: w.load for w in workers}
         self.stake = {w.address: w.free_stake for w in workers}
         self.last = {w.address: float(w.last_assigned_at) for w in workers}
@@ -57,7 +60,7 @@ class State:
     def take(self, worker: WorkerOffer, job: JobDemand) -> None:
         self.load[worker.address] += 1
         self.stake[worker.address] -= job.collateral
-        self.last[worker.address] = NOW
+        self.last[worker.address] = self.now
 
 
 def violations(job: JobDemand, w: WorkerOffer, state: State) -> list[str]:
@@ -81,20 +84,23 @@ def violations(job: JobDemand, w: WorkerOffer, state: State) -> list[str]:
     return broken
 
 
-def reference_match(jobs: Sequence[JobDemand], workers: Sequence[WorkerOffer]) -> list[Assignment]:
+def reference_match(jobs: Sequence[JobDemand], workers: Sequence[WorkerOffer],
+                    now: float = NOW) -> list[Assignment]:
     offers = sorted(workers, key=lambda w: w.address.lower())
     ref = reference_price(offers)
-    state = State(offers)
+    state = State(offers, now)
     out = []
     for job in serving_order(jobs):
-        tiers = ([w for w in offers if w.device == "cpu"], [w for w in offers if w.device != "cpu"]) \
-            if job.device == "cpu" else ([w for w in offers if w.device == job.device],)
+        if job.device == "cpu":
+            tiers = [[w for w in offers if w.device == "cpu"], [w for w in offers if w.device != "cpu"]]
+        else:
+            tiers = [[w for w in offers if w.device == job.device]]
+        rank = {w.address: r for r, w in enumerate(offers)}
         for tier in tiers:
             ranked = [(worker_score(w, load=state.load[w.address],
-                                    last_assigned_at=state.last[w.address], now=NOW,
-                                    ref_price=ref), -rank, w)
-                      for rank, w in enumerate(offers) if w in tier
-                      and not violations(job, w, state)]
+                                    last_assigned_at=state.last[w.address], now=now,
+                                    ref_price=ref), -rank[w.address], w)
+                      for w in tier if not violations(job, w, state)]
             if ranked:
                 best = max(ranked, key=lambda r: (r[0], r[1]))[2]
                 state.take(best, job)
@@ -285,6 +291,7 @@ def test_exclusion_sets_are_normalised_to_frozensets() -> None:
 
 ADDRESSES = [f"0x{n:040x}" for n in range(40)]
 MEMORY = [0, 512, 1000, 1024, 1500, 2048, 3000, 4096, 8192]
+NEEDS = [0, 0, 512, 1000, 1024, 1500, 2048, 4096]
 
 workers_st = st.lists(
     st.builds(
@@ -292,32 +299,34 @@ workers_st = st.lists(
         address=st.sampled_from(ADDRESSES),
         operator=st.sampled_from(["op-a", "op-b", "op-c", "OP-A"]),
         device=st.sampled_from(["cpu", "cpu", "cuda"]),
-        memory_mb=st.sampled_from(MEMORY),
+        memory_mb=st.sampled_from(MEMORY[1:]),
         gpu_memory_mb=st.sampled_from(MEMORY),
-        free_stake=st.integers(0, 120),
-        price_wei=st.integers(0, 12),
-        slots=st.integers(0, 3),
-        load=st.integers(0, 3),
+        free_stake=st.integers(0, 150),
+        price_wei=st.integers(0, 10),
+        slots=st.integers(0, 4),
+        load=st.sampled_from([0, 0, 1, 2, 4]),
         completed=st.integers(0, 6),
         missed=st.integers(0, 6),
         slashed=st.integers(0, 2),
         last_assigned_at=st.sampled_from([0.0, NOW - 900, NOW - 300, NOW - 60, NOW, NOW + 5]),
     ),
-    max_size=30, unique_by=lambda w: w.address,
+    min_size=2, max_size=30, unique_by=lambda w: w.address,
 )
 jobs_st = st.lists(
     st.builds(
         JobDemand,
         job_id=st.integers(0, 10_000),
         device=st.sampled_from(["cpu", "cpu", "cuda"]),
-        memory_mb=st.sampled_from(MEMORY),
+        memory_mb=st.sampled_from(NEEDS),
         collateral=st.integers(0, 60),
         reward=st.integers(0, 12),
         posted_at=st.sampled_from([0.0, 1.0, 2.0, 3.0]),
-        exclude_workers=st.frozensets(st.sampled_from(ADDRESSES[:12]), max_size=3),
-        exclude_operators=st.frozensets(st.sampled_from(["op-a", "op-b", "op-c"]), max_size=1),
+        exclude_workers=st.one_of(st.just(frozenset()),
+                                  st.frozensets(st.sampled_from(ADDRESSES[:12]), max_size=3)),
+        exclude_operators=st.one_of(st.just(frozenset()),
+                                    st.frozensets(st.sampled_from(["op-a", "op-b"]), max_size=1)),
     ),
-    max_size=40, unique_by=lambda j: j.job_id,
+    min_size=3, max_size=40, unique_by=lambda j: j.job_id,
 )
 property_settings = settings(max_examples=300, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
@@ -421,8 +430,38 @@ def random_market(rng: random.Random, n_workers: int, n_jobs: int):
     return workers, jobs
 
 
-def test_fast_matcher_equals_reference_on_a_larger_market() -> None:
-    workers, jobs = random_market(random.Random(3), 300, 800)
+@pytest.mark.property
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 60), st.integers(1, 200))
+def test_fast_matcher_equals_reference_on_dense_random_markets(seed, n_workers, n_jobs) -> None:
+    workers, jobs = random_market(random.Random(seed), n_workers, n_jobs)
+    assert match(jobs, workers, NOW) == reference_match(jobs, workers)
+
+
+@pytest.mark.parametrize("seed", [3, 11, 29])
+def test_fast_matcher_equals_reference_on_a_larger_market(seed: int) -> None:
+    workers, jobs = random_market(random.Random(seed), 300, 800)
     result = match(jobs, workers, NOW)
     assert len(result) > 100  # the market is not trivially empty
     assert result == reference_match(jobs, workers)
+
+
+@pytest.mark.parametrize("scenario", ["realistic", "adversarial"])
+def test_fast_matcher_equals_reference_on_the_benchmark_markets(scenario: str) -> None:
+    # adversarial: arbitrary memory sizes (power-of-two buckets) and a big excluded operator
+    workers, jobs = synthetic_market(250, 1200, seed=5, scenario=scenario)
+    result = match(jobs, workers, BENCH_NOW)
+    assert len(result) > 100
+    assert result == reference_match(jobs, workers, BENCH_NOW)
+
+
+def test_match_benchmark_reports_consistent_figures() -> None:
+    figures = run_match_bench(workers=200, jobs=2000, seed=1)
+    assert figures["workers"] == 200
+    assert figures["jobs"] == 2000
+    assert figures["assignments"] + figures["unassigned_jobs"] == 2000
+    assert 0 < figures["assignments"] <= figures["free_slots_at_start"]
+    assert 0 < figures["median_ms_per_assignment"] <= figures["p95_ms_per_assignment"]
+    assert "median" in figures["method"]
+    with pytest.raises(BadInput, match="scenario"):
+        run_match_bench(workers=5, jobs=5, scenario="easy")
