@@ -42,18 +42,21 @@ get work because they are idle (``last_assigned_at`` 0 or old) and unloaded. Ass
 lowers the worker's free share and idleness, so among equal workers the next job goes to
 another one: N equal idle workers with N jobs get one each (round-robin by address).
 
-How it stays fast (10,000 workers, 100,000 jobs): workers are bucketed by (device family,
-memory class = ``bit_length`` of the memory that family compares), and each bucket is a
-segment tree over its workers sorted by price. Each node keeps the best (score, address) of its
-subtree and the largest free stake and memory among its workers that still have a free slot. A
-job looks only at buckets whose memory can suffice, at the price prefix ``price_wei <= reward``
-(a bisect), and runs a best-first search over the tree nodes: a node whose largest free stake
-or memory is too small, or whose workers are all full, is pruned whole; when the best worker of
-a popped node is eligible it is the answer (nothing left can beat it); otherwise (excluded, or
-the stake and memory maxima came from different workers) its children are searched. After an
-assignment only the assigned worker's leaves are updated, O(log n) each. A job no worker can
-take usually costs a few pruned roots. The worst case (a large operator whose workers all rank
-above the answer and are all excluded) visits those workers; it is bounded by their count.
+How it stays fast (10,000 workers, 100,000 jobs): workers are bucketed by device family (cpu;
+each accelerator device; "spill", the accelerator workers seen by cpu jobs) and memory class
+(the exact memory size when a family has at most 32 distinct sizes, else its power of two).
+Each bucket is a segment tree over its workers sorted by price, and each node keeps the Pareto
+front of its workers that still have a free slot over (free stake, rank): the best worker of a
+node whose free stake covers a collateral is one bisect away. A job looks only at buckets whose
+memory can suffice, at the price prefix ``price_wei <= reward`` (a bisect, then O(log n)
+canonical nodes), and runs a best-first search over nodes bounded by that best worker: when the
+bound's worker is eligible it is the answer (nothing left can beat it); when it is not (an
+exclusion, or memory inside a power-of-two bucket) the node's children are searched. So price,
+stake, slots and device never cost a wasted step, and a job nobody can take costs a few
+bisects. An assignment rebuilds the fronts on the assigned worker's leaf-to-root paths,
+stopping where a node does not change. Costs grow with front sizes (small unless free stake
+and rank are strongly anti-correlated) and with the number of excluded or too-small workers
+that outrank the answer (an audit that excludes a large operator steps past its workers).
 """
 
 from __future__ import annotations
