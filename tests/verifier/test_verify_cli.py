@@ -11,18 +11,21 @@ from typer.testing import CliRunner
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
 from meshcompute.settings import get_settings
-from tests.verifier.test_service_chain import (  # noqa: F401 - fixtures
+from tests.verifier import test_service_chain as chain
+from tests.verifier.test_service_chain import (
     _unsandboxed,
     client_for,
-    kit,
     make_service,
-    market,
     post_and_commit,
     scaled,
-    world,
-    world_module,
 )
 from verifier.evidence import claim_document
+
+# the anvil world, the market and the job kit are the service tests' fixtures
+world_module = chain.world_module
+world = chain.world
+market = chain.market
+kit = chain.kit
 
 
 @pytest.fixture
