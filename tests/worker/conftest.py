@@ -24,7 +24,7 @@ def mlp_program(programs: dict[str, bytes]) -> bytes:
 
 
 @pytest.fixture
-def sandbox() -> None:
+def requires_sandbox() -> None:
     """Bubblewrap must work: tests that need it fail (never skip) unless explicitly allowed."""
     if not sandbox_available():
         if os.environ.get("MESH_ALLOW_NO_SANDBOX_TESTS") == "1":

@@ -65,7 +65,7 @@ class MarketStack:
         return MarketClient(self.url, actor.account, self.chain_id, timeout=30)
 
     def post_job(self, program: bytes, inputs: bytes, *, client: MeshActor | None = None,
-                 **spec_fields: Any) -> int:
+                 audit_bps: int = 0, **spec_fields: Any) -> int:
         """Upload the blobs and spec as the client, then escrow the job on chain."""
         client = client or self.world.clients[0]
         with self.client_for(client) as market:
@@ -74,7 +74,7 @@ class MarketStack:
             spec_sha = market.put_spec(spec)
         params = JobParams(spec_hash=bytes.fromhex(spec_sha), reward=100 * TOKEN,
                            audit_fee=10 * TOKEN, collateral=50 * TOKEN,
-                           deadline=self.world.now() + 3600, audit_bps=0)
+                           deadline=self.world.now() + 3600, audit_bps=audit_bps)
         return client.post_job(params)
 
     def lease_of(self, job_id: int) -> Any:

@@ -156,3 +156,21 @@ def test_sigterm_releases_unstarted_lease(stack: MarketStack):
         assert stack.lease_of(job_id) is None  # the market has it back
         assert stack.world.job(job_id).state == JobState.POSTED
     assert events.named("stopped")[0]["released"] == len(market.leased)
+
+
+def test_honest_worker_appeals_failed_audit_once(stack: MarketStack):
+    program, inputs, _ = mlp_job(batch=4, seed=5)
+    job_id = stack.post_job(program, inputs, audit_bps=10_000)  # always audited
+    actor = stack.world.workers[0]
+    node, events = _node(stack, actor)
+    with _running(node):
+        _wait(lambda: job_id in node.watched_job_ids(), what="the commit")
+        stack.world.chain.mine(2)  # the audit draw needs the block after the commit's
+        verifier = stack.world.verifiers[0]
+        verifier.resolve_audit(job_id, False, b"\x0e" * 32)
+        _wait(lambda: events.named("appealed"), what="the appeal")
+        time.sleep(1.5)  # a few more watch passes: still exactly one appeal
+    assert [e["job_id"] for e in events.named("audit_failed")] == [job_id]
+    assert [e["job_id"] for e in events.named("appealed")] == [job_id]
+    record = stack.world.job(job_id)
+    assert record.state == JobState.APPEALED and record.worker == actor.address
