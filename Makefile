@@ -11,9 +11,21 @@ STAMP_TORCH := $(VENV)/.stamp-torch
 STAMP_PY    := $(VENV)/.stamp-python-deps
 STAMP_NPM   := $(VENV)/.stamp-npm
 
-.PHONY: setup test demo bench compile lint FORCE
+.PHONY: setup sandbox test demo bench compile lint FORCE
 
-setup: $(STAMP_PY) $(STAMP_NPM)
+setup: $(STAMP_PY) $(STAMP_NPM) sandbox
+
+# Job sandbox (worker): install bubblewrap when it is missing and apt-get is usable (root or
+# passwordless sudo). Never fails setup; without bwrap the worker refuses to run jobs unless told.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y bubblewrap >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y bubblewrap >/dev/null 2>&1; } || true; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then \
+	    sudo -n apt-get install -y bubblewrap >/dev/null 2>&1 || { sudo -n apt-get update >/dev/null 2>&1 && sudo -n apt-get install -y bubblewrap >/dev/null 2>&1; } || true; \
+	  fi; \
+	  command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap (bwrap) not installed; install the 'bubblewrap' package to sandbox worker jobs"; \
+	}
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
