@@ -63,8 +63,14 @@ def tasks(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run the Celery worker with embedded beat (index, match, expire, settle)."""
+    import logging
+
     settings, embedded = _prepare()
     from market import tasks as market_tasks
+
+    # one line per task run (several a second) drowns the market's own logs
+    for name in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     celery_app = market_tasks.configure(settings.redis_url)
     schedule = settings.data_dir / "celerybeat-schedule"
