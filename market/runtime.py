@@ -111,11 +111,12 @@ class MarketRuntime:
         head = int(self.chain.w3.eth.get_block("latest")["timestamp"])
         return max(int(time.time()), head)
 
-    def standing(self, address: str) -> ChainStanding:
-        """Stake and record of ``address``, cached in Redis for ``stake_cache_s``."""
+    def standing(self, address: str, *, fresh: bool = False) -> ChainStanding:
+        """Stake and record of ``address``, cached in Redis for ``stake_cache_s`` (``fresh``
+        reads the chain and refreshes the cache)."""
         key = f"{self.state.prefix}standing:{address}"
         ttl = self.settings.stake_cache_s
-        if ttl > 0:
+        if ttl > 0 and not fresh:
             cached = self.redis.get(key)
             if cached is not None:
                 return ChainStanding(**json.loads(cached))

@@ -160,7 +160,7 @@ def register_worker(
     operator: str | None,
     now: float,
 ) -> WorkerInfo:
-    standing = rt.standing(address)
+    standing = rt.standing(address, fresh=True)  # a worker that just staked may register
     if standing.total_stake <= 0:
         raise Forbidden(
             f"{address} has no stake on chain; stake credits in the StakeManager "

@@ -1,0 +1,82 @@
+"""MarketState on a real Redis: the guards that make tasks and API calls idempotent."""
+
+from __future__ import annotations
+
+import pytest
+import redis as redis_lib
+
+from market.state import LeaseInfo, MarketState
+from meshcompute.errors import AuthError
+
+W1 = "0x" + "11" * 20
+W2 = "0x" + "22" * 20
+
+
+@pytest.fixture
+def state(redis_url):
+    client = redis_lib.Redis.from_url(f"{redis_url.rstrip('/')}/14")
+    client.flushdb()
+    yield MarketState(client)
+    client.close()
+
+
+def _lease(job_id: int, worker: str, expiry: int) -> LeaseInfo:
+    return LeaseInfo(job_id=job_id, worker=worker, collateral=5, expiry=expiry, audit_bps=0,
+                     ticket={"worker": worker, "job_ids": [job_id], "audit_bps": 0,
+                             "lease_expiry": expiry},
+                     signature="0x" + "00" * 65, leased_at=1.0)
+
+
+def test_nonce_is_accepted_once(state):
+    state.claim_nonce(W1, "a" * 32, expires=110, now=100)
+    with pytest.raises(AuthError, match="already used"):
+        state.claim_nonce(W1, "a" * 32, expires=110, now=100)
+    state.claim_nonce(W2, "a" * 32, expires=110, now=100)  # nonces are per address
+
+
+def test_a_job_has_one_offer_and_then_one_lease(state):
+    assert state.create_offer(7, W1, 5, now=10, ttl_s=30)
+    assert not state.create_offer(7, W2, 5, now=11, ttl_s=30)
+    (offer,) = state.offers_for(W1)
+    assert state.offers_for(W2) == []
+    assert state.offer_to_lease(offer, _lease(7, W1, 100))
+    assert not state.offer_to_lease(offer, _lease(7, W1, 100))  # the offer is gone
+    assert not state.create_offer(7, W2, 5, now=12, ttl_s=30)  # leased: no new offer
+    assert [lease.job_id for lease in state.leases_of(W1)] == [7]
+
+
+def test_ending_a_lease_counts_once(state):
+    state.create_offer(3, W1, 5, now=10, ttl_s=30)
+    (offer,) = state.offers_for(W1)
+    lease = _lease(3, W1, 100)
+    state.offer_to_lease(offer, lease)
+    assert [item.job_id for item in state.expired_leases(100)] == [3]
+    assert state.expired_leases(99) == []
+    assert state.end_lease(lease)
+    assert not state.end_lease(lease)
+    assert state.lease(3) is None and state.leases_of(W1) == []
+
+
+def test_renewal_needs_the_current_lease(state):
+    state.create_offer(4, W1, 5, now=10, ttl_s=30)
+    (offer,) = state.offers_for(W1)
+    old = _lease(4, W1, 100)
+    state.offer_to_lease(offer, old)
+    assert state.renew_lease(old, _lease(4, W1, 200))
+    assert not state.renew_lease(old, _lease(4, W1, 300))  # stale view of the lease
+    assert state.lease(4).expiry == 200
+    assert not state.end_lease(old)  # an old lease cannot end the renewed one
+
+
+def test_exclusions_expire(state):
+    state.exclude(9, W1, until=50)
+    state.exclude(9, W1, until=40)  # never shortened
+    assert state.excluded(9, now=45) == {W1}
+    assert state.excluded(9, now=51) == frozenset()
+
+
+def test_metric_with_a_key_counts_once(state):
+    state.incr_metric("lease_expiries", key="3:w:100")
+    state.incr_metric("lease_expiries", key="3:w:100")
+    state.incr_metric("lease_expiries", key="4:w:100")
+    assert state.metrics()["lease_expiries"] == 2
