@@ -35,6 +35,18 @@ def bench_gas(
 
 
 
+@bench_app.command("sandbox")
+def bench_sandbox(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    rows: Annotated[int, typer.Option(help="Batch rows of the MLP job.")] = 32_768,
+    threads: Annotated[int, typer.Option(help="Torch threads (bare and in the job).")] = 2,
+) -> None:
+    """Job sandbox: startup overhead, and run_job (cold and warm) vs. bare torch time."""
+    from meshcompute.bench.sandbox import run_sandbox_bench
+
+    emit(run_sandbox_bench(rows=rows, threads=threads), as_json)
+
+
 @bench_app.command("overhead")
 def bench_overhead(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
