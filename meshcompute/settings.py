@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     worker_json_logs: bool = False
     """Print one JSON object per event instead of the live status table."""
 
-    worker_poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+    worker_poll_interval_s: float = Field(default=1.0, gt=0, le=300)
     """Seconds between asks for work while the worker has free slots."""
 
     worker_grace_s: float = Field(default=30.0, ge=0, le=3600)

@@ -91,7 +91,7 @@ class WorkerConfig:
     scratch_dir: Path | None = None
     allow_unsandboxed: bool = False
     json_logs: bool = False
-    poll_interval_s: float = 2.0
+    poll_interval_s: float = 1.0
     grace_s: float = 30.0
     audit_poll_s: float = 5.0
     """Seconds between reads of the chain for this node's committed jobs (audits, payments)."""

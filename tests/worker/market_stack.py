@@ -103,7 +103,10 @@ def market_stack(anvil: Any, redis_url: str, root: Path, *, lease_s: int = 60
     settings = load_settings(
         rpc_url=anvil.rpc_url, data_dir=root / "market", deployments_dir=deployments,
         redis_url=url, blob_root=root / "blobs", lease_s=lease_s, stake_cache_s=0.0,
-        offer_ttl_s=30.0,
+        offer_ttl_s=5.0,
+        # workers stopped by earlier tests stay registered; stop offering them work soon
+        # (a live node touches the market on every poll for work)
+        heartbeat_timeout_s=5.0,
     )
     runtime = MarketRuntime.from_settings(settings)
     port = _free_port()
