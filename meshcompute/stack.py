@@ -127,7 +127,9 @@ class DevStack:
         self.config = config or StackConfig()
         self._own_root = self.config.root is None
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="mesh-stack-"))
-        self.chain = LocalChain()
+        # Mixed mining: a block per transaction (fast) and one every second even when idle,
+        # as a live chain does; the audit draw needs the block after a commit to exist.
+        self.chain = LocalChain(block_time_s=1, extra_args=("--mixed-mining",))
         self.valkey: Any = None
         self.redis_url = ""
         self.market_url = ""
@@ -326,7 +328,7 @@ class DevStack:
         Path(env.get("MESH_DATA_DIR", self.root / name)).mkdir(parents=True, exist_ok=True)
         service = Service(
             name=name,
-            argv=[sys.executable, "-m", "meshcompute.cli.main", *argv],
+            argv=[sys.executable, "-m", "meshcompute.cli", *argv],
             env=env, log_path=self.root / "logs" / f"{name}.log",
         )
         self.services[name] = service

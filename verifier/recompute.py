@@ -8,8 +8,10 @@ devices comparable (TF32 stays off in the runner).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshcompute.core.spec import JobSpec, sha256_hex
 from verifier.audit import RecomputeFailed
@@ -32,6 +34,28 @@ class Recomputer:
     scratch_root: Path | None = None
     use_cuda: bool | None = None
     """None: use CUDA for CUDA jobs when this machine has it."""
+    warm: bool = True
+    """Keep the next sandboxed job process started (interpreter and torch imported) per
+    device, so an audit does not wait for torch's import; each job still gets a fresh one."""
+    _runners: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def _runner(self, device: str) -> Any:
+        from worker.sandbox import JobRunner
+
+        with self._lock:
+            if device not in self._runners:
+                self._runners[device] = JobRunner(
+                    device=device, threads=self.threads, scratch_root=self.scratch_root,
+                    allow_unsandboxed=self.allow_unsandboxed, warm=self.warm,
+                )
+            return self._runners[device]
+
+    def close(self) -> None:
+        with self._lock:
+            for runner in self._runners.values():
+                runner.close()
+            self._runners.clear()
 
     def device_for(self, spec: JobSpec) -> str:
         if spec.device != "cuda":
@@ -40,18 +64,12 @@ class Recomputer:
         return "cuda" if use else "cpu"
 
     def __call__(self, spec: JobSpec, program: bytes, inputs: bytes) -> bytes:
-        from worker.sandbox import run_job
-
-        outcome = run_job(
+        outcome = self._runner(self.device_for(spec)).run(
             program,
             inputs,
-            device=self.device_for(spec),
             time_limit_s=spec.time_limit_s,
             memory_limit_mb=spec.memory_limit_mb,
             max_output_bytes=spec.max_output_bytes,
-            threads=self.threads,
-            scratch_root=self.scratch_root,
-            allow_unsandboxed=self.allow_unsandboxed,
         )
         if not outcome.ok or outcome.output is None:
             raise RecomputeFailed(f"recomputation failed: {outcome.reason}")

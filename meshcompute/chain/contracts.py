@@ -139,8 +139,8 @@ class MeshContracts:
     def next_job_id(self) -> int:
         return int(self.market.functions.nextJobId().call())
 
-    def job_digest(self, job_id: int) -> bytes:
-        return bytes(self.market.functions.jobDigest(job_id).call())
+    def job_digest(self, job_id: int, block: int | str = "latest") -> bytes:
+        return bytes(self.market.functions.jobDigest(job_id).call(block_identifier=block))
 
     def config(self) -> dict[str, int]:
         fee, min_audit, challenge, audit, appeal = self.market.functions.config().call()
@@ -203,7 +203,10 @@ class MeshContracts:
         )
 
     def job_events(
-        self, job_ids: Iterable[int] | None = None, from_block: int | None = None
+        self,
+        job_ids: Iterable[int] | None = None,
+        from_block: int | None = None,
+        to_block: int | str = "latest",
     ) -> list[ChainEvent]:
         """JobMarket events about ``job_ids`` (all jobs when None), in chain order."""
         id_topics: Any = None
@@ -213,6 +216,7 @@ class MeshContracts:
                 return []
         return self.events(
             from_block,
+            to_block,
             topics=[self._job_event_topics, id_topics],
             addresses=[self.deployment.address("JobMarket")],
         )
@@ -222,16 +226,19 @@ class MeshContracts:
     ) -> dict[int, JobRecord]:
         """Current records rebuilt from events; with ``verify`` each one is checked against
         the digest the contract stores."""
+        # Events and digests are read at one block, so a transaction landing in between
+        # cannot make a consistent record look inconsistent.
+        head = int(self.w3.eth.block_number)
         records: dict[int, JobRecord] = {}
-        for event in self.job_events(job_ids):
+        for event in self.job_events(job_ids, to_block=head):
             job_id = int(event.args["jobId"])
             records[job_id] = apply_event(records.get(job_id), event.name, event.args)
         if verify:
             for job_id, record in records.items():
-                if self.hash_job(record) != self.job_digest(job_id):
+                if self.hash_job(record) != self.job_digest(job_id, head):
                     raise ChainError(
                         f"job {job_id}: the record rebuilt from events does not match the "
-                        "contract's digest (events missing from this node?)"
+                        f"contract's digest at block {head} (events missing from this node?)"
                     )
         return records
 

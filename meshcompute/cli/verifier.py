@@ -93,6 +93,7 @@ def verifier_start(
     try:
         service.run(stop)
     finally:
+        recompute.close()
         client.close()
 
 
@@ -135,7 +136,7 @@ def verify(
     with MarketClient(market or settings.market_url, None, conn.chain_id) as client:
         report = recheck_job(
             conn.contracts, client,
-            Recomputer(threads=threads, allow_unsandboxed=allow_unsandboxed),
+            Recomputer(threads=threads, allow_unsandboxed=allow_unsandboxed, warm=False),
             compare_outputs, evidence_hash, job_id,
         )
     if as_json:
