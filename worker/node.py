@@ -26,8 +26,6 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
@@ -35,10 +33,9 @@ from hexbytes import HexBytes
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.tickets import AssignTicket
-from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.job import JobRecord
 from meshcompute.errors import (
     AuthError,
-    ChainError,
     ConfigError,
     ContractRevert,
     JobFailed,
@@ -48,13 +45,13 @@ from meshcompute.errors import (
     ServiceUnavailable,
 )
 from meshcompute.market_client import Hardware, Lease, MarketClient
-from meshcompute.settings import Settings
 from worker.adversary import Adversary
+from worker.config import WorkerConfig, parse_price
 from worker.runners import RunnerPool
 from worker.status import Event, EventSink, write_health
+from worker.watch import CommitWatch
 
-TOKEN = 10**18
-
+__all__ = ["WorkerConfig", "WorkerNode", "parse_price"]
 
 class JobOutcomeLike(Protocol):
     ok: bool
@@ -66,69 +63,6 @@ class JobOutcomeLike(Protocol):
 
 
 Runner = Callable[..., JobOutcomeLike]
-
-
-def parse_price(mesh: str | float | Decimal) -> int:
-    """A MESH amount (decimal, e.g. ``"0.5"``) in wei; ConfigError when it is not one."""
-    try:
-        value = Decimal(str(mesh)) * TOKEN
-    except InvalidOperation as exc:
-        raise ConfigError(f"worker price must be a decimal MESH amount, got {mesh!r}") from exc
-    if value < 0 or value != value.to_integral_value():
-        raise ConfigError(f"worker price must be >= 0 with at most 18 decimals, got {mesh!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """How one worker node behaves (``MESH_WORKER_*`` settings, overridden by CLI flags)."""
-
-    market_url: str
-    slots: int = 1
-    threads: int = 1
-    price_wei: int = 0
-    operator: str | None = None
-    scratch_dir: Path | None = None
-    allow_unsandboxed: bool = False
-    json_logs: bool = False
-    poll_interval_s: float = 1.0
-    grace_s: float = 30.0
-    audit_poll_s: float = 5.0
-    """Seconds between reads of the chain for this node's committed jobs (audits, payments)."""
-    earnings_poll_s: float = 10.0
-    health_path: Path | None = None
-    """Where the heartbeat thread writes the health record ``mesh worker health`` reads."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.slots <= 64:
-            raise ConfigError(f"worker slots must be in 1..64, got {self.slots}")
-        if not 1 <= self.threads <= 256:
-            raise ConfigError(f"worker threads must be in 1..256, got {self.threads}")
-        if self.price_wei < 0:
-            raise ConfigError("worker price must be >= 0")
-        if self.poll_interval_s <= 0:
-            raise ConfigError("worker poll interval must be positive")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
-        """The settings' worker block; ``overrides`` that are None are ignored."""
-        values: dict[str, Any] = {
-            "market_url": settings.market_url,
-            "slots": settings.worker_slots,
-            "threads": settings.worker_threads,
-            "price_wei": parse_price(settings.worker_price),
-            "operator": settings.worker_operator,
-            "scratch_dir": (
-                settings.worker_scratch_dir.expanduser() if settings.worker_scratch_dir else None
-            ),
-            "allow_unsandboxed": settings.worker_allow_unsandboxed,
-            "json_logs": settings.worker_json_logs,
-            "poll_interval_s": settings.worker_poll_interval_s,
-            "grace_s": settings.worker_grace_s,
-            "health_path": settings.data_dir / "worker-health.json",
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 @dataclass
@@ -145,15 +79,6 @@ class _ActiveJob:
     @property
     def job_id(self) -> int:
         return self.lease.job_id
-
-
-@dataclass
-class _Watched:
-    """A job this node committed, followed until it is paid or slashed."""
-
-    job_id: int
-    audit_failed_seen: bool = False
-    appealed: bool = False
 
 
 @dataclass
@@ -203,7 +128,7 @@ class WorkerNode:
         self._runner: Runner = runner or self._pool  # type: ignore[assignment]
         self._sink = on_event or (lambda event: None)
         self._active: dict[int, _ActiveJob] = {}
-        self._watched: dict[int, _Watched] = {}
+        self.watch = CommitWatch(actor, appeal=adversary is None, emit=self._emit)
         self._batches: dict[tuple[tuple[int, ...], bytes], _TicketBatch] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -211,8 +136,7 @@ class WorkerNode:
         self._stop_event: threading.Event | None = None
         self._hb_stop = threading.Event()
         self._lease_s = 60.0
-        self._last_earnings: tuple[int, int] | None = None
-        self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0, "appealed": 0}
+        self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0}
 
     # ------------------------------------------------------------------ public
     @property
@@ -248,7 +172,7 @@ class WorkerNode:
             except ServiceUnavailable as exc:
                 self._emit("warning", message=f"registration failed, retrying: {exc}")
                 if stop_event.wait(self.config.poll_interval_s):
-                    self._emit("stopped", **self.counts)
+                    self._emit("stopped", appealed=self.watch.appealed, **self.counts)
                     return
         if self._pool is not None:
             self._pool.prepare(device="cpu", threads=self.config.threads,
@@ -271,10 +195,10 @@ class WorkerNode:
                     more = got and len(self._active) < self.config.slots
                     next_ask = now if more else now + self.config.poll_interval_s
                 if now >= next_audit:
-                    self.check_committed_jobs()
+                    self.watch.check()
                     next_audit = now + self.config.audit_poll_s
                 if now >= next_earnings:
-                    self.refresh_earnings()
+                    self.watch.refresh_earnings()
                     next_earnings = now + self.config.earnings_poll_s
                 timeout = min(0.25, max(0.0, next_ask - time.monotonic()))
                 if self._wake.wait(timeout):
@@ -287,7 +211,7 @@ class WorkerNode:
             self._hb_stop.set()
             heartbeat.join(timeout=5)
             self._write_health(state="stopped")
-            self._emit("stopped", **self.counts)
+            self._emit("stopped", appealed=self.watch.appealed, **self.counts)
 
     # ------------------------------------------------------------------ registration
     def register(self) -> None:
@@ -581,9 +505,7 @@ class WorkerNode:
 
     def _committed(self, job_ids: list[int], receipt: Any) -> None:
         tx = HexBytes(receipt["transactionHash"]).to_0x_hex()
-        with self._lock:
-            for job_id in job_ids:
-                self._watched[job_id] = _Watched(job_id)
+        self.watch.watch(job_ids)
         self._emit("committed", job_ids=job_ids, tx=tx, gas_used=int(receipt["gasUsed"]))
 
     def _commit_reverted(self, job: _ActiveJob, exc: ContractRevert) -> None:
@@ -602,80 +524,6 @@ class WorkerNode:
         if batch is not None:
             batch.broken = True
             batch.finished.set()
-
-    # ------------------------------------------------------------------ after commit
-    def check_committed_jobs(self) -> None:
-        """Follow committed jobs on chain: report payment or slashing; appeal a failed audit
-        once (honest nodes only: the test adversary never appeals)."""
-        with self._lock:
-            ids = list(self._watched)
-        if not ids:
-            return
-        try:
-            records = self.actor.job_records(ids, verify=False)
-        except (ChainError, MeshError) as exc:
-            self._emit("warning", message=f"reading committed jobs failed: {exc}")
-            return
-        for job_id in ids:
-            record = records.get(job_id)
-            if record is None:
-                continue
-            self._follow(self._watched[job_id], record)
-
-    def _follow(self, watched: _Watched, record: JobRecord) -> None:
-        job_id = watched.job_id
-        if record.worker.lower() != self.address.lower():
-            self._emit("warning", job_id=job_id,
-                       message=f"job {job_id} is held by {record.worker} on chain, not us")
-            self._unwatch(job_id)
-            return
-        state = record.state
-        if state == JobState.AUDIT_FAILED and not watched.audit_failed_seen:
-            watched.audit_failed_seen = True
-            self._emit("audit_failed", job_id=job_id)
-            if self.adversary is None and not watched.appealed:
-                watched.appealed = True
-                try:
-                    self.actor.appeal(job_id, record)
-                    with self._lock:
-                        self.counts["appealed"] += 1
-                    self._emit("appealed", job_id=job_id)
-                except ContractRevert as exc:
-                    self._emit("error", job_id=job_id,
-                               message=f"appeal of job {job_id} reverted: {exc}")
-                except MeshError as exc:
-                    watched.appealed = False  # try again on the next pass
-                    watched.audit_failed_seen = False
-                    self._emit("warning", job_id=job_id, message=f"appeal failed: {exc}")
-        elif state == JobState.FINALIZED:
-            self._emit("paid", job_id=job_id)
-            self._unwatch(job_id)
-        elif state == JobState.SLASHED:
-            self._emit("slashed", job_id=job_id)
-            self._unwatch(job_id)
-        elif state.terminal:
-            self._unwatch(job_id)
-
-    def _unwatch(self, job_id: int) -> None:
-        with self._lock:
-            self._watched.pop(job_id, None)
-
-    def watched_job_ids(self) -> list[int]:
-        with self._lock:
-            return sorted(self._watched)
-
-    def refresh_earnings(self) -> None:
-        """Earnings so far, from the chain (``JobMarket.accountOf``)."""
-        try:
-            state = self.actor.account_of(self.address)
-        except (ChainError, MeshError) as exc:
-            self._emit("warning", message=f"reading earnings failed: {exc}")
-            return
-        current = (state.earned, state.withdrawable)
-        if current != self._last_earnings:
-            self._last_earnings = current
-            self._emit("earnings", earned_wei=str(state.earned),
-                       withdrawable_wei=str(state.withdrawable), completed=state.completed)
 
     # ------------------------------------------------------------------ stopping
     def _shut_down(self) -> None:

@@ -164,7 +164,7 @@ def test_honest_worker_appeals_failed_audit_once(stack: MarketStack):
     actor = stack.world.workers[0]
     node, events = _node(stack, actor)
     with _running(node):
-        _wait(lambda: job_id in node.watched_job_ids(), what="the commit")
+        _wait(lambda: job_id in node.watch.job_ids(), what="the commit")
         stack.world.chain.mine(2)  # the audit draw needs the block after the commit's
         verifier = stack.world.verifiers[0]
         verifier.resolve_audit(job_id, False, b"\x0e" * 32)

@@ -287,7 +287,7 @@ def test_honest_node_appeals_failed_audit_once():
         actor.records[1] = replace(actor.records[1], state=JobState.FINALIZED)
         _wait(lambda: h.of("paid"))
     assert actor.appeals == [1]
-    assert h.node.watched_job_ids() == []
+    assert h.node.watch.job_ids() == []
 
 
 def test_adversary_never_appeals_and_cheats_on_chosen_jobs():

@@ -1,0 +1,76 @@
+"""How one worker node behaves: ``MESH_WORKER_*`` settings, overridden by CLI flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from meshcompute.errors import ConfigError
+from meshcompute.settings import Settings
+
+TOKEN = 10**18
+
+
+def parse_price(mesh: str | float | Decimal) -> int:
+    """A MESH amount (decimal, e.g. ``"0.5"``) in wei; ConfigError when it is not one."""
+    try:
+        value = Decimal(str(mesh)) * TOKEN
+    except InvalidOperation as exc:
+        raise ConfigError(f"worker price must be a decimal MESH amount, got {mesh!r}") from exc
+    if value < 0 or value != value.to_integral_value():
+        raise ConfigError(f"worker price must be >= 0 with at most 18 decimals, got {mesh!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker node behaves (``MESH_WORKER_*`` settings, overridden by CLI flags)."""
+
+    market_url: str
+    slots: int = 1
+    threads: int = 1
+    price_wei: int = 0
+    operator: str | None = None
+    scratch_dir: Path | None = None
+    allow_unsandboxed: bool = False
+    json_logs: bool = False
+    poll_interval_s: float = 1.0
+    grace_s: float = 30.0
+    audit_poll_s: float = 5.0
+    """Seconds between reads of the chain for this node's committed jobs (audits, payments)."""
+    earnings_poll_s: float = 10.0
+    health_path: Path | None = None
+    """Where the heartbeat thread writes the health record ``mesh worker health`` reads."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.slots <= 64:
+            raise ConfigError(f"worker slots must be in 1..64, got {self.slots}")
+        if not 1 <= self.threads <= 256:
+            raise ConfigError(f"worker threads must be in 1..256, got {self.threads}")
+        if self.price_wei < 0:
+            raise ConfigError("worker price must be >= 0")
+        if self.poll_interval_s <= 0:
+            raise ConfigError("worker poll interval must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
+        """The settings' worker block; ``overrides`` that are None are ignored."""
+        values: dict[str, Any] = {
+            "market_url": settings.market_url,
+            "slots": settings.worker_slots,
+            "threads": settings.worker_threads,
+            "price_wei": parse_price(settings.worker_price),
+            "operator": settings.worker_operator,
+            "scratch_dir": (
+                settings.worker_scratch_dir.expanduser() if settings.worker_scratch_dir else None
+            ),
+            "allow_unsandboxed": settings.worker_allow_unsandboxed,
+            "json_logs": settings.worker_json_logs,
+            "poll_interval_s": settings.worker_poll_interval_s,
+            "grace_s": settings.worker_grace_s,
+            "health_path": settings.data_dir / "worker-health.json",
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

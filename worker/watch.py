@@ -1,0 +1,125 @@
+"""After the commit: follow this worker's jobs on chain, appeal a failed audit, read earnings.
+
+:class:`CommitWatch` keeps the ids of the jobs the node committed and, on each
+:meth:`~CommitWatch.check`, rebuilds their records from the chain's events. A job that failed
+its audit is appealed exactly once (``JobMarket.appeal``, inside the appeal window the contract
+enforces) unless the node is the test-only adversary, which never appeals; paid, slashed and
+refunded jobs are reported and dropped. Earnings come from ``JobMarket.accountOf``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from meshcompute.chain.contracts import MeshActor
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.errors import ContractRevert, MeshError
+
+
+@dataclass
+class _Watched:
+    job_id: int
+    audit_failed_seen: bool = False
+    appealed: bool = False
+
+
+class CommitWatch:
+    """The committed jobs of one worker address, followed until they settle."""
+
+    def __init__(self, actor: MeshActor, *, appeal: bool,
+                 emit: Callable[..., None]) -> None:
+        self.actor = actor
+        self.appeal = appeal
+        self._emit = emit
+        self._watched: dict[int, _Watched] = {}
+        self._lock = threading.Lock()
+        self._last_earnings: tuple[int, int] | None = None
+        self.appealed = 0
+
+    @property
+    def address(self) -> str:
+        return str(self.actor.address)
+
+    def watch(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._watched.setdefault(int(job_id), _Watched(int(job_id)))
+
+    def job_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._watched)
+
+    def check(self) -> None:
+        """One pass over the watched jobs (one ``eth_getLogs`` for all of them)."""
+        ids = self.job_ids()
+        if not ids:
+            return
+        try:
+            records = self.actor.job_records(ids, verify=False)
+        except Exception as exc:  # noqa: BLE001 - a flaky node must not stop the worker
+            self._emit("warning", message=f"reading committed jobs failed: {exc}")
+            return
+        for job_id in ids:
+            record = records.get(job_id)
+            with self._lock:
+                watched = self._watched.get(job_id)
+            if record is not None and watched is not None:
+                self._follow(watched, record)
+
+    def _follow(self, watched: _Watched, record: JobRecord) -> None:
+        job_id = watched.job_id
+        if record.worker.lower() != self.address.lower():
+            self._emit("warning", job_id=job_id,
+                       message=f"job {job_id} is held by {record.worker} on chain, not us")
+            self._drop(job_id)
+            return
+        state = record.state
+        if state == JobState.AUDIT_FAILED and not watched.audit_failed_seen:
+            watched.audit_failed_seen = True
+            self._emit("audit_failed", job_id=job_id)
+            if self.appeal and not watched.appealed:
+                self._appeal(watched, record)
+        elif state == JobState.FINALIZED:
+            self._emit("paid", job_id=job_id)
+            self._drop(job_id)
+        elif state == JobState.SLASHED:
+            self._emit("slashed", job_id=job_id)
+            self._drop(job_id)
+        elif state.terminal:
+            self._drop(job_id)
+
+    def _appeal(self, watched: _Watched, record: JobRecord) -> None:
+        job_id = watched.job_id
+        watched.appealed = True
+        try:
+            self.actor.appeal(job_id, record)
+        except ContractRevert as exc:  # window closed, or the record moved on: final
+            self._emit("error", job_id=job_id, message=f"appeal of job {job_id} reverted: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - not sent: try again on the next pass
+            watched.appealed = False
+            watched.audit_failed_seen = False
+            self._emit("warning", job_id=job_id, message=f"appeal of job {job_id} failed: {exc}")
+            return
+        self.appealed += 1
+        self._emit("appealed", job_id=job_id)
+
+    def _drop(self, job_id: int) -> None:
+        with self._lock:
+            self._watched.pop(job_id, None)
+
+    def refresh_earnings(self) -> None:
+        """Report earnings so far (``JobMarket.accountOf``) when they changed."""
+        try:
+            state: Any = self.actor.account_of(self.address)
+        except (MeshError, Exception) as exc:  # noqa: BLE001 - shown, never fatal
+            self._emit("warning", message=f"reading earnings failed: {exc}")
+            return
+        current = (state.earned, state.withdrawable)
+        if current != self._last_earnings:
+            self._last_earnings = current
+            self._emit("earnings", earned_wei=str(state.earned),
+                       withdrawable_wei=str(state.withdrawable), completed=state.completed)
