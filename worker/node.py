@@ -240,7 +240,7 @@ class WorkerNode:
                     self.register()
                 except MeshError as again:
                     self._emit("error", message=f"re-registration failed: {again}")
-            except MeshError as exc:
+            except Exception as exc:  # noqa: BLE001 - the heartbeat must outlive any hiccup
                 self._emit("warning", message=f"heartbeat failed: {exc}")
             self._hb_stop.wait(max(0.5, min(self._lease_s / 3, 20.0)))
 

@@ -123,3 +123,29 @@ def test_worker_start_without_stake_says_stake_first(stack: MarketStack, tmp_pat
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "stake first with `mesh provider stake AMOUNT`" in lines[0]
+
+
+def test_worker_start_refuses_without_sandbox_unless_allowed(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import worker.sandbox
+    from meshcompute.cli.main import app
+    from meshcompute.errors import SandboxUnavailable
+    from meshcompute.settings import get_settings
+
+    monkeypatch.setattr(worker.sandbox, "sandbox_available", lambda: False)
+    monkeypatch.setenv("MESH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MESH_WALLET_PASSWORD", PASSWORD)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["worker", "start", "--json-logs"])
+        assert isinstance(result.exception, SandboxUnavailable)
+        message = str(result.exception)
+        assert "\n" not in message and "bubblewrap" in message
+        assert "--allow-unsandboxed" in message
+        # with the flag it gets past the sandbox check (and stops at the missing wallet)
+        result = CliRunner().invoke(app, ["worker", "start", "--allow-unsandboxed"])
+        assert not isinstance(result.exception, SandboxUnavailable)
+        assert result.exception is not None and "wallet" in str(result.exception).lower()
+    finally:
+        get_settings.cache_clear()
