@@ -129,7 +129,7 @@ def _report(console: Console, stack, contracts, submission, client_before: int) 
         raise DemoFailed("the cheater took no job, so nothing was caught; run the demo again")
 
     client = stack.client_account.address
-    owed = sum(r.reward + r.audit_fee + slash_split(r.collateral, r.reward, r.audit_fee)[0]
+    owed = sum(r.reward + slash_split(r.collateral, r.reward, r.audit_fee)[0]
                for r in slashed)
     withdrawable = contracts.account_of(client).withdrawable
     if withdrawable != owed:

@@ -152,7 +152,7 @@ def test_two_honest_one_cheater_over_50_jobs() -> None:
         for job_id, record in records.items():
             if record.worker != cheater:
                 assert states[job_id] == JobState.FINALIZED
-        owed = sum(r.reward + r.audit_fee + slash_split(r.collateral, r.reward, r.audit_fee)[0]
+        owed = sum(r.reward + slash_split(r.collateral, r.reward, r.audit_fee)[0]
                    for r in slashed)
         got = contracts.account_of(stack.client_account.address).withdrawable - client_before
         assert got == owed
