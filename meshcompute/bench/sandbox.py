@@ -59,12 +59,16 @@ def run_sandbox_bench(
 
     root = Path(__file__).resolve().parents[2]
     plain = [sys.executable, "-c", _IMPORTS]
-    startup_bare = min(_timed_process(plain) for _ in range(repeats))
-    startup_box = None
-    if sandboxed:
-        with tempfile.TemporaryDirectory() as box:
-            boxed = build_command(Path(box), [sys.executable, "-c", _IMPORTS], threads=threads)
-            startup_box = min(_timed_process(boxed) for _ in range(repeats))
+    bare_starts, box_starts = [], []
+    with tempfile.TemporaryDirectory() as box:
+        boxed = (build_command(Path(box), [sys.executable, "-c", _IMPORTS], threads=threads)
+                 if sandboxed else None)
+        for _ in range(repeats):  # interleaved, so machine load hits both alike
+            bare_starts.append(_timed_process(plain))
+            if boxed is not None:
+                box_starts.append(_timed_process(boxed))
+    startup_bare = min(bare_starts)
+    startup_box = min(box_starts) if box_starts else None
 
     allow = not sandboxed
     cold = [run_job(program, input_bytes, threads=threads, allow_unsandboxed=allow, **limits)
