@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -268,11 +269,24 @@ class JobRunner:
         self.warm = warm
         self._next: _JobProcess | None = None
         self._lock = threading.Lock()
+        _sweep_orphans(self.scratch_root)
+        # A runner dropped without close() still stops its waiting process at exit / GC.
+        self._finalizer = weakref.finalize(self, JobRunner._discard_next, [None])
         if warm:
-            self._next = self._start()
+            self._set_next(self._start())
+
+    def _set_next(self, job: _JobProcess | None) -> None:
+        self._next = job
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, JobRunner._discard_next, [job])
+
+    @staticmethod
+    def _discard_next(holder: list[_JobProcess | None]) -> None:
+        if holder[0] is not None:
+            holder[0].discard()
 
     def _start(self) -> _JobProcess:
-        folder = self.scratch_root / f"job-{uuid.uuid4().hex}"
+        folder = self.scratch_root / f"job-{os.getpid()}-{uuid.uuid4().hex}"
         folder.mkdir(mode=0o700)
         return _JobProcess(folder, device=self.device, threads=self.threads,
                            sandboxed=self.sandboxed)
@@ -301,7 +315,7 @@ class JobRunner:
                 return _failed(f"inputs refused: {exc}", started)
             job = self._next if self._next is not None and self._next.process.poll() is None \
                 else self._start()
-            self._next = None
+            self._set_next(None)
             try:
                 return self._run_in(job, program_bytes, input_bytes, started,
                                     time_limit_s=time_limit_s, memory_limit_mb=memory_limit_mb,
@@ -309,7 +323,7 @@ class JobRunner:
             finally:
                 job.discard()
                 if self.warm:
-                    self._next = self._start()
+                    self._set_next(self._start())
 
     def _run_in(self, job: _JobProcess, program: bytes, inputs: bytes, started: float, *,
                 time_limit_s: float, memory_limit_mb: int, max_output_bytes: int) -> JobOutcome:
@@ -358,7 +372,7 @@ class JobRunner:
         with self._lock:
             if self._next is not None:
                 self._next.discard()
-                self._next = None
+            self._set_next(None)
 
     def __enter__(self) -> Self:
         return self
@@ -394,6 +408,20 @@ def run_job(
                           memory_limit_mb=memory_limit_mb, max_output_bytes=max_output_bytes)
     finally:
         runner.close()
+
+
+def _sweep_orphans(scratch_root: Path) -> None:
+    """Remove job folders left by worker processes that no longer exist (killed mid-job)."""
+    for folder in scratch_root.glob("job-*"):
+        parts = folder.name.split("-")
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _read(source: bytes | Path, what: str) -> bytes:
