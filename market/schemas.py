@@ -178,6 +178,9 @@ class JobOut(BaseModel):
     spec: dict[str, Any] | None
     client: str
     worker: str | None
+    lease_holder: str | None = None
+    """The worker currently holding the market's lease (before anything is on chain)."""
+    lease_expiry: int | None = None
     output_sha256: str | None
     failure: str | None
     audited: bool

@@ -68,6 +68,7 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
         bool(event.args.get("audited"))
         for event in rt.indexer.events(job_id=job_id, name="AuditDrawn")
     )
+    lease = rt.state.lease(job_id)
     return {
         "job_id": job_id,
         "state": record.state.name.lower(),
@@ -75,6 +76,8 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
         "spec": spec.to_json() if spec else None,
         "client": record.client,
         "worker": record.worker if record.worker != ZERO_ADDRESS else None,
+        "lease_holder": lease.worker if lease is not None else None,
+        "lease_expiry": lease.expiry if lease is not None else None,
         "output_sha256": output,
         "failure": rt.state.failure(job_id),
         "audited": audited,

@@ -191,6 +191,8 @@ class JobView:
     failure: str | None
     audited: bool
     group: str | None
+    lease_holder: str | None = None
+    lease_expiry: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobView:
@@ -206,6 +208,8 @@ class JobView:
             failure=data.get("failure"),
             audited=bool(data.get("audited", False)),
             group=data.get("group"),
+            lease_holder=data.get("lease_holder"),
+            lease_expiry=data.get("lease_expiry"),
         )
 
 

@@ -80,9 +80,12 @@ class Service:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    killed: bool = False
+    """Stopped on purpose (a chaos test's kill); check_alive does not complain about it."""
     _log: IO[bytes] | None = None
 
     def start(self) -> None:
+        self.killed = False
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log,
@@ -227,6 +230,7 @@ class DevStack:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to a service's whole process group (SIGKILL: no cleanup)."""
         service = self.services[name]
+        service.killed = True
         service.signal(sig)
         if service.process is not None:
             service.process.wait(10)
@@ -269,6 +273,8 @@ class DevStack:
     def check_alive(self) -> None:
         """Raise with the log tail of any service that exited on its own."""
         for name, service in self.services.items():
+            if service.killed:
+                continue
             if service.process is not None and service.process.poll() is not None:
                 raise ServiceUnavailable(
                     f"{name} exited with {service.process.returncode}:\n{service.tail()}"

@@ -17,6 +17,7 @@ from meshcompute.chain.contracts import MeshContracts
 from meshcompute.client import Client, Submission
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split
+from meshcompute.errors import NotFound
 from meshcompute.market_client import MarketClient
 from meshcompute.models import MLP
 from meshcompute.reconcile import check_solvency
@@ -80,14 +81,19 @@ def test_kill_9_worker_mid_job_is_reassigned_and_paid_once() -> None:
                          params=replace(FAST_PARAMS, min_audit_bps=0))
     with DevStack(config) as stack:
         client, contracts = _client(stack)
-        # a job long enough to be killed in the middle of: a bigger batch through the MLP
-        submission = _submit(client, 1, rows=2)
+        # a job long enough to be killed in the middle of: a big batch through a wide MLP
+        big = MLP(d_in=256, d_hidden=2048, d_out=16, depth=4).eval()
+        x = torch.randn(16_384, 256)
+        submission = client.submit(big, (x,), shards=1, pay="1", deadline="20m")
         job_id = submission.job_ids[0]
         addresses = {a.address: f"worker-{i}" for i, a in enumerate(stack.worker_accounts())}
         holder = None
         give_up = time.monotonic() + 60
         while holder is None and time.monotonic() < give_up:
-            holder = client.market.job(job_id).worker
+            try:
+                holder = client.market.job(job_id).lease_holder
+            except NotFound:  # not indexed yet
+                pass
             time.sleep(0.02)
         assert holder is not None, "no worker leased the job"
         stack.kill(addresses[holder], signal.SIGKILL)
