@@ -21,7 +21,8 @@ from typing import Any
 
 from market.runtime import MarketRuntime
 from market.service import leasable
-from market.state import MAX_FAILURES, LeaseInfo
+from market.state import MAX_FAILURES, LeaseInfo, OfferInfo
+from meshcompute.core.batching import QueuedJob, plan_batches
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.matching import JobDemand, WorkerOffer, match
 from meshcompute.errors import BadInput, ChainError, NotFound
@@ -60,54 +61,74 @@ def index_round(rt: MarketRuntime) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- match
 def match_round(rt: MarketRuntime, *, now: float | None = None) -> MatchReport:
+    """Offer queued jobs to workers: group them into lease batches
+    (:func:`meshcompute.core.batching.plan_batches`: same client and program, at most
+    ``max_lease_batch`` jobs), match each batch as one demand (one slot, summed collateral),
+    and write one offer per job carrying the batch id."""
     now = time.time() if now is None else now
     chain_now = rt.chain_now()
     records = rt.indexer.job_records()
     report = MatchReport()
-    report.finished_leases = _finish_leases(rt, records)
+    leases = rt.state.all_leases()
+    report.finished_leases = _finish_leases(rt, records, leases)
+    finished = set(report.finished_leases)
+    leases = [lease for lease in leases if lease.job_id not in finished]
+    current_offers = rt.state.all_offers()
 
-    busy = {o.job_id for o in rt.state.all_offers()} | {
-        lease.job_id for lease in rt.state.all_leases()
-    }
-    candidates = {
-        job_id: record
-        for job_id, record in records.items()
+    busy = {o.job_id for o in current_offers} | {lease.job_id for lease in leases}
+    candidates = sorted(
+        job_id for job_id, record in records.items()
         if job_id not in busy and _queued(record, chain_now)
-    }
-    first_seen = rt.state.first_seen(candidates, now)
-    demands: list[JobDemand] = []
-    for job_id, record in sorted(candidates.items()):
-        spec = _read_spec(rt, job_id, record, report)
-        if spec is None or rt.state.failure_count(job_id) >= MAX_FAILURES:
-            continue
-        demands.append(
-            JobDemand(
+    )
+    queued: list[QueuedJob] = []
+    if candidates:
+        first_seen = rt.state.first_seen(candidates, now)
+        problems = rt.state.spec_problems(candidates)
+        failures = rt.state.failure_counts(candidates)
+        excluded = rt.state.excluded_many(candidates, now)
+        grouped = rt.state.groups_of(candidates)
+        for job_id in candidates:
+            record = records[job_id]
+            spec = _read_spec(rt, job_id, record, report, problems.get(job_id),
+                              job_id in grouped)
+            if spec is None or failures[job_id] >= MAX_FAILURES:
+                continue
+            demand = JobDemand(
                 job_id=job_id,
                 device=spec.device,
                 memory_mb=spec.memory_limit_mb,
                 collateral=record.collateral,
                 reward=record.reward,
                 posted_at=first_seen[job_id],
-                exclude_workers=rt.state.excluded(job_id, now),
+                exclude_workers=excluded[job_id],
             )
-        )
-    report.queued = len(demands)
-    offers = _worker_offers(rt, records, now)
+            queued.append(QueuedJob(demand=demand, client=record.client, program=spec.program))
+    report.queued = len(queued)
+    offers = _worker_offers(rt, records, now, current_offers, leases)
     report.workers = len(offers)
-    if not demands or not offers:
+    if not queued or not offers:
         return report
-    for assignment in match(demands, offers, now):
-        record = records[assignment.job_id]
-        if rt.state.create_offer(
-            assignment.job_id,
-            assignment.worker,
-            record.collateral,
-            now=now,
-            ttl_s=rt.settings.offer_ttl_s,
-        ):
-            report.offered.append((assignment.job_id, assignment.worker))
+    free_slots = sum(max(0, o.slots - o.load) for o in offers)
+    batches = plan_batches(queued, max_batch=rt.settings.max_lease_batch,
+                           free_slots=free_slots)
+    by_first = {batch.demand.job_id: batch for batch in batches}
+    for assignment in match([batch.demand for batch in batches], offers, now):
+        batch = by_first[assignment.job_id]
+        batch_id = (f"{batch.job_ids[0]}-{len(batch.job_ids)}-{now:.6f}"
+                    if len(batch.job_ids) > 1 else "")
+        for job_id in batch.job_ids:
+            if rt.state.create_offer(
+                job_id,
+                assignment.worker,
+                records[job_id].collateral,
+                now=now,
+                ttl_s=rt.settings.offer_ttl_s,
+                batch=batch_id,
+            ):
+                report.offered.append((job_id, assignment.worker))
     if report.offered:
         log.info("matched", extra={"fields": {"offers": len(report.offered),
+                                              "batches": len(batches),
                                               "queued": report.queued,
                                               "workers": report.workers}})
     return report
@@ -120,7 +141,8 @@ def _queued(record: JobRecord, chain_now: int) -> bool:
     return leasable(record, "", chain_now)
 
 
-def _read_spec(rt: MarketRuntime, job_id: int, record: JobRecord, report: MatchReport):
+def _read_spec(rt: MarketRuntime, job_id: int, record: JobRecord, report: MatchReport,
+               known_problem: str | None, grouped: bool):
     sha = record.spec_hash.hex()
     try:
         spec = rt.spec(sha)
@@ -129,12 +151,12 @@ def _read_spec(rt: MarketRuntime, job_id: int, record: JobRecord, report: MatchR
     except BadInput as exc:
         problem = str(exc)
     else:
-        if rt.state.spec_problem(job_id) is not None:
+        if known_problem is not None:
             rt.state.set_spec_problem(job_id, None)
-        if spec.group is not None:
+        if spec.group is not None and not grouped:
             rt.state.add_to_group(spec.group, spec.shard, job_id)
         return spec
-    if rt.state.spec_problem(job_id) != problem:
+    if known_problem != problem:
         rt.state.set_spec_problem(job_id, problem)
         log.warning("spec problem", extra={"fields": {"job_id": job_id, "problem": problem}})
     report.spec_problems[job_id] = problem
@@ -142,16 +164,19 @@ def _read_spec(rt: MarketRuntime, job_id: int, record: JobRecord, report: MatchR
 
 
 def _worker_offers(
-    rt: MarketRuntime, records: Mapping[int, JobRecord], now: float
+    rt: MarketRuntime, records: Mapping[int, JobRecord], now: float,
+    current_offers: list[OfferInfo], leases: list[LeaseInfo],
 ) -> list[WorkerOffer]:
-    """Registered, heartbeating workers with their free stake net of outstanding leases."""
+    """Registered, heartbeating workers with their free stake net of outstanding leases.
+
+    A worker's load counts lease batches, not jobs: a batch occupies one slot."""
     pending_collateral: dict[str, int] = defaultdict(int)
-    load: dict[str, int] = defaultdict(int)
-    for offer in rt.state.all_offers():
+    units: dict[str, set[str]] = defaultdict(set)
+    for offer in current_offers:
         pending_collateral[offer.worker] += offer.collateral
-        load[offer.worker] += 1
-    for lease in rt.state.all_leases():
-        load[lease.worker] += 1
+        units[offer.worker].add(offer.batch or f"job-{offer.job_id}")
+    for lease in leases:
+        units[lease.worker].add(lease.batch or f"job-{lease.job_id}")
         record = records.get(lease.job_id)
         # once committed on chain the collateral is locked there and not in free stake
         if record is None or record.state in (JobState.POSTED, JobState.ASSIGNED):
@@ -181,7 +206,7 @@ def _worker_offers(
                     free_stake=free,
                     price_wei=worker.price_wei,
                     slots=worker.slots,
-                    load=load[worker.address],
+                    load=len(units[worker.address]),
                     completed=standing.completed,
                     missed=standing.missed,
                     slashed=standing.slashed,
@@ -194,10 +219,11 @@ def _worker_offers(
     return out
 
 
-def _finish_leases(rt: MarketRuntime, records: Mapping[int, JobRecord]) -> list[int]:
+def _finish_leases(rt: MarketRuntime, records: Mapping[int, JobRecord],
+                   leases: list[LeaseInfo]) -> list[int]:
     """Drop leases whose job moved on on chain (committed, refunded, taken by another)."""
     finished = []
-    for lease in rt.state.all_leases():
+    for lease in leases:
         record = records.get(lease.job_id)
         if record is None:
             continue
@@ -244,10 +270,11 @@ def _committed_by_holder(rt: MarketRuntime, lease: LeaseInfo) -> bool:
 
 
 # ---------------------------------------------------------------------- settle
-def settle_round(rt: MarketRuntime, *, max_batch: int = 100) -> dict[str, Any]:
+def settle_round(rt: MarketRuntime, *, max_batch: int | None = None) -> dict[str, Any]:
     from market.settlement import Settler
 
-    settler = Settler(rt.settler, rt.redis, max_batch=max_batch)
+    batch = rt.settings.settle_max_batch if max_batch is None else max_batch
+    settler = Settler(rt.settler, rt.redis, max_batch=batch)
     report = settler.settle(rt.indexer.job_records(), rt.chain_now())
     if report.job_ids:
         rt.state.incr_metric("settled_jobs", len(report.job_ids), key=str(report.tx_hash))

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from market.runtime import MarketRuntime
-from market.state import MAX_FAILURES, LeaseInfo, WorkerInfo
+from market.state import MAX_FAILURES, LeaseInfo, OfferInfo, WorkerInfo
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
 from meshcompute.core.spec import JobSpec
@@ -194,30 +194,47 @@ def heartbeat(rt: MarketRuntime, address: str, running: Sequence[int], now: floa
 
 # ---------------------------------------------------------------------- leases
 def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> list[Lease]:
-    """Turn up to ``max_jobs`` of the offers waiting for ``address`` into signed leases."""
+    """Turn the offers waiting for ``address`` into signed leases, for up to ``max_jobs`` free
+    slots of the worker.
+
+    Offers of one lease batch (same batch id: same client and program, see
+    :mod:`meshcompute.core.batching`) fill one slot and become one ``Lease`` per job, all
+    carrying the same multi-job ticket over the batch's jobs; a single offer is a batch of one.
+    Offers that lapsed, or whose job can no longer be taken on chain or has no readable spec,
+    are dropped (the rest of their batch is still leased)."""
     worker = registered(rt, address)
     rt.state.touch_worker(address, now)
     chain_now = rt.chain_now()
-    leases: list[Lease] = []
+    units: dict[str, list[OfferInfo]] = {}
     for offer in rt.state.offers_for(worker.address):
-        if len(leases) >= max_jobs:
+        units.setdefault(offer.batch or f"job-{offer.job_id}", []).append(offer)
+    leases: list[Lease] = []
+    taken = 0
+    for offers in units.values():
+        if taken >= max_jobs:
             break
-        if offer.expires_at < now:
-            continue  # the expiry task takes it back
-        record = rt.indexer.job_record(offer.job_id)
-        if record is None or not leasable(record, worker.address, chain_now):
-            rt.state.drop_offer(offer.job_id, worker.address)
+        usable: list[tuple[OfferInfo, JobRecord, JobSpec]] = []
+        for offer in offers:
+            if offer.expires_at < now:
+                continue  # the expiry task takes it back
+            record = rt.indexer.job_record(offer.job_id)
+            spec = rt.spec_or_none(record.spec_hash.hex()) if record is not None else None
+            if record is None or spec is None or not leasable(record, worker.address,
+                                                              chain_now):
+                rt.state.drop_offer(offer.job_id, worker.address)
+                continue
+            usable.append((offer, record, spec))
+        if not usable:
             continue
-        spec_sha = record.spec_hash.hex()
-        spec = rt.spec_or_none(spec_sha)
-        if spec is None:
-            rt.state.drop_offer(offer.job_id, worker.address)
-            continue
-        info_ = _sign_lease(rt, worker.address, offer.job_id, record, chain_now, now)
-        if not rt.state.offer_to_lease(offer, info_):
+        batch = offers[0].batch if len(usable) > 1 else ""
+        infos = _sign_leases(rt, worker.address, [(o.job_id, r) for o, r, _ in usable],
+                             chain_now, now, batch=batch)
+        if not rt.state.offers_to_leases([o for o, _, _ in usable], infos):
             continue
         rt.state.mark_assigned(worker.address, now)
-        leases.append(_lease_of(info_, spec, spec_sha, record))
+        taken += 1
+        for info_, (_, record, spec) in zip(infos, usable, strict=True):
+            leases.append(_lease_of(info_, spec, spec.sha256, record))
     return leases
 
 
@@ -232,37 +249,49 @@ def leasable(record: JobRecord, worker: str, chain_now: int) -> bool:
     return False
 
 
-def _sign_lease(
-    rt: MarketRuntime, worker: str, job_id: int, record: JobRecord, chain_now: int, now: float
-) -> LeaseInfo:
+def _sign_leases(
+    rt: MarketRuntime, worker: str, jobs: Sequence[tuple[int, JobRecord]], chain_now: int,
+    now: float, *, batch: str = "",
+) -> list[LeaseInfo]:
+    """One ticket over all ``jobs`` (in that order), as one LeaseInfo per job. The ticket's
+    audit rate is the largest any of the jobs needs (the contract applies it to each)."""
     from meshcompute.core.audit_rate import audit_bps as audit_rate
 
     standing = rt.standing(worker)
-    bps = audit_rate(
-        reward=record.reward,
-        collateral=record.collateral,
-        free_stake=standing.free_stake,
-        completed=standing.completed,
-        audits_passed=standing.audits_passed,
-        slashed=standing.slashed,
-        min_bps=max(int(rt.chain_config["min_audit_bps"]), record.audit_bps),
+    floor = int(rt.chain_config["min_audit_bps"])
+    bps = max(
+        audit_rate(
+            reward=record.reward,
+            collateral=record.collateral,
+            free_stake=standing.free_stake,
+            completed=standing.completed,
+            audits_passed=standing.audits_passed,
+            slashed=standing.slashed,
+            min_bps=max(floor, record.audit_bps),
+        )
+        for _, record in jobs
     )
     expiry = chain_now + rt.settings.lease_s
-    ticket = AssignTicket(worker, (job_id,), int(bps), expiry)
+    ticket = AssignTicket(worker, tuple(job_id for job_id, _ in jobs), int(bps), expiry)
     signature = sign_ticket(
         ticket, rt.assigner, chain_id=rt.chain_id,
         job_market=rt.chain.deployment.address("JobMarket"),
     )
-    return LeaseInfo(
-        job_id=job_id,
-        worker=worker,
-        collateral=record.collateral,
-        expiry=expiry,
-        audit_bps=int(bps),
-        ticket=ticket_to_json(ticket),
-        signature="0x" + signature.hex(),
-        leased_at=now,
-    )
+    ticket_json = ticket_to_json(ticket)
+    return [
+        LeaseInfo(
+            job_id=job_id,
+            worker=worker,
+            collateral=record.collateral,
+            expiry=expiry,
+            audit_bps=int(bps),
+            ticket=ticket_json,
+            signature="0x" + signature.hex(),
+            leased_at=now,
+            batch=batch,
+        )
+        for job_id, record in jobs
+    ]
 
 
 def _lease_of(info_: LeaseInfo, spec: JobSpec, spec_sha: str, record: JobRecord) -> Lease:
@@ -287,6 +316,10 @@ def held_lease(rt: MarketRuntime, address: str, job_id: int) -> LeaseInfo:
 
 
 def renew_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> Lease:
+    """A fresh lease on ``job_id`` with a later expiry. For a job of a lease batch the new
+    ticket covers every job of the batch that ``address`` still holds and can still take on
+    chain (a failed or released partner drops out), and all their leases are renewed with it:
+    the worker commits the rest of the batch with that ticket."""
     old = held_lease(rt, address, job_id)
     record = job_record(rt, job_id)
     chain_now = rt.chain_now()
@@ -296,9 +329,27 @@ def renew_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> Lea
         raise Conflict(f"job {job_id} is {record.state.name.lower()} on chain; nothing to renew")
     spec_sha = record.spec_hash.hex()
     spec = rt.spec(spec_sha)
-    new = _sign_lease(rt, address, job_id, record, chain_now, now)
-    if not rt.state.renew_lease(old, new):
+    olds = [old]
+    jobs = [(job_id, record)]
+    if old.batch:
+        partners = [int(i) for i in old.ticket.get("job_ids", []) if int(i) != job_id]
+        for lease in rt.state.leases(partners):
+            if lease is None or lease.worker != address or lease.batch != old.batch:
+                continue
+            partner = rt.indexer.job_record(lease.job_id)
+            if partner is None or not leasable(partner, address, chain_now):
+                continue
+            olds.append(lease)
+            jobs.append((lease.job_id, partner))
+        order = {int(i): n for n, i in enumerate(old.ticket.get("job_ids", []))}
+        pairs = sorted(zip(jobs, olds, strict=True), key=lambda p: order.get(p[0][0], 0))
+        jobs = [p[0] for p in pairs]
+        olds = [p[1] for p in pairs]
+    news = _sign_leases(rt, address, jobs, chain_now, now,
+                        batch=old.batch if len(jobs) > 1 else "")
+    if not rt.state.renew_leases(olds, news):
         raise Conflict(f"the lease on job {job_id} changed meanwhile; try again")
+    new = next(info_ for info_ in news if info_.job_id == job_id)
     return _lease_of(new, spec, spec_sha, record)
 
 

@@ -60,6 +60,8 @@ class OfferInfo:
     collateral: int
     offered_at: float
     expires_at: float
+    batch: str = ""
+    """Offers sharing a non-empty batch id become one lease batch (one multi-job ticket)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class LeaseInfo:
     ticket: dict[str, Any]
     signature: str
     leased_at: float
+    batch: str = ""
+    """Leases of one batch share a ticket over the jobs of the batch still held."""
 
     @property
     def key(self) -> str:
@@ -152,7 +156,7 @@ class MarketState:
 
     # ------------------------------------------------------------------ offers
     def create_offer(self, job_id: int, worker: str, collateral: int, *, now: float,
-                     ttl_s: float) -> bool:
+                     ttl_s: float, batch: str = "") -> bool:
         """Offer a job to a worker; False when the job already has an offer or a lease."""
         offer_key, lease_key = self._k("offer", job_id), self._k("lease", job_id)
         with self.r.pipeline() as pipe:
@@ -169,6 +173,7 @@ class MarketState:
                         "collateral": str(collateral),
                         "offered_at": now,
                         "expires_at": now + ttl_s,
+                        "batch": batch,
                     },
                 )
                 pipe.zadd(self._k("offers", worker), {str(job_id): now})
@@ -178,35 +183,31 @@ class MarketState:
                 return False
 
     def offer(self, job_id: int) -> OfferInfo | None:
-        data = self.r.hgetall(self._k("offer", job_id))
-        if not data or b"expires_at" not in data:
-            return None
-        return OfferInfo(
-            job_id=job_id,
-            worker=data[b"worker"].decode(),
-            collateral=int(data[b"collateral"]),
-            offered_at=float(data[b"offered_at"]),
-            expires_at=float(data[b"expires_at"]),
-        )
+        return _offer_from(job_id, self.r.hgetall(self._k("offer", job_id)))
+
+    def _offers(self, ids: list[int]) -> list[OfferInfo | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._k("offer", job_id))
+        return [_offer_from(i, d) for i, d in zip(ids, pipe.execute(), strict=True)]
 
     def offers_for(self, worker: str) -> list[OfferInfo]:
         ids = [int(i) for i in self.r.zrange(self._k("offers", worker), 0, -1)]
         out = []
-        for job_id in ids:
-            offer = self.offer(job_id)
+        stale = []
+        for job_id, offer in zip(ids, self._offers(ids), strict=True):
             if offer is not None and offer.worker == worker:
                 out.append(offer)
             else:
-                self.r.zrem(self._k("offers", worker), str(job_id))
+                stale.append(str(job_id))
+        if stale:
+            self.r.zrem(self._k("offers", worker), *stale)
         return out
 
     def all_offers(self) -> list[OfferInfo]:
-        out = []
-        for key in self.r.scan_iter(match=self._k("offer", "*"), count=1000):
-            offer = self.offer(int(key.decode().rsplit(":", 1)[1]))
-            if offer is not None:
-                out.append(offer)
-        return out
+        ids = [int(key.decode().rsplit(":", 1)[1])
+               for key in self.r.scan_iter(match=self._k("offer", "*"), count=1000)]
+        return [offer for offer in self._offers(ids) if offer is not None]
 
     def drop_offer(self, job_id: int, worker: str) -> bool:
         """Remove ``worker``'s offer of ``job_id`` (no-op when it is someone else's)."""
@@ -246,6 +247,29 @@ class MarketState:
             except redis.WatchError:
                 return False
 
+    def offers_to_leases(self, offers: list[OfferInfo], leases: list[LeaseInfo]) -> bool:
+        """Atomically turn all ``offers`` (one batch) into ``leases``; False, and nothing
+        changed, if any of the offers is gone or changed."""
+        keys = [self._k("offer", o.job_id) for o in offers]
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(*keys)
+                for key, offer in zip(keys, offers, strict=True):
+                    holder = pipe.hget(key, "worker")
+                    if holder is None or holder.decode() != offer.worker:
+                        pipe.unwatch()
+                        return False
+                pipe.multi()
+                for key, offer in zip(keys, offers, strict=True):
+                    pipe.delete(key)
+                    pipe.zrem(self._k("offers", offer.worker), str(offer.job_id))
+                for lease in leases:
+                    self._write_lease(pipe, lease)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
     # ------------------------------------------------------------------ leases
     def _write_lease(self, pipe: Any, lease: LeaseInfo) -> None:
         pipe.hset(
@@ -258,43 +282,46 @@ class MarketState:
                 "ticket": json.dumps(lease.ticket),
                 "signature": lease.signature,
                 "leased_at": lease.leased_at,
+                "batch": lease.batch,
             },
         )
         pipe.sadd(self._k("leases", lease.worker), lease.job_id)
         pipe.zadd(self._k("lease-expiry"), {str(lease.job_id): lease.expiry})
 
     def renew_lease(self, old: LeaseInfo, new: LeaseInfo) -> bool:
-        key = self._k("lease", old.job_id)
+        return self.renew_leases([old], [new])
+
+    def renew_leases(self, olds: list[LeaseInfo], news: list[LeaseInfo]) -> bool:
+        """Atomically replace each of ``olds`` (same holder and expiry as stored) with the
+        matching ``news``; False, and nothing changed, if any of them changed meanwhile."""
+        keys = [self._k("lease", old.job_id) for old in olds]
         with self.r.pipeline() as pipe:
             try:
-                pipe.watch(key)
-                current = pipe.hmget(key, "worker", "expiry")
-                if current[0] is None or current[0].decode() != old.worker or int(
-                    current[1]
-                ) != old.expiry:
-                    pipe.unwatch()
-                    return False
+                pipe.watch(*keys)
+                for key, old in zip(keys, olds, strict=True):
+                    current = pipe.hmget(key, "worker", "expiry")
+                    if current[0] is None or current[0].decode() != old.worker or int(
+                        current[1]
+                    ) != old.expiry:
+                        pipe.unwatch()
+                        return False
                 pipe.multi()
-                self._write_lease(pipe, new)
+                for new in news:
+                    self._write_lease(pipe, new)
                 pipe.execute()
                 return True
             except redis.WatchError:
                 return False
 
     def lease(self, job_id: int) -> LeaseInfo | None:
-        data = self.r.hgetall(self._k("lease", job_id))
-        if not data or b"expiry" not in data:
-            return None
-        return LeaseInfo(
-            job_id=job_id,
-            worker=data[b"worker"].decode(),
-            collateral=int(data[b"collateral"]),
-            expiry=int(data[b"expiry"]),
-            audit_bps=int(data[b"audit_bps"]),
-            ticket=json.loads(data[b"ticket"]),
-            signature=data[b"signature"].decode(),
-            leased_at=float(data[b"leased_at"]),
-        )
+        return _lease_from(job_id, self.r.hgetall(self._k("lease", job_id)))
+
+    def leases(self, job_ids: list[int]) -> list[LeaseInfo | None]:
+        """The leases of ``job_ids`` (None where there is none), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self._k("lease", job_id))
+        return [_lease_from(i, d) for i, d in zip(job_ids, pipe.execute(), strict=True)]
 
     def leases_of(self, worker: str) -> list[LeaseInfo]:
         ids = sorted(int(i) for i in self.r.smembers(self._k("leases", worker)))
@@ -309,11 +336,11 @@ class MarketState:
 
     def all_leases(self) -> list[LeaseInfo]:
         ids = [int(i) for i in self.r.zrange(self._k("lease-expiry"), 0, -1)]
-        return [lease for lease in (self.lease(i) for i in ids) if lease is not None]
+        return [lease for lease in self.leases(ids) if lease is not None]
 
     def expired_leases(self, now: float) -> list[LeaseInfo]:
         ids = [int(i) for i in self.r.zrangebyscore(self._k("lease-expiry"), "-inf", now)]
-        return [lease for lease in (self.lease(i) for i in ids) if lease is not None]
+        return [lease for lease in self.leases(ids) if lease is not None]
 
     def end_lease(self, lease: LeaseInfo) -> bool:
         """Delete exactly this lease (same holder and expiry); True if this call removed it.
@@ -346,6 +373,37 @@ class MarketState:
     def excluded(self, job_id: int, now: float) -> frozenset[str]:
         members = self.r.zrangebyscore(self._k("exclude", job_id), now, "+inf")
         return frozenset(m.decode() for m in members)
+
+    def excluded_many(self, job_ids: list[int], now: float) -> dict[int, frozenset[str]]:
+        """:meth:`excluded` for many jobs in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.zrangebyscore(self._k("exclude", job_id), now, "+inf")
+        return {job_id: frozenset(m.decode() for m in members)
+                for job_id, members in zip(job_ids, pipe.execute(), strict=True)}
+
+    def failure_counts(self, job_ids: list[int]) -> dict[int, int]:
+        """:meth:`failure_count` for many jobs in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hlen(self._k("failures", job_id))
+        return {job_id: int(n) for job_id, n in zip(job_ids, pipe.execute(), strict=True)}
+
+    def spec_problems(self, job_ids: list[int]) -> dict[int, str]:
+        """The recorded spec problems of ``job_ids`` (jobs without one are left out)."""
+        if not job_ids:
+            return {}
+        values = self.r.mget([self._k("spec-problem", job_id) for job_id in job_ids])
+        return {job_id: v.decode() for job_id, v in zip(job_ids, values, strict=True)
+                if v is not None}
+
+    def groups_of(self, job_ids: list[int]) -> dict[int, str]:
+        """The group each of ``job_ids`` was recorded in (jobs in none are left out)."""
+        if not job_ids:
+            return {}
+        values = self.r.mget([self._k("job-group", job_id) for job_id in job_ids])
+        return {job_id: v.decode() for job_id, v in zip(job_ids, values, strict=True)
+                if v is not None}
 
     def record_failure(self, job_id: int, worker: str, reason: str) -> int:
         """Remember why ``worker`` could not run the job; returns how many workers failed."""
@@ -435,6 +493,35 @@ class MarketState:
 
     def batch_sizes(self) -> dict[int, int]:
         return {int(k): int(v) for k, v in self.r.hgetall(self._k("metric-batch")).items()}
+
+
+def _offer_from(job_id: int, data: Mapping[bytes, bytes]) -> OfferInfo | None:
+    if not data or b"expires_at" not in data:
+        return None
+    return OfferInfo(
+        job_id=job_id,
+        worker=data[b"worker"].decode(),
+        collateral=int(data[b"collateral"]),
+        offered_at=float(data[b"offered_at"]),
+        expires_at=float(data[b"expires_at"]),
+        batch=data.get(b"batch", b"").decode(),
+    )
+
+
+def _lease_from(job_id: int, data: Mapping[bytes, bytes]) -> LeaseInfo | None:
+    if not data or b"expiry" not in data:
+        return None
+    return LeaseInfo(
+        job_id=job_id,
+        worker=data[b"worker"].decode(),
+        collateral=int(data[b"collateral"]),
+        expiry=int(data[b"expiry"]),
+        audit_bps=int(data[b"audit_bps"]),
+        ticket=json.loads(data[b"ticket"]),
+        signature=data[b"signature"].decode(),
+        leased_at=float(data[b"leased_at"]),
+        batch=data.get(b"batch", b"").decode(),
+    )
 
 
 def _worker_from(address: str, data: Mapping[bytes, bytes]) -> WorkerInfo:

@@ -17,18 +17,31 @@ from celery import Celery
 
 from market import rounds
 from market.runtime import MarketRuntime
-from meshcompute.settings import get_settings
+from meshcompute.settings import Settings, get_settings
 
 log = logging.getLogger("market.tasks")
 
-#: Seconds between runs of each periodic task.
+#: Default seconds between runs of each periodic task (settings ``MESH_*_INTERVAL_S``
+#: override them: ``index_interval_s``, ``match_interval_s``, ...).
 INTERVALS = {"index": 1.0, "match": 1.0, "expire": 2.0, "settle": 3.0}
 
 app = Celery("market")
 
 
-def configure(redis_url: str | None) -> Celery:
-    """Point the Celery app at ``redis_url`` and install the beat schedule."""
+def intervals(settings: Settings) -> dict[str, float]:
+    """The beat schedule's intervals from ``settings``."""
+    return {
+        "index": settings.index_interval_s,
+        "match": settings.match_interval_s,
+        "expire": settings.expire_interval_s,
+        "settle": settings.settle_interval_s,
+    }
+
+
+def configure(redis_url: str | None, schedule: dict[str, float] | None = None) -> Celery:
+    """Point the Celery app at ``redis_url`` and install the beat schedule (``schedule``:
+    task name -> seconds; by default :func:`intervals` of the process settings)."""
+    schedule = intervals(get_settings()) if schedule is None else schedule
     app.conf.update(
         broker_url=redis_url,
         result_backend=redis_url,
@@ -46,7 +59,7 @@ def configure(redis_url: str | None) -> Celery:
                 # a backlog after an outage is useless: drop runs older than two intervals
                 "options": {"expires": max(2.0, 2 * interval)},
             }
-            for name, interval in INTERVALS.items()
+            for name, interval in schedule.items()
         },
     )
     return app

@@ -103,6 +103,26 @@ class Settings(BaseSettings):
     market_json_logs: bool = True
     """Log one JSON object per line from the market's processes."""
 
+    # -- market throughput: lease batches and the background schedule
+    max_lease_batch: int = Field(default=32, ge=1, le=256)
+    """Most jobs (same client, same program) one lease batch carries: one multi-job ticket,
+    one sandbox process on the worker, one assignAndCommit. 1 turns batching off."""
+
+    match_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds between matching rounds (Celery beat ``market.match``)."""
+
+    index_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds between chain indexing rounds (``market.index``)."""
+
+    expire_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    """Seconds between lease-expiry rounds (``market.expire``)."""
+
+    settle_interval_s: float = Field(default=3.0, gt=0, le=3600)
+    """Seconds between settlement rounds (``market.settle``)."""
+
+    settle_max_batch: int = Field(default=100, ge=1, le=1000)
+    """Most jobs one ``finalizeBatch`` transaction settles."""
+
     # --- wallet (meshcompute.wallet)
     wallet_path: Path = Field(default_factory=lambda data: data["data_dir"] / "wallet.json")
     """The encrypted V3 keystore of this node's account; defaults to ``<data_dir>/wallet.json``."""
