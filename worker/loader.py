@@ -17,7 +17,13 @@ module never calls it. Instead it:
    dicts for the state and constants and no example inputs, no ``torch.load`` path is reached;
 4. drops node metadata and guard code (guards were grammar-checked, but are not needed) and
    makes the callable with ``module(check_guards=False)``, so nothing is ``exec``'d from the
-   archive.
+   archive;
+5. checks every call of the rebuilt graph as torch will make it (:func:`check_graph_calls`):
+   the JSON checks in :mod:`worker.archive` see arguments by name, but torch binds them by
+   their position and kind, so an archive can shift a value into another parameter (an
+   omitted ``dropout_p`` followed by positional arguments makes attention random). Here each
+   operator is looked up again on :mod:`worker.oplist`, its schema must not write to any
+   argument, and the inference-only arguments are read as bound.
 
 Belt and braces: :func:`forbid_pickle` replaces ``pickle.load(s)``, ``pickle.Unpickler``,
 ``torch.load`` and ``torch._C._pickle_load_obj`` in the calling process with functions that
@@ -42,6 +48,7 @@ from torch._export.serde.serialize import (
 )
 
 from meshcompute.errors import BadInput
+from worker import oplist
 from worker.archive import TensorEntry, ValidatedProgram, open_member, validate_program
 
 
@@ -126,12 +133,79 @@ def load_program(source: bytes | Path) -> LoadedProgram:
             serialized, state_dict, constants, None
         )
         program._guards_code = []
+        check_graph_calls(program.graph)
         module = program.module(check_guards=False)
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a malformed graph
         raise BadInput(f"program failed to load: {type(exc).__name__}: {str(exc)[:500]}") from None
     return LoadedProgram(program=program, module=module, inputs=_input_specs(program))
+
+
+_MISSING = object()
+
+
+def _python_operators() -> dict[Any, str]:
+    """The callables :data:`worker.oplist.PYTHON_OPERATORS` name, resolved as torch does."""
+    import importlib
+
+    out: dict[Any, str] = {}
+    for name in oplist.PYTHON_OPERATORS:
+        module_name, _, attr = name.rpartition(".")
+        target = getattr(importlib.import_module(module_name), attr, None)
+        if target is not None:
+            out[target] = name
+    return out
+
+
+def check_graph_calls(graph: torch.fx.Graph) -> None:
+    """BadInput unless every call in ``graph`` is allowed with the arguments torch will pass.
+
+    Runs on the deserialized graph, so it judges what will run rather than the JSON."""
+    python_ops = _python_operators()
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        if node.op != "call_function":
+            raise BadInput(f"graph node {node.name!r}: {node.op} nodes are not allowed")
+        target = node.target
+        if not isinstance(target, torch._ops.OpOverload):
+            if python_ops.get(target) is None:
+                raise BadInput(f"graph node {node.name!r}: target {target!r} is not allowed")
+            continue
+        schema = target._schema
+        qualified = f"torch.ops.{target.namespace}.{target._schema.name.split('::')[-1]}." \
+                    f"{target._overloadname}"
+        reason = oplist.check_target(qualified)
+        if reason is not None:
+            raise BadInput(f"graph node {node.name!r}: {reason}")
+        if schema.is_mutable or any(
+            arg.alias_info is not None and arg.alias_info.is_write for arg in schema.arguments
+        ):
+            raise BadInput(f"graph node {node.name!r}: {qualified} writes to its arguments "
+                           "(out= or in-place forms are not allowed)")
+        rule = oplist.INFERENCE_ONLY.get(schema.name.split("::")[-1])
+        if rule is not None:
+            name, required = rule
+            value = _bound_argument(schema, node.args, node.kwargs, name)
+            if value is _MISSING or type(value) not in (bool, int, float) or value != required:
+                shown = "missing" if value is _MISSING else repr(value)
+                raise BadInput(f"graph node {node.name!r}: {qualified} is random unless "
+                               f"{name}={required!r}, and the call passes {name}={shown}")
+
+
+def _bound_argument(schema: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    name: str) -> Any:
+    """The value parameter ``name`` of ``schema`` takes in a call with ``args``/``kwargs``."""
+    for index, argument in enumerate(schema.arguments):
+        if argument.name != name:
+            continue
+        if name in kwargs:
+            return kwargs[name]
+        if not argument.kwarg_only and index < len(args):
+            return args[index]
+        return argument.default_value if argument.has_default_value() else _MISSING
+    return _MISSING
 
 
 def _tensor(archive: Any, entry: TensorEntry, storages: dict[str, torch.Tensor]) -> torch.Tensor:

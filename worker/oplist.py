@@ -72,6 +72,9 @@ INFERENCE_ONLY: dict[str, tuple[str, object]] = {
     "alpha_dropout": ("train", False),
     "feature_alpha_dropout": ("train", False),
     "scaled_dot_product_attention": ("dropout_p", 0.0),
+    "_scaled_dot_product_flash_attention": ("dropout_p", 0.0),
+    "_scaled_dot_product_efficient_attention": ("dropout_p", 0.0),
+    "_scaled_dot_product_flash_attention_for_cpu": ("dropout_p", 0.0),
 }
 """Operator -> (argument, required value) when the operator is random otherwise. A missing
 argument takes the operator's default (``dropout_p`` defaults to 0; ``train`` has none)."""
@@ -85,7 +88,18 @@ PYTHON_OPERATORS = frozenset({
     "torch.sym_int", "torch.sym_not", "torch.sym_sqrt", "torch.sym_ite", "torch.sym_sum",
 })
 
-_ATEN_TARGET = re.compile(r"^torch\.ops\.aten\.([A-Za-z0-9_]{1,100})\.([A-Za-z0-9_]{1,60})$")
+WRITING_OVERLOADS = frozenset({
+    ("max", "dim_max"), ("min", "dim_min"), ("topk", "values"), ("sort", "values"),
+    ("sort", "values_stable"), ("sort", "int"), ("sort", "float"), ("sort", "Tensor"),
+    ("sort", "bool"), ("sort", "str"), ("sort", "any"),
+})
+"""Overloads of allowed operators that write to an argument without ``out`` in their name
+(``out=`` forms naming their outputs, and ``sort`` of a Python list in place). The loader
+also refuses any call whose schema writes to an argument."""
+
+_ATEN_TARGET = re.compile(
+    r"^torch\.ops\.aten\.([A-Za-z0-9_]{1,100})\.([A-Za-z][A-Za-z0-9_]{0,59})$"
+)
 
 
 def check_target(target: object) -> str | None:
@@ -102,7 +116,9 @@ def check_target(target: object) -> str | None:
     name, overload = match.groups()
     if name not in ATEN:
         return f"operator aten::{name} is not on the allowlist of pure tensor operations"
-    if overload == "out" or overload.startswith("out") or overload.endswith("out"):
+    if overload == "out" or overload.startswith("out") or overload.endswith("out") or (
+        (name, overload) in WRITING_OVERLOADS
+    ):
         return f"out= overload aten::{name}.{overload} is not allowed"
     return None
 
