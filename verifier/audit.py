@@ -227,7 +227,7 @@ class Auditor:
                 job_id, AUDIT, job.spec_sha256, policy, (worker_sha, our_sha), False, (),
                 note=str(exc),
             )
-        result = self.compare(ours, theirs, policy)
+        result = self._compare_worker(ours, theirs, job.spec)
         return self._finish(
             job_id, AUDIT, job.spec_sha256, policy, (worker_sha, our_sha), result.agree,
             (result.between(0, 1),),
@@ -304,11 +304,11 @@ class Auditor:
                 previous=first_evidence_hash,
             )
         comparisons: list[Comparison] = []
-        worker_vs_appeal = self.compare(ours, theirs, policy)
+        worker_vs_appeal = self._compare_worker(ours, theirs, job.spec)
         comparisons.append(worker_vs_appeal.between(0, 2))
         worker_vs_first: bool | None = None
         if first_output is not None:
-            wf = self.compare(first_output, theirs, policy)
+            wf = self._compare_worker(first_output, theirs, job.spec)
             comparisons.append(wf.between(0, 1))
             comparisons.append(self.compare(ours, first_output, policy).between(1, 2))
             worker_vs_first = wf.agree
@@ -317,6 +317,18 @@ class Auditor:
             job_id, APPEAL, job.spec_sha256, policy, (worker_sha, first_sha, our_sha), wins,
             tuple(comparisons), note=first_note, previous=first_evidence_hash,
         )
+
+    def _compare_worker(self, reference: bytes, theirs: bytes, spec: JobSpec) -> OutputComparison:
+        """The worker's output against ``reference`` under the job's policy. An output over
+        the job's ``max_output_bytes`` is refused unread: an honest runner never writes one
+        (it fails the job instead), and parsing it would cost the verifier the memory."""
+        if len(theirs) > spec.max_output_bytes:
+            return OutputComparison(
+                False,
+                f"worker output is {len(theirs)} bytes, over the job's max_output_bytes "
+                f"{spec.max_output_bytes}",
+            )
+        return self.compare(reference, theirs, dict(spec.tolerance))
 
     def _first_verifier_output(
         self, job_id: int, first_evidence_hash: bytes

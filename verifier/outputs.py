@@ -20,23 +20,40 @@ from verifier.audit import OutputComparison
 
 def load_outputs(raw: bytes, *, who: str) -> tuple[list[np.ndarray], list[str]]:
     """The tensors ``out.0 .. out.N-1`` of a safetensors blob, in order, and their dtypes as
-    stored (BadInput otherwise). bfloat16 tensors are widened to float32 for numpy, which has
-    no bfloat16; the stored dtypes are returned so a caller still tells them apart."""
-    import torch
-
+    stored (BadInput otherwise). Dtypes numpy lacks are widened exactly (bfloat16 and the
+    float8 types to float32, complex32 to complex64); the stored dtypes are returned so a
+    caller still tells them apart. A dtype that cannot be widened is BadInput."""
     from meshcompute.programs import load_tensors
 
     try:
         tensors = load_tensors(raw, "out")
     except BadInput as exc:
         raise BadInput(f"{who} output: {exc}") from exc
+    except (KeyError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        # safetensors' torch loader raises KeyError for a dtype torch does not map
+        raise BadInput(f"{who} output is not readable safetensors: "
+                       f"{type(exc).__name__}: {exc}") from None
     arrays, dtypes = [], []
-    for tensor in tensors:
+    for index, tensor in enumerate(tensors):
         dtypes.append(str(tensor.dtype).removeprefix("torch."))
-        if tensor.dtype == torch.bfloat16:
-            tensor = tensor.to(torch.float32)
-        arrays.append(tensor.numpy())
+        arrays.append(_as_numpy(tensor, f"{who} output out.{index}"))
     return arrays, dtypes
+
+
+def _as_numpy(tensor: Any, where: str) -> np.ndarray:
+    import torch
+
+    if tensor.dtype.is_floating_point and tensor.element_size() < 2 or tensor.dtype in (
+        torch.bfloat16,
+    ):
+        tensor = tensor.to(torch.float32)
+    elif tensor.dtype == torch.complex32:
+        tensor = tensor.to(torch.complex64)
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise BadInput(f"{where} has dtype {tensor.dtype}, which cannot be compared: {exc}") \
+            from None
 
 
 def compare_outputs(expected: bytes, got: bytes, policy: dict[str, Any]) -> OutputComparison:
