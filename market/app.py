@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from market import service
-from market.blobs import BlobTooLarge, HashMismatch
+from market.blobs import BlobTooLarge, HashMismatch, StoreFull
 from market.runtime import MarketRuntime
 from market.schemas import (
     SHA256_PATTERN,
@@ -47,7 +47,7 @@ from market.schemas import (
     SpecOut,
     WorkerOut,
 )
-from meshcompute.auth import HEADER_EXPIRES, HEADER_NONCE, verify_request
+from meshcompute.auth import verify_signed_request
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import (
     AuthError,
@@ -69,7 +69,7 @@ JobIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]
 
 _ERRORS: dict[int, dict[str, Any]] = {
     code: {"model": ErrorOut}
-    for code in (400, 401, 403, 404, 409, 413, 422, 503)
+    for code in (400, 401, 403, 404, 409, 413, 422, 503, 507)
 }
 
 
@@ -202,7 +202,7 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
             hardware=body.hardware.model_dump(),
             price_wei=int(body.price_wei),
             slots=body.slots,
-            operator=body.operator,
+            operator=printable(body.operator) if body.operator is not None else None,
             now=time.time(),
         )
         return {
@@ -233,7 +233,7 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
 
     @app.post("/leases/{job_id}/fail", response_model=OkOut, tags=["workers"])
     def fail(job_id: JobIdPath, body: FailIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
-        service.fail_lease(runtime, address, job_id, body.reason, time.time())
+        service.fail_lease(runtime, address, job_id, printable(body.reason), time.time())
         return {"ok": True}
 
     @app.post("/results/{job_id}", response_model=ResultOut, tags=["workers"])
@@ -249,7 +249,7 @@ async def _authenticate(
     request: Request, runtime: MarketRuntime, *, body: bytes, body_sha256: str | None = None
 ) -> str:
     now = time.time()
-    address = verify_request(
+    signed = verify_signed_request(
         request.headers,
         request.method,
         request.url.path,
@@ -258,20 +258,18 @@ async def _authenticate(
         now=now,
         body_sha256=body_sha256,
     )
+    # the nonce and expiry that were signed, never the headers read again
     await run_in_threadpool(
-        runtime.state.claim_nonce,
-        address,
-        request.headers[HEADER_NONCE],
-        expires=int(request.headers[HEADER_EXPIRES]),
-        now=now,
+        runtime.state.claim_nonce, signed.address, signed.nonce, expires=signed.expires, now=now
     )
-    return address
+    return signed.address
 
 
 def _status_of(exc: Exception) -> int:
     for cls, status in (
         (HashMismatch, 400),
         (BlobTooLarge, 413),
+        (StoreFull, 507),
         (service.Forbidden, 403),
         (AuthError, 401),
         (NotFound, 404),
@@ -304,6 +302,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation(exc)}, status_code=422)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters (ANSI escapes, bidi overrides) written as
+    escapes: a worker's failure reason and operator label are shown to other people's
+    terminals, which must not take orders from them. Newlines and tabs stay."""
+    return "".join(
+        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
 
 
 def describe_validation(exc: RequestValidationError) -> str:

@@ -4,22 +4,30 @@ An upload is streamed to a temporary file in ``<root>/.tmp`` while it is hashed 
 becomes visible only after its sha256 matches the name it was uploaded under, by an atomic
 rename into ``<root>/<aa>/<bb>/<sha256>``. A crash mid-upload leaves only a temporary file
 (swept at start-up), never a visible blob with the wrong bytes.
+
+The size limit bounds one blob, not the store: uploads are refused (:class:`StoreFull`, HTTP
+507) while the disk holding the store has less than ``min_free_bytes`` free (by default one
+blob's limit), checked before an upload starts and again as it streams, so many or parallel
+uploads cannot fill the disk the market's logs and Redis may share.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from meshcompute.core.spec import is_sha256_hex
-from meshcompute.errors import BadInput, NotFound
+from meshcompute.errors import BadInput, NotFound, ServiceUnavailable
 
 _CHUNK = 1 << 20
 _STALE_TMP_S = 3600
+_SPACE_CHECK_BYTES = 16 << 20
+"""A streaming upload re-checks the free space each time this many more bytes arrived."""
 
 
 class HashMismatch(BadInput):
@@ -30,12 +38,23 @@ class BlobTooLarge(BadInput):
     """An upload exceeds the store's per-blob size limit (HTTP 413)."""
 
 
-class BlobStore:
-    """Blobs on disk under ``root``; ``max_bytes`` bounds one blob."""
+class StoreFull(ServiceUnavailable):
+    """The disk under the store is nearly full; uploads wait for space (HTTP 507)."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path``."""
+    return int(shutil.disk_usage(path).free)
+
+
+class BlobStore:
+    """Blobs on disk under ``root``; ``max_bytes`` bounds one blob, ``min_free_bytes`` (default
+    ``max_bytes``) is the free space every upload leaves on the disk."""
+
+    def __init__(self, root: Path, max_bytes: int, *, min_free_bytes: int | None = None) -> None:
         self.root = Path(root).expanduser()
         self.max_bytes = int(max_bytes)
+        self.min_free_bytes = self.max_bytes if min_free_bytes is None else int(min_free_bytes)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._sweep_stale_uploads()
@@ -80,6 +99,7 @@ class BlobStore:
             )
         if self.exists(sha):
             return sha, False
+        self._check_space(len(data))
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="up-")
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -100,8 +120,10 @@ class BlobStore:
             raise BlobTooLarge(
                 f"upload of {declared_size} bytes exceeds the limit of {self.max_bytes} bytes"
             )
+        self._check_space(declared_size or 0)
         digest = hashlib.sha256()
         size = 0
+        checked = 0
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="up-")
         tmp = Path(tmp_name)
         try:
@@ -112,6 +134,9 @@ class BlobStore:
                         raise BlobTooLarge(
                             f"upload exceeds the limit of {self.max_bytes} bytes"
                         )
+                    if size - checked >= _SPACE_CHECK_BYTES:
+                        self._check_space(0)
+                        checked = size
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -124,6 +149,15 @@ class BlobStore:
             return self._publish(tmp, sha256)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _check_space(self, incoming: int) -> None:
+        """StoreFull unless ``incoming`` more bytes still leave ``min_free_bytes`` free."""
+        free = free_bytes(self._tmp)
+        if free - incoming < self.min_free_bytes:
+            raise StoreFull(
+                f"blob store {self.root} is nearly full ({free} bytes free, uploads keep "
+                f"{self.min_free_bytes} free); try again later"
+            )
 
     def _publish(self, tmp: Path, sha256: str) -> bool:
         target = self.path(sha256)

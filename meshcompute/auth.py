@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -29,6 +30,7 @@ HEADER_NONCE = "X-Mesh-Nonce"
 HEADER_EXPIRES = "X-Mesh-Expires"
 HEADER_SIGNATURE = "X-Mesh-Signature"
 AUTH_HEADERS = (HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES, HEADER_SIGNATURE)
+_AUTH_NAMES = {name.lower(): name for name in AUTH_HEADERS}
 
 MAX_TTL_S = 300
 """An expiry more than this many seconds ahead is refused (bounds how long a nonce is kept)."""
@@ -104,6 +106,16 @@ def sign_request(
     }
 
 
+@dataclass(frozen=True)
+class SignedRequest:
+    """What a verified request proves: its signer, and the nonce and expiry it signed (the
+    values the caller must remember, never re-read from the headers)."""
+
+    address: str
+    nonce: str
+    expires: int
+
+
 def verify_request(
     headers: Mapping[str, str],
     method: str,
@@ -115,6 +127,24 @@ def verify_request(
     body_sha256: str | None = None,
 ) -> str:
     """The checksummed address that signed this request; AuthError names what is wrong.
+
+    See :func:`verify_signed_request`, which also returns the signed nonce and expiry."""
+    return verify_signed_request(
+        headers, method, path, body, chain_id, now=now, body_sha256=body_sha256
+    ).address
+
+
+def verify_signed_request(
+    headers: Mapping[str, str],
+    method: str,
+    path: str,
+    body: bytes,
+    chain_id: int,
+    *,
+    now: float,
+    body_sha256: str | None = None,
+) -> SignedRequest:
+    """The signer, nonce and expiry of this request; AuthError names what is wrong.
 
     ``body_sha256`` stands in for ``body`` when the body is streamed and checked later (a
     blob upload is signed over the blob's name, and the store verifies the bytes).
@@ -163,11 +193,20 @@ def verify_request(
             f"signature does not match {address} for {method.upper()} {path} on chain "
             f"{chain_id} (wrong key, or the body, path or chain id differ)"
         )
-    return address
+    return SignedRequest(address=address, nonce=nonce, expires=expires)
 
 
 def _auth_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    lowered = {str(key).lower(): str(value) for key, value in headers.items()}
+    """The four auth headers; each must appear exactly once. A repeated header is refused:
+    servers read "the" value of a header differently (Starlette's ``headers[name]`` is the
+    first, ``dict(headers.items())`` the last), so a second X-Mesh-Nonce could get a replayed
+    request's signature checked with one nonce and the replay guard fed another."""
+    lowered: dict[str, str] = {}
+    for key, value in headers.items():
+        name = str(key).lower()
+        if name in lowered and name in _AUTH_NAMES:
+            raise AuthError(f"header {_AUTH_NAMES[name]} is given more than once")
+        lowered[name] = str(value)
     out: dict[str, str] = {}
     for name in AUTH_HEADERS:
         value = lowered.get(name.lower())
