@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from pydantic import SecretStr
 
 from market.blobs import BlobStore
 from market.state import MarketState
@@ -64,13 +65,15 @@ class MarketRuntime:
             )
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
         chain = connect(settings)
+        assigner = assigner_account(settings, chain.chain_id)
+        settler_account(settings, chain.chain_id, assigner)  # refused at start, not at settle
         return cls(
             settings=settings,
             redis=client,
             chain=chain,
             state=MarketState(client),
             blobs=BlobStore(settings.blob_root, settings.max_blob_bytes),
-            assigner=assigner_account(settings, chain.chain_id),
+            assigner=assigner,
         )
 
     # ------------------------------------------------------------------ chain
@@ -90,9 +93,7 @@ class MarketRuntime:
 
     @cached_property
     def settler(self) -> MeshActor:
-        key = self.settings.settler_key
-        account = Account.from_key(key.get_secret_value()) if key else self.assigner
-        return actor_for(self.chain, account)
+        return actor_for(self.chain, settler_account(self.settings, self.chain_id, self.assigner))
 
     @cached_property
     def chain_config(self) -> dict[str, int]:
@@ -169,16 +170,42 @@ class MarketRuntime:
 
 
 def assigner_account(settings: Settings, chain_id: int) -> LocalAccount:
-    """The ticket-signing key: MESH_ASSIGNER_KEY, or on the dev chain the dev account 1."""
+    """The ticket-signing key: MESH_ASSIGNER_KEY, or on the dev chain the dev account 1.
+
+    A key of the public development mnemonic is refused on any other chain: anyone can sign
+    tickets with it."""
     if settings.assigner_key is not None:
-        try:
-            return Account.from_key(settings.assigner_key.get_secret_value())
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"MESH_ASSIGNER_KEY is not a private key ({type(exc).__name__})") \
-                from None
+        return _account_from_setting(settings.assigner_key, "MESH_ASSIGNER_KEY", chain_id)
     if chain_id == DEV_CHAIN_ID:
         return dev_accounts(DEV_MNEMONIC)[1]
     raise ConfigError(
         f"MESH_ASSIGNER_KEY: required on chain id {chain_id} (the dev key is only used on the "
         f"dev chain {DEV_CHAIN_ID}); it must hold ASSIGNER_ROLE on the JobMarket"
     )
+
+
+def settler_account(settings: Settings, chain_id: int, assigner: LocalAccount) -> LocalAccount:
+    """The key that sends finalize batches: MESH_SETTLER_KEY, else the assigner's."""
+    if settings.settler_key is None:
+        return assigner
+    return _account_from_setting(settings.settler_key, "MESH_SETTLER_KEY", chain_id)
+
+
+def _account_from_setting(key: SecretStr, variable: str, chain_id: int) -> LocalAccount:
+    """The account of a private-key setting; ConfigError (never showing the key) when it is
+    malformed, or a development key on a chain other than the dev chain."""
+    try:
+        account: LocalAccount = Account.from_key(key.get_secret_value())
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{variable} is not a private key ({type(exc).__name__})") from None
+    if chain_id != DEV_CHAIN_ID and is_dev_key(account):
+        raise ConfigError(
+            f"{variable} is a key of the public development mnemonic ({account.address}); "
+            f"anyone can sign with it, so it is refused on chain id {chain_id}"
+        )
+    return account
+
+
+def is_dev_key(account: LocalAccount) -> bool:
+    """Whether ``account`` is one of the well-known accounts of the dev mnemonic."""
+    return account.address in {a.address for a in dev_accounts(DEV_MNEMONIC)}
