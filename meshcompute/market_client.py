@@ -477,9 +477,10 @@ class MarketClient:
 
 def _error_for(response: httpx.Response, what: str) -> MeshError:
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = None
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
     if not isinstance(detail, str):
         detail = json.dumps(detail) if detail is not None else (response.text[:500] or "")
     cls = _STATUS_ERRORS.get(response.status_code)
