@@ -4,7 +4,9 @@ Public interface (the worker node and the verifier's recomputation call these):
 
 - :func:`run_job` -> :class:`JobOutcome`: one job, in a fresh sandboxed process.
 - :class:`JobRunner`: the same, reusable, with an optional warm start (the next job process is
-  started, and has imported torch, while the caller is busy with the previous result).
+  started, and has imported torch, while the caller is busy with the previous result), and
+  :meth:`JobRunner.run_batch`: several jobs of ONE client and ONE program in one process (the
+  program loaded once), which may stay bound to that client and program for its next batch.
 - :func:`sandbox_available`, :class:`~meshcompute.errors.SandboxUnavailable`,
   :func:`build_command` (the exact bwrap command; tests use it to probe the isolation).
 
@@ -33,6 +35,7 @@ import functools
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -42,6 +45,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -173,7 +177,7 @@ def _job_env(threads: int, home: str) -> dict[str, str]:
 
 
 class _JobProcess:
-    """One started job process (sandboxed or not) waiting in ``--serve`` mode."""
+    """One started job process (sandboxed or not) waiting for batches (``--serve`` mode)."""
 
     def __init__(self, folder: Path, *, device: str, threads: int, sandboxed: bool) -> None:
         self.folder = folder
@@ -190,15 +194,47 @@ class _JobProcess:
             env = _job_env(threads, str(self.box))
             cwd = self.box
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr,
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
             start_new_session=True, env=env, cwd=cwd, close_fds=True,
         )
-        self.key = (device, threads, sandboxed)
+        self.key: tuple[object, ...] | None = None
+        """The (client, program, limits) this process is bound to after its first batch."""
+        self.jobs_run = 0
+        self.batches = 0
+        self._buffer = b""
 
-    def go(self) -> None:
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, name: str) -> bool:
         assert self.process.stdin is not None
-        self.process.stdin.write(b"go\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(name.encode() + b"\n")
+            self.process.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False  # it died while waiting; reported by the caller
+
+    def read_line(self, deadline: float) -> str | None:
+        """The next line the process prints; None at end of output or past ``deadline``
+        (``time.perf_counter()``)."""
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            self._buffer += chunk
+            if len(self._buffer) > _RESULT_LIMIT:
+                return None  # not the protocol: treat as dead
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode("ascii", "replace").strip()
 
     def wait(self, timeout: float) -> bool:
         """True when it exited in time; otherwise its whole process group is killed."""
@@ -225,21 +261,41 @@ class _JobProcess:
 
     def discard(self) -> None:
         if self.process.poll() is None:
-            self.kill()
-        with contextlib.suppress(OSError):
-            if self.process.stdin:
-                self.process.stdin.close()
+            with contextlib.suppress(OSError):
+                if self.process.stdin:
+                    self.process.stdin.close()  # end of batches: it exits by itself
+            if not self.wait(0.5):
+                self.kill()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream:
+                    stream.close()
         self.stderr.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class JobRunner:
-    """Runs jobs one after another with fixed device and thread count.
+@dataclass(frozen=True)
+class _BatchJob:
+    index: int
+    inputs: bytes
+    time_limit_s: float
 
-    With ``warm=True`` the next job process is started as soon as the previous one finishes,
+
+class JobRunner:
+    """Runs jobs and batches of jobs one after another with fixed device and thread count.
+
+    :meth:`run` runs one job in a fresh process. :meth:`run_batch` runs several jobs of ONE
+    client and ONE program in one process (the program validated and loaded once, each job's
+    inputs in turn, each output written, size-checked and hashed on its own); with a
+    ``reuse_key`` (the client's address) the process stays bound to that (client, program,
+    limits) and takes that key's next batch, never another's. A process is only ever given
+    jobs of one client and one program hash: that is the security rule that makes sharing a
+    process acceptable (nothing one client's job leaves behind can reach another client).
+
+    With ``warm=True`` a spare process is started whenever the runner has no process waiting,
     so its interpreter start and torch import overlap with whatever the caller does between
     jobs. Not thread-safe: use one runner per concurrent job slot. ``close()`` stops the
-    waiting process.
+    waiting processes.
     """
 
     def __init__(
@@ -268,22 +324,28 @@ class JobRunner:
         self.scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.warm = warm
         self._next: _JobProcess | None = None
+        self._bound: _JobProcess | None = None
         self._lock = threading.Lock()
+        self._holder: list[_JobProcess | None] = [None, None]
         _sweep_orphans(self.scratch_root)
-        # A runner dropped without close() still stops its waiting process at exit / GC.
-        self._finalizer = weakref.finalize(self, JobRunner._discard_next, [None])
+        # A runner dropped without close() still stops its waiting processes at exit / GC.
+        self._finalizer = weakref.finalize(self, JobRunner._discard_all, self._holder)
         if warm:
             self._set_next(self._start())
 
     def _set_next(self, job: _JobProcess | None) -> None:
         self._next = job
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, JobRunner._discard_next, [job])
+        self._holder[0] = job
+
+    def _set_bound(self, job: _JobProcess | None) -> None:
+        self._bound = job
+        self._holder[1] = job
 
     @staticmethod
-    def _discard_next(holder: list[_JobProcess | None]) -> None:
-        if holder[0] is not None:
-            holder[0].discard()
+    def _discard_all(holder: list[_JobProcess | None]) -> None:
+        for job in holder:
+            if job is not None:
+                job.discard()
 
     def _start(self) -> _JobProcess:
         folder = self.scratch_root / f"job-{os.getpid()}-{uuid.uuid4().hex}"
@@ -300,85 +362,208 @@ class JobRunner:
         memory_limit_mb: int,
         max_output_bytes: int,
     ) -> JobOutcome:
-        """Run one job; see :func:`run_job`."""
+        """Run one job in a fresh process; see :func:`run_job`."""
+        return self.run_batch(program, [inputs], time_limit_s=time_limit_s,
+                              memory_limit_mb=memory_limit_mb,
+                              max_output_bytes=max_output_bytes)[0]
+
+    def run_batch(
+        self,
+        program: bytes | Path,
+        inputs: Sequence[bytes | Path],
+        *,
+        time_limit_s: float | Sequence[float],
+        memory_limit_mb: int,
+        max_output_bytes: int,
+        reuse_key: str | None = None,
+    ) -> list[JobOutcome]:
+        """Run the jobs ``inputs[i]`` of one program in one sandboxed process; one outcome per
+        job, in order.
+
+        Every job keeps the checks of :func:`run_job`: the program is validated once, each
+        input's header on its own; ``time_limit_s`` (one value, or one per job) applies to each
+        job from the moment the previous one finished (the first job's time includes loading
+        the program), and a job past it is killed with its process and reported failed, the
+        jobs after it going on in a fresh process; ``memory_limit_mb`` and
+        ``max_output_bytes`` apply to each job. A job whose process crashed or ran out of
+        memory after earlier jobs ran in it is run again, first in a fresh process, before it
+        is reported failed.
+
+        ``reuse_key`` (the jobs' client): keep the process for the next batch with the same
+        key, program and limits. Callers must only pass jobs of ONE client and ONE program
+        per call, and the client's identity as the key.
+        """
         started = time.perf_counter()
+        limits = ([float(time_limit_s)] * len(inputs) if isinstance(time_limit_s, int | float)
+                  else [float(t) for t in time_limit_s])
+        if len(limits) != len(inputs):
+            raise BadInput(f"{len(limits)} time limits for {len(inputs)} jobs")
+        if not inputs:
+            return []
+        outcomes: list[JobOutcome | None] = [None] * len(inputs)
         with self._lock:
             try:
                 program_bytes = _read(program, "program")
                 validate_program(program_bytes)
             except BadInput as exc:
-                return _failed(f"program refused: {exc}", started)
-            try:
-                input_bytes = _read(inputs, "inputs")
-                read_header(input_bytes, "args")
-            except BadInput as exc:
-                return _failed(f"inputs refused: {exc}", started)
-            job = self._next if self._next is not None and self._next.process.poll() is None \
-                else self._start()
-            self._set_next(None)
-            try:
-                return self._run_in(job, program_bytes, input_bytes, started,
-                                    time_limit_s=time_limit_s, memory_limit_mb=memory_limit_mb,
-                                    max_output_bytes=max_output_bytes)
-            finally:
-                job.discard()
-                if self.warm:
-                    self._set_next(self._start())
+                return [_failed(f"program refused: {exc}", started) for _ in inputs]
+            pending: list[_BatchJob] = []
+            for index, source in enumerate(inputs):
+                try:
+                    data = _read(source, "inputs")
+                    read_header(data, "args")
+                except BadInput as exc:
+                    outcomes[index] = _failed(f"inputs refused: {exc}", started)
+                    continue
+                pending.append(_BatchJob(index, data, limits[index]))
+            sha = hashlib.sha256(program_bytes).hexdigest()
+            key = (None if reuse_key is None
+                   else (reuse_key.lower(), sha, int(memory_limit_mb), int(max_output_bytes)))
+            fresh = False
+            while pending:
+                job = self._process_for(key, fresh=fresh)
+                keep = False
+                try:
+                    pending, keep = self._run_in(
+                        job, program_bytes, sha, pending, outcomes, started,
+                        memory_limit_mb=memory_limit_mb, max_output_bytes=max_output_bytes)
+                finally:
+                    if key is not None and keep and job.alive():
+                        job.key = key
+                        self._set_bound(job)
+                    else:
+                        job.discard()
+                fresh = True
+            if self.warm and self._next is None and self._bound is None:
+                self._set_next(self._start())
+        return [o if o is not None else _failed("job was not run", started) for o in outcomes]
 
-    def _run_in(self, job: _JobProcess, program: bytes, inputs: bytes, started: float, *,
-                time_limit_s: float, memory_limit_mb: int, max_output_bytes: int) -> JobOutcome:
-        (job.box / "program.pt2").write_bytes(program)
-        (job.box / "inputs.safetensors").write_bytes(inputs)
-        (job.box / "job.json").write_text(json.dumps({
+    def _process_for(self, key: tuple[object, ...] | None, *, fresh: bool) -> _JobProcess:
+        """The bound process for ``key`` when there is one (and ``fresh`` is not asked),
+        else the warm spare, else a new process. A bound process of another key is stopped."""
+        bound = self._bound
+        self._set_bound(None)
+        if bound is not None:
+            if not fresh and key is not None and bound.key == key and bound.alive():
+                return bound
+            bound.discard()
+        job = self._next if self._next is not None and self._next.alive() else None
+        if job is None and self._next is not None:
+            self._next.discard()
+        self._set_next(None)
+        return job if job is not None else self._start()
+
+    def _run_in(self, job: _JobProcess, program: bytes, sha: str, pending: list[_BatchJob],
+                outcomes: list[JobOutcome | None], started: float, *, memory_limit_mb: int,
+                max_output_bytes: int) -> tuple[list[_BatchJob], bool]:
+        """Run ``pending`` in ``job``; fill ``outcomes``; return (jobs to run again in a fresh
+        process, whether ``job`` may take another batch)."""
+        job.batches += 1
+        name = f"b{job.batches}"
+        folder = job.box / name
+        folder.mkdir()
+        (folder / "program.pt2").write_bytes(program)
+        for position, item in enumerate(pending):
+            (folder / f"inputs.{position}.safetensors").write_bytes(item.inputs)
+        (folder / "batch.json").write_text(json.dumps({
             "device": self.device, "memory_limit_mb": int(memory_limit_mb),
             "max_output_bytes": int(max_output_bytes), "threads": self.threads,
+            "program_sha256": sha, "count": len(pending),
         }))
-        try:
-            job.go()
-        except (BrokenPipeError, OSError):
-            pass  # it died while waiting; reported below
-        remaining = max(0.0, time_limit_s - (time.perf_counter() - started))
-        if not job.wait(remaining):
-            return _failed(f"job ran past its time limit of {time_limit_s:g} s and was killed",
-                           started)
-        result = _read_result(job.box / "result.json")
-        if result is None:
-            code = job.process.returncode
-            how = (f"was killed by signal {signal.Signals(-code).name}" if code and code < 0
-                   else f"exited with status {code}")
-            tail = job.stderr_tail().splitlines()[-1:] or [""]
-            return _failed(f"job process {how} without a result (crash, or over its memory "
-                           f"limit of {memory_limit_mb} MB) {tail[0][:300]}".rstrip(), started)
-        compute_s = float(result.get("compute_s") or 0.0)
-        if not result.get("ok"):
-            return _failed(str(result.get("reason") or "job failed")[:2000], started, compute_s)
-        output_path = job.box / "output.safetensors"
-        try:
-            size = output_path.stat().st_size
-        except OSError:
-            return _failed("job reported success but wrote no output", started, compute_s)
-        if size > max_output_bytes:
-            return _failed(f"output is {size} bytes, over the job's limit of {max_output_bytes} "
-                           "bytes", started, compute_s)
-        output = output_path.read_bytes()
-        try:
-            read_header(output, "out")
-        except BadInput as exc:
-            return _failed(f"job wrote a malformed output: {exc}", started, compute_s)
-        return JobOutcome(ok=True, output=output, output_sha256=hashlib.sha256(output).hexdigest(),
-                          reason=None, wall_s=time.perf_counter() - started, compute_s=compute_s)
+        first_in_process = job.jobs_run == 0
+        sent = job.send(name)
+        position = 0
+        job_started = time.perf_counter()
+        finished = False
+        timed_out = False
+        while sent and position < len(pending):
+            deadline = job_started + pending[position].time_limit_s
+            line = job.read_line(deadline)
+            if line is None:
+                timed_out = job.alive() and time.perf_counter() >= deadline
+                break
+            if line == f"job {position}":
+                job_started = time.perf_counter()
+                position += 1
+            elif line == "end":
+                break
+        if sent and position == len(pending):
+            finished = job.read_line(time.perf_counter() + 10) == "end"
+        keep = False
+        if finished:
+            summary = _read_result(folder / "result.json") or {}
+            keep = bool(summary.get("reusable"))
+        else:
+            job.kill()
+        rerun: list[_BatchJob] = []
+        for done, item in enumerate(pending):
+            result = _read_result(folder / f"result.{done}.json") if done < position else None
+            if result is None:
+                if done == position and timed_out:
+                    limit = item.time_limit_s
+                    outcomes[item.index] = _failed(
+                        f"job ran past its time limit of {limit:g} s and was killed", started)
+                elif done == position and first_in_process and done == 0:
+                    outcomes[item.index] = self._crashed(job, memory_limit_mb, started)
+                else:
+                    rerun.append(item)
+                continue
+            if result.get("retry") and not (first_in_process and done == 0):
+                rerun.append(item)
+                continue
+            outcomes[item.index] = _outcome(folder, done, result, started, max_output_bytes)
+        job.jobs_run += position
+        shutil.rmtree(folder, ignore_errors=True)
+        if rerun and len(rerun) == len(pending) and first_in_process:
+            # nothing ran in a brand-new process: do not loop; report the first job
+            outcomes[rerun[0].index] = self._crashed(job, memory_limit_mb, started)
+            rerun = rerun[1:]
+        return rerun, keep and not rerun
+
+    @staticmethod
+    def _crashed(job: _JobProcess, memory_limit_mb: int, started: float) -> JobOutcome:
+        code = job.process.returncode
+        how = (f"was killed by signal {signal.Signals(-code).name}" if code and code < 0
+               else f"exited with status {code}")
+        tail = job.stderr_tail().splitlines()[-1:] or [""]
+        return _failed(f"job process {how} without a result (crash, or over its memory "
+                       f"limit of {memory_limit_mb} MB) {tail[0][:300]}".rstrip(), started)
 
     def close(self) -> None:
         with self._lock:
-            if self._next is not None:
-                self._next.discard()
+            for job in (self._next, self._bound):
+                if job is not None:
+                    job.discard()
             self._set_next(None)
+            self._set_bound(None)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _outcome(folder: Path, index: int, result: dict[str, object], started: float,
+             max_output_bytes: int) -> JobOutcome:
+    compute_s = float(result.get("compute_s") or 0.0)  # type: ignore[arg-type]
+    if not result.get("ok"):
+        return _failed(str(result.get("reason") or "job failed")[:2000], started, compute_s)
+    output_path = folder / f"output.{index}.safetensors"
+    try:
+        size = output_path.stat().st_size
+    except OSError:
+        return _failed("job reported success but wrote no output", started, compute_s)
+    if size > max_output_bytes:
+        return _failed(f"output is {size} bytes, over the job's limit of {max_output_bytes} "
+                       "bytes", started, compute_s)
+    output = output_path.read_bytes()
+    try:
+        read_header(output, "out")
+    except BadInput as exc:
+        return _failed(f"job wrote a malformed output: {exc}", started, compute_s)
+    return JobOutcome(ok=True, output=output, output_sha256=hashlib.sha256(output).hexdigest(),
+                      reason=None, wall_s=time.perf_counter() - started, compute_s=compute_s)
 
 
 def run_job(
