@@ -25,15 +25,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 
 from meshcompute.chain.contracts import MeshActor
-from meshcompute.chain.tickets import AssignTicket
-from meshcompute.core.job import JobRecord
 from meshcompute.errors import (
     AuthError,
     ConfigError,
@@ -65,14 +63,17 @@ class JobOutcomeLike(Protocol):
 Runner = Callable[..., JobOutcomeLike]
 
 
-@dataclass
+@dataclass(eq=False)
 class _ActiveJob:
     lease: Lease
     received: float
     renew_at: float
+    batch: _Batch | None = None
     phase: str = "leased"
     running: bool = False
     abandoned: bool = False
+    done: bool = False
+    """Finished here (failed, committed, reverted or released): nothing more to do."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
 
@@ -81,16 +82,16 @@ class _ActiveJob:
         return self.lease.job_id
 
 
-@dataclass
-class _TicketBatch:
-    """Results of the jobs of one multi-job ticket, committed together in one transaction."""
+@dataclass(eq=False)
+class _Batch:
+    """The jobs of one lease (one ticket; a single job is a batch of one), run by one thread
+    and committed in one transaction."""
 
-    ticket: AssignTicket
-    signature: bytes
-    results: dict[int, tuple[bytes, JobRecord]] = field(default_factory=dict)
-    broken: bool = False
-    error: MeshError | None = None
-    finished: threading.Event = field(default_factory=threading.Event)
+    jobs: list[_ActiveJob] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def pending(self) -> list[_ActiveJob]:
+        return [job for job in self.jobs if not job.done and not job.abandoned]
 
 
 class _Abandoned(Exception):
@@ -129,7 +130,6 @@ class WorkerNode:
         self._sink = on_event or (lambda event: None)
         self._active: dict[int, _ActiveJob] = {}
         self.watch = CommitWatch(actor, appeal=adversary is None, emit=self._emit)
-        self._batches: dict[tuple[tuple[int, ...], bytes], _TicketBatch] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -189,10 +189,10 @@ class WorkerNode:
             while not stop_event.is_set():
                 now = time.monotonic()
                 self._renew_due_leases(now)
-                free = self.config.slots - len(self._active)
+                free = self.config.slots - self._busy_slots()
                 if free > 0 and now >= next_ask:
                     got = self._ask_for_work(free)
-                    more = got and len(self._active) < self.config.slots
+                    more = got and self._busy_slots() < self.config.slots
                     next_ask = now if more else now + self.config.poll_interval_s
                 if now >= next_audit:
                     self.watch.check()
@@ -275,29 +275,46 @@ class WorkerNode:
         except MeshError as exc:
             self._emit("warning", message=f"asking for work failed: {exc}")
             return False
+        units: dict[tuple[tuple[int, ...], bytes] | int, list[Lease]] = {}
         for lease in leases:
             if self._stop_event is not None and self._stop_event.is_set():
                 # stopped while asking (SIGTERM): hand the job straight back, unstarted
                 self._release(lease.job_id, "worker stopping")
-            else:
-                self._start(lease)
+                continue
+            key = ((lease.ticket.job_ids, lease.signature) if len(lease.ticket.job_ids) > 1
+                   else lease.job_id)
+            units.setdefault(key, []).append(lease)
+        for unit in units.values():
+            self._start(unit)
         return bool(leases)
 
-    def _start(self, lease: Lease) -> None:
-        now = time.monotonic()
-        job = _ActiveJob(lease=lease, received=now, renew_at=now + self._renew_after(lease))
+    def _busy_slots(self) -> int:
+        """Slots in use: a lease batch (one ticket) occupies one slot."""
         with self._lock:
-            if lease.job_id in self._active:
-                return  # the market offered a job we already hold
-            self._active[lease.job_id] = job
-            if len(lease.ticket.job_ids) > 1:
-                key = (lease.ticket.job_ids, lease.signature)
-                self._batches.setdefault(key, _TicketBatch(lease.ticket, lease.signature))
-        self._emit("phase", job_id=lease.job_id, phase="leased", device=lease.spec.device,
-                   lease_expiry=lease.lease_expiry)
-        job.thread = threading.Thread(target=self._run_job, args=(job,), daemon=True,
-                                      name=f"mesh-job-{lease.job_id}")
-        job.thread.start()
+            return len({id(job.batch) for job in self._active.values()})
+
+    def _start(self, leases: list[Lease]) -> None:
+        now = time.monotonic()
+        batch = _Batch()
+        with self._lock:
+            for lease in leases:
+                if lease.job_id in self._active:
+                    continue  # the market offered a job we already hold
+                job = _ActiveJob(lease=lease, received=now,
+                                 renew_at=now + self._renew_after(lease), batch=batch)
+                self._active[lease.job_id] = job
+                batch.jobs.append(job)
+        if not batch.jobs:
+            return
+        for job in batch.jobs:
+            self._emit("phase", job_id=job.job_id, phase="leased",
+                       device=job.lease.spec.device, lease_expiry=job.lease.lease_expiry)
+        first = batch.jobs[0].job_id
+        batch.thread = threading.Thread(target=self._run_batch, args=(batch,), daemon=True,
+                                        name=f"mesh-batch-{first}")
+        for job in batch.jobs:
+            job.thread = batch.thread
+        batch.thread.start()
 
     def _renew_after(self, lease: Lease) -> float:
         """Seconds after receipt at which to renew: half of what is left of the lease."""
@@ -305,115 +322,190 @@ class WorkerNode:
         return max(1.0, left / 2)
 
     def _renew_due_leases(self, now: float) -> None:
+        """Renew leases due for it; one renewal per batch (the market re-signs the ticket over
+        every job of the batch this node still holds)."""
         with self._lock:
-            due = [job for job in self._active.values()
-                   if job.renew_at <= now and not job.abandoned and job.phase != "committing"]
-        for job in due:
+            due: dict[int, _ActiveJob] = {}
+            for job in self._active.values():
+                if job.renew_at <= now and not job.abandoned and job.phase != "committing" \
+                        and not job.done:
+                    due.setdefault(id(job.batch), job)
+        for job in due.values():
             try:
                 lease = self.market.renew(job.job_id)
             except MeshError as exc:
                 self._emit("warning", job_id=job.job_id, message=f"lease renewal failed: {exc}")
                 job.renew_at = now + 2.0
                 continue
-            with self._lock:
-                job.lease = lease
-                job.renew_at = time.monotonic() + self._renew_after(lease)
-            self._emit("lease_renewed", job_id=job.job_id, lease_expiry=lease.lease_expiry)
+            self._apply_renewal(job, lease)
 
-    # ------------------------------------------------------------------ one job
+    def _apply_renewal(self, job: _ActiveJob, lease: Lease) -> None:
+        """Give ``lease``'s ticket to every job of ``job``'s batch that it covers."""
+        with self._lock:
+            renew_at = time.monotonic() + self._renew_after(lease)
+            for member in job.batch.jobs if job.batch is not None else [job]:
+                if member.job_id == lease.job_id:
+                    member.lease = lease
+                elif member.job_id in lease.ticket.job_ids:
+                    member.lease = replace(member.lease, ticket=lease.ticket,
+                                           signature=lease.signature,
+                                           lease_expiry=lease.lease_expiry)
+                else:
+                    continue
+                member.renew_at = renew_at
+        self._emit("lease_renewed", job_id=job.job_id, lease_expiry=lease.lease_expiry,
+                   batch=list(lease.ticket.job_ids))
+
+    # ------------------------------------------------------------------ one batch
     def _phase(self, job: _ActiveJob, phase: str) -> None:
         if job.abandoned:
             raise _Abandoned
         job.phase = phase
         self._emit("phase", job_id=job.job_id, phase=phase, device=job.lease.spec.device)
 
-    def _run_job(self, job: _ActiveJob) -> None:
-        job_id = job.job_id
+    def _run_batch(self, batch: _Batch) -> None:
+        """Run the jobs of one lease batch: download, run (one sandbox process per client and
+        program), upload each output, submit each result, commit them in one transaction.
+
+        A job that fails is reported failed to the market; the others still commit, with a
+        ticket the market re-signs over the jobs still held (``renew``)."""
         started = time.monotonic()
         try:
-            output, sha, outcome = self._compute(job)
-            self._phase(job, "uploading")
-            uploaded = self.market.put_blob(output)
-            if uploaded != sha:
-                raise JobFailed(f"uploaded output hashes to {uploaded}, expected {sha}")
-            self.market.submit_result(job_id, sha)
-            self._phase(job, "committing")
-            self._commit(job, sha)
-            self._emit("job_done", job_id=job_id, output_sha256=sha,
-                       wall_s=round(time.monotonic() - started, 3),
-                       compute_s=round(getattr(outcome, "compute_s", 0.0) or 0.0, 3))
-            with self._lock:
-                self.counts["done"] += 1
+            done = self._compute_batch(batch)
+            for job, (output, sha, _outcome) in list(done.items()):
+                try:
+                    self._phase(job, "uploading")
+                    uploaded = self.market.put_blob(output)
+                    if uploaded != sha:
+                        raise JobFailed(f"uploaded output hashes to {uploaded}, expected {sha}")
+                    self.market.submit_result(job.job_id, sha)
+                except JobFailed as exc:
+                    self._fail(job, str(exc))
+                    del done[job]
+            if done:
+                self._commit(batch, {job: sha for job, (_, sha, _) in done.items()})
+                for job, (_, sha, outcome) in done.items():
+                    self._emit("job_done", job_id=job.job_id, output_sha256=sha,
+                               wall_s=round(time.monotonic() - started, 3),
+                               compute_s=round(getattr(outcome, "compute_s", 0.0) or 0.0, 3))
+                    with self._lock:
+                        self.counts["done"] += 1
         except _Abandoned:
-            self._emit("job_abandoned", job_id=job_id)
+            for job in batch.jobs:
+                if not job.done:
+                    self._emit("job_abandoned", job_id=job.job_id)
         except _Released as exc:
-            self._release(job_id, str(exc))
-        except JobFailed as exc:
-            self._fail(job, str(exc))
-        except SandboxUnavailable as exc:
-            self._fail(job, f"this worker cannot isolate the job: {exc}")
+            for job in batch.pending():
+                self._release(job.job_id, str(exc))
         except ContractRevert as exc:
-            self._commit_reverted(job, exc)
+            for job in batch.pending():
+                self._commit_reverted(job, exc)
         except MeshError as exc:
-            # The market or the chain could not be reached; the lease will lapse and the
-            # market hands the job to someone else.
-            self._emit("error", job_id=job_id, message=f"job {job_id} interrupted: {exc}")
-            self._break_batch(job)
-            with self._lock:
-                self.counts["failed"] += 1
+            # The market or the chain could not be reached; the leases will lapse and the
+            # market hands the jobs to someone else.
+            for job in batch.pending():
+                self._emit("error", job_id=job.job_id,
+                           message=f"job {job.job_id} interrupted: {exc}")
+                with self._lock:
+                    self.counts["failed"] += 1
         except Exception as exc:  # noqa: BLE001 - a bug here must not take the node down
-            self._emit("error", job_id=job_id, message=f"job {job_id}: internal error "
-                       f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-            self._fail(job, f"worker internal error ({type(exc).__name__})")
+            for job in batch.pending():
+                self._emit("error", job_id=job.job_id, message=f"job {job.job_id}: internal "
+                           f"error {type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+                self._fail(job, f"worker internal error ({type(exc).__name__})")
         finally:
             with self._lock:
-                self._active.pop(job_id, None)
+                for job in batch.jobs:
+                    self._active.pop(job.job_id, None)
             self._wake.set()
 
-    def _compute(self, job: _ActiveJob) -> tuple[bytes, str, Any]:
-        """Download, check and run the job; returns (output, its sha256, the outcome)."""
-        lease = job.lease
-        spec = lease.spec
-        self._check_lease(lease)
-        if spec.device == "cuda" and not self.hardware.gpus:
-            raise JobFailed("the job asks for device 'cuda' but this worker has no CUDA GPU")
-        self._phase(job, "downloading")
-        program = self._download(spec.program, "program")
-        inputs = self._download(spec.inputs, "inputs")
-        cheating = self.adversary is not None and self.adversary.should_cheat(job.job_id)
-        if cheating and self.adversary is not None:
-            fake = self.adversary.cheap_output(spec.program, inputs)
-            if fake is not None:
-                self._phase(job, "running")
-                self._emit("cheated", job_id=job.job_id, how="zeros without computing")
-                return fake, hashlib.sha256(fake).hexdigest(), None
-        with job.lock:
-            if job.abandoned:
-                raise _Abandoned
-            job.running = True
-        self._phase_unchecked(job, "running")
-        outcome = self._runner(
-            program,
-            inputs,
-            device=spec.device,
-            time_limit_s=spec.time_limit_s,
-            memory_limit_mb=spec.memory_limit_mb,
-            max_output_bytes=spec.max_output_bytes,
-            threads=self.config.threads,
-            scratch_root=self.config.scratch_dir,
-            allow_unsandboxed=self.config.allow_unsandboxed,
-        )
-        if not outcome.ok or outcome.output is None:
-            raise JobFailed(outcome.reason or "the job failed without a reason")
-        output = bytes(outcome.output)
-        sha = hashlib.sha256(output).hexdigest()
-        if self.adversary is not None:
-            self.adversary.remember(spec.program, inputs, output)
-            if cheating:
-                output = self.adversary.corrupt(output)
+    def _compute_batch(self, batch: _Batch) -> dict[_ActiveJob, tuple[bytes, str, Any]]:
+        """Check, download and run every job of the batch; failed jobs are reported and left
+        out. Returns each good job's (output, sha256, outcome)."""
+        ready: list[tuple[_ActiveJob, bytes, bytes]] = []
+        programs: dict[str, bytes] = {}
+        for job in batch.jobs:
+            try:
+                lease = job.lease
+                self._check_lease(lease)
+                if lease.spec.device == "cuda" and not self.hardware.gpus:
+                    raise JobFailed("the job asks for device 'cuda' but this worker has no "
+                                    "CUDA GPU")
+                self._phase(job, "downloading")
+                program = programs.get(lease.spec.program)
+                if program is None:
+                    program = self._download(lease.spec.program, "program")
+                    programs[lease.spec.program] = program
+                inputs = self._download(lease.spec.inputs, "inputs")
+            except JobFailed as exc:
+                self._fail(job, str(exc))
+                continue
+            except SandboxUnavailable as exc:
+                self._fail(job, f"this worker cannot isolate the job: {exc}")
+                continue
+            ready.append((job, program, inputs))
+        done: dict[_ActiveJob, tuple[bytes, str, Any]] = {}
+        to_run: list[tuple[_ActiveJob, bytes, bytes, bool]] = []
+        for job, program, inputs in ready:
+            cheating = self.adversary is not None and self.adversary.should_cheat(job.job_id)
+            if cheating and self.adversary is not None:
+                fake = self.adversary.cheap_output(job.lease.spec.program, inputs)
+                if fake is not None:
+                    self._phase(job, "running")
+                    self._emit("cheated", job_id=job.job_id, how="zeros without computing")
+                    done[job] = (fake, hashlib.sha256(fake).hexdigest(), None)
+                    continue
+            to_run.append((job, program, inputs, cheating))
+        for job, *_ in to_run:
+            with job.lock:
+                if job.abandoned:
+                    raise _Abandoned
+                job.running = True
+        # One sandbox process per (client, program, limits): never mix clients or programs.
+        groups: dict[tuple[Any, ...], list[tuple[_ActiveJob, bytes, bytes, bool]]] = {}
+        for item in to_run:
+            spec = item[0].lease.spec
+            key = (item[0].lease.record.client.lower(), spec.program, spec.device,
+                   spec.memory_limit_mb, spec.max_output_bytes)
+            groups.setdefault(key, []).append(item)
+        for (client, _, device, memory_mb, max_output), items in groups.items():
+            for job, *_ in items:
+                self._phase_unchecked(job, "running")
+            outcomes = self._run_group(client, device, memory_mb, max_output, items)
+            for (job, _program, inputs, cheating), outcome in zip(items, outcomes, strict=True):
+                if not outcome.ok or outcome.output is None:
+                    self._fail(job, outcome.reason or "the job failed without a reason")
+                    continue
+                output = bytes(outcome.output)
                 sha = hashlib.sha256(output).hexdigest()
-                self._emit("cheated", job_id=job.job_id, how=f"{self.adversary.mode} of output")
-        return output, sha, outcome
+                if self.adversary is not None:
+                    self.adversary.remember(job.lease.spec.program, inputs, output)
+                    if cheating:
+                        output = self.adversary.corrupt(output)
+                        sha = hashlib.sha256(output).hexdigest()
+                        self._emit("cheated", job_id=job.job_id,
+                                   how=f"{self.adversary.mode} of output")
+                done[job] = (output, sha, outcome)
+        return done
+
+    def _run_group(self, client: str, device: str, memory_mb: int, max_output: int,
+                   items: list[tuple[_ActiveJob, bytes, bytes, bool]]) -> list[Any]:
+        """Run jobs of one client and one program: one ``run_batch`` call when the runner has
+        it, else one call per job."""
+        program = items[0][1]
+        common = {"device": device, "memory_limit_mb": memory_mb,
+                  "max_output_bytes": max_output, "threads": self.config.threads,
+                  "scratch_root": self.config.scratch_dir,
+                  "allow_unsandboxed": self.config.allow_unsandboxed}
+        run_batch = getattr(self._runner, "run_batch", None)
+        if run_batch is not None:
+            return list(run_batch(program, [inputs for _, _, inputs, _ in items],
+                                  time_limit_s=[job.lease.spec.time_limit_s
+                                                for job, *_ in items],
+                                  client=client, **common))
+        return [self._runner(program, inputs, time_limit_s=job.lease.spec.time_limit_s,
+                             **common)
+                for job, _, inputs, _ in items]
 
     def _phase_unchecked(self, job: _ActiveJob, phase: str) -> None:
         job.phase = phase
@@ -443,7 +535,7 @@ class WorkerNode:
         return data
 
     def _fail(self, job: _ActiveJob, reason: str) -> None:
-        self._break_batch(job)
+        job.done = True
         if job.abandoned:  # already released at shutdown: the market no longer expects us
             self._emit("job_abandoned", job_id=job.job_id, reason=reason)
             return
@@ -457,50 +549,37 @@ class WorkerNode:
                        message=f"could not report failure of job {job.job_id}: {exc}")
 
     # ------------------------------------------------------------------ commit
-    def _commit(self, job: _ActiveJob, output_sha256: str) -> None:
-        """Commit the output hash on chain with the lease's (latest) ticket.
-
-        A multi-job ticket is committed in one transaction by the last of its jobs to finish;
-        the others wait for it (still holding their leases, which keep being renewed).
-        """
-        lease = job.lease
-        result = bytes.fromhex(output_sha256)
-        if len(lease.ticket.job_ids) == 1:
-            receipt = self.actor.assign_and_commit(lease.ticket, lease.signature, [result],
-                                                   [lease.record])
-            self._committed([lease.job_id], receipt)
-            return
-        key = (lease.ticket.job_ids, lease.signature)
-        with self._lock:
-            batch = self._batches.setdefault(key, _TicketBatch(lease.ticket, lease.signature))
-            if batch.broken:
-                raise _Released("another job of its ticket failed")
-            batch.results[lease.job_id] = (result, lease.record)
-            last = len(batch.results) == len(lease.ticket.job_ids)
-        if not last:
-            self._emit("waiting_for_batch", job_id=lease.job_id,
-                       batch=list(lease.ticket.job_ids))
-            while not batch.finished.wait(0.2):
-                if job.abandoned:
-                    raise _Abandoned
-            if batch.error is not None:
-                raise batch.error
-            if batch.broken:
-                raise _Released("another job of its ticket failed")
-            return
-        ids = list(lease.ticket.job_ids)
-        try:
-            receipt = self.actor.assign_and_commit(
-                lease.ticket, lease.signature, [batch.results[i][0] for i in ids],
-                [batch.results[i][1] for i in ids],
-            )
-        except MeshError as exc:
-            batch.error = exc
-            raise
-        finally:
-            with self._lock:
-                self._batches.pop(key, None)
-            batch.finished.set()
+    def _commit(self, batch: _Batch, results: dict[_ActiveJob, str]) -> None:
+        """Commit the output hashes on chain in one transaction with the batch's (latest)
+        ticket. When some jobs of a multi-job ticket failed, the ticket no longer matches the
+        jobs to commit (the contract takes a ticket's jobs all at once), so the node asks the
+        market for a ticket over the jobs it still holds (``renew``) and commits with that."""
+        jobs = list(results)
+        for job in jobs:
+            self._phase(job, "committing")
+        ticket = jobs[0].lease.ticket
+        signature = jobs[0].lease.signature
+        wanted = {job.job_id for job in jobs}
+        if set(ticket.job_ids) != wanted:
+            try:
+                lease = self.market.renew(jobs[0].job_id)
+            except MeshError as exc:
+                raise _Released(f"no ticket for the batch's remaining jobs ({exc})") from exc
+            self._apply_renewal(jobs[0], lease)
+            ticket, signature = lease.ticket, lease.signature
+            if not set(ticket.job_ids) <= wanted:
+                raise _Released("the renewed ticket covers jobs this node has no result for")
+        by_id = {job.job_id: job for job in jobs}
+        ids = list(ticket.job_ids)
+        receipt = self.actor.assign_and_commit(
+            ticket, signature, [bytes.fromhex(results[by_id[i]]) for i in ids],
+            [by_id[i].lease.record for i in ids])
+        for i in ids:
+            by_id[i].done = True
+        for job in jobs:
+            if job.job_id not in ticket.job_ids:
+                self._release(job.job_id, "left out of the renewed ticket")
+                job.done = True
         self._committed(ids, receipt)
 
     def _committed(self, job_ids: list[int], receipt: Any) -> None:
@@ -509,21 +588,10 @@ class WorkerNode:
         self._emit("committed", job_ids=job_ids, tx=tx, gas_used=int(receipt["gasUsed"]))
 
     def _commit_reverted(self, job: _ActiveJob, exc: ContractRevert) -> None:
+        job.done = True
         with self._lock:
             self.counts["lost"] += 1
         self._emit("commit_reverted", job_id=job.job_id, error=exc.error_name, message=str(exc))
-
-    def _break_batch(self, job: _ActiveJob) -> None:
-        """A job of a multi-job ticket failed: its partners cannot commit with that ticket,
-        so the ones waiting give their jobs back (``_Released`` in their threads)."""
-        if len(job.lease.ticket.job_ids) == 1:
-            return
-        key = (job.lease.ticket.job_ids, job.lease.signature)
-        with self._lock:
-            batch = self._batches.pop(key, None)
-        if batch is not None:
-            batch.broken = True
-            batch.finished.set()
 
     # ------------------------------------------------------------------ stopping
     def _shut_down(self) -> None:

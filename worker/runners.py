@@ -4,13 +4,16 @@ Starting a job process and importing torch takes about a second; a
 :class:`worker.sandbox.JobRunner` with ``warm=True`` starts the next process as soon as the
 previous job ends, so that second is spent while the node waits for work instead of while a
 client waits for its result. :class:`RunnerPool` is called exactly like
-:func:`worker.sandbox.run_job`, so the node does not care which one it has.
+:func:`worker.sandbox.run_job`, so the node does not care which one it has; its
+:meth:`RunnerPool.run_batch` runs a lease batch (jobs of one client and one program) in one
+process, on a runner already bound to that client and program when there is one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,34 @@ class RunnerPool:
         finally:
             self._give_back(key, runner)
 
+    def run_batch(
+        self,
+        program: bytes | Path,
+        inputs: Sequence[bytes | Path],
+        *,
+        device: str = "cpu",
+        time_limit_s: float | Sequence[float],
+        memory_limit_mb: int,
+        max_output_bytes: int,
+        threads: int,
+        scratch_root: Path | None = None,
+        allow_unsandboxed: bool = False,
+        client: str,
+    ) -> list[Any]:
+        """:meth:`worker.sandbox.JobRunner.run_batch` on an idle runner, preferring one whose
+        process is already bound to this client and program. All ``inputs`` must be jobs of
+        ``client`` running ``program`` (one sandbox process never mixes clients or programs).
+        """
+        key = (device, int(threads), str(scratch_root or ""), bool(allow_unsandboxed))
+        runner = self._take(key, scratch_root, prefer=client.lower())
+        try:
+            return runner.run_batch(program, inputs, time_limit_s=time_limit_s,
+                                    memory_limit_mb=memory_limit_mb,
+                                    max_output_bytes=max_output_bytes,
+                                    reuse_key=client.lower())
+        finally:
+            self._give_back(key, runner)
+
     def prepare(self, *, device: str, threads: int, scratch_root: Path | None,
                 allow_unsandboxed: bool, count: int = 1) -> None:
         """Start ``count`` warm runners now, so the first job does not wait for torch."""
@@ -57,10 +88,18 @@ class RunnerPool:
         for runner in runners:
             self._give_back(key, runner)
 
-    def _take(self, key: _Key, scratch_root: Path | None) -> Any:
+    def _take(self, key: _Key, scratch_root: Path | None, prefer: str | None = None) -> Any:
         with self._lock:
-            if self._idle[key]:
-                return self._idle[key].pop()
+            idle = self._idle[key]
+            if prefer is not None:
+                for index, runner in enumerate(idle):
+                    if runner.bound_client() == prefer:
+                        return idle.pop(index)
+                for index, runner in enumerate(idle):
+                    if runner.bound_client() is None:
+                        return idle.pop(index)
+            if idle:
+                return idle.pop()
         return self._new(key, scratch_root)
 
     def _new(self, key: _Key, scratch_root: Path | None) -> Any:

@@ -80,8 +80,17 @@ class FakeMarket:
         return self.lease_s
 
     def lease(self, max_jobs=1):
+        """Up to ``max_jobs`` slots' worth: the leases of one ticket fill one slot."""
         with self.lock:
-            out, self.queue = self.queue[:max_jobs], self.queue[max_jobs:]
+            tickets: list[tuple[int, ...]] = []
+            out = []
+            for lease in self.queue:
+                if lease.ticket.job_ids not in tickets:
+                    if len(tickets) == max_jobs:
+                        continue
+                    tickets.append(lease.ticket.job_ids)
+                out.append(lease)
+            self.queue = [lease for lease in self.queue if lease not in out]
         self._log("lease", max_jobs, [x.job_id for x in out])
         return out
 

@@ -261,18 +261,84 @@ def test_multi_job_ticket_commits_all_jobs_in_one_transaction():
     assert ticket.job_ids == (1, 2) and len(hashes) == 2 and len(records) == 2
 
 
-def test_failed_partner_of_multi_job_ticket_releases_the_other():
+def test_failed_partner_of_multi_job_ticket_does_not_block_the_other():
     market = FakeMarket()
     market.add_job(make_lease(1, job_ids=(1, 2)))
     bad = make_lease(2, program=b"program-2", job_ids=(1, 2))
     market.add_job(bad, program=b"program-2")
     del market.blobs[bad.spec.program]
     with running(FakeRunner(), market=market, slots=2) as h:
-        _wait(lambda: h.of("job_failed") and h.of("job_released"), timeout=10)
+        _wait(lambda: h.of("job_failed") and h.of("job_done"), timeout=10)
     assert [e["job_id"] for e in h.of("job_failed")] == [2]
-    assert [e["job_id"] for e in h.of("job_released")] == [1]
-    assert ("release", 1) in market.calls
-    assert h.actor.commits == []
+    assert [e["job_id"] for e in h.of("job_done")] == [1]
+    # the ticket over (1, 2) cannot commit job 1 alone: the node asked for a ticket over the
+    # jobs it still holds and committed job 1 with it
+    assert ("renew", 1) in market.calls
+    (ticket, signature, hashes, _), = h.actor.commits
+    assert ticket.job_ids == (1,) and signature == b"\x02" * 65 and len(hashes) == 1
+    assert "release" not in market.names()
+
+
+class FakeBatchRunner(FakeRunner):
+    """Also runs whole batches; records each batch call."""
+
+    def __init__(self, outputs: dict[bytes, bytes], fail: set[bytes] = frozenset()) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.fail = fail
+        self.batches: list[dict] = []
+
+    def run_batch(self, program, inputs, **limits):
+        from tests.worker.fakes import FakeOutcome
+
+        self.batches.append({"program": program, "inputs": list(inputs), **limits})
+        return [FakeOutcome(False, None, None, "boom") if x in self.fail else
+                FakeOutcome(True, self.outputs[x], hashlib.sha256(self.outputs[x]).hexdigest(),
+                            None)
+                for x in inputs]
+
+
+def test_batch_runs_in_one_runner_call_and_commits_once_in_ticket_order():
+    market = FakeMarket()
+    ids = (3, 1, 2)
+    outputs = {f"in-{i}".encode(): f"out-{i}".encode() for i in ids}
+    for job_id in ids:
+        market.add_job(make_lease(job_id, inputs=f"in-{job_id}".encode(), job_ids=ids),
+                       inputs=f"in-{job_id}".encode())
+    runner = FakeBatchRunner(outputs)
+    with running(runner, market=market, slots=1) as h:
+        _wait(lambda: len(h.of("job_done")) == 3)
+    (call,) = runner.batches
+    assert call["program"] == b"program" and call["client"] == "0x" + "22" * 20
+    assert sorted(call["inputs"]) == sorted(outputs)
+    assert [c for c in market.calls if c[0] == "get_blob"].count(
+        ("get_blob", make_lease(1).spec.program)) == 1  # the program is downloaded once
+    (ticket, _, hashes, records), = h.actor.commits
+    assert ticket.job_ids == ids
+    assert hashes == [hashlib.sha256(f"out-{i}".encode()).digest() for i in ids]
+    assert [r.spec_hash for r in records] == [
+        make_lease(i, inputs=f"in-{i}".encode()).record.spec_hash for i in ids]
+    assert runner.calls == []
+
+
+def test_batch_occupies_one_slot():
+    market = FakeMarket()
+    for job_id in (1, 2):
+        market.add_job(make_lease(job_id, inputs=b"in", job_ids=(1, 2)), inputs=b"in")
+    block = threading.Event()
+    runner = FakeBatchRunner({b"in": b"out"})
+    original = runner.run_batch
+
+    def slow(program, inputs, **limits):
+        block.wait(10)
+        return original(program, inputs, **limits)
+
+    runner.run_batch = slow  # type: ignore[method-assign]
+    with running(runner, market=market, slots=1) as h:
+        _wait(lambda: len(h.node.running_job_ids()) == 2)
+        assert h.node._busy_slots() == 1
+        block.set()
+        _wait(lambda: len(h.of("job_done")) == 2)
 
 
 def test_honest_node_appeals_failed_audit_once():
