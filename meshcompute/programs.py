@@ -106,7 +106,7 @@ def load_tensors(data: bytes, prefix: str) -> list[torch.Tensor]:
     _check_prefix(prefix)
     try:
         named = _st_load(bytes(data))
-    except (SafetensorError, ValueError, TypeError) as exc:
+    except (SafetensorError, ValueError, TypeError, KeyError) as exc:
         raise BadInput(f"not a valid safetensors file: {exc}") from exc
     if not named:
         raise BadInput(f"safetensors file holds no tensors (expected {prefix}.0, ...)")
