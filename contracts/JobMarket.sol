@@ -20,7 +20,10 @@ import {Payout} from "./libraries/Payout.sol";
 /// market assigns a staked worker with a signed ticket, the worker commits its result hash, a
 /// random draw taken after the commit decides whether a verifier re-runs the job, and anyone can
 /// settle a job once its windows have passed. Payments are pulled with `withdraw`.
-/// @dev Only keccak256(abi.encode(job)) is stored per job; callers pass the record (see Job).
+/// @dev Only keccak256(abi.encode(job)) is stored per open job; callers pass the record (see
+/// Job). A job that ends (Finalized, Slashed, Refunded) has its slot cleared: the storage
+/// refund pays for part of the settlement, and any later call about it reverts JobClosed.
+/// `assignAndCommit` emits one JobCommitted per job (carrying the lease) and no JobAssigned.
 /// Solvency: token.balanceOf(this) == sum of open escrows (reward + auditFee of jobs in Posted,
 /// Assigned, Committed or Audited; reward of jobs in AuditFailed or Appealed) + sum of
 /// withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never freezes
@@ -157,23 +160,21 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     }
 
     /// @notice Take back the escrow of a job that has no committed result after its deadline.
-    /// Works while paused and needs nobody's help.
+    /// Works while paused and needs nobody's help. The job ends (Refunded).
     function reclaim(uint256 jobId, Job calldata job) external nonReentrant {
         _checkRecord(jobId, job);
         if (msg.sender != job.client) revert NotJobClient(jobId, msg.sender);
         if (job.state != JobState.Posted && job.state != JobState.Assigned) revert InvalidJobState(jobId, job.state);
         if (block.timestamp <= job.deadline) revert DeadlineNotReached(jobId, job.deadline);
-        Job memory j = job;
-        j.state = JobState.Refunded;
-        _store(jobId, j);
-        uint256 amount = uint256(j.reward) + j.auditFee;
-        emit JobRefunded(jobId, j.client, amount);
+        _close(jobId);
+        uint256 amount = uint256(job.reward) + job.auditFee;
+        emit JobRefunded(jobId, job.client, amount);
         if (job.state == JobState.Assigned) {
-            _records[j.worker].missed += 1;
-            emit LeaseExpired(jobId, j.worker);
-            _stakes.unlock(j.worker, j.collateral);
+            _records[job.worker].missed += 1;
+            emit LeaseExpired(jobId, job.worker);
+            _stakes.unlock(job.worker, job.collateral);
         }
-        _token.safeTransfer(j.client, amount);
+        _token.safeTransfer(job.client, amount);
     }
 
     // ================================================================== workers
@@ -206,7 +207,8 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     }
 
     /// @notice `assign` and `commitResults` in one transaction, for a worker that computed the
-    /// results while holding the ticket off chain.
+    /// results while holding the ticket off chain. Emits only JobCommitted per job (it carries
+    /// the lease expiry and audit rate that JobAssigned would have said).
     function assignAndCommit(
         Job[] calldata jobs,
         AssignTicket calldata ticket,
@@ -390,7 +392,9 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         return _globals.nextJobId;
     }
 
-    /// @notice keccak256(abi.encode(job)) of the current record of `jobId` (zero if unknown).
+    /// @notice keccak256(abi.encode(job)) of the current record of `jobId`; zero if no such
+    /// job was posted or if the job has ended (Finalized, Slashed or Refunded: its slot is
+    /// cleared, and the record lives on only in its events).
     function jobDigest(uint256 jobId) external view returns (bytes32) {
         return _jobDigest[jobId];
     }
@@ -518,9 +522,13 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             j.worker = msg.sender;
             j.leaseExpiry = ticket.leaseExpiry;
             if (ticket.auditBps > j.auditBps) j.auditBps = ticket.auditBps;
-            j.state = JobState.Assigned;
-            emit JobAssigned(jobId, msg.sender, ticket.leaseExpiry, j.auditBps);
-            if (commit) _markCommitted(jobId, j, resultHashes[i]);
+            if (commit) {
+                // One event says both: JobCommitted carries the lease (worker, expiry, rate).
+                _markCommitted(jobId, j, resultHashes[i]);
+            } else {
+                j.state = JobState.Assigned;
+                emit JobAssigned(jobId, msg.sender, ticket.leaseExpiry, j.auditBps);
+            }
             _store(jobId, j);
         }
         if (toLock > 0) _stakes.lock(msg.sender, toLock);
@@ -542,7 +550,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         j.committedAt = uint40(block.timestamp);
         j.committedBlock = uint40(block.number);
         j.state = JobState.Committed;
-        emit JobCommitted(jobId, msg.sender, resultHash, j.committedAt, j.committedBlock);
+        emit JobCommitted(jobId, msg.sender, resultHash, j.committedAt, j.committedBlock, j.leaseExpiry, j.auditBps);
     }
 
     /// @dev Settles `job` if its outcome is decided. In strict mode, says why not by reverting.
@@ -612,8 +620,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             }
             p.clientRefund += j.auditFee;
         }
-        j.state = JobState.Finalized;
-        _store(jobId, j);
+        _close(jobId);
         emit JobPaid(jobId, j.worker, workerPay, fee, audited);
     }
 
@@ -622,8 +629,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// recipient.
     function _slash(uint256 jobId, Job memory j) private {
         (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.reward, j.auditFee);
-        j.state = JobState.Slashed;
-        _store(jobId, j);
+        _close(jobId);
         _records[j.worker].slashed += 1;
         _credit(j.client, uint256(j.reward) + compensation);
         if (remainder > 0) _credit(_globals.feeRecipient, remainder);
@@ -678,6 +684,12 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         _jobDigest[jobId] = _hashMemory(j);
     }
 
+    /// @dev Ends a job (Finalized, Slashed or Refunded): its digest slot is cleared (a storage
+    /// refund), so a closed job can never be acted on again. Its events keep the full record.
+    function _close(uint256 jobId) private {
+        delete _jobDigest[jobId];
+    }
+
     /// @dev keccak256(abi.encode(j)) without allocating: a memory struct of 15 static fields
     /// is laid out exactly as its ABI encoding, one clean word per field.
     function _hashMemory(Job memory j) private pure returns (bytes32 digest) {
@@ -699,8 +711,14 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
 
     function _checkRecord(uint256 jobId, Job calldata job) private view {
         bytes32 stored = _jobDigest[jobId];
-        if (stored == bytes32(0)) revert UnknownJob(jobId);
+        if (stored == bytes32(0)) _revertMissing(jobId);
         if (stored != _hashCalldata(job)) revert JobRecordMismatch(jobId);
+    }
+
+    /// @dev A job id with no digest was either never posted or has ended.
+    function _revertMissing(uint256 jobId) private view {
+        if (jobId != 0 && jobId < _globals.nextJobId) revert JobClosed(jobId);
+        revert UnknownJob(jobId);
     }
 
     /// @dev The audit draw uses the hash of the block after the commit, which does not exist

@@ -167,8 +167,8 @@ class ChainIndexer:
 
     def job_records(self, *, verify: bool = False) -> dict[int, JobRecord]:
         """Every indexed job's record. With ``verify`` each is checked against the digest
-        the contract stores now (which only holds when the index is caught up); a mismatch
-        raises ChainError naming the job."""
+        the contract stores now (which only holds when the index is caught up; an ended job's
+        slot must be cleared); a mismatch raises ChainError naming the job."""
         raw = self.redis.hgetall(self._key("records"))
         records = {int(k): _record_from_json(v) for k, v in raw.items()}
         if verify:
@@ -182,7 +182,7 @@ class ChainIndexer:
         return None if raw is None else _record_from_json(raw)
 
     def _verify(self, job_id: int, record: JobRecord) -> None:
-        if self.contracts.hash_job(record) != self.contracts.job_digest(job_id):
+        if not self.contracts.record_matches(job_id, record):
             raise ChainError(
                 f"job {job_id}: the indexed record does not match the contract's digest "
                 f"(index at block {self.indexed_block}; not caught up, or events lost)"

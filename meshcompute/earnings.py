@@ -222,8 +222,12 @@ def open_jobs(contracts: MeshContracts, worker: str) -> dict[int, JobRecord]:
     """Jobs currently held by ``worker`` (assigned or committed, not yet terminal), rebuilt
     from events and checked against the contract's digests."""
     worker = Web3.to_checksum_address(worker)
+    # assignAndCommit emits no JobAssigned (its JobCommitted carries the lease), so jobs taken
+    # that way are found by their JobCommitted events.
     ids = {
-        int(e.args["jobId"]) for e in _worker_events(contracts, "JobAssigned", worker, None, None)
+        int(e.args["jobId"])
+        for name in ("JobAssigned", "JobCommitted")
+        for e in _worker_events(contracts, name, worker, None, None)
     }
     if not ids:
         return {}

@@ -47,7 +47,7 @@ def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> S
     records: dict[int, JobRecord] = contracts.job_records(verify=False)
     problems: list[str] = []
     for job_id, record in records.items():
-        if contracts.hash_job(record) != contracts.job_digest(job_id):
+        if not contracts.record_matches(job_id, record):
             problems.append(f"job {job_id}: record rebuilt from events differs from the digest")
     accounts = sorted(event_addresses(contracts) | set(extra or ()))
     market = contracts.deployment.address("JobMarket")

@@ -20,6 +20,9 @@ interface IJobMarket {
     error LengthMismatch();
     /// @notice No job with this id exists.
     error UnknownJob(uint256 jobId);
+    /// @notice The job has ended (Finalized, Slashed or Refunded): its record is no longer
+    /// stored and nothing more can be done with it.
+    error JobClosed(uint256 jobId);
     /// @notice The job record passed does not match the stored digest (stale or forged).
     error JobRecordMismatch(uint256 jobId);
     /// @notice The job is in `state`, which does not allow this action.
@@ -76,8 +79,16 @@ interface IJobMarket {
     );
     event JobAssigned(uint256 indexed jobId, address indexed worker, uint40 leaseExpiry, uint16 auditBps);
     event LeaseExpired(uint256 indexed jobId, address indexed worker);
+    /// @notice A result was committed. It also carries the lease (`leaseExpiry`, `auditBps`),
+    /// because `assignAndCommit` assigns and commits in one step and emits only this event.
     event JobCommitted(
-        uint256 indexed jobId, address indexed worker, bytes32 resultHash, uint40 committedAt, uint40 committedBlock
+        uint256 indexed jobId,
+        address indexed worker,
+        bytes32 resultHash,
+        uint40 committedAt,
+        uint40 committedBlock,
+        uint40 leaseExpiry,
+        uint16 auditBps
     );
     event AuditDrawn(uint256 indexed jobId, bool audited);
     event AuditResolved(

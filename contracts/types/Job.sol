@@ -18,9 +18,11 @@ enum JobState {
 }
 
 /// @notice The full record of one job. The contract stores only keccak256(abi.encode(job)) per
-/// job id; every call that acts on a job passes the record, which the contract checks against
-/// the stored digest. The record is rebuilt off chain from the job's events (each event carries
-/// what it changed), so the chain stays the only source of truth at one storage slot per job.
+/// open job id; every call that acts on a job passes the record, which the contract checks
+/// against the stored digest. The record is rebuilt off chain from the job's events (each event
+/// carries what it changed), so the chain stays the only source of truth at one storage slot
+/// per open job. When a job ends (Finalized, Slashed, Refunded) its slot is cleared: jobDigest
+/// reads zero and the events alone hold its final record.
 struct Job {
     address client;
     address worker;

@@ -45,8 +45,8 @@ TEST_ARTIFACTS_DIR = "tests/fixtures/artifacts"
 #: Pinned compiler settings (recorded in each artifact's ``compiler.settings``).
 SETTINGS: dict[str, Any] = {
     "evmVersion": "cancun",
-    "optimizer": {"enabled": True, "runs": 200},
-    "viaIR": False,
+    "optimizer": {"enabled": True, "runs": 10000},
+    "viaIR": True,
     "remappings": ["@openzeppelin/=node_modules/@openzeppelin/"],
 }
 

@@ -25,7 +25,7 @@ from meshcompute.chain.custom_errors import abi_type, decode_custom_error, rever
 from meshcompute.chain.deploy import Deployment
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
-from meshcompute.core.job import JOB_EVENTS, JobRecord, apply_event
+from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, apply_event
 from meshcompute.errors import ChainError
 
 
@@ -161,6 +161,17 @@ class MeshContracts:
         encoded = self.w3.codec.encode([_JOB_TUPLE_TYPE], [record.as_tuple()])
         return keccak(encoded)
 
+    def expected_digest(self, record: JobRecord) -> bytes:
+        """What ``jobDigest`` reads for a job whose current record is ``record``: its hash
+        while the job is open, zero once it has ended (Finalized, Slashed, Refunded), since
+        the contract clears the slot of an ended job."""
+        return ZERO_HASH if record.state.terminal else self.hash_job(record)
+
+    def record_matches(self, job_id: int, record: JobRecord, block: int | str = "latest") -> bool:
+        """Whether ``record`` is the current record of ``job_id`` as the contract stores it
+        (for an ended job: that the contract's slot is cleared)."""
+        return self.expected_digest(record) == self.job_digest(job_id, block)
+
     # ------------------------------------------------------------------ events
     def events(
         self,
@@ -225,7 +236,8 @@ class MeshContracts:
         self, job_ids: Iterable[int] | None = None, *, verify: bool = True
     ) -> dict[int, JobRecord]:
         """Current records rebuilt from events; with ``verify`` each one is checked against
-        the digest the contract stores."""
+        the digest the contract stores (an ended job's must be cleared, see
+        :meth:`expected_digest`)."""
         # Events and digests are read at one block, so a transaction landing in between
         # cannot make a consistent record look inconsistent.
         head = int(self.w3.eth.block_number)
@@ -235,7 +247,7 @@ class MeshContracts:
             records[job_id] = apply_event(records.get(job_id), event.name, event.args)
         if verify:
             for job_id, record in records.items():
-                if self.hash_job(record) != self.job_digest(job_id, head):
+                if not self.record_matches(job_id, record, head):
                     raise ChainError(
                         f"job {job_id}: the record rebuilt from events does not match the "
                         f"contract's digest at block {head} (events missing from this node?)"

@@ -63,6 +63,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     # which job, in which state
     "UnknownJob": NotFoundOnChain,
     "JobRecordMismatch": StaleJobRecord,
+    "JobClosed": WrongJobState,
     "InvalidJobState": WrongJobState,
     "JobLeased": WrongJobState,
     "NotDrawnForAudit": WrongJobState,

@@ -1,8 +1,9 @@
 """Job records and states, mirroring contracts/types/Job.sol, and the event reducer.
 
-The JobMarket contract stores only ``keccak256(abi.encode(job))`` per job. The record itself is
-rebuilt from the job's events with :func:`apply_event`, which mirrors every state change the
-contract makes; the chain adapter checks the rebuilt record against the stored digest.
+The JobMarket contract stores only ``keccak256(abi.encode(job))`` per open job, and clears it
+when the job ends (Finalized, Slashed, Refunded). The record itself is rebuilt from the job's
+events with :func:`apply_event`, which mirrors every state change the contract makes; the
+chain adapter checks the rebuilt record against the stored digest (zero for an ended job).
 """
 
 from __future__ import annotations
@@ -156,8 +157,13 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
             state=JobState.ASSIGNED,
         )
     if event == "JobCommitted":
+        # assignAndCommit emits only JobCommitted, so it also carries the lease: from a
+        # posted (or expired-lease) job this is the assignment and the commit together.
         return replace(
             record,
+            worker=args["worker"],
+            lease_expiry=args["leaseExpiry"],
+            audit_bps=args["auditBps"],
             result_hash=bytes(args["resultHash"]),
             committed_at=args["committedAt"],
             committed_block=args["committedBlock"],

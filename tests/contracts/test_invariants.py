@@ -393,10 +393,19 @@ class MarketMachine(RuleBasedStateMachine):
         return self.chain_reader.read(sorted(records))
 
     def _digest(self, record: JobRecord) -> bytes:
+        """What jobDigest reads for ``record``: zero once the job has ended (the contract
+        clears the slot), its hash while it is open."""
+        if record.state.terminal:
+            return ZERO_HASH
         digest = self.digests.get(record)
         if digest is None:
             digest = self.digests[record] = self.reader.hash_job(record)
         return digest
+
+    def _open(self, job_id: int) -> None:
+        """The contract's record check on a known job: an ended job has no digest left."""
+        if self.jobs[job_id].state.terminal:
+            raise Revert("JobClosed")
 
     def _blockhash(self, number: int) -> bytes:
         if number not in self.blockhashes:
@@ -616,6 +625,7 @@ class MarketMachine(RuleBasedStateMachine):
         j = self.jobs[job_id]
 
         def predict() -> None:
+            self._open(job_id)
             if client.address != j.client:
                 raise Revert("NotJobClient")
             if j.state not in (JobState.POSTED, JobState.ASSIGNED):
@@ -690,6 +700,7 @@ class MarketMachine(RuleBasedStateMachine):
                 raise Revert("InvalidTicketSigner")
             to_lock, unlocks, current = 0, [], {}
             for i, (job_id, j) in enumerate(zip(ids, records, strict=True)):
+                self._open(job_id)
                 if current.get(job_id, j) != j:  # changed by an earlier entry of the ticket
                     raise Revert("JobRecordMismatch")
                 if self.now > j.deadline:
@@ -751,6 +762,7 @@ class MarketMachine(RuleBasedStateMachine):
             self._not_paused()
             current: dict[int, JobRecord] = {}
             for job_id, j, h in zip(ids, records, hashes, strict=True):
+                self._open(job_id)
                 if current.get(job_id, j) != j:  # committed by an earlier entry
                     raise Revert("JobRecordMismatch")
                 if j.state != JobState.ASSIGNED:
@@ -782,6 +794,7 @@ class MarketMachine(RuleBasedStateMachine):
 
         def predict() -> None:
             self._not_paused()
+            self._open(job_id)
             if worker.address != j.worker:
                 raise Revert("NotAssignedWorker")
             if j.state != JobState.AUDIT_FAILED:
@@ -804,6 +817,7 @@ class MarketMachine(RuleBasedStateMachine):
 
         def predict() -> None:
             self._check_role(verifier)
+            self._open(job_id)
             if verifier.address == j.worker:
                 raise Revert("VerifierConflict")
             if j.state == JobState.COMMITTED:
@@ -838,6 +852,7 @@ class MarketMachine(RuleBasedStateMachine):
 
         def predict() -> None:
             self._check_role(verifier)
+            self._open(job_id)
             if j.state != JobState.APPEALED:
                 raise Revert("InvalidJobState")
             if verifier.address in (j.auditor, j.worker):
@@ -867,6 +882,7 @@ class MarketMachine(RuleBasedStateMachine):
         def predict() -> str:
             if job_id not in self.jobs:
                 raise Revert("UnknownJob")
+            self._open(job_id)
             if j != self.jobs[job_id]:
                 raise Revert("JobRecordMismatch")
             return self._settle_outcome(job_id, j, self.block, self.block + 1)
@@ -887,8 +903,8 @@ class MarketMachine(RuleBasedStateMachine):
             current = dict(self.jobs)
             plan = []
             for job_id, j in zip(ids, records, strict=True):
-                if current.get(job_id) != j:  # unknown id, forged or stale record
-                    continue
+                if current.get(job_id) != j or j.state.terminal:  # unknown id, forged or
+                    continue  # stale record, or an ended job (its digest is cleared)
                 try:
                     outcome = self._settle_outcome(job_id, j, self.block + 1, self.block + 1)
                 except Revert:
@@ -1325,7 +1341,8 @@ class MarketMachine(RuleBasedStateMachine):
         )
         assert view.paused == self.paused
         assert view.next_job_id == self.next_job_id
-        # every record rebuilt from events is the one the contract stores
+        # every record rebuilt from events is the one the contract stores (an ended job's
+        # digest is cleared)
         for job_id, record in self.records.items():
             assert self._digest(record) == view.digests[job_id], (
                 f"job {job_id}: record from events does not match the stored digest"

@@ -200,8 +200,16 @@ def test_assignAndCommit_assigns_and_commits_in_one_transaction(world: World) ->
     ids = world.post(n=3, collateral=11)
     ticket, sig = world.ticket(worker, ids, audit_bps=700)
     receipt = worker.assign_and_commit(ticket, sig, [RESULT] * 3)
-    assert len(events_in(worker, receipt, "JobAssigned")) == 3
-    assert len(events_in(worker, receipt, "JobCommitted")) == 3
+    # one event per job: JobCommitted carries the lease that JobAssigned would have said
+    assert events_in(worker, receipt, "JobAssigned") == []
+    committed = events_in(worker, receipt, "JobCommitted")
+    assert [e.args["jobId"] for e in committed] == ids
+    for e in committed:
+        assert (e.args["worker"], e.args["leaseExpiry"], e.args["auditBps"]) == (
+            worker.address,
+            ticket.lease_expiry,
+            700,
+        )
     for job_id in ids:
         record = world.job(job_id)
         assert (record.state, record.worker, record.audit_bps) == (
@@ -210,6 +218,60 @@ def test_assignAndCommit_assigns_and_commits_in_one_transaction(world: World) ->
             700,
         )
     assert worker.stake_of(worker.address).locked == 33
+    assert_solvent(world)
+
+
+def test_assignAndCommit_takes_over_an_expired_lease_rebuilt_from_its_events(
+    world: World,
+) -> None:
+    """A takeover by assignAndCommit emits LeaseExpired and one JobCommitted; the record
+    rebuilt from those events is the one the contract stores."""
+    w0, w1 = world.workers[0], world.workers[1]
+    (job_id,) = world.post(collateral=13)
+    world.assign(w0, [job_id], lease_s=60, audit_bps=300)
+    world.advance(61)
+    ticket, sig = world.ticket(w1, [job_id], audit_bps=100, lease_s=900)
+    receipt = w1.assign_and_commit(ticket, sig, [RESULT])
+    names = [e.name for e in world.admin.events(receipt["blockNumber"], receipt["blockNumber"])]
+    assert [n for n in names if n in ("LeaseExpired", "JobAssigned", "JobCommitted")] == [
+        "LeaseExpired",
+        "JobCommitted",
+    ]
+    record = world.job(job_id)  # verified against the stored digest
+    assert (record.state, record.worker, record.lease_expiry, record.audit_bps) == (
+        JobState.COMMITTED,
+        w1.address,
+        ticket.lease_expiry,
+        300,  # a ticket never lowers the rate
+    )
+    assert record.committed_block == receipt["blockNumber"] and record.result_hash == RESULT
+    assert world.admin.hash_job(record) == world.admin.job_digest(job_id)
+    assert (w0.stake_of(w0.address).locked, w1.stake_of(w1.address).locked) == (0, 13)
+    assert_solvent(world)
+
+
+@pytest.mark.parametrize("how", ["paid", "slashed", "refunded"])
+def test_ended_job_digest_is_cleared(world: World, how: str) -> None:
+    """Paying, slashing or refunding a job deletes its digest slot (a storage refund):
+    jobDigest reads zero and the record lives on in the events (job_records verifies it as
+    ended)."""
+    if how == "paid":
+        job_id = world.committed_job()
+        world.advance(C + 1)
+        receipt = world.outsider.finalize(job_id)
+    elif how == "slashed":
+        job_id = failed_job(world)
+        world.advance(P + 1)
+        receipt = world.outsider.finalize(job_id)
+    else:
+        (job_id,) = world.post(deadline=world.now() + 10)
+        world.advance(11)
+        receipt = world.clients[0].reclaim(job_id)
+    assert world.admin.job_digest(job_id) == b"\x00" * 32
+    record = world.admin.job_records([job_id], verify=True)[job_id]
+    assert record.state.terminal and world.admin.expected_digest(record) == b"\x00" * 32
+    # the block before held the open record's digest
+    assert world.admin.job_digest(job_id, receipt["blockNumber"] - 1) != b"\x00" * 32
     assert_solvent(world)
 
 

@@ -551,32 +551,17 @@ def test_assign_reverts_while_another_worker_holds_the_lease(world: World) -> No
         w1.assign(ticket, sig)
 
 
-@pytest.mark.parametrize("state", ["committed", "finalized", "audit_failed"])
+@pytest.mark.parametrize("state", ["committed", "audit_failed"])
 def test_assign_reverts_on_job_no_longer_open(world: World, state: str) -> None:
     worker = world.workers[0]
     if state == "committed":
         job_id = world.committed_job(worker=worker)
         expected = JobState.COMMITTED
-    elif state == "finalized":
-        job_id = _earn(world, worker)
-        expected = JobState.FINALIZED
     else:
         job_id = failed_job(world, worker=worker)
         expected = JobState.AUDIT_FAILED
     ticket, sig = world.ticket(worker, [job_id])
     with reverts("InvalidJobState", WrongJobState, jobId=job_id, state=expected):
-        worker.assign(ticket, sig)
-
-
-def test_assign_reverts_on_refunded_job_by_its_passed_deadline(world: World) -> None:
-    """A refunded job is always past its deadline (reclaim needs that), so the deadline
-    check answers before the state check."""
-    worker = world.workers[0]
-    job_id, record = _posted(world, deadline=world.now() + 50)
-    world.advance(51)
-    world.clients[0].reclaim(job_id)
-    ticket, sig = world.ticket(worker, [job_id])
-    with reverts("JobDeadlinePassed", TooLate, jobId=job_id, deadline=record.deadline):
         worker.assign(ticket, sig)
 
 
@@ -822,7 +807,7 @@ def test_resolveAudit_reverts_when_not_drawn(world: World) -> None:
         world.verifiers[0].resolve_audit(job_id, False, EVIDENCE)
 
 
-@pytest.mark.parametrize("state", ["posted", "assigned", "finalized", "audit_failed"])
+@pytest.mark.parametrize("state", ["posted", "assigned", "audit_failed"])
 def test_resolveAudit_reverts_on_job_not_awaiting_verdict(world: World, state: str) -> None:
     verifier = world.verifiers[0]
     if state == "posted":
@@ -831,9 +816,6 @@ def test_resolveAudit_reverts_on_job_not_awaiting_verdict(world: World, state: s
     elif state == "assigned":
         job_id, _ = _assigned(world)
         expected = JobState.ASSIGNED
-    elif state == "finalized":
-        job_id = _earn(world)
-        expected = JobState.FINALIZED
     else:
         job_id = failed_job(world)
         expected = JobState.AUDIT_FAILED  # a verdict cannot be given twice
@@ -945,22 +927,14 @@ def test_finalize_reverts_before_draw_block(world: World) -> None:
         world.outsider.finalize(job_id)
 
 
-@pytest.mark.parametrize("state", ["posted", "assigned", "finalized", "refunded"])
+@pytest.mark.parametrize("state", ["posted", "assigned"])
 def test_finalize_reverts_on_job_without_outcome(world: World, state: str) -> None:
     if state == "posted":
         job_id, _ = _posted(world)
         expected = JobState.POSTED
-    elif state == "assigned":
+    else:
         job_id, _ = _assigned(world)
         expected = JobState.ASSIGNED
-    elif state == "finalized":
-        job_id = _earn(world)
-        expected = JobState.FINALIZED
-    else:
-        job_id, _ = _posted(world, deadline=world.now() + 10)
-        world.advance(11)
-        world.clients[0].reclaim(job_id)
-        expected = JobState.REFUNDED
     with reverts("InvalidJobState", WrongJobState, jobId=job_id, state=expected):
         world.outsider.finalize(job_id)
 
@@ -974,10 +948,14 @@ def test_finalize_reverts_on_unknown_or_forged_record(world: World) -> None:
     with reverts("JobRecordMismatch", StaleJobRecord, jobId=job_id) as e:
         world.outsider.finalize(job_id, forged(record, reward=record.reward * 2))
     assert isinstance(e.value, ValueError)
-    stale = record
+    audited = world.audited_job()
+    stale = world.job(audited)  # Audited; the pass below makes it stale
+    world.verifiers[1].resolve_audit(audited, True, EVIDENCE)
+    with reverts("JobClosed", WrongJobState, jobId=audited):
+        world.outsider.finalize(audited, stale)  # paid: ended, whatever record is passed
     world.outsider.finalize(job_id)
-    with reverts("JobRecordMismatch", StaleJobRecord, jobId=job_id):
-        world.outsider.finalize(job_id, stale)  # the pre-settlement record is stale now
+    with reverts("JobClosed", WrongJobState, jobId=job_id):
+        world.outsider.finalize(job_id, record)  # the pre-settlement record
 
 
 def test_finalizeBatch_reverts_on_length_mismatch(world: World) -> None:
@@ -1042,13 +1020,15 @@ def test_reclaim_reverts_once_result_committed_or_refunded(world: World, state: 
         job_id = world.committed_job(deadline=world.now() + 100)
         expected = JobState.COMMITTED
     else:
-        job_id, _ = _posted(world, deadline=world.now() + 100)
-        expected = JobState.REFUNDED
+        job_id, record = _posted(world, deadline=world.now() + 100)
     world.advance(101)
-    if state == "refunded":
-        client.reclaim(job_id)
-    with reverts("InvalidJobState", WrongJobState, jobId=job_id, state=expected):
-        client.reclaim(job_id)
+    if state == "committed":
+        with reverts("InvalidJobState", WrongJobState, jobId=job_id, state=expected):
+            client.reclaim(job_id)
+        return
+    client.reclaim(job_id)
+    with reverts("JobClosed", WrongJobState, jobId=job_id):
+        client.reclaim(job_id, record)
 
 
 def test_reclaim_reverts_before_deadline(world: World) -> None:
@@ -1116,3 +1096,65 @@ def test_commitResults_binding_check_of_unknown_job_raises_not_found(world: Worl
     with reverts("UnknownJob", NotFoundOnChain) as e:
         world.workers[0].commit_results([4242], [RESULT])  # records rebuilt from events
     assert isinstance(e.value, LookupError)
+
+
+# ============================================================ ended jobs (every job function)
+
+
+def _ended(world: World, how: str) -> int:
+    """A job that ended by payment, slash or refund (its digest slot is cleared)."""
+    if how == "finalized":
+        return _earn(world)
+    if how == "slashed":
+        job_id = failed_job(world)
+        world.advance(TEST_PARAMS.appeal_window_s + 1)
+        world.outsider.finalize(job_id)
+        return job_id
+    job_id, _ = _posted(world, deadline=world.now() + 10)
+    world.advance(11)
+    world.clients[0].reclaim(job_id)
+    return job_id
+
+
+_JOB_FUNCTIONS = {
+    "reclaim": lambda w, i, r: w.clients[0].reclaim(i, r),
+    "assign": lambda w, i, r: w.workers[0].assign(*w.ticket(w.workers[0], [i]), records=[r]),
+    "assignAndCommit": lambda w, i, r: w.workers[0].assign_and_commit(
+        *w.ticket(w.workers[0], [i]), [RESULT], records=[r]
+    ),
+    "commitResults": lambda w, i, r: w.workers[0].commit_results([i], [RESULT], records=[r]),
+    "appeal": lambda w, i, r: w.workers[0].appeal(i, r),
+    "resolveAudit": lambda w, i, r: w.verifiers[1].resolve_audit(i, True, EVIDENCE, r),
+    "resolveAppeal": lambda w, i, r: w.verifiers[1].resolve_appeal(i, True, EVIDENCE, r),
+    "finalize": lambda w, i, r: w.outsider.finalize(i, r),
+}
+
+
+@pytest.mark.parametrize("how", ["finalized", "slashed", "refunded"])
+@pytest.mark.parametrize("function", sorted(_JOB_FUNCTIONS))
+def test_job_functions_revert_on_ended_job(world: World, function: str, how: str) -> None:
+    """A finished job's digest is deleted: every function that takes a job record answers
+    JobClosed for it, whatever record is passed (the events still hold the full record)."""
+    job_id = _ended(world, how)
+    record = world.job(job_id)
+    assert record.state == JobState[how.upper()]
+    assert world.admin.job_digest(job_id) == b"\x00" * 32
+    with reverts("JobClosed", WrongJobState, jobId=job_id):
+        _JOB_FUNCTIONS[function](world, job_id, record)
+
+
+def test_job_functions_revert_on_id_zero_as_unknown(world: World) -> None:
+    """Ids start at 1: id 0 was never posted, so it is unknown rather than ended."""
+    _, record = _posted(world)
+    with reverts("UnknownJob", NotFoundOnChain, jobId=0):
+        world.outsider.finalize(0, record)
+
+
+def test_finalizeBatch_skips_ended_jobs(world: World) -> None:
+    ended = _ended(world, "finalized")
+    job_id = world.committed_job()
+    world.advance(TEST_PARAMS.challenge_window_s + 1)
+    records = [world.job(ended), world.job(job_id)]
+    receipt = world.outsider.finalize_batch([ended, job_id], records)
+    paid = [e.args["jobId"] for e in world.admin.job_events([ended, job_id]) if e.name == "JobPaid"]
+    assert paid == [ended, job_id] and receipt["status"] == 1

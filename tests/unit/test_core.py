@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -91,7 +92,11 @@ def test_apply_event_follows_the_contract() -> None:
                                                  "auditBps": 700})
     assert record.holds_collateral and record.audit_bps == 700
     record = apply_event(record, "JobCommitted", {"resultHash": b"\x02" * 32, "committedAt": 600,
-                                                  "committedBlock": 9})
+                                                  "committedBlock": 9,
+                                                  "worker": "0x" + "22" * 20,
+                                                  "leaseExpiry": 500, "auditBps": 700})
+    assert (record.state, record.worker, record.lease_expiry, record.audit_bps) == (
+        JobState.COMMITTED, "0x" + "22" * 20, 500, 700)
     record = apply_event(record, "AuditDrawn", {"audited": True})
     record = apply_event(record, "AuditResolved", {"verifier": "0x" + "33" * 20, "passed": False,
                                                    "resolvedAt": 700, "evidenceHash": b""})
@@ -99,6 +104,31 @@ def test_apply_event_follows_the_contract() -> None:
     record = apply_event(record, "JobSlashed", {})
     record = apply_event(record, "JobRefunded", {})
     assert record.state == JobState.SLASHED and record.escrow == 0
+
+
+def test_apply_event_commit_from_posted_is_assignment_and_commit() -> None:
+    """assignAndCommit emits only JobCommitted: from a posted job (or one whose lease another
+    worker let expire) it sets the lease and the result at once."""
+    posted = apply_event(None, "JobPosted", POSTED)
+    committed = {"resultHash": b"\x05" * 32, "committedAt": 610, "committedBlock": 11,
+                 "worker": "0x" + "44" * 20, "leaseExpiry": 900, "auditBps": 800}
+    record = apply_event(posted, "JobCommitted", committed)
+    assert record == replace(
+        posted,
+        worker="0x" + "44" * 20,
+        lease_expiry=900,
+        audit_bps=800,
+        result_hash=b"\x05" * 32,
+        committed_at=610,
+        committed_block=11,
+        state=JobState.COMMITTED,
+    )
+    assert record.holds_collateral and record.escrow == 110
+    # a takeover: assigned to someone else, whose lease expired
+    held = apply_event(posted, "JobAssigned", {"worker": "0x" + "22" * 20, "leaseExpiry": 500,
+                                               "auditBps": 700})
+    held = apply_event(held, "LeaseExpired", {"worker": "0x" + "22" * 20})
+    assert apply_event(held, "JobCommitted", committed) == record
 
 
 def test_apply_event_rejects_unknown_and_orphans() -> None:
