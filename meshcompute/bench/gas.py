@@ -5,7 +5,9 @@
 shards through ``postJobs``, one ``assignAndCommit`` ticket and ``finalizeBatch``, divided by
 100. Figures are steady state (the accounts involved already hold balances, as in a running
 market); the first job of a fresh deployment, which pays for new storage slots, is reported
-separately.
+separately. Gas is the receipts' ``gasUsed``, so it is net of the storage refund a settlement
+earns by clearing the ended job's digest slot (capped by the EVM at a fifth of the
+transaction's gas, which binds for ``finalizeBatch``).
 """
 
 from __future__ import annotations
