@@ -158,10 +158,17 @@ def test_two_honest_one_cheater_over_50_jobs() -> None:
         for job_id, record in records.items():
             if record.worker != cheater:
                 assert states[job_id] == JobState.FINALIZED
-        owed = sum(r.reward + slash_split(r.collateral, r.reward, r.audit_fee)[0]
-                   for r in slashed)
+        events = contracts.job_events([job for job, r in records.items() if r.state == JobState.SLASHED])
+        refunds = {int(e.args["jobId"]): int(e.args["amount"]) for e in events if e.name == "JobRefunded"}
+        compensation = {int(e.args["jobId"]): int(e.args["clientCompensation"])
+                        for e in events if e.name == "JobSlashed"}
+        for job_id, record in records.items():
+            if record.state == JobState.SLASHED:
+                assert refunds[job_id] == record.reward
+                assert compensation[job_id] == slash_split(record.collateral, record.reward,
+                                                           record.audit_fee)[0]
         got = contracts.account_of(stack.client_account.address).withdrawable - client_before
-        assert got == owed
+        assert got == sum(refunds.values()) + sum(compensation.values()), (got, refunds, compensation)
         honest = {r.worker for r in records.values() if r.worker != cheater}
         for worker in honest:
             paid = [r for r in records.values() if r.worker == worker]
