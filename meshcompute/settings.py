@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     verifier_scratch_dir: Path | None = None
     """Where recomputations get their scratch folders; unset means a temporary directory."""
 
+    verifier_min_stake: str = "100"
+    """MESH a verifier must have staked before `mesh verifier start` runs (its skin in the game)."""
+
     @field_validator("data_dir", "deployments_dir", "wallet_path", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

@@ -295,6 +295,9 @@ class DevStack:
         for account in self.worker_accounts():
             actor.mint(account.address, self.config.stake * 2)
             self.actor(account).stake(self.config.stake)
+        for account in (self.accounts[VERIFIER], self.accounts[APPEAL_VERIFIER]):
+            actor.mint(account.address, self.config.stake)
+            self.actor(account).stake(self.config.stake)
 
     def _start_redis(self) -> None:
         configured = os.environ.get("REDIS_URL") or os.environ.get("MESH_REDIS_URL")

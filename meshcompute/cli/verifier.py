@@ -56,6 +56,7 @@ def verifier_start(
     conn = connect(settings)
     actor = actor_for(conn, account)
     require_verifier_role(actor)
+    _require_stake(actor, settings.verifier_min_stake)
     market_url = market or settings.market_url
     client = MarketClient(market_url, account, conn.chain_id)
     market_chain = client.info().chain_id
@@ -183,3 +184,18 @@ def _print_report(report: RecheckReport) -> None:
             console.print(f"    [yellow]evidence not checkable[/]: {check.evidence_problem}")
     final = "[green]agrees[/]" if report.agrees else "[red]DISAGREES[/]"
     console.print(f"the deciding verdict {final} with our recomputation")
+
+
+def _require_stake(actor: object, minimum: str) -> None:
+    """A verifier must have stake on chain (its skin in the game); one line otherwise."""
+    from meshcompute.cli.onchain import parse_mesh
+    from meshcompute.errors import BadInput
+
+    needed = parse_mesh(minimum) if minimum not in ("", "0") else 0
+    position = actor.stake_of(actor.address)  # type: ignore[attr-defined]
+    have = position.free + position.locked
+    if have < max(needed, 1):
+        raise BadInput(
+            f"verifier {actor.address} has {have / 10**18:g} MESH staked; a verifier needs at "  # type: ignore[attr-defined]
+            f"least {max(needed, 1) / 10**18:g}: stake first with `mesh provider stake AMOUNT`"
+        )
