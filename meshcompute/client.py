@@ -312,21 +312,29 @@ class Client:
                 self._repost(submission, failed)
                 continue
             status = self.status(submission)
+            problems = self._market_failures(submission, states)
+            if problems:
+                status = SubmissionStatus(status.phase, status.counts, status.total,
+                                          "; ".join(problems))
             if progress is not None:
                 progress(status)
             if status.phase == "done":
                 return self.result(submission)
-            self._raise_on_market_failure(submission, states)
             if time.monotonic() > give_up:
+                why = f" (last failures: {'; '.join(problems)})" if problems else ""
                 raise JobFailed(
-                    f"timed out after {timeout_s:.0f}s waiting for shards: {status.counts}; "
+                    f"timed out after {timeout_s:.0f}s waiting for shards: {status.counts}{why}; "
                     "after the deadline, `mesh job reclaim` returns the escrow"
                 )
             time.sleep(poll_s)
 
-    def _raise_on_market_failure(
+    def _market_failures(
         self, submission: Submission, states: dict[int, JobState]
-    ) -> None:
+    ) -> list[str]:
+        """What the market says went wrong with shards still waiting for a worker. A worker's
+        failure report is not final (the market offers the job to others; one malicious
+        worker must not make the client give up), so it is shown, not raised."""
+        problems = []
         for shard in submission.shards:
             if states[shard.job_id] != JobState.POSTED:
                 continue
@@ -335,10 +343,8 @@ class Client:
             except MeshError:
                 continue
             if failure:
-                raise JobFailed(
-                    f"shard {shard.index} (job {shard.job_id}) failed: {failure}; reclaim the "
-                    "escrow after the deadline with `mesh job reclaim`"
-                )
+                problems.append(f"shard {shard.index} (job {shard.job_id}): {failure}")
+        return problems
 
     def _repost(self, submission: Submission, shards: Sequence[Shard]) -> None:
         job_ids = self._post(submission, [s.spec for s in shards])
