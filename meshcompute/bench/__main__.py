@@ -91,9 +91,9 @@ def _verify() -> dict[str, Any]:
 
 
 def _sim() -> dict[str, Any]:
-    from meshcompute.bench.sim import run_sim_bench
+    from meshcompute.bench.sim import run_sim
 
-    return run_sim_bench()
+    return run_sim()
 
 
 def _overhead() -> dict[str, Any]:
