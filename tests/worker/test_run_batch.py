@@ -1,0 +1,83 @@
+"""JobRunner.run_batch in the bubblewrap sandbox: jobs of one client and one program in one
+process, each with its own outcome, limits and hash; a process is reused only for the same
+client and program; a job past its time limit is killed and the rest go on in a fresh one."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from meshcompute.models import build_model
+from meshcompute.programs import load_tensors, save_tensors
+from worker.sandbox import JobRunner
+
+LIMITS = {"memory_limit_mb": 1024, "max_output_bytes": 1 << 26}
+A, B = "0x" + "aa" * 20, "0x" + "bb" * 20
+
+
+def _inputs(rows: int, seed: int) -> tuple[torch.Tensor, bytes]:
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(seed))
+    return x, save_tensors([x])
+
+
+def test_batch_outputs_match_local_and_bad_inputs_fail_alone(
+        requires_sandbox: None, mlp_program: bytes, tmp_path: Path) -> None:
+    model = build_model("mlp")
+    pairs = [_inputs(2 + i, seed=i) for i in range(5)]
+    jobs = [data for _, data in pairs]
+    jobs[2] = save_tensors([torch.randn(3, 7)])  # wrong shape: refused inside the process
+    jobs.insert(4, b"not safetensors")  # refused before the process
+    with JobRunner(scratch_root=tmp_path / "jobs") as runner:
+        outcomes = runner.run_batch(mlp_program, jobs, time_limit_s=120, reuse_key=A,
+                                    **LIMITS)
+    assert len(outcomes) == len(jobs)
+    assert [o.ok for o in outcomes] == [True, True, False, True, False, True]
+    assert "input" in (outcomes[2].reason or "")
+    assert "inputs refused" in (outcomes[4].reason or "")
+    expected_inputs = [pairs[0][0], pairs[1][0], None, pairs[3][0], None, pairs[4][0]]
+    with torch.no_grad():
+        for outcome, x in zip(outcomes, expected_inputs, strict=True):
+            if x is None:
+                continue
+            assert outcome.output is not None
+            assert outcome.output_sha256 == hashlib.sha256(outcome.output).hexdigest()
+            (actual,) = load_tensors(outcome.output, "out")
+            torch.testing.assert_close(actual, model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_process_is_kept_only_for_the_same_client_and_program(
+        requires_sandbox: None, programs: dict[str, bytes], tmp_path: Path) -> None:
+    _, data = _inputs(2, seed=1)
+    with JobRunner(scratch_root=tmp_path / "jobs") as runner:
+        assert all(o.ok for o in runner.run_batch(programs["mlp"], [data], time_limit_s=120,
+                                                  reuse_key=A, **LIMITS))
+        first = runner._bound
+        assert first is not None and runner.bound_client() == A
+        runner.run_batch(programs["mlp"], [data, data], time_limit_s=120, reuse_key=A,
+                         **LIMITS)
+        assert runner._bound is first and first.jobs_run == 3  # same client and program
+        runner.run_batch(programs["mlp"], [data], time_limit_s=120, reuse_key=B, **LIMITS)
+        assert runner._bound is not first and runner.bound_client() == B  # another client
+        assert not first.alive()
+        second = runner._bound
+        cnn_inputs = save_tensors([torch.randn(2, 3, 32, 32)])
+        outcome, = runner.run_batch(programs["convnet"], [cnn_inputs], time_limit_s=120,
+                                    reuse_key=B, **LIMITS)
+        assert outcome.ok, outcome.reason
+        assert runner._bound is not second and not second.alive()  # another program
+        runner.run(programs["mlp"], data, time_limit_s=120, **LIMITS)
+        assert runner._bound is None  # run() never keeps a process
+
+
+def test_job_past_its_limit_is_killed_and_the_rest_run_in_a_fresh_process(
+        requires_sandbox: None, mlp_program: bytes, tmp_path: Path) -> None:
+    _, small = _inputs(2, seed=1)
+    _, large = _inputs(200_000, seed=2)
+    with JobRunner(scratch_root=tmp_path / "jobs") as runner:
+        outcomes = runner.run_batch(mlp_program, [small, large, small],
+                                    time_limit_s=[120, 0.001, 120], reuse_key=A, **LIMITS)
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert "time limit of 0.001 s" in (outcomes[1].reason or "")
+    assert outcomes[0].output == outcomes[2].output
