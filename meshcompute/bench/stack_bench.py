@@ -154,7 +154,11 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
             next_block = _collect_final(contracts, next_block, final_at, outcome)
             stack.check_alive()
             if time.perf_counter() - warm_start > 300:
-                raise TimeoutError("the warm-up submission did not settle in 300 s")
+                tails = "\n".join(f"--- {name}\n{service.tail(15)}"
+                                  for name, service in stack.services.items())
+                raise TimeoutError(f"the warm-up submission did not settle in 300 s "
+                                   f"({len([i for i in warm_ids if i in final_at])} of "
+                                   f"{len(warm_ids)} final)\n{tails}")
             time.sleep(0.25)
         warmup_s = time.perf_counter() - warm_start
         for job_id in warm_ids:
