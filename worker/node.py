@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -50,6 +51,10 @@ from worker.status import Event, EventSink, write_health
 from worker.watch import CommitWatch
 
 __all__ = ["WorkerConfig", "WorkerNode", "parse_price"]
+
+#: Outputs of one batch uploaded (and their results submitted) at the same time.
+UPLOAD_THREADS = 8
+
 
 class JobOutcomeLike(Protocol):
     ok: bool
@@ -131,6 +136,8 @@ class WorkerNode:
         self._active: dict[int, _ActiveJob] = {}
         self.watch = CommitWatch(actor, appeal=adversary is None, emit=self._emit)
         self._lock = threading.RLock()
+        self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS,
+                                           thread_name_prefix="mesh-upload")
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_event: threading.Event | None = None
@@ -210,6 +217,7 @@ class WorkerNode:
                 self._pool.close()
             self._hb_stop.set()
             heartbeat.join(timeout=5)
+            self._uploads.shutdown(wait=False)
             self._write_health(state="stopped")
             self._emit("stopped", appealed=self.watch.appealed, **self.counts)
 
@@ -372,16 +380,7 @@ class WorkerNode:
         started = time.monotonic()
         try:
             done = self._compute_batch(batch)
-            for job, (output, sha, _outcome) in list(done.items()):
-                try:
-                    self._phase(job, "uploading")
-                    uploaded = self.market.put_blob(output)
-                    if uploaded != sha:
-                        raise JobFailed(f"uploaded output hashes to {uploaded}, expected {sha}")
-                    self.market.submit_result(job.job_id, sha)
-                except JobFailed as exc:
-                    self._fail(job, str(exc))
-                    del done[job]
+            self._upload_all(done)
             if done:
                 self._commit(batch, {job: sha for job, (_, sha, _) in done.items()})
                 for job, (_, sha, outcome) in done.items():
@@ -418,6 +417,40 @@ class WorkerNode:
                 for job in batch.jobs:
                     self._active.pop(job.job_id, None)
             self._wake.set()
+
+    def _upload_all(self, done: dict[_ActiveJob, tuple[bytes, str, Any]]) -> None:
+        """Upload each output and submit each result, several jobs at a time (each is two
+        requests to the market); a job whose upload fails is reported failed and dropped from
+        ``done``. Any other error is raised once every upload has ended."""
+
+        def upload(job: _ActiveJob, output: bytes, sha: str) -> None:
+            self._phase(job, "uploading")
+            uploaded = self.market.put_blob(output)
+            if uploaded != sha:
+                raise JobFailed(f"uploaded output hashes to {uploaded}, expected {sha}")
+            self.market.submit_result(job.job_id, sha)
+
+        if len(done) == 1:
+            ((job, (output, sha, _)),) = done.items()
+            try:
+                upload(job, output, sha)
+            except JobFailed as exc:
+                self._fail(job, str(exc))
+                del done[job]
+            return
+        futures = {job: self._uploads.submit(upload, job, output, sha)
+                   for job, (output, sha, _) in done.items()}
+        error: BaseException | None = None
+        for job, future in futures.items():
+            try:
+                future.result()
+            except JobFailed as exc:
+                self._fail(job, str(exc))
+                del done[job]
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the rest
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _compute_batch(self, batch: _Batch) -> dict[_ActiveJob, tuple[bytes, str, Any]]:
         """Check, download and run every job of the batch; failed jobs are reported and left
