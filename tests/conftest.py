@@ -8,11 +8,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from meshcompute.chain.local import LocalChain
 from meshcompute.settings import get_settings
+
+if TYPE_CHECKING:
+    from tests.contracts.world import World
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +54,24 @@ def redis_url() -> Iterator[str]:
         yield server.connection_url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def _deployed(anvil: LocalChain) -> Iterator[World]:
+    """The marketplace deployed once per test module (tests/contracts/world.py)."""
+    from tests.contracts.world import build_world
+
+    snapshot = anvil.snapshot()
+    world = build_world(anvil)
+    yield world
+    anvil.revert(snapshot)
+    world.resync()
+
+
+@pytest.fixture
+def world(_deployed: World, anvil: LocalChain) -> Iterator[World]:
+    """The module's deployed world, reverted to its state before the test afterwards."""
+    snapshot = anvil.snapshot()
+    yield _deployed
+    anvil.revert(snapshot)
+    _deployed.resync()

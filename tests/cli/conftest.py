@@ -9,7 +9,6 @@ funded with ETH and MESH, so the commands sign with a key nobody else uses.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from meshcompute.chain.deploy import TOKEN, save_deployment
 from meshcompute.cli.main import main
 from meshcompute.settings import get_settings
 from meshcompute.wallet import import_wallet
-from tests.contracts.world import World, build_world
+from tests.contracts.world import World
 
 PASSWORD = "correct horse battery staple"
 WALLET_MESH = 50_000 * TOKEN
@@ -46,23 +45,6 @@ class Outcome:
     @property
     def error_lines(self) -> list[str]:
         return [line for line in self.err.splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def _deployed(anvil) -> Iterator[World]:
-    snapshot = anvil.snapshot()
-    world = build_world(anvil)
-    yield world
-    anvil.revert(snapshot)
-    world.resync()
-
-
-@pytest.fixture
-def world(_deployed: World, anvil) -> Iterator[World]:
-    snapshot = anvil.snapshot()
-    yield _deployed
-    anvil.revert(snapshot)
-    _deployed.resync()
 
 
 @pytest.fixture

@@ -20,28 +20,11 @@ from meshcompute.chain.contracts import MeshActor, MeshContracts
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.payout import split_reward
 from meshcompute.errors import BadInput, ContractRevert, TransactionTimeout
-from tests.contracts.world import TEST_PARAMS, World, build_world
+from tests.contracts.world import TEST_PARAMS, World
 
 CHALLENGE = TEST_PARAMS.challenge_window_s
 AUDIT = TEST_PARAMS.audit_window_s
 APPEAL = TEST_PARAMS.appeal_window_s
-
-
-@pytest.fixture(scope="module")
-def _deployed(anvil) -> Iterator[World]:
-    snapshot = anvil.snapshot()
-    world = build_world(anvil)
-    yield world
-    anvil.revert(snapshot)
-    world.resync()
-
-
-@pytest.fixture
-def world(_deployed: World, anvil) -> Iterator[World]:
-    snapshot = anvil.snapshot()
-    yield _deployed
-    anvil.revert(snapshot)
-    _deployed.resync()
 
 
 @pytest.fixture
