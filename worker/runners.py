@@ -93,7 +93,7 @@ class RunnerPool:
             idle = self._idle[key]
             if prefer is not None:
                 for index, runner in enumerate(idle):
-                    if runner.bound_client() == prefer:
+                    if prefer in runner.bound_clients():
                         return idle.pop(index)
                 for index, runner in enumerate(idle):
                     if runner.bound_client() is None:

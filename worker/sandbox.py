@@ -45,6 +45,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,9 +293,9 @@ class JobRunner:
     jobs of one client and one program hash: that is the security rule that makes sharing a
     process acceptable (nothing one client's job leaves behind can reach another client).
 
-    With ``warm=True`` a spare process is started whenever the runner has no process waiting,
-    so its interpreter start and torch import overlap with whatever the caller does between
-    jobs. Not thread-safe: use one runner per concurrent job slot. ``close()`` stops the
+    With ``warm=True`` a spare (unbound) process is kept started, so its interpreter start and
+    torch import overlap with whatever the caller does between jobs, and a batch of another
+    client or program does not wait for one. Not thread-safe: use one runner per concurrent job slot. ``close()`` stops the
     waiting processes.
     """
 
@@ -306,6 +307,7 @@ class JobRunner:
         scratch_root: Path | None = None,
         allow_unsandboxed: bool = False,
         warm: bool = False,
+        max_kept: int = 2,
     ) -> None:
         if device not in ("cpu", "cuda"):
             raise BadInput(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -323,10 +325,13 @@ class JobRunner:
         self.scratch_root = Path(scratch_root or Path(tempfile.gettempdir()) / "mesh-jobs")
         self.scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.warm = warm
+        self.max_kept = max(0, int(max_kept))
+        """How many processes bound to a (client, program) are kept for their next batch."""
         self._next: _JobProcess | None = None
-        self._bound: _JobProcess | None = None
+        self._kept: OrderedDict[tuple[object, ...], _JobProcess] = OrderedDict()
+        """Processes bound to a (client, program, limits) key, least recently used first."""
         self._lock = threading.Lock()
-        self._holder: list[_JobProcess | None] = [None, None]
+        self._holder: list[_JobProcess | None] = [None]
         _sweep_orphans(self.scratch_root)
         # A runner dropped without close() still stops its waiting processes at exit / GC.
         self._finalizer = weakref.finalize(self, JobRunner._discard_all, self._holder)
@@ -337,9 +342,24 @@ class JobRunner:
         self._next = job
         self._holder[0] = job
 
-    def _set_bound(self, job: _JobProcess | None) -> None:
-        self._bound = job
-        self._holder[1] = job
+    def _sync_holder(self) -> None:
+        self._holder[1:] = list(self._kept.values())
+
+    def _keep(self, job: _JobProcess) -> None:
+        """Keep ``job`` (bound to ``job.key``) for that key's next batch; the least recently
+        used kept process goes when more than ``max_kept`` are kept."""
+        assert job.key is not None
+        self._kept[job.key] = job
+        self._kept.move_to_end(job.key)
+        while len(self._kept) > self.max_kept:
+            _, old = self._kept.popitem(last=False)
+            old.discard()
+        self._sync_holder()
+
+    @property
+    def _bound(self) -> _JobProcess | None:
+        """The most recently used kept process (tests look at it)."""
+        return next(reversed(self._kept.values())) if self._kept else None
 
     @staticmethod
     def _discard_all(holder: list[_JobProcess | None]) -> None:
@@ -430,21 +450,30 @@ class JobRunner:
                 finally:
                     if key is not None and keep and job.alive():
                         job.key = key
-                        self._set_bound(job)
+                        self._keep(job)
                     else:
                         job.discard()
                 fresh = True
-            if self.warm and self._next is None and self._bound is None:
+            if self.warm and self._next is None:
                 self._set_next(self._start())
         return [o if o is not None else _failed("job was not run", started) for o in outcomes]
 
-    def _process_for(self, key: tuple[object, ...] | None, *, fresh: bool) -> _JobProcess:
-        """The bound process for ``key`` when there is one (and ``fresh`` is not asked),
-        else the warm spare, else a new process. A bound process of another key is stopped."""
+    def bound_client(self) -> str | None:
+        """The client of this runner's most recently used kept process, if it keeps one."""
         bound = self._bound
-        self._set_bound(None)
-        if bound is not None:
-            if not fresh and key is not None and bound.key == key and bound.alive():
+        return str(bound.key[0]) if bound is not None and bound.key is not None else None
+
+    def bound_clients(self) -> set[str]:
+        """The clients this runner keeps processes for."""
+        return {str(key[0]) for key in self._kept}
+
+    def _process_for(self, key: tuple[object, ...] | None, *, fresh: bool) -> _JobProcess:
+        """The kept process for ``key`` when there is one (and ``fresh`` is not asked), else
+        the warm spare, else a new process. A process leaves the kept set while it runs."""
+        if key is not None and key in self._kept:
+            bound = self._kept.pop(key)
+            self._sync_holder()
+            if not fresh and bound.alive():
                 return bound
             bound.discard()
         job = self._next if self._next is not None and self._next.alive() else None
@@ -531,11 +560,12 @@ class JobRunner:
 
     def close(self) -> None:
         with self._lock:
-            for job in (self._next, self._bound):
+            for job in (self._next, *self._kept.values()):
                 if job is not None:
                     job.discard()
             self._set_next(None)
-            self._set_bound(None)
+            self._kept.clear()
+            self._sync_holder()
 
     def __enter__(self) -> Self:
         return self

@@ -18,7 +18,7 @@ from typing import Any
 from meshcompute.stack import FAST_PARAMS, DevStack, StackConfig
 
 
-def _client(stack: DevStack) -> Any:
+def _client(stack: DevStack, account: Any = None) -> Any:
     from meshcompute.chain.connect import ChainConnection
     from meshcompute.chain.contracts import MeshContracts
     from meshcompute.client import Client
@@ -28,7 +28,7 @@ def _client(stack: DevStack) -> Any:
     assert stack.deployment is not None
     w3 = stack.chain.w3()
     contracts = MeshContracts(w3, stack.deployment)
-    account = stack.client_account
+    account = account or stack.client_account
     return Client(
         account,
         connection=ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url),
@@ -109,19 +109,26 @@ E2E_ENV = {
 
 
 def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50,
-                  slots: int = 2, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+                  slots: int = 2, clients: int = 2,
+                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Post trivial jobs continuously for ``duration_s`` after a warm-up (one submission run to
     its payment, so every worker process is started); count JobPaid events in the window.
 
-    Each submission is ``batch`` shards of one exported program (exported once, as a client
-    posting the same model repeatedly would), escrowed in one permit transaction. Collateral
-    is 100 x the reward per shard, so the market's audit rate for these jobs is the
-    deployment's floor (``min_audit_bps``, 500 = 5 %) and the verifier audits at that rate.
+    ``clients`` client wallets post concurrently (a market serves many clients; one client's
+    uploads are sequential HTTP requests). Each submission is ``batch`` shards of one exported
+    program (exported once, as a client posting the same model repeatedly would), escrowed in
+    one permit transaction. Collateral is 100 x the reward per shard, so the market's audit
+    rate for these jobs is the deployment's floor (``min_audit_bps``, 500 = 5 %) and the
+    verifier audits at that rate.
     """
+    import threading
+
     import torch
 
+    from meshcompute.chain.deploy import TOKEN
     from meshcompute.models import MLP
     from meshcompute.programs import export_program
+    from meshcompute.stack import ADMIN, FIRST_WORKER
 
     torch.manual_seed(0)
     model = MLP(d_in=8, d_hidden=8, d_out=2, depth=2).eval()
@@ -134,21 +141,31 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
     final_at: dict[int, float] = {}
     outcome: dict[int, str] = {}
     reward, collateral = "0.01", "1"
+    lock = threading.Lock()
 
-    def submit(client: Any) -> list[int]:
-        x = torch.randn(batch, 8)
-        submission = client.submit(program, (x,), shards=batch, pay=str(Decimal(reward) * batch),
-                                   collateral=collateral, deadline="30m")
+    def submit(client: Any, seed: int) -> list[int]:
+        x = torch.randn(batch, 8, generator=torch.Generator().manual_seed(seed))
+        submission = client.submit(program, (x,), shards=batch,
+                                   pay=str(Decimal(reward) * batch), collateral=collateral,
+                                   deadline="30m")
         now = time.perf_counter()
-        for job_id in submission.job_ids:
-            posted_at[job_id] = now
+        with lock:
+            for job_id in submission.job_ids:
+                posted_at[job_id] = now
         return submission.job_ids
 
     with DevStack(config) as stack:
-        client = _client(stack)
-        contracts = client.connection.contracts
+        spare = stack.accounts[FIRST_WORKER + workers:]
+        if clients < 1 or clients - 1 > len(spare):
+            raise ValueError(f"clients must be in 1..{len(spare) + 1} with {workers} workers")
+        accounts = [stack.client_account, *spare[:clients - 1]]
+        admin = stack.actor(stack.accounts[ADMIN])
+        for account in accounts[1:]:
+            admin.mint(account.address, 10_000 * TOKEN)
+        posters = [_client(stack, account) for account in accounts]
+        contracts = posters[0].connection.contracts
         next_block = stack.chain.w3().eth.block_number
-        warm_ids = submit(client)
+        warm_ids = submit(posters[0], 0)
         warm_start = time.perf_counter()
         while not all(i in final_at for i in warm_ids):
             next_block = _collect_final(contracts, next_block, final_at, outcome)
@@ -164,11 +181,28 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
         for job_id in warm_ids:
             posted_at.pop(job_id, None)
         start = time.perf_counter()
-        while time.perf_counter() - start < duration_s:
-            submit(client)
+        errors: list[BaseException] = []
+
+        def post_loop(index: int, client: Any) -> None:
+            seed = 1000 * (index + 1)
+            try:
+                while time.perf_counter() - start < duration_s:
+                    seed += 1
+                    submit(client, seed)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post_loop, args=(i, c), daemon=True)
+                   for i, c in enumerate(posters)]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
             next_block = _collect_final(contracts, next_block, final_at, outcome)
             stack.check_alive()
+            time.sleep(0.25)
         window_end = time.perf_counter()
+        if errors:
+            raise errors[0]
         drain_until = window_end + 120
         while (not all(i in final_at for i in posted_at)
                and time.perf_counter() < drain_until):
@@ -196,6 +230,7 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
                      for name in ("JobSlashed", "JobRefunded")},
         "unsettled_after_drain": len(posted_at) - len(measured),
         "audited": audited,
+        "clients": clients,
         "shards_per_post": batch,
         "reward_per_job": reward,
         "collateral_per_job": collateral,

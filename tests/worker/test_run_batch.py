@@ -50,25 +50,28 @@ def test_batch_outputs_match_local_and_bad_inputs_fail_alone(
 def test_process_is_kept_only_for_the_same_client_and_program(
         requires_sandbox: None, programs: dict[str, bytes], tmp_path: Path) -> None:
     _, data = _inputs(2, seed=1)
-    with JobRunner(scratch_root=tmp_path / "jobs") as runner:
+    with JobRunner(scratch_root=tmp_path / "jobs", max_kept=2) as runner:
         assert all(o.ok for o in runner.run_batch(programs["mlp"], [data], time_limit_s=120,
                                                   reuse_key=A, **LIMITS))
         first = runner._bound
-        assert first is not None and runner.bound_client() == A
+        assert first is not None and runner.bound_clients() == {A}
         runner.run_batch(programs["mlp"], [data, data], time_limit_s=120, reuse_key=A,
                          **LIMITS)
         assert runner._bound is first and first.jobs_run == 3  # same client and program
         runner.run_batch(programs["mlp"], [data], time_limit_s=120, reuse_key=B, **LIMITS)
-        assert runner._bound is not first and runner.bound_client() == B  # another client
-        assert not first.alive()
         second = runner._bound
+        assert second is not first and second.jobs_run == 1  # another client: own process
+        assert first.alive() and runner.bound_clients() == {A, B}
         cnn_inputs = save_tensors([torch.randn(2, 3, 32, 32)])
         outcome, = runner.run_batch(programs["convnet"], [cnn_inputs], time_limit_s=120,
                                     reuse_key=B, **LIMITS)
         assert outcome.ok, outcome.reason
-        assert runner._bound is not second and not second.alive()  # another program
+        third = runner._bound
+        assert third not in (first, second)  # another program: own process
+        assert not first.alive() and second.alive()  # the least recently used one went
+        assert runner.bound_clients() == {B}
         runner.run(programs["mlp"], data, time_limit_s=120, **LIMITS)
-        assert runner._bound is None  # run() never keeps a process
+        assert runner._bound is third and len(runner._kept) == 2  # run() keeps nothing
 
 
 def test_job_past_its_limit_is_killed_and_the_rest_run_in_a_fresh_process(
