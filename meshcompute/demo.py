@@ -53,7 +53,10 @@ def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> Non
 
     console = console or Console()
     started = time.monotonic()
-    config = StackConfig(workers=3, cheaters=1, params=replace(FAST_PARAMS, min_audit_bps=10_000))
+    # Lease batches of two shards, so the six shards spread over the three workers (one
+    # worker slot each) and the cheater gets some of them.
+    config = StackConfig(workers=3, cheaters=1, params=replace(FAST_PARAMS, min_audit_bps=10_000),
+                         extra_env={"MESH_MAX_LEASE_BATCH": "2"})
     console.print("[bold]starting[/] anvil, Valkey, market API + Celery, 1 verifier, 3 workers "
                   "(worker-2 is the test-only cheater)")
     with running_stack(config) as stack:
