@@ -37,6 +37,17 @@ def _client(stack: DevStack, account: Any = None) -> Any:
     )
 
 
+def _output_of(client: Any, job_id: int) -> str | None:
+    """The job's output hash as the market shows it; None until then (also while the market
+    has not indexed the post yet)."""
+    from meshcompute.errors import NotFound
+
+    try:
+        return client.market.job(job_id).output_sha256
+    except NotFound:
+        return None
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -71,7 +82,7 @@ def run_overhead_bench(*, rows: int = 16_384, repeats: int = 3) -> dict[str, Any
             submission = client.submit(model, (x,), shards=1, pay="1", audit_bps=0)
             posted = time.perf_counter()  # submit() returns after the post's receipt
             job_id = submission.job_ids[0]
-            while client.market.job(job_id).output_sha256 is None:
+            while _output_of(client, job_id) is None:
                 stack.check_alive()
                 if time.perf_counter() - posted > 300:
                     raise TimeoutError(f"job {job_id} produced no output in 300 s")
