@@ -151,11 +151,14 @@ def _read_spec(rt: MarketRuntime, job_id: int, record: JobRecord, report: MatchR
     except BadInput as exc:
         problem = str(exc)
     else:
-        if known_problem is not None:
-            rt.state.set_spec_problem(job_id, None)
-        if spec.group is not None and not grouped:
-            rt.state.add_to_group(spec.group, spec.shard, job_id)
-        return spec
+        if spec.group is not None and not grouped and not rt.state.add_to_group(
+            spec.group, spec.shard, job_id, record.client
+        ):
+            problem = f"group {spec.group} belongs to another client; this job cannot join it"
+        else:
+            if known_problem is not None:
+                rt.state.set_spec_problem(job_id, None)
+            return spec
     if known_problem != problem:
         rt.state.set_spec_problem(job_id, problem)
         log.warning("spec problem", extra={"fields": {"job_id": job_id, "problem": problem}})

@@ -458,9 +458,21 @@ class MarketState:
         values = pipe.execute()[-1]
         return {job_id: float(v) for job_id, v in zip(ids, values, strict=True)}
 
-    def add_to_group(self, group: str, shard: int, job_id: int) -> None:
+    def add_to_group(self, group: str, shard: int, job_id: int, client: str) -> bool:
+        """Record ``job_id`` as shard ``shard`` of ``group``. A group belongs to the client
+        whose job named it first (group ids are public in the specs): a job of another
+        client naming it is refused (False), so nobody can swap shards of someone's output.
+        A later job of the same client for the same shard (a re-post) replaces the old one."""
+        owner_key = self._k("group-owner", group)
+        self.r.set(owner_key, client.lower(), nx=True)
+        owner = self.r.get(owner_key)
+        if isinstance(owner, bytes):
+            owner = owner.decode()
+        if owner != client.lower():
+            return False
         self.r.hset(self._k("group", group), str(shard), job_id)
         self.r.set(self._k("job-group", job_id), group)
+        return True
 
     def group(self, group: str) -> dict[int, int]:
         """shard index -> job id."""

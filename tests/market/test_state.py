@@ -80,3 +80,15 @@ def test_metric_with_a_key_counts_once(state):
     state.incr_metric("lease_expiries", key="3:w:100")
     state.incr_metric("lease_expiries", key="4:w:100")
     assert state.metrics()["lease_expiries"] == 2
+
+
+def test_a_group_belongs_to_the_client_that_named_it_first(state):
+    group = "ab" * 32
+    assert state.add_to_group(group, 0, 1, W1)
+    assert state.add_to_group(group, 1, 2, W1.upper().replace("0X", "0x"))
+    # another client naming the same (public) group id cannot swap in its own shard
+    assert not state.add_to_group(group, 1, 3, W2)
+    assert state.group(group) == {0: 1, 1: 2}
+    # the owner re-posting a shard replaces it
+    assert state.add_to_group(group, 1, 4, W1)
+    assert state.group(group) == {0: 1, 1: 4}
