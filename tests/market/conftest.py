@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +105,21 @@ def mk(market: Market, anvil) -> Iterator[Market]:
     finally:
         anvil.revert(snapshot)
         market.world.resync()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
+    """A decoding Redis client on the test Redis."""
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_client: redis_lib.Redis, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh key prefix for one test (named after its module), deleted afterwards."""
+    name = f"test:{request.module.__name__.rsplit('.', 1)[-1]}:{uuid.uuid4().hex[:12]}:"
+    yield name
+    keys = list(redis_client.scan_iter(match=name + "*"))
+    if keys:
+        redis_client.delete(*keys)

@@ -8,7 +8,6 @@ Redis prefix.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -77,22 +76,6 @@ def world(_deployed: World, chain: LocalChain) -> Iterator[World]:
     yield _deployed
     chain.revert(snapshot)
     _deployed.resync()
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def prefix(redis_client: redis_lib.Redis) -> Iterator[str]:
-    name = f"test:idx:{uuid.uuid4().hex[:12]}:"
-    yield name
-    keys = list(redis_client.scan_iter(match=name + "*"))
-    if keys:
-        redis_client.delete(*keys)
 
 
 def make_indexer(world: World, redis_client: redis_lib.Redis, prefix: str) -> ChainIndexer:

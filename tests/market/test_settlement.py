@@ -7,12 +7,9 @@ its teardown reverts, and gets its own Redis prefix.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
-import redis as redis_lib
 
 from market import settlement as settlement_module
 from market.settlement import GAS_BASE, GAS_PER_JOB, SettlementReport, Settler
@@ -25,22 +22,6 @@ from tests.contracts.world import TEST_PARAMS, World
 CHALLENGE = TEST_PARAMS.challenge_window_s
 AUDIT = TEST_PARAMS.audit_window_s
 APPEAL = TEST_PARAMS.appeal_window_s
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def prefix(redis_client: redis_lib.Redis) -> Iterator[str]:
-    name = f"test:settle:{uuid.uuid4().hex[:12]}:"
-    yield name
-    keys = list(redis_client.scan_iter(match=name + "*"))
-    if keys:
-        redis_client.delete(*keys)
 
 
 def records_of(world: World) -> dict[int, JobRecord]:
