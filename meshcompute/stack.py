@@ -214,6 +214,9 @@ class DevStack:
         for name, service in self.services.items():
             if not service.running and name not in ("market-api", "market-tasks"):
                 service.start()
+        # every worker is registered before anyone posts: otherwise the first workers up
+        # can lease a whole submission and a late one (a test's cheater) sees no job
+        self.wait_workers(cfg.workers)
         return self
 
     def stop(self) -> None:
@@ -269,6 +272,32 @@ class DevStack:
                 last = str(exc)
             time.sleep(0.2)
         raise ServiceUnavailable(f"market at {self.market_url} not healthy: {last}")
+
+    def registered_workers(self) -> int:
+        """How many workers the market has registered (its ``/metrics`` gauge)."""
+        response = httpx.get(f"{self.market_url}/metrics", timeout=5)
+        response.raise_for_status()
+        for line in response.text.splitlines():
+            if line.startswith("mesh_workers_registered "):
+                return int(float(line.split()[1]))
+        return 0
+
+    def wait_workers(self, count: int, timeout_s: float = 120.0) -> None:
+        """Block until ``count`` workers have registered; raise with the logs otherwise."""
+        give_up = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < give_up:
+            self.check_alive()
+            try:
+                seen = self.registered_workers()
+            except httpx.HTTPError:
+                seen = 0
+            if seen >= count:
+                return
+            time.sleep(0.2)
+        tails = "\n".join(f"--- {name}\n{service.tail(15)}"
+                          for name, service in self.services.items() if name.startswith("worker"))
+        raise ServiceUnavailable(f"{seen} of {count} workers registered in {timeout_s:g} s\n{tails}")
 
     def check_alive(self) -> None:
         """Raise with the log tail of any service that exited on its own."""

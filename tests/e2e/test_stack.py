@@ -154,7 +154,11 @@ def test_two_honest_one_cheater_over_50_jobs() -> None:
         records = contracts.job_records(submission.job_ids)
         cheater = next(iter(stack.cheater_addresses()))
         slashed = [r for r in records.values() if r.state == JobState.SLASHED]
-        assert slashed, "the cheater was never caught"
+        by_worker = Counter((r.worker == cheater and "cheater" or r.worker[:8], r.state.name)
+                            for r in records.values())
+        assert slashed, (f"the cheater was never caught: {dict(by_worker)}\n"
+                         f"--- verifier\n{stack.services['verifier'].tail(20)}\n"
+                         f"--- cheater\n{stack.services['worker-2'].tail(20)}")
         assert all(r.worker == cheater for r in slashed), "an honest worker was slashed"
         for job_id, record in records.items():
             if record.worker != cheater:
