@@ -13,6 +13,9 @@ What it keeps under its prefix (default ``mesh:idx:``):
   of those keys scored by block number (all events, and the events of one job);
 * ``records`` — job id -> the job's record folded from its events with
   :func:`meshcompute.core.job.apply_event`;
+* ``open`` — the ids of jobs whose record is not terminal (what the market's rounds read each
+  step, so a round costs the open jobs, not every job ever posted); ``open-built`` marks that
+  the set was built (an index written before it existed gets it from ``records`` once);
 * ``meta`` — chain id, JobMarket address and start block, so a prefix is never reused for
   another deployment.
 
@@ -129,6 +132,7 @@ class ChainIndexer:
         self.prefix = prefix
         self._addresses = list(contracts.deployment.addresses.values())
         self._meta_checked = False
+        self._open_built = False
 
     def __repr__(self) -> str:
         return f"<ChainIndexer {self.prefix!r} from block {self.start_block}>"
@@ -175,6 +179,40 @@ class ChainIndexer:
             for job_id, record in sorted(records.items()):
                 self._verify(job_id, record)
         return records
+
+    def open_job_records(self) -> dict[int, JobRecord]:
+        """The records of jobs not in a terminal state (posted, assigned, committed, under
+        audit or appeal): what matching and settlement work on."""
+        self._ensure_open_set()
+        ids = sorted(int(i) for i in self.redis.smembers(self._key("open")))
+        return self.records_of(ids)
+
+    def records_of(self, job_ids: Sequence[int]) -> dict[int, JobRecord]:
+        """The indexed records of ``job_ids`` (ids with no indexed record are left out)."""
+        if not job_ids:
+            return {}
+        raw = self.redis.hmget(self._key("records"), [str(i) for i in job_ids])
+        return {i: _record_from_json(r) for i, r in zip(job_ids, raw, strict=True)
+                if r is not None}
+
+    def _ensure_open_set(self) -> None:
+        if self._open_built or self.redis.exists(self._key("open-built")):
+            self._open_built = True
+            return
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._key("head"))
+                raw = pipe.hgetall(self._key("records"))
+                open_ids = [k for k, v in raw.items() if not _record_from_json(v).state.terminal]
+                pipe.multi()
+                pipe.delete(self._key("open"))
+                if open_ids:
+                    pipe.sadd(self._key("open"), *open_ids)
+                pipe.set(self._key("open-built"), 1)
+                pipe.execute()
+            except WatchError:
+                return  # the indexer wrote meanwhile; the next call builds it
+        self._open_built = True
 
     def job_record(self, job_id: int) -> JobRecord | None:
         """One job's record, None when no JobPosted event of it is indexed."""
@@ -374,6 +412,10 @@ class ChainIndexer:
             pipe.hdel(self._key("records"), str(job_id))
         else:
             pipe.hset(self._key("records"), str(job_id), _record_to_json(record))
+        if record is None or record.state.terminal:
+            pipe.srem(self._key("open"), str(job_id))
+        else:
+            pipe.sadd(self._key("open"), str(job_id))
 
     # ------------------------------------------------------------------ chain and store reads
     def _stored_hashes(self, numbers: Iterable[int]) -> dict[int, str]:

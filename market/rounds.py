@@ -67,9 +67,12 @@ def match_round(rt: MarketRuntime, *, now: float | None = None) -> MatchReport:
     and write one offer per job carrying the batch id."""
     now = time.time() if now is None else now
     chain_now = rt.chain_now()
-    records = rt.indexer.job_records()
+    records = rt.indexer.open_job_records()
     report = MatchReport()
     leases = rt.state.all_leases()
+    # a leased job that ended (refunded, paid) is no longer open: read its record too
+    ended = [lease.job_id for lease in leases if lease.job_id not in records]
+    records |= rt.indexer.records_of(ended)
     report.finished_leases = _finish_leases(rt, records, leases)
     finished = set(report.finished_leases)
     leases = [lease for lease in leases if lease.job_id not in finished]
@@ -278,7 +281,7 @@ def settle_round(rt: MarketRuntime, *, max_batch: int | None = None) -> dict[str
 
     batch = rt.settings.settle_max_batch if max_batch is None else max_batch
     settler = Settler(rt.settler, rt.redis, max_batch=batch)
-    report = settler.settle(rt.indexer.job_records(), rt.chain_now())
+    report = settler.settle(rt.indexer.open_job_records(), rt.chain_now())
     if report.job_ids:
         rt.state.incr_metric("settled_jobs", len(report.job_ids), key=str(report.tx_hash))
         if report.tx_hash is not None and rt.redis.set(

@@ -4,7 +4,9 @@
     report = settler.settle(indexer.job_records(), now=latest_block_timestamp)
 
 Selection is :func:`meshcompute.core.settlement.settle_actions` (the contract's ``_settle``
-rules; the audit draw comes from ``JobMarket.auditStatus``). Jobs go out through the actor's
+rules; the audit draw is computed from the seed block's hash by
+:class:`meshcompute.chain.draws.AuditDraws`, the same answer as ``JobMarket.auditStatus``
+without one call per job). Jobs go out through the actor's
 one nonce-managed sender as ``finalizeBatch`` transactions of at most ``max_batch`` jobs.
 
 Idempotency: before a job is sent, the settler claims ``<prefix>job:<id>:<state>`` in Redis
@@ -43,6 +45,7 @@ from redis import Redis
 from web3.exceptions import TransactionNotFound
 
 from meshcompute.chain.contracts import MeshActor
+from meshcompute.chain.draws import AuditDraws
 from meshcompute.core.job import JobRecord
 from meshcompute.core.settlement import settle_actions
 from meshcompute.errors import BadInput, ContractRevert, TransactionRejected
@@ -50,6 +53,8 @@ from meshcompute.errors import BadInput, ContractRevert, TransactionRejected
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "mesh:settle:"
+#: Challenge, audit and appeal windows per (chain id, JobMarket address): immutable on chain.
+_WINDOWS: dict[tuple[int, str], dict[str, int]] = {}
 GAS_BASE = 60_000
 """Gas for a finalizeBatch call itself (intrinsic gas, calldata, flush of the last run)."""
 GAS_PER_JOB = 150_000
@@ -132,7 +137,6 @@ class Settler:
         self.done_ttl_s = done_ttl_s
         self._set_if = redis.register_script(_SET_IF)
         self._del_if = redis.register_script(_DEL_IF)
-        self._windows: dict[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"<Settler {self.actor.address} batch={self.max_batch}>"
@@ -149,11 +153,17 @@ class Settler:
         released) and TransactionTimeout when a batch has no receipt in time (its keys stay
         ``sent:`` so no other run resends it; a later run finishes them from the receipt).
         """
+        draws = AuditDraws(self.actor)
+
+        def audited(job_id: int, record: JobRecord) -> bool | None:
+            can_draw, drawn = draws.status(job_id, record)
+            return drawn if can_draw else None
+
         actions = settle_actions(
             records,
             now=now,
             **self._config(),
-            audited=self._audit_draw,
+            audited=audited,
         )
         report = SettlementReport(job_ids=[], tx_hash=None, skipped=[])
         token = f"claim:{uuid.uuid4().hex}"
@@ -170,18 +180,17 @@ class Settler:
         return report
 
     def _config(self) -> dict[str, int]:
-        if self._windows is None:
+        # the windows are fixed at deployment: read once per contract, not once per round
+        key = (int(self.actor.deployment.chain_id), self.actor.market.address)
+        windows = _WINDOWS.get(key)
+        if windows is None:
             config = self.actor.config()
-            self._windows = {
+            windows = _WINDOWS[key] = {
                 "challenge_window": config["challenge_window_s"],
                 "audit_window": config["audit_window_s"],
                 "appeal_window": config["appeal_window_s"],
             }
-        return self._windows
-
-    def _audit_draw(self, job_id: int, record: JobRecord) -> bool | None:
-        drawable, audited = self.actor.audit_status(job_id, record)
-        return audited if drawable else None
+        return windows
 
     # ------------------------------------------------------------------ keys
     def _claim(self, job_id: int, record: JobRecord, token: str) -> _Claim | None:

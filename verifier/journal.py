@@ -88,10 +88,15 @@ class Journal:
                 self._save()
         return self.tasks[key]
 
-    def forget(self, job_id: int, kind: str) -> None:
-        """Drop a task that turned out to be nothing to do (a job not drawn for audit)."""
-        if self.tasks.pop(_key(job_id, kind), None) is not None:
+    def forget(self, job_id: int, kind: str, *, save: bool = True) -> None:
+        """Drop a task that turned out to be nothing to do (a job not drawn for audit);
+        with ``save`` False the caller calls :meth:`save` once after several."""
+        if self.tasks.pop(_key(job_id, kind), None) is not None and save:
             self._save()
+
+    def save(self) -> None:
+        """Persist now (after changes made with ``save=False``)."""
+        self._save()
 
     def record_own_output(self, job_id: int, kind: str, sha256: str) -> None:
         """Fix our own output hash on disk before anything else about the job is read."""

@@ -8,7 +8,10 @@ Each poll (:meth:`VerifierService.poll_once`):
 2. works through every pending task, each on the job's current record as the contract stores
    it (rebuilt from events and checked against the on-chain digest):
 
-   - audit: a committed job whose draw is not yet available waits; one not drawn is dropped;
+   - audit: a committed job whose draw is not yet available waits; one not drawn is dropped
+     (for a job whose ``JobCommitted`` this run has seen, the draw is computed from the seed
+     block's hash, :mod:`meshcompute.core.audit_draw`, before anything else is read: most
+     committed jobs are not drawn and cost no further chain read);
      a drawn one (``Committed`` + drawn, or ``Audited``) is audited while its audit window is
      open (:meth:`verifier.audit.Auditor.audit`) and the verdict posted with ``resolveAudit``;
    - appeal: an ``Appealed`` job whose first audit was not ours and whose worker is not us is
@@ -38,6 +41,7 @@ from typing import Any
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import VERIFIER_ROLE
+from meshcompute.chain.draws import AuditDraws
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
 from verifier.audit import (
@@ -103,6 +107,8 @@ class VerifierService:
         self.config = config or ServiceConfig()
         self.health_path = health_path
         self._windows = actor.config()
+        self._commits: dict[int, tuple[int, int]] = {}
+        """Job id -> (committed block, audit rate) from JobCommitted events seen this run."""
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event | None = None) -> None:
@@ -122,10 +128,23 @@ class VerifierService:
 
     def poll_once(self) -> PollReport:
         report = PollReport()
-        self._follow_events()
+        head = self._follow_events()
         report.cursor = int(self.journal.cursor or 0)
         now = int(self.actor.w3.eth.get_block("latest")["timestamp"])
+        draws = AuditDraws(self.actor, head)
+        dropped = 0
         for job_id, kind in self.journal.pending():
+            if kind == AUDIT and job_id in self._commits:
+                committed_block, audit_bps = self._commits[job_id]
+                drawn = draws.drawn(job_id, committed_block, audit_bps)
+                if drawn is None and draws.head <= committed_block + 1:
+                    report.waiting.append(job_id)  # the seed block is not mined yet
+                    continue
+                if drawn is False:
+                    self._commits.pop(job_id, None)
+                    self.journal.forget(job_id, AUDIT, save=False)
+                    dropped += 1
+                    continue
             try:
                 outcome = self._process(job_id, kind, now)
             except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others
@@ -138,24 +157,32 @@ class VerifierService:
                 report.posted.append((job_id, kind, outcome.verdict))
             elif outcome == "wait":
                 report.waiting.append(job_id)
+        if dropped:
+            self.journal.save()
         return report
 
     # ------------------------------------------------------------------ events
-    def _follow_events(self) -> None:
+    def _follow_events(self) -> int:
+        """Turn new events into tasks; returns the head block read up to."""
         head = int(self.actor.w3.eth.block_number)
         cursor = self.journal.cursor
         start = self.actor.deployment.block if cursor is None else cursor + 1
         last = head
         if start <= head:
-            for event in self.actor.job_events(from_block=start):
+            for event in self.actor.job_events(from_block=start, to_block=head,
+                                               names=_TASK_EVENTS):
                 kind = _TASK_EVENTS.get(event.name)
                 if kind is None or (event.name == "AuditDrawn" and not event.args["audited"]):
                     continue
                 job_id = int(event.args["jobId"])
+                if event.name == "JobCommitted":
+                    self._commits[job_id] = (int(event.args["committedBlock"]),
+                                             int(event.args["auditBps"]))
                 if self.journal.task(job_id, kind) is None:
                     self.journal.ensure(job_id, kind, save=False)
                 last = max(last, event.block_number)
         self.journal.set_cursor(last)
+        return head
 
     # ------------------------------------------------------------------ one task
     def _process(self, job_id: int, kind: str, now: int) -> VerdictReady | str:

@@ -26,7 +26,7 @@ from meshcompute.chain.deploy import Deployment
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
 from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, apply_event
-from meshcompute.errors import ChainError
+from meshcompute.errors import BadInput, ChainError
 
 
 @dataclass(frozen=True)
@@ -218,17 +218,28 @@ class MeshContracts:
         job_ids: Iterable[int] | None = None,
         from_block: int | None = None,
         to_block: int | str = "latest",
+        *,
+        names: Iterable[str] | None = None,
     ) -> list[ChainEvent]:
-        """JobMarket events about ``job_ids`` (all jobs when None), in chain order."""
+        """JobMarket events about ``job_ids`` (all jobs when None), in chain order; only
+        the events named in ``names`` when given (filtered by the node, not decoded here)."""
         id_topics: Any = None
         if job_ids is not None:
             id_topics = ["0x" + int(i).to_bytes(32, "big").hex() for i in job_ids]
             if not id_topics:
                 return []
+        event_topics = self._job_event_topics
+        if names is not None:
+            wanted = set(names)
+            unknown = wanted - set(JOB_EVENTS)
+            if unknown:
+                raise BadInput(f"not JobMarket job events: {sorted(unknown)}")
+            event_topics = ["0x" + topic.hex() for topic, (name, _abi)
+                            in self._events_by_topic.items() if name in wanted]
         return self.events(
             from_block,
             to_block,
-            topics=[self._job_event_topics, id_topics],
+            topics=[event_topics, id_topics],
             addresses=[self.deployment.address("JobMarket")],
         )
 

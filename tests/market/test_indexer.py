@@ -105,6 +105,9 @@ def assert_matches_chain(indexer: ChainIndexer, world: World) -> None:
     assert indexer.events() == chain_events(world)
     expected = MeshContracts(world.w3, world.deployment).job_records(verify=True)
     assert indexer.job_records(verify=True) == expected
+    assert indexer.open_job_records() == {
+        i: r for i, r in expected.items() if not r.state.terminal
+    }
     assert indexer.indexed_block == world.w3.eth.block_number
     assert indexer.head_lag() == 0
 
@@ -143,6 +146,23 @@ def test_indexer_follows_a_live_chain(world: World, redis_client, prefix: str) -
 
     idle = indexer.sync()
     assert idle.new_events == [] and idle.to_block < idle.from_block
+
+
+def test_open_records_are_built_once_for_an_index_written_before_the_open_set(
+    world: World, redis_client, prefix: str
+) -> None:
+    posted = world.post(n=2)
+    paid = paid_job(world)
+    make_indexer(world, redis_client, prefix).sync()
+    redis_client.delete(prefix + "open", prefix + "open-built")  # an older index
+    indexer = make_indexer(world, redis_client, prefix)
+    opened = indexer.open_job_records()
+    assert set(opened) == set(posted) and paid not in opened
+    assert indexer.records_of([paid, 10_000]) == {paid: indexer.job_record(paid)}
+    more = world.post()
+    indexer.sync()
+    assert set(indexer.open_job_records()) == {*posted, *more}
+    assert_matches_chain(indexer, world)
 
 
 def test_indexer_syncs_in_ranges_of_max_blocks(world: World, redis_client, prefix: str) -> None:

@@ -334,3 +334,34 @@ def test_missing_blobs_fair_handling_and_one_bad_job_does_not_stop_others(
     service.poll_once()
     assert service.journal.status(present, "audit") == SKIPPED
     c.close()
+
+
+def test_only_jobs_the_chain_draws_are_audited(world, market, kit, tmp_path) -> None:
+    """The service takes the draw from the seed block's hash for jobs whose JobCommitted it
+    saw: the jobs it audits are exactly those the contract says were drawn."""
+    client, worker, verifier = world.clients[0], world.workers[0], world.verifiers[0]
+    rates = [0, 5_000, 5_000, 5_000, 10_000]
+    with client_for(market, client) as c:
+        spec_sha = c.put_spec(JobSpec(program=c.put_blob(kit.program),
+                                      inputs=c.put_blob(kit.inputs)))
+    with client_for(market, worker) as w:
+        w.put_blob(kit.honest)
+    jobs = []
+    for rate in rates:
+        (job_id,) = world.post(client, spec_hash=bytes.fromhex(spec_sha), audit_bps=rate)
+        world.assign(worker, [job_id], audit_bps=rate)
+        worker.commit_results([job_id], [bytes.fromhex(sha256_hex(kit.honest))])
+        jobs.append(job_id)
+    # every commit mined its own block: all seed blocks but the last one's exist
+    drawn = {j for j in jobs[:-1] if world.admin.audit_status(j, world.job(j)) == (True, True)}
+    service, market_client = make_service(world, market, verifier, tmp_path)
+    early = service.poll_once()
+    assert jobs[-1] in early.waiting
+    world.chain.mine(2)
+    if world.admin.audit_status(jobs[-1], world.job(jobs[-1])) == (True, True):
+        drawn.add(jobs[-1])
+    service.poll_once()
+    audited = {j for j in jobs if (service.journal.task(j, "audit") or {}).get("status") == POSTED}
+    assert audited == drawn and jobs[-1] in drawn
+    assert all(service.journal.task(j, "audit") is None for j in set(jobs) - drawn)
+    market_client.close()
