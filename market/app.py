@@ -9,6 +9,7 @@ until they are reachable.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ import redis
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from market import service
@@ -28,8 +29,10 @@ from market.runtime import MarketRuntime
 from market.schemas import (
     SHA256_PATTERN,
     BlobOut,
+    BundleOut,
     ErrorOut,
     FailIn,
+    FetchIn,
     GroupOut,
     HealthOut,
     HeartbeatIn,
@@ -43,11 +46,16 @@ from market.schemas import (
     RegisterIn,
     ResultIn,
     ResultOut,
+    ResultsIn,
+    ResultsOut,
     SpecIn,
     SpecOut,
+    SpecsIn,
+    SpecsOut,
     WorkerOut,
 )
 from meshcompute.auth import verify_signed_request
+from meshcompute.bundle import BundleHashMismatch, BundleTooLarge, bundle_size
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import (
     AuthError,
@@ -66,6 +74,17 @@ log = logging.getLogger("market.api")
 
 Sha256Path = Annotated[str, Path(pattern=SHA256_PATTERN, description="lowercase sha256 hex")]
 JobIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]
+_BINARY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}}},
+    }
+}
+_BINARY_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                              "format": "binary"}}}}
+}
 
 _ERRORS: dict[int, dict[str, Any]] = {
     code: {"model": ErrorOut}
@@ -144,6 +163,17 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
             raise NotFound(f"blob {sha256} is not in the store")
         return FileResponse(path, media_type="application/octet-stream")
 
+    @app.post("/blobs/fetch", tags=["blobs"], response_class=Response,
+              responses=_BINARY_ANSWER)
+    def fetch_blobs(body: FetchIn, runtime: Runtime) -> Response:
+        """The blobs named, in that order, as one bundle (docs/market-api.md)."""
+        entries = service.bundle_entries(runtime, body.sha256)
+        return StreamingResponse(
+            service.bundle_chunks(runtime, entries),
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(bundle_size(entries))},
+        )
+
     @app.get("/jobs/{job_id}", response_model=JobOut, tags=["public"])
     def job(job_id: JobIdPath, runtime: Runtime) -> dict[str, Any]:
         return service.job_view(runtime, job_id)
@@ -159,19 +189,8 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
                         media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ signed
-    @app.put(
-        "/blobs/{sha256}",
-        response_model=BlobOut,
-        status_code=201,
-        tags=["blobs"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                    "format": "binary"}}},
-            }
-        },
-    )
+    @app.put("/blobs/{sha256}", response_model=BlobOut, status_code=201, tags=["blobs"],
+             openapi_extra=_BINARY_BODY)
     async def put_blob(
         sha256: Sha256Path, request: Request, response: Response, runtime: Runtime
     ) -> dict[str, Any]:
@@ -189,10 +208,31 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
         response.status_code = 201 if created else 200
         return {"sha256": sha256, "size": runtime.blobs.size(sha256), "created": created}
 
+    @app.post("/blobs/bundle", response_model=BundleOut, status_code=201, tags=["blobs"],
+              openapi_extra=_BINARY_BODY)
+    async def put_bundle(request: Request, response: Response, runtime: Runtime) -> dict[str, Any]:
+        """Many blobs in one bundle body (docs/market-api.md), each hash-checked."""
+        body = await _read_capped(request, runtime.settings.max_bundle_bytes)
+        digest = await run_in_threadpool(_sha256_hex, body)
+        await _authenticate(request, runtime, body=b"", body_sha256=digest)
+        blobs = await run_in_threadpool(service.store_bundle, runtime, body)
+        response.status_code = 201 if any(blob["created"] for blob in blobs) else 200
+        return {"blobs": blobs}
+
     @app.post("/specs", response_model=SpecOut, status_code=201, tags=["clients"])
     def put_spec(body: SpecIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
         spec = JobSpec.from_json(body.model_dump())
         return {"spec_sha256": service.store_spec(runtime, spec)}
+
+    @app.post("/specs/batch", response_model=SpecsOut, status_code=201, tags=["clients"])
+    def put_specs(body: SpecsIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
+        specs = []
+        for index, item in enumerate(body.specs):
+            try:
+                specs.append(JobSpec.from_json(item.model_dump()))
+            except BadInput as exc:
+                raise BadInput(f"spec {index}: {exc}") from None
+        return {"spec_sha256": service.store_specs(runtime, specs)}
 
     @app.post("/workers", response_model=WorkerOut, tags=["workers"])
     def register(body: RegisterIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
@@ -236,6 +276,12 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
         service.fail_lease(runtime, address, job_id, printable(body.reason), time.time())
         return {"ok": True}
 
+    # before /results/{job_id}, which would take "batch" for a job id
+    @app.post("/results/batch", response_model=ResultsOut, tags=["workers"])
+    def results(body: ResultsIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
+        items = [(item.job_id, item.output_sha256) for item in body.results]
+        return {"results": service.submit_results(runtime, address, items, time.time())}
+
     @app.post("/results/{job_id}", response_model=ResultOut, tags=["workers"])
     def result(
         job_id: JobIdPath, body: ResultIn, address: Signer, runtime: Runtime
@@ -265,10 +311,32 @@ async def _authenticate(
     return signed.address
 
 
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The raw body, read as it arrives; BundleTooLarge (413) as soon as it passes ``limit``
+    bytes (or up front when Content-Length says it will), so nothing unbounded is buffered."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BundleTooLarge(f"bundle of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BundleTooLarge(f"bundle exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _status_of(exc: Exception) -> int:
     for cls, status in (
         (HashMismatch, 400),
+        (BundleHashMismatch, 400),
         (BlobTooLarge, 413),
+        (BundleTooLarge, 413),
         (StoreFull, 507),
         (service.Forbidden, 403),
         (AuthError, 401),

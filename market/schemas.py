@@ -21,6 +21,10 @@ from meshcompute.core.spec import (
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, description="lowercase sha256 hex")]
 MAX_AMOUNT = 2**96 - 1
+MAX_BATCH_ITEMS = 65_536
+"""Schema bound on the lists of the bulk endpoints: the upper bound of the
+``max_bundle_blobs`` setting, which the service enforces (422 past it)."""
+JobId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class Strict(BaseModel):
@@ -101,6 +105,29 @@ class EmptyIn(Strict):
     pass
 
 
+class SpecsIn(Strict):
+    """``POST /specs/batch``: job specs stored all or none."""
+
+    specs: list[SpecIn] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class BatchResultIn(Strict):
+    job_id: JobId
+    output_sha256: Sha256
+
+
+class ResultsIn(Strict):
+    """``POST /results/batch``: results of held jobs, saved all or none."""
+
+    results: list[BatchResultIn] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class FetchIn(Strict):
+    """``POST /blobs/fetch``: blobs to answer as one bundle, in this order."""
+
+    sha256: list[Sha256] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
 # ---------------------------------------------------------------------- responses
 class HealthOut(BaseModel):
     status: str
@@ -116,6 +143,8 @@ class InfoOut(BaseModel):
     assigner: str
     max_blob_bytes: int
     lease_s: int
+    max_bundle_bytes: int
+    max_bundle_blobs: int
 
 
 class BlobOut(BaseModel):
@@ -124,8 +153,16 @@ class BlobOut(BaseModel):
     created: bool
 
 
+class BundleOut(BaseModel):
+    blobs: list[BlobOut]
+
+
 class SpecOut(BaseModel):
     spec_sha256: str
+
+
+class SpecsOut(BaseModel):
+    spec_sha256: list[str]
 
 
 class WorkerOut(BaseModel):
@@ -169,6 +206,10 @@ class ResultOut(BaseModel):
     job_id: int
     output_sha256: str
     lease_expiry: int
+
+
+class ResultsOut(BaseModel):
+    results: list[ResultOut]
 
 
 class JobOut(BaseModel):

@@ -7,11 +7,12 @@ AuthError 401, Forbidden 403, NotFound 404, Conflict 409).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from market.runtime import MarketRuntime
 from market.state import MAX_FAILURES, LeaseInfo, OfferInfo, WorkerInfo
+from meshcompute.bundle import BundleTooLarge, bundle_header, bundle_size, decode_bundle
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
 from meshcompute.core.spec import JobSpec
@@ -45,6 +46,8 @@ def info(rt: MarketRuntime) -> dict[str, Any]:
         "assigner": rt.assigner.address,
         "max_blob_bytes": rt.blobs.max_bytes,
         "lease_s": rt.settings.lease_s,
+        "max_bundle_bytes": rt.settings.max_bundle_bytes,
+        "max_bundle_blobs": rt.settings.max_bundle_blobs,
     }
 
 
@@ -150,6 +153,68 @@ def store_spec(rt: MarketRuntime, spec: JobSpec) -> str:
             raise BadInput(f"spec {name} blob {sha} is not in the store; upload it first")
     sha, _created = rt.blobs.put_bytes(spec.canonical_bytes())
     return sha
+
+
+def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec]) -> list[str]:
+    """:func:`store_spec` for many specs, all or none: every spec's blobs are checked before
+    any spec is stored; the error names the first bad spec's index."""
+    _check_batch_length(rt, len(specs), "specs")
+    for index, spec in enumerate(specs):
+        for name in ("program", "inputs"):
+            sha = getattr(spec, name)
+            if not rt.blobs.exists(sha):
+                raise BadInput(
+                    f"spec {index}: {name} blob {sha} is not in the store; upload it first"
+                )
+    return [rt.blobs.put_bytes(spec.canonical_bytes())[0] for spec in specs]
+
+
+def store_bundle(rt: MarketRuntime, data: bytes) -> list[dict[str, Any]]:
+    """Store every blob of the bundle ``data`` (:mod:`meshcompute.bundle`); nothing is stored
+    unless the whole bundle decodes and every blob hashes to its name and fits the per-blob
+    limit. Returns ``{"sha256", "size", "created"}`` per blob, in bundle order."""
+    blobs = decode_bundle(
+        data, max_blobs=rt.settings.max_bundle_blobs, max_blob_bytes=rt.blobs.max_bytes
+    )
+    if not blobs:
+        raise BadInput("a bundle must carry at least one blob")
+    incoming = {sha: len(blob) for sha, blob in blobs if not rt.blobs.exists(sha)}
+    # StoreFull (507) up front for the whole bundle, rather than after storing part of it
+    rt.blobs._check_space(sum(incoming.values()))
+    out = []
+    for sha, blob in blobs:
+        _, created = rt.blobs.put_bytes(blob)
+        out.append({"sha256": sha, "size": len(blob), "created": created})
+    return out
+
+
+def bundle_entries(rt: MarketRuntime, hashes: Sequence[str]) -> list[tuple[str, int]]:
+    """``(sha256, size)`` of each requested blob, in order, for a ``POST /blobs/fetch``
+    answer: NotFound names the first missing blob, BundleTooLarge (413) an answer that would
+    exceed ``max_bundle_bytes``."""
+    _check_batch_length(rt, len(hashes), "blobs")
+    entries = [(sha, rt.blobs.size(sha)) for sha in hashes]
+    total = bundle_size(entries)
+    limit = rt.settings.max_bundle_bytes
+    if total > limit:
+        raise BundleTooLarge(
+            f"the {len(entries)} blobs asked for make a bundle of {total} bytes, over the "
+            f"limit of {limit} bytes; ask for fewer at a time"
+        )
+    return entries
+
+
+def bundle_chunks(rt: MarketRuntime, entries: Sequence[tuple[str, int]]) -> Iterator[bytes]:
+    """The bundle of ``entries`` (from :func:`bundle_entries`), streamed from the store."""
+    yield bundle_header(entries)
+    for sha, _size in entries:
+        yield from rt.blobs.iter_chunks(sha)
+
+
+def _check_batch_length(rt: MarketRuntime, count: int, what: str) -> None:
+    limit = rt.settings.max_bundle_blobs
+    if count > limit:
+        raise BadInput(f"{count} {what} in one request, more than the limit of {limit}")
 
 
 # ---------------------------------------------------------------------- workers
@@ -379,3 +444,31 @@ def submit_result(
         raise BadInput(f"output blob {output_sha256} is not in the store; upload it first")
     rt.state.save_result(job_id, address, output_sha256, now)
     return {"job_id": job_id, "output_sha256": output_sha256, "lease_expiry": lease.expiry}
+
+
+def submit_results(
+    rt: MarketRuntime, address: str, results: Sequence[tuple[int, str]], now: float
+) -> list[dict[str, Any]]:
+    """:func:`submit_result` for many jobs, all or none: every job must be held by
+    ``address`` and every output blob uploaded before any result is saved; the error names
+    the first bad job."""
+    _check_batch_length(rt, len(results), "results")
+    checked: list[tuple[int, str, LeaseInfo]] = []
+    seen: set[int] = set()
+    for job_id, output_sha256 in results:
+        if job_id in seen:
+            raise BadInput(f"job {job_id} appears more than once in the batch")
+        seen.add(job_id)
+        lease = held_lease(rt, address, job_id)
+        if not rt.blobs.exists(output_sha256):
+            raise BadInput(
+                f"job {job_id}: output blob {output_sha256} is not in the store; upload it "
+                "first"
+            )
+        checked.append((job_id, output_sha256, lease))
+    for job_id, output_sha256, _lease in checked:
+        rt.state.save_result(job_id, address, output_sha256, now)
+    return [
+        {"job_id": job_id, "output_sha256": output_sha256, "lease_expiry": lease.expiry}
+        for job_id, output_sha256, lease in checked
+    ]

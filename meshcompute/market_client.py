@@ -4,6 +4,9 @@
     sha = client.put_blob(data)
     leases = client.lease(max_jobs=2)
 
+The bulk methods (``put_blobs``, ``get_blobs``, ``put_specs``, ``submit_results``) carry many
+blobs, specs or results per request (blob bundles: :mod:`meshcompute.bundle`).
+
 Requests that change state are signed with ``account`` (:mod:`meshcompute.auth`). A market
 that cannot be reached raises :class:`~meshcompute.errors.ServiceUnavailable` naming the URL;
 a refusal raises the fitting :class:`~meshcompute.errors.MeshError` subclass carrying the
@@ -26,6 +29,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
 from meshcompute.auth import sign_request
+from meshcompute.bundle import bundle_header, decode_bundle, encode_bundle
 from meshcompute.chain.tickets import AssignTicket
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.spec import JobSpec, is_sha256_hex
@@ -42,6 +46,13 @@ DEFAULT_TIMEOUT_S = 30.0
 _AMOUNT_FIELDS = ("reward", "audit_fee", "collateral")
 _BYTES_FIELDS = ("spec_hash", "result_hash")
 _UPLOAD_CHUNK = 1 << 20
+
+BUNDLE_BUDGET_BYTES = 32 * 1024 * 1024
+"""``put_blobs`` keeps each bundle at most this big (the market refuses bundles over its
+``max_bundle_bytes``, 64 MiB by default); a bigger blob goes alone through ``put_blob``."""
+BUNDLE_MAX_ITEMS = 1024
+"""Most blobs, specs or results one bulk request carries (the market's default
+``max_bundle_blobs``)."""
 
 
 # ---------------------------------------------------------------------- wire forms
@@ -332,6 +343,48 @@ class MarketClient:
                 )
         return data
 
+    def get_blobs(
+        self, hashes: Sequence[str], *, max_blobs: int = BUNDLE_MAX_ITEMS
+    ) -> dict[str, bytes]:
+        """The blobs named (duplicates once), fetched as bundles of at most ``max_blobs``
+        (``POST /blobs/fetch``) and each verified against its name: BadInput (its subclass
+        :class:`~meshcompute.bundle.BundleHashMismatch` for wrong bytes) on a bad answer,
+        NotFound naming a missing blob. A bundle the market finds too big (413) is asked
+        for in halves, down to single blobs through ``get_blob``."""
+        for sha in hashes:
+            _check_sha(sha)
+        wanted = list(dict.fromkeys(hashes))
+        step = max(1, int(max_blobs))
+        pending = [wanted[i:i + step] for i in range(0, len(wanted), step)]
+        found: dict[str, bytes] = {}
+        while pending:
+            chunk = pending.pop()
+            try:
+                data = self._request("POST", "/blobs/fetch", json={"sha256": chunk}).content
+            except BadInput as exc:
+                if getattr(exc, "status_code", None) != 413:
+                    raise
+                if len(chunk) == 1:
+                    found[chunk[0]] = self.get_blob(chunk[0])
+                else:
+                    half = len(chunk) // 2
+                    pending += [chunk[:half], chunk[half:]]
+                continue
+            found.update(self._unbundle(chunk, data))
+        return {sha: found[sha] for sha in wanted}
+
+    def _unbundle(self, asked: list[str], data: bytes) -> dict[str, bytes]:
+        where = f"bundle from {self.base_url}/blobs/fetch"
+        try:
+            blobs = decode_bundle(data, max_blobs=len(asked), max_blob_bytes=len(data))
+        except BadInput as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        names = [sha for sha, _ in blobs]
+        if names != asked:
+            raise BadInput(f"{where} names blobs {names[:4]}... for the {len(asked)} asked for "
+                           f"({asked[:4]}...)")
+        return dict(blobs)
+
     def job(self, job_id: int) -> JobView:
         return JobView.from_json(self._request("GET", f"/jobs/{int(job_id)}").json())
 
@@ -348,6 +401,48 @@ class MarketClient:
         sha = hashlib.sha256(data).hexdigest()
         self._signed("PUT", f"/blobs/{sha}", data, content_type="application/octet-stream")
         return sha
+
+    def put_blobs(
+        self,
+        blobs: Sequence[bytes],
+        *,
+        max_bundle_bytes: int = BUNDLE_BUDGET_BYTES,
+        max_blobs: int = BUNDLE_MAX_ITEMS,
+    ) -> list[str]:
+        """Upload ``blobs``; returns their sha256s in order. They travel as bundles
+        (``POST /blobs/bundle``) of at most ``max_blobs`` blobs and ``max_bundle_bytes``
+        bytes each; a blob too big for a bundle of its own goes through ``put_blob``.
+        Each bundle is stored all or none (a failure leaves earlier bundles stored)."""
+        shas = [hashlib.sha256(blob).hexdigest() for blob in blobs]
+        unique: dict[str, bytes] = {}
+        for sha, blob in zip(shas, blobs, strict=True):
+            unique.setdefault(sha, blob)
+        empty = len(bundle_header([]))
+        group: list[tuple[str, bytes]] = []
+        size = empty
+        for sha, blob in unique.items():
+            # this entry's share of the header (its JSON object and a comma), then its bytes
+            cost = len(bundle_header([(sha, len(blob))])) - empty + 1 + len(blob)
+            if empty + cost > max_bundle_bytes:
+                self.put_blob(blob)
+                continue
+            if group and (len(group) >= max_blobs or size + cost > max_bundle_bytes):
+                self._put_bundle(group)
+                group, size = [], empty
+            group.append((sha, blob))
+            size += cost
+        if group:
+            self._put_bundle(group)
+        return shas
+
+    def _put_bundle(self, group: list[tuple[str, bytes]]) -> None:
+        data = encode_bundle([blob for _, blob in group])
+        response = self._signed("POST", "/blobs/bundle", data,
+                                content_type="application/octet-stream")
+        stored = [str(item["sha256"]) for item in response.json()["blobs"]]
+        if stored != [sha for sha, _ in group]:
+            raise BadInput(f"market at {self.base_url} stored a bundle of {len(group)} blobs "
+                           f"as {len(stored)} other blobs")
 
     def put_file(self, path: str | Path) -> str:
         """Upload a file without reading it into memory (hashed first, then streamed)."""
@@ -379,6 +474,27 @@ class MarketClient:
         if sha != spec.sha256:
             raise BadInput(f"market stored spec as {sha}, expected {spec.sha256}")
         return sha
+
+    def put_specs(
+        self, specs: Sequence[JobSpec], *, max_specs: int = BUNDLE_MAX_ITEMS
+    ) -> list[str]:
+        """Store many job specs (``POST /specs/batch``, at most ``max_specs`` per request,
+        each request all or none); returns their sha256s in order. BadInput names the
+        index, within its request, of a spec whose blobs are missing."""
+        step = max(1, int(max_specs))
+        out: list[str] = []
+        for start in range(0, len(specs), step):
+            chunk = specs[start:start + step]
+            answer = self._signed_json(
+                "POST", "/specs/batch", {"specs": [spec.to_json() for spec in chunk]}
+            )
+            stored = [str(sha) for sha in answer["spec_sha256"]]
+            expected = [spec.sha256 for spec in chunk]
+            if stored != expected:
+                raise BadInput(f"market stored specs as {stored[:4]}..., expected "
+                               f"{expected[:4]}...")
+            out += stored
+        return out
 
     def register(
         self,
@@ -425,6 +541,25 @@ class MarketClient:
         return self._signed_json(
             "POST", f"/results/{int(job_id)}", {"output_sha256": output_sha256}
         )
+
+    def submit_results(
+        self, results: Sequence[tuple[int, str]], *, max_results: int = BUNDLE_MAX_ITEMS
+    ) -> list[dict[str, Any]]:
+        """``submit_result`` for many held jobs (``POST /results/batch``, at most
+        ``max_results`` per request, each request all or none): ``(job_id, output_sha256)``
+        pairs in, the market's ``{"job_id", "output_sha256", "lease_expiry"}`` per job out."""
+        for _, sha in results:
+            _check_sha(sha)
+        step = max(1, int(max_results))
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(results), step):
+            body = {"results": [
+                {"job_id": int(job_id), "output_sha256": sha}
+                for job_id, sha in results[start:start + step]
+            ]}
+            out += [dict(item) for item in self._signed_json("POST", "/results/batch",
+                                                              body)["results"]]
+        return out
 
     # ------------------------------------------------------------------ plumbing
     def _signer(self) -> LocalAccount:

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     max_blob_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     """Largest blob the market accepts, in bytes (bigger uploads get HTTP 413)."""
 
+    max_bundle_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Largest blob bundle in bytes, header included: a ``POST /blobs/bundle`` body or a
+    ``POST /blobs/fetch`` answer (bigger gets HTTP 413)."""
+
+    max_bundle_blobs: int = Field(default=1024, ge=1, le=65_536)
+    """Most blobs one bundle carries, and most entries of one ``POST /blobs/fetch``,
+    ``POST /specs/batch`` or ``POST /results/batch`` request."""
+
     lease_s: int = Field(default=300, ge=10, le=86_400)
     """Length of a job lease (and of the ticket's on-chain lease) in seconds."""
 
