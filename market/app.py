@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -71,6 +72,7 @@ from meshcompute.errors import (
 from meshcompute.settings import Settings
 
 log = logging.getLogger("market.api")
+_RECURSION_LIMIT = 4000
 
 Sha256Path = Annotated[str, Path(pattern=SHA256_PATTERN, description="lowercase sha256 hex")]
 JobIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]
@@ -129,6 +131,11 @@ class _LazyRuntime:
 
 def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> FastAPI:
     """The market API for ``settings`` (``runtime`` injects a prebuilt one, for tests)."""
+    # py_ecc (imported with eth_account) raises the interpreter's recursion limit to 100000:
+    # json.loads of a body nested that deep then overflows the C stack and kills the whole
+    # process, before any signature is checked. The market needs no deep recursion; with
+    # this limit such a body is refused with 400 like any unparsable one.
+    sys.setrecursionlimit(min(sys.getrecursionlimit(), _RECURSION_LIMIT))
     lazy = _LazyRuntime(lambda: runtime or MarketRuntime.from_settings(settings))
     app = FastAPI(
         title="meshcompute market",

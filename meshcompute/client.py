@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from meshcompute.settings import Settings
 
 TOKEN = 10**18
+#: Shards serialised and uploaded per round trip (a bundle of inputs, then their specs).
+_UPLOAD_STEP = 256
 Progress = Callable[["SubmissionStatus"], None]
 
 
@@ -216,21 +218,29 @@ class Client:
         _report(progress, "uploading", {}, shards, "program")
         program_sha = self.market.put_blob(program_bytes)
         group = sha256_hex(os.urandom(32)) if shards > 1 else None
+        limits: dict[str, Any] = {}
+        if time_limit_s is not None:
+            limits["time_limit_s"] = time_limit_s
+        if memory_limit_mb is not None:
+            limits["memory_limit_mb"] = memory_limit_mb
         specs: list[JobSpec] = []
-        for index, piece in enumerate(_split(tensors, shards)):
-            inputs_sha = self.market.put_blob(save_tensors(piece, prefix="args"))
-            limits: dict[str, Any] = {}
-            if time_limit_s is not None:
-                limits["time_limit_s"] = time_limit_s
-            if memory_limit_mb is not None:
-                limits["memory_limit_mb"] = memory_limit_mb
-            spec = JobSpec(
-                program=program_sha, inputs=inputs_sha, device=device, tolerance=policy,
-                group=group, shard=index, shards=shards, **limits,
-            )
-            self.market.put_spec(spec)
-            specs.append(spec)
-            _report(progress, "uploading", {"uploaded": index + 1}, shards, f"shard {index}")
+        # shards go up in bundles (a few requests for the whole submission, not two each)
+        pieces = _split(tensors, shards)
+        step = _UPLOAD_STEP
+        for start in range(0, shards, step):
+            chunk = [save_tensors(piece, prefix="args")
+                     for piece in pieces[start:start + step]]
+            input_shas = self.market.put_blobs(chunk)
+            batch = [
+                JobSpec(program=program_sha, inputs=inputs_sha, device=device,
+                        tolerance=policy, group=group, shard=start + offset, shards=shards,
+                        **limits)
+                for offset, inputs_sha in enumerate(input_shas)
+            ]
+            self.market.put_specs(batch)
+            specs.extend(batch)
+            _report(progress, "uploading", {"uploaded": len(specs)}, shards,
+                    f"shards {start}-{len(specs) - 1}")
 
         submission = Submission(
             group=group, program=program_sha, shards=[],

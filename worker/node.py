@@ -54,6 +54,9 @@ __all__ = ["WorkerConfig", "WorkerNode", "parse_price"]
 
 #: Outputs of one batch uploaded (and their results submitted) at the same time.
 UPLOAD_THREADS = 8
+#: Programs kept in memory between batches (the most recent ones), each at most this big.
+_PROGRAM_CACHE = 4
+_PROGRAM_CACHE_MAX_BYTES = 32 * 1024 * 1024
 
 
 class JobOutcomeLike(Protocol):
@@ -144,6 +147,7 @@ class WorkerNode:
         self._hb_stop = threading.Event()
         self._lease_s = 60.0
         self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0}
+        self._programs: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ public
     @property
@@ -419,9 +423,13 @@ class WorkerNode:
             self._wake.set()
 
     def _upload_all(self, done: dict[_ActiveJob, tuple[bytes, str, Any]]) -> None:
-        """Upload each output and submit each result, several jobs at a time (each is two
-        requests to the market); a job whose upload fails is reported failed and dropped from
-        ``done``. Any other error is raised once every upload has ended."""
+        """Upload every output and submit every result: for several jobs one bundle and one
+        results request (:meth:`_upload_bundle`); when the market refuses those, or for one
+        job, each job on its own, several at a time, so that a job whose upload fails is
+        reported failed and dropped from ``done``. Any other error is raised once every
+        upload has ended."""
+        if len(done) > 1 and self._upload_bundle(done):
+            return
 
         def upload(job: _ActiveJob, output: bytes, sha: str) -> None:
             self._phase(job, "uploading")
@@ -452,11 +460,31 @@ class WorkerNode:
         if error is not None:
             raise error
 
+    def _upload_bundle(self, done: dict[_ActiveJob, tuple[bytes, str, Any]]) -> bool:
+        """All outputs in bundles, then all results in one all-or-none request. False when
+        the market refused either (nothing is lost: blobs are content-addressed and no
+        result was saved), so the caller goes job by job and the refusal names its job."""
+        jobs = list(done)
+        for job in jobs:
+            self._phase(job, "uploading")
+        try:
+            uploaded = self.market.put_blobs([done[job][0] for job in jobs])
+            if uploaded != [done[job][1] for job in jobs]:
+                return False
+            self.market.submit_results([(job.job_id, done[job][1]) for job in jobs])
+        except ServiceUnavailable:
+            raise
+        except MeshError as exc:
+            self._emit("warning", message=f"bundled upload refused ({exc}); uploading job "
+                       "by job")
+            return False
+        return True
+
     def _compute_batch(self, batch: _Batch) -> dict[_ActiveJob, tuple[bytes, str, Any]]:
         """Check, download and run every job of the batch; failed jobs are reported and left
         out. Returns each good job's (output, sha256, outcome)."""
         ready: list[tuple[_ActiveJob, bytes, bytes]] = []
-        programs: dict[str, bytes] = {}
+        checked: list[_ActiveJob] = []
         for job in batch.jobs:
             try:
                 lease = job.lease
@@ -465,11 +493,18 @@ class WorkerNode:
                     raise JobFailed("the job asks for device 'cuda' but this worker has no "
                                     "CUDA GPU")
                 self._phase(job, "downloading")
-                program = programs.get(lease.spec.program)
-                if program is None:
-                    program = self._download(lease.spec.program, "program")
-                    programs[lease.spec.program] = program
-                inputs = self._download(lease.spec.inputs, "inputs")
+            except JobFailed as exc:
+                self._fail(job, str(exc))
+                continue
+            checked.append(job)
+        fetched = self._prefetch(checked)
+        for job in checked:
+            spec = job.lease.spec
+            try:
+                program = self._program(spec.program, fetched)
+                inputs = fetched.get(spec.inputs)
+                if inputs is None:
+                    inputs = self._download(spec.inputs, "inputs")
             except JobFailed as exc:
                 self._fail(job, str(exc))
                 continue
@@ -555,6 +590,38 @@ class WorkerNode:
             raise JobFailed(f"lease ticket names worker {lease.ticket.worker}, not this worker")
         if lease.job_id not in lease.ticket.job_ids:
             raise JobFailed(f"lease ticket does not cover job {lease.job_id}")
+
+    def _prefetch(self, jobs: list[_ActiveJob]) -> dict[str, bytes]:
+        """The programs (not cached yet) and inputs of ``jobs`` in one bundle request, each
+        checked against its sha256 by the client. Empty when that fails: the jobs then fetch
+        one blob at a time, so a missing or corrupt blob fails only its own job."""
+        wanted = sorted({job.lease.spec.inputs for job in jobs}
+                        | {job.lease.spec.program for job in jobs
+                           if job.lease.spec.program not in self._programs})
+        if not wanted:
+            return {}
+        try:
+            return self.market.get_blobs(wanted)
+        except MeshError as exc:
+            self._emit("warning", message=f"bundle download failed ({exc}); fetching blobs "
+                       "one by one")
+            return {}
+
+    def _program(self, sha256: str, fetched: dict[str, bytes]) -> bytes:
+        """A program's bytes from the node's small cache, the prefetched bundle, or the
+        market (hash-checked either way)."""
+        with self._lock:
+            program = self._programs.get(sha256)
+        if program is None:
+            program = fetched.get(sha256)
+            if program is None:
+                program = self._download(sha256, "program")
+            if len(program) <= _PROGRAM_CACHE_MAX_BYTES:
+                with self._lock:
+                    self._programs[sha256] = program
+                    while len(self._programs) > _PROGRAM_CACHE:
+                        self._programs.pop(next(iter(self._programs)))
+        return program
 
     def _download(self, sha256: str, what: str) -> bytes:
         try:

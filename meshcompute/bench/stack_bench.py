@@ -273,7 +273,8 @@ def _collect_final(contracts: Any, from_block: int, final_at: dict[int, float],
     if head < from_block:
         return from_block
     now = time.perf_counter()
-    for event in contracts.job_events(None, from_block, head):
+    for event in contracts.job_events(None, from_block, head,
+                                      names=("JobPaid", "JobSlashed", "JobRefunded")):
         if event.name in ("JobPaid", "JobSlashed", "JobRefunded"):
             job_id = int(event.args["jobId"])
             if job_id not in final_at:

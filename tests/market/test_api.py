@@ -174,6 +174,15 @@ def test_malformed_json_is_422_naming_it(mk):
     assert "malformed JSON" in response.json()["detail"]
 
 
+def test_deeply_nested_json_is_refused_and_the_market_lives_on(mk):
+    # unsigned: the body is parsed before any signature check, so anyone can send this
+    body = b'{"max_jobs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    response = httpx.post(mk.url + "/leases", content=body,
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code in (400, 422)
+    assert httpx.get(mk.url + "/health", timeout=10).status_code == 200
+
+
 def test_unknown_field_is_422_naming_it(mk):
     register(mk, mk.world.workers[0])
     response = _signed_post(mk, mk.world.workers[0].account, "/leases",

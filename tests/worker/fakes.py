@@ -17,7 +17,7 @@ from eth_account import Account
 from meshcompute.chain.tickets import AssignTicket
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
 from meshcompute.core.spec import JobSpec
-from meshcompute.errors import NotFound
+from meshcompute.errors import BadInput, NotFound
 from meshcompute.market_client import Hardware, Lease
 
 WORKER = Account.from_key("0x" + "44" * 32)
@@ -100,15 +100,37 @@ class FakeMarket:
             raise NotFound(f"blob {sha256} (HTTP 404)")
         return self.blobs[sha256]
 
+    def get_blobs(self, hashes):
+        """Like MarketClient.get_blobs: every blob or an error (missing, wrong bytes)."""
+        self._log("get_blobs", tuple(hashes))
+        out = {}
+        for sha in hashes:
+            if sha not in self.blobs:
+                raise NotFound(f"blob {sha} (HTTP 404)")
+            if hashlib.sha256(self.blobs[sha]).hexdigest() != sha:
+                raise BadInput(f"bundle blob {sha}: bytes hash to something else")
+            out[sha] = self.blobs[sha]
+        return out
+
     def put_blob(self, data):
         sha = hashlib.sha256(data).hexdigest()
         self.blobs[sha] = data
         self._log("put_blob", sha)
         return sha
 
+    def put_blobs(self, blobs):
+        shas = [hashlib.sha256(data).hexdigest() for data in blobs]
+        self.blobs.update(zip(shas, blobs, strict=True))
+        self._log("put_blobs", tuple(shas))
+        return shas
+
     def submit_result(self, job_id, output_sha256):
         self._log("submit_result", job_id, output_sha256)
         return {}
+
+    def submit_results(self, results):
+        self._log("submit_results", tuple(results))
+        return [{} for _ in results]
 
     def renew(self, job_id):
         self._log("renew", job_id)

@@ -193,13 +193,13 @@ def test_stop_releases_unstarted_lease_and_never_runs_it():
     market = FakeMarket()
     market.add_job(make_lease(1))
     gate = threading.Event()
-    original = market.get_blob
+    original = market.get_blobs
 
-    def slow_get_blob(sha256, *, verify=True):
+    def slow_get_blobs(hashes):
         gate.wait(10)
-        return original(sha256, verify=verify)
+        return original(hashes)
 
-    market.get_blob = slow_get_blob  # type: ignore[method-assign]
+    market.get_blobs = slow_get_blobs  # type: ignore[method-assign]
     runner = FakeRunner()
     with running(runner, market=market) as h:
         _wait(lambda: market.names().count("lease") and h.node.running_job_ids() == [1])
@@ -311,8 +311,14 @@ def test_batch_runs_in_one_runner_call_and_commits_once_in_ticket_order():
     (call,) = runner.batches
     assert call["program"] == b"program" and call["client"] == "0x" + "22" * 20
     assert sorted(call["inputs"]) == sorted(outputs)
-    assert [c for c in market.calls if c[0] == "get_blob"].count(
-        ("get_blob", make_lease(1).spec.program)) == 1  # the program is downloaded once
+    # one bundle brings the program (once) and every input; one bundle and one request
+    # take the outputs and results back
+    program = make_lease(1).spec.program
+    (fetch,) = [c for c in market.calls if c[0] == "get_blobs"]
+    assert list(fetch[1]).count(program) == 1 and "get_blob" not in market.names()
+    assert market.names().count("put_blobs") == 1 and "put_blob" not in market.names()
+    (submitted,) = [c[1] for c in market.calls if c[0] == "submit_results"]
+    assert sorted(job for job, _ in submitted) == sorted(ids)
     (ticket, _, hashes, records), = h.actor.commits
     assert ticket.job_ids == ids
     assert hashes == [hashlib.sha256(f"out-{i}".encode()).digest() for i in ids]
@@ -408,3 +414,40 @@ def test_config_from_settings_with_overrides(tmp_path):
     assert (config.slots, config.threads, config.price_wei) == (3, 4, 15 * 10**17)
     assert config.market_url == "http://m:1"
     assert config.health_path == tmp_path / "worker-health.json"
+
+
+def test_a_corrupt_blob_in_the_bundle_fails_only_its_own_job():
+    market = FakeMarket()
+    ids = (1, 2)
+    for job_id in ids:
+        market.add_job(make_lease(job_id, inputs=f"in-{job_id}".encode(), job_ids=ids),
+                       inputs=f"in-{job_id}".encode())
+    market.blobs[make_lease(2, inputs=b"in-2").spec.inputs] = b"tampered"
+    runner = FakeBatchRunner({b"in-1": b"out-1"})
+    with running(runner, market=market, slots=1) as h:
+        _wait(lambda: h.of("job_done") and h.of("job_failed"))
+    assert "get_blobs" in market.names()  # refused as a whole, then fetched one by one
+    (failed,) = [c for c in market.calls if c[0] == "fail"]
+    assert failed[1] == 2 and "hash check" in failed[2]
+    assert [e["job_id"] for e in h.of("job_done")] == [1]
+
+
+def test_a_refused_results_batch_falls_back_to_one_request_per_job():
+    from meshcompute.errors import Conflict
+
+    market = FakeMarket()
+    ids = (1, 2)
+    for job_id in ids:
+        market.add_job(make_lease(job_id, inputs=f"in-{job_id}".encode(), job_ids=ids),
+                       inputs=f"in-{job_id}".encode())
+
+    def refuse(results):
+        market._log("submit_results", tuple(results))
+        raise Conflict("job 2: lease not held (HTTP 409)")
+
+    market.submit_results = refuse  # type: ignore[method-assign]
+    runner = FakeBatchRunner({b"in-1": b"out-1", b"in-2": b"out-2"})
+    with running(runner, market=market, slots=1) as h:
+        _wait(lambda: len(h.of("job_done")) == 2)
+    assert sorted(c[1] for c in market.calls if c[0] == "submit_result") == [1, 2]
+    assert len(h.actor.commits) == 1
