@@ -119,16 +119,14 @@ def match_round(rt: MarketRuntime, *, now: float | None = None) -> MatchReport:
         batch = by_first[assignment.job_id]
         batch_id = (f"{batch.job_ids[0]}-{len(batch.job_ids)}-{now:.6f}"
                     if len(batch.job_ids) > 1 else "")
-        for job_id in batch.job_ids:
-            if rt.state.create_offer(
-                job_id,
-                assignment.worker,
-                records[job_id].collateral,
-                now=now,
-                ttl_s=rt.settings.offer_ttl_s,
-                batch=batch_id,
-            ):
-                report.offered.append((job_id, assignment.worker))
+        created = rt.state.create_offers(
+            [(job_id, assignment.worker, records[job_id].collateral)
+             for job_id in batch.job_ids],
+            now=now, ttl_s=rt.settings.offer_ttl_s, batch=batch_id,
+        )
+        report.offered.extend((job_id, assignment.worker)
+                              for job_id, made in zip(batch.job_ids, created, strict=True)
+                              if made)
     if report.offered:
         log.info("matched", extra={"fields": {"offers": len(report.offered),
                                               "batches": len(batches),
@@ -228,17 +226,17 @@ def _worker_offers(
 def _finish_leases(rt: MarketRuntime, records: Mapping[int, JobRecord],
                    leases: list[LeaseInfo]) -> list[int]:
     """Drop leases whose job moved on on chain (committed, refunded, taken by another)."""
-    finished = []
+    moved_on = []
     for lease in leases:
         record = records.get(lease.job_id)
         if record is None:
             continue
-        moved_on = record.state not in (JobState.POSTED, JobState.ASSIGNED) or (
+        if record.state not in (JobState.POSTED, JobState.ASSIGNED) or (
             record.state == JobState.ASSIGNED and record.worker != lease.worker
-        )
-        if moved_on and rt.state.end_lease(lease):
-            finished.append(lease.job_id)
-    return finished
+        ):
+            moved_on.append(lease)
+    ended = rt.state.end_leases(moved_on)
+    return [lease.job_id for lease, gone in zip(moved_on, ended, strict=True) if gone]
 
 
 # ---------------------------------------------------------------------- expire

@@ -6,7 +6,7 @@ re-made from the chain's queue). Every write is idempotent or guarded by a WATCH
 keyed by the job id, so a task run twice or an API call racing a task changes nothing twice.
 
 Keys (under ``prefix``): ``nonce:<addr>:<nonce>``, ``workers`` (set), ``worker:<addr>`` (hash),
-``offer:<job>`` (hash) + ``offers:<addr>`` (zset by time), ``lease:<job>`` (hash) +
+``offer:<job>`` (hash) + ``offers:<addr>`` (zset by time) + ``offer-ids`` (set), ``lease:<job>`` (hash) +
 ``leases:<addr>`` (set) + ``lease-expiry`` (zset), ``exclude:<job>`` (zset worker -> until),
 ``failures:<job>`` (hash worker -> reason), ``result:<job>`` (hash), ``first-seen`` (hash
 job -> time), ``group:<g>`` (hash shard -> job), ``spec-problem:<job>``, ``metric:*``.
@@ -83,12 +83,47 @@ class LeaseInfo:
         return f"{self.job_id}:{self.worker}:{self.expiry}"
 
 
+# One round trip each, atomic (Redis runs a script alone). KEYS and ARGV are listed per script.
+_CREATE_OFFER = """
+-- KEYS: offer, lease, offers:<worker>, offer-ids; ARGV: worker, collateral, now, expires,
+-- batch, job id
+if redis.call('exists', KEYS[1]) == 1 or redis.call('exists', KEYS[2]) == 1 then return 0 end
+redis.call('hset', KEYS[1], 'worker', ARGV[1], 'collateral', ARGV[2], 'offered_at', ARGV[3],
+           'expires_at', ARGV[4], 'batch', ARGV[5])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[6])
+redis.call('sadd', KEYS[4], ARGV[6])
+return 1
+"""
+_END_LEASE = """
+-- KEYS: lease, leases:<worker>, lease-expiry; ARGV: worker, expiry, job id
+redis.call('srem', KEYS[2], ARGV[3])
+local current = redis.call('hmget', KEYS[1], 'worker', 'expiry')
+if not current[1] or current[1] ~= ARGV[1] or tonumber(current[2]) ~= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('del', KEYS[1])
+redis.call('zrem', KEYS[3], ARGV[3])
+return 1
+"""
+_ADD_TO_GROUP = """
+-- KEYS: group-owner, group, job-group; ARGV: client (lower case), shard, job id, group
+redis.call('set', KEYS[1], ARGV[1], 'NX')
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[2], ARGV[2], ARGV[3])
+redis.call('set', KEYS[3], ARGV[4])
+return 1
+"""
+
 class MarketState:
     """Typed access to the market's Redis keys."""
 
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         self.r = client
         self.prefix = prefix
+        self._create_offer = client.register_script(_CREATE_OFFER)
+        self._end_lease = client.register_script(_END_LEASE)
+        self._add_to_group = client.register_script(_ADD_TO_GROUP)
+        self._offer_ids_built = False
 
     def _k(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
@@ -158,29 +193,23 @@ class MarketState:
     def create_offer(self, job_id: int, worker: str, collateral: int, *, now: float,
                      ttl_s: float, batch: str = "") -> bool:
         """Offer a job to a worker; False when the job already has an offer or a lease."""
-        offer_key, lease_key = self._k("offer", job_id), self._k("lease", job_id)
-        with self.r.pipeline() as pipe:
-            try:
-                pipe.watch(offer_key, lease_key)
-                if pipe.exists(offer_key) or pipe.exists(lease_key):
-                    pipe.unwatch()
-                    return False
-                pipe.multi()
-                pipe.hset(
-                    offer_key,
-                    mapping={
-                        "worker": worker,
-                        "collateral": str(collateral),
-                        "offered_at": now,
-                        "expires_at": now + ttl_s,
-                        "batch": batch,
-                    },
-                )
-                pipe.zadd(self._k("offers", worker), {str(job_id): now})
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
+        return self.create_offers([(job_id, worker, collateral)], now=now, ttl_s=ttl_s,
+                                  batch=batch)[0]
+
+    def create_offers(self, offers: list[tuple[int, str, int]], *, now: float, ttl_s: float,
+                      batch: str = "") -> list[bool]:
+        """:meth:`create_offer` for many ``(job_id, worker, collateral)`` in one round trip
+        (each one atomic on its own, a script)."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, worker, collateral in offers:
+            self._create_offer(
+                keys=[self._k("offer", job_id), self._k("lease", job_id),
+                      self._k("offers", worker), self._k("offer-ids")],
+                args=[worker, str(collateral), repr(float(now)), repr(float(now + ttl_s)),
+                      batch, str(job_id)],
+                client=pipe,
+            )
+        return [bool(result) for result in pipe.execute()]
 
     def offer(self, job_id: int) -> OfferInfo | None:
         return _offer_from(job_id, self.r.hgetall(self._k("offer", job_id)))
@@ -205,9 +234,26 @@ class MarketState:
         return out
 
     def all_offers(self) -> list[OfferInfo]:
-        ids = [int(key.decode().rsplit(":", 1)[1])
+        """Every open offer (from the ``offer-ids`` set; ids whose offer is gone are pruned)."""
+        self._build_offer_ids()
+        ids = sorted(int(i) for i in self.r.smembers(self._k("offer-ids")))
+        offers = self._offers(ids)
+        gone = [str(i) for i, offer in zip(ids, offers, strict=True) if offer is None]
+        if gone:
+            self.r.srem(self._k("offer-ids"), *gone)
+        return [offer for offer in offers if offer is not None]
+
+    def _build_offer_ids(self) -> None:
+        """State written before the ``offer-ids`` set existed gets it from a key scan, once."""
+        if self._offer_ids_built or self.r.exists(self._k("offer-ids-built")):
+            self._offer_ids_built = True
+            return
+        ids = [key.decode().rsplit(":", 1)[1]
                for key in self.r.scan_iter(match=self._k("offer", "*"), count=1000)]
-        return [offer for offer in self._offers(ids) if offer is not None]
+        if ids:
+            self.r.sadd(self._k("offer-ids"), *ids)
+        self.r.set(self._k("offer-ids-built"), 1)
+        self._offer_ids_built = True
 
     def drop_offer(self, job_id: int, worker: str) -> bool:
         """Remove ``worker``'s offer of ``job_id`` (no-op when it is someone else's)."""
@@ -223,6 +269,7 @@ class MarketState:
                     return False
                 pipe.delete(key)
                 pipe.zrem(self._k("offers", worker), str(job_id))
+                pipe.srem(self._k("offer-ids"), str(job_id))
                 pipe.execute()
                 return True
             except redis.WatchError:
@@ -241,6 +288,7 @@ class MarketState:
                 pipe.multi()
                 pipe.delete(key)
                 pipe.zrem(self._k("offers", offer.worker), str(offer.job_id))
+                pipe.srem(self._k("offer-ids"), str(offer.job_id))
                 self._write_lease(pipe, lease)
                 pipe.execute()
                 return True
@@ -263,6 +311,7 @@ class MarketState:
                 for key, offer in zip(keys, offers, strict=True):
                     pipe.delete(key)
                     pipe.zrem(self._k("offers", offer.worker), str(offer.job_id))
+                    pipe.srem(self._k("offer-ids"), str(offer.job_id))
                 for lease in leases:
                     self._write_lease(pipe, lease)
                 pipe.execute()
@@ -347,24 +396,19 @@ class MarketState:
 
         The boolean is the idempotency guard: callers count an expiry or a release only when
         it is True."""
-        key = self._k("lease", lease.job_id)
-        with self.r.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                current = pipe.hmget(key, "worker", "expiry")
-                pipe.multi()
-                pipe.srem(self._k("leases", lease.worker), lease.job_id)
-                if current[0] is None or current[0].decode() != lease.worker or int(
-                    current[1]
-                ) != lease.expiry:
-                    pipe.execute()
-                    return False
-                pipe.delete(key)
-                pipe.zrem(self._k("lease-expiry"), str(lease.job_id))
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
+        return self.end_leases([lease])[0]
+
+    def end_leases(self, leases: list[LeaseInfo]) -> list[bool]:
+        """:meth:`end_lease` for many leases in one round trip (each atomic, a script)."""
+        pipe = self.r.pipeline(transaction=False)
+        for lease in leases:
+            self._end_lease(
+                keys=[self._k("lease", lease.job_id), self._k("leases", lease.worker),
+                      self._k("lease-expiry")],
+                args=[lease.worker, str(int(lease.expiry)), str(lease.job_id)],
+                client=pipe,
+            )
+        return [bool(result) for result in pipe.execute()] if leases else []
 
     # ------------------------------------------------------------------ exclusions, failures
     def exclude(self, job_id: int, worker: str, until: float) -> None:
@@ -463,16 +507,11 @@ class MarketState:
         whose job named it first (group ids are public in the specs): a job of another
         client naming it is refused (False), so nobody can swap shards of someone's output.
         A later job of the same client for the same shard (a re-post) replaces the old one."""
-        owner_key = self._k("group-owner", group)
-        self.r.set(owner_key, client.lower(), nx=True)
-        owner = self.r.get(owner_key)
-        if isinstance(owner, bytes):
-            owner = owner.decode()
-        if owner != client.lower():
-            return False
-        self.r.hset(self._k("group", group), str(shard), job_id)
-        self.r.set(self._k("job-group", job_id), group)
-        return True
+        return bool(self._add_to_group(
+            keys=[self._k("group-owner", group), self._k("group", group),
+                  self._k("job-group", job_id)],
+            args=[client.lower(), str(int(shard)), str(int(job_id)), group],
+        ))
 
     def group(self, group: str) -> dict[int, int]:
         """shard index -> job id."""

@@ -1,16 +1,26 @@
 """The market's Celery app: periodic indexing, matching, lease expiry and settlement.
 
-    celery -A market.tasks worker --pool solo -B     # or: mesh market tasks
+    celery -A market.tasks worker --pool threads --concurrency 4 -B   # or: mesh market tasks
 
 Broker and result backend are ``REDIS_URL`` (``settings.redis_url``). Tasks carry no payload
 beyond ids (the beat tasks take none); each calls one function of :mod:`market.rounds` on the
 process's :class:`MarketRuntime`, and every side effect there is idempotent, so a task that is
 retried, duplicated or cut off by a crash does no harm when it runs again.
+
+Different rounds run at the same time (a thread pool: a settlement waiting for its receipt
+does not hold up matching), but never two runs of the same round, in this process or any
+other worker on the same Redis: each round holds ``<prefix>round-lock:<name>`` while it runs
+(SET NX with an expiry, so a crashed holder frees it) and a run that finds it held is skipped
+(the next beat runs it again).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
@@ -70,12 +80,16 @@ configure(get_settings().redis_url)
 _runtime: MarketRuntime | None = None
 
 
+_runtime_lock = threading.Lock()
+
+
 def runtime() -> MarketRuntime:
-    """This process's runtime, built from settings on first use."""
+    """This process's runtime, built from settings on first use (once, across threads)."""
     global _runtime
-    if _runtime is None:
-        _runtime = MarketRuntime.from_settings(get_settings())
-    return _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = MarketRuntime.from_settings(get_settings())
+        return _runtime
 
 
 def use_runtime(rt: MarketRuntime | None) -> None:
@@ -84,16 +98,48 @@ def use_runtime(rt: MarketRuntime | None) -> None:
     _runtime = rt
 
 
+#: Longest a round may hold its lock (a crashed holder's lock lapses after this).
+ROUND_LOCK_S = 120
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+@contextmanager
+def round_lock(rt: MarketRuntime, name: str) -> Iterator[bool]:
+    """Hold the lock of round ``name`` for the block; yields False (and holds nothing) when
+    another run of that round holds it."""
+    key = f"{rt.state.prefix}round-lock:{name}"
+    token = uuid.uuid4().hex
+    if not rt.redis.set(key, token, nx=True, ex=ROUND_LOCK_S):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        rt.redis.eval(_UNLOCK, 1, key, token)
+
+
+_SKIPPED: dict[str, Any] = {"skipped": "another run of this round is in progress"}
+
+
 @app.task(name="market.index")
 def index_chain() -> dict[str, Any]:
     """Follow the chain's events from where the index stopped (reorgs rewound)."""
-    return rounds.index_round(runtime())
+    rt = runtime()
+    with round_lock(rt, "index") as held:
+        return rounds.index_round(rt) if held else dict(_SKIPPED)
 
 
 @app.task(name="market.match")
 def match_jobs() -> dict[str, Any]:
     """Offer queued jobs to eligible workers."""
-    report = rounds.match_round(runtime())
+    rt = runtime()
+    with round_lock(rt, "match") as held:
+        if not held:
+            return dict(_SKIPPED)
+        report = rounds.match_round(rt)
     return {
         "queued": report.queued,
         "workers": report.workers,
@@ -106,11 +152,17 @@ def match_jobs() -> dict[str, Any]:
 @app.task(name="market.expire")
 def expire_leases() -> dict[str, Any]:
     """Take back expired leases and uncollected offers."""
-    report = rounds.expire_round(runtime())
+    rt = runtime()
+    with round_lock(rt, "expire") as held:
+        if not held:
+            return dict(_SKIPPED)
+        report = rounds.expire_round(rt)
     return {"leases": report.expired_leases, "offers": report.expired_offers}
 
 
 @app.task(name="market.settle")
 def settle_jobs() -> dict[str, Any]:
     """Finalize payable jobs in batches."""
-    return rounds.settle_round(runtime())
+    rt = runtime()
+    with round_lock(rt, "settle") as held:
+        return rounds.settle_round(rt) if held else dict(_SKIPPED)

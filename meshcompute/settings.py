@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     settle_max_batch: int = Field(default=100, ge=1, le=1000)
     """Most jobs one ``finalizeBatch`` transaction settles."""
 
+    task_threads: int = Field(default=4, ge=1, le=64)
+    """Threads of ``mesh market tasks``: the rounds (index, match, expire, settle) run side by
+    side, never two runs of the same round at once."""
+
     # --- wallet (meshcompute.wallet)
     wallet_path: Path = Field(default_factory=lambda data: data["data_dir"] / "wallet.json")
     """The encrypted V3 keystore of this node's account; defaults to ``<data_dir>/wallet.json``."""

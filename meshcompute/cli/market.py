@@ -62,7 +62,8 @@ def serve(
 def tasks(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run the Celery worker with embedded beat (index, match, expire, settle)."""
+    """Run the Celery worker with embedded beat (index, match, expire, settle), the rounds in
+    a thread pool (``MESH_TASK_THREADS``), never two runs of one round at once."""
     import logging
 
     settings, embedded = _prepare()
@@ -77,8 +78,8 @@ def tasks(
     schedule.parent.mkdir(parents=True, exist_ok=True)
     try:
         worker = celery_app.Worker(
-            pool="solo",
-            concurrency=1,
+            pool="threads",
+            concurrency=settings.task_threads,
             beat=True,
             schedule_filename=str(schedule),
             loglevel=loglevel,

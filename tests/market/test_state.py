@@ -92,3 +92,29 @@ def test_a_group_belongs_to_the_client_that_named_it_first(state):
     # the owner re-posting a shard replaces it
     assert state.add_to_group(group, 1, 4, W1)
     assert state.group(group) == {0: 1, 1: 4}
+
+
+def test_offers_in_bulk_each_refuse_a_job_already_offered_or_leased(state):
+    assert state.create_offer(1, W1, 5, now=10, ttl_s=30)
+    assert state.offer_to_lease(state.offer(1), _lease(1, W1, 100))
+    assert state.create_offer(2, W2, 5, now=10, ttl_s=30)
+    made = state.create_offers([(1, W2, 5), (2, W1, 5), (3, W1, 7), (4, W2, 9)], now=20,
+                               ttl_s=30, batch="b")
+    assert made == [False, False, True, True]
+    offers = {o.job_id: o for o in state.all_offers()}
+    assert set(offers) == {2, 3, 4}  # 1 is leased
+    assert offers[3].worker == W1 and offers[3].collateral == 7 and offers[3].batch == "b"
+    assert offers[3].expires_at == 50.0 and offers[2].worker == W2
+    assert state.drop_offer(3, W1)
+    assert {o.job_id for o in state.all_offers()} == {2, 4}
+    assert state.end_leases([_lease(1, W1, 100), _lease(1, W1, 100)]) == [True, False]
+
+
+def test_offers_written_before_the_offer_index_are_found_once(state):
+    assert state.create_offers([(5, W1, 5), (6, W2, 5)], now=10, ttl_s=30) == [True, True]
+    state.r.delete(state._k("offer-ids"), state._k("offer-ids-built"))  # an older market
+    fresh = MarketState(state.r)
+    assert {o.job_id for o in fresh.all_offers()} == {5, 6}
+    state.r.delete(state._k("offer", 6))  # gone without the index knowing: pruned
+    assert {o.job_id for o in fresh.all_offers()} == {5}
+    assert state.r.smembers(state._k("offer-ids")) == {b"5"}

@@ -96,3 +96,17 @@ def test_posted_sharded_job_is_matched_leased_committed_and_paid(mk, in_process_
     assert np.array_equal(merged, np.concatenate([outputs[0], outputs[1]]))
     metrics = mk.client().health()
     assert metrics["indexed_block"] == world.w3.eth.block_number
+
+
+def test_a_round_never_runs_twice_at_once_and_frees_its_lock(mk, in_process_tasks):
+    with tasks.round_lock(mk.rt, "match") as held:
+        assert held
+        assert in_process_tasks.match_jobs() == tasks._SKIPPED  # another run holds it
+        assert in_process_tasks.index_chain() != tasks._SKIPPED  # other rounds go on
+        with tasks.round_lock(mk.rt, "match") as again:
+            assert not again
+    assert "queued" in in_process_tasks.match_jobs()  # released: the next run goes ahead
+    assert "queued" in in_process_tasks.match_jobs()  # and frees it again
+    with pytest.raises(RuntimeError), tasks.round_lock(mk.rt, "settle"):
+        raise RuntimeError("a round that fails still frees its lock")
+    assert in_process_tasks.settle_jobs() != tasks._SKIPPED
