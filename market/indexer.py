@@ -378,10 +378,11 @@ class ChainIndexer:
                 if self._head_of(pipe) != indexed:
                     raise _Raced("another indexer moved the head")
                 records: dict[int, JobRecord | None] = {}
-                for job_id, job_events in by_job.items():
-                    current = pipe.hget(self._key("records"), str(job_id))
+                ids = list(by_job)
+                held = pipe.hmget(self._key("records"), [str(i) for i in ids]) if ids else []
+                for job_id, current in zip(ids, held, strict=True):
                     before = None if current is None else _record_from_json(current)
-                    records[job_id] = _fold(job_id, before, job_events)
+                    records[job_id] = _fold(job_id, before, by_job[job_id])
                 pipe.multi()
                 pipe.hset(
                     self._key("blocks"),

@@ -25,6 +25,7 @@ from market.state import MAX_FAILURES, LeaseInfo, OfferInfo
 from meshcompute.core.batching import QueuedJob, plan_batches
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.matching import JobDemand, WorkerOffer, match
+from meshcompute.core.spec import JobSpec
 from meshcompute.errors import BadInput, ChainError, NotFound
 
 log = logging.getLogger("market.rounds")
@@ -90,10 +91,17 @@ def match_round(rt: MarketRuntime, *, now: float | None = None) -> MatchReport:
         failures = rt.state.failure_counts(candidates)
         excluded = rt.state.excluded_many(candidates, now)
         grouped = rt.state.groups_of(candidates)
+        parsed = {job_id: _parse_spec(rt, records[job_id]) for job_id in candidates}
+        # shards not yet recorded in their group join it, all in one round trip
+        joining = [job_id for job_id, (spec, _) in parsed.items()
+                   if spec is not None and spec.group is not None and job_id not in grouped]
+        joined = dict(zip(joining, rt.state.add_to_groups(
+            [(parsed[j][0].group, parsed[j][0].shard, j, records[j].client)  # type: ignore[union-attr]
+             for j in joining]), strict=True))
         for job_id in candidates:
             record = records[job_id]
-            spec = _read_spec(rt, job_id, record, report, problems.get(job_id),
-                              job_id in grouped)
+            spec = _read_spec(rt, job_id, parsed[job_id], report, problems.get(job_id),
+                              joined.get(job_id, True))
             if spec is None or failures[job_id] >= MAX_FAILURES:
                 continue
             demand = JobDemand(
@@ -142,24 +150,30 @@ def _queued(record: JobRecord, chain_now: int) -> bool:
     return leasable(record, "", chain_now)
 
 
-def _read_spec(rt: MarketRuntime, job_id: int, record: JobRecord, report: MatchReport,
-               known_problem: str | None, grouped: bool):
+def _parse_spec(rt: MarketRuntime, record: JobRecord) -> tuple[JobSpec | None, str | None]:
+    """The job's spec, or why there is none."""
     sha = record.spec_hash.hex()
     try:
-        spec = rt.spec(sha)
+        return rt.spec(sha), None
     except NotFound:
-        problem = f"spec blob {sha} is not in the market's blob store"
+        return None, f"spec blob {sha} is not in the market's blob store"
     except BadInput as exc:
-        problem = str(exc)
-    else:
-        if spec.group is not None and not grouped and not rt.state.add_to_group(
-            spec.group, spec.shard, job_id, record.client
-        ):
+        return None, str(exc)
+
+
+def _read_spec(rt: MarketRuntime, job_id: int, parsed: tuple[JobSpec | None, str | None],
+               report: MatchReport, known_problem: str | None, in_group: bool):
+    """The spec of a job that may be offered, or None with its problem recorded.
+    ``in_group`` is False when the job's group belongs to another client."""
+    spec, problem = parsed
+    if spec is not None:
+        if spec.group is not None and not in_group:
             problem = f"group {spec.group} belongs to another client; this job cannot join it"
         else:
             if known_problem is not None:
                 rt.state.set_spec_problem(job_id, None)
             return spec
+    assert problem is not None
     if known_problem != problem:
         rt.state.set_spec_problem(job_id, problem)
         log.warning("spec problem", extra={"fields": {"job_id": job_id, "problem": problem}})

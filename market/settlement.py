@@ -167,13 +167,9 @@ class Settler:
         )
         report = SettlementReport(job_ids=[], tx_hash=None, skipped=[])
         token = f"claim:{uuid.uuid4().hex}"
-        claims: list[_Claim] = []
-        for job_id in actions:
-            claim = self._claim(job_id, records[job_id], token)
-            if claim is None:
-                report.skipped.append(job_id)
-            else:
-                claims.append(claim)
+        claims = self._claim_all(list(actions), records, token)
+        claimed = {claim.job_id for claim in claims}
+        report.skipped.extend(job_id for job_id in actions if job_id not in claimed)
         for start in range(0, len(claims), self.max_batch):
             self._send_batch(claims[start : start + self.max_batch], records, token, report)
         report.skipped.sort()
@@ -193,6 +189,31 @@ class Settler:
         return windows
 
     # ------------------------------------------------------------------ keys
+    def _claim_all(self, job_ids: list[int], records: Mapping[int, JobRecord],
+                   token: str) -> list[_Claim]:
+        """Claim each job's key (SET NX, all in one round trip); a key held by a ``sent:``
+        whose transaction failed is released and claimed (:meth:`_claim`, one at a time).
+        Returns the claims in ``job_ids`` order."""
+        keys = [self.key(job_id, records[job_id]) for job_id in job_ids]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, token, nx=True, ex=self.claim_ttl_s)
+        first = pipe.execute() if keys else []
+        held = [(job_id, key) for job_id, key, ok in zip(job_ids, keys, first, strict=True)
+                if not ok]
+        values = self.redis.mget([key for _, key in held]) if held else []
+        retried = {
+            job_id: self._claim(job_id, records[job_id], token)
+            for (job_id, _key), value in zip(held, values, strict=True)
+            if (_text(value) or "").startswith("sent:")
+        }
+        out: list[_Claim] = []
+        for job_id, key, ok in zip(job_ids, keys, first, strict=True):
+            claim = _Claim(job_id, key) if ok else retried.get(job_id)
+            if claim is not None:
+                out.append(claim)
+        return out
+
     def _claim(self, job_id: int, record: JobRecord, token: str) -> _Claim | None:
         key = self.key(job_id, record)
         if self.redis.set(key, token, nx=True, ex=self.claim_ttl_s):
@@ -239,8 +260,10 @@ class Settler:
             self._release(claims, token)
             raise
         sent = f"sent:{tx_hash.to_0x_hex()}"
+        pipe = self.redis.pipeline(transaction=False)
         for claim in claims:
-            self._set_if(keys=[claim.key], args=[token, sent, self.pending_ttl_s])
+            self._set_if(keys=[claim.key], args=[token, sent, self.pending_ttl_s], client=pipe)
+        pipe.execute()
         report.tx_hash = tx_hash.to_0x_hex()
         report.tx_hashes.append(report.tx_hash)
         log.info("finalizeBatch of %d jobs sent in %s", len(job_ids), report.tx_hash)
@@ -250,23 +273,25 @@ class Settler:
             self._release(claims, sent)
             raise
         settled, drawn = self._settled_in(receipt)
+        pipe = self.redis.pipeline(transaction=False)
         for claim in claims:
             if claim.job_id in settled:
                 report.job_ids.append(claim.job_id)
-                self._set_if(
-                    keys=[claim.key], args=[sent, f"done:{report.tx_hash}", self.done_ttl_s]
-                )
+                self._set_if(keys=[claim.key],
+                             args=[sent, f"done:{report.tx_hash}", self.done_ttl_s],
+                             client=pipe)
                 continue
             if claim.job_id in drawn:
                 report.drawn.append(claim.job_id)
             else:
                 report.skipped.append(claim.job_id)
             if claim.job_id not in drawn and self._is_stale(claim.job_id, records[claim.job_id]):
-                self._set_if(
-                    keys=[claim.key], args=[sent, f"stale:{report.tx_hash}", self.done_ttl_s]
-                )
+                self._set_if(keys=[claim.key],
+                             args=[sent, f"stale:{report.tx_hash}", self.done_ttl_s],
+                             client=pipe)
             else:
-                self._del_if(keys=[claim.key], args=[sent])
+                self._del_if(keys=[claim.key], args=[sent], client=pipe)
+        pipe.execute()
 
     def _gas_limit(self, estimate: int, jobs: int) -> int:
         """The estimate (with the sender's margin) or the per-job headroom, whichever is

@@ -507,11 +507,20 @@ class MarketState:
         whose job named it first (group ids are public in the specs): a job of another
         client naming it is refused (False), so nobody can swap shards of someone's output.
         A later job of the same client for the same shard (a re-post) replaces the old one."""
-        return bool(self._add_to_group(
-            keys=[self._k("group-owner", group), self._k("group", group),
-                  self._k("job-group", job_id)],
-            args=[client.lower(), str(int(shard)), str(int(job_id)), group],
-        ))
+        return self.add_to_groups([(group, shard, job_id, client)])[0]
+
+    def add_to_groups(self, joins: list[tuple[str, int, int, str]]) -> list[bool]:
+        """:meth:`add_to_group` for many ``(group, shard, job_id, client)`` in one round
+        trip (each atomic, a script)."""
+        pipe = self.r.pipeline(transaction=False)
+        for group, shard, job_id, client in joins:
+            self._add_to_group(
+                keys=[self._k("group-owner", group), self._k("group", group),
+                      self._k("job-group", job_id)],
+                args=[client.lower(), str(int(shard)), str(int(job_id)), group],
+                client=pipe,
+            )
+        return [bool(result) for result in pipe.execute()] if joins else []
 
     def group(self, group: str) -> dict[int, int]:
         """shard index -> job id."""
