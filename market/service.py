@@ -166,7 +166,7 @@ def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec]) -> list[str]:
                 raise BadInput(
                     f"spec {index}: {name} blob {sha} is not in the store; upload it first"
                 )
-    return [rt.blobs.put_bytes(spec.canonical_bytes())[0] for spec in specs]
+    return [sha for sha, _ in rt.blobs.put_many([spec.canonical_bytes() for spec in specs])]
 
 
 def store_bundle(rt: MarketRuntime, data: bytes) -> list[dict[str, Any]]:
@@ -181,11 +181,9 @@ def store_bundle(rt: MarketRuntime, data: bytes) -> list[dict[str, Any]]:
     incoming = {sha: len(blob) for sha, blob in blobs if not rt.blobs.exists(sha)}
     # StoreFull (507) up front for the whole bundle, rather than after storing part of it
     rt.blobs._check_space(sum(incoming.values()))
-    out = []
-    for sha, blob in blobs:
-        _, created = rt.blobs.put_bytes(blob)
-        out.append({"sha256": sha, "size": len(blob), "created": created})
-    return out
+    stored = rt.blobs.put_many([blob for _, blob in blobs])
+    return [{"sha256": sha, "size": len(blob), "created": created}
+            for (sha, blob), (_, created) in zip(blobs, stored, strict=True)]
 
 
 def bundle_entries(rt: MarketRuntime, hashes: Sequence[str]) -> list[tuple[str, int]]:
