@@ -249,13 +249,14 @@ class Settler:
         report: SettlementReport,
     ) -> None:
         job_ids = [c.job_id for c in claims]
-        call = self.actor.market.functions.finalizeBatch(
-            job_ids, [records[i].as_tuple() for i in job_ids]
+        call = self.actor.encoded_call(
+            self.actor.market, "finalizeBatch", job_ids, [records[i].as_tuple() for i in job_ids]
         )
         try:
             prepared = self.actor.sender.prepare(call)
             gas = self._gas_limit(int(prepared["gas"]), len(job_ids))
-            tx_hash = self.actor.sender.send_async(call, tx_params={"gas": gas})
+            # the prepared fields (fees included) are sent as they are, with the new gas limit
+            tx_hash = self.actor.sender.send_async(prepared, tx_params={"gas": gas})
         except (ContractRevert, TransactionRejected):
             self._release(claims, token)
             raise

@@ -10,6 +10,8 @@ Same answer as ``JobMarket.auditStatus`` at the latest block; a seed block near 
 
 from __future__ import annotations
 
+from eth_utils import keccak
+
 from meshcompute.chain.contracts import MeshContracts
 from meshcompute.core.audit_draw import audit_drawn, drawable, needs_contract, seed_block
 from meshcompute.core.job import JobRecord, JobState
@@ -38,14 +40,14 @@ class AuditDraws:
         if needs_contract(record.committed_block, self.head):
             return self.contracts.audit_status(job_id, record)
         return True, audit_drawn(self._hash(seed_block(record.committed_block)), job_id,
-                                 record.audit_bps)
+                                 record.audit_bps, keccak)
 
     def drawn(self, job_id: int, committed_block: int, audit_bps: int) -> bool | None:
         """The draw of a job committed in ``committed_block`` at rate ``audit_bps`` (from its
         JobCommitted event); None while it cannot be taken or is too deep to take here."""
         if not drawable(committed_block, self.head) or needs_contract(committed_block, self.head):
             return None
-        return audit_drawn(self._hash(seed_block(committed_block)), job_id, audit_bps)
+        return audit_drawn(self._hash(seed_block(committed_block)), job_id, audit_bps, keccak)
 
     def _hash(self, number: int) -> bytes:
         found = self._hashes.get(number)

@@ -14,7 +14,11 @@ whenever the seed block is near the end of that window (:func:`needs_contract`).
 
 from __future__ import annotations
 
-from eth_utils import keccak
+from collections.abc import Callable
+
+Keccak256 = Callable[[bytes], bytes]
+"""keccak256 of a byte string (the chain layer passes ``eth_utils.keccak``; the core stays
+free of adapter libraries)."""
 
 BPS = 10_000
 BLOCKHASH_WINDOW = 256
@@ -38,7 +42,7 @@ def needs_contract(committed_block: int, head: int) -> bool:
     return int(head) - seed_block(committed_block) >= SAFE_DEPTH
 
 
-def audit_drawn(seed: bytes, job_id: int, audit_bps: int) -> bool:
+def audit_drawn(seed: bytes, job_id: int, audit_bps: int, keccak: Keccak256) -> bool:
     """``JobMarket._drawAudit`` for a seed block hash ``seed`` (32 bytes; zero: drawn)."""
     if len(seed) != 32:
         raise ValueError(f"a block hash has 32 bytes, got {len(seed)}")

@@ -4,6 +4,7 @@ agree with JobMarket.auditStatus on a real anvil, before, at and long after the 
 from __future__ import annotations
 
 import pytest
+from eth_utils import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,14 +16,14 @@ pytestmark = pytest.mark.anvil
 
 @given(st.binary(min_size=32, max_size=32), st.integers(0, 2**64))
 def test_rate_bounds_hold_for_any_seed(seed: bytes, job_id: int) -> None:
-    assert audit_drawn(seed, job_id, BPS)
-    assert audit_drawn(seed, job_id, 0) == (seed == bytes(32))
+    assert audit_drawn(seed, job_id, BPS, keccak)
+    assert audit_drawn(seed, job_id, 0, keccak) == (seed == bytes(32))
 
 
 def test_a_zero_seed_counts_as_drawn_and_bad_seeds_are_refused() -> None:
-    assert audit_drawn(bytes(32), 7, 0)
+    assert audit_drawn(bytes(32), 7, 0, keccak)
     with pytest.raises(ValueError, match="32 bytes"):
-        audit_drawn(b"short", 7, 500)
+        audit_drawn(b"short", 7, 500, keccak)
 
 
 def test_drawable_from_two_blocks_after_the_commit() -> None:
