@@ -298,13 +298,19 @@ class FakeBatchRunner(FakeRunner):
                 for x in inputs]
 
 
-def test_batch_runs_in_one_runner_call_and_commits_once_in_ticket_order():
+def _batch_market(ids: tuple[int, ...]) -> FakeMarket:
+    """A market holding one ticket over ``ids``; job i's inputs are ``b"in-i"``."""
     market = FakeMarket()
-    ids = (3, 1, 2)
-    outputs = {f"in-{i}".encode(): f"out-{i}".encode() for i in ids}
     for job_id in ids:
         market.add_job(make_lease(job_id, inputs=f"in-{job_id}".encode(), job_ids=ids),
                        inputs=f"in-{job_id}".encode())
+    return market
+
+
+def test_batch_runs_in_one_runner_call_and_commits_once_in_ticket_order():
+    ids = (3, 1, 2)
+    outputs = {f"in-{i}".encode(): f"out-{i}".encode() for i in ids}
+    market = _batch_market(ids)
     runner = FakeBatchRunner(outputs)
     with running(runner, market=market, slots=1) as h:
         _wait(lambda: len(h.of("job_done")) == 3)
@@ -417,11 +423,8 @@ def test_config_from_settings_with_overrides(tmp_path):
 
 
 def test_a_corrupt_blob_in_the_bundle_fails_only_its_own_job():
-    market = FakeMarket()
     ids = (1, 2)
-    for job_id in ids:
-        market.add_job(make_lease(job_id, inputs=f"in-{job_id}".encode(), job_ids=ids),
-                       inputs=f"in-{job_id}".encode())
+    market = _batch_market(ids)
     market.blobs[make_lease(2, inputs=b"in-2").spec.inputs] = b"tampered"
     runner = FakeBatchRunner({b"in-1": b"out-1"})
     with running(runner, market=market, slots=1) as h:
@@ -435,11 +438,8 @@ def test_a_corrupt_blob_in_the_bundle_fails_only_its_own_job():
 def test_a_refused_results_batch_falls_back_to_one_request_per_job():
     from meshcompute.errors import Conflict
 
-    market = FakeMarket()
     ids = (1, 2)
-    for job_id in ids:
-        market.add_job(make_lease(job_id, inputs=f"in-{job_id}".encode(), job_ids=ids),
-                       inputs=f"in-{job_id}".encode())
+    market = _batch_market(ids)
 
     def refuse(results):
         market._log("submit_results", tuple(results))
