@@ -43,6 +43,8 @@ from meshcompute.errors import (
 )
 
 DEFAULT_TIMEOUT_S = 30.0
+#: Largest blob or bundle read from the market unless the caller sets its own limit.
+DEFAULT_MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 _AMOUNT_FIELDS = ("reward", "audit_fee", "collateral")
 _BYTES_FIELDS = ("spec_hash", "result_hash")
 _UPLOAD_CHUNK = 1 << 20
@@ -293,7 +295,11 @@ class MarketClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
+        if max_download_bytes < 1:
+            raise BadInput(f"max_download_bytes must be >= 1, got {max_download_bytes}")
+        self.max_download_bytes = int(max_download_bytes)
         self.base_url = base_url.rstrip("/")
         self.account = account
         self._chain_id = chain_id
@@ -334,7 +340,7 @@ class MarketClient:
         """The blob's bytes; with ``verify`` (default) BadInput when they do not hash to
         ``sha256`` (a corrupted store or a lying market)."""
         _check_sha(sha256)
-        data = self._request("GET", f"/blobs/{sha256}").content
+        data = self._download("GET", f"/blobs/{sha256}", what=f"blob {sha256}")
         if verify:
             got = hashlib.sha256(data).hexdigest()
             if got != sha256:
@@ -360,7 +366,8 @@ class MarketClient:
         while pending:
             chunk = pending.pop()
             try:
-                data = self._request("POST", "/blobs/fetch", json={"sha256": chunk}).content
+                data = self._download("POST", "/blobs/fetch", json={"sha256": chunk},
+                                      what=f"a bundle of {len(chunk)} blobs")
             except BadInput as exc:
                 if getattr(exc, "status_code", None) != 413:
                     raise
@@ -597,6 +604,35 @@ class MarketClient:
         if content_length is not None:
             headers["Content-Length"] = str(content_length)
         return self._request(method, path, content=body, headers=headers)
+
+    def _download(self, method: str, path: str, *, what: str, **kwargs: Any) -> bytes:
+        """The body of a successful answer, read in chunks and cut off (BadInput) past
+        ``max_download_bytes``: a market cannot make this node buffer without bound."""
+        limit = self.max_download_bytes
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_for(response, f"{method} {self.base_url}{path}")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise BadInput(f"{what} from {self.base_url} is {declared} bytes, over "
+                                   f"this node's download limit of {limit} bytes "
+                                   "(MESH_MAX_DOWNLOAD_BYTES)")
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise BadInput(f"{what} from {self.base_url} passed this node's "
+                                       f"download limit of {limit} bytes "
+                                       "(MESH_MAX_DOWNLOAD_BYTES); download stopped")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                f"market at {self.base_url} cannot be reached ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

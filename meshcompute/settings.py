@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     """Most blobs one bundle carries, and most entries of one ``POST /blobs/fetch``,
     ``POST /specs/batch`` or ``POST /results/batch`` request."""
 
+    max_download_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Largest answer a worker, verifier or client reads from the market for one blob or one
+    bundle; a (faulty or hostile) market sending more is cut off with a clear error instead
+    of filling the node's memory."""
+
     lease_s: int = Field(default=300, ge=10, le=86_400)
     """Length of a job lease (and of the ticket's on-chain lease) in seconds."""
 

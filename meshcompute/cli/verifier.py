@@ -58,7 +58,8 @@ def verifier_start(
     require_verifier_role(actor)
     _require_stake(actor, settings.verifier_min_stake)
     market_url = market or settings.market_url
-    client = MarketClient(market_url, account, conn.chain_id)
+    client = MarketClient(market_url, account, conn.chain_id,
+                          max_download_bytes=settings.max_download_bytes)
     market_chain = client.info().chain_id
     if market_chain != conn.chain_id:
         raise ConfigError(

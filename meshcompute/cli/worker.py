@@ -67,7 +67,8 @@ def worker_start(
     if position.free + position.locked == 0:
         raise BadInput(f"{account.address} has no stake on chain {conn.chain_id}: {STAKE_HINT}")
     adversary = adversary_from_env(conn.chain_id)
-    client = MarketClient(config.market_url, account, conn.chain_id)
+    client = MarketClient(config.market_url, account, conn.chain_id,
+                          max_download_bytes=settings.max_download_bytes)
     market_chain = client.info().chain_id
     if market_chain != conn.chain_id:
         raise ConfigError(

@@ -46,7 +46,8 @@ def sha256_hex(data: bytes) -> str:
 
 
 def is_sha256_hex(value: object) -> bool:
-    return isinstance(value, str) and bool(_SHA256_HEX.match(value))
+    """64 lowercase hex characters and nothing else (``$`` alone would let a newline by)."""
+    return isinstance(value, str) and bool(_SHA256_HEX.fullmatch(value))
 
 
 def validate_tolerance(tolerance: Any) -> dict[str, Any]:

@@ -267,6 +267,13 @@ def test_client_bulk_methods_round_trip(mk, monkeypatch):
         return original(method, path, **kw)
 
     monkeypatch.setattr(client._http, "request", counting)
+    streaming = client._http.stream  # downloads are streamed (and capped)
+
+    def counting_stream(method, path, **kw):
+        calls.append(f"{method} {path}")
+        return streaming(method, path, **kw)
+
+    monkeypatch.setattr(client._http, "stream", counting_stream)
     # a 32 KiB budget and 3 blobs a bundle: splits into several bundles, the 40 000-byte
     # blob alone through PUT /blobs/{sha}
     shas = client.put_blobs(blobs, max_bundle_bytes=32 * 1024, max_blobs=3)

@@ -138,3 +138,36 @@ def test_client_without_account_refuses_signed_calls():
                           transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     with pytest.raises(AuthError, match="no account"):
         client.lease(1)
+
+
+def test_downloads_stop_at_the_node_limit_whatever_the_market_sends() -> None:
+    data = b"x" * 5000
+    sha = hashlib.sha256(data).hexdigest()
+
+    def honest_length(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=data)
+
+    def no_length(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=iter([data[:2500], data[2500:]]))  # chunked
+
+    ok = MarketClient("http://m", transport=httpx.MockTransport(honest_length),
+                      max_download_bytes=5000)
+    assert ok.get_blob(sha) == data
+    for handler in (honest_length, no_length):
+        small = MarketClient("http://m", transport=httpx.MockTransport(handler),
+                             max_download_bytes=4096)
+        with pytest.raises(BadInput, match="download limit of 4096 bytes"):
+            small.get_blob(sha)
+        with pytest.raises(BadInput, match="download limit of 4096 bytes"):
+            small.get_blobs([sha])
+    with pytest.raises(BadInput, match="max_download_bytes"):
+        MarketClient("http://m", max_download_bytes=0)
+
+
+def test_a_refused_download_is_the_markets_error() -> None:
+    def missing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": "blob is not in the store"})
+
+    client = MarketClient("http://m", transport=httpx.MockTransport(missing))
+    with pytest.raises(NotFound, match="not in the store"):
+        client.get_blob("ab" * 32)

@@ -142,3 +142,12 @@ def test_apply_event_rejects_unknown_and_orphans() -> None:
 def test_record_tuple_roundtrip() -> None:
     record = apply_event(None, "JobPosted", POSTED)
     assert JobRecord.from_tuple(record.as_tuple()) == record
+
+
+def test_sha256_names_are_exactly_64_lowercase_hex() -> None:
+    from meshcompute.core.spec import is_sha256_hex
+
+    good = "ab" * 32
+    assert is_sha256_hex(good)
+    for bad in (good + "\n", "\n" + good, good.upper(), good[:-1], good + "0", 42, None):
+        assert not is_sha256_hex(bad), repr(bad)
