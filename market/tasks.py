@@ -1,14 +1,15 @@
 """The market's Celery app: periodic indexing, matching, lease expiry and settlement.
 
-    celery -A market.tasks worker --pool threads --concurrency 4 -B   # or: mesh market tasks
+    celery -A market.tasks worker --pool solo -B     # or: mesh market tasks (MESH_TASK_THREADS)
 
 Broker and result backend are ``REDIS_URL`` (``settings.redis_url``). Tasks carry no payload
 beyond ids (the beat tasks take none); each calls one function of :mod:`market.rounds` on the
 process's :class:`MarketRuntime`, and every side effect there is idempotent, so a task that is
 retried, duplicated or cut off by a crash does no harm when it runs again.
 
-Different rounds run at the same time (a thread pool: a settlement waiting for its receipt
-does not hold up matching), but never two runs of the same round, in this process or any
+With a thread pool (``--pool threads``, or ``MESH_TASK_THREADS`` > 1 for ``mesh market
+tasks``) different rounds run at the same time (a settlement waiting for its receipt does not
+hold up matching), but never two runs of the same round, in this process or any
 other worker on the same Redis: each round holds ``<prefix>round-lock:<name>`` while it runs
 (SET NX with an expiry, so a crashed holder frees it) and a run that finds it held is skipped
 (the next beat runs it again).

@@ -136,9 +136,11 @@ class Settings(BaseSettings):
     settle_max_batch: int = Field(default=100, ge=1, le=1000)
     """Most jobs one ``finalizeBatch`` transaction settles."""
 
-    task_threads: int = Field(default=4, ge=1, le=64)
-    """Threads of ``mesh market tasks``: the rounds (index, match, expire, settle) run side by
-    side, never two runs of the same round at once."""
+    task_threads: int = Field(default=1, ge=1, le=64)
+    """Threads of ``mesh market tasks``. 1 (the default) runs the rounds one after another
+    (Celery's solo pool); more run them side by side (the threads pool: a settlement waiting
+    for its receipt does not hold up matching), never two runs of the same round at once.
+    A busy market sets 4 (``mesh bench e2e`` does)."""
 
     # --- wallet (meshcompute.wallet)
     wallet_path: Path = Field(default_factory=lambda data: data["data_dir"] / "wallet.json")

@@ -62,8 +62,8 @@ def serve(
 def tasks(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run the Celery worker with embedded beat (index, match, expire, settle), the rounds in
-    a thread pool (``MESH_TASK_THREADS``), never two runs of one round at once."""
+    """Run the Celery worker with embedded beat (index, match, expire, settle): one round at a
+    time, or side by side with ``MESH_TASK_THREADS`` > 1 (never two runs of one round)."""
     import logging
 
     settings, embedded = _prepare()
@@ -78,7 +78,7 @@ def tasks(
     schedule.parent.mkdir(parents=True, exist_ok=True)
     try:
         worker = celery_app.Worker(
-            pool="threads",
+            pool="solo" if settings.task_threads == 1 else "threads",
             concurrency=settings.task_threads,
             beat=True,
             schedule_filename=str(schedule),
