@@ -178,9 +178,7 @@ def store_bundle(rt: MarketRuntime, data: bytes) -> list[dict[str, Any]]:
     )
     if not blobs:
         raise BadInput("a bundle must carry at least one blob")
-    incoming = {sha: len(blob) for sha, blob in blobs if not rt.blobs.exists(sha)}
-    # StoreFull (507) up front for the whole bundle, rather than after storing part of it
-    rt.blobs._check_space(sum(incoming.values()))
+    # put_many checks the free space for the whole bundle (507) before writing any of it
     stored = rt.blobs.put_many([blob for _, blob in blobs])
     return [{"sha256": sha, "size": len(blob), "created": created}
             for (sha, blob), (_, created) in zip(blobs, stored, strict=True)]
