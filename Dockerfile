@@ -14,6 +14,7 @@ COPY meshcompute ./meshcompute
 COPY market ./market
 COPY worker ./worker
 COPY verifier ./verifier
+COPY mesh ./mesh
 COPY docker ./docker
 RUN pip install --no-cache-dir '.[market,worker,verifier]'
 RUN useradd --create-home mesh && mkdir /data && chown mesh /data

@@ -54,7 +54,7 @@ demo: setup
 	$(VENV)/bin/mesh demo
 
 bench: setup
-	$(PY) -m meshcompute.bench
+	$(PY) -m meshcompute.mesh.bench
 
 compile: setup
 	$(PY) -m meshcompute.chain.compile

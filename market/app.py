@@ -1,5 +1,5 @@
 """The market's HTTP API (FastAPI). Routes are thin: parse, authenticate, call
-:mod:`market.service`, answer. The contract is docs/market-api.md; ``/openapi.json`` is the
+:mod:`meshcompute.market.service`, answer. The contract is docs/market-api.md; ``/openapi.json`` is the
 generated reference.
 
 ``create_app(settings)`` builds the app; the runtime (Redis, chain, blob store) is created on
@@ -22,12 +22,10 @@ from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from market import service
-from market.blobs import BlobTooLarge, HashMismatch, StoreFull
-from market.runtime import MarketRuntime
-from market.schemas import (
+from meshcompute.market import service
+from meshcompute.market.blobs import BlobTooLarge, HashMismatch, StoreFull
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.market.schemas import (
     SHA256_PATTERN,
     BlobOut,
     BundleOut,
@@ -55,8 +53,8 @@ from market.schemas import (
     SpecsOut,
     WorkerOut,
 )
-from meshcompute.auth import verify_signed_request
-from meshcompute.bundle import BundleHashMismatch, BundleTooLarge, bundle_size
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import (
     AuthError,
@@ -70,6 +68,8 @@ from meshcompute.errors import (
     ServiceUnavailable,
 )
 from meshcompute.settings import Settings
+from meshcompute.wire.auth import verify_signed_request
+from meshcompute.wire.bundle import BundleHashMismatch, BundleTooLarge, bundle_size
 
 log = logging.getLogger("market.api")
 _RECURSION_LIMIT = 4000
@@ -154,7 +154,7 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
     @app.get("/metrics", tags=["public"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     def metrics(runtime: Runtime) -> Response:
-        from market.metrics import render_metrics
+        from meshcompute.market.metrics import render_metrics
 
         return Response(render_metrics(runtime), media_type=CONTENT_TYPE_LATEST)
 

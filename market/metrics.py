@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 
+from meshcompute.market.runtime import MarketRuntime
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,7 +21,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from market.runtime import MarketRuntime
 from meshcompute.core.job import JobState
 
 log = logging.getLogger("market.metrics")

@@ -7,7 +7,7 @@
 - :func:`settle_round`: finalize payable jobs in batches (the settler owns idempotency).
 
 Each function is idempotent: offers and leases are keyed by job id and guarded in
-:mod:`market.state`, counters are keyed by the lease they count.
+:mod:`meshcompute.market.state`, counters are keyed by the lease they count.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from market.runtime import MarketRuntime
-from market.service import leasable
-from market.state import MAX_FAILURES, LeaseInfo, OfferInfo
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.market.service import leasable
+from meshcompute.market.state import MAX_FAILURES, LeaseInfo, OfferInfo
+
 from meshcompute.core.batching import QueuedJob, plan_batches
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.matching import JobDemand, WorkerOffer, match
@@ -289,7 +290,7 @@ def _committed_by_holder(rt: MarketRuntime, lease: LeaseInfo) -> bool:
 
 # ---------------------------------------------------------------------- settle
 def settle_round(rt: MarketRuntime, *, max_batch: int | None = None) -> dict[str, Any]:
-    from market.settlement import Settler
+    from meshcompute.market.settlement import Settler
 
     batch = rt.settings.settle_max_batch if max_batch is None else max_batch
     settler = Settler(rt.settler, rt.redis, max_batch=batch)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from meshcompute.market.blobs import BlobStore
+from meshcompute.market.state import MarketState
 from pydantic import SecretStr
 
-from market.blobs import BlobStore
-from market.state import MarketState
 from meshcompute.chain.connect import ChainConnection, actor_for, connect
 from meshcompute.chain.contracts import MeshActor, MeshContracts
 from meshcompute.chain.devchain import dev_accounts
@@ -28,7 +28,7 @@ from meshcompute.errors import BadInput, ConfigError, NotFound
 from meshcompute.settings import DEV_MNEMONIC, Settings
 
 if TYPE_CHECKING:
-    from market.indexer import ChainIndexer
+    from meshcompute.market.indexer import ChainIndexer
 
 DEV_CHAIN_ID = 31337
 _SPEC_CACHE_MAX = 50_000
@@ -87,7 +87,7 @@ class MarketRuntime:
 
     @cached_property
     def indexer(self) -> ChainIndexer:
-        from market.indexer import ChainIndexer
+        from meshcompute.market.indexer import ChainIndexer
 
         return ChainIndexer(self.redis, self.contracts, start_block=self.chain.deployment.block)
 

@@ -1,7 +1,7 @@
 """Request and response bodies of the market API (docs/market-api.md).
 
 Requests refuse unknown fields (422 naming them). Amounts are decimal strings (they can exceed
-2**53); job records use the wire form of :func:`meshcompute.market_client.record_to_json`.
+2**53); job records use the wire form of :func:`meshcompute.wire.market_client.record_to_json`.
 """
 
 from __future__ import annotations

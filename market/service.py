@@ -1,6 +1,6 @@
 """What each endpoint does, as plain functions over a :class:`MarketRuntime`.
 
-Routes in :mod:`market.app` parse and authenticate, then call one of these. Errors are the
+Routes in :mod:`meshcompute.market.app` parse and authenticate, then call one of these. Errors are the
 project's error tree; the app maps them to HTTP statuses (BadInput 422 or a narrower 400/413,
 AuthError 401, Forbidden 403, NotFound 404, Conflict 409).
 """
@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from market.runtime import MarketRuntime
-from market.state import MAX_FAILURES, LeaseInfo, OfferInfo, WorkerInfo
-from meshcompute.bundle import BundleTooLarge, bundle_header, bundle_size, decode_bundle
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.market.state import MAX_FAILURES, LeaseInfo, OfferInfo, WorkerInfo
+
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
-from meshcompute.market_client import Lease, ticket_from_json, ticket_to_json
+from meshcompute.wire.bundle import BundleTooLarge, bundle_header, bundle_size, decode_bundle
+from meshcompute.wire.market_client import Lease, ticket_from_json, ticket_to_json
 
 #: A ticket is not issued for a job whose deadline is closer than this (it could not finish).
 DEADLINE_MARGIN_S = 10
@@ -170,7 +171,7 @@ def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec]) -> list[str]:
 
 
 def store_bundle(rt: MarketRuntime, data: bytes) -> list[dict[str, Any]]:
-    """Store every blob of the bundle ``data`` (:mod:`meshcompute.bundle`); nothing is stored
+    """Store every blob of the bundle ``data`` (:mod:`meshcompute.wire.bundle`); nothing is stored
     unless the whole bundle decodes and every blob hashes to its name and fits the per-blob
     limit. Returns ``{"sha256", "size", "created"}`` per blob, in bundle order."""
     blobs = decode_bundle(

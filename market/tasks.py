@@ -1,9 +1,9 @@
 """The market's Celery app: periodic indexing, matching, lease expiry and settlement.
 
-    celery -A market.tasks worker --pool solo -B     # or: mesh market tasks (MESH_TASK_THREADS)
+    celery -A meshcompute.market.tasks worker --pool solo -B     # or: mesh market tasks (MESH_TASK_THREADS)
 
 Broker and result backend are ``REDIS_URL`` (``settings.redis_url``). Tasks carry no payload
-beyond ids (the beat tasks take none); each calls one function of :mod:`market.rounds` on the
+beyond ids (the beat tasks take none); each calls one function of :mod:`meshcompute.market.rounds` on the
 process's :class:`MarketRuntime`, and every side effect there is idempotent, so a task that is
 retried, duplicated or cut off by a crash does no harm when it runs again.
 
@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from meshcompute.market import rounds
+from meshcompute.market.runtime import MarketRuntime
 
-from market import rounds
-from market.runtime import MarketRuntime
 from meshcompute.settings import Settings, get_settings
 
 log = logging.getLogger("market.tasks")

@@ -2,7 +2,7 @@
 
 It starts anvil (contracts deployed), an embedded Valkey (or uses ``REDIS_URL``), the market
 API and its Celery worker and beat, one verifier and three workers, one of which is the
-test-only cheater, all as separate processes (:mod:`meshcompute.stack`). A client then exports
+test-only cheater, all as separate processes (:mod:`meshcompute.mesh.devstack`). A client then exports
 an MLP built in code, splits a batch into shards, uploads it, escrows payment with one permit
 transaction and waits while workers run the shards in their sandboxes, the verifier recomputes
 each one blind and posts verdicts, and the market settles. The cheater's shards fail their
@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from meshcompute.mesh.devstack import FAST_PARAMS, StackConfig, running_stack
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,7 +30,6 @@ from meshcompute.chain.deploy import TOKEN
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split
 from meshcompute.errors import MeshError
-from meshcompute.stack import FAST_PARAMS, StackConfig, running_stack
 
 SHARDS = 6
 ROWS_PER_SHARD = 256
@@ -42,14 +42,14 @@ class DemoFailed(MeshError):
 
 def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> None:
     import torch
+    from meshcompute.mesh.models import build_model, example_inputs
 
     from meshcompute.chain.connect import ChainConnection
     from meshcompute.chain.contracts import MeshContracts
     from meshcompute.client import Client
     from meshcompute.core.tolerance import compare
-    from meshcompute.market_client import MarketClient
-    from meshcompute.models import build_model, example_inputs
     from meshcompute.settings import load_settings
+    from meshcompute.wire.market_client import MarketClient
 
     console = console or Console()
     started = time.monotonic()
@@ -106,8 +106,8 @@ def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> Non
 
 
 def _report(console: Console, stack, contracts, submission, client_before: int) -> None:
-    from meshcompute.earnings import earnings_report
-    from meshcompute.reconcile import check_solvency
+    from meshcompute.chain.earnings import earnings_report
+    from meshcompute.chain.reconcile import check_solvency
 
     all_ids = [job_id for shard in submission.shards for job_id in shard.attempts]
     records = contracts.job_records(all_ids)

@@ -343,7 +343,7 @@ class DevStack:
         if self.config.allow_unsandboxed is not None:
             return not self.config.allow_unsandboxed
         try:
-            from worker.sandbox import sandbox_available
+            from meshcompute.execution.sandbox import sandbox_available
         except ImportError:
             return False
         return bool(sandbox_available())
@@ -366,7 +366,7 @@ class DevStack:
         Path(env.get("MESH_DATA_DIR", self.root / name)).mkdir(parents=True, exist_ok=True)
         service = Service(
             name=name,
-            argv=[sys.executable, "-m", "meshcompute.cli", *argv],
+            argv=[sys.executable, "-m", "meshcompute.mesh.cli", *argv],
             env=env, log_path=self.root / "logs" / f"{name}.log",
         )
         self.services[name] = service

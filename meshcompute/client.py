@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
     from meshcompute.chain.connect import ChainConnection
-    from meshcompute.market_client import MarketClient
     from meshcompute.settings import Settings
+    from meshcompute.wire.market_client import MarketClient
 
 TOKEN = 10**18
 #: Shards serialised and uploaded per round trip (a bundle of inputs, then their specs).
@@ -156,8 +156,8 @@ class Client:
         settings: Settings | None = None,
     ) -> None:
         from meshcompute.chain.connect import actor_for, connect
-        from meshcompute.market_client import MarketClient
         from meshcompute.settings import get_settings
+        from meshcompute.wire.market_client import MarketClient
 
         self.settings = settings or get_settings()
         self.connection = connection or connect(self.settings)
@@ -196,7 +196,7 @@ class Client:
         one permit transaction. ``pay`` is the total reward (MESH, split over the shards);
         ``collateral`` per shard defaults to twice the shard's reward; ``audit_fee`` per shard
         defaults to a tenth of it."""
-        from meshcompute.programs import export_program, load_tensors, save_tensors
+        from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 
         tensors = _as_tensors(inputs, load_tensors)
         if not 1 <= shards <= max(1, len(tensors[0])):
@@ -367,7 +367,7 @@ class Client:
         result hash its worker committed on chain."""
         import torch
 
-        from meshcompute.programs import load_tensors
+        from meshcompute.execution.programs import load_tensors
 
         events = self.connection.contracts.job_events(submission.job_ids)
         committed: dict[int, str] = {}

@@ -1,7 +1,7 @@
 """Tolerance comparison of torch tensors and of job output files (safetensors, ``out.N``).
 
 A thin adapter over :func:`meshcompute.core.tolerance.compare`: it reads the files with
-:func:`meshcompute.programs.load_tensors`, checks dtypes in torch's terms (numpy has no
+:func:`meshcompute.execution.programs.load_tensors`, checks dtypes in torch's terms (numpy has no
 bfloat16 or float8, so those are widened to float32 only after both sides were found to have
 the same dtype) and hands numpy arrays to the core.
 """
@@ -18,7 +18,7 @@ import torch
 from meshcompute.core.spec import validate_tolerance
 from meshcompute.core.tolerance import Verdict, compare
 from meshcompute.errors import BadInput
-from meshcompute.programs import OUTPUT_PREFIX, load_tensors
+from meshcompute.execution.programs import OUTPUT_PREFIX, load_tensors
 
 
 def compare_tensors(

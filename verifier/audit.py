@@ -14,7 +14,7 @@ The steps of an audit (:meth:`Auditor.audit`), in this order:
 
 An appeal (:meth:`Auditor.appeal`) is a third computation done the same blind way; the first
 verifier's output is read from its evidence only after ours is fixed, and the majority of the
-three outputs decides (:func:`verifier.evidence.appeal_worker_wins`).
+three outputs decides (:func:`meshcompute.verifier.evidence.appeal_worker_wins`).
 
 Nothing here talks to the chain: the caller reads the record and posts the verdict.
 """
@@ -26,10 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from meshcompute.core.job import JobRecord
-from meshcompute.core.spec import JobSpec, sha256_hex
-from meshcompute.errors import BadInput, JobFailed, NotFound
-from verifier.evidence import (
+from meshcompute.verifier.evidence import (
     APPEAL,
     AUDIT,
     NO_OUTPUT,
@@ -41,7 +38,11 @@ from verifier.evidence import (
     claim_document,
     parse_claim,
 )
-from verifier.journal import Journal
+from meshcompute.verifier.journal import Journal
+
+from meshcompute.core.job import JobRecord
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.errors import BadInput, JobFailed, NotFound
 
 log = logging.getLogger("meshcompute.verifier")
 

@@ -1,6 +1,6 @@
 """Compare two job outputs given as safetensors bytes (``out.0``, ``out.1``, ...) under a
 tolerance policy, with :func:`meshcompute.core.tolerance.compare`; parsing is
-:func:`meshcompute.programs.load_tensors` (safetensors only, no pickle).
+:func:`meshcompute.execution.programs.load_tensors` (safetensors only, no pickle).
 
 The recomputation (``expected``) is ours and must parse; every defect of the worker's bytes
 (not safetensors, wrong tensor names, wrong dtype or shape) is a disagreement with a reason,
@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from meshcompute.verifier.audit import OutputComparison
 
 from meshcompute.core.tolerance import compare
 from meshcompute.errors import BadInput
-from verifier.audit import OutputComparison
 
 
 def load_outputs(raw: bytes, *, who: str) -> tuple[list[np.ndarray], list[str]]:
@@ -23,7 +23,7 @@ def load_outputs(raw: bytes, *, who: str) -> tuple[list[np.ndarray], list[str]]:
     stored (BadInput otherwise). Dtypes numpy lacks are widened exactly (bfloat16 and the
     float8 types to float32, complex32 to complex64); the stored dtypes are returned so a
     caller still tells them apart. A dtype that cannot be widened is BadInput."""
-    from meshcompute.programs import load_tensors
+    from meshcompute.execution.programs import load_tensors
 
     try:
         tensors = load_tensors(raw, "out")

@@ -14,10 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcompute.chain.contracts import MeshContracts
-from meshcompute.core.spec import sha256_hex
-from meshcompute.errors import BadInput, NotFound
-from verifier.audit import (
+from meshcompute.verifier.audit import (
     BlobStore,
     CompareOutputs,
     MissingBlob,
@@ -27,8 +24,12 @@ from verifier.audit import (
     fetch_worker_output,
     load_claim,
 )
-from verifier.evidence import NO_OUTPUT, EvidenceHash
-from verifier.verdicts import PostedVerdict, job_verdicts
+from meshcompute.verifier.evidence import NO_OUTPUT, EvidenceHash
+from meshcompute.verifier.verdicts import PostedVerdict, job_verdicts
+
+from meshcompute.chain.contracts import MeshContracts
+from meshcompute.core.spec import sha256_hex
+from meshcompute.errors import BadInput, NotFound
 
 
 @dataclass

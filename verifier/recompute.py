@@ -1,6 +1,6 @@
 """The verifier's own recomputation: the worker's sandboxed runner, on this machine.
 
-The verifier runs a job exactly as a worker would (:func:`worker.sandbox.run_job`: schema and
+The verifier runs a job exactly as a worker would (:func:`meshcompute.execution.sandbox.run_job`: schema and
 operator checks, OS isolation, the spec's limits), on its own hardware. A CUDA job runs on CUDA
 when this machine has a GPU and on the CPU otherwise: the tolerance policy is what makes
 devices comparable (TF32 stays off in the runner).
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshcompute.verifier.audit import RecomputeFailed
+
 from meshcompute.core.spec import JobSpec, sha256_hex
-from verifier.audit import RecomputeFailed
 
 
 def cuda_available() -> bool:
@@ -41,7 +42,7 @@ class Recomputer:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def _runner(self, device: str) -> Any:
-        from worker.sandbox import JobRunner
+        from meshcompute.execution.sandbox import JobRunner
 
         with self._lock:
             if device not in self._runners:

@@ -13,7 +13,7 @@ Each poll (:meth:`VerifierService.poll_once`):
      block's hash, :mod:`meshcompute.core.audit_draw`, before anything else is read: most
      committed jobs are not drawn and cost no further chain read);
      a drawn one (``Committed`` + drawn, or ``Audited``) is audited while its audit window is
-     open (:meth:`verifier.audit.Auditor.audit`) and the verdict posted with ``resolveAudit``;
+     open (:meth:`meshcompute.verifier.audit.Auditor.audit`) and the verdict posted with ``resolveAudit``;
    - appeal: an ``Appealed`` job whose first audit was not ours and whose worker is not us is
      recomputed a third time and decided by majority (``resolveAppeal``);
    - anything already settled on chain (a verdict posted by anyone, a finalized job) is skipped.
@@ -39,21 +39,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshcompute.chain.contracts import MeshActor
-from meshcompute.chain.deploy import VERIFIER_ROLE
-from meshcompute.chain.draws import AuditDraws
-from meshcompute.core.job import JobRecord, JobState
-from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
-from verifier.audit import (
+from meshcompute.verifier.audit import (
     Auditor,
     MissingBlob,
     RecomputeFailed,
     VerdictReady,
     WorkerOutputMissing,
 )
-from verifier.evidence import APPEAL, AUDIT
-from verifier.journal import Journal
-from verifier.verdicts import job_verdicts
+from meshcompute.verifier.evidence import APPEAL, AUDIT
+from meshcompute.verifier.journal import Journal
+from meshcompute.verifier.verdicts import job_verdicts
+
+from meshcompute.chain.contracts import MeshActor
+from meshcompute.chain.deploy import VERIFIER_ROLE
+from meshcompute.chain.draws import AuditDraws
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
 
 log = logging.getLogger("meshcompute.verifier")
 

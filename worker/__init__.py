@@ -2,9 +2,9 @@
 
 Job execution (what the node loop and the verifier's recomputation call):
 
-- ``worker.sandbox.run_job(program, inputs, *, device="cpu", time_limit_s, memory_limit_mb,
+- ``meshcompute.execution.sandbox.run_job(program, inputs, *, device="cpu", time_limit_s, memory_limit_mb,
   max_output_bytes, threads, scratch_root=None, allow_unsandboxed=False) -> JobOutcome``
-- ``worker.sandbox.JobRunner`` (same, reusable, optional warm start), ``sandbox_available()``
-- ``worker.archive.validate_program`` (strict ``.pt2`` schema), ``worker.loader.load_program``
-  (pickle-free loading, used inside the sandboxed ``worker.execute`` process)
+- ``meshcompute.execution.sandbox.JobRunner`` (same, reusable, optional warm start), ``sandbox_available()``
+- ``meshcompute.execution.archive.validate_program`` (strict ``.pt2`` schema), ``meshcompute.execution.loader.load_program``
+  (pickle-free loading, used inside the sandboxed ``meshcompute.execution.execute`` process)
 """

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from meshcompute.market_client import Gpu, Hardware
+from meshcompute.wire.market_client import Gpu, Hardware
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 

@@ -31,6 +31,11 @@ from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
+from meshcompute.worker.adversary import Adversary
+from meshcompute.worker.config import WorkerConfig, parse_price
+from meshcompute.worker.runners import RunnerPool
+from meshcompute.worker.status import Event, EventSink, write_health
+from meshcompute.worker.watch import CommitWatch
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.errors import (
@@ -43,12 +48,7 @@ from meshcompute.errors import (
     SandboxUnavailable,
     ServiceUnavailable,
 )
-from meshcompute.market_client import Hardware, Lease, MarketClient
-from worker.adversary import Adversary
-from worker.config import WorkerConfig, parse_price
-from worker.runners import RunnerPool
-from worker.status import Event, EventSink, write_health
-from worker.watch import CommitWatch
+from meshcompute.wire.market_client import Hardware, Lease, MarketClient
 
 __all__ = ["WorkerConfig", "WorkerNode", "parse_price"]
 
@@ -157,7 +157,7 @@ class WorkerNode:
     @property
     def hardware(self) -> Hardware:
         if self._hardware is None:
-            from worker.hardware import detect_hardware
+            from meshcompute.worker.hardware import detect_hardware
 
             self._hardware = detect_hardware()
         return self._hardware

@@ -1,10 +1,10 @@
 """Warm sandboxed job runners for the worker node, one per busy slot and device.
 
 Starting a job process and importing torch takes about a second; a
-:class:`worker.sandbox.JobRunner` with ``warm=True`` starts the next process as soon as the
+:class:`meshcompute.execution.sandbox.JobRunner` with ``warm=True`` starts the next process as soon as the
 previous job ends, so that second is spent while the node waits for work instead of while a
 client waits for its result. :class:`RunnerPool` is called exactly like
-:func:`worker.sandbox.run_job`, so the node does not care which one it has; its
+:func:`meshcompute.execution.sandbox.run_job`, so the node does not care which one it has; its
 :meth:`RunnerPool.run_batch` runs a lease batch (jobs of one client and one program) in one
 process, on a runner already bound to that client and program when there is one.
 """
@@ -66,7 +66,7 @@ class RunnerPool:
         allow_unsandboxed: bool = False,
         client: str,
     ) -> list[Any]:
-        """:meth:`worker.sandbox.JobRunner.run_batch` on an idle runner, preferring one whose
+        """:meth:`meshcompute.execution.sandbox.JobRunner.run_batch` on an idle runner, preferring one whose
         process is already bound to this client and program. All ``inputs`` must be jobs of
         ``client`` running ``program`` (one sandbox process never mixes clients or programs).
         """
@@ -103,7 +103,7 @@ class RunnerPool:
         return self._new(key, scratch_root)
 
     def _new(self, key: _Key, scratch_root: Path | None) -> Any:
-        from worker.sandbox import JobRunner
+        from meshcompute.execution.sandbox import JobRunner
 
         device, threads, _, allow_unsandboxed = key
         runner = JobRunner(device=device, threads=threads, scratch_root=scratch_root,

@@ -1,7 +1,7 @@
-"""``python -m meshcompute.bench`` (``make bench``): run every benchmark and rewrite
+"""``python -m meshcompute.mesh.bench`` (``make bench``): run every benchmark and rewrite
 BENCHMARKS.md with the machine, the date and each figure.
 
-``python -m meshcompute.bench gas match`` runs only those and keeps the other sections of the
+``python -m meshcompute.mesh.bench gas match`` runs only those and keeps the other sections of the
 existing file. A benchmark that fails is written down as failed (with its error) and makes the
 command exit non-zero; nothing is left looking measured when it was not.
 """
@@ -73,37 +73,37 @@ def render_plain(result: dict[str, Any]) -> list[str]:
 
 
 def _gas() -> dict[str, Any]:
-    from meshcompute.bench.gas import run_gas_bench
+    from meshcompute.mesh.bench.gas import run_gas_bench
 
     return run_gas_bench()
 
 
 def _match() -> dict[str, Any]:
-    from meshcompute.bench.match import run_match_bench
+    from meshcompute.mesh.bench.match import run_match_bench
 
     return run_match_bench()
 
 
 def _verify() -> dict[str, Any]:
-    from meshcompute.bench.verify import run_verify_bench
+    from meshcompute.mesh.bench.verify import run_verify_bench
 
     return run_verify_bench()
 
 
 def _sim() -> dict[str, Any]:
-    from meshcompute.bench.sim import run_sim
+    from meshcompute.mesh.bench.sim import run_sim
 
     return run_sim()
 
 
 def _overhead() -> dict[str, Any]:
-    from meshcompute.bench.stack_bench import run_overhead_bench
+    from meshcompute.mesh.bench.stack_bench import run_overhead_bench
 
     return run_overhead_bench()
 
 
 def _e2e() -> dict[str, Any]:
-    from meshcompute.bench.stack_bench import run_e2e_bench
+    from meshcompute.mesh.bench.stack_bench import run_e2e_bench
 
     return run_e2e_bench()
 
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
             lines = [f"## {title}", "", f"**Failed** on {today}: `{type(exc).__name__}: {exc}`", ""]
         bodies[name] = "\n".join(lines) + "\n"
     out = ["# Benchmarks", "",
-           (f"Regenerate with `make bench` (or `python -m meshcompute.bench NAME...`). "
+           (f"Regenerate with `make bench` (or `python -m meshcompute.mesh.bench NAME...`). "
            f"Last run: {today}, {machine()}."), ""]
     for name in SECTIONS:
         if name in bodies:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from meshcompute.mesh.models import build_model, example_inputs
 
-from meshcompute.models import build_model, example_inputs
-from meshcompute.programs import export_program, save_tensors
-from worker.sandbox import JobRunner, build_command, run_job, sandbox_available
+from meshcompute.execution.programs import export_program, save_tensors
+from meshcompute.execution.sandbox import JobRunner, build_command, run_job, sandbox_available
 
-_IMPORTS = "import torch, worker.loader, meshcompute.programs"
+_IMPORTS = "import torch, meshcompute.execution.loader, meshcompute.execution.programs"
 
 
 def _timed_process(command: list[str]) -> float:

@@ -1,4 +1,4 @@
-"""Benchmarks on the whole process stack (:mod:`meshcompute.stack`).
+"""Benchmarks on the whole process stack (:mod:`meshcompute.mesh.devstack`).
 
 - ``overhead``: one worker, one batch-inference job whose bare local computation takes about
   1-2 s; time from the post transaction's receipt to the output being available through the
@@ -15,15 +15,15 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from meshcompute.stack import FAST_PARAMS, DevStack, StackConfig
+from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
 
 
 def _client(stack: DevStack, account: Any = None) -> Any:
     from meshcompute.chain.connect import ChainConnection
     from meshcompute.chain.contracts import MeshContracts
     from meshcompute.client import Client
-    from meshcompute.market_client import MarketClient
     from meshcompute.settings import load_settings
+    from meshcompute.wire.market_client import MarketClient
 
     assert stack.deployment is not None
     w3 = stack.chain.w3()
@@ -59,8 +59,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run_overhead_bench(*, rows: int = 32_768, repeats: int = 3,
                        tuned: bool = True) -> dict[str, Any]:
     import torch
-
-    from meshcompute.models import build_model, example_inputs
+    from meshcompute.mesh.models import build_model, example_inputs
 
     model = build_model("mlp", seed=1, d_in=256, d_hidden=1024, depth=4)
     (x,) = example_inputs("mlp", batch=rows, seed=2)
@@ -141,11 +140,11 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
     import threading
 
     import torch
+    from meshcompute.mesh.devstack import ADMIN, FIRST_WORKER
+    from meshcompute.mesh.models import MLP
 
     from meshcompute.chain.deploy import TOKEN
-    from meshcompute.models import MLP
-    from meshcompute.programs import export_program
-    from meshcompute.stack import ADMIN, FIRST_WORKER
+    from meshcompute.execution.programs import export_program
 
     torch.manual_seed(0)
     model = MLP(d_in=8, d_hidden=8, d_out=2, depth=2).eval()

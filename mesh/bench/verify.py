@@ -1,6 +1,6 @@
 """False positives and detection of the tolerance policy (``mesh bench verify``).
 
-For each (model, input) case from the three model families (``meshcompute.models``), the job
+For each (model, input) case from the three model families (``meshcompute.mesh.models``), the job
 is computed honestly in several harmless ways:
 
 - ``threads_1`` (the reference), ``threads_2`` and ``threads_<all cores>`` (``torch.set_num_threads``;
@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from meshcompute.mesh.models import build_model, example_inputs
 from torch import nn
 
 from meshcompute.core.spec import DEFAULT_TOLERANCE, validate_tolerance
 from meshcompute.core.tolerance import allclose_ratio, compare
-from meshcompute.models import build_model, example_inputs
 from meshcompute.tolerance_torch import to_numpy
 
 CHEATS = (

@@ -1,5 +1,5 @@
-"""The ``mesh`` CLI (see :mod:`meshcompute.cli.main`)."""
+"""The ``mesh`` CLI (see :mod:`meshcompute.mesh.cli.main`)."""
 
-from meshcompute.cli.main import app, main
+from meshcompute.mesh.cli.main import app, main
 
 __all__ = ["app", "main"]

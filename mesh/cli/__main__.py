@@ -1,5 +1,5 @@
-"""``python -m meshcompute.cli``: the mesh command line."""
+"""``python -m meshcompute.mesh.cli``: the mesh command line."""
 
-from meshcompute.cli.main import main
+from meshcompute.mesh.cli.main import main
 
 main()

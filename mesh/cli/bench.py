@@ -28,7 +28,7 @@ def bench_gas(
     batch: Annotated[int, typer.Option(help="Shards in the batched lifecycle.")] = 100,
 ) -> None:
     """Gas per job for full lifecycles on anvil (single and batched)."""
-    from meshcompute.bench.gas import run_gas_bench
+    from meshcompute.mesh.bench.gas import run_gas_bench
 
     emit(run_gas_bench(batch), as_json)
 
@@ -42,7 +42,7 @@ def bench_sandbox(
     threads: Annotated[int, typer.Option(help="Torch threads (bare and in the job).")] = 2,
 ) -> None:
     """Job sandbox: startup overhead, and run_job (cold and warm) vs. bare torch time."""
-    from meshcompute.bench.sandbox import run_sandbox_bench
+    from meshcompute.mesh.bench.sandbox import run_sandbox_bench
 
     emit(run_sandbox_bench(rows=rows, threads=threads), as_json)
 
@@ -53,7 +53,7 @@ def bench_overhead(
     rows: Annotated[int, typer.Option(help="Batch rows (sets the bare compute time).")] = 16_384,
 ) -> None:
     """Post -> output through the market, one worker, vs. the bare torch time."""
-    from meshcompute.bench.stack_bench import run_overhead_bench
+    from meshcompute.mesh.bench.stack_bench import run_overhead_bench
 
     emit(run_overhead_bench(rows=rows), as_json)
 
@@ -65,7 +65,7 @@ def bench_e2e(
     duration: Annotated[float, typer.Option(help="Seconds of posting.")] = 30.0,
 ) -> None:
     """Settled jobs per second and post->final latency on the whole process stack."""
-    from meshcompute.bench.stack_bench import run_e2e_bench
+    from meshcompute.mesh.bench.stack_bench import run_e2e_bench
 
     emit(run_e2e_bench(workers=workers, duration_s=duration), as_json)
 
@@ -81,7 +81,7 @@ def bench_match(
     ] = "realistic",
 ) -> None:
     """Matching in the pure core: time per assignment for a backlog against a fleet."""
-    from meshcompute.bench.match import run_match_bench
+    from meshcompute.mesh.bench.match import run_match_bench
 
     emit(run_match_bench(workers, jobs, seed, scenario), as_json)
 
@@ -95,7 +95,8 @@ def bench_verify(
     cases: Annotated[int | None, typer.Option(min=1, help="Use only the first N cases.")] = None,
 ) -> None:
     """False accusations of honest recomputations and detection of cheats, per policy."""
-    from meshcompute.bench.verify import run_verify_bench
+    from meshcompute.mesh.bench.verify import run_verify_bench
+
     from meshcompute.core.tolerance import parse_policy
 
     chosen = parse_policy(policy) if policy else None

@@ -1,7 +1,7 @@
 """``mesh earnings`` and ``mesh withdraw``: a worker's pay, read from the chain only.
 
 Both are top-level commands; :func:`register` mounts them on the root app. What "final" and
-"pending" mean is set out in :mod:`meshcompute.earnings`.
+"pending" mean is set out in :mod:`meshcompute.chain.earnings`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from meshcompute.mesh.cli import onchain
 
-from meshcompute.cli import onchain
 from meshcompute.errors import BadInput
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
@@ -31,7 +31,7 @@ def earnings(
     One row per paid job (amount, fee, audited, final) and per committed job awaiting
     settlement (pending); totals earned, pending, withdrawn, withdrawable and slashed.
     """
-    from meshcompute.earnings import earnings_report
+    from meshcompute.chain.earnings import earnings_report
 
     cfg = onchain.settings()
     since_time = onchain.parse_since(since) if since else None
@@ -83,7 +83,7 @@ def earnings(
 def withdraw(as_json: JsonOption = False) -> None:
     """Withdraw every credit the market holds for this wallet (earnings, fees, refunds)."""
     from meshcompute.chain.connect import actor_for
-    from meshcompute.earnings import open_jobs
+    from meshcompute.chain.earnings import open_jobs
 
     cfg = onchain.settings()
     conn = onchain.connect_chain(cfg)

@@ -94,7 +94,7 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Upload, escrow payment, and (by default) wait through running and verification."""
-    from meshcompute.programs import save_tensors
+    from meshcompute.execution.programs import save_tensors
 
     client = _client()
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -149,7 +149,7 @@ def result(
     out: Annotated[Path | None, typer.Option(help="Where to write the safetensors.")] = None,
 ) -> None:
     """Fetch the assembled output, each shard checked against its on-chain result hash."""
-    from meshcompute.programs import save_tensors
+    from meshcompute.execution.programs import save_tensors
 
     submission = load_submission(name)
     outputs = _client().result(submission)

@@ -1,6 +1,6 @@
 """The ``mesh`` command line: one CLI for every role.
 
-Each role's commands live in their own module under :mod:`meshcompute.cli` and are mounted
+Each role's commands live in their own module under :mod:`meshcompute.mesh.cli` and are mounted
 here; heavy imports (web3, torch, FastAPI) happen inside the commands, so ``mesh --help`` is fast.
 """
 
@@ -18,7 +18,7 @@ from meshcompute.errors import MeshError
 app = typer.Typer(no_args_is_help=True, help="meshcompute: a verified compute marketplace.")
 console = Console(stderr=True)
 
-#: (module under meshcompute.cli, command group name); each module exposes ``app``.
+#: (module under meshcompute.mesh.cli, command group name); each module exposes ``app``.
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("chain", "chain"),
     ("bench", "bench"),
@@ -32,15 +32,15 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 for _module, _name in SUBCOMMANDS:
-    app.add_typer(importlib.import_module(f"meshcompute.cli.{_module}").app, name=_name)
-app.command("verify")(importlib.import_module("meshcompute.cli.verifier").verify)
-importlib.import_module("meshcompute.cli.earnings").register(app)  # `mesh earnings`, `mesh withdraw`
+    app.add_typer(importlib.import_module(f"meshcompute.mesh.cli.{_module}").app, name=_name)
+app.command("verify")(importlib.import_module("meshcompute.mesh.cli.verifier").verify)
+importlib.import_module("meshcompute.mesh.cli.earnings").register(app)  # `mesh earnings`, `mesh withdraw`
 
 
 @app.command("demo")
 def demo() -> None:
     """Run the marketplace on one machine and reconcile every balance with the chain."""
-    from meshcompute.demo import run_demo
+    from meshcompute.mesh.demo import run_demo
 
     run_demo(Console())
 

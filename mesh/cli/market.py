@@ -18,8 +18,9 @@ console = Console(stderr=True)
 
 def _prepare():  # type: ignore[no-untyped-def]
     """Settings with a Redis URL (starting an embedded Valkey if none is configured)."""
-    from market.embedded_redis import EmbeddedRedis
-    from market.logs import configure_logging
+    from meshcompute.market.embedded_redis import EmbeddedRedis
+    from meshcompute.market.logs import configure_logging
+
     from meshcompute.settings import get_settings
 
     settings = get_settings()
@@ -41,8 +42,7 @@ def serve(
 ) -> None:
     """Run the market's HTTP API (uvicorn) until Ctrl-C or SIGTERM."""
     import uvicorn
-
-    from market.app import create_app
+    from meshcompute.market.app import create_app
 
     settings, embedded = _prepare()
     try:
@@ -67,7 +67,7 @@ def tasks(
     import logging
 
     settings, embedded = _prepare()
-    from market import tasks as market_tasks
+    from meshcompute.market import tasks as market_tasks
 
     # one line per task run (several a second) drowns the market's own logs
     for name in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):

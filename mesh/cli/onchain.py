@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from meshcompute.earnings import TOKEN, format_mesh
+from meshcompute.chain.earnings import TOKEN, format_mesh
 from meshcompute.errors import BadInput, WalletError
 from meshcompute.settings import Settings, get_settings
 

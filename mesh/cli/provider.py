@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from meshcompute.mesh.cli import onchain
 
-from meshcompute.cli import onchain
 from meshcompute.errors import BadInput
 
 app = typer.Typer(no_args_is_help=True, help="Stake, unstake and inspect a provider's position.")
@@ -146,7 +146,7 @@ def provider_status(
 
 def provider_status_data(conn: Any, who: str) -> dict[str, Any]:
     """Everything ``mesh provider status`` shows, as plain JSON-able data."""
-    from meshcompute.earnings import open_jobs
+    from meshcompute.chain.earnings import open_jobs
 
     contracts = conn.contracts
     position = contracts.stake_of(who)

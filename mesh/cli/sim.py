@@ -21,7 +21,7 @@ def sim(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Expected profit per job of each strategy and the chance of catching a cheater."""
-    from meshcompute.bench.sim import CATCH_WITHIN, run_sim
+    from meshcompute.mesh.bench.sim import CATCH_WITHIN, run_sim
 
     result = run_sim(jobs, seed, trials=trials)
     if as_json:

@@ -14,7 +14,7 @@ from rich.console import Console
 from meshcompute.errors import ConfigError, SandboxUnavailable
 
 if TYPE_CHECKING:
-    from verifier.recheck import RecheckReport
+    from meshcompute.verifier.recheck import RecheckReport
 
 app = typer.Typer(no_args_is_help=True, help="Audit sampled results and judge appeals.")
 verifier_app = app
@@ -36,17 +36,18 @@ def verifier_start(
     json_logs: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
 ) -> None:
     """Follow the chain, audit the jobs drawn for audit and judge appeals, until SIGTERM."""
+    from meshcompute.verifier.audit import Auditor
+    from meshcompute.verifier.journal import Journal, journal_path
+    from meshcompute.verifier.logs import configure_logging
+    from meshcompute.verifier.outputs import compare_outputs
+    from meshcompute.verifier.recompute import Recomputer
+    from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
+
     from meshcompute.chain.connect import actor_for, connect
     from meshcompute.core.tolerance import evidence_hash
-    from meshcompute.market_client import MarketClient
     from meshcompute.settings import get_settings
     from meshcompute.wallet import unlock
-    from verifier.audit import Auditor
-    from verifier.journal import Journal, journal_path
-    from verifier.logs import configure_logging
-    from verifier.outputs import compare_outputs
-    from verifier.recompute import Recomputer
-    from verifier.service import ServiceConfig, VerifierService, require_verifier_role
+    from meshcompute.wire.market_client import MarketClient
 
     settings = get_settings()
     configure_logging(json_logs or settings.verifier_json_logs)
@@ -102,8 +103,9 @@ def verifier_start(
 @verifier_app.command("health")
 def verifier_health() -> None:
     """Exit 0 when this machine's verifier polled the chain recently (container health)."""
+    from meshcompute.verifier.service import check_health
+
     from meshcompute.settings import get_settings
-    from verifier.service import check_health
 
     settings = get_settings()
     ok, message = check_health(settings.data_dir / "verifier-health.json",
@@ -124,13 +126,14 @@ def verify(
 ) -> None:
     """Re-check a job's verdict: recompute it here from the blob store and say whether the
     verdict on chain agrees (exit 0), disagrees (exit 3), or there is none (exit 0)."""
+    from meshcompute.verifier.outputs import compare_outputs
+    from meshcompute.verifier.recheck import recheck_job
+    from meshcompute.verifier.recompute import Recomputer
+
     from meshcompute.chain.connect import connect
     from meshcompute.core.tolerance import evidence_hash
-    from meshcompute.market_client import MarketClient
     from meshcompute.settings import get_settings
-    from verifier.outputs import compare_outputs
-    from verifier.recheck import recheck_job
-    from verifier.recompute import Recomputer
+    from meshcompute.wire.market_client import MarketClient
 
     settings = get_settings()
     _require_sandbox(allow_unsandboxed)
@@ -150,7 +153,7 @@ def verify(
 
 
 def _require_sandbox(allow_unsandboxed: bool) -> None:
-    from worker.sandbox import sandbox_available
+    from meshcompute.execution.sandbox import sandbox_available
 
     if not allow_unsandboxed and not sandbox_available():
         raise SandboxUnavailable(
@@ -189,7 +192,8 @@ def _print_report(report: RecheckReport) -> None:
 
 def _require_stake(actor: object, minimum: str) -> None:
     """A verifier must have stake on chain (its skin in the game); one line otherwise."""
-    from meshcompute.cli.onchain import parse_mesh
+    from meshcompute.mesh.cli.onchain import parse_mesh
+
     from meshcompute.errors import BadInput
 
     needed = parse_mesh(minimum) if minimum not in ("", "0") else 0

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from meshcompute.mesh.cli import onchain
 
-from meshcompute.cli import onchain
 from meshcompute.errors import BadInput, WalletError
 
 app = typer.Typer(no_args_is_help=True, help="Create, import and inspect the wallet.")

@@ -34,15 +34,16 @@ def worker_start(
     ] = None,
 ) -> None:
     """Register with the market and run jobs until SIGTERM or Ctrl-C."""
+    from meshcompute.worker.adversary import adversary_from_env
+    from meshcompute.worker.hardware import detect_hardware
+    from meshcompute.worker.node import WorkerConfig, WorkerNode, parse_price
+    from meshcompute.worker.status import JsonLogSink, LiveStatus
+
     from meshcompute.chain.connect import actor_for, connect
-    from meshcompute.market_client import MarketClient
+    from meshcompute.execution.sandbox import sandbox_available
     from meshcompute.settings import get_settings
     from meshcompute.wallet import unlock
-    from worker.adversary import adversary_from_env
-    from worker.hardware import detect_hardware
-    from worker.node import WorkerConfig, WorkerNode, parse_price
-    from worker.sandbox import sandbox_available
-    from worker.status import JsonLogSink, LiveStatus
+    from meshcompute.wire.market_client import MarketClient
 
     settings = get_settings()
     config = WorkerConfig.from_settings(
@@ -99,8 +100,9 @@ def worker_start(
 @worker_app.command("health")
 def worker_health() -> None:
     """Exit 0 when this machine's worker heartbeated recently (for container health checks)."""
+    from meshcompute.worker.status import check_health
+
     from meshcompute.settings import get_settings
-    from worker.status import check_health
 
     ok, message = check_health(get_settings().data_dir / "worker-health.json")
     typer.echo(message)

@@ -5,7 +5,7 @@ nothing unpickled. The worker runs it in its own process before it starts a job,
 sandboxed loader runs it again before it deserialises anything.
 
 What is accepted is exactly the structure ``torch.export.save`` (torch 2.13) writes for one
-program with ``example_inputs`` cleared (as :func:`meshcompute.programs.export_program` does):
+program with ``example_inputs`` cleared (as :func:`meshcompute.execution.programs.export_program` does):
 
 ``<root>/archive_format`` (``pt2``), ``<root>/archive_version``, ``<root>/byteorder``
 (``little``), ``<root>/.data/version``, ``<root>/.data/serialization_id``,
@@ -20,9 +20,9 @@ Refused, with a :class:`BadInput` naming the member, operator or expression:
 - any member that needs pickle: a ``use_pickle`` entry, custom or opaque objects, non-empty
   pickled sample inputs, and any binary member whose bytes parse as a complete pickle stream
   or start a nested zip (``torch.save``);
-- graph nodes whose operator is not on :mod:`worker.oplist`'s allowlist, argument kinds that
+- graph nodes whose operator is not on :mod:`meshcompute.execution.oplist`'s allowlist, argument kinds that
   carry subgraphs, custom objects or operators;
-- guard code and symbolic shape expressions outside :mod:`worker.symexpr`'s grammar;
+- guard code and symbolic shape expressions outside :mod:`meshcompute.execution.symexpr`'s grammar;
 - names that are not plain identifiers (they end up in generated Python source).
 """
 
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from meshcompute.errors import BadInput
-from worker import oplist, symexpr
+from meshcompute.execution import oplist, symexpr
 
 MAX_PROGRAM_BYTES = 8 << 30
 MAX_MEMBERS = 20_000
@@ -193,7 +193,7 @@ def _validate_zip(archive: zipfile.ZipFile) -> ValidatedProgram:
     sample = "data/sample_inputs/model.pt"
     if sample in rel and sizes[rel[sample]] != 0:
         raise BadInput(f"program archive member {rel[sample]!r} holds pickled example inputs; "
-                       "refused (export with meshcompute.programs.export_program)")
+                       "refused (export with meshcompute.execution.programs.export_program)")
     model = _read_json(archive, rel, "models/model.json")
     weights_config = _read_json(archive, rel, "data/weights/model_weights_config.json")
     constants_config = _read_json(archive, rel, "data/constants/model_constants_config.json")

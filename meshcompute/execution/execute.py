@@ -1,4 +1,4 @@
-"""The job process: ``python -m worker.execute [--serve] JOB_DIR``, run inside the sandbox.
+"""The job process: ``python -m meshcompute.execution.execute [--serve] JOB_DIR``, run inside the sandbox.
 
 ``JOB_DIR`` (``/job`` in the sandbox, the only writable place) is where the worker puts each
 *batch*: a folder ``JOB_DIR/<name>/`` holding ``batch.json`` (device, threads, memory limit,
@@ -11,7 +11,7 @@ jobs in order and, for each, writes ``output.<i>.safetensors`` (tensors ``out.0`
 ``result.<i>.json`` was killed (time or memory) or crashed.
 
 Security rule: one process only ever runs jobs of ONE client and ONE program. The worker
-(:class:`worker.sandbox.JobRunner`) sends a process only batches of one (client, program,
+(:class:`meshcompute.execution.sandbox.JobRunner`) sends a process only batches of one (client, program,
 limits) key; this process also refuses, by exiting, a batch whose program hash differs from the
 one it loaded first. The program is validated and loaded once; if its graph mutates buffers
 (state that would carry from one job to the next) it is reloaded for every job and the process
@@ -25,7 +25,7 @@ Order of events, so that nothing from the job's files runs before the limits are
 torch import -> first batch.json -> device set-up (TF32 off) -> memory limit (RLIMIT_DATA = the
 process's current data size + the job's limit; torch's own baseline is not charged to the
 job) and output-file size limit (RLIMIT_FSIZE) -> pickle disabled -> program validated and
-loaded (:mod:`worker.loader`) -> per job: inputs checked -> forward under ``torch.no_grad``.
+loaded (:mod:`meshcompute.execution.loader`) -> per job: inputs checked -> forward under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -64,15 +64,15 @@ def main(argv: list[str]) -> int:
     serve = "--serve" in argv
     args = [a for a in argv if a != "--serve"]
     if len(args) != 1:
-        print("usage: python -m worker.execute [--serve] JOB_DIR", file=sys.stderr)
+        print("usage: python -m meshcompute.execution.execute [--serve] JOB_DIR", file=sys.stderr)
         return 2
     job_dir = Path(args[0])
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     # Warm start: pay for the imports before the job arrives (nothing from the job yet).
     import torch
 
-    import meshcompute.programs  # noqa: F401
-    import worker.loader  # noqa: F401
+    import meshcompute.execution.loader
+    import meshcompute.execution.programs  # noqa: F401
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
@@ -102,8 +102,8 @@ def _prewarm() -> None:
     torch.export's lazy first-use set-up (about 0.2-0.5 s here). Trusted code only."""
     import torch
 
-    from meshcompute.programs import export_program
-    from worker.loader import load_program
+    from meshcompute.execution.loader import load_program
+    from meshcompute.execution.programs import export_program
 
     tiny = export_program(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
     with torch.no_grad():
@@ -183,7 +183,7 @@ def _set_up(batch: dict[str, Any], bound: _Bound) -> str | None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    from worker.loader import forbid_pickle
+    from meshcompute.execution.loader import forbid_pickle
 
     forbid_pickle()
     return None
@@ -202,8 +202,8 @@ def _run_one(batch_dir: Path, index: int, bound: _Bound, max_output: int, device
     import torch
 
     from meshcompute.errors import BadInput
-    from meshcompute.programs import OUTPUT_PREFIX, load_tensors, save_tensors
-    from worker.loader import load_program
+    from meshcompute.execution.loader import load_program
+    from meshcompute.execution.programs import OUTPUT_PREFIX, load_tensors, save_tensors
 
     result: dict[str, Any] = {"ok": False, "reason": None, "load_s": 0.0, "compute_s": 0.0}
     try:

@@ -6,7 +6,7 @@ with ``torch._C._pickle_load_obj`` and opaque objects with ``pickle.loads``, and
 ``deserialize_torch_artifact`` retries a failed safe load with ``weights_only=False``. So this
 module never calls it. Instead it:
 
-1. re-runs :func:`worker.archive.validate_program` (the loader is never used on unchecked
+1. re-runs :func:`meshcompute.execution.archive.validate_program` (the loader is never used on unchecked
    bytes, whoever calls it);
 2. builds every weight and constant itself from the raw little-endian members
    (``torch.frombuffer`` + ``as_strided``, exactly as torch's ``_build_file_map`` lays them
@@ -19,10 +19,10 @@ module never calls it. Instead it:
    makes the callable with ``module(check_guards=False)``, so nothing is ``exec``'d from the
    archive;
 5. checks every call of the rebuilt graph as torch will make it (:func:`check_graph_calls`):
-   the JSON checks in :mod:`worker.archive` see arguments by name, but torch binds them by
+   the JSON checks in :mod:`meshcompute.execution.archive` see arguments by name, but torch binds them by
    their position and kind, so an archive can shift a value into another parameter (an
    omitted ``dropout_p`` followed by positional arguments makes attention random). Here each
-   operator is looked up again on :mod:`worker.oplist`, its schema must not write to any
+   operator is looked up again on :mod:`meshcompute.execution.oplist`, its schema must not write to any
    argument, and the inference-only arguments are read as bound.
 
 Belt and braces: :func:`forbid_pickle` replaces ``pickle.load(s)``, ``pickle.Unpickler``,
@@ -48,8 +48,13 @@ from torch._export.serde.serialize import (
 )
 
 from meshcompute.errors import BadInput
-from worker import oplist
-from worker.archive import TensorEntry, ValidatedProgram, open_member, validate_program
+from meshcompute.execution import oplist
+from meshcompute.execution.archive import (
+    TensorEntry,
+    ValidatedProgram,
+    open_member,
+    validate_program,
+)
 
 
 class PickleRefused(BadInput):
@@ -146,7 +151,7 @@ _MISSING = object()
 
 
 def _python_operators() -> dict[Any, str]:
-    """The callables :data:`worker.oplist.PYTHON_OPERATORS` name, resolved as torch does."""
+    """The callables :data:`meshcompute.execution.oplist.PYTHON_OPERATORS` name, resolved as torch does."""
     import importlib
 
     out: dict[Any, str] = {}

@@ -3,7 +3,7 @@
 A ``.pt2`` graph is JSON anyone can write, so it can name any registered operator, including
 ones with side effects (``aten::from_file`` reads a file, ``aten::_print`` writes). Every node's
 target must be on this allowlist. It holds what the model families in
-:mod:`meshcompute.models` export to plus common pure ATen operations; random operations are
+:mod:`meshcompute.mesh.models` export to plus common pure ATen operations; random operations are
 absent (a graph cannot carry a generator, so they would be nondeterministic and unverifiable),
 and so are ``out=`` overloads, higher-order operators, custom namespaces and anything doing
 I/O or returning uninitialised memory. Dropout-style operators are allowed only when the graph

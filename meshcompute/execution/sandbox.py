@@ -11,15 +11,16 @@ Public interface (the worker node and the verifier's recomputation call these):
   :func:`build_command` (the exact bwrap command; tests use it to probe the isolation).
 
 This process never imports torch and never loads the program: it checks the archive with
-:func:`worker.archive.validate_program` and the tensor files' headers, writes them into a
-fresh per-job scratch folder and starts ``python -m worker.execute`` under bubblewrap with:
-all namespaces unshared (no network, own pid/ipc/uts, a user namespace mapping the job to
-``nobody`` where the kernel allows it), all capabilities dropped, ``--die-with-parent``,
-``--new-session``; read-only binds of only ``/usr`` (and ``/lib*``, ``/bin`` as the host has
-them), the Python installation, the virtual environment and this project's ``meshcompute`` and
-``worker`` packages; a new ``/proc``, a minimal ``/dev`` (plus ``/dev/nvidia*`` for CUDA jobs),
-a private ``/tmp``; and the job's scratch folder as the only writable bind, at ``/job``. The
-home folder, ``~/.mesh`` (keystore, blobs) and other jobs' folders are not mounted.
+:func:`meshcompute.execution.archive.validate_program` and the tensor files' headers, writes
+them into a fresh per-job scratch folder and starts ``python -m meshcompute.execution.execute``
+under bubblewrap with: all namespaces unshared (no network, own pid/ipc/uts, a user namespace
+mapping the job to ``nobody`` where the kernel allows it), all capabilities dropped,
+``--die-with-parent``, ``--new-session``; read-only binds of only ``/usr`` (and ``/lib*``,
+``/bin`` as the host has them), a new ``/proc``, a minimal ``/dev`` (plus ``/dev/nvidia*`` for
+CUDA jobs), a private ``/tmp``, then the Python installation, the virtual environment and this
+project's ``meshcompute`` package (bound after ``/tmp``, so they may live under it); and the
+job's scratch folder as the only writable bind, at ``/job``. The home folder, ``~/.mesh``
+(keystore, blobs) and other jobs' folders are not mounted.
 
 Limits: wall time (the whole process group is killed), memory (RLIMIT_DATA set by the job
 process to its post-import size plus the job's ``memory_limit_mb``: RLIMIT_AS would count the
@@ -52,10 +53,12 @@ from pathlib import Path
 from typing import Self
 
 from meshcompute.errors import BadInput, SandboxUnavailable
-from worker.archive import validate_program
-from worker.tensorfile import read_header
+from meshcompute.execution.archive import validate_program
+from meshcompute.execution.tensorfile import read_header
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+"""The ``meshcompute`` package folder: the only project code a job process needs (bound
+read-only; its parent is the job's ``PYTHONPATH``)."""
 SANDBOX_DIR = "/job"
 NOBODY = 65534
 _RESULT_LIMIT = 1 << 16
@@ -125,8 +128,7 @@ def _python_roots() -> list[Path]:
     """Folders the interpreter and its packages live in (bound read-only)."""
     roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
              Path(sys.executable).resolve().parent}
-    for package in ("meshcompute", "worker"):
-        roots.add(REPO_ROOT / package)
+    roots.add(PACKAGE_DIR)
     home = Path.home().resolve()
     for root in roots:
         if root == home or root in home.parents or root == Path("/"):
@@ -146,10 +148,13 @@ def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: i
     if flags is None:
         raise SandboxUnavailable("bubblewrap (bwrap) is missing or cannot create namespaces "
                                  "here; install the Debian package 'bubblewrap'")
-    command = ["bwrap", *flags, *_system_binds()]
+    # The private /tmp is mounted before the interpreter's and the project's folders are bound:
+    # bubblewrap applies mounts in order, so a later tmpfs would hide a checkout or virtual
+    # environment that lives under /tmp.
+    command = ["bwrap", *flags, *_system_binds(), "--proc", "/proc", "--dev", "/dev",
+               "--tmpfs", "/tmp"]
     for root in _python_roots():
         command += ["--ro-bind", str(root), str(root)]
-    command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     if device == "cuda":
         for node in _nvidia_devices():
             command += ["--dev-bind", node, node]
@@ -165,7 +170,7 @@ def _job_env(threads: int, home: str) -> dict[str, str]:
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": home,
         "TMPDIR": home,
-        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONPATH": str(PACKAGE_DIR.parent),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
         "PYTHONHASHSEED": "0",
@@ -184,7 +189,7 @@ class _JobProcess:
         self.folder = folder
         self.box = folder / "box"
         self.box.mkdir(parents=True)
-        argv = [sys.executable, "-m", "worker.execute", "--serve"]
+        argv = [sys.executable, "-m", "meshcompute.execution.execute", "--serve"]
         self.stderr = (folder / "stderr.log").open("wb")
         if sandboxed:
             command = build_command(self.box, [*argv, SANDBOX_DIR], device=device, threads=threads)

@@ -5,9 +5,9 @@
     leases = client.lease(max_jobs=2)
 
 The bulk methods (``put_blobs``, ``get_blobs``, ``put_specs``, ``submit_results``) carry many
-blobs, specs or results per request (blob bundles: :mod:`meshcompute.bundle`).
+blobs, specs or results per request (blob bundles: :mod:`meshcompute.wire.bundle`).
 
-Requests that change state are signed with ``account`` (:mod:`meshcompute.auth`). A market
+Requests that change state are signed with ``account`` (:mod:`meshcompute.wire.auth`). A market
 that cannot be reached raises :class:`~meshcompute.errors.ServiceUnavailable` naming the URL;
 a refusal raises the fitting :class:`~meshcompute.errors.MeshError` subclass carrying the
 server's ``detail``. The wire forms of job records and leases live here too (the server builds
@@ -28,8 +28,6 @@ import httpx
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
-from meshcompute.auth import sign_request
-from meshcompute.bundle import bundle_header, decode_bundle, encode_bundle
 from meshcompute.chain.tickets import AssignTicket
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.spec import JobSpec, is_sha256_hex
@@ -41,6 +39,8 @@ from meshcompute.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from meshcompute.wire.auth import sign_request
+from meshcompute.wire.bundle import bundle_header, decode_bundle, encode_bundle
 
 DEFAULT_TIMEOUT_S = 30.0
 #: Largest blob or bundle read from the market unless the caller sets its own limit.
@@ -354,7 +354,7 @@ class MarketClient:
     ) -> dict[str, bytes]:
         """The blobs named (duplicates once), fetched as bundles of at most ``max_blobs``
         (``POST /blobs/fetch``) and each verified against its name: BadInput (its subclass
-        :class:`~meshcompute.bundle.BundleHashMismatch` for wrong bytes) on a bad answer,
+        :class:`~meshcompute.wire.bundle.BundleHashMismatch` for wrong bytes) on a bad answer,
         NotFound naming a missing blob. A bundle the market finds too big (413) is asked
         for in halves, down to single blobs through ``get_blob``."""
         for sha in hashes:

@@ -1,4 +1,4 @@
-"""CLI tests run ``mesh`` (its real entry point, ``meshcompute.cli.main.main``) in process
+"""CLI tests run ``mesh`` (its real entry point, ``meshcompute.mesh.cli.main.main``) in process
 against the session's anvil with the marketplace deployed once per module; each test starts
 from a snapshot and is reverted afterwards.
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from meshcompute.mesh.cli.main import main
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import TOKEN, save_deployment
-from meshcompute.cli.main import main
 from meshcompute.settings import get_settings
 from meshcompute.wallet import import_wallet
 from tests.contracts.world import World

@@ -36,7 +36,7 @@ def _mesh_command() -> list[str]:
     script = Path(sys.executable).parent / "mesh"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from meshcompute.cli import main; main()"]
+    return [sys.executable, "-c", "from meshcompute.mesh.cli import main; main()"]
 
 
 def _mesh_process(env: dict[str, str], *args: str) -> Outcome:

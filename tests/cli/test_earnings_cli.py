@@ -10,8 +10,8 @@ import pytest
 
 from meshcompute.chain.contracts import AccountState, MeshContracts
 from meshcompute.chain.deploy import TOKEN
+from meshcompute.chain.earnings import earnings_report
 from meshcompute.core.payout import split_reward
-from meshcompute.earnings import earnings_report
 from tests.cli.conftest import WALLET_MESH, assert_one_line_error, worker_actor
 from tests.contracts.world import TEST_PARAMS, World
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from meshcompute.mesh.devstack import FAST_PARAMS, WALLET_PASSWORD, DevStack, StackConfig
+from meshcompute.mesh.models import MLP
 
-from meshcompute.models import MLP
-from meshcompute.programs import export_program, load_tensors, save_tensors
-from meshcompute.stack import FAST_PARAMS, WALLET_PASSWORD, DevStack, StackConfig
+from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 from meshcompute.wallet import import_wallet
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
 
 def _mesh(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "meshcompute.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "meshcompute.mesh.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

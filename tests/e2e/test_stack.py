@@ -11,18 +11,18 @@ from dataclasses import replace
 
 import pytest
 import torch
+from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
+from meshcompute.mesh.models import MLP
 
 from meshcompute.chain.connect import ChainConnection
 from meshcompute.chain.contracts import MeshContracts
+from meshcompute.chain.reconcile import check_solvency
 from meshcompute.client import Client, Submission
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split
 from meshcompute.errors import NotFound
-from meshcompute.market_client import MarketClient
-from meshcompute.models import MLP
-from meshcompute.reconcile import check_solvency
 from meshcompute.settings import load_settings
-from meshcompute.stack import FAST_PARAMS, DevStack, StackConfig
+from meshcompute.wire.market_client import MarketClient
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 

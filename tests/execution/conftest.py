@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 
-from meshcompute.models import FAMILIES, build_model, example_inputs
-from meshcompute.programs import export_program
-from worker.sandbox import sandbox_available
+from meshcompute.execution.programs import export_program
+from meshcompute.execution.sandbox import sandbox_available
 
 
 @pytest.fixture(scope="session")

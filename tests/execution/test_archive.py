@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from meshcompute.mesh.models import build_model, example_inputs
 
 from meshcompute.errors import BadInput
-from meshcompute.models import build_model, example_inputs
-from meshcompute.programs import export_program
-from tests.worker import crafting
-from worker import symexpr
-from worker.archive import validate_program
+from meshcompute.execution import symexpr
+from meshcompute.execution.archive import validate_program
+from meshcompute.execution.programs import export_program
+from tests.execution import crafting
 
 
 def test_validate_program_accepts_every_family(programs: dict[str, bytes]) -> None:

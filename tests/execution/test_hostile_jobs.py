@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from meshcompute.errors import SandboxUnavailable
-from meshcompute.programs import save_tensors
-from tests.worker import crafting
-from worker import sandbox
-from worker.sandbox import JobOutcome, run_job
+from meshcompute.execution import sandbox
+from meshcompute.execution.programs import save_tensors
+from meshcompute.execution.sandbox import JobOutcome, run_job
+from tests.execution import crafting
 
 LIMITS = {"time_limit_s": 120.0, "memory_limit_mb": 1024, "max_output_bytes": 1 << 20}
 

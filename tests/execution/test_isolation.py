@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from meshcompute.execution.sandbox import build_command
 from meshcompute.settings import get_settings
-from worker.sandbox import build_command
 
 PROBE = r"""
 import json, os, socket, sys
@@ -58,7 +58,7 @@ def probe_report(requires_sandbox: None, tmp_path: Path) -> dict[str, list[str]]
     targets = {
         "secret": str(secret), "home": str(home), "mesh": str(get_settings().data_dir),
         "other_job": str(other_job), "port": listener.getsockname()[1],
-        "code": str(Path(__file__).resolve().parents[2] / "worker" / "probe.py"),
+        "code": str(Path(__file__).resolve().parents[2] / "meshcompute" / "execution" / "probe.py"),
     }
     command = build_command(box, [sys.executable, "-c", textwrap.dedent(PROBE),
                                   json.dumps(targets)])

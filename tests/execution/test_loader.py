@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 
 from meshcompute.errors import BadInput
-from meshcompute.models import FAMILIES, build_model, example_inputs
-from tests.worker import crafting
-from worker.loader import load_program
+from meshcompute.execution.loader import load_program
+from tests.execution import crafting
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_forbid_pickle_stops_torch_fallback(mlp_program: bytes, tmp_path: Path) 
     path.write_bytes(_pickled_weight_archive(mlp_program, marker))
     done = _python(f"""
         import torch
-        from worker.loader import forbid_pickle, PickleRefused
+        from meshcompute.execution.loader import forbid_pickle, PickleRefused
         forbid_pickle()
         try:
             torch.export.load({str(path)!r})

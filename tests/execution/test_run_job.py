@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from meshcompute.mesh.models import FAMILIES
 from torch import nn
 
-from meshcompute.models import FAMILIES
-from meshcompute.programs import export_program, load_tensors, save_tensors
-from tests.worker import crafting
-from tests.worker.conftest import reference
-from worker.sandbox import JobOutcome, JobRunner, run_job
+from meshcompute.execution.programs import export_program, load_tensors, save_tensors
+from meshcompute.execution.sandbox import JobOutcome, JobRunner, run_job
+from tests.execution import crafting
+from tests.execution.conftest import reference
 
 LIMITS = {"time_limit_s": 120.0, "memory_limit_mb": 1024, "max_output_bytes": 1 << 20}
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 import uvicorn
+from meshcompute.market.app import create_app
+from meshcompute.market.runtime import MarketRuntime
 
-from market.app import create_app
-from market.runtime import MarketRuntime
 from meshcompute.chain.deploy import save_deployment
-from meshcompute.market_client import MarketClient
 from meshcompute.settings import Settings, load_settings
+from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import World, build_world
 
 MAX_BLOB_BYTES = 4 * 1024 * 1024

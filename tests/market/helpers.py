@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 from eth_account.signers.local import LocalAccount
+from meshcompute.market import rounds
 
-from market import rounds
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.spec import JobSpec
-from meshcompute.market_client import Hardware, MarketClient
+from meshcompute.wire.market_client import Hardware, MarketClient
 from tests.market.conftest import Market
 
 CPU = Hardware(device="cpu", cores=2, memory_mb=4096, torch="2.13.0")

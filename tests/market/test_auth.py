@@ -1,11 +1,12 @@
-"""meshcompute.auth: request signatures (pure, no network)."""
+"""meshcompute.wire.auth: request signatures (pure, no network)."""
 
 from __future__ import annotations
 
 import pytest
 from eth_account import Account
 
-from meshcompute.auth import (
+from meshcompute.errors import AuthError
+from meshcompute.wire.auth import (
     HEADER_ADDRESS,
     HEADER_EXPIRES,
     HEADER_NONCE,
@@ -15,7 +16,6 @@ from meshcompute.auth import (
     sign_request,
     verify_request,
 )
-from meshcompute.errors import AuthError
 
 ALICE = Account.from_key("0x" + "11" * 32)
 BOB = Account.from_key("0x" + "22" * 32)

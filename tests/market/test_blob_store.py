@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from market.blobs import BlobStore, BlobTooLarge
+from meshcompute.market.blobs import BlobStore, BlobTooLarge
 
 
 def test_put_many_stores_each_blob_once_and_says_which_were_new(tmp_path) -> None:

@@ -11,10 +11,10 @@ import os
 import httpx
 import pytest
 
-from meshcompute.auth import sign_request
-from meshcompute.bundle import BundleHashMismatch, decode_bundle, encode_bundle
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import AuthError, BadInput, NotFound
+from meshcompute.wire.auth import sign_request
+from meshcompute.wire.bundle import BundleHashMismatch, decode_bundle, encode_bundle
 from tests.market.helpers import index_and_match, post, register, upload_spec
 
 pytestmark = pytest.mark.anvil
@@ -309,7 +309,7 @@ def test_client_get_blobs_refuses_a_lying_market():
         header = json.dumps({"blobs": [{"sha256": _sha(real), "size": len(fake)}]}).encode()
         return httpx.Response(200, content=len(header).to_bytes(8, "little") + header + fake)
 
-    from meshcompute.market_client import MarketClient
+    from meshcompute.wire.market_client import MarketClient
 
     client = MarketClient("http://market", None, 31337, transport=httpx.MockTransport(handler))
     with pytest.raises(BundleHashMismatch, match="hashes to"):

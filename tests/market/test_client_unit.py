@@ -11,12 +11,12 @@ import httpx
 import pytest
 from eth_account import Account
 
-from meshcompute.auth import verify_request
 from meshcompute.chain.tickets import AssignTicket
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound, ServiceUnavailable
-from meshcompute.market_client import (
+from meshcompute.wire.auth import verify_request
+from meshcompute.wire.market_client import (
     Lease,
     MarketClient,
     record_from_json,

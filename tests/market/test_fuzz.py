@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from meshcompute.auth import sign_request
+from meshcompute.wire.auth import sign_request
 from tests.market.helpers import register
 
 pytestmark = pytest.mark.anvil

@@ -10,9 +10,9 @@ import threading
 from collections import Counter
 
 import pytest
+from meshcompute.market import settlement as settlement_module
+from meshcompute.market.settlement import GAS_BASE, GAS_PER_JOB, SettlementReport, Settler
 
-from market import settlement as settlement_module
-from market.settlement import GAS_BASE, GAS_PER_JOB, SettlementReport, Settler
 from meshcompute.chain.contracts import MeshActor, MeshContracts
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.payout import split_reward

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import redis as redis_lib
+from meshcompute.market.state import LeaseInfo, MarketState
 
-from market.state import LeaseInfo, MarketState
 from meshcompute.errors import AuthError
 
 W1 = "0x" + "11" * 20

@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 import pytest
+from meshcompute.market import tasks
 from safetensors.numpy import load, save
 
-from market import tasks
 from meshcompute.chain.deploy import TOKEN
 from meshcompute.core.job import JobState
 from meshcompute.errors import Conflict

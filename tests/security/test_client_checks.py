@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from meshcompute.errors import BadInput, NotFound, ServiceUnavailable
-from meshcompute.market_client import MarketClient
+from meshcompute.wire.market_client import MarketClient
 
 
 def _client(status: int, body: bytes, content_type: str = "application/json") -> MarketClient:

@@ -1,5 +1,5 @@
 """Hostile graphs that pass the JSON checks by name but call something else once torch binds
-the arguments: the loader judges the rebuilt graph (worker.loader.check_graph_calls)."""
+the arguments: the loader judges the rebuilt graph (meshcompute.execution.loader.check_graph_calls)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from meshcompute.errors import BadInput
-from meshcompute.programs import export_program
-from tests.worker import crafting
-from worker import oplist
-from worker.archive import validate_program
-from worker.loader import check_graph_calls, load_program
+from meshcompute.execution import oplist
+from meshcompute.execution.archive import validate_program
+from meshcompute.execution.loader import check_graph_calls, load_program
+from meshcompute.execution.programs import export_program
+from tests.execution import crafting
 
 
 class _Attention(torch.nn.Module):

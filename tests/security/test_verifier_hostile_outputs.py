@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from meshcompute.verifier.journal import Journal
+from meshcompute.verifier.outputs import compare_outputs
 from safetensors.torch import save
 
 from meshcompute.core.spec import JobSpec
 from tests.verifier.test_service_unit import TRUTH, MemoryStore, auditor, outputs, record
-from verifier.journal import Journal
-from verifier.outputs import compare_outputs
 
 POLICY = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
 

@@ -1,4 +1,4 @@
-"""meshcompute.bundle: the blob bundle wire format (pure, no I/O)."""
+"""meshcompute.wire.bundle: the blob bundle wire format (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcompute.bundle import (
+from meshcompute.errors import BadInput
+from meshcompute.wire.bundle import (
     LENGTH_BYTES,
     BundleHashMismatch,
     BundleTooLarge,
@@ -18,7 +19,6 @@ from meshcompute.bundle import (
     decode_bundle,
     encode_bundle,
 )
-from meshcompute.errors import BadInput
 
 LIMITS = {"max_blobs": 16, "max_blob_bytes": 1 << 20}
 

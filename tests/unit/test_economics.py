@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from meshcompute.mesh.bench.sim import run_sim
 from typer.testing import CliRunner
 
-from meshcompute.bench.sim import run_sim
 from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.economics import (
     STRATEGIES,
@@ -127,7 +127,7 @@ def test_sim_report_and_cli() -> None:
     assert set(always) == {"1", "10", "50", "100"}
     assert report["audit_bps_reward_100"]["ever_slashed"] == 10_000
 
-    from meshcompute.cli.main import app
+    from meshcompute.mesh.cli.main import app
 
     out = CliRunner().invoke(app, ["sim", "--jobs", "1000", "--trials", "20", "--seed", "2",
                                    "--json"])

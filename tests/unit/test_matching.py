@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from meshcompute.mesh.bench.match import NOW as BENCH_NOW
+from meshcompute.mesh.bench.match import run_match_bench, synthetic_market
 
-from meshcompute.bench.match import NOW as BENCH_NOW
-from meshcompute.bench.match import run_match_bench, synthetic_market
 from meshcompute.core.matching import (
     Assignment,
     JobDemand,

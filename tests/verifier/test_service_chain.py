@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from meshcompute.mesh.models import build_model, example_inputs
+from meshcompute.verifier.audit import Auditor
+from meshcompute.verifier.evidence import claim_document
+from meshcompute.verifier.journal import POSTED, SKIPPED, Journal
+from meshcompute.verifier.outputs import compare_outputs
+from meshcompute.verifier.recompute import Recomputer
+from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import save_deployment
@@ -22,17 +29,10 @@ from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
-from meshcompute.market_client import MarketClient
-from meshcompute.models import build_model, example_inputs
-from meshcompute.programs import export_program, load_tensors, save_tensors
+from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 from meshcompute.settings import load_settings
+from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import STAKE, TEST_PARAMS, World, build_world
-from verifier.audit import Auditor
-from verifier.evidence import claim_document
-from verifier.journal import POSTED, SKIPPED, Journal
-from verifier.outputs import compare_outputs
-from verifier.recompute import Recomputer
-from verifier.service import ServiceConfig, VerifierService, require_verifier_role
 
 AUDIT_ALL = 10_000
 
@@ -72,8 +72,7 @@ def market(world_module: World, anvil, redis_url: str, tmp_path_factory) -> Iter
     """The real market API (create_app) served by uvicorn on a loopback port."""
     import httpx
     import uvicorn
-
-    from market.app import create_app
+    from meshcompute.market.app import create_app
 
     root = tmp_path_factory.mktemp("market")
     deployments = root / "deployments"
@@ -121,7 +120,7 @@ class JobKit:
 
 @pytest.fixture(scope="module")
 def kit() -> JobKit:
-    from worker.sandbox import run_job
+    from meshcompute.execution.sandbox import run_job
 
     model = build_model("mlp")
     x = example_inputs("mlp", batch=8)
@@ -134,7 +133,7 @@ def kit() -> JobKit:
 
 
 def _unsandboxed() -> bool:
-    from worker.sandbox import sandbox_available
+    from meshcompute.execution.sandbox import sandbox_available
 
     return not sandbox_available()
 

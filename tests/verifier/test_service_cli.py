@@ -37,7 +37,7 @@ def _env(market, actor, data_dir) -> dict[str, str]:
 
 def _mesh(*args: str) -> list[str]:
     extra = ["--allow-unsandboxed"] if _unsandboxed() and args[:2] == ("verifier", "start") else []
-    return [sys.executable, "-m", "meshcompute.cli.main", *args, *extra]
+    return [sys.executable, "-m", "meshcompute.mesh.cli.main", *args, *extra]
 
 
 def test_start_refuses_an_account_without_the_role(world, market, tmp_path) -> None:

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
+from meshcompute.mesh.bench.verify import CHEATS, run_verify_bench
+from meshcompute.mesh.models import build_model, example_inputs
 from safetensors.torch import save as st_save
 from typer.testing import CliRunner
 
-from meshcompute.bench.verify import CHEATS, run_verify_bench
 from meshcompute.core.spec import DEFAULT_TOLERANCE
 from meshcompute.errors import BadInput
-from meshcompute.models import build_model, example_inputs
-from meshcompute.programs import save_tensors
+from meshcompute.execution.programs import save_tensors
 from meshcompute.tolerance_torch import compare_outputs, compare_tensors
 
 
@@ -86,7 +86,7 @@ def test_bfloat16_outputs_compare_by_torch_dtype() -> None:
 
 
 def test_bench_verify_cli_runs_with_a_chosen_policy() -> None:
-    from meshcompute.cli.main import app
+    from meshcompute.mesh.cli.main import app
 
     result = CliRunner().invoke(
         app, ["bench", "verify", "--json", "--cases", "1", "--policy", "allclose:rtol=1e-3"]

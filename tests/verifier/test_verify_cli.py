@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from meshcompute.verifier.evidence import claim_document
 from typer.testing import CliRunner
 
 from meshcompute.core.spec import JobSpec, sha256_hex
@@ -19,7 +20,6 @@ from tests.verifier.test_service_chain import (
     post_and_commit,
     scaled,
 )
-from verifier.evidence import claim_document
 
 # the anvil world, the market and the job kit are the service tests' fixtures
 world_module = chain.world_module
@@ -30,7 +30,7 @@ kit = chain.kit
 
 @pytest.fixture
 def mesh(market, monkeypatch, tmp_path):
-    from meshcompute.cli.main import app
+    from meshcompute.mesh.cli.main import app
 
     for key, value in market.settings_env.items():
         monkeypatch.setenv(key, value)

@@ -18,7 +18,7 @@ from meshcompute.chain.tickets import AssignTicket
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import BadInput, NotFound
-from meshcompute.market_client import Hardware, Lease
+from meshcompute.wire.market_client import Hardware, Lease
 
 WORKER = Account.from_key("0x" + "44" * 32)
 HARDWARE = Hardware(device="cpu", cores=2, memory_mb=4096, gpus=(), torch="test")

@@ -18,17 +18,17 @@ import httpx
 import redis
 import torch
 import uvicorn
+from meshcompute.market import rounds
+from meshcompute.market.app import create_app
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.mesh.models import build_model, example_inputs
 
-from market import rounds
-from market.app import create_app
-from market.runtime import MarketRuntime
 from meshcompute.chain.contracts import JobParams, MeshActor
 from meshcompute.chain.deploy import TOKEN, save_deployment
 from meshcompute.core.spec import JobSpec
-from meshcompute.market_client import MarketClient
-from meshcompute.models import build_model, example_inputs
-from meshcompute.programs import export_program, save_tensors
+from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.settings import Settings, load_settings
+from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import World, build_world
 
 #: A Redis database of its own, flushed at start, so the market state of other tests in the

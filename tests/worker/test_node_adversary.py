@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from meshcompute.worker.adversary import Adversary, adversary_from_env, safetensors_header
 from safetensors.torch import load, save
 
 from meshcompute.errors import ConfigError
-from worker.adversary import Adversary, adversary_from_env, safetensors_header
 
 
 def test_only_on_dev_chain_and_only_when_asked():

@@ -17,9 +17,9 @@ import pytest
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.job import JobState
+from meshcompute.execution.sandbox import sandbox_available
 from meshcompute.wallet import import_wallet
 from tests.worker.market_stack import MarketStack, market_stack, mlp_job
-from worker.sandbox import sandbox_available
 
 pytestmark = pytest.mark.anvil
 
@@ -50,7 +50,7 @@ def _env(stack: MarketStack, actor: MeshActor, data_dir: Path) -> dict[str, str]
 
 
 def _mesh(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from meshcompute.cli.main import main; main()", *args]
+    return [sys.executable, "-c", "from meshcompute.mesh.cli.main import main; main()", *args]
 
 
 def _start(*args: str) -> list[str]:
@@ -126,14 +126,14 @@ def test_worker_start_without_stake_says_stake_first(stack: MarketStack, tmp_pat
 
 
 def test_worker_start_refuses_without_sandbox_unless_allowed(monkeypatch, tmp_path):
+    from meshcompute.mesh.cli.main import app
     from typer.testing import CliRunner
 
-    import worker.sandbox
-    from meshcompute.cli.main import app
+    import meshcompute.execution.sandbox
     from meshcompute.errors import SandboxUnavailable
     from meshcompute.settings import get_settings
 
-    monkeypatch.setattr(worker.sandbox, "sandbox_available", lambda: False)
+    monkeypatch.setattr(meshcompute.execution.sandbox, "sandbox_available", lambda: False)
     monkeypatch.setenv("MESH_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("MESH_WALLET_PASSWORD", PASSWORD)
     get_settings.cache_clear()

@@ -2,7 +2,7 @@
 
 One market per module (fresh contracts on the session anvil, reverted afterwards); each test
 runs one or more WorkerNodes in-process against it with real signed HTTP, real tickets and
-real transactions, and runs real exported torch programs through ``worker.sandbox.run_job``.
+real transactions, and runs real exported torch programs through ``meshcompute.execution.sandbox.run_job``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from meshcompute.worker.hardware import detect_hardware
+from meshcompute.worker.node import WorkerConfig, WorkerNode
 from safetensors.torch import load
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.job import JobState
-from meshcompute.market_client import MarketClient
+from meshcompute.execution.sandbox import sandbox_available
+from meshcompute.wire.market_client import MarketClient
 from tests.worker.market_stack import MarketStack, market_stack, mlp_job
-from worker.hardware import detect_hardware
-from worker.node import WorkerConfig, WorkerNode
-from worker.sandbox import sandbox_available
 
 pytestmark = pytest.mark.anvil
 

@@ -6,9 +6,14 @@ import io
 import json
 import time
 
+from meshcompute.worker.status import (
+    JsonLogSink,
+    LiveStatus,
+    StatusBoard,
+    check_health,
+    write_health,
+)
 from rich.console import Console
-
-from worker.status import JsonLogSink, LiveStatus, StatusBoard, check_health, write_health
 
 
 def _render(board: StatusBoard) -> str:

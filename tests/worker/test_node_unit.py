@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
+from meshcompute.worker.adversary import Adversary
+from meshcompute.worker.node import WorkerConfig, WorkerNode, parse_price
 
 from meshcompute.core.job import JobState
 from meshcompute.errors import ConfigError, TooLate, WrongJobState
@@ -25,8 +27,6 @@ from tests.worker.fakes import (
     FakeRunner,
     make_lease,
 )
-from worker.adversary import Adversary
-from worker.node import WorkerConfig, WorkerNode, parse_price
 
 
 def _config(**kw) -> WorkerConfig:
