@@ -47,7 +47,9 @@ $(STAMP_NPM): package-lock.json $(if $(wildcard node_modules/.bin/anvil),,FORCE)
 
 FORCE:
 
+# The import rules first (a second): a layer broken by accident fails at once.
 test: setup
+	$(PY) tools/lint_imports.py
 	$(PY) -m pytest -q
 
 demo: setup
@@ -61,3 +63,4 @@ compile: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(PY) tools/lint_imports.py
