@@ -15,6 +15,8 @@ from typing import Any, Self
 
 import redis
 
+from meshcompute.files import write_json_atomic
+
 RECORD_NAME = "valkey.json"
 
 
@@ -66,10 +68,7 @@ class EmbeddedRedis:
         )
         self.server.start()
         self.url = self.server.connection_url
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": self.url, "pid": os.getpid()}), encoding="utf-8")
-        os.replace(tmp, record)
+        write_json_atomic(record, {"url": self.url, "pid": os.getpid()})
         return self
 
     def stop(self) -> None:

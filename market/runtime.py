@@ -26,11 +26,11 @@ from meshcompute.chain.devchain import dev_accounts
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import BadInput, ConfigError, NotFound
 from meshcompute.settings import DEV_MNEMONIC, Settings
+from meshcompute.units import DEV_CHAIN_ID
 
 if TYPE_CHECKING:
     from meshcompute.market.indexer import ChainIndexer
 
-DEV_CHAIN_ID = 31337
 _SPEC_CACHE_MAX = 50_000
 
 

@@ -32,12 +32,12 @@ from eth_account.signers.local import LocalAccount
 
 from meshcompute.chain.contracts import MeshActor, mesh_sender
 from meshcompute.chain.deploy import (
-    TOKEN,
     Deployment,
     DeployParams,
     deploy_contracts,
     save_deployment,
 )
+from meshcompute.units import TOKEN
 from meshcompute.chain.local import LocalChain
 from meshcompute.errors import ServiceUnavailable
 

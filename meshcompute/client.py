@@ -19,13 +19,14 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshcompute.core.job import JobState
 from meshcompute.core.spec import DEFAULT_TOLERANCE, JobSpec, sha256_hex
 from meshcompute.errors import BadInput, JobFailed, MeshError
+from meshcompute.units import TOKEN, parse_mesh
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from meshcompute.settings import Settings
     from meshcompute.wire.market_client import MarketClient
 
-TOKEN = 10**18
 #: Shards serialised and uploaded per round trip (a bundle of inputs, then their specs).
 _UPLOAD_STEP = 256
 Progress = Callable[["SubmissionStatus"], None]
@@ -45,13 +45,7 @@ def parse_amount(value: str | int | Decimal) -> int:
     """MESH amount to wei: ``"12.5"`` -> 12.5e18; an int is taken as wei already."""
     if isinstance(value, int):
         return value
-    try:
-        amount = Decimal(str(value)) * TOKEN
-    except InvalidOperation as exc:
-        raise BadInput(f"not an amount of MESH: {value!r}") from exc
-    if amount <= 0 or amount != amount.to_integral_value():
-        raise BadInput(f"amount must be positive with at most 18 decimals: {value!r}")
-    return int(amount)
+    return parse_mesh(value)
 
 
 def parse_duration(text: str | float) -> int:

@@ -20,13 +20,12 @@ left to do: settled by someone else, window closed, not ours to judge).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from meshcompute.errors import ConfigError
+from meshcompute.files import write_json_atomic
 
 JOURNAL_VERSION = 1
 PENDING = "pending"
@@ -148,18 +147,8 @@ class Journal:
         self.tasks = {str(k): dict(v) for k, v in dict(data.get("tasks", {})).items()}
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         body = {"version": JOURNAL_VERSION, "cursor": self.cursor, "tasks": self.tasks}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".journal-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(body, out, indent=1, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(self.path, body, indent=1, sort_keys=True, durable=True)
 
 
 def _key(job_id: int, kind: str) -> str:

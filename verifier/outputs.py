@@ -1,10 +1,12 @@
-"""Compare two job outputs given as safetensors bytes (``out.0``, ``out.1``, ...) under a
-tolerance policy, with :func:`meshcompute.core.tolerance.compare`; parsing is
-:func:`meshcompute.execution.programs.load_tensors` (safetensors only, no pickle).
+"""The one tolerance adapter over job outputs: compare two outputs given as safetensors bytes
+(``out.0``, ``out.1``, ...) under a tolerance policy with
+:func:`meshcompute.core.tolerance.compare`. The verifier's audits and appeals, ``mesh verify``
+and the verification benchmark all compare through this module.
 
+Parsing is :func:`meshcompute.execution.programs.load_tensors` (safetensors only, no pickle).
 The recomputation (``expected``) is ours and must parse; every defect of the worker's bytes
 (not safetensors, wrong tensor names, wrong dtype or shape) is a disagreement with a reason,
-never an exception. Parsing uses ``safetensors`` only: no pickle.
+never an exception.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from meshcompute.verifier.audit import OutputComparison
 
 from meshcompute.core.tolerance import compare
 from meshcompute.errors import BadInput
+from meshcompute.verifier.audit import OutputComparison
 
 
 def load_outputs(raw: bytes, *, who: str) -> tuple[list[np.ndarray], list[str]]:
@@ -36,13 +38,17 @@ def load_outputs(raw: bytes, *, who: str) -> tuple[list[np.ndarray], list[str]]:
     arrays, dtypes = [], []
     for index, tensor in enumerate(tensors):
         dtypes.append(str(tensor.dtype).removeprefix("torch."))
-        arrays.append(_as_numpy(tensor, f"{who} output out.{index}"))
+        arrays.append(to_numpy(tensor, f"{who} output out.{index}"))
     return arrays, dtypes
 
 
-def _as_numpy(tensor: Any, where: str) -> np.ndarray:
+def to_numpy(tensor: Any, where: str = "tensor") -> np.ndarray:
+    """A CPU numpy copy of a torch tensor. Dtypes numpy lacks are widened exactly (bfloat16 and
+    the float8 types to float32, complex32 to complex64); any other dtype numpy cannot hold is
+    BadInput naming ``where``."""
     import torch
 
+    tensor = tensor.detach().to("cpu")
     if tensor.dtype.is_floating_point and tensor.element_size() < 2 or tensor.dtype in (
         torch.bfloat16,
     ):

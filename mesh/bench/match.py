@@ -39,8 +39,8 @@ from typing import Any
 
 from meshcompute.core.matching import JobDemand, MatchRound, WorkerOffer, match, serving_order
 from meshcompute.errors import BadInput
+from meshcompute.units import TOKEN
 
-TOKEN = 10**18
 NOW = 1_750_000_000.0
 
 

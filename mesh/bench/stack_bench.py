@@ -143,7 +143,7 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
     from meshcompute.mesh.devstack import ADMIN, FIRST_WORKER
     from meshcompute.mesh.models import MLP
 
-    from meshcompute.chain.deploy import TOKEN
+    from meshcompute.units import TOKEN
     from meshcompute.execution.programs import export_program
 
     torch.manual_seed(0)

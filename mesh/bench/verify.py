@@ -55,7 +55,7 @@ from torch import nn
 
 from meshcompute.core.spec import DEFAULT_TOLERANCE, validate_tolerance
 from meshcompute.core.tolerance import allclose_ratio, compare
-from meshcompute.tolerance_torch import to_numpy
+from meshcompute.verifier.outputs import to_numpy
 
 CHEATS = (
     "random_output",

@@ -30,7 +30,8 @@ def chain_up() -> None:
     """
     from meshcompute.chain.connect import LocalChainRecord, remove_chain_record, write_chain_record
     from meshcompute.chain.contracts import MeshActor, mesh_sender
-    from meshcompute.chain.deploy import TOKEN, deploy_contracts, save_deployment
+    from meshcompute.chain.deploy import deploy_contracts, save_deployment
+    from meshcompute.units import TOKEN
     from meshcompute.chain.local import LocalChain
     from meshcompute.settings import get_settings
 
@@ -88,7 +89,7 @@ DEV_WALLET_ETH = 100
 
 def _fund_dev_wallet(wallet_path: Path, actor: Any, sender: Any) -> None:
     """Mint MESH to the keystore's address and send it ETH for gas (no password needed)."""
-    from meshcompute.chain.deploy import TOKEN
+    from meshcompute.units import TOKEN
     from meshcompute.errors import WalletError
     from meshcompute.wallet import keystore_address
 
@@ -103,7 +104,7 @@ def _fund_dev_wallet(wallet_path: Path, actor: Any, sender: Any) -> None:
         console.print(f"[yellow]wallet not funded:[/] {exc}")
         return
     actor.mint(address, DEV_MESH * TOKEN)
-    sender.send({"to": address, "value": DEV_WALLET_ETH * 10**18})
+    sender.send({"to": address, "value": DEV_WALLET_ETH * TOKEN})
     console.print(
         f"dev wallet {address} ({wallet_path}) funded: {DEV_MESH:,} MESH, {DEV_WALLET_ETH} ETH"
     )

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from meshcompute.chain.earnings import TOKEN, format_mesh
 from meshcompute.errors import BadInput, WalletError
 from meshcompute.settings import Settings, get_settings
+from meshcompute.units import DEV_CHAIN_ID, format_mesh
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -30,20 +29,6 @@ err = Console(stderr=True, soft_wrap=True)
 """Progress and notes (stderr)."""
 
 FAUCET_HINT = "get test credits with `mesh wallet faucet`"
-
-
-def parse_mesh(text: str, *, what: str = "amount") -> int:
-    """``"12.5"`` MESH -> wei; positive, at most 18 decimals."""
-    try:
-        value = Decimal(text.strip().replace("_", ""))
-    except (InvalidOperation, AttributeError):
-        raise BadInput(f"{what} must be a number of MESH such as 12.5, got {text!r}") from None
-    if not value.is_finite() or value <= 0:
-        raise BadInput(f"{what} must be a positive number of MESH, got {text!r}")
-    wei = value * TOKEN
-    if wei != wei.to_integral_value():
-        raise BadInput(f"{what} has more than the 18 decimals MESH has: {text!r}")
-    return int(wei)
 
 
 def mesh(wei: int) -> str:
@@ -122,7 +107,7 @@ def require_gas(conn: ChainConnection, address: str) -> None:
     """Refuse to send from an account with no ETH for gas, with what to do about it."""
     if conn.w3.eth.get_balance(address) > 0:  # type: ignore[arg-type]
         return
-    if conn.chain_id == 31337:
+    if conn.chain_id == DEV_CHAIN_ID:
         hint = (
             "restart `mesh chain up` with the wallet in place (it funds the wallet at "
             "MESH_WALLET_PATH), or send it ETH from a dev account"

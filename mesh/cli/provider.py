@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from meshcompute.mesh.cli import onchain
 
 from meshcompute.errors import BadInput
+from meshcompute.mesh.cli import onchain
+from meshcompute.units import parse_mesh
 
 app = typer.Typer(no_args_is_help=True, help="Stake, unstake and inspect a provider's position.")
 provider_app = app
@@ -26,7 +27,7 @@ def provider_stake(
     """Stake AMOUNT MESH from the wallet (approves the stake manager first when needed)."""
     from meshcompute.chain.connect import actor_for
 
-    wei = onchain.parse_mesh(amount)
+    wei = parse_mesh(amount)
     cfg = onchain.settings()
     conn = onchain.connect_chain(cfg)
     who = onchain.my_address(cfg)
@@ -50,7 +51,7 @@ def provider_unstake(amount: AmountArg, as_json: JsonOption = False) -> None:
     """
     from meshcompute.chain.connect import actor_for
 
-    wei = onchain.parse_mesh(amount)
+    wei = parse_mesh(amount)
     cfg = onchain.settings()
     conn = onchain.connect_chain(cfg)
     who = onchain.my_address(cfg)

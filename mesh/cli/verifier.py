@@ -36,21 +36,21 @@ def verifier_start(
     json_logs: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
 ) -> None:
     """Follow the chain, audit the jobs drawn for audit and judge appeals, until SIGTERM."""
+    from meshcompute.chain.connect import actor_for, connect
+    from meshcompute.core.tolerance import evidence_hash
+    from meshcompute.logs import configure_logging
+    from meshcompute.settings import get_settings
     from meshcompute.verifier.audit import Auditor
     from meshcompute.verifier.journal import Journal, journal_path
-    from meshcompute.verifier.logs import configure_logging
     from meshcompute.verifier.outputs import compare_outputs
     from meshcompute.verifier.recompute import Recomputer
     from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
-
-    from meshcompute.chain.connect import actor_for, connect
-    from meshcompute.core.tolerance import evidence_hash
-    from meshcompute.settings import get_settings
     from meshcompute.wallet import unlock
     from meshcompute.wire.market_client import MarketClient
 
     settings = get_settings()
-    configure_logging(json_logs or settings.verifier_json_logs)
+    configure_logging("verifier", json_lines=json_logs or settings.verifier_json_logs,
+                      logger="meshcompute.verifier", stream=sys.stdout)
     unsandboxed = allow_unsandboxed or settings.verifier_allow_unsandboxed
     _require_sandbox(unsandboxed)
     account = unlock(settings, prompt=sys.stdin.isatty())
@@ -103,9 +103,8 @@ def verifier_start(
 @verifier_app.command("health")
 def verifier_health() -> None:
     """Exit 0 when this machine's verifier polled the chain recently (container health)."""
-    from meshcompute.verifier.service import check_health
-
     from meshcompute.settings import get_settings
+    from meshcompute.verifier.service import check_health
 
     settings = get_settings()
     ok, message = check_health(settings.data_dir / "verifier-health.json",
@@ -126,13 +125,12 @@ def verify(
 ) -> None:
     """Re-check a job's verdict: recompute it here from the blob store and say whether the
     verdict on chain agrees (exit 0), disagrees (exit 3), or there is none (exit 0)."""
-    from meshcompute.verifier.outputs import compare_outputs
-    from meshcompute.verifier.recheck import recheck_job
-    from meshcompute.verifier.recompute import Recomputer
-
     from meshcompute.chain.connect import connect
     from meshcompute.core.tolerance import evidence_hash
     from meshcompute.settings import get_settings
+    from meshcompute.verifier.outputs import compare_outputs
+    from meshcompute.verifier.recheck import recheck_job
+    from meshcompute.verifier.recompute import Recomputer
     from meshcompute.wire.market_client import MarketClient
 
     settings = get_settings()
@@ -192,15 +190,14 @@ def _print_report(report: RecheckReport) -> None:
 
 def _require_stake(actor: object, minimum: str) -> None:
     """A verifier must have stake on chain (its skin in the game); one line otherwise."""
-    from meshcompute.mesh.cli.onchain import parse_mesh
-
     from meshcompute.errors import BadInput
+    from meshcompute.units import TOKEN, parse_mesh
 
-    needed = parse_mesh(minimum) if minimum not in ("", "0") else 0
+    needed = parse_mesh(minimum, what="minimum stake") if minimum not in ("", "0") else 0
     position = actor.stake_of(actor.address)  # type: ignore[attr-defined]
     have = position.free + position.locked
     if have < max(needed, 1):
         raise BadInput(
-            f"verifier {actor.address} has {have / 10**18:g} MESH staked; a verifier needs at "  # type: ignore[attr-defined]
-            f"least {max(needed, 1) / 10**18:g}: stake first with `mesh provider stake AMOUNT`"
+            f"verifier {actor.address} has {have / TOKEN:g} MESH staked; a verifier needs at "  # type: ignore[attr-defined]
+            f"least {max(needed, 1) / TOKEN:g}: stake first with `mesh provider stake AMOUNT`"
         )

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from meshcompute.mesh.cli import onchain
 
 from meshcompute.errors import BadInput, WalletError
+from meshcompute.mesh.cli import onchain
+from meshcompute.units import DEV_CHAIN_ID, TOKEN
 
 app = typer.Typer(no_args_is_help=True, help="Create, import and inspect the wallet.")
 wallet_app = app
@@ -136,9 +137,9 @@ def wallet_faucet(as_json: JsonOption = False) -> None:
             f"the faucet already paid {who} recently; try again after {onchain.when(next_time)} "
             f"(in about {wait_min} min)"
         )
-    if conn.chain_id == 31337 and conn.w3.eth.get_balance(who) == 0:  # type: ignore[arg-type]
+    if conn.chain_id == DEV_CHAIN_ID and conn.w3.eth.get_balance(who) == 0:  # type: ignore[arg-type]
         # Local dev chain only: give the new wallet gas money, as `mesh chain up` does.
-        conn.w3.provider.make_request("anvil_setBalance", [who, hex(10 * 10**18)])  # type: ignore[arg-type]
+        conn.w3.provider.make_request("anvil_setBalance", [who, hex(10 * TOKEN)])  # type: ignore[arg-type]
     onchain.require_gas(conn, who)
     from meshcompute.chain.connect import actor_for
 

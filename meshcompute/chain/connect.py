@@ -11,8 +11,6 @@ setting (``MESH_RPC_URL``), the local chain record ``<data_dir>/chain.json`` tha
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from meshcompute.chain.contracts import MeshActor, MeshContracts, mesh_sender
 from meshcompute.chain.deploy import Deployment, load_deployment
 from meshcompute.errors import ChainUnavailable, ConfigError, DeploymentNotFound
 from meshcompute.settings import Settings, get_settings
+from meshcompute.files import write_json_atomic
 
 CHAIN_RECORD_NAME = "chain.json"
 _NO_CHAIN_HINT = "start one with `mesh chain up` or set MESH_RPC_URL"
@@ -68,14 +67,7 @@ def chain_record_path(data_dir: Path) -> Path:
 
 def write_chain_record(data_dir: Path, record: LocalChainRecord) -> Path:
     """Write the local chain record atomically; returns its path."""
-    path = chain_record_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".chain-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(record.to_json(), out, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(chain_record_path(data_dir), record.to_json(), indent=2)
 
 
 def read_chain_record(data_dir: Path) -> LocalChainRecord | None:

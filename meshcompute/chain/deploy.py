@@ -9,8 +9,6 @@ funded key: it only needs a :class:`~meshcompute.chain.sender.TxSender`. The res
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,10 @@ from web3 import Web3
 from meshcompute.chain.artifacts import load_artifact
 from meshcompute.chain.sender import TxSender
 from meshcompute.errors import ConfigError, DeploymentNotFound
+from meshcompute.units import TOKEN
+from meshcompute.files import write_json_atomic
 
 CONTRACT_NAMES = ("MeshCredit", "StakeManager", "JobMarket")
-TOKEN = 10**18
 
 ASSIGNER_ROLE = keccak(text="ASSIGNER_ROLE")
 VERIFIER_ROLE = keccak(text="VERIFIER_ROLE")
@@ -156,14 +155,8 @@ def deployment_path(deployments_dir: Path, chain_id: int) -> Path:
 
 def save_deployment(deployment: Deployment, deployments_dir: Path) -> Path:
     """Write the record atomically to ``<deployments_dir>/<chain_id>.json``."""
-    path = deployment_path(deployments_dir, deployment.chain_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deployment-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(deployment.to_json(), out, indent=2, sort_keys=True)
-        out.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(deployment_path(deployments_dir, deployment.chain_id),
+                             deployment.to_json(), indent=2, sort_keys=True)
 
 
 def load_deployment(deployments_dir: Path, chain_id: int) -> Deployment:

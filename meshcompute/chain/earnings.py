@@ -29,8 +29,8 @@ from meshcompute.chain.contracts import ChainEvent, MeshContracts
 from meshcompute.chain.custom_errors import abi_type
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.payout import split_reward
+from meshcompute.units import format_mesh
 
-TOKEN = 10**18
 FINAL = "final"
 PENDING = "pending"
 
@@ -125,14 +125,6 @@ class EarningsReport:
                 "completed_jobs": self.completed,
             },
         }
-
-
-def format_mesh(wei: int) -> str:
-    """Wei as an exact MESH decimal string: 12500000000000000000 -> ``"12.5"``."""
-    sign = "-" if wei < 0 else ""
-    whole, frac = divmod(abs(int(wei)), TOKEN)
-    text = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
-    return sign + text
 
 
 def earnings_report(

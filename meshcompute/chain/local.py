@@ -27,8 +27,8 @@ from web3.types import RPCEndpoint
 from meshcompute.chain.devchain import DEV_ACCOUNT_COUNT, DevChain
 from meshcompute.errors import ChainUnavailable
 from meshcompute.settings import DEV_MNEMONIC, get_settings
+from meshcompute.units import DEV_CHAIN_ID
 
-ANVIL_CHAIN_ID = 31337
 LOOPBACK = "127.0.0.1"
 _PORT_ATTEMPTS = 3
 _POLL_INTERVAL_S = 0.02
@@ -46,7 +46,7 @@ class LocalChain(DevChain):
         *,
         anvil_path: str | None = None,
         mnemonic: str = DEV_MNEMONIC,
-        chain_id: int = ANVIL_CHAIN_ID,
+        chain_id: int = DEV_CHAIN_ID,
         block_time_s: float | None = None,
         startup_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,

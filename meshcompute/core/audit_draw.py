@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from meshcompute.units import BPS
+
 Keccak256 = Callable[[bytes], bytes]
 """keccak256 of a byte string (the chain layer passes ``eth_utils.keccak``; the core stays
 free of adapter libraries)."""
 
-BPS = 10_000
 BLOCKHASH_WINDOW = 256
 #: Below this depth the local draw is used; deeper seeds are left to the contract.
 SAFE_DEPTH = 200

@@ -49,8 +49,8 @@ from __future__ import annotations
 from fractions import Fraction
 
 from meshcompute.errors import BadInput
+from meshcompute.units import BPS
 
-BPS = 10_000
 NEW_WORKER_MARGIN = Fraction(4)
 """Deterrence margin for a worker with no record (or no stake to lose)."""
 TRUSTED_MARGIN = Fraction(3, 2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-BPS = 10_000
+from meshcompute.units import BPS
 
 
 def split_reward(reward: int, fee_bps: int) -> tuple[int, int]:

@@ -9,12 +9,12 @@ from web3 import Web3
 
 from meshcompute.chain.contracts import JobParams, MeshActor, mesh_sender
 from meshcompute.chain.deploy import (
-    TOKEN,
     DeployParams,
     deploy_contracts,
     load_deployment,
     save_deployment,
 )
+from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import JobState
 from meshcompute.errors import ConfigError, DeploymentNotFound, InvalidRequest, NotFoundOnChain
@@ -81,7 +81,16 @@ def test_job_lifecycle_through_bindings(deployed) -> None:
     assert worker.stake_of(worker.address).locked == 15 * TOKEN
     chain.increase_time(11)
     chain.mine(2)
-    admin_actor.finalize_batch(ids)
+    # a settlement batch as the market's settler sends it: no wait, a gas floor above the estimate
+    tx_hash = admin_actor.finalize_batch(ids, wait=False, min_gas=1_000_000)
+    receipt = admin_actor.wait_for_receipt(tx_hash)
+    assert w3.eth.get_transaction(tx_hash)["gas"] == 1_000_000
+    assert admin_actor.mined_receipt(tx_hash) == receipt
+    assert admin_actor.mined_receipt(b"\x00" * 32) is None
+    settled = admin_actor.receipt_events(receipt, "JobMarket")
+    assert sorted(e.args["jobId"] for e in settled if e.name == "JobPaid") == ids
+    assert {e.address for e in settled} == {deployment.address("JobMarket")}
+    assert set(settled) < set(admin_actor.receipt_events(receipt))  # StakeManager's too
     records = admin_actor.job_records(ids)  # verified against the contract's digests
     assert {r.state for r in records.values()} == {JobState.FINALIZED}
     paid = [e for e in admin_actor.job_events(ids) if e.name == "JobPaid"]

@@ -18,7 +18,8 @@ from eth_account.signers.local import LocalAccount
 from meshcompute.mesh.cli.main import main
 
 from meshcompute.chain.contracts import MeshActor
-from meshcompute.chain.deploy import TOKEN, save_deployment
+from meshcompute.chain.deploy import save_deployment
+from meshcompute.units import TOKEN
 from meshcompute.settings import get_settings
 from meshcompute.wallet import import_wallet
 from tests.contracts.world import World

@@ -15,7 +15,8 @@ import pytest
 
 from meshcompute.chain.connect import chain_record_path, connect
 from meshcompute.chain.contracts import mesh_sender
-from meshcompute.chain.deploy import TOKEN, deploy_contracts, save_deployment
+from meshcompute.chain.deploy import deploy_contracts, save_deployment
+from meshcompute.units import TOKEN
 from meshcompute.chain.local import LocalChain
 from meshcompute.errors import ChainUnavailable, ConfigError, DeploymentNotFound
 from meshcompute.settings import REPO_ROOT, load_settings

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from meshcompute.chain.contracts import AccountState, MeshContracts
-from meshcompute.chain.deploy import TOKEN
+from meshcompute.units import TOKEN
 from meshcompute.chain.earnings import earnings_report
 from meshcompute.core.payout import split_reward
 from tests.cli.conftest import WALLET_MESH, assert_one_line_error, worker_actor

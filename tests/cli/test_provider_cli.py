@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from meshcompute.chain.deploy import TOKEN
+from meshcompute.units import TOKEN
 from tests.cli.conftest import WALLET_MESH, assert_one_line_error, worker_actor
 from tests.contracts.world import TEST_PARAMS
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from meshcompute.chain.deploy import TOKEN
+from meshcompute.units import TOKEN
 from tests.cli.conftest import WALLET_ETH, WALLET_MESH, assert_one_line_error
 
 pytestmark = pytest.mark.anvil

@@ -67,7 +67,7 @@ from hypothesis.stateful import (
 from web3 import Web3
 
 from meshcompute.chain.contracts import ChainEvent, JobParams, MeshActor
-from meshcompute.chain.deploy import TOKEN
+from meshcompute.units import TOKEN
 from meshcompute.core.job import (
     JOB_EVENTS,
     TERMINAL_STATES,

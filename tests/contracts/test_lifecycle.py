@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from web3.logs import DISCARD
 
-from meshcompute.chain.deploy import TOKEN
+from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import sign_permit
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split, split_reward

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from meshcompute.chain.contracts import MeshActor, mesh_sender
-from meshcompute.chain.deploy import ASSIGNER_ROLE, TOKEN, VERIFIER_ROLE, Deployment
+from meshcompute.chain.deploy import ASSIGNER_ROLE, VERIFIER_ROLE, Deployment
+from meshcompute.units import TOKEN
 from meshcompute.core.job import JobState
 from meshcompute.errors import NotPermitted
 from tests.contracts.helpers import (

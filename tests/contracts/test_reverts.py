@@ -10,7 +10,8 @@ import pytest
 
 from meshcompute.chain import testchain
 from meshcompute.chain.contracts import mesh_sender
-from meshcompute.chain.deploy import MINTER_ROLE, PAUSER_ROLE, TOKEN, VERIFIER_ROLE
+from meshcompute.chain.deploy import MINTER_ROLE, PAUSER_ROLE, VERIFIER_ROLE
+from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import sign_permit
 from meshcompute.core.job import JobState
 from meshcompute.errors import (

@@ -13,7 +13,7 @@ import pytest
 from eth_account import Account
 from meshcompute.market import rounds
 
-from meshcompute.chain.deploy import TOKEN
+from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import recover_ticket_signer
 from meshcompute.core.job import JobState
 from meshcompute.core.spec import JobSpec

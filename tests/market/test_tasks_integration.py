@@ -12,7 +12,7 @@ import pytest
 from meshcompute.market import tasks
 from safetensors.numpy import load, save
 
-from meshcompute.chain.deploy import TOKEN
+from meshcompute.units import TOKEN
 from meshcompute.core.job import JobState
 from meshcompute.errors import Conflict
 from tests.contracts.world import TEST_PARAMS

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 from eth_account import Account
-from meshcompute.market.runtime import DEV_CHAIN_ID, assigner_account, settler_account
+from meshcompute.market.runtime import assigner_account, settler_account
+from meshcompute.units import DEV_CHAIN_ID
 
 from meshcompute.chain.devchain import dev_accounts
 from meshcompute.errors import ConfigError

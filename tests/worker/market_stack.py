@@ -24,7 +24,8 @@ from meshcompute.market.runtime import MarketRuntime
 from meshcompute.mesh.models import build_model, example_inputs
 
 from meshcompute.chain.contracts import JobParams, MeshActor
-from meshcompute.chain.deploy import TOKEN, save_deployment
+from meshcompute.chain.deploy import save_deployment
+from meshcompute.units import TOKEN
 from meshcompute.core.spec import JobSpec
 from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.settings import Settings, load_settings

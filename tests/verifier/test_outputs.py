@@ -1,4 +1,5 @@
-"""The default tolerance policy on real torch computations, and the safetensors adapter."""
+"""The default tolerance policy on real torch computations, and the one tolerance adapter over
+output bytes (:mod:`meshcompute.verifier.outputs`, what audits, appeals and `mesh verify` use)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from meshcompute.core.spec import DEFAULT_TOLERANCE
 from meshcompute.errors import BadInput
 from meshcompute.execution.programs import save_tensors
-from meshcompute.tolerance_torch import compare_outputs, compare_tensors
+from meshcompute.verifier.outputs import compare_outputs, to_numpy
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_compare_outputs_on_safetensors_files() -> None:
     scaled = compare_outputs(reference, save_tensors([out * 1.01], "out"), DEFAULT_TOLERANCE)
     assert not scaled.agree and "outside" in scaled.reason
     half = compare_outputs(reference, save_tensors([out.half()], "out"), DEFAULT_TOLERANCE)
-    assert not half.agree and "torch.float16" in half.reason
+    assert not half.agree and "dtype float16 differs from expected float32" in half.reason
     two = compare_outputs(reference, save_tensors([out, out.clone()], "out"), DEFAULT_TOLERANCE)
     assert not two.agree and "count" in two.reason
 
@@ -71,18 +72,28 @@ def test_unreadable_worker_output_is_a_failed_audit_but_a_bad_reference_is_an_er
     reference = save_tensors([_outputs()], "out")
     misnamed = st_save({"result": _outputs()})
     verdict = compare_outputs(reference, misnamed, DEFAULT_TOLERANCE)
-    assert not verdict.agree and verdict.reason.startswith("worker output unreadable")
+    assert not verdict.agree and verdict.reason.startswith("the compared output")
     garbage = compare_outputs(reference, b"\x00" * 40, {"kind": "argmax", "min_agreement": 1.0})
-    assert not garbage.agree and garbage.agreement == 0.0
+    assert not garbage.agree and "not a valid safetensors file" in garbage.reason
     with pytest.raises(BadInput):
         compare_outputs(b"not safetensors", reference, DEFAULT_TOLERANCE)
 
 
-def test_bfloat16_outputs_compare_by_torch_dtype() -> None:
+def test_bfloat16_outputs_compare_by_stored_dtype() -> None:
     out = _outputs().to(torch.bfloat16)
-    assert compare_tensors([out], [out.clone()], {"kind": "exact"}).agree
-    mismatch = compare_tensors([out], [out.float()], DEFAULT_TOLERANCE)
-    assert not mismatch.agree and "torch.float32" in mismatch.reason
+    reference = save_tensors([out], "out")
+    assert compare_outputs(reference, save_tensors([out.clone()], "out"), {"kind": "exact"}).agree
+    mismatch = compare_outputs(reference, save_tensors([out.float()], "out"), DEFAULT_TOLERANCE)
+    assert not mismatch.agree and "dtype float32 differs from expected bfloat16" in mismatch.reason
+
+
+def test_to_numpy_widens_exactly_what_numpy_lacks() -> None:
+    out = _outputs()
+    assert to_numpy(out.to(torch.bfloat16)).dtype == "float32"
+    assert to_numpy(out.to(torch.float8_e4m3fn)).dtype == "float32"
+    assert (to_numpy(out.to(torch.bfloat16)) == out.to(torch.bfloat16).float().numpy()).all()
+    assert to_numpy(torch.zeros(2, dtype=torch.complex32)).dtype == "complex64"
+    assert to_numpy(out).dtype == "float32"
 
 
 def test_bench_verify_cli_runs_with_a_chosen_policy() -> None:

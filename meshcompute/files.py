@@ -1,0 +1,36 @@
+"""Small files written atomically: records, journals and health files a reader may open at any
+moment (another process, a restart after a crash) see the old content or the new, never half.
+
+    write_json_atomic(data_dir / "chain.json", record, indent=2)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = None,
+                      sort_keys: bool = False, durable: bool = False) -> Path:
+    """Replace ``path`` with ``data`` as JSON (a trailing newline when indented): written to a
+    temporary file in the same folder, then renamed over it. Creates the folder when missing;
+    the temporary file never outlives a failure. ``durable`` also fsyncs before the rename (a
+    journal that must survive a power cut)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=indent, sort_keys=sort_keys)
+            if indent is not None:
+                out.write("\n")
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
