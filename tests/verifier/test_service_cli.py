@@ -12,6 +12,7 @@ import time
 
 from meshcompute.core.job import JobState
 from meshcompute.wallet import import_wallet
+from meshcompute.tether import tether
 from tests.verifier import test_service_chain as chain
 from tests.verifier.test_service_chain import _unsandboxed, post_and_commit
 
@@ -70,6 +71,7 @@ def test_start_audits_a_drawn_job_and_stops_on_sigterm(world, market, kit, tmp_p
     job_id = post_and_commit(world, market, kit, kit.honest)
     process = subprocess.Popen(_mesh("verifier", "start", "--json-logs"), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tether(process.pid)
     try:
         give_up = time.monotonic() + 120
         while world.job(job_id).state != JobState.FINALIZED:

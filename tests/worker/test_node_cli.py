@@ -19,6 +19,7 @@ from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.job import JobState
 from meshcompute.execution.sandbox import sandbox_available
 from meshcompute.wallet import import_wallet
+from meshcompute.tether import tether
 from tests.worker.market_stack import MarketStack, market_stack, mlp_job
 
 pytestmark = pytest.mark.anvil
@@ -86,6 +87,7 @@ def test_worker_start_runs_jobs_logs_json_and_stops_on_sigterm(stack: MarketStac
     process = subprocess.Popen(_start("--json-logs", "--threads", "1"),
                                env=env, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
+    tether(process.pid)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
     seen: list[dict] = []
