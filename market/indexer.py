@@ -356,7 +356,7 @@ class ChainIndexer:
             header = by_number[int(entry["blockNumber"])]
             if HexBytes(entry["blockHash"]).to_0x_hex() != header.hash:
                 raise _ChainMoved(f"a log of block {header.number} is from another fork")
-            event = self.contracts._decode(entry)
+            event = self.contracts.decode_log(entry)
             if event is not None:
                 stored.append((event, header.parent_hash))
         if self._chain_hashes(to_block, to_block).get(to_block) != headers[-1].hash:

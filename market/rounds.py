@@ -290,7 +290,7 @@ def _committed_by_holder(rt: MarketRuntime, lease: LeaseInfo) -> bool:
 
 # ---------------------------------------------------------------------- settle
 def settle_round(rt: MarketRuntime, *, max_batch: int | None = None) -> dict[str, Any]:
-    from meshcompute.market.settlement import Settler
+    from meshcompute.market.settler import Settler
 
     batch = rt.settings.settle_max_batch if max_batch is None else max_batch
     settler = Settler(rt.settler, rt.redis, max_batch=batch)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 from web3.types import TxReceipt
 
 from meshcompute.chain.artifacts import load_artifact
@@ -107,6 +108,7 @@ class MeshContracts:
             topic: _EventCodec.of(name, abi) for topic, (name, abi) in self._events_by_topic.items()
         }
         self._call_codecs: dict[tuple[str, str], tuple[bytes, list[str]]] = {}
+        self._config: dict[str, int] | None = None
         self._job_event_topics = [
             "0x" + topic.hex()
             for topic, (name, _abi) in self._events_by_topic.items()
@@ -145,14 +147,18 @@ class MeshContracts:
         return bytes(self.market.functions.jobDigest(job_id).call(block_identifier=block))
 
     def config(self) -> dict[str, int]:
-        fee, min_audit, challenge, audit, appeal = self.market.functions.config().call()
-        return {
-            "fee_bps": fee,
-            "min_audit_bps": min_audit,
-            "challenge_window_s": challenge,
-            "audit_window_s": audit,
-            "appeal_window_s": appeal,
-        }
+        """JobMarket's fee, minimum audit rate and windows: immutable in the contract, so
+        read from the chain once."""
+        if self._config is None:
+            fee, min_audit, challenge, audit, appeal = self.market.functions.config().call()
+            self._config = {
+                "fee_bps": fee,
+                "min_audit_bps": min_audit,
+                "challenge_window_s": challenge,
+                "audit_window_s": audit,
+                "appeal_window_s": appeal,
+            }
+        return dict(self._config)
 
     def audit_status(self, job_id: int, record: JobRecord) -> tuple[bool, bool]:
         drawable, audited = self.market.functions.auditStatus(job_id, record.as_tuple()).call()
@@ -214,12 +220,30 @@ class MeshContracts:
         if topics is not None:
             flt["topics"] = topics
         logs = self.w3.eth.get_logs(flt)  # type: ignore[arg-type]
-        out = [self._decode(log) for log in logs]
+        out = [self.decode_log(log) for log in logs]
         decoded = [event for event in out if event is not None]
         decoded.sort(key=lambda e: (e.block_number, e.log_index))
         return decoded
 
-    def _decode(self, log: Any) -> ChainEvent | None:
+    def receipt_events(self, receipt: TxReceipt, contract: str | None = None) -> list[ChainEvent]:
+        """The decoded events of a receipt's logs, in log order; only those emitted by
+        ``contract`` (a deployment name: ``"JobMarket"``) when given."""
+        address = None if contract is None else self.deployment.address(contract).lower()
+        out = (self.decode_log(log) for log in receipt["logs"]
+               if address is None or str(log["address"]).lower() == address)
+        return [event for event in out if event is not None]
+
+    def mined_receipt(self, tx_hash: bytes | str) -> TxReceipt | None:
+        """The receipt of ``tx_hash`` as it is (a reverted one included); None while the node
+        has none (pending, dropped or unknown). :meth:`MeshActor.wait_for_receipt` waits."""
+        try:
+            return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+        except TransactionNotFound:
+            return None
+
+    def decode_log(self, log: Any) -> ChainEvent | None:
+        """One raw log as a ChainEvent; None when its first topic is no event of the three
+        contracts (or it has none)."""
         if not log["topics"]:
             return None
         codec = self._event_codecs.get(bytes(log["topics"][0]))
@@ -321,6 +345,12 @@ class MeshActor(MeshContracts):
     def _send(self, call: Any) -> TxReceipt:
         return self.sender.send(call)
 
+    def wait_for_receipt(self, tx_hash: bytes | str, timeout: float | None = None) -> TxReceipt:
+        """The receipt of a transaction sent with ``wait=False``; raises ContractRevert if it
+        reverted, TransactionTimeout if none comes within ``timeout`` (the sender's default
+        when None)."""
+        return self.sender.wait_for_receipt(tx_hash, timeout)
+
     # ------------------------------------------------------------------ token
     def approve(self, spender: str, amount: int) -> TxReceipt:
         return self._send(self.credit.functions.approve(spender, amount))
@@ -399,10 +429,8 @@ class MeshActor(MeshContracts):
             self.approve(self.market.address, 2**256 - 1)
 
     def _posted_ids(self, receipt: TxReceipt) -> list[int]:
-        market = self.market.address.lower()
-        events = (self._decode(log) for log in receipt["logs"]
-                  if str(log["address"]).lower() == market)
-        return [int(e.args["jobId"]) for e in events if e is not None and e.name == "JobPosted"]
+        return [int(e.args["jobId"]) for e in self.receipt_events(receipt, "JobMarket")
+                if e.name == "JobPosted"]
 
     # ------------------------------------------------------------------ worker
     def assign(
@@ -478,12 +506,48 @@ class MeshActor(MeshContracts):
         record = record or self.job(job_id)
         return self._send(self.market.functions.finalize(job_id, record.as_tuple()))
 
+    @overload
     def finalize_batch(
-        self, job_ids: Sequence[int], records: Sequence[JobRecord] | None = None
-    ) -> TxReceipt:
+        self,
+        job_ids: Sequence[int],
+        records: Sequence[JobRecord] | None = ...,
+        *,
+        wait: Literal[True] = ...,
+        min_gas: int | None = ...,
+    ) -> TxReceipt: ...
+
+    @overload
+    def finalize_batch(
+        self,
+        job_ids: Sequence[int],
+        records: Sequence[JobRecord] | None = ...,
+        *,
+        wait: Literal[False],
+        min_gas: int | None = ...,
+    ) -> HexBytes: ...
+
+    def finalize_batch(
+        self,
+        job_ids: Sequence[int],
+        records: Sequence[JobRecord] | None = None,
+        *,
+        wait: bool = True,
+        min_gas: int | None = None,
+    ) -> TxReceipt | HexBytes:
+        """Settle ``job_ids`` (from their current ``records``, rebuilt from events when None)
+        in one ``finalizeBatch`` transaction; the contract skips stale entries.
+
+        ``min_gas`` raises the estimated gas limit to at least that much, capped at the
+        latest block's gas limit (the estimate runs in the latest block; a job that becomes
+        settleable in the next one costs gas the estimate did not count). With ``wait=False``
+        returns the transaction's hash once the node accepted it (see
+        :meth:`wait_for_receipt`)."""
         records = self._records_for(job_ids, records)
-        return self._send(self.encoded_call(self.market, "finalizeBatch", list(job_ids),
-                                            [r.as_tuple() for r in records]))
+        call = self.encoded_call(self.market, "finalizeBatch", list(job_ids),
+                                 [r.as_tuple() for r in records])
+        if not wait:
+            return self.sender.send_async(call, min_gas=min_gas)
+        return self.sender.send(call, min_gas=min_gas)
 
     # ------------------------------------------------------------------ admin
     def grant_role(self, contract: Any, role: bytes, account: str) -> TxReceipt:

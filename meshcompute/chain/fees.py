@@ -11,14 +11,17 @@ from typing import Any
 
 from web3 import Web3
 from web3.exceptions import MethodUnavailable, Web3RPCError
+from web3.types import BlockData
 
 DEFAULT_PRIORITY_FEE_WEI = 10**9  # 1 gwei, when the node has no eth_maxPriorityFeePerGas
 FEE_FIELDS = ("gasPrice", "maxFeePerGas", "maxPriorityFeePerGas")
 
 
-def suggest_fees(w3: Web3) -> dict[str, int]:
-    """``maxFeePerGas``/``maxPriorityFeePerGas`` on an EIP-1559 chain, else ``gasPrice``."""
-    base_fee = w3.eth.get_block("latest").get("baseFeePerGas")
+def suggest_fees(w3: Web3, latest: BlockData | None = None) -> dict[str, int]:
+    """``maxFeePerGas``/``maxPriorityFeePerGas`` on an EIP-1559 chain, else ``gasPrice``;
+    from ``latest`` when the caller has just read the latest block, else read here."""
+    block = w3.eth.get_block("latest") if latest is None else latest
+    base_fee = block.get("baseFeePerGas")
     if base_fee is None:
         return {"gasPrice": int(w3.eth.gas_price)}
     priority_fee = _priority_fee(w3)

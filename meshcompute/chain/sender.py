@@ -126,6 +126,7 @@ class TxSender:
         wait: Literal[True] = ...,
         timeout: float | None = ...,
         tx_params: Mapping[str, Any] | None = ...,
+        min_gas: int | None = ...,
     ) -> TxReceipt: ...
 
     @overload
@@ -136,6 +137,7 @@ class TxSender:
         wait: Literal[False],
         timeout: float | None = ...,
         tx_params: Mapping[str, Any] | None = ...,
+        min_gas: int | None = ...,
     ) -> HexBytes: ...
 
     def send(
@@ -145,21 +147,30 @@ class TxSender:
         wait: bool = True,
         timeout: float | None = None,
         tx_params: Mapping[str, Any] | None = None,
+        min_gas: int | None = None,
     ) -> TxReceipt | HexBytes:
         """Send ``tx`` and, with ``wait``, return its successful receipt.
 
-        ``tx_params`` adds fields to a contract call (``value``, ``gas``, fees).
+        ``tx_params`` adds fields to a contract call (``value``, ``gas``, fees). ``min_gas``
+        raises the gas limit (estimated, or given in ``tx_params``) to at least that much,
+        never above the latest block's gas limit: for a transaction that may need more gas
+        in the block it lands in than in the latest block, where the estimate ran.
         """
-        tx_hash = self.send_async(tx, tx_params=tx_params)
+        tx_hash = self.send_async(tx, tx_params=tx_params, min_gas=min_gas)
         if not wait:
             return tx_hash
         return self.wait_for_receipt(tx_hash, timeout)
 
     def send_async(
-        self, tx: Transaction, *, tx_params: Mapping[str, Any] | None = None
+        self,
+        tx: Transaction,
+        *,
+        tx_params: Mapping[str, Any] | None = None,
+        min_gas: int | None = None,
     ) -> HexBytes:
-        """Sign and submit ``tx``; returns its hash once the node has accepted it."""
-        prepared = self.prepare(tx, tx_params)
+        """Sign and submit ``tx`` (``tx_params`` and ``min_gas`` as in :meth:`send`); returns
+        its hash once the node has accepted it."""
+        prepared = self._prepare(tx, tx_params, min_gas)
         with _node_reachable():
             try:
                 return self._submit(prepared)
@@ -184,10 +195,12 @@ class TxSender:
             raise self._revert_of_mined(receipt)
         return receipt
 
-    def prepare(
-        self, tx: Transaction, tx_params: Mapping[str, Any] | None = None
+    def _prepare(
+        self, tx: Transaction, tx_params: Mapping[str, Any] | None, min_gas: int | None
     ) -> dict[str, Any]:
-        """The full transaction minus its nonce: estimates gas and fees unless given.
+        """The full transaction minus its nonce: estimates gas and fees unless given, and
+        raises the gas limit to ``min_gas`` (capped at the latest block's gas limit; the
+        block read once serves the fees too).
 
         A ``from`` or ``nonce`` in ``tx`` is ignored: the key and the NonceManager decide
         those. Raises ContractRevert when the gas estimate reverts, TransactionRejected when
@@ -203,8 +216,12 @@ class TxSender:
         with _node_reachable():
             if "gas" not in fields:
                 fields["gas"] = self._estimate_gas(fields)
+            latest = None
+            if min_gas is not None:
+                latest = self.w3.eth.get_block("latest")
+                fields["gas"] = min(int(latest["gasLimit"]), max(int(fields["gas"]), min_gas))
             if not has_fees(fields):
-                fields.update(suggest_fees(self.w3))
+                fields.update(suggest_fees(self.w3, latest))
         return fields
 
     def _estimate_gas(self, fields: Mapping[str, Any]) -> int:

@@ -229,6 +229,39 @@ def test_send_wait_false_returns_hash(sender, bob):
     assert sender.wait_for_receipt(tx_hash)["transactionHash"] == tx_hash
 
 
+def test_send_min_gas_raises_the_gas_limit_up_to_the_block_gas_limit(sender, w3, bob):
+    transfer = {"to": bob.address, "value": 1}
+
+    def gas_of(receipt: Any) -> int:
+        return int(w3.eth.get_transaction(receipt["transactionHash"])["gas"])
+
+    kept = sender.send(transfer, min_gas=21000)
+    raised = sender.send(transfer, min_gas=50_000)
+    given = sender.send(transfer, tx_params={"gas": 30_000}, min_gas=40_000)
+    capped = sender.send(transfer, min_gas=2**63)
+
+    assert gas_of(kept) == int(21000 * sender.gas_margin)  # the estimate, above the floor
+    assert gas_of(raised) == 50_000
+    assert gas_of(given) == 40_000
+    assert gas_of(capped) == w3.eth.get_block(capped["blockNumber"] - 1)["gasLimit"]
+
+
+def test_send_min_gas_reads_the_latest_block_once(sender, w3, bob, monkeypatch):
+    """The block read for its gas limit gives the fees too: a gas floor costs no extra call."""
+    reads: list[Any] = []
+    get_block = w3.eth.get_block
+
+    def counted(block_id: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(block_id)
+        return get_block(block_id, *args, **kwargs)
+
+    monkeypatch.setattr(w3.eth, "get_block", counted)
+    tx_hash = sender.send_async({"to": bob.address, "value": 1}, min_gas=50_000)
+
+    assert reads == ["latest"]
+    assert w3.eth.get_transaction(tx_hash)["gas"] == 50_000
+
+
 def test_wait_for_receipt_timeout_names_the_hash(dev_chain: DevChain, sender, bob):
     dev_chain.set_automine(False)
     tx_hash = sender.send_async({"to": bob.address, "value": 1})

@@ -23,7 +23,7 @@ def test_fast_event_decoding_matches_web3_on_every_log(world) -> None:
                                   "address": list(world.deployment.addresses.values())})
     names = set()
     for log in logs:
-        event = contracts._decode(log)
+        event = contracts.decode_log(log)
         assert event is not None
         _name, abi = contracts._events_by_topic[bytes(log["topics"][0])]
         assert event.args == dict(get_event_data(world.w3.codec, abi, log)["args"])

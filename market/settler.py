@@ -1,4 +1,4 @@
-"""Settlement: finalize payable jobs in batches, once.
+"""The settler: finalizes payable jobs in settlement batches, once.
 
     settler = Settler(market_actor, redis_client)
     report = settler.settle(indexer.job_records(), now=latest_block_timestamp)
@@ -7,7 +7,8 @@ Selection is :func:`meshcompute.core.settlement.settle_actions` (the contract's 
 rules; the audit draw is computed from the seed block's hash by
 :class:`meshcompute.chain.draws.AuditDraws`, the same answer as ``JobMarket.auditStatus``
 without one call per job). Jobs go out through the actor's
-one nonce-managed sender as ``finalizeBatch`` transactions of at most ``max_batch`` jobs.
+one nonce-managed sender as settlement batches: ``finalizeBatch`` transactions of at most
+``max_batch`` jobs.
 
 Idempotency: before a job is sent, the settler claims ``<prefix>job:<id>:<state>`` in Redis
 with SET NX (one key per job and record state, so a job drawn for audit can later be paid
@@ -28,8 +29,8 @@ is the last line of defence against paying twice, not the first.
 
 Gas: ``eth_estimateGas`` runs in the latest block while the transaction lands in the next, so
 a job whose audit draw becomes available in that block is skipped by the estimate but paid by
-the transaction, which then runs out of gas. The settler therefore sends an explicit gas limit
-with headroom for every job in the batch (capped at the block gas limit).
+the transaction, which then runs out of gas. The settler therefore asks for a gas limit with
+headroom for every job in the batch (``min_gas``; the actor caps it at the block gas limit).
 """
 
 from __future__ import annotations
@@ -38,11 +39,9 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from hexbytes import HexBytes
 from redis import Redis
-from web3.exceptions import TransactionNotFound
+from web3.types import TxReceipt
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.draws import AuditDraws
@@ -53,8 +52,6 @@ from meshcompute.errors import BadInput, ContractRevert, TransactionRejected
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "mesh:settle:"
-#: Challenge, audit and appeal windows per (chain id, JobMarket address): immutable on chain.
-_WINDOWS: dict[tuple[int, str], dict[str, int]] = {}
 GAS_BASE = 60_000
 """Gas for a finalizeBatch call itself (intrinsic gas, calldata, flush of the last run)."""
 GAS_PER_JOB = 150_000
@@ -176,17 +173,12 @@ class Settler:
         return report
 
     def _config(self) -> dict[str, int]:
-        # the windows are fixed at deployment: read once per contract, not once per round
-        key = (int(self.actor.deployment.chain_id), self.actor.market.address)
-        windows = _WINDOWS.get(key)
-        if windows is None:
-            config = self.actor.config()
-            windows = _WINDOWS[key] = {
-                "challenge_window": config["challenge_window_s"],
-                "audit_window": config["audit_window_s"],
-                "appeal_window": config["appeal_window_s"],
-            }
-        return windows
+        config = self.actor.config()  # read from the chain once per actor: it is immutable
+        return {
+            "challenge_window": config["challenge_window_s"],
+            "audit_window": config["audit_window_s"],
+            "appeal_window": config["appeal_window_s"],
+        }
 
     # ------------------------------------------------------------------ keys
     def _claim_all(self, job_ids: list[int], records: Mapping[int, JobRecord],
@@ -228,9 +220,8 @@ class Settler:
         """A ``sent:`` key whose transaction failed, or was mined without settling the job,
         is released; one whose transaction paid it becomes ``done:``. True if released."""
         tx_hash = held.removeprefix("sent:")
-        try:
-            receipt = self.actor.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-        except TransactionNotFound:
+        receipt = self.actor.mined_receipt(tx_hash)
+        if receipt is None:
             return False  # still pending (or dropped: the key expires after pending_ttl_s)
         if receipt["status"] == 1 and int(self._job_id_of(key)) in self._settled_in(receipt)[0]:
             self._set_if(keys=[key], args=[held, f"done:{tx_hash}", self.done_ttl_s])
@@ -249,14 +240,11 @@ class Settler:
         report: SettlementReport,
     ) -> None:
         job_ids = [c.job_id for c in claims]
-        call = self.actor.encoded_call(
-            self.actor.market, "finalizeBatch", job_ids, [records[i].as_tuple() for i in job_ids]
-        )
         try:
-            prepared = self.actor.sender.prepare(call)
-            gas = self._gas_limit(int(prepared["gas"]), len(job_ids))
-            # the prepared fields (fees included) are sent as they are, with the new gas limit
-            tx_hash = self.actor.sender.send_async(prepared, tx_params={"gas": gas})
+            tx_hash = self.actor.finalize_batch(
+                job_ids, [records[i] for i in job_ids], wait=False,
+                min_gas=GAS_BASE + GAS_PER_JOB * len(job_ids),
+            )
         except (ContractRevert, TransactionRejected):
             self._release(claims, token)
             raise
@@ -269,7 +257,7 @@ class Settler:
         report.tx_hashes.append(report.tx_hash)
         log.info("finalizeBatch of %d jobs sent in %s", len(job_ids), report.tx_hash)
         try:
-            receipt = self.actor.sender.wait_for_receipt(tx_hash)
+            receipt = self.actor.wait_for_receipt(tx_hash)
         except ContractRevert:
             self._release(claims, sent)
             raise
@@ -294,21 +282,11 @@ class Settler:
                 self._del_if(keys=[claim.key], args=[sent], client=pipe)
         pipe.execute()
 
-    def _gas_limit(self, estimate: int, jobs: int) -> int:
-        """The estimate (with the sender's margin) or the per-job headroom, whichever is
-        larger, never above the block gas limit."""
-        block_limit = int(self.actor.w3.eth.get_block("latest")["gasLimit"])
-        return min(block_limit, max(estimate, GAS_BASE + GAS_PER_JOB * jobs))
-
-    def _settled_in(self, receipt: Any) -> tuple[set[int], set[int]]:
+    def _settled_in(self, receipt: TxReceipt) -> tuple[set[int], set[int]]:
         """Job ids the receipt's JobMarket events show final, and those drawn for audit."""
-        market = self.actor.deployment.address("JobMarket")
         settled: set[int] = set()
         drawn: set[int] = set()
-        for entry in receipt["logs"]:
-            event = self.actor._decode(entry)
-            if event is None or event.address != market:
-                continue
+        for event in self.actor.receipt_events(receipt, "JobMarket"):
             if event.name in _FINAL_EVENTS:
                 settled.add(int(event.args["jobId"]))
             elif event.name == "AuditDrawn" and event.args["audited"]:
@@ -316,7 +294,7 @@ class Settler:
         return settled, drawn
 
     def _is_stale(self, job_id: int, record: JobRecord) -> bool:
-        return self.actor.job_digest(job_id) != self.actor.hash_job(record)
+        return not self.actor.record_matches(job_id, record)
 
     def _release(self, claims: Sequence[_Claim], value: str) -> None:
         for claim in claims:

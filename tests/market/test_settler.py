@@ -10,13 +10,13 @@ import threading
 from collections import Counter
 
 import pytest
-from meshcompute.market import settlement as settlement_module
-from meshcompute.market.settlement import GAS_BASE, GAS_PER_JOB, SettlementReport, Settler
 
 from meshcompute.chain.contracts import MeshActor, MeshContracts
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.payout import split_reward
 from meshcompute.errors import BadInput, ContractRevert, TransactionTimeout
+from meshcompute.market import settler as settler_module
+from meshcompute.market.settler import GAS_BASE, GAS_PER_JOB, SettlementReport, Settler
 from tests.contracts.world import TEST_PARAMS, World
 
 CHALLENGE = TEST_PARAMS.challenge_window_s
@@ -236,8 +236,8 @@ def test_gas_headroom_covers_jobs_the_estimate_skips(
     records = records_of(world)
     now = world.now() + CHALLENGE + 5  # the market's clock, ahead of the latest block
 
-    monkeypatch.setattr(settlement_module, "GAS_PER_JOB", 0)
-    monkeypatch.setattr(settlement_module, "GAS_BASE", 0)
+    monkeypatch.setattr(settler_module, "GAS_PER_JOB", 0)
+    monkeypatch.setattr(settler_module, "GAS_BASE", 0)
     bare = settler(world, redis_client, prefix)
     with pytest.raises(ContractRevert) as failed:
         bare.settle(records, now)
