@@ -47,7 +47,7 @@ from meshcompute.errors import BadInput, JobFailed, NotFound
 log = logging.getLogger("meshcompute.verifier")
 
 
-class BlobStore(Protocol):
+class BlobSource(Protocol):
     """What the verifier needs of the market's blob store (``MarketClient`` provides it)."""
 
     def get_blob(self, sha256: str, *, verify: bool = True) -> bytes: ...
@@ -121,7 +121,7 @@ class VerdictReady:
     evidence_sha256: str
 
 
-def fetch_job_inputs(store: BlobStore, job_id: int, spec_hash: bytes) -> JobInputs:
+def fetch_job_inputs(store: BlobSource, job_id: int, spec_hash: bytes) -> JobInputs:
     """The spec, program and inputs of a job, each checked against its hash."""
     spec_sha = bytes(spec_hash).hex()
     raw = _fetch(store, job_id, "spec", spec_sha)
@@ -134,7 +134,7 @@ def fetch_job_inputs(store: BlobStore, job_id: int, spec_hash: bytes) -> JobInpu
     return JobInputs(spec=spec, spec_sha256=spec_sha, program=program, inputs=inputs)
 
 
-def _fetch(store: BlobStore, job_id: int, role: str, sha: str) -> bytes:
+def _fetch(store: BlobSource, job_id: int, role: str, sha: str) -> bytes:
     try:
         data = store.get_blob(sha, verify=True)
     except NotFound as exc:
@@ -146,7 +146,7 @@ def _fetch(store: BlobStore, job_id: int, role: str, sha: str) -> bytes:
     return data
 
 
-def fetch_worker_output(store: BlobStore, job_id: int, record: JobRecord) -> bytes:
+def fetch_worker_output(store: BlobSource, job_id: int, record: JobRecord) -> bytes:
     """The output the worker committed to on chain; WorkerOutputMissing when it cannot be had."""
     sha = bytes(record.result_hash).hex()
     try:
@@ -165,7 +165,7 @@ class Auditor:
 
     def __init__(
         self,
-        store: BlobStore,
+        store: BlobSource,
         recompute: Recompute,
         compare: CompareOutputs,
         evidence_hash: EvidenceHash,
@@ -391,7 +391,7 @@ class Auditor:
 
 
 # ---------------------------------------------------------------------- evidence blobs
-def store_evidence(store: BlobStore, record: EvidenceRecord, evidence_hash: EvidenceHash) -> str:
+def store_evidence(store: BlobSource, record: EvidenceRecord, evidence_hash: EvidenceHash) -> str:
     """Upload the claim document (named by the on-chain evidence hash) and the full record;
     returns the record's sha256."""
     document = claim_document(record.output_hashes, record.policy)
@@ -407,7 +407,7 @@ def store_evidence(store: BlobStore, record: EvidenceRecord, evidence_hash: Evid
     return store.put_blob(record.to_bytes())
 
 
-def load_claim(store: BlobStore, onchain_evidence: bytes, evidence_hash: EvidenceHash) -> EvidenceClaim:
+def load_claim(store: BlobSource, onchain_evidence: bytes, evidence_hash: EvidenceHash) -> EvidenceClaim:
     """The claim behind an on-chain evidence hash, fetched from the blob store by that hash."""
     raw = store.get_blob(bytes(onchain_evidence).hex(), verify=True)
     return parse_claim(raw, onchain_evidence, evidence_hash)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshcompute.verifier.audit import (
-    BlobStore,
+    BlobSource,
     CompareOutputs,
     MissingBlob,
     Recompute,
@@ -90,7 +90,7 @@ class RecheckReport:
 
 def recheck_job(
     contracts: MeshContracts,
-    store: BlobStore,
+    store: BlobSource,
     recompute: Recompute,
     compare: CompareOutputs,
     evidence_hash: EvidenceHash,
@@ -145,7 +145,7 @@ def recheck_job(
 
 def _check(
     posted: PostedVerdict,
-    store: BlobStore,
+    store: BlobSource,
     compare: CompareOutputs,
     evidence_hash: EvidenceHash,
     worker_sha: str,
