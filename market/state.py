@@ -21,11 +21,10 @@ from typing import Any
 
 import redis
 
+from meshcompute.core.lease import MatchPlan
 from meshcompute.errors import AuthError
 
 DEFAULT_PREFIX = "mesh:mkt:"
-MAX_FAILURES = 3
-"""A job that failed to run on this many different workers is offered no more."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,21 @@ class LeaseInfo:
     def key(self) -> str:
         """Idempotency key of this lease: one job, one holder, one expiry."""
         return f"{self.job_id}:{self.worker}:{self.expiry}"
+
+
+@dataclass(frozen=True)
+class QueueFacts:
+    """What the market recorded about a queued job."""
+
+    first_seen: float
+    """When the market first saw the job (its place in the queue)."""
+    failures: int
+    """How many workers failed to run it."""
+    excluded: frozenset[str]
+    """Workers it may not be offered to now."""
+    spec_problem: str | None
+    group: str | None
+    """The group the job is recorded in as a shard."""
 
 
 # One round trip each, atomic (Redis runs a script alone). KEYS and ARGV are listed per script.
@@ -202,14 +216,19 @@ class MarketState:
         (each one atomic on its own, a script)."""
         pipe = self.r.pipeline(transaction=False)
         for job_id, worker, collateral in offers:
-            self._create_offer(
-                keys=[self._k("offer", job_id), self._k("lease", job_id),
-                      self._k("offers", worker), self._k("offer-ids")],
-                args=[worker, str(collateral), repr(float(now)), repr(float(now + ttl_s)),
-                      batch, str(job_id)],
-                client=pipe,
-            )
+            self._queue_create_offer(pipe, job_id, worker, collateral, now=now, ttl_s=ttl_s,
+                                     batch=batch)
         return [bool(result) for result in pipe.execute()]
+
+    def _queue_create_offer(self, pipe: Any, job_id: int, worker: str, collateral: int, *,
+                            now: float, ttl_s: float, batch: str) -> None:
+        self._create_offer(
+            keys=[self._k("offer", job_id), self._k("lease", job_id),
+                  self._k("offers", worker), self._k("offer-ids")],
+            args=[worker, str(collateral), repr(float(now)), repr(float(now + ttl_s)),
+                  batch, str(job_id)],
+            client=pipe,
+        )
 
     def offer(self, job_id: int) -> OfferInfo | None:
         return _offer_from(job_id, self.r.hgetall(self._k("offer", job_id)))
@@ -402,13 +421,16 @@ class MarketState:
         """:meth:`end_lease` for many leases in one round trip (each atomic, a script)."""
         pipe = self.r.pipeline(transaction=False)
         for lease in leases:
-            self._end_lease(
-                keys=[self._k("lease", lease.job_id), self._k("leases", lease.worker),
-                      self._k("lease-expiry")],
-                args=[lease.worker, str(int(lease.expiry)), str(lease.job_id)],
-                client=pipe,
-            )
+            self._queue_end_lease(pipe, lease)
         return [bool(result) for result in pipe.execute()] if leases else []
+
+    def _queue_end_lease(self, pipe: Any, lease: LeaseInfo) -> None:
+        self._end_lease(
+            keys=[self._k("lease", lease.job_id), self._k("leases", lease.worker),
+                  self._k("lease-expiry")],
+            args=[lease.worker, str(int(lease.expiry)), str(lease.job_id)],
+            client=pipe,
+        )
 
     # ------------------------------------------------------------------ exclusions, failures
     def exclude(self, job_id: int, worker: str, until: float) -> None:
@@ -418,36 +440,36 @@ class MarketState:
         members = self.r.zrangebyscore(self._k("exclude", job_id), now, "+inf")
         return frozenset(m.decode() for m in members)
 
-    def excluded_many(self, job_ids: list[int], now: float) -> dict[int, frozenset[str]]:
-        """:meth:`excluded` for many jobs in one round trip."""
+    def queue_facts(self, job_ids: list[int], now: float) -> dict[int, QueueFacts]:
+        """What the market recorded about each of ``job_ids``, in one round trip. A job
+        seen for the first time is first seen ``now`` (kept across restarts)."""
+        if not job_ids:
+            return {}
+        ids = [str(job_id) for job_id in job_ids]
         pipe = self.r.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.zrangebyscore(self._k("exclude", job_id), now, "+inf")
-        return {job_id: frozenset(m.decode() for m in members)
-                for job_id, members in zip(job_ids, pipe.execute(), strict=True)}
-
-    def failure_counts(self, job_ids: list[int]) -> dict[int, int]:
-        """:meth:`failure_count` for many jobs in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in job_ids:
+        for job_id in ids:
+            pipe.hsetnx(self._k("first-seen"), job_id, now)
+        pipe.hmget(self._k("first-seen"), ids)
+        pipe.mget([self._k("spec-problem", job_id) for job_id in ids])
+        pipe.mget([self._k("job-group", job_id) for job_id in ids])
+        for job_id in ids:
             pipe.hlen(self._k("failures", job_id))
-        return {job_id: int(n) for job_id, n in zip(job_ids, pipe.execute(), strict=True)}
-
-    def spec_problems(self, job_ids: list[int]) -> dict[int, str]:
-        """The recorded spec problems of ``job_ids`` (jobs without one are left out)."""
-        if not job_ids:
-            return {}
-        values = self.r.mget([self._k("spec-problem", job_id) for job_id in job_ids])
-        return {job_id: v.decode() for job_id, v in zip(job_ids, values, strict=True)
-                if v is not None}
-
-    def groups_of(self, job_ids: list[int]) -> dict[int, str]:
-        """The group each of ``job_ids`` was recorded in (jobs in none are left out)."""
-        if not job_ids:
-            return {}
-        values = self.r.mget([self._k("job-group", job_id) for job_id in job_ids])
-        return {job_id: v.decode() for job_id, v in zip(job_ids, values, strict=True)
-                if v is not None}
+        for job_id in ids:
+            pipe.zrangebyscore(self._k("exclude", job_id), now, "+inf")
+        results = pipe.execute()[len(ids):]
+        first_seen, problems, groups = results[0], results[1], results[2]
+        failures = results[3:3 + len(ids)]
+        excluded = results[3 + len(ids):]
+        return {
+            job_id: QueueFacts(
+                first_seen=float(first_seen[n]),
+                failures=int(failures[n]),
+                excluded=frozenset(m.decode() for m in excluded[n]),
+                spec_problem=problems[n].decode() if problems[n] is not None else None,
+                group=groups[n].decode() if groups[n] is not None else None,
+            )
+            for n, job_id in enumerate(job_ids)
+        }
 
     def record_failure(self, job_id: int, worker: str, reason: str) -> int:
         """Remember why ``worker`` could not run the job; returns how many workers failed."""
@@ -458,25 +480,12 @@ class MarketState:
         pipe.hlen(key)
         return int(pipe.execute()[-1])
 
-    def failure_count(self, job_id: int) -> int:
-        return int(self.r.hlen(self._k("failures", job_id)))
-
     def failure(self, job_id: int) -> str | None:
         problem = self.r.get(self._k("spec-problem", job_id))
         if problem is not None:
             return problem.decode()
         last = self.r.get(self._k("last-failure", job_id))
         return last.decode() if last is not None else None
-
-    def set_spec_problem(self, job_id: int, problem: str | None) -> None:
-        if problem is None:
-            self.r.delete(self._k("spec-problem", job_id))
-        else:
-            self.r.set(self._k("spec-problem", job_id), problem)
-
-    def spec_problem(self, job_id: int) -> str | None:
-        value = self.r.get(self._k("spec-problem", job_id))
-        return value.decode() if value is not None else None
 
     # ------------------------------------------------------------------ results, groups
     def save_result(self, job_id: int, worker: str, output_sha256: str, now: float) -> None:
@@ -489,51 +498,63 @@ class MarketState:
         data = self.r.hgetall(self._k("result", job_id))
         return {k.decode(): v.decode() for k, v in data.items()} or None
 
-    def first_seen(self, job_ids: Iterable[int], now: float) -> dict[int, float]:
-        """When the market first saw each job (set once, kept across restarts)."""
-        ids = list(job_ids)
-        if not ids:
-            return {}
-        key = self._k("first-seen")
-        pipe = self.r.pipeline()
-        for job_id in ids:
-            pipe.hsetnx(key, str(job_id), now)
-        pipe.hmget(key, [str(i) for i in ids])
-        values = pipe.execute()[-1]
-        return {job_id: float(v) for job_id, v in zip(ids, values, strict=True)}
-
     def add_to_group(self, group: str, shard: int, job_id: int, client: str) -> bool:
         """Record ``job_id`` as shard ``shard`` of ``group``. A group belongs to the client
         whose job named it first (group ids are public in the specs): a job of another
         client naming it is refused (False), so nobody can swap shards of someone's output.
         A later job of the same client for the same shard (a re-post) replaces the old one."""
-        return self.add_to_groups([(group, shard, job_id, client)])[0]
-
-    def add_to_groups(self, joins: list[tuple[str, int, int, str]]) -> list[bool]:
-        """:meth:`add_to_group` for many ``(group, shard, job_id, client)`` in one round
-        trip (each atomic, a script)."""
         pipe = self.r.pipeline(transaction=False)
-        for group, shard, job_id, client in joins:
-            self._add_to_group(
-                keys=[self._k("group-owner", group), self._k("group", group),
-                      self._k("job-group", job_id)],
-                args=[client.lower(), str(int(shard)), str(int(job_id)), group],
-                client=pipe,
-            )
-        return [bool(result) for result in pipe.execute()] if joins else []
+        self._queue_add_to_group(pipe, group, shard, job_id, client)
+        return bool(pipe.execute()[0])
+
+    def _queue_add_to_group(self, pipe: Any, group: str, shard: int, job_id: int,
+                            client: str) -> None:
+        self._add_to_group(
+            keys=[self._k("group-owner", group), self._k("group", group),
+                  self._k("job-group", job_id)],
+            args=[client.lower(), str(int(shard)), str(int(job_id)), group],
+            client=pipe,
+        )
+
+    def group_owners(self, groups: Iterable[str]) -> dict[str, str]:
+        """The owning client (lower case) of each of ``groups`` that has one."""
+        names = sorted(set(groups))
+        if not names:
+            return {}
+        values = self.r.mget([self._k("group-owner", group) for group in names])
+        return {group: v.decode() for group, v in zip(names, values, strict=True)
+                if v is not None}
 
     def group(self, group: str) -> dict[int, int]:
         """shard index -> job id."""
         data = self.r.hgetall(self._k("group", group))
         return {int(k): int(v) for k, v in data.items()}
 
-    def spec_seen(self, job_id: int) -> bool:
-        return bool(self.r.exists(self._k("job-group", job_id))) or bool(
-            self.r.sismember(self._k("specs-read"), job_id)
-        )
-
-    def mark_spec_read(self, job_id: int) -> None:
-        self.r.sadd(self._k("specs-read"), job_id)
+    # ------------------------------------------------------------------ a match round
+    def write_match(self, plan: MatchPlan[LeaseInfo], *, now: float,
+                    ttl_s: float) -> tuple[list[bool], list[bool]]:
+        """Everything a match round decided, in one round trip and in this order (each
+        script atomic on its own): end ``plan.ending`` (as :meth:`end_lease`), join
+        ``plan.joins`` (:meth:`add_to_group`), record ``plan.problem_changes``, make
+        ``plan.offers`` (:meth:`create_offer`, each with its batch id, offered at ``now`` for
+        ``ttl_s``). Returns which of the leases this call ended and which offers it made."""
+        pipe = self.r.pipeline(transaction=False)
+        for lease in plan.ending:
+            self._queue_end_lease(pipe, lease)
+        for group, shard, job_id, client in plan.joins:
+            self._queue_add_to_group(pipe, group, shard, job_id, client)
+        for job_id, problem in plan.problem_changes.items():
+            if problem is None:
+                pipe.delete(self._k("spec-problem", job_id))
+            else:
+                pipe.set(self._k("spec-problem", job_id), problem)
+        for offer in plan.offers:
+            self._queue_create_offer(pipe, offer.job_id, offer.worker, offer.collateral,
+                                     now=now, ttl_s=ttl_s, batch=offer.batch)
+        results = [bool(result) for result in pipe.execute()]
+        ended = results[:len(plan.ending)]
+        made = results[len(results) - len(plan.offers):]
+        return ended, made
 
     # ------------------------------------------------------------------ metrics counters
     def incr_metric(self, name: str, amount: int = 1, *, key: str | None = None) -> None:

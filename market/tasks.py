@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+
 from meshcompute.market import rounds
 from meshcompute.market.runtime import MarketRuntime
-
 from meshcompute.settings import Settings, get_settings
 
 log = logging.getLogger("market.tasks")

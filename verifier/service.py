@@ -54,6 +54,13 @@ from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import VERIFIER_ROLE
 from meshcompute.chain.draws import AuditDraws
 from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.lease import (
+    appeal_verdict_closes_at,
+    audit_closes_at,
+    final_margin,
+    in_final_margin,
+    window_open,
+)
 from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
 
 log = logging.getLogger("meshcompute.verifier")
@@ -209,11 +216,11 @@ class VerifierService:
                 return "not drawn"
         elif record.state != JobState.AUDITED:
             return self._skip(job_id, AUDIT, f"job is {record.state.name}: verdict already in")
-        closes = record.committed_at + self._windows["challenge_window_s"] + \
-            self._windows["audit_window_s"]
-        if now > closes:
+        closes = audit_closes_at(record, challenge_window=self._windows["challenge_window_s"],
+                                 audit_window=self._windows["audit_window_s"])
+        if not window_open(now, closes):
             return self._skip(job_id, AUDIT, "audit window closed")
-        final = now >= closes - self._margin()
+        final = in_final_margin(now, closes, self._margin())
         try:
             ready = self.auditor.audit(job_id, record, missing_output_is_final=final)
         except WorkerOutputMissing as exc:
@@ -231,14 +238,14 @@ class VerifierService:
         return self._post(ready, record)
 
     def _appeal(self, job_id: int, record: JobRecord, now: int) -> VerdictReady | str:
-        closes = record.resolved_at + self._windows["appeal_window_s"] + \
-            self._windows["audit_window_s"]
-        if now > closes:
+        closes = appeal_verdict_closes_at(record, appeal_window=self._windows["appeal_window_s"],
+                                          audit_window=self._windows["audit_window_s"])
+        if not window_open(now, closes):
             return self._skip(job_id, APPEAL, "appeal verdict window closed")
         first = job_verdicts(self.actor, job_id).audit
         if first is None:
             return self._skip(job_id, APPEAL, "no first verdict found in the job's events")
-        final = now >= closes - self._margin()
+        final = in_final_margin(now, closes, self._margin())
         try:
             ready = self.auditor.appeal(job_id, record, first.evidence_hash,
                                         missing_output_is_final=final)
@@ -308,7 +315,7 @@ class VerifierService:
         os.replace(tmp, self.health_path)
 
     def _margin(self) -> int:
-        return min(self.config.final_margin_s, self._windows["audit_window_s"] // 2)
+        return final_margin(self.config.final_margin_s, self._windows["audit_window_s"])
 
 
 def check_health(path: Path, *, max_age_s: float) -> tuple[bool, str]:

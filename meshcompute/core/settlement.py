@@ -25,6 +25,12 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 
 from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.lease import (
+    appeal_closes_at,
+    appeal_verdict_closes_at,
+    audit_closes_at,
+    window_open,
+)
 
 AuditDraw = Callable[[int, JobRecord], bool | None]
 """``audited(job_id, record)``: the audit draw of a committed job, None while not drawable."""
@@ -71,14 +77,16 @@ def settle_action(
             return None
         return SettleAction.RECORD_DRAW if draw else SettleAction.PAY
     if state == JobState.AUDITED:
-        closes_at = record.committed_at + challenge_window + audit_window
-        return SettleAction.PAY if now > closes_at else None
+        closes_at = audit_closes_at(record, challenge_window=challenge_window,
+                                    audit_window=audit_window)
+        return None if window_open(now, closes_at) else SettleAction.PAY
     if state == JobState.AUDIT_FAILED:
-        closes_at = record.resolved_at + appeal_window
-        return SettleAction.SLASH if now > closes_at else None
+        closes_at = appeal_closes_at(record, appeal_window=appeal_window)
+        return None if window_open(now, closes_at) else SettleAction.SLASH
     if state == JobState.APPEALED:
-        closes_at = record.resolved_at + appeal_window + audit_window
-        return SettleAction.SLASH if now > closes_at else None
+        closes_at = appeal_verdict_closes_at(record, appeal_window=appeal_window,
+                                             audit_window=audit_window)
+        return None if window_open(now, closes_at) else SettleAction.SLASH
     return None
 
 

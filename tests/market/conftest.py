@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 import uvicorn
-from meshcompute.market.app import create_app
-from meshcompute.market.runtime import MarketRuntime
 
 from meshcompute.chain.deploy import save_deployment
+from meshcompute.market.api.app import create_app
+from meshcompute.market.runtime import MarketRuntime
 from meshcompute.settings import Settings, load_settings
 from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import World, build_world

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import redis as redis_lib
-from meshcompute.market.state import LeaseInfo, MarketState
 
+from meshcompute.core.lease import MatchPlan, PlannedOffer
 from meshcompute.errors import AuthError
+from meshcompute.market.state import LeaseInfo, MarketState
 
 W1 = "0x" + "11" * 20
 W2 = "0x" + "22" * 20
@@ -118,3 +119,43 @@ def test_offers_written_before_the_offer_index_are_found_once(state):
     state.r.delete(state._k("offer", 6))  # gone without the index knowing: pruned
     assert {o.job_id for o in fresh.all_offers()} == {5}
     assert state.r.smembers(state._k("offer-ids")) == {b"5"}
+
+
+def test_queue_facts_read_what_a_match_round_needs_in_one_go(state):
+    group = "cd" * 32
+    state.exclude(8, W1, until=50)
+    state.exclude(8, W2, until=10)
+    state.record_failure(8, W2, "oom")
+    state.add_to_group(group, 0, 9, W1)
+    state.r.set(state._k("spec-problem", 9), "bad spec")
+    facts = state.queue_facts([8, 9], now=20)
+    assert facts[8].first_seen == 20.0 and facts[8].failures == 1
+    assert facts[8].excluded == {W1} and facts[8].group is None
+    assert facts[9].spec_problem == "bad spec" and facts[9].group == group
+    assert state.queue_facts([8], now=30)[8].first_seen == 20.0  # first seen once
+    assert state.queue_facts([], now=30) == {}
+    assert state.group_owners([group, "ef" * 32]) == {group: W1.lower()}
+
+
+def test_write_match_applies_a_plan_in_one_round_trip(state):
+    group = "cd" * 32
+    ending = _lease(1, W1, 100)
+    assert state.create_offer(1, W1, 5, now=10, ttl_s=30)
+    assert state.offer_to_lease(state.offer(1), ending)
+    state.r.set(state._k("spec-problem", 2), "old problem")
+    assert state.create_offer(4, W2, 5, now=10, ttl_s=30)
+    plan = MatchPlan(
+        ending=[ending, _lease(7, W1, 100)],  # 7 holds no lease: not ended by this call
+        joins=[(group, 0, 3, W2)],
+        problem_changes={2: None, 5: "no spec"},
+        offers=[PlannedOffer(3, W1, 7, "3-2-20.000000"), PlannedOffer(4, W1, 7, "")],
+    )
+    ended, made = state.write_match(plan, now=20, ttl_s=30)
+    assert ended == [True, False] and made == [True, False]  # 4 is offered to W2 already
+    assert state.lease(1) is None
+    assert state.group(group) == {0: 3}
+    assert state.failure(2) is None and state.failure(5) == "no spec"
+    offer = state.offer(3)
+    assert (offer.worker, offer.collateral, offer.batch, offer.expires_at) == (
+        W1, 7, "3-2-20.000000", 50.0)
+    assert state.write_match(MatchPlan(), now=20, ttl_s=30) == ([], [])

@@ -72,7 +72,7 @@ def market(world_module: World, anvil, redis_url: str, tmp_path_factory) -> Iter
     """The real market API (create_app) served by uvicorn on a loopback port."""
     import httpx
     import uvicorn
-    from meshcompute.market.app import create_app
+    from meshcompute.market.api.app import create_app
 
     root = tmp_path_factory.mktemp("market")
     deployments = root / "deployments"

@@ -19,7 +19,7 @@ import redis
 import torch
 import uvicorn
 from meshcompute.market import rounds
-from meshcompute.market.app import create_app
+from meshcompute.market.api.app import create_app
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.mesh.models import build_model, example_inputs
 

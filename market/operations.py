@@ -1,8 +1,10 @@
-"""What each endpoint does, as plain functions over a :class:`MarketRuntime`.
+"""The market's operations, one per endpoint, as plain functions over a :class:`MarketRuntime`:
+reads of jobs and groups, storing blobs and specs, the worker registry, taking, renewing and
+ending leases, and results. The lease rules they apply live in :mod:`meshcompute.core.lease`.
 
-Routes in :mod:`meshcompute.market.app` parse and authenticate, then call one of these. Errors are the
-project's error tree; the app maps them to HTTP statuses (BadInput 422 or a narrower 400/413,
-AuthError 401, Forbidden 403, NotFound 404, Conflict 409).
+Routes in :mod:`meshcompute.market.api.routes` parse and authenticate, then call one of these.
+Errors are the project's error tree; the API maps them to HTTP statuses (BadInput 422 or a
+narrower 400/413, AuthError 401, Forbidden 403, NotFound 404, Conflict 409).
 """
 
 from __future__ import annotations
@@ -10,18 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from meshcompute.market.runtime import MarketRuntime
-from meshcompute.market.state import MAX_FAILURES, LeaseInfo, OfferInfo, WorkerInfo
-
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
+from meshcompute.core.lease import given_up, leasable, lease_expired, lease_unit, offer_lapsed
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.market.state import LeaseInfo, OfferInfo, WorkerInfo
 from meshcompute.wire.bundle import BundleTooLarge, bundle_header, bundle_size, decode_bundle
 from meshcompute.wire.market_client import Lease, ticket_from_json, ticket_to_json
-
-#: A ticket is not issued for a job whose deadline is closer than this (it could not finish).
-DEADLINE_MARGIN_S = 10
 
 
 class Forbidden(AuthError):
@@ -225,6 +224,8 @@ def register_worker(
     operator: str | None,
     now: float,
 ) -> WorkerInfo:
+    """Register (or update) ``address``; its ``operator`` label is shown to others as
+    :func:`printable` text."""
     standing = rt.standing(address, fresh=True)  # a worker that just staked may register
     if standing.total_stake <= 0:
         raise Forbidden(
@@ -233,7 +234,7 @@ def register_worker(
         )
     return rt.state.save_worker(
         address,
-        operator=operator or address,
+        operator=printable(operator) if operator else address,
         hardware=hardware,
         price_wei=price_wei,
         slots=slots,
@@ -269,7 +270,7 @@ def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> l
     chain_now = rt.chain_now()
     units: dict[str, list[OfferInfo]] = {}
     for offer in rt.state.offers_for(worker.address):
-        units.setdefault(offer.batch or f"job-{offer.job_id}", []).append(offer)
+        units.setdefault(lease_unit(offer), []).append(offer)
     leases: list[Lease] = []
     taken = 0
     for offers in units.values():
@@ -277,7 +278,7 @@ def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> l
             break
         usable: list[tuple[OfferInfo, JobRecord, JobSpec]] = []
         for offer in offers:
-            if offer.expires_at < now:
+            if offer_lapsed(offer.expires_at, now):
                 continue  # the expiry task takes it back
             record = rt.indexer.job_record(offer.job_id)
             spec = rt.spec_or_none(record.spec_hash.hex()) if record is not None else None
@@ -298,17 +299,6 @@ def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> l
         for info_, (_, record, spec) in zip(infos, usable, strict=True):
             leases.append(_lease_of(info_, spec, spec.sha256, record))
     return leases
-
-
-def leasable(record: JobRecord, worker: str, chain_now: int) -> bool:
-    """Whether ``worker`` could take the job on chain now (with a ticket)."""
-    if record.deadline <= chain_now + DEADLINE_MARGIN_S:
-        return False
-    if record.state == JobState.POSTED:
-        return True
-    if record.state == JobState.ASSIGNED:
-        return record.worker == worker or record.lease_expiry <= chain_now
-    return False
 
 
 def _sign_leases(
@@ -385,7 +375,7 @@ def renew_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> Lea
     old = held_lease(rt, address, job_id)
     record = job_record(rt, job_id)
     chain_now = rt.chain_now()
-    if old.expiry <= chain_now:
+    if lease_expired(old.expiry, chain_now):
         raise Conflict(f"the lease on job {job_id} expired at {old.expiry}; ask for new work")
     if not leasable(record, address, chain_now):
         raise Conflict(f"job {job_id} is {record.state.name.lower()} on chain; nothing to renew")
@@ -423,13 +413,14 @@ def release_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> N
 
 
 def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: float) -> None:
+    """``address`` could not run the job; ``reason`` is kept as :func:`printable` text."""
     lease = held_lease(rt, address, job_id)
-    count = rt.state.record_failure(job_id, address, reason)
+    count = rt.state.record_failure(job_id, address, printable(reason))
     if rt.state.end_lease(lease):
         # a job that failed on one worker may still run elsewhere, but never again here
         rt.state.exclude(job_id, address, float("inf"))
         rt.state.incr_metric("jobs_failed_runs", key=lease.key)
-        if count >= MAX_FAILURES:
+        if given_up(count):
             rt.state.incr_metric("jobs_given_up", key=str(job_id))
 
 
@@ -469,3 +460,13 @@ def submit_results(
         {"job_id": job_id, "output_sha256": output_sha256, "lease_expiry": lease.expiry}
         for job_id, output_sha256, lease in checked
     ]
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters (ANSI escapes, bidi overrides) written as
+    escapes: a worker's failure reason and operator label are shown to other people's
+    terminals, which must not take orders from them. Newlines and tabs stay."""
+    return "".join(
+        c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )

@@ -1,0 +1,47 @@
+"""The market API's factory: one FastAPI app wiring the routers of
+:mod:`meshcompute.market.api.routes`, the runtime they depend on, and the error answers. The
+contract is docs/market-api.md; ``/openapi.json`` is the generated reference.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fastapi import FastAPI
+
+from meshcompute.market.api.deps import LazyRuntime
+from meshcompute.market.api.errors import ERROR_RESPONSES, install_error_handlers
+from meshcompute.market.api.routes import (
+    blobs,
+    groups,
+    health,
+    jobs,
+    leases,
+    results,
+    specs,
+    workers,
+)
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.settings import Settings
+
+_RECURSION_LIMIT = 4000
+
+
+def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> FastAPI:
+    """The market API for ``settings`` (``runtime`` injects a prebuilt one, for tests)."""
+    # py_ecc (imported with eth_account) raises the interpreter's recursion limit to 100000:
+    # json.loads of a body nested that deep then overflows the C stack and kills the whole
+    # process, before any signature is checked. The market needs no deep recursion; with
+    # this limit such a body is refused with 400 like any unparsable one.
+    sys.setrecursionlimit(min(sys.getrecursionlimit(), _RECURSION_LIMIT))
+    app = FastAPI(
+        title="meshcompute market",
+        version="1",
+        description="Operator service of the meshcompute marketplace; see docs/market-api.md.",
+        responses=ERROR_RESPONSES,
+    )
+    app.state.runtime = LazyRuntime(lambda: runtime or MarketRuntime.from_settings(settings))
+    install_error_handlers(app)
+    for module in (health, blobs, jobs, groups, specs, workers, leases, results):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,83 @@
+"""What the routes depend on, as ``Annotated`` aliases: the runtime (:data:`Runtime`), the
+address that signed the request (:data:`Signer`), and the path parameters.
+
+The runtime (Redis, chain, blob store) is built on first use (:class:`LazyRuntime`), so the API
+starts even while the chain or Redis is still coming up and answers 503 until they are
+reachable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
+
+from meshcompute.errors import ChainError, ConfigError, DeploymentNotFound, ServiceUnavailable
+from meshcompute.market.api.schemas import SHA256_PATTERN
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.wire.auth import verify_signed_request
+
+
+class LazyRuntime:
+    """Builds the runtime on first use (and again after a failed attempt)."""
+
+    def __init__(self, factory: Callable[[], MarketRuntime]) -> None:
+        self._factory = factory
+        self._runtime: MarketRuntime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> MarketRuntime:
+        if self._runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    try:
+                        self._runtime = self._factory()
+                    except (ChainError, ConfigError, DeploymentNotFound, redis.RedisError) as exc:
+                        raise ServiceUnavailable(f"market not ready: {exc}") from exc
+        return self._runtime
+
+
+def _runtime(request: Request) -> MarketRuntime:
+    return request.app.state.runtime.get()
+
+
+Runtime = Annotated[MarketRuntime, Depends(_runtime)]
+
+
+async def authenticate(
+    request: Request, runtime: MarketRuntime, *, body: bytes, body_sha256: str | None = None
+) -> str:
+    """The address that signed ``request`` over ``body`` (or over ``body_sha256``, for a body
+    streamed elsewhere); its nonce is claimed, so the request cannot be replayed."""
+    now = time.time()
+    signed = verify_signed_request(
+        request.headers,
+        request.method,
+        request.url.path,
+        body,
+        runtime.chain_id,
+        now=now,
+        body_sha256=body_sha256,
+    )
+    # the nonce and expiry that were signed, never the headers read again
+    await run_in_threadpool(
+        runtime.state.claim_nonce, signed.address, signed.nonce, expires=signed.expires, now=now
+    )
+    return signed.address
+
+
+async def _signer(request: Request, runtime: Runtime) -> str:
+    """The address that signed this request (body read raw, before JSON parsing)."""
+    body = await request.body()
+    return await authenticate(request, runtime, body=body)
+
+
+Signer = Annotated[str, Depends(_signer)]
+
+Sha256Path = Annotated[str, Path(pattern=SHA256_PATTERN, description="lowercase sha256 hex")]
+JobIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]
