@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,6 +60,7 @@ from meshcompute.core.lease import (
     window_open,
 )
 from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
+from meshcompute.health import write_health
 
 log = logging.getLogger("meshcompute.verifier")
 
@@ -306,13 +305,9 @@ class VerifierService:
     def _write_health(self, report: PollReport) -> None:
         if self.health_path is None:
             return
-        body = {"ts": time.time(), "cursor": report.cursor, "address": self.actor.address,
-                "pending": len(self.journal.pending())}
-        self.health_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.health_path.parent, prefix=".health-")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(body, out)
-        os.replace(tmp, self.health_path)
+        write_health(self.health_path, {"ts": time.time(), "cursor": report.cursor,
+                                        "address": self.actor.address,
+                                        "pending": len(self.journal.pending())})
 
     def _margin(self) -> int:
         return final_margin(self.config.final_margin_s, self._windows["audit_window_s"])

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meshcompute.errors import ConfigError
+from meshcompute.errors import BadInput, ConfigError
 from meshcompute.settings import Settings
-
-TOKEN = 10**18
+from meshcompute.units import parse_mesh
 
 
 def parse_price(mesh: str | float | Decimal) -> int:
     """A MESH amount (decimal, e.g. ``"0.5"``) in wei; ConfigError when it is not one."""
     try:
-        value = Decimal(str(mesh)) * TOKEN
-    except InvalidOperation as exc:
-        raise ConfigError(f"worker price must be a decimal MESH amount, got {mesh!r}") from exc
-    if value < 0 or value != value.to_integral_value():
-        raise ConfigError(f"worker price must be >= 0 with at most 18 decimals, got {mesh!r}")
-    return int(value)
+        return parse_mesh(mesh, what="worker price (MESH_WORKER_PRICE, --price)",
+                          allow_zero=True)
+    except BadInput as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

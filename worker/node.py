@@ -4,9 +4,10 @@
     node.run(stop_event)          # until stop_event is set (the CLI sets it on SIGTERM)
 
 One main loop asks the market for work while slots are free, renews leases before they
-expire, watches the node's committed jobs for failed audits (and appeals once, if honest) and
-reads its earnings from the chain. A heartbeat thread keeps the registration alive and
-re-registers when the market has forgotten the worker. Each leased job runs on its own thread:
+expire, watches the node's committed jobs for failed audits (and appeals once, unless its
+:class:`~meshcompute.worker.policy.OutputPolicy` says not to) and reads its earnings from the
+chain. A heartbeat thread keeps the registration alive and re-registers when the market has
+forgotten the worker. Each leased job runs on its own thread:
 
     leased -> downloading (sha256 checked) -> running (sandboxed run_job) -> uploading
            -> submit_result -> committing (JobMarket.assignAndCommit with the lease's ticket)
@@ -31,11 +32,6 @@ from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
-from meshcompute.worker.adversary import Adversary
-from meshcompute.worker.config import WorkerConfig, parse_price
-from meshcompute.worker.runners import RunnerPool
-from meshcompute.worker.status import Event, EventSink, write_health
-from meshcompute.worker.watch import CommitWatch
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.errors import (
@@ -48,7 +44,13 @@ from meshcompute.errors import (
     SandboxUnavailable,
     ServiceUnavailable,
 )
+from meshcompute.health import write_health
 from meshcompute.wire.market_client import Hardware, Lease, MarketClient
+from meshcompute.worker.config import WorkerConfig, parse_price
+from meshcompute.worker.policy import HONEST, OutputPolicy
+from meshcompute.worker.runners import RunnerPool
+from meshcompute.worker.status import Event, EventSink
+from meshcompute.worker.watch import CommitWatch
 
 __all__ = ["WorkerConfig", "WorkerNode", "parse_price"]
 
@@ -122,7 +124,7 @@ class WorkerNode:
         *,
         hardware: Hardware | None = None,
         on_event: EventSink | None = None,
-        adversary: Adversary | None = None,
+        policy: OutputPolicy = HONEST,
         runner: Runner | None = None,
     ) -> None:
         if actor.address != account.address:
@@ -131,13 +133,13 @@ class WorkerNode:
         self.account = account
         self.market = market
         self.actor = actor
-        self.adversary = adversary
+        self.policy = policy
         self._hardware = hardware
         self._pool = RunnerPool() if runner is None else None
         self._runner: Runner = runner or self._pool  # type: ignore[assignment]
         self._sink = on_event or (lambda event: None)
         self._active: dict[int, _ActiveJob] = {}
-        self.watch = CommitWatch(actor, appeal=adversary is None, emit=self._emit)
+        self.watch = CommitWatch(actor, appeal=policy.appeals, emit=self._emit)
         self._lock = threading.RLock()
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS,
                                            thread_name_prefix="mesh-upload")
@@ -175,7 +177,7 @@ class WorkerNode:
         self._stop_event = stop_event
         self._emit("started", address=self.address, market=self.market.base_url,
                    slots=self.config.slots, threads=self.config.threads,
-                   device=self.hardware.device, adversary=self.adversary is not None)
+                   device=self.hardware.device, policy=self.policy.name)
         while True:
             try:
                 self.register()
@@ -513,24 +515,22 @@ class WorkerNode:
                 continue
             ready.append((job, program, inputs))
         done: dict[_ActiveJob, tuple[bytes, str, Any]] = {}
-        to_run: list[tuple[_ActiveJob, bytes, bytes, bool]] = []
+        to_run: list[tuple[_ActiveJob, bytes, bytes]] = []
         for job, program, inputs in ready:
-            cheating = self.adversary is not None and self.adversary.should_cheat(job.job_id)
-            if cheating and self.adversary is not None:
-                fake = self.adversary.cheap_output(job.lease.spec.program, inputs)
-                if fake is not None:
-                    self._phase(job, "running")
-                    self._emit("cheated", job_id=job.job_id, how="zeros without computing")
-                    done[job] = (fake, hashlib.sha256(fake).hexdigest(), None)
-                    continue
-            to_run.append((job, program, inputs, cheating))
+            given = self.policy.before_run(job.job_id, job.lease.spec.program, inputs,
+                                           self._emit)
+            if given is not None:
+                self._phase(job, "running")
+                done[job] = (given, hashlib.sha256(given).hexdigest(), None)
+                continue
+            to_run.append((job, program, inputs))
         for job, *_ in to_run:
             with job.lock:
                 if job.abandoned:
                     raise _Abandoned
                 job.running = True
         # One sandbox process per (client, program, limits): never mix clients or programs.
-        groups: dict[tuple[Any, ...], list[tuple[_ActiveJob, bytes, bytes, bool]]] = {}
+        groups: dict[tuple[Any, ...], list[tuple[_ActiveJob, bytes, bytes]]] = {}
         for item in to_run:
             spec = item[0].lease.spec
             key = (item[0].lease.record.client.lower(), spec.program, spec.device,
@@ -540,24 +540,17 @@ class WorkerNode:
             for job, *_ in items:
                 self._phase_unchecked(job, "running")
             outcomes = self._run_group(client, device, memory_mb, max_output, items)
-            for (job, _program, inputs, cheating), outcome in zip(items, outcomes, strict=True):
+            for (job, _program, inputs), outcome in zip(items, outcomes, strict=True):
                 if not outcome.ok or outcome.output is None:
                     self._fail(job, outcome.reason or "the job failed without a reason")
                     continue
-                output = bytes(outcome.output)
-                sha = hashlib.sha256(output).hexdigest()
-                if self.adversary is not None:
-                    self.adversary.remember(job.lease.spec.program, inputs, output)
-                    if cheating:
-                        output = self.adversary.corrupt(output)
-                        sha = hashlib.sha256(output).hexdigest()
-                        self._emit("cheated", job_id=job.job_id,
-                                   how=f"{self.adversary.mode} of output")
-                done[job] = (output, sha, outcome)
+                output = self.policy.after_run(job.job_id, job.lease.spec.program, inputs,
+                                               bytes(outcome.output), self._emit)
+                done[job] = (output, hashlib.sha256(output).hexdigest(), outcome)
         return done
 
     def _run_group(self, client: str, device: str, memory_mb: int, max_output: int,
-                   items: list[tuple[_ActiveJob, bytes, bytes, bool]]) -> list[Any]:
+                   items: list[tuple[_ActiveJob, bytes, bytes]]) -> list[Any]:
         """Run jobs of one client and one program: one ``run_batch`` call when the runner has
         it, else one call per job."""
         program = items[0][1]
@@ -567,13 +560,13 @@ class WorkerNode:
                   "allow_unsandboxed": self.config.allow_unsandboxed}
         run_batch = getattr(self._runner, "run_batch", None)
         if run_batch is not None:
-            return list(run_batch(program, [inputs for _, _, inputs, _ in items],
+            return list(run_batch(program, [inputs for _, _, inputs in items],
                                   time_limit_s=[job.lease.spec.time_limit_s
                                                 for job, *_ in items],
                                   client=client, **common))
         return [self._runner(program, inputs, time_limit_s=job.lease.spec.time_limit_s,
                              **common)
-                for job, _, inputs, _ in items]
+                for job, _, inputs in items]
 
     def _phase_unchecked(self, job: _ActiveJob, phase: str) -> None:
         job.phase = phase

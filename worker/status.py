@@ -6,19 +6,18 @@ consume them:
 
 - :class:`LiveStatus`: a rich table redrawn in place on a terminal (current jobs with their
   phase and elapsed time, totals, earnings read from the chain, the last problem);
-- :class:`JsonLogSink`: one JSON object per line (``--json-logs``), for machines.
+- :class:`JsonLogSink`: one JSON object per line (``--json-logs``) in the schema every service
+  logs in (:mod:`meshcompute.logs`), for machines.
 
 Events never carry key material; both sinks also drop any field whose name suggests a secret.
-The node writes a small health file on every heartbeat (:func:`write_health`) that
-``mesh worker health`` reads.
+The node writes a small health record on every heartbeat
+(:func:`meshcompute.health.write_health`) that ``mesh worker health`` reads (:func:`check_health`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,23 +30,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from meshcompute.logs import json_line, redact
+from meshcompute.units import TOKEN
+
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 
 #: Phases of a job on this worker, in order.
 PHASES = ("leased", "downloading", "running", "uploading", "committing")
 
-_SECRET_WORDS = ("key", "password", "secret", "mnemonic", "seed")
-TOKEN = 10**18
-
-
-def redact(event: Event) -> Event:
-    """The event without any field whose name suggests key material."""
-    return {
-        name: value
-        for name, value in event.items()
-        if not any(word in name.lower() for word in _SECRET_WORDS)
-    }
+#: Events that are problems, logged at their own level; every other event is ``info``.
+_PROBLEMS = ("warning", "error")
 
 
 class JsonLogSink:
@@ -58,7 +51,11 @@ class JsonLogSink:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        line = json.dumps(redact(event), default=str, separators=(",", ":"))
+        fields = dict(event)
+        name = str(fields.pop("event", ""))
+        ts = fields.pop("ts", None)
+        line = json_line("worker", name, fields, ts=ts,
+                         level=name if name in _PROBLEMS else "info")
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
@@ -202,15 +199,6 @@ class LiveStatus:
 
 
 # ---------------------------------------------------------------------- health file
-def write_health(path: Path, info: dict[str, Any]) -> None:
-    """Atomically write the worker's health record (last heartbeat time and counts)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".worker-health-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(redact(info), out)
-    os.replace(tmp, path)
-
-
 def check_health(path: Path, *, now: float | None = None) -> tuple[bool, str]:
     """Whether the worker behind ``path`` heartbeated recently; with a one-line reason."""
     try:

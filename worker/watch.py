@@ -3,7 +3,7 @@
 :class:`CommitWatch` keeps the ids of the jobs the node committed and, on each
 :meth:`~CommitWatch.check`, rebuilds their records from the chain's events. A job that failed
 its audit is appealed exactly once (``JobMarket.appeal``, inside the appeal window the contract
-enforces) unless the node is the test-only adversary, which never appeals; paid, slashed and
+enforces) unless the node's output policy never appeals (``appeal=False``); paid, slashed and
 refunded jobs are reported and dropped. Earnings come from ``JobMarket.accountOf``.
 """
 

@@ -18,13 +18,12 @@ console = Console(stderr=True)
 
 def _prepare():  # type: ignore[no-untyped-def]
     """Settings with a Redis URL (starting an embedded Valkey if none is configured)."""
+    from meshcompute.logs import configure_logging
     from meshcompute.market.embedded_redis import EmbeddedRedis
-    from meshcompute.market.logs import configure_logging
-
     from meshcompute.settings import get_settings
 
     settings = get_settings()
-    configure_logging(json_logs=settings.market_json_logs)
+    configure_logging("market", json_lines=settings.market_json_logs)
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir).start()
@@ -42,7 +41,8 @@ def serve(
 ) -> None:
     """Run the market's HTTP API (uvicorn) until Ctrl-C or SIGTERM."""
     import uvicorn
-    from meshcompute.market.app import create_app
+
+    from meshcompute.market.api.app import create_app
 
     settings, embedded = _prepare()
     try:

@@ -34,16 +34,16 @@ def worker_start(
     ] = None,
 ) -> None:
     """Register with the market and run jobs until SIGTERM or Ctrl-C."""
-    from meshcompute.worker.adversary import adversary_from_env
-    from meshcompute.worker.hardware import detect_hardware
-    from meshcompute.worker.node import WorkerConfig, WorkerNode, parse_price
-    from meshcompute.worker.status import JsonLogSink, LiveStatus
-
     from meshcompute.chain.connect import actor_for, connect
     from meshcompute.execution.sandbox import sandbox_available
+    from meshcompute.mesh.adversary import adversary_from_env
     from meshcompute.settings import get_settings
     from meshcompute.wallet import unlock
     from meshcompute.wire.market_client import MarketClient
+    from meshcompute.worker.hardware import detect_hardware
+    from meshcompute.worker.node import WorkerConfig, WorkerNode, parse_price
+    from meshcompute.worker.policy import HONEST
+    from meshcompute.worker.status import JsonLogSink, LiveStatus
 
     settings = get_settings()
     config = WorkerConfig.from_settings(
@@ -67,7 +67,7 @@ def worker_start(
     position = conn.contracts.stake_of(account.address)
     if position.free + position.locked == 0:
         raise BadInput(f"{account.address} has no stake on chain {conn.chain_id}: {STAKE_HINT}")
-    adversary = adversary_from_env(conn.chain_id)
+    cheater = adversary_from_env(conn.chain_id)  # test-only, dev chain only
     client = MarketClient(config.market_url, account, conn.chain_id,
                           max_download_bytes=settings.max_download_bytes)
     market_chain = client.info().chain_id
@@ -77,7 +77,7 @@ def worker_start(
             f"is chain {conn.chain_id}: point both at the same chain"
         )
     node = WorkerNode(config, account, client, actor_for(conn, account),
-                      hardware=detect_hardware(), adversary=adversary)
+                      hardware=detect_hardware(), policy=cheater or HONEST)
     stop = threading.Event()
 
     def _stop(*_: object) -> None:
@@ -100,9 +100,8 @@ def worker_start(
 @worker_app.command("health")
 def worker_health() -> None:
     """Exit 0 when this machine's worker heartbeated recently (for container health checks)."""
-    from meshcompute.worker.status import check_health
-
     from meshcompute.settings import get_settings
+    from meshcompute.worker.status import check_health
 
     ok, message = check_health(get_settings().data_dir / "worker-health.json")
     typer.echo(message)

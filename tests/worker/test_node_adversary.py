@@ -1,13 +1,14 @@
-"""worker.adversary: test-only cheating, refused outside the dev chain."""
+"""mesh.adversary: the test-only cheating output policy, refused outside the dev chain."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from meshcompute.worker.adversary import Adversary, adversary_from_env, safetensors_header
 from safetensors.torch import load, save
 
 from meshcompute.errors import ConfigError
+from meshcompute.mesh.adversary import Adversary, adversary_from_env, safetensors_header
+from meshcompute.worker.policy import HONEST
 
 
 def test_only_on_dev_chain_and_only_when_asked():
@@ -59,3 +60,31 @@ def test_cheap_output_only_after_seeing_the_layout():
     assert fake is not None and safetensors_header(fake) == safetensors_header(honest)
     assert adversary.cheap_output("ab" * 32, save({"args.0": torch.ones(3, 8)})) is None
     assert adversary.cheap_output("cd" * 32, inputs) is None
+
+
+def test_output_policy_hooks_cheat_only_on_chosen_jobs_and_say_so():
+    events: list[tuple[str, dict]] = []
+
+    def emit(name: str, **fields: object) -> None:
+        events.append((name, fields))
+
+    adversary = Adversary(0.5, seed=1)
+    honest_job = next(i for i in range(100) if not adversary.should_cheat(i))
+    cheat_job = next(i for i in range(100) if adversary.should_cheat(i))
+    program, inputs = "ab" * 32, save({"args.0": torch.ones(2, 8)})
+    honest = save({"out.0": torch.randn(2, 3)})
+    assert adversary.before_run(cheat_job, program, inputs, emit) is None  # layout unknown
+    assert adversary.after_run(honest_job, program, inputs, honest, emit) == honest
+    assert events == []
+    zeros = save({"out.0": torch.zeros(2, 3)})
+    assert adversary.before_run(honest_job, program, inputs, emit) is None
+    assert adversary.before_run(cheat_job, program, inputs, emit) == zeros
+    assert adversary.after_run(cheat_job, program, inputs, honest, emit) == zeros
+    assert [(name, fields["job_id"], fields["how"]) for name, fields in events] == [
+        ("cheated", cheat_job, "zeros without computing"),
+        ("cheated", cheat_job, "zeros of output"),
+    ]
+    assert (adversary.name, adversary.appeals) == ("cheater", False)
+    assert (HONEST.name, HONEST.appeals) == ("honest", True)
+    assert HONEST.before_run(cheat_job, program, inputs, emit) is None
+    assert HONEST.after_run(cheat_job, program, inputs, honest, emit) == honest

@@ -6,14 +6,10 @@ import io
 import json
 import time
 
-from meshcompute.worker.status import (
-    JsonLogSink,
-    LiveStatus,
-    StatusBoard,
-    check_health,
-    write_health,
-)
 from rich.console import Console
+
+from meshcompute.health import write_health
+from meshcompute.worker.status import JsonLogSink, LiveStatus, StatusBoard, check_health
 
 
 def _render(board: StatusBoard) -> str:
@@ -43,10 +39,14 @@ def test_board_follows_job_phases_and_totals():
 def test_json_logs_one_object_per_line_without_secret_fields():
     out = io.StringIO()
     sink = JsonLogSink(out)
-    sink({"event": "phase", "job_id": 1, "phase": "running"})
+    sink({"ts": 1.5, "event": "phase", "job_id": 1, "phase": "running"})
     sink({"event": "oops", "private_key": "0x" + "11" * 32, "password": "hunter2"})
-    lines = out.getvalue().splitlines()
-    assert [json.loads(line)["event"] for line in lines] == ["phase", "oops"]
+    sink({"event": "warning", "message": "heartbeat failed", "level": "forged"})
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"ts": 1.5, "level": "info", "service": "worker", "event": "phase",
+                        "job_id": 1, "phase": "running"}
+    assert [line["event"] for line in lines] == ["phase", "oops", "warning"]
+    assert lines[2]["level"] == "warning" and lines[2]["message"] == "heartbeat failed"
     assert "11" * 32 not in out.getvalue() and "hunter2" not in out.getvalue()
 
 

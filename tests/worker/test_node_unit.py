@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
-from meshcompute.worker.adversary import Adversary
-from meshcompute.worker.node import WorkerConfig, WorkerNode, parse_price
 
 from meshcompute.core.job import JobState
 from meshcompute.errors import ConfigError, TooLate, WrongJobState
+from meshcompute.mesh.adversary import Adversary
+from meshcompute.worker.node import WorkerConfig, WorkerNode, parse_price
+from meshcompute.worker.policy import HONEST, OutputPolicy
 from tests.worker.fakes import (
     HARDWARE,
     WORKER,
@@ -61,12 +62,12 @@ class Harness:
 
 @contextmanager
 def running(runner: FakeRunner | None = None, *, market: FakeMarket | None = None,
-            actor: FakeActor | None = None, adversary: Adversary | None = None,
+            actor: FakeActor | None = None, policy: OutputPolicy = HONEST,
             **config) -> Iterator[Harness]:
     market = market or FakeMarket()
     actor = actor or FakeActor()
     node = WorkerNode(_config(**config), WORKER, market, actor,  # type: ignore[arg-type]
-                      hardware=HARDWARE, runner=runner or FakeRunner(), adversary=adversary)
+                      hardware=HARDWARE, runner=runner or FakeRunner(), policy=policy)
     harness = Harness(market, actor, node)
     harness.thread.start()
     try:
@@ -365,10 +366,12 @@ def test_honest_node_appeals_failed_audit_once():
         actor.records[1] = replace(actor.records[1], state=JobState.FINALIZED)
         _wait(lambda: h.of("paid"))
     assert actor.appeals == [1]
+    assert [e["policy"] for e in h.of("started")] == ["honest"]
+    assert h.of("cheated") == []
     assert h.node.watch.job_ids() == []
 
 
-def test_adversary_never_appeals_and_cheats_on_chosen_jobs():
+def test_cheating_policy_passed_in_skips_runs_replaces_outputs_and_never_appeals():
     import torch
     from safetensors.torch import save
 
@@ -379,7 +382,7 @@ def test_adversary_never_appeals_and_cheats_on_chosen_jobs():
     actor = FakeActor()
     adversary = Adversary(fraction=1.0, seed=0)
     runner = FakeRunner(honest)
-    with running(runner, market=market, actor=actor, adversary=adversary) as h:
+    with running(runner, market=market, actor=actor, policy=adversary) as h:
         _wait(lambda: h.of("job_done"))
         market.add_job(make_lease(2, inputs=inputs), inputs=inputs)
         _wait(lambda: len(h.of("job_done")) == 2)
@@ -392,6 +395,7 @@ def test_adversary_never_appeals_and_cheats_on_chosen_jobs():
     zeros = save({"out.0": torch.zeros(2, 3)})
     assert first == second == hashlib.sha256(zeros).digest()
     assert [e["how"] for e in h.of("cheated")] == ["zeros of output", "zeros without computing"]
+    assert [e["policy"] for e in h.of("started")] == ["cheater"]
 
 
 def test_earnings_come_from_the_chain():

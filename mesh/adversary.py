@@ -1,11 +1,14 @@
-"""TEST-ONLY: a cheating worker strategy, for demos and end-to-end tests of the audits.
+"""TEST-ONLY: a cheating worker's output policy, for demos and end-to-end tests of the audits.
 
-On a seeded fraction of its jobs the cheater returns a wrong output of the right shape and
-dtype. The cheapest lie needs no computation: once it has seen an honest output of a program
-(for inputs of the same shapes and dtypes), it answers later jobs of that program with an
-all-zero safetensors file of the same layout, built from the header alone. Before it knows the
-layout it computes once and corrupts the result (``zeros``, or every float tensor scaled by
-``scale``, the mildest lie). A cheater never appeals.
+:class:`Adversary` is an :class:`~meshcompute.worker.policy.OutputPolicy` that ``mesh worker
+start`` passes to the node (the development stack turns it on for its cheaters); the worker
+package knows nothing of it. On a seeded fraction of its jobs the cheater returns a wrong
+output of the right shape and dtype. The cheapest lie needs no computation: once it has seen an
+honest output of a program (for inputs of the same shapes and dtypes), it answers later jobs of
+that program with an all-zero safetensors file of the same layout, built from the header alone.
+Before it knows the layout it computes once and corrupts the result (``zeros``, or every float
+tensor scaled by ``scale``, the mildest lie). Each lie is reported as a ``cheated`` event. A
+cheater never appeals.
 
 It is enabled only by ``MESH_TEST_CHEAT_FRACTION`` (0 < f <= 1) and only on the development
 chain id 31337; anywhere else :func:`adversary_from_env` refuses with :class:`ConfigError`.
@@ -24,8 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshcompute.errors import BadInput, ConfigError
+from meshcompute.worker.policy import Emit
+from meshcompute.units import DEV_CHAIN_ID
 
-DEV_CHAIN_ID = 31337
 ENV_FRACTION = "MESH_TEST_CHEAT_FRACTION"
 ENV_SEED = "MESH_TEST_CHEAT_SEED"
 ENV_MODE = "MESH_TEST_CHEAT_MODE"
@@ -78,8 +82,10 @@ def _layout_key(program_sha256: str, inputs: bytes) -> str:
 
 @dataclass
 class Adversary:
-    """Decides which jobs to cheat on and produces the wrong outputs."""
+    """Decides which jobs to cheat on and produces the wrong outputs (an output policy)."""
 
+    name = "cheater"
+    appeals = False
     fraction: float
     seed: int = 0
     mode: str = "zeros"
@@ -125,6 +131,27 @@ class Adversary:
         if self.mode == "zeros":
             return zeros_like_safetensors(output)
         return scaled_safetensors(output, self.scale)
+
+    # ------------------------------------------------------------------ output policy
+    def before_run(self, job_id: int, program_sha256: str, inputs: bytes,
+                   emit: Emit) -> bytes | None:
+        """On a chosen job whose output layout is known: zeros, without computing."""
+        if not self.should_cheat(job_id):
+            return None
+        fake = self.cheap_output(program_sha256, inputs)
+        if fake is not None:
+            emit("cheated", job_id=job_id, how="zeros without computing")
+        return fake
+
+    def after_run(self, job_id: int, program_sha256: str, inputs: bytes, output: bytes,
+                  emit: Emit) -> bytes:
+        """Learn the output's layout; on a chosen job, the corrupted output."""
+        self.remember(program_sha256, inputs, output)
+        if not self.should_cheat(job_id):
+            return output
+        wrong = self.corrupt(output)
+        emit("cheated", job_id=job_id, how=f"{self.mode} of output")
+        return wrong
 
 
 def adversary_from_env(chain_id: int, env: Mapping[str, str] | None = None) -> Adversary | None:
