@@ -11,7 +11,6 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 
-from meshcompute.market.runtime import MarketRuntime
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from meshcompute.core.job import JobState
+from meshcompute.market.runtime import MarketRuntime
 
 log = logging.getLogger("market.metrics")
 

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 import redis
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from meshcompute.market.blobs import BlobStore
-from meshcompute.market.state import MarketState
 from pydantic import SecretStr
 
 from meshcompute.chain.connect import ChainConnection, actor_for, connect
@@ -25,6 +23,8 @@ from meshcompute.chain.contracts import MeshActor, MeshContracts
 from meshcompute.chain.devchain import dev_accounts
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import BadInput, ConfigError, NotFound
+from meshcompute.market.blobs import BlobStore
+from meshcompute.market.state import MarketState
 from meshcompute.settings import DEV_MNEMONIC, Settings
 from meshcompute.units import DEV_CHAIN_ID
 

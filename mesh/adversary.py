@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshcompute.errors import BadInput, ConfigError
-from meshcompute.worker.policy import Emit
 from meshcompute.units import DEV_CHAIN_ID
+from meshcompute.worker.policy import Emit
 
 ENV_FRACTION = "MESH_TEST_CHEAT_FRACTION"
 ENV_SEED = "MESH_TEST_CHEAT_SEED"

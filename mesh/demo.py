@@ -21,15 +21,15 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from meshcompute.mesh.devstack import FAST_PARAMS, StackConfig, running_stack
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from meshcompute.units import TOKEN
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split
 from meshcompute.errors import MeshError
+from meshcompute.mesh.devstack import FAST_PARAMS, StackConfig, running_stack
+from meshcompute.units import TOKEN
 
 SHARDS = 6
 ROWS_PER_SHARD = 256
@@ -42,12 +42,12 @@ class DemoFailed(MeshError):
 
 def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> None:
     import torch
-    from meshcompute.mesh.models import build_model, example_inputs
 
     from meshcompute.chain.connect import ChainConnection
     from meshcompute.chain.contracts import MeshContracts
     from meshcompute.client import Client
     from meshcompute.core.tolerance import compare
+    from meshcompute.mesh.models import build_model, example_inputs
     from meshcompute.settings import load_settings
     from meshcompute.wire.market_client import MarketClient
 

@@ -37,11 +37,11 @@ from meshcompute.chain.deploy import (
     deploy_contracts,
     save_deployment,
 )
-from meshcompute.units import TOKEN
 from meshcompute.chain.local import LocalChain
 from meshcompute.errors import ServiceUnavailable
-from meshcompute.tether import tether
 from meshcompute.market.embedded_redis import start_valkey
+from meshcompute.tether import tether
+from meshcompute.units import TOKEN
 
 #: Dev-mnemonic account roles (index into LocalChain.accounts).
 ADMIN, ASSIGNER, VERIFIER, APPEAL_VERIFIER, CLIENT = 0, 1, 2, 3, 4

@@ -19,11 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 
 from meshcompute.core.spec import DEFAULT_TOLERANCE
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 from meshcompute.execution.sandbox import run_job, sandbox_available
+from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 
 
 def main() -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 
-from meshcompute.mesh.demo import run_demo
 from rich.console import Console
+
+from meshcompute.mesh.demo import run_demo
 
 
 def test_demo_reconciles(anvil) -> None:  # anvil fixture: skips/fails the same way when absent

@@ -26,6 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from meshcompute.core.job import JobRecord
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.errors import BadInput, JobFailed, NotFound
 from meshcompute.verifier.evidence import (
     APPEAL,
     AUDIT,
@@ -39,10 +42,6 @@ from meshcompute.verifier.evidence import (
     parse_claim,
 )
 from meshcompute.verifier.journal import Journal
-
-from meshcompute.core.job import JobRecord
-from meshcompute.core.spec import JobSpec, sha256_hex
-from meshcompute.errors import BadInput, JobFailed, NotFound
 
 log = logging.getLogger("meshcompute.verifier")
 

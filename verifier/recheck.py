@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshcompute.chain.contracts import MeshContracts
+from meshcompute.core.spec import sha256_hex
+from meshcompute.errors import BadInput, NotFound
 from meshcompute.verifier.audit import (
     BlobSource,
     CompareOutputs,
@@ -26,10 +29,6 @@ from meshcompute.verifier.audit import (
 )
 from meshcompute.verifier.evidence import NO_OUTPUT, EvidenceHash
 from meshcompute.verifier.verdicts import PostedVerdict, job_verdicts
-
-from meshcompute.chain.contracts import MeshContracts
-from meshcompute.core.spec import sha256_hex
-from meshcompute.errors import BadInput, NotFound
 
 
 @dataclass

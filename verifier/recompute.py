@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshcompute.verifier.audit import RecomputeFailed
-
 from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.verifier.audit import RecomputeFailed
 
 
 def cuda_available() -> bool:

@@ -37,17 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshcompute.verifier.audit import (
-    Auditor,
-    MissingBlob,
-    RecomputeFailed,
-    VerdictReady,
-    WorkerOutputMissing,
-)
-from meshcompute.verifier.evidence import APPEAL, AUDIT
-from meshcompute.verifier.journal import Journal
-from meshcompute.verifier.verdicts import job_verdicts
-
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import VERIFIER_ROLE
 from meshcompute.chain.draws import AuditDraws
@@ -61,6 +50,16 @@ from meshcompute.core.lease import (
 )
 from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
 from meshcompute.health import write_health
+from meshcompute.verifier.audit import (
+    Auditor,
+    MissingBlob,
+    RecomputeFailed,
+    VerdictReady,
+    WorkerOutputMissing,
+)
+from meshcompute.verifier.evidence import APPEAL, AUDIT
+from meshcompute.verifier.journal import Journal
+from meshcompute.verifier.verdicts import job_verdicts
 
 log = logging.getLogger("meshcompute.verifier")
 

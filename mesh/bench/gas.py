@@ -17,9 +17,9 @@ from typing import Any
 
 from meshcompute.chain.contracts import JobParams, MeshActor, mesh_sender
 from meshcompute.chain.deploy import DeployParams, deploy_contracts
-from meshcompute.units import TOKEN
 from meshcompute.chain.local import LocalChain
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
+from meshcompute.units import TOKEN
 
 CHALLENGE_S = 60
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from meshcompute.mesh.models import build_model, example_inputs
 
 from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.execution.sandbox import JobRunner, build_command, run_job, sandbox_available
+from meshcompute.mesh.models import build_model, example_inputs
 
 _IMPORTS = "import torch, meshcompute.execution.loader, meshcompute.execution.programs"
 

@@ -59,6 +59,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run_overhead_bench(*, rows: int = 32_768, repeats: int = 3,
                        tuned: bool = True) -> dict[str, Any]:
     import torch
+
     from meshcompute.mesh.models import build_model, example_inputs
 
     model = build_model("mlp", seed=1, d_in=256, d_hidden=1024, depth=4)
@@ -140,11 +141,11 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
     import threading
 
     import torch
+
+    from meshcompute.execution.programs import export_program
     from meshcompute.mesh.devstack import ADMIN, FIRST_WORKER
     from meshcompute.mesh.models import MLP
-
     from meshcompute.units import TOKEN
-    from meshcompute.execution.programs import export_program
 
     torch.manual_seed(0)
     model = MLP(d_in=8, d_hidden=8, d_out=2, depth=2).eval()

@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from meshcompute.mesh.models import build_model, example_inputs
 from torch import nn
 
 from meshcompute.core.spec import DEFAULT_TOLERANCE, validate_tolerance
 from meshcompute.core.tolerance import allclose_ratio, compare
+from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.verifier.outputs import to_numpy
 
 CHEATS = (

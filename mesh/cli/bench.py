@@ -95,9 +95,8 @@ def bench_verify(
     cases: Annotated[int | None, typer.Option(min=1, help="Use only the first N cases.")] = None,
 ) -> None:
     """False accusations of honest recomputations and detection of cheats, per policy."""
-    from meshcompute.mesh.bench.verify import run_verify_bench
-
     from meshcompute.core.tolerance import parse_policy
+    from meshcompute.mesh.bench.verify import run_verify_bench
 
     chosen = parse_policy(policy) if policy else None
     emit(run_verify_bench(cases=cases, policy=chosen), as_json)

@@ -31,9 +31,9 @@ def chain_up() -> None:
     from meshcompute.chain.connect import LocalChainRecord, remove_chain_record, write_chain_record
     from meshcompute.chain.contracts import MeshActor, mesh_sender
     from meshcompute.chain.deploy import deploy_contracts, save_deployment
-    from meshcompute.units import TOKEN
     from meshcompute.chain.local import LocalChain
     from meshcompute.settings import get_settings
+    from meshcompute.units import TOKEN
 
     settings = get_settings()
     with LocalChain() as chain:
@@ -89,8 +89,8 @@ DEV_WALLET_ETH = 100
 
 def _fund_dev_wallet(wallet_path: Path, actor: Any, sender: Any) -> None:
     """Mint MESH to the keystore's address and send it ETH for gas (no password needed)."""
-    from meshcompute.units import TOKEN
     from meshcompute.errors import WalletError
+    from meshcompute.units import TOKEN
     from meshcompute.wallet import keystore_address
 
     if not wallet_path.exists():

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from meshcompute.mesh.cli import onchain
 
 from meshcompute.errors import BadInput
+from meshcompute.mesh.cli import onchain
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 

@@ -22,8 +22,8 @@ from web3.types import RPCEndpoint
 from meshcompute.chain.contracts import MeshActor, MeshContracts, mesh_sender
 from meshcompute.chain.deploy import Deployment, load_deployment
 from meshcompute.errors import ChainUnavailable, ConfigError, DeploymentNotFound
-from meshcompute.settings import Settings, get_settings
 from meshcompute.files import write_json_atomic
+from meshcompute.settings import Settings, get_settings
 
 CHAIN_RECORD_NAME = "chain.json"
 _NO_CHAIN_HINT = "start one with `mesh chain up` or set MESH_RPC_URL"

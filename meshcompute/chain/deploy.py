@@ -19,8 +19,8 @@ from web3 import Web3
 from meshcompute.chain.artifacts import load_artifact
 from meshcompute.chain.sender import TxSender
 from meshcompute.errors import ConfigError, DeploymentNotFound
-from meshcompute.units import TOKEN
 from meshcompute.files import write_json_atomic
+from meshcompute.units import TOKEN
 
 CONTRACT_NAMES = ("MeshCredit", "StakeManager", "JobMarket")
 

@@ -27,8 +27,8 @@ from web3.types import RPCEndpoint
 from meshcompute.chain.devchain import DEV_ACCOUNT_COUNT, DevChain
 from meshcompute.errors import ChainUnavailable
 from meshcompute.settings import DEV_MNEMONIC, get_settings
-from meshcompute.units import DEV_CHAIN_ID
 from meshcompute.tether import tether
+from meshcompute.units import DEV_CHAIN_ID
 
 LOOPBACK = "127.0.0.1"
 _PORT_ATTEMPTS = 3

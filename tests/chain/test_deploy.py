@@ -14,10 +14,10 @@ from meshcompute.chain.deploy import (
     load_deployment,
     save_deployment,
 )
-from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import JobState
 from meshcompute.errors import ConfigError, DeploymentNotFound, InvalidRequest, NotFoundOnChain
+from meshcompute.units import TOKEN
 
 
 @pytest.fixture

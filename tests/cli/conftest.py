@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from meshcompute.mesh.cli.main import main
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import save_deployment
-from meshcompute.units import TOKEN
+from meshcompute.mesh.cli.main import main
 from meshcompute.settings import get_settings
+from meshcompute.units import TOKEN
 from meshcompute.wallet import import_wallet
 from tests.contracts.world import World
 

@@ -16,12 +16,12 @@ import pytest
 from meshcompute.chain.connect import chain_record_path, connect
 from meshcompute.chain.contracts import mesh_sender
 from meshcompute.chain.deploy import deploy_contracts, save_deployment
-from meshcompute.units import TOKEN
 from meshcompute.chain.local import LocalChain
 from meshcompute.errors import ChainUnavailable, ConfigError, DeploymentNotFound
 from meshcompute.settings import REPO_ROOT, load_settings
-from meshcompute.wallet import create_wallet, import_wallet
 from meshcompute.tether import tether
+from meshcompute.units import TOKEN
+from meshcompute.wallet import create_wallet, import_wallet
 from tests.cli.conftest import PASSWORD, Outcome, assert_one_line_error
 
 pytestmark = pytest.mark.anvil

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from meshcompute.chain.contracts import AccountState, MeshContracts
-from meshcompute.units import TOKEN
 from meshcompute.chain.earnings import earnings_report
 from meshcompute.core.payout import split_reward
+from meshcompute.units import TOKEN
 from tests.cli.conftest import WALLET_MESH, assert_one_line_error, worker_actor
 from tests.contracts.world import TEST_PARAMS, World
 

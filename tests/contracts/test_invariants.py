@@ -67,7 +67,6 @@ from hypothesis.stateful import (
 from web3 import Web3
 
 from meshcompute.chain.contracts import ChainEvent, JobParams, MeshActor
-from meshcompute.units import TOKEN
 from meshcompute.core.job import (
     JOB_EVENTS,
     TERMINAL_STATES,
@@ -80,6 +79,7 @@ from meshcompute.core.job import (
 )
 from meshcompute.core.payout import BPS, slash_split, split_reward
 from meshcompute.errors import ContractRevert
+from meshcompute.units import TOKEN
 from tests.contracts.world import FUNDS, TEST_PARAMS, World
 
 pytestmark = [pytest.mark.property, pytest.mark.anvil]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from web3.logs import DISCARD
 
-from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import sign_permit
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.errors import ContractRevert
+from meshcompute.units import TOKEN
 from tests.contracts.helpers import (
     appealed_job,
     assert_solvent,

@@ -14,9 +14,9 @@ import pytest
 
 from meshcompute.chain.contracts import MeshActor, mesh_sender
 from meshcompute.chain.deploy import ASSIGNER_ROLE, VERIFIER_ROLE, Deployment
-from meshcompute.units import TOKEN
 from meshcompute.core.job import JobState
 from meshcompute.errors import NotPermitted
+from meshcompute.units import TOKEN
 from tests.contracts.helpers import (
     assert_solvent,
     deploy,

@@ -11,7 +11,6 @@ import pytest
 from meshcompute.chain import testchain
 from meshcompute.chain.contracts import mesh_sender
 from meshcompute.chain.deploy import MINTER_ROLE, PAUSER_ROLE, VERIFIER_ROLE
-from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import sign_permit
 from meshcompute.core.job import JobState
 from meshcompute.errors import (
@@ -26,6 +25,7 @@ from meshcompute.errors import (
     TooLate,
     WrongJobState,
 )
+from meshcompute.units import TOKEN
 from tests.contracts.helpers import (
     ZERO,
     appealed_job,

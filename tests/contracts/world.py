@@ -9,10 +9,10 @@ from eth_account.signers.local import LocalAccount
 
 from meshcompute.chain.contracts import JobParams, MeshActor, mesh_sender
 from meshcompute.chain.deploy import Deployment, DeployParams, deploy_contracts
-from meshcompute.units import TOKEN
 from meshcompute.chain.devchain import DevChain
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import JobRecord
+from meshcompute.units import TOKEN
 
 #: Small windows so tests move time a little; unbonding still exceeds all windows.
 TEST_PARAMS = DeployParams(

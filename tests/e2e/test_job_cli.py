@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from meshcompute.mesh.devstack import FAST_PARAMS, WALLET_PASSWORD, DevStack, StackConfig
-from meshcompute.mesh.models import MLP
 
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
+from meshcompute.mesh.devstack import FAST_PARAMS, WALLET_PASSWORD, DevStack, StackConfig
+from meshcompute.mesh.models import MLP
 from meshcompute.wallet import import_wallet
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]

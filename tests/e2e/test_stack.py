@@ -11,8 +11,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
-from meshcompute.mesh.models import MLP
 
 from meshcompute.chain.connect import ChainConnection
 from meshcompute.chain.contracts import MeshContracts
@@ -21,6 +19,8 @@ from meshcompute.client import Client, Submission
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split
 from meshcompute.errors import NotFound
+from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
+from meshcompute.mesh.models import MLP
 from meshcompute.settings import load_settings
 from meshcompute.wire.market_client import MarketClient
 

@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
-from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 
 from meshcompute.execution.programs import export_program
 from meshcompute.execution.sandbox import sandbox_available
+from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 
 
 @pytest.fixture(scope="session")

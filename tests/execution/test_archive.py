@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from meshcompute.mesh.models import build_model, example_inputs
 
 from meshcompute.errors import BadInput
 from meshcompute.execution import symexpr
 from meshcompute.execution.archive import validate_program
 from meshcompute.execution.programs import export_program
+from meshcompute.mesh.models import build_model, example_inputs
 from tests.execution import crafting
 
 

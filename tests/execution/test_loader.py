@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 
 from meshcompute.errors import BadInput
 from meshcompute.execution.loader import load_program
+from meshcompute.mesh.models import FAMILIES, build_model, example_inputs
 from tests.execution import crafting
 
 REPO = Path(__file__).resolve().parents[2]

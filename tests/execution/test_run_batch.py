@@ -8,10 +8,10 @@ import hashlib
 from pathlib import Path
 
 import torch
-from meshcompute.mesh.models import build_model
 
 from meshcompute.execution.programs import load_tensors, save_tensors
 from meshcompute.execution.sandbox import JobRunner
+from meshcompute.mesh.models import build_model
 
 LIMITS = {"memory_limit_mb": 1024, "max_output_bytes": 1 << 26}
 A, B = "0x" + "aa" * 20, "0x" + "bb" * 20

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from meshcompute.mesh.models import FAMILIES
 from torch import nn
 
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 from meshcompute.execution.sandbox import JobOutcome, JobRunner, run_job
+from meshcompute.mesh.models import FAMILIES
 from tests.execution import crafting
 from tests.execution.conftest import reference
 

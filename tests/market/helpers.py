@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 from eth_account.signers.local import LocalAccount
-from meshcompute.market import rounds
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.spec import JobSpec
+from meshcompute.market import rounds
 from meshcompute.wire.market_client import Hardware, MarketClient
 from tests.market.conftest import Market
 

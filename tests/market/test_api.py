@@ -11,13 +11,13 @@ import time
 import httpx
 import pytest
 from eth_account import Account
-from meshcompute.market import rounds
 
-from meshcompute.units import TOKEN
 from meshcompute.chain.tickets import recover_ticket_signer
 from meshcompute.core.job import JobState
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
+from meshcompute.market import rounds
+from meshcompute.units import TOKEN
 from meshcompute.wire.auth import HEADER_EXPIRES, sign_request
 from tests.market.helpers import (
     CPU,

@@ -14,12 +14,12 @@ import pytest
 import redis as redis_lib
 from hypothesis import given
 from hypothesis import strategies as st
-from meshcompute.market.indexer import BlockRef, ChainIndexer, common_ancestor, first_broken_link
 
 from meshcompute.chain.contracts import ChainEvent, MeshContracts
 from meshcompute.chain.local import LocalChain
 from meshcompute.core.job import JobState
 from meshcompute.errors import BadInput, ChainError, ConfigError
+from meshcompute.market.indexer import BlockRef, ChainIndexer, common_ancestor, first_broken_link
 from tests.contracts.world import TEST_PARAMS, World, build_world
 
 # ---------------------------------------------------------------------------- pure logic

@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import pytest
-from meshcompute.market import tasks
 from safetensors.numpy import load, save
 
-from meshcompute.units import TOKEN
 from meshcompute.core.job import JobState
 from meshcompute.errors import Conflict
+from meshcompute.market import tasks
+from meshcompute.units import TOKEN
 from tests.contracts.world import TEST_PARAMS
 from tests.market.helpers import pass_chain_time, post, register, upload_spec
 

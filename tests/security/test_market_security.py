@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 from eth_account import Account
-from meshcompute.market import blobs
-from meshcompute.market.blobs import BlobStore, StoreFull
 from starlette.datastructures import Headers
 
 from meshcompute.errors import AuthError, ServiceUnavailable
+from meshcompute.market import blobs
+from meshcompute.market.blobs import BlobStore, StoreFull
 from meshcompute.wire.auth import HEADER_NONCE, sign_request, verify_request
 from tests.market.conftest import market, mk  # noqa: F401 - fixtures
 from tests.market.helpers import index_and_match, post, register, upload_spec

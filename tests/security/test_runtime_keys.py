@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 from eth_account import Account
-from meshcompute.market.runtime import assigner_account, settler_account
-from meshcompute.units import DEV_CHAIN_ID
 
 from meshcompute.chain.devchain import dev_accounts
 from meshcompute.errors import ConfigError
+from meshcompute.market.runtime import assigner_account, settler_account
 from meshcompute.settings import DEV_MNEMONIC, load_settings
+from meshcompute.units import DEV_CHAIN_ID
 
 SEPOLIA = 11155111
 DEV_ASSIGNER = dev_accounts(DEV_MNEMONIC)[1]

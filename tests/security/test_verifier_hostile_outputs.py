@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from meshcompute.verifier.journal import Journal
-from meshcompute.verifier.outputs import compare_outputs
 from safetensors.torch import save
 
 from meshcompute.core.spec import JobSpec
+from meshcompute.verifier.journal import Journal
+from meshcompute.verifier.outputs import compare_outputs
 from tests.verifier.test_service_unit import TRUTH, MemoryStore, auditor, outputs, record
 
 POLICY = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}

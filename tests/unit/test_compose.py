@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from meshcompute.mesh.cli.main import app
 from typer.testing import CliRunner
 
+from meshcompute.mesh.cli.main import app
 from meshcompute.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]

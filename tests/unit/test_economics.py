@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from meshcompute.mesh.bench.sim import run_sim
 from typer.testing import CliRunner
 
 from meshcompute.core.audit_rate import audit_bps
@@ -19,6 +18,7 @@ from meshcompute.core.economics import (
 )
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.errors import BadInput
+from meshcompute.mesh.bench.sim import run_sim
 
 DEFAULTS = MarketParams()
 

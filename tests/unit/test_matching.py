@@ -9,8 +9,6 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshcompute.mesh.bench.match import NOW as BENCH_NOW
-from meshcompute.mesh.bench.match import run_match_bench, synthetic_market
 
 from meshcompute.core.matching import (
     Assignment,
@@ -23,6 +21,8 @@ from meshcompute.core.matching import (
     worker_score,
 )
 from meshcompute.errors import BadInput
+from meshcompute.mesh.bench.match import NOW as BENCH_NOW
+from meshcompute.mesh.bench.match import run_match_bench, synthetic_market
 
 NOW = 10_000.0
 

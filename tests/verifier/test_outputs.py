@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
-from meshcompute.mesh.bench.verify import CHEATS, run_verify_bench
-from meshcompute.mesh.models import build_model, example_inputs
 from safetensors.torch import save as st_save
 from typer.testing import CliRunner
 
 from meshcompute.core.spec import DEFAULT_TOLERANCE
 from meshcompute.errors import BadInput
 from meshcompute.execution.programs import save_tensors
+from meshcompute.mesh.bench.verify import CHEATS, run_verify_bench
+from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.verifier.outputs import compare_outputs, to_numpy
 
 

@@ -15,13 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from meshcompute.mesh.models import build_model, example_inputs
-from meshcompute.verifier.audit import Auditor
-from meshcompute.verifier.evidence import claim_document
-from meshcompute.verifier.journal import POSTED, SKIPPED, Journal
-from meshcompute.verifier.outputs import compare_outputs
-from meshcompute.verifier.recompute import Recomputer
-from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import save_deployment
@@ -30,7 +23,14 @@ from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
+from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.settings import load_settings
+from meshcompute.verifier.audit import Auditor
+from meshcompute.verifier.evidence import claim_document
+from meshcompute.verifier.journal import POSTED, SKIPPED, Journal
+from meshcompute.verifier.outputs import compare_outputs
+from meshcompute.verifier.recompute import Recomputer
+from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
 from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import STAKE, TEST_PARAMS, World, build_world
 
@@ -72,6 +72,7 @@ def market(world_module: World, anvil, redis_url: str, tmp_path_factory) -> Iter
     """The real market API (create_app) served by uvicorn on a loopback port."""
     import httpx
     import uvicorn
+
     from meshcompute.market.api.app import create_app
 
     root = tmp_path_factory.mktemp("market")

@@ -11,8 +11,8 @@ import sys
 import time
 
 from meshcompute.core.job import JobState
-from meshcompute.wallet import import_wallet
 from meshcompute.tether import tether
+from meshcompute.wallet import import_wallet
 from tests.verifier import test_service_chain as chain
 from tests.verifier.test_service_chain import _unsandboxed, post_and_commit
 

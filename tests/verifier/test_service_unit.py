@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.core.tolerance import evidence_hash
+from meshcompute.errors import BadInput, ConfigError, NotFound
+from meshcompute.execution.programs import save_tensors
 from meshcompute.verifier.audit import (
     Auditor,
     MissingBlob,
@@ -25,12 +31,6 @@ from meshcompute.verifier.evidence import (
 )
 from meshcompute.verifier.journal import POSTED, Journal
 from meshcompute.verifier.outputs import compare_outputs
-
-from meshcompute.core.job import JobRecord, JobState
-from meshcompute.core.spec import JobSpec, sha256_hex
-from meshcompute.core.tolerance import evidence_hash
-from meshcompute.errors import BadInput, ConfigError, NotFound
-from meshcompute.execution.programs import save_tensors
 
 POLICY = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
 

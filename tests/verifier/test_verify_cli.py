@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from meshcompute.verifier.evidence import claim_document
 from typer.testing import CliRunner
 
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
 from meshcompute.settings import get_settings
+from meshcompute.verifier.evidence import claim_document
 from tests.verifier import test_service_chain as chain
 from tests.verifier.test_service_chain import (
     _unsandboxed,

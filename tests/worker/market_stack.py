@@ -18,17 +18,17 @@ import httpx
 import redis
 import torch
 import uvicorn
+
+from meshcompute.chain.contracts import JobParams, MeshActor
+from meshcompute.chain.deploy import save_deployment
+from meshcompute.core.spec import JobSpec
+from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.market import rounds
 from meshcompute.market.api.app import create_app
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.mesh.models import build_model, example_inputs
-
-from meshcompute.chain.contracts import JobParams, MeshActor
-from meshcompute.chain.deploy import save_deployment
-from meshcompute.units import TOKEN
-from meshcompute.core.spec import JobSpec
-from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.settings import Settings, load_settings
+from meshcompute.units import TOKEN
 from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import World, build_world
 

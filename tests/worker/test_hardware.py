@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import torch
-from meshcompute.worker.hardware import cpu_cores, cuda_devices, detect_hardware, memory_mb
 
 from meshcompute.wire.market_client import Hardware
+from meshcompute.worker.hardware import cpu_cores, cuda_devices, detect_hardware, memory_mb
 
 
 def test_detect_hardware_matches_this_machine_and_round_trips():

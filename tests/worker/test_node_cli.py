@@ -18,8 +18,8 @@ import pytest
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.job import JobState
 from meshcompute.execution.sandbox import sandbox_available
-from meshcompute.wallet import import_wallet
 from meshcompute.tether import tether
+from meshcompute.wallet import import_wallet
 from tests.worker.market_stack import MarketStack, market_stack, mlp_job
 
 pytestmark = pytest.mark.anvil
@@ -128,11 +128,11 @@ def test_worker_start_without_stake_says_stake_first(stack: MarketStack, tmp_pat
 
 
 def test_worker_start_refuses_without_sandbox_unless_allowed(monkeypatch, tmp_path):
-    from meshcompute.mesh.cli.main import app
     from typer.testing import CliRunner
 
     import meshcompute.execution.sandbox
     from meshcompute.errors import SandboxUnavailable
+    from meshcompute.mesh.cli.main import app
     from meshcompute.settings import get_settings
 
     monkeypatch.setattr(meshcompute.execution.sandbox, "sandbox_available", lambda: False)

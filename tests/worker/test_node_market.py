@@ -17,14 +17,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from meshcompute.worker.hardware import detect_hardware
-from meshcompute.worker.node import WorkerConfig, WorkerNode
 from safetensors.torch import load
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.job import JobState
 from meshcompute.execution.sandbox import sandbox_available
 from meshcompute.wire.market_client import MarketClient
+from meshcompute.worker.hardware import detect_hardware
+from meshcompute.worker.node import WorkerConfig, WorkerNode
 from tests.worker.market_stack import MarketStack, market_stack, mlp_job
 
 pytestmark = pytest.mark.anvil
