@@ -29,7 +29,7 @@ from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split
 from meshcompute.errors import MeshError
 from meshcompute.mesh.devstack import FAST_PARAMS, StackConfig, running_stack
-from meshcompute.units import TOKEN
+from meshcompute.units import BPS, TOKEN
 
 SHARDS = 6
 ROWS_PER_SHARD = 256
@@ -55,7 +55,7 @@ def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> Non
     started = time.monotonic()
     # Lease batches of two shards, so the six shards spread over the three workers (one
     # worker slot each) and the cheater gets some of them.
-    config = StackConfig(workers=3, cheaters=1, params=replace(FAST_PARAMS, min_audit_bps=10_000),
+    config = StackConfig(workers=3, cheaters=1, params=replace(FAST_PARAMS, min_audit_bps=BPS),
                          extra_env={"MESH_MAX_LEASE_BATCH": "2"})
     console.print("[bold]starting[/] anvil, Valkey, market API + Celery, 1 verifier, 3 workers "
                   "(worker-2 is the test-only cheater)")

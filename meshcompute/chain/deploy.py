@@ -20,7 +20,7 @@ from meshcompute.chain.artifacts import load_artifact
 from meshcompute.chain.sender import TxSender
 from meshcompute.errors import ConfigError, DeploymentNotFound
 from meshcompute.files import write_json_atomic
-from meshcompute.units import TOKEN
+from meshcompute.units import BPS, TOKEN
 
 CONTRACT_NAMES = ("MeshCredit", "StakeManager", "JobMarket")
 
@@ -59,7 +59,7 @@ class DeployParams:
                 f"and appeal windows together ({windows})"
             )
         for name in ("fee_bps", "min_audit_bps"):
-            if not 0 <= getattr(self, name) <= 10_000:
+            if not 0 <= getattr(self, name) <= BPS:
                 raise ConfigError(f"{name} must be within 0..10000, got {getattr(self, name)}")
 
 
