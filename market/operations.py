@@ -158,7 +158,7 @@ def store_spec(rt: MarketRuntime, spec: JobSpec) -> str:
 def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec]) -> list[str]:
     """:func:`store_spec` for many specs, all or none: every spec's blobs are checked before
     any spec is stored; the error names the first bad spec's index."""
-    _check_batch_length(rt, len(specs), "specs")
+    _check_bundle_count(rt, len(specs), "specs")
     for index, spec in enumerate(specs):
         for name in ("program", "inputs"):
             sha = getattr(spec, name)
@@ -188,7 +188,7 @@ def bundle_entries(rt: MarketRuntime, hashes: Sequence[str]) -> list[tuple[str, 
     """``(sha256, size)`` of each requested blob, in order, for a ``POST /blobs/fetch``
     answer: NotFound names the first missing blob, BundleTooLarge (413) an answer that would
     exceed ``max_bundle_bytes``."""
-    _check_batch_length(rt, len(hashes), "blobs")
+    _check_bundle_count(rt, len(hashes), "blobs")
     entries = [(sha, rt.blobs.size(sha)) for sha in hashes]
     total = bundle_size(entries)
     limit = rt.settings.max_bundle_bytes
@@ -207,7 +207,7 @@ def bundle_chunks(rt: MarketRuntime, entries: Sequence[tuple[str, int]]) -> Iter
         yield from rt.blobs.iter_chunks(sha)
 
 
-def _check_batch_length(rt: MarketRuntime, count: int, what: str) -> None:
+def _check_bundle_count(rt: MarketRuntime, count: int, what: str) -> None:
     limit = rt.settings.max_bundle_blobs
     if count > limit:
         raise BadInput(f"{count} {what} in one request, more than the limit of {limit}")
@@ -440,7 +440,7 @@ def submit_results(
     """:func:`submit_result` for many jobs, all or none: every job must be held by
     ``address`` and every output blob uploaded before any result is saved; the error names
     the first bad job."""
-    _check_batch_length(rt, len(results), "results")
+    _check_bundle_count(rt, len(results), "results")
     checked: list[tuple[int, str, LeaseInfo]] = []
     seen: set[int] = set()
     for job_id, output_sha256 in results:

@@ -225,14 +225,14 @@ class Client:
             chunk = [save_tensors(piece, prefix="args")
                      for piece in pieces[start:start + step]]
             input_shas = self.market.put_blobs(chunk)
-            batch = [
+            step_specs = [
                 JobSpec(program=program_sha, inputs=inputs_sha, device=device,
                         tolerance=policy, group=group, shard=start + offset, shards=shards,
                         **limits)
                 for offset, inputs_sha in enumerate(input_shas)
             ]
-            self.market.put_specs(batch)
-            specs.extend(batch)
+            self.market.put_specs(step_specs)
+            specs.extend(step_specs)
             _report(progress, "uploading", {"uploaded": len(specs)}, shards,
                     f"shards {start}-{len(specs) - 1}")
 

@@ -5,8 +5,9 @@ Public interface (the worker node and the verifier's recomputation call these):
 - :func:`run_job` -> :class:`JobOutcome`: one job, in a fresh sandboxed process.
 - :class:`JobRunner`: the same, reusable, with an optional warm start (the next job process is
   started, and has imported torch, while the caller is busy with the previous result), and
-  :meth:`JobRunner.run_batch`: several jobs of ONE client and ONE program in one process (the
-  program loaded once), which may stay bound to that client and program for its next batch.
+  :meth:`JobRunner.run_batch`: the jobs of one lease batch (several jobs of ONE client and ONE
+  program, :mod:`meshcompute.core.batching`) in one process (the program loaded once), which
+  may stay bound to that client and program for its next lease batch.
 - :func:`sandbox_available`, :class:`~meshcompute.errors.SandboxUnavailable`,
   :func:`build_command` (the exact bwrap command; tests use it to probe the isolation).
 
