@@ -313,8 +313,8 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     // ================================================================== settlement (anyone)
 
     /// @notice Settle one job whose outcome is decided: pay an unaudited job after the
-    /// challenge window, pay an audited job whose verdict did not come in time, slash a job
-    /// whose failed audit stands. If the draw selects the job for audit, this records the
+    /// challenge window, void an audited job whose verdict did not come in time (silence never
+    /// pays), slash a job whose failed audit stands. If the draw selects the job for audit, this records the
     /// draw (AuditDrawn) and the job waits for the verifier.
     function finalize(uint256 jobId, Job calldata job) external nonReentrant {
         _checkRecord(jobId, job);
@@ -577,7 +577,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (s == JobState.Audited) {
             uint256 closesAt = _auditClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _pay(jobId, job, p, false, true);
+            _void(jobId, job, p);
             return true;
         }
         if (s == JobState.AuditFailed) {
@@ -625,10 +625,10 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     }
 
     /// @dev Slashes the worker's collateral for a failed audit that stands: the client gets the
-    /// reward back plus compensation from the collateral first; any remainder goes to the fee
-    /// recipient.
+    /// reward back and its audit fee from the collateral (never more than it paid); the remainder
+    /// goes to the fee recipient.
     function _slash(uint256 jobId, Job memory j) private {
-        (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.reward, j.auditFee);
+        (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.auditFee);
         _close(jobId);
         _records[j.worker].slashed += 1;
         _credit(j.client, uint256(j.reward) + compensation);
@@ -636,6 +636,25 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         emit JobSlashed(jobId, j.worker, j.collateral, compensation);
         emit JobRefunded(jobId, j.client, j.reward);
         if (j.collateral > 0) _stakes.slash(j.worker, j.collateral, address(this));
+    }
+
+    /// @dev Voids a job drawn for audit whose verdict never came: an unverified result is never
+    /// paid. The client gets its whole escrow back (reward and audit fee), the worker its
+    /// collateral (no verdict, no fault); nobody is paid and the job ends (Refunded).
+    function _void(uint256 jobId, Job memory j, Pending memory p) private {
+        if (p.worker != j.worker) {
+            _flushWorker(p);
+            p.worker = j.worker;
+        }
+        p.unlock += j.collateral;
+        if (p.client != j.client) {
+            _flushClient(p);
+            p.client = j.client;
+        }
+        uint256 amount = uint256(j.reward) + j.auditFee;
+        p.clientRefund += amount;
+        _close(jobId);
+        emit JobRefunded(jobId, j.client, amount);
     }
 
     function _noPending() private pure returns (Pending memory) {

@@ -123,22 +123,28 @@ def _report(console: Console, stack, contracts, submission, client_before: int) 
     console.print(jobs)
 
     slashed = [r for r in records.values() if r.state == JobState.SLASHED]
+    # void: drawn for audit, no verdict in time (a loaded machine); nobody paid, escrow back
+    voided = [r for r in records.values() if r.state == JobState.REFUNDED]
     for job_id, record in records.items():
-        if record.worker in cheaters and record.state != JobState.SLASHED:
+        if record.worker in cheaters and record.state not in (JobState.SLASHED, JobState.REFUNDED):
             raise DemoFailed(f"cheater's job {job_id} ended {record.state.name}, not slashed")
-        if record.worker not in cheaters and record.state != JobState.FINALIZED:
+        if record.worker not in cheaters and record.state not in (JobState.FINALIZED,
+                                                                   JobState.REFUNDED):
             raise DemoFailed(f"honest job {job_id} ended {record.state.name}, not paid")
     if cheaters and not slashed:
         raise DemoFailed("the cheater took no job, so nothing was caught; run the demo again")
+    if voided:
+        console.print(f"[yellow]{len(voided)} jobs void[/]: their verdict did not come in time, "
+                      "so nobody was paid and the client re-posted them")
 
     client = stack.client_account.address
-    owed = sum(r.reward + slash_split(r.collateral, r.reward, r.audit_fee)[0]
-               for r in slashed)
+    owed = (sum(r.reward + slash_split(r.collateral, r.audit_fee)[0] for r in slashed)
+            + sum(r.reward + r.audit_fee for r in voided))
     withdrawable = contracts.account_of(client).withdrawable
     if withdrawable != owed:
         raise DemoFailed(f"client credited {withdrawable} wei after slashes, expected {owed}")
     console.print(f"[bold red]cheater caught[/]: {len(slashed)} jobs slashed; the client got "
-                  f"{owed / TOKEN:.2f} MESH back (escrow + compensation from the collateral), "
+                  f"{owed / TOKEN:.2f} MESH back (escrow + its audit fee from the collateral), "
                   "and re-posted those shards")
 
     table = Table(title="earnings (read from the chain)")

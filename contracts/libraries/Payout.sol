@@ -18,15 +18,16 @@ library Payout {
         }
     }
 
-    /// @notice Split a slashed collateral: the client is compensated first, up to what it paid
-    /// (reward + audit fee); the remainder goes to the protocol.
-    function slashSplit(uint256 collateral, uint256 reward, uint256 auditFee)
+    /// @notice Split a slashed collateral. The client gets its reward back from the escrow; from
+    /// the collateral it gets back only the audit fee it spent on the verdict, so it ends where it
+    /// started and never gains from a slash (a client gaining from slashes would profit from
+    /// getting honest workers slashed). The remainder goes to the protocol.
+    function slashSplit(uint256 collateral, uint256 auditFee)
         internal
         pure
         returns (uint256 compensation, uint256 remainder)
     {
-        uint256 paid = reward + auditFee;
-        compensation = collateral < paid ? collateral : paid;
+        compensation = collateral < auditFee ? collateral : auditFee;
         // unchecked: compensation <= collateral.
         unchecked {
             remainder = collateral - compensation;

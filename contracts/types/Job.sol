@@ -3,7 +3,8 @@ pragma solidity ^0.8.24;
 
 /// @notice Where a job is in its life. Terminal states: Finalized, Slashed, Refunded.
 /// Posted -> Assigned -> Committed -> (Audited -> AuditFailed (-> Appealed))
-///        -> Finalized | Slashed | Refunded. A passed audit or won appeal pays at once (Finalized).
+///        -> Finalized | Slashed | Refunded. A passed audit or won appeal pays at once (Finalized);
+/// an audited job whose verdict never came is void (Refunded): silence never pays.
 enum JobState {
     None,
     Posted,

@@ -9,9 +9,9 @@ Every job follows the contract's money flows (``contracts/JobMarket.sol``):
   :func:`meshcompute.core.payout.split_reward`); the verifier earns the audit fee when the job
   was audited, otherwise it goes back to the client;
 - audited and caught: the worker's collateral is slashed and it is paid nothing; the client
-  gets its reward back plus compensation from the collateral first
-  (:func:`meshcompute.core.payout.slash_split`), the rest goes to the protocol; the verifier
-  still earns the audit fee.
+  gets its reward back and, from the collateral, the audit fee it spent (never more than it
+  paid: :func:`meshcompute.core.payout.slash_split`), the rest goes to the protocol; the
+  verifier still earns the audit fee.
 
 A provider pays ``compute_cost`` for an honest result and ``junk_cost`` for junk. Junk is
 caught at an audit with probability ``detection_bps`` (1 at the defaults: ``mesh bench
@@ -249,7 +249,7 @@ class _Provider:
             res.verifier_fees += audit_fee
         if caught:
             profit = -collateral - p.junk_cost(reward)
-            compensation, remainder = slash_split(collateral, reward, audit_fee)
+            compensation, remainder = slash_split(collateral, audit_fee)
             res.caught += 1
             res.slashed += collateral
             res.client_compensation += compensation

@@ -47,7 +47,7 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.COMMITTED: frozenset(
         {JobState.AUDITED, JobState.FINALIZED, JobState.AUDIT_FAILED}
     ),
-    JobState.AUDITED: frozenset({JobState.FINALIZED, JobState.AUDIT_FAILED}),
+    JobState.AUDITED: frozenset({JobState.FINALIZED, JobState.AUDIT_FAILED, JobState.REFUNDED}),
     JobState.AUDIT_FAILED: frozenset({JobState.APPEALED, JobState.SLASHED}),
     JobState.APPEALED: frozenset({JobState.FINALIZED, JobState.SLASHED}),
     JobState.FINALIZED: frozenset(),
@@ -181,7 +181,7 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
     if event == "JobSlashed":
         return replace(record, state=JobState.SLASHED)
     if event == "JobRefunded":
-        if record.state in (JobState.POSTED, JobState.ASSIGNED):
+        if record.state in (JobState.POSTED, JobState.ASSIGNED, JobState.AUDITED):
             return replace(record, state=JobState.REFUNDED)
         return record
     if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid"):

@@ -13,10 +13,12 @@ def split_reward(reward: int, fee_bps: int) -> tuple[int, int]:
     return reward - fee, fee
 
 
-def slash_split(collateral: int, reward: int, audit_fee: int) -> tuple[int, int]:
+def slash_split(collateral: int, audit_fee: int) -> tuple[int, int]:
     """Split slashed ``collateral`` into (client compensation, remainder to the protocol).
 
-    The client is compensated first, up to what it paid (reward + audit fee).
+    The client gets its reward back from the escrow; from the collateral only the audit fee it
+    spent on the verdict, so a slash leaves it where it started and never enriches it (a client
+    that gained from slashes would profit from getting honest workers slashed).
     """
-    compensation = min(collateral, reward + audit_fee)
+    compensation = min(collateral, audit_fee)
     return compensation, collateral - compensation

@@ -10,7 +10,7 @@ or refuses it; :func:`settle_action` answers the same question off chain, at blo
   (``AuditDrawn``, state ``AUDITED``) and the job waits for its verdict
   (:attr:`SettleAction.RECORD_DRAW`).
 * ``AUDITED`` — after ``committed_at + challenge_window + audit_window`` (strictly): the verdict
-  did not come in time, so the worker is paid.
+  did not come in time, so the job is void (:attr:`SettleAction.VOID`): silence never pays.
 * ``AUDIT_FAILED`` — after ``resolved_at + appeal_window`` (strictly) with no appeal: slashed.
 * ``APPEALED`` — after ``resolved_at + appeal_window + audit_window`` (strictly) with no appeal
   verdict: the failed audit stands, slashed.
@@ -40,7 +40,10 @@ class SettleAction(Enum):
     """What a settlement transaction does to one job."""
 
     PAY = "pay"
-    """The worker is paid (unaudited after the challenge window, or the verdict came late)."""
+    """The worker is paid (not drawn for audit, after the challenge window)."""
+    VOID = "void"
+    """Drawn for audit, no verdict in time: nobody is paid, the client gets its escrow back and
+    the worker its collateral (the job ends Refunded)."""
     SLASH = "slash"
     """A failed audit stands: the worker's collateral is slashed and the client refunded."""
     RECORD_DRAW = "record_draw"
@@ -79,7 +82,7 @@ def settle_action(
     if state == JobState.AUDITED:
         closes_at = audit_closes_at(record, challenge_window=challenge_window,
                                     audit_window=audit_window)
-        return None if window_open(now, closes_at) else SettleAction.PAY
+        return None if window_open(now, closes_at) else SettleAction.VOID
     if state == JobState.AUDIT_FAILED:
         closes_at = appeal_closes_at(record, appeal_window=appeal_window)
         return None if window_open(now, closes_at) else SettleAction.SLASH

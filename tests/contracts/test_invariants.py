@@ -477,7 +477,7 @@ class MarketMachine(RuleBasedStateMachine):
         self.jobs[job_id] = replace(j, state=JobState.FINALIZED)
 
     def _slash(self, job_id: int, j: JobRecord) -> None:
-        compensation, remainder = slash_split(j.collateral, j.reward, j.audit_fee)
+        compensation, remainder = slash_split(j.collateral, j.audit_fee)
         self.accts[j.worker].slashed += 1
         self._credit(j.client, j.reward + compensation)
         self._credit(self.fee_recipient, remainder)
@@ -487,8 +487,15 @@ class MarketMachine(RuleBasedStateMachine):
         self._move_tokens(self.stakes_addr, self.market_addr, j.collateral)
         self.jobs[job_id] = replace(j, state=JobState.SLASHED)
 
+    def _void(self, job_id: int, j: JobRecord) -> None:
+        """Drawn for audit, no verdict in time: escrow back to the client, collateral back to
+        the worker, nobody paid."""
+        self._credit(j.client, j.reward + j.audit_fee)
+        self._unlock(j.worker, j.collateral)
+        self.jobs[job_id] = replace(j, state=JobState.REFUNDED)
+
     def _settle_outcome(self, job_id: int, j: JobRecord, pending_at: int, draw_at: int) -> str:
-        """JobMarket._settle: 'pay', 'slash' or 'draw', or raises Revert with the strict
+        """JobMarket._settle: 'pay', 'void', 'slash' or 'draw', or raises Revert with the strict
         error. ``pending_at``/``draw_at``: the block number seen by the draw-pending check
         and by the draw (gas estimation runs in the latest block, the transaction in the
         next one)."""
@@ -502,7 +509,7 @@ class MarketMachine(RuleBasedStateMachine):
         if s == JobState.AUDITED:
             if self.now <= j.committed_at + CHALLENGE + AUDIT:
                 raise Revert("NotYetSettleable")
-            return "pay"
+            return "void"
         if s == JobState.AUDIT_FAILED:
             if self.now <= j.resolved_at + APPEAL:
                 raise Revert("NotYetSettleable")
@@ -518,6 +525,8 @@ class MarketMachine(RuleBasedStateMachine):
             self.jobs[job_id] = replace(j, state=JobState.AUDITED)
         elif outcome == "pay":
             self._pay(job_id, j, refund_audit_fee=True)
+        elif outcome == "void":
+            self._void(job_id, j)
         elif outcome == "slash":
             self._slash(job_id, j)
 
@@ -910,7 +919,8 @@ class MarketMachine(RuleBasedStateMachine):
                 except Revert:
                     continue
                 plan.append((job_id, j, outcome))
-                after = {"draw": JobState.AUDITED, "pay": JobState.FINALIZED}
+                after = {"draw": JobState.AUDITED, "pay": JobState.FINALIZED,
+                         "void": JobState.REFUNDED}
                 current[job_id] = replace(j, state=after.get(outcome, JobState.SLASHED))
             return plan
 
@@ -1405,7 +1415,7 @@ class MarketMachine(RuleBasedStateMachine):
                 assert (e.args["amount"], e.args["fee"]) == split_reward(j.reward, FEE_BPS), e
                 assert e.args["worker"] == j.worker, e
             elif e.name == "JobSlashed":
-                compensation, _ = slash_split(j.collateral, j.reward, j.audit_fee)
+                compensation, _ = slash_split(j.collateral, j.audit_fee)
                 assert (e.args["slashed"], e.args["clientCompensation"]) == (
                     j.collateral,
                     compensation,

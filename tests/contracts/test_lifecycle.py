@@ -335,7 +335,7 @@ def test_resolveAppeal_by_second_verifier(world: World, worker_wins: bool) -> No
         assert (stake.free, stake.locked) == (stake_before.free + record.collateral, 0)
         assert worker.worker_record(worker.address).audits_passed == 1
     else:
-        compensation, remainder = slash_split(record.collateral, record.reward, record.audit_fee)
+        compensation, remainder = slash_split(record.collateral, record.audit_fee)
         assert final.state == JobState.SLASHED
         assert _withdrawable(world, worker) == 0
         assert _withdrawable(world, client) == record.reward + compensation
@@ -348,8 +348,8 @@ def test_resolveAppeal_by_second_verifier(world: World, worker_wins: bool) -> No
 
 @pytest.mark.parametrize(
     "collateral",
-    [0, 50 * TOKEN, 110 * TOKEN, 500 * TOKEN],
-    ids=["none", "below_paid", "equal_paid", "above_paid"],
+    [0, 5 * TOKEN, 10 * TOKEN, 500 * TOKEN],
+    ids=["none", "below_fee", "equal_fee", "above_fee"],
 )
 def test_finalize_slashes_failed_audit_not_appealed(world: World, collateral: int) -> None:
     worker, client = world.workers[0], world.clients[0]
@@ -360,7 +360,7 @@ def test_finalize_slashes_failed_audit_not_appealed(world: World, collateral: in
     stakes_balance = world.admin.balance_of(world.deployment.address("StakeManager"))
     receipt = world.outsider.finalize(job_id)
     paid = record.reward + record.audit_fee
-    compensation = min(collateral, paid)
+    compensation = min(collateral, record.audit_fee)
     (slashed,) = events_in(world.outsider, receipt, "JobSlashed")
     assert (slashed.args["slashed"], slashed.args["clientCompensation"]) == (
         collateral,
@@ -368,6 +368,7 @@ def test_finalize_slashes_failed_audit_not_appealed(world: World, collateral: in
     )
     assert world.job(job_id).state == JobState.SLASHED
     assert _withdrawable(world, client) == record.reward + compensation
+    assert _withdrawable(world, client) <= paid  # a slash never makes the client richer
     assert _withdrawable(world, world.admin) - admin_before == collateral - compensation
     position = worker.stake_of(worker.address)
     assert (position.free, position.locked, position.slashed) == (
@@ -389,24 +390,34 @@ def test_finalize_slashes_appealed_job_without_appeal_verdict(world: World) -> N
     world.advance(P + A + 1)
     world.outsider.finalize(job_id)
     assert world.job(job_id).state == JobState.SLASHED
-    compensation, _ = slash_split(record.collateral, record.reward, record.audit_fee)
+    compensation, _ = slash_split(record.collateral, record.audit_fee)
     assert _withdrawable(world, client) == record.reward + compensation
     assert_solvent(world)
 
 
-def test_finalize_pays_audited_job_without_verdict_and_refunds_audit_fee(world: World) -> None:
+def test_finalize_voids_audited_job_without_verdict(world: World) -> None:
+    """Silence never pays: a job drawn for audit whose verdict never came is not paid; the
+    client gets its whole escrow back and the worker its collateral."""
     worker, client = world.workers[0], world.clients[0]
     job_id = world.audited_job(worker=worker)
     record = world.job(job_id)
+    stake_before = worker.stake_of(worker.address)
+    admin_before = _withdrawable(world, world.admin)
     world.advance(A)
     receipt = world.outsider.finalize(job_id)
-    pay, fee = split_reward(record.reward, FEE_BPS)
-    (paid,) = events_in(world.outsider, receipt, "JobPaid")
-    assert (paid.args["amount"], paid.args["fee"], paid.args["audited"]) == (pay, fee, False)
-    assert _withdrawable(world, worker) == pay
-    assert _withdrawable(world, client) == record.audit_fee
+    assert events_in(world.outsider, receipt, "JobPaid") == []
+    (refunded,) = events_in(world.outsider, receipt, "JobRefunded")
+    assert (refunded.args["jobId"], refunded.args["amount"]) == (
+        job_id, record.reward + record.audit_fee)
+    assert world.job(job_id).state == JobState.REFUNDED
+    assert world.outsider.job_digest(job_id) == b"\x00" * 32
+    assert _withdrawable(world, worker) == 0
+    assert _withdrawable(world, client) == record.reward + record.audit_fee
+    assert _withdrawable(world, world.admin) == admin_before
     assert all(_withdrawable(world, v) == 0 for v in world.verifiers)
-    assert worker.stake_of(worker.address).locked == 0
+    stake = worker.stake_of(worker.address)
+    assert (stake.free, stake.locked) == (stake_before.free + record.collateral, 0)
+    assert worker.worker_record(worker.address).completed == 0
     assert_solvent(world)
 
 
@@ -821,9 +832,9 @@ def test_finalize_counts_a_draw_older_than_256_blocks_as_audited(
     assert [e.args["audited"] for e in events_in(world.outsider, receipt, "AuditDrawn")] == [True]
     assert world.job(job_id).state == JobState.AUDITED
     world.advance(A + 1)
-    world.outsider.finalize(job_id)  # no verdict came: paid, audit fee back to the client
-    assert world.job(job_id).state == JobState.FINALIZED
-    assert _withdrawable(world, client) == record.audit_fee
+    world.outsider.finalize(job_id)  # no verdict came: void, the whole escrow back
+    assert world.job(job_id).state == JobState.REFUNDED
+    assert _withdrawable(world, client) == record.reward + record.audit_fee
     assert_solvent(world)
 
 

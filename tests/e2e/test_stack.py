@@ -161,25 +161,23 @@ def test_two_honest_one_cheater_over_50_jobs() -> None:
                          f"--- cheater\n{stack.services['worker-2'].tail(20)}")
         assert all(r.worker == cheater for r in slashed), "an honest worker was slashed"
         for job_id, record in records.items():
-            if record.worker != cheater:
-                assert states[job_id] == JobState.FINALIZED
-        events = contracts.job_events([job for job, r in records.items() if r.state == JobState.SLASHED])
+            if record.worker != cheater:  # paid, or void if its verdict never came
+                assert states[job_id] in (JobState.FINALIZED, JobState.REFUNDED)
+        events = contracts.job_events(submission.job_ids)
+        # every job is drawn for audit: nothing is paid without a passing verdict (silence
+        # never pays), so none of the cheater's junk is paid
+        assert [e for e in events if e.name == "JobPaid" and not e.args["audited"]] == []
         refunds = {int(e.args["jobId"]): int(e.args["amount"]) for e in events if e.name == "JobRefunded"}
         compensation = {int(e.args["jobId"]): int(e.args["clientCompensation"])
                         for e in events if e.name == "JobSlashed"}
         for job_id, record in records.items():
             if record.state == JobState.SLASHED:
                 assert refunds[job_id] == record.reward
-                assert compensation[job_id] == slash_split(record.collateral, record.reward,
-                                                           record.audit_fee)[0]
-        # a job paid without a verdict (window closed first) returns its audit fee to the client
-        unaudited_fees = sum(
-            records[int(e.args["jobId"])].audit_fee
-            for e in contracts.job_events(submission.job_ids)
-            if e.name == "JobPaid" and not e.args["audited"]
-        )
+                assert compensation[job_id] == slash_split(record.collateral, record.audit_fee)[0]
+            elif record.state == JobState.REFUNDED:  # void: the whole escrow back
+                assert refunds[job_id] == record.reward + record.audit_fee
         got = contracts.account_of(stack.client_account.address).withdrawable - client_before
-        assert got == sum(refunds.values()) + sum(compensation.values()) + unaudited_fees
+        assert got == sum(refunds.values()) + sum(compensation.values())
         honest = {r.worker for r in records.values() if r.worker != cheater}
         for worker in honest:
             paid = [r for r in records.values() if r.worker == worker]

@@ -73,11 +73,11 @@ def test_settle_action_draw_not_consulted_before_challenge_window() -> None:
     assert calls == []
 
 
-def test_settle_action_audited_pays_strictly_after_audit_window() -> None:
+def test_settle_action_audited_voids_strictly_after_audit_window() -> None:
     rec = record(JobState.AUDITED, committed_at=1_000)
     closes = 1_000 + CHALLENGE + AUDIT
     assert action(rec, closes) is None
-    assert action(rec, closes + 1) is SettleAction.PAY
+    assert action(rec, closes + 1) is SettleAction.VOID  # silence never pays
 
 
 def test_settle_action_audit_failed_slashes_strictly_after_appeal_window() -> None:

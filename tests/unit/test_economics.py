@@ -74,7 +74,7 @@ def test_slash_flows_mirror_the_contract() -> None:
     result = simulate_market(params, (strategy_named("always_cheat"),), jobs=100, seed=1)[
         "always_cheat"]
     reward, collateral, audit_fee = 50, 50, params.audit_fee(50)
-    compensation, remainder = slash_split(collateral, reward, audit_fee)
+    compensation, remainder = slash_split(collateral, audit_fee)
     assert result.caught == 100 and result.junk_accepted == 0
     assert result.profit == -100 * collateral
     assert result.client_compensation == 100 * compensation

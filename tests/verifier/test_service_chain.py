@@ -254,7 +254,7 @@ def test_wrong_output_fails_then_slashes_and_compensates(world, market, kit, tmp
     world.advance(TEST_PARAMS.appeal_window_s + 1)  # no appeal: the failed audit stands
     world.admin.finalize(job_id)
     assert world.job(job_id).state == JobState.SLASHED
-    compensation, _rest = slash_split(record.collateral, record.reward, record.audit_fee)
+    compensation, _rest = slash_split(record.collateral, record.audit_fee)
     assert world.admin.account_of(client.address).withdrawable - client_before == \
         record.reward + compensation
     assert world.admin.worker_record(worker.address).slashed == slashed_before + 1
@@ -326,11 +326,13 @@ def test_missing_blobs_fair_handling_and_one_bad_job_does_not_stop_others(
     assert world.job(present).state == JobState.COMMITTED  # the worker is not blamed
     assert world.job(absent).state == JobState.AUDIT_FAILED
 
-    # after the window the unverifiable job is paid, and the service lets it go
+    # after the window the unverifiable job is void (never paid: silence never pays; an
+    # operator that withholds the program from the verifier gets nothing paid), and the
+    # service lets it go
     world.advance(60)
     world.admin.finalize(present)  # records the draw (AuditDrawn) ...
-    world.admin.finalize(present)  # ... and, the verdict being late, pays the worker
-    assert world.job(present).state == JobState.FINALIZED
+    world.admin.finalize(present)  # ... and, no verdict having come, voids the job
+    assert world.job(present).state == JobState.REFUNDED
     service.poll_once()
     assert service.journal.status(present, "audit") == SKIPPED
     c.close()
