@@ -73,7 +73,7 @@ def test_slash_flows_mirror_the_contract() -> None:
     params = MarketParams(min_audit_bps=10_000, reward_min=50, reward_max=50, collateral_ratio=1)
     result = simulate_market(params, (strategy_named("always_cheat"),), jobs=100, seed=1)[
         "always_cheat"]
-    reward, collateral, audit_fee = 50, 50, params.audit_fee(50)
+    collateral, audit_fee = 50, params.audit_fee(50)
     compensation, remainder = slash_split(collateral, audit_fee)
     assert result.caught == 100 and result.junk_accepted == 0
     assert result.profit == -100 * collateral
