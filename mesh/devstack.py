@@ -204,6 +204,9 @@ class DevStack:
         if cfg.verifier:
             self._add_provider("verifier", self.accounts[VERIFIER],
                                ["verifier", "start", "--json-logs"], {})
+            # a second, appeals-only verifier: a failed worker always has someone to appeal to
+            self._add_provider("appeal-verifier", self.accounts[APPEAL_VERIFIER],
+                               ["verifier", "start", "--json-logs", "--appeals-only"], {})
         for index, account in enumerate(self.worker_accounts()):
             extra: dict[str, str] = {}
             if account.address in self.cheater_addresses():

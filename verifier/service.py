@@ -19,7 +19,8 @@ Each poll (:meth:`VerifierService.poll_once`):
    - anything already settled on chain (a verdict posted by anyone, a finalized job) is skipped.
 
 Fairness when blobs are missing: if the spec, program or inputs cannot be fetched, that is not
-the worker's fault and no verdict is posted (the job is paid when the window closes). Only a
+the worker's fault and no verdict is posted (the job is void when the window closes: nobody is
+paid, the client gets its escrow back, the worker its collateral). Only a
 missing *worker output* fails a job, and only once the window is about to close
 (``final_margin_s``), so a slow upload is not punished.
 
@@ -75,6 +76,10 @@ class ServiceConfig:
     half the window)."""
     max_attempts: int = 3
     """Recomputations tried for one task before it is given up."""
+    audits: bool = True
+    """False for an appeals-only verifier: it takes no audits and judges appeals, so a network
+    with one auditing verifier still has a second one for every appeal (``resolveAppeal``
+    refuses the verifier whose verdict is appealed)."""
 
 
 @dataclass
@@ -179,6 +184,8 @@ class VerifierService:
                                                names=_TASK_EVENTS):
                 kind = _TASK_EVENTS.get(event.name)
                 if kind is None or (event.name == "AuditDrawn" and not event.args["audited"]):
+                    continue
+                if kind == AUDIT and not self.config.audits:
                     continue
                 job_id = int(event.args["jobId"])
                 if event.name == "JobCommitted":

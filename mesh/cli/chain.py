@@ -43,7 +43,7 @@ def chain_up() -> None:
         deployment = deploy_contracts(
             sender,
             assigners=(chain.accounts[1].address,),
-            verifiers=(chain.accounts[2].address,),
+            verifiers=(chain.accounts[2].address, chain.accounts[3].address),
         )
         path = save_deployment(deployment, settings.deployments_dir)
         actor = MeshActor(w3, deployment, admin, sender)
@@ -53,7 +53,8 @@ def chain_up() -> None:
         for name, address in deployment.addresses.items():
             console.print(f"  {name:<13} {address}")
         console.print(f"deployment record: {path}")
-        roles = {0: "admin", 1: "assigner (market)", 2: "verifier"}
+        roles = {0: "admin", 1: "assigner (market)", 2: "verifier",
+                 3: "verifier (for appeals: `mesh verifier start --appeals-only`)"}
         console.print(f"dev accounts (dev mnemonic; 1-9 hold {DEV_MESH:,} MESH each):")
         for index, account in enumerate(chain.accounts):
             console.print(f"  {index}  {account.address}  {roles.get(index, '')}".rstrip())

@@ -34,6 +34,9 @@ def verifier_start(
         bool, typer.Option(help="Recompute without OS isolation when none works (unsafe).")
     ] = False,
     json_logs: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
+    appeals_only: Annotated[bool, typer.Option(
+        help="Judge appeals only, take no audits (a second verifier for a small network).")
+    ] = False,
 ) -> None:
     """Follow the chain, audit the jobs drawn for audit and judge appeals, until SIGTERM."""
     from meshcompute.chain.connect import actor_for, connect
@@ -83,6 +86,7 @@ def verifier_start(
         ServiceConfig(
             poll_interval_s=settings.verifier_poll_interval_s,
             final_margin_s=settings.verifier_final_margin_s,
+            audits=not appeals_only,
         ),
         health_path=settings.data_dir / "verifier-health.json",
     )

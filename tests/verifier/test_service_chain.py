@@ -174,7 +174,7 @@ class CountingRecomputer(Recomputer):
 
 
 def make_service(world: World, market: Market, verifier: MeshActor, journal_dir: Path,
-                 ) -> tuple[VerifierService, MarketClient]:
+                 *, audits: bool = True) -> tuple[VerifierService, MarketClient]:
     client = client_for(market, verifier)
     journal = Journal(journal_dir / f"{verifier.address}.json")
     auditor = Auditor(
@@ -182,7 +182,8 @@ def make_service(world: World, market: Market, verifier: MeshActor, journal_dir:
         compare_outputs, evidence_hash, journal, verifier=verifier.address,
         chain_id=world.deployment.chain_id, job_market=world.deployment.address("JobMarket"),
     )
-    service = VerifierService(verifier, auditor, journal, ServiceConfig(poll_interval_s=0.1))
+    service = VerifierService(verifier, auditor, journal,
+                              ServiceConfig(poll_interval_s=0.1, audits=audits))
     return service, client
 
 
@@ -287,10 +288,12 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     assert first.poll_once().posted == []
     assert first.journal.status(job_id, "appeal") == SKIPPED
 
-    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest")
+    # an appeals-only verifier (the dev stack's second one) takes no audit and judges it
+    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest",
+                               audits=False)
     report = service.poll_once()
     assert report.posted == [(job_id, "appeal", True)], report
-    assert service.journal.status(job_id, "audit") == SKIPPED  # verdict was already in
+    assert service.journal.task(job_id, "audit") is None  # appeals only: no audit task
     task = service.journal.task(job_id, "appeal")
     assert task["output_hashes"] == [sha256_hex(kit.honest), sha256_hex(junk),
                                      task["own_output_sha256"]]
@@ -302,6 +305,16 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     assert world.admin.free_stake(worker.address) == STAKE
     c1.close()
     c2.close()
+
+
+def test_appeals_only_verifier_takes_no_audit(world, market, kit, tmp_path) -> None:
+    job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
+    world.chain.mine(2)
+    service, c = make_service(world, market, world.verifiers[1], tmp_path, audits=False)
+    report = service.poll_once()
+    assert report.posted == [] and service.journal.task(job_id, "audit") is None
+    assert world.job(job_id).state == JobState.COMMITTED
+    c.close()
 
 
 def test_missing_blobs_fair_handling_and_one_bad_job_does_not_stop_others(
