@@ -220,8 +220,9 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     }
 
     /// @notice Appeal a failed audit, once, within the appeal window. A second verifier then
-    /// recomputes; without its verdict the first one stands.
-    function appeal(uint256 jobId, Job calldata job) external whenNotPaused nonReentrant {
+    /// recomputes; without its verdict the first one stands. Works while paused: the appeal
+    /// window keeps running and a slash waits at its end, so a pause must not take the appeal.
+    function appeal(uint256 jobId, Job calldata job) external nonReentrant {
         _checkRecord(jobId, job);
         if (msg.sender != job.worker) revert NotAssignedWorker(jobId, msg.sender);
         if (job.state != JobState.AuditFailed) revert InvalidJobState(jobId, job.state);

@@ -18,6 +18,10 @@ from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.errors import ContractRevert, MeshError
 
+#: Reverts after which an appeal can never pass: the window closed, or the job is no longer an
+#: open failed audit (appealed already, settled, closed).
+_FINAL_APPEAL_REVERTS = frozenset({"WindowClosed", "InvalidJobState", "JobClosed",
+                                   "NotAssignedWorker"})
 
 @dataclass
 class _Watched:
@@ -96,8 +100,17 @@ class CommitWatch:
         watched.appealed = True
         try:
             self.actor.appeal(job_id, record)
-        except ContractRevert as exc:  # window closed, or the record moved on: final
-            self._emit("error", job_id=job_id, message=f"appeal of job {job_id} reverted: {exc}")
+        except ContractRevert as exc:
+            if exc.error_name in _FINAL_APPEAL_REVERTS:  # window closed, or the job moved on
+                self._emit("error", job_id=job_id,
+                           message=f"appeal of job {job_id} reverted: {exc}")
+                return
+            # anything else may pass later (a stale record, a node hiccup): try again on the
+            # next pass, until the window closes
+            watched.appealed = False
+            watched.audit_failed_seen = False
+            self._emit("warning", job_id=job_id,
+                       message=f"appeal of job {job_id} reverted, will retry: {exc}")
             return
         except Exception as exc:  # noqa: BLE001 - not sent: try again on the next pass
             watched.appealed = False

@@ -801,8 +801,7 @@ class MarketMachine(RuleBasedStateMachine):
     def _do_appeal(self, job_id: int, worker: MeshActor) -> bool:
         j = self.jobs[job_id]
 
-        def predict() -> None:
-            self._not_paused()
+        def predict() -> None:  # works while paused: a pause must not take the appeal
             self._open(job_id)
             if worker.address != j.worker:
                 raise Revert("NotAssignedWorker")

@@ -734,14 +734,6 @@ def test_appeal_reverts_on_unknown_or_forged_record(world: World) -> None:
         worker.appeal(job_id, forged(record, resolved_at=record.resolved_at + 1))
 
 
-def test_appeal_reverts_when_paused(world: World) -> None:
-    worker = world.workers[0]
-    job_id = failed_job(world, worker=worker)
-    world.admin.pause()
-    with reverts("EnforcedPause", Paused):
-        worker.appeal(job_id)
-
-
 # ---------------------------------------------------------------------------- withdraw
 
 

@@ -160,6 +160,8 @@ class FakeActor:
     revert: Exception | None = None
     records: dict[int, JobRecord] = field(default_factory=dict)
     appeals: list[int] = field(default_factory=list)
+    appeal_reverts: list[Exception] = field(default_factory=list)
+    """Raised by the next appeals, one each, before one goes through."""
     earned: int = 0
 
     def assign_and_commit(self, ticket, signature, result_hashes, records=None):
@@ -176,6 +178,8 @@ class FakeActor:
         return {i: self.records[i] for i in (job_ids or self.records) if i in self.records}
 
     def appeal(self, job_id, record=None):
+        if self.appeal_reverts:
+            raise self.appeal_reverts.pop(0)
         self.appeals.append(job_id)
         self.records[job_id] = replace(self.records[job_id], state=JobState.APPEALED)
 

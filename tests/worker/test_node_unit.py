@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from meshcompute.core.job import JobState
-from meshcompute.errors import ConfigError, TooLate, WrongJobState
+from meshcompute.errors import ConfigError, ContractRevert, TooLate, WrongJobState
 from meshcompute.mesh.adversary import Adversary
 from meshcompute.worker.node import WorkerConfig, WorkerNode, parse_price
 from meshcompute.worker.policy import HONEST, OutputPolicy
@@ -369,6 +369,26 @@ def test_honest_node_appeals_failed_audit_once():
     assert [e["policy"] for e in h.of("started")] == ["honest"]
     assert h.of("cheated") == []
     assert h.node.watch.job_ids() == []
+
+
+def test_appeal_is_retried_after_a_transient_revert_but_not_after_the_window():
+    transient = ContractRevert("JobRecordMismatch", {"jobId": 1}, contract="JobMarket")
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    market.add_job(make_lease(2))
+    actor = FakeActor(appeal_reverts=[transient])
+    with running(market=market, actor=actor) as h:
+        _wait(lambda: len(h.of("job_done")) == 2)
+        actor.records[1] = replace(actor.records[1], state=JobState.AUDIT_FAILED)
+        _wait(lambda: h.of("appealed"))
+        assert actor.appeals == [1]  # the first try reverted, the next pass appealed
+        closed = TooLate("WindowClosed", {"jobId": 2, "closesAt": 5}, contract="JobMarket")
+        actor.appeal_reverts = [closed, closed]
+        actor.records[2] = replace(actor.records[2], state=JobState.AUDIT_FAILED)
+        _wait(lambda: any("appeal of job 2 reverted:" in e.get("message", "")
+                          for e in h.of("error")))
+        time.sleep(0.5)  # more watch passes: a closed window is not tried again
+    assert actor.appeals == [1] and len(actor.appeal_reverts) == 1
 
 
 def test_cheating_policy_passed_in_skips_runs_replaces_outputs_and_never_appeals():
