@@ -23,6 +23,7 @@ from meshcompute.errors import ContractRevert, MeshError
 _FINAL_APPEAL_REVERTS = frozenset({"WindowClosed", "InvalidJobState", "JobClosed",
                                    "NotAssignedWorker"})
 
+
 @dataclass
 class _Watched:
     job_id: int
