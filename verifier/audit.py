@@ -100,6 +100,12 @@ class RecomputeFailed(JobFailed):
     """Our own recomputation did not produce an output (no verdict can be given)."""
 
 
+class NotReproducible(RecomputeFailed):
+    """Our own recomputations under two numeric setups disagree under the job's tolerance:
+    the job cannot be judged, so nobody is accused (no verdict; the job is void when its
+    audit window closes). Non-reproducible is not guilty."""
+
+
 @dataclass(frozen=True)
 class JobInputs:
     spec: JobSpec
@@ -173,9 +179,13 @@ class Auditor:
         verifier: str,
         chain_id: int,
         job_market: str,
+        confirm: Recompute | None = None,
     ) -> None:
         self.store = store
         self.recompute = recompute
+        self.confirm = confirm
+        """The recomputation under a second numeric setup that must confirm a fail before
+        it is posted (None: a fail is posted on the first recomputation alone)."""
         self.compare = compare
         self.evidence_hash = evidence_hash
         self.journal = journal
@@ -213,6 +223,9 @@ class Auditor:
         Raises :class:`MissingBlob` (nothing to compute with: no verdict), :class:`
         RecomputeFailed` (no verdict), or :class:`WorkerOutputMissing` while
         ``missing_output_is_final`` is False; once it is True, a missing output is a fail.
+        With ``confirm``, a disagreement is recomputed under the second numeric setup before
+        it becomes a fail: :class:`NotReproducible` when our two runs disagree with each other
+        (no verdict), a pass when the worker's output agrees with the second run.
         """
         job = fetch_job_inputs(self.store, job_id, record.spec_hash)
         ours, our_sha = self.own_output(job_id, AUDIT, job)
@@ -228,6 +241,18 @@ class Auditor:
                 note=str(exc),
             )
         result = self._compare_worker(ours, theirs, job.spec)
+        if not result.agree and self.confirm is not None:
+            other = self.confirm(job.spec, job.program, job.inputs)
+            own = self._compare_worker(ours, other, job.spec)
+            if not own.agree:
+                raise NotReproducible(
+                    f"job {job_id}: our own recomputations under two numeric setups disagree "
+                    f"under the job's tolerance ({own.reason}); it cannot be judged"
+                )
+            second = self._compare_worker(other, theirs, job.spec)
+            if second.agree:  # the worker's output is a legitimate computation of the job
+                our_sha = self.store.put_blob(other)
+                result = second
         return self._finish(
             job_id, AUDIT, job.spec_sha256, policy, (worker_sha, our_sha), result.agree,
             (result.between(0, 1),),

@@ -37,8 +37,19 @@ class Recomputer:
     warm: bool = True
     """Keep the next sandboxed job process started (interpreter and torch imported) per
     device, so an audit does not wait for torch's import; each job still gets a fresh one."""
+    alternate: bool = False
+    """This recomputer is the *other* numeric setup: one more thread and torch's plainest
+    kernels (``ATEN_CPU_CAPABILITY=default``), as an older CPU would run them. A failing
+    audit is confirmed with it before anyone is accused (:meth:`alternate_setup`)."""
     _runners: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def alternate_setup(self) -> Recomputer:
+        """A recomputer for the same jobs under a deliberately different numeric setup (more
+        threads, so other reduction splits; the default CPU kernels, so other instructions)."""
+        return Recomputer(threads=self.threads + 1, allow_unsandboxed=self.allow_unsandboxed,
+                          scratch_root=self.scratch_root, use_cuda=False, warm=False,
+                          alternate=True)
 
     def _runner(self, device: str) -> Any:
         from meshcompute.execution.sandbox import JobRunner
@@ -48,6 +59,7 @@ class Recomputer:
                 self._runners[device] = JobRunner(
                     device=device, threads=self.threads, scratch_root=self.scratch_root,
                     allow_unsandboxed=self.allow_unsandboxed, warm=self.warm,
+                    cpu_capability="default" if self.alternate else None,
                 )
             return self._runners[device]
 

@@ -54,6 +54,7 @@ from meshcompute.health import write_health
 from meshcompute.verifier.audit import (
     Auditor,
     MissingBlob,
+    NotReproducible,
     RecomputeFailed,
     VerdictReady,
     WorkerOutputMissing,
@@ -238,6 +239,9 @@ class VerifierService:
             if not final or self.auditor.worker_output_present(job_id, record):
                 return "wait"
             ready = self.auditor.fail_without_output(job_id, record, str(exc))
+        except NotReproducible as exc:
+            _event(logging.WARNING, "not_reproducible", job_id=job_id, error=str(exc))
+            return self._skip(job_id, AUDIT, f"not reproducible: {exc}")
         except RecomputeFailed as exc:
             return self._recompute_failed(job_id, AUDIT, exc)
         return self._post(ready, record)

@@ -76,10 +76,11 @@ def verifier_start(
         allow_unsandboxed=unsandboxed,
         scratch_root=settings.verifier_scratch_dir,
     )
+    confirm = recompute.alternate_setup()
     auditor = Auditor(
         client, recompute, compare_outputs, evidence_hash, journal,
         verifier=account.address, chain_id=conn.chain_id,
-        job_market=conn.deployment.address("JobMarket"),
+        job_market=conn.deployment.address("JobMarket"), confirm=confirm,
     )
     service = VerifierService(
         actor, auditor, journal,
@@ -101,6 +102,7 @@ def verifier_start(
         service.run(stop)
     finally:
         recompute.close()
+        confirm.close()
         client.close()
 
 

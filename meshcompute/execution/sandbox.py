@@ -142,7 +142,8 @@ def _nvidia_devices() -> list[str]:
     return sorted(str(p) for p in Path("/dev").glob("nvidia*"))
 
 
-def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: int = 1) -> list[str]:
+def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: int = 1,
+                  cpu_capability: str | None = None) -> list[str]:
     """The bwrap command that runs ``argv`` (a command inside the sandbox) with ``box`` as the
     only writable folder, mounted at ``/job`` (the working directory)."""
     flags = _bwrap_flags()
@@ -161,12 +162,16 @@ def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: i
             command += ["--dev-bind", node, node]
         command += ["--ro-bind-try", "/sys", "/sys"]
     command += ["--bind", str(box), SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--clearenv"]
-    for key, value in _job_env(threads, SANDBOX_DIR).items():
+    for key, value in _job_env(threads, SANDBOX_DIR, cpu_capability).items():
         command += ["--setenv", key, value]
     return [*command, "--", *argv]
 
 
-def _job_env(threads: int, home: str) -> dict[str, str]:
+#: Values of torch's ``ATEN_CPU_CAPABILITY`` (the widest vector instructions its kernels use).
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+
+
+def _job_env(threads: int, home: str, cpu_capability: str | None = None) -> dict[str, str]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": home,
@@ -180,25 +185,29 @@ def _job_env(threads: int, home: str) -> dict[str, str]:
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
         env[key] = str(threads)
+    if cpu_capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = cpu_capability
     return env
 
 
 class _JobProcess:
     """One started job process (sandboxed or not) waiting for batches (``--serve`` mode)."""
 
-    def __init__(self, folder: Path, *, device: str, threads: int, sandboxed: bool) -> None:
+    def __init__(self, folder: Path, *, device: str, threads: int, sandboxed: bool,
+                 cpu_capability: str | None = None) -> None:
         self.folder = folder
         self.box = folder / "box"
         self.box.mkdir(parents=True)
         argv = [sys.executable, "-m", "meshcompute.execution.execute", "--serve"]
         self.stderr = (folder / "stderr.log").open("wb")
         if sandboxed:
-            command = build_command(self.box, [*argv, SANDBOX_DIR], device=device, threads=threads)
+            command = build_command(self.box, [*argv, SANDBOX_DIR], device=device,
+                                    threads=threads, cpu_capability=cpu_capability)
             env = None
             cwd = None
         else:
             command = [*argv, str(self.box)]
-            env = _job_env(threads, str(self.box))
+            env = _job_env(threads, str(self.box), cpu_capability)
             cwd = self.box
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
@@ -314,9 +323,13 @@ class JobRunner:
         allow_unsandboxed: bool = False,
         warm: bool = False,
         max_kept: int = 2,
+        cpu_capability: str | None = None,
     ) -> None:
         if device not in ("cpu", "cuda"):
             raise BadInput(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if cpu_capability is not None and cpu_capability not in CPU_CAPABILITIES:
+            raise BadInput(f"cpu_capability must be one of {CPU_CAPABILITIES}, "
+                           f"got {cpu_capability!r}")
         if threads < 1:
             raise BadInput("threads must be at least 1")
         self.sandboxed = sandbox_available()
@@ -328,6 +341,8 @@ class JobRunner:
             )
         self.device = device
         self.threads = threads
+        self.cpu_capability = cpu_capability
+        """torch's ``ATEN_CPU_CAPABILITY`` in the job processes (None: what the CPU offers)."""
         self.scratch_root = Path(scratch_root or Path(tempfile.gettempdir()) / "mesh-jobs")
         self.scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.warm = warm
@@ -377,7 +392,7 @@ class JobRunner:
         folder = self.scratch_root / f"job-{os.getpid()}-{uuid.uuid4().hex}"
         folder.mkdir(mode=0o700)
         return _JobProcess(folder, device=self.device, threads=self.threads,
-                           sandboxed=self.sandboxed)
+                           sandboxed=self.sandboxed, cpu_capability=self.cpu_capability)
 
     def run(
         self,

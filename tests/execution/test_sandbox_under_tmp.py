@@ -70,3 +70,16 @@ def test_job_process_runs_from_a_checkout_and_venv_under_tmp(tmp_checkout) -> No
     assert prefix == str(root / ".venv")
     assert executable.startswith(str(root))
     assert module == str(root / "meshcompute" / "execution" / "tensorfile.py")
+
+
+def test_a_runner_can_pin_the_cpu_kernels_the_job_uses(requires_sandbox: None, tmp_path) -> None:
+    """The verifier's second numeric setup runs torch's plainest kernels, as an older CPU."""
+    from meshcompute.errors import BadInput
+    from meshcompute.execution.sandbox import JobRunner, build_command
+
+    command = build_command(tmp_path, ["true"], cpu_capability="default")
+    at = command.index("ATEN_CPU_CAPABILITY")
+    assert command[at - 1:at + 2] == ["--setenv", "ATEN_CPU_CAPABILITY", "default"]
+    assert "ATEN_CPU_CAPABILITY" not in build_command(tmp_path, ["true"])
+    with pytest.raises(BadInput, match="cpu_capability"):
+        JobRunner(cpu_capability="sse9", scratch_root=tmp_path)

@@ -19,6 +19,7 @@ from meshcompute.execution.programs import save_tensors
 from meshcompute.verifier.audit import (
     Auditor,
     MissingBlob,
+    NotReproducible,
     WorkerOutputMissing,
     load_claim,
 )
@@ -186,6 +187,57 @@ def test_audit_is_blind_our_hash_is_on_disk_before_the_worker_output_is_read(
     claim = load_claim(store, ready.evidence_hash, evidence_hash)
     assert claim.output_hashes == (worker_sha, sha256_hex(TRUTH))
     assert EvidenceRecord.from_bytes(store.blobs[ready.evidence_sha256]) == ready.evidence
+
+
+def _confirmed(store, journal, first: bytes, second: bytes):
+    a = auditor(store, journal, first)
+    seconds = []
+
+    def confirm(spec, program, inputs):
+        seconds.append(spec.sha256)
+        return second
+
+    a.confirm = confirm
+    return a, seconds
+
+
+def test_a_fail_stands_only_when_a_second_numeric_setup_confirms_it(tmp_path: Path) -> None:
+    store = MemoryStore()
+    _, spec_hash = make_job(store)
+    worker_sha = store.put_blob(WRONG)
+    a, seconds = _confirmed(store, Journal(tmp_path / "j.json"), TRUTH, NEAR)
+    ready = a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)),
+                    missing_output_is_final=False)
+    assert ready.verdict is False and len(seconds) == 1
+
+
+def test_own_setups_disagreeing_is_not_reproducible_and_accuses_nobody(tmp_path: Path) -> None:
+    """A program whose result depends on the numeric setup beyond its tolerance (a chaotic
+    program, or `exact` on float outputs) cannot be judged: no verdict, the job is void."""
+    store = MemoryStore()
+    _, spec_hash = make_job(store, policy={"kind": "exact"})
+    worker_sha = store.put_blob(NEAR)  # an honest worker on another CPU
+    a, _ = _confirmed(store, Journal(tmp_path / "j.json"), TRUTH, WRONG)
+    with pytest.raises(NotReproducible, match="two numeric setups disagree"):
+        a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)), missing_output_is_final=False)
+
+
+def test_worker_output_matching_the_second_setup_passes_with_it_as_evidence(
+    tmp_path: Path,
+) -> None:
+    """Tolerance is not transitive: ours and the second run agree, the worker's output is out
+    of tolerance of ours but within tolerance of the second run, a legitimate computation."""
+    store = MemoryStore()
+    _, spec_hash = make_job(store, policy={"kind": "allclose", "rtol": 1e-9, "atol": 1.5e-7})
+    base = torch.arange(12, dtype=torch.float64).reshape(3, 4) / 700
+    ours, other, theirs = (outputs(base + shift) for shift in (0.0, 1e-7, 2e-7))
+    worker_sha = store.put_blob(theirs)
+    a, seconds = _confirmed(store, Journal(tmp_path / "j.json"), ours, other)
+    ready = a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)),
+                    missing_output_is_final=False)
+    assert ready.verdict is True and len(seconds) == 1
+    assert ready.evidence.output_hashes == (worker_sha, sha256_hex(other))
+    assert store.get_blob(sha256_hex(other)) == other
 
 
 def test_audit_fails_a_wrong_output_and_reuses_the_fixed_answer(tmp_path: Path) -> None:
