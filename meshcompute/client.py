@@ -281,6 +281,20 @@ class Client:
         records = self.connection.contracts.job_records(submission.job_ids)
         return {job_id: records[job_id].state for job_id in submission.job_ids}
 
+    def verification(self, submission: Submission) -> dict[int, str]:
+        """How each shard's current job was accepted, by shard index, read from the chain:
+        ``audited`` (drawn for audit and passed, or won its appeal: a verifier recomputed
+        it), ``undrawn`` (paid without an audit: the draw did not pick it; post with
+        ``audit_bps=10_000`` to have every shard audited), or, while unpaid, its state."""
+        states = self.states(submission)
+        paid = {int(e.args["jobId"]): bool(e.args["audited"])
+                for e in self.actor.job_events(submission.job_ids, names=("JobPaid",))}
+        return {
+            s.index: ("audited" if paid[s.job_id] else "undrawn") if s.job_id in paid
+            else states[s.job_id].name.lower()
+            for s in submission.shards
+        }
+
     def status(self, submission: Submission) -> SubmissionStatus:
         counts: dict[str, int] = {}
         for state in self.states(submission).values():
@@ -298,8 +312,10 @@ class Client:
         repost_slashed: bool = True,
         progress: Progress | None = None,
     ) -> list[torch.Tensor]:
-        """Wait until every shard is paid (verified), re-posting any shard whose worker was
-        slashed or whose job was refunded, then return the assembled outputs."""
+        """Wait until every shard is paid, re-posting any shard whose worker was slashed or
+        whose job was refunded (or void: drawn for audit, no verdict in time), then return
+        the assembled outputs. :meth:`verification` tells, shard by shard, whether a paid
+        result was audited and passed or accepted undrawn."""
         give_up = time.monotonic() + timeout_s
         while True:
             states = self.states(submission)

@@ -128,18 +128,21 @@ def status(
 ) -> None:
     """On-chain state of every shard of a submission."""
     submission = load_submission(name)
-    states = _client().states(submission)
+    client = _client()
+    states = client.states(submission)
+    verified = client.verification(submission)
     rows = [
         {"shard": s.index, "job_id": s.job_id, "state": states[s.job_id].name.lower(),
-         "attempts": s.attempts}
+         "verification": verified[s.index], "attempts": s.attempts}
         for s in submission.shards
     ]
     if as_json:
         print(json.dumps({"name": submission.name, "shards": rows}))
         return
-    table = Table("shard", "job", "state", "attempts")
+    table = Table("shard", "job", "state", "verification", "attempts")
     for row in rows:
-        table.add_row(str(row["shard"]), str(row["job_id"]), row["state"], str(row["attempts"]))
+        table.add_row(str(row["shard"]), str(row["job_id"]), row["state"],
+                      row["verification"], str(row["attempts"]))
     Console().print(table)
 
 
@@ -152,10 +155,16 @@ def result(
     from meshcompute.execution.programs import save_tensors
 
     submission = load_submission(name)
-    outputs = _client().result(submission)
+    client = _client()
+    outputs = client.result(submission)
     target = out or Path(f"{submission.name}.out.safetensors")
     target.write_bytes(save_tensors(outputs, prefix="out"))
     console.print(f"output written to {target}")
+    verified = client.verification(submission)
+    for how, label in (("audited", "audited and passed"),
+                       ("undrawn", "accepted undrawn (not recomputed)")):
+        shards = ", ".join(str(i) for i, got in sorted(verified.items()) if got == how)
+        console.print(f"{label}: {'shards ' + shards if shards else 'none'}", markup=False)
 
 
 @app.command("list")

@@ -52,7 +52,10 @@ def test_job_cli_round_trip(tmp_path: Path) -> None:
 
         status = _mesh(env, "job", "status", result["group"], "--json")
         assert status.returncode == 0, status.stderr
-        assert {s["state"] for s in json.loads(status.stdout)["shards"]} == {"finalized"}
+        shards = json.loads(status.stdout)["shards"]
+        assert {s["state"] for s in shards} == {"finalized"}
+        # no audits in this stack (rate 0, no verifier): the client is told so, shard by shard
+        assert {s["verification"] for s in shards} == {"undrawn"}
 
         listing = _mesh(env, "job", "list", "--json")
         assert listing.returncode == 0, listing.stderr
@@ -62,6 +65,8 @@ def test_job_cli_round_trip(tmp_path: Path) -> None:
         fetched = _mesh(env, "job", "result", result["group"], "--out", str(again))
         assert fetched.returncode == 0, fetched.stderr
         assert again.read_bytes() == out.read_bytes()
+        assert "accepted undrawn (not recomputed): shards 0, 1, 2" in fetched.stderr
+        assert "audited and passed: none" in fetched.stderr
 
         worker = stack.worker_accounts()[0].address
         earnings = _mesh(env, "earnings", worker, "--json")

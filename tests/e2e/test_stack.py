@@ -178,6 +178,11 @@ def test_two_honest_one_cheater_over_50_jobs() -> None:
                 assert refunds[job_id] == record.reward + record.audit_fee
         got = contracts.account_of(stack.client_account.address).withdrawable - client_before
         assert got == sum(refunds.values()) + sum(compensation.values())
+        # the client is told, shard by shard, that every paid result was audited and passed
+        verified = client.verification(submission)
+        for shard in submission.shards:
+            if states[shard.job_id] == JobState.FINALIZED:
+                assert verified[shard.index] == "audited"
         honest = {r.worker for r in records.values() if r.worker != cheater}
         for worker in honest:
             paid = [r for r in records.values() if r.worker == worker]
