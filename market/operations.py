@@ -301,17 +301,19 @@ def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> l
     return leases
 
 
-def _sign_leases(
-    rt: MarketRuntime, worker: str, jobs: Sequence[tuple[int, JobRecord]], chain_now: int,
-    now: float, *, batch: str = "",
-) -> list[LeaseInfo]:
-    """One ticket over all ``jobs`` (in that order), as one LeaseInfo per job. The ticket's
-    audit rate is the largest any of the jobs needs (the contract applies it to each)."""
+def _ticket_audit_bps(rt: MarketRuntime, worker: str, records: Sequence[JobRecord]) -> int:
+    """The audit rate of one ticket giving ``worker`` these jobs: the largest any of them
+    needs. For each, the deterrence rate of :mod:`meshcompute.core.audit_rate` for the
+    worker's record and stake, never below the job's own rate or the deployment's floor (with
+    ``audit_deterrence`` off: just those two)."""
     from meshcompute.core.audit_rate import audit_bps as audit_rate
 
-    standing = rt.standing(worker)
     floor = int(rt.chain_config["min_audit_bps"])
-    bps = max(
+    least = [max(floor, record.audit_bps) for record in records]
+    if not rt.settings.audit_deterrence:
+        return max(least)
+    standing = rt.standing(worker)
+    return max(
         audit_rate(
             reward=record.reward,
             collateral=record.collateral,
@@ -319,10 +321,19 @@ def _sign_leases(
             completed=standing.completed,
             audits_passed=standing.audits_passed,
             slashed=standing.slashed,
-            min_bps=max(floor, record.audit_bps),
+            min_bps=minimum,
         )
-        for _, record in jobs
+        for record, minimum in zip(records, least, strict=True)
     )
+
+
+def _sign_leases(
+    rt: MarketRuntime, worker: str, jobs: Sequence[tuple[int, JobRecord]], chain_now: int,
+    now: float, *, batch: str = "",
+) -> list[LeaseInfo]:
+    """One ticket over all ``jobs`` (in that order), as one LeaseInfo per job. The ticket's
+    audit rate is the largest any of the jobs needs (the contract applies it to each)."""
+    bps = _ticket_audit_bps(rt, worker, [record for _, record in jobs])
     expiry = chain_now + rt.settings.lease_s
     ticket = AssignTicket(worker, tuple(job_id for job_id, _ in jobs), int(bps), expiry)
     signature = sign_ticket(

@@ -61,6 +61,8 @@ class StackConfig:
     """The last ``cheaters`` workers run the test-only adversary."""
     cheat_fraction: float = 1.0
     verifier: bool = True
+    """Run the verifiers (an auditing one and an appeals-only one). Without them the market
+    signs no deterrence audit rates (MESH_AUDIT_DETERRENCE=false)."""
     worker_slots: int = 1
     worker_threads: int = 1
     stake: int = 5_000 * TOKEN
@@ -195,6 +197,9 @@ class DevStack:
             "MESH_ASSIGNER_KEY": self.accounts[ASSIGNER].key.to_0x_hex(),
             "MESH_SETTLER_KEY": self.accounts[ASSIGNER].key.to_0x_hex(),
             "MESH_LEASE_S": str(cfg.lease_s),
+            # without a verifier a drawn job could only be void (silence never pays): the
+            # market then signs each job's own rate, not the deterrence rate for new workers
+            "MESH_AUDIT_DETERRENCE": "true" if cfg.verifier else "false",
         }
         self._add("market-api", ["market", "serve"], market_env)
         self._add("market-tasks", ["market", "tasks"], market_env)

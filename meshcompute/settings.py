@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     market_json_logs: bool = True
     """Log one JSON object per line from the market's processes."""
 
+    audit_deterrence: bool = True
+    """Sign tickets at the deterrence rate of :mod:`meshcompute.core.audit_rate` (100 % for a
+    new worker at the SDK's default collateral). False signs each job's own rate (never below
+    the deployment's floor): only for a network without verifiers, where silence never pays
+    and a job drawn for audit could only ever be void (``MESH_AUDIT_DETERRENCE``)."""
+
     # -- market throughput: lease batches and the background schedule
     max_lease_batch: int = Field(default=32, ge=1, le=256)
     """Most jobs (same client, same program) one lease batch carries: one multi-job ticket,
