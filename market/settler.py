@@ -60,7 +60,9 @@ storage for the worker's record, credits to client and fee recipient, the stake 
 slash, three events) used 136,772 gas including the 21,000 intrinsic; a payment in a batch
 of 100 costs about 17,000."""
 
-_FINAL_EVENTS = ("JobPaid", "JobSlashed")
+_FINAL_EVENTS = ("JobPaid", "JobSlashed", "JobRefunded")
+"""Events that end a job in a settlement batch: paid, slashed (with its refund), or void (a
+drawn job whose verdict never came: refunded)."""
 
 # Compare-and-set and compare-and-delete, so a settler never overwrites another's key.
 _SET_IF = """

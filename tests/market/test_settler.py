@@ -183,9 +183,10 @@ def test_second_run_does_not_resend_while_the_first_is_pending(
 # ---------------------------------------------------------------------------- audits
 
 
-def test_audited_job_draw_recorded_then_paid_after_silent_verifier(
+def test_audited_job_draw_recorded_then_void_after_silent_verifier(
     world: World, redis_client, prefix: str
 ) -> None:
+    """Silence never pays: the settler voids a drawn job whose verdict never came."""
     (job_id,) = committed_jobs(world, 1, audit_bps=10_000)
     world.advance(CHALLENGE + 1)
     s = settler(world, redis_client, prefix)
@@ -196,9 +197,10 @@ def test_audited_job_draw_recorded_then_paid_after_silent_verifier(
 
     assert s.settle(records_of(world), world.now()).tx_hash is None  # verdict window open
     world.advance(AUDIT + 1)
-    paid = s.settle(records_of(world), world.now())
-    assert paid.job_ids == [job_id]
-    assert paid_count(world) == Counter({job_id: 1})
+    voided = s.settle(records_of(world), world.now())
+    assert voided.job_ids == [job_id]
+    assert records_of(world)[job_id].state == JobState.REFUNDED
+    assert paid_count(world) == Counter()
 
 
 def test_failed_audit_without_appeal_is_slashed_once(
