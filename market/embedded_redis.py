@@ -29,7 +29,8 @@ def start_valkey(port: int | None = None) -> Any:
 
     server = ValkeyServer(host="127.0.0.1", port=port)
     server.start()
-    pid = redis.Redis.from_url(server.connection_url).info("server")["process_id"]
+    with redis.Redis.from_url(server.connection_url) as client:
+        pid = client.info("server")["process_id"]
     tether(int(pid))
     return server
 

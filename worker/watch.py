@@ -82,9 +82,10 @@ class CommitWatch:
             self._drop(job_id)
             return
         state = record.state
-        if state == JobState.AUDIT_FAILED and not watched.audit_failed_seen:
-            watched.audit_failed_seen = True
-            self._emit("audit_failed", job_id=job_id)
+        if state == JobState.AUDIT_FAILED:
+            if not watched.audit_failed_seen:
+                watched.audit_failed_seen = True
+                self._emit("audit_failed", job_id=job_id)
             if self.appeal and not watched.appealed:
                 self._appeal(watched, record)
         elif state == JobState.FINALIZED:
@@ -109,13 +110,11 @@ class CommitWatch:
             # anything else may pass later (a stale record, a node hiccup): try again on the
             # next pass, until the window closes
             watched.appealed = False
-            watched.audit_failed_seen = False
             self._emit("warning", job_id=job_id,
                        message=f"appeal of job {job_id} reverted, will retry: {exc}")
             return
         except Exception as exc:  # noqa: BLE001 - not sent: try again on the next pass
             watched.appealed = False
-            watched.audit_failed_seen = False
             self._emit("warning", job_id=job_id, message=f"appeal of job {job_id} failed: {exc}")
             return
         self.appealed += 1

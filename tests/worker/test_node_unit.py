@@ -382,6 +382,7 @@ def test_appeal_is_retried_after_a_transient_revert_but_not_after_the_window():
         actor.records[1] = replace(actor.records[1], state=JobState.AUDIT_FAILED)
         _wait(lambda: h.of("appealed"))
         assert actor.appeals == [1]  # the first try reverted, the next pass appealed
+        assert len(h.of("audit_failed")) == 1  # the retry does not report the failure again
         closed = TooLate("WindowClosed", {"jobId": 2, "closesAt": 5}, contract="JobMarket")
         actor.appeal_reverts = [closed, closed]
         actor.records[2] = replace(actor.records[2], state=JobState.AUDIT_FAILED)
