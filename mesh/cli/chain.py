@@ -54,11 +54,13 @@ def chain_up() -> None:
             console.print(f"  {name:<13} {address}")
         console.print(f"deployment record: {path}")
         roles = {0: "admin", 1: "assigner (market)", 2: "verifier",
-                 3: "verifier (for appeals: `mesh verifier start --appeals-only`)"}
+                 3: "appeal verifier (`mesh verifier start --appeals-only`)", 5: "worker"}
         console.print(f"dev accounts (dev mnemonic; 1-9 hold {DEV_MESH:,} MESH each):")
         for index, account in enumerate(chain.accounts):
             console.print(f"  {index}  {account.address}  {roles.get(index, '')}".rstrip())
         _fund_dev_wallet(settings.wallet_path, actor, sender)
+        for line in hand_commands(chain.rpc_url, settings.data_dir, settings.deployments_dir):
+            console.print(line, markup=False, highlight=False)
         pid = os.getpid()
         record_path = write_chain_record(
             settings.data_dir,
@@ -86,6 +88,60 @@ DEV_MESH = 100_000
 """MESH minted to each dev account and to the dev wallet by `mesh chain up`."""
 DEV_WALLET_ETH = 100
 """ETH sent to the dev wallet for gas."""
+
+
+HAND_STAKE = 1000
+"""MESH each provider printed by :func:`hand_commands` stakes (the dev accounts hold 100,000)."""
+
+_HAND_ROLES = (
+    # (dev account, title, data folder, final command)
+    (5, "worker (account 5, {address}; accounts 6-9 are free for more workers)", "dev-worker",
+     "mesh worker start"),
+    (2, "verifier (account 2, {address}): audits drawn jobs", "dev-verifier",
+     "mesh verifier start"),
+    (3, ("appeal verifier (account 3, {address}): judges appeals only; an appeal must be "
+        "judged by a verifier other than the one that failed the audit, so run both"),
+     "dev-appeal-verifier", "mesh verifier start --appeals-only"),
+)
+
+
+def hand_commands(rpc_url: str, data_dir: Path, deployments_dir: Path) -> list[str]:
+    """The shell commands that run each role by hand on the dev chain `mesh chain up` started:
+    market, worker, verifier and appeal verifier, each with the account it funded.
+
+    The keys shown are derived here from the dev mnemonic (anvil's well-known public test
+    accounts), so no other key can ever be printed.
+    """
+    import shlex
+
+    from meshcompute.chain.devchain import dev_accounts
+    from meshcompute.settings import DEV_MNEMONIC
+
+    accounts = dev_accounts(DEV_MNEMONIC)
+    data = Path(data_dir).expanduser()
+    common = (f"MESH_RPC_URL={rpc_url} "
+              f"MESH_DEPLOYMENTS_DIR={shlex.quote(str(Path(deployments_dir).expanduser()))}")
+    lines = [
+        ("run each role by hand on this chain, each block in its own shell (these are anvil's "
+        "public dev keys: never use them on a real chain):"),
+        (f"  market (account 1, {accounts[1].address}, signs tickets; `mesh market tasks` in a "
+        "second shell with the same export):"),
+        (f"    export MESH_DATA_DIR={shlex.quote(str(data))} {common} "
+        f"MESH_ASSIGNER_KEY={accounts[1].key.to_0x_hex()}"),
+        "    mesh market serve",
+        "    mesh market tasks",
+    ]
+    for index, title, folder, start in _HAND_ROLES:
+        home = shlex.quote(str(data / folder))
+        lines += [
+            "  " + title.format(address=accounts[index].address) + ":",
+            (f"    export MESH_DATA_DIR={home} MESH_WALLET_PATH={home}/wallet.json {common} "
+            "MESH_WALLET_PASSWORD=dev-only-password"),
+            (f"    test -f {home}/wallet.json || MESH_DEV_KEY={accounts[index].key.to_0x_hex()} "
+            "mesh wallet import --key-env MESH_DEV_KEY"),
+            f"    mesh provider stake {HAND_STAKE} --if-unstaked && {start}",
+        ]
+    return lines
 
 
 def _fund_dev_wallet(wallet_path: Path, actor: Any, sender: Any) -> None:

@@ -20,7 +20,8 @@ from meshcompute.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-REQUIRED = {"anvil", "redis", "market-api", "celery-worker", "celery-beat", "verifier", "worker"}
+REQUIRED = {"anvil", "redis", "market-api", "celery-worker", "celery-beat", "verifier",
+            "appeal-verifier", "worker"}
 ONE_SHOT = {"deploy"}
 #: Variables read by docker/provider-entrypoint.sh or by a CLI option (not Settings fields).
 SCRIPT_VARIABLES = {
@@ -117,3 +118,46 @@ def _has_compose() -> bool:
 )
 def test_docker_compose_config_accepts_the_file() -> None:
     subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "-q"], check=True)
+
+
+def test_secrets_and_volumes_resolve() -> None:
+    data = _compose()
+    secrets, volumes = data.get("secrets") or {}, data.get("volumes") or {}
+    for name, service in data["services"].items():
+        for secret in service.get("secrets") or []:
+            assert secret in secrets, f"{name} uses undeclared secret {secret}"
+        for mount in service.get("volumes") or []:
+            source = str(mount).split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in volumes, f"{name} mounts undeclared volume {source}"
+    for secret in secrets.values():
+        assert (ROOT / _expand(secret["file"])).is_file(), secret
+
+
+def _service_key(service: dict[str, Any]) -> str:
+    """The private key file a provider service imports (its secret's default, a dev key)."""
+    env_path = service["environment"]["MESH_PROVIDER_KEY_FILE"]
+    (secret,) = service["secrets"]
+    assert env_path == f"/run/secrets/{secret}"
+    return (ROOT / _expand(_compose()["secrets"][secret]["file"])).read_text().strip()
+
+
+def test_two_verifiers_each_granted_the_role_at_deploy() -> None:
+    """Appeals need a verifier other than the auditor (resolveAppeal refuses that one): compose
+    runs an auditing verifier and an appeals-only one, and the deploy step grants both."""
+    from eth_account import Account
+    from typer.main import get_command
+
+    services = _compose()["services"]
+    assert "--appeals-only" in _argv(services["appeal-verifier"]["command"])
+    assert "--appeals-only" not in _argv(services["verifier"]["command"])
+    addresses = {Account.from_key(_service_key(services[name])).address
+                 for name in ("verifier", "appeal-verifier")}
+    assert len(addresses) == 2, "the two verifiers must hold different keys"
+    assert services["verifier"]["volumes"] != services["appeal-verifier"]["volumes"]
+
+    argv = _argv(services["deploy"]["command"])
+    assert argv[:3] == ["mesh", "chain", "deploy"]
+    deploy = get_command(app).commands["chain"].commands["deploy"]  # type: ignore[attr-defined]
+    params = deploy.make_context("deploy", argv[3:]).params  # the real option parser
+    assert set(params["verifier"]) == addresses
