@@ -2,7 +2,10 @@
 
 Simulates each strategy's providers over the same job stream (:mod:`meshcompute.core.economics`)
 and reports profit per job, the value of a junk result, and the probability that a cheater is
-caught within N jobs of its first junk result.
+caught within N jobs of its first junk result. ``roles``: the strategies of the other roles (a
+griefing client, a colluding market operator, a lazy verifier) on the same job stream, each with
+``gain_vs_honest`` against honest play of its role
+(:func:`meshcompute.core.economics.simulate_roles`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from meshcompute.core.economics import (
     catch_probabilities,
     junk_expected_value,
     simulate_market,
+    simulate_roles,
 )
 
 CATCH_WITHIN = (1, 10, 50, 100)
@@ -53,6 +57,12 @@ def run_sim(
         if strategies[name]["profit_per_job"] < honest
         and (strategies[name]["profit_per_junk_result"] or 0) < 0
     ]
+    roles = {
+        name: result.to_json()
+        for name, result in simulate_roles(params, jobs=jobs, providers=providers,
+                                           seed=seed).items()
+    }
+    roles_not_losing = [name for name, entry in roles.items() if entry["gain_vs_honest"] >= 0]
     typical = 100
     rates = {
         "new_worker": audit_bps(
@@ -84,4 +94,8 @@ def run_sim(
         "cheating_strategies_losing": len(losing),
         "cheating_strategies": len(cheaters),
         "cheating_has_negative_ev": len(losing) == len(cheaters),
+        "roles": roles,
+        "role_strategies_losing": len(roles) - len(roles_not_losing),
+        "role_strategies": len(roles),
+        "role_strategies_not_losing": roles_not_losing,
     }

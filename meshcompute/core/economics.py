@@ -2,8 +2,11 @@
 
 Every job follows the contract's money flows (``contracts/JobMarket.sol``):
 
-- the client escrows ``reward + audit_fee``; the market's ticket carries
-  :func:`meshcompute.core.audit_rate.audit_bps`, floored at the deployment's ``min_audit_bps``;
+- the client escrows ``reward + audit_fee``; the job's audit rate is decided on chain at the
+  assignment (:func:`job_audit_bps`): the largest of the client's ``auditBps``, the
+  deployment's floor ``min_audit_bps``, the market's signed ticket and
+  :func:`meshcompute.core.audit_rate.audit_bps` of the worker's on-chain record and free stake,
+  so a ticket can only raise the rate (an honest market signs the formula's rate);
 - the draw after the commit audits the job with that probability;
 - not audited, or audited and passed: the worker is paid ``reward - fee`` (fee rounded up,
   :func:`meshcompute.core.payout.split_reward`); the verifier earns the audit fee when the job
@@ -11,7 +14,12 @@ Every job follows the contract's money flows (``contracts/JobMarket.sol``):
 - audited and caught: the worker's collateral is slashed and it is paid nothing; the client
   gets its reward back and, from the collateral, the audit fee it spent (never more than it
   paid: :func:`meshcompute.core.payout.slash_split`), the rest goes to the protocol; the
-  verifier still earns the audit fee.
+  verifier still earns the audit fee;
+- audited and void (``voidAudit``: the program is numerically unstable, so the verifier's
+  recomputations under two numeric setups disagree or a 1-ulp perturbation of the inputs moves
+  the output beyond the job's tolerance): the verifier earns the audit fee, the client gets its
+  reward back, the worker is paid nothing and its collateral is unlocked (no slash, and its
+  record is unchanged). Undrawn jobs of the same program are paid normally.
 
 A provider pays ``compute_cost`` for an honest result and ``junk_cost`` for junk. Junk is
 caught at an audit with probability ``detection_bps`` (1 at the defaults: ``mesh bench
@@ -24,6 +32,22 @@ A caught provider walks away from its ruined record and comes back under a fresh
 a fresh stake (``new_identity_after_slash``): the strongest thing a cheater can do, since a
 slashed address is audited on every job.
 
+Other roles (:func:`simulate_roles`), each against the honest play of the same role on the same
+job stream and draws:
+
+- ``griefing_client``: posts unstable (chaotic) programs to get honest workers slashed; it
+  values the outputs at 0, while an honest client values a delivered honest result at exactly
+  the reward it paid (a break-even marginal client), so the honest client's profit per job is
+  minus the audit fees it pays. Drawn jobs are void, undrawn ones paid: no honest worker is
+  slashed, but the worker loses its compute cost on the void jobs.
+- ``colluding_operator``: the market operator runs its own workers, which return junk on every
+  job, and signs their tickets at 0 bps; its profit is theirs. With the rate decided on chain
+  (``onchain_audit_rate``) the ticket cannot lower the rate; without it (the old contract) the
+  rate falls to ``max(client, floor)``.
+- ``lazy_verifier``: posts "pass" without recomputing, saving ``verify_cost_bps`` of the reward
+  per audit. Nothing punishes that yet (no verifier stake, no canary jobs): its gain is
+  positive and reported as such.
+
 Pure: the standard library and the core only.
 """
 
@@ -32,8 +56,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, NamedTuple
 
 from meshcompute.core.audit_rate import BPS, audit_bps
 from meshcompute.core.payout import slash_split, split_reward
@@ -65,12 +89,23 @@ class MarketParams:
     """Probability that an audit catches junk (measured: every cheat, every audit)."""
     new_identity_after_slash: bool = True
     """A caught provider restarts under a fresh address (no record, fresh stake)."""
+    client_audit_bps: int = 0
+    """The audit rate an (honest) client asks for when it posts (``auditBps``)."""
+    onchain_audit_rate: bool = True
+    """The contract takes the rate of :func:`meshcompute.core.audit_rate.audit_bps` itself, so
+    the market's ticket can only raise it. False: the contract of before, where the rate is
+    ``max(client, floor, ticket)`` and a ticket signed at 0 leaves ``max(client, floor)``."""
+    verify_cost_bps: int | None = None
+    """A verifier's cost of one recomputation, as a share of the reward (None: the same as
+    ``compute_cost_bps``)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.reward_min <= self.reward_max:
             raise BadInput("market needs 0 < reward_min <= reward_max")
         for name in ("audit_fee_bps", "compute_cost_bps", "junk_cost_bps", "fee_bps",
-                     "min_audit_bps", "detection_bps"):
+                     "min_audit_bps", "detection_bps", "client_audit_bps", "verify_cost_bps"):
+            if name == "verify_cost_bps" and self.verify_cost_bps is None:
+                continue
             if not 0 <= getattr(self, name) <= BPS:
                 raise BadInput(f"market {name} must be within 0..{BPS}, got {getattr(self, name)}")
         if self.collateral_ratio < 0 or self.initial_stake < 0:
@@ -87,6 +122,27 @@ class MarketParams:
 
     def junk_cost(self, reward: int) -> int:
         return reward * self.junk_cost_bps // BPS
+
+    @property
+    def verify_bps(self) -> int:
+        """``verify_cost_bps``, resolved (the compute cost when unset)."""
+        return self.compute_cost_bps if self.verify_cost_bps is None else self.verify_cost_bps
+
+    def verify_cost(self, reward: int) -> int:
+        return reward * self.verify_bps // BPS
+
+
+def job_audit_bps(params: MarketParams, *, formula_bps: int, ticket_bps: int,
+                  client_bps: int | None = None) -> int:
+    """The audit rate the contract sets at assignment: the largest of the client's rate
+    (``params.client_audit_bps`` unless ``client_bps`` is given), the deployment's floor, the
+    market's ticket and, when ``params.onchain_audit_rate``, ``formula_bps`` (the rate
+    :func:`meshcompute.core.audit_rate.audit_bps` gives for the worker's on-chain record)."""
+    client = params.client_audit_bps if client_bps is None else client_bps
+    rate = max(client, params.min_audit_bps, ticket_bps)
+    if params.onchain_audit_rate:
+        rate = max(rate, formula_bps)
+    return min(BPS, rate)
 
 
 @dataclass(frozen=True)
@@ -167,6 +223,10 @@ class StrategyResult:
     client_compensation: int = 0
     verifier_fees: int = 0
     protocol_income: int = 0
+    voided: int = 0
+    """Drawn jobs that the verifier could not judge (unstable program): void."""
+    rate_bps_sum: int = 0
+    """Sum of the jobs' audit rates (for the mean rate)."""
 
     @property
     def profit_per_job(self) -> float:
@@ -201,6 +261,38 @@ class StrategyResult:
         }
 
 
+Verdict = Literal["paid", "void", "slashed"]
+
+
+class JobOutcome(NamedTuple):
+    """How one job settled, with the money each side saw (a tuple: built once per job)."""
+
+    reward: int
+    audit_fee: int
+    rate_bps: int
+    audited: bool
+    junk: bool
+    verdict: Verdict
+    worker_profit: int
+    worker_expected_profit: float
+    """The worker's expected profit on this job given its audit rate (before the draw)."""
+    compensation: int
+    """What the client got from the slashed collateral (0 unless slashed)."""
+
+    def client_paid(self) -> int:
+        """What the client spent, net of refunds: the reward when paid, the audit fee when
+        audited (paid or void), less the compensation when slashed."""
+        if self.verdict == "paid":
+            return self.reward + (self.audit_fee if self.audited else 0)
+        return self.audit_fee - self.compensation
+
+    def client_profit(self, *, values_outputs: bool) -> int:
+        """The client's profit: a client that values outputs gets, from a paid honest result,
+        exactly the reward it paid for it (junk is worth nothing)."""
+        value = self.reward if values_outputs and self.verdict == "paid" and not self.junk else 0
+        return value - self.client_paid()
+
+
 @dataclass(frozen=True)
 class _Job:
     reward: int
@@ -225,6 +317,22 @@ class _Provider:
 
     def take(self, job: _Job) -> bool:
         """Run one job; True when the provider was caught returning junk."""
+        return self._settle(job, None, None, False, None) == "slashed"
+
+    def serve(self, job: _Job, *, ticket_bps: int | None = None, client_bps: int | None = None,
+              unstable: bool = False) -> JobOutcome:
+        """Run one job and return how it settled. ``ticket_bps``: the rate the market signs
+        (None: an honest market signs the formula's rate); ``client_bps``: the client's rate
+        (None: ``params.client_audit_bps``); ``unstable``: the program cannot be judged, so a
+        drawn job is void."""
+        sink: list[JobOutcome] = []
+        self._settle(job, ticket_bps, client_bps, unstable, sink)
+        return sink[0]
+
+    def _settle(self, job: _Job, ticket_bps: int | None, client_bps: int | None,
+                unstable: bool, sink: list[JobOutcome] | None) -> Verdict:
+        """Run one job (see :meth:`serve`); its outcome is appended to ``sink`` when given
+        (:meth:`take`, run millions of times by :func:`catch_probabilities`, skips it)."""
         p, ident, res = self.params, self.identity, self.result
         reward = job.reward
         collateral = p.collateral(reward)
@@ -232,23 +340,34 @@ class _Provider:
             ident.stake = max(p.initial_stake, collateral)  # the owner tops the stake up
         view = WorkerView(ident.jobs_taken, ident.completed, ident.audits_passed, reward)
         junk = self.strategy.cheats(view, job.choice)
-        rate = audit_bps(
+        formula = audit_bps(
             reward=reward, collateral=collateral, free_stake=ident.stake,
             completed=ident.completed, audits_passed=ident.audits_passed,
             slashed=ident.slashed, min_bps=p.min_audit_bps,
         )
+        client = p.client_audit_bps if client_bps is None else client_bps
+        if ticket_bps is None:  # an honest market signs the formula's rate (>= the floor)
+            rate = max(client, formula)
+        else:
+            rate = job_audit_bps(p, formula_bps=formula, ticket_bps=ticket_bps, client_bps=client)
         audited = job.audit_draw < rate
-        caught = junk and audited and job.detect_draw < p.detection_bps
+        void = audited and unstable
+        caught = junk and audited and not void and job.detect_draw < p.detection_bps
         audit_fee = p.audit_fee(reward)
         pay, fee = split_reward(reward, p.fee_bps)
+        cost = p.junk_cost(reward) if junk else p.compute_cost(reward)
         honest_profit = pay - p.compute_cost(reward)
         ident.jobs_taken += 1
         res.jobs += 1
         res.audited += audited
+        res.rate_bps_sum += rate
         if audited:
             res.verifier_fees += audit_fee
+        compensation = 0
+        verdict: Verdict
         if caught:
-            profit = -collateral - p.junk_cost(reward)
+            verdict = "slashed"
+            profit = -collateral - cost
             compensation, remainder = slash_split(collateral, audit_fee)
             res.caught += 1
             res.slashed += collateral
@@ -256,8 +375,13 @@ class _Provider:
             res.protocol_income += remainder
             ident.stake -= collateral
             ident.slashed += 1
+        elif void:
+            verdict = "void"  # collateral unlocked, nothing paid, record unchanged
+            profit = -cost
+            res.voided += 1
         else:
-            profit = pay - (p.junk_cost(reward) if junk else p.compute_cost(reward))
+            verdict = "paid"
+            profit = pay - cost
             res.protocol_income += fee
             ident.completed += 1
             ident.audits_passed += audited
@@ -270,7 +394,20 @@ class _Provider:
         res.profit_sq += profit * profit
         if caught and p.new_identity_after_slash:
             self._fresh_identity()
-        return caught
+        if sink is not None:
+            # The expected profit given the rate (the audit draw not yet made): an estimate of
+            # the strategy's expected profit with less variance than the realized one.
+            pr = rate / BPS
+            if unstable:
+                expected = (1 - pr) * pay - cost
+            elif junk:
+                pq = pr * p.detection_bps / BPS
+                expected = (1 - pq) * (pay - cost) - pq * (collateral + cost)
+            else:
+                expected = float(pay - cost)
+            sink.append(JobOutcome(reward, audit_fee, rate, audited, junk, verdict, profit,
+                                   expected, compensation))
+        return verdict
 
 
 def _job_stream(params: MarketParams, jobs: int, seed: int) -> list[_Job]:
@@ -296,14 +433,266 @@ def simulate_market(
     if jobs < 1 or providers < 1:
         raise BadInput("simulate_market needs jobs >= 1 and providers >= 1")
     stream = _job_stream(params, jobs, seed)
-    results: dict[str, StrategyResult] = {}
-    for strategy in strategies:
-        result = StrategyResult(strategy.name)
-        workers = [_Provider(params, strategy, result) for _ in range(providers)]
-        for i, job in enumerate(stream):
-            workers[i % providers].take(job)
-        results[strategy.name] = result
-    return results
+    return {
+        strategy.name: _run(params, strategy, stream, providers, outcomes=False)[0]
+        for strategy in strategies
+    }
+
+
+def _run(
+    params: MarketParams,
+    strategy: Strategy,
+    stream: list[_Job],
+    providers: int,
+    *,
+    ticket_bps: int | None = None,
+    client_bps: int | None = None,
+    unstable: bool = False,
+    outcomes: bool = True,
+) -> tuple[StrategyResult, list[JobOutcome]]:
+    """``providers`` providers following ``strategy`` share ``stream`` round robin; the totals
+    and (when ``outcomes``) each job's outcome, in stream order."""
+    result = StrategyResult(strategy.name)
+    workers = [_Provider(params, strategy, result) for _ in range(providers)]
+    sink: list[JobOutcome] = []
+    for i, job in enumerate(stream):
+        workers[i % providers]._settle(job, ticket_bps, client_bps, unstable,
+                                       sink if outcomes else None)
+    return result, sink
+
+
+ROLE_STRATEGIES: tuple[tuple[str, str, str], ...] = (
+    ("griefing_client", "client",
+     ("posts numerically unstable (chaotic) programs to get honest workers slashed; values "
+      "the outputs at 0")),
+    ("colluding_operator", "market operator",
+     "runs its own workers that return junk on every job and signs their tickets at 0 bps"),
+    ("lazy_verifier", "verifier",
+     "posts pass on every audit without recomputing, saving its verification cost"),
+)
+"""The strategies of roles other than the worker: (name, role, description)."""
+
+LAZY_VERIFIER_NOTE = (
+    "Not deterred: nothing punishes a verifier that passes without recomputing. The mechanism "
+    "(a verifier stake, and forced-error/canary jobs whose known-wrong results a verifier must "
+    "fail) is not built yet; until it is, the verifier's honesty is trusted, not enforced."
+)
+
+
+@dataclass
+class RoleResult:
+    """One strategy of a role other than the worker, against honest play of the same role on
+    the same jobs and draws. ``unit`` is what the profits are counted per ("job", or "audit"
+    for a verifier); ``gain_vs_honest`` is the strategy's profit per unit minus the honest
+    profit per unit."""
+
+    strategy: str
+    role: str
+    description: str
+    unit: str
+    units: int
+    profit_per_job: float
+    honest_profit_per_job: float
+    gain_vs_honest: float
+    gain_vs_honest_stderr: float
+    expected_gain_vs_honest: float
+    """The same gain from the expected profit of each job given its audit rate (before the
+    draw): an estimate with less variance than the realized one."""
+    details: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def deterred(self) -> bool:
+        """The strategy earns strictly less than honest play of its role."""
+        return self.gain_vs_honest < 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "role": self.role,
+            "description": self.description,
+            "per": self.unit,
+            "jobs": self.units,
+            "profit_per_job": round(self.profit_per_job, 4),
+            "honest_profit_per_job": round(self.honest_profit_per_job, 4),
+            "gain_vs_honest": round(self.gain_vs_honest, 4),
+            "gain_vs_honest_stderr": round(self.gain_vs_honest_stderr, 4),
+            "expected_gain_vs_honest": round(self.expected_gain_vs_honest, 4),
+            "deterred": self.deterred,
+            **self.details,
+        }
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+
+def _paired(
+    profits: list[int], honest: list[int], expected: list[float], honest_expected: list[float],
+) -> dict[str, Any]:
+    """Profit per unit of a strategy and of honest play over the same units (paired)."""
+    n = len(profits)
+    if n == 0:
+        return {"units": 0, "profit_per_job": 0.0, "honest_profit_per_job": 0.0,
+                "gain_vs_honest": 0.0, "gain_vs_honest_stderr": 0.0,
+                "expected_gain_vs_honest": 0.0}
+    diffs = [a - b for a, b in zip(profits, honest, strict=True)]
+    gain = sum(diffs) / n
+    var = sum((d - gain) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    expected_gain = (sum(expected) - sum(honest_expected)) / n
+    return {"units": n, "profit_per_job": sum(profits) / n,
+            "honest_profit_per_job": sum(honest) / n, "gain_vs_honest": gain,
+            "gain_vs_honest_stderr": math.sqrt(var / n),
+            "expected_gain_vs_honest": expected_gain}
+
+
+def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}
+
+
+def _griefing_client(
+    params: MarketParams, stream: list[_Job], providers: int,
+    honest: StrategyResult, honest_out: list[JobOutcome],
+) -> RoleResult:
+    """A client posting unstable programs, served by honest workers (drawn jobs void, undrawn
+    paid), against an honest client posting stable programs to honest workers. The griefer
+    chooses the rate it escrows: the honest client's, or every job drawn (all void: the
+    cheapest way to burn workers' compute). Its gain is the best of those choices."""
+    worker = strategy_named("honest")
+    honest_client = [o.client_profit(values_outputs=True) for o in honest_out]
+    honest_expected = [-o.rate_bps / BPS * o.audit_fee for o in honest_out]
+    variants: dict[str, dict[str, Any]] = {}
+    for client_bps in sorted({params.client_audit_bps, BPS}):
+        res, out = _run(params, worker, stream, providers, client_bps=client_bps, unstable=True)
+        griefer = [o.client_profit(values_outputs=False) for o in out]
+        expected = [-(o.rate_bps * o.audit_fee + (BPS - o.rate_bps) * o.reward) / BPS
+                    for o in out]
+        stats = _paired(griefer, honest_client, expected, honest_expected)
+        void_cost = sum(params.compute_cost(o.reward) for o in out if o.verdict == "void")
+        variants[f"client_audit_bps_{client_bps}"] = {
+            "client_audit_bps": client_bps,
+            **stats,
+            "mean_audit_bps": res.rate_bps_sum / res.jobs,
+            "void_jobs": res.voided,
+            "paid_jobs": sum(o.verdict == "paid" for o in out),
+            "honest_workers_slashed": sum(o.verdict == "slashed" for o in out),
+            "honest_worker_loss_per_job": void_cost / res.jobs,
+            "honest_worker_profit_per_job": res.profit_per_job,
+            "griefer_cost_per_job": sum(o.client_paid() for o in out) / res.jobs,
+        }
+    best = max(variants.values(), key=lambda v: v["gain_vs_honest"])
+    return RoleResult(
+        "griefing_client", "client", ROLE_STRATEGIES[0][2], "job",
+        units=best["units"], profit_per_job=best["profit_per_job"],
+        honest_profit_per_job=best["honest_profit_per_job"],
+        gain_vs_honest=best["gain_vs_honest"],
+        gain_vs_honest_stderr=best["gain_vs_honest_stderr"],
+        expected_gain_vs_honest=best["expected_gain_vs_honest"],
+        details={
+            "best_client_audit_bps": best["client_audit_bps"],
+            "honest_workers_slashed": sum(v["honest_workers_slashed"] for v in variants.values()),
+            "honest_worker_loss_per_job": round(
+                max(v["honest_worker_loss_per_job"] for v in variants.values()), 4),
+            "honest_worker_profit_per_job_serving_honest_clients": round(
+                honest.profit_per_job, 4),
+            "variants": {name: _rounded(v) for name, v in variants.items()},
+        },
+        note=("gain_vs_honest: the griefer's best choice of escrowed rate; "
+              "honest_worker_loss_per_job: the compute cost of void jobs per job served, at "
+              "the choice worst for the worker. No honest worker is slashed (drawn jobs are "
+              "void), but a griefer escrowing every job for audit burns that compute for "
+              "the audit fee alone."),
+    )
+
+
+def _colluding_operator(
+    params: MarketParams, stream: list[_Job], providers: int, honest_out: list[JobOutcome],
+) -> RoleResult:
+    """The operator's own workers, junk on every job, tickets signed at 0 bps, against an
+    honest worker (whose ticket carries the formula's rate: the flag does not change its
+    rate). Run with the rate decided on chain and without (the old contract)."""
+    junk = strategy_named("always_cheat")
+    honest_profit = [o.worker_profit for o in honest_out]
+    honest_expected = [o.worker_expected_profit for o in honest_out]
+    by_rule: dict[bool, dict[str, Any]] = {}
+    for onchain in (True, False):
+        res, out = _run(replace(params, onchain_audit_rate=onchain), junk, stream, providers,
+                        ticket_bps=0)
+        stats = _paired([o.worker_profit for o in out], honest_profit,
+                        [o.worker_expected_profit for o in out], honest_expected)
+        by_rule[onchain] = {
+            **stats,
+            "mean_audit_bps": res.rate_bps_sum / res.jobs,
+            "caught": res.caught,
+            "junk_accepted": res.junk_accepted,
+            "addresses_used": res.identities,
+        }
+    main = by_rule[params.onchain_audit_rate]
+    return RoleResult(
+        "colluding_operator", "market operator", ROLE_STRATEGIES[1][2], "job",
+        units=main["units"], profit_per_job=main["profit_per_job"],
+        honest_profit_per_job=main["honest_profit_per_job"],
+        gain_vs_honest=main["gain_vs_honest"],
+        gain_vs_honest_stderr=main["gain_vs_honest_stderr"],
+        expected_gain_vs_honest=main["expected_gain_vs_honest"],
+        details={
+            "onchain_audit_rate": params.onchain_audit_rate,
+            "with_onchain_audit_rate": _rounded(by_rule[True]),
+            "without_onchain_audit_rate": _rounded(by_rule[False]),
+        },
+    )
+
+
+def _lazy_verifier(
+    params: MarketParams, stream: list[_Job], providers: int,
+    honest: StrategyResult, honest_out: list[JobOutcome],
+) -> RoleResult:
+    """A verifier passing every audit unread against one recomputing each, over the audits of
+    the honest market. What it does to deterrence: with every verifier lazy nothing is caught
+    (``detection_bps`` 0), and junk on every job is compared with honest work."""
+    audits = [o for o in honest_out if o.audited]
+    honest_v = [o.audit_fee - params.verify_cost(o.reward) for o in audits]
+    lazy_v = [o.audit_fee for o in audits]
+    stats = _paired(lazy_v, honest_v, [float(v) for v in lazy_v], [float(v) for v in honest_v])
+    blind, _ = _run(replace(params, detection_bps=0), strategy_named("always_cheat"), stream,
+                    providers, outcomes=False)
+    return RoleResult(
+        "lazy_verifier", "verifier", ROLE_STRATEGIES[2][2], "audit",
+        units=stats["units"], profit_per_job=stats["profit_per_job"],
+        honest_profit_per_job=stats["honest_profit_per_job"],
+        gain_vs_honest=stats["gain_vs_honest"],
+        gain_vs_honest_stderr=stats["gain_vs_honest_stderr"],
+        expected_gain_vs_honest=stats["expected_gain_vs_honest"],
+        details={
+            "verify_cost_bps": params.verify_bps,
+            "audit_fee_bps": params.audit_fee_bps,
+            "mechanism_built": False,
+            "if_every_verifier_lazy": {
+                "always_cheat_profit_per_job": round(blind.profit_per_job, 4),
+                "always_cheat_gain_vs_honest": round(
+                    blind.profit_per_job - honest.profit_per_job, 4),
+            },
+        },
+        note=LAZY_VERIFIER_NOTE,
+    )
+
+
+def simulate_roles(
+    params: MarketParams = MarketParams(),
+    *,
+    jobs: int = 10_000,
+    providers: int = 10,
+    seed: int = 0,
+) -> dict[str, RoleResult]:
+    """The strategies of :data:`ROLE_STRATEGIES`, each against honest play of its role on the
+    job stream and draws :func:`simulate_market` uses for the same ``jobs`` and ``seed``."""
+    if jobs < 1 or providers < 1:
+        raise BadInput("simulate_roles needs jobs >= 1 and providers >= 1")
+    stream = _job_stream(params, jobs, seed)
+    honest, honest_out = _run(params, strategy_named("honest"), stream, providers)
+    return {
+        "griefing_client": _griefing_client(params, stream, providers, honest, honest_out),
+        "colluding_operator": _colluding_operator(params, stream, providers, honest_out),
+        "lazy_verifier": _lazy_verifier(params, stream, providers, honest, honest_out),
+    }
 
 
 def catch_probabilities(
