@@ -24,8 +24,8 @@ import {Payout} from "./libraries/Payout.sol";
 /// Job). A job that ends (Finalized, Slashed, Refunded) has its slot cleared: the storage
 /// refund pays for part of the settlement, and any later call about it reverts JobClosed.
 /// `assignAndCommit` emits one JobCommitted per job (carrying the lease) and no JobAssigned.
-/// Solvency: token.balanceOf(this) == sum of open escrows (reward + auditFee of jobs in Posted,
-/// Assigned, Committed or Audited; reward of jobs in AuditFailed or Appealed) + sum of
+/// Solvency: token.balanceOf(this) == sum of open escrows (reward + auditFee of every open job:
+/// Posted, Assigned, Committed, Audited, AuditFailed, Appealed) + sum of
 /// withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never freezes
 /// settlement, verdicts, reclaim or withdraw.
 contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarket {
@@ -46,12 +46,16 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// @param auditWindow seconds after the challenge window for the verifier's verdict (and,
     /// after an appeal, for the appeal verdict)
     /// @param appealWindow seconds after a failed audit during which the worker may appeal
+    /// @param auditDeterrence whether each job's audit rate is raised on assignment to the
+    /// deterrence rate of `auditRate` for the worker's on-chain record and free stake (a
+    /// production deployment keeps it on; a development chain with no verifier turns it off)
     struct Config {
         uint16 feeBps;
         uint16 minAuditBps;
         uint40 challengeWindow;
         uint40 auditWindow;
         uint40 appealWindow;
+        bool auditDeterrence;
     }
 
     /// @dev Hot per-account state, one slot: updated by every payment.
@@ -67,6 +71,16 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         uint32 missed;
         uint32 slashed;
         uint32 auditsPassed;
+    }
+
+    /// @dev What the deterrence rate of an assignment depends on, read once per ticket: the
+    /// worker's record and its free stake before this ticket's collateral is locked.
+    struct Standing {
+        bool deterrence;
+        uint256 freeStake;
+        uint256 completed;
+        uint256 auditsPassed;
+        uint256 slashed;
     }
 
     /// @dev Credits gathered while settling, written once per run of equal addresses.
@@ -87,6 +101,18 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     uint40 private immutable _challengeWindow;
     uint40 private immutable _auditWindow;
     uint40 private immutable _appealWindow;
+    bool private immutable _auditDeterrence;
+
+    // Deterrence rate (see `auditRate`): margin 4 for a new worker falling towards 3/2 as its
+    // record grows (an audit passed counts as 10 jobs; half the discount at 250) and only as
+    // far as its free stake covers 10 rewards.
+    uint256 private constant _AUDIT_WEIGHT = 10;
+    uint256 private constant _TRUST_HALF_EVIDENCE = 250;
+    uint256 private constant _STAKE_COVER = 10;
+
+    /// @dev EIP-2935: the system contract serving the hashes of the last 8191 blocks.
+    address private constant _HISTORY = 0x0000F90827F1C53a10cb7A02335B175320002935;
+    uint256 private constant _HISTORY_WINDOW = 8191;
 
     /// @dev Read by almost every call, so packed into one slot.
     struct Globals {
@@ -121,6 +147,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         _challengeWindow = cfg.challengeWindow;
         _auditWindow = cfg.auditWindow;
         _appealWindow = cfg.appealWindow;
+        _auditDeterrence = cfg.auditDeterrence;
         _globals = Globals({nextJobId: 1, paused: false, feeRecipient: feeRecipient_});
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
@@ -248,34 +275,24 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     // ================================================================== verifiers
 
     /// @notice Post the verdict on a job drawn for audit, with the hash of the evidence (the
-    /// hashes of every output compared and the tolerance policy). A pass pays the worker at
-    /// once; a failure opens the appeal window. The verifier earns the job's audit fee.
+    /// hashes of every output compared and the tolerance policy; never zero). The verifier may
+    /// be neither the job's worker nor its client.
+    /// A pass pays the worker and the verifier's audit fee at once. A failure opens the appeal
+    /// window and puts the verifier's word at stake: its audit fee stays in escrow and the
+    /// job's reward is locked from its free stake as a bond (`verifierBond`) until the failure
+    /// stands (fee paid, bond released) or the majority overturns it on appeal (fee to the
+    /// appeal verifier, bond to the wrongly accused worker).
     function resolveAudit(uint256 jobId, Job calldata job, bool passed, bytes32 evidenceHash)
         external
         onlyRole(VERIFIER_ROLE)
         nonReentrant
     {
-        _checkRecord(jobId, job);
-        if (msg.sender == job.worker) revert VerifierConflict(jobId, msg.sender);
-        Job memory j = job;
-        if (j.state == JobState.Committed) {
-            uint256 drawBlock = uint256(j.committedBlock) + 1;
-            if (block.number <= drawBlock) revert AuditDrawPending(jobId, drawBlock + 1);
-            if (!_drawAudit(jobId, j)) revert NotDrawnForAudit(jobId);
-            emit AuditDrawn(jobId, true);
-        } else if (j.state != JobState.Audited) {
-            revert InvalidJobState(jobId, j.state);
-        }
-        uint256 closesAt = _auditClosesAt(j);
-        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        Job memory j = _openAudit(jobId, job, evidenceHash);
         j.auditor = msg.sender;
         j.resolvedAt = uint40(block.timestamp);
         emit AuditResolved(jobId, msg.sender, passed, evidenceHash, j.resolvedAt);
-        if (j.auditFee > 0) {
-            _credit(msg.sender, j.auditFee);
-            emit AuditFeePaid(jobId, msg.sender, j.auditFee);
-        }
         if (passed) {
+            _payAuditFee(jobId, j);
             _records[j.worker].auditsPassed += 1;
             Pending memory p = _noPending();
             _pay(jobId, j, p, true, false);
@@ -283,12 +300,37 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         } else {
             j.state = JobState.AuditFailed;
             _store(jobId, j);
+            uint256 bond = _verifierBond(j);
+            if (bond > 0) _stakes.lock(msg.sender, bond);
         }
     }
 
+    /// @notice Declare a job drawn for audit void: it cannot be judged, because the verifier's
+    /// own recomputations under two numeric setups disagree under the job's tolerance, or a
+    /// one-ulp change of its inputs moves its output beyond that tolerance (the program is
+    /// unstable). Nobody is at fault: the worker is not paid (its result could not be verified)
+    /// and keeps its collateral, the client gets its reward back, and the verifier earns the
+    /// audit fee for the recomputations that showed it (evidence: their output hashes).
+    function voidAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash)
+        external
+        onlyRole(VERIFIER_ROLE)
+        nonReentrant
+    {
+        Job memory j = _openAudit(jobId, job, evidenceHash);
+        emit AuditVoided(jobId, msg.sender, evidenceHash);
+        _payAuditFee(jobId, j);
+        _close(jobId);
+        _credit(j.client, j.reward);
+        emit JobRefunded(jobId, j.client, j.reward);
+        if (j.collateral > 0) _stakes.unlock(j.worker, j.collateral);
+    }
+
     /// @notice Post the verdict of an appeal. Must come from a verifier other than the one who
-    /// failed the job. The loser of the appeal is the one the majority of the three
-    /// computations disagrees with: a worker who wins is paid, one who loses is slashed.
+    /// failed the job (and other than its worker and client). The loser of the appeal is the
+    /// one the majority of the three computations disagrees with. A worker who wins is paid;
+    /// the overturned verifier loses its audit fee (to this appeal verifier) and its bond (to
+    /// the worker). A worker who loses is slashed; this appeal verifier is paid up to the audit
+    /// fee from the slashed collateral (after the client's compensation).
     function resolveAppeal(uint256 jobId, Job calldata job, bool workerWins, bytes32 evidenceHash)
         external
         onlyRole(VERIFIER_ROLE)
@@ -296,7 +338,10 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     {
         _checkRecord(jobId, job);
         if (job.state != JobState.Appealed) revert InvalidJobState(jobId, job.state);
-        if (msg.sender == job.auditor || msg.sender == job.worker) revert VerifierConflict(jobId, msg.sender);
+        if (evidenceHash == bytes32(0)) revert EmptyEvidence(jobId);
+        if (msg.sender == job.auditor || msg.sender == job.worker || msg.sender == job.client) {
+            revert VerifierConflict(jobId, msg.sender);
+        }
         uint256 closesAt = _appealVerdictClosesAt(job);
         if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
         emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
@@ -306,8 +351,15 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             Pending memory p = _noPending();
             _pay(jobId, j, p, true, false);
             _flush(p);
+            _payAuditFee(jobId, j);
+            uint256 bond = _verifierBond(j);
+            if (bond > 0) {
+                _credit(j.worker, bond);
+                emit VerifierSlashed(jobId, j.auditor, bond, j.worker);
+                _stakes.slash(j.auditor, bond, address(this));
+            }
         } else {
-            _slash(jobId, j);
+            _slash(jobId, j, msg.sender);
         }
     }
 
@@ -385,7 +437,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     }
 
     function config() external view returns (Config memory) {
-        return Config(_feeBps, _minAuditBps, _challengeWindow, _auditWindow, _appealWindow);
+        return Config(_feeBps, _minAuditBps, _challengeWindow, _auditWindow, _appealWindow, _auditDeterrence);
     }
 
     /// @notice The id the next posted job will get.
@@ -408,6 +460,36 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// @notice The EIP-712 digest an assigner signs for `ticket`.
     function hashTicket(AssignTicket calldata ticket) external view returns (bytes32) {
         return _ticketDigest(ticket);
+    }
+
+    /// @notice The deterrence audit rate, in basis points, of a job of `reward` and
+    /// `collateral` for a worker with `freeStake` free (before the job's collateral is locked),
+    /// `completed` paid jobs, `auditsPassed` passed audits and `slashed` slashes, never below
+    /// `minBps`. Exact integer arithmetic, equal to meshcompute.core.audit_rate.audit_bps:
+    ///     slashed > 0: 10000
+    ///     evidence = 10 * auditsPassed + completed
+    ///     trust * cover = evidence * min(freeStake, 10 * reward) / ((evidence + 250) * 10 * reward)
+    ///     margin = 4 - (4 - 3/2) * trust * cover
+    ///     rate = ceil(10000 * margin * reward / (reward + collateral)), within [minBps, 10000]
+    /// Junk then pays less than honest work even for a worker whose compute costs its whole
+    /// pay: rate * (collateral + pay) > cost with a margin of at least 3/2.
+    function auditRate(
+        uint96 reward,
+        uint96 collateral,
+        uint256 freeStake,
+        uint32 completed,
+        uint32 auditsPassed,
+        uint32 slashed,
+        uint16 minBps
+    ) external pure returns (uint256) {
+        if (minBps > Payout.BPS) revert InvalidBps(minBps);
+        return _auditRate(reward, collateral, freeStake, completed, auditsPassed, slashed, minBps);
+    }
+
+    /// @notice The stake a verifier locks when it fails `job` (released when the failure
+    /// stands, paid to the worker when the majority overturns it on appeal).
+    function verifierBond(Job calldata job) external pure returns (uint256) {
+        return _verifierBond(job);
     }
 
     /// @notice Whether the audit draw of a committed job can be taken yet, and its outcome.
@@ -502,6 +584,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
 
         bool commit = resultHashes.length != 0;
         uint256 toLock = 0;
+        Standing memory standing = _standing(msg.sender);
         for (uint256 i = 0; i < n; ++i) {
             uint256 jobId = ticket.jobIds[i];
             _checkRecord(jobId, jobs[i]);
@@ -522,6 +605,15 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             }
             j.worker = msg.sender;
             j.leaseExpiry = ticket.leaseExpiry;
+            // The rate only ever rises: the client's (already at least the floor), the
+            // deterrence rate for this worker, the market's ticket.
+            if (standing.deterrence) {
+                uint256 rate = _auditRate(
+                    j.reward, j.collateral, standing.freeStake, standing.completed, standing.auditsPassed,
+                    standing.slashed, j.auditBps
+                );
+                j.auditBps = uint16(rate);
+            }
             if (ticket.auditBps > j.auditBps) j.auditBps = ticket.auditBps;
             if (commit) {
                 // One event says both: JobCommitted carries the lease (worker, expiry, rate).
@@ -584,13 +676,13 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (s == JobState.AuditFailed) {
             uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _slash(jobId, job);
+            _slash(jobId, job, address(0));
             return true;
         }
         if (s == JobState.Appealed) {
             uint256 closesAt = _appealVerdictClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _slash(jobId, job);
+            _slash(jobId, job, address(0));
             return true;
         }
         if (strict) revert InvalidJobState(jobId, s);
@@ -626,16 +718,34 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     }
 
     /// @dev Slashes the worker's collateral for a failed audit that stands: the client gets the
-    /// reward back and its audit fee from the collateral (never more than it paid); the remainder
-    /// goes to the fee recipient.
-    function _slash(uint256 jobId, Job memory j) private {
+    /// reward back and its audit fee from the collateral (never more than it paid); the verifier
+    /// who failed the job earns the audit fee held since its verdict and gets its bond back; an
+    /// appeal verifier who upheld the failure (`appealVerifier`, zero when no appeal verdict
+    /// came) is paid up to the audit fee from the collateral; the rest goes to the fee recipient.
+    function _slash(uint256 jobId, Job memory j, address appealVerifier) private {
         (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.auditFee);
+        uint256 appealFee = 0;
+        if (appealVerifier != address(0)) {
+            appealFee = remainder < j.auditFee ? remainder : j.auditFee;
+            remainder -= appealFee;
+        }
         _close(jobId);
         _records[j.worker].slashed += 1;
         _credit(j.client, uint256(j.reward) + compensation);
         if (remainder > 0) _credit(_globals.feeRecipient, remainder);
         emit JobSlashed(jobId, j.worker, j.collateral, compensation);
         emit JobRefunded(jobId, j.client, j.reward);
+        address auditor = j.auditor;
+        if (j.auditFee > 0) {
+            _credit(auditor, j.auditFee);
+            emit AuditFeePaid(jobId, auditor, j.auditFee);
+        }
+        if (appealFee > 0) {
+            _credit(appealVerifier, appealFee);
+            emit AuditFeePaid(jobId, appealVerifier, appealFee);
+        }
+        uint256 bond = _verifierBond(j);
+        if (bond > 0) _stakes.unlock(auditor, bond);
         if (j.collateral > 0) _stakes.slash(j.worker, j.collateral, address(this));
     }
 
@@ -742,12 +852,94 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     }
 
     /// @dev The audit draw uses the hash of the block after the commit, which does not exist
-    /// when the worker sends its commit. If that hash is no longer available (more than 256
-    /// blocks later) the job counts as drawn, so waiting cannot help a worker escape an audit.
+    /// when the worker sends its commit. The hash is read with `blockhash` (the last 256
+    /// blocks) and, further back, from the EIP-2935 history contract (the last 8191 blocks)
+    /// where the chain has it, so a settlement delay does not change the draw. Deployment
+    /// refuses windows longer than the draw can see (meshcompute.chain.deploy). Only if the
+    /// hash is gone anyway (a job nobody settled for 8191 blocks, long after its audit window)
+    /// does the job count as drawn, so waiting cannot help a worker escape an audit; being
+    /// past its audit window, such a job is then void (nobody paid, nobody slashed).
     function _drawAudit(uint256 jobId, Job memory j) private view returns (bool) {
-        bytes32 seed = blockhash(uint256(j.committedBlock) + 1);
+        bytes32 seed = _blockHashOf(uint256(j.committedBlock) + 1);
         if (seed == bytes32(0)) return true;
         return uint256(keccak256(abi.encode(seed, jobId))) % Payout.BPS < j.auditBps;
+    }
+
+    /// @dev The hash of block `number`, from `blockhash` or the EIP-2935 history contract;
+    /// zero when neither has it.
+    function _blockHashOf(uint256 number) private view returns (bytes32 hash) {
+        hash = blockhash(number);
+        if (hash != bytes32(0) || number >= block.number || block.number - number > _HISTORY_WINDOW) {
+            return hash;
+        }
+        if (_HISTORY.code.length == 0) return hash;
+        (bool ok, bytes memory data) = _HISTORY.staticcall(abi.encode(number));
+        if (ok && data.length == 32) hash = abi.decode(data, (bytes32));
+    }
+
+    /// @dev Checks a verdict on a drawn job (caller, state, draw, window, evidence) and returns
+    /// its record, recording the draw (AuditDrawn) when it was not taken yet.
+    function _openAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash) private returns (Job memory j) {
+        _checkRecord(jobId, job);
+        if (msg.sender == job.worker || msg.sender == job.client) revert VerifierConflict(jobId, msg.sender);
+        if (evidenceHash == bytes32(0)) revert EmptyEvidence(jobId);
+        j = job;
+        if (j.state == JobState.Committed) {
+            uint256 drawBlock = uint256(j.committedBlock) + 1;
+            if (block.number <= drawBlock) revert AuditDrawPending(jobId, drawBlock + 1);
+            if (!_drawAudit(jobId, j)) revert NotDrawnForAudit(jobId);
+            emit AuditDrawn(jobId, true);
+        } else if (j.state != JobState.Audited) {
+            revert InvalidJobState(jobId, j.state);
+        }
+        uint256 closesAt = _auditClosesAt(j);
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+    }
+
+    /// @dev The stake a verifier locks behind a failing verdict: the job's reward.
+    function _verifierBond(Job memory j) private pure returns (uint256) {
+        return j.reward;
+    }
+
+    function _payAuditFee(uint256 jobId, Job memory j) private {
+        if (j.auditFee == 0) return;
+        _credit(msg.sender, j.auditFee);
+        emit AuditFeePaid(jobId, msg.sender, j.auditFee);
+    }
+
+    function _standing(address worker) private view returns (Standing memory st) {
+        if (!_auditDeterrence) return st;
+        Record memory r = _records[worker];
+        st.deterrence = true;
+        st.freeStake = _stakes.freeStake(worker);
+        st.completed = _accounts[worker].completed;
+        st.auditsPassed = r.auditsPassed;
+        st.slashed = r.slashed;
+    }
+
+    /// @dev See `auditRate`. Bounds (reward, collateral < 2^96; counts < 2^32) keep every
+    /// product below 2^256: td < 2^137, marginNum < 2^140, num < 2^250.
+    function _auditRate(
+        uint256 reward,
+        uint256 collateral,
+        uint256 freeStake,
+        uint256 completed,
+        uint256 auditsPassed,
+        uint256 slashed,
+        uint256 minBps
+    ) private pure returns (uint256) {
+        if (slashed > 0) return Payout.BPS;
+        if (reward == 0) return minBps;
+        uint256 evidence = _AUDIT_WEIGHT * auditsPassed + completed;
+        uint256 fullCover = _STAKE_COVER * reward;
+        uint256 tn = evidence * (freeStake < fullCover ? freeStake : fullCover);
+        uint256 td = (evidence + _TRUST_HALF_EVIDENCE) * fullCover;
+        // margin = 4 - 5/2 * tn / td = (8 td - 5 tn) / (2 td)
+        uint256 num = (8 * td - 5 * tn) * reward * Payout.BPS;
+        uint256 den = 2 * td * (reward + collateral);
+        uint256 bps = (num + den - 1) / den;
+        if (bps > Payout.BPS) bps = Payout.BPS;
+        return bps < minBps ? minBps : bps;
     }
 
     function _auditClosesAt(Job memory j) private view returns (uint256) {

@@ -61,8 +61,9 @@ class StackConfig:
     """The last ``cheaters`` workers run the test-only adversary."""
     cheat_fraction: float = 1.0
     verifier: bool = True
-    """Run the verifiers (an auditing one and an appeals-only one). Without them the market
-    signs no deterrence audit rates (MESH_AUDIT_DETERRENCE=false)."""
+    """Run the verifiers (an auditing one and an appeals-only one). Without them the chain is
+    deployed with ``audit_deterrence=False`` and the market signs no deterrence audit rates
+    (MESH_AUDIT_DETERRENCE=false)."""
     worker_slots: int = 1
     worker_threads: int = 1
     stake: int = 5_000 * TOKEN
@@ -321,8 +322,13 @@ class DevStack:
         admin = self.accounts[ADMIN]
         w3 = self.chain.w3()
         sender = mesh_sender(w3, admin)
+        params = self.config.params
+        if not self.config.verifier:
+            # no verifier: a drawn job could only end void, so the chain keeps each job's own
+            # rate (the deployment records it; a production deployment keeps deterrence on)
+            params = replace(params, audit_deterrence=False)
         self.deployment = deploy_contracts(
-            sender, self.config.params,
+            sender, params,
             assigners=(self.accounts[ASSIGNER].address,),
             verifiers=(self.accounts[VERIFIER].address, self.accounts[APPEAL_VERIFIER].address),
         )

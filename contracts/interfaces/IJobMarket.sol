@@ -55,6 +55,8 @@ interface IJobMarket {
     error NotYetSettleable(uint256 jobId, uint256 openAt);
     /// @notice The verifier may not audit its own job, and an appeal needs a second verifier.
     error VerifierConflict(uint256 jobId, address verifier);
+    /// @notice A verdict must name its evidence (a non-zero hash of the outputs compared).
+    error EmptyEvidence(uint256 jobId);
     /// @notice `account` has nothing to withdraw.
     error NothingToWithdraw(address account);
     /// @notice The unbonding delay `unbondingDelay` must exceed the job windows `windows`.
@@ -94,6 +96,12 @@ interface IJobMarket {
     event AuditResolved(
         uint256 indexed jobId, address indexed verifier, bool passed, bytes32 evidenceHash, uint40 resolvedAt
     );
+    /// @notice A drawn job could not be judged (not reproducible within its tolerance): the
+    /// client gets its reward back (JobRefunded), the verifier the audit fee, nobody is slashed.
+    event AuditVoided(uint256 indexed jobId, address indexed verifier, bytes32 evidenceHash);
+    /// @notice A failing verdict was overturned on appeal: `verifier` lost its bond `amount`
+    /// to the wrongly accused `worker`.
+    event VerifierSlashed(uint256 indexed jobId, address indexed verifier, uint256 amount, address worker);
     event AuditAppealed(uint256 indexed jobId, address indexed worker);
     event AppealResolved(uint256 indexed jobId, address indexed verifier, bool workerWins, bytes32 evidenceHash);
     /// @notice The earnings ledger: one event per paid job.

@@ -13,6 +13,7 @@ transaction's gas, which binds for ``finalizeBatch``).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from meshcompute.chain.contracts import JobParams, MeshActor, mesh_sender
@@ -29,23 +30,33 @@ def run_gas_bench(batch: int = 100) -> dict[str, Any]:
         w3 = chain.w3()
         admin_acct, assigner, client_acct, worker_acct = chain.accounts[:4]
         sender = mesh_sender(w3, admin_acct)
-        params = DeployParams(challenge_window_s=CHALLENGE_S, min_audit_bps=0)
-        deployment = deploy_contracts(sender, params, assigners=(assigner.address,))
-        admin = MeshActor(w3, deployment, admin_acct, sender)
-        client = MeshActor(w3, deployment, client_acct)
-        worker = MeshActor(w3, deployment, worker_acct)
-        admin.mint(client.address, 10**9 * TOKEN)
-        admin.mint(worker.address, 10**9 * TOKEN)
-        worker.stake(10**6 * TOKEN)
-        client.approve(deployment.address("JobMarket"), 2**256 - 1)
-        bench = _Lifecycle(chain, admin, client, worker, assigner)
-
+        # The lifecycle is measured on the path where the draw pays the job (no deterrence
+        # rate, floor 0); what the on-chain deterrence rate adds to an assignment is measured
+        # on a second deployment that has it on.
+        params = DeployParams(challenge_window_s=CHALLENGE_S, min_audit_bps=0,
+                              audit_deterrence=False)
+        bench = _Lifecycle.deployed(chain, sender, params, admin_acct, client_acct, worker_acct,
+                                    assigner)
         cold = bench.single()
         single = [bench.single() for _ in range(5)]
         split_path = [bench.single(separate_assign=True) for _ in range(3)]
         bench.batch(batch)  # warm-up: first batch touches the same slots as later ones
         batched = bench.batch(batch)
+        deterrent = _Lifecycle.deployed(
+            chain, sender, replace(params, audit_deterrence=True), admin_acct, client_acct,
+            worker_acct, assigner,
+        )
+        deterrent.single()  # warm-up, as above
+        with_rate = [deterrent.single()["assign_and_commit"] for _ in range(3)]
+        deterrent.batch(batch)
+        with_rate_batch = deterrent.batch(batch)["assign_and_commit_batch"]
         return {
+            "onchain_audit_rate_gas_single": round(
+                _mean(with_rate) - _mean(s["assign_and_commit"] for s in single)
+            ),
+            f"onchain_audit_rate_gas_per_job_batched_{batch}": round(
+                (with_rate_batch - batched["assign_and_commit_batch"]) / batch
+            ),
             "per_job_gas_single": round(_mean(s["total"] for s in single)),
             "per_job_gas_single_separate_assign": round(_mean(s["total"] for s in split_path)),
             "per_job_gas_single_first_job": cold["total"],
@@ -63,6 +74,21 @@ def _mean(values) -> float:
 
 
 class _Lifecycle:
+    @classmethod
+    def deployed(cls, chain, sender, params: DeployParams, admin_acct, client_acct, worker_acct,
+                 assigner) -> _Lifecycle:
+        """A fresh deployment with a funded client and a staked worker."""
+        w3 = chain.w3()
+        deployment = deploy_contracts(sender, params, assigners=(assigner.address,))
+        admin = MeshActor(w3, deployment, admin_acct, sender)
+        client = MeshActor(w3, deployment, client_acct)
+        worker = MeshActor(w3, deployment, worker_acct)
+        admin.mint(client.address, 10**9 * TOKEN)
+        admin.mint(worker.address, 10**9 * TOKEN)
+        worker.stake(10**6 * TOKEN)
+        client.approve(deployment.address("JobMarket"), 2**256 - 1)
+        return cls(chain, admin, client, worker, assigner)
+
     def __init__(self, chain, admin: MeshActor, client: MeshActor, worker: MeshActor, assigner):
         self.chain = chain
         self.admin = admin

@@ -150,13 +150,16 @@ class MeshContracts:
         """JobMarket's fee, minimum audit rate and windows: immutable in the contract, so
         read from the chain once."""
         if self._config is None:
-            fee, min_audit, challenge, audit, appeal = self.market.functions.config().call()
+            fee, min_audit, challenge, audit, appeal, deterrence = (
+                self.market.functions.config().call()
+            )
             self._config = {
                 "fee_bps": fee,
                 "min_audit_bps": min_audit,
                 "challenge_window_s": challenge,
                 "audit_window_s": audit,
                 "appeal_window_s": appeal,
+                "audit_deterrence": int(bool(deterrence)),
             }
         return dict(self._config)
 
@@ -490,6 +493,14 @@ class MeshActor(MeshContracts):
         return self._send(
             self.market.functions.resolveAudit(job_id, record.as_tuple(), passed, evidence_hash)
         )
+
+    def void_audit(
+        self, job_id: int, evidence_hash: bytes, record: JobRecord | None = None
+    ) -> TxReceipt:
+        """Declare a drawn job void (it cannot be judged): the client gets its reward back,
+        this verifier the audit fee, the worker its collateral; nobody is paid for the result."""
+        record = record or self.job(job_id)
+        return self._send(self.market.functions.voidAudit(job_id, record.as_tuple(), evidence_hash))
 
     def resolve_appeal(
         self, job_id: int, worker_wins: bool, evidence_hash: bytes, record: JobRecord | None = None

@@ -55,6 +55,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "EmptyBatch": InvalidRequest,
     "LengthMismatch": InvalidRequest,
     "EmptyResult": InvalidRequest,
+    "EmptyEvidence": InvalidRequest,
     "AmountTooLarge": InvalidRequest,
     "TokenMismatch": InvalidRequest,
     "UnbondingTooShort": InvalidRequest,

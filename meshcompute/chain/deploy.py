@@ -9,6 +9,7 @@ funded key: it only needs a :class:`~meshcompute.chain.sender.TxSender`. The res
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,18 @@ class DeployParams:
     """Seconds after the challenge window for the verifier's verdict (and for an appeal's)."""
     appeal_window_s: int = 600
     """Seconds after a failed audit during which the worker may appeal."""
+    audit_deterrence: bool = True
+    """Raise each job's audit rate on chain, at assignment, to the deterrence rate of
+    :func:`meshcompute.core.audit_rate.audit_bps` for the worker's on-chain record and free
+    stake (a market's ticket can only raise it further). Off only for a development chain that
+    runs no verifier, where a drawn job could only end void."""
     unbonding_delay_s: int = 3 * 24 * 3600
     """Seconds between an unstake request and its withdrawal; must exceed all windows."""
+    min_block_time_s: float = 1.0
+    """The shortest time between two blocks on the target chain. The audit draw's seed (the
+    hash of the block after a commit) must stay readable until the audit window closes:
+    ``blockhash`` sees 256 blocks, EIP-2935's history 8191. Deployment refuses windows longer
+    than that at this block time (:func:`check_draw_coverage`)."""
     enable_faucet: bool = False
     """Turn the faucet on outside chain id 31337 (public testnets)."""
     faucet_amount: int = 10_000 * TOKEN
@@ -61,6 +72,39 @@ class DeployParams:
         for name in ("fee_bps", "min_audit_bps"):
             if not 0 <= getattr(self, name) <= BPS:
                 raise ConfigError(f"{name} must be within 0..10000, got {getattr(self, name)}")
+        if not self.min_block_time_s > 0:
+            raise ConfigError(f"min_block_time_s must be > 0, got {self.min_block_time_s}")
+
+
+#: EIP-2935's system contract: the hashes of the last 8191 blocks (Prague and later).
+HISTORY_CONTRACT = "0x0000F90827F1C53a10cb7A02335B175320002935"
+HISTORY_WINDOW = 8191
+BLOCKHASH_WINDOW = 256
+#: Blocks of the seed's visibility left unused, for settlement after the audit window closes.
+DRAW_MARGIN_BLOCKS = 64
+
+
+def draw_coverage_blocks(w3: Web3) -> int:
+    """How far back the contract can read the draw's seed on this chain: 8191 blocks where the
+    EIP-2935 history contract exists, 256 (``blockhash``) otherwise."""
+    return HISTORY_WINDOW if len(w3.eth.get_code(HISTORY_CONTRACT)) > 0 else BLOCKHASH_WINDOW
+
+
+def check_draw_coverage(params: DeployParams, coverage_blocks: int) -> None:
+    """ConfigError unless the draw's seed stays readable through the challenge and audit
+    windows at the chain's fastest block rate: otherwise a job could be drawn (or not)
+    depending on when someone settles it."""
+    blocks = math.ceil((params.challenge_window_s + params.audit_window_s)
+                       / params.min_block_time_s)
+    usable = coverage_blocks - DRAW_MARGIN_BLOCKS
+    if blocks > usable:
+        raise ConfigError(
+            f"the challenge and audit windows ({params.challenge_window_s} + "
+            f"{params.audit_window_s} s) span up to {blocks} blocks at one block every "
+            f"{params.min_block_time_s} s, but the audit draw's seed stays readable for "
+            f"{coverage_blocks} blocks on this chain ({usable} after a margin): shorten the "
+            "windows, or deploy on a chain with EIP-2935 block hash history"
+        )
 
 
 @dataclass(frozen=True)
@@ -105,6 +149,7 @@ def deploy_contracts(
     grant ASSIGNER_ROLE / VERIFIER_ROLE to the given addresses."""
     params = params or DeployParams()
     w3 = sender.w3
+    check_draw_coverage(params, draw_coverage_blocks(w3))
     admin = sender.address
     first_block = w3.eth.block_number + 1
     credit = _deploy(
@@ -122,6 +167,7 @@ def deploy_contracts(
         params.challenge_window_s,
         params.audit_window_s,
         params.appeal_window_s,
+        params.audit_deterrence,
     )
     market = _deploy(sender, "JobMarket", credit, stakes, admin, fee_recipient or admin, config)
     stake_contract = w3.eth.contract(address=stakes, abi=load_artifact("StakeManager")["abi"])

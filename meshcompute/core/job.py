@@ -99,16 +99,10 @@ class JobRecord:
     @property
     def escrow(self) -> int:
         """Tokens the market holds for this job right now (part of the solvency sum)."""
-        if self.state in (
-            JobState.POSTED,
-            JobState.ASSIGNED,
-            JobState.COMMITTED,
-            JobState.AUDITED,
-        ):
-            return self.reward + self.audit_fee
-        if self.state in (JobState.AUDIT_FAILED, JobState.APPEALED):
-            return self.reward
-        return 0
+        if self.state.terminal or self.state == JobState.NONE:
+            return 0
+        # a failing verdict's audit fee stays in escrow until the failure stands or falls
+        return self.reward + self.audit_fee
 
     @property
     def holds_collateral(self) -> bool:
@@ -120,6 +114,25 @@ class JobRecord:
             JobState.AUDIT_FAILED,
             JobState.APPEALED,
         )
+
+
+    @property
+    def verifier_bond(self) -> int:
+        """Stake the verifier who failed this job has locked behind its verdict (the job's
+        reward) while the failure can still be overturned; 0 otherwise."""
+        if self.state in (JobState.AUDIT_FAILED, JobState.APPEALED):
+            return self.reward
+        return 0
+
+    def locks(self) -> dict[str, int]:
+        """Stake locked in the stake manager because of this job, by address: the worker's
+        collateral while it holds the job, the failing verifier's bond while it stands open."""
+        held: dict[str, int] = {}
+        if self.holds_collateral and self.collateral:
+            held[self.worker] = self.collateral
+        if self.verifier_bond:
+            held[self.auditor] = held.get(self.auditor, 0) + self.verifier_bond
+        return held
 
 
 class UnknownEvent(ValueError):
@@ -184,7 +197,8 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
         if record.state in (JobState.POSTED, JobState.ASSIGNED, JobState.AUDITED):
             return replace(record, state=JobState.REFUNDED)
         return record
-    if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid"):
+    if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid", "AuditVoided",
+                 "VerifierSlashed"):
         return record
     raise UnknownEvent(event)
 
@@ -197,6 +211,8 @@ JOB_EVENTS = (
     "JobCommitted",
     "AuditDrawn",
     "AuditResolved",
+    "AuditVoided",
+    "VerifierSlashed",
     "AuditAppealed",
     "AppealResolved",
     "JobPaid",

@@ -26,7 +26,9 @@ def deployed(dev_chain):
     sender = mesh_sender(dev_chain.w3(), accounts[0])
     deployment = deploy_contracts(
         sender,
-        DeployParams(challenge_window_s=10, min_audit_bps=0),
+        # eth-tester has no EIP-2935 history: the draw sees 256 blocks, so say blocks are 12 s
+        DeployParams(challenge_window_s=10, min_audit_bps=0, audit_deterrence=False,
+                     min_block_time_s=12.0),
         assigners=(accounts[1].address,),
         verifiers=(accounts[4].address,),
     )
@@ -113,3 +115,22 @@ def test_custom_errors_decode_into_the_tree(deployed) -> None:
     assert zero.value.error_name == "ZeroReward"
     assert isinstance(zero.value, ValueError)
     assert "JobMarket reverted with ZeroReward()" in str(zero.value)
+
+
+def test_deploy_refuses_windows_the_draw_cannot_see(dev_chain) -> None:
+    """The draw's seed must stay readable through the challenge and audit windows: at one
+    block a second, 610 s of windows need 610 blocks, more than blockhash's 256 (eth-tester)
+    but well within EIP-2935's 8191 (anvil)."""
+    from meshcompute.chain.deploy import check_draw_coverage, draw_coverage_blocks
+    from meshcompute.errors import ConfigError
+
+    params = DeployParams(challenge_window_s=10, audit_window_s=600, min_block_time_s=1.0)
+    coverage = draw_coverage_blocks(dev_chain.w3())
+    if coverage == 256:
+        with pytest.raises(ConfigError, match="610 blocks"):
+            deploy_contracts(mesh_sender(dev_chain.w3(), dev_chain.accounts[0]), params)
+    else:
+        assert coverage == 8191
+        check_draw_coverage(params, coverage)
+        with pytest.raises(ConfigError, match="EIP-2935"):
+            check_draw_coverage(DeployParams(audit_window_s=9000, min_block_time_s=1.0), coverage)

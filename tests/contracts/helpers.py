@@ -197,11 +197,12 @@ def assert_solvent(world: Any, extra: tuple[str, ...] = ()) -> dict[int, JobReco
     ):
         staked += free + locked + unbonding
         held = sum(
-            r.collateral
+            amount
             for r in records.values()
-            if r.holds_collateral and Web3.to_checksum_address(r.worker) == account
+            for who, amount in r.locks().items()
+            if Web3.to_checksum_address(who) == account
         )
-        assert locked == held, f"{account} has {locked} locked but holds {held} collateral"
+        assert locked == held, f"{account} has {locked} locked but holds {held} in jobs"
     assert stake_balance == staked, f"StakeManager holds {stake_balance}, owes {staked}"
     return records
 

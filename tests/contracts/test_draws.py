@@ -57,3 +57,21 @@ def test_local_draws_match_the_contract(world) -> None:
         record = contracts.job(job_id)
         assert deep.status(job_id, record) == contracts.audit_status(job_id, record)
         assert deep.drawn(job_id, record.committed_block, record.audit_bps) is None
+
+
+def test_a_settlement_delay_does_not_change_the_draw(world) -> None:
+    """Past blockhash's 256 blocks the contract reads the seed from the EIP-2935 history, so a
+    job the draw passed over stays undrawn however late it is settled (it used to count as
+    drawn, turning a settlement delay into an audit)."""
+    undrawn = world.committed_job(audit_bps=0)
+    world.chain.mine(2)
+    record = world.admin.job(undrawn)
+    assert world.admin.audit_status(undrawn, record) == (True, False)
+    world.chain.mine(400)
+    assert world.admin.audit_status(undrawn, record) == (True, False)
+    world.chain.increase_time(3600)
+    world.chain.mine(1)
+    receipt = world.outsider.finalize(undrawn, record)
+    assert [e.name for e in world.outsider.receipt_events(receipt, "JobMarket")
+            if e.name in ("JobPaid", "AuditDrawn")] == ["JobPaid"]
+

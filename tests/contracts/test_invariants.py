@@ -47,7 +47,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -77,10 +77,12 @@ from meshcompute.core.job import (
     JobState,
     apply_event,
 )
+from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.payout import BPS, slash_split, split_reward
 from meshcompute.errors import ContractRevert
 from meshcompute.units import TOKEN
-from tests.contracts.world import FUNDS, TEST_PARAMS, World
+from meshcompute.chain.local import LocalChain
+from tests.contracts.world import FUNDS, TEST_PARAMS, World, build_world
 
 pytestmark = [pytest.mark.property, pytest.mark.anvil]
 
@@ -89,13 +91,18 @@ STEPS = int(os.environ.get("MESH_HYPOTHESIS_STEPS", "25"))
 VACUITY_MIN_EXAMPLES = 100
 
 FEE_BPS = TEST_PARAMS.fee_bps
-MIN_AUDIT_BPS = TEST_PARAMS.min_audit_bps
+#: The state machine runs on a production-like deployment: the chain raises each job's audit
+#: rate to the deterrence rate of the worker's record and free stake at assignment.
+PARAMS = replace(TEST_PARAMS, audit_deterrence=True)
+MIN_AUDIT_BPS = PARAMS.min_audit_bps
+DETERRENCE = PARAMS.audit_deterrence
 CHALLENGE = TEST_PARAMS.challenge_window_s
 AUDIT = TEST_PARAMS.audit_window_s
 APPEAL = TEST_PARAMS.appeal_window_s
 UNBONDING = TEST_PARAMS.unbonding_delay_s
 MAX_UINT = 2**256 - 1
 BATCH_GAS = 3_000_000
+HISTORY_WINDOW = 8191  # EIP-2935 block hash history (anvil has it)
 
 #: Reverts that no model may ever allow: they mean an assertion, an arithmetic fault or a
 #: revert the decoder could not explain.
@@ -275,8 +282,9 @@ TICKET_VARIANTS = st.sampled_from(
 )
 RESULTS = st.sampled_from([b"\x42" * 32, b"\x07" * 32, ZERO_HASH])
 ADVANCE_SECONDS = st.sampled_from([61, 301, 1, 30, 0, 700, 3600, UNBONDING + 1])
-#: Now and then more than 256 blocks, so that a commit's draw block hash expires (counts as
-#: drawn); anvil takes ~0.1 s to mine them, hence rarely.
+#: Now and then more than 256 blocks, past what ``blockhash`` sees: the draw's seed is then
+#: read from the EIP-2935 history (8191 blocks) and must not change; anvil takes ~0.1 s to mine
+#: them, hence rarely.
 ADVANCE_BLOCKS = st.sampled_from([2, 1, 5, 2, 1, 5, 2, 1, 5, 300])
 
 
@@ -415,8 +423,8 @@ class MarketMachine(RuleBasedStateMachine):
     def _drawn(self, job_id: int, j: JobRecord, number: int) -> bool:
         """JobMarket._drawAudit as evaluated in a block numbered ``number``."""
         seed_block = j.committed_block + 1
-        if not number - 256 <= seed_block < number:
-            return True  # blockhash() is zero: the job counts as drawn
+        if not number - HISTORY_WINDOW <= seed_block < number:
+            return True  # neither blockhash() nor EIP-2935 has it: the job counts as drawn
         seed = self._blockhash(seed_block)
         draw = int.from_bytes(keccak(abi_encode(["bytes32", "uint256"], [seed, job_id])), "big")
         return draw % BPS < j.audit_bps
@@ -476,11 +484,20 @@ class MarketMachine(RuleBasedStateMachine):
         self._unlock(j.worker, j.collateral)
         self.jobs[job_id] = replace(j, state=JobState.FINALIZED)
 
-    def _slash(self, job_id: int, j: JobRecord) -> None:
+    def _slash(self, job_id: int, j: JobRecord, appeal_verifier: str | None = None) -> None:
+        """The failure stands: client compensated, the failing verifier earns its held fee and
+        gets its bond back, an upholding appeal verifier is paid up to the audit fee from the
+        collateral, the rest goes to the protocol."""
         compensation, remainder = slash_split(j.collateral, j.audit_fee)
+        appeal_fee = min(remainder, j.audit_fee) if appeal_verifier else 0
+        remainder -= appeal_fee
         self.accts[j.worker].slashed += 1
         self._credit(j.client, j.reward + compensation)
         self._credit(self.fee_recipient, remainder)
+        self._credit(j.auditor, j.audit_fee)
+        if appeal_verifier:
+            self._credit(appeal_verifier, appeal_fee)
+        self._unlock(j.auditor, j.reward)
         s = self.stake[j.worker]
         s.locked -= j.collateral
         s.slashed += j.collateral
@@ -708,6 +725,8 @@ class MarketMachine(RuleBasedStateMachine):
             if signer is not None:
                 raise Revert("InvalidTicketSigner")
             to_lock, unlocks, current = 0, [], {}
+            standing = self.accts[me]
+            free_before = self.stake[me].free
             for i, (job_id, j) in enumerate(zip(ids, records, strict=True)):
                 self._open(job_id)
                 if current.get(job_id, j) != j:  # changed by an earlier entry of the ticket
@@ -724,11 +743,20 @@ class MarketMachine(RuleBasedStateMachine):
                         to_lock += j.collateral
                 else:
                     raise Revert("InvalidJobState")
+                # the chain's deterrence rate for this worker's record and free stake (read
+                # once per ticket, before its collateral is locked); the ticket only raises it
+                rate = j.audit_bps
+                if DETERRENCE:
+                    rate = audit_bps(
+                        reward=j.reward, collateral=j.collateral, free_stake=free_before,
+                        completed=standing.completed, audits_passed=standing.audits_passed,
+                        slashed=standing.slashed, min_bps=j.audit_bps,
+                    )
                 new = replace(
                     j,
                     worker=me,
                     lease_expiry=ticket.lease_expiry,
-                    audit_bps=max(j.audit_bps, ticket.audit_bps),
+                    audit_bps=max(rate, ticket.audit_bps),
                     state=JobState.ASSIGNED,
                 )
                 if commit:
@@ -826,7 +854,7 @@ class MarketMachine(RuleBasedStateMachine):
         def predict() -> None:
             self._check_role(verifier)
             self._open(job_id)
-            if verifier.address == j.worker:
+            if verifier.address in (j.worker, j.client):
                 raise Revert("VerifierConflict")
             if j.state == JobState.COMMITTED:
                 # gas estimation runs in the latest block (the transaction in the next)
@@ -838,6 +866,8 @@ class MarketMachine(RuleBasedStateMachine):
                 raise Revert("InvalidJobState")
             if self.now > j.committed_at + CHALLENGE + AUDIT:
                 raise Revert("WindowClosed")
+            if not passed and j.reward > self.stake[verifier.address].free:
+                raise Revert("InsufficientFreeStake")  # no bond behind the accusation
 
         ok, _ = self._send(
             "resolveAudit", predict, lambda: verifier.resolve_audit(job_id, passed, evidence, j)
@@ -846,12 +876,47 @@ class MarketMachine(RuleBasedStateMachine):
             return False
         STATS[f"audit {'passed' if passed else 'failed'}"] += 1
         resolved = replace(j, auditor=verifier.address, resolved_at=self.now)
-        self._credit(verifier.address, j.audit_fee)
+        if not passed:  # the fee stays in escrow; the reward is locked as the verifier's bond
+            bond = self.stake[verifier.address]
+            bond.free -= j.reward
+            bond.locked += j.reward
         if passed:
+            self._credit(verifier.address, j.audit_fee)
             self.accts[j.worker].audits_passed += 1
             self._pay(job_id, resolved, refund_audit_fee=False)
         else:
             self.jobs[job_id] = replace(resolved, state=JobState.AUDIT_FAILED)
+        return True
+
+    def _do_void_audit(self, job_id: int, verifier: MeshActor) -> bool:
+        """voidAudit: a drawn job that cannot be judged. The verifier earns the audit fee, the
+        client gets its reward back, the worker its collateral; nobody is paid the reward."""
+        j = self.jobs[job_id]
+        evidence = keccak(text=f"void-{job_id}")
+
+        def predict() -> None:
+            self._check_role(verifier)
+            self._open(job_id)
+            if verifier.address in (j.worker, j.client):
+                raise Revert("VerifierConflict")
+            if j.state == JobState.COMMITTED:
+                if self.block <= j.committed_block + 1:
+                    raise Revert("AuditDrawPending")
+                if not self._drawn(job_id, j, self.block):
+                    raise Revert("NotDrawnForAudit")
+            elif j.state != JobState.AUDITED:
+                raise Revert("InvalidJobState")
+            if self.now > j.committed_at + CHALLENGE + AUDIT:
+                raise Revert("WindowClosed")
+
+        ok, _ = self._send("voidAudit", predict, lambda: verifier.void_audit(job_id, evidence, j))
+        if not ok:
+            return False
+        STATS["audit void"] += 1
+        self._credit(verifier.address, j.audit_fee)
+        self._credit(j.client, j.reward)
+        self._unlock(j.worker, j.collateral)
+        self.jobs[job_id] = replace(j, state=JobState.REFUNDED)
         return True
 
     def _do_resolve_appeal(self, job_id: int, verifier: MeshActor, worker_wins: bool) -> bool:
@@ -863,7 +928,7 @@ class MarketMachine(RuleBasedStateMachine):
             self._open(job_id)
             if j.state != JobState.APPEALED:
                 raise Revert("InvalidJobState")
-            if verifier.address in (j.auditor, j.worker):
+            if verifier.address in (j.auditor, j.worker, j.client):
                 raise Revert("VerifierConflict")
             if self.now > j.resolved_at + APPEAL + AUDIT:
                 raise Revert("WindowClosed")
@@ -875,11 +940,18 @@ class MarketMachine(RuleBasedStateMachine):
         )
         if not ok:
             return False
-        if worker_wins:
+        if worker_wins:  # overturned: fee to the appeal verifier, bond to the worker
             self.accts[j.worker].audits_passed += 1
             self._pay(job_id, j, refund_audit_fee=False)
+            self._credit(verifier.address, j.audit_fee)
+            self._credit(j.worker, j.reward)
+            bond = self.stake[j.auditor]
+            bond.locked -= j.reward
+            bond.slashed += j.reward
+            self._move_tokens(self.stakes_addr, self.market_addr, j.reward)
+            STATS["verifier slashed"] += 1
         else:
-            self._slash(job_id, j)
+            self._slash(job_id, j, verifier.address)
         return True
 
     def _do_finalize(self, job_id: int, caller: MeshActor, record: JobRecord | None = None) -> bool:
@@ -1118,6 +1190,13 @@ class MarketMachine(RuleBasedStateMachine):
         job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED))
         verifier = data.draw(st.sampled_from(self.verifier_pool), label="verifier")
         self._do_resolve_audit(job_id, verifier, data.draw(st.booleans(), label="passed"))
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def void_audit(self, data: st.DataObject) -> None:
+        job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED))
+        verifier = data.draw(st.sampled_from(self.verifier_pool), label="verifier")
+        self._do_void_audit(job_id, verifier)
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
@@ -1380,8 +1459,8 @@ class MarketMachine(RuleBasedStateMachine):
         # --- locked stake is exactly the collateral of the jobs each worker holds
         held: Counter[str] = Counter()
         for r in self.records.values():
-            if r.holds_collateral:
-                held[r.worker] += r.collateral
+            for who, amount in r.locks().items():  # collateral, and failing verifiers' bonds
+                held[who] += amount
         for account, s in view.stakes.items():
             assert s.locked == held[account], (
                 f"{account}: {s.locked} locked, holds jobs with {held[account]} collateral"
@@ -1391,6 +1470,9 @@ class MarketMachine(RuleBasedStateMachine):
         # --- at most one terminal outcome per job
         slashed_in_tx = {
             (e.tx_hash, int(e.args["jobId"])) for e in events if e.name == "JobSlashed"
+        }
+        voided_in_tx = {
+            (e.tx_hash, int(e.args["jobId"])) for e in events if e.name == "AuditVoided"
         }
         for e in events:
             if e.name in ("JobPaid", "JobSlashed") or (
@@ -1420,11 +1502,13 @@ class MarketMachine(RuleBasedStateMachine):
                     compensation,
                 ), e
             elif e.name == "JobRefunded":
-                slashed = (e.tx_hash, int(e.args["jobId"])) in slashed_in_tx
+                # a slash or a void verdict refunds the reward (the audit fee was earned)
+                key = (e.tx_hash, int(e.args["jobId"]))
+                slashed = key in slashed_in_tx or key in voided_in_tx
                 expected = j.reward if slashed else j.reward + j.audit_fee
                 assert (e.args["amount"], e.args["client"]) == (expected, j.client), e
-            else:
-                assert e.args["amount"] == j.audit_fee and j.audit_fee > 0, e
+            else:  # the audit fee, or an appeal verifier's share of a slash (at most the fee)
+                assert 0 < e.args["amount"] <= j.audit_fee, e
 
         # --- now and then, the incremental rebuild against a full one from all events
         self.checks += 1
@@ -1450,6 +1534,7 @@ class MarketMachine(RuleBasedStateMachine):
             if s.total < before:
                 assert any(
                     (e.name == "JobSlashed" and e.args["worker"] == account)
+                    or (e.name == "VerifierSlashed" and e.args["verifier"] == account)
                     or (e.name == "UnbondedWithdrawn" and e.args["staker"] == account)
                     for e in events
                 ), f"{account}: stake fell from {before} to {s.total} without slash or withdrawal"
@@ -1490,6 +1575,15 @@ SETTINGS = settings(
     ],
     print_blob=True,
 )
+
+
+@pytest.fixture(scope="module")
+def _deployed(anvil: LocalChain) -> Iterator[World]:
+    """This module's own deployment, with the on-chain deterrence rate on (PARAMS)."""
+    snapshot = anvil.snapshot()
+    world = build_world(anvil, PARAMS)
+    yield world
+    anvil.revert(snapshot)
 
 
 @pytest.fixture(scope="module")

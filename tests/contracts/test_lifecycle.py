@@ -156,7 +156,8 @@ def test_postJob_floors_audit_rate_at_min_audit_bps(world: World) -> None:
         world.deployment.address("StakeManager"),
         admin.address,
         admin.address,
-        (p.fee_bps, 3000, p.challenge_window_s, p.audit_window_s, p.appeal_window_s),
+        (p.fee_bps, 3000, p.challenge_window_s, p.audit_window_s, p.appeal_window_s,
+         p.audit_deterrence),
     )
     client.approve(floored.address, 2**256 - 1)
     receipt = send(
@@ -314,32 +315,46 @@ def test_resolveAudit_takes_the_draw_of_a_committed_job(world: World) -> None:
 
 @pytest.mark.parametrize("worker_wins", [True, False], ids=["worker_wins", "worker_loses"])
 def test_resolveAppeal_by_second_verifier(world: World, worker_wins: bool) -> None:
+    """The first verdict's fee is held and its bond (the reward) locked while the appeal is
+    open. Overturned: the appeal verifier earns the held fee, the worker the first verifier's
+    bond. Upheld: the first verifier earns its fee and gets its bond back, the appeal verifier
+    is paid up to the audit fee from the slashed collateral."""
     worker, client = world.workers[0], world.clients[0]
     first, second = world.verifiers
     job_id = appealed_job(world, worker=worker)
     record = world.job(job_id)
     assert (record.state, record.auditor) == (JobState.APPEALED, first.address)
+    assert _withdrawable(world, first) == 0  # held until the failure stands
+    assert first.stake_of(first.address).locked == record.reward  # the verifier's bond
     admin_before = _withdrawable(world, world.admin)
     stake_before = worker.stake_of(worker.address)
+    first_before = first.stake_of(first.address)
     second.resolve_appeal(job_id, worker_wins, EVIDENCE)
     final = world.job(job_id)
-    assert _withdrawable(world, first) == record.audit_fee  # earned by the first verdict
-    assert _withdrawable(world, second) == 0
     stake = worker.stake_of(worker.address)
+    first_after = first.stake_of(first.address)
     if worker_wins:
         pay, fee = split_reward(record.reward, FEE_BPS)
         assert final.state == JobState.FINALIZED
-        assert _withdrawable(world, worker) == pay
+        assert _withdrawable(world, first) == 0  # an overturned verdict earns nothing
+        assert _withdrawable(world, second) == record.audit_fee
+        assert _withdrawable(world, worker) == pay + record.reward  # pay and the bond
+        assert (first_after.locked, first_after.slashed) == (0, first_before.slashed + record.reward)
+        assert first_after.free == first_before.free
         assert _withdrawable(world, client) == 0
         assert _withdrawable(world, world.admin) - admin_before == fee
         assert (stake.free, stake.locked) == (stake_before.free + record.collateral, 0)
         assert worker.worker_record(worker.address).audits_passed == 1
     else:
         compensation, remainder = slash_split(record.collateral, record.audit_fee)
+        appeal_fee = min(remainder, record.audit_fee)
         assert final.state == JobState.SLASHED
+        assert _withdrawable(world, first) == record.audit_fee
+        assert (first_after.free, first_after.locked) == (first_before.free + record.reward, 0)
+        assert _withdrawable(world, second) == appeal_fee
         assert _withdrawable(world, worker) == 0
         assert _withdrawable(world, client) == record.reward + compensation
-        assert _withdrawable(world, world.admin) - admin_before == remainder
+        assert _withdrawable(world, world.admin) - admin_before == remainder - appeal_fee
         assert (stake.free, stake.locked) == (stake_before.free, 0)
         assert stake.slashed == record.collateral
         assert worker.worker_record(worker.address).slashed == 1

@@ -53,7 +53,8 @@ def build_hostile_world(chain) -> HostileWorld:
     first_block = w3.eth.block_number + 1
     token = deploy(admin_sender, "ReentrantToken")
     stakes = deploy(admin_sender, "StakeManager", token.address, admin, p.unbonding_delay_s)
-    config = (p.fee_bps, p.min_audit_bps, p.challenge_window_s, p.audit_window_s, p.appeal_window_s)
+    config = (p.fee_bps, p.min_audit_bps, p.challenge_window_s, p.audit_window_s, p.appeal_window_s,
+              p.audit_deterrence)
     market = deploy(admin_sender, "JobMarket", token.address, stakes.address, admin, admin, config)
     admin_sender.send(stakes.functions.setJobMarket(market.address))
     admin_sender.send(market.functions.grantRole(ASSIGNER_ROLE, accounts[1].address))
@@ -88,7 +89,7 @@ def build_hostile_world(chain) -> HostileWorld:
     world.actors = [world.admin, *world.clients, *world.workers, *world.verifiers, world.outsider]
     for a in [*world.clients, *world.workers, *world.verifiers, world.outsider]:
         world.admin.mint(a.address, FUNDS)
-    for w in world.workers:
+    for w in [*world.workers, *world.verifiers]:  # a failing verdict locks a verifier bond
         w.stake(STAKE)
     return world
 

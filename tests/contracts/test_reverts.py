@@ -47,6 +47,7 @@ CONFIG = (
     TEST_PARAMS.challenge_window_s,
     TEST_PARAMS.audit_window_s,
     TEST_PARAMS.appeal_window_s,
+    TEST_PARAMS.audit_deterrence,
 )
 WINDOWS = (
     TEST_PARAMS.challenge_window_s + 2 * TEST_PARAMS.audit_window_s + TEST_PARAMS.appeal_window_s
@@ -373,11 +374,11 @@ def test_JobMarket_constructor_reverts_when_unbonding_not_longer_than_windows(
 ) -> None:
     delay = TEST_PARAMS.unbonding_delay_s
     # windows == delay: not strictly longer, refused.
-    config = (*CONFIG[:3], CONFIG[3], delay - CONFIG[2] - 2 * CONFIG[3])
+    config = (*CONFIG[:3], CONFIG[3], delay - CONFIG[2] - 2 * CONFIG[3], CONFIG[5])
     assert config[2] + 2 * config[3] + config[4] == delay
     with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=delay, windows=delay):
         _deploy_market(world, config=config)
-    _deploy_market(world, config=(*config[:4], config[4] - 1))  # one second less is fine
+    _deploy_market(world, config=(*config[:4], config[4] - 1, config[5]))  # one second less is fine
 
 
 # --------------------------------------------------------------------------- postJob(s)

@@ -145,7 +145,8 @@ def test_assign_reverts_on_ticket_for_another_market(world: World) -> None:
         world.deployment.address("StakeManager"),
         admin.address,
         admin.address,
-        (p.fee_bps, p.min_audit_bps, p.challenge_window_s, p.audit_window_s, p.appeal_window_s),
+        (p.fee_bps, p.min_audit_bps, p.challenge_window_s, p.audit_window_s, p.appeal_window_s,
+         p.audit_deterrence),
     )
     send(admin, other.functions.grantRole(ASSIGNER_ROLE, world.assigner.address))
     (job_id,) = world.post()

@@ -22,6 +22,10 @@ TEST_PARAMS = DeployParams(
     audit_window_s=300,
     appeal_window_s=300,
     unbonding_delay_s=2 * 24 * 3600,
+    # The tests that follow one job through its life choose its audit rate themselves; the
+    # on-chain deterrence rate is tested on its own deployment (test_audit_rate_onchain.py,
+    # and the invariants' state machine).
+    audit_deterrence=False,
 )
 
 FUNDS = 1_000_000 * TOKEN
@@ -156,4 +160,6 @@ def build_world(chain: DevChain, params: DeployParams = TEST_PARAMS) -> World:
         world.admin.mint(a.address, FUNDS)
     for w in world.workers:
         w.stake(STAKE)
+    for v in world.verifiers:  # a failing verdict locks the job's reward as the verifier's bond
+        v.stake(STAKE)
     return world

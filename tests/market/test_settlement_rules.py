@@ -22,6 +22,7 @@ from web3.exceptions import ContractLogicError
 
 from meshcompute.core.job import ZERO_ADDRESS, JobRecord, JobState
 from meshcompute.core.settlement import SettleAction, settle_action
+from tests.contracts.helpers import failed_job
 from tests.contracts.world import TEST_PARAMS, World, build_world
 
 WINDOWS = {
@@ -104,6 +105,10 @@ def test_settle_action_matches_finalize_on_chain(
     blocks_since_commit: int,
     audit_bps: int,
 ) -> None:
+    if world.admin.stake_of(world.verifiers[0].address).locked == 0:
+        # a forged failed job releases its verifier's bond when it is settled: give the
+        # verifier a real one (a real failed verdict's) for the calls below to release
+        failed_job(world)
     number, timestamp = _block_env(world)
     blocks_since_commit = min(blocks_since_commit, number)
     job_id = next(_ids)

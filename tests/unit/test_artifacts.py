@@ -85,3 +85,14 @@ def test_artifact_files_are_canonical_json():
     for path in sorted((ROOT / "meshcompute" / "artifacts").glob("*.json")):
         text = path.read_text(encoding="utf-8")
         assert text == render(json.loads(text)), f"{path.name} is not in canonical form"
+
+
+def test_every_deployable_contract_fits_the_eip170_code_size_limit() -> None:
+    """A chain refuses deployed code over 24,576 bytes (EIP-170): the compiler settings and
+    the contracts must keep every deployable artifact under it."""
+    from meshcompute.chain.artifacts import load_artifact
+
+    for name in ("MeshCredit", "StakeManager", "JobMarket"):
+        code = load_artifact(name)["deployedBytecode"]
+        size = (len(code) - 2) // 2
+        assert 0 < size <= 24_576, f"{name} deployed code is {size} bytes"

@@ -103,7 +103,7 @@ def test_apply_event_follows_the_contract() -> None:
     record = apply_event(record, "AuditDrawn", {"audited": True})
     record = apply_event(record, "AuditResolved", {"verifier": "0x" + "33" * 20, "passed": False,
                                                    "resolvedAt": 700, "evidenceHash": b""})
-    assert record.state == JobState.AUDIT_FAILED and record.escrow == 100
+    assert record.state == JobState.AUDIT_FAILED and record.escrow == 110  # fee held
     record = apply_event(record, "JobSlashed", {})
     record = apply_event(record, "JobRefunded", {})
     assert record.state == JobState.SLASHED and record.escrow == 0
