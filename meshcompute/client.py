@@ -15,8 +15,10 @@ The market only stores blobs and hands out work.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -33,8 +35,11 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
     from meshcompute.chain.connect import ChainConnection
+    from meshcompute.execution.stability import StabilityReport
     from meshcompute.settings import Settings
     from meshcompute.wire.market_client import MarketClient
+
+log = logging.getLogger("meshcompute.client")
 
 #: Shards serialised and uploaded per round trip (a bundle of inputs, then their specs).
 _UPLOAD_STEP = 256
@@ -185,11 +190,18 @@ class Client:
         time_limit_s: float | None = None,
         memory_limit_mb: int | None = None,
         progress: Progress | None = None,
+        check_stability: bool = False,
     ) -> Submission:
         """Upload the program and each shard's inputs, then escrow payment for every shard in
         one permit transaction. ``pay`` is the total reward (MESH, split over the shards);
         ``collateral`` per shard defaults to twice the shard's reward; ``audit_fee`` per shard
-        defaults to a tenth of it."""
+        defaults to a tenth of it.
+
+        ``check_stability``: before uploading or paying anything, run the program on shard 0
+        as an audit would (:func:`check_stability`): a tolerance no honest worker can meet
+        (``exact`` on floating outputs, or ``allclose`` wholly under the rounding floor) raises
+        :class:`BadInput`; a program unstable under its tolerance (its audits would be void)
+        gives an :class:`UnstableProgramWarning` with the reason."""
         from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 
         tensors = _as_tensors(inputs, load_tensors)
@@ -200,6 +212,10 @@ class Client:
         else:
             program_bytes = export_program(program, tuple(t[:2] for t in tensors))
         policy = _as_policy(tolerance)
+        if check_stability:
+            first = _split(tensors, shards)[0]
+            check_stability_of(program_bytes, save_tensors(first, prefix="args"), policy,
+                               time_limit_s=time_limit_s, memory_limit_mb=memory_limit_mb)
         total = parse_amount(pay)
         reward = total // shards
         if reward == 0:
@@ -314,7 +330,9 @@ class Client:
     ) -> list[torch.Tensor]:
         """Wait until every shard is paid, re-posting any shard whose worker was slashed or
         whose job was refunded (or void: drawn for audit, no verdict in time), then return
-        the assembled outputs. :meth:`verification` tells, shard by shard, whether a paid
+        the assembled outputs. A shard a verifier declared void (the program is not
+        reproducible within its tolerance) raises :class:`JobFailed` instead: it would only
+        end void again. :meth:`verification` tells, shard by shard, whether a paid
         result was audited and passed or accepted undrawn."""
         give_up = time.monotonic() + timeout_s
         while True:
@@ -324,6 +342,16 @@ class Client:
                 if states[s.job_id] in (JobState.SLASHED, JobState.REFUNDED)
             ]
             if failed:
+                unstable = self._voided_as_unstable(failed)
+                if unstable:
+                    raise JobFailed(
+                        "a verifier found the program not reproducible within its tolerance "
+                        f"(shards {unstable}): its own recomputations under two numeric setups, "
+                        "or under a one-ulp change of the inputs, disagree beyond it. Nobody was "
+                        "paid for those shards and the reward is back in your balance (`mesh "
+                        "wallet withdraw`); loosen the tolerance or make the program stable "
+                        "before posting again"
+                    )
                 if not repost_slashed:
                     raise JobFailed(
                         f"shards {[s.index for s in failed]} were not paid "
@@ -347,6 +375,15 @@ class Client:
                     "after the deadline, `mesh job reclaim` returns the escrow"
                 )
             time.sleep(poll_s)
+
+    def _voided_as_unstable(self, shards: Sequence[Shard]) -> list[int]:
+        """Indexes of ``shards`` whose job a verifier declared void (``AuditVoided``): the
+        program cannot be judged under its tolerance, so posting it again would end the same
+        way. (A job void because no verdict came in time is re-posted.)"""
+        voided = {int(e.args["jobId"])
+                  for e in self.actor.job_events([s.job_id for s in shards],
+                                                 names=("AuditVoided",))}
+        return [s.index for s in shards if s.job_id in voided]
 
     def _market_failures(
         self, submission: Submission, states: dict[int, JobState]
@@ -396,6 +433,46 @@ class Client:
     def reclaim(self, job_id: int) -> None:
         """Take back the escrow of a job that passed its deadline unfinished."""
         self.actor.reclaim(job_id)
+
+
+# ---------------------------------------------------------------------- stability
+class UnstableProgramWarning(UserWarning):
+    """The program cannot be judged under its tolerance: its audits would be void."""
+
+
+def check_stability_of(
+    program: bytes,
+    inputs: bytes,
+    tolerance: str | dict[str, Any] | None = None,
+    *,
+    time_limit_s: float | None = None,
+    memory_limit_mb: int | None = None,
+    threads: int = 1,
+) -> StabilityReport:
+    """Probe ``program`` on one shard's ``inputs`` (safetensors) as an audit would judge it
+    (:func:`meshcompute.execution.stability.probe_stability`: our run, the verifiers'
+    alternate numeric setup and a one-ulp change of the inputs, under the tolerance with the
+    rounding floors). Raises :class:`BadInput` naming the problem when the tolerance is refused
+    (no honest worker can meet it) or the program does not run; warns with
+    :class:`UnstableProgramWarning` (and logs) when it is unstable; returns the report.
+
+    The program runs on this machine, in the job sandbox when bubblewrap works here and
+    without it otherwise (it is the program this client is about to post)."""
+    from meshcompute.core.spec import DEFAULT_MEMORY_LIMIT_MB, DEFAULT_TIME_LIMIT_S
+    from meshcompute.execution.stability import probe_stability
+
+    report = probe_stability(
+        program, inputs, _as_policy(tolerance), threads=threads,
+        time_limit_s=time_limit_s or DEFAULT_TIME_LIMIT_S,
+        memory_limit_mb=memory_limit_mb or DEFAULT_MEMORY_LIMIT_MB,
+        allow_unsandboxed=True,
+    )
+    if report.refused is not None:
+        raise BadInput(f"{report.refused} (tolerance refused before posting)")
+    if not report.stable:
+        log.warning("stability check: %s", report.reason)
+        warnings.warn(report.reason, UnstableProgramWarning, stacklevel=2)
+    return report
 
 
 # ---------------------------------------------------------------------- helpers

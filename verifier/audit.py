@@ -22,8 +22,8 @@ Nothing here talks to the chain: the caller reads the record and posts the verdi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from meshcompute.core.job import JobRecord
@@ -60,6 +60,13 @@ Recompute = Callable[[JobSpec, bytes, bytes], bytes]
 CompareOutputs = Callable[[bytes, bytes, dict[str, Any]], "OutputComparison"]
 """``compare(expected, got, policy)``: two safetensors outputs under a tolerance policy."""
 
+Perturb = Callable[[bytes], bytes]
+"""``perturb(inputs) -> inputs`` with every floating element moved by one ulp."""
+
+NearTies = Callable[[bytes, Sequence[bytes], bytes, dict[str, Any]], "str | None"]
+"""``near_ties(ours, our_other_runs, theirs, policy)``: why an argmax/top-k disagreement is only
+about near-ties that rounding decides, or None."""
+
 
 @dataclass(frozen=True)
 class OutputComparison:
@@ -68,6 +75,9 @@ class OutputComparison:
     max_abs: float | None = None
     max_rel: float | None = None
     agreement: float | None = None
+    effective: dict[str, Any] | None = None
+    """The policy applied after the rounding floors (also said in ``reason`` when the floor
+    changed it), when the comparison went that far."""
 
     def between(self, a: int, b: int) -> Comparison:
         return Comparison(a, b, self.agree, self.reason, self.max_abs, self.max_rel,
@@ -101,9 +111,14 @@ class RecomputeFailed(JobFailed):
 
 
 class NotReproducible(RecomputeFailed):
-    """Our own recomputations under two numeric setups disagree under the job's tolerance:
-    the job cannot be judged, so nobody is accused (no verdict; the job is void when its
-    audit window closes). Non-reproducible is not guilty."""
+    """Our own recomputations disagree under the job's tolerance (two numeric setups, or a
+    one-ulp change of the inputs): the job cannot be judged, so nobody is accused; the
+    verifier declares it void on chain (:meth:`Auditor.void`). Non-reproducible is not guilty.
+    ``output_hashes`` names the outputs of ours that disagree (stored in the blob store)."""
+
+    def __init__(self, message: str, output_hashes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.output_hashes = tuple(output_hashes)
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,8 @@ class VerdictReady:
     evidence_hash: bytes
     evidence: EvidenceRecord
     evidence_sha256: str
+    void: bool = False
+    """An audit that cannot be judged (posted with ``voidAudit``; ``verdict`` is False)."""
 
 
 def fetch_job_inputs(store: BlobSource, job_id: int, spec_hash: bytes) -> JobInputs:
@@ -180,12 +197,26 @@ class Auditor:
         chain_id: int,
         job_market: str,
         confirm: Recompute | None = None,
+        check_own: CompareOutputs | None = None,
+        perturb: Perturb | None = None,
+        near_ties: NearTies | None = None,
     ) -> None:
         self.store = store
         self.recompute = recompute
         self.confirm = confirm
         """The recomputation under a second numeric setup that must confirm a fail before
-        it is posted (None: a fail is posted on the first recomputation alone)."""
+        it is posted (None: a fail is posted on the first recomputation alone, without the
+        stability checks below)."""
+        self.check_own = check_own
+        """``check_own(ours, other, policy)``: whether another computation of ours stays within
+        the stability margin of our first (None: :func:`meshcompute.verifier.outputs.
+        check_own_run`)."""
+        self.perturb = perturb
+        """Moves job inputs by one ulp (None: :func:`meshcompute.execution.perturb.
+        perturb_inputs`)."""
+        self.near_ties = near_ties
+        """The near-tie excuse of argmax/top-k jobs (None: :func:`meshcompute.verifier.
+        outputs.near_tie_excuse`)."""
         self.compare = compare
         self.evidence_hash = evidence_hash
         self.journal = journal
@@ -225,7 +256,13 @@ class Auditor:
         ``missing_output_is_final`` is False; once it is True, a missing output is a fail.
         With ``confirm``, a disagreement is recomputed under the second numeric setup before
         it becomes a fail: :class:`NotReproducible` when our two runs disagree with each other
-        (no verdict), a pass when the worker's output agrees with the second run.
+        (no verdict), a pass when the worker's output agrees with the second run. A fail still
+        standing is then checked for stability (:meth:`_check_judgeable`): our second run must
+        stay within the stability margin of our first, and so must one more recomputation of
+        ours on the inputs moved by one ulp; for argmax/top-k the worker's disagreement must not
+        be only about near-ties. Otherwise :class:`NotReproducible`: the program is unstable
+        under its tolerance and an honest worker's rounding could not be told from a cheat.
+        Only then is it a fail.
         """
         job = fetch_job_inputs(self.store, job_id, record.spec_hash)
         ours, our_sha = self.own_output(job_id, AUDIT, job)
@@ -247,12 +284,15 @@ class Auditor:
             if not own.agree:
                 raise NotReproducible(
                     f"job {job_id}: our own recomputations under two numeric setups disagree "
-                    f"under the job's tolerance ({own.reason}); it cannot be judged"
+                    f"under the job's tolerance ({own.reason}); it cannot be judged",
+                    (our_sha, self.store.put_blob(other)),
                 )
             second = self._compare_worker(other, theirs, job.spec)
             if second.agree:  # the worker's output is a legitimate computation of the job
                 our_sha = self.store.put_blob(other)
                 result = second
+            else:
+                self._check_judgeable(job_id, job, ours, other, theirs)
         return self._finish(
             job_id, AUDIT, job.spec_sha256, policy, (worker_sha, our_sha), result.agree,
             (result.between(0, 1),),
@@ -301,6 +341,18 @@ class Auditor:
             return False
         return True
 
+    def void(self, job_id: int, record: JobRecord, exc: NotReproducible) -> VerdictReady:
+        """The evidence of a void audit: the worker's output and ours (the on-chain hash, as
+        for any audit), with the disagreeing outputs of ours and the reason in the record."""
+        spec_sha = bytes(record.spec_hash).hex()
+        worker_sha = bytes(record.result_hash).hex()
+        our_sha = self.journal.own_output(job_id, AUDIT) or NO_OUTPUT
+        ready = self._finish(job_id, AUDIT, spec_sha, self._policy_if_known(record),
+                             (worker_sha, our_sha), False, (), note=f"void: {exc}",
+                             extra={"void": True,
+                                    "disagreeing_outputs": list(exc.output_hashes)})
+        return replace(ready, void=True)
+
     # ------------------------------------------------------------------ appeal
     def appeal(
         self,
@@ -338,10 +390,65 @@ class Auditor:
             comparisons.append(self.compare(ours, first_output, policy).between(1, 2))
             worker_vs_first = wf.agree
         wins = appeal_worker_wins(worker_vs_first, worker_vs_appeal.agree)
+        note = first_note
+        if not wins and self.confirm is not None:
+            # a failure stands only where an audit could have told it from honest rounding:
+            # a program unstable under its tolerance should have been void, so the worker wins
+            other = self.confirm(job.spec, job.program, job.inputs)
+            if self._compare_worker(other, theirs, job.spec).agree:
+                wins, note = True, "the worker agrees with our second numeric setup"
+            else:
+                try:
+                    self._check_judgeable(job_id, job, ours, other, theirs)
+                except NotReproducible as exc:
+                    wins, note = True, f"the failure cannot stand: {exc}"
+            note = f"{note}; {first_note}".strip("; ")
         return self._finish(
             job_id, APPEAL, job.spec_sha256, policy, (worker_sha, first_sha, our_sha), wins,
-            tuple(comparisons), note=first_note, previous=first_evidence_hash,
+            tuple(comparisons), note=note, previous=first_evidence_hash,
         )
+
+    def _check_judgeable(
+        self, job_id: int, job: JobInputs, ours: bytes, other: bytes, theirs: bytes
+    ) -> None:
+        """Raise :class:`NotReproducible` unless a fail of ``theirs`` can be told from honest
+        rounding: our alternate-setup output ``other`` and our output on the inputs moved by
+        one ulp must both stay within the stability margin of ``ours`` (a quarter of the
+        effective tolerance), and an argmax/top-k disagreement must not be only near-ties."""
+        from meshcompute.execution.perturb import perturb_inputs
+        from meshcompute.verifier.outputs import check_own_run, near_tie_excuse
+
+        check = self.check_own or check_own_run
+        policy = dict(job.spec.tolerance)
+        our_sha = sha256_hex(ours)
+        margin = check(ours, other, policy)
+        if not margin.agree:
+            raise NotReproducible(
+                f"job {job_id}: our own recomputations under two numeric setups differ too much "
+                f"to judge a worker: the second {margin.reason}; it cannot be judged",
+                (our_sha, self.store.put_blob(other)),
+            )
+        try:
+            moved_inputs = (self.perturb or perturb_inputs)(job.inputs)
+        except BadInput as exc:
+            raise RecomputeFailed(f"job {job_id}: cannot move the inputs by one ulp: {exc}") \
+                from exc
+        others = [other]
+        if moved_inputs != job.inputs:  # equal without floating inputs: our first run again
+            moved = self.recompute(job.spec, job.program, moved_inputs)
+            shifted = check(ours, moved, policy)
+            if not shifted.agree:
+                raise NotReproducible(
+                    f"job {job_id}: the program is unstable under its tolerance: a one-ulp "
+                    f"change of the inputs {shifted.reason}; an honest worker's rounding "
+                    "cannot be told from a wrong result, so it cannot be judged",
+                    (our_sha, self.store.put_blob(moved)),
+                )
+            others.append(moved)
+        tie = (self.near_ties or near_tie_excuse)(ours, others, theirs, policy)
+        if tie is not None:
+            raise NotReproducible(f"job {job_id}: {tie}; it cannot be judged",
+                                  (our_sha, *(self.store.put_blob(o) for o in others)))
 
     def _compare_worker(self, reference: bytes, theirs: bytes, spec: JobSpec) -> OutputComparison:
         """The worker's output against ``reference`` under the job's policy. An output over
@@ -386,6 +493,7 @@ class Auditor:
         *,
         note: str = "",
         previous: bytes | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> VerdictReady:
         digest = bytes(self.evidence_hash(list(hashes), dict(policy)))
         record = EvidenceRecord(
@@ -402,6 +510,7 @@ class Auditor:
             comparisons=comparisons,
             note=note,
             previous_evidence=None if previous is None else "0x" + bytes(previous).hex(),
+            extra=dict(extra or {}),
         )
         evidence_sha = store_evidence(self.store, record, self.evidence_hash)
         return VerdictReady(job_id, kind, verdict, digest, record, evidence_sha)

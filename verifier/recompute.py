@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.execution.stability import ALTERNATE_SETUP
 from meshcompute.verifier.audit import RecomputeFailed
 
 
@@ -38,16 +39,20 @@ class Recomputer:
     """Keep the next sandboxed job process started (interpreter and torch imported) per
     device, so an audit does not wait for torch's import; each job still gets a fresh one."""
     alternate: bool = False
-    """This recomputer is the *other* numeric setup: one more thread and torch's plainest
-    kernels (``ATEN_CPU_CAPABILITY=default``), as an older CPU would run them. A failing
-    audit is confirmed with it before anyone is accused (:meth:`alternate_setup`)."""
+    """This recomputer is the *other* numeric setup
+    (:data:`meshcompute.execution.stability.ALTERNATE_SETUP`): one more thread, torch's plainest
+    kernels (``ATEN_CPU_CAPABILITY=default``) and oneDNN limited to SSE4.1
+    (``ONEDNN_MAX_CPU_ISA=SSE41``), as an older CPU would run them. A failing audit is
+    confirmed with it before anyone is accused (:meth:`alternate_setup`)."""
     _runners: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def alternate_setup(self) -> Recomputer:
         """A recomputer for the same jobs under a deliberately different numeric setup (more
-        threads, so other reduction splits; the default CPU kernels, so other instructions)."""
-        return Recomputer(threads=self.threads + 1, allow_unsandboxed=self.allow_unsandboxed,
+        threads, so other reduction splits; the default CPU kernels and oneDNN's SSE4.1 ones,
+        so other instructions and blockings)."""
+        extra = int(ALTERNATE_SETUP["extra_threads"])
+        return Recomputer(threads=self.threads + extra, allow_unsandboxed=self.allow_unsandboxed,
                           scratch_root=self.scratch_root, use_cuda=False, warm=False,
                           alternate=True)
 
@@ -59,7 +64,8 @@ class Recomputer:
                 self._runners[device] = JobRunner(
                     device=device, threads=self.threads, scratch_root=self.scratch_root,
                     allow_unsandboxed=self.allow_unsandboxed, warm=self.warm,
-                    cpu_capability="default" if self.alternate else None,
+                    cpu_capability=ALTERNATE_SETUP["cpu_capability"] if self.alternate else None,
+                    onednn_max_isa=ALTERNATE_SETUP["onednn_max_isa"] if self.alternate else None,
                 )
             return self._runners[device]
 

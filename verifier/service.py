@@ -49,7 +49,13 @@ from meshcompute.core.lease import (
     in_final_margin,
     window_open,
 )
-from meshcompute.errors import AuthError, StaleJobRecord, TooLate, WrongJobState
+from meshcompute.errors import (
+    AuthError,
+    InsufficientFunds,
+    StaleJobRecord,
+    TooLate,
+    WrongJobState,
+)
 from meshcompute.health import write_health
 from meshcompute.verifier.audit import (
     Auditor,
@@ -240,8 +246,10 @@ class VerifierService:
                 return "wait"
             ready = self.auditor.fail_without_output(job_id, record, str(exc))
         except NotReproducible as exc:
+            # cannot be judged: void on chain (the client gets its reward back, we the audit
+            # fee for the recomputations that showed it, nobody is slashed or paid the reward)
             _event(logging.WARNING, "not_reproducible", job_id=job_id, error=str(exc))
-            return self._skip(job_id, AUDIT, f"not reproducible: {exc}")
+            ready = self.auditor.void(job_id, record, exc)
         except RecomputeFailed as exc:
             return self._recompute_failed(job_id, AUDIT, exc)
         return self._post(ready, record)
@@ -274,7 +282,11 @@ class VerifierService:
 
     # ------------------------------------------------------------------ posting
     def _post(self, ready: VerdictReady, record: JobRecord) -> VerdictReady | str:
-        send = self.actor.resolve_audit if ready.kind == AUDIT else self.actor.resolve_appeal
+        if ready.void:
+            def send(job_id: int, _verdict: bool, evidence: bytes, rec: JobRecord) -> Any:
+                return self.actor.void_audit(job_id, evidence, rec)
+        else:
+            send = self.actor.resolve_audit if ready.kind == AUDIT else self.actor.resolve_appeal
         try:
             try:
                 receipt = send(ready.job_id, ready.verdict, ready.evidence_hash, record)
@@ -283,6 +295,13 @@ class VerifierService:
                 receipt = send(ready.job_id, ready.verdict, ready.evidence_hash, record)
         except (WrongJobState, TooLate) as exc:
             return self._skip(ready.job_id, ready.kind, f"verdict refused on chain: {exc}")
+        except InsufficientFunds as exc:
+            # a failing verdict locks the job's reward from our free stake as a bond; without
+            # it we cannot accuse (the job then ends void: silence never pays)
+            _event(logging.ERROR, "bond_unavailable", job_id=ready.job_id, task=ready.kind,
+                   error=str(exc), fix="stake more: mesh provider stake AMOUNT")
+            return self._skip(ready.job_id, ready.kind,
+                              f"no free stake for the verdict's bond: {exc}")
         tx_hash = receipt["transactionHash"].to_0x_hex()
         self.journal.mark_posted(
             ready.job_id, ready.kind,
@@ -293,7 +312,7 @@ class VerifierService:
             tx_hash=tx_hash,
         )
         _event(logging.INFO, "verdict_posted", job_id=ready.job_id, task=ready.kind,
-               verdict=ready.verdict, evidence_hash=ready.evidence.evidence_hash,
+               verdict="void" if ready.void else ready.verdict, evidence_hash=ready.evidence.evidence_hash,
                evidence_record=ready.evidence_sha256, tx_hash=tx_hash,
                reason="; ".join(c.reason for c in ready.evidence.comparisons)
                or ready.evidence.note)

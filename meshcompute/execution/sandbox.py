@@ -143,7 +143,8 @@ def _nvidia_devices() -> list[str]:
 
 
 def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: int = 1,
-                  cpu_capability: str | None = None) -> list[str]:
+                  cpu_capability: str | None = None,
+                  onednn_max_isa: str | None = None) -> list[str]:
     """The bwrap command that runs ``argv`` (a command inside the sandbox) with ``box`` as the
     only writable folder, mounted at ``/job`` (the working directory)."""
     flags = _bwrap_flags()
@@ -162,7 +163,7 @@ def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: i
             command += ["--dev-bind", node, node]
         command += ["--ro-bind-try", "/sys", "/sys"]
     command += ["--bind", str(box), SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--clearenv"]
-    for key, value in _job_env(threads, SANDBOX_DIR, cpu_capability).items():
+    for key, value in _job_env(threads, SANDBOX_DIR, cpu_capability, onednn_max_isa).items():
         command += ["--setenv", key, value]
     return [*command, "--", *argv]
 
@@ -170,8 +171,15 @@ def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: i
 #: Values of torch's ``ATEN_CPU_CAPABILITY`` (the widest vector instructions its kernels use).
 CPU_CAPABILITIES = ("default", "avx2", "avx512")
 
+#: Values of oneDNN's ``ONEDNN_MAX_CPU_ISA`` (the widest instruction set its kernels may use,
+#: oneDNN's names; ``SSE41`` is the oldest x86 set it supports, ``ALL`` the default).
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+               "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX",
+               "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "ALL")
 
-def _job_env(threads: int, home: str, cpu_capability: str | None = None) -> dict[str, str]:
+
+def _job_env(threads: int, home: str, cpu_capability: str | None = None,
+             onednn_max_isa: str | None = None) -> dict[str, str]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": home,
@@ -187,6 +195,8 @@ def _job_env(threads: int, home: str, cpu_capability: str | None = None) -> dict
         env[key] = str(threads)
     if cpu_capability is not None:
         env["ATEN_CPU_CAPABILITY"] = cpu_capability
+    if onednn_max_isa is not None:
+        env["ONEDNN_MAX_CPU_ISA"] = onednn_max_isa
     return env
 
 
@@ -194,7 +204,8 @@ class _JobProcess:
     """One started job process (sandboxed or not) waiting for batches (``--serve`` mode)."""
 
     def __init__(self, folder: Path, *, device: str, threads: int, sandboxed: bool,
-                 cpu_capability: str | None = None) -> None:
+                 cpu_capability: str | None = None,
+                 onednn_max_isa: str | None = None) -> None:
         self.folder = folder
         self.box = folder / "box"
         self.box.mkdir(parents=True)
@@ -202,12 +213,13 @@ class _JobProcess:
         self.stderr = (folder / "stderr.log").open("wb")
         if sandboxed:
             command = build_command(self.box, [*argv, SANDBOX_DIR], device=device,
-                                    threads=threads, cpu_capability=cpu_capability)
+                                    threads=threads, cpu_capability=cpu_capability,
+                                    onednn_max_isa=onednn_max_isa)
             env = None
             cwd = None
         else:
             command = [*argv, str(self.box)]
-            env = _job_env(threads, str(self.box), cpu_capability)
+            env = _job_env(threads, str(self.box), cpu_capability, onednn_max_isa)
             cwd = self.box
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
@@ -324,12 +336,16 @@ class JobRunner:
         warm: bool = False,
         max_kept: int = 2,
         cpu_capability: str | None = None,
+        onednn_max_isa: str | None = None,
     ) -> None:
         if device not in ("cpu", "cuda"):
             raise BadInput(f"device must be 'cpu' or 'cuda', got {device!r}")
         if cpu_capability is not None and cpu_capability not in CPU_CAPABILITIES:
             raise BadInput(f"cpu_capability must be one of {CPU_CAPABILITIES}, "
                            f"got {cpu_capability!r}")
+        if onednn_max_isa is not None and onednn_max_isa not in ONEDNN_ISAS:
+            raise BadInput(f"onednn_max_isa must be one of {ONEDNN_ISAS}, "
+                           f"got {onednn_max_isa!r}")
         if threads < 1:
             raise BadInput("threads must be at least 1")
         self.sandboxed = sandbox_available()
@@ -343,6 +359,8 @@ class JobRunner:
         self.threads = threads
         self.cpu_capability = cpu_capability
         """torch's ``ATEN_CPU_CAPABILITY`` in the job processes (None: what the CPU offers)."""
+        self.onednn_max_isa = onednn_max_isa
+        """oneDNN's ``ONEDNN_MAX_CPU_ISA`` in the job processes (None: what the CPU offers)."""
         self.scratch_root = Path(scratch_root or Path(tempfile.gettempdir()) / "mesh-jobs")
         self.scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.warm = warm
@@ -392,7 +410,8 @@ class JobRunner:
         folder = self.scratch_root / f"job-{os.getpid()}-{uuid.uuid4().hex}"
         folder.mkdir(mode=0o700)
         return _JobProcess(folder, device=self.device, threads=self.threads,
-                           sandboxed=self.sandboxed, cpu_capability=self.cpu_capability)
+                           sandboxed=self.sandboxed, cpu_capability=self.cpu_capability,
+                           onednn_max_isa=self.onednn_max_isa)
 
     def run(
         self,

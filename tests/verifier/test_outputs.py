@@ -20,7 +20,7 @@ from meshcompute.verifier.outputs import compare_outputs, to_numpy
 
 @pytest.fixture(scope="module")
 def reduced_bench() -> dict:
-    return run_verify_bench(cases=4, include_cuda=False)
+    return run_verify_bench(cases=4, include_cuda=False, grief=0)
 
 
 def test_default_policy_never_accuses_an_honest_recomputation(reduced_bench: dict) -> None:
@@ -40,6 +40,20 @@ def test_default_policy_catches_every_cheat_at_every_audit(reduced_bench: dict) 
     assert reduced_bench["detection_rate_by_cheat"] == {cheat: 1.0 for cheat in CHEATS}
     assert reduced_bench["mildest_cheat"]["allclose_ratio"] > 1
     assert reduced_bench["margin_factor"] > 1
+
+
+def test_the_rounding_floor_keeps_honest_audits_passing_and_cheats_caught(
+    reduced_bench: dict,
+) -> None:
+    """The same audits through the floors audits apply: `exact` becomes allclose at the floor,
+    which every honest variant passes with margin and every cheat still fails."""
+    for name in ("policy", "exact"):
+        row = reduced_bench["floored"][name]
+        assert row["false_positives"] == 0
+        assert row["cheats_detected"] == reduced_bench["cheat_cases"], row["missed_by_type"]
+        assert row["worst_honest_tolerance_used"] < 1 / reduced_bench["stability_margin"]
+        assert row["mildest_cheat_tolerance_used"] > 1
+    assert "grief_cases" not in reduced_bench  # grief=0
 
 
 def test_sweep_shows_the_policy_choice_matters(reduced_bench: dict) -> None:

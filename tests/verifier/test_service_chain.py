@@ -26,7 +26,7 @@ from meshcompute.execution.programs import export_program, load_tensors, save_te
 from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.settings import load_settings
 from meshcompute.verifier.audit import Auditor
-from meshcompute.verifier.evidence import claim_document
+from meshcompute.verifier.evidence import EvidenceRecord, claim_document
 from meshcompute.verifier.journal import POSTED, SKIPPED, Journal
 from meshcompute.verifier.outputs import compare_outputs
 from meshcompute.verifier.recompute import Recomputer
@@ -249,12 +249,16 @@ def test_wrong_output_fails_then_slashes_and_compensates(world, market, kit, tmp
     service, market_client = make_service(world, market, verifier, tmp_path)
     assert service.poll_once().posted == [(job_id, "audit", False)]
     assert world.job(job_id).state == JobState.AUDIT_FAILED
-    assert world.admin.account_of(verifier.address).withdrawable - verifier_before == \
-        record.audit_fee
+    # the fee is held and the reward locked as the verifier's bond until the failure stands
+    assert world.admin.account_of(verifier.address).withdrawable == verifier_before
+    assert world.admin.stake_of(verifier.address).locked == record.reward
 
     world.advance(TEST_PARAMS.appeal_window_s + 1)  # no appeal: the failed audit stands
     world.admin.finalize(job_id)
     assert world.job(job_id).state == JobState.SLASHED
+    assert world.admin.account_of(verifier.address).withdrawable - verifier_before == \
+        record.audit_fee
+    assert world.admin.stake_of(verifier.address).locked == 0
     compensation, _rest = slash_split(record.collateral, record.audit_fee)
     assert world.admin.account_of(client.address).withdrawable - client_before == \
         record.reward + compensation
@@ -300,7 +304,12 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
 
     assert world.job(job_id).state == JobState.FINALIZED
     pay, _ = split_reward(record.reward, world.deployment.params.fee_bps)
-    assert world.admin.account_of(worker.address).withdrawable - worker_before == pay
+    # overturned: the faulty verifier's bond (the reward) goes to the worker it accused
+    assert world.admin.account_of(worker.address).withdrawable - worker_before == \
+        pay + record.reward
+    assert world.admin.stake_of(faulty.address).slashed == record.reward
+    assert world.admin.account_of(faulty.address).withdrawable == 0  # no fee for it
+    assert world.admin.account_of(honest_verifier.address).withdrawable == record.audit_fee
     assert world.admin.stake_of(worker.address).locked == 0
     assert world.admin.free_stake(worker.address) == STAKE
     c1.close()
@@ -379,4 +388,38 @@ def test_only_jobs_the_chain_draws_are_audited(world, market, kit, tmp_path) -> 
     audited = {j for j in jobs if (service.journal.task(j, "audit") or {}).get("status") == POSTED}
     assert audited == drawn and jobs[-1] in drawn
     assert all(service.journal.task(j, "audit") is None for j in set(jobs) - drawn)
+    market_client.close()
+
+
+def test_a_job_that_cannot_be_judged_is_void_on_chain(world, market, kit, tmp_path) -> None:
+    """Our own two numeric setups disagree (a chaotic program, as seen by the verifier): the
+    verifier declares the job void. The worker is neither slashed nor paid and keeps its
+    collateral, the client gets its reward back, the verifier earns the audit fee, and the
+    evidence record says why and names the disagreeing output."""
+    verifier, worker, client = world.verifiers[0], world.workers[0], world.clients[0]
+    job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
+    record = world.job(job_id)
+    client_before = world.admin.account_of(client.address).withdrawable
+    verifier_before = world.admin.account_of(verifier.address).withdrawable
+    worker_before = world.admin.account_of(worker.address).withdrawable
+    slashed_before = world.admin.worker_record(worker.address).slashed
+    service, market_client = make_service(world, market, verifier, tmp_path)
+    other = scaled(kit.honest, 1.5)
+    service.auditor.confirm = lambda spec, program, inputs: other
+
+    report = service.poll_once()
+    assert [(j, kind) for j, kind, _ in report.posted] == [(job_id, "audit")]
+    assert world.job(job_id).state == JobState.REFUNDED
+    events = {e.name: e for e in world.admin.job_events([job_id])}
+    assert "AuditVoided" in events and "JobSlashed" not in events and "JobPaid" not in events
+    assert world.admin.account_of(client.address).withdrawable - client_before == record.reward
+    assert world.admin.account_of(verifier.address).withdrawable - verifier_before == \
+        record.audit_fee
+    assert world.admin.account_of(worker.address).withdrawable == worker_before
+    assert world.admin.worker_record(worker.address).slashed == slashed_before
+    assert world.admin.stake_of(worker.address).locked == 0
+    claim = EvidenceRecord.from_bytes(
+        market_client.get_blob(service.journal.task(job_id, "audit")["evidence_sha256"])
+    )
+    assert claim.extra["void"] is True and claim.note.startswith("void:")
     market_client.close()

@@ -53,6 +53,9 @@ def test_start_refuses_an_account_without_the_role(world, market, tmp_path) -> N
 
 def test_start_refuses_a_verifier_without_stake(world, market, tmp_path) -> None:
     verifier = world.verifiers[0]
+    position = world.admin.stake_of(verifier.address)
+    if position.free:
+        verifier.unstake(position.free)  # unbonding: no free stake left
     assert world.admin.stake_of(verifier.address).free == 0
     result = subprocess.run(
         _mesh("verifier", "start", "--json-logs"), env=_env(market, verifier, tmp_path),
@@ -65,8 +68,6 @@ def test_start_refuses_a_verifier_without_stake(world, market, tmp_path) -> None
 
 def test_start_audits_a_drawn_job_and_stops_on_sigterm(world, market, kit, tmp_path) -> None:
     verifier = world.verifiers[0]
-    world.admin.mint(verifier.address, 100 * 10**18)
-    verifier.stake(100 * 10**18)
     env = _env(market, verifier, tmp_path)
     job_id = post_and_commit(world, market, kit, kit.honest)
     process = subprocess.Popen(_mesh("verifier", "start", "--json-logs"), env=env,

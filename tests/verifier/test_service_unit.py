@@ -64,7 +64,7 @@ def outputs(*tensors: torch.Tensor) -> bytes:
 
 def make_job(store: MemoryStore, policy=POLICY) -> tuple[JobSpec, bytes]:
     program = store.put_blob(b"program bytes")
-    inputs = store.put_blob(b"inputs bytes")
+    inputs = store.put_blob(save_tensors([torch.linspace(-1, 1, 6).reshape(2, 3)], "args"))
     spec = JobSpec(program=program, inputs=inputs, tolerance=policy)
     spec_sha = store.put_blob(spec.canonical_bytes())
     return spec, bytes.fromhex(spec_sha)
@@ -213,13 +213,31 @@ def test_a_fail_stands_only_when_a_second_numeric_setup_confirms_it(tmp_path: Pa
 
 def test_own_setups_disagreeing_is_not_reproducible_and_accuses_nobody(tmp_path: Path) -> None:
     """A program whose result depends on the numeric setup beyond its tolerance (a chaotic
-    program, or `exact` on float outputs) cannot be judged: no verdict, the job is void."""
+    program) cannot be judged: no verdict, the job is void; the disagreeing outputs of ours
+    are named and stored."""
     store = MemoryStore()
     _, spec_hash = make_job(store, policy={"kind": "exact"})
-    worker_sha = store.put_blob(NEAR)  # an honest worker on another CPU
-    a, _ = _confirmed(store, Journal(tmp_path / "j.json"), TRUTH, WRONG)
-    with pytest.raises(NotReproducible, match="two numeric setups disagree"):
+    chaotic = outputs(torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7 * 1.001)
+    worker_sha = store.put_blob(WRONG)  # an honest worker on another CPU, far from ours
+    a, _ = _confirmed(store, Journal(tmp_path / "j.json"), TRUTH, chaotic)
+    with pytest.raises(NotReproducible, match="two numeric setups disagree") as info:
         a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)), missing_output_is_final=False)
+    assert info.value.output_hashes == (sha256_hex(TRUTH), sha256_hex(chaotic))
+    assert sha256_hex(chaotic) in store.blobs
+
+
+def test_exact_on_float_outputs_is_judged_at_the_rounding_floor(tmp_path: Path) -> None:
+    """`exact` on float outputs would fail any honest worker whose last bit differs: the audit
+    compares at the rounding floor instead, and says so in its evidence."""
+    store = MemoryStore()
+    _, spec_hash = make_job(store, policy={"kind": "exact"})
+    worker_sha = store.put_blob(NEAR)  # one ulp off: another CPU's rounding
+    a, seconds = _confirmed(store, Journal(tmp_path / "j.json"), TRUTH, TRUTH)
+    ready = a.audit(1, record(spec_hash, bytes.fromhex(worker_sha)),
+                    missing_output_is_final=False)
+    assert ready.verdict is True and seconds == []
+    assert ready.evidence.policy == {"kind": "exact"}  # the job's policy, as on chain
+    assert "effective policy allclose" in ready.evidence.comparisons[0].reason
 
 
 def test_worker_output_matching_the_second_setup_passes_with_it_as_evidence(
@@ -328,3 +346,26 @@ def test_appeal_majority_over_three_outputs(tmp_path: Path) -> None:
     assert ready3.verdict is True
     assert ready3.evidence.output_hashes[1] == NO_OUTPUT
     assert "unavailable" in ready3.evidence.note
+
+
+def test_appeal_of_a_fail_that_could_not_be_judged_goes_to_the_worker(tmp_path: Path) -> None:
+    """A first verifier failed a worker on a program that is unstable under its tolerance (our
+    own second setup lands far from our first run): such a job should have been void, so the
+    failure cannot stand. A stable program's cheat still loses its appeal with the checks on."""
+    store = MemoryStore()
+    _, spec_hash = make_job(store)
+    worker_sha = store.put_blob(WRONG)
+    first_out = store.put_blob(TRUTH)
+    store.put_blob(claim_document([worker_sha, first_out], POLICY))
+    first_evidence = evidence_hash([worker_sha, first_out], POLICY)
+    rec = record(spec_hash, bytes.fromhex(worker_sha), state=JobState.APPEALED)
+    unstable = auditor(store, Journal(tmp_path / "a.json"), TRUTH, address="0x" + "88" * 20)
+    unstable.confirm = lambda spec, program, inputs: outputs(
+        torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7 * 1.5)
+    ready = unstable.appeal(7, rec, first_evidence, missing_output_is_final=False)
+    assert ready.verdict is True and "cannot stand" in ready.evidence.note
+
+    stable = auditor(store, Journal(tmp_path / "b.json"), TRUTH, address="0x" + "88" * 20)
+    stable.confirm = lambda spec, program, inputs: TRUTH
+    lost = stable.appeal(8, rec, first_evidence, missing_output_is_final=False)
+    assert lost.verdict is False
