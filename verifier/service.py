@@ -84,9 +84,13 @@ class ServiceConfig:
     max_attempts: int = 3
     """Recomputations tried for one task before it is given up."""
     audits: bool = True
-    """False for an appeals-only verifier: it takes no audits and judges appeals, so a network
-    with one auditing verifier still has a second one for every appeal (``resolveAppeal``
-    refuses the verifier whose verdict is appealed)."""
+    """False for an appeals-only verifier: it judges appeals, so a network with one auditing
+    verifier still has a second one for every appeal (``resolveAppeal`` refuses the verifier
+    whose verdict is appealed), and takes no audit of its own, except as the escalation below."""
+    take_over_after: float | None = 0.5
+    """Escalation, for a verifier with ``audits`` off: a drawn audit still without a verdict
+    once this fraction of its audit window has passed is taken over (the auditing verifier is
+    down or behind); only after the whole window does the job end void. None: never."""
 
 
 @dataclass
@@ -192,7 +196,7 @@ class VerifierService:
                 kind = _TASK_EVENTS.get(event.name)
                 if kind is None or (event.name == "AuditDrawn" and not event.args["audited"]):
                     continue
-                if kind == AUDIT and not self.config.audits:
+                if kind == AUDIT and not self._takes_audits():
                     continue
                 job_id = int(event.args["jobId"])
                 if event.name == "JobCommitted":
@@ -218,7 +222,17 @@ class VerifierService:
             return self._skip(job_id, kind, "we did the first audit; another verifier judges")
         return self._appeal(job_id, record, now)
 
+    def _takes_audits(self) -> bool:
+        return self.config.audits or self.config.take_over_after is not None
+
     def _audit(self, job_id: int, record: JobRecord, now: int) -> VerdictReady | str:
+        if not self.config.audits:
+            # escalation only: the auditing verifier had the first part of the window
+            share = self.config.take_over_after
+            assert share is not None
+            opens = record.committed_at + self._windows["challenge_window_s"]
+            if now < opens + int(share * self._windows["audit_window_s"]):
+                return "wait"
         if record.state == JobState.COMMITTED:
             drawable, audited = self.actor.audit_status(job_id, record)
             if not drawable:

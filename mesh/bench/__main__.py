@@ -72,6 +72,36 @@ def render_plain(result: dict[str, Any]) -> list[str]:
     return lines + (_json_block(nested) if nested else [])
 
 
+def render_sim(sim: dict[str, Any]) -> list[str]:
+    """Two tables (the workers' strategies, then the other roles'), then the full JSON."""
+    lines = [
+        (f"{sim.get('jobs_per_strategy')} jobs per strategy; profit per job in credits. A "
+         "strategy deters when its gain over honest play of the same role is negative."),
+        "",
+        "| worker strategy | profit/job | gain vs honest | profit per junk result |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, entry in sim.get("strategies", {}).items():
+        lines.append(f"| `{name}` | {entry.get('profit_per_job')} | "
+                     f"{entry.get('profit_per_job_vs_honest')} | "
+                     f"{entry.get('profit_per_junk_result')} |")
+    losing = (f"Cheating worker strategies that lose: {sim.get('cheating_strategies_losing')}"
+              f" of {sim.get('cheating_strategies')}.")
+    lines += ["", losing, "",
+              "| other role | per | gain vs honest (± stderr) | deterred | note |",
+              "|---|---|---:|---|---|"]
+    for name, entry in sim.get("roles", {}).items():
+        note = str(entry.get("note", "")).replace("|", "/")
+        lines.append(f"| `{name}` ({entry.get('role')}) | {entry.get('per')} | "
+                     f"{entry.get('gain_vs_honest')} (± {entry.get('gain_vs_honest_stderr')}) | "
+                     f"{entry.get('deterred')} | {note} |")
+    roles = (f"Other roles that lose by deviating: {sim.get('role_strategies_losing')} of "
+             f"{sim.get('role_strategies')}; not deterred: "
+             f"{', '.join(sim.get('role_strategies_not_losing', [])) or 'none'}.")
+    lines += ["", roles, "", "Full output:", ""]
+    return lines + _json_block(sim)
+
+
 def _gas() -> dict[str, Any]:
     from meshcompute.mesh.bench.gas import run_gas_bench
 
@@ -111,12 +141,13 @@ def _e2e() -> dict[str, Any]:
 #: name -> (section title, runner, renderer)
 SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], list[str]]]] = {
     "gas": (("Gas per job (`mesh bench gas --json`, anvil 1.7.1, solc 0.8.37, cancun, via IR, "
-             "optimizer 10000)"), _gas, render_gas),
+             "optimizer 2000)"), _gas, render_gas),
     "match": (("Matching in the pure core (`mesh bench match --json`; target median <= 1 ms "
               "per assignment)"), _match, render_plain),
     "verify": ("Verification: false positives and detection (`mesh bench verify --json`)",
                _verify, render_plain),
-    "sim": ("Economics: honest vs. cheating providers (`mesh sim --json`)", _sim, render_plain),
+    "sim": (("Economics: honest vs. cheating providers, clients, operators and verifiers "
+             "(`mesh sim --json`)"), _sim, render_sim),
     "overhead": (("Worker overhead: post -> output vs. bare torch (`mesh bench overhead --json`; "
                  "target e2e <= 1.2 x bare + 1 s)"), _overhead, render_plain),
     "e2e": (("End to end on the process stack (`mesh bench e2e --json`; target >= 50 settled "

@@ -35,7 +35,8 @@ def verifier_start(
     ] = False,
     json_logs: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
     appeals_only: Annotated[bool, typer.Option(
-        help="Judge appeals only, take no audits (a second verifier for a small network).")
+        help="Judge appeals, and take over only drawn audits still without a verdict halfway "
+             "through their audit window (a second verifier for a small network).")
     ] = False,
 ) -> None:
     """Follow the chain, audit the jobs drawn for audit and judge appeals, until SIGTERM."""

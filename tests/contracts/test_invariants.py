@@ -67,6 +67,8 @@ from hypothesis.stateful import (
 from web3 import Web3
 
 from meshcompute.chain.contracts import ChainEvent, JobParams, MeshActor
+from meshcompute.chain.local import LocalChain
+from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.job import (
     JOB_EVENTS,
     TERMINAL_STATES,
@@ -77,11 +79,9 @@ from meshcompute.core.job import (
     JobState,
     apply_event,
 )
-from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.payout import BPS, slash_split, split_reward
 from meshcompute.errors import ContractRevert
 from meshcompute.units import TOKEN
-from meshcompute.chain.local import LocalChain
 from tests.contracts.world import FUNDS, TEST_PARAMS, World, build_world
 
 pytestmark = [pytest.mark.property, pytest.mark.anvil]

@@ -174,7 +174,8 @@ class CountingRecomputer(Recomputer):
 
 
 def make_service(world: World, market: Market, verifier: MeshActor, journal_dir: Path,
-                 *, audits: bool = True) -> tuple[VerifierService, MarketClient]:
+                 *, audits: bool = True, take_over_after: float | None = 0.5,
+                 ) -> tuple[VerifierService, MarketClient]:
     client = client_for(market, verifier)
     journal = Journal(journal_dir / f"{verifier.address}.json")
     auditor = Auditor(
@@ -183,7 +184,8 @@ def make_service(world: World, market: Market, verifier: MeshActor, journal_dir:
         chain_id=world.deployment.chain_id, job_market=world.deployment.address("JobMarket"),
     )
     service = VerifierService(verifier, auditor, journal,
-                              ServiceConfig(poll_interval_s=0.1, audits=audits))
+                              ServiceConfig(poll_interval_s=0.1, audits=audits,
+                                            take_over_after=take_over_after))
     return service, client
 
 
@@ -297,7 +299,8 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
                                audits=False)
     report = service.poll_once()
     assert report.posted == [(job_id, "appeal", True)], report
-    assert service.journal.task(job_id, "audit") is None  # appeals only: no audit task
+    audit_task = service.journal.task(job_id, "audit")  # appeals only: no audit posted
+    assert audit_task is None or audit_task["status"] != POSTED
     task = service.journal.task(job_id, "appeal")
     assert task["output_hashes"] == [sha256_hex(kit.honest), sha256_hex(junk),
                                      task["own_output_sha256"]]
@@ -319,10 +322,30 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
 def test_appeals_only_verifier_takes_no_audit(world, market, kit, tmp_path) -> None:
     job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
     world.chain.mine(2)
-    service, c = make_service(world, market, world.verifiers[1], tmp_path, audits=False)
+    service, c = make_service(world, market, world.verifiers[1], tmp_path, audits=False,
+                              take_over_after=None)
     report = service.poll_once()
     assert report.posted == [] and service.journal.task(job_id, "audit") is None
     assert world.job(job_id).state == JobState.COMMITTED
+    c.close()
+
+
+def test_a_drawn_audit_without_verdict_escalates_to_the_appeals_verifier(
+    world, market, kit, tmp_path
+) -> None:
+    """The auditing verifier is silent: the appeals-only verifier waits through the first half
+    of the audit window, then takes the audit over (only after the whole window would the job
+    be void)."""
+    job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
+    world.chain.mine(2)
+    backup, c = make_service(world, market, world.verifiers[1], tmp_path, audits=False)
+    assert backup.poll_once().posted == []
+    assert world.job(job_id).state == JobState.COMMITTED
+    world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s // 2 + 1)
+    report = backup.poll_once()
+    assert report.posted == [(job_id, "audit", False)], report
+    record = world.job(job_id)
+    assert (record.state, record.auditor) == (JobState.AUDIT_FAILED, world.verifiers[1].address)
     c.close()
 
 
