@@ -1,13 +1,14 @@
 """``mesh demo``: the whole marketplace on one machine, for real.
 
 It starts anvil (contracts deployed), an embedded Valkey (or uses ``REDIS_URL``), the market
-API and its Celery worker and beat, one verifier and three workers, one of which is the
+API and its Celery worker and beat, two verifiers (an auditing one and an appeals-only one,
+so a failed worker always has someone to appeal to) and three workers, one of which is the
 test-only cheater, all as separate processes (:mod:`meshcompute.mesh.devstack`). A client then exports
 an MLP built in code, splits a batch into shards, uploads it, escrows payment with one permit
-transaction and waits while workers run the shards in their sandboxes, the verifier recomputes
-each one blind and posts verdicts, and the market settles. The cheater's shards fail their
-audits: its collateral is slashed, the client refunded and compensated, and the client re-posts
-those shards so the output is complete. The demo then checks the assembled output against a
+transaction and waits while workers run the shards in their sandboxes, the auditing verifier
+recomputes each one blind and posts verdicts, and the market settles. The cheater's shards fail
+their audits: its collateral is slashed, the client refunded and compensated, and the client
+re-posts those shards so the output is complete. The demo then checks the assembled output against a
 local computation, prints the earnings read from the chain and reconciles every balance; it
 exits non-zero if anything does not add up.
 
@@ -57,8 +58,8 @@ def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> Non
     # worker slot each) and the cheater gets some of them.
     config = StackConfig(workers=3, cheaters=1, params=replace(FAST_PARAMS, min_audit_bps=BPS),
                          extra_env={"MESH_MAX_LEASE_BATCH": "2"})
-    console.print("[bold]starting[/] anvil, Valkey, market API + Celery, 1 verifier, 3 workers "
-                  "(worker-2 is the test-only cheater)")
+    console.print("[bold]starting[/] anvil, Valkey, market API + Celery, 2 verifiers (auditing "
+                  "+ appeals-only), 3 workers (worker-2 is the test-only cheater)")
     with running_stack(config) as stack:
         assert stack.deployment is not None
         w3 = stack.chain.w3()

@@ -60,3 +60,52 @@ def sim(
     )
     verdict = "negative" if result["cheating_has_negative_ev"] else "NOT negative"
     console.print(f"cheating has {verdict} expected value for every strategy")
+    roles = result.get("roles") or {}
+    if roles:
+        console.print()
+        console.print(_roles_table(roles))
+        console.print(_roles_summary(result))
+
+
+def _roles_table(roles: dict) -> Table:
+    """The other roles (client, market operator, verifier): what one gains per job or audit
+    by deviating instead of acting honestly, and whether that is deterred."""
+    table = Table(title="other roles: gain from deviating instead of acting honestly")
+    table.add_column("role")
+    table.add_column("deviation", ratio=2)
+    table.add_column("per")
+    table.add_column("gain vs honest", justify="right", no_wrap=True)
+    table.add_column("deterred")
+    table.add_column("note", ratio=3)
+    for name, row in roles.items():
+        stderr = row.get("gain_vs_honest_stderr")
+        gain = f"{row['gain_vs_honest']:+.2f}" + ("" if stderr is None else f" ±{stderr:.2f}")
+        who = row.get("role")
+        table.add_row(
+            name if who is None else f"{name}\n({who})",
+            row.get("description", ""),
+            row["per"],
+            gain,
+            "yes" if row["deterred"] else "[bold red]NO[/]",
+            row.get("note") or "",
+        )
+    return table
+
+
+def _roles_summary(result: dict) -> str:
+    """``2 of 3 other roles lose by deviating; not deterred: lazy_verifier (no mechanism
+    built yet)``."""
+    roles = result["roles"]
+    losing = result.get("role_strategies_losing", sum(1 for r in roles.values() if r["deterred"]))
+    total = result.get("role_strategies", len(roles))
+    line = f"{losing} of {total} other roles lose by deviating"
+    not_losing = result.get("role_strategies_not_losing",
+                            [n for n, r in roles.items() if not r["deterred"]])
+    if not_losing:
+        named = [
+            f"{name} (no mechanism built yet)"
+            if roles.get(name, {}).get("mechanism_built") is False else name
+            for name in not_losing
+        ]
+        line += "; not deterred: " + ", ".join(named)
+    return line

@@ -143,7 +143,7 @@ def test_kill_api_and_celery_mid_run_and_restart() -> None:
 
 
 def test_two_honest_one_cheater_over_50_jobs() -> None:
-    # every job is drawn for audit; a long audit window lets the one verifier keep up
+    # every job is drawn for audit; a long audit window lets the verifiers keep up
     config = StackConfig(workers=3, cheaters=1, cheat_fraction=0.5, worker_slots=2,
                          params=replace(FAST_PARAMS, min_audit_bps=10_000, audit_window_s=300))
     with DevStack(config) as stack:
