@@ -77,6 +77,22 @@ class _Bar:
         )
 
 
+def audit_rate(audit_bps: int | None, *, audit_all: bool = False) -> int:
+    """The minimum audit rate (bps) ``mesh job submit`` posts with: ``--audit-bps`` (0..10000,
+    default 0), or 10000 for ``--audit-all``, which a lower explicit ``--audit-bps`` contradicts."""
+    from meshcompute.units import BPS
+
+    if audit_bps is not None and not 0 <= audit_bps <= BPS:
+        raise BadInput(f"--audit-bps must be between 0 and {BPS} (basis points; {BPS} audits "
+                       f"every shard, as --audit-all does), got {audit_bps}")
+    if audit_all:
+        if audit_bps is not None and audit_bps < BPS:
+            raise BadInput(f"--audit-all audits every shard ({BPS} bps) but --audit-bps asks "
+                           f"for {audit_bps}; give one of --audit-all and --audit-bps")
+        return BPS
+    return 0 if audit_bps is None else audit_bps
+
+
 @app.command("submit")
 def submit(
     program: Annotated[Path, typer.Argument(help="The torch.export program (.pt2).", exists=True)],
@@ -88,21 +104,35 @@ def submit(
         help="exact | allclose[:rtol=..,atol=..] | argmax:FRACTION | topk:K:FRACTION")] = "allclose",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     deadline: Annotated[str, typer.Option(help="Time until you may reclaim (e.g. 30m, 2h).")] = "1h",
-    audit_bps: Annotated[int, typer.Option(help="Minimum audit probability, basis points.")] = 0,
+    audit_bps: Annotated[int | None, typer.Option(
+        help="Minimum audit probability per shard, basis points, 0..10000 (default 0: the "
+             "market's rate for the worker applies). 10000 is --audit-all.")] = None,
+    audit_all: Annotated[bool, typer.Option(
+        "--audit-all",
+        help="Audit every shard (--audit-bps 10000). Costs: the audit fee (a tenth of each "
+             "shard's reward) is paid on every shard. Buys: no shard is accepted without a "
+             "verifier's recomputation; a shard whose verdict never comes is void (escrow "
+             "refunded, re-posted while --wait follows it), never paid.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the verified output.")] = True,
     out: Annotated[Path | None, typer.Option(help="Write the output safetensors here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    stability_check: Annotated[bool, typer.Option(
+        "--stability-check/--no-stability-check",
+        help="Before paying, run the program on shard 0 as an audit would: refuse a tolerance "
+             "no honest worker can meet, warn when the program is unstable under it.")] = True,
 ) -> None:
     """Upload, escrow payment, and (by default) wait through running and verification."""
     from meshcompute.execution.programs import save_tensors
 
+    min_audit_bps = audit_rate(audit_bps, audit_all=audit_all)
     client = _client()
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=as_json) as progress:
         bar = _Bar(progress, shards)
         submission = client.submit(
             program, inputs, shards=shards, pay=pay, tolerance=tolerance, device=device,
-            deadline=deadline, audit_bps=audit_bps, progress=bar,
+            deadline=deadline, audit_bps=min_audit_bps, progress=bar,
+            check_stability=stability_check,
         )
         save_submission(submission)
         outputs = client.wait(submission, progress=bar) if wait else None
