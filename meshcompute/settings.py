@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     worker_grace_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM, how long running jobs may take to finish before their leases are released."""
 
+    worker_probe_stability: bool = False
+    """Before committing a job, probe its program as an audit would (our output, inputs moved
+    by one ulp, the verifiers' alternate numeric setup: about two extra runs per new program,
+    input layout and tolerance) and hand back, unpaid and without penalty, a job unstable under
+    its tolerance (its audit would be void)."""
+
     # --- verifier (verifier/, `mesh verifier start`, `mesh verify`)
     verifier_threads: int = Field(default=1, ge=1, le=256)
     """torch threads for the verifier's own recomputations."""

@@ -40,6 +40,10 @@ class WorkerConfig:
     earnings_poll_s: float = 10.0
     health_path: Path | None = None
     """Where the heartbeat thread writes the health record ``mesh worker health`` reads."""
+    probe_stability: bool = False
+    """Probe each new program (per program, input layout and tolerance) before committing, as
+    an audit would, and hand back unpaid, without penalty, a job unstable under its tolerance
+    (:mod:`meshcompute.worker.probe`; about two extra runs per new program)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 64:
@@ -68,6 +72,7 @@ class WorkerConfig:
             "poll_interval_s": settings.worker_poll_interval_s,
             "grace_s": settings.worker_grace_s,
             "health_path": settings.data_dir / "worker-health.json",
+            "probe_stability": settings.worker_probe_stability,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -13,8 +13,13 @@ forgotten the worker. Each leased job runs on its own thread:
            -> submit_result -> committing (JobMarket.assignAndCommit with the lease's ticket)
 
 A job that cannot run ends with ``market.fail(job_id, reason)`` (the reason is shown to the
-client) and the node takes the next one. A commit that reverts (ticket expired, another worker
-committed first, stale record) is reported and dropped. On stop the node takes no more work,
+client) and the node takes the next one. With ``probe_stability`` (``--probe-stability``) a
+job's output is checked before upload as an audit would check it (:mod:`meshcompute.worker.
+probe`: inputs moved by one ulp, the verifiers' alternate numeric setup, once per program, input
+layout and tolerance); a job unstable under its tolerance, whose audit would be void, is handed
+back the same way, unpaid and without penalty (``job_handed_back``), and never committed. A
+commit that reverts (ticket expired, another worker committed first, stale record) is reported
+and dropped. On stop the node takes no more work,
 releases leases whose jobs have not started, lets running jobs finish within ``grace_s`` and
 releases the rest.
 """
@@ -28,6 +33,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
@@ -48,6 +54,16 @@ from meshcompute.health import write_health
 from meshcompute.wire.market_client import Hardware, Lease, MarketClient
 from meshcompute.worker.config import WorkerConfig, parse_price
 from meshcompute.worker.policy import HONEST, OutputPolicy
+from meshcompute.worker.probe import (
+    EXTRA_RUNS,
+    ProbeCache,
+    ProbeFailed,
+    ProbeKey,
+    ProbeVerdict,
+    judge_output,
+    probe_key,
+    run_alternate_setup,
+)
 from meshcompute.worker.runners import RunnerPool
 from meshcompute.worker.status import Event, EventSink
 from meshcompute.worker.watch import CommitWatch
@@ -59,6 +75,8 @@ UPLOAD_THREADS = 8
 #: Programs kept in memory between batches (the most recent ones), each at most this big.
 _PROGRAM_CACHE = 4
 _PROGRAM_CACHE_MAX_BYTES = 32 * 1024 * 1024
+#: A failure reason the market takes is at most 2000 characters.
+_MAX_REASON = 1900
 
 
 class JobOutcomeLike(Protocol):
@@ -126,6 +144,7 @@ class WorkerNode:
         on_event: EventSink | None = None,
         policy: OutputPolicy = HONEST,
         runner: Runner | None = None,
+        alternate_runner: Runner | None = None,
     ) -> None:
         if actor.address != account.address:
             raise ConfigError("the chain actor and the worker account differ")
@@ -148,8 +167,12 @@ class WorkerNode:
         self._stop_event: threading.Event | None = None
         self._hb_stop = threading.Event()
         self._lease_s = 60.0
-        self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0}
+        self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0, "handed_back": 0}
         self._programs: dict[str, bytes] = {}
+        self.probes: ProbeCache | None = ProbeCache() if config.probe_stability else None
+        """Stability verdicts by program, input layout and tolerance (``probe_stability``)."""
+        self._alternate: Runner = alternate_runner or run_alternate_setup
+        """Runs a job under the verifiers' alternate numeric setup (for the probe)."""
 
     # ------------------------------------------------------------------ public
     @property
@@ -178,6 +201,7 @@ class WorkerNode:
         self._emit("started", address=self.address, market=self.market.base_url,
                    slots=self.config.slots, threads=self.config.threads,
                    device=self.hardware.device, policy=self.policy.name)
+        self._announce_probing()
         while True:
             try:
                 self.register()
@@ -226,6 +250,20 @@ class WorkerNode:
             self._uploads.shutdown(wait=False)
             self._write_health(state="stopped")
             self._emit("stopped", appealed=self.watch.appealed, **self.counts)
+
+    def _announce_probing(self) -> None:
+        """One line at start: whether jobs are probed for stability, and what it costs."""
+        if self.probes is not None:
+            message = (f"stability probe on: each new program (per input layout and tolerance) "
+                       f"costs about {EXTRA_RUNS} extra runs before its first commit (inputs "
+                       "moved by one ulp, the verifiers' alternate numeric setup); a job "
+                       "unstable under its tolerance is handed back unpaid, no penalty")
+        else:
+            message = ("stability probe off: jobs are committed without it "
+                       "(--probe-stability hands back jobs whose audits would be void)")
+        self._emit("stability_probe_config", enabled=self.probes is not None,
+                   extra_runs_per_program=EXTRA_RUNS if self.probes is not None else 0,
+                   message=message)
 
     # ------------------------------------------------------------------ registration
     def register(self) -> None:
@@ -516,7 +554,14 @@ class WorkerNode:
             ready.append((job, program, inputs))
         done: dict[_ActiveJob, tuple[bytes, str, Any]] = {}
         to_run: list[tuple[_ActiveJob, bytes, bytes]] = []
+        keys: dict[_ActiveJob, ProbeKey] = {}
         for job, program, inputs in ready:
+            if self.probes is not None:
+                keys[job] = probe_key(job.lease.spec, inputs)
+                cached = self.probes.get(keys[job])
+                if cached is not None and cached.hand_back:
+                    self._hand_back(job, cached, cached=True)  # not computed at all
+                    continue
             given = self.policy.before_run(job.job_id, job.lease.spec.program, inputs,
                                            self._emit)
             if given is not None:
@@ -540,14 +585,82 @@ class WorkerNode:
             for job, *_ in items:
                 self._phase_unchecked(job, "running")
             outcomes = self._run_group(client, device, memory_mb, max_output, items)
-            for (job, _program, inputs), outcome in zip(items, outcomes, strict=True):
+            computed: list[tuple[_ActiveJob, bytes, bytes, Any]] = []
+            for (job, program, inputs), outcome in zip(items, outcomes, strict=True):
                 if not outcome.ok or outcome.output is None:
                     self._fail(job, outcome.reason or "the job failed without a reason")
                     continue
+                computed.append((job, program, inputs, outcome))
+            if self.probes is not None and computed:
+                computed = self._probe_group(client, device, memory_mb, max_output, computed,
+                                             keys)
+            for job, _program, inputs, outcome in computed:
                 output = self.policy.after_run(job.job_id, job.lease.spec.program, inputs,
                                                bytes(outcome.output), self._emit)
                 done[job] = (output, hashlib.sha256(output).hexdigest(), outcome)
         return done
+
+    def _probe_group(self, client: str, device: str, memory_mb: int, max_output: int,
+                     computed: list[tuple[_ActiveJob, bytes, bytes, Any]],
+                     keys: dict[_ActiveJob, ProbeKey]) -> list[tuple[_ActiveJob, bytes, bytes,
+                                                                      Any]]:
+        """The stability verdict of each (program, input layout, tolerance) among ``computed``
+        (cached, or probed once on its first job's computed output); the jobs of an unstable
+        one are handed back. Returns the jobs to upload and commit."""
+        assert self.probes is not None
+        by_key: dict[ProbeKey, list[tuple[_ActiveJob, bytes, bytes, Any]]] = {}
+        for item in computed:
+            by_key.setdefault(keys[item[0]], []).append(item)
+        handed: set[_ActiveJob] = set()
+        for key, members in by_key.items():
+            verdict, fresh = self.probes.verdict(
+                key, partial(self._probe, client, device, memory_mb, max_output, members))
+            if verdict.hand_back:
+                for member, *_ in members:
+                    self._hand_back(member, verdict, cached=member is not members[0][0]
+                                    or not fresh)
+                    handed.add(member)
+        return [item for item in computed if item[0] not in handed]
+
+    def _probe(self, client: str, device: str, memory_mb: int, max_output: int,
+               members: list[tuple[_ActiveJob, bytes, bytes, Any]]) -> ProbeVerdict:
+        """Probe the program of ``members`` (jobs of one probe key) on the first one's computed
+        output: its inputs moved by one ulp run in this worker's own setup (the runner the job
+        ran in), the verifiers' alternate setup in a fresh process. A probe that cannot run is
+        ``inconclusive`` (the jobs are committed as usual)."""
+        job, program, inputs, outcome = members[0]
+        spec = job.lease.spec
+        for member, *_ in members:
+            self._phase_unchecked(member, "probing")
+        started = time.monotonic()
+
+        def ours(moved: bytes) -> Any:
+            return self._run_group(client, device, memory_mb, max_output,
+                                   [(job, program, moved)])[0]
+
+        def alternate() -> Any:
+            return self._alternate(program, inputs, device=device,
+                                   time_limit_s=spec.time_limit_s, memory_limit_mb=memory_mb,
+                                   max_output_bytes=max_output, threads=self.config.threads,
+                                   scratch_root=self.config.scratch_dir,
+                                   allow_unsandboxed=self.config.allow_unsandboxed)
+
+        try:
+            verdict = judge_output(bytes(outcome.output), inputs, dict(spec.tolerance),
+                                   run_ours=ours, run_alternate=alternate)
+        except ProbeFailed as exc:
+            verdict = ProbeVerdict("inconclusive", str(exc),
+                                   probe_s=time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - a probe problem must not cost the job
+            verdict = ProbeVerdict("inconclusive",
+                                   f"internal error {type(exc).__name__}: {exc}",
+                                   probe_s=time.monotonic() - started)
+        self._emit("stability_probe", job_id=job.job_id, program=spec.program,
+                   tolerance=dict(spec.tolerance), shards=len(members), **verdict.fields())
+        if verdict.verdict == "inconclusive":
+            self._emit("warning", job_id=job.job_id, message="stability probe inconclusive, "
+                       f"committing as usual: {verdict.reason}")
+        return verdict
 
     def _run_group(self, client: str, device: str, memory_mb: int, max_output: int,
                    items: list[tuple[_ActiveJob, bytes, bytes]]) -> list[Any]:
@@ -640,6 +753,28 @@ class WorkerNode:
         except MeshError as exc:
             self._emit("warning", job_id=job.job_id,
                        message=f"could not report failure of job {job.job_id}: {exc}")
+
+    def _hand_back(self, job: _ActiveJob, verdict: ProbeVerdict, *, cached: bool) -> None:
+        """Give ``job`` back to the market without committing it: the refusal path of
+        :meth:`_fail` (``market.fail``: the market records the reason for the client and offers
+        the job to other workers, never again to this one). Nothing happened on chain (the
+        ticket was never used), so nobody pays and nobody is penalised."""
+        job.done = True
+        reason = verdict.hand_back_reason()
+        if len(reason) > _MAX_REASON:
+            reason = reason[:_MAX_REASON - 1] + "…"
+        if job.abandoned:  # already released at shutdown
+            self._emit("job_abandoned", job_id=job.job_id, reason=reason)
+            return
+        with self._lock:
+            self.counts["handed_back"] += 1
+        self._emit("job_handed_back", job_id=job.job_id, program=job.lease.spec.program,
+                   verdict=verdict.verdict, cached=cached, reason=reason)
+        try:
+            self.market.fail(job.job_id, reason)
+        except MeshError as exc:
+            self._emit("warning", job_id=job.job_id,
+                       message=f"could not hand back job {job.job_id}: {exc}")
 
     # ------------------------------------------------------------------ commit
     def _commit(self, batch: _Batch, results: dict[_ActiveJob, str]) -> None:

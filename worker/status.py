@@ -37,7 +37,8 @@ Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 
 #: Phases of a job on this worker, in order.
-PHASES = ("leased", "downloading", "running", "uploading", "committing")
+PHASES = ("leased", "downloading", "running", "probing", "uploading", "committing")
+"""``probing`` only with ``--probe-stability``, the first time a program is seen."""
 
 #: Events that are problems, logged at their own level; every other event is ``info``.
 _PROBLEMS = ("warning", "error")
@@ -81,6 +82,10 @@ class StatusBoard:
     done: int = 0
     failed: int = 0
     lost: int = 0
+    handed_back: int = 0
+    """Jobs handed back unpaid, without penalty, as unstable under their tolerance."""
+    probing: bool | None = None
+    """Whether the stability probe is on (None: not said yet)."""
     appealed: int = 0
     slashed: int = 0
     earned_wei: int | None = None
@@ -111,8 +116,10 @@ class StatusBoard:
                     self.jobs[job_id] = JobRow(job_id, phase, device, now, now)
                 else:
                     row.phase, row.phase_since = phase, now
+            elif name == "stability_probe_config":
+                self.probing = bool(event.get("enabled"))
             elif name in ("job_done", "job_failed", "job_released", "commit_reverted",
-                          "job_abandoned"):
+                          "job_abandoned", "job_handed_back"):
                 if isinstance(job_id, int):
                     self.jobs.pop(job_id, None)
                 if name == "job_done":
@@ -120,6 +127,9 @@ class StatusBoard:
                 elif name == "job_failed":
                     self.failed += 1
                     self.last_problem = f"job {job_id} failed: {event.get('reason', '')}"
+                elif name == "job_handed_back":
+                    self.handed_back += 1
+                    self.last_problem = f"job {job_id} handed back: {event.get('reason', '')}"
                 elif name == "commit_reverted":
                     self.lost += 1
                     self.last_problem = f"job {job_id} commit reverted: {event.get('error', '')}"
@@ -141,6 +151,8 @@ class StatusBoard:
                 (self.address, "cyan"),
                 f"  market {self.market}  ",
                 (self.state, "green" if self.state == "running" else "yellow"),
+                "" if self.probing is None else
+                f"  stability probe {'on' if self.probing else 'off'}",
             )
             table = Table(expand=False, header_style="bold")
             for column in ("job", "device", "phase", "in phase", "elapsed"):
@@ -158,7 +170,8 @@ class StatusBoard:
             earned = _mesh(self.earned_wei)
             withdrawable = _mesh(self.withdrawable_wei)
             totals = Text(
-                f"done {self.done}  failed {self.failed}  lost {self.lost}  "
+                f"done {self.done}  failed {self.failed}  handed back {self.handed_back}  "
+                f"lost {self.lost}  "
                 f"appealed {self.appealed}  slashed {self.slashed}  "
                 f"earned {earned} MESH (withdrawable {withdrawable})"
             )

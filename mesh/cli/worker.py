@@ -32,6 +32,11 @@ def worker_start(
     grace: Annotated[
         float | None, typer.Option(help="Seconds running jobs get to finish on SIGTERM.")
     ] = None,
+    probe_stability: Annotated[
+        bool, typer.Option(help="Before committing, probe each new program as an audit would "
+                                "(about two extra runs per program) and hand back, unpaid and "
+                                "without penalty, jobs unstable under their tolerance.")
+    ] = False,
 ) -> None:
     """Register with the market and run jobs until SIGTERM or Ctrl-C."""
     from meshcompute.chain.connect import actor_for, connect
@@ -55,6 +60,7 @@ def worker_start(
         allow_unsandboxed=allow_unsandboxed or None,
         json_logs=json_logs or None,
         grace_s=grace,
+        probe_stability=probe_stability or None,
     )
     if not config.allow_unsandboxed and not sandbox_available():
         raise SandboxUnavailable(
