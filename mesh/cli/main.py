@@ -35,6 +35,7 @@ for _module, _name in SUBCOMMANDS:
     app.add_typer(importlib.import_module(f"meshcompute.mesh.cli.{_module}").app, name=_name)
 app.command("verify")(importlib.import_module("meshcompute.mesh.cli.verifier").verify)
 importlib.import_module("meshcompute.mesh.cli.earnings").register(app)  # `mesh earnings`, `mesh withdraw`
+importlib.import_module("meshcompute.mesh.cli.doctor").register(app)  # `mesh doctor`
 
 
 @app.command("demo")
