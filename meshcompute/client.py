@@ -201,7 +201,13 @@ class Client:
         as an audit would (:func:`check_stability`): a tolerance no honest worker can meet
         (``exact`` on floating outputs, or ``allclose`` wholly under the rounding floor) raises
         :class:`BadInput`; a program unstable under its tolerance (its audits would be void)
-        gives an :class:`UnstableProgramWarning` with the reason."""
+        gives an :class:`UnstableProgramWarning` with the reason.
+
+        Always, before uploading or paying anything, the program and the shards' inputs go
+        through the checks a worker runs before running a job (:func:`check_before_paying`):
+        a job every worker would refuse raises :class:`BadInput` naming the problem. An
+        archive written by ``torch.export.save`` with its example inputs (pickled, which
+        workers refuse) is posted with that member emptied, and a line is logged."""
         from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 
         tensors = _as_tensors(inputs, load_tensors)
@@ -212,9 +218,13 @@ class Client:
         else:
             program_bytes = export_program(program, tuple(t[:2] for t in tensors))
         policy = _as_policy(tolerance)
+        pieces = _split(tensors, shards)
+        program_bytes = check_before_paying(
+            program_bytes, pieces, device=device, tolerance=policy, time_limit_s=time_limit_s,
+            memory_limit_mb=memory_limit_mb, name=str(program) if isinstance(program, Path)
+            else None)
         if check_stability:
-            first = _split(tensors, shards)[0]
-            check_stability_of(program_bytes, save_tensors(first, prefix="args"), policy,
+            check_stability_of(program_bytes, save_tensors(pieces[0], prefix="args"), policy,
                                time_limit_s=time_limit_s, memory_limit_mb=memory_limit_mb)
         total = parse_amount(pay)
         reward = total // shards
@@ -235,7 +245,6 @@ class Client:
             limits["memory_limit_mb"] = memory_limit_mb
         specs: list[JobSpec] = []
         # shards go up in bundles (a few requests for the whole submission, not two each)
-        pieces = _split(tensors, shards)
         step = _UPLOAD_STEP
         for start in range(0, shards, step):
             chunk = [save_tensors(piece, prefix="args")
@@ -433,6 +442,66 @@ class Client:
     def reclaim(self, job_id: int) -> None:
         """Take back the escrow of a job that passed its deadline unfinished."""
         self.actor.reclaim(job_id)
+
+
+# ---------------------------------------------------------------------- checks before paying
+_NOTHING_PAID = "nothing was uploaded or paid"
+
+
+def check_before_paying(
+    program: bytes,
+    shards: Sequence[Sequence[torch.Tensor]],
+    *,
+    device: str = "cpu",
+    tolerance: dict[str, Any] | None = None,
+    time_limit_s: float | None = None,
+    memory_limit_mb: int | None = None,
+    name: str | None = None,
+) -> bytes:
+    """The program bytes to post, after the checks every worker runs before a job
+    (:func:`meshcompute.execution.precheck.check_job`) on ``program`` with the first shard's
+    inputs and the limits, and the signature check on every other shard whose shapes differ.
+
+    An archive refused only for its pickled example inputs (``torch.export.save`` writes them
+    by default) comes back with that member emptied (zip surgery, nothing unpickled) and one
+    logged line saying so. Anything else a worker would refuse raises :class:`BadInput` naming
+    the problem (and the shard) and saying that nothing was uploaded or paid."""
+    from meshcompute.execution.precheck import check_inputs, check_job, prepare_program
+
+    what = name or "the program"
+    try:
+        prepared = prepare_program(program)
+    except BadInput as exc:
+        raise BadInput(f"{what} would be refused by every worker: {exc}; {_NOTHING_PAID}") \
+            from None
+    if prepared.stripped is not None:
+        log.warning("%s holds pickled example inputs (%s, written by torch.export.save), which "
+                    "workers refuse; posting it with that member emptied (nothing unpickled; "
+                    "program sha256 %s)", what, prepared.stripped,
+                    sha256_hex(prepared.program))
+    try:
+        checked = check_job(prepared.program, shards[0], device=device, tolerance=tolerance,
+                            time_limit_s=time_limit_s, memory_limit_mb=memory_limit_mb,
+                            shards=len(shards))
+    except BadInput as exc:
+        where = " (shard 0)" if len(shards) > 1 else ""
+        raise BadInput(f"job refused before posting{where}: {exc}; {_NOTHING_PAID}") from None
+    seen = {_shapes(shards[0])}
+    for index, piece in enumerate(shards[1:], start=1):
+        shapes = _shapes(piece)
+        if shapes in seen:
+            continue
+        seen.add(shapes)
+        try:
+            check_inputs(checked.inputs, piece)
+        except BadInput as exc:
+            raise BadInput(f"job refused before posting (shard {index}): {exc}; "
+                           f"{_NOTHING_PAID}") from None
+    return prepared.program
+
+
+def _shapes(tensors: Sequence[torch.Tensor]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(t.shape) for t in tensors)
 
 
 # ---------------------------------------------------------------------- stability

@@ -18,7 +18,8 @@ Refused, with a :class:`BadInput` naming the member, operator or expression:
 - anything that is not a stored (uncompressed, unencrypted) zip, duplicate or unexpected
   members, sizes over the limits;
 - any member that needs pickle: a ``use_pickle`` entry, custom or opaque objects, non-empty
-  pickled sample inputs, and any binary member whose bytes parse as a complete pickle stream
+  pickled sample inputs (:func:`strip_example_inputs` empties that member, on the client's
+  side, without reading it), and any binary member whose bytes parse as a complete pickle stream
   or start a nested zip (``torch.save``);
 - graph nodes whose operator is not on :mod:`meshcompute.execution.oplist`'s allowlist, argument kinds that
   carry subgraphs, custom objects or operators;
@@ -32,6 +33,7 @@ import io
 import json
 import pickletools
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,9 @@ MAX_STRING = 1 << 16
 
 SUPPORTED_SCHEMA_MAJOR = 8
 MODEL = "model"
+EXAMPLE_INPUTS_MEMBER = "data/sample_inputs/model.pt"
+"""Where ``torch.export.save`` puts the program's example inputs (written with ``torch.save``,
+a pickle; empty when ``example_inputs`` is None), relative to the archive's root folder."""
 
 ELEMENT_SIZE = {
     1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1, 13: 2,
@@ -149,6 +154,66 @@ def open_member(source: bytes | Path) -> zipfile.ZipFile:
     return _open_zip(source)
 
 
+def example_inputs_member(source: bytes | Path) -> str | None:
+    """The member of ``source`` that holds (non-empty, pickled) example inputs, or None.
+
+    Reads the zip directory only, never the member's bytes; None too when ``source`` is not a
+    readable zip (:func:`validate_program` says why)."""
+    if _head(source)[:4] != b"PK\x03\x04":
+        return None
+    try:
+        with _open_zip(source) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
+        return None
+    if not infos:
+        return None
+    wanted = f"{infos[0].filename.split('/', 1)[0]}/{EXAMPLE_INPUTS_MEMBER}"
+    for info in infos:
+        if info.filename == wanted and info.file_size != 0:
+            return wanted
+    return None
+
+
+def strip_example_inputs(source: bytes | Path) -> bytes:
+    """``source`` (a ``.pt2`` zip) rewritten with its example inputs member emptied.
+
+    ``torch.export.save`` stores a program's example inputs with ``torch.save`` (a pickle) in
+    ``<root>/data/sample_inputs/model.pt``; :func:`validate_program` accepts that member only
+    empty, which is what ``torch.export.save`` writes when ``example_inputs`` is None (as
+    :func:`meshcompute.execution.programs.export_program` exports). Zip surgery only: the
+    member's bytes are never read (so never unpickled); every other member is copied as it is,
+    in its order, with its name, timestamp and compression. Nothing else changes, so any other
+    reason to refuse the archive remains. An archive without such a member comes back
+    unchanged. :class:`BadInput` when ``source`` is not a readable zip."""
+    data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+    member = example_inputs_member(data)
+    if member is None:
+        if data[:4] != b"PK\x03\x04":
+            raise BadInput("program is not a .pt2 zip archive (no zip header)")
+        return data
+    out = io.BytesIO()
+    try:
+        with _open_zip(data) as archive, zipfile.ZipFile(out, "w", allowZip64=True) as rewritten:
+            for info in archive.infolist():
+                copy = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                copy.compress_type = info.compress_type
+                copy.external_attr = info.external_attr
+                if info.filename == member:
+                    rewritten.writestr(copy, b"")
+                    continue
+                copy.file_size = info.file_size
+                with archive.open(info) as source_member, rewritten.open(
+                    copy, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT
+                ) as target:
+                    shutil.copyfileobj(source_member, target, 1 << 20)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
+            RuntimeError, ValueError, KeyError) as exc:
+        raise BadInput(f"program is not a readable .pt2 zip archive (truncated or corrupt): "
+                       f"{exc}") from None
+    return out.getvalue()
+
+
 def _head(source: bytes | Path) -> bytes:
     if isinstance(source, Path):
         with source.open("rb") as handle:
@@ -190,7 +255,7 @@ def _validate_zip(archive: zipfile.ZipFile) -> ValidatedProgram:
     for member, full_name in rel.items():
         if member.startswith(("data/weights/weight_", "data/constants/")):
             _refuse_pickle(archive, full_name)
-    sample = "data/sample_inputs/model.pt"
+    sample = EXAMPLE_INPUTS_MEMBER
     if sample in rel and sizes[rel[sample]] != 0:
         raise BadInput(f"program archive member {rel[sample]!r} holds pickled example inputs; "
                        "refused (export with meshcompute.execution.programs.export_program)")

@@ -256,7 +256,11 @@ def _input_specs(program: torch.export.ExportedProgram) -> tuple[InputSpec, ...]
 
 
 def _finite(bound: Any) -> int | None:
+    """A range bound as an int; None when it is unbounded (sympy's ``oo``, whose ``int()``
+    raises AttributeError rather than OverflowError) or not a number."""
+    if getattr(bound, "is_finite", True) is False:
+        return None
     try:
         return int(bound)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, AttributeError):
         return None

@@ -1,0 +1,184 @@
+"""``Client.submit`` (and ``mesh job submit``, which calls it) checks a job as the workers would
+before it uploads anything or escrows a wei: a job every worker refuses is a BadInput naming the
+problem while the market and the chain are untouched; an ordinary ``torch.export.save`` archive
+is posted with its pickled example inputs emptied."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from meshcompute.client import Client
+from meshcompute.core.spec import sha256_hex
+from meshcompute.errors import BadInput
+from meshcompute.execution.archive import example_inputs_member, validate_program
+from meshcompute.execution.programs import save_tensors
+
+
+class Untouchable:
+    """A market, chain or actor that fails the test when anything is asked of it."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"{self._what}.{name} was called before the checks refused the job")
+
+
+class RecordingMarket:
+    def __init__(self) -> None:
+        self.blobs: list[bytes] = []
+        self.specs: list[Any] = []
+
+    def put_blob(self, data: bytes) -> str:
+        self.blobs.append(bytes(data))
+        return sha256_hex(data)
+
+    def put_blobs(self, items: list[bytes]) -> list[str]:
+        return [self.put_blob(d) for d in items]
+
+    def put_specs(self, specs: list[Any]) -> None:
+        self.specs.extend(specs)
+
+
+def untouchable_client() -> Client:
+    client = Client.__new__(Client)
+    client.market = Untouchable("market")  # type: ignore[assignment]
+    client.actor = Untouchable("chain actor")  # type: ignore[assignment]
+    client.connection = Untouchable("chain connection")  # type: ignore[assignment]
+    client.account = SimpleNamespace(address="0x" + "11" * 20)  # type: ignore[assignment]
+    return client
+
+
+def offline_client() -> Client:
+    client = untouchable_client()
+    client.market = RecordingMarket()  # type: ignore[assignment]
+    client.actor = SimpleNamespace(balance_of=lambda _address: 10**30)  # type: ignore[assignment]
+    client._post = lambda submission, specs: list(range(1, len(specs) + 1))  # type: ignore
+    return client
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+def saved(dynamic: bool = True, model: nn.Module | None = None) -> bytes:
+    """torch.export.export + torch.export.save, as a user would (example inputs pickled)."""
+    shapes = ({0: torch.export.Dim("batch", max=1 << 20)},) if dynamic else None
+    program = torch.export.export(model or mlp(), (torch.randn(4, 8),), dynamic_shapes=shapes)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ordinary() -> bytes:
+    return saved()
+
+
+def test_ordinary_archive_is_stripped_and_posted(ordinary: bytes, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "model.pt2"
+    path.write_bytes(ordinary)
+    client = offline_client()
+    with caplog.at_level(logging.WARNING, logger="meshcompute.client"):
+        submission = client.submit(path, (torch.randn(10, 8),), shards=3)
+    program = client.market.blobs[0]  # type: ignore[attr-defined]
+    assert program != ordinary and example_inputs_member(program) is None
+    validate_program(program)
+    assert submission.program == sha256_hex(program)
+    assert submission.job_ids == [1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records if r.name == "meshcompute.client"]
+    assert len(lines) == 1 and "pickled example inputs" in lines[0] and str(path) in lines[0]
+
+
+def test_a_program_workers_accept_is_posted_as_is(ordinary: bytes) -> None:
+    from meshcompute.execution.programs import export_program
+
+    program = export_program(mlp(), (torch.randn(4, 8),))
+    client = offline_client()
+    client.submit(program, (torch.randn(6, 8),), shards=2)
+    assert client.market.blobs[0] == program  # type: ignore[attr-defined]
+
+
+def test_a_module_is_exported_and_checked(ordinary: bytes) -> None:
+    client = offline_client()
+    assert client.submit(mlp(), (torch.randn(6, 8),), shards=2).job_ids == [1, 2]
+    with pytest.raises(BadInput, match="nothing was uploaded or paid"):
+        untouchable_client().submit(mlp(), (torch.randn(6, 8),), memory_limit_mb=1)
+
+
+def test_disallowed_operator_is_refused_before_any_market_or_chain_call(ordinary: bytes) -> None:
+    from tests.execution import crafting
+
+    def swap(model: dict) -> None:
+        crafting.nodes(model)[0]["target"] = "torch.ops.aten.from_file.default"
+
+    bad = crafting.edit_model(ordinary, swap)
+    with pytest.raises(BadInput, match="aten::from_file is not on the allowlist.*nothing was "
+                                       "uploaded or paid"):
+        untouchable_client().submit(bad, (torch.randn(4, 8),))
+
+
+@pytest.mark.parametrize(("inputs", "reason"), [
+    ((torch.randn(4, 8), torch.randn(4, 8)), "program takes 1 inputs, job gives 2"),
+    ((torch.randn(4, 8, dtype=torch.float64),), r"input args.0: expected float32.*got float64"),
+    ((torch.randn(4, 5),), r"input args.0: expected float32\[.*, 8\], got float32\[2, 5\]"),
+])
+def test_wrong_inputs_are_refused_before_any_market_or_chain_call(
+        ordinary: bytes, inputs: tuple[torch.Tensor, ...], reason: str) -> None:
+    with pytest.raises(BadInput, match=f"{reason}.*nothing was uploaded or paid"):
+        untouchable_client().submit(ordinary, inputs, shards=2)
+
+
+def test_inputs_given_as_a_file_are_checked_too(ordinary: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(save_tensors([torch.randn(4, 3)]))
+    with pytest.raises(BadInput, match=r"input args.0: expected float32\[.*, 8\]"):
+        untouchable_client().submit(ordinary, path)
+
+
+def test_a_fixed_batch_refuses_the_shard_that_does_not_fit() -> None:
+    static = saved(dynamic=False)
+    offline_client().submit(static, (torch.randn(4, 8),))  # the exported batch: fine
+    with pytest.raises(BadInput, match=r"\(shard 2\): input args.0: expected float32\[4, 8\], "
+                                       r"got float32\[5, 8\].*fixed at 4.*nothing was uploaded"):
+        untouchable_client().submit(static, (torch.randn(13, 8),), shards=3)  # 4, 4, 5
+    with pytest.raises(BadInput, match=r"\(shard 0\): .*got float32\[3, 8\]"):
+        untouchable_client().submit(static, (torch.randn(6, 8),), shards=2)
+
+
+def test_limits_are_checked_before_paying(ordinary: bytes) -> None:
+    x = (torch.randn(4, 8),)
+    with pytest.raises(BadInput, match="time_limit_s.*nothing was uploaded or paid"):
+        untouchable_client().submit(ordinary, x, time_limit_s=10**6)
+    with pytest.raises(BadInput, match="device"):
+        untouchable_client().submit(ordinary, x, device="tpu")
+    wide = nn.Linear(8, 1 << 20)  # 4 MiB of output per row
+    with pytest.raises(BadInput, match="output is .* over the job's limit.*more shards"):
+        untouchable_client().submit(saved(model=wide), (torch.randn(20, 8),))
+
+
+def test_mesh_job_submit_refuses_before_paying(ordinary: bytes, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshcompute.mesh.cli.job as job_cli
+
+    monkeypatch.setattr(job_cli, "_client", untouchable_client)
+    program, inputs = tmp_path / "model.pt2", tmp_path / "x.safetensors"
+    program.write_bytes(ordinary)
+    inputs.write_bytes(save_tensors([torch.randn(4, 7)]))
+    result = CliRunner().invoke(job_cli.app, ["submit", str(program), "--inputs", str(inputs),
+                                              "--no-wait", "--no-stability-check"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, BadInput), result.output
+    assert "input args.0" in str(result.exception)
+    assert "nothing was uploaded or paid" in str(result.exception)
