@@ -202,7 +202,7 @@ def _run_one(batch_dir: Path, index: int, bound: _Bound, max_output: int, device
     import torch
 
     from meshcompute.errors import BadInput
-    from meshcompute.execution.loader import load_program
+    from meshcompute.execution.loader import check_inputs, load_program
     from meshcompute.execution.programs import OUTPUT_PREFIX, load_tensors, save_tensors
 
     result: dict[str, Any] = {"ok": False, "reason": None, "load_s": 0.0, "compute_s": 0.0}
@@ -229,15 +229,11 @@ def _run_one(batch_dir: Path, index: int, bound: _Bound, max_output: int, device
         except BadInput as exc:
             result["reason"] = f"inputs refused: {exc}"
             return result
-        if len(inputs) != len(loaded.inputs):
-            result["reason"] = (f"program takes {len(loaded.inputs)} inputs, job gives "
-                                f"{len(inputs)}")
+        try:
+            check_inputs(loaded.inputs, inputs)  # the client's check before paying: same rule
+        except BadInput as exc:
+            result["reason"] = str(exc)
             return result
-        for spec, tensor in zip(loaded.inputs, inputs, strict=True):
-            problem = spec.mismatch(tensor)
-            if problem:
-                result["reason"] = f"input {spec.name}: {problem}"
-                return result
         module = loaded.module
         if device == "cuda":
             module = module.to("cuda")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import pickle
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,26 @@ def _finite(bound: Any) -> int | None:
         return int(bound)
     except (TypeError, ValueError, OverflowError, AttributeError):
         return None
+
+
+def check_inputs(specs: Sequence[InputSpec], tensors: Sequence[torch.Tensor]) -> None:
+    """:class:`BadInput` unless ``tensors`` fit the program's inputs ``specs``, as the job process
+    (meshcompute.execution.execute) and the client's check before paying
+    (meshcompute.execution.precheck) judge them: one rule, the same words."""
+    if len(tensors) != len(specs):
+        raise BadInput(f"program takes {len(specs)} inputs, job gives {len(tensors)}")
+    for spec, tensor in zip(specs, tensors, strict=True):
+        problem = spec.mismatch(tensor)
+        if problem:
+            if _only_batch_differs(spec, tensor):
+                problem += (f" (the program's batch dimension is fixed at {spec.shape[0]}: export "
+                            "it with a dynamic one, torch.export.Dim, to run other batch sizes)")
+            raise BadInput(f"input {spec.name}: {problem}")
+
+
+def _only_batch_differs(spec: InputSpec, tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` would fit a program with a fixed batch size but for dimension 0."""
+    if not spec.shape or not isinstance(spec.shape[0], int) or tensor.dim() != len(spec.shape):
+        return False
+    resized = torch.empty((spec.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device="meta")
+    return spec.mismatch(resized) is None

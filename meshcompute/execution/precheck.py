@@ -40,7 +40,12 @@ from meshcompute.execution.archive import (
     strip_example_inputs,
     validate_program,
 )
-from meshcompute.execution.loader import InputSpec, LoadedProgram, load_program
+from meshcompute.execution.loader import (
+    InputSpec,
+    LoadedProgram,
+    check_inputs,
+    load_program,
+)
 from meshcompute.execution.programs import INPUT_PREFIX, load_tensors
 from meshcompute.execution.tensorfile import read_header
 
@@ -110,20 +115,6 @@ def check_limits(
         if value is not None:
             fields[name] = value
     JobSpec(program=_PLACEHOLDER_SHA, inputs=_PLACEHOLDER_SHA, **fields)
-
-
-def check_inputs(specs: Sequence[InputSpec], tensors: Sequence[torch.Tensor]) -> None:
-    """:class:`BadInput` unless ``tensors`` fit the program's inputs ``specs``, judged as the job
-    process judges them before the forward pass (same rule, same words)."""
-    if len(tensors) != len(specs):
-        raise BadInput(f"program takes {len(specs)} inputs, job gives {len(tensors)}")
-    for spec, tensor in zip(specs, tensors, strict=True):
-        problem = spec.mismatch(tensor)
-        if problem:
-            if _only_batch_differs(spec, tensor):
-                problem += (f" (the program's batch dimension is fixed at {spec.shape[0]}: export "
-                            "it with a dynamic one, torch.export.Dim, to run other batch sizes)")
-            raise BadInput(f"input {spec.name}: {problem}")
 
 
 def check_job(
@@ -198,14 +189,6 @@ def _load(data: bytes, validated: ValidatedProgram) -> LoadedProgram:
                 "torch.export.Dim a max, e.g. Dim('batch', max=1 << 20))" if unbounded else "")
         raise BadInput(f"program failed to load as a worker loads it: {type(exc).__name__}: "
                        f"{str(exc)[:300]}{hint}") from None
-
-
-def _only_batch_differs(spec: InputSpec, tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` would fit a program with a fixed batch size but for dimension 0."""
-    if not spec.shape or not isinstance(spec.shape[0], int) or tensor.dim() != len(spec.shape):
-        return False
-    resized = torch.empty((spec.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device="meta")
-    return spec.mismatch(resized) is None
 
 
 def _output_bytes(loaded: LoadedProgram, tensors: Sequence[torch.Tensor]) -> int | None:
