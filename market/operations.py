@@ -72,6 +72,7 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
         for event in rt.indexer.events(job_id=job_id, name="AuditDrawn")
     )
     lease = rt.state.lease(job_id)
+    failures = rt.state.failures(job_id)
     return {
         "job_id": job_id,
         "state": record.state.name.lower(),
@@ -83,6 +84,9 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
         "lease_expiry": lease.expiry if lease is not None else None,
         "output_sha256": output,
         "failure": rt.state.failure(job_id),
+        "failures": [{"worker": worker, "reason": failures[worker]}
+                     for worker in sorted(failures)],
+        "given_up": given_up(len(failures)),
         "audited": audited,
         "group": spec.group if spec else None,
     }

@@ -480,6 +480,11 @@ class MarketState:
         pipe.hlen(key)
         return int(pipe.execute()[-1])
 
+    def failures(self, job_id: int) -> dict[str, str]:
+        """Why each worker that failed to run the job could not (its latest reason)."""
+        data = self.r.hgetall(self._k("failures", job_id))
+        return {k.decode(): v.decode() for k, v in data.items()}
+
     def failure(self, job_id: int) -> str | None:
         problem = self.r.get(self._k("spec-problem", job_id))
         if problem is not None:

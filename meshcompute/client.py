@@ -135,12 +135,34 @@ class Submission:
 
 @dataclass(frozen=True)
 class SubmissionStatus:
-    """A snapshot for progress display: how many shards are in each phase."""
+    """A snapshot for progress display. ``phase``: ``uploading``, ``posting``, ``posted``
+    while :meth:`Client.submit` works, then ``running``, ``stuck`` (see ``stuck``) or
+    ``done``. ``counts``: while submitting, what was uploaded or posted; after, the shards'
+    current jobs by on-chain state (``posted``, ``committed``, ``finalized``, ...)."""
 
     phase: str
     counts: dict[str, int]
     total: int
     detail: str = ""
+    phases: dict[str, int] = field(default_factory=dict)
+    """After submitting: shards per phase (:data:`PHASES`, every phase present, in order)."""
+    failures: tuple[FailureSummary, ...] = ()
+    """Why workers could not run shards still waiting for one, deduplicated."""
+    stuck: Stuck | None = None
+    """Shards that will never run (:func:`diagnose_stuck`)."""
+    shards: tuple[ShardProgress, ...] = ()
+    """After submitting: each shard, in order."""
+    deadline: int | None = None
+    """The latest deadline of the shards still waiting for a worker (unix, chain time)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase, "total": self.total, "phases": dict(self.phases),
+            "states": dict(self.counts),
+            "failures": [failure.to_json() for failure in self.failures],
+            "stuck": self.stuck.to_json() if self.stuck is not None else None,
+            "deadline": self.deadline,
+        }
 
 
 class Client:
@@ -320,13 +342,25 @@ class Client:
             for s in submission.shards
         }
 
-    def status(self, submission: Submission) -> SubmissionStatus:
-        counts: dict[str, int] = {}
-        for state in self.states(submission).values():
-            counts[state.name.lower()] = counts.get(state.name.lower(), 0) + 1
-        done = counts.get("finalized", 0)
-        phase = "done" if done == len(submission.shards) else "running"
-        return SubmissionStatus(phase, counts, len(submission.shards))
+    def status(self, submission: Submission, *, market: bool = True) -> SubmissionStatus:
+        """Where the submission stands: its shards by on-chain state (``counts``) and by
+        phase (``phases``, :data:`PHASES`), why workers could not run the shards still
+        waiting for one (``failures``, deduplicated) and, when some shards will never run,
+        what is wrong (``stuck``, :func:`diagnose_stuck`; phase ``stuck``). ``market``
+        False reads the chain only: no lease or failure is known, so a leased shard counts
+        as posted and only a deadline makes a shard stuck."""
+        records = self.connection.contracts.job_records(submission.job_ids)
+        return self._status(submission, records, market=market)
+
+    def _status(self, submission: Submission, records: dict[int, Any], *,
+                market: bool = True) -> SubmissionStatus:
+        shards = self._market_failures(submission, records, ask_market=market)
+        chain_now = None
+        if any(shard.phase == "posted" for shard in shards):
+            chain_now = int(self.connection.w3.eth.get_block("latest")["timestamp"])
+        return submission_status(
+            shards, chain_now=chain_now,
+            escrow_per_shard=submission.reward_per_shard + submission.audit_fee_per_shard)
 
     def wait(
         self,
@@ -342,10 +376,17 @@ class Client:
         the assembled outputs. A shard a verifier declared void (the program is not
         reproducible within its tolerance) raises :class:`JobFailed` instead: it would only
         end void again. :meth:`verification` tells, shard by shard, whether a paid
-        result was audited and passed or accepted undrawn."""
+        result was audited and passed or accepted undrawn.
+
+        ``progress`` gets a :class:`SubmissionStatus` every poll (phases, the workers'
+        failure reasons, a stuck diagnosis). Shards that will never run (the market gave up
+        on every shard still posted, or their deadline is too close: :func:`diagnose_stuck`)
+        raise :class:`SubmissionStuck` (a :class:`JobFailed`) once no other shard is moving,
+        instead of waiting out ``timeout_s``."""
         give_up = time.monotonic() + timeout_s
         while True:
-            states = self.states(submission)
+            records = self.connection.contracts.job_records(submission.job_ids)
+            states = {job_id: records[job_id].state for job_id in submission.job_ids}
             failed = [
                 s for s in submission.shards
                 if states[s.job_id] in (JobState.SLASHED, JobState.REFUNDED)
@@ -368,19 +409,18 @@ class Client:
                     )
                 self._repost(submission, failed)
                 continue
-            status = self.status(submission)
-            problems = self._market_failures(submission, states)
-            if problems:
-                status = SubmissionStatus(status.phase, status.counts, status.total,
-                                          "; ".join(problems))
+            status = self._status(submission, records)
             if progress is not None:
                 progress(status)
             if status.phase == "done":
                 return self.result(submission)
+            if status.stuck is not None and status.stuck.final:
+                raise SubmissionStuck(status)
             if time.monotonic() > give_up:
-                why = f" (last failures: {'; '.join(problems)})" if problems else ""
+                where = ", ".join(f"{k} {v}" for k, v in status.phases.items() if v)
+                why = f" (worker failures: {status.detail})" if status.detail else ""
                 raise JobFailed(
-                    f"timed out after {timeout_s:.0f}s waiting for shards: {status.counts}{why}; "
+                    f"timed out after {timeout_s:.0f}s waiting for shards: {where}{why}; "
                     "after the deadline, `mesh job reclaim` returns the escrow"
                 )
             time.sleep(poll_s)
@@ -395,22 +435,25 @@ class Client:
         return [s.index for s in shards if s.job_id in voided]
 
     def _market_failures(
-        self, submission: Submission, states: dict[int, JobState]
-    ) -> list[str]:
-        """What the market says went wrong with shards still waiting for a worker. A worker's
-        failure report is not final (the market offers the job to others; one malicious
-        worker must not make the client give up), so it is shown, not raised."""
-        problems = []
+        self, submission: Submission, records: dict[int, Any], *, ask_market: bool = True
+    ) -> list[ShardProgress]:
+        """Each shard with what the market says about its job while it waits for a worker
+        (its lease, the workers that failed it and why, whether the market gave up on it);
+        a market that cannot be reached says nothing. One worker's failure report is not
+        final (the market offers the job to others; one malicious worker must not make the
+        client give up), so it is shown; only the market giving up makes a shard stuck."""
+        out = []
         for shard in submission.shards:
-            if states[shard.job_id] != JobState.POSTED:
-                continue
-            try:
-                failure = self.market.job(shard.job_id).failure
-            except MeshError:
-                continue
-            if failure:
-                problems.append(f"shard {shard.index} (job {shard.job_id}): {failure}")
-        return problems
+            record = records[shard.job_id]
+            view = None
+            if ask_market and record.state in _WAITING_STATES:
+                try:
+                    view = self.market.job(shard.job_id)
+                except MeshError:
+                    view = None
+            out.append(shard_progress(shard.index, shard.job_id, record.state,
+                                      record.deadline, view))
+        return out
 
     def _repost(self, submission: Submission, shards: Sequence[Shard]) -> None:
         job_ids = self._post(submission, [s.spec for s in shards])
@@ -583,3 +626,324 @@ def _report(progress: Progress | None, phase: str, counts: dict[str, int], total
             detail: str) -> None:
     if progress is not None:
         progress(SubmissionStatus(phase, counts, total, detail))
+
+
+# ---------------------------------------------------------------------- progress, diagnosis
+PHASES = ("posted", "leased", "committed", "audited", "paid", "refunded", "slashed")
+"""The phases of a shard, in the order it goes through them (:func:`shard_phase`):
+
+- ``posted``: escrowed on chain, no worker holds it;
+- ``leased``: a worker holds the market's lease (or the chain's assignment) and has not
+  committed a result yet (running it, or about to: the market does not know which);
+- ``committed``: a result is on chain, waiting for the audit draw or payment;
+- ``audited``: drawn for audit, waiting for the verdict, or a failing verdict waiting for its
+  appeal;
+- ``paid``; ``refunded`` (void: an audit got no verdict in time or the verifier declared the
+  program unjudgeable; or reclaimed after the deadline); ``slashed`` (the worker was caught).
+"""
+
+_PHASE_OF_STATE = {
+    JobState.NONE: "posted", JobState.POSTED: "posted", JobState.ASSIGNED: "leased",
+    JobState.COMMITTED: "committed", JobState.AUDITED: "audited",
+    JobState.AUDIT_FAILED: "audited", JobState.APPEALED: "audited",
+    JobState.FINALIZED: "paid", JobState.REFUNDED: "refunded", JobState.SLASHED: "slashed",
+}
+_MOVING = frozenset({"leased", "committed", "audited"})
+
+
+def shard_phase(state: JobState, *, leased: bool = False) -> str:
+    """The phase (:data:`PHASES`) of a shard whose current job is in ``state`` on chain;
+    ``leased``: the market says a worker holds a lease on it (the chain still says posted)."""
+    phase = _PHASE_OF_STATE[state]
+    return "leased" if phase == "posted" and leased else phase
+
+
+@dataclass(frozen=True)
+class ShardProgress:
+    """One shard as the progress functions see it: its current job's state on chain and what
+    the market says about that job (nothing for a job past ``leased``: it is not asked)."""
+
+    index: int
+    job_id: int
+    state: JobState
+    leased_by: str | None = None
+    """The worker holding the market's lease on the job."""
+    failures: tuple[tuple[str, str], ...] = ()
+    """``(worker, reason)`` for each worker that failed to run the job (its latest reason)."""
+    given_up: bool = False
+    """The market offers the job no more: as many workers as it allows failed it."""
+    note: str | None = None
+    """What the market says is wrong with the job itself (its spec), if anything."""
+    deadline: int | None = None
+    """The job's deadline on chain (unix seconds, chain time)."""
+
+    @property
+    def phase(self) -> str:
+        return shard_phase(self.state, leased=self.leased_by is not None)
+
+
+_WAITING_STATES = frozenset({JobState.NONE, JobState.POSTED, JobState.ASSIGNED})
+"""States in which a shard waits for a worker (the market is asked about it)."""
+
+
+def shard_progress(index: int, job_id: int, state: JobState, deadline: int | None,
+                   view: Any = None) -> ShardProgress:
+    """A shard from its job's on-chain state and deadline and the market's view of the job
+    (a :class:`~meshcompute.wire.market_client.JobView`, or None when not asked or not
+    reachable). The view's ``failure`` is the market's own note about the job (its spec)
+    unless it is one of the workers' reports; a market that lists no ``failures`` (older
+    than that field) gives its ``failure`` as ``"worker: reason"``, read as one report."""
+    import re
+
+    if view is None:
+        return ShardProgress(index, job_id, state, deadline=deadline)
+    failures = tuple(view.failures)
+    note = view.failure or None
+    if note is not None:
+        reported = {f"{worker}: {reason}".lower() for worker, reason in failures}
+        match = re.fullmatch(r"(0x[0-9a-fA-F]{40}): (.*)", note, re.DOTALL)
+        if note.lower() in reported:
+            note = None
+        elif match is not None and not failures:
+            failures, note = ((match.group(1), match.group(2)),), None
+    return ShardProgress(index, job_id, state, leased_by=view.lease_holder, failures=failures,
+                         given_up=bool(view.given_up), note=note, deadline=deadline)
+
+
+def phase_counts(shards: Sequence[ShardProgress]) -> dict[str, int]:
+    """How many shards are in each phase, every phase of :data:`PHASES` present, in order."""
+    counts = dict.fromkeys(PHASES, 0)
+    for shard in shards:
+        counts[shard.phase] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class FailureSummary:
+    """One distinct reason the shards' jobs could not run: ``reports`` failure reports (one
+    per worker and shard) by ``workers`` different workers, on ``shards``. ``workers`` 0: the
+    market's own note about the job (its spec), not a worker's report."""
+
+    reason: str
+    reports: int
+    workers: int
+    shards: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "reports": self.reports, "workers": self.workers,
+                "shards": list(self.shards), "source": "worker" if self.workers else "market"}
+
+
+def summarize_failures(shards: Sequence[ShardProgress]) -> tuple[FailureSummary, ...]:
+    """The distinct failure reasons of ``shards`` (whitespace runs count as one space), most
+    reported first (ties: the first seen first), each with its counts."""
+    reports: dict[str, int] = {}
+    workers: dict[str, set[str]] = {}
+    where: dict[str, list[int]] = {}
+    for shard in shards:
+        items = [(worker.lower(), reason) for worker, reason in shard.failures]
+        if shard.note:
+            items.append(("", shard.note))
+        for worker, reason in items:
+            text = " ".join(reason.split())
+            reports[text] = reports.get(text, 0) + 1
+            if worker:
+                workers.setdefault(text, set()).add(worker)
+            if shard.index not in where.setdefault(text, []):
+                where[text].append(shard.index)
+    order = sorted(reports, key=lambda text: -reports[text])  # stable: first seen first
+    return tuple(
+        FailureSummary(text, reports[text], len(workers.get(text, ())), tuple(sorted(where[text])))
+        for text in order
+    )
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """Shards that will never run: every shard still ``posted`` is one the market offers no
+    more, because as many workers as it allows failed it (``cause`` ``"refused"``) or its
+    deadline is too close or past (``"deadline"``). Their escrow comes back only with
+    ``mesh job reclaim JOB`` once the deadline has passed (:meth:`Client.reclaim`)."""
+
+    cause: str
+    shards: tuple[int, ...]
+    job_ids: tuple[int, ...]
+    reasons: tuple[FailureSummary, ...]
+    deadline: int | None
+    """The latest deadline of those jobs (unix seconds, chain time): reclaim works after it."""
+    chain_now: int | None
+    in_progress: int
+    """Other shards still leased, committed or in audit: they go on."""
+    escrow: int = 0
+    """Wei escrowed for the stuck shards (reward and audit fee), back with the reclaim."""
+
+    @property
+    def same_reason(self) -> bool:
+        """Whether every worker that tried refused the shards for one and the same reason."""
+        return len(self.reasons) == 1 and self.reasons[0].workers > 0
+
+    @property
+    def final(self) -> bool:
+        """Nothing more will happen to the submission at all (no other shard is moving)."""
+        return self.in_progress == 0
+
+    @property
+    def reclaimable(self) -> bool:
+        """The deadline has passed: ``mesh job reclaim`` works now."""
+        return self.deadline is not None and self.chain_now is not None \
+            and self.chain_now > self.deadline
+
+    def summary(self) -> str:
+        """One line: which shards, why, and how the escrow comes back."""
+        why = (f"every worker refused them: {self.reasons[0].reason}" if self.same_reason
+               else "the market gave up on them" if self.cause == "refused"
+               else "their deadline is too close or past for any worker to take them")
+        return (f"{shards_text(self.shards)} will never run ({why}); their escrow "
+                f"{self._reclaim_text()}")
+
+    def lines(self) -> list[str]:
+        """The diagnosis for a person: what is wrong, that nothing more will happen, and how
+        and when the escrow comes back."""
+        from meshcompute.core.lease import MAX_FAILURES
+        from meshcompute.units import format_mesh
+
+        which = f"{shards_text(self.shards)} (job{'s' if len(self.job_ids) > 1 else ''} " \
+                f"{', '.join(str(j) for j in self.job_ids)})"
+        out = []
+        if self.cause == "refused" and self.same_reason:
+            out.append(f"{which} will never run: every worker that tried refused "
+                       f"{'them' if len(self.shards) > 1 else 'it'} for the same reason:")
+            out.append(f"  {self.reasons[0].reason}")
+        elif self.cause == "refused":
+            out.append(f"{which} will never run: the market gave up after {MAX_FAILURES} "
+                       "workers failed each; their reasons:")
+            out += [f"  {describe_failure(reason)}" for reason in self.reasons]
+        else:
+            out.append(f"{which} will never run: the deadline is too close or past for a "
+                       "worker to take them.")
+        out.append("Nothing more will happen to them: the market offers them to no worker "
+                   "(cancelling before the deadline is not possible yet).")
+        escrow = f" ({format_mesh(self.escrow)} MESH)" if self.escrow else ""
+        out.append(f"Your escrow{escrow} {self._reclaim_text()}.")
+        if self.in_progress:
+            out.append(f"The other {self.in_progress} shard"
+                       f"{'s' if self.in_progress > 1 else ''} in progress go on.")
+        return out
+
+    def _reclaim_text(self) -> str:
+        jobs = " ".join(str(j) for j in self.job_ids)
+        command = (f"`mesh job reclaim {jobs}`" if len(self.job_ids) == 1
+                   else f"`mesh job reclaim JOB` for each of jobs {', '.join(jobs.split())}")
+        if self.reclaimable:
+            return f"comes back with {command}: the deadline has passed, it works now"
+        when = f"after the deadline, {local_time(self.deadline)}" if self.deadline is not None \
+            else "after the deadline"
+        return f"comes back with {command} {when}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cause": self.cause, "shards": list(self.shards), "job_ids": list(self.job_ids),
+            "same_reason": self.same_reason,
+            "reason": self.reasons[0].reason if self.same_reason else None,
+            "failures": [reason.to_json() for reason in self.reasons],
+            "deadline": self.deadline,
+            "deadline_local": local_time(self.deadline) if self.deadline is not None else None,
+            "reclaimable_now": self.reclaimable, "in_progress": self.in_progress,
+            "escrow": str(self.escrow),
+            "reclaim": [f"mesh job reclaim {job_id}" for job_id in self.job_ids],
+            "message": " ".join(line.strip() for line in self.lines()),
+        }
+
+
+def diagnose_stuck(
+    shards: Sequence[ShardProgress], *, chain_now: int | None = None, escrow_per_shard: int = 0,
+) -> Stuck | None:
+    """The shards that will never run, when every shard still ``posted`` is one the market
+    offers no more (:class:`Stuck`); None while any posted shard may still be taken (or none
+    is posted). A posted shard is offered no more when the market gave up on it (as many
+    workers as it allows failed it: ``given_up``, or that many failure reports) or, with
+    ``chain_now``, when its deadline is within the market's margin (or past)."""
+    from meshcompute.core.lease import DEADLINE_MARGIN_S, MAX_FAILURES
+
+    posted = [s for s in shards if s.phase == "posted"]
+    if not posted:
+        return None
+    refused, late = [], []
+    for shard in posted:
+        if shard.given_up or len(shard.failures) >= MAX_FAILURES:
+            refused.append(shard)
+        elif (chain_now is not None and shard.deadline is not None
+              and shard.deadline <= chain_now + DEADLINE_MARGIN_S):
+            late.append(shard)
+        else:
+            return None
+    deadlines = [s.deadline for s in posted if s.deadline is not None]
+    return Stuck(
+        cause="refused" if refused else "deadline",
+        shards=tuple(s.index for s in posted),
+        job_ids=tuple(s.job_id for s in posted),
+        reasons=summarize_failures(refused),
+        deadline=max(deadlines) if deadlines else None,
+        chain_now=chain_now,
+        in_progress=sum(1 for s in shards if s.phase in _MOVING),
+        escrow=escrow_per_shard * len(posted),
+    )
+
+
+def submission_status(
+    shards: Sequence[ShardProgress], *, chain_now: int | None = None, escrow_per_shard: int = 0,
+) -> SubmissionStatus:
+    """The snapshot of a posted submission from its shards (in order): counts by on-chain
+    state and by phase, the failures deduplicated, the stuck diagnosis (``chain_now`` and
+    ``escrow_per_shard`` as for :func:`diagnose_stuck`) and the phase, ``done`` once every
+    shard is paid, ``stuck`` with a diagnosis, else ``running``."""
+    counts: dict[str, int] = {}
+    for shard in shards:
+        name = shard.state.name.lower()
+        counts[name] = counts.get(name, 0) + 1
+    phases = phase_counts(shards)
+    failures = summarize_failures(shards)
+    stuck = diagnose_stuck(shards, chain_now=chain_now, escrow_per_shard=escrow_per_shard)
+    total = len(shards)
+    phase = "done" if phases["paid"] == total else "stuck" if stuck is not None else "running"
+    deadlines = [s.deadline for s in shards
+                 if s.phase in ("posted", "leased") and s.deadline is not None]
+    return SubmissionStatus(phase, counts, total, "; ".join(map(describe_failure, failures)),
+                            phases, failures, stuck, tuple(shards),
+                            max(deadlines) if deadlines else None)
+
+
+class SubmissionStuck(JobFailed):
+    """:meth:`Client.wait` gave up: some shards will never run and no other shard is moving
+    (``status.stuck`` says which and why)."""
+
+    def __init__(self, status: SubmissionStatus) -> None:
+        assert status.stuck is not None
+        super().__init__(status.stuck.summary())
+        self.status = status
+
+
+def local_time(timestamp: int) -> str:
+    """A unix time as this machine's local date and time, with its zone."""
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def shards_text(indexes: Sequence[int]) -> str:
+    """``shard 3``, ``shards 0-3``, ``shards 0, 2, 5-7``."""
+    runs: list[list[int]] = []
+    for index in sorted(indexes):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return f"shard{'s' if len(indexes) > 1 else ''} {text}"
+
+
+def describe_failure(summary: FailureSummary) -> str:
+    """``3 workers, shards 0-3: REASON`` (the market's own note: ``market: REASON``)."""
+    who = (f"{summary.workers} worker{'s' if summary.workers > 1 else ''}" if summary.workers
+           else "market")
+    return f"{who}, {shards_text(summary.shards)}: {summary.reason}"

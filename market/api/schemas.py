@@ -212,6 +212,11 @@ class ResultsOut(BaseModel):
     results: list[ResultOut]
 
 
+class FailureOut(BaseModel):
+    worker: str
+    reason: str
+
+
 class JobOut(BaseModel):
     job_id: int
     state: str
@@ -224,6 +229,10 @@ class JobOut(BaseModel):
     lease_expiry: int | None = None
     output_sha256: str | None
     failure: str | None
+    failures: list[FailureOut] = []
+    """Every worker that failed to run the job, with its (latest) reason."""
+    given_up: bool = False
+    """The market offers the job no more: as many workers as it allows failed to run it."""
     audited: bool
     group: str | None
 

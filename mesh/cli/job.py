@@ -8,15 +8,20 @@ shown is always read from the chain.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
-from meshcompute.errors import BadInput, NotFound
+from meshcompute.errors import BadInput, JobFailed, NotFound
 
 if TYPE_CHECKING:
     from meshcompute.client import Client, Submission, SubmissionStatus
@@ -60,21 +65,194 @@ def _client() -> Client:
     return Client.from_wallet()
 
 
-class _Bar:
-    """A rich progress bar fed with SubmissionStatus snapshots."""
+#: After this long with nothing moving and every open shard still posted, say why that may be.
+HINT_AFTER_S = 120.0
+_SUBMITTING = ("uploading", "posting", "posted")
 
-    def __init__(self, progress: Progress, total: int) -> None:
-        self.progress = progress
-        self.task = progress.add_task("starting", total=total)
+
+class _Watch:
+    """Shows the SubmissionStatus snapshots of ``submit`` and ``wait``: on a terminal, a live
+    display updated in place (a bar of the shards paid, the shards per phase, the workers'
+    failure reasons deduplicated); elsewhere (a pipe, a log, a test), one line per change,
+    never one per poll. Either way a stuck diagnosis is printed once, and a hint once when
+    nothing has moved for ``hint_after_s`` while every open shard is still posted.
+    ``quiet`` (``--json``) prints nothing and only keeps the last snapshot."""
+
+    def __init__(self, out: Console, total: int, *, live: bool | None = None,
+                 quiet: bool = False, clock: Callable[[], float] = time.monotonic,
+                 hint_after_s: float = HINT_AFTER_S) -> None:
+        self.out = out
+        self.total = total
+        self.live = out.is_terminal if live is None else live
+        self.quiet = quiet
+        self.clock = clock
+        self.hint_after_s = hint_after_s
+        self.submission: Submission | None = None
+        """Set once posted: the waiting hint names its device, memory and reward."""
+        self.last: SubmissionStatus | None = None
+        self._started = clock()
+        self._changed = self._started
+        self._key: object = None
+        self._failures: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._stuck: object = None
+        self._hinted = False
+        self._display: Live | None = None
+
+    def __enter__(self) -> Self:
+        if self.live and not self.quiet:
+            self._display = Live(console=self.out, get_renderable=self._render,
+                                 refresh_per_second=4)
+            self._display.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._display is not None:
+            self._display.stop()
+            self._display = None
 
     def __call__(self, status: SubmissionStatus) -> None:
-        done = status.counts.get("finalized", 0) if status.phase in ("running", "done") else (
-            status.counts.get("uploaded", status.counts.get("posted", 0))
-        )
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items()))
-        self.progress.update(
-            self.task, completed=done, description=f"{status.phase:<9} {counts} {status.detail}"
-        )
+        self.last = status
+        now = self.clock()
+        key = _change_key(status)
+        if key != self._key:
+            self._key, self._changed = key, now
+            self._line(Text(f"[{_clock(now - self._started)}] {progress_line(status)}"))
+        for failure in status.failures:
+            seen = (failure.workers, failure.shards)
+            if self._failures.get(failure.reason) != seen:
+                self._failures[failure.reason] = seen
+                self._line(Text(f"  failure: {_failure_text(failure)}"))
+        if status.stuck is not None:
+            stuck_key = (status.stuck.cause, status.stuck.shards)
+            if stuck_key != self._stuck:
+                self._stuck = stuck_key
+                self._print_once(status.stuck.lines(), "stuck")
+        elif not self._hinted:
+            hint = waiting_hint(status, now - self._changed, self.submission,
+                                after_s=self.hint_after_s)
+            if hint is not None:
+                self._hinted = True
+                self._print_once([hint], "waiting")
+
+    def _line(self, text: Text) -> None:
+        """A change, printed only where there is no live display."""
+        if not self.quiet and self._display is None:
+            self.out.print(text, soft_wrap=True)
+
+    def _print_once(self, lines: list[str], title: str) -> None:
+        if self.quiet:
+            return
+        if self._display is not None:
+            style = "red" if title == "stuck" else "yellow"
+            self.out.print(Panel(Text("\n".join(lines)), title=title, border_style=style,
+                                 title_align="left"))
+        else:
+            self.out.print(Text(f"{title}: {lines[0]}"), soft_wrap=True)
+            for line in lines[1:]:
+                self.out.print(Text(f"  {line}"), soft_wrap=True)
+
+    def _render(self) -> RenderableType:
+        status = self.last
+        elapsed = _clock(self.clock() - self._started)
+        if status is None:
+            return Text(f"starting  {elapsed}")
+        if status.phase in _SUBMITTING:
+            done = status.counts.get("uploaded", status.counts.get("posted", 0))
+        else:
+            done = status.phases.get("paid", 0)
+        top = Table.grid(padding=(0, 1))
+        top.add_row(Text(f"{status.phase:<9}"),
+                    ProgressBar(total=max(1, status.total), completed=done, width=40),
+                    Text(f"{done}/{status.total} {'paid' if status.phases else 'done'}"),
+                    Text(elapsed, style="dim"))
+        parts: list[RenderableType] = [top, Text(progress_line(status, all_phases=True))]
+        if status.failures:
+            parts.append(Text("worker failures:"))
+            parts += [Text(f"  {_failure_text(f)}") for f in status.failures[:5]]
+            if len(status.failures) > 5:
+                parts.append(Text(f"  ... and {len(status.failures) - 5} more reasons"))
+        return Group(*parts)
+
+
+def progress_line(status: SubmissionStatus, *, all_phases: bool = False) -> str:
+    """``running: posted 3, leased 1 (of 4)``; while submitting, what is being uploaded or
+    posted. ``all_phases``: every phase, zeros included."""
+    if status.phase in _SUBMITTING or not status.phases:
+        what = status.detail or ", ".join(f"{k} {v}" for k, v in status.counts.items())
+        return f"{status.phase}: {what}" if what else status.phase
+    shown = [(k, v) for k, v in status.phases.items() if v or all_phases]
+    counts = (" · " if all_phases else ", ").join(f"{k} {v}" for k, v in shown)
+    return counts if all_phases else f"{status.phase}: {counts} (of {status.total})"
+
+
+def waiting_hint(status: SubmissionStatus, idle_s: float, submission: Submission | None,
+                 *, after_s: float = HINT_AFTER_S) -> str | None:
+    """Why nothing may be happening, once ``idle_s`` passed ``after_s`` with every open
+    shard still posted and none given up: the workers that tried refused (the market may
+    still find others), or no worker took any. The market does not publish its registered
+    workers, so whether one fits the job's device, memory and price cannot be checked here."""
+    from meshcompute.core.lease import MAX_FAILURES
+
+    phases = status.phases
+    if (status.phase != "running" or idle_s < after_s or not phases.get("posted")
+            or any(phases.get(p) for p in ("leased", "committed", "audited"))):
+        return None
+    waited = _clock(idle_s)
+    deadline = ""
+    if status.deadline is not None:
+        from meshcompute.client import local_time
+
+        deadline = (f"; if none does, `mesh job reclaim JOB` returns the escrow after the "
+                    f"deadline, {local_time(status.deadline)}")
+    tried = [f for f in status.failures if f.workers]
+    if tried:
+        same = "the same reason" if len(tried) == 1 else f"{len(tried)} different reasons"
+        return (f"no shard has moved for {waited}: the workers that tried refused them for "
+                f"{same} (above). The market offers them to other workers that fit, if "
+                f"there are any, and gives up on a job after {MAX_FAILURES} workers failed "
+                f"it{deadline}")
+    if submission is not None and submission.shards:
+        from meshcompute.units import format_mesh
+
+        spec = submission.shards[0].spec
+        fit = (f"device {spec.device}, {spec.memory_limit_mb} MB of memory, a price of at "
+               f"most {format_mesh(submission.reward_per_shard)} MESH per shard, free stake "
+               f"for {format_mesh(submission.collateral_per_shard)} MESH of collateral")
+    else:
+        fit = "device, memory, price, free stake for the collateral"
+    return (f"no worker has taken a shard for {waited}: the market offers a job only to a "
+            f"registered, heartbeating worker that fits it ({fit}). The market does not "
+            f"publish its registered workers, so this cannot tell whether any fits{deadline}")
+
+
+def _failure_text(failure: Any) -> str:
+    from meshcompute.client import describe_failure
+
+    return describe_failure(failure)
+
+
+def _change_key(status: SubmissionStatus) -> object:
+    if status.phase in _SUBMITTING or not status.phases:
+        return (status.phase, tuple(status.counts.items()), status.detail)
+    return (status.phase, tuple(status.phases.items()))
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _status_json(status: SubmissionStatus | None, total: int) -> dict[str, Any]:
+    """The phase counts, failures and stuck diagnosis of ``--json`` (all shards posted when
+    no snapshot after posting was taken)."""
+    from meshcompute.client import PHASES
+
+    if status is None or not status.phases:
+        phases = dict.fromkeys(PHASES, 0)
+        phases["posted"] = total
+        return {"phase": "posted", "phases": phases, "failures": [], "stuck": None}
+    data = status.to_json()
+    return {k: data[k] for k in ("phase", "phases", "failures", "stuck")}
 
 
 def audit_rate(audit_bps: int | None, *, audit_all: bool = False) -> int:
@@ -126,19 +304,29 @@ def submit(
 
     min_audit_bps = audit_rate(audit_bps, audit_all=audit_all)
     client = _client()
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=as_json) as progress:
-        bar = _Bar(progress, shards)
+    outputs = None
+    with _Watch(console, shards, quiet=as_json) as watch:
         submission = client.submit(
             program, inputs, shards=shards, pay=pay, tolerance=tolerance, device=device,
-            deadline=deadline, audit_bps=min_audit_bps, progress=bar,
+            deadline=deadline, audit_bps=min_audit_bps, progress=watch,
             check_stability=stability_check,
         )
+        watch.submission = submission
         save_submission(submission)
-        outputs = client.wait(submission, progress=bar) if wait else None
-        if outputs is not None:
+        if wait:
+            try:
+                outputs = client.wait(submission, progress=watch)
+            except JobFailed as exc:
+                save_submission(submission)  # re-posted shards changed the job ids
+                if as_json:
+                    print(json.dumps({"name": submission.name, "job_ids": submission.job_ids,
+                                      "group": submission.group,
+                                      **_status_json(watch.last, shards),
+                                      "error": " ".join(str(exc).split())}))
+                raise
             save_submission(submission)  # re-posted shards changed the job ids
-    result = {"name": submission.name, "job_ids": submission.job_ids, "group": submission.group}
+    result = {"name": submission.name, "job_ids": submission.job_ids, "group": submission.group,
+              **_status_json(watch.last, shards)}
     if outputs is not None:
         target = out or Path(f"{submission.name}.out.safetensors")
         target.write_bytes(save_tensors(outputs, prefix="out"))
@@ -156,24 +344,36 @@ def status(
     name: Annotated[str, typer.Argument(help="Group id or job id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """On-chain state of every shard of a submission."""
+    """State of every shard of a submission: on chain, its phase (posted, leased, committed,
+    audited, paid, refunded, slashed), why workers could not run it, and whether it is stuck."""
     submission = load_submission(name)
     client = _client()
-    states = client.states(submission)
+    snapshot = client.status(submission)
     verified = client.verification(submission)
     rows = [
-        {"shard": s.index, "job_id": s.job_id, "state": states[s.job_id].name.lower(),
-         "verification": verified[s.index], "attempts": s.attempts}
-        for s in submission.shards
+        {"shard": s.index, "job_id": shard.job_id, "state": shard.state.name.lower(),
+         "phase": shard.phase, "verification": verified[s.index], "attempts": s.attempts,
+         "lease_holder": shard.leased_by,
+         "failures": [{"worker": w, "reason": r} for w, r in shard.failures]
+         + ([{"worker": None, "reason": shard.note}] if shard.note else [])}
+        for s, shard in zip(submission.shards, snapshot.shards, strict=True)
     ]
     if as_json:
-        print(json.dumps({"name": submission.name, "shards": rows}))
+        print(json.dumps({"name": submission.name, "shards": rows,
+                          **_status_json(snapshot, len(rows))}))
         return
-    table = Table("shard", "job", "state", "verification", "attempts")
+    table = Table("shard", "job", "state", "phase", "verification", "attempts")
     for row in rows:
-        table.add_row(str(row["shard"]), str(row["job_id"]), row["state"],
+        table.add_row(str(row["shard"]), str(row["job_id"]), row["state"], row["phase"],
                       row["verification"], str(row["attempts"]))
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    out.print(Text(progress_line(snapshot)))
+    for failure in snapshot.failures:
+        out.print(Text(f"  failure: {_failure_text(failure)}"), soft_wrap=True)
+    if snapshot.stuck is not None:
+        out.print(Panel(Text("\n".join(snapshot.stuck.lines())), title="stuck",
+                        border_style="red", title_align="left"))
 
 
 @app.command("result")
@@ -210,7 +410,7 @@ def list_jobs(
     rows = []
     for sub in subs:
         assert client is not None
-        counts = client.status(sub).counts
+        counts = client.status(sub, market=False).counts
         rows.append({"name": sub.name, "shards": len(sub.shards), "job_ids": sub.job_ids,
                      "states": counts})
     if as_json:

@@ -206,6 +206,10 @@ class JobView:
     group: str | None
     lease_holder: str | None = None
     lease_expiry: int | None = None
+    failures: tuple[tuple[str, str], ...] = ()
+    """``(worker, reason)`` for every worker that failed to run the job."""
+    given_up: bool = False
+    """The market offers the job no more (as many workers as it allows failed it)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobView:
@@ -223,6 +227,9 @@ class JobView:
             group=data.get("group"),
             lease_holder=data.get("lease_holder"),
             lease_expiry=data.get("lease_expiry"),
+            failures=tuple((str(f["worker"]), str(f["reason"]))
+                           for f in data.get("failures") or ()),
+            given_up=bool(data.get("given_up", False)),
         )
 
 
