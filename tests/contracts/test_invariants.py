@@ -847,25 +847,29 @@ class MarketMachine(RuleBasedStateMachine):
         if actor not in self.world.verifiers:
             raise Revert("AccessControlUnauthorizedAccount")
 
+    def _predict_verdict(self, job_id: int, j: JobRecord, verifier: MeshActor) -> None:
+        """JobMarket._openAudit: the checks every verdict on a drawn job passes first."""
+        self._check_role(verifier)
+        self._open(job_id)
+        if verifier.address in (j.worker, j.client):
+            raise Revert("VerifierConflict")
+        if j.state == JobState.COMMITTED:
+            # gas estimation runs in the latest block (the transaction in the next)
+            if self.block <= j.committed_block + 1:
+                raise Revert("AuditDrawPending")
+            if not self._drawn(job_id, j, self.block):
+                raise Revert("NotDrawnForAudit")
+        elif j.state != JobState.AUDITED:
+            raise Revert("InvalidJobState")
+        if self.now > j.committed_at + CHALLENGE + AUDIT:
+            raise Revert("WindowClosed")
+
     def _do_resolve_audit(self, job_id: int, verifier: MeshActor, passed: bool) -> bool:
         j = self.jobs[job_id]
         evidence = keccak(text=f"evidence-{job_id}")
 
         def predict() -> None:
-            self._check_role(verifier)
-            self._open(job_id)
-            if verifier.address in (j.worker, j.client):
-                raise Revert("VerifierConflict")
-            if j.state == JobState.COMMITTED:
-                # gas estimation runs in the latest block (the transaction in the next)
-                if self.block <= j.committed_block + 1:
-                    raise Revert("AuditDrawPending")
-                if not self._drawn(job_id, j, self.block):
-                    raise Revert("NotDrawnForAudit")
-            elif j.state != JobState.AUDITED:
-                raise Revert("InvalidJobState")
-            if self.now > j.committed_at + CHALLENGE + AUDIT:
-                raise Revert("WindowClosed")
+            self._predict_verdict(job_id, j, verifier)
             if not passed and j.reward > self.stake[verifier.address].free:
                 raise Revert("InsufficientFreeStake")  # no bond behind the accusation
 
@@ -895,19 +899,7 @@ class MarketMachine(RuleBasedStateMachine):
         evidence = keccak(text=f"void-{job_id}")
 
         def predict() -> None:
-            self._check_role(verifier)
-            self._open(job_id)
-            if verifier.address in (j.worker, j.client):
-                raise Revert("VerifierConflict")
-            if j.state == JobState.COMMITTED:
-                if self.block <= j.committed_block + 1:
-                    raise Revert("AuditDrawPending")
-                if not self._drawn(job_id, j, self.block):
-                    raise Revert("NotDrawnForAudit")
-            elif j.state != JobState.AUDITED:
-                raise Revert("InvalidJobState")
-            if self.now > j.committed_at + CHALLENGE + AUDIT:
-                raise Revert("WindowClosed")
+            self._predict_verdict(job_id, j, verifier)
 
         ok, _ = self._send("voidAudit", predict, lambda: verifier.void_audit(job_id, evidence, j))
         if not ok:
