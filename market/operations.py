@@ -9,12 +9,20 @@ narrower 400/413, AuthError 401, Forbidden 403, NotFound 404, Conflict 409).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
-from meshcompute.core.lease import given_up, leasable, lease_expired, lease_unit, offer_lapsed
+from meshcompute.core.lease import (
+    given_up,
+    heartbeating,
+    leasable,
+    lease_expired,
+    lease_unit,
+    offer_lapsed,
+)
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
 from meshcompute.market.runtime import MarketRuntime
@@ -257,6 +265,47 @@ def heartbeat(rt: MarketRuntime, address: str, running: Sequence[int], now: floa
     registered(rt, address)
     rt.state.touch_worker(address, now)
     return rt.settings.lease_s
+
+
+#: At most this many distinct (device, memory, accelerator memory, price) rows in a capacity
+#: read; a fleet with more says ``truncated`` (the rows kept are the most common ones).
+CAPACITY_MAX_ROWS = 100
+#: A capacity read is reused for this many seconds (it costs one read of every worker).
+CAPACITY_CACHE_S = 2.0
+# By runtime id, with a weak reference to tell a reused id apart (a runtime is not hashable).
+_capacity_cache: dict[int, tuple[weakref.ref[MarketRuntime], float, dict[str, Any]]] = {}
+
+
+def worker_capacity(rt: MarketRuntime, now: float) -> dict[str, Any]:
+    """What the live workers (registered and heartbeating, as matching picks them) offer, in
+    aggregate: ``live_workers`` and ``rows`` of distinct ``(device, memory_mb, gpu_memory_mb,
+    price_wei)`` with a ``workers`` count, most common first, at most
+    :data:`CAPACITY_MAX_ROWS` (``truncated`` when more). No addresses, operators or times.
+    Free stake and slots are left out: they change every round (and reading stake costs a
+    chain call per worker). Reused for :data:`CAPACITY_CACHE_S` seconds."""
+    cached = _capacity_cache.get(id(rt))
+    if cached is not None and cached[0]() is rt and cached[1] <= now < cached[1] + CAPACITY_CACHE_S:
+        return cached[2]
+    counts: dict[tuple[str, int, int, int], int] = {}
+    live = 0
+    for worker in rt.state.workers():
+        if not heartbeating(worker.last_seen, now, rt.heartbeat_timeout_s):
+            continue
+        live += 1
+        key = (worker.device.lower(), worker.memory_mb, worker.gpu_memory_mb, worker.price_wei)
+        counts[key] = counts.get(key, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    view = {
+        "live_workers": live,
+        "rows": [{"device": device, "memory_mb": memory, "gpu_memory_mb": gpu_memory,
+                  "price_wei": str(price), "workers": count}
+                 for (device, memory, gpu_memory, price), count in ordered[:CAPACITY_MAX_ROWS]],
+        "truncated": len(ordered) > CAPACITY_MAX_ROWS,
+    }
+    for key in [k for k, (ref, _, _) in _capacity_cache.items() if ref() is None]:
+        del _capacity_cache[key]
+    _capacity_cache[id(rt)] = (weakref.ref(rt), now, view)
+    return view
 
 
 # ---------------------------------------------------------------------- leases

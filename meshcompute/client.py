@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from meshcompute.chain.connect import ChainConnection
     from meshcompute.execution.stability import StabilityReport
     from meshcompute.settings import Settings
-    from meshcompute.wire.market_client import MarketClient
+    from meshcompute.wire.market_client import MarketClient, WorkerCapacity
 
 log = logging.getLogger("meshcompute.client")
 
+#: :meth:`Client.wait` reads the market's live workers at most this often (seconds).
+CAPACITY_POLL_S = 10.0
 #: Shards serialised and uploaded per round trip (a bundle of inputs, then their specs).
 _UPLOAD_STEP = 256
 Progress = Callable[["SubmissionStatus"], None]
@@ -353,14 +355,38 @@ class Client:
         return self._status(submission, records, market=market)
 
     def _status(self, submission: Submission, records: dict[int, Any], *,
-                market: bool = True) -> SubmissionStatus:
+                market: bool = True,
+                capacity: Callable[[], WorkerCapacity | None] | None = None,
+                ) -> SubmissionStatus:
         shards = self._market_failures(submission, records, ask_market=market)
         chain_now = None
+        live = None
         if any(shard.phase == "posted" for shard in shards):
             chain_now = int(self.connection.w3.eth.get_block("latest")["timestamp"])
+            if market and capacity is not None:
+                live = capacity()
         return submission_status(
             shards, chain_now=chain_now,
-            escrow_per_shard=submission.reward_per_shard + submission.audit_fee_per_shard)
+            escrow_per_shard=submission.reward_per_shard + submission.audit_fee_per_shard,
+            capacity=live, needs=submission_needs(submission) if live is not None else None)
+
+    def _capacity_reader(self) -> Callable[[], WorkerCapacity | None]:
+        """Reads the market's live workers (``GET /workers/capacity``) at most once per
+        :data:`CAPACITY_POLL_S`; None when it cannot be read or the market has no such
+        route (then no ``no_worker_fits`` diagnosis is made)."""
+        last: list[Any] = [None, None]  # [monotonic time of the read, the read]
+
+        def read() -> WorkerCapacity | None:
+            now = time.monotonic()
+            if last[0] is None or now - last[0] >= CAPACITY_POLL_S:
+                try:
+                    last[1] = self.market.worker_capacity()
+                except MeshError:
+                    last[1] = None
+                last[0] = now
+            return last[1]
+
+        return read
 
     def wait(
         self,
@@ -382,8 +408,12 @@ class Client:
         failure reasons, a stuck diagnosis). Shards that will never run (the market gave up
         on every shard still posted, or their deadline is too close: :func:`diagnose_stuck`)
         raise :class:`SubmissionStuck` (a :class:`JobFailed`) once no other shard is moving,
-        instead of waiting out ``timeout_s``."""
+        instead of waiting out ``timeout_s``. When no worker live at the market now can take
+        any posted shard (its device, memory or price; read from ``GET /workers/capacity``),
+        ``progress`` gets a ``no_worker_fits`` diagnosis, but the wait goes on: a worker may
+        still come online."""
         give_up = time.monotonic() + timeout_s
+        capacity = self._capacity_reader()
         while True:
             records = self.connection.contracts.job_records(submission.job_ids)
             states = {job_id: records[job_id].state for job_id in submission.job_ids}
@@ -409,7 +439,7 @@ class Client:
                     )
                 self._repost(submission, failed)
                 continue
-            status = self._status(submission, records)
+            status = self._status(submission, records, capacity=capacity)
             if progress is not None:
                 progress(status)
             if status.phase == "done":
@@ -763,7 +793,12 @@ class Stuck:
     """Shards that will never run: every shard still ``posted`` is one the market offers no
     more, because as many workers as it allows failed it (``cause`` ``"refused"``) or its
     deadline is too close or past (``"deadline"``). Their escrow comes back only with
-    ``mesh job reclaim JOB`` once the deadline has passed (:meth:`Client.reclaim`)."""
+    ``mesh job reclaim JOB`` once the deadline has passed (:meth:`Client.reclaim`).
+
+    ``cause`` ``"no_worker_fits"`` is not permanent (``permanent`` False, so never
+    ``final``): no worker live at the market now can take any shard still posted (device,
+    memory or price, ``detail`` says what is missing), but a fitting worker may still come
+    online before the deadline, so the shards keep waiting."""
 
     cause: str
     shards: tuple[int, ...]
@@ -776,6 +811,14 @@ class Stuck:
     """Other shards still leased, committed or in audit: they go on."""
     escrow: int = 0
     """Wei escrowed for the stuck shards (reward and audit fee), back with the reclaim."""
+    detail: str = ""
+    """For ``no_worker_fits``: what no live worker has (:func:`capacity_misfit`)."""
+
+    @property
+    def permanent(self) -> bool:
+        """The market will never offer these shards again (``refused``, ``deadline``); False
+        for ``no_worker_fits``: a worker that fits may still come online."""
+        return self.cause != NO_WORKER_FITS
 
     @property
     def same_reason(self) -> bool:
@@ -784,8 +827,9 @@ class Stuck:
 
     @property
     def final(self) -> bool:
-        """Nothing more will happen to the submission at all (no other shard is moving)."""
-        return self.in_progress == 0
+        """Nothing more will happen to the submission at all: the stuck shards are stuck for
+        good (:attr:`permanent`) and no other shard is moving."""
+        return self.permanent and self.in_progress == 0
 
     @property
     def reclaimable(self) -> bool:
@@ -795,6 +839,9 @@ class Stuck:
 
     def summary(self) -> str:
         """One line: which shards, why, and how the escrow comes back."""
+        if not self.permanent:
+            return (f"no live worker can take {shards_text(self.shards)} now ({self.detail}); "
+                    "still waiting for one to come online")
         why = (f"every worker refused them: {self.reasons[0].reason}" if self.same_reason
                else "the market gave up on them" if self.cause == "refused"
                else "their deadline is too close or past for any worker to take them")
@@ -810,6 +857,13 @@ class Stuck:
         which = f"{shards_text(self.shards)} (job{'s' if len(self.job_ids) > 1 else ''} " \
                 f"{', '.join(str(j) for j in self.job_ids)})"
         out = []
+        if not self.permanent:
+            out.append(f"no live worker can take {which} now: {self.detail}.")
+            out.append("Still waiting: the market offers them to a worker that fits as soon as "
+                       "one comes online (registered and heartbeating).")
+            escrow = f" ({format_mesh(self.escrow)} MESH)" if self.escrow else ""
+            out.append(f"If none does, your escrow{escrow} {self._reclaim_text()}.")
+            return out
         if self.cause == "refused" and self.same_reason:
             out.append(f"{which} will never run: every worker that tried refused "
                        f"{'them' if len(self.shards) > 1 else 'it'} for the same reason:")
@@ -849,20 +903,84 @@ class Stuck:
             "deadline": self.deadline,
             "deadline_local": local_time(self.deadline) if self.deadline is not None else None,
             "reclaimable_now": self.reclaimable, "in_progress": self.in_progress,
-            "escrow": str(self.escrow),
+            "escrow": str(self.escrow), "permanent": self.permanent, "detail": self.detail,
             "reclaim": [f"mesh job reclaim {job_id}" for job_id in self.job_ids],
             "message": " ".join(line.strip() for line in self.lines()),
         }
 
 
+NO_WORKER_FITS = "no_worker_fits"
+
+
+@dataclass(frozen=True)
+class ShardNeeds:
+    """What a worker must offer to take a shard: its spec's device and memory, and a price
+    at most the shard's reward (wei)."""
+
+    device: str
+    memory_mb: int
+    reward: int
+
+
+def submission_needs(submission: Submission) -> dict[int, ShardNeeds]:
+    """Each shard's :class:`ShardNeeds`, by shard index."""
+    return {s.index: ShardNeeds(s.spec.device, s.spec.memory_limit_mb,
+                                submission.reward_per_shard)
+            for s in submission.shards}
+
+
+def capacity_misfit(needs: ShardNeeds, capacity: WorkerCapacity) -> str | None:
+    """What no live worker of ``capacity`` has for a shard with ``needs``, for a person (e.g.
+    ``no live worker has device cuda; 3 live workers: 3 cpu``), or None when some row fits
+    or the read cannot tell (``truncated``). Uses matching's own rules
+    (:func:`meshcompute.core.matching.misfit`); free stake and slots are not known here."""
+    from meshcompute.core.matching import misfit
+    from meshcompute.units import format_mesh
+
+    if capacity.live_workers <= 0:
+        return "no worker is live at the market (registered and heartbeating)"
+    reasons = [misfit(needs.device, needs.memory_mb, needs.reward, device=row.device,
+                      memory_mb=row.memory_mb, gpu_memory_mb=row.gpu_memory_mb,
+                      price_wei=row.price_wei)
+               for row in capacity.rows if row.workers > 0]
+    if capacity.truncated or None in reasons:
+        return None
+    devices: dict[str, int] = {}
+    for row in capacity.rows:
+        devices[row.device] = devices.get(row.device, 0) + row.workers
+    fleet = ", ".join(f"{n} {d}" for d, n in sorted(devices.items(), key=lambda x: -x[1]))
+    live = (f"{capacity.live_workers} live worker{'s' if capacity.live_workers != 1 else ''}"
+            f": {fleet}")
+    accel = needs.device.lower() != "cpu"
+    if "memory" not in reasons and "price" not in reasons:
+        return f"no live worker has device {needs.device}; {live}"
+    if "price" not in reasons:
+        kind = "GPU memory" if accel else "memory"
+        most = max((row.gpu_memory_mb if accel else row.memory_mb) for row, why
+                   in zip(capacity.rows, reasons, strict=True) if why == "memory")
+        return (f"no live worker{f' with device {needs.device}' if accel else ''} has "
+                f"{needs.memory_mb} MB of {kind} (the most is {most} MB); {live}")
+    cheapest = min(row.price_wei for row, why in zip(capacity.rows, reasons, strict=True)
+                   if why == "price")
+    return (f"every live worker that fits the device and memory asks more than the reward of "
+            f"{format_mesh(needs.reward)} MESH per shard (the cheapest asks "
+            f"{format_mesh(cheapest)} MESH); {live}")
+
+
 def diagnose_stuck(
     shards: Sequence[ShardProgress], *, chain_now: int | None = None, escrow_per_shard: int = 0,
+    capacity: WorkerCapacity | None = None, needs: Mapping[int, ShardNeeds] | None = None,
 ) -> Stuck | None:
     """The shards that will never run, when every shard still ``posted`` is one the market
     offers no more (:class:`Stuck`); None while any posted shard may still be taken (or none
     is posted). A posted shard is offered no more when the market gave up on it (as many
     workers as it allows failed it: ``given_up``, or that many failure reports) or, with
-    ``chain_now``, when its deadline is within the market's margin (or past)."""
+    ``chain_now``, when its deadline is within the market's margin (or past).
+
+    Otherwise, with the market's ``capacity`` (``GET /workers/capacity``; None when it could
+    not be read or the market has no such route: no diagnosis) and each shard's ``needs``:
+    when no live worker can take any posted shard now, cause ``no_worker_fits`` (not
+    :attr:`Stuck.permanent`: the shards keep waiting for a worker to come online)."""
     from meshcompute.core.lease import DEADLINE_MARGIN_S, MAX_FAILURES
 
     posted = [s for s in shards if s.phase == "posted"]
@@ -876,7 +994,7 @@ def diagnose_stuck(
               and shard.deadline <= chain_now + DEADLINE_MARGIN_S):
             late.append(shard)
         else:
-            return None
+            return _no_worker_fits(shards, posted, chain_now, escrow_per_shard, capacity, needs)
     deadlines = [s.deadline for s in posted if s.deadline is not None]
     return Stuck(
         cause="refused" if refused else "deadline",
@@ -890,22 +1008,54 @@ def diagnose_stuck(
     )
 
 
+def _no_worker_fits(
+    shards: Sequence[ShardProgress], posted: Sequence[ShardProgress], chain_now: int | None,
+    escrow_per_shard: int, capacity: WorkerCapacity | None,
+    needs: Mapping[int, ShardNeeds] | None,
+) -> Stuck | None:
+    if capacity is None or not needs or any(s.index not in needs for s in posted):
+        return None
+    details: list[str] = []
+    for shard in posted:
+        detail = capacity_misfit(needs[shard.index], capacity)
+        if detail is None:
+            return None
+        if detail not in details:
+            details.append(detail)
+    deadlines = [s.deadline for s in posted if s.deadline is not None]
+    return Stuck(
+        cause=NO_WORKER_FITS,
+        shards=tuple(s.index for s in posted),
+        job_ids=tuple(s.job_id for s in posted),
+        reasons=(),
+        deadline=max(deadlines) if deadlines else None,
+        chain_now=chain_now,
+        in_progress=sum(1 for s in shards if s.phase in _MOVING),
+        escrow=escrow_per_shard * len(posted),
+        detail="; ".join(details),
+    )
+
+
 def submission_status(
     shards: Sequence[ShardProgress], *, chain_now: int | None = None, escrow_per_shard: int = 0,
+    capacity: WorkerCapacity | None = None, needs: Mapping[int, ShardNeeds] | None = None,
 ) -> SubmissionStatus:
     """The snapshot of a posted submission from its shards (in order): counts by on-chain
     state and by phase, the failures deduplicated, the stuck diagnosis (``chain_now`` and
-    ``escrow_per_shard`` as for :func:`diagnose_stuck`) and the phase, ``done`` once every
-    shard is paid, ``stuck`` with a diagnosis, else ``running``."""
+    ``escrow_per_shard``, ``capacity`` and ``needs`` as for :func:`diagnose_stuck`) and the
+    phase, ``done`` once every shard is paid, ``stuck`` with a permanent diagnosis, else
+    ``running`` (with a ``no_worker_fits`` diagnosis, too: the shards keep waiting)."""
     counts: dict[str, int] = {}
     for shard in shards:
         name = shard.state.name.lower()
         counts[name] = counts.get(name, 0) + 1
     phases = phase_counts(shards)
     failures = summarize_failures(shards)
-    stuck = diagnose_stuck(shards, chain_now=chain_now, escrow_per_shard=escrow_per_shard)
+    stuck = diagnose_stuck(shards, chain_now=chain_now, escrow_per_shard=escrow_per_shard,
+                           capacity=capacity, needs=needs)
     total = len(shards)
-    phase = "done" if phases["paid"] == total else "stuck" if stuck is not None else "running"
+    phase = ("done" if phases["paid"] == total
+             else "stuck" if stuck is not None and stuck.permanent else "running")
     deadlines = [s.deadline for s in shards
                  if s.phase in ("posted", "leased") and s.deadline is not None]
     return SubmissionStatus(phase, counts, total, "; ".join(map(describe_failure, failures)),

@@ -177,6 +177,20 @@ class HeartbeatOut(BaseModel):
     lease_s: int
 
 
+class CapacityRowOut(BaseModel):
+    device: str
+    memory_mb: int
+    gpu_memory_mb: int
+    price_wei: str
+    workers: int
+
+
+class CapacityOut(BaseModel):
+    live_workers: int
+    rows: list[CapacityRowOut]
+    truncated: bool
+
+
 class TicketOut(BaseModel):
     worker: str
     job_ids: list[int]

@@ -126,7 +126,8 @@ class _Watch:
             stuck_key = (status.stuck.cause, status.stuck.shards)
             if stuck_key != self._stuck:
                 self._stuck = stuck_key
-                self._print_once(status.stuck.lines(), "stuck")
+                self._print_once(status.stuck.lines(),
+                                 "stuck" if status.stuck.permanent else "no worker fits")
         elif not self._hinted:
             hint = waiting_hint(status, now - self._changed, self.submission,
                                 after_s=self.hint_after_s)
@@ -189,8 +190,9 @@ def waiting_hint(status: SubmissionStatus, idle_s: float, submission: Submission
                  *, after_s: float = HINT_AFTER_S) -> str | None:
     """Why nothing may be happening, once ``idle_s`` passed ``after_s`` with every open
     shard still posted and none given up: the workers that tried refused (the market may
-    still find others), or no worker took any. The market does not publish its registered
-    workers, so whether one fits the job's device, memory and price cannot be checked here."""
+    still find others), or no worker took any although some live worker fits its device,
+    memory and price (or the market publishes no capacity): stake and free slots are not
+    published, so this cannot tell which."""
     from meshcompute.core.lease import MAX_FAILURES
 
     phases = status.phases
@@ -222,7 +224,8 @@ def waiting_hint(status: SubmissionStatus, idle_s: float, submission: Submission
         fit = "device, memory, price, free stake for the collateral"
     return (f"no worker has taken a shard for {waited}: the market offers a job only to a "
             f"registered, heartbeating worker that fits it ({fit}). The market does not "
-            f"publish its registered workers, so this cannot tell whether any fits{deadline}")
+            f"publish its workers' free stake or slots, so this cannot tell whether one is "
+            f"only busy{deadline}")
 
 
 def _failure_text(failure: Any) -> str:
@@ -372,8 +375,10 @@ def status(
     for failure in snapshot.failures:
         out.print(Text(f"  failure: {_failure_text(failure)}"), soft_wrap=True)
     if snapshot.stuck is not None:
-        out.print(Panel(Text("\n".join(snapshot.stuck.lines())), title="stuck",
-                        border_style="red", title_align="left"))
+        permanent = snapshot.stuck.permanent
+        out.print(Panel(Text("\n".join(snapshot.stuck.lines())),
+                        title="stuck" if permanent else "no worker fits",
+                        border_style="red" if permanent else "yellow", title_align="left"))
 
 
 @app.command("result")

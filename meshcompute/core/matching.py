@@ -444,3 +444,28 @@ class MatchRound:
                     if at >= 0:
                         push(heap, (node_front[at][1], node_front[at][2], b_index, child))
         return -1
+
+
+def misfit(job_device: str, job_memory_mb: int, reward: int, *, device: str, memory_mb: int,
+           gpu_memory_mb: int, price_wei: int) -> str | None:
+    """Why a worker with this hardware and price can never take a job with these requirements
+    (``"device"``, ``"memory"`` or ``"price"``, checked in that order), or None when it can
+    (given free stake and a free slot, which change from round to round).
+
+    The static part of the eligibility rules above, as :class:`MatchRound` applies them: a
+    non-cpu job needs exactly its device and compares accelerator memory; a cpu job runs on
+    any worker and compares host memory; ``price_wei <= reward``. Device names compare
+    case-insensitively. For one job and one worker with ample free stake and slots, ``match``
+    assigns the job exactly when this returns None."""
+    job = job_device.lower()
+    if job == CPU:
+        have = memory_mb
+    elif device.lower() == job:
+        have = gpu_memory_mb
+    else:
+        return "device"
+    if have < job_memory_mb:
+        return "memory"
+    if price_wei > reward:
+        return "price"
+    return None

@@ -191,6 +191,38 @@ class Hardware:
 
 
 @dataclass(frozen=True)
+class CapacityRow:
+    """Live workers sharing one device, host memory, accelerator memory and price."""
+
+    device: str
+    memory_mb: int
+    gpu_memory_mb: int
+    price_wei: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class WorkerCapacity:
+    """``GET /workers/capacity``: the market's live workers in aggregate (no addresses).
+    ``truncated``: the fleet has more distinct rows than the market lists."""
+
+    live_workers: int
+    rows: tuple[CapacityRow, ...]
+    truncated: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WorkerCapacity:
+        return cls(
+            live_workers=int(data["live_workers"]),
+            rows=tuple(CapacityRow(device=str(r["device"]), memory_mb=int(r["memory_mb"]),
+                                   gpu_memory_mb=int(r["gpu_memory_mb"]),
+                                   price_wei=int(r["price_wei"]), workers=int(r["workers"]))
+                       for r in data["rows"]),
+            truncated=bool(data.get("truncated", False)),
+        )
+
+
+@dataclass(frozen=True)
 class JobView:
     """``GET /jobs/{id}``: a job as the market sees it (state from the indexed chain)."""
 
@@ -401,6 +433,14 @@ class MarketClient:
 
     def job(self, job_id: int) -> JobView:
         return JobView.from_json(self._request("GET", f"/jobs/{int(job_id)}").json())
+
+    def worker_capacity(self) -> WorkerCapacity | None:
+        """The live workers in aggregate; None from a market without that route (404)."""
+        try:
+            response = self._request("GET", "/workers/capacity")
+        except NotFound:
+            return None
+        return WorkerCapacity.from_json(response.json())
 
     def group(self, group: str) -> GroupView:
         return GroupView.from_json(self._request("GET", f"/groups/{group}").json())

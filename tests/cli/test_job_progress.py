@@ -214,7 +214,7 @@ def test_a_hint_once_when_nothing_moves_and_no_worker_tried() -> None:
     text = buffer.getvalue()
     assert text.count("waiting: no worker has taken a shard for 0:01:01") == 1
     assert "device cpu, 2048 MB of memory, a price of at most 1 MESH per shard" in text
-    assert "does not publish its registered workers" in text
+    assert "does not publish its workers' free stake or slots" in text
     assert f"after the deadline, {local_time(DEADLINE)}" in text
     assert len(text.splitlines()) == 2  # the one status line and the hint
 

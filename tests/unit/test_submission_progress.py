@@ -11,26 +11,31 @@ from typing import Any
 import pytest
 
 from meshcompute.client import (
+    NO_WORKER_FITS,
     PHASES,
     Client,
     FailureSummary,
+    ShardNeeds,
     ShardProgress,
     Submission,
     SubmissionStatus,
     SubmissionStuck,
+    capacity_misfit,
     diagnose_stuck,
     local_time,
     phase_counts,
     shard_phase,
     shard_progress,
     shards_text,
+    submission_status,
     summarize_failures,
 )
 from meshcompute.core.job import ZERO_ADDRESS, ZERO_HASH, JobRecord, JobState
 from meshcompute.core.lease import DEADLINE_MARGIN_S, MAX_FAILURES
+from meshcompute.core.matching import JobDemand, WorkerOffer, match, misfit
 from meshcompute.errors import JobFailed, ServiceUnavailable
 from meshcompute.units import TOKEN
-from meshcompute.wire.market_client import JobView
+from meshcompute.wire.market_client import CapacityRow, JobView, WorkerCapacity
 
 W = ["0x" + f"{n:02x}" * 20 for n in range(1, 6)]
 PICKLED = "holds pickled example inputs; refused (torch.load would unpickle them)"
@@ -212,9 +217,16 @@ def _record(state: JobState, deadline: int = DEADLINE) -> JobRecord:
 
 
 class FakeMarket:
-    def __init__(self, views: dict[int, dict[str, Any]]) -> None:
+    def __init__(self, views: dict[int, dict[str, Any]],
+                 capacity: WorkerCapacity | None = None) -> None:
         self.views = views
         self.asked: list[int] = []
+        self.capacity = capacity
+        self.capacity_reads = 0
+
+    def worker_capacity(self) -> WorkerCapacity | None:
+        self.capacity_reads += 1
+        return self.capacity
 
     def job(self, job_id: int) -> JobView:
         self.asked.append(job_id)
@@ -225,13 +237,14 @@ class FakeMarket:
                        **{"failure": None, **self.views[job_id]})
 
 
-def fake_client(states: dict[int, JobState], views: dict[int, dict[str, Any]]) -> Client:
+def fake_client(states: dict[int, JobState], views: dict[int, dict[str, Any]],
+                capacity: WorkerCapacity | None = None) -> Client:
     client = Client.__new__(Client)
     contracts = SimpleNamespace(
         job_records=lambda ids: {i: _record(states[i]) for i in ids})
     eth = SimpleNamespace(get_block=lambda _tag: {"timestamp": NOW})
     client.connection = SimpleNamespace(contracts=contracts, w3=SimpleNamespace(eth=eth))
-    client.market = FakeMarket(views)  # type: ignore[assignment]
+    client.market = FakeMarket(views, capacity)  # type: ignore[assignment]
     return client
 
 
@@ -283,3 +296,122 @@ def test_status_reads_only_the_chain_when_asked() -> None:
     assert client.market.asked == []
     assert status.counts == {"posted": 1, "committed": 1}
     assert status.phases["posted"] == 1 and status.phases["committed"] == 1
+
+
+# ---------------------------------------------------------------------- no worker fits
+CPU_ROW = CapacityRow("cpu", 8192, 0, TOKEN // 2, 3)
+CUDA_ROW = CapacityRow("cuda", 65536, 24576, 2 * TOKEN, 1)
+GPU_NEEDS = ShardNeeds("cuda", 40960, TOKEN)
+
+
+def capacity(*rows: CapacityRow, truncated: bool = False) -> WorkerCapacity:
+    return WorkerCapacity(sum(r.workers for r in rows), rows, truncated)
+
+
+def test_misfit_agrees_with_matching_on_every_combination() -> None:
+    """The predicate the diagnosis uses gives the same answer as a matching round of one job
+    and one worker with stake and slots to spare."""
+    workers = [(d, m, g, p) for d in ("cpu", "cuda", "CUDA", "rocm") for m in (0, 4096, 8192)
+               for g in (0, 4096, 16384) for p in (0, 5, 10)]
+    jobs = [(d, m, r) for d in ("cpu", "cuda", "Cuda") for m in (0, 4096, 8192, 16384)
+            for r in (0, 5, 9)]
+    for device, memory, gpu_memory, price in workers:
+        offer = WorkerOffer(address=W[0], operator=W[0], device=device, memory_mb=memory,
+                            gpu_memory_mb=gpu_memory, free_stake=10**30, price_wei=price,
+                            slots=4, load=0, completed=0, missed=0, slashed=0,
+                            last_assigned_at=0.0)
+        for job_device, job_memory, reward in jobs:
+            demand = JobDemand(job_id=1, device=job_device, memory_mb=job_memory, collateral=1,
+                               reward=reward, posted_at=0.0)
+            matched = bool(match([demand], [offer], now=1.0))
+            why = misfit(job_device, job_memory, reward, device=device, memory_mb=memory,
+                         gpu_memory_mb=gpu_memory, price_wei=price)
+            assert (why is None) == matched, (offer, demand, why)
+
+
+def test_capacity_misfit_names_what_is_missing() -> None:
+    assert capacity_misfit(GPU_NEEDS, capacity(CPU_ROW)) == (
+        "no live worker has device cuda; 3 live workers: 3 cpu")
+    assert capacity_misfit(GPU_NEEDS, capacity(CPU_ROW, CUDA_ROW)) == (
+        "no live worker with device cuda has 40960 MB of GPU memory (the most is 24576 MB); "
+        "4 live workers: 3 cpu, 1 cuda")
+    assert capacity_misfit(ShardNeeds("cpu", 4096, TOKEN // 4), capacity(CPU_ROW)) == (
+        "every live worker that fits the device and memory asks more than the reward of "
+        "0.25 MESH per shard (the cheapest asks 0.5 MESH); 3 live workers: 3 cpu")
+    assert capacity_misfit(ShardNeeds("cpu", 16384, TOKEN), capacity(CPU_ROW)) == (
+        "no live worker has 16384 MB of memory (the most is 8192 MB); 3 live workers: 3 cpu")
+    assert capacity_misfit(GPU_NEEDS, WorkerCapacity(0, ())) == (
+        "no worker is live at the market (registered and heartbeating)")
+
+
+def test_capacity_misfit_is_silent_when_a_row_fits_or_the_read_is_partial() -> None:
+    assert capacity_misfit(ShardNeeds("cpu", 4096, TOKEN), capacity(CPU_ROW)) is None
+    spill = ShardNeeds("cpu", 16384, 2 * TOKEN)  # a cpu job may run on an accelerator worker
+    assert capacity_misfit(spill, capacity(CPU_ROW, CUDA_ROW)) is None
+    assert capacity_misfit(GPU_NEEDS, capacity(CPU_ROW, truncated=True)) is None
+
+
+def test_no_worker_fits_is_shown_but_not_permanent() -> None:
+    shards = [shard(0), shard(1), shard(2, JobState.FINALIZED)]
+    needs = {0: GPU_NEEDS, 1: GPU_NEEDS, 2: GPU_NEEDS}
+    stuck = diagnose_stuck(shards, chain_now=NOW, escrow_per_shard=TOKEN,
+                           capacity=capacity(CPU_ROW), needs=needs)
+    assert stuck is not None and stuck.cause == NO_WORKER_FITS
+    assert not stuck.permanent and not stuck.final and stuck.in_progress == 0
+    assert stuck.shards == (0, 1) and stuck.job_ids == (100, 101) and stuck.escrow == 2 * TOKEN
+    assert stuck.detail == "no live worker has device cuda; 3 live workers: 3 cpu"
+    assert stuck.lines()[0] == ("no live worker can take shards 0-1 (jobs 100, 101) now: "
+                                "no live worker has device cuda; 3 live workers: 3 cpu.")
+    assert "still waiting" in stuck.summary()
+    data = stuck.to_json()
+    assert data["cause"] == NO_WORKER_FITS and data["permanent"] is False
+    status = submission_status(shards, chain_now=NOW, capacity=capacity(CPU_ROW), needs=needs)
+    assert status.phase == "running" and status.stuck is not None
+    assert status.stuck.cause == NO_WORKER_FITS and status.stuck.detail == stuck.detail
+
+
+def test_no_worker_fits_needs_a_capacity_read_and_every_posted_shard_unfit() -> None:
+    shards = [shard(0), shard(1)]
+    unfit = {0: GPU_NEEDS, 1: GPU_NEEDS}
+    assert diagnose_stuck(shards, chain_now=NOW, needs=unfit) is None  # no read (404): silent
+    mixed = {0: GPU_NEEDS, 1: ShardNeeds("cpu", 1024, TOKEN)}
+    assert diagnose_stuck(shards, chain_now=NOW, capacity=capacity(CPU_ROW), needs=mixed) is None
+    leased = [shard(0), shard(1, leased=W[0])]  # only posted shards count
+    assert diagnose_stuck(leased, chain_now=NOW, capacity=capacity(CPU_ROW),
+                          needs=mixed) is not None
+
+
+def test_the_permanent_causes_come_first() -> None:
+    shards = [refused_by_all(0)]
+    stuck = diagnose_stuck(shards, chain_now=NOW, capacity=WorkerCapacity(0, ()),
+                           needs={0: GPU_NEEDS})
+    assert stuck is not None and stuck.cause == "refused" and stuck.final
+
+
+def gpu_submission(job_ids: list[int]) -> Submission:
+    from dataclasses import replace
+
+    plain = submission(job_ids)
+    for s in plain.shards:
+        s.spec = replace(s.spec, device="cuda", memory_limit_mb=40960)
+    return plain
+
+
+def test_wait_shows_no_worker_fits_and_keeps_waiting() -> None:
+    client = fake_client({1: JobState.POSTED, 2: JobState.POSTED}, {1: {}, 2: {}},
+                         capacity=capacity(CPU_ROW))
+    seen: list[SubmissionStatus] = []
+    with pytest.raises(JobFailed, match="timed out") as caught:
+        client.wait(gpu_submission([1, 2]), progress=seen.append, timeout_s=0, poll_s=0)
+    assert not isinstance(caught.value, SubmissionStuck)
+    (status,) = seen
+    assert status.phase == "running" and status.stuck is not None
+    assert status.stuck.cause == NO_WORKER_FITS and "device cuda" in status.stuck.detail
+
+
+def test_wait_without_the_capacity_route_says_nothing_of_it() -> None:
+    client = fake_client({1: JobState.POSTED}, {1: {}}, capacity=None)
+    seen: list[SubmissionStatus] = []
+    with pytest.raises(JobFailed, match="timed out"):
+        client.wait(gpu_submission([1]), progress=seen.append, timeout_s=0, poll_s=0)
+    assert seen[-1].stuck is None and client.market.capacity_reads == 1

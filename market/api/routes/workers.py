@@ -1,4 +1,5 @@
-"""The worker registry: registration (staked workers only) and heartbeats."""
+"""The worker registry: registration (staked workers only), heartbeats, and the live fleet's
+capacity in aggregate (public, no addresses)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from fastapi import APIRouter
 
 from meshcompute.market import operations
 from meshcompute.market.api.deps import Runtime, Signer
-from meshcompute.market.api.schemas import HeartbeatIn, HeartbeatOut, RegisterIn, WorkerOut
+from meshcompute.market.api.schemas import (
+    CapacityOut,
+    HeartbeatIn,
+    HeartbeatOut,
+    RegisterIn,
+    WorkerOut,
+)
 
 router = APIRouter(tags=["workers"])
 
@@ -37,3 +44,9 @@ def register(body: RegisterIn, address: Signer, runtime: Runtime) -> dict[str, A
 @router.post("/workers/heartbeat", response_model=HeartbeatOut)
 def heartbeat(body: HeartbeatIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
     return {"lease_s": operations.heartbeat(runtime, address, body.running, time.time())}
+
+
+@router.get("/workers/capacity", response_model=CapacityOut)
+def capacity(runtime: Runtime) -> dict[str, Any]:
+    """The live workers in aggregate: distinct hardware and price rows with counts."""
+    return operations.worker_capacity(runtime, time.time())
