@@ -36,7 +36,10 @@ def chain_up() -> None:
     from meshcompute.units import TOKEN
 
     settings = get_settings()
-    with LocalChain() as chain:
+    # Mixed mining, as the dev stack runs it: a block per transaction and one every second
+    # even when idle. The audit draw needs the block after a commit, and the challenge
+    # window ends by block time: under automine alone no job would ever be paid.
+    with LocalChain(block_time_s=1, extra_args=("--mixed-mining",)) as chain:
         w3 = chain.w3()
         admin = chain.accounts[0]
         sender = mesh_sender(w3, admin)
