@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -123,7 +124,18 @@ class CountingPool(RunnerPool):
         return super().run_batch(program, inputs, **kw)
 
 
-def test_real_unstable_program_is_handed_back_and_stable_one_committed():
+@pytest.fixture
+def quiet_torch_trace():
+    """torch's structured-trace logger emits at DEBUG; under pytest's log capture every export
+    and load in this process would format its whole trace (minutes on 2 cores)."""
+    trace = logging.getLogger("torch.__trace")
+    before = trace.propagate
+    trace.propagate = False
+    yield
+    trace.propagate = before
+
+
+def test_real_unstable_program_is_handed_back_and_stable_one_committed(quiet_torch_trace):
     example = (torch.randn(4, 16),)
     chaotic = export_program(Chaotic(), example)
     smooth = export_program(Smooth(), example)
@@ -135,7 +147,11 @@ def test_real_unstable_program_is_handed_back_and_stable_one_committed():
     try:
         with running(pool, market=market, probe_stability=True,  # type: ignore[arg-type]
                      allow_unsandboxed=not sandbox_available()) as h:
-            _wait(lambda: h.of("job_done") and len(h.of("job_handed_back")) == 2, timeout=120)
+            try:
+                _wait(lambda: h.of("job_done") and len(h.of("job_handed_back")) == 2,
+                      timeout=120)
+            except AssertionError:
+                raise AssertionError(f"worker events: {h.events}") from None
     finally:
         pool.close()
     handed = fails(market)
