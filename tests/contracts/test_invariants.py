@@ -86,7 +86,7 @@ from tests.contracts.world import FUNDS, TEST_PARAMS, World, build_world
 
 pytestmark = [pytest.mark.property, pytest.mark.anvil]
 
-EXAMPLES = int(os.environ.get("MESH_HYPOTHESIS_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("MESH_HYPOTHESIS_EXAMPLES", "130"))
 STEPS = int(os.environ.get("MESH_HYPOTHESIS_STEPS", "25"))
 VACUITY_MIN_EXAMPLES = 100
 
