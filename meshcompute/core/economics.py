@@ -579,13 +579,8 @@ def _griefing_client(
             "griefer_cost_per_job": sum(o.client_paid() for o in out) / res.jobs,
         }
     best = max(variants.values(), key=lambda v: v["gain_vs_honest"])
-    return RoleResult(
-        "griefing_client", "client", ROLE_STRATEGIES[0][2], "job",
-        units=best["units"], profit_per_job=best["profit_per_job"],
-        honest_profit_per_job=best["honest_profit_per_job"],
-        gain_vs_honest=best["gain_vs_honest"],
-        gain_vs_honest_stderr=best["gain_vs_honest_stderr"],
-        expected_gain_vs_honest=best["expected_gain_vs_honest"],
+    return _role_result(
+        0, "job", best,
         details={
             "best_client_audit_bps": best["client_audit_bps"],
             "honest_workers_slashed": sum(v["honest_workers_slashed"] for v in variants.values()),
@@ -626,18 +621,28 @@ def _colluding_operator(
             "addresses_used": res.identities,
         }
     main = by_rule[params.onchain_audit_rate]
-    return RoleResult(
-        "colluding_operator", "market operator", ROLE_STRATEGIES[1][2], "job",
-        units=main["units"], profit_per_job=main["profit_per_job"],
-        honest_profit_per_job=main["honest_profit_per_job"],
-        gain_vs_honest=main["gain_vs_honest"],
-        gain_vs_honest_stderr=main["gain_vs_honest_stderr"],
-        expected_gain_vs_honest=main["expected_gain_vs_honest"],
+    return _role_result(
+        1, "job", main,
         details={
             "onchain_audit_rate": params.onchain_audit_rate,
             "with_onchain_audit_rate": _rounded(by_rule[True]),
             "without_onchain_audit_rate": _rounded(by_rule[False]),
         },
+    )
+
+
+def _role_result(index: int, per: str, stats: dict[str, Any], *,
+                 details: dict[str, Any], **extra: Any) -> RoleResult:
+    """The RoleResult of ``ROLE_STRATEGIES[index]`` from its paired statistics."""
+    name, role, description = ROLE_STRATEGIES[index]
+    return RoleResult(
+        name, role, description, per,
+        units=stats["units"], profit_per_job=stats["profit_per_job"],
+        honest_profit_per_job=stats["honest_profit_per_job"],
+        gain_vs_honest=stats["gain_vs_honest"],
+        gain_vs_honest_stderr=stats["gain_vs_honest_stderr"],
+        expected_gain_vs_honest=stats["expected_gain_vs_honest"],
+        details=details, **extra,
     )
 
 
@@ -654,13 +659,8 @@ def _lazy_verifier(
     stats = _paired(lazy_v, honest_v, [float(v) for v in lazy_v], [float(v) for v in honest_v])
     blind, _ = _run(replace(params, detection_bps=0), strategy_named("always_cheat"), stream,
                     providers, outcomes=False)
-    return RoleResult(
-        "lazy_verifier", "verifier", ROLE_STRATEGIES[2][2], "audit",
-        units=stats["units"], profit_per_job=stats["profit_per_job"],
-        honest_profit_per_job=stats["honest_profit_per_job"],
-        gain_vs_honest=stats["gain_vs_honest"],
-        gain_vs_honest_stderr=stats["gain_vs_honest_stderr"],
-        expected_gain_vs_honest=stats["expected_gain_vs_honest"],
+    return _role_result(
+        2, "audit", stats,
         details={
             "verify_cost_bps": params.verify_bps,
             "audit_fee_bps": params.audit_fee_bps,
