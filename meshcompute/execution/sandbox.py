@@ -229,6 +229,10 @@ class _JobProcess:
         """The (client, program, limits) this process is bound to after its first batch."""
         self.jobs_run = 0
         self.batches = 0
+        self.spare = False
+        """Started ahead of any batch (the warm spare): if it dies before its first result, that
+        says nothing about the job given to it (the process may have been killed while it
+        waited), so the batch is run again in a process started for it."""
         self._buffer = b""
 
     def alive(self) -> bool:
@@ -378,6 +382,8 @@ class JobRunner:
             self._set_next(self._start())
 
     def _set_next(self, job: _JobProcess | None) -> None:
+        if job is not None:
+            job.spare = True
         self._next = job
         self._holder[0] = job
 
@@ -539,7 +545,8 @@ class JobRunner:
             "max_output_bytes": int(max_output_bytes), "threads": self.threads,
             "program_sha256": sha, "count": len(pending),
         }))
-        first_in_process = job.jobs_run == 0
+        # a crash with no result is the job's only in a process started for it
+        first_in_process = job.jobs_run == 0 and not job.spare
         sent = job.send(name)
         position = 0
         job_started = time.perf_counter()

@@ -84,3 +84,36 @@ def test_job_past_its_limit_is_killed_and_the_rest_run_in_a_fresh_process(
     assert [o.ok for o in outcomes] == [True, False, True]
     assert "time limit of 0.001 s" in (outcomes[1].reason or "")
     assert outcomes[0].output == outcomes[2].output
+
+
+def test_spare_that_dies_before_its_first_result_is_not_the_jobs_fault(
+        requires_sandbox: None, mlp_program: bytes, tmp_path: Path) -> None:
+    """A warm spare can be killed while it waits (by the OS, by an operator's tooling): the
+    batch given to it then runs again in a process started for it, and is not reported as a
+    crash of the client's job. A crash in a process started for the batch still is."""
+    import os
+    import signal
+
+    x, data = _inputs(3, seed=7)
+    runner = JobRunner(scratch_root=tmp_path / "jobs", warm=True)
+    real = runner._process_for
+    killed: list[int] = []
+
+    def process_for(key, *, fresh):
+        job = real(key, fresh=fresh)
+        if job.spare and not killed:  # picked up alive, killed right after
+            killed.append(job.process.pid)
+            os.killpg(job.process.pid, signal.SIGKILL)
+        return job
+
+    runner._process_for = process_for  # type: ignore[method-assign]
+    try:
+        (outcome,) = runner.run_batch(mlp_program, [data], time_limit_s=120, reuse_key=A,
+                                      **LIMITS)
+    finally:
+        runner.close()
+    assert killed, "the spare was not used"
+    assert outcome.ok, outcome.reason
+    (actual,) = load_tensors(outcome.output, "out")
+    with torch.no_grad():
+        torch.testing.assert_close(actual, build_model("mlp")(x), rtol=1e-5, atol=1e-6)

@@ -124,7 +124,7 @@ def test_deterrence_holds_for_every_input(args: dict[str, int], fee_bps: int, sh
     p_bps = audit_bps(**args)
     reward, collateral = args["reward"], args["collateral"]
     pay, _fee = split_reward(reward, fee_bps)
-    saving = int(pay * share)
+    saving = int(pay * Fraction(share))  # exact: a float product can round above pay
     assert deters_cheating(p_bps, reward=reward, collateral=collateral, fee_bps=fee_bps,
                            saving=saving) or saving == 0 == pay
     p = Fraction(p_bps, BPS)
