@@ -25,8 +25,8 @@ import {Payout} from "./libraries/Payout.sol";
 /// refund pays for part of the settlement, and any later call about it reverts JobClosed.
 /// `assignAndCommit` emits one JobCommitted per job (carrying the lease) and no JobAssigned.
 /// Solvency: token.balanceOf(this) == sum of open escrows (reward + auditFee of every open job:
-/// Posted, Assigned, Committed, Audited, AuditFailed, Appealed) + sum of
-/// withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never freezes
+/// Posted, Assigned, Committed, Audited, AuditFailed, Appealed, AuditPassed; plus the dispute
+/// bond, another auditFee, while Disputed) + sum of withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never freezes
 /// settlement, verdicts, reclaim or withdraw.
 contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarket {
     using SafeERC20 for IERC20;
@@ -109,6 +109,9 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     uint256 private constant _AUDIT_WEIGHT = 10;
     uint256 private constant _TRUST_HALF_EVIDENCE = 250;
     uint256 private constant _STAKE_COVER = 10;
+
+    /// @dev A pass locks this many rewards of the verifier's free stake (see `_verifierBond`).
+    uint256 private constant _PASS_BOND_REWARDS = 10;
 
     /// @dev EIP-2935: the system contract serving the hashes of the last 8191 blocks.
     address private constant _HISTORY = 0x0000F90827F1C53a10cb7A02335B175320002935;
@@ -246,19 +249,30 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         _assign(jobs, ticket, signature, resultHashes);
     }
 
-    /// @notice Appeal a failed audit, once, within the appeal window. A second verifier then
-    /// recomputes; without its verdict the first one stands. Works while paused: the appeal
-    /// window keeps running and a slash waits at its end, so a pause must not take the appeal.
+    /// @notice Appeal a verdict, once, within the appeal window: the worker appeals a failure;
+    /// the client disputes a pass, escrowing a dispute bond equal to the audit fee (needs an
+    /// allowance), which pays the appeal verifier if the pass is upheld and comes back if it is
+    /// overturned. A second verifier then recomputes; without its verdict the first one stands.
+    /// Works while paused: the window keeps running and its outcome waits at its end, so a pause
+    /// must not take the appeal.
     function appeal(uint256 jobId, Job calldata job) external nonReentrant {
         _checkRecord(jobId, job);
-        if (msg.sender != job.worker) revert NotAssignedWorker(jobId, msg.sender);
-        if (job.state != JobState.AuditFailed) revert InvalidJobState(jobId, job.state);
-        uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
-        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
         Job memory j = job;
-        j.state = JobState.Appealed;
+        if (j.state == JobState.AuditPassed) {
+            if (msg.sender != j.client) revert NotJobClient(jobId, msg.sender);
+            j.state = JobState.Disputed;
+        } else {
+            if (msg.sender != j.worker) revert NotAssignedWorker(jobId, msg.sender);
+            if (j.state != JobState.AuditFailed) revert InvalidJobState(jobId, j.state);
+            j.state = JobState.Appealed;
+        }
+        uint256 closesAt = uint256(j.resolvedAt) + _appealWindow;
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
         _store(jobId, j);
         emit AuditAppealed(jobId, msg.sender);
+        if (j.state == JobState.Disputed && j.auditFee > 0) {
+            _token.safeTransferFrom(msg.sender, address(this), j.auditFee);
+        }
     }
 
     /// @notice Withdraw everything credited to the caller: earnings, audit fees, refunds.
@@ -277,11 +291,12 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// @notice Post the verdict on a job drawn for audit, with the hash of the evidence (the
     /// hashes of every output compared and the tolerance policy; never zero). The verifier may
     /// be neither the job's worker nor its client.
-    /// A pass pays the worker and the verifier's audit fee at once. A failure opens the appeal
-    /// window and puts the verifier's word at stake: its audit fee stays in escrow and the
-    /// job's reward is locked from its free stake as a bond (`verifierBond`) until the failure
-    /// stands (fee paid, bond released) or the majority overturns it on appeal (fee to the
-    /// appeal verifier, bond to the wrongly accused worker).
+    /// Either verdict opens the appeal window and puts the verifier's word at stake: its audit
+    /// fee stays in escrow and the job's reward is locked from its free stake as a bond
+    /// (`verifierBond`) until the verdict stands (fee paid, bond released; a pass then pays the
+    /// worker) or the appeal verifier overturns it (fee to the appeal verifier, bond to the
+    /// party it wronged: the worker of a wrongly failed job, the client of a wrongly passed
+    /// one). A verifier that passes without recomputing thus risks its bond on every canary.
     function resolveAudit(uint256 jobId, Job calldata job, bool passed, bytes32 evidenceHash)
         external
         onlyRole(VERIFIER_ROLE)
@@ -291,18 +306,10 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         j.auditor = msg.sender;
         j.resolvedAt = uint40(block.timestamp);
         emit AuditResolved(jobId, msg.sender, passed, evidenceHash, j.resolvedAt);
-        if (passed) {
-            _payAuditFee(jobId, j);
-            _records[j.worker].auditsPassed += 1;
-            Pending memory p = _noPending();
-            _pay(jobId, j, p, true, false);
-            _flush(p);
-        } else {
-            j.state = JobState.AuditFailed;
-            _store(jobId, j);
-            uint256 bond = _verifierBond(j);
-            if (bond > 0) _stakes.lock(msg.sender, bond);
-        }
+        j.state = passed ? JobState.AuditPassed : JobState.AuditFailed;
+        _store(jobId, j);
+        uint256 bond = _verifierBond(j);
+        if (bond > 0) _stakes.lock(msg.sender, bond);
     }
 
     /// @notice Declare a job drawn for audit void: it cannot be judged, because the verifier's
@@ -318,26 +325,29 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     {
         Job memory j = _openAudit(jobId, job, evidenceHash);
         emit AuditVoided(jobId, msg.sender, evidenceHash);
-        _payAuditFee(jobId, j);
+        _payAuditFee(jobId, msg.sender, j.auditFee);
         _close(jobId);
         _credit(j.client, j.reward);
         emit JobRefunded(jobId, j.client, j.reward);
         if (j.collateral > 0) _stakes.unlock(j.worker, j.collateral);
     }
 
-    /// @notice Post the verdict of an appeal. Must come from a verifier other than the one who
-    /// failed the job (and other than its worker and client). The loser of the appeal is the
-    /// one the majority of the three computations disagrees with. A worker who wins is paid;
-    /// the overturned verifier loses its audit fee (to this appeal verifier) and its bond (to
-    /// the worker). A worker who loses is slashed; this appeal verifier is paid up to the audit
-    /// fee from the slashed collateral (after the client's compensation).
+    /// @notice Post the verdict of an appeal (of a failure) or a dispute (of a pass). Must come
+    /// from a verifier other than the one who gave the first verdict (and other than the job's
+    /// worker and client). When the worker wins it is paid; when it loses it is slashed.
+    /// Appealed failure: a worker who wins gets the overturned verifier's bond, and this
+    /// verifier its audit fee; a failure upheld pays this verifier up to the audit fee from the
+    /// slashed collateral (after the client's compensation). Disputed pass: upheld, this
+    /// verifier earns the client's dispute bond; overturned, it earns the passing verifier's
+    /// audit fee, and the client gets that verifier's bond and its dispute bond back.
     function resolveAppeal(uint256 jobId, Job calldata job, bool workerWins, bytes32 evidenceHash)
         external
         onlyRole(VERIFIER_ROLE)
         nonReentrant
     {
         _checkRecord(jobId, job);
-        if (job.state != JobState.Appealed) revert InvalidJobState(jobId, job.state);
+        bool dispute = job.state == JobState.Disputed;
+        if (!dispute && job.state != JobState.Appealed) revert InvalidJobState(jobId, job.state);
         if (evidenceHash == bytes32(0)) revert EmptyEvidence(jobId);
         if (msg.sender == job.auditor || msg.sender == job.worker || msg.sender == job.client) {
             revert VerifierConflict(jobId, msg.sender);
@@ -346,20 +356,19 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
         emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
         Job memory j = job;
-        if (workerWins) {
+        if (!workerWins) {
+            _slash(jobId, j, msg.sender);
+        } else if (dispute) {
+            Pending memory p = _noPending();
+            _passStands(jobId, j, p, msg.sender);
+            _flush(p);
+        } else {
             _records[j.worker].auditsPassed += 1;
             Pending memory p = _noPending();
             _pay(jobId, j, p, true, false);
             _flush(p);
-            _payAuditFee(jobId, j);
-            uint256 bond = _verifierBond(j);
-            if (bond > 0) {
-                _credit(j.worker, bond);
-                emit VerifierSlashed(jobId, j.auditor, bond, j.worker);
-                _stakes.slash(j.auditor, bond, address(this));
-            }
-        } else {
-            _slash(jobId, j, msg.sender);
+            _payAuditFee(jobId, msg.sender, j.auditFee);
+            _slashVerifier(jobId, j, j.worker);
         }
     }
 
@@ -486,8 +495,9 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         return _auditRate(reward, collateral, freeStake, completed, auditsPassed, slashed, minBps);
     }
 
-    /// @notice The stake a verifier locks when it fails `job` (released when the failure
-    /// stands, paid to the worker when the majority overturns it on appeal).
+    /// @notice The stake a verifier locks behind its verdict on `job`, by the verdict `job.state`
+    /// holds (AuditFailed or Appealed: a failure; AuditPassed or Disputed: a pass). Released
+    /// when the verdict stands; paid to the party it wronged when it is overturned.
     function verifierBond(Job calldata job) external pure returns (uint256) {
         return _verifierBond(job);
     }
@@ -673,6 +683,14 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             _void(jobId, job, p);
             return true;
         }
+        if (s == JobState.AuditPassed || s == JobState.Disputed) {
+            uint256 closesAt = s == JobState.AuditPassed
+                ? uint256(job.resolvedAt) + _appealWindow
+                : _appealVerdictClosesAt(job);
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _passStands(jobId, job, p, address(0));
+            return true;
+        }
         if (s == JobState.AuditFailed) {
             uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
@@ -722,10 +740,14 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// who failed the job earns the audit fee held since its verdict and gets its bond back; an
     /// appeal verifier who upheld the failure (`appealVerifier`, zero when no appeal verdict
     /// came) is paid up to the audit fee from the collateral; the rest goes to the fee recipient.
+    /// A disputed pass that is overturned instead: the passing verifier earns nothing and
+    /// loses its bond to the client, its audit fee goes to the appeal verifier, and the
+    /// client's dispute bond comes back.
     function _slash(uint256 jobId, Job memory j, address appealVerifier) private {
+        bool overturnedPass = j.state == JobState.Disputed;
         (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.auditFee);
         uint256 appealFee = 0;
-        if (appealVerifier != address(0)) {
+        if (appealVerifier != address(0) && !overturnedPass) {
             appealFee = remainder < j.auditFee ? remainder : j.auditFee;
             remainder -= appealFee;
         }
@@ -735,18 +757,50 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (remainder > 0) _credit(_globals.feeRecipient, remainder);
         emit JobSlashed(jobId, j.worker, j.collateral, compensation);
         emit JobRefunded(jobId, j.client, j.reward);
-        address auditor = j.auditor;
-        if (j.auditFee > 0) {
-            _credit(auditor, j.auditFee);
-            emit AuditFeePaid(jobId, auditor, j.auditFee);
+        if (overturnedPass) {
+            _payAuditFee(jobId, appealVerifier, j.auditFee);
+            _refundDisputeBond(jobId, j);
+            _slashVerifier(jobId, j, j.client);
+        } else {
+            _payAuditFee(jobId, j.auditor, j.auditFee);
+            _payAuditFee(jobId, appealVerifier, appealFee);
+            uint256 bond = _verifierBond(j);
+            if (bond > 0) _stakes.unlock(j.auditor, bond);
         }
-        if (appealFee > 0) {
-            _credit(appealVerifier, appealFee);
-            emit AuditFeePaid(jobId, appealVerifier, appealFee);
-        }
-        uint256 bond = _verifierBond(j);
-        if (bond > 0) _stakes.unlock(auditor, bond);
         if (j.collateral > 0) _stakes.slash(j.worker, j.collateral, address(this));
+    }
+
+    /// @dev A pass that stands (its appeal window closed, or upheld on dispute): the worker is
+    /// paid, the passing verifier earns its audit fee and gets its bond back; a dispute bond
+    /// goes to the appeal verifier who upheld the pass, or back to the client when no appeal
+    /// verdict came (`disputeWinner` zero).
+    function _passStands(uint256 jobId, Job memory j, Pending memory p, address disputeWinner) private {
+        _records[j.worker].auditsPassed += 1;
+        _pay(jobId, j, p, true, false);
+        _payAuditFee(jobId, j.auditor, j.auditFee);
+        uint256 bond = _verifierBond(j);
+        if (bond > 0) _stakes.unlock(j.auditor, bond);
+        if (j.state != JobState.Disputed) return;
+        if (disputeWinner == address(0)) {
+            _refundDisputeBond(jobId, j);
+        } else {
+            _payAuditFee(jobId, disputeWinner, j.auditFee);
+        }
+    }
+
+    function _refundDisputeBond(uint256 jobId, Job memory j) private {
+        if (j.auditFee == 0) return;
+        _credit(j.client, j.auditFee);
+        emit JobRefunded(jobId, j.client, j.auditFee);
+    }
+
+    /// @dev The bond of a verifier whose verdict was overturned goes to the party it wronged.
+    function _slashVerifier(uint256 jobId, Job memory j, address wronged) private {
+        uint256 bond = _verifierBond(j);
+        if (bond == 0) return;
+        _credit(wronged, bond);
+        emit VerifierSlashed(jobId, j.auditor, bond, wronged);
+        _stakes.slash(j.auditor, bond, address(this));
     }
 
     /// @dev Voids a job drawn for audit whose verdict never came: an unverified result is never
@@ -896,15 +950,22 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
     }
 
-    /// @dev The stake a verifier locks behind a failing verdict: the job's reward.
+    /// @dev The stake a verifier locks behind a verdict: the job's reward behind a failure,
+    /// `_PASS_BOND_REWARDS` rewards behind a pass. A pass given without recomputing saves the
+    /// verifier about one job's compute; a canary (a job whose result is known to be junk,
+    /// disputed by its client once passed) must cost it far more, so that canaries on a few
+    /// percent of audits make lazy passes lose money (README, trust model; `mesh sim`).
     function _verifierBond(Job memory j) private pure returns (uint256) {
+        if (j.state == JobState.AuditPassed || j.state == JobState.Disputed) {
+            return uint256(j.reward) * _PASS_BOND_REWARDS;
+        }
         return j.reward;
     }
 
-    function _payAuditFee(uint256 jobId, Job memory j) private {
-        if (j.auditFee == 0) return;
-        _credit(msg.sender, j.auditFee);
-        emit AuditFeePaid(jobId, msg.sender, j.auditFee);
+    function _payAuditFee(uint256 jobId, address to, uint256 amount) private {
+        if (amount == 0) return;
+        _credit(to, amount);
+        emit AuditFeePaid(jobId, to, amount);
     }
 
     function _standing(address worker) private view returns (Standing memory st) {

@@ -516,6 +516,21 @@ class Client:
         """Take back the escrow of a job that passed its deadline unfinished."""
         self.actor.reclaim(job_id)
 
+    def dispute(self, job_id: int) -> None:
+        """Dispute the passed audit of one of this client's jobs, within its appeal window:
+        another verifier recomputes it. The client escrows a bond of the job's audit fee: it
+        comes back if the pass is overturned (then the worker is slashed and the client also
+        gets the passing verifier's bond, the job's reward) and pays the appeal verifier if the
+        pass is upheld. This is how a canary job catches a verifier that passes results
+        without recomputing them."""
+        record = self.actor.job(job_id)
+        if record.client.lower() != self.actor.address.lower():
+            raise BadInput(f"job {job_id} is not yours: its client is {record.client}")
+        if record.state != JobState.AUDIT_PASSED:
+            raise BadInput(f"job {job_id} is {record.state.name}: only a passed audit, within "
+                           "its appeal window, can be disputed")
+        self.actor.dispute(job_id, record)
+
 
 # ---------------------------------------------------------------------- checks before paying
 _NOTHING_PAID = "nothing was uploaded or paid"
@@ -666,8 +681,8 @@ PHASES = ("posted", "leased", "committed", "audited", "paid", "refunded", "slash
 - ``leased``: a worker holds the market's lease (or the chain's assignment) and has not
   committed a result yet (running it, or about to: the market does not know which);
 - ``committed``: a result is on chain, waiting for the audit draw or payment;
-- ``audited``: drawn for audit, waiting for the verdict, or a failing verdict waiting for its
-  appeal;
+- ``audited``: drawn for audit, waiting for the verdict, or a verdict waiting for its appeal
+  window (a failure: the worker's appeal; a pass: the client's dispute) or appeal verdict;
 - ``paid``; ``refunded`` (void: an audit got no verdict in time or the verifier declared the
   program unjudgeable; or reclaimed after the deadline); ``slashed`` (the worker was caught).
 """
@@ -676,6 +691,7 @@ _PHASE_OF_STATE = {
     JobState.NONE: "posted", JobState.POSTED: "posted", JobState.ASSIGNED: "leased",
     JobState.COMMITTED: "committed", JobState.AUDITED: "audited",
     JobState.AUDIT_FAILED: "audited", JobState.APPEALED: "audited",
+    JobState.AUDIT_PASSED: "audited", JobState.DISPUTED: "audited",
     JobState.FINALIZED: "paid", JobState.REFUNDED: "refunded", JobState.SLASHED: "slashed",
 }
 _MOVING = frozenset({"leased", "committed", "audited"})

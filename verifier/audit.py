@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from meshcompute.core.job import JobRecord
+from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.errors import BadInput, JobFailed, NotFound
 from meshcompute.verifier.evidence import (
@@ -362,7 +362,13 @@ class Auditor:
         *,
         missing_output_is_final: bool,
     ) -> VerdictReady:
-        """The third recomputation of an appealed job; the majority of three outputs decides."""
+        """The third recomputation of an appealed job; the majority of three outputs decides.
+
+        A disputed pass (the client appealed it) is judged by this recomputation alone: the
+        passing verifier is the one under suspicion (it may have passed without recomputing
+        and named the worker's own output), so its output never counts as a vote for the
+        worker. The pass stands when this verifier agrees with the worker, or when a failure
+        could not be told from honest rounding (as for an appealed failure)."""
         job = fetch_job_inputs(self.store, job_id, record.spec_hash)
         ours, our_sha = self.own_output(job_id, APPEAL, job)
         policy = dict(job.spec.tolerance)
@@ -389,7 +395,10 @@ class Auditor:
             comparisons.append(wf.between(0, 1))
             comparisons.append(self.compare(ours, first_output, policy).between(1, 2))
             worker_vs_first = wf.agree
-        wins = appeal_worker_wins(worker_vs_first, worker_vs_appeal.agree)
+        if record.state == JobState.DISPUTED:
+            wins = worker_vs_appeal.agree
+        else:
+            wins = appeal_worker_wins(worker_vs_first, worker_vs_appeal.agree)
         note = first_note
         if not wins and self.confirm is not None:
             # a failure stands only where an audit could have told it from honest rounding:

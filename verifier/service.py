@@ -216,8 +216,9 @@ class VerifierService:
             return self._skip(job_id, kind, "we are this job's worker")
         if kind == AUDIT:
             return self._audit(job_id, record, now)
-        if record.state != JobState.APPEALED:
-            return self._skip(job_id, kind, f"job is {record.state.name}, not APPEALED")
+        if record.state not in (JobState.APPEALED, JobState.DISPUTED):
+            return self._skip(job_id, kind,
+                              f"job is {record.state.name}, not APPEALED or DISPUTED")
         if record.auditor == me:
             return self._skip(job_id, kind, "we did the first audit; another verifier judges")
         return self._appeal(job_id, record, now)
@@ -310,8 +311,9 @@ class VerifierService:
         except (WrongJobState, TooLate) as exc:
             return self._skip(ready.job_id, ready.kind, f"verdict refused on chain: {exc}")
         except InsufficientFunds as exc:
-            # a failing verdict locks the job's reward from our free stake as a bond; without
-            # it we cannot accuse (the job then ends void: silence never pays)
+            # a verdict locks a bond from our free stake (the reward behind a failure, ten
+            # behind a pass); without it we cannot judge (the job then ends void: silence
+            # never pays)
             _event(logging.ERROR, "bond_unavailable", job_id=ready.job_id, task=ready.kind,
                    error=str(exc), fix="stake more: mesh provider stake AMOUNT")
             return self._skip(ready.job_id, ready.kind,

@@ -99,10 +99,13 @@ interface IJobMarket {
     /// @notice A drawn job could not be judged (not reproducible within its tolerance): the
     /// client gets its reward back (JobRefunded), the verifier the audit fee, nobody is slashed.
     event AuditVoided(uint256 indexed jobId, address indexed verifier, bytes32 evidenceHash);
-    /// @notice A failing verdict was overturned on appeal: `verifier` lost its bond `amount`
-    /// to the wrongly accused `worker`.
-    event VerifierSlashed(uint256 indexed jobId, address indexed verifier, uint256 amount, address worker);
-    event AuditAppealed(uint256 indexed jobId, address indexed worker);
+    /// @notice A verdict was overturned on appeal: `verifier` lost its bond `amount` to the party
+    /// it wronged (`beneficiary`: the worker of a wrongly failed job, the client of a wrongly
+    /// passed one).
+    event VerifierSlashed(uint256 indexed jobId, address indexed verifier, uint256 amount, address beneficiary);
+    /// @notice `appellant` appealed the verdict: the worker a failure, or the client a pass (a
+    /// dispute, with a bond of the audit fee).
+    event AuditAppealed(uint256 indexed jobId, address indexed appellant);
     event AppealResolved(uint256 indexed jobId, address indexed verifier, bool workerWins, bytes32 evidenceHash);
     /// @notice The earnings ledger: one event per paid job.
     event JobPaid(uint256 indexed jobId, address indexed worker, uint256 amount, uint256 fee, bool audited);

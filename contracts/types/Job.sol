@@ -2,9 +2,12 @@
 pragma solidity ^0.8.24;
 
 /// @notice Where a job is in its life. Terminal states: Finalized, Slashed, Refunded.
-/// Posted -> Assigned -> Committed -> (Audited -> AuditFailed (-> Appealed))
-///        -> Finalized | Slashed | Refunded. A passed audit or won appeal pays at once (Finalized);
-/// an audited job whose verdict never came is void (Refunded): silence never pays.
+/// Posted -> Assigned -> Committed -> (Audited -> AuditFailed (-> Appealed)
+///                                            | AuditPassed (-> Disputed))
+///        -> Finalized | Slashed | Refunded. Every verdict can be appealed by the party it goes
+/// against (a failure by the worker, a pass by the client: a dispute); it stands when its
+/// appeal window closes unappealed or the appeal verifier upholds it. An audited job whose
+/// verdict never came is void (Refunded): silence never pays.
 enum JobState {
     None,
     Posted,
@@ -15,7 +18,9 @@ enum JobState {
     Appealed,
     Finalized,
     Slashed,
-    Refunded
+    Refunded,
+    AuditPassed,
+    Disputed
 }
 
 /// @notice The full record of one job. The contract stores only keccak256(abi.encode(job)) per

@@ -428,6 +428,18 @@ def list_jobs(
     Console().print(table)
 
 
+@app.command("dispute")
+def dispute(
+    job_id: Annotated[int, typer.Argument(help="The on-chain job id.")],
+) -> None:
+    """Dispute a passed audit of your job (within its appeal window): another verifier
+    recomputes it; a bond of the audit fee comes back if the pass is overturned."""
+    if job_id < 0:
+        raise BadInput("job id must be non-negative")
+    _client().dispute(job_id)
+    console.print(f"job {job_id}: pass disputed; an appeal verifier recomputes it")
+
+
 @app.command("reclaim")
 def reclaim(
     job_id: Annotated[int, typer.Argument(help="The on-chain job id.")],

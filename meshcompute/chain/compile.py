@@ -43,11 +43,11 @@ ARTIFACTS_DIR = "meshcompute/artifacts"
 TEST_ARTIFACTS_DIR = "tests/fixtures/artifacts"
 
 #: Pinned compiler settings (recorded in each artifact's ``compiler.settings``). ``runs`` is
-#: 2000, not more: at 10000 the optimizer's inlining takes JobMarket past EIP-170's 24,576-byte
-#: limit on deployed code, while 2000 costs about 0.2 % more gas per job (BENCHMARKS.md, gas).
+#: 500: with appealable passes (disputes) JobMarket's deployed code at 2000 runs was 24,994
+#: bytes, past EIP-170's 24,576-byte limit; at 500 it is 23,112 (gas per job: BENCHMARKS.md).
 SETTINGS: dict[str, Any] = {
     "evmVersion": "cancun",
-    "optimizer": {"enabled": True, "runs": 2000},
+    "optimizer": {"enabled": True, "runs": 500},
     "viaIR": True,
     "remappings": ["@openzeppelin/=node_modules/@openzeppelin/"],
 }

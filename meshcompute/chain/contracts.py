@@ -24,7 +24,7 @@ from meshcompute.chain.custom_errors import abi_type, decode_custom_error, rever
 from meshcompute.chain.deploy import Deployment
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
-from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, apply_event
+from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, JobState, apply_event
 from meshcompute.errors import BadInput, ChainError
 
 
@@ -479,8 +479,17 @@ class MeshActor(MeshContracts):
         )
 
     def appeal(self, job_id: int, record: JobRecord | None = None) -> TxReceipt:
+        """Appeal the verdict on ``job_id``: as its worker, a failure; as its client, a pass
+        (a dispute: the client escrows a bond equal to the audit fee, approved here)."""
         record = record or self.job(job_id)
+        if (record.state == JobState.AUDIT_PASSED and record.audit_fee
+                and record.client.lower() == self.address.lower()):
+            self._ensure_allowance(record.audit_fee)
         return self._send(self.market.functions.appeal(job_id, record.as_tuple()))
+
+    def dispute(self, job_id: int, record: JobRecord | None = None) -> TxReceipt:
+        """As the job's client, dispute a passed audit within its appeal window (see appeal)."""
+        return self.appeal(job_id, record)
 
     def withdraw(self) -> TxReceipt:
         return self._send(self.market.functions.withdraw())

@@ -39,6 +39,8 @@ _PENDING_STAGES = {
     JobState.AUDITED: "awaiting audit verdict",
     JobState.AUDIT_FAILED: "audit failed, appealable",
     JobState.APPEALED: "appealed, awaiting verdict",
+    JobState.AUDIT_PASSED: "audit passed, client may dispute",
+    JobState.DISPUTED: "pass disputed, awaiting verdict",
 }
 
 

@@ -30,6 +30,8 @@ class JobState(IntEnum):
     FINALIZED = 7
     SLASHED = 8
     REFUNDED = 9
+    AUDIT_PASSED = 10
+    DISPUTED = 11
 
     @property
     def terminal(self) -> bool:
@@ -38,6 +40,25 @@ class JobState(IntEnum):
 
 TERMINAL_STATES = frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED})
 
+#: Rewards of the verifier's free stake locked behind a pass (JobMarket._PASS_BOND_REWARDS);
+#: a failure locks one. A lazy pass saves about one job's compute, a caught one costs this.
+PASS_BOND_REWARDS = 10
+
+
+def verifier_bond(reward: int, state: JobState) -> int:
+    """The stake a verdict that leaves a job in ``state`` locks (0 outside a verdict)."""
+    if state in (JobState.AUDIT_PASSED, JobState.DISPUTED):
+        return reward * PASS_BOND_REWARDS
+    if state in (JobState.AUDIT_FAILED, JobState.APPEALED):
+        return reward
+    return 0
+
+
+#: A verdict is in and can still be appealed or is under appeal: the verifier's bond is locked.
+VERDICT_STATES = frozenset(
+    {JobState.AUDIT_FAILED, JobState.APPEALED, JobState.AUDIT_PASSED, JobState.DISPUTED}
+)
+
 #: Every state change the contract can make. ASSIGNED -> ASSIGNED is a lease renewal or a
 #: takeover after an expired lease.
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
@@ -45,11 +66,15 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.POSTED: frozenset({JobState.ASSIGNED, JobState.COMMITTED, JobState.REFUNDED}),
     JobState.ASSIGNED: frozenset({JobState.ASSIGNED, JobState.COMMITTED, JobState.REFUNDED}),
     JobState.COMMITTED: frozenset(
-        {JobState.AUDITED, JobState.FINALIZED, JobState.AUDIT_FAILED}
+        {JobState.AUDITED, JobState.FINALIZED, JobState.AUDIT_FAILED, JobState.AUDIT_PASSED}
     ),
-    JobState.AUDITED: frozenset({JobState.FINALIZED, JobState.AUDIT_FAILED, JobState.REFUNDED}),
+    JobState.AUDITED: frozenset(
+        {JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.REFUNDED}
+    ),
     JobState.AUDIT_FAILED: frozenset({JobState.APPEALED, JobState.SLASHED}),
     JobState.APPEALED: frozenset({JobState.FINALIZED, JobState.SLASHED}),
+    JobState.AUDIT_PASSED: frozenset({JobState.DISPUTED, JobState.FINALIZED}),
+    JobState.DISPUTED: frozenset({JobState.FINALIZED, JobState.SLASHED}),
     JobState.FINALIZED: frozenset(),
     JobState.SLASHED: frozenset(),
     JobState.REFUNDED: frozenset(),
@@ -101,7 +126,10 @@ class JobRecord:
         """Tokens the market holds for this job right now (part of the solvency sum)."""
         if self.state.terminal or self.state == JobState.NONE:
             return 0
-        # a failing verdict's audit fee stays in escrow until the failure stands or falls
+        # a verdict's audit fee stays in escrow until the verdict stands or falls; a disputed
+        # pass also holds the client's dispute bond (one more audit fee)
+        if self.state == JobState.DISPUTED:
+            return self.reward + 2 * self.audit_fee
         return self.reward + self.audit_fee
 
     @property
@@ -113,21 +141,21 @@ class JobRecord:
             JobState.AUDITED,
             JobState.AUDIT_FAILED,
             JobState.APPEALED,
+            JobState.AUDIT_PASSED,
+            JobState.DISPUTED,
         )
-
 
     @property
     def verifier_bond(self) -> int:
-        """Stake the verifier who failed this job has locked behind its verdict (the job's
-        reward) while the failure can still be overturned; 0 otherwise."""
-        if self.state in (JobState.AUDIT_FAILED, JobState.APPEALED):
-            return self.reward
-        return 0
+        """Stake the verifier who judged this job has locked behind its verdict while the
+        verdict can still be overturned (the reward behind a failure, :data:`PASS_BOND_REWARDS`
+        rewards behind a pass); 0 otherwise."""
+        return verifier_bond(self.reward, self.state)
 
     def locks(self) -> dict[str, int]:
         """Stake locked in the stake manager because of this job, by address: the worker's
-        collateral while it holds the job, the failing verifier's bond while it stands open."""
-        held: dict[str, int] = {}
+        collateral while it holds the job, the verifier's bond while its verdict is open."""
+        held: dict[str, int] = {}  # the worker's collateral, the verifier's bond
         if self.holds_collateral and self.collateral:
             held[self.worker] = self.collateral
         if self.verifier_bond:
@@ -185,10 +213,12 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
     if event == "AuditDrawn":
         return replace(record, state=JobState.AUDITED) if args["audited"] else record
     if event == "AuditResolved":
-        updated = replace(record, auditor=args["verifier"], resolved_at=args["resolvedAt"])
-        return updated if args["passed"] else replace(updated, state=JobState.AUDIT_FAILED)
+        state = JobState.AUDIT_PASSED if args["passed"] else JobState.AUDIT_FAILED
+        return replace(record, auditor=args["verifier"], resolved_at=args["resolvedAt"],
+                       state=state)
     if event == "AuditAppealed":
-        return replace(record, state=JobState.APPEALED)
+        disputed = record.state == JobState.AUDIT_PASSED
+        return replace(record, state=JobState.DISPUTED if disputed else JobState.APPEALED)
     if event == "JobPaid":
         return replace(record, state=JobState.FINALIZED)
     if event == "JobSlashed":

@@ -390,8 +390,8 @@ def audit_closes_at(record: JobRecord, *, challenge_window: int, audit_window: i
 
 
 def appeal_closes_at(record: JobRecord, *, appeal_window: int) -> int:
-    """The last second the worker may appeal a failed audit: the appeal window, counted from
-    the first verdict."""
+    """The last second the worker may appeal a failed audit (or the client dispute a pass):
+    the appeal window, counted from the first verdict."""
     return record.resolved_at + appeal_window
 
 

@@ -14,6 +14,10 @@ or refuses it; :func:`settle_action` answers the same question off chain, at blo
 * ``AUDIT_FAILED`` — after ``resolved_at + appeal_window`` (strictly) with no appeal: slashed.
 * ``APPEALED`` — after ``resolved_at + appeal_window + audit_window`` (strictly) with no appeal
   verdict: the failed audit stands, slashed.
+* ``AUDIT_PASSED`` — after ``resolved_at + appeal_window`` (strictly) with no dispute from the
+  client: the pass stands, the worker and the verifier are paid (:attr:`SettleAction.PAY`).
+* ``DISPUTED`` — after ``resolved_at + appeal_window + audit_window`` (strictly) with no appeal
+  verdict: the pass stands (paid) and the client's dispute bond goes back to it.
 
 Every other state (posted, assigned, and the terminal ones) is refused. Only the draw needs
 the chain (the hash of the block after the commit), so the caller supplies it as ``audited``.
@@ -40,7 +44,8 @@ class SettleAction(Enum):
     """What a settlement transaction does to one job."""
 
     PAY = "pay"
-    """The worker is paid (not drawn for audit, after the challenge window)."""
+    """The worker is paid (not drawn for audit, after the challenge window; or a passed audit
+    that stands, after its appeal window)."""
     VOID = "void"
     """Drawn for audit, no verdict in time: nobody is paid, the client gets its escrow back and
     the worker its collateral (the job ends Refunded)."""
@@ -90,6 +95,13 @@ def settle_action(
         closes_at = appeal_verdict_closes_at(record, appeal_window=appeal_window,
                                              audit_window=audit_window)
         return None if window_open(now, closes_at) else SettleAction.SLASH
+    if state == JobState.AUDIT_PASSED:
+        closes_at = appeal_closes_at(record, appeal_window=appeal_window)
+        return None if window_open(now, closes_at) else SettleAction.PAY
+    if state == JobState.DISPUTED:
+        closes_at = appeal_verdict_closes_at(record, appeal_window=appeal_window,
+                                             audit_window=audit_window)
+        return None if window_open(now, closes_at) else SettleAction.PAY
     return None
 
 

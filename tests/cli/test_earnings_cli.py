@@ -31,6 +31,7 @@ def _work_history(world: World, me) -> dict[str, int]:
     failed = world.audited_job(worker=me)
     world.verifiers[0].resolve_audit(failed, False, EVIDENCE)
     world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.admin.finalize(passed)  # the pass stands: paid
     world.admin.finalize(failed)  # the failed audit stands: slash
     other = world.committed_job(worker=world.workers[0])  # another worker's job
     pending = world.committed_job(worker=me, reward=20 * TOKEN)

@@ -11,7 +11,7 @@ import pytest
 from web3.logs import DISCARD
 
 from meshcompute.chain.tickets import sign_permit
-from meshcompute.core.job import JobState
+from meshcompute.core.job import PASS_BOND_REWARDS, JobState
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.errors import ContractRevert
 from meshcompute.units import TOKEN
@@ -279,17 +279,32 @@ def test_ended_job_digest_is_cleared(world: World, how: str) -> None:
 # -------------------------------------------------------------------------------- audits
 
 
-def test_resolveAudit_pass_pays_worker_and_verifier_fee(world: World) -> None:
+def test_resolveAudit_pass_pays_once_its_dispute_window_closes(world: World) -> None:
+    """A pass locks the verifier's bond and holds its fee while the client may dispute it;
+    once the appeal window closes undisputed, finalize pays the worker and the verifier."""
     worker, verifier = world.workers[0], world.verifiers[0]
     job_id = world.audited_job(worker=worker)
     record = world.job(job_id)
     assert record.state == JobState.AUDITED
+    verifier_before = verifier.stake_of(verifier.address)
     receipt = verifier.resolve_audit(job_id, True, EVIDENCE)
+    assert events_in(verifier, receipt, "JobPaid") == []
+    held = world.job(job_id)
+    assert (held.state, held.auditor) == (JobState.AUDIT_PASSED, verifier.address)
+    bond = record.reward * PASS_BOND_REWARDS
+    assert verifier.stake_of(verifier.address).locked == verifier_before.locked + bond
+    assert _withdrawable(world, verifier) == 0
+    assert_solvent(world)
+    with reverts("NotYetSettleable"):
+        world.outsider.finalize(job_id)
+    world.advance(P + 1)
+    receipt = world.outsider.finalize(job_id)
     pay, fee = split_reward(record.reward, FEE_BPS)
     (paid,) = events_in(verifier, receipt, "JobPaid")
     assert (paid.args["amount"], paid.args["fee"], paid.args["audited"]) == (pay, fee, True)
     (fee_paid,) = events_in(verifier, receipt, "AuditFeePaid")
-    assert fee_paid.args["amount"] == record.audit_fee
+    assert (fee_paid.args["verifier"], fee_paid.args["amount"]) == (verifier.address,
+                                                                    record.audit_fee)
     assert _withdrawable(world, worker) == pay
     assert _withdrawable(world, verifier) == record.audit_fee
     assert _withdrawable(world, world.clients[0]) == 0  # the audit fee was earned
@@ -297,9 +312,105 @@ def test_resolveAudit_pass_pays_worker_and_verifier_fee(world: World) -> None:
     final = world.job(job_id)
     assert (final.state, final.auditor) == (JobState.FINALIZED, verifier.address)
     assert worker.stake_of(worker.address).locked == 0
+    assert verifier.stake_of(verifier.address) == verifier_before
     assert worker.worker_record(worker.address).audits_passed == 1
     assert worker.worker_record(worker.address).completed == 1
     assert_solvent(world)
+
+
+def _disputed_job(world: World):
+    worker, client = world.workers[0], world.clients[0]
+    first = world.verifiers[0]
+    job_id = world.audited_job(worker=worker)
+    first.resolve_audit(job_id, True, EVIDENCE)
+    with reverts("NotJobClient"):
+        worker.appeal(job_id)  # only the client disputes a pass
+    client_balance = client.balance_of(client.address)
+    receipt = client.dispute(job_id)
+    (appealed,) = events_in(client, receipt, "AuditAppealed")
+    assert appealed.args["appellant"] == client.address
+    record = world.job(job_id)
+    assert record.state == JobState.DISPUTED
+    assert client.balance_of(client.address) == client_balance - record.audit_fee  # the bond
+    assert_solvent(world)
+    return job_id, record
+
+
+@pytest.mark.parametrize("pass_upheld", [True, False], ids=["upheld", "overturned"])
+def test_disputed_pass_is_judged_by_a_second_verifier(world: World, pass_upheld: bool) -> None:
+    """The client disputes a pass (a canary caught a lazy verifier, or its own check
+    disagrees). Upheld: the worker and the first verifier are paid, the appeal verifier earns
+    the client's dispute bond. Overturned: the worker is slashed, the passing verifier loses
+    its fee (to the appeal verifier) and its bond (to the client), the client's bond comes
+    back."""
+    worker, client = world.workers[0], world.clients[0]
+    first, second = world.verifiers
+    job_id, record = _disputed_job(world)
+    first_before = first.stake_of(first.address)
+    admin_before = _withdrawable(world, world.admin)
+    with reverts("VerifierConflict"):
+        first.resolve_appeal(job_id, True, EVIDENCE)
+    receipt = second.resolve_appeal(job_id, pass_upheld, EVIDENCE)
+    first_after = first.stake_of(first.address)
+    stake = worker.stake_of(worker.address)
+    if pass_upheld:
+        pay, fee = split_reward(record.reward, FEE_BPS)
+        assert world.job(job_id).state == JobState.FINALIZED
+        assert _withdrawable(world, worker) == pay
+        assert _withdrawable(world, first) == record.audit_fee
+        assert _withdrawable(world, second) == record.audit_fee  # the dispute bond
+        assert _withdrawable(world, client) == 0
+        bond = record.reward * PASS_BOND_REWARDS
+        assert (first_after.free, first_after.locked) == (first_before.free + bond,
+                                                          first_before.locked - bond)
+        assert _withdrawable(world, world.admin) - admin_before == fee
+        assert worker.worker_record(worker.address).audits_passed == 1
+    else:
+        compensation, remainder = slash_split(record.collateral, record.audit_fee)
+        assert world.job(job_id).state == JobState.SLASHED
+        bond = record.reward * PASS_BOND_REWARDS
+        (slashed,) = events_in(second, receipt, "VerifierSlashed")
+        assert (slashed.args["verifier"], slashed.args["amount"],
+                slashed.args["beneficiary"]) == (first.address, bond, client.address)
+        assert _withdrawable(world, first) == 0  # a wrong pass earns nothing
+        assert _withdrawable(world, second) == record.audit_fee
+        assert _withdrawable(world, worker) == 0
+        # reward back, compensation, its dispute bond back, and the lazy verifier's bond
+        assert _withdrawable(world, client) == (record.reward + compensation + record.audit_fee
+                                                + bond)
+        assert (first_after.free, first_after.locked) == (first_before.free,
+                                                          first_before.locked - bond)
+        assert first_after.slashed == first_before.slashed + bond
+        assert _withdrawable(world, world.admin) - admin_before == remainder
+        assert stake.slashed == record.collateral
+        assert worker.worker_record(worker.address).slashed == 1
+    assert_solvent(world)
+
+
+def test_disputed_pass_without_appeal_verdict_stands_and_returns_the_bond(world: World) -> None:
+    worker, client = world.workers[0], world.clients[0]
+    first = world.verifiers[0]
+    job_id, record = _disputed_job(world)
+    with reverts("NotYetSettleable"):
+        world.outsider.finalize(job_id)
+    world.advance(P + A + 1)
+    world.outsider.finalize(job_id)
+    pay, _fee = split_reward(record.reward, FEE_BPS)
+    assert world.job(job_id).state == JobState.FINALIZED
+    assert _withdrawable(world, worker) == pay
+    assert _withdrawable(world, first) == record.audit_fee
+    assert _withdrawable(world, client) == record.audit_fee  # its dispute bond
+    assert first.stake_of(first.address).locked == 0
+    assert_solvent(world)
+
+
+def test_dispute_window_closes(world: World) -> None:
+    first, client = world.verifiers[0], world.clients[0]
+    job_id = world.audited_job(worker=world.workers[0])
+    first.resolve_audit(job_id, True, EVIDENCE)
+    world.advance(P + 1)
+    with reverts("WindowClosed"):
+        client.dispute(job_id)
 
 
 def test_resolveAudit_takes_the_draw_of_a_committed_job(world: World) -> None:
@@ -870,6 +981,7 @@ def test_workerRecord_counts_each_outcome(world: World) -> None:
     world.assign(worker, [missed])
     world.advance(P + 1)
     world.outsider.finalize(failed)
+    world.outsider.finalize(passed)  # the pass stands once its dispute window closed
     world.clients[0].reclaim(missed)
     record = worker.worker_record(worker.address)
     assert (record.completed, record.missed, record.slashed, record.audits_passed) == (1, 1, 1, 1)

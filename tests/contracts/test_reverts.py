@@ -945,6 +945,10 @@ def test_finalize_reverts_on_unknown_or_forged_record(world: World) -> None:
     audited = world.audited_job()
     stale = world.job(audited)  # Audited; the pass below makes it stale
     world.verifiers[1].resolve_audit(audited, True, EVIDENCE)
+    with reverts("JobRecordMismatch", StaleJobRecord, jobId=audited):
+        world.outsider.finalize(audited, stale)  # passed, open for a dispute
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.outsider.finalize(audited)
     with reverts("JobClosed", WrongJobState, jobId=audited):
         world.outsider.finalize(audited, stale)  # paid: ended, whatever record is passed
     world.outsider.finalize(job_id)

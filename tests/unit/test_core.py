@@ -109,6 +109,26 @@ def test_apply_event_follows_the_contract() -> None:
     assert record.state == JobState.SLASHED and record.escrow == 0
 
 
+def test_apply_event_pass_is_disputable_by_the_client() -> None:
+    """A pass holds the verifier's bond and the fee until it stands; the client's dispute
+    adds its bond (one more audit fee) to the escrow."""
+    record = apply_event(None, "JobPosted", POSTED)
+    record = apply_event(record, "JobCommitted", {"resultHash": b"\x02" * 32, "committedAt": 600,
+                                                  "committedBlock": 9,
+                                                  "worker": "0x" + "22" * 20,
+                                                  "leaseExpiry": 500, "auditBps": 700})
+    verifier = "0x" + "33" * 20
+    record = apply_event(record, "AuditResolved", {"verifier": verifier, "passed": True,
+                                                   "resolvedAt": 700, "evidenceHash": b""})
+    assert record.state == JobState.AUDIT_PASSED and record.escrow == 110
+    assert record.locks() == {"0x" + "22" * 20: 50, verifier: 1000}  # 10 rewards behind a pass
+    record = apply_event(record, "AuditAppealed", {"appellant": POSTED["client"]})
+    assert record.state == JobState.DISPUTED and record.escrow == 120
+    assert record.locks() == {"0x" + "22" * 20: 50, verifier: 1000}  # 10 rewards behind a pass
+    record = apply_event(record, "JobPaid", {})
+    assert record.state == JobState.FINALIZED and record.escrow == 0 and record.locks() == {}
+
+
 def test_apply_event_commit_from_posted_is_assignment_and_commit() -> None:
     """assignAndCommit emits only JobCommitted: from a posted job (or one whose lease another
     worker let expire) it sets the lease and the result at once."""

@@ -92,6 +92,19 @@ def test_settle_action_appealed_slashes_after_appeal_verdict_window() -> None:
     assert action(rec, 2_000 + APPEAL + AUDIT + 1) is SettleAction.SLASH
 
 
+def test_settle_action_audit_passed_pays_strictly_after_appeal_window() -> None:
+    """A pass waits for the client's dispute window before the worker is paid."""
+    rec = record(JobState.AUDIT_PASSED, resolved_at=2_000)
+    assert action(rec, 2_000 + APPEAL) is None
+    assert action(rec, 2_000 + APPEAL + 1) is SettleAction.PAY
+
+
+def test_settle_action_disputed_pass_stands_after_appeal_verdict_window() -> None:
+    rec = record(JobState.DISPUTED, resolved_at=2_000)
+    assert action(rec, 2_000 + APPEAL + AUDIT) is None
+    assert action(rec, 2_000 + APPEAL + AUDIT + 1) is SettleAction.PAY
+
+
 @pytest.mark.parametrize(
     "state",
     [JobState.POSTED, JobState.ASSIGNED, JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED],
@@ -159,9 +172,9 @@ def test_payable_jobs_matches_the_contract_rules(jobs, now: int) -> None:
             expected = now - rec.committed_at >= CHALLENGE and draw is not None
         elif rec.state == JobState.AUDITED:
             expected = now - rec.committed_at > CHALLENGE + AUDIT
-        elif rec.state == JobState.AUDIT_FAILED:
+        elif rec.state in (JobState.AUDIT_FAILED, JobState.AUDIT_PASSED):
             expected = now - rec.resolved_at > APPEAL
-        elif rec.state == JobState.APPEALED:
+        elif rec.state in (JobState.APPEALED, JobState.DISPUTED):
             expected = now - rec.resolved_at > APPEAL + AUDIT
         else:
             expected = False

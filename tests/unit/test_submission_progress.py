@@ -60,6 +60,7 @@ def test_every_state_has_a_phase() -> None:
         JobState.NONE: "posted", JobState.POSTED: "posted", JobState.ASSIGNED: "leased",
         JobState.COMMITTED: "committed", JobState.AUDITED: "audited",
         JobState.AUDIT_FAILED: "audited", JobState.APPEALED: "audited",
+        JobState.AUDIT_PASSED: "audited", JobState.DISPUTED: "audited",
         JobState.FINALIZED: "paid", JobState.REFUNDED: "refunded",
         JobState.SLASHED: "slashed",
     }

@@ -18,7 +18,7 @@ import pytest
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.deploy import save_deployment
-from meshcompute.core.job import JobState
+from meshcompute.core.job import PASS_BOND_REWARDS, JobState
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
@@ -214,6 +214,10 @@ def test_honest_job_drawn_for_audit_passes_and_pays(world, market, kit, tmp_path
     report = service.poll_once()
     assert report.posted == [(job_id, "audit", True)], report
 
+    # the pass holds the verifier's bond while the client may dispute it; then it stands
+    assert world.job(job_id).state == JobState.AUDIT_PASSED
+    world.advance(world.deployment.params.appeal_window_s + 1)
+    world.admin.finalize(job_id)
     assert world.job(job_id).state == JobState.FINALIZED
     pay, _fee = split_reward(record.reward, world.deployment.params.fee_bps)
     assert world.admin.account_of(worker.address).withdrawable - worker_before == pay
@@ -315,6 +319,66 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     assert world.admin.account_of(honest_verifier.address).withdrawable == record.audit_fee
     assert world.admin.stake_of(worker.address).locked == 0
     assert world.admin.free_stake(worker.address) == STAKE
+    c1.close()
+    c2.close()
+
+
+def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(
+    world, market, kit, tmp_path
+) -> None:
+    """A canary: the client's own worker commits junk; a lazy verifier passes it without
+    recomputing (its evidence names the worker's output as its own). The client disputes the
+    pass; an honest verifier recomputes and overturns it: the worker is slashed, the lazy
+    verifier loses its fee and its bond (to the client), the client gets everything back."""
+    honest_verifier, lazy, worker, client = (world.verifiers[0], world.verifiers[1],
+                                             world.workers[0], world.clients[0])
+    junk = scaled(kit.honest, 1.01)
+    job_id = post_and_commit(world, market, kit, junk)
+    world.chain.mine(2)
+    record = world.job(job_id)
+    policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
+    hashes = [sha256_hex(junk), sha256_hex(junk)]  # "recomputed": the worker's own output
+    with client_for(market, lazy) as c:
+        c.put_blob(claim_document(hashes, policy))
+    lazy.resolve_audit(job_id, True, evidence_hash(hashes, policy))
+    client_before = world.admin.account_of(client.address).withdrawable
+    client.dispute(job_id)
+    assert world.job(job_id).state == JobState.DISPUTED
+
+    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest",
+                               audits=False)
+    report = service.poll_once()
+    assert report.posted == [(job_id, "appeal", False)], report
+    assert world.job(job_id).state == JobState.SLASHED
+    compensation, _ = slash_split(record.collateral, record.audit_fee)
+    bond = record.reward * PASS_BOND_REWARDS  # a pass's bond
+    assert world.admin.account_of(client.address).withdrawable - client_before == (
+        record.reward + compensation + record.audit_fee + bond)
+    assert world.admin.stake_of(lazy.address).slashed == bond
+    assert world.admin.account_of(lazy.address).withdrawable == 0
+    assert world.admin.account_of(honest_verifier.address).withdrawable == record.audit_fee
+    assert world.admin.stake_of(worker.address).slashed == record.collateral
+    c2.close()
+
+
+def test_a_disputed_honest_pass_is_upheld(world, market, kit, tmp_path) -> None:
+    """A client that disputes a correct pass loses its dispute bond to the appeal verifier;
+    the worker and the passing verifier are paid."""
+    first, second, worker, client = (world.verifiers[0], world.verifiers[1], world.workers[0],
+                                     world.clients[0])
+    job_id = post_and_commit(world, market, kit, kit.honest)
+    auditor, c1 = make_service(world, market, first, tmp_path / "first")
+    assert auditor.poll_once().posted == [(job_id, "audit", True)]
+    record = world.job(job_id)
+    client.dispute(job_id)
+    service, c2 = make_service(world, market, second, tmp_path / "second", audits=False)
+    assert service.poll_once().posted == [(job_id, "appeal", True)]
+    assert world.job(job_id).state == JobState.FINALIZED
+    pay, _ = split_reward(record.reward, world.deployment.params.fee_bps)
+    assert world.admin.account_of(worker.address).withdrawable >= pay
+    assert world.admin.account_of(first.address).withdrawable == record.audit_fee
+    assert world.admin.account_of(second.address).withdrawable == record.audit_fee  # the bond
+    assert world.admin.stake_of(first.address).locked == 0
     c1.close()
     c2.close()
 

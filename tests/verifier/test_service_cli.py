@@ -75,7 +75,7 @@ def test_start_audits_a_drawn_job_and_stops_on_sigterm(world, market, kit, tmp_p
     tether(process.pid)
     try:
         give_up = time.monotonic() + 120
-        while world.job(job_id).state != JobState.FINALIZED:
+        while world.job(job_id).state != JobState.AUDIT_PASSED:  # open for a dispute
             assert process.poll() is None, process.stdout.read()
             assert time.monotonic() < give_up, "verifier did not post a verdict in time"
             time.sleep(0.5)
