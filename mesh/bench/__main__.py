@@ -141,7 +141,7 @@ def _e2e() -> dict[str, Any]:
 #: name -> (section title, runner, renderer)
 SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], list[str]]]] = {
     "gas": (("Gas per job (`mesh bench gas --json`, anvil 1.7.1, solc 0.8.37, cancun, via IR, "
-             "optimizer 2000)"), _gas, render_gas),
+             "optimizer 500)"), _gas, render_gas),
     "match": (("Matching in the pure core (`mesh bench match --json`; target median <= 1 ms "
               "per assignment)"), _match, render_plain),
     "verify": ("Verification: false positives and detection (`mesh bench verify --json`)",

@@ -62,7 +62,7 @@ def run_sim(
         for name, result in simulate_roles(params, jobs=jobs, providers=providers,
                                            seed=seed).items()
     }
-    roles_not_losing = [name for name, entry in roles.items() if entry["gain_vs_honest"] >= 0]
+    roles_not_losing = [name for name, entry in roles.items() if not entry["deterred"]]
     typical = 100
     rates = {
         "new_worker": audit_bps(

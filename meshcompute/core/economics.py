@@ -45,8 +45,11 @@ job stream and draws:
   (``onchain_audit_rate``) the ticket cannot lower the rate; without it (the old contract) the
   rate falls to ``max(client, floor)``.
 - ``lazy_verifier``: posts "pass" without recomputing, saving ``verify_cost_bps`` of the reward
-  per audit. Nothing punishes that yet (no verifier stake, no canary jobs): its gain is
-  positive and reported as such.
+  per audit. A pass locks ``pass_bond_rewards`` rewards of its stake until the client's dispute
+  window closes; ``canary_bps`` of the audits are canaries (known junk, disputed once passed),
+  on which the lazy verifier loses that bond and earns no fee while an honest one fails the
+  junk and earns its fee. Lazy passes lose money when ``canary share > verify cost / (audit
+  fee + bond)``; the result reports that break-even share.
 
 Pure: the standard library and the core only.
 """
@@ -60,6 +63,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 from meshcompute.core.audit_rate import BPS, audit_bps
+from meshcompute.core.job import PASS_BOND_REWARDS
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.errors import BadInput
 
@@ -98,18 +102,26 @@ class MarketParams:
     verify_cost_bps: int | None = None
     """A verifier's cost of one recomputation, as a share of the reward (None: the same as
     ``compute_cost_bps``)."""
+    canary_bps: int = 800
+    """Share of audits that are canaries: jobs whose result is known junk (posted by the
+    protocol's canary client to its own worker, which commits a wrong output), disputed by
+    that client once passed. A verifier cannot tell them from other audits."""
+    pass_bond_rewards: int = PASS_BOND_REWARDS
+    """Rewards of the verifier's stake behind a pass (JobMarket), lost on an overturned one."""
 
     def __post_init__(self) -> None:
         if not 0 < self.reward_min <= self.reward_max:
             raise BadInput("market needs 0 < reward_min <= reward_max")
         for name in ("audit_fee_bps", "compute_cost_bps", "junk_cost_bps", "fee_bps",
-                     "min_audit_bps", "detection_bps", "client_audit_bps", "verify_cost_bps"):
+                     "min_audit_bps", "detection_bps", "client_audit_bps", "verify_cost_bps",
+                     "canary_bps"):
             if name == "verify_cost_bps" and self.verify_cost_bps is None:
                 continue
             if not 0 <= getattr(self, name) <= BPS:
                 raise BadInput(f"market {name} must be within 0..{BPS}, got {getattr(self, name)}")
-        if self.collateral_ratio < 0 or self.initial_stake < 0:
-            raise BadInput("market collateral_ratio and initial_stake must be >= 0")
+        if self.collateral_ratio < 0 or self.initial_stake < 0 or self.pass_bond_rewards < 0:
+            raise BadInput("market collateral_ratio, initial_stake and pass_bond_rewards must "
+                           "be >= 0")
 
     def collateral(self, reward: int) -> int:
         return self.collateral_ratio * reward
@@ -468,14 +480,17 @@ ROLE_STRATEGIES: tuple[tuple[str, str, str], ...] = (
     ("colluding_operator", "market operator",
      "runs its own workers that return junk on every job and signs their tickets at 0 bps"),
     ("lazy_verifier", "verifier",
-     "posts pass on every audit without recomputing, saving its verification cost"),
+     "posts pass on every audit without recomputing, saving its verification cost; canary "
+     "jobs (known junk, disputed once passed) cost it its pass bond"),
 )
 """The strategies of roles other than the worker: (name, role, description)."""
 
 LAZY_VERIFIER_NOTE = (
-    "Not deterred: nothing punishes a verifier that passes without recomputing. The mechanism "
-    "(a verifier stake, and forced-error/canary jobs whose known-wrong results a verifier must "
-    "fail) is not built yet; until it is, the verifier's honesty is trusted, not enforced."
+    "Deterred by canaries: a pass locks ten rewards of the verifier's stake while the client "
+    "may dispute it; a canary client disputes every pass of its known-junk jobs, and the "
+    "overturned pass costs the verifier that bond and its fee. Lazy passing loses money once "
+    "canaries are more than verify_cost / (audit_fee + bond) of the audits, and only as long "
+    "as a verifier cannot tell canaries from other jobs."
 )
 
 
@@ -503,8 +518,9 @@ class RoleResult:
 
     @property
     def deterred(self) -> bool:
-        """The strategy earns strictly less than honest play of its role."""
-        return self.gain_vs_honest < 0
+        """The strategy earns strictly less than honest play of its role, in expectation (a
+        short run's realized gain is noise around it: a few canaries more or less)."""
+        return self.expected_gain_vs_honest < 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -648,15 +664,26 @@ def _role_result(index: int, per: str, stats: dict[str, Any], *,
 
 def _lazy_verifier(
     params: MarketParams, stream: list[_Job], providers: int,
-    honest: StrategyResult, honest_out: list[JobOutcome],
+    honest: StrategyResult, honest_out: list[JobOutcome], seed: int = 0,
 ) -> RoleResult:
     """A verifier passing every audit unread against one recomputing each, over the audits of
     the honest market. What it does to deterrence: with every verifier lazy nothing is caught
     (``detection_bps`` 0), and junk on every job is compared with honest work."""
     audits = [o for o in honest_out if o.audited]
+    rng = random.Random(f"canaries-{seed}")
+    canary = [rng.randrange(BPS) < params.canary_bps for _ in audits]
+    q = params.canary_bps / BPS
+    # honest: recomputes every audit (a canary is failed, its fee earned from the slash)
     honest_v = [o.audit_fee - params.verify_cost(o.reward) for o in audits]
-    lazy_v = [o.audit_fee for o in audits]
-    stats = _paired(lazy_v, honest_v, [float(v) for v in lazy_v], [float(v) for v in honest_v])
+    # lazy: the fee of every pass that stands; a canary's pass is overturned: bond lost
+    lazy_v = [-o.reward * params.pass_bond_rewards if c else o.audit_fee
+              for o, c in zip(audits, canary, strict=True)]
+    lazy_expected = [(1 - q) * o.audit_fee - q * o.reward * params.pass_bond_rewards
+                     for o in audits]
+    stats = _paired(lazy_v, honest_v, lazy_expected, [float(v) for v in honest_v])
+    fee_share = params.audit_fee_bps / BPS
+    breakeven = (params.verify_bps / BPS) / (fee_share + params.pass_bond_rewards) \
+        if fee_share + params.pass_bond_rewards > 0 else 1.0
     blind, _ = _run(replace(params, detection_bps=0), strategy_named("always_cheat"), stream,
                     providers, outcomes=False)
     return _role_result(
@@ -664,7 +691,14 @@ def _lazy_verifier(
         details={
             "verify_cost_bps": params.verify_bps,
             "audit_fee_bps": params.audit_fee_bps,
-            "mechanism_built": False,
+            "mechanism_built": True,
+            "mechanism": "canary jobs disputed by their client; pass bond "
+                         f"{params.pass_bond_rewards} rewards",
+            "canary_bps": params.canary_bps,
+            "canaries_seen": sum(canary),
+            "breakeven_canary_bps": math.ceil(breakeven * BPS),
+            "honest_verifier_profit_per_audit": round(sum(honest_v) / len(honest_v), 4)
+            if honest_v else 0.0,
             "if_every_verifier_lazy": {
                 "always_cheat_profit_per_job": round(blind.profit_per_job, 4),
                 "always_cheat_gain_vs_honest": round(
@@ -691,7 +725,7 @@ def simulate_roles(
     return {
         "griefing_client": _griefing_client(params, stream, providers, honest, honest_out),
         "colluding_operator": _colluding_operator(params, stream, providers, honest_out),
-        "lazy_verifier": _lazy_verifier(params, stream, providers, honest, honest_out),
+        "lazy_verifier": _lazy_verifier(params, stream, providers, honest, honest_out, seed),
     }
 
 

@@ -24,11 +24,10 @@ def test_text_output_has_the_roles_table_and_summary(run_mesh) -> None:
     for column in ("per", "gain vs honest", "deterred", "note"):
         assert column in roles
     assert "audit" in roles and "job" in roles
-    assert "NO" in roles  # the lazy verifier is not deterred
-    assert "not enforced" in " ".join(roles.split())  # its note
+    assert "NO" not in roles  # every role is deterred, the lazy verifier by canaries
+    assert "canaries" in " ".join(roles.split())  # its note
     last = out.strip().splitlines()[-1]
-    assert last == ("2 of 3 other roles lose by deviating; "
-                    "not deterred: lazy_verifier (no mechanism built yet)")
+    assert last == "3 of 3 other roles lose by deviating"
 
 
 def test_json_output_is_the_report(run_mesh) -> None:
@@ -37,7 +36,7 @@ def test_json_output_is_the_report(run_mesh) -> None:
     report = json.loads(result.out)
     assert report["jobs_per_strategy"] == 300 and report["seed"] == 3
     assert set(report["roles"]) == {"griefing_client", "colluding_operator", "lazy_verifier"}
-    assert report["role_strategies_not_losing"] == ["lazy_verifier"]
+    assert report["role_strategies_not_losing"] == []
 
 
 def test_roles_summary_wording() -> None:

@@ -171,28 +171,41 @@ def test_colluding_operator_gain_without_onchain_rate_matches_the_junk_value() -
 # ------------------------------------------------------------------ lazy verifier
 
 
-def test_lazy_verifier_gains_and_is_not_deterred(roles: dict) -> None:
+def test_lazy_verifier_loses_to_canaries(roles: dict) -> None:
+    """Canaries (known junk, disputed once passed) on 8 % of audits, ten rewards of stake
+    behind each pass: passing unread loses money in expectation and in the run."""
     lazy = roles["lazy_verifier"]
     entry = lazy.to_json()
-    assert lazy.gain_vs_honest > 0
-    assert entry["deterred"] is False and entry["mechanism_built"] is False
-    assert "not built" in entry["note"]
+    assert lazy.expected_gain_vs_honest < 0 and lazy.gain_vs_honest < 0
+    assert entry["deterred"] is True and entry["mechanism_built"] is True
     assert entry["per"] == "audit"
     assert entry["verify_cost_bps"] == DEFAULTS.compute_cost_bps
+    assert entry["canaries_seen"] > 0
+    # break-even share: verify cost / (audit fee + bond) = 0.6 / 10.1
+    assert entry["breakeven_canary_bps"] == 595 < DEFAULTS.canary_bps
     # with every verifier lazy nothing is caught and junk pays more than honest work
     assert entry["if_every_verifier_lazy"]["always_cheat_gain_vs_honest"] > 0
 
 
-def test_lazy_verifier_saves_exactly_its_verification_cost() -> None:
+def test_lazy_verifier_gains_without_canaries_and_saves_exactly_its_cost() -> None:
     reward = 300
-    params = MarketParams(reward_min=reward, reward_max=reward, verify_cost_bps=2_500)
+    params = MarketParams(reward_min=reward, reward_max=reward, verify_cost_bps=2_500,
+                          canary_bps=0)
     lazy = simulate_roles(params, jobs=1_000, seed=4)["lazy_verifier"]
     assert lazy.units > 0
     assert lazy.profit_per_job == params.audit_fee(reward)
     assert lazy.honest_profit_per_job == params.audit_fee(reward) - reward * 2_500 // BPS
     assert lazy.gain_vs_honest == reward * 2_500 // BPS
+    assert not lazy.deterred
     free = dataclasses.replace(params, verify_cost_bps=0)
     assert simulate_roles(free, jobs=200, seed=4)["lazy_verifier"].gain_vs_honest == 0
+
+
+def test_each_caught_canary_costs_the_lazy_verifier_its_bond() -> None:
+    reward = 300
+    params = MarketParams(reward_min=reward, reward_max=reward, canary_bps=BPS)
+    lazy = simulate_roles(params, jobs=500, seed=1)["lazy_verifier"]
+    assert lazy.profit_per_job == -reward * params.pass_bond_rewards
 
 
 # ------------------------------------------------------------------ params and report
@@ -219,7 +232,7 @@ def test_sim_report_has_roles_beside_the_worker_strategies() -> None:
     assert set(roles) == {"griefing_client", "colluding_operator", "lazy_verifier"}
     assert all("gain_vs_honest" in entry for entry in roles.values())
     assert report["role_strategies"] == 3
-    assert report["role_strategies_losing"] == 2
-    assert report["role_strategies_not_losing"] == ["lazy_verifier"]
-    assert roles["lazy_verifier"]["deterred"] is False
+    assert report["role_strategies_losing"] == 3
+    assert report["role_strategies_not_losing"] == []
+    assert roles["lazy_verifier"]["deterred"] is True
     assert roles["griefing_client"]["honest_workers_slashed"] == 0
