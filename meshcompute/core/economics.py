@@ -480,8 +480,8 @@ ROLE_STRATEGIES: tuple[tuple[str, str, str], ...] = (
     ("colluding_operator", "market operator",
      "runs its own workers that return junk on every job and signs their tickets at 0 bps"),
     ("lazy_verifier", "verifier",
-     "posts pass on every audit without recomputing, saving its verification cost; canary "
-     "jobs (known junk, disputed once passed) cost it its pass bond"),
+     ("posts pass on every audit without recomputing, saving its verification cost; canary "
+      "jobs (known junk, disputed once passed) cost it its pass bond")),
 )
 """The strategies of roles other than the worker: (name, role, description)."""
 
