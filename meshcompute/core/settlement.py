@@ -88,21 +88,25 @@ def settle_action(
         closes_at = audit_closes_at(record, challenge_window=challenge_window,
                                     audit_window=audit_window)
         return None if window_open(now, closes_at) else SettleAction.VOID
-    if state == JobState.AUDIT_FAILED:
-        closes_at = appeal_closes_at(record, appeal_window=appeal_window)
-        return None if window_open(now, closes_at) else SettleAction.SLASH
-    if state == JobState.APPEALED:
-        closes_at = appeal_verdict_closes_at(record, appeal_window=appeal_window,
-                                             audit_window=audit_window)
-        return None if window_open(now, closes_at) else SettleAction.SLASH
-    if state == JobState.AUDIT_PASSED:
-        closes_at = appeal_closes_at(record, appeal_window=appeal_window)
-        return None if window_open(now, closes_at) else SettleAction.PAY
-    if state == JobState.DISPUTED:
-        closes_at = appeal_verdict_closes_at(record, appeal_window=appeal_window,
-                                             audit_window=audit_window)
-        return None if window_open(now, closes_at) else SettleAction.PAY
+    if state in _VERDICT_STANDS:
+        # a verdict stands when its appeal window closes unappealed, or when an appeal
+        # verdict did not come: a failure is slashed, a pass paid
+        if state in (JobState.AUDIT_FAILED, JobState.AUDIT_PASSED):
+            closes_at = appeal_closes_at(record, appeal_window=appeal_window)
+        else:
+            closes_at = appeal_verdict_closes_at(record, appeal_window=appeal_window,
+                                                 audit_window=audit_window)
+        return None if window_open(now, closes_at) else _VERDICT_STANDS[state]
     return None
+
+
+#: What finalize does to a job whose verdict stands, by the state that verdict left it in.
+_VERDICT_STANDS = {
+    JobState.AUDIT_FAILED: SettleAction.SLASH,
+    JobState.APPEALED: SettleAction.SLASH,
+    JobState.AUDIT_PASSED: SettleAction.PAY,
+    JobState.DISPUTED: SettleAction.PAY,
+}
 
 
 def settle_actions(
