@@ -31,6 +31,7 @@ from meshcompute.verifier.journal import POSTED, SKIPPED, Journal
 from meshcompute.verifier.outputs import compare_outputs
 from meshcompute.verifier.recompute import Recomputer
 from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
+from meshcompute.units import TOKEN
 from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import STAKE, TEST_PARAMS, World, build_world
 
@@ -359,6 +360,60 @@ def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(
     assert world.admin.account_of(honest_verifier.address).withdrawable == record.audit_fee
     assert world.admin.stake_of(worker.address).slashed == record.collateral
     c2.close()
+
+
+class LazyAuditor(Auditor):
+    """Passes every drawn audit without recomputing, naming the worker's output as its own."""
+
+    def audit(self, job_id, record, *, missing_output_is_final):  # type: ignore[override]
+        from meshcompute.verifier.audit import AUDIT
+
+        worker_sha = bytes(record.result_hash).hex()
+        spec = JobSpec.from_bytes(self.store.get_blob(record.spec_hash.hex()))
+        return self._finish(job_id, AUDIT, record.spec_hash.hex(), dict(spec.tolerance),
+                            (worker_sha, worker_sha), True, ())
+
+
+def test_canary_runner_costs_a_lazy_verifier_its_bond_and_an_honest_one_nothing(
+    world, market, kit, tmp_path
+) -> None:
+    """Two canaries, real programs and junk outputs. The honest verifier fails the first (it
+    earns the fee; nobody honest is slashed); the lazy one passes the second, the runner
+    disputes it, the honest appeals verifier overturns it: the lazy verifier loses its bond."""
+    from meshcompute.verifier.canary import CanaryRunner
+
+    honest_v, lazy_v = world.verifiers
+    client, worker = world.clients[1], world.workers[2]
+    runner = CanaryRunner(client, worker, world.assigner, client_for(market, client),
+                          client_for(market, worker),
+                          CountingRecomputer(threads=1, allow_unsandboxed=_unsandboxed()))
+    reward, fee = 10 * TOKEN, TOKEN
+    first = runner.plant(kit.program, kit.inputs, reward=reward, audit_fee=fee,
+                         collateral=50 * TOKEN)
+    world.chain.mine(2)
+    honest, c1 = make_service(world, market, honest_v, tmp_path / "honest")
+    assert honest.poll_once().posted == [(first, "audit", False)]
+
+    second = runner.plant(kit.program, kit.inputs, reward=reward, audit_fee=fee,
+                          collateral=50 * TOKEN)
+    world.chain.mine(2)
+    lazy, c2 = make_service(world, market, lazy_v, tmp_path / "lazy")
+    lazy.auditor = LazyAuditor(c2, CountingRecomputer(threads=1), compare_outputs,
+                               evidence_hash, lazy.journal, verifier=lazy_v.address,
+                               chain_id=world.deployment.chain_id,
+                               job_market=world.deployment.address("JobMarket"))
+    assert (second, "audit", True) in lazy.poll_once().posted
+    assert runner.watch_once() == {second: "disputed"}
+    assert (second, "appeal", False) in honest.poll_once().posted
+    assert world.job(second).state == JobState.SLASHED
+    assert world.admin.stake_of(lazy_v.address).slashed == reward * PASS_BOND_REWARDS
+    assert world.admin.stake_of(honest_v.address).slashed == 0
+    assert world.admin.account_of(honest_v.address).withdrawable >= fee  # the appeal's fee
+    world.advance(world.deployment.params.appeal_window_s + 1)
+    world.admin.finalize(first)  # the honest failure stands
+    assert runner.watch_once() == {first: "slashed", second: "slashed"}
+    for c in (c1, c2, runner.client_market, runner.worker_market):
+        c.close()
 
 
 def test_a_disputed_honest_pass_is_upheld(world, market, kit, tmp_path) -> None:

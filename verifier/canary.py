@@ -1,0 +1,124 @@
+"""Canary jobs: known junk planted among ordinary jobs, so that a lazy pass costs its bond.
+
+A verifier that posts "pass" without recomputing saves about one job's compute. The contract
+makes every pass appealable by the job's client (a dispute) and locks ten rewards of the
+verifier's stake behind it (``JobMarket._verifierBond``). The canary runner is the client that
+uses that: it posts a real program with real inputs, has a worker of its own take the job
+with a ticket signed by the assigner key, and commits a wrong output (the honest output moved
+far beyond any tolerance). An honest verifier fails it (the canary pays the audit fee; its own
+worker's collateral goes back to it as compensation, the rest to the protocol). A verifier
+that passes it is disputed at once: another verifier recomputes, the pass is overturned and
+the lazy verifier's bond goes to the canary client.
+
+Who runs it: whoever holds the assigner key (the market operator, or the protocol through
+it), since the canary worker must get the job without the market offering it to anyone else.
+What it relies on: a verifier cannot tell a canary from any other job (real programs, a worker
+address with an ordinary record, the same ``assignAndCommit`` path). Neither is enforced here;
+the README's trust model says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from meshcompute.chain.contracts import JobParams, MeshActor
+from meshcompute.chain.tickets import AssignTicket, sign_ticket
+from meshcompute.core.job import JobState
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.errors import BadInput
+from meshcompute.execution.programs import load_tensors, save_tensors
+from meshcompute.wire.market_client import MarketClient
+
+log = logging.getLogger("meshcompute.canary")
+
+Recompute = Callable[[JobSpec, bytes, bytes], bytes]
+"""``(spec, program, inputs) -> honest output bytes`` (the verifier's Recomputer)."""
+
+
+def junk_output(honest: bytes) -> bytes:
+    """A wrong output of the same names, shapes and dtypes as ``honest``: every float value
+    negated, scaled and shifted (beyond any tolerance floor, and a different argmax), every
+    integer or bool value changed."""
+    out = []
+    for tensor in load_tensors(honest, "out"):
+        if tensor.is_floating_point() or tensor.is_complex():
+            out.append(-1.5 * tensor - 1.0)
+        elif tensor.dtype == torch.bool:
+            out.append(~tensor)
+        else:
+            out.append(tensor + 1)
+    return save_tensors(out, "out")
+
+
+@dataclass
+class CanaryRunner:
+    """Plants canary jobs and disputes every pass of them.
+
+    ``client`` posts and disputes; ``worker`` (staked) takes and commits; ``assigner`` signs
+    the ticket (an ``ASSIGNER_ROLE`` key); ``client_market``/``worker_market`` upload blobs as
+    each of them; ``recompute`` gives the honest output the junk is made from."""
+
+    client: MeshActor
+    worker: MeshActor
+    assigner: object
+    client_market: MarketClient
+    worker_market: MarketClient
+    recompute: Recompute
+    planted: dict[int, str] = field(default_factory=dict)
+    """Canary job id -> what became of it (``planted``, ``disputed``, or a final state)."""
+
+    def __post_init__(self) -> None:
+        if self.client.address.lower() == self.worker.address.lower():
+            raise BadInput("a canary's client and worker must be different addresses")
+
+    def plant(self, program: bytes, inputs: bytes, *, reward: int, audit_fee: int,
+              collateral: int, audit_bps: int = 10_000, deadline_s: int = 3600,
+              lease_s: int = 600) -> int:
+        """Post one canary job and commit junk for it; returns its job id."""
+        if audit_fee <= 0:
+            raise BadInput("a canary needs an audit fee: it pays the honest verifier that "
+                           "fails it, and bonds the dispute of a pass")
+        spec = JobSpec(program=self.client_market.put_blob(program),
+                       inputs=self.client_market.put_blob(inputs))
+        spec_sha = self.client_market.put_spec(spec)
+        junk = junk_output(self.recompute(spec, program, inputs))
+        self.worker_market.put_blob(junk)
+        now = int(self.client.w3.eth.get_block("latest")["timestamp"])
+        (job_id,) = self.client.post_jobs([JobParams(
+            spec_hash=bytes.fromhex(spec_sha), reward=reward, audit_fee=audit_fee,
+            collateral=collateral, deadline=now + deadline_s, audit_bps=audit_bps)])
+        ticket = AssignTicket(self.worker.address, (job_id,), audit_bps, now + lease_s)
+        signature = sign_ticket(ticket, self.assigner,  # type: ignore[arg-type]
+                                chain_id=self.client.deployment.chain_id,
+                                job_market=self.client.deployment.address("JobMarket"))
+        self.worker.assign_and_commit(ticket, signature, [bytes.fromhex(sha256_hex(junk))])
+        self.planted[job_id] = "planted"
+        log.info("canary planted: job %d", job_id)
+        return job_id
+
+    def watch_once(self) -> dict[int, str]:
+        """Dispute every planted job whose audit passed; record the ones that ended. Returns
+        what changed, by job id."""
+        changed: dict[int, str] = {}
+        for job_id, status in list(self.planted.items()):
+            if status not in ("planted", "disputed"):
+                continue
+            record = self.client.job(job_id)
+            if record.state == JobState.AUDIT_PASSED and status == "planted":
+                self.client.dispute(job_id, record)
+                log.warning("canary job %d passed by %s: disputed", job_id, record.auditor)
+                changed[job_id] = self.planted[job_id] = "disputed"
+            elif record.state.terminal:
+                changed[job_id] = self.planted[job_id] = record.state.name.lower()
+        return changed
+
+    def run(self, stop: Callable[[], bool], poll_s: float = 2.0) -> None:
+        """``watch_once`` until ``stop()`` or every planted job has ended."""
+        while not stop() and any(s in ("planted", "disputed") for s in self.planted.values()):
+            self.watch_once()
+            time.sleep(poll_s)
