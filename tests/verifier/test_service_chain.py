@@ -25,13 +25,13 @@ from meshcompute.core.tolerance import evidence_hash
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.settings import load_settings
+from meshcompute.units import TOKEN
 from meshcompute.verifier.audit import Auditor
 from meshcompute.verifier.evidence import EvidenceRecord, claim_document
 from meshcompute.verifier.journal import POSTED, SKIPPED, Journal
 from meshcompute.verifier.outputs import compare_outputs
 from meshcompute.verifier.recompute import Recomputer
 from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
-from meshcompute.units import TOKEN
 from meshcompute.wire.market_client import MarketClient
 from tests.contracts.world import STAKE, TEST_PARAMS, World, build_world
 
