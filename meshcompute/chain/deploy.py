@@ -44,7 +44,8 @@ class DeployParams:
     audit_window_s: int = 600
     """Seconds after the challenge window for the verifier's verdict (and for an appeal's)."""
     appeal_window_s: int = 600
-    """Seconds after a failed audit during which the worker may appeal."""
+    """Seconds after a verdict during which the party it goes against may appeal it (the
+    worker a failure, the client a pass: a dispute). A passed audit is paid when it closes."""
     audit_deterrence: bool = True
     """Raise each job's audit rate on chain, at assignment, to the deterrence rate of
     :func:`meshcompute.core.audit_rate.audit_bps` for the worker's on-chain record and free
