@@ -20,7 +20,6 @@ the README's trust model says so.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -116,9 +115,3 @@ class CanaryRunner:
             elif record.state.terminal:
                 changed[job_id] = self.planted[job_id] = record.state.name.lower()
         return changed
-
-    def run(self, stop: Callable[[], bool], poll_s: float = 2.0) -> None:
-        """``watch_once`` until ``stop()`` or every planted job has ended."""
-        while not stop() and any(s in ("planted", "disputed") for s in self.planted.values()):
-            self.watch_once()
-            time.sleep(poll_s)
