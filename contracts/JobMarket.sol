@@ -128,6 +128,10 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     uint256 private constant _JOB_WORDS_BYTES = 15 * 32;
 
     Globals private _globals;
+    /// @dev The holders of VERIFIER_ROLE, in the order they were granted (a revoked one is
+    /// replaced by the last): the draw assigns each audit and each appeal to one of them.
+    address[] private _verifiers;
+    mapping(address verifier => uint256 slot) private _verifierSlot;
     mapping(uint256 jobId => bytes32 digest) private _jobDigest;
     mapping(address account => Account) private _accounts;
     mapping(address account => Record) private _records;
@@ -293,7 +297,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// be neither the job's worker nor its client.
     /// Either verdict opens the appeal window and puts the verifier's word at stake: its audit
     /// fee stays in escrow and the job's reward is locked from its free stake as a bond
-    /// (`verifierBond`) until the verdict stands (fee paid, bond released; a pass then pays the
+    /// (`_verifierBond`) until the verdict stands (fee paid, bond released; a pass then pays the
     /// worker) or the appeal verifier overturns it (fee to the appeal verifier, bond to the
     /// party it wronged: the worker of a wrongly failed job, the client of a wrongly passed
     /// one). A verifier that passes without recomputing thus risks its bond on every canary.
@@ -354,8 +358,9 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         }
         uint256 closesAt = _appealVerdictClosesAt(job);
         if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
-        emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
         Job memory j = job;
+        _checkAssigned(jobId, j, true, closesAt);
+        emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
         if (!workerWins) {
             _slash(jobId, j, msg.sender);
         } else if (dispute) {
@@ -495,13 +500,6 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         return _auditRate(reward, collateral, freeStake, completed, auditsPassed, slashed, minBps);
     }
 
-    /// @notice The stake a verifier locks behind its verdict on `job`, by the verdict `job.state`
-    /// holds (AuditFailed or Appealed: a failure; AuditPassed or Disputed: a pass). Released
-    /// when the verdict stands; paid to the party it wronged when it is overturned.
-    function verifierBond(Job calldata job) external pure returns (uint256) {
-        return _verifierBond(job);
-    }
-
     /// @notice Whether the audit draw of a committed job can be taken yet, and its outcome.
     function auditStatus(uint256 jobId, Job calldata job) external view returns (bool drawable, bool audited) {
         if (job.state != JobState.Committed) return (false, job.state == JobState.Audited);
@@ -511,6 +509,23 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
 
     /// @notice Payment state of `account`: credited and not withdrawn, total earned as a
     /// worker, total withdrawn, jobs completed.
+    /// @notice The verifier the draw assigns to the job's pending verdict now: its audit
+    /// (Committed and drawn, or Audited) or its appeal or dispute (Appealed, Disputed). Only
+    /// that verifier may post the verdict, and so only it earns the fee: a verifier cannot race
+    /// the others to every fee by passing without recomputing. The draw's seed is the audit
+    /// draw's (the hash of the block after the commit) and the candidates are the holders of
+    /// VERIFIER_ROLE other than the job's worker and client (and, for an appeal, the verifier
+    /// whose verdict is in question). Silence escalates: in the second half of the verdict's
+    /// window the next candidate is assigned instead; a verdict still missing when the window
+    /// closes leaves the job void. Zero when no candidate is left.
+    function assignedVerifier(uint256 jobId, Job calldata job) external view returns (address) {
+        _checkRecord(jobId, job);
+        Job memory j = job;
+        bool appealed = j.state == JobState.Appealed || j.state == JobState.Disputed;
+        uint256 closesAt = appealed ? _appealVerdictClosesAt(j) : _auditClosesAt(j);
+        return _assignee(jobId, j, appealed, closesAt);
+    }
+
     function accountOf(address account)
         external
         view
@@ -948,6 +963,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         }
         uint256 closesAt = _auditClosesAt(j);
         if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        _checkAssigned(jobId, j, false, closesAt);
     }
 
     /// @dev The stake a verifier locks behind a verdict: the job's reward behind a failure,
@@ -1009,6 +1025,54 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
 
     function _appealVerdictClosesAt(Job memory j) private view returns (uint256) {
         return uint256(j.resolvedAt) + _appealWindow + _auditWindow;
+    }
+
+    function _checkAssigned(uint256 jobId, Job memory j, bool appealed, uint256 closesAt) private view {
+        address assigned = _assignee(jobId, j, appealed, closesAt);
+        if (msg.sender != assigned) revert NotAssignedVerifier(jobId, msg.sender, assigned);
+    }
+
+    /// @dev See `assignedVerifier`. Walks the verifier list from a drawn start and takes the
+    /// first candidate, or the second once the window is in its second half (the first if
+    /// there is no second).
+    function _assignee(uint256 jobId, Job memory j, bool appealed, uint256 closesAt)
+        private
+        view
+        returns (address first)
+    {
+        uint256 n = _verifiers.length;
+        if (n == 0) return address(0);
+        bytes32 seed = _blockHashOf(uint256(j.committedBlock) + 1);
+        uint256 start = uint256(keccak256(abi.encode(seed, jobId, appealed))) % n;
+        bool escalated = block.timestamp + _auditWindow / 2 > closesAt;
+        for (uint256 k = 0; k < n; ++k) {
+            address v = _verifiers[(start + k) % n];
+            if (v == j.worker || v == j.client || (appealed && v == j.auditor)) continue;
+            if (first != address(0)) return v; // the second candidate: escalated
+            first = v;
+            if (!escalated) return v;
+        }
+    }
+
+    /// @dev Keeps `_verifiers` equal to the holders of VERIFIER_ROLE.
+    function _grantRole(bytes32 role, address account) internal override returns (bool granted) {
+        granted = super._grantRole(role, account);
+        if (granted && role == VERIFIER_ROLE) {
+            _verifiers.push(account);
+            _verifierSlot[account] = _verifiers.length;
+        }
+    }
+
+    function _revokeRole(bytes32 role, address account) internal override returns (bool revoked) {
+        revoked = super._revokeRole(role, account);
+        if (revoked && role == VERIFIER_ROLE) {
+            uint256 slot = _verifierSlot[account];
+            address last = _verifiers[_verifiers.length - 1];
+            _verifiers[slot - 1] = last;
+            _verifierSlot[last] = slot;
+            _verifiers.pop();
+            delete _verifierSlot[account];
+        }
     }
 
     function _ticketDigest(AssignTicket calldata ticket) private view returns (bytes32) {

@@ -1,8 +1,8 @@
 """``mesh demo``: the whole marketplace on one machine, for real.
 
 It starts anvil (contracts deployed), an embedded Valkey (or uses ``REDIS_URL``), the market
-API and its Celery worker and beat, two verifiers (an auditing one and an appeals-only one,
-so a failed worker always has someone to appeal to) and three workers, one of which is the
+API and its Celery worker and beat, two verifiers (the draw assigns each verdict to one
+of them, so a failed worker always has someone else to appeal to) and three workers, one of which is the
 test-only cheater, all as separate processes (:mod:`meshcompute.mesh.devstack`). A client then exports
 an MLP built in code, splits a batch into shards, uploads it, escrows payment with one permit
 transaction and waits while workers run the shards in their sandboxes, the auditing verifier
@@ -58,8 +58,8 @@ def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> Non
     # worker slot each) and the cheater gets some of them.
     config = StackConfig(workers=3, cheaters=1, params=replace(FAST_PARAMS, min_audit_bps=BPS),
                          extra_env={"MESH_MAX_LEASE_BATCH": "2"})
-    console.print("[bold]starting[/] anvil, Valkey, market API + Celery, 2 verifiers (auditing "
-                  "+ appeals-only), 3 workers (worker-2 is the test-only cheater)")
+    console.print("[bold]starting[/] anvil, Valkey, market API + Celery, 2 verifiers (each "
+                  "verdict assigned by the draw), 3 workers (worker-2 is the test-only cheater)")
     with running_stack(config) as stack:
         assert stack.deployment is not None
         w3 = stack.chain.w3()

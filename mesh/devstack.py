@@ -44,7 +44,7 @@ from meshcompute.tether import tether
 from meshcompute.units import TOKEN
 
 #: Dev-mnemonic account roles (index into LocalChain.accounts).
-ADMIN, ASSIGNER, VERIFIER, APPEAL_VERIFIER, CLIENT = 0, 1, 2, 3, 4
+ADMIN, ASSIGNER, VERIFIER, SECOND_VERIFIER, CLIENT = 0, 1, 2, 3, 4
 FIRST_WORKER = 5
 WALLET_PASSWORD = "dev-stack-only"
 
@@ -61,7 +61,10 @@ class StackConfig:
     """The last ``cheaters`` workers run the test-only adversary."""
     cheat_fraction: float = 1.0
     verifier: bool = True
-    """Run the verifiers (an auditing one and an appeals-only one). Without them the chain is
+    lazy_second_verifier: bool = False
+    """TEST-ONLY: the second verifier passes its audits without recomputing
+    (``MESH_TEST_LAZY_VERIFIER``)."""
+    """Run the two verifiers (the draw assigns each verdict to one of them). Without them the chain is
     deployed with ``audit_deterrence=False`` and the market signs no deterrence audit rates
     (MESH_AUDIT_DETERRENCE=false)."""
     worker_slots: int = 1
@@ -210,9 +213,11 @@ class DevStack:
         if cfg.verifier:
             self._add_provider("verifier", self.accounts[VERIFIER],
                                ["verifier", "start", "--json-logs"], {})
-            # a second, appeals-only verifier: a failed worker always has someone to appeal to
-            self._add_provider("appeal-verifier", self.accounts[APPEAL_VERIFIER],
-                               ["verifier", "start", "--json-logs", "--appeals-only"], {})
+            # a second verifier: a failed worker always has someone else to appeal to, and a
+            # verdict one of them leaves unposted escalates to the other
+            lazy = {"MESH_TEST_LAZY_VERIFIER": "1"} if cfg.lazy_second_verifier else {}
+            self._add_provider("verifier-2", self.accounts[SECOND_VERIFIER],
+                               ["verifier", "start", "--json-logs"], lazy)
         for index, account in enumerate(self.worker_accounts()):
             extra: dict[str, str] = {}
             if account.address in self.cheater_addresses():
@@ -330,7 +335,7 @@ class DevStack:
         self.deployment = deploy_contracts(
             sender, params,
             assigners=(self.accounts[ASSIGNER].address,),
-            verifiers=(self.accounts[VERIFIER].address, self.accounts[APPEAL_VERIFIER].address),
+            verifiers=(self.accounts[VERIFIER].address, self.accounts[SECOND_VERIFIER].address),
         )
         save_deployment(self.deployment, self.root / "deployments")
         actor = MeshActor(w3, self.deployment, admin, sender)
@@ -338,7 +343,7 @@ class DevStack:
         for account in self.worker_accounts():
             actor.mint(account.address, self.config.stake * 2)
             self.actor(account).stake(self.config.stake)
-        for account in (self.accounts[VERIFIER], self.accounts[APPEAL_VERIFIER]):
+        for account in (self.accounts[VERIFIER], self.accounts[SECOND_VERIFIER]):
             actor.mint(account.address, self.config.stake)
             self.actor(account).stake(self.config.stake)
 

@@ -15,8 +15,13 @@ Each poll (:meth:`VerifierService.poll_once`):
      a drawn one (``Committed`` + drawn, or ``Audited``) is audited while its audit window is
      open (:meth:`meshcompute.verifier.audit.Auditor.audit`) and the verdict posted with ``resolveAudit``;
    - appeal: an ``Appealed`` job whose first audit was not ours and whose worker is not us is
-     recomputed a third time and decided by majority (``resolveAppeal``);
+     recomputed a third time and decided by majority (``resolveAppeal``); a ``Disputed`` pass
+     is recomputed and judged alone;
    - anything already settled on chain (a verdict posted by anyone, a finalized job) is skipped.
+
+   Every verdict is assigned by the draw (``JobMarket.assignedVerifier``): a verifier works only
+   on the audits and appeals assigned to it, waits on the others while they may still escalate
+   to it (the assigned verifier silent past half the window) and drops them once they cannot.
 
 Fairness when blobs are missing: if the spec, program or inputs cannot be fetched, that is not
 the worker's fault and no verdict is posted (the job is void when the window closes: nobody is
@@ -45,6 +50,7 @@ from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.lease import (
     appeal_verdict_closes_at,
     audit_closes_at,
+    escalated,
     final_margin,
     in_final_margin,
     window_open,
@@ -83,14 +89,6 @@ class ServiceConfig:
     half the window)."""
     max_attempts: int = 3
     """Recomputations tried for one task before it is given up."""
-    audits: bool = True
-    """False for an appeals-only verifier: it judges appeals, so a network with one auditing
-    verifier still has a second one for every appeal (``resolveAppeal`` refuses the verifier
-    whose verdict is appealed), and takes no audit of its own, except as the escalation below."""
-    take_over_after: float | None = 0.5
-    """Escalation, for a verifier with ``audits`` off: a drawn audit still without a verdict
-    once this fraction of its audit window has passed is taken over (the auditing verifier is
-    down or behind); only after the whole window does the job end void. None: never."""
 
 
 @dataclass
@@ -196,8 +194,6 @@ class VerifierService:
                 kind = _TASK_EVENTS.get(event.name)
                 if kind is None or (event.name == "AuditDrawn" and not event.args["audited"]):
                     continue
-                if kind == AUDIT and not self._takes_audits():
-                    continue
                 job_id = int(event.args["jobId"])
                 if event.name == "JobCommitted":
                     self._commits[job_id] = (int(event.args["committedBlock"]),
@@ -223,17 +219,7 @@ class VerifierService:
             return self._skip(job_id, kind, "we did the first audit; another verifier judges")
         return self._appeal(job_id, record, now)
 
-    def _takes_audits(self) -> bool:
-        return self.config.audits or self.config.take_over_after is not None
-
     def _audit(self, job_id: int, record: JobRecord, now: int) -> VerdictReady | str:
-        if not self.config.audits:
-            # escalation only: the auditing verifier had the first part of the window
-            share = self.config.take_over_after
-            assert share is not None
-            opens = record.committed_at + self._windows["challenge_window_s"]
-            if now < opens + int(share * self._windows["audit_window_s"]):
-                return "wait"
         if record.state == JobState.COMMITTED:
             drawable, audited = self.actor.audit_status(job_id, record)
             if not drawable:
@@ -247,6 +233,9 @@ class VerifierService:
                                  audit_window=self._windows["audit_window_s"])
         if not window_open(now, closes):
             return self._skip(job_id, AUDIT, "audit window closed")
+        waiting = self._not_ours(job_id, AUDIT, record, now, closes)
+        if waiting is not None:
+            return waiting
         final = in_final_margin(now, closes, self._margin())
         try:
             ready = self.auditor.audit(job_id, record, missing_output_is_final=final)
@@ -274,6 +263,9 @@ class VerifierService:
                                           audit_window=self._windows["audit_window_s"])
         if not window_open(now, closes):
             return self._skip(job_id, APPEAL, "appeal verdict window closed")
+        waiting = self._not_ours(job_id, APPEAL, record, now, closes)
+        if waiting is not None:
+            return waiting
         first = job_verdicts(self.actor, job_id).audit
         if first is None:
             return self._skip(job_id, APPEAL, "no first verdict found in the job's events")
@@ -294,6 +286,18 @@ class VerifierService:
         except RecomputeFailed as exc:
             return self._recompute_failed(job_id, APPEAL, exc)
         return self._post(ready, record)
+
+    def _not_ours(self, job_id: int, kind: str, record: JobRecord, now: int,
+                  closes: int) -> str | None:
+        """None when the draw assigns this verdict to us now (``assignedVerifier``); else
+        "wait" while the verdict may still escalate to us (the assigned verifier is silent
+        until the second half of the window), and skipped once it went to someone else."""
+        assigned = self.actor.assigned_verifier(job_id, record)
+        if assigned == self.actor.address:
+            return None
+        if escalated(now, closes, self._windows["audit_window_s"]):
+            return self._skip(job_id, kind, f"the draw assigned this verdict to {assigned}")
+        return "wait"
 
     # ------------------------------------------------------------------ posting
     def _post(self, ready: VerdictReady, record: JobRecord) -> VerdictReady | str:

@@ -55,6 +55,8 @@ interface IJobMarket {
     error NotYetSettleable(uint256 jobId, uint256 openAt);
     /// @notice The verifier may not audit its own job, and an appeal needs a second verifier.
     error VerifierConflict(uint256 jobId, address verifier);
+    /// @notice The draw assigned this verdict to `assigned` (see `assignedVerifier`), not to the caller.
+    error NotAssignedVerifier(uint256 jobId, address caller, address assigned);
     /// @notice A verdict must name its evidence (a non-zero hash of the outputs compared).
     error EmptyEvidence(uint256 jobId);
     /// @notice `account` has nothing to withdraw.

@@ -60,7 +60,7 @@ def chain_up() -> None:
             console.print(f"  {name:<13} {address}")
         console.print(f"deployment record: {path}")
         roles = {0: "admin", 1: "assigner (market)", 2: "verifier",
-                 3: "appeal verifier (`mesh verifier start --appeals-only`)", 5: "worker"}
+                 3: "verifier", 5: "worker"}
         console.print(f"dev accounts (dev mnemonic; 1-9 hold {DEV_MESH:,} MESH each):")
         for index, account in enumerate(chain.accounts):
             console.print(f"  {index}  {account.address}  {roles.get(index, '')}".rstrip())
@@ -109,17 +109,17 @@ _HAND_ROLES = (
     # (dev account, title, data folder, final command)
     (5, "worker (account 5, {address}; accounts 6-9 are free for more workers)", "dev-worker",
      "mesh worker start"),
-    (2, "verifier (account 2, {address}): audits drawn jobs", "dev-verifier",
-     "mesh verifier start"),
-    (3, ("appeal verifier (account 3, {address}): judges appeals only; an appeal must be "
-        "judged by a verifier other than the one that failed the audit, so run both"),
-     "dev-appeal-verifier", "mesh verifier start --appeals-only"),
+    (2, "verifier (account 2, {address}): audits and judges what the draw assigns it",
+     "dev-verifier", "mesh verifier start"),
+    (3, ("second verifier (account 3, {address}): an appeal must be judged by a verifier "
+        "other than the one that gave the verdict, so run both"),
+     "dev-verifier-2", "mesh verifier start"),
 )
 
 
 def hand_commands(rpc_url: str, data_dir: Path, deployments_dir: Path) -> list[str]:
     """The shell commands that run each role by hand on the dev chain `mesh chain up` started:
-    market, worker, verifier and appeal verifier, each with the account it funded.
+    market, worker and two verifiers, each with the account it funded.
 
     The keys shown are derived here from the dev mnemonic (anvil's well-known public test
     accounts), so no other key can ever be printed.

@@ -34,15 +34,14 @@ def verifier_start(
         bool, typer.Option(help="Recompute without OS isolation when none works (unsafe).")
     ] = False,
     json_logs: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
-    appeals_only: Annotated[bool, typer.Option(
-        help="Judge appeals, and take over only drawn audits still without a verdict halfway "
-             "through their audit window (a second verifier for a small network).")
-    ] = False,
 ) -> None:
-    """Follow the chain, audit the jobs drawn for audit and judge appeals, until SIGTERM."""
+    """Follow the chain; audit the drawn jobs and judge the appeals and disputes the draw
+    assigns to this verifier (and those a silent verifier leaves halfway through their window),
+    until SIGTERM."""
     from meshcompute.chain.connect import actor_for, connect
     from meshcompute.core.tolerance import evidence_hash
     from meshcompute.logs import configure_logging
+    from meshcompute.mesh.adversary import LazyAuditor, lazy_verifier_from_env
     from meshcompute.settings import get_settings
     from meshcompute.verifier.audit import Auditor
     from meshcompute.verifier.journal import Journal, journal_path
@@ -78,7 +77,8 @@ def verifier_start(
         scratch_root=settings.verifier_scratch_dir,
     )
     confirm = recompute.alternate_setup()
-    auditor = Auditor(
+    auditor_type = LazyAuditor if lazy_verifier_from_env(conn.chain_id) else Auditor  # test-only
+    auditor = auditor_type(
         client, recompute, compare_outputs, evidence_hash, journal,
         verifier=account.address, chain_id=conn.chain_id,
         job_market=conn.deployment.address("JobMarket"), confirm=confirm,
@@ -88,7 +88,6 @@ def verifier_start(
         ServiceConfig(
             poll_interval_s=settings.verifier_poll_interval_s,
             final_margin_s=settings.verifier_final_margin_s,
-            audits=not appeals_only,
         ),
         health_path=settings.data_dir / "verifier-health.json",
     )

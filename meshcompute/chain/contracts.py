@@ -167,6 +167,15 @@ class MeshContracts:
         drawable, audited = self.market.functions.auditStatus(job_id, record.as_tuple()).call()
         return bool(drawable), bool(audited)
 
+    def assigned_verifier(self, job_id: int, record: JobRecord | None = None) -> str | None:
+        """The verifier the draw assigns to the job's pending verdict (audit, appeal or
+        dispute) at the latest block: only it may post the verdict (escalating to the next
+        one in the second half of the window). None when no verifier may (none other than
+        the job's parties is registered)."""
+        record = record or self.job(job_id)
+        address = self.market.functions.assignedVerifier(job_id, record.as_tuple()).call()
+        return None if int(address, 16) == 0 else Web3.to_checksum_address(address)
+
     def hash_job(self, record: JobRecord) -> bytes:
         """keccak256(abi.encode(record)), computed locally like the contract does."""
         encoded = self.w3.codec.encode([_JOB_TUPLE_TYPE], [record.as_tuple()])

@@ -39,6 +39,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "InvalidTicketSigner": NotPermitted,
     "CallerNotJobMarket": NotPermitted,
     "VerifierConflict": NotPermitted,
+    "NotAssignedVerifier": NotPermitted,
     "ReentrancyGuardReentrantCall": NotPermitted,
     # money and stake
     "InsufficientFreeStake": InsufficientFunds,

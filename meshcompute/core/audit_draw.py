@@ -14,7 +14,7 @@ whenever the seed block is near the end of that window (:func:`needs_contract`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from meshcompute.units import BPS
 
@@ -53,3 +53,42 @@ def audit_drawn(seed: bytes, job_id: int, audit_bps: int, keccak: Keccak256) -> 
         raise ValueError(f"job id out of range: {job_id}")
     word = keccak(seed + int(job_id).to_bytes(32, "big"))
     return int.from_bytes(word, "big") % BPS < int(audit_bps)
+
+
+def assigned_verifier(
+    verifiers: Sequence[str],
+    seed: bytes,
+    job_id: int,
+    *,
+    excluded: Iterable[str],
+    appealed: bool,
+    escalated: bool,
+    keccak: Keccak256,
+) -> str | None:
+    """``JobMarket._assignee``: the verifier the draw assigns to a job's pending verdict.
+
+    ``verifiers`` are the holders of VERIFIER_ROLE in the contract's order, ``seed`` the
+    draw's seed block hash (zero when the chain no longer has it), ``excluded`` the job's
+    worker and client (and, for an appeal or dispute, the verifier whose verdict is in
+    question). From a start drawn from ``(seed, job_id, appealed)`` the list is walked and the
+    first candidate not excluded is assigned, or the second once ``escalated`` (the window is
+    in its second half; the first again when there is no second). None: no candidate."""
+    if len(seed) != 32:
+        raise ValueError(f"a block hash has 32 bytes, got {len(seed)}")
+    n = len(verifiers)
+    if n == 0:
+        return None
+    skip = {address.lower() for address in excluded}
+    word = keccak(seed + int(job_id).to_bytes(32, "big") + int(bool(appealed)).to_bytes(32, "big"))
+    start = int.from_bytes(word, "big") % n
+    first: str | None = None
+    for k in range(n):
+        candidate = verifiers[(start + k) % n]
+        if candidate.lower() in skip:
+            continue
+        if first is not None:
+            return candidate
+        first = candidate
+        if not escalated:
+            return candidate
+    return first

@@ -406,6 +406,13 @@ def window_open(now: int, closes_at: int) -> bool:
     return now <= closes_at
 
 
+def escalated(now: int, closes_at: int, audit_window: int) -> bool:
+    """Whether a verdict window closing at ``closes_at`` is in its second half at ``now``,
+    where the draw passes a silent verifier's assignment to the next one (as
+    ``JobMarket._assignee``: the last ``audit_window // 2`` seconds)."""
+    return now + audit_window // 2 > closes_at
+
+
 def final_margin(margin_s: int, audit_window: int) -> int:
     """How long before a verdict window closes a missing worker output counts as missing for
     good: ``margin_s``, but at most half the audit window."""

@@ -27,9 +27,9 @@ def _work_history(world: World, me) -> dict[str, int]:
     world.advance(TEST_PARAMS.challenge_window_s + 1)
     world.admin.finalize_batch(plain)
     passed = world.audited_job(worker=me)
-    world.verifiers[0].resolve_audit(passed, True, EVIDENCE)
+    world.verifier_for(passed).resolve_audit(passed, True, EVIDENCE)
     failed = world.audited_job(worker=me)
-    world.verifiers[0].resolve_audit(failed, False, EVIDENCE)
+    world.verifier_for(failed).resolve_audit(failed, False, EVIDENCE)
     world.advance(TEST_PARAMS.appeal_window_s + 1)
     world.admin.finalize(passed)  # the pass stands: paid
     world.admin.finalize(failed)  # the failed audit stands: slash

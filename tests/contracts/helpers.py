@@ -227,9 +227,10 @@ def snapshot_balances(world: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]
 
 
 def failed_job(world: Any, **kw: Any) -> int:
-    """A job drawn for audit and failed by verifiers[0] (state AuditFailed)."""
+    """A job drawn for audit and failed by the verifier the draw assigned (state
+    AuditFailed)."""
     job_id = world.audited_job(**kw)
-    world.verifiers[0].resolve_audit(job_id, False, b"\xee" * 32)
+    world.verifier_for(job_id).resolve_audit(job_id, False, b"\xee" * 32)
     return job_id
 
 

@@ -88,7 +88,7 @@ def test_rate_of_a_batch_uses_the_free_stake_before_its_collateral_is_locked(wor
 def test_an_ever_slashed_worker_is_audited_on_every_job(world: World) -> None:
     worker = world.workers[0]
     job_id = world.audited_job(worker=worker)
-    world.verifiers[0].resolve_audit(job_id, False, b"\xee" * 32)
+    world.verifier_for(job_id).resolve_audit(job_id, False, b"\xee" * 32)
     world.advance(PARAMS.appeal_window_s + 1)
     world.admin.finalize(job_id)
     assert worker.worker_record(worker.address).slashed == 1

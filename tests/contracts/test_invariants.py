@@ -69,6 +69,7 @@ from web3 import Web3
 
 from meshcompute.chain.contracts import ChainEvent, JobParams, MeshActor
 from meshcompute.chain.local import LocalChain
+from meshcompute.core.audit_draw import assigned_verifier
 from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.job import (
     JOB_EVENTS,
@@ -81,6 +82,7 @@ from meshcompute.core.job import (
     apply_event,
     verifier_bond,
 )
+from meshcompute.core.lease import escalated
 from meshcompute.core.payout import BPS, slash_split, split_reward
 from meshcompute.errors import ContractRevert
 from meshcompute.units import TOKEN
@@ -430,6 +432,22 @@ class MarketMachine(RuleBasedStateMachine):
         seed = self._blockhash(seed_block)
         draw = int.from_bytes(keccak(abi_encode(["bytes32", "uint256"], [seed, job_id])), "big")
         return draw % BPS < j.audit_bps
+
+    def _assignee(self, job_id: int, j: JobRecord, appealed: bool) -> str | None:
+        """JobMarket._assignee (the pure core's ``assigned_verifier``) in the latest block."""
+        closes = (j.resolved_at + APPEAL + AUDIT) if appealed else (
+            j.committed_at + CHALLENGE + AUDIT)
+        seed_block = j.committed_block + 1
+        in_reach = self.block - HISTORY_WINDOW <= seed_block < self.block
+        seed = self._blockhash(seed_block) if in_reach else bytes(32)
+        excluded = [j.worker, j.client, *([j.auditor] if appealed else [])]
+        return assigned_verifier(
+            [v.address for v in self.world.verifiers], seed, job_id, excluded=excluded,
+            appealed=appealed, escalated=escalated(self.now, closes, AUDIT), keccak=keccak)
+
+    def _assigned_actor(self, job_id: int, j: JobRecord, appealed: bool) -> MeshActor | None:
+        address = self._assignee(job_id, j, appealed)
+        return next((v for v in self.world.verifiers if v.address == address), None)
 
     # ================================================================== sending
 
@@ -914,6 +932,8 @@ class MarketMachine(RuleBasedStateMachine):
             raise Revert("InvalidJobState")
         if self.now > j.committed_at + CHALLENGE + AUDIT:
             raise Revert("WindowClosed")
+        if verifier.address != self._assignee(job_id, j, appealed=False):
+            raise Revert("NotAssignedVerifier")
 
     def _do_resolve_audit(self, job_id: int, verifier: MeshActor, passed: bool) -> bool:
         j = self.jobs[job_id]
@@ -975,6 +995,8 @@ class MarketMachine(RuleBasedStateMachine):
                 raise Revert("VerifierConflict")
             if self.now > j.resolved_at + APPEAL + AUDIT:
                 raise Revert("WindowClosed")
+            if verifier.address != self._assignee(job_id, j, appealed=True):
+                raise Revert("NotAssignedVerifier")
 
         ok, _ = self._send(
             "resolveAppeal",
@@ -1234,22 +1256,30 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def resolve_audit(self, data: st.DataObject) -> None:
         job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED))
-        verifier = data.draw(st.sampled_from(self.verifier_pool), label="verifier")
+        verifier = self._verifier_or_other(data, job_id, appealed=False)
         self._do_resolve_audit(job_id, verifier, data.draw(st.booleans(), label="passed"))
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def void_audit(self, data: st.DataObject) -> None:
         job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED))
-        verifier = data.draw(st.sampled_from(self.verifier_pool), label="verifier")
+        verifier = self._verifier_or_other(data, job_id, appealed=False)
         self._do_void_audit(job_id, verifier)
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def resolve_appeal(self, data: st.DataObject) -> None:
         job_id = self._choose(data, (JobState.APPEALED, JobState.DISPUTED))
-        verifier = data.draw(st.sampled_from(self.verifier_pool), label="verifier")
+        verifier = self._verifier_or_other(data, job_id, appealed=True)
         self._do_resolve_appeal(job_id, verifier, data.draw(st.booleans(), label="worker wins"))
+
+    def _verifier_or_other(self, data: st.DataObject, job_id: int, *, appealed: bool) -> MeshActor:
+        """Mostly the verifier the draw assigns (when the job's state has one), else any."""
+        j = self.jobs[job_id]
+        assigned = self._assigned_actor(job_id, j, appealed)
+        if assigned is not None and data.draw(st.integers(0, 3), label="assigned") < 3:
+            return assigned
+        return data.draw(st.sampled_from(self.verifier_pool), label="verifier")
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
@@ -1366,9 +1396,10 @@ class MarketMachine(RuleBasedStateMachine):
         j = self.jobs[job_id]
         s = j.state
         # (none when the worker is one verifier and the auditor the other)
-        appeal_verifier = next(
-            (v for v in self.world.verifiers if v.address not in (j.auditor, j.worker)), None
-        )
+        appeal_verifier = (self._assigned_actor(job_id, j, appealed=True)
+                           if s in (JobState.APPEALED, JobState.DISPUTED) else None)
+        auditor = (self._assigned_actor(job_id, j, appealed=False)
+                   if s in (JobState.COMMITTED, JobState.AUDITED) else None)
         owed = [a for a in self.world.actors if self.accts[a.address].withdrawable]
         STATS[f"progress on {s.name}"] += 1
         if owed and data.draw(st.integers(0, 4), label="withdraw instead") == 4:
@@ -1401,10 +1432,10 @@ class MarketMachine(RuleBasedStateMachine):
             s in (JobState.COMMITTED, JobState.AUDITED)
             and (s == JobState.AUDITED or self._drawn(job_id, j, self.block))
             and self.now <= j.committed_at + CHALLENGE + AUDIT
+            and auditor is not None
             and data.draw(st.integers(0, 3), label="verdict") < 3
         ):
-            verifier = next(v for v in self.world.verifiers if v.address != j.worker)
-            self._do_resolve_audit(job_id, verifier, self._flip(data, job_id, "passed"))
+            self._do_resolve_audit(job_id, auditor, self._flip(data, job_id, "passed"))
         elif (
             s == JobState.AUDIT_FAILED
             and self.now <= j.resolved_at + APPEAL

@@ -282,8 +282,9 @@ def test_ended_job_digest_is_cleared(world: World, how: str) -> None:
 def test_resolveAudit_pass_pays_once_its_dispute_window_closes(world: World) -> None:
     """A pass locks the verifier's bond and holds its fee while the client may dispute it;
     once the appeal window closes undisputed, finalize pays the worker and the verifier."""
-    worker, verifier = world.workers[0], world.verifiers[0]
+    worker = world.workers[0]
     job_id = world.audited_job(worker=worker)
+    verifier = world.verifier_for(job_id)
     record = world.job(job_id)
     assert record.state == JobState.AUDITED
     verifier_before = verifier.stake_of(verifier.address)
@@ -320,8 +321,8 @@ def test_resolveAudit_pass_pays_once_its_dispute_window_closes(world: World) -> 
 
 def _disputed_job(world: World):
     worker, client = world.workers[0], world.clients[0]
-    first = world.verifiers[0]
     job_id = world.audited_job(worker=worker)
+    first = world.verifier_for(job_id)
     first.resolve_audit(job_id, True, EVIDENCE)
     with reverts("NotJobClient"):
         worker.appeal(job_id)  # only the client disputes a pass
@@ -344,8 +345,10 @@ def test_disputed_pass_is_judged_by_a_second_verifier(world: World, pass_upheld:
     its fee (to the appeal verifier) and its bond (to the client), the client's bond comes
     back."""
     worker, client = world.workers[0], world.clients[0]
-    first, second = world.verifiers
     job_id, record = _disputed_job(world)
+    first = world.auditor_of(job_id)
+    second = world.other_verifier(first)
+    assert world.verifier_for(job_id).address == second.address
     first_before = first.stake_of(first.address)
     admin_before = _withdrawable(world, world.admin)
     with reverts("VerifierConflict"):
@@ -389,8 +392,8 @@ def test_disputed_pass_is_judged_by_a_second_verifier(world: World, pass_upheld:
 
 def test_disputed_pass_without_appeal_verdict_stands_and_returns_the_bond(world: World) -> None:
     worker, client = world.workers[0], world.clients[0]
-    first = world.verifiers[0]
     job_id, record = _disputed_job(world)
+    first = world.auditor_of(job_id)
     with reverts("NotYetSettleable"):
         world.outsider.finalize(job_id)
     world.advance(P + A + 1)
@@ -405,9 +408,9 @@ def test_disputed_pass_without_appeal_verdict_stands_and_returns_the_bond(world:
 
 
 def test_dispute_window_closes(world: World) -> None:
-    first, client = world.verifiers[0], world.clients[0]
+    client = world.clients[0]
     job_id = world.audited_job(worker=world.workers[0])
-    first.resolve_audit(job_id, True, EVIDENCE)
+    world.verifier_for(job_id).resolve_audit(job_id, True, EVIDENCE)
     world.advance(P + 1)
     with reverts("WindowClosed"):
         client.dispute(job_id)
@@ -415,9 +418,9 @@ def test_dispute_window_closes(world: World) -> None:
 
 def test_resolveAudit_takes_the_draw_of_a_committed_job(world: World) -> None:
     """A verifier need not wait for finalize to record the draw."""
-    verifier = world.verifiers[1]
     job_id = world.committed_job(audit_bps=10_000)
     world.chain.mine(2)
+    verifier = world.verifier_for(job_id)
     receipt = verifier.resolve_audit(job_id, False, EVIDENCE)
     assert [e.args["audited"] for e in events_in(verifier, receipt, "AuditDrawn")] == [True]
     assert world.job(job_id).state == JobState.AUDIT_FAILED
@@ -431,8 +434,9 @@ def test_resolveAppeal_by_second_verifier(world: World, worker_wins: bool) -> No
     bond. Upheld: the first verifier earns its fee and gets its bond back, the appeal verifier
     is paid up to the audit fee from the slashed collateral."""
     worker, client = world.workers[0], world.clients[0]
-    first, second = world.verifiers
     job_id = appealed_job(world, worker=worker)
+    first = world.auditor_of(job_id)
+    second = world.other_verifier(first)
     record = world.job(job_id)
     assert (record.state, record.auditor) == (JobState.APPEALED, first.address)
     assert _withdrawable(world, first) == 0  # held until the failure stands
@@ -615,9 +619,10 @@ def test_reclaim_works_while_paused(world: World) -> None:
 
 
 def test_finalize_resolveAudit_and_withdraw_work_while_paused(world: World) -> None:
-    worker, verifier = world.workers[0], world.verifiers[0]
+    worker = world.workers[0]
     paid = world.committed_job(worker=worker)
     audited = world.audited_job(worker=world.workers[1])
+    verifier = world.verifier_for(audited)
     world.admin.pause()
     assert world.market.functions.paused().call() is True
     world.outsider.finalize(paid)
@@ -975,7 +980,7 @@ def test_workerRecord_counts_each_outcome(world: World) -> None:
     worker = world.workers[0]
     world.committed_job(worker=worker)
     passed = world.audited_job(worker=worker)
-    world.verifiers[0].resolve_audit(passed, True, EVIDENCE)
+    world.verifier_for(passed).resolve_audit(passed, True, EVIDENCE)
     failed = failed_job(world, worker=worker)
     (missed,) = world.post(deadline=world.now() + 50)
     world.assign(worker, [missed])

@@ -198,7 +198,7 @@ def test_withdraw_reentered_from_slash_transfer_reverts(hw: HostileWorld) -> Non
     worker = hw.workers[0]
     _paid_job(hw, worker)
     job_id = hw.audited_job(worker=hw.workers[1])
-    hw.verifiers[0].resolve_audit(job_id, False, EVIDENCE)
+    hw.verifier_for(job_id).resolve_audit(job_id, False, EVIDENCE)
     hw.advance(TEST_PARAMS.appeal_window_s + 1)
     hw.arm(hw.market.address, hw.market.functions.withdraw())
     _assert_blocked(hw, lambda: hw.outsider.finalize(job_id))
@@ -235,7 +235,7 @@ def test_unstake_reentered_from_withdrawUnbonded_transfer_reverts(hw: HostileWor
 
 def test_withdrawUnbonded_reentered_from_slash_transfer_reverts(hw: HostileWorld) -> None:
     job_id = hw.audited_job(worker=hw.workers[1])
-    hw.verifiers[0].resolve_audit(job_id, False, EVIDENCE)
+    hw.verifier_for(job_id).resolve_audit(job_id, False, EVIDENCE)
     hw.advance(TEST_PARAMS.appeal_window_s + 1)
     hw.arm(hw.admin.stakes.address, hw.admin.stakes.functions.withdrawUnbonded())
     _assert_blocked(hw, lambda: hw.outsider.finalize(job_id))

@@ -861,7 +861,7 @@ def test_resolveAppeal_reverts_for_first_verifier_or_worker(world: World) -> Non
     worker = world.workers[0]
     world.admin.grant_role(world.market, VERIFIER_ROLE, worker.address)
     job_id = appealed_job(world, worker=worker)
-    first = world.verifiers[0]
+    first = world.auditor_of(job_id)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=first.address):
         first.resolve_appeal(job_id, False, EVIDENCE)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=worker.address):
@@ -944,7 +944,7 @@ def test_finalize_reverts_on_unknown_or_forged_record(world: World) -> None:
     assert isinstance(e.value, ValueError)
     audited = world.audited_job()
     stale = world.job(audited)  # Audited; the pass below makes it stale
-    world.verifiers[1].resolve_audit(audited, True, EVIDENCE)
+    world.verifier_for(audited).resolve_audit(audited, True, EVIDENCE)
     with reverts("JobRecordMismatch", StaleJobRecord, jobId=audited):
         world.outsider.finalize(audited, stale)  # passed, open for a dispute
     world.advance(TEST_PARAMS.appeal_window_s + 1)

@@ -27,12 +27,13 @@ def _withdrawable(world: World, actor) -> int:
 def test_void_refunds_the_reward_pays_the_verifier_and_unlocks_the_collateral(
     world: World, draw_recorded: bool
 ) -> None:
-    worker, verifier, client = world.workers[0], world.verifiers[0], world.clients[0]
+    worker, client = world.workers[0], world.clients[0]
     if draw_recorded:
         job_id = world.audited_job(worker=worker)
     else:
         job_id = world.committed_job(audit_bps=10_000, worker=worker)
         world.advance(1, blocks=2)
+    verifier = world.verifier_for(job_id)
     record = world.job(job_id)
     receipt = verifier.void_audit(job_id, EVIDENCE)
     (voided,) = events_in(verifier, receipt, "AuditVoided")

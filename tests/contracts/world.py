@@ -123,6 +123,26 @@ class World:
         self.admin.finalize(job_id)  # records the draw: AuditDrawn(true)
         return job_id
 
+    def verifier_for(self, job_id: int) -> MeshActor:
+        """The verifier the draw assigns to the job's pending verdict now (audit, appeal or
+        dispute): the only one whose verdict the contract takes."""
+        address = self.admin.assigned_verifier(job_id)
+        for verifier in self.verifiers:
+            if verifier.address == address:
+                return verifier
+        raise AssertionError(f"job {job_id}: assigned verifier {address} is not in the world")
+
+    def auditor_of(self, job_id: int) -> MeshActor:
+        """The verifier whose verdict the job's record names."""
+        address = self.job(job_id).auditor
+        (auditor,) = [v for v in self.verifiers if v.address == address]
+        return auditor
+
+    def other_verifier(self, verifier: MeshActor) -> MeshActor:
+        """The world's other verifier (there are two)."""
+        (other,) = [v for v in self.verifiers if v.address != verifier.address]
+        return other
+
     def job(self, job_id: int) -> JobRecord:
         return self.admin.job(job_id)
 

@@ -3,13 +3,11 @@ real processes (issue: the verification game). In each test: no honest worker is
 junk is paid, and every balance reconciles to the wei.
 
 - a client posting a program built to magnify rounding (``frac(65536 * gelu(linear(x)))``);
-- a silent verifier (the auditing verifier is down: the appeals-only one takes its drawn audits
-  over halfway through the window; with both down every drawn job ends void);
-- an operator withholding a program from the verifier (it cannot recompute: void, never paid).
-
-Not here: a lazy verifier (one that passes without recomputing). Nothing in the protocol
-punishes it yet (verifier stake behind passes and canary jobs are not built); ``mesh sim``
-reports its gain as positive rather than pretend otherwise.
+- a silent verifier (one verifier is down: the other judges the audits the draw assigns it
+  and takes the silent one's over halfway through the window; with both down every drawn job
+  ends void);
+- an operator withholding a program from the verifier (it cannot recompute: void, never paid);
+- a lazy verifier (it passes without recomputing): canary jobs catch it and it loses its bond.
 """
 
 from __future__ import annotations
@@ -22,11 +20,25 @@ import pytest
 import torch
 
 from meshcompute.client import Submission
-from meshcompute.core.job import JobState
+from meshcompute.core.job import PASS_BOND_REWARDS, JobState
 from meshcompute.errors import JobFailed
+from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.mesh.bench.verify import FracGelu
-from meshcompute.mesh.devstack import APPEAL_VERIFIER, FAST_PARAMS, DevStack, StackConfig
+from meshcompute.mesh.devstack import (
+    ADMIN,
+    ASSIGNER,
+    FAST_PARAMS,
+    SECOND_VERIFIER,
+    VERIFIER,
+    DevStack,
+    StackConfig,
+)
+from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.settings import load_settings
+from meshcompute.units import TOKEN
+from meshcompute.verifier.canary import CanaryRunner
+from meshcompute.verifier.recompute import Recomputer
+from meshcompute.wire.market_client import MarketClient
 from tests.e2e.test_stack import _assert_books, _client, _submit, _wait_terminal
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
@@ -100,9 +112,10 @@ def test_chaotic_program_client_gets_nobody_slashed_and_junk_unpaid() -> None:
 
 
 def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
-    """The auditing verifier is down. Halfway through each audit window the appeals-only
-    verifier takes the drawn audits over (escalation): the cheater is failed and slashed, the
-    honest worker paid after a verified pass. With both verifiers silent every drawn job ends
+    """One verifier is down. The draw assigns each audit to one of the two: the live one
+    judges its own at once and, halfway through each audit window, takes over those assigned
+    to the silent one (escalation): the cheater is failed and slashed, the honest worker paid
+    after a verified pass. With both verifiers silent every drawn job ends
     void: the client gets its whole escrow back, the workers their collateral, nothing is
     paid."""
     # the backup takes over at half the window and needs up to three sandboxed runs (ours,
@@ -118,11 +131,11 @@ def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
         states = _wait_terminal(stack, contracts, submission.job_ids, timeout_s=360)
         records = contracts.job_records(submission.job_ids)
         cheater = next(iter(stack.cheater_addresses()))
-        backup = stack.accounts[APPEAL_VERIFIER].address  # the appeals-only verifier
+        backup = stack.accounts[SECOND_VERIFIER].address  # the verifier still up
         resolved = [e for e in contracts.job_events(submission.job_ids)
                     if e.name == "AuditResolved"]
         assert resolved and {e.args["verifier"] for e in resolved} == {backup}, (
-            stack.services["appeal-verifier"].tail(20))
+            stack.services["verifier-2"].tail(20))
         paid = {int(e.args["jobId"]): bool(e.args["audited"])
                 for e in contracts.job_events(submission.job_ids) if e.name == "JobPaid"}
         for job_id, record in records.items():
@@ -136,8 +149,8 @@ def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
         _assert_books(contracts)
 
         # both verifiers silent: nothing drawn is paid, everything goes back
-        stack.services["appeal-verifier"].killed = True
-        stack.services["appeal-verifier"].stop()
+        stack.services["verifier-2"].killed = True
+        stack.services["verifier-2"].stop()
         client_before = contracts.account_of(stack.client_account.address).withdrawable
         second = _submit(client, 4, audit_bps=10_000)
         states = _wait_terminal(stack, contracts, second.job_ids, timeout_s=360)
@@ -158,7 +171,7 @@ def test_operator_withholding_the_program_from_the_verifier_gets_nothing_paid() 
     gets a result paid (the cheater's junk included), and nobody is slashed for it."""
     config = StackConfig(workers=2, cheaters=1, cheat_fraction=1.0, params=AUDIT_ALL)
     with DevStack(config) as stack:
-        verifiers = [stack.services["verifier"], stack.services["appeal-verifier"]]
+        verifiers = [stack.services["verifier"], stack.services["verifier-2"]]
         for service in verifiers:  # started again once the program is gone
             service.killed = True
             service.stop()
@@ -178,5 +191,84 @@ def test_operator_withholding_the_program_from_the_verifier_gets_nothing_paid() 
             names, stack.services["verifier"].tail(20))
         assert set(states.values()) == {JobState.REFUNDED}, states
         assert "job_blob_missing" in verifiers[0].tail(200)
+        _no_honest_worker_slashed(stack, contracts, submission.job_ids)
+        _assert_books(contracts)
+
+
+def test_lazy_verifier_loses_its_bond_to_canaries_and_no_junk_is_paid() -> None:
+    """The second verifier passes every audit it is assigned without recomputing. The
+    operator's canary runner (a client and a worker of its own, tickets signed with the
+    assigner key) plants real programs with junk outputs and disputes every pass of them; the
+    draw gives each dispute to the other verifier, which recomputes and overturns it. The lazy
+    verifier loses ten rewards of stake per canary it passed, the honest one nothing; the
+    client's ordinary jobs (honest workers) are paid; no canary's junk is paid; the books
+    reconcile to the wei."""
+    config = StackConfig(workers=2, cheaters=0, lazy_second_verifier=True,
+                         params=replace(AUDIT_ALL, audit_window_s=60, appeal_window_s=20))
+    with DevStack(config) as stack:
+        assert stack.deployment is not None
+        client, contracts = _client(stack)
+        admin = stack.actor(stack.accounts[ADMIN])
+        owner, planter = stack.actor(stack.accounts[8]), stack.actor(stack.accounts[9])
+        for actor in (owner, planter):
+            admin.mint(actor.address, 20_000 * TOKEN)
+        planter.stake(10_000 * TOKEN)
+        chain_id = stack.deployment.chain_id
+        recompute = Recomputer(threads=1, allow_unsandboxed=not stack.sandboxed)
+        runner = CanaryRunner(owner, planter, stack.accounts[ASSIGNER],
+                              MarketClient(stack.market_url, owner.account, chain_id),
+                              MarketClient(stack.market_url, planter.account, chain_id),
+                              recompute)
+        honest, lazy = stack.accounts[VERIFIER].address, stack.accounts[SECOND_VERIFIER].address
+        lazy_before = contracts.stake_of(lazy)
+        model, x = build_model("mlp"), example_inputs("mlp", batch=4)
+        program, inputs = export_program(model, x), save_tensors(list(x), "args")
+        reward = 2 * TOKEN
+        try:
+            # the ordinary work, running alongside
+            submission = _submit(client, 4, audit_bps=10_000)
+            # canaries until the draw has given the lazy verifier at least two
+            canaries: list[int] = []
+            for _ in range(16):
+                job_id = runner.plant(program, inputs, reward=reward, audit_fee=reward // 5,
+                                      collateral=4 * reward)
+                canaries.append(job_id)
+                stack.chain.mine(2)
+                assigned = [contracts.assigned_verifier(j) for j in canaries]
+                if assigned.count(lazy) >= 2:
+                    break
+            lazy_canaries = {j for j, a in zip(canaries, assigned, strict=True) if a == lazy}
+            assert len(lazy_canaries) >= 2, assigned
+            give_up = time.monotonic() + 300
+            while not all(s not in ("planted", "disputed") for s in runner.planted.values()):
+                stack.check_alive()
+                runner.watch_once()
+                assert time.monotonic() < give_up, (
+                    runner.planted, stack.services["verifier"].tail(20),
+                    stack.services["verifier-2"].tail(20))
+                time.sleep(0.5)
+            states = _wait_terminal(stack, contracts, submission.job_ids, timeout_s=300)
+        finally:
+            recompute.close()
+            runner.client_market.close()
+            runner.worker_market.close()
+
+        # every canary ended slashed: failed by the honest verifier, or passed by the lazy one,
+        # disputed and overturned; none was paid
+        assert set(runner.planted.values()) == {"slashed"}, runner.planted
+        events = contracts.job_events(canaries)
+        assert not [e for e in events if e.name == "JobPaid"]
+        disputed = {int(e.args["jobId"]) for e in events if e.name == "AuditAppealed"}
+        assert disputed == lazy_canaries
+        judges = {e.args["verifier"] for e in events if e.name == "AppealResolved"}
+        assert judges == {honest}
+        bond = reward * PASS_BOND_REWARDS
+        lazy_after = contracts.stake_of(lazy)
+        assert lazy_after.slashed - lazy_before.slashed == bond * len(lazy_canaries)
+        assert contracts.stake_of(honest).slashed == 0
+        # the honest workers' results: verified (by either verifier) and paid
+        assert set(states.values()) == {JobState.FINALIZED}, states
+        assert set(client.verification(submission).values()) == {"audited"}
+        assert client.wait(submission, timeout_s=60) is not None
         _no_honest_worker_slashed(stack, contracts, submission.job_ids)
         _assert_books(contracts)

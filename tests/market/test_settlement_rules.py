@@ -105,17 +105,19 @@ def test_settle_action_matches_finalize_on_chain(
     blocks_since_commit: int,
     audit_bps: int,
 ) -> None:
-    if world.admin.stake_of(world.verifiers[0].address).locked == 0:
-        # a forged failed job releases its verifier's bond when it is settled: give the
+    bonded = [v for v in world.verifiers if world.admin.stake_of(v.address).locked > 0]
+    if not bonded:
+        # a forged failed job releases its verifier's bond when it is settled: give a
         # verifier a real one (a real failed verdict's) for the calls below to release
         failed_job(world)
+        bonded = [v for v in world.verifiers if world.admin.stake_of(v.address).locked > 0]
     number, timestamp = _block_env(world)
     blocks_since_commit = min(blocks_since_commit, number)
     job_id = next(_ids)
     record = JobRecord(
         client=world.clients[0].address,
         worker=world.workers[0].address,
-        auditor=world.verifiers[0].address if state >= JobState.AUDIT_FAILED else ZERO_ADDRESS,
+        auditor=bonded[0].address if state >= JobState.AUDIT_FAILED else ZERO_ADDRESS,
         reward=100,
         audit_fee=7,
         collateral=0,

@@ -208,7 +208,7 @@ def test_failed_audit_without_appeal_is_slashed_once(
 ) -> None:
     (job_id,) = committed_jobs(world, 1, audit_bps=10_000)
     world.advance(CHALLENGE + 1)
-    world.verifiers[0].resolve_audit(job_id, False, b"\x07" * 32)
+    world.verifier_for(job_id).resolve_audit(job_id, False, b"\x07" * 32)
     records = records_of(world)
     assert records[job_id].state == JobState.AUDIT_FAILED
     s = settler(world, redis_client, prefix)

@@ -74,7 +74,6 @@ def test_posted_sharded_job_is_matched_leased_committed_and_paid(mk, in_process_
     with pytest.raises(Conflict, match="open shards"):
         client.group_output(group)
 
-    verifier = world.verifiers[0]
     pass_chain_time(mk, mk.rt.chain_now() + TEST_PARAMS.challenge_window_s + 1)
     world.chain.mine(2)
     for _ in range(6):
@@ -85,7 +84,8 @@ def test_posted_sharded_job_is_matched_leased_committed_and_paid(mk, in_process_
             break
         for job_id, record in records.items():
             if record.state == JobState.AUDITED and record.resolved_at == 0:
-                verifier.resolve_audit(job_id, True, b"\x01" * 32, record=record)
+                world.verifier_for(job_id).resolve_audit(job_id, True, b"\x01" * 32,
+                                                         record=record)
         pass_chain_time(mk, mk.rt.chain_now() + 1)
     states = {j: mk.rt.indexer.job_record(j).state for j in job_ids}
     assert states == dict.fromkeys(job_ids, JobState.FINALIZED)

@@ -21,14 +21,14 @@ from meshcompute.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 REQUIRED = {"anvil", "redis", "market-api", "celery-worker", "celery-beat", "verifier",
-            "appeal-verifier", "worker"}
+            "verifier-2", "worker"}
 ONE_SHOT = {"deploy"}
 #: Variables read by docker/provider-entrypoint.sh or by a CLI option (not Settings fields).
 SCRIPT_VARIABLES = {
     "MESH_DEPLOYER_KEY",  # mesh chain deploy --key-env default
     "MESH_DEV_FUND", "MESH_STAKE", "MESH_PROVIDER_KEY_FILE",  # provider-entrypoint.sh
 }
-_DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
+_DEFAULTED = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
 
 
 def _compose() -> dict[str, Any]:
@@ -143,18 +143,17 @@ def _service_key(service: dict[str, Any]) -> str:
 
 
 def test_two_verifiers_each_granted_the_role_at_deploy() -> None:
-    """Appeals need a verifier other than the auditor (resolveAppeal refuses that one): compose
-    runs an auditing verifier and an appeals-only one, and the deploy step grants both."""
+    """Appeals need a verifier other than the auditor (the draw never assigns an appeal to
+    that one): compose runs two equal verifiers, and the deploy step grants both."""
     from eth_account import Account
     from typer.main import get_command
 
     services = _compose()["services"]
-    assert "--appeals-only" in _argv(services["appeal-verifier"]["command"])
-    assert "--appeals-only" not in _argv(services["verifier"]["command"])
+    assert _argv(services["verifier-2"]["command"]) == _argv(services["verifier"]["command"])
     addresses = {Account.from_key(_service_key(services[name])).address
-                 for name in ("verifier", "appeal-verifier")}
+                 for name in ("verifier", "verifier-2")}
     assert len(addresses) == 2, "the two verifiers must hold different keys"
-    assert services["verifier"]["volumes"] != services["appeal-verifier"]["volumes"]
+    assert services["verifier"]["volumes"] != services["verifier-2"]["volumes"]
 
     argv = _argv(services["deploy"]["command"])
     assert argv[:3] == ["mesh", "chain", "deploy"]

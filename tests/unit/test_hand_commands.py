@@ -13,7 +13,7 @@ from meshcompute.settings import DEV_MNEMONIC
 
 RPC = "http://127.0.0.1:8545"
 VERIFIER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # anvil account 2
-APPEAL_VERIFIER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"  # anvil account 3
+SECOND_VERIFIER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"  # anvil account 3
 
 
 def _text(tmp_path: Path) -> str:
@@ -22,20 +22,20 @@ def _text(tmp_path: Path) -> str:
 
 def test_names_every_role_and_both_verifiers(tmp_path: Path) -> None:
     text = _text(tmp_path)
-    for command in ("mesh market serve", "mesh market tasks", "mesh worker start",
-                    "mesh verifier start\n", "mesh verifier start --appeals-only"):
+    for command in ("mesh market serve", "mesh market tasks", "mesh worker start"):
         assert command in text + "\n", command
-    assert VERIFIER in text and APPEAL_VERIFIER in text
+    assert (text + "\n").count("mesh verifier start\n") == 2  # two verifiers, equal roles
+    assert VERIFIER in text and SECOND_VERIFIER in text
     accounts = dev_accounts(DEV_MNEMONIC)
-    assert accounts[2].address == VERIFIER and accounts[3].address == APPEAL_VERIFIER
+    assert accounts[2].address == VERIFIER and accounts[3].address == SECOND_VERIFIER
     # each verifier imports its own funded dev key into its own data folder
-    for index, folder in ((2, "dev-verifier"), (3, "dev-appeal-verifier")):
+    for index, folder in ((2, "dev-verifier"), (3, "dev-verifier-2")):
         key = accounts[index].key.to_0x_hex()
         (line,) = [entry for entry in text.splitlines() if key in entry]
         assert "mesh wallet import --key-env MESH_DEV_KEY" in line
         assert shlex.quote(str(tmp_path / "my mesh" / folder)) in line
-    assert f"mesh provider stake {HAND_STAKE} --if-unstaked && mesh verifier start --appeals-only" in text
-    assert "appeal" in text and "other than the one that failed the audit" in text
+    assert f"mesh provider stake {HAND_STAKE} --if-unstaked && mesh verifier start" in text
+    assert "appeal" in text and "other than the one that gave the verdict" in text
     assert RPC in text
 
 

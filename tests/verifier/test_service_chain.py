@@ -22,7 +22,9 @@ from meshcompute.core.job import PASS_BOND_REWARDS, JobState
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
+from meshcompute.errors import NotPermitted
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
+from meshcompute.mesh.adversary import LazyAuditor
 from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.settings import load_settings
 from meshcompute.units import TOKEN
@@ -33,6 +35,7 @@ from meshcompute.verifier.outputs import compare_outputs
 from meshcompute.verifier.recompute import Recomputer
 from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
 from meshcompute.wire.market_client import MarketClient
+from tests.contracts.helpers import reverts
 from tests.contracts.world import STAKE, TEST_PARAMS, World, build_world
 
 AUDIT_ALL = 10_000
@@ -175,7 +178,6 @@ class CountingRecomputer(Recomputer):
 
 
 def make_service(world: World, market: Market, verifier: MeshActor, journal_dir: Path,
-                 *, audits: bool = True, take_over_after: float | None = 0.5,
                  ) -> tuple[VerifierService, MarketClient]:
     client = client_for(market, verifier)
     journal = Journal(journal_dir / f"{verifier.address}.json")
@@ -185,9 +187,20 @@ def make_service(world: World, market: Market, verifier: MeshActor, journal_dir:
         chain_id=world.deployment.chain_id, job_market=world.deployment.address("JobMarket"),
     )
     service = VerifierService(verifier, auditor, journal,
-                              ServiceConfig(poll_interval_s=0.1, audits=audits,
-                                            take_over_after=take_over_after))
+                              ServiceConfig(poll_interval_s=0.1))
     return service, client
+
+
+def poll_all(services: list[VerifierService]) -> tuple[list[tuple[int, str, bool]], set[int]]:
+    """One poll of each service (the world's two verifiers: the draw assigns each verdict to
+    one of them): every verdict posted, and the jobs still waiting at every service."""
+    posted: list[tuple[int, str, bool]] = []
+    waiting: set[int] | None = None
+    for service in services:
+        report = service.poll_once()
+        posted += report.posted
+        waiting = set(report.waiting) if waiting is None else waiting & set(report.waiting)
+    return posted, waiting or set()
 
 
 def scaled(output: bytes, factor: float) -> bytes:
@@ -204,8 +217,9 @@ def test_role_check_refuses_an_account_without_verifier_role(world: World) -> No
 
 
 def test_honest_job_drawn_for_audit_passes_and_pays(world, market, kit, tmp_path) -> None:
-    verifier, worker = world.verifiers[0], world.workers[0]
+    worker = world.workers[0]
     job_id = post_and_commit(world, market, kit, kit.honest)
+    verifier = world.verifier_for(job_id)
     record = world.job(job_id)
     worker_before = world.admin.account_of(worker.address).withdrawable
     verifier_before = world.admin.account_of(verifier.address).withdrawable
@@ -246,8 +260,9 @@ def test_honest_job_drawn_for_audit_passes_and_pays(world, market, kit, tmp_path
 
 
 def test_wrong_output_fails_then_slashes_and_compensates(world, market, kit, tmp_path) -> None:
-    verifier, worker, client = world.verifiers[0], world.workers[0], world.clients[0]
+    worker, client = world.workers[0], world.clients[0]
     job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
+    verifier = world.verifier_for(job_id)
     record = world.job(job_id)
     client_before = world.admin.account_of(client.address).withdrawable
     verifier_before = world.admin.account_of(verifier.address).withdrawable
@@ -279,8 +294,10 @@ def test_wrong_output_fails_then_slashes_and_compensates(world, market, kit, tmp
 def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     world, market, kit, tmp_path
 ) -> None:
-    honest_verifier, faulty, worker = world.verifiers[0], world.verifiers[1], world.workers[0]
+    worker = world.workers[0]
     job_id = post_and_commit(world, market, kit, kit.honest)
+    faulty = world.verifier_for(job_id)  # the draw gave it the audit
+    honest_verifier = world.other_verifier(faulty)
     record = world.job(job_id)
     # a faulty verifier fails the job, with evidence naming a junk "recomputation"
     junk = scaled(kit.honest, -1.0)
@@ -299,12 +316,13 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     assert first.poll_once().posted == []
     assert first.journal.status(job_id, "appeal") == SKIPPED
 
-    # an appeals-only verifier (the dev stack's second one) takes no audit and judges it
-    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest",
-                               audits=False)
+    # the draw assigns the appeal to the other verifier, which judges it; the audit was not
+    # its to post
+    assert world.verifier_for(job_id).address == honest_verifier.address
+    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest")
     report = service.poll_once()
     assert report.posted == [(job_id, "appeal", True)], report
-    audit_task = service.journal.task(job_id, "audit")  # appeals only: no audit posted
+    audit_task = service.journal.task(job_id, "audit")
     assert audit_task is None or audit_task["status"] != POSTED
     task = service.journal.task(job_id, "appeal")
     assert task["output_hashes"] == [sha256_hex(kit.honest), sha256_hex(junk),
@@ -331,11 +349,12 @@ def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(
     recomputing (its evidence names the worker's output as its own). The client disputes the
     pass; an honest verifier recomputes and overturns it: the worker is slashed, the lazy
     verifier loses its fee and its bond (to the client), the client gets everything back."""
-    honest_verifier, lazy, worker, client = (world.verifiers[0], world.verifiers[1],
-                                             world.workers[0], world.clients[0])
+    worker, client = world.workers[0], world.clients[0]
     junk = scaled(kit.honest, 1.01)
     job_id = post_and_commit(world, market, kit, junk)
     world.chain.mine(2)
+    lazy = world.verifier_for(job_id)
+    honest_verifier = world.other_verifier(lazy)
     record = world.job(job_id)
     policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
     hashes = [sha256_hex(junk), sha256_hex(junk)]  # "recomputed": the worker's own output
@@ -346,8 +365,7 @@ def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(
     client.dispute(job_id)
     assert world.job(job_id).state == JobState.DISPUTED
 
-    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest",
-                               audits=False)
+    service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest")
     report = service.poll_once()
     assert report.posted == [(job_id, "appeal", False)], report
     assert world.job(job_id).state == JobState.SLASHED
@@ -360,18 +378,6 @@ def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(
     assert world.admin.account_of(honest_verifier.address).withdrawable == record.audit_fee
     assert world.admin.stake_of(worker.address).slashed == record.collateral
     c2.close()
-
-
-class LazyAuditor(Auditor):
-    """Passes every drawn audit without recomputing, naming the worker's output as its own."""
-
-    def audit(self, job_id, record, *, missing_output_is_final):  # type: ignore[override]
-        from meshcompute.verifier.audit import AUDIT
-
-        worker_sha = bytes(record.result_hash).hex()
-        spec = JobSpec.from_bytes(self.store.get_blob(record.spec_hash.hex()))
-        return self._finish(job_id, AUDIT, record.spec_hash.hex(), dict(spec.tolerance),
-                            (worker_sha, worker_sha), True, ())
 
 
 def test_canary_runner_costs_a_lazy_verifier_its_bond_and_an_honest_one_nothing(
@@ -388,30 +394,41 @@ def test_canary_runner_costs_a_lazy_verifier_its_bond_and_an_honest_one_nothing(
                           client_for(market, worker),
                           CountingRecomputer(threads=1, allow_unsandboxed=_unsandboxed()))
     reward, fee = 10 * TOKEN, TOKEN
-    first = runner.plant(kit.program, kit.inputs, reward=reward, audit_fee=fee,
-                         collateral=50 * TOKEN)
-    world.chain.mine(2)
+    # the draw assigns each canary's audit to one of the two: plant until each has one
+    planted: dict[str, int] = {}
+    lazy_jobs: list[int] = []
+    for _ in range(24):
+        job_id = runner.plant(kit.program, kit.inputs, reward=reward, audit_fee=fee,
+                              collateral=50 * TOKEN)
+        world.chain.mine(2)
+        assigned = world.verifier_for(job_id).address
+        planted.setdefault(assigned, job_id)
+        if assigned == lazy_v.address:
+            lazy_jobs.append(job_id)
+        if len(planted) == 2:
+            break
+    first, second = planted[honest_v.address], planted[lazy_v.address]
     honest, c1 = make_service(world, market, honest_v, tmp_path / "honest")
-    assert honest.poll_once().posted == [(first, "audit", False)]
+    assert (first, "audit", False) in honest.poll_once().posted
+    assert world.job(second).state == JobState.COMMITTED  # not the honest one's to judge
 
-    second = runner.plant(kit.program, kit.inputs, reward=reward, audit_fee=fee,
-                          collateral=50 * TOKEN)
-    world.chain.mine(2)
     lazy, c2 = make_service(world, market, lazy_v, tmp_path / "lazy")
     lazy.auditor = LazyAuditor(c2, CountingRecomputer(threads=1), compare_outputs,
                                evidence_hash, lazy.journal, verifier=lazy_v.address,
                                chain_id=world.deployment.chain_id,
                                job_market=world.deployment.address("JobMarket"))
     assert (second, "audit", True) in lazy.poll_once().posted
-    assert runner.watch_once() == {second: "disputed"}
+    assert runner.watch_once() == {job_id: "disputed" for job_id in lazy_jobs}
     assert (second, "appeal", False) in honest.poll_once().posted
     assert world.job(second).state == JobState.SLASHED
-    assert world.admin.stake_of(lazy_v.address).slashed == reward * PASS_BOND_REWARDS
+    assert world.admin.stake_of(lazy_v.address).slashed == \
+        reward * PASS_BOND_REWARDS * len(lazy_jobs)
     assert world.admin.stake_of(honest_v.address).slashed == 0
     assert world.admin.account_of(honest_v.address).withdrawable >= fee  # the appeal's fee
     world.advance(world.deployment.params.appeal_window_s + 1)
     world.admin.finalize(first)  # the honest failure stands
-    assert runner.watch_once() == {first: "slashed", second: "slashed"}
+    outcomes = runner.watch_once()
+    assert (outcomes[first], outcomes[second]) == ("slashed", "slashed")
     for c in (c1, c2, runner.client_market, runner.worker_market):
         c.close()
 
@@ -419,14 +436,15 @@ def test_canary_runner_costs_a_lazy_verifier_its_bond_and_an_honest_one_nothing(
 def test_a_disputed_honest_pass_is_upheld(world, market, kit, tmp_path) -> None:
     """A client that disputes a correct pass loses its dispute bond to the appeal verifier;
     the worker and the passing verifier are paid."""
-    first, second, worker, client = (world.verifiers[0], world.verifiers[1], world.workers[0],
-                                     world.clients[0])
+    worker, client = world.workers[0], world.clients[0]
     job_id = post_and_commit(world, market, kit, kit.honest)
+    first = world.verifier_for(job_id)
+    second = world.other_verifier(first)
     auditor, c1 = make_service(world, market, first, tmp_path / "first")
     assert auditor.poll_once().posted == [(job_id, "audit", True)]
     record = world.job(job_id)
     client.dispute(job_id)
-    service, c2 = make_service(world, market, second, tmp_path / "second", audits=False)
+    service, c2 = make_service(world, market, second, tmp_path / "second")
     assert service.poll_once().posted == [(job_id, "appeal", True)]
     assert world.job(job_id).state == JobState.FINALIZED
     pay, _ = split_reward(record.reward, world.deployment.params.fee_bps)
@@ -438,40 +456,38 @@ def test_a_disputed_honest_pass_is_upheld(world, market, kit, tmp_path) -> None:
     c2.close()
 
 
-def test_appeals_only_verifier_takes_no_audit(world, market, kit, tmp_path) -> None:
-    job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
-    world.chain.mine(2)
-    service, c = make_service(world, market, world.verifiers[1], tmp_path, audits=False,
-                              take_over_after=None)
-    report = service.poll_once()
-    assert report.posted == [] and service.journal.task(job_id, "audit") is None
-    assert world.job(job_id).state == JobState.COMMITTED
-    c.close()
-
-
-def test_a_drawn_audit_without_verdict_escalates_to_the_appeals_verifier(
+def test_only_the_verifier_the_draw_assigns_may_judge_and_silence_escalates(
     world, market, kit, tmp_path
 ) -> None:
-    """The auditing verifier is silent: the appeals-only verifier waits through the first half
-    of the audit window, then takes the audit over (only after the whole window would the job
-    be void)."""
+    """The draw assigns the audit to one verifier: the other's service leaves it alone (a
+    verdict it posted would be refused on chain: ``NotAssignedVerifier``) through the first
+    half of the audit window. The assigned one stays silent; then the other takes the audit
+    over (only after the whole window would the job be void)."""
     job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
     world.chain.mine(2)
-    backup, c = make_service(world, market, world.verifiers[1], tmp_path, audits=False)
+    silent = world.verifier_for(job_id)
+    other = world.other_verifier(silent)
+    with reverts("NotAssignedVerifier", NotPermitted, caller=other.address,
+                 assigned=silent.address):
+        other.resolve_audit(job_id, False, b"\x11" * 32)
+    backup, c = make_service(world, market, other, tmp_path)
     assert backup.poll_once().posted == []
+    assert backup.journal.status(job_id, "audit") != SKIPPED  # it may still escalate to us
     assert world.job(job_id).state == JobState.COMMITTED
     world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s // 2 + 1)
+    assert world.verifier_for(job_id).address == other.address
+    with reverts("NotAssignedVerifier", NotPermitted, caller=silent.address):
+        silent.resolve_audit(job_id, True, b"\x11" * 32)  # too late for the silent one
     report = backup.poll_once()
     assert report.posted == [(job_id, "audit", False)], report
     record = world.job(job_id)
-    assert (record.state, record.auditor) == (JobState.AUDIT_FAILED, world.verifiers[1].address)
+    assert (record.state, record.auditor) == (JobState.AUDIT_FAILED, other.address)
     c.close()
 
 
 def test_missing_blobs_fair_handling_and_one_bad_job_does_not_stop_others(
     world, market, kit, tmp_path
 ) -> None:
-    verifier = world.verifiers[0]
     ghost_program = JobSpec(program=sha256_hex(b"program nobody uploaded"),
                             inputs=sha256_hex(b"inputs nobody uploaded"))
     # 1: program missing, worker output present -> never failed
@@ -479,14 +495,15 @@ def test_missing_blobs_fair_handling_and_one_bad_job_does_not_stop_others(
     # 2: program missing and worker output never uploaded -> failed as the window closes
     absent = post_and_commit(world, market, kit, scaled(kit.honest, 5.0), spec=ghost_program,
                              upload_output=False, worker=world.workers[1])
-    service, c = make_service(world, market, verifier, tmp_path)
-    report = service.poll_once()
-    assert report.posted == [] and set(report.waiting) == {present, absent}
+    pairs = [make_service(world, market, v, tmp_path / v.address) for v in world.verifiers]
+    services = [service for service, _ in pairs]
+    posted, waiting = poll_all(services)
+    assert posted == [] and waiting == {present, absent}
 
     # near the end of the audit window (inside the final margin)
     world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s - 30)
-    report = service.poll_once()
-    assert report.posted == [(absent, "audit", False)], report
+    posted, _ = poll_all(services)
+    assert posted == [(absent, "audit", False)], posted
     assert world.job(present).state == JobState.COMMITTED  # the worker is not blamed
     assert world.job(absent).state == JobState.AUDIT_FAILED
 
@@ -497,15 +514,16 @@ def test_missing_blobs_fair_handling_and_one_bad_job_does_not_stop_others(
     world.admin.finalize(present)  # records the draw (AuditDrawn) ...
     world.admin.finalize(present)  # ... and, no verdict having come, voids the job
     assert world.job(present).state == JobState.REFUNDED
-    service.poll_once()
-    assert service.journal.status(present, "audit") == SKIPPED
-    c.close()
+    poll_all(services)
+    for service, c in pairs:
+        assert service.journal.status(present, "audit") == SKIPPED
+        c.close()
 
 
 def test_only_jobs_the_chain_draws_are_audited(world, market, kit, tmp_path) -> None:
     """The service takes the draw from the seed block's hash for jobs whose JobCommitted it
     saw: the jobs it audits are exactly those the contract says were drawn."""
-    client, worker, verifier = world.clients[0], world.workers[0], world.verifiers[0]
+    client, worker = world.clients[0], world.workers[0]
     rates = [0, 5_000, 5_000, 5_000, 10_000]
     with client_for(market, client) as c:
         spec_sha = c.put_spec(JobSpec(program=c.put_blob(kit.program),
@@ -520,17 +538,20 @@ def test_only_jobs_the_chain_draws_are_audited(world, market, kit, tmp_path) -> 
         jobs.append(job_id)
     # every commit mined its own block: all seed blocks but the last one's exist
     drawn = {j for j in jobs[:-1] if world.admin.audit_status(j, world.job(j)) == (True, True)}
-    service, market_client = make_service(world, market, verifier, tmp_path)
-    early = service.poll_once()
-    assert jobs[-1] in early.waiting
+    pairs = [make_service(world, market, v, tmp_path / v.address) for v in world.verifiers]
+    services = [service for service, _ in pairs]
+    _, early = poll_all(services)
+    assert jobs[-1] in early
     world.chain.mine(2)
     if world.admin.audit_status(jobs[-1], world.job(jobs[-1])) == (True, True):
         drawn.add(jobs[-1])
-    service.poll_once()
-    audited = {j for j in jobs if (service.journal.task(j, "audit") or {}).get("status") == POSTED}
+    poll_all(services)
+    audited = {j for j in jobs for s in services
+               if (s.journal.task(j, "audit") or {}).get("status") == POSTED}
     assert audited == drawn and jobs[-1] in drawn
-    assert all(service.journal.task(j, "audit") is None for j in set(jobs) - drawn)
-    market_client.close()
+    for service, market_client in pairs:
+        assert all(service.journal.task(j, "audit") is None for j in set(jobs) - drawn)
+        market_client.close()
 
 
 def test_a_job_that_cannot_be_judged_is_void_on_chain(world, market, kit, tmp_path) -> None:
@@ -538,8 +559,9 @@ def test_a_job_that_cannot_be_judged_is_void_on_chain(world, market, kit, tmp_pa
     verifier declares the job void. The worker is neither slashed nor paid and keeps its
     collateral, the client gets its reward back, the verifier earns the audit fee, and the
     evidence record says why and names the disagreeing output."""
-    verifier, worker, client = world.verifiers[0], world.workers[0], world.clients[0]
+    worker, client = world.workers[0], world.clients[0]
     job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
+    verifier = world.verifier_for(job_id)
     record = world.job(job_id)
     client_before = world.admin.account_of(client.address).withdrawable
     verifier_before = world.admin.account_of(verifier.address).withdrawable

@@ -48,7 +48,7 @@ def mesh(market, monkeypatch, tmp_path):
 
 def test_verify_agrees_with_a_correct_verdict(world, market, kit, mesh, tmp_path) -> None:
     job_id = post_and_commit(world, market, kit, kit.honest)
-    service, client = make_service(world, market, world.verifiers[0], tmp_path)
+    service, client = make_service(world, market, world.verifier_for(job_id), tmp_path)
     assert service.poll_once().posted == [(job_id, "audit", True)]
     client.close()
 
@@ -64,8 +64,8 @@ def test_verify_agrees_with_a_correct_verdict(world, market, kit, mesh, tmp_path
 
 
 def test_verify_disagrees_with_a_wrong_verdict(world, market, kit, mesh) -> None:
-    faulty = world.verifiers[1]
     job_id = post_and_commit(world, market, kit, kit.honest)
+    faulty = world.verifier_for(job_id)
     junk = scaled(kit.honest, 2.0)
     policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
     hashes = [sha256_hex(kit.honest), sha256_hex(junk)]

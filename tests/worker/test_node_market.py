@@ -166,7 +166,7 @@ def test_honest_worker_appeals_failed_audit_once(stack: MarketStack):
     with _running(node):
         _wait(lambda: job_id in node.watch.job_ids(), what="the commit")
         stack.world.chain.mine(2)  # the audit draw needs the block after the commit's
-        verifier = stack.world.verifiers[0]
+        verifier = stack.world.verifier_for(job_id)
         verifier.resolve_audit(job_id, False, b"\x0e" * 32)
         _wait(lambda: events.named("appealed"), what="the appeal")
         time.sleep(1.5)  # a few more watch passes: still exactly one appeal
