@@ -256,7 +256,8 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// @notice Appeal a verdict, once, within the appeal window: the worker appeals a failure;
     /// the client disputes a pass, escrowing a dispute bond equal to the audit fee (needs an
     /// allowance), which pays the appeal verifier if the pass is upheld and comes back if it is
-    /// overturned. A second verifier then recomputes; without its verdict the first one stands.
+    /// overturned. A second verifier then recomputes; without its verdict an appealed failure
+    /// stands and a disputed pass is void (not paid; the dispute bond goes to the protocol).
     /// Works while paused: the window keeps running and its outcome waits at its end, so a pause
     /// must not take the appeal.
     function appeal(uint256 jobId, Job calldata job) external nonReentrant {
@@ -381,7 +382,8 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
 
     /// @notice Settle one job whose outcome is decided: pay an unaudited job after the
     /// challenge window, void an audited job whose verdict did not come in time (silence never
-    /// pays), slash a job whose failed audit stands. If the draw selects the job for audit, this records the
+    /// pays) and a disputed pass no appeal verdict confirmed, pay a pass that stands, slash a
+    /// job whose failed audit stands. If the draw selects the job for audit, this records the
     /// draw (AuditDrawn) and the job waits for the verifier.
     function finalize(uint256 jobId, Job calldata job) external nonReentrant {
         _checkRecord(jobId, job);
@@ -464,11 +466,6 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// cleared, and the record lives on only in its events).
     function jobDigest(uint256 jobId) external view returns (bytes32) {
         return _jobDigest[jobId];
-    }
-
-    /// @notice The digest of a job record, as stored.
-    function hashJob(Job calldata job) external pure returns (bytes32) {
-        return _hashCalldata(job);
     }
 
     /// @notice The EIP-712 digest an assigner signs for `ticket`.
@@ -698,12 +695,16 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             _void(jobId, job, p);
             return true;
         }
-        if (s == JobState.AuditPassed || s == JobState.Disputed) {
-            uint256 closesAt = s == JobState.AuditPassed
-                ? uint256(job.resolvedAt) + _appealWindow
-                : _appealVerdictClosesAt(job);
+        if (s == JobState.AuditPassed) {
+            uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
             _passStands(jobId, job, p, address(0));
+            return true;
+        }
+        if (s == JobState.Disputed) {
+            uint256 closesAt = _appealVerdictClosesAt(job);
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _voidDispute(jobId, job, p);
             return true;
         }
         if (s == JobState.AuditFailed) {
@@ -787,20 +788,29 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
 
     /// @dev A pass that stands (its appeal window closed, or upheld on dispute): the worker is
     /// paid, the passing verifier earns its audit fee and gets its bond back; a dispute bond
-    /// goes to the appeal verifier who upheld the pass, or back to the client when no appeal
-    /// verdict came (`disputeWinner` zero).
+    /// goes to the appeal verifier who upheld the pass.
     function _passStands(uint256 jobId, Job memory j, Pending memory p, address disputeWinner) private {
         _records[j.worker].auditsPassed += 1;
         _pay(jobId, j, p, true, false);
         _payAuditFee(jobId, j.auditor, j.auditFee);
         uint256 bond = _verifierBond(j);
         if (bond > 0) _stakes.unlock(j.auditor, bond);
-        if (j.state != JobState.Disputed) return;
-        if (disputeWinner == address(0)) {
-            _refundDisputeBond(jobId, j);
-        } else {
-            _payAuditFee(jobId, disputeWinner, j.auditFee);
-        }
+        if (j.state == JobState.Disputed) _payAuditFee(jobId, disputeWinner, j.auditFee);
+    }
+
+    /// @dev A disputed pass no appeal verdict confirmed in time: silence never pays, so the
+    /// result is not paid and the job ends Refunded. The client gets its reward back but not
+    /// its dispute bond (to the fee recipient: a dispute that nobody judged must still cost
+    /// the client, or disputing every pass would make results free whenever verifiers are
+    /// slow); the passing verifier, whose pass was not overturned, earns its fee and gets its
+    /// bond back; the worker gets its collateral back.
+    function _voidDispute(uint256 jobId, Job memory j, Pending memory p) private {
+        uint256 fee = j.auditFee;
+        _payAuditFee(jobId, j.auditor, fee);
+        _credit(_globals.feeRecipient, fee);
+        _stakes.unlock(j.auditor, _verifierBond(j));
+        j.auditFee = 0; // the client's refund: the reward alone
+        _void(jobId, j, p);
     }
 
     function _refundDisputeBond(uint256 jobId, Job memory j) private {

@@ -219,7 +219,8 @@ class Client:
         """Upload the program and each shard's inputs, then escrow payment for every shard in
         one permit transaction. ``pay`` is the total reward (MESH, split over the shards);
         ``collateral`` per shard defaults to twice the shard's reward; ``audit_fee`` per shard
-        defaults to a tenth of it.
+        defaults to the shard's reward (a verifier recomputes the whole shard, so it is paid
+        as the worker is; the fee comes back for a shard the draw does not pick).
 
         ``check_stability``: before uploading or paying anything, run the program on shard 0
         as an audit would (:func:`check_stability`): a tolerance no honest worker can meet
@@ -254,7 +255,7 @@ class Client:
         reward = total // shards
         if reward == 0:
             raise BadInput("pay is too small to split over that many shards")
-        fee = parse_amount(audit_fee) if audit_fee is not None else max(1, reward // 10)
+        fee = parse_amount(audit_fee) if audit_fee is not None else reward
         stake = parse_amount(collateral) if collateral is not None else 2 * reward
         deadline_s = parse_duration(deadline)
         self._check_balance(shards * (reward + fee))

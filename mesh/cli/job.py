@@ -290,7 +290,7 @@ def submit(
              "market's rate for the worker applies). 10000 is --audit-all.")] = None,
     audit_all: Annotated[bool, typer.Option(
         "--audit-all",
-        help="Audit every shard (--audit-bps 10000). Costs: the audit fee (a tenth of each "
+        help="Audit every shard (--audit-bps 10000). Costs: the audit fee (by default each "
              "shard's reward) is paid on every shard. Buys: no shard is accepted without a "
              "verifier's recomputation; a shard whose verdict never comes is void (escrow "
              "refunded, re-posted while --wait follows it), never paid.")] = False,

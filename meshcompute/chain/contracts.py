@@ -16,12 +16,13 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.types import TxReceipt
 
 from meshcompute.chain.artifacts import load_artifact
 from meshcompute.chain.custom_errors import abi_type, decode_custom_error, revert_class
 from meshcompute.chain.deploy import Deployment
+from meshcompute.chain.reverts import contract_revert, revert_data_bytes
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
 from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, JobState, apply_event
@@ -172,9 +173,20 @@ class MeshContracts:
         dispute) at the latest block: only it may post the verdict (escalating to the next
         one in the second half of the window). None when no verifier may (none other than
         the job's parties is registered)."""
-        record = record or self.job(job_id)
-        address = self.market.functions.assignedVerifier(job_id, record.as_tuple()).call()
-        return None if int(address, 16) == 0 else Web3.to_checksum_address(address)
+        for attempt in (1, 2):
+            current = record or self.job(job_id)
+            try:
+                address = self.market.functions.assignedVerifier(job_id,
+                                                                 current.as_tuple()).call()
+            except ContractLogicError as exc:
+                revert = contract_revert(revert_data_bytes(exc.data),
+                                         decoder=decode_custom_error,
+                                         revert_class=revert_class, contract="JobMarket")
+                if record is None and attempt == 1 and revert.error_name == "JobRecordMismatch":
+                    continue  # the job moved between reading its record and the call
+                raise revert from exc
+            return None if int(address, 16) == 0 else Web3.to_checksum_address(address)
+        raise AssertionError("unreachable")
 
     def hash_job(self, record: JobRecord) -> bytes:
         """keccak256(abi.encode(record)), computed locally like the contract does."""

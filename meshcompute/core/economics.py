@@ -75,8 +75,9 @@ class MarketParams:
     reward_min: int = 10
     """Smallest job reward; rewards are drawn log-uniformly in [reward_min, reward_max]."""
     reward_max: int = 1_000
-    audit_fee_bps: int = 1_000
-    """Audit fee the client escrows, as a share of the reward (paid to the verifier if drawn)."""
+    audit_fee_bps: int = 10_000
+    """Audit fee the client escrows, as a share of the reward (paid to the verifier if drawn;
+    the SDK's default: the reward, since a verifier recomputes what the worker computed)."""
     collateral_ratio: int = 10
     """Collateral the worker locks per job, as a multiple of the reward."""
     compute_cost_bps: int = 6_000

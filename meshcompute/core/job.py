@@ -74,7 +74,7 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.AUDIT_FAILED: frozenset({JobState.APPEALED, JobState.SLASHED}),
     JobState.APPEALED: frozenset({JobState.FINALIZED, JobState.SLASHED}),
     JobState.AUDIT_PASSED: frozenset({JobState.DISPUTED, JobState.FINALIZED}),
-    JobState.DISPUTED: frozenset({JobState.FINALIZED, JobState.SLASHED}),
+    JobState.DISPUTED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
     JobState.FINALIZED: frozenset(),
     JobState.SLASHED: frozenset(),
     JobState.REFUNDED: frozenset(),
@@ -224,7 +224,8 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
     if event == "JobSlashed":
         return replace(record, state=JobState.SLASHED)
     if event == "JobRefunded":
-        if record.state in (JobState.POSTED, JobState.ASSIGNED, JobState.AUDITED):
+        if record.state in (JobState.POSTED, JobState.ASSIGNED, JobState.AUDITED,
+                            JobState.DISPUTED):  # a dispute nobody judged is void
             return replace(record, state=JobState.REFUNDED)
         return record
     if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid", "AuditVoided",

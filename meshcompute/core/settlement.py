@@ -17,7 +17,9 @@ or refuses it; :func:`settle_action` answers the same question off chain, at blo
 * ``AUDIT_PASSED`` — after ``resolved_at + appeal_window`` (strictly) with no dispute from the
   client: the pass stands, the worker and the verifier are paid (:attr:`SettleAction.PAY`).
 * ``DISPUTED`` — after ``resolved_at + appeal_window + audit_window`` (strictly) with no appeal
-  verdict: the pass stands (paid) and the client's dispute bond goes back to it.
+  verdict: void (:attr:`SettleAction.VOID`: silence never pays, so the disputed result is not
+  paid; the client gets its reward back and forfeits its dispute bond to the protocol, the
+  passing verifier earns its fee).
 
 Every other state (posted, assigned, and the terminal ones) is refused. Only the draw needs
 the chain (the hash of the block after the commit), so the caller supplies it as ``audited``.
@@ -47,8 +49,9 @@ class SettleAction(Enum):
     """The worker is paid (not drawn for audit, after the challenge window; or a passed audit
     that stands, after its appeal window)."""
     VOID = "void"
-    """Drawn for audit, no verdict in time: nobody is paid, the client gets its escrow back and
-    the worker its collateral (the job ends Refunded)."""
+    """Drawn for audit, no verdict in time (or a disputed pass, no appeal verdict in time):
+    the reward is not paid, the client gets it back and the worker its collateral (the job
+    ends Refunded)."""
     SLASH = "slash"
     """A failed audit stands: the worker's collateral is slashed and the client refunded."""
     RECORD_DRAW = "record_draw"
@@ -90,7 +93,8 @@ def settle_action(
         return None if window_open(now, closes_at) else SettleAction.VOID
     if state in _VERDICT_STANDS:
         # a verdict stands when its appeal window closes unappealed, or when an appeal
-        # verdict did not come: a failure is slashed, a pass paid
+        # verdict did not come: a failure is slashed, a pass paid; a disputed pass nobody
+        # judged is void
         if state in (JobState.AUDIT_FAILED, JobState.AUDIT_PASSED):
             closes_at = appeal_closes_at(record, appeal_window=appeal_window)
         else:
@@ -100,12 +104,12 @@ def settle_action(
     return None
 
 
-#: What finalize does to a job whose verdict stands, by the state that verdict left it in.
+#: What finalize does to a job once its verdict's windows closed, by the state it is in.
 _VERDICT_STANDS = {
     JobState.AUDIT_FAILED: SettleAction.SLASH,
     JobState.APPEALED: SettleAction.SLASH,
     JobState.AUDIT_PASSED: SettleAction.PAY,
-    JobState.DISPUTED: SettleAction.PAY,
+    JobState.DISPUTED: SettleAction.VOID,
 }
 
 

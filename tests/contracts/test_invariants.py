@@ -542,13 +542,26 @@ class MarketMachine(RuleBasedStateMachine):
 
     def _pass_stands(self, job_id: int, j: JobRecord, dispute_winner: str | None) -> None:
         """A pass stands: worker paid, the passing verifier its fee and bond back; a dispute
-        bond to the appeal verifier who upheld it, or back to the client."""
+        bond to the appeal verifier who upheld it."""
         self.accts[j.worker].audits_passed += 1
         self._pay(job_id, j, refund_audit_fee=False)
         self._credit(j.auditor, j.audit_fee)
         self._unlock(j.auditor, j.verifier_bond)
         if j.state == JobState.DISPUTED:
-            self._credit(dispute_winner or j.client, j.audit_fee)
+            assert dispute_winner is not None  # an unjudged dispute is void, not a pass
+            self._credit(dispute_winner, j.audit_fee)
+
+    def _void_dispute(self, job_id: int, j: JobRecord) -> None:
+        """A dispute no appeal verdict judged in time: unpaid (Refunded). The client gets its
+        reward back, its dispute bond goes to the protocol, the passing verifier earns its fee
+        and gets its bond back, the worker its collateral."""
+        self._credit(j.auditor, j.audit_fee)
+        self._credit(self.fee_recipient, j.audit_fee)
+        self._unlock(j.auditor, j.verifier_bond)
+        self._credit(j.client, j.reward)
+        self._unlock(j.worker, j.collateral)
+        self.jobs[job_id] = replace(j, state=JobState.REFUNDED)
+        STATS["dispute unjudged: void"] += 1
 
     def _void(self, job_id: int, j: JobRecord) -> None:
         """Drawn for audit, no verdict in time: escrow back to the client, collateral back to
@@ -588,7 +601,7 @@ class MarketMachine(RuleBasedStateMachine):
         if s == JobState.DISPUTED:
             if self.now <= j.resolved_at + APPEAL + AUDIT:
                 raise Revert("NotYetSettleable")
-            return "stand"
+            return "void_dispute"
         raise Revert("InvalidJobState")
 
     def _apply_settle(self, job_id: int, j: JobRecord, outcome: str) -> None:
@@ -602,6 +615,8 @@ class MarketMachine(RuleBasedStateMachine):
             self._slash(job_id, j)
         elif outcome == "stand":
             self._pass_stands(job_id, j, None)
+        elif outcome == "void_dispute":
+            self._void_dispute(job_id, j)
 
     def _not_paused(self) -> None:
         if self.paused:
@@ -1054,7 +1069,8 @@ class MarketMachine(RuleBasedStateMachine):
                     continue
                 plan.append((job_id, j, outcome))
                 after = {"draw": JobState.AUDITED, "pay": JobState.FINALIZED,
-                         "void": JobState.REFUNDED}
+                         "stand": JobState.FINALIZED, "void": JobState.REFUNDED,
+                         "void_dispute": JobState.REFUNDED}
                 current[job_id] = replace(j, state=after.get(outcome, JobState.SLASHED))
             return plan
 
@@ -1215,6 +1231,21 @@ class MarketMachine(RuleBasedStateMachine):
         client = data.draw(st.sampled_from(self.clients), label="client")
         n = data.draw(st.integers(2, 5), label="batch size")
         self._do_post(client, [self._draw_params(data) for _ in range(n)])
+
+    @rule(data=st.data())
+    def assign_beyond_free_stake(self, data: st.DataObject) -> None:
+        """A job whose collateral is one wei more than the worker's free stake: its ticket is
+        refused (InsufficientFreeStake) and nothing is locked. A rule of its own, so every run
+        takes this path whatever the chain's audit draws did to the workers' stakes."""
+        worker = data.draw(st.sampled_from(self.workers), label="worker")
+        client = data.draw(st.sampled_from(self.clients), label="client")
+        params = JobParams(spec_hash=keccak(text=f"beyond-{self.next_job_id}"), reward=TOKEN,
+                           audit_fee=0, collateral=self.stake[worker.address].free + 1,
+                           deadline=self.now + 3600, audit_bps=0)
+        if self._do_post(client, [params]):
+            job_id = self.next_job_id - 1
+            self._do_assign(worker, [job_id], commit=data.draw(st.booleans(), label="commit"),
+                            hashes=[b"\x42" * 32])
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
@@ -1560,6 +1591,9 @@ class MarketMachine(RuleBasedStateMachine):
         # a disputed pass that stands (JobPaid) or falls (JobSlashed) refunds the client's
         # dispute bond in the same transaction: not a terminal outcome of its own
         paid_in_tx = {(e.tx_hash, int(e.args["jobId"])) for e in events if e.name == "JobPaid"}
+        fee_paid_in_tx = {
+            (e.tx_hash, int(e.args["jobId"])) for e in events if e.name == "AuditFeePaid"
+        }
         for e in events:
             key = (e.tx_hash, int(e.args.get("jobId", 0)))
             if e.name in ("JobPaid", "JobSlashed") or (
@@ -1590,10 +1624,12 @@ class MarketMachine(RuleBasedStateMachine):
                     compensation,
                 ), e
             elif e.name == "JobRefunded":
-                # a slash or a void verdict refunds the reward (the audit fee was earned)
+                # a slash, a void verdict or an unjudged dispute refunds the reward (the audit
+                # fee was earned)
                 key = (e.tx_hash, int(e.args["jobId"]))
                 refunds[key] += 1
-                slashed = key in slashed_in_tx or key in voided_in_tx
+                slashed = (key in slashed_in_tx or key in voided_in_tx
+                           or key in fee_paid_in_tx)  # an unjudged dispute: its fee earned
                 expected = j.reward if slashed else j.reward + j.audit_fee
                 if key in paid_in_tx or (key in slashed_in_tx and refunds[key] > 1):
                     expected = j.audit_fee  # a dispute bond coming back

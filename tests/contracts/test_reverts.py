@@ -874,7 +874,7 @@ def test_resolveAppeal_reverts_after_verdict_window(world: World) -> None:
     closes = record.resolved_at + TEST_PARAMS.appeal_window_s + TEST_PARAMS.audit_window_s
     world.advance(closes - world.now() + 1)
     with reverts("WindowClosed", TooLate, jobId=job_id, closedAt=closes):
-        world.verifiers[1].resolve_appeal(job_id, True, EVIDENCE)
+        world.other_verifier(world.auditor_of(job_id)).resolve_appeal(job_id, True, EVIDENCE)
 
 
 def test_resolveAppeal_reverts_on_unknown_or_forged_record(world: World) -> None:

@@ -99,10 +99,11 @@ def test_settle_action_audit_passed_pays_strictly_after_appeal_window() -> None:
     assert action(rec, 2_000 + APPEAL + 1) is SettleAction.PAY
 
 
-def test_settle_action_disputed_pass_stands_after_appeal_verdict_window() -> None:
+def test_settle_action_disputed_pass_without_appeal_verdict_is_void() -> None:
+    """Silence never pays: a disputed pass nobody judged in time is not paid."""
     rec = record(JobState.DISPUTED, resolved_at=2_000)
     assert action(rec, 2_000 + APPEAL + AUDIT) is None
-    assert action(rec, 2_000 + APPEAL + AUDIT + 1) is SettleAction.PAY
+    assert action(rec, 2_000 + APPEAL + AUDIT + 1) is SettleAction.VOID
 
 
 @pytest.mark.parametrize(

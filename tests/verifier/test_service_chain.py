@@ -193,14 +193,14 @@ def make_service(world: World, market: Market, verifier: MeshActor, journal_dir:
 
 def poll_all(services: list[VerifierService]) -> tuple[list[tuple[int, str, bool]], set[int]]:
     """One poll of each service (the world's two verifiers: the draw assigns each verdict to
-    one of them): every verdict posted, and the jobs still waiting at every service."""
+    one of them): every verdict posted, and the jobs some service is waiting on."""
     posted: list[tuple[int, str, bool]] = []
-    waiting: set[int] | None = None
+    waiting: set[int] = set()
     for service in services:
         report = service.poll_once()
         posted += report.posted
-        waiting = set(report.waiting) if waiting is None else waiting & set(report.waiting)
-    return posted, waiting or set()
+        waiting |= set(report.waiting)
+    return posted, waiting
 
 
 def scaled(output: bytes, factor: float) -> bytes:
