@@ -8,6 +8,7 @@ contract's custom error (see :mod:`meshcompute.chain.custom_errors`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -320,20 +321,29 @@ class MeshContracts:
         the digest the contract stores (an ended job's must be cleared, see
         :meth:`expected_digest`)."""
         # Events and digests are read at one block, so a transaction landing in between
-        # cannot make a consistent record look inconsistent.
-        head = int(self.w3.eth.block_number)
-        records: dict[int, JobRecord] = {}
-        for event in self.job_events(job_ids, to_block=head):
-            job_id = int(event.args["jobId"])
-            records[job_id] = apply_event(records.get(job_id), event.name, event.args)
-        if verify:
-            for job_id, record in records.items():
-                if not self.record_matches(job_id, record, head):
-                    raise ChainError(
-                        f"job {job_id}: the record rebuilt from events does not match the "
-                        f"contract's digest at block {head} (events missing from this node?)"
-                    )
-        return records
+        # cannot make a consistent record look inconsistent. A node may still answer
+        # eth_getLogs for its newest block before that block's logs are stored (seen once on
+        # anvil, and reported of other nodes): a mismatch is read again, at a newer head,
+        # before it is reported.
+        wanted = None if job_ids is None else list(job_ids)
+        for attempt in range(_RECORD_READS):
+            head = int(self.w3.eth.block_number)
+            records: dict[int, JobRecord] = {}
+            for event in self.job_events(wanted, to_block=head):
+                job_id = int(event.args["jobId"])
+                records[job_id] = apply_event(records.get(job_id), event.name, event.args)
+            if not verify:
+                return records
+            bad = next((j for j, r in records.items() if not self.record_matches(j, r, head)),
+                       None)
+            if bad is None:
+                return records
+            if attempt + 1 < _RECORD_READS:
+                time.sleep(0.25 * (attempt + 1))
+        raise ChainError(
+            f"job {bad}: the record rebuilt from events does not match the contract's digest "
+            f"at block {head} (events missing from this node?)"
+        )
 
     def job(self, job_id: int) -> JobRecord:
         """The current record of one job."""
@@ -341,6 +351,10 @@ class MeshContracts:
         if job_id not in records:
             raise revert_class("UnknownJob")("UnknownJob", {"jobId": job_id}, contract="JobMarket")
         return records[job_id]
+
+
+#: Reads of events and digests before a record that does not match is reported.
+_RECORD_READS = 3
 
 
 class MeshActor(MeshContracts):

@@ -190,7 +190,8 @@ def test_operator_withholding_the_program_from_the_verifier_gets_nothing_paid() 
         assert names["JobPaid"] == 0 and names["JobSlashed"] == 0, (
             names, stack.services["verifier"].tail(20))
         assert set(states.values()) == {JobState.REFUNDED}, states
-        assert "job_blob_missing" in verifiers[0].tail(200)
+        # whichever verifier the draw assigned each job to saw the program missing
+        assert any("job_blob_missing" in service.tail(200) for service in verifiers)
         _no_honest_worker_slashed(stack, contracts, submission.job_ids)
         _assert_books(contracts)
 

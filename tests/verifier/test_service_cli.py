@@ -67,9 +67,9 @@ def test_start_refuses_a_verifier_without_stake(world, market, tmp_path) -> None
 
 
 def test_start_audits_a_drawn_job_and_stops_on_sigterm(world, market, kit, tmp_path) -> None:
-    verifier = world.verifiers[0]
-    env = _env(market, verifier, tmp_path)
     job_id = post_and_commit(world, market, kit, kit.honest)
+    verifier = world.verifier_for(job_id)  # the draw's choice: the only one that may post
+    env = _env(market, verifier, tmp_path)
     process = subprocess.Popen(_mesh("verifier", "start", "--json-logs"), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tether(process.pid)
