@@ -692,7 +692,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (s == JobState.Audited) {
             uint256 closesAt = _auditClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _void(jobId, job, p);
+            _void(jobId, job, p, uint256(job.reward) + job.auditFee);
             return true;
         }
         if (s == JobState.AuditPassed) {
@@ -805,12 +805,10 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// slow); the passing verifier, whose pass was not overturned, earns its fee and gets its
     /// bond back; the worker gets its collateral back.
     function _voidDispute(uint256 jobId, Job memory j, Pending memory p) private {
-        uint256 fee = j.auditFee;
-        _payAuditFee(jobId, j.auditor, fee);
-        _credit(_globals.feeRecipient, fee);
+        _payAuditFee(jobId, j.auditor, j.auditFee);
+        _credit(_globals.feeRecipient, j.auditFee);
         _stakes.unlock(j.auditor, _verifierBond(j));
-        j.auditFee = 0; // the client's refund: the reward alone
-        _void(jobId, j, p);
+        _void(jobId, j, p, j.reward);
     }
 
     function _refundDisputeBond(uint256 jobId, Job memory j) private {
@@ -828,10 +826,11 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         _stakes.slash(j.auditor, bond, address(this));
     }
 
-    /// @dev Voids a job drawn for audit whose verdict never came: an unverified result is never
-    /// paid. The client gets its whole escrow back (reward and audit fee), the worker its
-    /// collateral (no verdict, no fault); nobody is paid and the job ends (Refunded).
-    function _void(uint256 jobId, Job memory j, Pending memory p) private {
+    /// @dev Voids a job whose verdict never came: an unverified result is never paid. The client
+    /// gets `refund` back (after an audit, its whole escrow: reward and audit fee; after a
+    /// dispute, the reward), the worker its collateral (no verdict, no fault); the job ends
+    /// (Refunded).
+    function _void(uint256 jobId, Job memory j, Pending memory p, uint256 refund) private {
         if (p.worker != j.worker) {
             _flushWorker(p);
             p.worker = j.worker;
@@ -841,10 +840,9 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             _flushClient(p);
             p.client = j.client;
         }
-        uint256 amount = uint256(j.reward) + j.auditFee;
-        p.clientRefund += amount;
+        p.clientRefund += refund;
         _close(jobId);
-        emit JobRefunded(jobId, j.client, amount);
+        emit JobRefunded(jobId, j.client, refund);
     }
 
     function _noPending() private pure returns (Pending memory) {

@@ -1,5 +1,5 @@
-"""TEST-ONLY adversaries for demos and end-to-end tests: a cheating worker's output policy, and
-a lazy verifier (:class:`LazyAuditor`, ``MESH_TEST_LAZY_VERIFIER=1``, dev chain only).
+"""TEST-ONLY: a cheating worker's output policy, for demos and end-to-end tests of the audits
+(the lazy verifier is :mod:`meshcompute.mesh.lazy_verifier`).
 
 :class:`Adversary` is an :class:`~meshcompute.worker.policy.OutputPolicy` that ``mesh worker
 start`` passes to the node (the development stack turns it on for its cheaters); the worker
@@ -27,12 +27,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meshcompute.core.job import JobRecord
-from meshcompute.core.spec import JobSpec
 from meshcompute.errors import BadInput, ConfigError
 from meshcompute.units import DEV_CHAIN_ID
-from meshcompute.verifier.audit import Auditor, VerdictReady
-from meshcompute.verifier.evidence import AUDIT
 from meshcompute.worker.policy import Emit
 
 ENV_FRACTION = "MESH_TEST_CHEAT_FRACTION"
@@ -159,6 +155,16 @@ class Adversary:
         return wrong
 
 
+def require_dev_chain(variable: str, chain_id: int) -> None:
+    """ConfigError unless ``chain_id`` is the development chain: a test-only adversary mode
+    (set by ``variable``) must never run anywhere else."""
+    if int(chain_id) != DEV_CHAIN_ID:
+        raise ConfigError(
+            f"{variable} is a test-only adversary mode and works only on the development "
+            f"chain {DEV_CHAIN_ID}, not chain {chain_id}: unset it"
+        )
+
+
 def adversary_from_env(chain_id: int, env: Mapping[str, str] | None = None) -> Adversary | None:
     """The test-only adversary when ``MESH_TEST_CHEAT_FRACTION`` is set, else None.
 
@@ -168,11 +174,7 @@ def adversary_from_env(chain_id: int, env: Mapping[str, str] | None = None) -> A
     raw = env.get(ENV_FRACTION, "").strip()
     if not raw:
         return None
-    if int(chain_id) != DEV_CHAIN_ID:
-        raise ConfigError(
-            f"{ENV_FRACTION} is a test-only cheating mode and works only on the development "
-            f"chain {DEV_CHAIN_ID}, not chain {chain_id}: unset it"
-        )
+    require_dev_chain(ENV_FRACTION, chain_id)
     try:
         fraction = float(raw)
         seed = int(env.get(ENV_SEED, "0"))
@@ -181,35 +183,3 @@ def adversary_from_env(chain_id: int, env: Mapping[str, str] | None = None) -> A
         raise ConfigError(f"test cheat settings are malformed: {exc}") from exc
     return Adversary(fraction=fraction, seed=seed, mode=env.get(ENV_MODE, "zeros"), scale=scale)
 
-
-# ---------------------------------------------------------------------- the lazy verifier
-
-ENV_LAZY_VERIFIER = "MESH_TEST_LAZY_VERIFIER"
-
-
-class LazyAuditor(Auditor):
-    """TEST-ONLY: a verifier that passes every drawn audit without recomputing, naming the
-    worker's committed output as its own (so its evidence looks complete). It saves one job's
-    compute per audit; the canary runner (``meshcompute.verifier.canary``) is what makes that
-    cost its bond. Appeals and disputes it judges honestly (the base class)."""
-
-    def audit(self, job_id: int, record: JobRecord, *,
-              missing_output_is_final: bool) -> VerdictReady:
-        worker_sha = bytes(record.result_hash).hex()
-        spec = JobSpec.from_bytes(self.store.get_blob(record.spec_hash.hex()))
-        return self._finish(job_id, AUDIT, record.spec_hash.hex(), dict(spec.tolerance),
-                            (worker_sha, worker_sha), True, ())
-
-
-def lazy_verifier_from_env(chain_id: int, env: Mapping[str, str] | None = None) -> bool:
-    """Whether ``MESH_TEST_LAZY_VERIFIER`` asks ``mesh verifier start`` to run
-    :class:`LazyAuditor`; refuses (ConfigError) on any chain but the development chain."""
-    env = os.environ if env is None else env
-    if env.get(ENV_LAZY_VERIFIER, "").strip() not in ("1", "true", "yes"):
-        return False
-    if int(chain_id) != DEV_CHAIN_ID:
-        raise ConfigError(
-            f"{ENV_LAZY_VERIFIER} is a test-only lazy-verifier mode and works only on the "
-            f"development chain {DEV_CHAIN_ID}, not chain {chain_id}: unset it"
-        )
-    return True

@@ -2,10 +2,11 @@
 
 It starts anvil (contracts deployed), an embedded Valkey (or uses ``REDIS_URL``), the market
 API and its Celery worker and beat, two verifiers (the draw assigns each verdict to one
-of them, so a failed worker always has someone else to appeal to) and three workers, one of which is the
-test-only cheater, all as separate processes (:mod:`meshcompute.mesh.devstack`). A client then exports
+of them, so a failed worker always has someone else to appeal to) and three workers, one of
+which is the test-only cheater, all as separate processes (:mod:`meshcompute.mesh.devstack`). A
+client then exports
 an MLP built in code, splits a batch into shards, uploads it, escrows payment with one permit
-transaction and waits while workers run the shards in their sandboxes, the auditing verifier
+transaction and waits while workers run the shards in their sandboxes, the assigned verifier
 recomputes each one blind and posts verdicts, and the market settles. The cheater's shards fail
 their audits: its collateral is slashed, the client refunded and compensated, and the client
 re-posts those shards so the output is complete. The demo then checks the assembled output against a

@@ -61,12 +61,12 @@ class StackConfig:
     """The last ``cheaters`` workers run the test-only adversary."""
     cheat_fraction: float = 1.0
     verifier: bool = True
+    """Run the two verifiers (the draw assigns each verdict to one of them). Without them the
+    chain is deployed with ``audit_deterrence=False`` and the market signs no deterrence audit
+    rates (MESH_AUDIT_DETERRENCE=false)."""
     lazy_second_verifier: bool = False
     """TEST-ONLY: the second verifier passes its audits without recomputing
     (``MESH_TEST_LAZY_VERIFIER``)."""
-    """Run the two verifiers (the draw assigns each verdict to one of them). Without them the chain is
-    deployed with ``audit_deterrence=False`` and the market signs no deterrence audit rates
-    (MESH_AUDIT_DETERRENCE=false)."""
     worker_slots: int = 1
     worker_threads: int = 1
     stake: int = 5_000 * TOKEN

@@ -41,7 +41,7 @@ def verifier_start(
     from meshcompute.chain.connect import actor_for, connect
     from meshcompute.core.tolerance import evidence_hash
     from meshcompute.logs import configure_logging
-    from meshcompute.mesh.adversary import LazyAuditor, lazy_verifier_from_env
+    from meshcompute.mesh.lazy_verifier import LazyAuditor, lazy_verifier_from_env
     from meshcompute.settings import get_settings
     from meshcompute.verifier.audit import Auditor
     from meshcompute.verifier.journal import Journal, journal_path

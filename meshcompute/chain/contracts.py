@@ -27,7 +27,7 @@ from meshcompute.chain.reverts import contract_revert, revert_data_bytes
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
 from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, JobState, apply_event
-from meshcompute.errors import BadInput, ChainError
+from meshcompute.errors import BadInput, ChainError, StaleJobRecord
 
 
 @dataclass(frozen=True)
@@ -174,20 +174,25 @@ class MeshContracts:
         dispute) at the latest block: only it may post the verdict (escalating to the next
         one in the second half of the window). None when no verifier may (none other than
         the job's parties is registered)."""
-        for attempt in (1, 2):
-            current = record or self.job(job_id)
-            try:
-                address = self.market.functions.assignedVerifier(job_id,
-                                                                 current.as_tuple()).call()
-            except ContractLogicError as exc:
-                revert = contract_revert(revert_data_bytes(exc.data),
-                                         decoder=decode_custom_error,
-                                         revert_class=revert_class, contract="JobMarket")
-                if record is None and attempt == 1 and revert.error_name == "JobRecordMismatch":
-                    continue  # the job moved between reading its record and the call
-                raise revert from exc
-            return None if int(address, 16) == 0 else Web3.to_checksum_address(address)
-        raise AssertionError("unreachable")
+        try:
+            address = self._view(self.market.functions.assignedVerifier(
+                job_id, (record or self.job(job_id)).as_tuple()))
+        except StaleJobRecord:
+            if record is not None:
+                raise
+            # the job moved between reading its record and the call: read it once more
+            address = self._view(self.market.functions.assignedVerifier(
+                job_id, self.job(job_id).as_tuple()))
+        return None if int(address, 16) == 0 else Web3.to_checksum_address(address)
+
+    @staticmethod
+    def _view(call: Any) -> Any:
+        """``call.call()`` with a revert raised as the contract's custom error (the error tree)."""
+        try:
+            return call.call()
+        except ContractLogicError as exc:
+            raise contract_revert(revert_data_bytes(exc.data), decoder=decode_custom_error,
+                                  revert_class=revert_class, contract="JobMarket") from exc
 
     def hash_job(self, record: JobRecord) -> bytes:
         """keccak256(abi.encode(record)), computed locally like the contract does."""

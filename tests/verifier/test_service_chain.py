@@ -24,7 +24,7 @@ from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
 from meshcompute.errors import NotPermitted
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
-from meshcompute.mesh.adversary import LazyAuditor
+from meshcompute.mesh.lazy_verifier import LazyAuditor
 from meshcompute.mesh.models import build_model, example_inputs
 from meshcompute.settings import load_settings
 from meshcompute.units import TOKEN
