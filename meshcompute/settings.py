@@ -84,6 +84,18 @@ class Settings(BaseSettings):
     """Largest blob bundle in bytes, header included: a ``POST /blobs/bundle`` body or a
     ``POST /blobs/fetch`` answer (bigger gets HTTP 413)."""
 
+    max_json_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest JSON request body the market reads (every route but the blob uploads); a
+    bigger one gets HTTP 413 before it is read, or as soon as it passes the limit."""
+
+    market_max_connections: int = Field(default=1024, ge=1)
+    """Most connections and tasks the market's HTTP server holds at once; beyond it new ones
+    get HTTP 503 (uvicorn's ``limit_concurrency``)."""
+
+    market_max_header_bytes: int = Field(default=64 * 1024, ge=4096)
+    """Largest request head (request line and headers) the market's HTTP server buffers
+    (uvicorn's ``h11_max_incomplete_event_size``)."""
+
     max_bundle_blobs: int = Field(default=1024, ge=1, le=65_536)
     """Most blobs one bundle carries, and most entries of one ``POST /blobs/fetch``,
     ``POST /specs/batch`` or ``POST /results/batch`` request."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 import sys
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
-from meshcompute.market.api.deps import LazyRuntime
+from meshcompute.market.api.deps import LazyRuntime, signed_address
 from meshcompute.market.api.errors import ERROR_RESPONSES, install_error_handlers
+from meshcompute.market.api.gate import RequestGate
 from meshcompute.market.api.routes import (
     blobs,
     groups,
@@ -40,8 +42,16 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
         description="Operator service of the meshcompute marketplace; see docs/market-api.md.",
         responses=ERROR_RESPONSES,
     )
-    app.state.runtime = LazyRuntime(lambda: runtime or MarketRuntime.from_settings(settings))
+    lazy = LazyRuntime(lambda: runtime or MarketRuntime.from_settings(settings))
+    app.state.runtime = lazy
     install_error_handlers(app)
-    for module in (health, blobs, jobs, groups, specs, workers, leases, results):
-        app.include_router(module.router)
+    routers = [module.router for module in
+               (health, blobs, jobs, groups, specs, workers, leases, results)]
+    for router in routers:
+        app.include_router(router)
+    # outermost: a request is bounded and its signature checked before any route reads it
+    app.add_middleware(RequestGate, settings=settings,
+                       routes=[route for router in routers for route in router.routes
+                               if isinstance(route, APIRoute)],
+                       chain_id=lambda: lazy.get().chain_id, signer=signed_address)
     return app

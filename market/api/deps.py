@@ -1,5 +1,6 @@
 """What the routes depend on, as ``Annotated`` aliases: the runtime (:data:`Runtime`), the
-address that signed the request (:data:`Signer`), and the path parameters.
+address that signed the request (:data:`Signer`; a route that depends on it is gated as signed
+by :mod:`.gate`), and the path parameters.
 
 The runtime (Redis, chain, blob store) is built on first use (:class:`LazyRuntime`), so the API
 starts even while the chain or Redis is still coming up and answers 503 until they are
@@ -18,9 +19,9 @@ from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from meshcompute.errors import ChainError, ConfigError, DeploymentNotFound, ServiceUnavailable
+from meshcompute.market.api.gate import signed_request
 from meshcompute.market.api.schemas import SHA256_PATTERN
 from meshcompute.market.runtime import MarketRuntime
-from meshcompute.wire.auth import verify_signed_request
 
 
 class LazyRuntime:
@@ -49,35 +50,25 @@ def _runtime(request: Request) -> MarketRuntime:
 Runtime = Annotated[MarketRuntime, Depends(_runtime)]
 
 
-async def authenticate(
-    request: Request, runtime: MarketRuntime, *, body: bytes, body_sha256: str | None = None
-) -> str:
-    """The address that signed ``request`` over ``body`` (or over ``body_sha256``, for a body
-    streamed elsewhere); its nonce is claimed, so the request cannot be replayed."""
-    now = time.time()
-    signed = verify_signed_request(
-        request.headers,
-        request.method,
-        request.url.path,
-        body,
-        runtime.chain_id,
-        now=now,
-        body_sha256=body_sha256,
-    )
+async def authenticate(request: Request, runtime: MarketRuntime) -> str:
+    """The address that signed ``request`` (checked by the gate, :mod:`.gate`, before the body
+    was read); its nonce is claimed here, so the request cannot be replayed."""
+    signed = signed_request(request)
     # the nonce and expiry that were signed, never the headers read again
     await run_in_threadpool(
-        runtime.state.claim_nonce, signed.address, signed.nonce, expires=signed.expires, now=now
+        runtime.state.claim_nonce, signed.address, signed.nonce, expires=signed.expires,
+        now=time.time(),
     )
     return signed.address
 
 
-async def _signer(request: Request, runtime: Runtime) -> str:
-    """The address that signed this request (body read raw, before JSON parsing)."""
-    body = await request.body()
-    return await authenticate(request, runtime, body=body)
+async def signed_address(request: Request, runtime: Runtime) -> str:
+    """The address that signed this request (its body checked against the signature by the
+    gate before the route parsed it)."""
+    return await authenticate(request, runtime)
 
 
-Signer = Annotated[str, Depends(_signer)]
+Signer = Annotated[str, Depends(signed_address)]
 
 Sha256Path = Annotated[str, Path(pattern=SHA256_PATTERN, description="lowercase sha256 hex")]
 JobIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]

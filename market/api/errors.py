@@ -22,6 +22,7 @@ from meshcompute.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from meshcompute.market.api.gate import BodyTooLarge
 from meshcompute.market.api.schemas import ErrorOut
 from meshcompute.market.blobs import BlobTooLarge, HashMismatch, StoreFull
 from meshcompute.market.operations import Forbidden
@@ -42,6 +43,7 @@ def status_of(exc: Exception) -> int:
         (BundleHashMismatch, 400),
         (BlobTooLarge, 413),
         (BundleTooLarge, 413),
+        (BodyTooLarge, 413),
         (StoreFull, 507),
         (Forbidden, 403),
         (AuthError, 401),

@@ -52,6 +52,8 @@ def serve(
             port=port or settings.market_port,
             log_config=None,
             access_log=False,
+            limit_concurrency=settings.market_max_connections,
+            h11_max_incomplete_event_size=settings.market_max_header_bytes,
         )
     finally:
         if embedded is not None:

@@ -3,8 +3,10 @@
 EIP-4361 style (see docs/market-api.md "Authentication"): the caller signs, with
 ``eth_account.messages.encode_defunct``, a short text naming its address, the request (method,
 path, sha256 of the raw body), the chain id, a random nonce and an expiry. The signature and
-the fields travel in ``X-Mesh-*`` headers. :func:`verify_request` checks everything that can be
-checked statelessly; the nonce replay check needs shared state and lives on the server
+the fields travel in ``X-Mesh-*`` headers, the body's hash included, so a server checks the
+signature from the headers alone before it reads a byte of the body, and then checks that the
+body hashes to what was signed. :func:`verify_request` checks everything that can be checked
+statelessly; the nonce replay check needs shared state and lives on the server
 (``market.state.MarketState.claim_nonce``).
 """
 
@@ -29,7 +31,8 @@ HEADER_ADDRESS = "X-Mesh-Address"
 HEADER_NONCE = "X-Mesh-Nonce"
 HEADER_EXPIRES = "X-Mesh-Expires"
 HEADER_SIGNATURE = "X-Mesh-Signature"
-AUTH_HEADERS = (HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES, HEADER_SIGNATURE)
+HEADER_BODY_SHA256 = "X-Mesh-Body-Sha256"
+AUTH_HEADERS = (HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES, HEADER_SIGNATURE, HEADER_BODY_SHA256)
 _AUTH_NAMES = {name.lower(): name for name in AUTH_HEADERS}
 
 MAX_TTL_S = 300
@@ -38,6 +41,7 @@ DEFAULT_TTL_S = 60
 
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def request_message(
@@ -79,7 +83,7 @@ def sign_request(
     ttl_s: int = DEFAULT_TTL_S,
     body_sha256: str | None = None,
 ) -> dict[str, str]:
-    """The four ``X-Mesh-*`` headers authenticating one request by ``account``.
+    """The five ``X-Mesh-*`` headers authenticating one request by ``account``.
 
     For a streamed body pass ``body=b""`` and its ``body_sha256``."""
     if not 0 < ttl_s <= MAX_TTL_S:
@@ -87,11 +91,12 @@ def sign_request(
     address = to_checksum_address(account.address)
     nonce = secrets.token_hex(16)
     expires = int(time.time() if now is None else now) + int(ttl_s)
+    if body_sha256 is None:
+        body_sha256 = hashlib.sha256(body or b"").hexdigest()
     text = request_message(
         address=address,
         method=method,
         path=path,
-        body=body,
         chain_id=chain_id,
         nonce=nonce,
         expires=expires,
@@ -103,6 +108,7 @@ def sign_request(
         HEADER_NONCE: nonce,
         HEADER_EXPIRES: str(expires),
         HEADER_SIGNATURE: "0x" + bytes(signature).hex(),
+        HEADER_BODY_SHA256: body_sha256,
     }
 
 
@@ -114,13 +120,16 @@ class SignedRequest:
     address: str
     nonce: str
     expires: int
+    body_sha256: str
+    """The hash of the body that was signed; whoever reads the body must check it
+    (:func:`check_body`)."""
 
 
 def verify_request(
     headers: Mapping[str, str],
     method: str,
     path: str,
-    body: bytes,
+    body: bytes | None,
     chain_id: int,
     *,
     now: float,
@@ -138,16 +147,20 @@ def verify_signed_request(
     headers: Mapping[str, str],
     method: str,
     path: str,
-    body: bytes,
+    body: bytes | None,
     chain_id: int,
     *,
     now: float,
     body_sha256: str | None = None,
 ) -> SignedRequest:
-    """The signer, nonce and expiry of this request; AuthError names what is wrong.
+    """The signer, nonce, expiry and signed body hash of this request; AuthError names what
+    is wrong.
 
-    ``body_sha256`` stands in for ``body`` when the body is streamed and checked later (a
-    blob upload is signed over the blob's name, and the store verifies the bytes).
+    The signature is checked over the body hash the headers carry (``X-Mesh-Body-Sha256``),
+    so this needs no body: give ``body=None`` to check the headers before reading the body,
+    then :func:`check_body` once it is read. Given ``body``, it is checked here too.
+    ``body_sha256`` is the hash the route requires (a blob upload is signed over the blob's
+    name, and the store verifies the bytes): the signed hash must equal it.
 
     Checks presence and shape of the headers, the expiry window (not past, at most
     :data:`MAX_TTL_S` ahead) and that the signature recovers to ``X-Mesh-Address``. The
@@ -172,15 +185,20 @@ def verify_signed_request(
     signature = values[HEADER_SIGNATURE]
     if not _SIGNATURE.match(signature):
         raise AuthError(f"{HEADER_SIGNATURE} must be a 65-byte 0x hex signature")
+    signed_sha = values[HEADER_BODY_SHA256]
+    if not _SHA256.match(signed_sha):
+        raise AuthError(f"{HEADER_BODY_SHA256} must be 64 lowercase hex characters")
+    if body_sha256 is not None and signed_sha != body_sha256:
+        raise AuthError(f"this request must be signed over body-sha256 {body_sha256}, not "
+                        f"{signed_sha}")
     text = request_message(
         address=address,
         method=method,
         path=path,
-        body=body,
         chain_id=chain_id,
         nonce=nonce,
         expires=expires,
-        body_sha256=body_sha256,
+        body_sha256=signed_sha,
     )
     try:
         signer = Account.recover_message(
@@ -193,11 +211,22 @@ def verify_signed_request(
             f"signature does not match {address} for {method.upper()} {path} on chain "
             f"{chain_id} (wrong key, or the body, path or chain id differ)"
         )
-    return SignedRequest(address=address, nonce=nonce, expires=expires)
+    signed = SignedRequest(address=address, nonce=nonce, expires=expires, body_sha256=signed_sha)
+    if body is not None:
+        check_body(signed, hashlib.sha256(body).hexdigest())
+    return signed
+
+
+def check_body(signed: SignedRequest, body_sha256: str) -> None:
+    """AuthError unless the body read hashes to what ``signed`` was signed over."""
+    if body_sha256 != signed.body_sha256:
+        raise AuthError(f"the body does not match the signed {HEADER_BODY_SHA256} (its "
+                        f"sha256 is {body_sha256}): altered in transit, or signed over "
+                        "other bytes")
 
 
 def _auth_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The four auth headers; each must appear exactly once. A repeated header is refused:
+    """The five auth headers; each must appear exactly once. A repeated header is refused:
     servers read "the" value of a header differently (Starlette's ``headers[name]`` is the
     first, ``dict(headers.items())`` the last), so a second X-Mesh-Nonce could get a replayed
     request's signature checked with one nonce and the replay guard fed another."""

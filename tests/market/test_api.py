@@ -175,11 +175,74 @@ def test_malformed_json_is_422_naming_it(mk):
 
 
 def test_deeply_nested_json_is_refused_and_the_market_lives_on(mk):
-    # unsigned: the body is parsed before any signature check, so anyone can send this
     body = b'{"max_jobs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    # unsigned: refused from its headers, never parsed
     response = httpx.post(mk.url + "/leases", content=body,
                           headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 401
+    # signed by anyone (a fresh key costs nothing): parsed, and refused
+    response = _signed_post(mk, STRANGER, "/leases", body)
     assert response.status_code in (400, 422)
+    assert httpx.get(mk.url + "/health", timeout=10).status_code == 200
+
+
+def _unread_upload(mk, path: str, headers: dict[str, str], size: int) -> httpx.Response:
+    """POST ``size`` bytes to ``path``, sending them lazily and counting what the market
+    read: the answer, with ``sent`` (bytes sent before it came) on the response."""
+    sent = 0
+
+    def body():
+        nonlocal sent
+        chunk = b"x" * (1 << 20)
+        while sent < size:
+            sent += len(chunk)
+            yield chunk
+
+    try:
+        response = httpx.post(mk.url + path, content=body(),
+                              headers={**headers, "Content-Length": str(size)}, timeout=30)
+    except httpx.TransportError:  # the market hung up on the rest of the body: fine
+        pytest.fail(f"no answer to a {size}-byte body on {path}")
+    response.sent = sent  # type: ignore[attr-defined]
+    return response
+
+
+def test_an_unsigned_body_is_refused_401_before_it_is_read(mk):
+    size = 300 << 20
+    response = _unread_upload(mk, "/workers", {"Content-Type": "application/json"}, size)
+    assert response.status_code == 401
+    assert "missing header X-Mesh-Address" in response.json()["detail"]
+    assert response.sent < size // 4  # the answer came long before the body was through
+    assert httpx.get(mk.url + "/health", timeout=10).status_code == 200
+
+
+def test_a_signed_body_over_the_json_limit_is_413_and_one_signed_for_other_bytes_401(mk):
+    limit = mk.settings.max_json_body_bytes
+    body = b'{"running": [' + b"1," * (limit // 2) + b'1]}'
+    response = _signed_post(mk, STRANGER, "/workers/heartbeat", body)
+    assert response.status_code == 413
+    assert f"exceeds the limit of {limit} bytes (max_json_body_bytes)" in (
+        response.json()["detail"])
+    # the headers of one body, the bytes of another
+    headers = sign_request(STRANGER, "POST", "/leases", b'{"max_jobs":1}', 31337)
+    headers["Content-Type"] = "application/json"
+    response = httpx.post(mk.url + "/leases", content=b'{"max_jobs":64}', headers=headers)
+    assert response.status_code == 401
+    assert "body does not match the signed X-Mesh-Body-Sha256" in response.json()["detail"]
+
+
+def test_public_and_bodiless_routes_read_no_more_than_their_limit(mk):
+    limit = mk.settings.max_json_body_bytes
+    response = _unread_upload(mk, "/blobs/fetch", {"Content-Type": "application/json"},
+                              limit + 1)
+    assert response.status_code == 413
+    assert "max_json_body_bytes" in response.json()["detail"]
+    # a body sent where none is taken (an unknown path too) is refused unread
+    for path in ("/nowhere", "/health"):
+        response = _unread_upload(mk, path, {}, 300 << 20)
+        assert response.status_code == 413, path
+        assert "takes no body" in response.json()["detail"]
+        assert response.sent < 300 << 18
     assert httpx.get(mk.url + "/health", timeout=10).status_code == 200
 
 

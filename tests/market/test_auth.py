@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from eth_account import Account
 
 from meshcompute.errors import AuthError
 from meshcompute.wire.auth import (
     HEADER_ADDRESS,
+    HEADER_BODY_SHA256,
     HEADER_EXPIRES,
     HEADER_NONCE,
     HEADER_SIGNATURE,
     MAX_TTL_S,
+    check_body,
     request_message,
     sign_request,
     verify_request,
+    verify_signed_request,
 )
 
 ALICE = Account.from_key("0x" + "11" * 32)
@@ -67,7 +72,7 @@ def test_message_matches_documented_format():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("method", "PUT"), ("path", "/leases/1"), ("body", b"{}"), ("chain_id", 1)],
+    [("method", "PUT"), ("path", "/leases/1"), ("chain_id", 1)],
 )
 def test_tampered_request_is_refused(field, value):
     args = {"method": "POST", "path": "/leases", "body": b'{"max_jobs":1}', "chain_id": CHAIN}
@@ -76,6 +81,26 @@ def test_tampered_request_is_refused(field, value):
     with pytest.raises(AuthError, match="signature does not match"):
         verify_request(headers, args["method"], args["path"], args["body"], args["chain_id"],
                        now=NOW)
+
+
+def test_tampered_body_is_refused_against_the_signed_hash():
+    headers = _signed()
+    with pytest.raises(AuthError, match="body does not match the signed X-Mesh-Body-Sha256"):
+        verify_request(headers, "POST", "/leases", b"{}", CHAIN, now=NOW)
+
+
+def test_headers_alone_are_checked_before_the_body_and_the_hash_header_is_signed():
+    headers = _signed()
+    signed = verify_signed_request(headers, "POST", "/leases", None, CHAIN, now=NOW)
+    assert signed.address == ALICE.address
+    assert signed.body_sha256 == hashlib.sha256(b'{"max_jobs":1}').hexdigest()
+    check_body(signed, hashlib.sha256(b'{"max_jobs":1}').hexdigest())
+    with pytest.raises(AuthError, match="body does not match"):
+        check_body(signed, hashlib.sha256(b"{}").hexdigest())
+    # a body swapped together with its hash header breaks the signature
+    headers[HEADER_BODY_SHA256] = hashlib.sha256(b"{}").hexdigest()
+    with pytest.raises(AuthError, match="signature does not match"):
+        verify_signed_request(headers, "POST", "/leases", b"{}", CHAIN, now=NOW)
 
 
 def test_wrong_signer_is_refused():
@@ -98,7 +123,7 @@ def test_expiry_too_far_ahead_is_refused():
 
 
 @pytest.mark.parametrize("missing", [HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES,
-                                     HEADER_SIGNATURE])
+                                     HEADER_SIGNATURE, HEADER_BODY_SHA256])
 def test_missing_header_is_named(missing):
     headers = _signed()
     del headers[missing]
@@ -114,6 +139,7 @@ def test_missing_header_is_named(missing):
         (HEADER_EXPIRES, "soon", "unix seconds"),
         (HEADER_SIGNATURE, "0xdead", "65-byte"),
         (HEADER_SIGNATURE, "0x" + "00" * 65, "cannot be recovered"),
+        (HEADER_BODY_SHA256, "AB" * 32, "64 lowercase hex"),
     ],
 )
 def test_malformed_headers_are_refused_with_reason(header, value, reason):
@@ -129,13 +155,15 @@ def test_ttl_is_bounded():
 
 
 def test_streamed_body_is_signed_over_its_hash():
-    import hashlib
-
     data = b"x" * 1000
     sha = hashlib.sha256(data).hexdigest()
     headers = sign_request(ALICE, "PUT", f"/blobs/{sha}", b"", CHAIN, now=NOW, body_sha256=sha)
     assert verify_request(headers, "PUT", f"/blobs/{sha}", data, CHAIN, now=NOW) == ALICE.address
     assert (
-        verify_request(headers, "PUT", f"/blobs/{sha}", b"", CHAIN, now=NOW, body_sha256=sha)
+        verify_request(headers, "PUT", f"/blobs/{sha}", None, CHAIN, now=NOW, body_sha256=sha)
         == ALICE.address
     )
+    other = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(AuthError, match=f"must be signed over body-sha256 {other}"):
+        verify_request(headers, "PUT", f"/blobs/{other}", None, CHAIN, now=NOW,
+                       body_sha256=other)

@@ -146,7 +146,7 @@ def test_bundle_upload_must_be_signed_over_its_body(mk):
     headers = sign_request(account, "POST", "/blobs/bundle", encode_bundle([b"other"]), 31337)
     swapped = httpx.post(mk.url + "/blobs/bundle", content=body, headers=headers)
     assert swapped.status_code == 401
-    assert "signature does not match" in swapped.json()["detail"]
+    assert "body does not match the signed X-Mesh-Body-Sha256" in swapped.json()["detail"]
     # replayed
     headers = sign_request(account, "POST", "/blobs/bundle", body, 31337)
     first = httpx.post(mk.url + "/blobs/bundle", content=body, headers=headers)

@@ -1,0 +1,243 @@
+"""The gate every request passes before a route sees it: a signed request's signature is
+checked from its headers before a byte of its body is read (401), and no body is read past the
+limit of its route (413, up front from Content-Length or as soon as the bytes pass it).
+
+Why here and not in the routes: FastAPI reads and parses a JSON body before it resolves a
+route's dependencies, so a signature checked in a dependency comes after the whole body is in
+memory. A stranger's 300 MiB unsigned POST must cost the market nothing but its headers.
+
+What each route may carry (:class:`Kind`), found from the app's own routes:
+
+- ``SIGNED_JSON``: a route that depends on :data:`deps.Signer`: headers checked, then the
+  body read whole up to ``max_json_body_bytes`` and checked against the signed hash, then
+  handed to the route;
+- ``SIGNED_BLOB`` (``PUT /blobs/{sha256}``): signed over the blob's name; streamed to the
+  route, which stores it, cut off past ``max_blob_bytes``;
+- ``SIGNED_BUNDLE`` (``POST /blobs/bundle``): headers checked; the route reads at most
+  ``max_bundle_bytes`` and checks the bytes against the signed hash;
+- ``PUBLIC_JSON``: an unsigned route with a body (``POST /blobs/fetch``): read whole up to
+  ``max_json_body_bytes``;
+- ``NO_BODY``: everything else, unknown paths included; a request that carries a body is
+  refused unread.
+
+The nonce is claimed by the route's dependency (:func:`deps.authenticate`), once the request
+is known to be whole; a replayed request thus costs the market at most one capped body.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Match
+
+from meshcompute.errors import AuthError, MeshError
+from meshcompute.settings import Settings
+from meshcompute.wire.auth import SignedRequest, check_body, verify_signed_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SIGNED = "mesh_signed"
+"""``request.state`` key of the :class:`SignedRequest` the gate checked."""
+
+
+class Kind(enum.Enum):
+    NO_BODY = "no body"
+    PUBLIC_JSON = "public JSON"
+    SIGNED_JSON = "signed JSON"
+    SIGNED_BLOB = "signed blob stream"
+    SIGNED_BUNDLE = "signed bundle"
+
+
+_LIMITS = {
+    Kind.PUBLIC_JSON: ("a JSON body", "max_json_body_bytes"),
+    Kind.SIGNED_JSON: ("a JSON body", "max_json_body_bytes"),
+    Kind.SIGNED_BLOB: ("a blob", "max_blob_bytes"),
+    Kind.SIGNED_BUNDLE: ("a bundle", "max_bundle_bytes"),
+}
+"""What a route's body is called, and the setting that limits it."""
+
+
+def too_large(kind: Kind, limit: int, size: int | None = None) -> BodyTooLarge:
+    what, setting = _LIMITS[kind]
+    of = f" of {size} bytes" if size is not None else ""
+    return BodyTooLarge(f"{what}{of} exceeds the limit of {limit} bytes ({setting}); "
+                        "nothing was stored")
+
+
+STREAMS: dict[tuple[str, str], Kind] = {
+    ("PUT", "/blobs/{sha256}"): Kind.SIGNED_BLOB,
+    ("POST", "/blobs/bundle"): Kind.SIGNED_BUNDLE,
+}
+"""The signed routes that read their own body as a stream (they authenticate in the
+endpoint, over a hash they know)."""
+
+
+class BodyTooLarge(MeshError):
+    """A request body over its route's limit (HTTP 413)."""
+
+
+def route_kind(route: APIRoute, signer: Callable[..., Any]) -> Kind:
+    """What ``route`` may carry; ``signer`` is the dependency that marks a signed route."""
+    for method in route.methods or ():
+        kind = STREAMS.get((method, route.path))
+        if kind is not None:
+            return kind
+    if _depends_on(route.dependant, signer):
+        return Kind.SIGNED_JSON
+    if route.body_field is not None:
+        return Kind.PUBLIC_JSON
+    return Kind.NO_BODY
+
+
+def _depends_on(dependant: Any, call: Callable[..., Any]) -> bool:
+    return any(dep.call is call or _depends_on(dep, call) for dep in dependant.dependencies)
+
+
+class RequestGate:
+    """Pure ASGI middleware (see the module docstring) in front of ``routes`` (the app's
+    routes, as included without a prefix). ``chain_id`` gives the chain the signatures name
+    (it may block: it is called in a thread); ``signer`` is the dependency of signed routes."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings, routes: Sequence[APIRoute],
+                 chain_id: Callable[[], int], signer: Callable[..., Any]) -> None:
+        self.app = app
+        self.settings = settings
+        self.chain_id = chain_id
+        self.routes = [(route, route_kind(route, signer)) for route in routes]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        kind = self._kind_of(scope)
+        if kind is Kind.NO_BODY:
+            if _has_body(Request(scope).headers):
+                # refused unread (an unknown path too: a 404 would read the body to its end)
+                await _refuse(BodyTooLarge("this request takes no body"))(scope, receive, send)
+                return
+            await self.app(scope, _capped(receive, 0, kind), send)
+            return
+        try:
+            body = await self._admit(scope, receive, kind)
+        except MeshError as exc:
+            await _refuse(exc)(scope, receive, send)
+            return
+        if body is None:  # streamed to the route, which checks the bytes it stores
+            await self.app(scope, _capped(receive, self._limit(kind), kind), send)
+        else:
+            await self.app(scope, _replay(body, receive), send)
+
+    async def _admit(self, scope: Scope, receive: Receive, kind: Kind) -> bytes | None:
+        """Checks what can be checked before the route runs: the signature (from the headers),
+        the declared length, and for a JSON body the body itself, which is returned."""
+        request = Request(scope)
+        limit = self._limit(kind)
+        signed = None
+        if kind is not Kind.PUBLIC_JSON:
+            signed = await self._verify(request, kind)
+            scope.setdefault("state", {})[SIGNED] = signed
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large(kind, limit, int(declared))
+        if kind in (Kind.SIGNED_BLOB, Kind.SIGNED_BUNDLE):
+            return None
+        body = await _read(receive, limit, kind)
+        if signed is not None:
+            check_body(signed, hashlib.sha256(body).hexdigest())
+        return body
+
+    def _kind_of(self, scope: Scope) -> Kind:
+        for route, kind in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return kind
+        return Kind.NO_BODY
+
+    def _limit(self, kind: Kind) -> int:
+        return int(getattr(self.settings, _LIMITS[kind][1]))
+
+    async def _verify(self, request: Request, kind: Kind) -> SignedRequest:
+        # headers only: a request without a valid signature is refused unread
+        name = request.url.path.rsplit("/", 1)[-1] if kind is Kind.SIGNED_BLOB else None
+        chain_id = await run_in_threadpool(self.chain_id)
+        return verify_signed_request(request.headers, request.method, request.url.path, None,
+                                     chain_id, now=time.time(), body_sha256=name)
+
+
+def signed_request(request: Request) -> SignedRequest:
+    """The signature the gate checked for ``request`` (AuthError when it checked none)."""
+    signed = getattr(request.state, SIGNED, None)
+    if not isinstance(signed, SignedRequest):
+        raise AuthError(f"{request.method} {request.url.path} was not checked for a signature")
+    return signed
+
+
+def _has_body(headers: Any) -> bool:
+    declared = headers.get("content-length", "0").strip()
+    return declared != "0" or "transfer-encoding" in headers
+
+
+def _refuse(exc: MeshError) -> JSONResponse:
+    from meshcompute.market.api.errors import status_of
+
+    return JSONResponse({"detail": str(exc)}, status_code=status_of(exc),
+                        headers={"Connection": "close"})
+
+
+async def _read(receive: Receive, limit: int, kind: Kind) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyTooLarge("the client went away before its body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(kind, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body already read, then the connection's own messages (its disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _capped(receive: Receive, limit: int, kind: Kind) -> Receive:
+    size = 0
+
+    async def capped() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                if kind is Kind.NO_BODY:
+                    raise BodyTooLarge("this request takes no body")
+                raise too_large(kind, limit)
+        return message
+
+    return capped
