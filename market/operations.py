@@ -23,8 +23,9 @@ from meshcompute.core.lease import (
     lease_unit,
     offer_lapsed,
 )
-from meshcompute.core.spec import JobSpec
+from meshcompute.core.spec import JobSpec, client_group
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
+from meshcompute.market.blobs import BlobTooLarge
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.market.state import LeaseInfo, OfferInfo, WorkerInfo
 from meshcompute.wire.bundle import BundleTooLarge, bundle_header, bundle_size, decode_bundle
@@ -96,7 +97,7 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
                      for worker in sorted(failures)],
         "given_up": given_up(len(failures)),
         "audited": audited,
-        "group": spec.group if spec else None,
+        "group": client_group(record.client, spec.group) if spec and spec.group else None,
     }
 
 
@@ -116,7 +117,26 @@ def group_view(rt: MarketRuntime, group: str) -> dict[str, Any]:
     }
 
 
-def group_output(rt: MarketRuntime, group: str) -> bytes:
+def group_output(rt: MarketRuntime, group: str, requester: str) -> str:
+    """The blob holding the group's assembled output, for its owner only (Forbidden
+    otherwise): assembled once, when every shard is final, then stored and served from the
+    store. Refused (BlobTooLarge) when its shards' outputs together pass ``max_blob_bytes``:
+    the owner then fetches them shard by shard."""
+    owner = rt.state.group_owner(group)
+    if owner is None:
+        raise NotFound(f"group {group} is not known (no posted job's spec names it)")
+    if owner != requester.lower():
+        raise Forbidden(f"group {group} belongs to {owner}; only its client may download its "
+                        "output (each shard's output blob is public by its hash)")
+    cached = rt.state.group_output(group)
+    if cached is not None and rt.blobs.exists(cached):
+        return cached
+    sha, _ = rt.blobs.put_bytes(_assemble(rt, group))
+    rt.state.set_group_output(group, sha)
+    return sha
+
+
+def _assemble(rt: MarketRuntime, group: str) -> bytes:
     """Each shard's ``out.i`` concatenated along dimension 0, in shard order."""
     import numpy as np
     from safetensors import SafetensorError
@@ -133,13 +153,21 @@ def group_output(rt: MarketRuntime, group: str) -> bytes:
         missing = expected - len(view["job_ids"])
         more = f"; {missing} shard(s) not posted yet" if missing > 0 else ""
         raise Conflict(f"group {group} is not final: open shards {', '.join(open_)}{more}")
-    parts: list[dict[str, Any]] = []
-    for job_id in view["job_ids"]:
-        sha = job_record(rt, job_id).result_hash.hex()
+    shas = [job_record(rt, job_id).result_hash.hex() for job_id in view["job_ids"]]
+    total = 0
+    for job_id, sha in zip(view["job_ids"], shas, strict=True):
         try:
-            parts.append(load(rt.blobs.read(sha)))
+            total += rt.blobs.size(sha)
         except NotFound:
             raise Conflict(f"output blob {sha} of job {job_id} is not in the store") from None
+    if total > rt.blobs.max_bytes:
+        raise BlobTooLarge(f"group {group}'s outputs hold {total} bytes, over the limit of "
+                           f"{rt.blobs.max_bytes} bytes for one blob; fetch them shard by "
+                           "shard (GET /jobs/{id} names each output blob)")
+    parts: list[dict[str, Any]] = []
+    for job_id, sha in zip(view["job_ids"], shas, strict=True):
+        try:
+            parts.append(load(rt.blobs.read(sha)))
         except SafetensorError as exc:
             raise BadInput(f"output blob {sha} of job {job_id} is not safetensors: {exc}") \
                 from None

@@ -28,7 +28,7 @@ from meshcompute.core.lease import (
     offer_lapsed,
     plan_match,
 )
-from meshcompute.core.spec import JobSpec
+from meshcompute.core.spec import JobSpec, client_group
 from meshcompute.errors import BadInput, ChainError, NotFound
 from meshcompute.market.runtime import ChainStanding, MarketRuntime
 from meshcompute.market.state import WorkerInfo
@@ -114,7 +114,7 @@ def _read_queue(rt: MarketRuntime, records: Mapping[int, JobRecord], job_ids: li
     facts = rt.state.queue_facts(job_ids, now)
     specs = {job_id: _parse_spec(rt, records[job_id]) for job_id in job_ids}
     owners = rt.state.group_owners(
-        spec.group for job_id, (spec, _) in specs.items()
+        client_group(records[job_id].client, spec.group) for job_id, (spec, _) in specs.items()
         if spec is not None and spec.group is not None and facts[job_id].group is None
     )
     queue = [

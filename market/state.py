@@ -535,6 +535,19 @@ class MarketState:
         data = self.r.hgetall(self._k("group", group))
         return {int(k): int(v) for k, v in data.items()}
 
+    def group_owner(self, group: str) -> str | None:
+        """The client (lower case) owning ``group``, if it is known."""
+        value = self.r.get(self._k("group-owner", group))
+        return value.decode() if value is not None else None
+
+    def group_output(self, group: str) -> str | None:
+        """The blob holding ``group``'s assembled output, once it was assembled."""
+        value = self.r.get(self._k("group-output", group))
+        return value.decode() if value is not None else None
+
+    def set_group_output(self, group: str, sha256: str) -> None:
+        self.r.set(self._k("group-output", group), sha256)
+
     # ------------------------------------------------------------------ a match round
     def write_match(self, plan: MatchPlan[LeaseInfo], *, now: float,
                     ttl_s: float) -> tuple[list[bool], list[bool]]:

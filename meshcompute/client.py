@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshcompute.core.job import JobState
-from meshcompute.core.spec import DEFAULT_TOLERANCE, JobSpec, sha256_hex
+from meshcompute.core.spec import DEFAULT_TOLERANCE, JobSpec, client_group, sha256_hex
 from meshcompute.errors import BadInput, JobFailed, MeshError
 from meshcompute.units import TOKEN, parse_mesh
 
@@ -85,6 +85,8 @@ class Submission:
     """What :meth:`Client.submit` posted: one on-chain job per shard."""
 
     group: str | None
+    """The market's id of this submission's group (:func:`~meshcompute.core.spec.client_group`
+    of the client and its specs' ``group``), or None for a single job."""
     program: str
     shards: list[Shard]
     reward_per_shard: int
@@ -287,7 +289,8 @@ class Client:
                     f"shards {start}-{len(specs) - 1}")
 
         submission = Submission(
-            group=group, program=program_sha, shards=[],
+            group=client_group(self.account.address, group) if group else None,
+            program=program_sha, shards=[],
             reward_per_shard=reward, audit_fee_per_shard=fee, collateral_per_shard=stake,
             audit_bps=audit_bps, deadline_s=deadline_s,
         )

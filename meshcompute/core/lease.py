@@ -41,7 +41,7 @@ from typing import Generic, Protocol, TypeVar
 from meshcompute.core.batching import QueuedJob, plan_batches
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.matching import JobDemand, WorkerOffer, match
-from meshcompute.core.spec import JobSpec
+from meshcompute.core.spec import JobSpec, client_group
 from meshcompute.errors import BadInput
 
 DEADLINE_MARGIN_S = 10
@@ -334,10 +334,12 @@ def _usable_spec(entry: QueuedEntry, owners: dict[str, str], plan: MatchPlan) ->
     if spec is not None:
         if spec.group is not None and not entry.in_group:
             client = entry.record.client.lower()
-            if owners.setdefault(spec.group, client) == client:
-                plan.joins.append((spec.group, spec.shard, entry.job_id, entry.record.client))
+            group = client_group(client, spec.group)
+            # the id is the client's own, so another client cannot own it; checked anyway
+            if owners.setdefault(group, client) == client:
+                plan.joins.append((group, spec.shard, entry.job_id, entry.record.client))
             else:
-                problem = f"group {spec.group} belongs to another client; this job cannot join it"
+                problem = f"group {group} belongs to another client; this job cannot join it"
                 spec = None
         if spec is not None:
             if entry.known_problem is not None:

@@ -45,6 +45,18 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def client_group(client: str, group: str) -> str:
+    """The market's id of the group ``group`` of ``client`` (a 0x address): the sha256 of the
+    address's 20 bytes and the group's 32. A spec's ``group`` names a group only within its
+    client's jobs, so copying someone's group id (public in its specs, and in the mempool)
+    into another client's job joins a different group and blocks nothing."""
+    address = client.lower().removeprefix("0x")
+    if len(address) != 40 or not is_sha256_hex(group):
+        raise BadInput(f"client_group needs a 0x address and a sha256 group, got {client!r}, "
+                       f"{group!r}")
+    return sha256_hex(bytes.fromhex(address) + bytes.fromhex(group))
+
+
 def is_sha256_hex(value: object) -> bool:
     """64 lowercase hex characters and nothing else (``$`` alone would let a newline by)."""
     return isinstance(value, str) and bool(_SHA256_HEX.fullmatch(value))

@@ -446,8 +446,12 @@ class MarketClient:
         return GroupView.from_json(self._request("GET", f"/groups/{group}").json())
 
     def group_output(self, group: str) -> bytes:
-        """The assembled safetensors output; Conflict names the shards still open."""
-        return self._request("GET", f"/groups/{group}/output").content
+        """The assembled safetensors output of one of this account's groups (a signed GET);
+        Conflict names the shards still open."""
+        path = f"/groups/{group}/output"
+        headers = sign_request(self._signer(), "GET", self._path_prefix + path, b"",
+                               self.chain_id)
+        return self._download("GET", path, what=f"group {group}'s output", headers=headers)
 
     # ------------------------------------------------------------------ signed writes
     def put_blob(self, data: bytes) -> str:

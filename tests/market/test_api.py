@@ -14,7 +14,7 @@ from eth_account import Account
 
 from meshcompute.chain.tickets import recover_ticket_signer
 from meshcompute.core.job import JobState
-from meshcompute.core.spec import JobSpec
+from meshcompute.core.spec import JobSpec, client_group
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
 from meshcompute.market import rounds
 from meshcompute.units import TOKEN
@@ -425,15 +425,38 @@ def test_silent_worker_gets_no_new_work(mk):
 
 def test_group_view_and_output_wait_for_every_shard(mk):
     client = mk.client(mk.world.clients[0].account)
-    group = hashlib.sha256(b"group-1").hexdigest()
-    ids = [post(mk, upload_spec(client, group=group, shard=i, shards=2)) for i in range(2)]
+    raw = hashlib.sha256(b"group-1").hexdigest()
+    ids = [post(mk, upload_spec(client, group=raw, shard=i, shards=2)) for i in range(2)]
     index_and_match(mk)
+    group = client_group(client.address, raw)
     view = client.group(group)
     assert view.job_ids == tuple(ids) and not view.complete
+    assert client.job(ids[0]).group == group
     with pytest.raises(Conflict, match="open shards"):
         client.group_output(group)
     with pytest.raises(NotFound):
         client.group("ee" * 32)
+    # the output is the group's client's alone; unsigned, it is refused unread
+    other = mk.client(mk.world.clients[1].account)
+    with pytest.raises(AuthError, match="only its client may download") as caught:
+        other.group_output(group)
+    assert caught.value.status_code == 403
+    assert httpx.get(f"{mk.url}/groups/{group}/output").status_code == 401
+
+
+def test_a_group_id_copied_from_a_spec_squats_nothing(mk):
+    victim = mk.client(mk.world.clients[0].account)
+    squatter = mk.client(mk.world.clients[1].account)
+    raw = hashlib.sha256(b"victim's group").hexdigest()
+    first = post(mk, upload_spec(squatter, group=raw, shard=0, shards=2),
+                 client=mk.world.clients[1])
+    index_and_match(mk)
+    ids = [post(mk, upload_spec(victim, group=raw, shard=i, shards=2)) for i in range(2)]
+    index_and_match(mk)
+    assert victim.group(client_group(victim.address, raw)).job_ids == tuple(ids)
+    assert squatter.group(client_group(squatter.address, raw)).job_ids == (first,)
+    for job_id in ids:  # offered like any other job, nothing refused
+        assert victim.job(job_id).failure is None
 
 
 def test_auth_header_expiry_must_be_an_integer(mk):

@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load, save
 
 from meshcompute.core.job import JobState
+from meshcompute.core.spec import client_group
 from meshcompute.errors import Conflict
 from meshcompute.market import tasks
 from meshcompute.units import TOKEN
@@ -42,6 +43,7 @@ def test_posted_sharded_job_is_matched_leased_committed_and_paid(mk, in_process_
     client = mk.client(world.clients[0].account)
     group = hashlib.sha256(b"integration group").hexdigest()
     specs = [upload_spec(client, group=group, shard=i, shards=2) for i in range(2)]
+    group = client_group(client.address, group)  # the market's id of this client's group
     # collateral large against the reward keeps the audit rate low; an audit, if drawn, is
     # resolved by a verifier below, so the test holds either way
     job_ids = [post(mk, spec, reward=TOKEN, audit_fee=TOKEN // 10, collateral=100 * TOKEN)
@@ -101,6 +103,9 @@ def test_posted_sharded_job_is_matched_leased_committed_and_paid(mk, in_process_
     assert view.complete and view.job_ids == tuple(job_ids)
     merged = load(client.group_output(group))["out.0"]
     assert np.array_equal(merged, np.concatenate([outputs[0], outputs[1]]))
+    # assembled once: the second download is the stored blob
+    stored = mk.rt.state.group_output(group)
+    assert stored is not None and mk.rt.blobs.read(stored) == client.group_output(group)
     metrics = mk.client().health()
     assert metrics["indexed_block"] == world.w3.eth.block_number
 

@@ -33,7 +33,8 @@ from meshcompute.core.lease import (
     worker_load,
 )
 from meshcompute.core.settlement import SettleAction, settle_action
-from meshcompute.core.spec import JobSpec
+from meshcompute.core.spec import JobSpec, client_group
+from meshcompute.errors import BadInput
 
 W1 = "0x" + "11" * 20
 W2 = "0x" + "22" * 20
@@ -248,24 +249,36 @@ def test_plan_skips_jobs_given_up() -> None:
     assert result.problem_changes == {1: None}
 
 
-def test_plan_joins_shards_to_their_group_and_refuses_another_clients() -> None:
-    mine = spec(group=GROUP, shard=0, shards=2)
-    theirs = spec(group=GROUP, shard=1, shards=2)
-    queue = [entry(1, spec_=mine), entry(2, record(client=OTHER_CLIENT), spec_=theirs)]
+def test_a_copied_group_id_joins_the_copiers_own_group_and_blocks_nobody() -> None:
+    # a front-runner copies the victim's group id (public in its spec) into its own job,
+    # even posted first: each client's shards join the group of that client
+    squat = spec(group=GROUP, shard=0, shards=2)
+    victim = spec(group=GROUP, shard=0, shards=2)
+    queue = [entry(1, record(client=OTHER_CLIENT), spec_=squat), entry(2, spec_=victim)]
     result = plan(queue)
-    assert result.joins == [(GROUP, 0, 1, CLIENT)]  # the first to name it owns it
-    assert "belongs to another client" in result.problems[2]
-    assert [o.job_id for o in result.offers] == [1]
+    assert result.joins == [(client_group(OTHER_CLIENT, GROUP), 0, 1, OTHER_CLIENT),
+                            (client_group(CLIENT, GROUP), 0, 2, CLIENT)]
+    assert result.problems == {}
+    assert sorted(o.job_id for o in result.offers) == [1, 2]
+    assert client_group(CLIENT, GROUP) != client_group(OTHER_CLIENT, GROUP)
 
 
 def test_plan_respects_a_recorded_group_owner() -> None:
     shard = spec(group=GROUP, shards=2)
-    refused = plan([entry(1, spec_=shard)], owners={GROUP: OTHER_CLIENT.lower()})
+    mine = client_group(CLIENT, GROUP)
+    refused = plan([entry(1, spec_=shard)], owners={mine: OTHER_CLIENT.lower()})
     assert refused.joins == [] and 1 in refused.problems
-    joined = plan([entry(1, spec_=shard)], owners={GROUP: CLIENT.lower()})
-    assert joined.joins == [(GROUP, 0, 1, CLIENT)]
-    member = plan([entry(1, spec_=shard, in_group=True)], owners={GROUP: OTHER_CLIENT.lower()})
+    joined = plan([entry(1, spec_=shard)], owners={mine: CLIENT.lower()})
+    assert joined.joins == [(mine, 0, 1, CLIENT)]
+    member = plan([entry(1, spec_=shard, in_group=True)], owners={mine: OTHER_CLIENT.lower()})
     assert member.joins == [] and member.problems == {}  # already recorded: nothing to join
+
+
+def test_client_group_names_bad_input() -> None:
+    with pytest.raises(BadInput, match="client_group needs"):
+        client_group("0x1234", GROUP)
+    with pytest.raises(BadInput, match="client_group needs"):
+        client_group(CLIENT, "zz")
 
 
 def test_plan_keeps_excluded_workers_out() -> None:
