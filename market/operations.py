@@ -498,8 +498,12 @@ def renew_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> Lea
 
 
 def release_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> None:
+    """``address`` gives the job back. It is offered again once the released lease's ticket
+    has expired on chain (until then the old holder could still commit with it), and not to
+    ``address`` for one lease period more."""
     lease = held_lease(rt, address, job_id)
     if rt.state.end_lease(lease):
+        rt.state.hold_for_ticket(job_id, lease.expiry)
         rt.state.exclude(job_id, address, now + rt.settings.lease_s)
         rt.state.incr_metric("leases_released", key=lease.key)
 
@@ -509,6 +513,7 @@ def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: f
     lease = held_lease(rt, address, job_id)
     count = rt.state.record_failure(job_id, address, printable(reason))
     if rt.state.end_lease(lease):
+        rt.state.hold_for_ticket(job_id, lease.expiry)
         # a job that failed on one worker may still run elsewhere, but never again here
         rt.state.exclude(job_id, address, float("inf"))
         rt.state.incr_metric("jobs_failed_runs", key=lease.key)

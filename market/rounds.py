@@ -80,8 +80,10 @@ def match_round(rt: MarketRuntime, *, now: float | None = None) -> MatchReport:
     records |= rt.indexer.records_of([lease.job_id for lease in leases
                                       if lease.job_id not in records])
     offers = rt.state.all_offers()
-    queue, owners = _read_queue(rt, records, match_candidates(records, leases, offers,
-                                                              chain_now), now)
+    held = rt.state.held_for_tickets(chain_now)
+    candidates = [job_id for job_id in match_candidates(records, leases, offers, chain_now)
+                  if job_id not in held]
+    queue, owners = _read_queue(rt, records, candidates, now)
     plan = plan_match(now=now, records=records, leases=leases, offers=offers, queue=queue,
                       group_owners=owners, workers=_read_workers(rt, now),
                       max_batch=rt.settings.max_lease_batch)

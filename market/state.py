@@ -433,6 +433,20 @@ class MarketState:
         )
 
     # ------------------------------------------------------------------ exclusions, failures
+    def hold_for_ticket(self, job_id: int, until: int) -> None:
+        """Offer ``job_id`` to nobody before chain time ``until``: a lease given back or
+        failed ended early, but its ticket stays valid on chain until its expiry, and its
+        old holder could still commit with it and race a new holder."""
+        self.r.zadd(self._k("ticket-live"), {str(int(job_id)): int(until)}, gt=True)
+
+    def held_for_tickets(self, chain_now: int) -> set[int]:
+        """The jobs whose ended lease's ticket is still valid at ``chain_now`` (the entries
+        that expired are dropped)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(self._k("ticket-live"), "-inf", chain_now)
+        pipe.zrange(self._k("ticket-live"), 0, -1)
+        return {int(m) for m in pipe.execute()[1]}
+
     def exclude(self, job_id: int, worker: str, until: float) -> None:
         self.r.zadd(self._k("exclude", job_id), {worker: until}, gt=True)
 

@@ -343,12 +343,17 @@ def test_release_gives_the_job_to_another_worker(mk):
     job_id = post(mk, spec)
     ((_, chosen),) = index_and_match(mk).offered
     holder, other = (first, second) if chosen == first.address else (second, first)
-    (_lease,) = holder.lease(1)
+    (lease,) = holder.lease(1)
     holder.release(job_id)
     with pytest.raises(AuthError):
         holder.release(job_id)
+    # the released lease's ticket is valid on chain until its expiry: the old holder could
+    # still commit with it, so nobody else is offered the job (and races it) before then
+    assert rounds.match_round(mk.rt).offered == []
+    pass_chain_time(mk, lease.lease_expiry + 1)
     assert rounds.match_round(mk.rt).offered == [(job_id, other.address)]
     assert [item.job_id for item in other.lease(1)] == [job_id]
+    assert mk.rt.state.held_for_tickets(mk.rt.chain_now()) == set()
 
 
 def test_failed_run_is_reported_and_not_retried_on_that_worker(mk):
