@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from meshcompute.chain.connect import ChainConnection, actor_for, connect
 from meshcompute.chain.contracts import MeshActor, MeshContracts
-from meshcompute.chain.devchain import dev_accounts
+from meshcompute.chain.devchain import dev_accounts, is_dev_account
 from meshcompute.core.spec import JobSpec
 from meshcompute.errors import BadInput, ConfigError, NotFound
 from meshcompute.market.blobs import BlobStore
@@ -208,4 +208,4 @@ def _account_from_setting(key: SecretStr, variable: str, chain_id: int) -> Local
 
 def is_dev_key(account: LocalAccount) -> bool:
     """Whether ``account`` is one of the well-known accounts of the dev mnemonic."""
-    return account.address in {a.address for a in dev_accounts(DEV_MNEMONIC)}
+    return is_dev_account(account.address)

@@ -192,14 +192,22 @@ def chain_deploy(
         help="Do nothing when a deployment record for this chain exists and its contracts "
              "have code (for container start-up).")] = False,
 ) -> None:
-    """Deploy the contracts to any EVM chain with a funded key; writes the deployment record."""
+    """Deploy the contracts to any EVM chain with a funded key; writes the deployment record.
+
+    Outside the dev chain (31337) the deployer and every role must be keys you control (the
+    public development accounts are refused), with one --assigner and two --verifier."""
     from dataclasses import replace
 
     from eth_account import Account
     from web3 import Web3
 
     from meshcompute.chain.contracts import mesh_sender
-    from meshcompute.chain.deploy import DeployParams, deploy_contracts, save_deployment
+    from meshcompute.chain.deploy import (
+        DeployParams,
+        check_roles,
+        deploy_contracts,
+        save_deployment,
+    )
     from meshcompute.settings import get_settings
 
     key = os.environ.get(key_env)
@@ -209,7 +217,9 @@ def chain_deploy(
     if if_missing and _deployed(w3, get_settings().deployments_dir):
         console.print("deployment record present and its contracts have code: nothing to do")
         return
-    sender = mesh_sender(w3, Account.from_key(key))
+    deployer = Account.from_key(key)
+    check_roles(int(w3.eth.chain_id), deployer.address, assigner, verifier)
+    sender = mesh_sender(w3, deployer)
     params = replace(DeployParams(), enable_faucet=faucet)
     deployment = deploy_contracts(
         sender, params, assigners=tuple(assigner), verifiers=tuple(verifier)

@@ -21,9 +21,11 @@ from web3.types import RPCEndpoint
 
 from meshcompute.chain.contracts import MeshActor, MeshContracts, mesh_sender
 from meshcompute.chain.deploy import Deployment, load_deployment
+from meshcompute.chain.devchain import is_dev_account
 from meshcompute.errors import ChainUnavailable, ConfigError, DeploymentNotFound
 from meshcompute.files import write_json_atomic
 from meshcompute.settings import Settings, get_settings
+from meshcompute.units import DEV_CHAIN_ID
 
 CHAIN_RECORD_NAME = "chain.json"
 _NO_CHAIN_HINT = "start one with `mesh chain up` or set MESH_RPC_URL"
@@ -136,7 +138,17 @@ def connect(settings: Settings | None = None, *, rpc_url: str | None = None) -> 
 
 
 def actor_for(conn: ChainConnection, account: LocalAccount) -> MeshActor:
-    """Write access to the deployment as ``account`` (its own nonce-managed sender)."""
+    """Write access to the deployment as ``account`` (its own nonce-managed sender).
+
+    ConfigError for a key of the public development mnemonic on any chain but the dev chain:
+    anyone can sign with it (take its stake, its earnings, its verdicts)."""
+    chain_id = conn.deployment.chain_id
+    if chain_id != DEV_CHAIN_ID and is_dev_account(account.address):
+        raise ConfigError(
+            f"{account.address} is a key of the public development mnemonic (anvil's test "
+            f"accounts); anyone can sign with it, so it is refused on chain id {chain_id}: "
+            "create your own wallet (`mesh wallet new`) or import your own key"
+        )
     return MeshActor(conn.w3, conn.deployment, account, mesh_sender(conn.w3, account))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from eth_utils import keccak
 from web3 import Web3
 
 from meshcompute.chain.artifacts import load_artifact
+from meshcompute.chain.devchain import is_dev_account
 from meshcompute.chain.sender import TxSender
 from meshcompute.errors import ConfigError, DeploymentNotFound
 from meshcompute.files import write_json_atomic
-from meshcompute.units import BPS, TOKEN
+from meshcompute.units import BPS, DEV_CHAIN_ID, TOKEN
 
 CONTRACT_NAMES = ("MeshCredit", "StakeManager", "JobMarket")
 
@@ -136,6 +138,34 @@ class Deployment:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed deployment record: {exc}") from exc
+
+
+def check_roles(chain_id: int, deployer: str, assigners: Sequence[str],
+                verifiers: Sequence[str]) -> None:
+    """ConfigError unless a deployment to ``chain_id`` gets keys its operator chose: on any
+    chain but the dev chain the deployer (the admin) and every role holder must be other than
+    the public development accounts (anyone holds their keys: a dev assigner could sign any
+    ticket, a dev verifier pass any junk), at least one assigner and two verifiers must be
+    named (an appeal needs a verifier other than the auditor), and none twice."""
+    if chain_id == DEV_CHAIN_ID:
+        return
+    named = [("deployer", deployer)] + [("--assigner", a) for a in assigners] + [
+        ("--verifier", v) for v in verifiers]
+    for role, address in named:
+        if not Web3.is_address(address):
+            raise ConfigError(f"{role} {address!r} is not an address")
+        if is_dev_account(address):
+            raise ConfigError(
+                f"{role} {address} is an account of the public development mnemonic (anyone "
+                f"holds its key); refused on chain id {chain_id}: use addresses you control")
+    if not assigners:
+        raise ConfigError(f"name the market's ticket signer with --assigner (chain id "
+                          f"{chain_id}: no development default)")
+    if len({v.lower() for v in verifiers}) < 2:
+        raise ConfigError(f"name two verifiers with --verifier (chain id {chain_id}: an appeal "
+                          "needs a verifier other than the one whose verdict it questions)")
+    if len({v.lower() for v in verifiers}) != len(verifiers):
+        raise ConfigError("a --verifier is named twice")
 
 
 def deploy_contracts(

@@ -34,6 +34,14 @@ def dev_accounts(mnemonic: str, count: int = DEV_ACCOUNT_COUNT) -> tuple[LocalAc
     )
 
 
+def is_dev_account(address: str) -> bool:
+    """Whether ``address`` is one of the well-known accounts of the public development
+    mnemonic (anvil's defaults): anyone holds their keys."""
+    from meshcompute.settings import DEV_MNEMONIC
+
+    return address.lower() in {a.address.lower() for a in dev_accounts(DEV_MNEMONIC)}
+
+
 class DevChain(ABC):
     """A throwaway chain with funded accounts and test-only controls over blocks and time."""
 

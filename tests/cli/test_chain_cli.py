@@ -114,7 +114,8 @@ def test_faucet_disabled_on_a_non_dev_chain(tmp_path: Path, monkeypatch, run_mes
     with LocalChain(chain_id=4242) as chain:
         deployment = deploy_contracts(mesh_sender(chain.w3(), chain.accounts[0]))
         save_deployment(deployment, data / "deployments")
-        import_wallet(data / "wallet.json", chain.accounts[3].key, PASSWORD, scrypt_n=2**10)
+        # an own key: a development key is refused outright off the dev chain
+        import_wallet(data / "wallet.json", "0x" + "42" * 32, PASSWORD, scrypt_n=2**10)
         for name in ("MESH_CHAIN_ID", "MESH_DEPLOYMENTS_DIR", "MESH_WALLET_PATH"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("MESH_DATA_DIR", str(data))
