@@ -25,6 +25,7 @@ from meshcompute.core.lease import (
 )
 from meshcompute.core.spec import JobSpec, client_group
 from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
+from meshcompute.market import quotas
 from meshcompute.market.blobs import BlobTooLarge
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.market.state import LeaseInfo, OfferInfo, WorkerInfo
@@ -186,18 +187,16 @@ def _expected_shards(rt: MarketRuntime, job_ids: Sequence[int]) -> int:
 
 
 # ---------------------------------------------------------------------- blobs and specs
-def store_spec(rt: MarketRuntime, spec: JobSpec) -> str:
-    for name in ("program", "inputs"):
-        sha = getattr(spec, name)
-        if not rt.blobs.exists(sha):
-            raise BadInput(f"spec {name} blob {sha} is not in the store; upload it first")
-    sha, _created = rt.blobs.put_bytes(spec.canonical_bytes())
-    return sha
+def store_spec(rt: MarketRuntime, spec: JobSpec, address: str, now: float) -> str:
+    """Store ``spec`` for ``address`` (within its upload quota); its blobs must exist."""
+    return store_specs(rt, [spec], address, now)[0]
 
 
-def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec]) -> list[str]:
+def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec], address: str,
+                now: float) -> list[str]:
     """:func:`store_spec` for many specs, all or none: every spec's blobs are checked before
-    any spec is stored; the error names the first bad spec's index."""
+    any spec is stored (the error names the first bad spec's index), and the specs' bytes
+    against ``address``'s upload quota (QuotaExceeded)."""
     _check_bundle_count(rt, len(specs), "specs")
     for index, spec in enumerate(specs):
         for name in ("program", "inputs"):
@@ -206,20 +205,34 @@ def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec]) -> list[str]:
                 raise BadInput(
                     f"spec {index}: {name} blob {sha} is not in the store; upload it first"
                 )
-    return [sha for sha, _ in rt.blobs.put_many([spec.canonical_bytes() for spec in specs])]
+    raw = [spec.canonical_bytes() for spec in specs]
+    admitted = quotas.admit(rt, address, sum(map(len, raw)), now=now)
+    stored = rt.blobs.put_many(raw)
+    quotas.charge(rt, admitted, sum(len(data) for data, (_, created) in zip(raw, stored,
+                                                                           strict=True)
+                                    if created), now=now)
+    return [sha for sha, _ in stored]
 
 
-def store_bundle(rt: MarketRuntime, data: bytes) -> list[dict[str, Any]]:
-    """Store every blob of the bundle ``data`` (:mod:`meshcompute.wire.bundle`); nothing is stored
-    unless the whole bundle decodes and every blob hashes to its name and fits the per-blob
-    limit. Returns ``{"sha256", "size", "created"}`` per blob, in bundle order."""
+def store_bundle(rt: MarketRuntime, data: bytes, address: str,
+                 now: float) -> list[dict[str, Any]]:
+    """Store every blob of the bundle ``data`` (:mod:`meshcompute.wire.bundle`) for
+    ``address``; nothing is stored unless the whole bundle decodes, every blob hashes to its
+    name and fits the per-blob limit, and the blobs not yet stored fit ``address``'s upload
+    quota (QuotaExceeded). Returns ``{"sha256", "size", "created"}`` per blob, in bundle
+    order."""
     blobs = decode_bundle(
         data, max_blobs=rt.settings.max_bundle_blobs, max_blob_bytes=rt.blobs.max_bytes
     )
     if not blobs:
         raise BadInput("a bundle must carry at least one blob")
+    new = {sha: len(blob) for sha, blob in blobs if not rt.blobs.exists(sha)}
+    admitted = quotas.admit(rt, address, sum(new.values()), now=now)
     # put_many checks the free space for the whole bundle (507) before writing any of it
     stored = rt.blobs.put_many([blob for _, blob in blobs])
+    quotas.charge(rt, admitted, sum({sha: len(blob) for (sha, blob), (_, created)
+                                     in zip(blobs, stored, strict=True) if created}.values()),
+                  now=now)
     return [{"sha256": sha, "size": len(blob), "created": created}
             for (sha, blob), (_, created) in zip(blobs, stored, strict=True)]
 

@@ -432,6 +432,36 @@ class MarketState:
             client=pipe,
         )
 
+    # ------------------------------------------------------------------ upload quotas
+    def upload_usage(self, address: str, *, now: float, window_s: int) -> tuple[int, int]:
+        """Bytes of new blobs ``address``, and all addresses without standing, stored over
+        the last ``window_s`` (counted in eight buckets: a bucket's bytes leave the count
+        whole, up to one eighth of the window late)."""
+        buckets = self._buckets(now, window_s)
+        values = self.r.mget([self._k("upload", address.lower(), b) for b in buckets]
+                             + [self._k("upload-strangers", b) for b in buckets])
+        counts = [int(v) if v is not None else 0 for v in values]
+        return sum(counts[:len(buckets)]), sum(counts[len(buckets):])
+
+    def charge_upload(self, address: str, size: int, *, stranger: bool, now: float,
+                      window_s: int) -> None:
+        bucket = self._buckets(now, window_s)[-1]
+        ttl = int(window_s + window_s // 8 + 60)
+        pipe = self.r.pipeline(transaction=False)
+        keys = [self._k("upload", address.lower(), bucket)]
+        if stranger:
+            keys.append(self._k("upload-strangers", bucket))
+        for key in keys:
+            pipe.incrby(key, int(size))
+            pipe.expire(key, ttl)
+        pipe.execute()
+
+    @staticmethod
+    def _buckets(now: float, window_s: int) -> list[int]:
+        width = max(1, window_s // 8)
+        last = int(now) // width
+        return list(range(last - 7, last + 1))
+
     # ------------------------------------------------------------------ exclusions, failures
     def hold_for_ticket(self, job_id: int, until: int) -> None:
         """Offer ``job_id`` to nobody before chain time ``until``: a lease given back or

@@ -88,6 +88,21 @@ class Settings(BaseSettings):
     """Largest JSON request body the market reads (every route but the blob uploads); a
     bigger one gets HTTP 413 before it is read, or as soon as it passes the limit."""
 
+    quota_window_s: int = Field(default=7 * 86_400, ge=60)
+    """Upload quotas count the bytes of new blobs an address stored over this sliding window
+    (the blob retention period)."""
+
+    quota_base_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Bytes any address may upload in the quota window, with no stake or escrow (enough for
+    a first job's program and inputs)."""
+
+    quota_bytes_per_credit: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Bytes each whole credit of the address's stake or open escrow adds to its quota."""
+
+    quota_strangers_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    """Bytes all addresses without stake or open escrow may upload together in the quota
+    window: fresh keys fill this pool, never the disk."""
+
     market_max_connections: int = Field(default=1024, ge=1)
     """Most connections and tasks the market's HTTP server holds at once; beyond it new ones
     get HTTP 503 (uvicorn's ``limit_concurrency``)."""

@@ -26,6 +26,7 @@ from meshcompute.market.api.gate import BodyTooLarge
 from meshcompute.market.api.schemas import ErrorOut
 from meshcompute.market.blobs import BlobTooLarge, HashMismatch, StoreFull
 from meshcompute.market.operations import Forbidden
+from meshcompute.market.quotas import QuotaExceeded
 from meshcompute.wire.bundle import BundleHashMismatch, BundleTooLarge
 
 log = logging.getLogger("market.api")
@@ -33,7 +34,7 @@ log = logging.getLogger("market.api")
 #: The error answers every route may give (documented in the OpenAPI schema).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut}
-    for code in (400, 401, 403, 404, 409, 413, 422, 503, 507)
+    for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)
 }
 
 
@@ -45,6 +46,7 @@ def status_of(exc: Exception) -> int:
         (BundleTooLarge, 413),
         (BodyTooLarge, 413),
         (StoreFull, 507),
+        (QuotaExceeded, 429),
         (Forbidden, 403),
         (AuthError, 401),
         (NotFound, 404),

@@ -68,7 +68,8 @@ def market(anvil, redis_url, tmp_path_factory, request) -> Iterator[Market]:
     snapshot = anvil.snapshot()
     world = build_world(anvil)
     root = tmp_path_factory.mktemp("market")
-    settings = market_settings(root, anvil.rpc_url, url)
+    settings = market_settings(root, anvil.rpc_url, url,
+                               **getattr(request.module, "MARKET_SETTINGS", {}))
     save_deployment(world.deployment, settings.deployments_dir)
     rt = MarketRuntime.from_settings(settings)
     port = _free_port()

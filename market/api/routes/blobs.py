@@ -4,6 +4,7 @@ or a bundle of many (signed over the bytes' hash)."""
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -11,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
 from meshcompute.errors import NotFound
-from meshcompute.market import operations
+from meshcompute.market import operations, quotas
 from meshcompute.market.api.deps import Runtime, Sha256Path, authenticate
 from meshcompute.market.api.gate import signed_request
 from meshcompute.market.api.schemas import BlobOut, BundleOut, FetchIn
@@ -60,16 +61,20 @@ async def put_blob(
 ) -> dict[str, Any]:
     # signed over the blob's name as the body hash (checked by the gate); the store checks
     # that the bytes hash to it
-    await authenticate(request, runtime)
+    address = await authenticate(request, runtime)
     if runtime.blobs.exists(sha256):
         response.status_code = 200
         return {"sha256": sha256, "size": runtime.blobs.size(sha256), "created": False}
     declared = request.headers.get("content-length")
-    created = await runtime.blobs.put_stream(
-        sha256,
-        request.stream(),
-        declared_size=int(declared) if declared and declared.isdigit() else None,
-    )
+    size = int(declared) if declared and declared.isdigit() else None
+    now = time.time()
+    # a stream of unknown length is admitted on its first byte and charged in full, so it
+    # can pass its quota by at most one blob
+    admitted = await run_in_threadpool(quotas.admit, runtime, address, size or 1, now=now)
+    created = await runtime.blobs.put_stream(sha256, request.stream(), declared_size=size)
+    if created:
+        await run_in_threadpool(quotas.charge, runtime, admitted, runtime.blobs.size(sha256),
+                                now=now)
     response.status_code = 201 if created else 200
     return {"sha256": sha256, "size": runtime.blobs.size(sha256), "created": created}
 
@@ -81,8 +86,9 @@ async def put_bundle(request: Request, response: Response, runtime: Runtime) -> 
     body = await _read_capped(request, runtime.settings.max_bundle_bytes)
     digest = await run_in_threadpool(_sha256_hex, body)
     check_body(signed_request(request), digest)
-    await authenticate(request, runtime)
-    blobs = await run_in_threadpool(operations.store_bundle, runtime, body)
+    address = await authenticate(request, runtime)
+    blobs = await run_in_threadpool(operations.store_bundle, runtime, body, address,
+                                    time.time())
     response.status_code = 201 if any(blob["created"] for blob in blobs) else 200
     return {"blobs": blobs}
 

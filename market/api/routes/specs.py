@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,7 +19,7 @@ router = APIRouter(tags=["clients"])
 @router.post("/specs", response_model=SpecOut, status_code=201)
 def put_spec(body: SpecIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
     spec = JobSpec.from_json(body.model_dump())
-    return {"spec_sha256": operations.store_spec(runtime, spec)}
+    return {"spec_sha256": operations.store_spec(runtime, spec, address, time.time())}
 
 
 @router.post("/specs/batch", response_model=SpecsOut, status_code=201)
@@ -29,4 +30,4 @@ def put_specs(body: SpecsIn, address: Signer, runtime: Runtime) -> dict[str, Any
             specs.append(JobSpec.from_json(item.model_dump()))
         except BadInput as exc:
             raise BadInput(f"spec {index}: {exc}") from None
-    return {"spec_sha256": operations.store_specs(runtime, specs)}
+    return {"spec_sha256": operations.store_specs(runtime, specs, address, time.time())}

@@ -1,0 +1,60 @@
+"""Upload quotas, the market's adapter around :mod:`meshcompute.core.quota`: reads an
+address's standing (stake from the chain, cached; open escrow from the indexed jobs) and its
+bytes stored in the window (Redis), refuses an upload that does not fit (HTTP 429, naming the
+numbers), and charges what a new blob stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshcompute.core.quota import QuotaPolicy, Usage, is_stranger, refusal
+from meshcompute.errors import MeshError
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.settings import Settings
+
+
+class QuotaExceeded(MeshError):
+    """An upload over the address's quota (HTTP 429)."""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An upload let in: who, and whether it counts against the strangers' pool."""
+
+    address: str
+    stranger: bool
+
+
+def policy(settings: Settings) -> QuotaPolicy:
+    return QuotaPolicy(base_bytes=settings.quota_base_bytes,
+                       bytes_per_credit=settings.quota_bytes_per_credit,
+                       strangers_bytes=settings.quota_strangers_bytes)
+
+
+def open_escrow(rt: MarketRuntime, address: str) -> int:
+    """Reward and audit fee of ``address``'s jobs not yet ended, as indexed."""
+    who = address.lower()
+    return sum(record.reward + record.audit_fee
+               for record in rt.indexer.open_job_records().values()
+               if record.client.lower() == who)
+
+
+def admit(rt: MarketRuntime, address: str, incoming: int, *, now: float) -> Admitted:
+    """QuotaExceeded unless ``incoming`` more bytes from ``address`` fit its quota."""
+    stake = rt.standing(address).total_stake
+    escrow = open_escrow(rt, address)
+    own, strangers = rt.state.upload_usage(address, now=now,
+                                           window_s=rt.settings.quota_window_s)
+    reason = refusal(policy(rt.settings), Usage(own=own, strangers=strangers), incoming,
+                     stake=stake, escrow=escrow)
+    if reason is not None:
+        rt.state.incr_metric("uploads_over_quota")
+        raise QuotaExceeded(reason)
+    return Admitted(address=address, stranger=is_stranger(stake=stake, escrow=escrow))
+
+
+def charge(rt: MarketRuntime, admitted: Admitted, size: int, *, now: float) -> None:
+    """Count ``size`` bytes of new blobs against the admitted upload's quota."""
+    if size > 0:
+        rt.state.charge_upload(admitted.address, size, stranger=admitted.stranger, now=now,
+                               window_s=rt.settings.quota_window_s)
