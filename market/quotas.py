@@ -39,10 +39,26 @@ def open_escrow(rt: MarketRuntime, address: str) -> int:
                if record.client.lower() == who)
 
 
-def admit(rt: MarketRuntime, address: str, incoming: int, *, now: float) -> Admitted:
-    """QuotaExceeded unless ``incoming`` more bytes from ``address`` fit its quota."""
+def standing(rt: MarketRuntime, address: str, *, fresh: bool = False) -> tuple[int, int]:
+    """``(stake, open escrow)`` of ``address`` in wei, cached in Redis for ``stake_cache_s``
+    (every signed request's rate limit reads it); ``fresh`` recounts the escrow."""
+    key = f"{rt.state.prefix}credit-standing:{address.lower()}"
+    ttl = rt.settings.stake_cache_s
+    if ttl > 0 and not fresh:
+        cached = rt.redis.get(key)
+        if cached is not None:
+            stake, escrow = (int(part) for part in cached.decode().split(":"))
+            return stake, escrow
     stake = rt.standing(address).total_stake
     escrow = open_escrow(rt, address)
+    if ttl > 0:
+        rt.redis.set(key, f"{stake}:{escrow}", px=max(1, int(ttl * 1000)))
+    return stake, escrow
+
+
+def admit(rt: MarketRuntime, address: str, incoming: int, *, now: float) -> Admitted:
+    """QuotaExceeded unless ``incoming`` more bytes from ``address`` fit its quota."""
+    stake, escrow = standing(rt, address, fresh=True)
     own, strangers = rt.state.upload_usage(address, now=now,
                                            window_s=rt.settings.quota_window_s)
     reason = refusal(policy(rt.settings), Usage(own=own, strangers=strangers), incoming,

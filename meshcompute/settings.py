@@ -103,6 +103,23 @@ class Settings(BaseSettings):
     """Bytes all addresses without stake or open escrow may upload together in the quota
     window: fresh keys fill this pool, never the disk."""
 
+    rate_base_per_s: int = Field(default=10, ge=1)
+    """Signed requests a second any address may make (an address with no stake or open
+    escrow gets this rate)."""
+
+    rate_per_credit_per_s: float = Field(default=1.0, ge=0)
+    """What each whole credit of an address's stake or open escrow adds to its rate."""
+
+    rate_max_per_s: int = Field(default=500, ge=1)
+    """The most signed requests a second any one address may make."""
+
+    rate_strangers_per_s: int = Field(default=200, ge=1)
+    """Signed requests a second all addresses without stake or open escrow may make
+    together: fresh keys share this rate, never what staked workers and clients need."""
+
+    rate_public_per_s: int = Field(default=500, ge=1)
+    """Unsigned requests (reads: jobs, blobs, groups, health) a second per client IP."""
+
     market_max_connections: int = Field(default=1024, ge=1)
     """Most connections and tasks the market's HTTP server holds at once; beyond it new ones
     get HTTP 503 (uvicorn's ``limit_concurrency``)."""

@@ -23,6 +23,7 @@ from meshcompute.market.api.routes import (
     specs,
     workers,
 )
+from meshcompute.market.ratelimit import RequestLimiter
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.settings import Settings
 
@@ -50,8 +51,11 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
     for router in routers:
         app.include_router(router)
     # outermost: a request is bounded and its signature checked before any route reads it
+    limiter = RequestLimiter(settings)
     app.add_middleware(RequestGate, settings=settings,
                        routes=[route for router in routers for route in router.routes
                                if isinstance(route, APIRoute)],
-                       chain_id=lambda: lazy.get().chain_id, signer=signed_address)
+                       chain_id=lambda: lazy.get().chain_id, signer=signed_address,
+                       limit=lambda address, ip: limiter.check(lazy.get(), address=address,
+                                                               client_ip=ip))
     return app

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import redis
@@ -27,6 +28,7 @@ from meshcompute.market.api.schemas import ErrorOut
 from meshcompute.market.blobs import BlobTooLarge, HashMismatch, StoreFull
 from meshcompute.market.operations import Forbidden
 from meshcompute.market.quotas import QuotaExceeded
+from meshcompute.market.ratelimit import RateLimited
 from meshcompute.wire.bundle import BundleHashMismatch, BundleTooLarge
 
 log = logging.getLogger("market.api")
@@ -47,6 +49,7 @@ def status_of(exc: Exception) -> int:
         (BodyTooLarge, 413),
         (StoreFull, 507),
         (QuotaExceeded, 429),
+        (RateLimited, 429),
         (Forbidden, 403),
         (AuthError, 401),
         (NotFound, 404),
@@ -62,6 +65,13 @@ def status_of(exc: Exception) -> int:
     return 500
 
 
+def headers_of(exc: Exception) -> dict[str, str]:
+    """Headers an error answer carries: Retry-After (whole seconds) for a rate limit."""
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    return {}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MeshError)
     async def mesh_error(request: Request, exc: MeshError) -> JSONResponse:
@@ -69,7 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed", exc_info=exc,
                       extra={"fields": {"path": request.url.path}})
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers_of(exc))
 
     @app.exception_handler(redis.RedisError)
     async def redis_error(request: Request, exc: redis.RedisError) -> JSONResponse:

@@ -20,6 +20,10 @@ What each route may carry (:class:`Kind`), found from the app's own routes:
 - ``NO_BODY``: everything else, unknown paths included; a request that carries a body is
   refused unread.
 
+Before any body is read, the request must also be within its rate (``market/ratelimit.py``:
+a signed request its address's, from its stake and open escrow; an unsigned one its client
+IP's): 429 with Retry-After otherwise.
+
 The nonce is claimed by the route's dependency (:func:`deps.authenticate`), once the request
 is known to be whole; a replayed request thus costs the market at most one capped body.
 """
@@ -111,10 +115,12 @@ class RequestGate:
     (it may block: it is called in a thread); ``signer`` is the dependency of signed routes."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings, routes: Sequence[APIRoute],
-                 chain_id: Callable[[], int], signer: Callable[..., Any]) -> None:
+                 chain_id: Callable[[], int], signer: Callable[..., Any],
+                 limit: Callable[[str | None, str], None]) -> None:
         self.app = app
         self.settings = settings
         self.chain_id = chain_id
+        self.limit = limit
         self.routes = [(route, route_kind(route, signer)) for route in routes]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -123,9 +129,13 @@ class RequestGate:
             return
         kind = self._kind_of(scope)
         if kind is Kind.NO_BODY:
-            if _has_body(Request(scope).headers):
-                # refused unread (an unknown path too: a 404 would read the body to its end)
-                await _refuse(BodyTooLarge("this request takes no body"))(scope, receive, send)
+            try:
+                if _has_body(Request(scope).headers):
+                    # refused unread (an unknown path too: a 404 would read the body to its end)
+                    raise BodyTooLarge("this request takes no body")
+                await run_in_threadpool(self.limit, None, _client_ip(scope))
+            except MeshError as exc:
+                await _refuse(exc)(scope, receive, send)
                 return
             await self.app(scope, _capped(receive, 0, kind), send)
             return
@@ -148,6 +158,9 @@ class RequestGate:
         if kind is not Kind.PUBLIC_JSON:
             signed = await self._verify(request, kind)
             scope.setdefault("state", {})[SIGNED] = signed
+        # within the caller's rate (its address's when signed), before any body is read
+        await run_in_threadpool(self.limit, signed.address if signed else None,
+                                _client_ip(scope))
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_large(kind, limit, int(declared))
@@ -184,16 +197,21 @@ def signed_request(request: Request) -> SignedRequest:
     return signed
 
 
+def _client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 def _has_body(headers: Any) -> bool:
     declared = headers.get("content-length", "0").strip()
     return declared != "0" or "transfer-encoding" in headers
 
 
 def _refuse(exc: MeshError) -> JSONResponse:
-    from meshcompute.market.api.errors import status_of
+    from meshcompute.market.api.errors import headers_of, status_of
 
     return JSONResponse({"detail": str(exc)}, status_code=status_of(exc),
-                        headers={"Connection": "close"})
+                        headers={"Connection": "close", **headers_of(exc)})
 
 
 async def _read(receive: Receive, limit: int, kind: Kind) -> bytes:

@@ -1,5 +1,6 @@
-"""Upload quotas: how many bytes an address may store in the market's blob store, from its
-on-chain standing (pure; the market's adapter is ``market/quotas.py``).
+"""Upload quotas and request rates: how many bytes an address may store in the market's blob
+store, and how many signed requests a second it may make, from its on-chain standing (pure;
+the market's adapters are ``market/quotas.py`` and ``market/ratelimit.py``).
 
 Disk is the market's scarcest shared resource and a fresh key costs nothing, so what an
 address may upload is tied to what it has at stake on chain: its stake in the StakeManager
@@ -65,3 +66,22 @@ def refusal(policy: QuotaPolicy, usage: Usage, incoming: int, *, stake: int,
                 f"({usage.strangers} of {policy.strangers_bytes} bytes in the window); "
                 "stake credits or post a job's escrow to upload from your own allowance")
     return None
+
+
+@dataclass(frozen=True)
+class RatePolicy:
+    base_per_s: int
+    """Signed requests a second any address may make."""
+    per_credit_per_s: float
+    """What each whole credit of stake or open escrow adds."""
+    max_per_s: int
+    """The most any address may make, whatever its standing."""
+    strangers_per_s: int
+    """Signed requests a second all addresses without standing may make together."""
+
+
+def request_rate(policy: RatePolicy, *, credits: int) -> int:
+    """Signed requests a second an address with ``credits`` of stake and open escrow may
+    make."""
+    rate = policy.base_per_s + int(policy.per_credit_per_s * max(0, credits))
+    return max(1, min(policy.max_per_s, rate))

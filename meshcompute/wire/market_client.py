@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -659,11 +660,25 @@ class MarketClient:
     def _download(self, method: str, path: str, *, what: str, **kwargs: Any) -> bytes:
         """The body of a successful answer, read in chunks and cut off (BadInput) past
         ``max_download_bytes``: a market cannot make this node buffer without bound."""
+        for attempt in range(_RATE_RETRIES + 1):
+            try:
+                return self._download_once(method, path, what=what, **kwargs)
+            except _RateLimitedAnswer as limited:
+                if attempt == _RATE_RETRIES:
+                    raise _error_for(limited.response,
+                                     f"{method} {self.base_url}{path}") from None
+                time.sleep(limited.wait)
+        raise AssertionError("unreachable")
+
+    def _download_once(self, method: str, path: str, *, what: str, **kwargs: Any) -> bytes:
         limit = self.max_download_bytes
         try:
             with self._http.stream(method, path, **kwargs) as response:
                 if response.status_code >= 400:
                     response.read()
+                    wait = _rate_limited_wait(response)
+                    if wait is not None:
+                        raise _RateLimitedAnswer(response, wait)
                     raise _error_for(response, f"{method} {self.base_url}{path}")
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > limit:
@@ -686,15 +701,46 @@ class MarketClient:
             ) from exc
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(
-                f"market at {self.base_url} cannot be reached ({type(exc).__name__}: {exc})"
-            ) from exc
+        for attempt in range(_RATE_RETRIES + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise ServiceUnavailable(
+                    f"market at {self.base_url} cannot be reached ({type(exc).__name__}: {exc})"
+                ) from exc
+            wait = _rate_limited_wait(response)
+            if wait is None or attempt == _RATE_RETRIES or not isinstance(
+                    kwargs.get("content", b""), bytes):
+                break
+            # over the market's rate (429 with Retry-After): refused before the route ran, so
+            # the same request (its nonce unclaimed) goes again once the window allows
+            time.sleep(wait)
         if response.status_code >= 400:
             raise _error_for(response, f"{method} {self.base_url}{path}")
         return response
+
+
+_RATE_RETRIES = 5
+_RATE_WAIT_MAX_S = 10.0
+
+
+class _RateLimitedAnswer(Exception):
+    def __init__(self, response: httpx.Response, wait: float) -> None:
+        super().__init__("rate limited")
+        self.response = response
+        self.wait = wait
+
+
+def _rate_limited_wait(response: httpx.Response) -> float | None:
+    """Seconds to wait before sending again when the market said "too many requests" (429
+    with Retry-After); None for any other answer (an upload quota's 429 has no Retry-After:
+    waiting would not help)."""
+    if response.status_code != 429:
+        return None
+    retry_after = response.headers.get("retry-after", "")
+    if not retry_after.isdigit():
+        return None
+    return min(_RATE_WAIT_MAX_S, max(0.1, float(retry_after)))
 
 
 def _error_for(response: httpx.Response, what: str) -> MeshError:

@@ -193,8 +193,8 @@ def _unread_upload(mk, path: str, headers: dict[str, str], size: int) -> httpx.R
 
     def body():
         nonlocal sent
-        chunk = b"x" * (1 << 20)
         while sent < size:
+            chunk = b"x" * min(1 << 20, size - sent)
             sent += len(chunk)
             yield chunk
 

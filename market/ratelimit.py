@@ -1,0 +1,93 @@
+"""Request rates, the market's adapter around :func:`meshcompute.core.quota.request_rate`:
+signed requests are limited per address in proportion to its stake and open escrow (an address
+with neither gets a small rate, and all of those together share one), unsigned requests per
+client IP. Counted in Redis with the ``limits`` library's sliding-window counter, so every API
+process of one market shares the counts; a request over its rate gets 429 with Retry-After
+before its body is read (:mod:`meshcompute.market.api.gate`)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import redis
+from limits import RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import RedisStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from meshcompute.core.quota import RatePolicy, request_rate
+from meshcompute.errors import MeshError, ServiceUnavailable
+from meshcompute.market import quotas
+from meshcompute.market.runtime import MarketRuntime
+from meshcompute.settings import Settings
+from meshcompute.units import TOKEN
+
+
+class RateLimited(MeshError):
+    """Too many requests from one address or client (HTTP 429, with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def policy(settings: Settings) -> RatePolicy:
+    return RatePolicy(base_per_s=settings.rate_base_per_s,
+                      per_credit_per_s=settings.rate_per_credit_per_s,
+                      max_per_s=settings.rate_max_per_s,
+                      strangers_per_s=settings.rate_strangers_per_s)
+
+
+class RequestLimiter:
+    """Checks one request against its rate (``check``); built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._limiter: SlidingWindowCounterRateLimiter | None = None
+        self._lock = threading.Lock()
+
+    def _get(self, rt: MarketRuntime) -> SlidingWindowCounterRateLimiter:
+        if self._limiter is None:
+            with self._lock:
+                if self._limiter is None:
+                    storage = RedisStorage(self.settings.redis_url,
+                                           key_prefix=f"{rt.state.prefix}rate",
+                                           wrap_exceptions=True)
+                    self._limiter = SlidingWindowCounterRateLimiter(storage)
+        return self._limiter
+
+    def check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> None:
+        """RateLimited when this request passes its rate: ``address``'s when it is signed,
+        else ``client_ip``'s; ServiceUnavailable when Redis cannot count."""
+        try:
+            self._check(rt, address=address, client_ip=client_ip)
+        except (StorageError, redis.RedisError) as exc:
+            raise ServiceUnavailable(f"request rates cannot be counted: {exc}") from None
+
+    def _check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> None:
+        limiter = self._get(rt)
+        if address is None:
+            self._hit(limiter, self.settings.rate_public_per_s, "ip", client_ip,
+                      f"requests from {client_ip}")
+            return
+        stake, escrow = quotas.standing(rt, address)
+        credits = max(0, stake) // TOKEN + max(0, escrow) // TOKEN
+        rules = policy(self.settings)
+        self._hit(limiter, request_rate(rules, credits=credits), "address", address.lower(),
+                  f"signed requests from {address}")
+        if stake <= 0 and escrow <= 0:
+            self._hit(limiter, rules.strangers_per_s, "strangers", "all",
+                      "signed requests from addresses without stake or escrow")
+
+    @staticmethod
+    def _hit(limiter: SlidingWindowCounterRateLimiter, per_s: int, kind: str, who: str,
+             what: str) -> None:
+        item = RateLimitItemPerSecond(max(1, per_s))
+        if limiter.hit(item, kind, who):
+            return
+        reset = limiter.get_window_stats(item, kind, who).reset_time
+        wait = max(0.05, reset - time.time())
+        raise RateLimited(f"too many {what}: at most {per_s} a second; retry after "
+                          f"{math.ceil(wait * 10) / 10:.1f} s", wait)

@@ -1,0 +1,50 @@
+"""Request rates against the real market (uvicorn, Redis, anvil): signed requests per
+address from its standing, fresh keys sharing one rate, unsigned reads per client IP; 429 with
+Retry-After before the body is read, and the client waits and goes again."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from eth_account import Account
+
+from meshcompute.wire.auth import sign_request
+from tests.market.helpers import register
+
+pytestmark = pytest.mark.anvil
+REDIS_DB = 5
+MARKET_SETTINGS = {"rate_base_per_s": 3, "rate_per_credit_per_s": 1.0, "rate_max_per_s": 50,
+                   "rate_strangers_per_s": 5, "rate_public_per_s": 20, "stake_cache_s": 30}
+
+
+def _heartbeat(mk, account) -> httpx.Response:
+    body = b'{"running":[]}'
+    headers = sign_request(account, "POST", "/workers/heartbeat", body, 31337)
+    headers["Content-Type"] = "application/json"
+    return httpx.post(mk.url + "/workers/heartbeat", content=body, headers=headers)
+
+
+def test_a_fresh_key_gets_a_small_rate_and_429_with_retry_after(mk):
+    stranger = Account.create()
+    answers = [_heartbeat(mk, stranger).status_code for _ in range(8)]
+    assert 429 in answers and answers[0] != 429
+    limited = _heartbeat(mk, stranger)
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) >= 1
+    assert "at most 3 a second" in limited.json()["detail"]
+
+
+def test_fresh_keys_share_one_rate_and_staked_workers_keep_theirs(mk):
+    strangers = [Account.create() for _ in range(4)]
+    answers = [_heartbeat(mk, s).status_code for s in strangers for _ in range(2)]
+    assert answers.count(429) >= 2  # 8 requests, 5 a second between them all
+    worker = mk.world.workers[0]
+    register(mk, worker)
+    assert [_heartbeat(mk, worker.account).status_code for _ in range(10)] == [200] * 10
+
+
+def test_unsigned_reads_are_limited_per_client_and_the_client_waits(mk):
+    answers = [httpx.get(mk.url + "/health").status_code for _ in range(40)]
+    assert 429 in answers and answers.count(200) >= 20
+    # MarketClient honours Retry-After: the same read succeeds after a wait
+    assert mk.client().health()["status"] == "ok"
