@@ -190,6 +190,32 @@ class BlobStore:
                 f"{self.min_free_bytes} free); try again later"
             )
 
+    def size_or_zero(self, sha256: str) -> int:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob (garbage collection); True when it was there."""
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def names(self) -> Iterator[str]:
+        """Every stored blob's name (walks the store; uploads in progress are not named)."""
+        for first in self.root.iterdir():
+            if len(first.name) != 2 or not first.is_dir():
+                continue
+            for second in first.iterdir():
+                if not second.is_dir():
+                    continue
+                for entry in second.iterdir():
+                    if is_sha256_hex(entry.name) and entry.is_file():
+                        yield entry.name
+
     def _publish(self, tmp: Path, sha256: str) -> bool:
         target = self.path(sha256)
         if target.exists():

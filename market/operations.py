@@ -9,6 +9,8 @@ narrower 400/413, AuthError 401, Forbidden 403, NotFound 404, Conflict 409).
 
 from __future__ import annotations
 
+import hashlib
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -132,7 +134,10 @@ def group_output(rt: MarketRuntime, group: str, requester: str) -> str:
     cached = rt.state.group_output(group)
     if cached is not None and rt.blobs.exists(cached):
         return cached
-    sha, _ = rt.blobs.put_bytes(_assemble(rt, group))
+    data = _assemble(rt, group)
+    rt.state.keep_blobs([hashlib.sha256(data).hexdigest()],
+                        time.time() + rt.settings.blob_retention_s)
+    sha, _ = rt.blobs.put_bytes(data)
     rt.state.set_group_output(group, sha)
     return sha
 
@@ -207,6 +212,8 @@ def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec], address: str,
                 )
     raw = [spec.canonical_bytes() for spec in specs]
     admitted = quotas.admit(rt, address, sum(map(len, raw)), now=now)
+    rt.state.keep_blobs([hashlib.sha256(data).hexdigest() for data in raw],
+                        now + rt.settings.blob_grace_s)
     stored = rt.blobs.put_many(raw)
     quotas.charge(rt, admitted, sum(len(data) for data, (_, created) in zip(raw, stored,
                                                                            strict=True)
@@ -228,6 +235,7 @@ def store_bundle(rt: MarketRuntime, data: bytes, address: str,
         raise BadInput("a bundle must carry at least one blob")
     new = {sha: len(blob) for sha, blob in blobs if not rt.blobs.exists(sha)}
     admitted = quotas.admit(rt, address, sum(new.values()), now=now)
+    rt.state.keep_blobs([sha for sha, _ in blobs], now + rt.settings.blob_grace_s)
     # put_many checks the free space for the whole bundle (507) before writing any of it
     stored = rt.blobs.put_many([blob for _, blob in blobs])
     quotas.charge(rt, admitted, sum({sha: len(blob) for (sha, blob), (_, created)

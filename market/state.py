@@ -15,7 +15,7 @@ job -> time), ``group:<g>`` (hash shard -> job), ``spec-problem:<job>``, ``metri
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +119,16 @@ redis.call('del', KEYS[1])
 redis.call('zrem', KEYS[3], ARGV[3])
 return 1
 """
+_RELEASE_BLOB = """
+-- KEYS: blob-keep; ARGV: sha, now. Forget the blob only if its time is still past.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 _ADD_TO_GROUP = """
 -- KEYS: group-owner, group, job-group; ARGV: client (lower case), shard, job id, group
 redis.call('set', KEYS[1], ARGV[1], 'NX')
@@ -137,6 +147,7 @@ class MarketState:
         self._create_offer = client.register_script(_CREATE_OFFER)
         self._end_lease = client.register_script(_END_LEASE)
         self._add_to_group = client.register_script(_ADD_TO_GROUP)
+        self._release_blob = client.register_script(_RELEASE_BLOB)
         self._offer_ids_built = False
 
     def _k(self, *parts: object) -> str:
@@ -432,6 +443,28 @@ class MarketState:
             client=pipe,
         )
 
+    # ------------------------------------------------------------------ blob retention
+    def keep_blobs(self, shas: Iterable[str], until: float) -> None:
+        """Keep the blobs ``shas`` at least until ``until`` (unix seconds; never shortens)."""
+        mapping = {sha: float(until) for sha in set(shas)}
+        if mapping:
+            self.r.zadd(self._k("blob-keep"), mapping, gt=True)  # GT still adds new ones
+
+    def tracked_blobs(self, shas: Sequence[str]) -> list[bool]:
+        """Whether each of ``shas`` has a keep-until time."""
+        if not shas:
+            return []
+        return [score is not None for score in self.r.zmscore(self._k("blob-keep"), shas)]
+
+    def expired_blobs(self, now: float, limit: int) -> list[str]:
+        return [m.decode() for m in self.r.zrangebyscore(self._k("blob-keep"), "-inf", now,
+                                                          start=0, num=limit)]
+
+    def release_blob(self, sha: str, now: float) -> bool:
+        """Forget ``sha`` if its keep-until time is still past at ``now`` (atomic: a blob
+        kept again meanwhile stays); True when the caller may delete it."""
+        return bool(self._release_blob(keys=[self._k("blob-keep")], args=[sha, now]))
+
     # ------------------------------------------------------------------ upload quotas
     def upload_usage(self, address: str, *, now: float, window_s: int) -> tuple[int, int]:
         """Bytes of new blobs ``address``, and all addresses without standing, stored over
@@ -546,6 +579,17 @@ class MarketState:
     def result(self, job_id: int) -> dict[str, str] | None:
         data = self.r.hgetall(self._k("result", job_id))
         return {k.decode(): v.decode() for k, v in data.items()} or None
+
+    def results(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """The output blob submitted for each of ``job_ids`` that has one (one round trip)."""
+        if not job_ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self._k("result", job_id), "output_sha256")
+        return {job_id: value.decode() for job_id, value in zip(job_ids, pipe.execute(),
+                                                                strict=True)
+                if value is not None}
 
     def add_to_group(self, group: str, shard: int, job_id: int, client: str) -> bool:
         """Record ``job_id`` as shard ``shard`` of ``group``. A group belongs to the client

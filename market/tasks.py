@@ -26,7 +26,7 @@ from typing import Any
 
 from celery import Celery
 
-from meshcompute.market import rounds
+from meshcompute.market import gc, rounds
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.settings import Settings, get_settings
 
@@ -34,7 +34,7 @@ log = logging.getLogger("market.tasks")
 
 #: Default seconds between runs of each periodic task (settings ``MESH_*_INTERVAL_S``
 #: override them: ``index_interval_s``, ``match_interval_s``, ...).
-INTERVALS = {"index": 1.0, "match": 1.0, "expire": 2.0, "settle": 3.0}
+INTERVALS = {"index": 1.0, "match": 1.0, "expire": 2.0, "settle": 3.0, "gc": 600.0}
 
 app = Celery("market")
 
@@ -46,6 +46,7 @@ def intervals(settings: Settings) -> dict[str, float]:
         "match": settings.match_interval_s,
         "expire": settings.expire_interval_s,
         "settle": settings.settle_interval_s,
+        "gc": settings.gc_interval_s,
     }
 
 
@@ -159,6 +160,14 @@ def expire_leases() -> dict[str, Any]:
             return dict(_SKIPPED)
         report = rounds.expire_round(rt)
     return {"leases": report.expired_leases, "offers": report.expired_offers}
+
+
+@app.task(name="market.gc")
+def collect_blobs() -> dict[str, Any]:
+    """Delete blobs no open job needs, past their retention (:mod:`meshcompute.market.gc`)."""
+    rt = runtime()
+    with round_lock(rt, "gc") as held:
+        return gc.collect_round(rt) if held else dict(_SKIPPED)
 
 
 @app.task(name="market.settle")

@@ -183,6 +183,16 @@ class Settings(BaseSettings):
     settle_interval_s: float = Field(default=3.0, gt=0, le=3600)
     """Seconds between settlement rounds (``market.settle``)."""
 
+    gc_interval_s: float = Field(default=600.0, gt=0, le=86_400)
+    """Seconds between blob garbage collections (``market.gc``)."""
+
+    blob_retention_s: int = Field(default=7 * 86_400, ge=60)
+    """A blob stays in the store at least this long after the last job that needs it (its
+    program, inputs, spec, output, a verifier's evidence) ended."""
+
+    blob_grace_s: int = Field(default=86_400, ge=60)
+    """An upload that no job names yet is kept this long (time to post its job)."""
+
     settle_max_batch: int = Field(default=100, ge=1, le=1000)
     """Most jobs one ``finalizeBatch`` transaction settles."""
 

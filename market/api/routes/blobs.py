@@ -62,12 +62,15 @@ async def put_blob(
     # signed over the blob's name as the body hash (checked by the gate); the store checks
     # that the bytes hash to it
     address = await authenticate(request, runtime)
+    now = time.time()
+    # uploaded (again): kept at least the grace period, for its job to be posted
+    await run_in_threadpool(runtime.state.keep_blobs, [sha256],
+                            now + runtime.settings.blob_grace_s)
     if runtime.blobs.exists(sha256):
         response.status_code = 200
         return {"sha256": sha256, "size": runtime.blobs.size(sha256), "created": False}
     declared = request.headers.get("content-length")
     size = int(declared) if declared and declared.isdigit() else None
-    now = time.time()
     # a stream of unknown length is admitted on its first byte and charged in full, so it
     # can pass its quota by at most one blob
     admitted = await run_in_threadpool(quotas.admit, runtime, address, size or 1, now=now)

@@ -1,0 +1,99 @@
+"""Blob garbage collection: the store keeps what a job may still need, and nothing forever.
+
+Every blob has a keep-until time (``MarketState.keep_blobs``):
+
+- an upload is kept ``blob_grace_s`` (a day) from its last upload, time to post its job;
+- each round, every blob an open job needs (its spec, program and inputs, the output its
+  worker submitted or committed, the evidence its verdicts name) is kept ``blob_retention_s``
+  (a week) from now; so once the job ends, its blobs stay at least that long, less one round:
+  long enough to download an output, to ``mesh verify`` it, to judge an appeal;
+- a file the store holds that has no time yet (stored before collection existed, or a group's
+  assembled output) gets the grace period when a round first sees it.
+
+Blobs past their time are deleted, each only if its time is still past at that moment (a blob
+uploaded again meanwhile stays). A group's assembled output is rebuilt on its next download.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from meshcompute.core.job import ZERO_HASH, JobState
+from meshcompute.market.runtime import MarketRuntime
+
+log = logging.getLogger("market.gc")
+
+_BATCH = 1000
+_VERDICT_STATES = frozenset({JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.APPEALED,
+                             JobState.DISPUTED})
+_EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved")
+
+
+def needed_blobs(rt: MarketRuntime) -> set[str]:
+    """The blobs the open jobs need."""
+    needed: set[str] = set()
+    records = rt.indexer.open_job_records()
+    results = rt.state.results(list(records))
+    for job_id, record in records.items():
+        spec_sha = record.spec_hash.hex()
+        needed.add(spec_sha)
+        spec = rt.spec_or_none(spec_sha)
+        if spec is not None:
+            needed |= {spec.program, spec.inputs}
+        if record.result_hash != ZERO_HASH:
+            needed.add(record.result_hash.hex())
+        submitted = results.get(job_id)
+        if submitted:
+            needed.add(submitted)
+        if record.state in _VERDICT_STATES:
+            for event in rt.indexer.events(job_id=job_id):
+                evidence = event.args.get("evidenceHash") if event.name in _EVIDENCE_EVENTS \
+                    else None
+                if isinstance(evidence, bytes | bytearray) and bytes(evidence) != ZERO_HASH:
+                    needed.add(bytes(evidence).hex())
+    return needed
+
+
+def collect_round(rt: MarketRuntime, *, now: float | None = None) -> dict[str, Any]:
+    """One collection: keep what open jobs need, give untracked files the grace period,
+    delete what is past its time. Returns counts."""
+    now = time.time() if now is None else now
+    settings = rt.settings
+    needed = needed_blobs(rt)
+    rt.state.keep_blobs(needed, now + settings.blob_retention_s)
+    adopted = 0
+    batch: list[str] = []
+    for name in rt.blobs.names():
+        batch.append(name)
+        if len(batch) >= _BATCH:
+            adopted += _adopt(rt, batch, now)
+            batch = []
+    adopted += _adopt(rt, batch, now)
+    deleted = freed = 0
+    while True:
+        expired = rt.state.expired_blobs(now, _BATCH)
+        if not expired:
+            break
+        for sha in expired:
+            if rt.state.release_blob(sha, now):
+                size = rt.blobs.size_or_zero(sha)
+                if rt.blobs.delete(sha):
+                    deleted += 1
+                    freed += size
+        if len(expired) < _BATCH:
+            break
+    report = {"needed": len(needed), "adopted": adopted, "deleted": deleted,
+              "freed_bytes": freed}
+    if deleted or adopted:
+        rt.state.incr_metric("blobs_deleted", deleted)
+        log.info("blobs collected", extra={"fields": report})
+    return report
+
+
+def _adopt(rt: MarketRuntime, names: list[str], now: float) -> int:
+    untracked = [sha for sha, tracked in zip(names, rt.state.tracked_blobs(names), strict=True)
+                 if not tracked]
+    rt.state.keep_blobs(untracked, now + rt.settings.blob_grace_s)
+    return len(untracked)

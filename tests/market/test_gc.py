@@ -1,0 +1,76 @@
+"""Blob garbage collection against the real market's store, Redis and anvil: what an open job
+needs is kept, an ended job's blobs stay the retention period, an upload no job names stays
+the grace period, and anything past its time is deleted."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from meshcompute.core.spec import JobSpec
+from meshcompute.market import gc
+from tests.market.helpers import index_and_match, pass_chain_time, post
+
+pytestmark = pytest.mark.anvil
+REDIS_DB = 4
+GRACE = 86_400
+RETENTION = 7 * 86_400
+
+
+def _round(mk, at: float) -> dict:
+    mk.rt.indexer.sync()
+    return gc.collect_round(mk.rt, now=at)
+
+
+def test_an_upload_no_job_names_lives_out_its_grace_period(mk):
+    client = mk.client(mk.world.clients[0].account)
+    sha = client.put_blob(os.urandom(100))
+    now = time.time()
+    assert _round(mk, now + GRACE - 60)["deleted"] == 0
+    assert mk.rt.blobs.exists(sha)
+    report = _round(mk, now + GRACE + 60)
+    assert report["deleted"] >= 1 and report["freed_bytes"] >= 100
+    assert not mk.rt.blobs.exists(sha)
+
+
+def test_an_open_jobs_blobs_are_kept_and_an_ended_jobs_stay_the_retention(mk):
+    actor = mk.world.clients[0]
+    client = mk.client(actor.account)
+    spec = JobSpec(program=client.put_blob(os.urandom(50)), inputs=client.put_blob(os.urandom(50)))
+    spec_sha = client.put_spec(spec)
+    unrelated = client.put_blob(os.urandom(60))
+    deadline = mk.world.now() + 100
+    job_id = post(mk, spec, deadline=deadline)
+    index_and_match(mk)
+    now = time.time()
+    # long past the grace period, the job still open: its blobs stay, the stray upload goes
+    later = now + 3 * GRACE
+    _round(mk, later)
+    for sha in (spec.program, spec.inputs, spec_sha):
+        assert mk.rt.blobs.exists(sha), sha
+    assert not mk.rt.blobs.exists(unrelated)
+    # the job ends (refunded after its deadline): its blobs stay the retention period
+    pass_chain_time(mk, deadline)
+    actor.reclaim(job_id)
+    _round(mk, later + RETENTION - 60)
+    assert mk.rt.blobs.exists(spec.program)
+    _round(mk, later + RETENTION + 60)
+    for sha in (spec.program, spec.inputs, spec_sha):
+        assert not mk.rt.blobs.exists(sha), sha
+
+
+def test_files_without_a_time_get_the_grace_period_and_a_reupload_renews_it(mk):
+    data = os.urandom(70)
+    sha, created = mk.rt.blobs.put_bytes(data)  # straight into the store: untracked
+    assert created
+    now = time.time()
+    assert _round(mk, now - GRACE - 10)["adopted"] >= 1  # first seen a day ago: due now
+    assert mk.rt.state.expired_blobs(now, 100) == [sha]
+    # uploaded again: its grace period starts over, so this round keeps it
+    mk.client(mk.world.clients[0].account).put_blob(data)
+    assert _round(mk, now)["deleted"] == 0
+    assert mk.rt.blobs.exists(sha)
+    _round(mk, time.time() + GRACE + 1)
+    assert not mk.rt.blobs.exists(sha)
