@@ -193,13 +193,14 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         return _postJobs(params);
     }
 
-    /// @notice Take back the escrow of a job that has no committed result after its deadline.
+    /// @notice Take back the escrow of a job that has no committed result: at any time while
+    /// no worker holds it on chain (Posted: the client cancels it), or after its deadline.
     /// Works while paused and needs nobody's help. The job ends (Refunded).
     function reclaim(uint256 jobId, Job calldata job) external nonReentrant {
         _checkRecord(jobId, job);
         if (msg.sender != job.client) revert NotJobClient(jobId, msg.sender);
         if (job.state != JobState.Posted && job.state != JobState.Assigned) revert InvalidJobState(jobId, job.state);
-        if (block.timestamp <= job.deadline) revert DeadlineNotReached(jobId, job.deadline);
+        if (job.state == JobState.Assigned && block.timestamp <= job.deadline) revert DeadlineNotReached(jobId, job.deadline);
         _close(jobId);
         uint256 amount = uint256(job.reward) + job.auditFee;
         emit JobRefunded(jobId, job.client, amount);

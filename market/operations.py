@@ -74,11 +74,9 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
     record = job_record(rt, job_id)
     spec_sha = record.spec_hash.hex()
     spec = rt.spec_or_none(spec_sha)
-    result = rt.state.result(job_id)
-    if record.result_hash != ZERO_HASH:
-        output = record.result_hash.hex()
-    else:
-        output = result["output_sha256"] if result else None
+    # the committed output only: a result submitted to the market but not yet committed on
+    # chain stays unnamed, so the job's client cannot fetch it and cancel the job unpaid
+    output = record.result_hash.hex() if record.result_hash != ZERO_HASH else None
     audited = any(
         bool(event.args.get("audited"))
         for event in rt.indexer.events(job_id=job_id, name="AuditDrawn")

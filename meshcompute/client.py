@@ -517,7 +517,8 @@ class Client:
         return [torch.cat(parts, dim=0) for parts in zip(*pieces, strict=True)]
 
     def reclaim(self, job_id: int) -> None:
-        """Take back the escrow of a job that passed its deadline unfinished."""
+        """Take back a job's escrow: at once for a job no worker holds on chain (a cancel),
+        after its deadline for one a worker took without committing a result."""
         self.actor.reclaim(job_id)
 
     def dispute(self, job_id: int) -> None:
@@ -812,8 +813,9 @@ def summarize_failures(shards: Sequence[ShardProgress]) -> tuple[FailureSummary,
 class Stuck:
     """Shards that will never run: every shard still ``posted`` is one the market offers no
     more, because as many workers as it allows failed it (``cause`` ``"refused"``) or its
-    deadline is too close or past (``"deadline"``). Their escrow comes back only with
-    ``mesh job reclaim JOB`` once the deadline has passed (:meth:`Client.reclaim`).
+    deadline is too close or past (``"deadline"``). Their escrow comes back at once with
+    ``mesh job reclaim JOB`` (:meth:`Client.reclaim`): a job no worker holds on chain is
+    cancelled at any time.
 
     ``cause`` ``"no_worker_fits"`` is not permanent (``permanent`` False, so never
     ``final``): no worker live at the market now can take any shard still posted (device,
@@ -825,7 +827,7 @@ class Stuck:
     job_ids: tuple[int, ...]
     reasons: tuple[FailureSummary, ...]
     deadline: int | None
-    """The latest deadline of those jobs (unix seconds, chain time): reclaim works after it."""
+    """The latest deadline of those jobs (unix seconds, chain time)."""
     chain_now: int | None
     in_progress: int
     """Other shards still leased, committed or in audit: they go on."""
@@ -853,9 +855,9 @@ class Stuck:
 
     @property
     def reclaimable(self) -> bool:
-        """The deadline has passed: ``mesh job reclaim`` works now."""
-        return self.deadline is not None and self.chain_now is not None \
-            and self.chain_now > self.deadline
+        """``mesh job reclaim`` works now: the stuck shards are posted, held by no worker on
+        chain, so their client may cancel them at any time."""
+        return True
 
     def summary(self) -> str:
         """One line: which shards, why, and how the escrow comes back."""
@@ -895,8 +897,7 @@ class Stuck:
         else:
             out.append(f"{which} will never run: the deadline is too close or past for a "
                        "worker to take them.")
-        out.append("Nothing more will happen to them: the market offers them to no worker "
-                   "(cancelling before the deadline is not possible yet).")
+        out.append("Nothing more will happen to them: the market offers them to no worker.")
         escrow = f" ({format_mesh(self.escrow)} MESH)" if self.escrow else ""
         out.append(f"Your escrow{escrow} {self._reclaim_text()}.")
         if self.in_progress:
@@ -908,11 +909,8 @@ class Stuck:
         jobs = " ".join(str(j) for j in self.job_ids)
         command = (f"`mesh job reclaim {jobs}`" if len(self.job_ids) == 1
                    else f"`mesh job reclaim JOB` for each of jobs {', '.join(jobs.split())}")
-        if self.reclaimable:
-            return f"comes back with {command}: the deadline has passed, it works now"
-        when = f"after the deadline, {local_time(self.deadline)}" if self.deadline is not None \
-            else "after the deadline"
-        return f"comes back with {command} {when}"
+        return (f"comes back at once with {command}: no worker holds "
+                f"{'them' if len(self.job_ids) > 1 else 'it'}, so it is cancelled now")
 
     def to_json(self) -> dict[str, Any]:
         return {

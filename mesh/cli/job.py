@@ -200,12 +200,8 @@ def waiting_hint(status: SubmissionStatus, idle_s: float, submission: Submission
             or any(phases.get(p) for p in ("leased", "committed", "audited"))):
         return None
     waited = _clock(idle_s)
-    deadline = ""
-    if status.deadline is not None:
-        from meshcompute.client import local_time
-
-        deadline = (f"; if none does, `mesh job reclaim JOB` returns the escrow after the "
-                    f"deadline, {local_time(status.deadline)}")
+    deadline = ("; `mesh job reclaim JOB` cancels a shard no worker holds and returns its "
+                "escrow at once")
     tried = [f for f in status.failures if f.workers]
     if tried:
         same = "the same reason" if len(tried) == 1 else f"{len(tried)} different reasons"
@@ -444,7 +440,8 @@ def dispute(
 def reclaim(
     job_id: Annotated[int, typer.Argument(help="The on-chain job id.")],
 ) -> None:
-    """Take back the escrow of a job that passed its deadline without a result."""
+    """Take back a job's escrow: at once while no worker holds it (a cancel), or after its
+    deadline when a worker took it without committing a result."""
     if job_id < 0:
         raise BadInput("job id must be non-negative")
     _client().reclaim(job_id)

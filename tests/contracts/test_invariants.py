@@ -727,8 +727,8 @@ class MarketMachine(RuleBasedStateMachine):
                 raise Revert("NotJobClient")
             if j.state not in (JobState.POSTED, JobState.ASSIGNED):
                 raise Revert("InvalidJobState")
-            if self.now <= j.deadline:
-                raise Revert("DeadlineNotReached")
+            if j.state == JobState.ASSIGNED and self.now <= j.deadline:
+                raise Revert("DeadlineNotReached")  # a Posted job is cancelled at any time
 
         ok, _ = self._send("reclaim", predict, lambda: client.reclaim(job_id, j))
         if ok:

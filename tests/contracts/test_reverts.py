@@ -1029,11 +1029,25 @@ def test_reclaim_reverts_once_result_committed_or_refunded(world: World, state: 
         client.reclaim(job_id, record)
 
 
-def test_reclaim_reverts_before_deadline(world: World) -> None:
+def test_reclaim_of_a_held_job_reverts_before_deadline(world: World) -> None:
     client = world.clients[0]
     job_id, record = _assigned(world, deadline=world.now() + 1000)
     with reverts("DeadlineNotReached", TooEarly, jobId=job_id, deadline=record.deadline):
         client.reclaim(job_id)
+
+
+def test_a_posted_job_is_cancelled_at_once_and_cannot_then_be_taken(world: World) -> None:
+    client = world.clients[0]
+    job_id, record = _posted(world, deadline=world.now() + 1000)
+    before = client.balance_of(client.address)
+    client.reclaim(job_id)
+    assert client.balance_of(client.address) == before + record.reward + record.audit_fee
+    assert client.job(job_id).state == JobState.REFUNDED
+    with reverts("JobClosed", WrongJobState, jobId=job_id):
+        client.reclaim(job_id, record)
+    ticket, signature = world.ticket(world.workers[0], [job_id])
+    with reverts("JobClosed", WrongJobState, jobId=job_id):  # a worker's late ticket
+        world.workers[0].assign(ticket, signature, records=[record])
 
 
 def test_reclaim_reverts_on_unknown_or_forged_record(world: World) -> None:

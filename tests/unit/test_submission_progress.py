@@ -157,20 +157,20 @@ def test_stuck_when_every_worker_refused_for_the_same_reason() -> None:
     assert stuck.cause == "refused" and stuck.same_reason and stuck.final
     assert stuck.shards == (0, 1, 2, 3) and stuck.job_ids == (100, 101, 102, 103)
     assert stuck.reasons == (FailureSummary(PICKLED, 12, MAX_FAILURES, (0, 1, 2, 3)),)
-    assert stuck.deadline == DEADLINE and not stuck.reclaimable
+    assert stuck.deadline == DEADLINE and stuck.reclaimable  # posted: cancelled at once
     text = "\n".join(stuck.lines())
     assert "shards 0-3 (jobs 100, 101, 102, 103) will never run" in text
     assert "for the same reason" in text and PICKLED in text
     assert "Nothing more will happen" in text
-    assert "`mesh job reclaim JOB` for each of jobs 100, 101, 102, 103" in text
-    assert f"after the deadline, {local_time(DEADLINE)}" in text
+    assert "comes back at once with `mesh job reclaim JOB` for each of jobs 100, 101, 102, " \
+        "103: no worker holds them, so it is cancelled now" in text
     assert "(4.4 MESH)" in text
     data = stuck.to_json()
     assert data["reason"] == PICKLED and data["same_reason"] is True
     assert data["reclaim"] == [f"mesh job reclaim {j}" for j in (100, 101, 102, 103)]
     assert data["deadline"] == DEADLINE and data["deadline_local"] == local_time(DEADLINE)
     assert data["escrow"] == str(44 * TOKEN // 10) and data["in_progress"] == 0
-    assert data["reclaimable_now"] is False and "will never run" in data["message"]
+    assert data["reclaimable_now"] is True and "will never run" in data["message"]
     assert PICKLED in stuck.summary() and "mesh job reclaim" in stuck.summary()
 
 
@@ -191,14 +191,15 @@ def test_stuck_with_different_reasons_and_shards_still_running() -> None:
     assert "The other 1 shard in progress go on." in text
 
 
-def test_stuck_past_the_deadline_can_be_reclaimed_now() -> None:
+def test_stuck_near_or_past_the_deadline_can_be_cancelled_now() -> None:
     late = shard(0, deadline=NOW + DEADLINE_MARGIN_S)
     assert diagnose_stuck([late]) is None  # no chain time: cannot tell
     stuck = diagnose_stuck([late], chain_now=NOW)
-    assert stuck is not None and stuck.cause == "deadline" and not stuck.reclaimable
+    assert stuck is not None and stuck.cause == "deadline" and stuck.reclaimable
     past = diagnose_stuck([shard(0, deadline=NOW - 1)], chain_now=NOW)
     assert past is not None and past.reclaimable
-    assert "`mesh job reclaim 100`: the deadline has passed, it works now" in past.summary()
+    assert "comes back at once with `mesh job reclaim 100`: no worker holds it" in (
+        past.summary())
     assert diagnose_stuck([shard(0, deadline=NOW + DEADLINE_MARGIN_S + 1)],
                           chain_now=NOW) is None
 
