@@ -40,6 +40,7 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 
 from meshcompute.chain.contracts import MeshActor
+from meshcompute.core.job import JobState
 from meshcompute.errors import (
     AuthError,
     ConfigError,
@@ -120,6 +121,9 @@ class _Batch:
 
     def pending(self) -> list[_ActiveJob]:
         return [job for job in self.jobs if not job.done and not job.abandoned]
+
+
+_RECOMMIT_TRIES = 5
 
 
 class _Abandoned(Exception):
@@ -495,6 +499,14 @@ class WorkerNode:
             except JobFailed as exc:
                 self._fail(job, str(exc))
                 del done[job]
+            except AuthError as exc:
+                if job.job_id in self._taken_away([job.job_id]):
+                    # its client cancelled it (or it moved on): only this job is lost
+                    self._commit_reverted(job, ContractRevert(
+                        "JobClosed", {"jobId": job.job_id}, detail=f"no longer posted: {exc}"))
+                    del done[job]
+                else:
+                    error = error or exc
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after the rest
                 error = error or exc
         if error is not None:
@@ -781,7 +793,51 @@ class WorkerNode:
         """Commit the output hashes on chain in one transaction with the batch's (latest)
         ticket. When some jobs of a multi-job ticket failed, the ticket no longer matches the
         jobs to commit (the contract takes a ticket's jobs all at once), so the node asks the
-        market for a ticket over the jobs it still holds (``renew``) and commits with that."""
+        market for a ticket over the jobs it still holds (``renew``) and commits with that.
+
+        When the commit reverts because the client cancelled some jobs of the batch meanwhile
+        (their on-chain job is no longer posted), those are dropped and the rest is committed
+        once more with a ticket over them: one client's cancel costs this node the cancelled
+        jobs' work only, never the whole batch's."""
+        try:
+            self._commit_once(batch, results)
+        except ContractRevert:
+            if len(results) == 1:
+                raise
+            gone = self._taken_away([job.job_id for job in results])
+            kept = {job: sha for job, sha in results.items() if job.job_id not in gone}
+            if not gone or not kept:
+                raise
+            for job in results:
+                if job.job_id in gone:
+                    self._commit_reverted(job, ContractRevert(
+                        "JobClosed", {"jobId": job.job_id}, detail="cancelled by its client "
+                        "or taken by another worker before this node's commit"))
+            self._emit("warning", message=f"jobs {sorted(gone)} of the batch were cancelled "
+                       f"before the commit; committing the other {len(kept)} again")
+            for attempt in range(_RECOMMIT_TRIES):
+                try:
+                    self._commit_once(batch, kept)
+                    return
+                except _Released:
+                    # the market's renewed ticket still names a cancelled job until it has
+                    # indexed the cancel: ask again shortly
+                    if attempt == _RECOMMIT_TRIES - 1:
+                        raise
+                    time.sleep(1.0)
+
+    def _taken_away(self, job_ids: list[int]) -> set[int]:
+        """Those of ``job_ids`` whose on-chain job is no longer posted (cancelled, or taken)."""
+        gone = set()
+        for job_id in job_ids:
+            try:
+                if self.actor.job(job_id).state is not JobState.POSTED:
+                    gone.add(job_id)
+            except MeshError:
+                continue
+        return gone
+
+    def _commit_once(self, batch: _Batch, results: dict[_ActiveJob, str]) -> None:
         jobs = list(results)
         for job in jobs:
             self._phase(job, "committing")

@@ -174,3 +174,52 @@ def test_honest_worker_appeals_failed_audit_once(stack: MarketStack):
     assert [e["job_id"] for e in events.named("appealed")] == [job_id]
     record = stack.world.job(job_id)
     assert record.state == JobState.APPEALED and record.worker == actor.address
+
+
+class _CancelsOne:
+    """Honest, except that while the batch runs the client cancels one of its jobs (a real
+    ``reclaim`` on chain), as a client may at any time before the commit."""
+
+    name = "honest (a client cancels mid-batch)"
+    appeals = True
+
+    def __init__(self, client: MeshActor, victim: int) -> None:
+        self.client, self.victim, self.done = client, victim, False
+
+    def before_run(self, job_id, program_sha256, inputs, emit):
+        return None
+
+    def after_run(self, job_id, program_sha256, inputs, output, emit):
+        if not self.done:
+            self.done = True
+            self.client.reclaim(self.victim)
+        return output
+
+
+def test_a_cancel_mid_batch_costs_the_worker_only_the_cancelled_job(stack: MarketStack):
+    from meshcompute.chain.contracts import JobParams
+    from meshcompute.core.spec import JobSpec
+    from meshcompute.units import TOKEN
+
+    client = stack.world.clients[1]
+    program, _, _ = mlp_job(batch=4, seed=3)
+    with stack.client_for(client) as market:
+        program_sha = market.put_blob(program)
+        specs = [market.put_spec(JobSpec(program=program_sha,
+                                         inputs=market.put_blob(mlp_job(batch=4, seed=10 + i)[1])))
+                 for i in range(3)]
+    deadline = stack.world.now() + 3600
+    ids = client.post_jobs([JobParams(spec_hash=bytes.fromhex(sha), reward=100 * TOKEN,
+                                      audit_fee=10 * TOKEN, collateral=50 * TOKEN,
+                                      deadline=deadline, audit_bps=0) for sha in specs])
+    victim = ids[1]
+    actor = stack.world.workers[2]
+    node, events = _node(stack, actor, threads=1)
+    node.policy = _CancelsOne(client, victim)
+    with _running(node):
+        _wait(lambda: events.named("committed"), what="the commit of the rest")
+    assert stack.world.job(victim).state == JobState.REFUNDED
+    for job_id in (ids[0], ids[2]):
+        record = stack.world.job(job_id)
+        assert record.state == JobState.COMMITTED and record.worker == actor.address
+    assert [e["job_id"] for e in events.named("commit_reverted")] == [victim]
