@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     rate_public_per_s: int = Field(default=500, ge=1)
     """Unsigned requests (reads: jobs, blobs, groups, health) a second per client IP."""
 
+    market_public_hosts: str = ""
+    """Comma-separated ``host[:port]`` names clients use to reach this market (as in their
+    ``MESH_MARKET_URL``). A signed request names the market it is for and is refused unless it
+    names one of these; empty accepts the request's own Host header, which stops a request
+    replayed as it was sent but not one whose Host header was rewritten: set it for a public
+    market."""
+
     market_max_connections: int = Field(default=1024, ge=1)
     """Most connections and tasks the market's HTTP server holds at once; beyond it new ones
     get HTTP 503 (uvicorn's ``limit_concurrency``)."""

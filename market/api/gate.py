@@ -186,7 +186,14 @@ class RequestGate:
         name = request.url.path.rsplit("/", 1)[-1] if kind is Kind.SIGNED_BLOB else None
         chain_id = await run_in_threadpool(self.chain_id)
         return verify_signed_request(request.headers, request.method, request.url.path, None,
-                                     chain_id, now=time.time(), body_sha256=name)
+                                     chain_id, now=time.time(), body_sha256=name,
+                                     markets=self._names(request))
+
+    def _names(self, request: Request) -> list[str]:
+        """This market's names: ``market_public_hosts``, else the request's Host header."""
+        configured = [name.strip() for name in self.settings.market_public_hosts.split(",")
+                      if name.strip()]
+        return configured or [request.headers.get("host", "")]
 
 
 def signed_request(request: Request) -> SignedRequest:

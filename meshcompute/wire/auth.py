@@ -16,7 +16,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from eth_account import Account
@@ -32,7 +32,9 @@ HEADER_NONCE = "X-Mesh-Nonce"
 HEADER_EXPIRES = "X-Mesh-Expires"
 HEADER_SIGNATURE = "X-Mesh-Signature"
 HEADER_BODY_SHA256 = "X-Mesh-Body-Sha256"
-AUTH_HEADERS = (HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES, HEADER_SIGNATURE, HEADER_BODY_SHA256)
+HEADER_MARKET = "X-Mesh-Market"
+AUTH_HEADERS = (HEADER_ADDRESS, HEADER_NONCE, HEADER_EXPIRES, HEADER_SIGNATURE, HEADER_BODY_SHA256,
+                HEADER_MARKET)
 _AUTH_NAMES = {name.lower(): name for name in AUTH_HEADERS}
 
 MAX_TTL_S = 300
@@ -42,6 +44,16 @@ DEFAULT_TTL_S = 60
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MARKET = re.compile(r"^[a-z0-9.\-\[\]:]{1,255}$")
+
+
+def market_name(base_url_or_host: str) -> str:
+    """The name a request is signed for: the market's ``host[:port]`` as the client reaches
+    it (lower case; a URL's scheme and path dropped)."""
+    text = base_url_or_host.strip().lower()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return text.split("/", 1)[0]
 
 
 def request_message(
@@ -53,15 +65,18 @@ def request_message(
     chain_id: int,
     nonce: str,
     expires: int,
+    market: str,
     body_sha256: str | None = None,
 ) -> str:
-    """The exact text that is signed (docs/market-api.md); ``path`` carries no query.
+    """The exact text that is signed (docs/market-api.md); ``path`` carries no query, and
+    ``market`` names the market it is for (:func:`market_name`).
 
     Give the raw ``body``, or its ``body_sha256`` when the body is streamed from a file."""
     if body_sha256 is None:
         body_sha256 = hashlib.sha256(body or b"").hexdigest()
     return (
         "meshcompute request\n"
+        f"market: {market}\n"
         f"address: {address}\n"
         f"method: {method.upper()}\n"
         f"path: {path}\n"
@@ -79,13 +94,17 @@ def sign_request(
     body: bytes,
     chain_id: int,
     *,
+    market: str,
     now: float | None = None,
     ttl_s: int = DEFAULT_TTL_S,
     body_sha256: str | None = None,
 ) -> dict[str, str]:
-    """The five ``X-Mesh-*`` headers authenticating one request by ``account``.
+    """The six ``X-Mesh-*`` headers authenticating one request by ``account`` to the market
+    ``market`` (its URL or ``host[:port]``: a request signed for one market is refused by
+    every other, even on the same chain).
 
     For a streamed body pass ``body=b""`` and its ``body_sha256``."""
+    market = market_name(market)
     if not 0 < ttl_s <= MAX_TTL_S:
         raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}], got {ttl_s}")
     address = to_checksum_address(account.address)
@@ -100,6 +119,7 @@ def sign_request(
         chain_id=chain_id,
         nonce=nonce,
         expires=expires,
+        market=market,
         body_sha256=body_sha256,
     )
     signature = account.sign_message(encode_defunct(text=text)).signature
@@ -109,6 +129,7 @@ def sign_request(
         HEADER_EXPIRES: str(expires),
         HEADER_SIGNATURE: "0x" + bytes(signature).hex(),
         HEADER_BODY_SHA256: body_sha256,
+        HEADER_MARKET: market,
     }
 
 
@@ -133,13 +154,15 @@ def verify_request(
     chain_id: int,
     *,
     now: float,
+    markets: Collection[str],
     body_sha256: str | None = None,
 ) -> str:
     """The checksummed address that signed this request; AuthError names what is wrong.
 
     See :func:`verify_signed_request`, which also returns the signed nonce and expiry."""
     return verify_signed_request(
-        headers, method, path, body, chain_id, now=now, body_sha256=body_sha256
+        headers, method, path, body, chain_id, now=now, markets=markets,
+        body_sha256=body_sha256,
     ).address
 
 
@@ -151,6 +174,7 @@ def verify_signed_request(
     chain_id: int,
     *,
     now: float,
+    markets: Collection[str],
     body_sha256: str | None = None,
 ) -> SignedRequest:
     """The signer, nonce, expiry and signed body hash of this request; AuthError names what
@@ -160,7 +184,8 @@ def verify_signed_request(
     so this needs no body: give ``body=None`` to check the headers before reading the body,
     then :func:`check_body` once it is read. Given ``body``, it is checked here too.
     ``body_sha256`` is the hash the route requires (a blob upload is signed over the blob's
-    name, and the store verifies the bytes): the signed hash must equal it.
+    name, and the store verifies the bytes): the signed hash must equal it. ``markets`` are
+    this market's names (:func:`market_name`): the request must be signed for one of them.
 
     Checks presence and shape of the headers, the expiry window (not past, at most
     :data:`MAX_TTL_S` ahead) and that the signature recovers to ``X-Mesh-Address``. The
@@ -188,6 +213,13 @@ def verify_signed_request(
     signed_sha = values[HEADER_BODY_SHA256]
     if not _SHA256.match(signed_sha):
         raise AuthError(f"{HEADER_BODY_SHA256} must be 64 lowercase hex characters")
+    market = values[HEADER_MARKET].lower()
+    if not _MARKET.match(market):
+        raise AuthError(f"{HEADER_MARKET} must be the market's host[:port]")
+    if market not in {market_name(name) for name in markets}:
+        raise AuthError(f"this request was signed for the market {market!r}, not this one "
+                        f"({', '.join(sorted(markets)) or 'no name'}): a request signed for "
+                        "one market is not accepted by another")
     if body_sha256 is not None and signed_sha != body_sha256:
         raise AuthError(f"this request must be signed over body-sha256 {body_sha256}, not "
                         f"{signed_sha}")
@@ -198,6 +230,7 @@ def verify_signed_request(
         chain_id=chain_id,
         nonce=nonce,
         expires=expires,
+        market=market,
         body_sha256=signed_sha,
     )
     try:
@@ -226,7 +259,7 @@ def check_body(signed: SignedRequest, body_sha256: str) -> None:
 
 
 def _auth_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The five auth headers; each must appear exactly once. A repeated header is refused:
+    """The six auth headers; each must appear exactly once. A repeated header is refused:
     servers read "the" value of a header differently (Starlette's ``headers[name]`` is the
     first, ``dict(headers.items())`` the last), so a second X-Mesh-Nonce could get a replayed
     request's signature checked with one nonce and the replay guard fed another."""

@@ -344,6 +344,8 @@ class MarketClient:
         self.account = account
         self._chain_id = chain_id
         self._path_prefix = urlsplit(self.base_url).path.rstrip("/")
+        # what requests are signed for: the Host this client sends (default ports dropped)
+        self._market_name = httpx.URL(self.base_url).netloc.decode()
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def __repr__(self) -> str:
@@ -451,7 +453,7 @@ class MarketClient:
         Conflict names the shards still open."""
         path = f"/groups/{group}/output"
         headers = sign_request(self._signer(), "GET", self._path_prefix + path, b"",
-                               self.chain_id)
+                               self.chain_id, market=self._market_name)
         return self._download("GET", path, what=f"group {group}'s output", headers=headers)
 
     # ------------------------------------------------------------------ signed writes
@@ -650,6 +652,7 @@ class MarketClient:
             self._path_prefix + path,
             body if isinstance(body, bytes) else b"",
             self.chain_id,
+            market=self._market_name,
             body_sha256=body_sha256,
         )
         headers["Content-Type"] = content_type

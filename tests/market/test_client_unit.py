@@ -106,7 +106,8 @@ def test_signed_requests_carry_verifiable_headers():
     def handler(request: httpx.Request) -> httpx.Response:
         body = request.read()
         seen["signer"] = verify_request(
-            request.headers, request.method, request.url.path, body, 31337, now=time.time()
+            request.headers, request.method, request.url.path, body, 31337, now=time.time(),
+            markets=[request.headers["host"]],
         )
         seen["body"] = json.loads(body)
         return httpx.Response(200, json={"leases": []})
@@ -124,7 +125,8 @@ def test_put_file_streams_and_signs_over_the_blob_hash(tmp_path):
     def handler(request: httpx.Request) -> httpx.Response:
         body = request.read()
         seen["signer"] = verify_request(
-            request.headers, request.method, request.url.path, body, 31337, now=time.time()
+            request.headers, request.method, request.url.path, body, 31337, now=time.time(),
+            markets=[request.headers["host"]],
         )
         seen["path"] = request.url.path
         return httpx.Response(201, json={"sha256": sha})

@@ -19,7 +19,7 @@ MARKET_SETTINGS = {"rate_base_per_s": 3, "rate_per_credit_per_s": 1.0, "rate_max
 
 def _heartbeat(mk, account) -> httpx.Response:
     body = b'{"running":[]}'
-    headers = sign_request(account, "POST", "/workers/heartbeat", body, 31337)
+    headers = sign_request(account, "POST", "/workers/heartbeat", body, 31337, market=mk.url)
     headers["Content-Type"] = "application/json"
     return httpx.post(mk.url + "/workers/heartbeat", content=body, headers=headers)
 
