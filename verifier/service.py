@@ -57,7 +57,9 @@ from meshcompute.core.lease import (
 )
 from meshcompute.errors import (
     AuthError,
+    ChainUnavailable,
     InsufficientFunds,
+    ServiceUnavailable,
     StaleJobRecord,
     TooLate,
     WrongJobState,
@@ -89,6 +91,12 @@ class ServiceConfig:
     half the window)."""
     max_attempts: int = 3
     """Recomputations tried for one task before it is given up."""
+    max_errors: int = 10
+    """Unexpected errors tolerated for one task before it is given up (its verdict then
+    escalates to another verifier, or the job is void: silence never pays). The market or
+    the chain being unreachable does not count. Between tries the task waits
+    ``poll_interval_s`` x 2^(errors - 1), at most ``max_backoff_s``."""
+    max_backoff_s: float = 120.0
 
 
 @dataclass
@@ -129,6 +137,8 @@ class VerifierService:
         self._windows = actor.config()
         self._commits: dict[int, tuple[int, int]] = {}
         """Job id -> (committed block, audit rate) from JobCommitted events seen this run."""
+        self._retry_at: dict[tuple[int, str], float] = {}
+        """(job id, kind) -> monotonic time before which a task that erred is not tried."""
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event | None = None) -> None:
@@ -165,14 +175,15 @@ class VerifierService:
                     self.journal.forget(job_id, AUDIT, save=False)
                     dropped += 1
                     continue
+            if time.monotonic() < self._retry_at.get((job_id, kind), 0.0):
+                report.waiting.append(job_id)  # backing off after an error
+                continue
             try:
                 outcome = self._process(job_id, kind, now)
             except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others
-                message = f"{type(exc).__name__}: {exc}"
-                self.journal.note_attempt(job_id, kind, message)
-                _event(logging.ERROR, "job_error", job_id=job_id, task=kind, error=message)
-                report.errors.append((job_id, message))
+                self._erred(job_id, kind, exc, report)
                 continue
+            self._retry_at.pop((job_id, kind), None)
             if isinstance(outcome, VerdictReady):
                 report.posted.append((job_id, kind, outcome.verdict))
             elif outcome == "wait":
@@ -180,6 +191,23 @@ class VerifierService:
         if dropped:
             self.journal.save()
         return report
+
+    def _erred(self, job_id: int, kind: str, exc: Exception, report: PollReport) -> None:
+        """An unexpected error of one task: logged; tried again after a backoff; given up
+        after ``max_errors`` (an unreachable market or chain never gives a task up)."""
+        message = f"{type(exc).__name__}: {exc}"
+        errors = self.journal.note_attempt(job_id, kind, message)
+        _event(logging.ERROR, "job_error", job_id=job_id, task=kind, error=message,
+               errors=errors)
+        report.errors.append((job_id, message))
+        if errors >= self.config.max_errors and not isinstance(
+                exc, ServiceUnavailable | ChainUnavailable):
+            self._retry_at.pop((job_id, kind), None)
+            self._skip(job_id, kind, f"gave up after {errors} errors; the last: {message}")
+            return
+        wait = min(self.config.max_backoff_s,
+                   self.config.poll_interval_s * 2 ** max(0, min(errors, 30) - 1))
+        self._retry_at[(job_id, kind)] = time.monotonic() + wait
 
     # ------------------------------------------------------------------ events
     def _follow_events(self) -> int:

@@ -138,6 +138,12 @@ def _e2e() -> dict[str, Any]:
     return run_e2e_bench()
 
 
+def _abuse() -> dict[str, Any]:
+    from meshcompute.mesh.bench.abuse import run_abuse_bench
+
+    return run_abuse_bench()
+
+
 #: name -> (section title, runner, renderer)
 SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], list[str]]]] = {
     "gas": (("Gas per job (`mesh bench gas --json`, anvil 1.7.1, solc 0.8.37, cancun, via IR, "
@@ -152,6 +158,8 @@ SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], li
                  "target e2e <= 1.2 x bare + 1 s)"), _overhead, render_plain),
     "e2e": (("End to end on the process stack (`mesh bench e2e --json`; target >= 50 settled "
             "jobs/s)"), _e2e, render_plain),
+    "abuse": (("The market under attack (`mesh bench abuse --json`; targets: no 5xx, RSS < 2x "
+               "idle, attackers within quota, honest p95 within 2x)"), _abuse, render_plain),
 }
 
 

@@ -86,6 +86,19 @@ def bench_match(
     emit(run_match_bench(workers, jobs, seed, scenario), as_json)
 
 
+@bench_app.command("abuse")
+def bench_abuse(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    duration: Annotated[float, typer.Option(min=5, help="Seconds of each phase.")] = 20.0,
+    attackers: Annotated[int, typer.Option(min=1, help="Attacker threads.")] = 4,
+) -> None:
+    """The market under attack (oversized bodies, blob floods from fresh keys, group-output
+    downloads, replays, malformed JSON) while an honest client and workers run jobs."""
+    from meshcompute.mesh.bench.abuse import run_abuse_bench
+
+    emit(run_abuse_bench(duration_s=duration, attackers=attackers), as_json)
+
+
 @bench_app.command("verify")
 def bench_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -369,3 +369,64 @@ def test_appeal_of_a_fail_that_could_not_be_judged_goes_to_the_worker(tmp_path: 
     stable.confirm = lambda spec, program, inputs: TRUTH
     lost = stable.appeal(8, rec, first_evidence, missing_output_is_final=False)
     assert lost.verdict is False
+
+
+class _Boom(Exception):
+    pass
+
+
+def _erring_service(tmp_path: Path, error: Exception):
+    """A VerifierService whose one pending appeal task raises ``error`` when processed (the
+    chain and the journal's surroundings stubbed: only the error handling runs)."""
+    from types import SimpleNamespace
+
+    from meshcompute.verifier.journal import Journal
+    from meshcompute.verifier.service import ServiceConfig, VerifierService
+
+    service = VerifierService.__new__(VerifierService)
+    service.actor = SimpleNamespace(w3=SimpleNamespace(eth=SimpleNamespace(
+        get_block=lambda _tag: {"timestamp": 1000}, block_number=10)))
+    service.journal = Journal(tmp_path / "journal.json")
+    service.journal.ensure(7, "appeal")
+    service.config = ServiceConfig(poll_interval_s=0.01, max_errors=4, max_backoff_s=0.05)
+    service.health_path = None
+    service._commits = {}
+    service._retry_at = {}
+    service._follow_events = lambda: 10
+    calls = []
+
+    def process(job_id, kind, now):
+        calls.append(job_id)
+        raise error
+
+    service._process = process
+    return service, calls
+
+
+def test_an_erring_task_backs_off_then_is_given_up(tmp_path: Path) -> None:
+    import time
+
+    service, calls = _erring_service(tmp_path, _Boom("unexpected"))
+    service.poll_once()
+    second = service.poll_once()  # within the backoff: not tried again
+    assert calls == [7] and second.waiting == [7]
+    deadline = time.monotonic() + 5
+    while service.journal.pending() and time.monotonic() < deadline:
+        service.poll_once()
+        time.sleep(0.01)
+    assert service.journal.pending() == [] and len(calls) == 4
+    task = service.journal.task(7, "appeal")
+    assert task["status"] == "skipped" and "gave up after 4 errors" in task["skip_reason"]
+
+
+def test_an_unreachable_market_never_gives_a_task_up(tmp_path: Path) -> None:
+    import time
+
+    from meshcompute.errors import ServiceUnavailable
+
+    service, calls = _erring_service(tmp_path, ServiceUnavailable("market down"))
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        service.poll_once()
+        time.sleep(0.01)
+    assert len(calls) > 4 and service.journal.pending() == [(7, "appeal")]

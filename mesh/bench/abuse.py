@@ -1,0 +1,286 @@
+"""``mesh bench abuse``: the market under attack while honest clients and workers work.
+
+A whole dev stack (:mod:`meshcompute.mesh.devstack`: anvil, Valkey, the market API and its
+rounds, two workers) on loopback. An honest client submits small jobs back to back and times
+its own market requests (a signed blob upload, an unsigned job read) through two phases of
+``duration_s`` each: first alone, then while attacker threads send, as fast as they can:
+
+- ``oversized``: unsigned 300 MiB bodies (``POST /workers``), streamed;
+- ``blob_flood``: unique 64 KiB blobs, each from a fresh key (no stake, no escrow);
+- ``group_output``: downloads of the honest client's group output, unsigned and signed by
+  strangers;
+- ``replay``: the honest client's own signed request sent again, and requests signed for
+  another market;
+- ``malformed``: malformed and 100,000-deep nested JSON, unsigned and signed by fresh keys.
+
+Figures: ``attack_requests`` (and per kind, by status), ``honest_jobs_settled`` per phase,
+``honest_p95_ms`` per phase, ``market_idle_rss_mib`` and ``market_max_rss_mib`` (the API
+process, sampled every 0.2 s), ``disk_bytes_written_by_attackers`` (the bytes of attacker
+uploads the market accepted) against the strangers' pool, ``server_errors`` (any 5xx, honest
+or attacker). Targets: no 5xx; max RSS < 2x idle; attackers' bytes within their quota; honest
+p95 under attack within 2x of the quiet phase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from meshcompute.mesh.bench.stack_bench import E2E_ENV, _client, _percentile
+from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
+
+QUOTA_ENV = {
+    "MESH_QUOTA_BASE_BYTES": str(1 << 20),
+    "MESH_QUOTA_STRANGERS_BYTES": str(16 << 20),
+}
+"""The bench's quotas: 1 MiB per key without standing, 16 MiB for all of them together."""
+
+_OVERSIZED = 300 << 20
+_BLOB = 64 << 10
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_kind: dict[str, Counter[int]] = {}
+        self.accepted_bytes = 0
+
+    def add(self, kind: str, status: int, accepted: int = 0) -> None:
+        with self.lock:
+            self.by_kind.setdefault(kind, Counter())[status] += 1
+            self.accepted_bytes += accepted
+
+    def server_errors(self) -> int:
+        return sum(n for counts in self.by_kind.values() for s, n in counts.items() if s >= 500)
+
+    def total(self) -> int:
+        return sum(sum(counts.values()) for counts in self.by_kind.values())
+
+
+def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2,
+                    attackers: int = 4) -> dict[str, Any]:
+    import httpx
+    import torch
+    from eth_account import Account
+
+    from meshcompute.execution.programs import export_program
+    from meshcompute.mesh.models import MLP
+    from meshcompute.wire.auth import sign_request
+
+    torch.manual_seed(0)
+    model = MLP(d_in=8, d_hidden=8, d_out=2, depth=2).eval()
+    program = export_program(model, (torch.randn(2, 8),))
+    config = StackConfig(workers=workers, cheaters=0, verifier=False, worker_slots=2,
+                         params=replace(FAST_PARAMS, challenge_window_s=1, min_audit_bps=0),
+                         extra_env=dict(E2E_ENV) | QUOTA_ENV)
+    with DevStack(config) as stack:
+        market_proc = stack.services["market-api"].process
+        assert market_proc is not None
+        pid = market_proc.pid
+        client = _client(stack)
+        url = stack.market_url
+        chain_id = stack.deployment.chain_id if stack.deployment else 31337
+        paid: set[int] = set()
+        rss: list[float] = []
+        stop_sampling = threading.Event()
+
+        def sample() -> None:
+            while not stop_sampling.is_set():
+                rss.append(_rss_mib(pid))
+                stop_sampling.wait(0.2)
+
+        # warm up: one submission to its payment (worker processes, program caches)
+        first = client.submit(program, (torch.randn(4, 8),), shards=4, pay="0.04",
+                              collateral="1", deadline="30m", audit_bps=0)
+        client.wait(first, timeout_s=300)
+        group = first.group
+        time.sleep(2)
+        idle_samples = []
+        for _ in range(10):
+            idle_samples.append(_rss_mib(pid))
+            time.sleep(0.1)
+        idle_rss = max(idle_samples)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        honest_errors: Counter[str] = Counter()
+
+        def honest_phase(label: str) -> dict[str, Any]:
+            latencies: list[float] = []
+            posted: list[int] = []
+            end = time.perf_counter() + duration_s
+            seed = 0
+            submission = None
+            while time.perf_counter() < end:
+                seed += 1
+                if submission is None or seed % 10 == 0:
+                    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(seed))
+                    submission = client.submit(program, (x,), shards=4, pay="0.04",
+                                               collateral="1", deadline="30m", audit_bps=0)
+                    posted += submission.job_ids
+                last = posted[-1]
+                for call in (lambda: client.market.put_blob(os.urandom(256)),
+                             lambda: client.market.job(last)):  # noqa: B023 - called at once
+                    start = time.perf_counter()
+                    try:
+                        call()
+                    except Exception as exc:  # noqa: BLE001 - counted, reported
+                        honest_errors[f"{label}: {type(exc).__name__}"] += 1
+                        status = getattr(exc, "status_code", 0)
+                        if status >= 500:
+                            tally.add("honest", status)
+                        continue
+                    latencies.append((time.perf_counter() - start) * 1000)
+                time.sleep(0.05)
+            drain = time.perf_counter() + 60
+            contracts = client.connection.contracts
+            while time.perf_counter() < drain:
+                done = {int(e.args["jobId"]) for e in contracts.job_events(posted, 0)
+                        if e.name == "JobPaid"}
+                if set(posted) <= done:
+                    break
+                time.sleep(0.5)
+            settled = {int(e.args["jobId"]) for e in contracts.job_events(posted, 0)
+                       if e.name == "JobPaid"}
+            paid.update(settled)
+            return {"p95_ms": round(_percentile(latencies, 0.95), 1),
+                    "p50_ms": round(_percentile(latencies, 0.5), 1),
+                    "requests": len(latencies), "jobs_posted": len(posted),
+                    "jobs_settled": len(settled & set(posted))}
+
+        tally = _Tally()
+        quiet = honest_phase("quiet")
+
+        # ---------------------------------------------------------------- attackers
+        stop = threading.Event()
+        honest_account = client.account
+        http = httpx.Client(timeout=30)
+
+        def oversized() -> None:
+            def body():
+                sent = 0
+                while sent < _OVERSIZED:
+                    chunk = b"x" * min(1 << 20, _OVERSIZED - sent)
+                    sent += len(chunk)
+                    yield chunk
+            try:
+                r = http.post(f"{url}/workers", content=body(),
+                              headers={"Content-Type": "application/json",
+                                       "Content-Length": str(_OVERSIZED)})
+                tally.add("oversized", r.status_code)
+            except httpx.HTTPError:
+                tally.add("oversized", 0)  # hung up on mid-body: refused unread
+
+        def blob_flood() -> None:
+            account = Account.create()
+            data = os.urandom(_BLOB)
+            sha = hashlib.sha256(data).hexdigest()
+            headers = sign_request(account, "PUT", f"/blobs/{sha}", b"", chain_id,
+                                   market=url, body_sha256=sha)
+            r = http.put(f"{url}/blobs/{sha}", content=data, headers=headers)
+            tally.add("blob_flood", r.status_code,
+                      accepted=len(data) if r.status_code == 201 else 0)
+
+        def group_output() -> None:
+            path = f"/groups/{group}/output"
+            tally.add("group_output", http.get(url + path).status_code)
+            stranger = Account.create()
+            headers = sign_request(stranger, "GET", path, b"", chain_id, market=url)
+            tally.add("group_output", http.get(url + path, headers=headers).status_code)
+
+        replayable = sign_request(honest_account, "POST", "/workers/heartbeat",
+                                  b'{"running":[]}', chain_id, market=url)
+
+        def replay() -> None:
+            body = b'{"running":[]}'
+            tally.add("replay", http.post(f"{url}/workers/heartbeat", content=body,
+                                          headers=replayable).status_code)
+            other = sign_request(Account.create(), "POST", "/leases", b'{"max_jobs":1}',
+                                 chain_id, market="other-market.example:8000")
+            tally.add("replay", http.post(f"{url}/leases", content=b'{"max_jobs":1}',
+                                          headers=other).status_code)
+
+        nested = b'{"max_jobs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+        def malformed() -> None:
+            for body in (b'{"max_jobs": 1,', nested):
+                tally.add("malformed", http.post(f"{url}/leases", content=body).status_code)
+                headers = sign_request(Account.create(), "POST", "/leases", body, chain_id,
+                                       market=url)
+                headers["Content-Type"] = "application/json"
+                tally.add("malformed", http.post(f"{url}/leases", content=body,
+                                                 headers=headers).status_code)
+
+        kinds = [blob_flood, group_output, replay, malformed, oversized]
+
+        def attacker(index: int) -> None:
+            n = index
+            while not stop.is_set():
+                try:
+                    kinds[n % len(kinds)]()
+                except httpx.HTTPError:
+                    tally.add(kinds[n % len(kinds)].__name__, 0)
+                n += 1
+
+        threads = [threading.Thread(target=attacker, args=(i,), daemon=True)
+                   for i in range(attackers)]
+        for thread in threads:
+            thread.start()
+        attacked = honest_phase("attack")
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        stop_sampling.set()
+        sampler.join(5)
+        http.close()
+        stack.check_alive()
+        sandboxed = stack.sandboxed
+    max_rss = max(rss) if rss else float("nan")
+    strangers_pool = int(QUOTA_ENV["MESH_QUOTA_STRANGERS_BYTES"])
+    server_errors = tally.server_errors()
+    return {
+        "attack_requests": tally.total(),
+        "attack_by_kind": {kind: {str(s): n for s, n in sorted(c.items())}
+                           for kind, c in tally.by_kind.items()},
+        "honest_jobs_settled": {"quiet": quiet["jobs_settled"],
+                                "attack": attacked["jobs_settled"]},
+        "honest_jobs_posted": {"quiet": quiet["jobs_posted"], "attack": attacked["jobs_posted"]},
+        "honest_p95_ms": {"quiet": quiet["p95_ms"], "attack": attacked["p95_ms"]},
+        "honest_p50_ms": {"quiet": quiet["p50_ms"], "attack": attacked["p50_ms"]},
+        "honest_requests": {"quiet": quiet["requests"], "attack": attacked["requests"]},
+        "honest_errors": dict(honest_errors),
+        "market_idle_rss_mib": round(idle_rss, 1),
+        "market_max_rss_mib": round(max_rss, 1),
+        "disk_bytes_written_by_attackers": tally.accepted_bytes,
+        "attackers_quota_bytes": strangers_pool,
+        "server_errors": server_errors,
+        "targets": {
+            "no_server_errors": server_errors == 0,
+            "rss_under_2x_idle": max_rss < 2 * idle_rss,
+            "attackers_within_quota": tally.accepted_bytes <= strangers_pool,
+            "honest_p95_within_2x": attacked["p95_ms"] <= 2 * quiet["p95_ms"],
+        },
+        "duration_s_per_phase": duration_s,
+        "attacker_threads": attackers,
+        "workers": workers,
+        "sandboxed": sandboxed,
+        "paid_total": len(paid),
+        "method": "dev stack on loopback; honest client: a submission of 4 shards every 10 "
+                  "probe rounds, each round a signed 256-byte blob upload and an unsigned job "
+                  "read, timed; attackers cycle oversized unsigned bodies, unique blobs from "
+                  "fresh keys, group-output downloads, replays and cross-market requests, "
+                  "malformed and deeply nested JSON; RSS of the market API process sampled "
+                  "every 0.2 s",
+    }
