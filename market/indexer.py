@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "mesh:idx:"
 _ANCESTOR_WINDOW = 64
+KEPT_BLOCK_HASHES = 4096
+"""Block hashes the index keeps behind its head, for reorg handling: a reorg deeper than this
+(none happens past finality on a live chain) finds no common ancestor among them and rewinds
+the whole index, which is slow but correct."""
 _SYNC_ATTEMPTS = 5
 
 
@@ -388,6 +392,11 @@ class ChainIndexer:
                     self._key("blocks"),
                     mapping={h.number: json.dumps([h.hash, h.parent_hash]) for h in headers},
                 )
+                # and forget as many hashes that fell more than KEPT_BLOCK_HASHES behind
+                old = [h.number - KEPT_BLOCK_HASHES for h in headers
+                       if h.number - KEPT_BLOCK_HASHES >= self.start_block]
+                if old:
+                    pipe.hdel(self._key("blocks"), *old)
                 if stored:
                     pipe.hset(
                         self._key("events"),

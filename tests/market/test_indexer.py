@@ -348,3 +348,28 @@ def test_indexer_verify_reports_a_record_behind_the_contract(
     world.outsider.finalize(job_id)  # not yet indexed
     with pytest.raises(ChainError, match=f"job {job_id}"):
         indexer.job_records(verify=True)
+
+
+def test_the_index_keeps_only_recent_block_hashes_and_survives_a_deeper_reorg(
+    world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
+) -> None:
+    from meshcompute.market import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 4)
+    indexer = make_indexer(world, redis_client, prefix)
+    paid_job(world)
+    chain.mine(10)
+    indexer.sync()
+    kept = sorted(int(n) for n in redis_client.hkeys(f"{prefix}blocks"))
+    head = world.w3.eth.block_number
+    assert kept == list(range(head - 3, head + 1))  # not one hash per block forever
+    assert_matches_chain(indexer, world)
+    # a reorg deeper than the kept hashes: no ancestor among them, the index rewinds whole
+    client = world.clients[0]
+    post = client.market.functions.postJob(world.params().as_tuple()).build_transaction(
+        {"from": client.address, "gas": 500_000})
+    chain._rpc("anvil_reorg", [8, [[{k: post[k] for k in ("from", "to", "data", "gas")}, 1]]])
+    world.resync()
+    report = indexer.sync()
+    assert report.reorged_blocks >= 8
+    assert_matches_chain(indexer, world)
