@@ -126,9 +126,14 @@ class ChainIndexer:
         *,
         start_block: int,
         prefix: str = DEFAULT_PREFIX,
+        min_reward: int = 0,
     ) -> None:
+        """``min_reward``: a posted job paying less is kept out of the open set (matching and
+        settlement never scan it; it is *dormant* until it ends), so a flood of 1-wei jobs with
+        far deadlines costs the market nothing per round."""
         if start_block < 0:
             raise BadInput(f"start_block must be >= 0, got {start_block}")
+        self.min_reward = int(min_reward)
         self.redis = redis
         self.contracts = contracts
         self.w3 = contracts.w3
@@ -207,7 +212,7 @@ class ChainIndexer:
             try:
                 pipe.watch(self._key("head"))
                 raw = pipe.hgetall(self._key("records"))
-                open_ids = [k for k, v in raw.items() if not _record_from_json(v).state.terminal]
+                open_ids = [k for k, v in raw.items() if self._is_open(_record_from_json(v))]
                 pipe.multi()
                 pipe.delete(self._key("open"))
                 if open_ids:
@@ -422,10 +427,16 @@ class ChainIndexer:
             pipe.hdel(self._key("records"), str(job_id))
         else:
             pipe.hset(self._key("records"), str(job_id), _record_to_json(record))
-        if record is None or record.state.terminal:
-            pipe.srem(self._key("open"), str(job_id))
-        else:
+        if record is not None and self._is_open(record):
             pipe.sadd(self._key("open"), str(job_id))
+        else:
+            pipe.srem(self._key("open"), str(job_id))
+
+    def _is_open(self, record: JobRecord) -> bool:
+        """Not ended, and not a posted job paying under ``min_reward`` (dormant)."""
+        if record.state.terminal:
+            return False
+        return not (record.state == JobState.POSTED and record.reward < self.min_reward)
 
     # ------------------------------------------------------------------ chain and store reads
     def _stored_hashes(self, numbers: Iterable[int]) -> dict[int, str]:

@@ -60,6 +60,7 @@ def info(rt: MarketRuntime) -> dict[str, Any]:
         "lease_s": rt.settings.lease_s,
         "max_bundle_bytes": rt.settings.max_bundle_bytes,
         "max_bundle_blobs": rt.settings.max_bundle_blobs,
+        "min_job_reward_wei": str(rt.settings.min_job_reward_wei),
     }
 
 

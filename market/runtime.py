@@ -89,7 +89,8 @@ class MarketRuntime:
     def indexer(self) -> ChainIndexer:
         from meshcompute.market.indexer import ChainIndexer
 
-        return ChainIndexer(self.redis, self.contracts, start_block=self.chain.deployment.block)
+        return ChainIndexer(self.redis, self.contracts, start_block=self.chain.deployment.block,
+                            min_reward=self.settings.min_job_reward_wei)
 
     @cached_property
     def settler(self) -> MeshActor:

@@ -257,6 +257,7 @@ class Client:
         reward = total // shards
         if reward == 0:
             raise BadInput("pay is too small to split over that many shards")
+        self._check_min_reward(reward)
         fee = parse_amount(audit_fee) if audit_fee is not None else reward
         stake = parse_amount(collateral) if collateral is not None else 2 * reward
         deadline_s = parse_duration(deadline)
@@ -515,6 +516,18 @@ class Client:
             data = self.market.get_blob(result_hash, verify=True)
             pieces.append(load_tensors(data, prefix="out"))
         return [torch.cat(parts, dim=0) for parts in zip(*pieces, strict=True)]
+
+    def _check_min_reward(self, reward: int) -> None:
+        """BadInput, before anything is uploaded or paid, when the market ignores jobs paying
+        ``reward`` per shard (``min_job_reward_wei`` in its ``/info``)."""
+        from meshcompute.units import format_mesh
+
+        floor = int(self.market.info().extra.get("min_job_reward_wei", 0) or 0)
+        if reward < floor:
+            raise BadInput(
+                f"the market offers no worker a job paying under {format_mesh(floor)} MESH per "
+                f"shard, and this one pays {format_mesh(reward)}: raise --pay (nothing was "
+                "uploaded or paid)")
 
     def reclaim(self, job_id: int) -> None:
         """Take back a job's escrow: at once for a job no worker holds on chain (a cancel),

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     settle_interval_s: float = Field(default=3.0, gt=0, le=3600)
     """Seconds between settlement rounds (``market.settle``)."""
 
+    min_job_reward_wei: int = Field(default=10**15, ge=0)
+    """A posted job paying less (default 0.001 MESH) is never offered and never scanned by
+    matching: a flood of 1-wei jobs with far deadlines costs the market nothing per round.
+    Applies as jobs are indexed; the SDK refuses to post below it (``/info``)."""
+
     gc_interval_s: float = Field(default=600.0, gt=0, le=86_400)
     """Seconds between blob garbage collections (``market.gc``)."""
 

@@ -145,6 +145,8 @@ class InfoOut(BaseModel):
     lease_s: int
     max_bundle_bytes: int
     max_bundle_blobs: int
+    min_job_reward_wei: str
+    """A posted job paying less per shard is never offered (decimal string)."""
 
 
 class BlobOut(BaseModel):

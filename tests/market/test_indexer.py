@@ -373,3 +373,20 @@ def test_the_index_keeps_only_recent_block_hashes_and_survives_a_deeper_reorg(
     report = indexer.sync()
     assert report.reorged_blocks >= 8
     assert_matches_chain(indexer, world)
+
+
+def test_posted_jobs_under_the_reward_floor_stay_out_of_the_open_scan(
+    world: World, redis_client, prefix: str
+) -> None:
+    contracts = MeshContracts(world.w3, world.deployment)
+    indexer = ChainIndexer(redis_client, contracts, start_block=world.deployment.block,
+                           prefix=prefix, min_reward=10)
+    (spam,) = world.post(reward=1)
+    (real,) = world.post()
+    indexer.sync()
+    assert set(indexer.open_job_records()) == {real}  # matching never reads the 1-wei job
+    assert indexer.job_record(spam).state == JobState.POSTED  # still indexed
+    world.clients[0].reclaim(spam)  # the client cancels it: it ends like any other
+    indexer.sync()
+    assert indexer.job_record(spam).state == JobState.REFUNDED
+    assert set(indexer.open_job_records()) == {real}

@@ -48,6 +48,11 @@ class RecordingMarket:
     def put_specs(self, specs: list[Any]) -> None:
         self.specs.extend(specs)
 
+    def info(self) -> Any:
+        return SimpleNamespace(extra={"min_job_reward_wei": str(self.min_reward)})
+
+    min_reward = 10**15
+
 
 def untouchable_client() -> Client:
     client = Client.__new__(Client)
@@ -182,3 +187,11 @@ def test_mesh_job_submit_refuses_before_paying(ordinary: bytes, tmp_path: Path,
     assert isinstance(result.exception, BadInput), result.output
     assert "input args.0" in str(result.exception)
     assert "nothing was uploaded or paid" in str(result.exception)
+
+
+def test_a_reward_under_the_markets_floor_is_refused_before_anything_is_paid() -> None:
+    client = offline_client()
+    client.market.min_reward = 10**18  # type: ignore[attr-defined]
+    with pytest.raises(BadInput, match="offers no worker a job paying under 1 MESH per shard"):
+        client.submit(mlp(), (torch.randn(4, 8),), shards=2, pay="1")
+    assert client.market.blobs == []  # type: ignore[attr-defined]
