@@ -31,34 +31,63 @@ def policy(settings: Settings) -> QuotaPolicy:
                        strangers_bytes=settings.quota_strangers_bytes)
 
 
+_ESCROWS: dict[int, tuple[int, dict[str, int]]] = {}
+"""id(runtime) -> (indexed block, open escrow per client) as of that block."""
+
+
+def open_escrows(rt: MarketRuntime) -> dict[str, int]:
+    """Reward and audit fee of each client's jobs not yet ended, as indexed (lower-case
+    addresses). Counted once per indexed block, however many requests ask."""
+    block = rt.indexer.indexed_block
+    cached = _ESCROWS.get(id(rt))
+    if cached is not None and cached[0] == block:
+        return cached[1]
+    escrows: dict[str, int] = {}
+    for record in rt.indexer.open_job_records().values():
+        who = record.client.lower()
+        escrows[who] = escrows.get(who, 0) + record.reward + record.audit_fee
+    _ESCROWS[id(rt)] = (block, escrows)
+    return escrows
+
+
 def open_escrow(rt: MarketRuntime, address: str) -> int:
-    """Reward and audit fee of ``address``'s jobs not yet ended, as indexed."""
-    who = address.lower()
-    return sum(record.reward + record.audit_fee
-               for record in rt.indexer.open_job_records().values()
-               if record.client.lower() == who)
+    return open_escrows(rt).get(address.lower(), 0)
+
+
+def cached_standing(rt: MarketRuntime, address: str) -> tuple[int, int] | None:
+    """``(stake, open escrow)`` from the cache, or None when it would take a chain read."""
+    if rt.settings.stake_cache_s <= 0:
+        return None
+    cached = rt.redis.get(f"{rt.state.prefix}credit-standing:{address.lower()}")
+    if cached is None:
+        return None
+    stake, escrow = (int(part) for part in cached.decode().split(":"))
+    return stake, escrow
 
 
 def standing(rt: MarketRuntime, address: str, *, fresh: bool = False) -> tuple[int, int]:
     """``(stake, open escrow)`` of ``address`` in wei, cached in Redis for ``stake_cache_s``
-    (every signed request's rate limit reads it); ``fresh`` recounts the escrow."""
-    key = f"{rt.state.prefix}credit-standing:{address.lower()}"
-    ttl = rt.settings.stake_cache_s
-    if ttl > 0 and not fresh:
-        cached = rt.redis.get(key)
+    (every signed request's rate limit reads it); ``fresh`` reads them again. The stake is
+    one chain read; the escrow comes from the index."""
+    if not fresh:
+        cached = cached_standing(rt, address)
         if cached is not None:
-            stake, escrow = (int(part) for part in cached.decode().split(":"))
-            return stake, escrow
-    stake = rt.standing(address).total_stake
+            return cached
+    position = rt.contracts.stake_of(address)
+    stake = position.free + position.locked
     escrow = open_escrow(rt, address)
+    ttl = rt.settings.stake_cache_s
     if ttl > 0:
-        rt.redis.set(key, f"{stake}:{escrow}", px=max(1, int(ttl * 1000)))
+        rt.redis.set(f"{rt.state.prefix}credit-standing:{address.lower()}", f"{stake}:{escrow}",
+                     px=max(1, int(ttl * 1000)))
     return stake, escrow
 
 
 def admit(rt: MarketRuntime, address: str, incoming: int, *, now: float) -> Admitted:
-    """QuotaExceeded unless ``incoming`` more bytes from ``address`` fit its quota."""
-    stake, escrow = standing(rt, address, fresh=True)
+    """QuotaExceeded unless ``incoming`` more bytes from ``address`` fit its quota (its
+    stake as cached by the rate limit, its escrow as of the latest indexed block)."""
+    stake, _ = standing(rt, address)
+    escrow = open_escrow(rt, address)
     own, strangers = rt.state.upload_usage(address, now=now,
                                            window_s=rt.settings.quota_window_s)
     reason = refusal(policy(rt.settings), Usage(own=own, strangers=strangers), incoming,

@@ -58,20 +58,28 @@ class RequestLimiter:
                     self._limiter = SlidingWindowCounterRateLimiter(storage)
         return self._limiter
 
-    def check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> None:
+    def check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> bool:
         """RateLimited when this request passes its rate: ``address``'s when it is signed,
-        else ``client_ip``'s; ServiceUnavailable when Redis cannot count."""
+        else ``client_ip``'s; ServiceUnavailable when Redis cannot count. Returns whether the
+        signer is a stranger (no stake, no open escrow)."""
         try:
-            self._check(rt, address=address, client_ip=client_ip)
+            return self._check(rt, address=address, client_ip=client_ip)
         except (StorageError, redis.RedisError) as exc:
             raise ServiceUnavailable(f"request rates cannot be counted: {exc}") from None
 
-    def _check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> None:
+    def _check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> bool:
         limiter = self._get(rt)
         if address is None:
             self._hit(limiter, self.settings.rate_public_per_s, "ip", client_ip,
                       f"requests from {client_ip}")
-            return
+            return False
+        if quotas.cached_standing(rt, address) is None:
+            # an address not seen lately costs a chain read: fresh keys are free to make, so
+            # those reads are rationed per client IP and in all
+            self._hit(limiter, self.settings.rate_lookups_per_ip_per_s, "lookup-ip",
+                      client_ip, f"requests from new addresses at {client_ip}")
+            self._hit(limiter, self.settings.rate_lookups_per_s, "lookup", "all",
+                      "requests from new addresses")
         stake, escrow = quotas.standing(rt, address)
         credits = max(0, stake) // TOKEN + max(0, escrow) // TOKEN
         rules = policy(self.settings)
@@ -80,6 +88,8 @@ class RequestLimiter:
         if stake <= 0 and escrow <= 0:
             self._hit(limiter, rules.strangers_per_s, "strangers", "all",
                       "signed requests from addresses without stake or escrow")
+            return True
+        return False
 
     @staticmethod
     def _hit(limiter: SlidingWindowCounterRateLimiter, per_s: int, kind: str, who: str,

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     """Signed requests a second all addresses without stake or open escrow may make
     together: fresh keys share this rate, never what staked workers and clients need."""
 
+    rate_lookups_per_s: int = Field(default=100, ge=1)
+    """Signed requests a second, in all, from addresses whose standing is not cached (each
+    costs the market a chain read; fresh keys are free to make)."""
+
+    rate_lookups_per_ip_per_s: int = Field(default=20, ge=1)
+    """The same, per client IP."""
+
     rate_public_per_s: int = Field(default=500, ge=1)
     """Unsigned requests (reads: jobs, blobs, groups, health) a second per client IP."""
 
@@ -126,6 +133,10 @@ class Settings(BaseSettings):
     names one of these; empty accepts the request's own Host header, which stops a request
     replayed as it was sent but not one whose Host header was rewritten: set it for a public
     market."""
+
+    market_stranger_concurrency: int = Field(default=2, ge=1)
+    """Signed requests from addresses without stake or open escrow the market serves at
+    once (the rest wait their turn), whatever their number."""
 
     market_max_connections: int = Field(default=1024, ge=1)
     """Most connections and tasks the market's HTTP server holds at once; beyond it new ones

@@ -22,7 +22,9 @@ What each route may carry (:class:`Kind`), found from the app's own routes:
 
 Before any body is read, the request must also be within its rate (``market/ratelimit.py``:
 a signed request its address's, from its stake and open escrow; an unsigned one its client
-IP's): 429 with Retry-After otherwise.
+IP's): 429 with Retry-After otherwise. Signed requests of strangers (no stake, no open
+escrow) are then served ``market_stranger_concurrency`` at a time: a flood from fresh keys
+queues behind itself, not in front of staked workers and paying clients.
 
 The nonce is claimed by the route's dependency (:func:`deps.authenticate`), once the request
 is known to be whole; a replayed request thus costs the market at most one capped body.
@@ -30,6 +32,7 @@ is known to be whole; a replayed request thus costs the market at most one cappe
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import time
@@ -116,12 +119,15 @@ class RequestGate:
 
     def __init__(self, app: ASGIApp, *, settings: Settings, routes: Sequence[APIRoute],
                  chain_id: Callable[[], int], signer: Callable[..., Any],
-                 limit: Callable[[str | None, str], None]) -> None:
+                 limit: Callable[[str | None, str], bool]) -> None:
         self.app = app
         self.settings = settings
         self.chain_id = chain_id
         self.limit = limit
         self.routes = [(route, route_kind(route, signer)) for route in routes]
+        # signed requests of strangers (no stake, no open escrow) run a few at a time, so
+        # their floods queue among themselves, not in front of staked workers and clients
+        self._strangers = asyncio.Semaphore(settings.market_stranger_concurrency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,6 +146,28 @@ class RequestGate:
             await self.app(scope, _capped(receive, 0, kind), send)
             return
         try:
+            stranger = await self._limit_rate(scope, kind)
+        except MeshError as exc:
+            await _refuse(exc)(scope, receive, send)
+            return
+        if stranger:
+            async with self._strangers:
+                await self._serve(scope, receive, send, kind)
+        else:
+            await self._serve(scope, receive, send, kind)
+
+    async def _limit_rate(self, scope: Scope, kind: Kind) -> bool:
+        """The signature checked from the headers (a signed kind), then the caller's rate;
+        whether the signer is a stranger."""
+        address = None
+        if kind is not Kind.PUBLIC_JSON:
+            signed = await self._verify(Request(scope), kind)
+            scope.setdefault("state", {})[SIGNED] = signed
+            address = signed.address
+        return bool(await run_in_threadpool(self.limit, address, _client_ip(scope)))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: Kind) -> None:
+        try:
             body = await self._admit(scope, receive, kind)
         except MeshError as exc:
             await _refuse(exc)(scope, receive, send)
@@ -154,13 +182,7 @@ class RequestGate:
         the declared length, and for a JSON body the body itself, which is returned."""
         request = Request(scope)
         limit = self._limit(kind)
-        signed = None
-        if kind is not Kind.PUBLIC_JSON:
-            signed = await self._verify(request, kind)
-            scope.setdefault("state", {})[SIGNED] = signed
-        # within the caller's rate (its address's when signed), before any body is read
-        await run_in_threadpool(self.limit, signed.address if signed else None,
-                                _client_ip(scope))
+        signed = scope.get("state", {}).get(SIGNED)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_large(kind, limit, int(declared))
