@@ -213,10 +213,10 @@ def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec], address: str,
     admitted = quotas.admit(rt, address, sum(map(len, raw)), now=now)
     rt.state.keep_blobs([hashlib.sha256(data).hexdigest() for data in raw],
                         now + rt.settings.blob_grace_s)
-    stored = rt.blobs.put_many(raw)
-    quotas.charge(rt, admitted, sum(len(data) for data, (_, created) in zip(raw, stored,
-                                                                           strict=True)
-                                    if created), now=now)
+    with quotas.settled(rt, admitted, now=now) as settle:
+        stored = rt.blobs.put_many(raw)
+        settle(sum(len(data) for data, (_, created) in zip(raw, stored, strict=True)
+                   if created))
     return [sha for sha, _ in stored]
 
 
@@ -236,10 +236,10 @@ def store_bundle(rt: MarketRuntime, data: bytes, address: str,
     admitted = quotas.admit(rt, address, sum(new.values()), now=now)
     rt.state.keep_blobs([sha for sha, _ in blobs], now + rt.settings.blob_grace_s)
     # put_many checks the free space for the whole bundle (507) before writing any of it
-    stored = rt.blobs.put_many([blob for _, blob in blobs])
-    quotas.charge(rt, admitted, sum({sha: len(blob) for (sha, blob), (_, created)
-                                     in zip(blobs, stored, strict=True) if created}.values()),
-                  now=now)
+    with quotas.settled(rt, admitted, now=now) as settle:
+        stored = rt.blobs.put_many([blob for _, blob in blobs])
+        settle(sum({sha: len(blob) for (sha, blob), (_, created)
+                    in zip(blobs, stored, strict=True) if created}.values()))
     return [{"sha256": sha, "size": len(blob), "created": created}
             for (sha, blob), (_, created) in zip(blobs, stored, strict=True)]
 

@@ -5,6 +5,8 @@ numbers), and charges what a new blob stored."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from meshcompute.core.quota import QuotaPolicy, Usage, is_stranger, refusal
@@ -19,10 +21,12 @@ class QuotaExceeded(MeshError):
 
 @dataclass(frozen=True)
 class Admitted:
-    """An upload let in: who, and whether it counts against the strangers' pool."""
+    """An upload let in: who, whether it counts against the strangers' pool, and the bytes
+    reserved for it."""
 
     address: str
     stranger: bool
+    reserved: int = 0
 
 
 def policy(settings: Settings) -> QuotaPolicy:
@@ -85,21 +89,42 @@ def standing(rt: MarketRuntime, address: str, *, fresh: bool = False) -> tuple[i
 
 def admit(rt: MarketRuntime, address: str, incoming: int, *, now: float) -> Admitted:
     """QuotaExceeded unless ``incoming`` more bytes from ``address`` fit its quota (its
-    stake as cached by the rate limit, its escrow as of the latest indexed block)."""
+    stake as cached by the rate limit, its escrow as of the latest indexed block). The bytes
+    are reserved at once (uploads running side by side each see the others'), and settled
+    by :func:`charge` with what was actually stored."""
     stake, _ = standing(rt, address)
     escrow = open_escrow(rt, address)
-    own, strangers = rt.state.upload_usage(address, now=now,
-                                           window_s=rt.settings.quota_window_s)
-    reason = refusal(policy(rt.settings), Usage(own=own, strangers=strangers), incoming,
+    stranger = is_stranger(stake=stake, escrow=escrow)
+    window = rt.settings.quota_window_s
+    rt.state.charge_upload(address, incoming, stranger=stranger, now=now, window_s=window)
+    own, strangers = rt.state.upload_usage(address, now=now, window_s=window)
+    reason = refusal(policy(rt.settings),
+                     Usage(own=own - incoming, strangers=strangers - incoming), incoming,
                      stake=stake, escrow=escrow)
     if reason is not None:
+        rt.state.charge_upload(address, -incoming, stranger=stranger, now=now,
+                               window_s=window)
         rt.state.incr_metric("uploads_over_quota")
         raise QuotaExceeded(reason)
-    return Admitted(address=address, stranger=is_stranger(stake=stake, escrow=escrow))
+    return Admitted(address=address, stranger=stranger, reserved=incoming)
 
 
 def charge(rt: MarketRuntime, admitted: Admitted, size: int, *, now: float) -> None:
-    """Count ``size`` bytes of new blobs against the admitted upload's quota."""
-    if size > 0:
-        rt.state.charge_upload(admitted.address, size, stranger=admitted.stranger, now=now,
+    """Settle an admitted upload: ``size`` bytes of new blobs were stored (the reservation
+    is replaced by them; nothing stored gives it all back)."""
+    change = size - admitted.reserved
+    if change:
+        rt.state.charge_upload(admitted.address, change, stranger=admitted.stranger, now=now,
                                window_s=rt.settings.quota_window_s)
+
+
+@contextmanager
+def settled(rt: MarketRuntime, admitted: Admitted, *, now: float) -> Iterator[Callable[[int],
+                                                                                     None]]:
+    """Settle ``admitted`` with what the block stored (call the yielded function with the
+    bytes of new blobs); when it raises first, the whole reservation is given back."""
+    stored: list[int] = []
+    try:
+        yield stored.append
+    finally:
+        charge(rt, admitted, stored[-1] if stored else 0, now=now)

@@ -75,3 +75,35 @@ def test_a_clients_open_escrow_raises_its_allowance(mk):
     index_and_match(mk)
     client.put_blob(more)
     assert _stored(mk, more)
+
+
+def test_uploads_side_by_side_never_pass_the_pool_together(mk):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def upload(_: int) -> int:
+        data = _blob(1000)
+        try:
+            _stranger(mk).put_blob(data)
+        except BadInput:
+            return 0
+        return len(data)
+
+    with ThreadPoolExecutor(12) as pool:
+        accepted = sum(pool.map(upload, range(12)))
+    assert 0 < accepted <= MARKET_SETTINGS["quota_strangers_bytes"]
+
+
+def test_a_failed_upload_gives_its_reservation_back(mk):
+    import httpx
+
+    from meshcompute.wire.auth import sign_request
+
+    account = Account.create()
+    client = mk.client(account)
+    claimed = hashlib.sha256(b"what was promised").hexdigest()
+    for _ in range(3):  # 3 x 3000 bytes that do not hash to their name: 400, nothing kept
+        headers = sign_request(account, "PUT", f"/blobs/{claimed}", b"", 31337,
+                               body_sha256=claimed, market=mk.url)
+        answer = httpx.put(f"{mk.url}/blobs/{claimed}", content=_blob(3000), headers=headers)
+        assert answer.status_code == 400
+    client.put_blob(_blob(4000))  # the whole allowance is still there

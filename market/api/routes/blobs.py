@@ -74,10 +74,12 @@ async def put_blob(
     # a stream of unknown length is admitted on its first byte and charged in full, so it
     # can pass its quota by at most one blob
     admitted = await run_in_threadpool(quotas.admit, runtime, address, size or 1, now=now)
-    created = await runtime.blobs.put_stream(sha256, request.stream(), declared_size=size)
-    if created:
-        await run_in_threadpool(quotas.charge, runtime, admitted, runtime.blobs.size(sha256),
-                                now=now)
+    created = False
+    try:
+        created = await runtime.blobs.put_stream(sha256, request.stream(), declared_size=size)
+    finally:  # the reservation becomes what was stored (nothing, when the upload failed)
+        await run_in_threadpool(quotas.charge, runtime, admitted,
+                                runtime.blobs.size(sha256) if created else 0, now=now)
     response.status_code = 201 if created else 200
     return {"sha256": sha256, "size": runtime.blobs.size(sha256), "created": created}
 
