@@ -26,7 +26,7 @@ from meshcompute.core.lease import (
     offer_lapsed,
 )
 from meshcompute.core.spec import JobSpec, client_group
-from meshcompute.errors import AuthError, BadInput, Conflict, NotFound
+from meshcompute.errors import AuthError, BadInput, ChainError, Conflict, NotFound
 from meshcompute.market import quotas
 from meshcompute.market.blobs import BlobTooLarge
 from meshcompute.market.runtime import MarketRuntime
@@ -211,12 +211,12 @@ def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec], address: str,
                 )
     raw = [spec.canonical_bytes() for spec in specs]
     admitted = quotas.admit(rt, address, sum(map(len, raw)), now=now)
-    rt.state.keep_blobs([hashlib.sha256(data).hexdigest() for data in raw],
-                        now + rt.settings.blob_grace_s)
     with quotas.settled(rt, admitted, now=now) as settle:
         stored = rt.blobs.put_many(raw)
-        settle(sum(len(data) for data, (_, created) in zip(raw, stored, strict=True)
-                   if created))
+        settle(sum(map(len, raw)))
+    # kept the grace period for their job to be posted (not the blobs they name: a spec of
+    # a few hundred bytes must not keep a large blob alive)
+    rt.state.keep_blobs([sha for sha, _ in stored], now + rt.settings.blob_grace_s)
     return [sha for sha, _ in stored]
 
 
@@ -224,24 +224,45 @@ def store_bundle(rt: MarketRuntime, data: bytes, address: str,
                  now: float) -> list[dict[str, Any]]:
     """Store every blob of the bundle ``data`` (:mod:`meshcompute.wire.bundle`) for
     ``address``; nothing is stored unless the whole bundle decodes, every blob hashes to its
-    name and fits the per-blob limit, and the blobs not yet stored fit ``address``'s upload
-    quota (QuotaExceeded). Returns ``{"sha256", "size", "created"}`` per blob, in bundle
+    name and fits the per-blob limit, and the blobs fit ``address``'s upload quota
+    (QuotaExceeded; a blob stored already counts too: uploading it keeps it longer). Returns ``{"sha256", "size", "created"}`` per blob, in bundle
     order."""
     blobs = decode_bundle(
         data, max_blobs=rt.settings.max_bundle_blobs, max_blob_bytes=rt.blobs.max_bytes
     )
     if not blobs:
         raise BadInput("a bundle must carry at least one blob")
-    new = {sha: len(blob) for sha, blob in blobs if not rt.blobs.exists(sha)}
-    admitted = quotas.admit(rt, address, sum(new.values()), now=now)
-    rt.state.keep_blobs([sha for sha, _ in blobs], now + rt.settings.blob_grace_s)
+    # every blob counts, stored already or not: uploading one again keeps it longer
+    size = sum({sha: len(blob) for sha, blob in blobs}.values())
+    admitted = quotas.admit(rt, address, size, now=now)
     # put_many checks the free space for the whole bundle (507) before writing any of it
     with quotas.settled(rt, admitted, now=now) as settle:
         stored = rt.blobs.put_many([blob for _, blob in blobs])
-        settle(sum({sha: len(blob) for (sha, blob), (_, created)
-                    in zip(blobs, stored, strict=True) if created}.values()))
+        settle(size)
+    rt.state.keep_blobs([sha for sha, _ in blobs], now + rt.settings.blob_grace_s)
     return [{"sha256": sha, "size": len(blob), "created": created}
             for (sha, blob), (_, created) in zip(blobs, stored, strict=True)]
+
+
+def check_servable(rt: MarketRuntime, hashes: Sequence[str]) -> None:
+    """NotFound for a blob submitted as a job's output but not yet committed on chain: until
+    the worker's commit is mined its client could fetch the output (its hash is in the
+    pending commit transaction) and cancel the job unpaid."""
+    pending = rt.state.pending_outputs(list(dict.fromkeys(hashes)))
+    if not pending:
+        return
+    records = rt.indexer.records_of(sorted(set(pending.values())))
+    for sha, job_id in pending.items():
+        record = records.get(job_id)
+        if record is not None and record.result_hash.hex() == sha:
+            continue
+        try:  # the index may lag the chain by a round: ask the chain itself
+            committed = rt.contracts.job(job_id).result_hash.hex() == sha
+        except ChainError:
+            committed = False
+        if not committed:
+            raise NotFound(f"blob {sha} is the output of job {job_id}, not committed on chain "
+                           "yet; it is served once the commit is mined")
 
 
 def bundle_entries(rt: MarketRuntime, hashes: Sequence[str]) -> list[tuple[str, int]]:
@@ -249,6 +270,7 @@ def bundle_entries(rt: MarketRuntime, hashes: Sequence[str]) -> list[tuple[str, 
     answer: NotFound names the first missing blob, BundleTooLarge (413) an answer that would
     exceed ``max_bundle_bytes``."""
     _check_bundle_count(rt, len(hashes), "blobs")
+    check_servable(rt, hashes)
     entries = [(sha, rt.blobs.size(sha)) for sha in hashes]
     total = bundle_size(entries)
     limit = rt.settings.max_bundle_bytes

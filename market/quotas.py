@@ -96,6 +96,12 @@ def admit(rt: MarketRuntime, address: str, incoming: int, *, now: float) -> Admi
     escrow = open_escrow(rt, address)
     stranger = is_stranger(stake=stake, escrow=escrow)
     window = rt.settings.quota_window_s
+    own, strangers = rt.state.upload_usage(address, now=now, window_s=window)
+    reason = refusal(policy(rt.settings), Usage(own=own, strangers=strangers), incoming,
+                     stake=stake, escrow=escrow)
+    if reason is not None:  # refused before reserving: a refusal writes nothing
+        rt.state.incr_metric("uploads_over_quota")
+        raise QuotaExceeded(reason)
     rt.state.charge_upload(address, incoming, stranger=stranger, now=now, window_s=window)
     own, strangers = rt.state.upload_usage(address, now=now, window_s=window)
     reason = refusal(policy(rt.settings),

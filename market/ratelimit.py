@@ -17,12 +17,11 @@ from limits.errors import StorageError
 from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from meshcompute.core.quota import RatePolicy, request_rate
+from meshcompute.core.quota import RatePolicy, credits_of, is_stranger, request_rate
 from meshcompute.errors import MeshError, ServiceUnavailable
 from meshcompute.market import quotas
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.settings import Settings
-from meshcompute.units import TOKEN
 
 
 class RateLimited(MeshError):
@@ -64,8 +63,13 @@ class RequestLimiter:
         signer is a stranger (no stake, no open escrow)."""
         try:
             return self._check(rt, address=address, client_ip=client_ip)
+        except MeshError:
+            raise
         except (StorageError, redis.RedisError) as exc:
             raise ServiceUnavailable(f"request rates cannot be counted: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a node error reading the stake: 503, not 500
+            raise ServiceUnavailable(f"the signer's standing cannot be read: "
+                                     f"{type(exc).__name__}: {exc}") from None
 
     def _check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> bool:
         limiter = self._get(rt)
@@ -81,11 +85,11 @@ class RequestLimiter:
             self._hit(limiter, self.settings.rate_lookups_per_s, "lookup", "all",
                       "requests from new addresses")
         stake, escrow = quotas.standing(rt, address)
-        credits = max(0, stake) // TOKEN + max(0, escrow) // TOKEN
+        credits = credits_of(stake=stake, escrow=escrow)
         rules = policy(self.settings)
         self._hit(limiter, request_rate(rules, credits=credits), "address", address.lower(),
                   f"signed requests from {address}")
-        if stake <= 0 and escrow <= 0:
+        if is_stranger(stake=stake, escrow=escrow):
             self._hit(limiter, rules.strangers_per_s, "strangers", "all",
                       "signed requests from addresses without stake or escrow")
             return True

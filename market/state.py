@@ -571,10 +571,21 @@ class MarketState:
 
     # ------------------------------------------------------------------ results, groups
     def save_result(self, job_id: int, worker: str, output_sha256: str, now: float) -> None:
-        self.r.hset(
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(
             self._k("result", job_id),
             mapping={"worker": worker, "output_sha256": output_sha256, "at": now},
         )
+        # the output is not served until it is committed on chain (see pending_outputs)
+        pipe.set(self._k("pending-output", output_sha256), int(job_id), ex=86_400)
+        pipe.execute()
+
+    def pending_outputs(self, shas: Sequence[str]) -> dict[str, int]:
+        """Those of ``shas`` submitted as a job's output (within a day), with the job."""
+        if not shas:
+            return {}
+        values = self.r.mget([self._k("pending-output", sha) for sha in shas])
+        return {sha: int(v) for sha, v in zip(shas, values, strict=True) if v is not None}
 
     def result(self, job_id: int) -> dict[str, str] | None:
         data = self.r.hgetall(self._k("result", job_id))

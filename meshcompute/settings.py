@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     """Signed requests from addresses without stake or open escrow the market serves at
     once (the rest wait their turn), whatever their number."""
 
+    market_stranger_wait_s: float = Field(default=5.0, gt=0)
+    """How long a stranger's signed request waits for one of those places before it gets 429
+    (a few slow strangers cannot queue the rest up without end)."""
+
+    market_body_timeout_s: float = Field(default=30.0, gt=0)
+    """A JSON body must arrive within this many seconds (408 otherwise)."""
+
     market_max_connections: int = Field(default=1024, ge=1)
     """Most connections and tasks the market's HTTP server holds at once; beyond it new ones
     get HTTP 503 (uvicorn's ``limit_concurrency``)."""

@@ -799,32 +799,37 @@ class WorkerNode:
         (their on-chain job is no longer posted), those are dropped and the rest is committed
         once more with a ticket over them: one client's cancel costs this node the cancelled
         jobs' work only, never the whole batch's."""
-        try:
-            self._commit_once(batch, results)
-        except ContractRevert:
-            if len(results) == 1:
-                raise
-            gone = self._taken_away([job.job_id for job in results])
-            kept = {job: sha for job, sha in results.items() if job.job_id not in gone}
-            if not gone or not kept:
-                raise
-            for job in results:
-                if job.job_id in gone:
-                    self._commit_reverted(job, ContractRevert(
-                        "JobClosed", {"jobId": job.job_id}, detail="cancelled by its client "
-                        "or taken by another worker before this node's commit"))
-            self._emit("warning", message=f"jobs {sorted(gone)} of the batch were cancelled "
-                       f"before the commit; committing the other {len(kept)} again")
-            for attempt in range(_RECOMMIT_TRIES):
-                try:
-                    self._commit_once(batch, kept)
+        remaining = dict(results)
+        cancelled = False
+        for attempt in range(_RECOMMIT_TRIES):
+            try:
+                self._commit_once(batch, remaining)
+                return
+            except ContractRevert:
+                if len(results) == 1:
+                    raise
+                gone = self._taken_away([job.job_id for job in remaining])
+                if not gone:
+                    raise
+                for job in list(remaining):
+                    if job.job_id in gone:
+                        del remaining[job]
+                        self._commit_reverted(job, ContractRevert(
+                            "JobClosed", {"jobId": job.job_id}, detail="cancelled by its "
+                            "client or taken by another worker before this node's commit"))
+                if not remaining:
                     return
-                except _Released:
-                    # the market's renewed ticket still names a cancelled job until it has
-                    # indexed the cancel: ask again shortly
-                    if attempt == _RECOMMIT_TRIES - 1:
-                        raise
-                    time.sleep(1.0)
+                cancelled = True
+                self._emit("warning", message=f"jobs {sorted(gone)} of the batch were "
+                           f"cancelled before the commit; committing the other "
+                           f"{len(remaining)} again")
+            except _Released:
+                # after a cancel, the market's renewed ticket still names the cancelled job
+                # until it has indexed the cancel: ask again shortly
+                if not cancelled or attempt == _RECOMMIT_TRIES - 1:
+                    raise
+                time.sleep(1.0)
+        raise _Released("the batch could not be committed after its jobs were cancelled")
 
     def _taken_away(self, job_ids: list[int]) -> set[int]:
         """Those of ``job_ids`` whose on-chain job is no longer posted (cancelled, or taken)."""

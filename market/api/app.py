@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 
 from meshcompute.market.api.deps import LazyRuntime, signed_address
 from meshcompute.market.api.errors import ERROR_RESPONSES, install_error_handlers
-from meshcompute.market.api.gate import RequestGate
+from meshcompute.market.api.gate import RequestGate, check_public_hosts
 from meshcompute.market.api.routes import (
     blobs,
     groups,
@@ -43,7 +43,12 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
         description="Operator service of the meshcompute marketplace; see docs/market-api.md.",
         responses=ERROR_RESPONSES,
     )
-    lazy = LazyRuntime(lambda: runtime or MarketRuntime.from_settings(settings))
+    def build() -> MarketRuntime:
+        built = runtime or MarketRuntime.from_settings(settings)
+        check_public_hosts(settings, built.chain_id)
+        return built
+
+    lazy = LazyRuntime(build)
     app.state.runtime = lazy
     install_error_handlers(app)
     routers = [module.router for module in

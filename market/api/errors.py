@@ -23,7 +23,7 @@ from meshcompute.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from meshcompute.market.api.gate import BodyTooLarge
+from meshcompute.market.api.gate import BodyTimeout, BodyTooLarge
 from meshcompute.market.api.schemas import ErrorOut
 from meshcompute.market.blobs import BlobTooLarge, HashMismatch, StoreFull
 from meshcompute.market.operations import Forbidden
@@ -36,7 +36,7 @@ log = logging.getLogger("market.api")
 #: The error answers every route may give (documented in the OpenAPI schema).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut}
-    for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)
+    for code in (400, 401, 403, 404, 408, 409, 413, 422, 429, 503, 507)
 }
 
 
@@ -47,6 +47,7 @@ def status_of(exc: Exception) -> int:
         (BlobTooLarge, 413),
         (BundleTooLarge, 413),
         (BodyTooLarge, 413),
+        (BodyTimeout, 408),
         (StoreFull, 507),
         (QuotaExceeded, 429),
         (RateLimited, 429),

@@ -45,8 +45,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 
-from meshcompute.errors import AuthError, MeshError
+from meshcompute.errors import AuthError, ConfigError, MeshError
+from meshcompute.market.ratelimit import RateLimited
 from meshcompute.settings import Settings
+from meshcompute.units import DEV_CHAIN_ID
 from meshcompute.wire.auth import SignedRequest, check_body, verify_signed_request
 
 Scope = MutableMapping[str, Any]
@@ -93,6 +95,10 @@ endpoint, over a hash they know)."""
 
 class BodyTooLarge(MeshError):
     """A request body over its route's limit (HTTP 413)."""
+
+
+class BodyTimeout(MeshError):
+    """A JSON body that did not arrive in time (HTTP 408): a slow sender holds nothing."""
 
 
 def route_kind(route: APIRoute, signer: Callable[..., Any]) -> Kind:
@@ -151,8 +157,19 @@ class RequestGate:
             await _refuse(exc)(scope, receive, send)
             return
         if stranger:
-            async with self._strangers:
+            try:
+                await asyncio.wait_for(self._strangers.acquire(),
+                                       self.settings.market_stranger_wait_s)
+            except TimeoutError:
+                await _refuse(RateLimited(
+                    "the market is busy with requests from addresses without stake or open "
+                    "escrow; retry later (or stake to skip this queue)", 1.0))(
+                        scope, receive, send)
+                return
+            try:
                 await self._serve(scope, receive, send, kind)
+            finally:
+                self._strangers.release()
         else:
             await self._serve(scope, receive, send, kind)
 
@@ -188,7 +205,12 @@ class RequestGate:
             raise too_large(kind, limit, int(declared))
         if kind in (Kind.SIGNED_BLOB, Kind.SIGNED_BUNDLE):
             return None
-        body = await _read(receive, limit, kind)
+        try:
+            body = await asyncio.wait_for(_read(receive, limit, kind),
+                                          self.settings.market_body_timeout_s)
+        except TimeoutError:
+            raise BodyTimeout(f"the body did not arrive within "
+                              f"{self.settings.market_body_timeout_s:g} s") from None
         if signed is not None:
             check_body(signed, hashlib.sha256(body).hexdigest())
         return body
@@ -216,6 +238,16 @@ class RequestGate:
         configured = [name.strip() for name in self.settings.market_public_hosts.split(",")
                       if name.strip()]
         return configured or [request.headers.get("host", "")]
+
+
+def check_public_hosts(settings: Settings, chain_id: int) -> None:
+    """ConfigError when a market off the dev chain names no ``market_public_hosts``: it would
+    trust each request's Host header, which a replayer rewrites."""
+    if chain_id != DEV_CHAIN_ID and not settings.market_public_hosts.strip():
+        raise ConfigError(
+            f"MESH_MARKET_PUBLIC_HOSTS is required on chain id {chain_id}: the host[:port] "
+            "names clients reach this market by (a signed request names the market it is "
+            "for, and is refused by every other)")
 
 
 def signed_request(request: Request) -> SignedRequest:

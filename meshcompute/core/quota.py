@@ -9,7 +9,8 @@ sliding window (the blob retention period): what was uploaded longer ago no long
 
 - An address with standing may hold ``base_bytes + bytes_per_credit * credits`` in the
   window (``credits``: stake plus open escrow, in whole credits).
-- An address with none (a stranger, or a client before its first job is posted) may hold
+- An address with less than one credit of them (a stranger, or a client before its first
+  job is posted) may hold
   ``base_bytes``, and all strangers together at most ``strangers_bytes``: a thousand fresh
   keys fill the strangers' pool, not the disk, and never what staked workers and paying
   clients need.
@@ -42,12 +43,18 @@ class Usage:
 
 def allowance(policy: QuotaPolicy, *, stake: int, escrow: int) -> int:
     """Bytes an address with ``stake`` and ``escrow`` (wei) may upload in the window."""
-    credits = max(0, stake) // TOKEN + max(0, escrow) // TOKEN
-    return policy.base_bytes + policy.bytes_per_credit * credits
+    return policy.base_bytes + policy.bytes_per_credit * credits_of(stake=stake, escrow=escrow)
+
+
+def credits_of(*, stake: int, escrow: int) -> int:
+    """Whole credits of stake and of open escrow (each rounded down)."""
+    return max(0, stake) // TOKEN + max(0, escrow) // TOKEN
 
 
 def is_stranger(*, stake: int, escrow: int) -> bool:
-    return stake <= 0 and escrow <= 0
+    """Less than one whole credit of stake and open escrow: a wei of stake, or a tiny job
+    (refundable at once), buys no way out of the strangers' pool and rate."""
+    return credits_of(stake=stake, escrow=escrow) == 0
 
 
 def refusal(policy: QuotaPolicy, usage: Usage, incoming: int, *, stake: int,

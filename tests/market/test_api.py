@@ -486,3 +486,23 @@ def test_a_request_captured_at_another_market_is_refused_here(mk):
     assert response.status_code == 401
     assert "signed for the market 'other-market.example:8000', not this one" in (
         response.json()["detail"])
+
+
+def test_a_submitted_output_is_served_only_once_committed(mk):
+    worker = register(mk, mk.world.workers[0])
+    job_id = post(mk, upload_spec(mk.client(mk.world.clients[0].account)))
+    index_and_match(mk)
+    (lease,) = worker.lease(1)
+    output = b"the worker's output " + os.urandom(8)
+    sha = worker.put_blob(output)
+    worker.submit_result(job_id, sha)
+    # its hash is in the pending commit transaction: the client must not get it before
+    # the commit is mined (it could then cancel the job unpaid)
+    reader = mk.client()
+    with pytest.raises(NotFound, match=f"output of job {job_id}, not committed on chain yet"):
+        reader.get_blob(sha)
+    answer = httpx.post(mk.url + "/blobs/fetch", json={"sha256": [sha]})
+    assert answer.status_code == 404
+    mk.world.workers[0].assign_and_commit(lease.ticket, lease.signature, [bytes.fromhex(sha)],
+                                          records=[lease.record])
+    assert reader.get_blob(sha) == output  # committed: served (the index may still lag)

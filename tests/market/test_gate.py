@@ -82,3 +82,13 @@ def test_serve_passes_the_connection_and_header_limits_to_uvicorn(monkeypatch, t
 def test_the_json_limit_has_a_floor(size):
     with pytest.raises(ValueError, match="max_json_body_bytes"):
         Settings(max_json_body_bytes=size)
+
+
+def test_a_market_off_the_dev_chain_must_name_its_public_hosts(tmp_path):
+    from meshcompute.errors import ConfigError
+    from meshcompute.market.api.gate import check_public_hosts
+
+    check_public_hosts(Settings(data_dir=tmp_path), 31337)  # the dev chain: Host header
+    with pytest.raises(ConfigError, match="MESH_MARKET_PUBLIC_HOSTS is required on chain id 5"):
+        check_public_hosts(Settings(data_dir=tmp_path), 5)
+    check_public_hosts(Settings(data_dir=tmp_path, market_public_hosts="market.example"), 5)

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.anvil
 REDIS_DB = 5
 MARKET_SETTINGS = {"rate_base_per_s": 3, "rate_per_credit_per_s": 1.0, "rate_max_per_s": 50,
                    "rate_strangers_per_s": 5, "rate_public_per_s": 5, "stake_cache_s": 30,
-                   "rate_lookups_per_ip_per_s": 6}
+                   "rate_lookups_per_ip_per_s": 6, "market_stranger_concurrency": 1,
+                   "market_stranger_wait_s": 0.5, "market_body_timeout_s": 1.0}
 
 
 def _heartbeat(mk, account) -> httpx.Response:
@@ -56,3 +57,43 @@ def test_chain_reads_for_new_addresses_are_rationed(mk):
     limited = [a for a in answers if a.status_code == 429]
     assert any("requests from new addresses at 127.0.0.1" in a.json()["detail"]
                for a in limited)
+
+
+def test_a_slow_stranger_holds_its_place_one_body_timeout_and_the_next_waits_its_turn(mk):
+    import threading
+    import time
+
+    slow = Account.create()
+    body = b'{"running":[]}'
+    headers = sign_request(slow, "POST", "/workers/heartbeat", body, 31337, market=mk.url)
+    headers["Content-Type"] = "application/json"
+
+    def trickle():
+        yield body[:5]
+        time.sleep(2.0)  # past market_body_timeout_s
+        yield body[5:]
+
+    answers = {}
+
+    def send_slow():
+        try:
+            answers["slow"] = httpx.post(mk.url + "/workers/heartbeat", content=trickle(),
+                                         headers=headers, timeout=10)
+        except httpx.HTTPError as exc:  # the market may hang up on the rest of the body
+            answers["slow"] = exc
+
+    thread = threading.Thread(target=send_slow)
+    thread.start()
+    time.sleep(0.2)  # the slow stranger holds the one place for strangers
+    waiting = _heartbeat(mk, Account.create())
+    assert waiting.status_code == 429
+    assert "busy with requests from addresses without stake" in waiting.json()["detail"]
+    thread.join(15)
+    slow_answer = answers["slow"]
+    if isinstance(slow_answer, httpx.Response):
+        assert slow_answer.status_code == 408
+        assert "did not arrive within 1 s" in slow_answer.json()["detail"]
+    # a staked worker never waited behind them
+    worker = mk.world.workers[1]
+    register(mk, worker)
+    assert _heartbeat(mk, worker.account).status_code == 200

@@ -29,3 +29,12 @@ def test_standing_is_not_bound_by_the_strangers_pool():
     assert refusal(POLICY, full_pool, 140, stake=4 * TOKEN, escrow=0) is None
     over = refusal(POLICY, full_pool, 141, stake=4 * TOKEN, escrow=0)
     assert over is not None and "more stake or open escrow raises it" in over
+
+
+def test_a_wei_of_stake_or_a_tiny_job_is_still_a_stranger():
+    from meshcompute.core.quota import is_stranger
+
+    assert is_stranger(stake=1, escrow=TOKEN - 1)
+    assert not is_stranger(stake=TOKEN, escrow=0)
+    pool_full = Usage(own=0, strangers=POLICY.strangers_bytes)
+    assert refusal(POLICY, pool_full, 1, stake=1, escrow=10**15) is not None

@@ -40,6 +40,7 @@ def get_blob(sha256: Sha256Path, runtime: Runtime) -> FileResponse:
     path = runtime.blobs.path(sha256)
     if not path.is_file():
         raise NotFound(f"blob {sha256} is not in the store")
+    operations.check_servable(runtime, [sha256])
     return FileResponse(path, media_type="application/octet-stream")
 
 
@@ -63,23 +64,28 @@ async def put_blob(
     # that the bytes hash to it
     address = await authenticate(request, runtime)
     now = time.time()
-    # uploaded (again): kept at least the grace period, for its job to be posted
-    await run_in_threadpool(runtime.state.keep_blobs, [sha256],
-                            now + runtime.settings.blob_grace_s)
-    if runtime.blobs.exists(sha256):
-        response.status_code = 200
-        return {"sha256": sha256, "size": runtime.blobs.size(sha256), "created": False}
+    stored_already = runtime.blobs.exists(sha256)
     declared = request.headers.get("content-length")
-    size = int(declared) if declared and declared.isdigit() else None
-    # a stream of unknown length is admitted on its first byte and charged in full, so it
-    # can pass its quota by at most one blob
-    admitted = await run_in_threadpool(quotas.admit, runtime, address, size or 1, now=now)
+    length = int(declared) if declared and declared.isdigit() \
+        and "transfer-encoding" not in request.headers else None
+    # what this upload may store: the blob's size when it is there (uploading it again keeps
+    # it longer, so it counts like a new one), else the declared length, else the largest
+    # blob (a stream of unknown length is settled with what it turns out to be)
+    reserve = runtime.blobs.size(sha256) if stored_already else (
+        length if length is not None else runtime.blobs.max_bytes)
+    admitted = await run_in_threadpool(quotas.admit, runtime, address, reserve, now=now)
     created = False
     try:
-        created = await runtime.blobs.put_stream(sha256, request.stream(), declared_size=size)
-    finally:  # the reservation becomes what was stored (nothing, when the upload failed)
+        if not stored_already:
+            created = await runtime.blobs.put_stream(sha256, request.stream(),
+                                                     declared_size=length)
+    finally:  # the reservation becomes what is stored (nothing, when the upload failed)
+        stored = created or runtime.blobs.exists(sha256)
         await run_in_threadpool(quotas.charge, runtime, admitted,
-                                runtime.blobs.size(sha256) if created else 0, now=now)
+                                runtime.blobs.size_or_zero(sha256) if stored else 0, now=now)
+    # uploaded: kept at least the grace period, for its job to be posted
+    await run_in_threadpool(runtime.state.keep_blobs, [sha256],
+                            now + runtime.settings.blob_grace_s)
     response.status_code = 201 if created else 200
     return {"sha256": sha256, "size": runtime.blobs.size(sha256), "created": created}
 
