@@ -4,9 +4,10 @@ Every blob has a keep-until time (``MarketState.keep_blobs``):
 
 - an upload is kept ``blob_grace_s`` (a day) from its last upload, time to post its job;
 - each round, every blob an open job needs (its spec, program and inputs, the output its
-  worker submitted or committed, the evidence its verdicts name) is kept ``blob_retention_s``
-  (a week) from now; so once the job ends, its blobs stay at least that long, less one round:
-  long enough to download an output, to ``mesh verify`` it, to judge an appeal;
+  worker submitted or committed, the evidence its verdicts name), and every blob of a job
+  that ended since the last round, is kept ``blob_retention_s`` (a week) from now; so once
+  a job ends its blobs stay at least that long: long enough to download an output, to
+  ``mesh verify`` it, to judge an appeal;
 - a file the store holds that has no time yet (stored before collection existed, or a group's
   assembled output) gets the grace period when a round first sees it.
 
@@ -31,10 +32,13 @@ _VERDICT_STATES = frozenset({JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobSt
 _EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved")
 
 
-def needed_blobs(rt: MarketRuntime) -> set[str]:
-    """The blobs the open jobs need."""
+def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[str]:
+    """The blobs the open jobs need, and those of jobs that ended since ``ended_since`` (a
+    job posted and ended between two rounds still gets its full retention)."""
     needed: set[str] = set()
     records = rt.indexer.open_job_records()
+    if ended_since is not None:
+        records |= rt.indexer.ended_since(ended_since)
     results = rt.state.results(list(records))
     for job_id, record in records.items():
         spec_sha = record.spec_hash.hex()
@@ -61,8 +65,12 @@ def collect_round(rt: MarketRuntime, *, now: float | None = None) -> dict[str, A
     delete what is past its time. Returns counts."""
     now = time.time() if now is None else now
     settings = rt.settings
-    needed = needed_blobs(rt)
+    last = rt.redis.get(f"{rt.state.prefix}gc-last-round")
+    # jobs that ended since the last round (or, on a first round, within the retention)
+    since = float(last) if last is not None else now - settings.blob_retention_s
+    needed = needed_blobs(rt, ended_since=min(since, now) - 60)
     rt.state.keep_blobs(needed, now + settings.blob_retention_s)
+    rt.redis.set(f"{rt.state.prefix}gc-last-round", now)
     adopted = 0
     batch: list[str] = []
     for name in rt.blobs.names():

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -431,6 +432,17 @@ class ChainIndexer:
             pipe.sadd(self._key("open"), str(job_id))
         else:
             pipe.srem(self._key("open"), str(job_id))
+        if record is not None and record.state.terminal:
+            # when the index saw it end (wall time): blob retention counts from here
+            pipe.zadd(self._key("ended"), {str(job_id): time.time()}, nx=True)
+
+    def ended_since(self, since: float) -> dict[int, JobRecord]:
+        """The records of jobs the index saw end at or after ``since`` (unix seconds); older
+        entries of that list are dropped when a week older than ``since``."""
+        key = self._key("ended")
+        self.redis.zremrangebyscore(key, "-inf", since - 7 * 86_400)
+        ids = [int(i) for i in self.redis.zrangebyscore(key, since, "+inf")]
+        return self.records_of(ids)
 
     def _is_open(self, record: JobRecord) -> bool:
         """Not ended, and not a posted job paying under ``min_reward`` (dormant)."""

@@ -133,11 +133,18 @@ def group_output(rt: MarketRuntime, group: str, requester: str) -> str:
     cached = rt.state.group_output(group)
     if cached is not None and rt.blobs.exists(cached):
         return cached
-    data = _assemble(rt, group)
-    rt.state.keep_blobs([hashlib.sha256(data).hexdigest()],
-                        time.time() + rt.settings.blob_retention_s)
-    sha, _ = rt.blobs.put_bytes(data)
-    rt.state.set_group_output(group, sha)
+    # one assembly at a time per group: many downloads at once must not each build it
+    lock = f"{rt.state.prefix}group-assembling:{group}"
+    if not rt.redis.set(lock, 1, nx=True, ex=300):
+        raise Conflict(f"group {group}'s output is being assembled; ask again in a moment")
+    try:
+        data = _assemble(rt, group)
+        rt.state.keep_blobs([hashlib.sha256(data).hexdigest()],
+                            time.time() + rt.settings.blob_retention_s)
+        sha, _ = rt.blobs.put_bytes(data)
+        rt.state.set_group_output(group, sha)
+    finally:
+        rt.redis.delete(lock)
     return sha
 
 

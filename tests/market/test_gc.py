@@ -74,3 +74,17 @@ def test_files_without_a_time_get_the_grace_period_and_a_reupload_renews_it(mk):
     assert mk.rt.blobs.exists(sha)
     _round(mk, time.time() + GRACE + 1)
     assert not mk.rt.blobs.exists(sha)
+
+
+def test_a_job_that_ends_between_two_rounds_still_gets_the_retention(mk):
+    actor = mk.world.clients[0]
+    client = mk.client(actor.account)
+    now = time.time()
+    _round(mk, now)
+    spec = JobSpec(program=client.put_blob(os.urandom(40)), inputs=client.put_blob(os.urandom(40)))
+    client.put_spec(spec)
+    job_id = post(mk, spec)
+    actor.reclaim(job_id)  # cancelled at once: it never was open at a round
+    _round(mk, now + 10)
+    _round(mk, now + GRACE + 3600)  # past the uploads' grace period
+    assert mk.rt.blobs.exists(spec.program) and mk.rt.blobs.exists(spec.inputs)
