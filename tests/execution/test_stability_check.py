@@ -41,6 +41,9 @@ class FakeMarket:
     def put_specs(self, specs: list[object]) -> None:
         self.specs.extend(specs)
 
+    def info(self) -> object:
+        return SimpleNamespace(extra={"min_job_reward_wei": str(10**15)})
+
 
 def offline_client() -> Client:
     """A Client whose market and chain are stand-ins: submit runs up to posting."""

