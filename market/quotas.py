@@ -35,22 +35,17 @@ def policy(settings: Settings) -> QuotaPolicy:
                        strangers_bytes=settings.quota_strangers_bytes)
 
 
-_ESCROWS: dict[int, tuple[int, dict[str, int]]] = {}
-"""id(runtime) -> (indexed block, open escrow per client) as of that block."""
-
-
 def open_escrows(rt: MarketRuntime) -> dict[str, int]:
     """Reward and audit fee of each client's jobs not yet ended, as indexed (lower-case
     addresses). Counted once per indexed block, however many requests ask."""
     block = rt.indexer.indexed_block
-    cached = _ESCROWS.get(id(rt))
-    if cached is not None and cached[0] == block:
-        return cached[1]
+    if rt.escrows is not None and rt.escrows[0] == block:
+        return rt.escrows[1]
     escrows: dict[str, int] = {}
     for record in rt.indexer.open_job_records().values():
         who = record.client.lower()
         escrows[who] = escrows.get(who, 0) + record.reward + record.audit_fee
-    _ESCROWS[id(rt)] = (block, escrows)
+    rt.escrows = (block, escrows)
     return escrows
 
 
@@ -58,11 +53,15 @@ def open_escrow(rt: MarketRuntime, address: str) -> int:
     return open_escrows(rt).get(address.lower(), 0)
 
 
+def _standing_key(rt: MarketRuntime, address: str) -> str:
+    return f"{rt.state.prefix}credit-standing:{address.lower()}"
+
+
 def cached_standing(rt: MarketRuntime, address: str) -> tuple[int, int] | None:
     """``(stake, open escrow)`` from the cache, or None when it would take a chain read."""
     if rt.settings.stake_cache_s <= 0:
         return None
-    cached = rt.redis.get(f"{rt.state.prefix}credit-standing:{address.lower()}")
+    cached = rt.redis.get(_standing_key(rt, address))
     if cached is None:
         return None
     stake, escrow = (int(part) for part in cached.decode().split(":"))
@@ -71,8 +70,8 @@ def cached_standing(rt: MarketRuntime, address: str) -> tuple[int, int] | None:
 
 def standing(rt: MarketRuntime, address: str, *, fresh: bool = False) -> tuple[int, int]:
     """``(stake, open escrow)`` of ``address`` in wei, cached in Redis for ``stake_cache_s``
-    (every signed request's rate limit reads it); ``fresh`` reads them again. The stake is
-    one chain read; the escrow comes from the index."""
+    (every signed request's rate limit reads it); ``fresh`` skips the cache. The stake is one
+    chain read; the escrow comes from the index."""
     if not fresh:
         cached = cached_standing(rt, address)
         if cached is not None:
@@ -82,7 +81,7 @@ def standing(rt: MarketRuntime, address: str, *, fresh: bool = False) -> tuple[i
     escrow = open_escrow(rt, address)
     ttl = rt.settings.stake_cache_s
     if ttl > 0:
-        rt.redis.set(f"{rt.state.prefix}credit-standing:{address.lower()}", f"{stake}:{escrow}",
+        rt.redis.set(_standing_key(rt, address), f"{stake}:{escrow}",
                      px=max(1, int(ttl * 1000)))
     return stake, escrow
 

@@ -77,14 +77,15 @@ class RequestLimiter:
             self._hit(limiter, self.settings.rate_public_per_s, "ip", client_ip,
                       f"requests from {client_ip}")
             return False
-        if quotas.cached_standing(rt, address) is None:
+        cached = quotas.cached_standing(rt, address)
+        if cached is None:
             # an address not seen lately costs a chain read: fresh keys are free to make, so
             # those reads are rationed per client IP and in all
             self._hit(limiter, self.settings.rate_lookups_per_ip_per_s, "lookup-ip",
                       client_ip, f"requests from new addresses at {client_ip}")
             self._hit(limiter, self.settings.rate_lookups_per_s, "lookup", "all",
                       "requests from new addresses")
-        stake, escrow = quotas.standing(rt, address)
+        stake, escrow = cached or quotas.standing(rt, address, fresh=True)
         credits = credits_of(stake=stake, escrow=escrow)
         rules = policy(self.settings)
         self._hit(limiter, request_rate(rules, credits=credits), "address", address.lower(),

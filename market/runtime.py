@@ -55,6 +55,8 @@ class MarketRuntime:
     blobs: BlobStore
     assigner: LocalAccount
     _specs: dict[str, JobSpec] = field(default_factory=dict, repr=False)
+    escrows: tuple[int, dict[str, int]] | None = field(default=None, repr=False)
+    """(indexed block, open escrow per client) as of that block (``market.quotas``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MarketRuntime:
