@@ -57,6 +57,16 @@ def _standing_key(rt: MarketRuntime, address: str) -> str:
     return f"{rt.state.prefix}credit-standing:{address.lower()}"
 
 
+def _credited_key(rt: MarketRuntime, address: str) -> str:
+    return f"{rt.state.prefix}credited:{address.lower()}"
+
+
+def recently_credited(rt: MarketRuntime, address: str) -> bool:
+    """Whether ``address`` had stake or open escrow when its standing was last read, within
+    ``market_credited_memory_s``: its next chain read does not queue behind strangers'."""
+    return bool(rt.redis.exists(_credited_key(rt, address)))
+
+
 def cached_standing(rt: MarketRuntime, address: str) -> tuple[int, int] | None:
     """``(stake, open escrow)`` from the cache, or None when it would take a chain read."""
     if rt.settings.stake_cache_s <= 0:
@@ -83,6 +93,9 @@ def standing(rt: MarketRuntime, address: str, *, fresh: bool = False) -> tuple[i
     if ttl > 0:
         rt.redis.set(_standing_key(rt, address), f"{stake}:{escrow}",
                      px=max(1, int(ttl * 1000)))
+    if not is_stranger(stake=stake, escrow=escrow):
+        rt.redis.set(_credited_key(rt, address), 1,
+                     px=max(1, int(rt.settings.market_credited_memory_s * 1000)))
     return stake, escrow
 
 

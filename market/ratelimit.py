@@ -57,12 +57,16 @@ class RequestLimiter:
                     self._limiter = SlidingWindowCounterRateLimiter(storage)
         return self._limiter
 
-    def check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> bool:
+    def check(self, rt: MarketRuntime, *, address: str | None, client_ip: str,
+              lookup: bool = True) -> bool | None:
         """RateLimited when this request passes its rate: ``address``'s when it is signed,
         else ``client_ip``'s; ServiceUnavailable when Redis cannot count. Returns whether the
-        signer is a stranger (no stake, no open escrow)."""
+        signer is a stranger (no stake, no open escrow), or None, having counted nothing,
+        when that takes a chain read for an address that had no credit lately and ``lookup``
+        is False (the gate then queues the request among other such lookups and asks again
+        with ``lookup=True``)."""
         try:
-            return self._check(rt, address=address, client_ip=client_ip)
+            return self._check(rt, address=address, client_ip=client_ip, lookup=lookup)
         except MeshError:
             raise
         except (StorageError, redis.RedisError) as exc:
@@ -71,7 +75,8 @@ class RequestLimiter:
             raise ServiceUnavailable(f"the signer's standing cannot be read: "
                                      f"{type(exc).__name__}: {exc}") from None
 
-    def _check(self, rt: MarketRuntime, *, address: str | None, client_ip: str) -> bool:
+    def _check(self, rt: MarketRuntime, *, address: str | None, client_ip: str,
+               lookup: bool) -> bool | None:
         limiter = self._get(rt)
         if address is None:
             self._hit(limiter, self.settings.rate_public_per_s, "ip", client_ip,
@@ -79,6 +84,8 @@ class RequestLimiter:
             return False
         cached = quotas.cached_standing(rt, address)
         if cached is None:
+            if not lookup and not quotas.recently_credited(rt, address):
+                return None
             # an address not seen lately costs a chain read: fresh keys are free to make, so
             # those reads are rationed per client IP and in all
             self._hit(limiter, self.settings.rate_lookups_per_ip_per_s, "lookup-ip",

@@ -87,6 +87,12 @@ class MarketRuntime:
     def chain_id(self) -> int:
         return self.chain.chain_id
 
+    @property
+    def identity(self) -> tuple[int, str]:
+        """What a signed request to this market names besides its host: the chain id and the
+        JobMarket's address (a request signed for another deployment is refused)."""
+        return self.chain_id, self.chain.deployment.address("JobMarket")
+
     @cached_property
     def indexer(self) -> ChainIndexer:
         from meshcompute.market.indexer import ChainIndexer

@@ -72,7 +72,8 @@ def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> Non
                       f"redis {stack.redis_url}")
         account = stack.client_account
         connection = ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url)
-        market = MarketClient(stack.market_url, account, stack.deployment.chain_id)
+        market = MarketClient(stack.market_url, account, stack.deployment.chain_id,
+                          contract=stack.deployment.address("JobMarket"))
         settings = load_settings(market_url=stack.market_url)
         client = Client(account, connection=connection, market=market, settings=settings)
 

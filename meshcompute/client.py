@@ -188,7 +188,8 @@ class Client:
         self.connection = connection or connect(self.settings)
         self.actor = actor_for(self.connection, account)
         self.market = market or MarketClient(
-            self.settings.market_url, account, self.connection.deployment.chain_id
+            self.settings.market_url, account, self.connection.deployment.chain_id,
+            contract=self.connection.deployment.address("JobMarket"),
         )
         self.account = account
 

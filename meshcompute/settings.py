@@ -142,6 +142,15 @@ class Settings(BaseSettings):
     """How long a stranger's signed request waits for one of those places before it gets 429
     (a few slow strangers cannot queue the rest up without end)."""
 
+    market_lookup_concurrency: int = Field(default=2, ge=1)
+    """Chain reads of a signer's standing the market makes at once for addresses that had no
+    stake or escrow lately (fresh keys cost nothing to make; their lookups queue among
+    themselves, at most ``market_stranger_wait_s``, and never in front of known users')."""
+
+    market_credited_memory_s: float = Field(default=3600.0, gt=0)
+    """How long the market remembers that an address had stake or open escrow: its standing
+    is still re-read every ``stake_cache_s``, but outside the queue of unknown addresses."""
+
     market_body_timeout_s: float = Field(default=30.0, gt=0)
     """A JSON body must arrive within this many seconds (408 otherwise)."""
 

@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
     app.add_middleware(RequestGate, settings=settings,
                        routes=[route for router in routers for route in router.routes
                                if isinstance(route, APIRoute)],
-                       chain_id=lambda: lazy.get().chain_id, signer=signed_address,
-                       limit=lambda address, ip: limiter.check(lazy.get(), address=address,
-                                                               client_ip=ip))
+                       identity=lambda: lazy.get().identity, signer=signed_address,
+                       limit=lambda address, ip, lookup: limiter.check(
+                           lazy.get(), address=address, client_ip=ip, lookup=lookup))
     return app

@@ -120,20 +120,25 @@ def _depends_on(dependant: Any, call: Callable[..., Any]) -> bool:
 
 class RequestGate:
     """Pure ASGI middleware (see the module docstring) in front of ``routes`` (the app's
-    routes, as included without a prefix). ``chain_id`` gives the chain the signatures name
-    (it may block: it is called in a thread); ``signer`` is the dependency of signed routes."""
+    routes, as included without a prefix). ``identity`` gives the chain id and JobMarket
+    address the signatures name (it may block: it is called once, in a thread); ``signer`` is
+    the dependency of signed routes."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings, routes: Sequence[APIRoute],
-                 chain_id: Callable[[], int], signer: Callable[..., Any],
-                 limit: Callable[[str | None, str], bool]) -> None:
+                 identity: Callable[[], tuple[int, str]], signer: Callable[..., Any],
+                 limit: Callable[[str | None, str, bool], bool | None]) -> None:
         self.app = app
         self.settings = settings
-        self.chain_id = chain_id
+        self.identity = identity
         self.limit = limit
         self.routes = [(route, route_kind(route, signer)) for route in routes]
         # signed requests of strangers (no stake, no open escrow) run a few at a time, so
         # their floods queue among themselves, not in front of staked workers and clients
         self._strangers = asyncio.Semaphore(settings.market_stranger_concurrency)
+        # so do the chain reads of addresses with no stake or escrow lately (a fresh key's
+        # first request): a flood of fresh keys costs the market a few reads at a time
+        self._lookups = asyncio.Semaphore(settings.market_lookup_concurrency)
+        self._identity: tuple[int, str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,7 +150,7 @@ class RequestGate:
                 if _has_body(Request(scope).headers):
                     # refused unread (an unknown path too: a 404 would read the body to its end)
                     raise BodyTooLarge("this request takes no body")
-                await run_in_threadpool(self.limit, None, _client_ip(scope))
+                await run_in_threadpool(self.limit, None, _client_ip(scope), False)
             except MeshError as exc:
                 await _refuse(exc)(scope, receive, send)
                 return
@@ -158,13 +163,9 @@ class RequestGate:
             return
         if stranger:
             try:
-                await asyncio.wait_for(self._strangers.acquire(),
-                                       self.settings.market_stranger_wait_s)
-            except TimeoutError:
-                await _refuse(RateLimited(
-                    "the market is busy with requests from addresses without stake or open "
-                    "escrow; retry later (or stake to skip this queue)", 1.0))(
-                        scope, receive, send)
+                await self._wait(self._strangers)
+            except RateLimited as exc:
+                await _refuse(exc)(scope, receive, send)
                 return
             try:
                 await self._serve(scope, receive, send, kind)
@@ -181,7 +182,24 @@ class RequestGate:
             signed = await self._verify(Request(scope), kind)
             scope.setdefault("state", {})[SIGNED] = signed
             address = signed.address
-        return bool(await run_in_threadpool(self.limit, address, _client_ip(scope)))
+        client_ip = _client_ip(scope)
+        stranger = await run_in_threadpool(self.limit, address, client_ip, False)
+        if stranger is None:  # a chain read for an address without credit lately
+            await self._wait(self._lookups)
+            try:
+                stranger = await run_in_threadpool(self.limit, address, client_ip, True)
+            finally:
+                self._lookups.release()
+        return bool(stranger)
+
+    async def _wait(self, places: asyncio.Semaphore) -> None:
+        """One of ``places``, waited for at most ``market_stranger_wait_s`` (RateLimited)."""
+        try:
+            await asyncio.wait_for(places.acquire(), self.settings.market_stranger_wait_s)
+        except TimeoutError:
+            raise RateLimited(
+                "the market is busy with requests from addresses without stake or open "
+                "escrow; retry later (or stake to skip this queue)", 1.0) from None
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: Kind) -> None:
         try:
@@ -228,10 +246,12 @@ class RequestGate:
     async def _verify(self, request: Request, kind: Kind) -> SignedRequest:
         # headers only: a request without a valid signature is refused unread
         name = request.url.path.rsplit("/", 1)[-1] if kind is Kind.SIGNED_BLOB else None
-        chain_id = await run_in_threadpool(self.chain_id)
+        if self._identity is None:  # read once (the runtime is built on first use)
+            self._identity = await run_in_threadpool(self.identity)
+        chain_id, contract = self._identity
         return verify_signed_request(request.headers, request.method, request.url.path, None,
                                      chain_id, now=time.time(), body_sha256=name,
-                                     markets=self._names(request))
+                                     markets=self._names(request), contract=contract)
 
     def _names(self, request: Request) -> list[str]:
         """This market's names: ``market_public_hosts``, else the request's Host header."""

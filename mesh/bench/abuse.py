@@ -3,18 +3,20 @@
 A whole dev stack (:mod:`meshcompute.mesh.devstack`: anvil, Valkey, the market API and its
 rounds, two workers) on loopback. An honest client submits small jobs back to back and times
 its own market requests (a signed blob upload, an unsigned job read) through two phases of
-``duration_s`` each: first alone, then while attacker threads send, as fast as they can:
+``duration_s`` each: first alone, then while attacker threads offer each of ``rates``
+requests a second in all, then as fast as they can (a flood):
 
 - ``oversized``: unsigned 300 MiB bodies (``POST /workers``), streamed;
 - ``blob_flood``: unique 64 KiB blobs, each from a fresh key (no stake, no escrow);
 - ``group_output``: downloads of the honest client's group output, unsigned and signed by
   strangers;
 - ``replay``: the honest client's own signed request sent again, and requests signed for
-  another market;
+  another market and for another deployment (JobMarket) behind this market's host;
 - ``malformed``: malformed and 100,000-deep nested JSON, unsigned and signed by fresh keys.
 
 Figures: ``attack_requests`` (and per kind, by status), ``honest_jobs_settled`` per phase,
-``honest_p95_ms`` per phase, ``market_idle_rss_mib`` and ``market_max_rss_mib`` (the API
+``honest_p95_ms`` quiet and under the first offered rate (``honest_p95_ms_by_phase`` for
+all), ``market_idle_rss_mib`` and ``market_max_rss_mib`` (the API
 process, sampled every 0.2 s), ``disk_bytes_written_by_attackers`` (the bytes of attacker
 uploads the market accepted) against the strangers' pool, ``server_errors`` (any 5xx, honest
 or attacker). Targets: no 5xx; max RSS < 2x idle; attackers' bytes within their quota; honest
@@ -44,6 +46,8 @@ QUOTA_ENV = {
 
 _OVERSIZED = 300 << 20
 _BLOB = 64 << 10
+_REQUESTS_PER_ROUND = 11 / 5
+"""Requests one attack round sends on average (the five kinds send 1, 2, 3, 4 and 1)."""
 
 
 def _rss_mib(pid: int) -> float:
@@ -71,8 +75,8 @@ class _Tally:
         return sum(sum(counts.values()) for counts in self.by_kind.values())
 
 
-def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2,
-                    attackers: int = 4) -> dict[str, Any]:
+def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2, attackers: int = 4,
+                    rates: tuple[float, ...] = (200.0, 400.0)) -> dict[str, Any]:
     import torch
 
     from meshcompute.execution.programs import export_program
@@ -171,23 +175,35 @@ def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2,
         quiet = honest_phase("quiet")
 
         # ---------------------------------------------------------------- attackers
+        contract = stack.deployment.address("JobMarket")
         replayable = sign_request(client.account, "POST", "/workers/heartbeat",
-                                  b'{"running":[]}', chain_id, market=url)
+                                  b'{"running":[]}', chain_id, market=url, contract=contract)
         ctx = multiprocessing.get_context("spawn")
-        stop = ctx.Event()
-        results = ctx.Queue()
-        attack = ctx.Process(target=_attack_process, daemon=True,
-                             args=(url, chain_id, group, dict(replayable), attackers, stop,
-                                   results))
-        attack.start()
-        attacked = honest_phase("attack")
-        stop.set()
-        by_kind, accepted = results.get(timeout=120)
-        attack.join(30)
-        for kind, counts in by_kind.items():
-            for status, n in counts.items():
-                tally.by_kind.setdefault(kind, Counter())[int(status)] += n
-        tally.accepted_bytes += accepted
+
+        def attack_phase(rate: float | None) -> dict[str, Any]:
+            """One honest phase while the attackers offer ``rate`` requests a second in
+            all (None: as fast as they can); their answers are added to the tally."""
+            stop = ctx.Event()
+            results = ctx.Queue()
+            attack = ctx.Process(target=_attack_process, daemon=True,
+                                 args=(url, chain_id, contract, group, dict(replayable),
+                                       attackers, rate, stop, results))
+            attack.start()
+            started = time.perf_counter()
+            phase = honest_phase(_rate_label(rate))
+            stop.set()
+            by_kind, accepted = results.get(timeout=120)
+            attack.join(30)
+            sent = 0
+            for kind, counts in by_kind.items():
+                for status, n in counts.items():
+                    tally.by_kind.setdefault(kind, Counter())[int(status)] += n
+                    sent += n
+            tally.accepted_bytes += accepted
+            phase["attack_per_s"] = round(sent / (time.perf_counter() - started), 1)
+            return phase
+
+        attacked = {_rate_label(rate): attack_phase(rate) for rate in (*rates, None)}
         stop_sampling.set()
         sampler.join(5)
         stack.check_alive()
@@ -195,18 +211,23 @@ def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2,
     max_rss = max(rss) if rss else float("nan")
     strangers_pool = int(QUOTA_ENV["MESH_QUOTA_STRANGERS_BYTES"])
     server_errors = tally.server_errors()
+    main = attacked[_rate_label(rates[0])] if rates else attacked[_rate_label(None)]
+    phases = {"quiet": quiet, **attacked}
     return {
         "attack_requests": tally.total(),
         "attack_by_kind": {kind: {str(s): n for s, n in sorted(c.items())}
                            for kind, c in tally.by_kind.items()},
-        "honest_jobs_settled": {"quiet": quiet["jobs_settled"],
-                                "attack": attacked["jobs_settled"]},
-        "honest_jobs_posted": {"quiet": quiet["jobs_posted"], "attack": attacked["jobs_posted"]},
-        "honest_p95_ms": {"quiet": quiet["p95_ms"], "attack": attacked["p95_ms"]},
-        "honest_p50_ms": {"quiet": quiet["p50_ms"], "attack": attacked["p50_ms"]},
-        "honest_p95_ms_by_call": {"quiet": quiet["p95_ms_by_call"],
-                                  "attack": attacked["p95_ms_by_call"]},
-        "honest_requests": {"quiet": quiet["requests"], "attack": attacked["requests"]},
+        "attack_per_s": {label: phase["attack_per_s"] for label, phase in attacked.items()},
+        "honest_jobs_settled": {"quiet": quiet["jobs_settled"], "attack": main["jobs_settled"]},
+        "honest_jobs_posted": {"quiet": quiet["jobs_posted"], "attack": main["jobs_posted"]},
+        "honest_p95_ms": {"quiet": quiet["p95_ms"], "attack": main["p95_ms"]},
+        "honest_p50_ms": {"quiet": quiet["p50_ms"], "attack": main["p50_ms"]},
+        "honest_p95_ms_by_phase": {label: phase["p95_ms"] for label, phase in phases.items()},
+        "honest_p95_ms_by_call": {label: phase["p95_ms_by_call"]
+                                  for label, phase in phases.items()},
+        "honest_jobs_settled_by_phase": {label: phase["jobs_settled"]
+                                         for label, phase in phases.items()},
+        "honest_requests": {label: phase["requests"] for label, phase in phases.items()},
         "honest_errors": dict(honest_errors),
         "market_idle_rss_mib": round(idle_rss, 1),
         "market_max_rss_mib": round(max_rss, 1),
@@ -217,16 +238,22 @@ def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2,
             "no_server_errors": server_errors == 0,
             "rss_under_2x_idle": max_rss < 2 * idle_rss,
             "attackers_within_quota": tally.accepted_bytes <= strangers_pool,
-            "honest_p95_within_2x": attacked["p95_ms"] <= 2 * quiet["p95_ms"],
+            "honest_p95_within_2x": main["p95_ms"] <= 2 * quiet["p95_ms"],
+            "honest_p95_within_2x_flood": (attacked[_rate_label(None)]["p95_ms"]
+                                           <= 2 * quiet["p95_ms"]),
         },
         "duration_s_per_phase": duration_s,
         "attacker_threads": attackers,
+        "attack_rates_per_s": list(rates),
         "workers": workers,
         "sandboxed": sandboxed,
         "paid_total": len(paid),
         "method": "dev stack on loopback; honest client: a submission of 4 shards every 10 "
                   "probe rounds, each round a signed 256-byte blob upload and an unsigned job "
-                  "read, timed; attackers (threads of one separate process at nice 19: on "
+                  "read, timed; phases: quiet, then attackers offering each of "
+                  "attack_rates_per_s requests a second in all (the 'attack' figures are the "
+                  "first), then a flood as fast as they can; attackers (threads of one "
+                  "separate process at nice 19, each from its own loopback address: on "
                   "loopback their CPU is the market's machine's, in production it is their "
                   "own) cycle oversized unsigned bodies, unique blobs from fresh keys, "
                   "group-output downloads, replays and cross-market requests, malformed and "
@@ -234,9 +261,15 @@ def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2,
     }
 
 
-def _attack_process(url: str, chain_id: int, group: str | None, replayable: dict[str, str],
-                    threads: int, stop: Any, results: Any) -> None:
-    """The attackers: ``threads`` threads cycling the attack kinds until ``stop``; puts
+def _rate_label(rate: float | None) -> str:
+    return "flood" if rate is None else f"attack_{rate:g}_per_s"
+
+
+def _attack_process(url: str, chain_id: int, contract: str, group: str | None,
+                    replayable: dict[str, str],
+                    threads: int, rate: float | None, stop: Any, results: Any) -> None:
+    """The attackers: ``threads`` threads cycling the attack kinds until ``stop``, offering
+    ``rate`` requests a second between them (None: each as fast as it is answered); puts
     ``(counts by kind and status, accepted upload bytes)`` on ``results``."""
     import httpx
     from eth_account import Account
@@ -268,14 +301,15 @@ def _attack_process(url: str, chain_id: int, group: str | None, replayable: dict
         data = os.urandom(_BLOB)
         sha = hashlib.sha256(data).hexdigest()
         headers = sign_request(account, "PUT", f"/blobs/{sha}", b"", chain_id, market=url,
-                               body_sha256=sha)
+                               contract=contract, body_sha256=sha)
         r = local.http.put(f"{url}/blobs/{sha}", content=data, headers=headers)
         tally.add("blob_flood", r.status_code, accepted=len(data) if r.status_code == 201 else 0)
 
     def group_output() -> None:
         path = f"/groups/{group}/output"
         tally.add("group_output", local.http.get(url + path).status_code)
-        headers = sign_request(Account.create(), "GET", path, b"", chain_id, market=url)
+        headers = sign_request(Account.create(), "GET", path, b"", chain_id, market=url,
+                               contract=contract)
         tally.add("group_output", local.http.get(url + path, headers=headers).status_code)
 
     def replay() -> None:
@@ -283,9 +317,13 @@ def _attack_process(url: str, chain_id: int, group: str | None, replayable: dict
         tally.add("replay", local.http.post(f"{url}/workers/heartbeat", content=body,
                                       headers=replayable).status_code)
         other = sign_request(Account.create(), "POST", "/leases", b'{"max_jobs":1}', chain_id,
-                             market="other-market.example:8000")
+                             market="other-market.example:8000", contract=contract)
         tally.add("replay", local.http.post(f"{url}/leases", content=b'{"max_jobs":1}',
                                       headers=other).status_code)
+        elsewhere = sign_request(Account.create(), "POST", "/leases", b'{"max_jobs":1}',
+                                 chain_id, market=url, contract="0x" + "cd" * 20)
+        tally.add("replay", local.http.post(f"{url}/leases", content=b'{"max_jobs":1}',
+                                      headers=elsewhere).status_code)
 
     nested = b'{"max_jobs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
@@ -293,7 +331,7 @@ def _attack_process(url: str, chain_id: int, group: str | None, replayable: dict
         for body in (b'{"max_jobs": 1,', nested):
             tally.add("malformed", local.http.post(f"{url}/leases", content=body).status_code)
             headers = sign_request(Account.create(), "POST", "/leases", body, chain_id,
-                                   market=url)
+                                   market=url, contract=contract)
             headers["Content-Type"] = "application/json"
             tally.add("malformed", local.http.post(f"{url}/leases", content=body,
                                              headers=headers).status_code)
@@ -306,7 +344,15 @@ def _attack_process(url: str, chain_id: int, group: str | None, replayable: dict
         local.http = httpx.Client(timeout=30, transport=httpx.HTTPTransport(
             local_address=f"127.0.0.{2 + index}"))
         n = index
+        # an attack kind sends one or two requests: pace the rounds at the offered rate
+        interval = 0.0 if rate is None else threads * _REQUESTS_PER_ROUND / rate
+        due = time.perf_counter()
         while not stop.is_set() and os.getppid() == parent:
+            if interval:
+                due += interval
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    stop.wait(pause)
             kind = kinds[n % len(kinds)]
             try:
                 kind()

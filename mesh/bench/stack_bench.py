@@ -32,7 +32,8 @@ def _client(stack: DevStack, account: Any = None) -> Any:
     return Client(
         account,
         connection=ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url),
-        market=MarketClient(stack.market_url, account, stack.deployment.chain_id),
+        market=MarketClient(stack.market_url, account, stack.deployment.chain_id,
+                          contract=stack.deployment.address("JobMarket")),
         settings=load_settings(market_url=stack.market_url),
     )
 

@@ -91,12 +91,16 @@ def bench_abuse(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     duration: Annotated[float, typer.Option(min=5, help="Seconds of each phase.")] = 20.0,
     attackers: Annotated[int, typer.Option(min=1, help="Attacker threads.")] = 4,
+    rate: Annotated[list[float] | None, typer.Option(
+        min=1, help="Requests a second the attackers offer in one phase (repeat for more "
+                    "phases; a flood as fast as they can always follows).")] = None,
 ) -> None:
     """The market under attack (oversized bodies, blob floods from fresh keys, group-output
     downloads, replays, malformed JSON) while an honest client and workers run jobs."""
     from meshcompute.mesh.bench.abuse import run_abuse_bench
 
-    emit(run_abuse_bench(duration_s=duration, attackers=attackers), as_json)
+    emit(run_abuse_bench(duration_s=duration, attackers=attackers,
+                         rates=tuple(rate) if rate else (200.0, 400.0)), as_json)
 
 
 @bench_app.command("verify")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from meshcompute.errors import ConfigError, SandboxUnavailable
+from meshcompute.errors import SandboxUnavailable
 
 if TYPE_CHECKING:
     from meshcompute.verifier.recheck import RecheckReport
@@ -63,13 +63,9 @@ def verifier_start(
     _require_stake(actor, settings.verifier_min_stake)
     market_url = market or settings.market_url
     client = MarketClient(market_url, account, conn.chain_id,
+                          contract=conn.deployment.address("JobMarket"),
                           max_download_bytes=settings.max_download_bytes)
-    market_chain = client.info().chain_id
-    if market_chain != conn.chain_id:
-        raise ConfigError(
-            f"the market at {market_url} serves chain {market_chain} but MESH_RPC_URL is "
-            f"chain {conn.chain_id}: point both at the same chain"
-        )
+    client.require_deployment(conn.chain_id, conn.deployment.address("JobMarket"))
     journal = Journal(journal_path(settings.data_dir, conn.chain_id, account.address))
     recompute = Recomputer(
         threads=threads or settings.verifier_threads,

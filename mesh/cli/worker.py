@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from meshcompute.errors import BadInput, ConfigError, SandboxUnavailable
+from meshcompute.errors import BadInput, SandboxUnavailable
 
 app = typer.Typer(no_args_is_help=True, help="Run a worker node that earns credits for jobs.")
 worker_app = app
@@ -75,13 +75,9 @@ def worker_start(
         raise BadInput(f"{account.address} has no stake on chain {conn.chain_id}: {STAKE_HINT}")
     cheater = adversary_from_env(conn.chain_id)  # test-only, dev chain only
     client = MarketClient(config.market_url, account, conn.chain_id,
+                          contract=conn.deployment.address("JobMarket"),
                           max_download_bytes=settings.max_download_bytes)
-    market_chain = client.info().chain_id
-    if market_chain != conn.chain_id:
-        raise ConfigError(
-            f"the market at {config.market_url} serves chain {market_chain} but MESH_RPC_URL "
-            f"is chain {conn.chain_id}: point both at the same chain"
-        )
+    client.require_deployment(conn.chain_id, conn.deployment.address("JobMarket"))
     node = WorkerNode(config, account, client, actor_for(conn, account),
                       hardware=detect_hardware(), policy=cheater or HONEST)
     stop = threading.Event()

@@ -124,7 +124,7 @@ def connect(settings: Settings | None = None, *, rpc_url: str | None = None) -> 
             f"the node at {url} is chain id {chain_id} but MESH_CHAIN_ID is "
             f"{settings.chain_id}: point MESH_RPC_URL at the right chain or unset MESH_CHAIN_ID"
         )
-    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 30}))
+    w3 = node_web3(url)
     deployment = _load_deployment(settings, chain_id, url, record)
     if not w3.eth.get_code(deployment.address("JobMarket")):  # type: ignore[arg-type]
         raise DeploymentNotFound(
@@ -135,6 +135,16 @@ def connect(settings: Settings | None = None, *, rpc_url: str | None = None) -> 
     return ChainConnection(
         w3=w3, deployment=deployment, contracts=MeshContracts(w3, deployment), rpc_url=url
     )
+
+
+def node_web3(url: str, *, timeout_s: float = 30) -> Web3:
+    """A Web3 on the node at ``url`` that asks the node's chain id once, not before every
+    call and transaction (web3's validation step reads it each time: one extra round trip per
+    contract read, which doubled the market's cost of looking up a stranger's stake). A node
+    does not change chains under a running process."""
+    return Web3(HTTPProvider(url, request_kwargs={"timeout": timeout_s},
+                             cache_allowed_requests=True,
+                             cacheable_requests={RPCEndpoint("eth_chainId")}))
 
 
 def actor_for(conn: ChainConnection, account: LocalAccount) -> MeshActor:

@@ -24,6 +24,7 @@ from typing import IO, Self
 from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
+from meshcompute.chain.connect import node_web3
 from meshcompute.chain.devchain import DEV_ACCOUNT_COUNT, DevChain
 from meshcompute.errors import ChainUnavailable
 from meshcompute.settings import DEV_MNEMONIC, get_settings
@@ -116,7 +117,7 @@ class LocalChain(DevChain):
 
     def w3(self) -> Web3:
         if self._w3 is None:
-            self._w3 = Web3(HTTPProvider(self.rpc_url, request_kwargs={"timeout": 30}))
+            self._w3 = node_web3(self.rpc_url)
         return self._w3
 
     def mine(self, blocks: int = 1) -> None:

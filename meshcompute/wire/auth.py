@@ -2,7 +2,8 @@
 
 EIP-4361 style (see docs/market-api.md "Authentication"): the caller signs, with
 ``eth_account.messages.encode_defunct``, a short text naming its address, the request (method,
-path, sha256 of the raw body), the chain id, a random nonce and an expiry. The signature and
+path, sha256 of the raw body), the market it is for (its host, the chain id and the address of
+its JobMarket contract), a random nonce and an expiry. The signature and
 the fields travel in ``X-Mesh-*`` headers, the body's hash included, so a server checks the
 signature from the headers alone before it reads a byte of the body, and then checks that the
 body hashes to what was signed. :func:`verify_request` checks everything that can be checked
@@ -66,10 +67,12 @@ def request_message(
     nonce: str,
     expires: int,
     market: str,
+    contract: str,
     body_sha256: str | None = None,
 ) -> str:
     """The exact text that is signed (docs/market-api.md); ``path`` carries no query, and
-    ``market`` names the market it is for (:func:`market_name`).
+    ``market`` names the market it is for (:func:`market_name`), ``contract`` the JobMarket
+    of the deployment it serves.
 
     Give the raw ``body``, or its ``body_sha256`` when the body is streamed from a file."""
     if body_sha256 is None:
@@ -82,6 +85,7 @@ def request_message(
         f"path: {path}\n"
         f"body-sha256: {body_sha256}\n"
         f"chain-id: {int(chain_id)}\n"
+        f"contract: {to_checksum_address(contract)}\n"
         f"nonce: {nonce}\n"
         f"expires: {int(expires)}"
     )
@@ -95,13 +99,15 @@ def sign_request(
     chain_id: int,
     *,
     market: str,
+    contract: str,
     now: float | None = None,
     ttl_s: int = DEFAULT_TTL_S,
     body_sha256: str | None = None,
 ) -> dict[str, str]:
     """The six ``X-Mesh-*`` headers authenticating one request by ``account`` to the market
-    ``market`` (its URL or ``host[:port]``: a request signed for one market is refused by
-    every other, even on the same chain).
+    ``market`` (its URL or ``host[:port]``) serving the JobMarket at ``contract``: a request
+    signed for one market is refused by every other, even on the same chain, and so is one
+    signed for another deployment.
 
     For a streamed body pass ``body=b""`` and its ``body_sha256``."""
     market = market_name(market)
@@ -120,6 +126,7 @@ def sign_request(
         nonce=nonce,
         expires=expires,
         market=market,
+        contract=contract,
         body_sha256=body_sha256,
     )
     signature = account.sign_message(encode_defunct(text=text)).signature
@@ -155,13 +162,14 @@ def verify_request(
     *,
     now: float,
     markets: Collection[str],
+    contract: str,
     body_sha256: str | None = None,
 ) -> str:
     """The checksummed address that signed this request; AuthError names what is wrong.
 
     See :func:`verify_signed_request`, which also returns the signed nonce and expiry."""
     return verify_signed_request(
-        headers, method, path, body, chain_id, now=now, markets=markets,
+        headers, method, path, body, chain_id, now=now, markets=markets, contract=contract,
         body_sha256=body_sha256,
     ).address
 
@@ -175,6 +183,7 @@ def verify_signed_request(
     *,
     now: float,
     markets: Collection[str],
+    contract: str,
     body_sha256: str | None = None,
 ) -> SignedRequest:
     """The signer, nonce, expiry and signed body hash of this request; AuthError names what
@@ -185,7 +194,8 @@ def verify_signed_request(
     then :func:`check_body` once it is read. Given ``body``, it is checked here too.
     ``body_sha256`` is the hash the route requires (a blob upload is signed over the blob's
     name, and the store verifies the bytes): the signed hash must equal it. ``markets`` are
-    this market's names (:func:`market_name`): the request must be signed for one of them.
+    this market's names (:func:`market_name`): the request must be signed for one of them, and
+for ``contract``, the JobMarket this market serves.
 
     Checks presence and shape of the headers, the expiry window (not past, at most
     :data:`MAX_TTL_S` ahead) and that the signature recovers to ``X-Mesh-Address``. The
@@ -231,6 +241,7 @@ def verify_signed_request(
         nonce=nonce,
         expires=expires,
         market=market,
+        contract=contract,
         body_sha256=signed_sha,
     )
     try:
@@ -242,7 +253,9 @@ def verify_signed_request(
     if to_checksum_address(signer) != address:
         raise AuthError(
             f"signature does not match {address} for {method.upper()} {path} on chain "
-            f"{chain_id} (wrong key, or the body, path or chain id differ)"
+            f"{chain_id} for the JobMarket at {to_checksum_address(contract)} (wrong key, or "
+            "the body, path, chain id or contract differ: a request signed for another "
+            "deployment is not accepted here)"
         )
     signed = SignedRequest(address=address, nonce=nonce, expires=expires, body_sha256=signed_sha)
     if body is not None:

@@ -35,6 +35,7 @@ from meshcompute.core.spec import JobSpec, is_sha256_hex
 from meshcompute.errors import (
     AuthError,
     BadInput,
+    ConfigError,
     Conflict,
     MeshError,
     NotFound,
@@ -325,7 +326,10 @@ _STATUS_ERRORS: dict[int, type[MeshError]] = {
 
 class MarketClient:
     """Synchronous client of one market. ``account`` signs state-changing requests (None for a
-    read-only client); ``chain_id`` None means "ask the market's /info on first use"."""
+    read-only client); ``chain_id`` and ``contract`` (the JobMarket's address) name the
+    deployment the requests are signed for: None means "ask the market's /info on first use".
+    Give the client's own deployment's where it has one: a market serving another deployment
+    then refuses every signed request instead of acting on it."""
 
     def __init__(
         self,
@@ -333,6 +337,7 @@ class MarketClient:
         account: LocalAccount | None = None,
         chain_id: int | None = None,
         *,
+        contract: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
@@ -343,6 +348,7 @@ class MarketClient:
         self.base_url = base_url.rstrip("/")
         self.account = account
         self._chain_id = chain_id
+        self._contract = contract
         self._path_prefix = urlsplit(self.base_url).path.rstrip("/")
         # what requests are signed for: the Host this client sends (default ports dropped)
         self._market_name = httpx.URL(self.base_url).netloc.decode()
@@ -366,6 +372,28 @@ class MarketClient:
         if self._chain_id is None:
             self._chain_id = self.info().chain_id
         return self._chain_id
+
+    @property
+    def contract(self) -> str:
+        """The JobMarket address this client's requests are signed for."""
+        if self._contract is None:
+            address = self.info().addresses.get("JobMarket")
+            if not address:
+                raise ServiceUnavailable(f"{self.base_url}/info names no JobMarket address: "
+                                         "is this a meshcompute market?")
+            self._contract = address
+        return self._contract
+
+    def require_deployment(self, chain_id: int, contract: str) -> None:
+        """ConfigError unless the market serves the deployment the caller's chain connection
+        names (``chain_id``, the JobMarket at ``contract``)."""
+        info = self.info()
+        served = info.addresses.get("JobMarket", "")
+        if info.chain_id != chain_id or served.lower() != contract.lower():
+            raise ConfigError(
+                f"the market at {self.base_url} serves chain {info.chain_id}, JobMarket "
+                f"{served or '(none)'}, but MESH_RPC_URL and its deployment record are chain "
+                f"{chain_id}, JobMarket {contract}: point both at the same deployment")
 
     @property
     def address(self) -> str:
@@ -453,7 +481,8 @@ class MarketClient:
         Conflict names the shards still open."""
         path = f"/groups/{group}/output"
         headers = sign_request(self._signer(), "GET", self._path_prefix + path, b"",
-                               self.chain_id, market=self._market_name)
+                               self.chain_id, market=self._market_name,
+                               contract=self.contract)
         return self._download("GET", path, what=f"group {group}'s output", headers=headers)
 
     # ------------------------------------------------------------------ signed writes
@@ -653,6 +682,7 @@ class MarketClient:
             body if isinstance(body, bytes) else b"",
             self.chain_id,
             market=self._market_name,
+            contract=self.contract,
             body_sha256=body_sha256,
         )
         headers["Content-Type"] = content_type

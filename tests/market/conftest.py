@@ -32,6 +32,11 @@ class Market:
     rt: MarketRuntime
     url: str
 
+    @property
+    def contract(self) -> str:
+        """The JobMarket address this market's signed requests name."""
+        return self.world.deployment.address("JobMarket")
+
     def client(self, account=None) -> MarketClient:
         return MarketClient(self.url, account, self.world.deployment.chain_id, timeout=30)
 

@@ -35,7 +35,7 @@ STRANGER = Account.from_key("0x" + "5a" * 32)
 
 def _signed_post(mk, account, path: str, body: bytes, **kw) -> httpx.Response:
     headers = sign_request(account, "POST", path, body, mk.world.deployment.chain_id, **kw,
-                           market=mk.url)
+                           market=mk.url, contract=mk.contract)
     headers["Content-Type"] = "application/json"
     return httpx.post(mk.url + path, content=body, headers=headers)
 
@@ -56,7 +56,8 @@ def test_replayed_request_is_refused(mk):
     worker = mk.world.workers[0].account
     register(mk, worker)
     body = b'{"running":[]}'
-    headers = sign_request(worker, "POST", "/workers/heartbeat", body, 31337, market=mk.url)
+    headers = sign_request(worker, "POST", "/workers/heartbeat", body, 31337, market=mk.url,
+                           contract=mk.contract)
     headers["Content-Type"] = "application/json"
     first = httpx.post(mk.url + "/workers/heartbeat", content=body, headers=headers)
     assert first.status_code == 200, first.text
@@ -81,7 +82,8 @@ def test_expiry_too_far_ahead_is_refused(mk):
 
 def test_wrong_signer_is_refused(mk):
     body = b'{"max_jobs":1}'
-    headers = sign_request(STRANGER, "POST", "/leases", body, 31337, market=mk.url)
+    headers = sign_request(STRANGER, "POST", "/leases", body, 31337, market=mk.url,
+                           contract=mk.contract)
     headers["X-Mesh-Address"] = mk.world.workers[0].address
     response = httpx.post(mk.url + "/leases", content=body, headers=headers)
     assert response.status_code == 401
@@ -90,7 +92,8 @@ def test_wrong_signer_is_refused(mk):
 
 def test_signature_for_another_chain_is_refused(mk):
     body = b'{"max_jobs":1}'
-    headers = sign_request(mk.world.workers[0].account, "POST", "/leases", body, 1, market=mk.url)
+    headers = sign_request(mk.world.workers[0].account, "POST", "/leases", body, 1, market=mk.url,
+                           contract=mk.contract)
     response = httpx.post(mk.url + "/leases", content=body, headers=headers)
     assert response.status_code == 401
 
@@ -112,10 +115,12 @@ def test_blob_upload_and_download(mk):
     again_sha = hashlib.sha256(body).hexdigest()
     first = httpx.put(mk.url + f"/blobs/{again_sha}", content=body,
                       headers=sign_request(client.account, "PUT", f"/blobs/{again_sha}", b"",
-                                           31337, body_sha256=again_sha, market=mk.url))
+                                           31337, body_sha256=again_sha, market=mk.url,
+                                           contract=mk.contract))
     second = httpx.put(mk.url + f"/blobs/{again_sha}", content=body,
                        headers=sign_request(client.account, "PUT", f"/blobs/{again_sha}", b"",
-                                            31337, body_sha256=again_sha, market=mk.url))
+                                            31337, body_sha256=again_sha, market=mk.url,
+                                            contract=mk.contract))
     assert (first.status_code, second.status_code) == (201, 200)
     assert second.json() == {"sha256": again_sha, "size": 5, "created": False}
 
@@ -134,7 +139,7 @@ def test_blob_hash_mismatch_is_400_and_not_stored(mk):
     account = mk.world.clients[0].account
     claimed = hashlib.sha256(b"what I claim").hexdigest()
     headers = sign_request(account, "PUT", f"/blobs/{claimed}", b"", 31337, body_sha256=claimed,
-                           market=mk.url)
+                           market=mk.url, contract=mk.contract)
     response = httpx.put(mk.url + f"/blobs/{claimed}", content=b"something else",
                          headers=headers)
     assert response.status_code == 400
@@ -159,7 +164,7 @@ def test_blob_over_the_size_limit_is_413(mk, tmp_path):
             yield data[start:start + (1 << 20)]
 
     headers = sign_request(client.account, "PUT", f"/blobs/{sha}", b"", 31337, body_sha256=sha,
-                           market=mk.url)
+                           market=mk.url, contract=mk.contract)
     response = httpx.put(mk.url + f"/blobs/{sha}", content=chunks(), headers=headers)
     assert response.status_code == 413
 
@@ -227,7 +232,8 @@ def test_a_signed_body_over_the_json_limit_is_413_and_one_signed_for_other_bytes
     assert f"exceeds the limit of {limit} bytes (max_json_body_bytes)" in (
         response.json()["detail"])
     # the headers of one body, the bytes of another
-    headers = sign_request(STRANGER, "POST", "/leases", b'{"max_jobs":1}', 31337, market=mk.url)
+    headers = sign_request(STRANGER, "POST", "/leases", b'{"max_jobs":1}', 31337, market=mk.url,
+                           contract=mk.contract)
     headers["Content-Type"] = "application/json"
     response = httpx.post(mk.url + "/leases", content=b'{"max_jobs":64}', headers=headers)
     assert response.status_code == 401
@@ -470,17 +476,29 @@ def test_a_group_id_copied_from_a_spec_squats_nothing(mk):
 def test_auth_header_expiry_must_be_an_integer(mk):
     body = b'{"max_jobs":1}'
     headers = sign_request(mk.world.workers[0].account, "POST", "/leases", body, 31337,
-                           market=mk.url)
+                           market=mk.url, contract=mk.contract)
     headers[HEADER_EXPIRES] = "tomorrow"
     response = httpx.post(mk.url + "/leases", content=body, headers=headers)
     assert response.status_code == 401
+
+
+def test_a_request_signed_for_another_deployment_is_refused_here(mk):
+    # the same host and chain, but another JobMarket (the market was redeployed, or another
+    # deployment's market once stood at this address)
+    body = b'{"max_jobs":1}'
+    headers = sign_request(mk.world.workers[0].account, "POST", "/leases", body, 31337,
+                           market=mk.url, contract="0x" + "cd" * 20)
+    headers["Content-Type"] = "application/json"
+    response = httpx.post(mk.url + "/leases", content=body, headers=headers)
+    assert response.status_code == 401
+    assert f"for the JobMarket at {mk.contract}" in response.json()["detail"]
 
 
 def test_a_request_captured_at_another_market_is_refused_here(mk):
     # what a worker signed for another market (the same chain, even the same contract)
     body = b'{"max_jobs":1}'
     headers = sign_request(mk.world.workers[0].account, "POST", "/leases", body, 31337,
-                           market="other-market.example:8000")
+                           market="other-market.example:8000", contract=mk.contract)
     headers["Content-Type"] = "application/json"
     response = httpx.post(mk.url + "/leases", content=body, headers=headers)
     assert response.status_code == 401

@@ -28,7 +28,8 @@ def _sha(data: bytes) -> str:
 
 def _signed_post(mk, account, path: str, body: bytes, *, content_type: str = OCTETS,
                  headers: dict | None = None, content=None) -> httpx.Response:
-    signed = sign_request(account, "POST", path, body, mk.world.deployment.chain_id, market=mk.url)
+    signed = sign_request(account, "POST", path, body, mk.world.deployment.chain_id, market=mk.url,
+                          contract=mk.contract)
     signed["Content-Type"] = content_type
     signed.update(headers or {})
     return httpx.post(mk.url + path, content=body if content is None else content,
@@ -144,12 +145,13 @@ def test_bundle_upload_must_be_signed_over_its_body(mk):
     assert "missing header X-Mesh-" in unsigned.json()["detail"]
     # signed over another body
     headers = sign_request(account, "POST", "/blobs/bundle", encode_bundle([b"other"]), 31337,
-                           market=mk.url)
+                           market=mk.url, contract=mk.contract)
     swapped = httpx.post(mk.url + "/blobs/bundle", content=body, headers=headers)
     assert swapped.status_code == 401
     assert "body does not match the signed X-Mesh-Body-Sha256" in swapped.json()["detail"]
     # replayed
-    headers = sign_request(account, "POST", "/blobs/bundle", body, 31337, market=mk.url)
+    headers = sign_request(account, "POST", "/blobs/bundle", body, 31337, market=mk.url,
+                           contract=mk.contract)
     first = httpx.post(mk.url + "/blobs/bundle", content=body, headers=headers)
     again = httpx.post(mk.url + "/blobs/bundle", content=body, headers=headers)
     assert (first.status_code, again.status_code) == (201, 401)

@@ -65,8 +65,11 @@ def test_lease_round_trips_through_json():
     assert Lease.from_json(json.loads(json.dumps(lease.to_json()))) == lease
 
 
+CONTRACT = "0x" + "ab" * 20
+
+
 def _client(handler, account=WORKER) -> MarketClient:
-    return MarketClient("http://market.test", account, 31337,
+    return MarketClient("http://market.test", account, 31337, contract=CONTRACT,
                         transport=httpx.MockTransport(handler))
 
 
@@ -107,7 +110,7 @@ def test_signed_requests_carry_verifiable_headers():
         body = request.read()
         seen["signer"] = verify_request(
             request.headers, request.method, request.url.path, body, 31337, now=time.time(),
-            markets=[request.headers["host"]],
+            markets=[request.headers["host"]], contract=CONTRACT,
         )
         seen["body"] = json.loads(body)
         return httpx.Response(200, json={"leases": []})
@@ -126,7 +129,7 @@ def test_put_file_streams_and_signs_over_the_blob_hash(tmp_path):
         body = request.read()
         seen["signer"] = verify_request(
             request.headers, request.method, request.url.path, body, 31337, now=time.time(),
-            markets=[request.headers["host"]],
+            markets=[request.headers["host"]], contract=CONTRACT,
         )
         seen["path"] = request.url.path
         return httpx.Response(201, json={"sha256": sha})

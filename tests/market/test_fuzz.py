@@ -39,7 +39,7 @@ def _check(case, market) -> None:
     path = httpx.URL(kwargs["url"]).path
     headers = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
     headers.update(sign_request(market.world.workers[0].account, kwargs["method"], path, body,
-                                31337, market=market.url))
+                                31337, market=market.url, contract=market.contract))
     response = httpx.request(kwargs["method"], kwargs["url"], params=kwargs.get("params"),
                              headers=headers, content=body, timeout=30)
     assert response.status_code < 500, (case.method, case.path, response.text)

@@ -92,3 +92,70 @@ def test_a_market_off_the_dev_chain_must_name_its_public_hosts(tmp_path):
     with pytest.raises(ConfigError, match="MESH_MARKET_PUBLIC_HOSTS is required on chain id 5"):
         check_public_hosts(Settings(data_dir=tmp_path), 5)
     check_public_hosts(Settings(data_dir=tmp_path, market_public_hosts="market.example"), 5)
+
+
+def test_chain_reads_for_addresses_without_credit_queue_and_known_users_pass_them():
+    """Lookups of fresh keys' standing run ``market_lookup_concurrency`` at a time, each
+    waiting at most ``market_stranger_wait_s`` (429); an address with credit lately never
+    waits in that queue. The gate around a stand-in ``limit`` (its chain read held open)."""
+    import asyncio
+    import threading
+
+    import httpx
+    from eth_account import Account
+    from fastapi import Depends, FastAPI
+
+    from meshcompute.wire.auth import sign_request
+
+    def signer() -> str:  # the dependency that marks a route as signed
+        return ""
+
+    app = FastAPI()
+
+    @app.post("/ping")
+    def ping(body: _In, who: str = Depends(signer)) -> dict:
+        return {"x": body.x}
+
+    release = threading.Event()
+    staked = Account.create()
+    known = staked.address
+    looked_up: list[str] = []
+
+    def limit(address, ip, lookup):
+        if address == known:
+            return False
+        if not lookup:
+            return None  # not cached, no credit lately: the gate queues the read
+        looked_up.append(address)
+        release.wait(10)  # the chain read, held open
+        return True
+
+    contract = "0x" + "ab" * 20
+    settings = Settings(market_lookup_concurrency=1, market_stranger_wait_s=0.3)
+    gated = RequestGate(app, settings=settings,
+                        routes=[r for r in app.routes if isinstance(r, APIRoute)],
+                        identity=lambda: (31337, contract), signer=signer, limit=limit)
+
+    async def post(account) -> httpx.Response:
+        body = b'{"x": 1}'
+        headers = sign_request(account, "POST", "/ping", body, 31337, market="test",
+                               contract=contract)
+        headers["Content-Type"] = "application/json"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gated),
+                                     base_url="http://test") as client:
+            return await client.post("/ping", content=body, headers=headers)
+
+    async def scenario():
+        first = asyncio.create_task(post(Account.create()))
+        await asyncio.sleep(0.05)  # its lookup holds the one place
+        second = await post(Account.create())
+        served = await post(staked)
+        release.set()
+        return await first, second, served
+
+    first, second, served = asyncio.run(scenario())
+    assert second.status_code == 429
+    assert "busy with requests from addresses without stake" in second.json()["detail"]
+    assert served.status_code == 200, served.text  # served while the lookup was held
+    assert first.status_code == 200
+    assert len(looked_up) == 1  # the refused one cost no chain read

@@ -105,7 +105,7 @@ def test_a_failed_upload_gives_its_reservation_back(mk):
     claimed = hashlib.sha256(b"what was promised").hexdigest()
     for _ in range(3):  # 3 x 3000 bytes that do not hash to their name: 400, nothing kept
         headers = sign_request(account, "PUT", f"/blobs/{claimed}", b"", 31337,
-                               body_sha256=claimed, market=mk.url)
+                               body_sha256=claimed, market=mk.url, contract=mk.contract)
         answer = httpx.put(f"{mk.url}/blobs/{claimed}", content=_blob(3000), headers=headers)
         assert answer.status_code == 400
     client.put_blob(_blob(4000))  # the whole allowance is still there

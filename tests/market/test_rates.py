@@ -21,7 +21,8 @@ MARKET_SETTINGS = {"rate_base_per_s": 3, "rate_per_credit_per_s": 1.0, "rate_max
 
 def _heartbeat(mk, account) -> httpx.Response:
     body = b'{"running":[]}'
-    headers = sign_request(account, "POST", "/workers/heartbeat", body, 31337, market=mk.url)
+    headers = sign_request(account, "POST", "/workers/heartbeat", body, 31337, market=mk.url,
+                           contract=mk.contract)
     headers["Content-Type"] = "application/json"
     return httpx.post(mk.url + "/workers/heartbeat", content=body, headers=headers)
 
@@ -65,7 +66,8 @@ def test_a_slow_stranger_holds_its_place_one_body_timeout_and_the_next_waits_its
 
     slow = Account.create()
     body = b'{"running":[]}'
-    headers = sign_request(slow, "POST", "/workers/heartbeat", body, 31337, market=mk.url)
+    headers = sign_request(slow, "POST", "/workers/heartbeat", body, 31337, market=mk.url,
+                           contract=mk.contract)
     headers["Content-Type"] = "application/json"
 
     def trickle():

@@ -36,7 +36,7 @@ def test_replay_with_a_second_nonce_header_is_refused(mk):  # noqa: F811
     data = b"replayed blob " + os.urandom(8)
     sha = hashlib.sha256(data).hexdigest()
     signed = sign_request(STRANGER, "PUT", f"/blobs/{sha}", b"", 31337, body_sha256=sha,
-                          market=mk.url)
+                          market=mk.url, contract=mk.contract)
     assert _put(mk, data, signed).status_code == 201
     assert _put(mk, data, signed).status_code == 401  # a plain replay
     smuggled = [(HEADER_NONCE, os.urandom(16).hex()), *signed.items()]
@@ -45,14 +45,17 @@ def test_replay_with_a_second_nonce_header_is_refused(mk):  # noqa: F811
     assert "more than once" in answer.json()["detail"]
 
 
+CONTRACT = "0x" + "ab" * 20
+
+
 def test_verify_request_refuses_repeated_auth_headers():
     signed = sign_request(STRANGER, "POST", "/leases", b"{}", 31337, now=1_800_000_000,
-                          market="market.test")
+                          market="market.test", contract=CONTRACT)
     raw = [(k.lower().encode(), v.encode()) for k, v in signed.items()]
     raw.append((b"x-mesh-signature", signed["X-Mesh-Signature"].encode()))
     with pytest.raises(AuthError, match="X-Mesh-Signature is given more than once"):
         verify_request(Headers(raw=raw), "POST", "/leases", b"{}", 31337, now=1_800_000_000,
-                       markets=["market.test"])
+                       markets=["market.test"], contract=CONTRACT)
 
 
 def test_upload_refused_while_the_disk_is_nearly_full(mk, monkeypatch):  # noqa: F811
