@@ -13,6 +13,12 @@ Every blob has a keep-until time (``MarketState.keep_blobs``):
 
 Blobs past their time are deleted, each only if its time is still past at that moment (a blob
 uploaded again meanwhile stays). A group's assembled output is rebuilt on its next download.
+
+The same round prunes the index and the market's own keys (:func:`prune_round`): a job that
+ended more than ``blob_retention_s`` ago (and whose events are deeper than any reorg the
+indexer handles) is forgotten, with what the market kept about it (failures, results, its
+group once no shard is left), and so is a worker registration not seen for that long. The
+chain keeps every event; the market keeps what settlement, reorgs and the retention need.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from meshcompute.market.runtime import MarketRuntime
 log = logging.getLogger("market.gc")
 
 _BATCH = 1000
+_PRUNE_BATCH = 500
 _VERDICT_STATES = frozenset({JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.APPEALED,
                              JobState.DISPUTED})
 _EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved")
@@ -93,11 +100,26 @@ def collect_round(rt: MarketRuntime, *, now: float | None = None) -> dict[str, A
         if len(expired) < _BATCH:
             break
     report = {"needed": len(needed), "adopted": adopted, "deleted": deleted,
-              "freed_bytes": freed}
-    if deleted or adopted:
+              "freed_bytes": freed, **prune_round(rt, now=now)}
+    if deleted or adopted or report["jobs_pruned"] or report["workers_pruned"]:
         rt.state.incr_metric("blobs_deleted", deleted)
         log.info("blobs collected", extra={"fields": report})
     return report
+
+
+def prune_round(rt: MarketRuntime, *, now: float) -> dict[str, int]:
+    """Forget the jobs that ended more than ``blob_retention_s`` ago (index and market keys)
+    and the workers not seen for that long. Returns counts."""
+    before = now - rt.settings.blob_retention_s
+    jobs = groups = 0
+    while True:
+        forgotten = rt.indexer.prune(before, limit=_PRUNE_BATCH)
+        groups += rt.state.forget_jobs(forgotten)
+        jobs += len(forgotten)
+        if len(forgotten) < _PRUNE_BATCH:
+            break
+    workers = rt.state.forget_workers(before)
+    return {"jobs_pruned": jobs, "groups_pruned": groups, "workers_pruned": len(workers)}
 
 
 def _adopt(rt: MarketRuntime, names: list[str], now: float) -> int:

@@ -17,7 +17,15 @@ What it keeps under its prefix (default ``mesh:idx:``):
   step, so a round costs the open jobs, not every job ever posted); ``open-built`` marks that
   the set was built (an index written before it existed gets it from ``records`` once);
 * ``meta`` — chain id, JobMarket address and start block, so a prefix is never reused for
-  another deployment.
+  another deployment;
+* ``ended`` — when (wall time) the index saw each job end; ``other`` — the keys of events that
+  are about no job (token transfers, stake changes), scored by block;
+* ``pruned`` — tallies of what :meth:`ChainIndexer.prune` forgot (jobs by final state, audit
+  draws and verdicts), so counts over all history survive the pruning.
+
+Nothing is kept forever: :meth:`ChainIndexer.prune` forgets a job that ended more than the
+retention ago once its last event is deeper than :data:`KEPT_BLOCK_HASHES` (no reorg the index
+handles reaches it), and every event about no job that deep.
 
 Each sync first checks that the stored hash of the last indexed block is still the chain's.
 If not (a reorganisation), it walks back to the highest block whose stored hash still matches
@@ -328,6 +336,7 @@ class ChainIndexer:
                 if orphans:
                     pipe.hdel(events_key, *orphans)
                 pipe.zremrangebyscore(order, ancestor + 1, "+inf")
+                pipe.zremrangebyscore(self._key("other"), ancestor + 1, "+inf")
                 for job_id, record in rebuilt.items():
                     pipe.zremrangebyscore(self._job_key(job_id), ancestor + 1, "+inf")
                     self._put_record(pipe, job_id, record)
@@ -409,6 +418,10 @@ class ChainIndexer:
                         mapping={_event_key(e): _event_to_json(e, parent) for e, parent in stored},
                     )
                     pipe.zadd(self._key("order"), {_event_key(e): e.block_number for e, _ in stored})
+                    other = {_event_key(e): e.block_number for e, _ in stored
+                             if e.name not in JOB_EVENTS}
+                    if other:
+                        pipe.zadd(self._key("other"), other)
                 for job_id, job_events in by_job.items():
                     pipe.zadd(
                         self._job_key(job_id), {_event_key(e): e.block_number for e in job_events}
@@ -435,14 +448,80 @@ class ChainIndexer:
         if record is not None and record.state.terminal:
             # when the index saw it end (wall time): blob retention counts from here
             pipe.zadd(self._key("ended"), {str(job_id): time.time()}, nx=True)
+        else:  # not ended (again, after a rewind): nothing to retain or prune yet
+            pipe.zrem(self._key("ended"), str(job_id))
 
     def ended_since(self, since: float) -> dict[int, JobRecord]:
-        """The records of jobs the index saw end at or after ``since`` (unix seconds); older
-        entries of that list are dropped when a week older than ``since``."""
-        key = self._key("ended")
-        self.redis.zremrangebyscore(key, "-inf", since - 7 * 86_400)
-        ids = [int(i) for i in self.redis.zrangebyscore(key, since, "+inf")]
+        """The records of jobs the index saw end at or after ``since`` (unix seconds) and
+        still holds."""
+        ids = [int(i) for i in self.redis.zrangebyscore(self._key("ended"), since, "+inf")]
         return self.records_of(ids)
+
+    # ------------------------------------------------------------------ pruning
+    def prune(self, ended_before: float, *, limit: int = 500) -> list[int]:
+        """Forget up to ``limit`` jobs the index saw end before ``ended_before`` (unix
+        seconds) whose last event is more than :data:`KEPT_BLOCK_HASHES` blocks behind the
+        indexed head: their events, event list and record (their final state and audit events
+        are added to the ``pruned`` tallies). Events about no job that deep go too. Returns
+        the ids forgotten, for the caller to forget its own keys of them.
+
+        Nothing a reorg the index handles can touch is forgotten (a rewind never goes below
+        the kept block hashes), and a job is never forgotten while open."""
+        deep = self.indexed_block - KEPT_BLOCK_HASHES
+        ended = self._key("ended")
+        candidates = [int(i) for i in
+                      self.redis.zrangebyscore(ended, "-inf", ended_before, start=0, num=limit)]
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._key("head"))
+                forget: dict[int, list[bytes]] = {}
+                for job_id in candidates:
+                    keys = pipe.zrange(self._job_key(job_id), 0, -1, withscores=True)
+                    if keys and max(score for _, score in keys) > deep:
+                        continue  # still within reach of a reorg: a later round
+                    forget[job_id] = [key for key, _ in keys]
+                records = self.records_of(list(forget))
+                tallies: dict[str, int] = {}
+                for job_id, record in records.items():
+                    if not record.state.terminal:  # never forget an open job
+                        del forget[job_id]
+                        continue
+                    name = f"state:{record.state.name.lower()}"
+                    tallies[name] = tallies.get(name, 0) + 1
+                keys = [key for job_keys in forget.values() for key in job_keys]
+                raw = pipe.hmget(self._key("events"), keys) if keys else []
+                for item in raw:
+                    if item is None:
+                        continue
+                    event, _ = _event_from_json(item)
+                    for tally in audit_tallies(event):
+                        tallies[tally] = tallies.get(tally, 0) + 1
+                other = pipe.zrangebyscore(self._key("other"), "-inf", deep)
+                pipe.multi()
+                gone = keys + list(other)
+                if gone:
+                    pipe.hdel(self._key("events"), *gone)
+                    pipe.zrem(self._key("order"), *gone)
+                if other:
+                    pipe.zremrangebyscore(self._key("other"), "-inf", deep)
+                if forget:
+                    ids = [str(i) for i in forget]
+                    pipe.delete(*(self._job_key(i) for i in forget))
+                    pipe.hdel(self._key("records"), *ids)
+                    pipe.srem(self._key("open"), *ids)
+                    pipe.zrem(ended, *ids)
+                for name, count in tallies.items():
+                    pipe.hincrby(self._key("pruned"), name, count)
+                pipe.execute()
+            except WatchError:
+                return []  # the indexer wrote meanwhile: the next round prunes
+        return sorted(forget)
+
+    def pruned_tallies(self) -> dict[str, int]:
+        """What pruning forgot, by tally: ``state:<final state>`` (jobs) and
+        ``audit:<drawn|not_drawn|passed|failed>`` (events)."""
+        raw = self.redis.hgetall(self._key("pruned"))
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def _is_open(self, record: JobRecord) -> bool:
         """Not ended, and not a posted job paying under ``min_reward`` (dormant)."""
@@ -495,6 +574,15 @@ def _fold(job_id: int, record: JobRecord | None, events: Sequence[ChainEvent]) -
         log.warning("job %d cannot be rebuilt from indexed events: %s", job_id, exc)
         return None
     return record
+
+
+def audit_tallies(event: ChainEvent) -> list[str]:
+    """The audit tallies an event counts towards (what the market's metrics report)."""
+    if event.name == "AuditDrawn":
+        return ["audit:drawn" if event.args.get("audited") else "audit:not_drawn"]
+    if event.name == "AuditResolved":
+        return ["audit:passed" if event.args.get("passed") else "audit:failed"]
+    return []
 
 
 def _text(value: str | bytes) -> str:

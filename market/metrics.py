@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from meshcompute.core.job import JobState
+from meshcompute.market.indexer import audit_tallies
 from meshcompute.market.runtime import MarketRuntime
 
 log = logging.getLogger("market.metrics")
@@ -34,23 +35,26 @@ class MarketCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rt = self.rt
-        jobs = GaugeMetricFamily("mesh_jobs", "Jobs on chain by state (indexed)", labels=["state"])
-        counts = Counter(r.state for r in rt.indexer.job_records().values())
+        jobs = GaugeMetricFamily("mesh_jobs", "Jobs on chain by state (indexed, and those "
+                                 "pruned after their retention)", labels=["state"])
+        counts = Counter(r.state.name.lower() for r in rt.indexer.job_records().values())
+        pruned = rt.indexer.pruned_tallies()
         for state in JobState:
             if state != JobState.NONE:
-                jobs.add_metric([state.name.lower()], counts.get(state, 0))
+                name = state.name.lower()
+                jobs.add_metric([name], counts.get(name, 0) + pruned.get(f"state:{name}", 0))
         yield jobs
 
         audits = CounterMetricFamily(
             "mesh_audit_outcomes", "Audit draws and verdicts seen on chain", labels=["outcome"]
         )
-        outcome = Counter()
-        for event in rt.indexer.events(name="AuditDrawn"):
-            outcome["drawn" if event.args.get("audited") else "not_drawn"] += 1
-        for event in rt.indexer.events(name="AuditResolved"):
-            outcome["passed" if event.args.get("passed") else "failed"] += 1
+        outcome: Counter[str] = Counter()
+        for name in ("AuditDrawn", "AuditResolved"):
+            for event in rt.indexer.events(name=name):
+                outcome.update(audit_tallies(event))
         for name in ("drawn", "not_drawn", "passed", "failed"):
-            audits.add_metric([name], outcome.get(name, 0))
+            tally = f"audit:{name}"
+            audits.add_metric([name], outcome.get(tally, 0) + pruned.get(tally, 0))
         yield audits
 
         stored = rt.state.metrics()

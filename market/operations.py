@@ -67,7 +67,9 @@ def info(rt: MarketRuntime) -> dict[str, Any]:
 def job_record(rt: MarketRuntime, job_id: int) -> JobRecord:
     record = rt.indexer.job_record(job_id)
     if record is None:
-        raise NotFound(f"job {job_id} is not known (no JobPosted event indexed for it)")
+        raise NotFound(f"job {job_id} is not known: never posted, not indexed yet, or ended "
+                       "longer ago than the retention (the market forgets ended jobs then; "
+                       "the chain keeps their events)")
     return record
 
 

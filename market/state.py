@@ -138,6 +138,26 @@ redis.call('set', KEYS[3], ARGV[4])
 return 1
 """
 
+_FORGET_SHARDS = """
+-- KEYS: group, group-owner, group-output; ARGV: the job ids forgotten
+-- drops their shards, and the whole group once none is left (atomic: a shard added meanwhile
+-- keeps the group and its owner)
+local forgotten = {}
+for i = 1, #ARGV do forgotten[ARGV[i]] = true end
+local shards = redis.call('hgetall', KEYS[1])
+local left = 0
+for i = 1, #shards, 2 do
+  if forgotten[shards[i + 1]] then redis.call('hdel', KEYS[1], shards[i])
+  else left = left + 1 end
+end
+if left == 0 then
+  redis.call('del', KEYS[1], KEYS[2], KEYS[3])
+  return 1
+end
+return 0
+"""
+
+
 class MarketState:
     """Typed access to the market's Redis keys."""
 
@@ -147,6 +167,7 @@ class MarketState:
         self._create_offer = client.register_script(_CREATE_OFFER)
         self._end_lease = client.register_script(_END_LEASE)
         self._add_to_group = client.register_script(_ADD_TO_GROUP)
+        self._forget_shards = client.register_script(_FORGET_SHARDS)
         self._release_blob = client.register_script(_RELEASE_BLOB)
         self._offer_ids_built = False
 
@@ -207,6 +228,17 @@ class MarketState:
             if data:
                 out.append(_worker_from(address, data))
         return out
+
+    def forget_workers(self, seen_before: float) -> list[str]:
+        """Drop the registrations of workers not seen since ``seen_before`` (a worker that
+        comes back registers again, as at its first start). Returns their addresses."""
+        gone = [worker.address for worker in self.workers() if worker.last_seen < seen_before]
+        if gone:
+            pipe = self.r.pipeline()
+            pipe.delete(*(self._k("worker", address) for address in gone))
+            pipe.srem(self._k("workers"), *gone)
+            pipe.execute()
+        return gone
 
     def touch_worker(self, address: str, now: float) -> None:
         self.r.hset(self._k("worker", address), "last_seen", now)
@@ -619,6 +651,28 @@ class MarketState:
             args=[client.lower(), str(int(shard)), str(int(job_id)), group],
             client=pipe,
         )
+
+    def forget_jobs(self, job_ids: Sequence[int]) -> int:
+        """Drop what the market keeps per job for ``job_ids`` (ended long ago: the index
+        forgot them): failures, exclusions, results, first-seen times, spec problems, and a
+        group once none of its shards is left. Returns how many groups were dropped."""
+        ids = [int(i) for i in job_ids]
+        if not ids:
+            return 0
+        groups = {value.decode() for value in
+                  self.r.mget([self._k("job-group", job_id) for job_id in ids])
+                  if value is not None}
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            for part in ("failures", "last-failure", "exclude", "result", "spec-problem",
+                         "job-group"):
+                pipe.delete(self._k(part, job_id))
+        pipe.hdel(self._k("first-seen"), *ids)
+        pipe.execute()
+        forgotten = [str(i) for i in ids]
+        return sum(int(self._forget_shards(
+            keys=[self._k("group", group), self._k("group-owner", group),
+                  self._k("group-output", group)], args=forgotten)) for group in sorted(groups))
 
     def group_owners(self, groups: Iterable[str]) -> dict[str, str]:
         """The owning client (lower case) of each of ``groups`` that has one."""

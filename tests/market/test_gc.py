@@ -88,3 +88,54 @@ def test_a_job_that_ends_between_two_rounds_still_gets_the_retention(mk):
     _round(mk, now + 10)
     _round(mk, now + GRACE + 3600)  # past the uploads' grace period
     assert mk.rt.blobs.exists(spec.program) and mk.rt.blobs.exists(spec.inputs)
+
+
+def test_jobs_ended_past_the_retention_are_forgotten_with_their_keys_and_idle_workers_too(
+        mk, monkeypatch):
+    import hashlib
+
+    import httpx
+
+    from meshcompute.core.spec import client_group
+    from meshcompute.market import indexer as indexer_module
+    from tests.market.helpers import register
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 8)
+    actor = mk.world.clients[0]
+    client = mk.client(actor.account)
+    name = hashlib.sha256(b"my group").hexdigest()
+    specs = [JobSpec(program=client.put_blob(os.urandom(40)), inputs=client.put_blob(
+        os.urandom(40)), group=name, shards=2, shard=i) for i in range(2)]
+    for spec in specs:
+        client.put_spec(spec)
+    ended, still_open = (post(mk, spec) for spec in specs)
+    register(mk, mk.world.workers[0])
+    index_and_match(mk)
+    group = client_group(actor.address, name)
+    assert mk.rt.state.group(group) == {0: ended, 1: still_open}
+    mk.rt.state.record_failure(ended, mk.world.workers[0].address, "it broke")
+    actor.reclaim(ended)
+    now = time.time()
+    _round(mk, now)
+    mk.world.chain.mine(10)  # its events deeper than any reorg the index handles
+    report = _round(mk, now + RETENTION - 60)
+    assert report["jobs_pruned"] == 0 and mk.rt.indexer.job_record(ended) is not None
+    report = _round(mk, now + RETENTION + 60)
+    assert report["jobs_pruned"] == 1 and report["groups_pruned"] == 0
+    assert mk.rt.indexer.job_record(ended) is None
+    assert mk.rt.state.failures(ended) == {}
+    assert mk.rt.state.group(group) == {1: still_open}  # the open shard keeps the group
+    answer = httpx.get(f"{mk.url}/jobs/{ended}")
+    assert answer.status_code == 404 and "forgets ended jobs" in answer.json()["detail"]
+    assert httpx.get(f"{mk.url}/jobs/{still_open}").status_code == 200
+    # the worker, not seen for longer than the retention, was forgotten; it registers again
+    assert report["workers_pruned"] == 1 and mk.rt.state.worker(
+        mk.world.workers[0].address) is None
+    register(mk, mk.world.workers[0])
+    # the last shard ends: the whole group goes
+    actor.reclaim(still_open)
+    _round(mk, now + RETENTION + 120)
+    mk.world.chain.mine(10)
+    report = _round(mk, now + 2 * RETENTION + 240)
+    assert report["jobs_pruned"] == 1 and report["groups_pruned"] == 1
+    assert mk.rt.state.group(group) == {} and mk.rt.state.group_owner(group) is None

@@ -390,3 +390,52 @@ def test_posted_jobs_under_the_reward_floor_stay_out_of_the_open_scan(
     indexer.sync()
     assert indexer.job_record(spam).state == JobState.REFUNDED
     assert set(indexer.open_job_records()) == {real}
+
+
+def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
+    world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
+) -> None:
+    import time
+
+    from meshcompute.market import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 40)
+    indexer = make_indexer(world, redis_client, prefix)
+    paid = paid_job(world)
+    audited = world.audited_job()
+    world.verifier_for(audited).resolve_audit(audited, True, b"\xee" * 32)
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.outsider.finalize(audited)  # paid after the appeal window
+    (open_job,) = world.post()
+    indexer.sync()
+    assert indexer.job_record(paid).state == JobState.FINALIZED
+    assert indexer.job_record(audited).state.terminal, indexer.job_record(audited).state
+    assert redis_client.zcard(f"{prefix}other") > 0  # the world's mints and stakes
+    # ended, but its events are still within reach of a reorg: kept
+    assert indexer.prune(time.time() + 1) == []
+    chain.mine(45)
+    indexer.sync()
+    # deep enough, but it ended after the cutoff: kept
+    assert indexer.prune(time.time() - 3600) == []
+    assert indexer.prune(time.time() + 1) == [paid, audited]
+    assert indexer.job_record(paid) is None
+    assert indexer.events(job_id=paid) == []
+    assert not redis_client.exists(f"{prefix}job:{paid}")
+    # the open job and its events are untouched; deep events about no job are gone
+    assert indexer.job_record(open_job).state == JobState.POSTED
+    assert [e.name for e in indexer.events(job_id=open_job)] == ["JobPosted"]
+    assert set(indexer.open_job_records()) == {open_job}
+    assert redis_client.zcard(f"{prefix}other") == 0
+    names = {e.name for e in indexer.events()}
+    assert names == {"JobPosted"}
+    # what metrics count over all history survives: two jobs finalized, one audit drawn and
+    # passed (the paid job's draw, at rate 0, was never recorded)
+    assert indexer.pruned_tallies() == {"state:finalized": 2, "audit:drawn": 1,
+                                        "audit:passed": 1}
+    assert indexer.prune(time.time() + 1) == []  # nothing twice
+    # the index still follows the chain after pruning
+    reclaimed = world.post()[0]
+    world.clients[0].reclaim(reclaimed)
+    indexer.sync()
+    assert indexer.job_record(reclaimed).state == JobState.REFUNDED
+    assert indexer.job_records(verify=True)[open_job].state == JobState.POSTED
