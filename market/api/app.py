@@ -6,6 +6,7 @@ contract is docs/market-api.md; ``/openapi.json`` is the generated reference.
 from __future__ import annotations
 
 import sys
+import time
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -62,5 +63,8 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
                                if isinstance(route, APIRoute)],
                        identity=lambda: lazy.get().identity, signer=signed_address,
                        limit=lambda address, ip, lookup: limiter.check(
-                           lazy.get(), address=address, client_ip=ip, lookup=lookup))
+                           lazy.get(), address=address, client_ip=ip, lookup=lookup),
+                       claim=lambda signed: lazy.get().state.claim_nonce(
+                           signed.address, signed.nonce, expires=signed.expires,
+                           now=time.time()))
     return app

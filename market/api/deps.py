@@ -10,13 +10,11 @@ reachable.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Annotated
 
 import redis
 from fastapi import Depends, Path, Request
-from fastapi.concurrency import run_in_threadpool
 
 from meshcompute.errors import ChainError, ConfigError, DeploymentNotFound, ServiceUnavailable
 from meshcompute.market.api.gate import signed_request
@@ -51,15 +49,9 @@ Runtime = Annotated[MarketRuntime, Depends(_runtime)]
 
 
 async def authenticate(request: Request, runtime: MarketRuntime) -> str:
-    """The address that signed ``request`` (checked by the gate, :mod:`.gate`, before the body
-    was read); its nonce is claimed here, so the request cannot be replayed."""
-    signed = signed_request(request)
-    # the nonce and expiry that were signed, never the headers read again
-    await run_in_threadpool(
-        runtime.state.claim_nonce, signed.address, signed.nonce, expires=signed.expires,
-        now=time.time(),
-    )
-    return signed.address
+    """The address that signed ``request``: its signature was checked and its nonce claimed
+    by the gate (:mod:`.gate`) before the body was read, so the request cannot be replayed."""
+    return signed_request(request).address
 
 
 async def signed_address(request: Request, runtime: Runtime) -> str:

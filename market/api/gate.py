@@ -26,8 +26,10 @@ IP's): 429 with Retry-After otherwise. Signed requests of strangers (no stake, n
 escrow) are then served ``market_stranger_concurrency`` at a time: a flood from fresh keys
 queues behind itself, not in front of staked workers and paying clients.
 
-The nonce is claimed by the route's dependency (:func:`deps.authenticate`), once the request
-is known to be whole; a replayed request thus costs the market at most one capped body.
+A signed request's nonce is claimed as soon as its signature checks out, before its rate is
+counted: a captured request replayed by someone else is refused (401) without spending its
+signer's rate, so nobody can throttle a user with copies of the user's own requests. A client
+that gets 429 signs its next attempt afresh.
 """
 
 from __future__ import annotations
@@ -122,14 +124,18 @@ class RequestGate:
     """Pure ASGI middleware (see the module docstring) in front of ``routes`` (the app's
     routes, as included without a prefix). ``identity`` gives the chain id and JobMarket
     address the signatures name (it may block: it is called once, in a thread); ``signer`` is
-    the dependency of signed routes."""
+    the dependency of signed routes; ``claim`` claims a verified request's nonce (AuthError
+    for one seen before); ``limit`` counts a request against its rate (see
+    :meth:`RequestLimiter.check`)."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings, routes: Sequence[APIRoute],
                  identity: Callable[[], tuple[int, str]], signer: Callable[..., Any],
-                 limit: Callable[[str | None, str, bool], bool | None]) -> None:
+                 limit: Callable[[str | None, str, bool], bool | None],
+                 claim: Callable[[SignedRequest], None]) -> None:
         self.app = app
         self.settings = settings
         self.identity = identity
+        self.claim = claim
         self.limit = limit
         self.routes = [(route, route_kind(route, signer)) for route in routes]
         # signed requests of strangers (no stake, no open escrow) run a few at a time, so
@@ -180,6 +186,7 @@ class RequestGate:
         address = None
         if kind is not Kind.PUBLIC_JSON:
             signed = await self._verify(Request(scope), kind)
+            await run_in_threadpool(self.claim, signed)  # a replay is refused here
             scope.setdefault("state", {})[SIGNED] = signed
             address = signed.address
         client_ip = _client_ip(scope)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
@@ -480,10 +480,8 @@ class MarketClient:
         """The assembled safetensors output of one of this account's groups (a signed GET);
         Conflict names the shards still open."""
         path = f"/groups/{group}/output"
-        headers = sign_request(self._signer(), "GET", self._path_prefix + path, b"",
-                               self.chain_id, market=self._market_name,
-                               contract=self.contract)
-        return self._download("GET", path, what=f"group {group}'s output", headers=headers)
+        return self._download("GET", path, what=f"group {group}'s output",
+                              sign=lambda: self._sign("GET", path, b""))
 
     # ------------------------------------------------------------------ signed writes
     def put_blob(self, data: bytes) -> str:
@@ -664,6 +662,13 @@ class MarketClient:
             return {}
         return dict(response.json())
 
+    def _sign(self, method: str, path: str, body: bytes, *,
+              body_sha256: str | None = None) -> dict[str, str]:
+        """Fresh ``X-Mesh-*`` headers (a new nonce) for one attempt of a signed request."""
+        return sign_request(self._signer(), method, self._path_prefix + path, body,
+                            self.chain_id, market=self._market_name, contract=self.contract,
+                            body_sha256=body_sha256)
+
     def _signed(
         self,
         method: str,
@@ -674,26 +679,24 @@ class MarketClient:
         body_sha256: str | None = None,
         content_length: int | None = None,
     ) -> httpx.Response:
-        signer = self._signer()
-        headers = sign_request(
-            signer,
-            method,
-            self._path_prefix + path,
-            body if isinstance(body, bytes) else b"",
-            self.chain_id,
-            market=self._market_name,
-            contract=self.contract,
-            body_sha256=body_sha256,
-        )
-        headers["Content-Type"] = content_type
+        extra = {"Content-Type": content_type}
         if content_length is not None:
-            headers["Content-Length"] = str(content_length)
-        return self._request(method, path, content=body, headers=headers)
+            extra["Content-Length"] = str(content_length)
 
-    def _download(self, method: str, path: str, *, what: str, **kwargs: Any) -> bytes:
+        def sign() -> dict[str, str]:
+            return self._sign(method, path, body if isinstance(body, bytes) else b"",
+                              body_sha256=body_sha256) | extra
+
+        return self._request(method, path, content=body, sign=sign)
+
+    def _download(self, method: str, path: str, *, what: str,
+                  sign: Callable[[], dict[str, str]] | None = None, **kwargs: Any) -> bytes:
         """The body of a successful answer, read in chunks and cut off (BadInput) past
-        ``max_download_bytes``: a market cannot make this node buffer without bound."""
+        ``max_download_bytes``: a market cannot make this node buffer without bound.
+        ``sign`` gives each attempt its own signed headers."""
         for attempt in range(_RATE_RETRIES + 1):
+            if sign is not None:
+                kwargs["headers"] = sign()
             try:
                 return self._download_once(method, path, what=what, **kwargs)
             except _RateLimitedAnswer as limited:
@@ -733,8 +736,15 @@ class MarketClient:
                 f"market at {self.base_url} cannot be reached ({type(exc).__name__}: {exc})"
             ) from exc
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *,
+                 sign: Callable[[], dict[str, str]] | None = None,
+                 **kwargs: Any) -> httpx.Response:
+        """One request, sent again after a 429 with Retry-After (up to ``_RATE_RETRIES``
+        times); ``sign`` gives each attempt its own signed headers (the market claims a
+        request's nonce before it counts the rate, so a refused attempt's nonce is spent)."""
         for attempt in range(_RATE_RETRIES + 1):
+            if sign is not None:
+                kwargs["headers"] = sign()
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
@@ -746,7 +756,7 @@ class MarketClient:
                     kwargs.get("content", b""), bytes):
                 break
             # over the market's rate (429 with Retry-After): refused before the route ran, so
-            # the same request (its nonce unclaimed) goes again once the window allows
+            # the request goes again, freshly signed, once the window allows
             time.sleep(wait)
         if response.status_code >= 400:
             raise _error_for(response, f"{method} {self.base_url}{path}")

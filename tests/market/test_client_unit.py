@@ -176,3 +176,23 @@ def test_a_refused_download_is_the_markets_error() -> None:
     client = MarketClient("http://m", transport=httpx.MockTransport(missing))
     with pytest.raises(NotFound, match="not in the store"):
         client.get_blob("ab" * 32)
+
+
+def test_a_rate_limited_signed_request_is_signed_afresh_before_it_goes_again(monkeypatch):
+    """The market claims a nonce before it counts the rate: the retry after a 429 must carry a
+    new nonce (and still verify), or the market would refuse it as a replay."""
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    nonces = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        verify_request(request.headers, request.method, request.url.path, body, 31337,
+                       now=time.time(), markets=[request.headers["host"]], contract=CONTRACT)
+        nonces.append(request.headers["x-mesh-nonce"])
+        if len(nonces) < 3:
+            return httpx.Response(429, headers={"Retry-After": "1"},
+                                  json={"detail": "too many"})
+        return httpx.Response(200, json={"leases": []})
+
+    assert _client(handler).lease(max_jobs=1) == []
+    assert len(nonces) == 3 and len(set(nonces)) == 3

@@ -134,7 +134,8 @@ def test_chain_reads_for_addresses_without_credit_queue_and_known_users_pass_the
     settings = Settings(market_lookup_concurrency=1, market_stranger_wait_s=0.3)
     gated = RequestGate(app, settings=settings,
                         routes=[r for r in app.routes if isinstance(r, APIRoute)],
-                        identity=lambda: (31337, contract), signer=signer, limit=limit)
+                        identity=lambda: (31337, contract), signer=signer, limit=limit,
+                        claim=lambda signed: None)
 
     async def post(account) -> httpx.Response:
         body = b'{"x": 1}'

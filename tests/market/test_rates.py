@@ -46,6 +46,24 @@ def test_fresh_keys_share_one_rate_and_staked_workers_keep_theirs(mk):
     assert [_heartbeat(mk, worker.account).status_code for _ in range(10)] == [200] * 10
 
 
+def test_replaying_someones_request_does_not_spend_their_rate(mk):
+    """An attacker who captured a signed request sends copies of it: each is refused as a
+    replay before it is counted, so the signer's own next requests are not throttled."""
+    victim = Account.create()
+    body = b'{"running":[]}'
+    captured = sign_request(victim, "POST", "/workers/heartbeat", body, 31337, market=mk.url,
+                            contract=mk.contract)
+    captured["Content-Type"] = "application/json"
+    first = httpx.post(mk.url + "/workers/heartbeat", content=body, headers=captured)
+    assert first.status_code == 403  # signed and counted once; not a registered worker
+    replies = [httpx.post(mk.url + "/workers/heartbeat", content=body, headers=captured)
+               for _ in range(10)]
+    assert {r.status_code for r in replies} == {401}
+    assert all("already used" in r.json()["detail"] for r in replies)
+    # 3 a second for the victim: the copies spent none of it
+    assert [_heartbeat(mk, victim).status_code for _ in range(2)] == [403, 403]
+
+
 def test_unsigned_reads_are_limited_per_client_and_the_client_waits(mk):
     answers = [httpx.get(mk.url + "/health").status_code for _ in range(40)]
     assert 429 in answers and answers.count(200) >= 5
