@@ -46,6 +46,8 @@ from meshcompute.units import TOKEN
 #: Dev-mnemonic account roles (index into LocalChain.accounts).
 ADMIN, ASSIGNER, VERIFIER, SECOND_VERIFIER, CLIENT = 0, 1, 2, 3, 4
 FIRST_WORKER = 5
+#: The canary service's client and worker (``StackConfig.canary``): the last two accounts.
+CANARY_CLIENT, CANARY_WORKER = 8, 9
 WALLET_PASSWORD = "dev-stack-only"
 
 #: Short windows so a demo settles in seconds (the production defaults are minutes).
@@ -67,6 +69,10 @@ class StackConfig:
     lazy_second_verifier: bool = False
     """TEST-ONLY: the second verifier passes its audits without recomputing
     (``MESH_TEST_LAZY_VERIFIER``)."""
+    canary: dict[str, str] | None = None
+    """Run ``mesh canary start`` with these options (``{"every": "5", "total": "4"}``): the
+    operator's canary service, as client the dev account 8 and as worker the dev account 9
+    (funded and staked here; at most 3 workers then)."""
     worker_slots: int = 1
     worker_threads: int = 1
     stake: int = 5_000 * TOKEN
@@ -187,6 +193,8 @@ class DevStack:
         cfg = self.config
         if cfg.workers + FIRST_WORKER > 10:
             raise ValueError("the dev chain has 10 accounts: at most 5 workers")
+        if cfg.canary is not None and cfg.workers + FIRST_WORKER > CANARY_CLIENT:
+            raise ValueError("the canary service takes dev accounts 8 and 9: at most 3 workers")
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self.chain.start()
         self._deploy()
@@ -228,6 +236,16 @@ class DevStack:
             if not self.sandboxed:
                 argv.append("--allow-unsandboxed")
             self._add_provider(f"worker-{index}", account, argv, extra)
+        if cfg.canary is not None:
+            options = [part for key, value in cfg.canary.items()
+                       for part in (f"--{key.replace('_', '-')}", value)]
+            if not self.sandboxed:
+                options.append("--allow-unsandboxed")
+            self._add_provider("canary", self.accounts[CANARY_CLIENT],
+                               ["canary", "start", "--json-logs", *options],
+                               {"MESH_CANARY_WORKER_KEY":
+                                self.accounts[CANARY_WORKER].key.to_0x_hex(),
+                                "MESH_ASSIGNER_KEY": self.accounts[ASSIGNER].key.to_0x_hex()})
         for name, service in self.services.items():
             if not service.running and name not in ("market-api", "market-tasks"):
                 service.start()
@@ -314,9 +332,13 @@ class DevStack:
         raise ServiceUnavailable(f"{seen} of {count} workers registered in {timeout_s:g} s\n{tails}")
 
     def check_alive(self) -> None:
-        """Raise with the log tail of any service that exited on its own."""
+        """Raise with the log tail of any service that exited on its own (a canary service
+        with a ``total`` ends by itself once its canaries have ended: status 0 is fine)."""
         for name, service in self.services.items():
             if service.killed:
+                continue
+            if name == "canary" and service.process is not None and \
+                    service.process.poll() == 0:
                 continue
             if service.process is not None and service.process.poll() is not None:
                 raise ServiceUnavailable(
@@ -346,6 +368,10 @@ class DevStack:
         for account in (self.accounts[VERIFIER], self.accounts[SECOND_VERIFIER]):
             actor.mint(account.address, self.config.stake)
             self.actor(account).stake(self.config.stake)
+        if self.config.canary is not None:
+            actor.mint(self.accounts[CANARY_CLIENT].address, self.config.client_funds)
+            actor.mint(self.accounts[CANARY_WORKER].address, self.config.stake * 2)
+            self.actor(self.accounts[CANARY_WORKER]).stake(self.config.stake)
 
     def _start_redis(self) -> None:
         configured = os.environ.get("REDIS_URL") or os.environ.get("MESH_REDIS_URL")

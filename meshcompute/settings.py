@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     market_body_timeout_s: float = Field(default=30.0, gt=0)
     """A JSON body must arrive within this many seconds (408 otherwise)."""
 
+    market_api_workers: int = Field(default=1, ge=1, le=64)
+    """Processes of the market's HTTP API (uvicorn workers, sharing the port): each has its own
+    event loop, so a flood of requests that one loop must refuse delays the others' callers
+    less. Rates, quotas and nonces are shared in Redis; the per-process limits
+    (``market_max_connections``, the strangers' and lookups' places) apply to each."""
+
     market_max_connections: int = Field(default=1024, ge=1)
     """Most connections and tasks the market's HTTP server holds at once; beyond it new ones
     get HTTP 503 (uvicorn's ``limit_concurrency``)."""
@@ -186,6 +192,10 @@ class Settings(BaseSettings):
     assigner_key: SecretStr | None = None
     """Private key that signs assignment tickets (``MESH_ASSIGNER_KEY``; needs ASSIGNER_ROLE).
     Unset on the dev chain (id 31337) means the dev mnemonic's account 1; elsewhere required."""
+
+    canary_worker_key: SecretStr | None = None
+    """Private key of the canary worker ``mesh canary start`` commits junk with
+    (``MESH_CANARY_WORKER_KEY``; a staked address of the operator's, never a worker node's)."""
 
     settler_key: SecretStr | None = None
     """Private key that sends the batched finalize transactions (``MESH_SETTLER_KEY``; needs

@@ -12,6 +12,10 @@ the lazy verifier's bond goes to the canary client.
 
 Who runs it: whoever holds the assigner key (the market operator, or the protocol through
 it), since the canary worker must get the job without the market offering it to anyone else.
+``mesh canary start`` runs :func:`run_canaries`: canaries at random times (exponential gaps,
+so nobody can tell the next one from the clock), a few open at a time, each a fresh export of
+a real model on fresh random inputs, every pass disputed within the appeal window; the planted
+jobs are kept in a journal file, so a restart keeps watching (and disputing) them.
 What it relies on: a verifier cannot tell a canary from any other job (real programs, a worker
 address with an ordinary record, the same ``assignAndCommit`` path). Neither is enforced here;
 the README's trust model says so.
@@ -19,9 +23,14 @@ the README's trust model says so.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -29,8 +38,9 @@ from meshcompute.chain.contracts import JobParams, MeshActor
 from meshcompute.chain.tickets import AssignTicket, sign_ticket
 from meshcompute.core.job import JobState
 from meshcompute.core.spec import JobSpec, sha256_hex
-from meshcompute.errors import BadInput
+from meshcompute.errors import BadInput, MeshError
 from meshcompute.execution.programs import load_tensors, save_tensors
+from meshcompute.files import write_json_atomic
 from meshcompute.wire.market_client import MarketClient
 
 log = logging.getLogger("meshcompute.canary")
@@ -115,3 +125,100 @@ class CanaryRunner:
             elif record.state.terminal:
                 changed[job_id] = self.planted[job_id] = record.state.name.lower()
         return changed
+
+
+Program = Callable[[], tuple[bytes, bytes]]
+"""Makes one canary's ``(program, inputs)`` (safetensors bytes), fresh each call."""
+
+OPEN = ("planted", "disputed")
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    """How ``mesh canary start`` plants: on average one canary every ``every_s`` seconds (the
+    gaps are exponential), at most ``max_open`` not ended at once, at most ``total`` in all
+    (None: no end), each paying ``reward`` and ``audit_fee`` and bonding ``collateral`` of
+    the canary worker's stake (wei)."""
+
+    every_s: float
+    reward: int
+    audit_fee: int
+    collateral: int
+    max_open: int = 4
+    total: int | None = None
+    deadline_s: int = 3600
+    lease_s: int = 600
+
+    def __post_init__(self) -> None:
+        if self.every_s <= 0 or self.max_open < 1 or (self.total is not None
+                                                      and self.total < 0):
+            raise BadInput("a canary plan needs every_s > 0, max_open >= 1, total >= 0")
+        if min(self.reward, self.audit_fee, self.collateral) <= 0:
+            raise BadInput("a canary needs a reward, an audit fee and collateral above 0")
+
+
+def canary_journal_path(data_dir: Path, chain_id: int, client: str) -> Path:
+    return Path(data_dir).expanduser() / "canary" / f"{chain_id}-{client.lower()}.json"
+
+
+def load_planted(path: Path) -> dict[int, str]:
+    """The journal's canaries (job id -> status); empty when there is no journal yet."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {int(job_id): str(status) for job_id, status in data.get("planted", {}).items()}
+
+
+def save_planted(path: Path, planted: dict[int, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"version": 1,
+                             "planted": {str(k): v for k, v in sorted(planted.items())}})
+
+
+def run_canaries(runner: CanaryRunner, programs: Sequence[Program], plan: CanaryPlan, *,
+                 journal: Path, stop: threading.Event, poll_s: float = 2.0,
+                 rng: random.Random | None = None,
+                 emit: Callable[..., None] = lambda event, **fields: None) -> dict[int, str]:
+    """Plant canaries by ``plan`` and dispute every pass of them until ``stop`` is set (and,
+    with a ``total``, until every canary has ended). A failure to plant or to watch (funds,
+    the market, the node) is reported through ``emit`` and tried again later; it never ends
+    the loop. Returns the canaries and what became of them."""
+    if not programs:
+        raise BadInput("run_canaries needs at least one program")
+    rng = rng or random.SystemRandom()
+    runner.planted.update(load_planted(journal))
+    started = len(runner.planted)
+    next_at = time.monotonic() + rng.expovariate(1 / plan.every_s)
+    backoff = poll_s
+    while not stop.is_set():
+        try:
+            changed = runner.watch_once()
+        except (MeshError, OSError) as exc:
+            emit("warning", message=f"watching canaries failed: {exc}")
+            changed = {}
+        if changed:
+            save_planted(journal, runner.planted)
+            for job_id, status in changed.items():
+                emit("canary", job_id=job_id, status=status)
+        open_now = sum(1 for status in runner.planted.values() if status in OPEN)
+        planted_here = len(runner.planted) - started
+        done = plan.total is not None and planted_here >= plan.total
+        if done and open_now == 0:
+            break
+        if not done and open_now < plan.max_open and time.monotonic() >= next_at:
+            try:
+                program, inputs = rng.choice(list(programs))()
+                job_id = runner.plant(program, inputs, reward=plan.reward,
+                                      audit_fee=plan.audit_fee, collateral=plan.collateral,
+                                      deadline_s=plan.deadline_s, lease_s=plan.lease_s)
+            except (MeshError, OSError) as exc:
+                emit("warning", message=f"planting a canary failed: {exc}")
+                next_at = time.monotonic() + backoff
+                backoff = min(60.0, backoff * 2)
+            else:
+                backoff = poll_s
+                save_planted(journal, runner.planted)
+                emit("canary", job_id=job_id, status="planted")
+                next_at = time.monotonic() + rng.expovariate(1 / plan.every_s)
+        stop.wait(poll_s)
+    return dict(runner.planted)

@@ -68,3 +68,14 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
                            signed.address, signed.nonce, expires=signed.expires,
                            now=time.time()))
     return app
+
+
+def app_from_settings() -> FastAPI:
+    """The app for this process's settings: the factory each of uvicorn's worker processes
+    calls when the API runs in several (``market_api_workers`` > 1)."""
+    from meshcompute.logs import configure_logging
+    from meshcompute.settings import get_settings
+
+    settings = get_settings()
+    configure_logging("market", json_lines=settings.market_json_logs)
+    return create_app(settings)

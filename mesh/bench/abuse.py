@@ -16,8 +16,9 @@ requests a second in all, then as fast as they can (a flood):
 
 Figures: ``attack_requests`` (and per kind, by status), ``honest_jobs_settled`` per phase,
 ``honest_p95_ms`` quiet and under the first offered rate (``honest_p95_ms_by_phase`` for
-all), ``market_idle_rss_mib`` and ``market_max_rss_mib`` (the API
-process, sampled every 0.2 s), ``disk_bytes_written_by_attackers`` (the bytes of attacker
+all), with the API in ``api_workers`` processes (``MESH_MARKET_API_WORKERS``),
+``market_idle_rss_mib`` and ``market_max_rss_mib`` (the API's processes together, sampled
+every 0.2 s), ``disk_bytes_written_by_attackers`` (the bytes of attacker
 uploads the market accepted) against the strangers' pool, ``server_errors`` (any 5xx, honest
 or attacker). Targets: no 5xx; max RSS < 2x idle; attackers' bytes within their quota; honest
 p95 under attack within 2x of the quiet phase.
@@ -51,10 +52,35 @@ _REQUESTS_PER_ROUND = 11 / 5
 
 
 def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of ``pid`` and every process below it (the API's worker processes
+    when it runs several), in MiB."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # gone meanwhile
+    return total / 1024
+
+
+def _tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        member = todo.pop()
+        out.append(member)
+        todo.extend(children.get(member, []))
+    return out
 
 
 class _Tally:
@@ -76,7 +102,8 @@ class _Tally:
 
 
 def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2, attackers: int = 4,
-                    rates: tuple[float, ...] = (200.0, 400.0)) -> dict[str, Any]:
+                    rates: tuple[float, ...] = (200.0, 400.0),
+                    api_workers: int = 4) -> dict[str, Any]:
     import torch
 
     from meshcompute.execution.programs import export_program
@@ -89,7 +116,8 @@ def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2, attackers: in
     program = export_program(model, (torch.randn(2, 8),))
     config = StackConfig(workers=workers, cheaters=0, verifier=False, worker_slots=2,
                          params=replace(FAST_PARAMS, challenge_window_s=1, min_audit_bps=0),
-                         extra_env=dict(E2E_ENV) | QUOTA_ENV)
+                         extra_env=dict(E2E_ENV) | QUOTA_ENV
+                         | {"MESH_MARKET_API_WORKERS": str(api_workers)})
     with DevStack(config) as stack:
         market_proc = stack.services["market-api"].process
         assert market_proc is not None
@@ -245,6 +273,7 @@ def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2, attackers: in
         "duration_s_per_phase": duration_s,
         "attacker_threads": attackers,
         "attack_rates_per_s": list(rates),
+        "market_api_workers": api_workers,
         "workers": workers,
         "sandboxed": sandboxed,
         "paid_total": len(paid),
@@ -257,7 +286,8 @@ def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2, attackers: in
                   "loopback their CPU is the market's machine's, in production it is their "
                   "own) cycle oversized unsigned bodies, unique blobs from fresh keys, "
                   "group-output downloads, replays and cross-market requests, malformed and "
-                  "deeply nested JSON; RSS of the market API process sampled every 0.2 s",
+                  "deeply nested JSON; the market API runs market_api_workers processes "
+                  "(uvicorn workers); RSS of all of them together sampled every 0.2 s",
     }
 
 

@@ -94,13 +94,16 @@ def bench_abuse(
     rate: Annotated[list[float] | None, typer.Option(
         min=1, help="Requests a second the attackers offer in one phase (repeat for more "
                     "phases; a flood as fast as they can always follows).")] = None,
+    api_workers: Annotated[int, typer.Option(
+        min=1, help="Processes of the market API (MESH_MARKET_API_WORKERS).")] = 4,
 ) -> None:
     """The market under attack (oversized bodies, blob floods from fresh keys, group-output
     downloads, replays, malformed JSON) while an honest client and workers run jobs."""
     from meshcompute.mesh.bench.abuse import run_abuse_bench
 
     emit(run_abuse_bench(duration_s=duration, attackers=attackers,
-                         rates=tuple(rate) if rate else (200.0, 400.0)), as_json)
+                         rates=tuple(rate) if rate else (200.0, 400.0),
+                         api_workers=api_workers), as_json)
 
 
 @bench_app.command("verify")

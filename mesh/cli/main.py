@@ -29,6 +29,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("provider", "provider"),
     ("sim", "sim"),
     ("verifier", "verifier"),
+    ("canary", "canary"),
 )
 
 for _module, _name in SUBCOMMANDS:

@@ -45,9 +45,12 @@ def serve(
     from meshcompute.market.api.app import create_app
 
     settings, embedded = _prepare()
+    workers = settings.market_api_workers
     try:
         uvicorn.run(
-            create_app(settings),
+            "meshcompute.market.api.app:app_from_settings" if workers > 1 else create_app(settings),
+            factory=workers > 1,
+            workers=workers if workers > 1 else None,
             host=host or settings.market_host,
             port=port or settings.market_port,
             log_config=None,

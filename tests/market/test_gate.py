@@ -56,13 +56,16 @@ def test_a_route_with_a_body_and_no_signer_is_public(tmp_path):
     assert route_kind(route, signed_address) is Kind.PUBLIC_JSON
 
 
-def test_serve_passes_the_connection_and_header_limits_to_uvicorn(monkeypatch, tmp_path):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_serve_passes_the_connection_and_header_limits_to_uvicorn(monkeypatch, tmp_path,
+                                                                  workers):
     import uvicorn
 
     from meshcompute.mesh.cli import market as market_cli
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setenv("MESH_MARKET_API_WORKERS", str(workers))
     monkeypatch.setenv("MESH_MARKET_MAX_CONNECTIONS", "77")
     monkeypatch.setenv("MESH_MARKET_MAX_HEADER_BYTES", "8192")
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -76,6 +79,19 @@ def test_serve_passes_the_connection_and_header_limits_to_uvicorn(monkeypatch, t
         get_settings.cache_clear()
     assert seen["limit_concurrency"] == 77
     assert seen["h11_max_incomplete_event_size"] == 8192
+    if workers == 1:  # one process: the app itself
+        assert not seen["factory"] and seen["workers"] is None
+    else:  # several: each of uvicorn's processes builds its own from the same settings
+        assert (seen["app"], seen["factory"], seen["workers"]) == (
+            "meshcompute.market.api.app:app_from_settings", True, workers)
+        from meshcompute.market.api.app import app_from_settings
+
+        monkeypatch.setenv("MESH_DATA_DIR", str(tmp_path))
+        get_settings.cache_clear()
+        try:
+            assert app_from_settings().title == "meshcompute market"
+        finally:
+            get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("size", [1023])

@@ -90,3 +90,60 @@ def test_start_audits_a_drawn_job_and_stops_on_sigterm(world, market, kit, tmp_p
     posted = [e for e in events if e["event"] == "verdict_posted"]
     assert [(e["job_id"], e["verdict"]) for e in posted] == [(job_id, True)]
     assert events[-1]["event"] == "stopped"
+
+
+def test_canary_service_disputes_a_lazy_pass_and_stops_when_its_canaries_have_ended(
+        world, market, tmp_path) -> None:
+    """``mesh canary start`` as a real process: it plants one canary (a fresh model, junk
+    committed by its own worker under a ticket of the assigner key), the verifier the draw
+    picks passes it without recomputing, the service disputes the pass within the window, the
+    other verifier overturns it: the lazy verifier loses its bond, and the service, its one
+    canary ended, exits 0. No key material reaches its log."""
+    from meshcompute.core.job import PASS_BOND_REWARDS
+    from meshcompute.units import TOKEN
+    from meshcompute.verifier.canary import canary_journal_path, load_planted
+
+    client, worker = world.clients[1], world.workers[2]
+    worker_key = worker.account.key.to_0x_hex()
+    env = _env(market, client, tmp_path) | {
+        "MESH_CANARY_WORKER_KEY": worker_key,
+        "MESH_ASSIGNER_KEY": world.assigner.key.to_0x_hex(),
+    }
+    argv = _mesh("canary", "start", "--json-logs", "--every", "1", "--total", "1",
+                 "--families", "mlp", "--reward", "10", "--audit-fee", "1", "--collateral", "50")
+    if _unsandboxed():
+        argv.append("--allow-unsandboxed")
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    tether(process.pid)
+    journal = canary_journal_path(tmp_path, world.deployment.chain_id, client.address)
+    try:
+        give_up = time.monotonic() + 180
+        while not (journal.exists() and load_planted(journal)):
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < give_up, "no canary planted in time"
+            time.sleep(0.2)
+        (job_id,) = load_planted(journal)
+        assert world.job(job_id).state == JobState.COMMITTED
+        assert world.job(job_id).worker == worker.address
+        world.chain.mine(2)  # the draw's seed block
+        lazy = world.verifier_for(job_id)
+        lazy.resolve_audit(job_id, True, b"\xee" * 32)  # a pass without recomputing
+        while world.job(job_id).state == JobState.AUDIT_PASSED:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < give_up, "the canary service did not dispute the pass"
+            time.sleep(0.2)
+        world.verifier_for(job_id).resolve_appeal(job_id, False, b"\xdd" * 32)
+        assert world.job(job_id).state == JobState.SLASHED
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert world.admin.stake_of(lazy.address).slashed == 10 * TOKEN * PASS_BOND_REWARDS
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    statuses = [e.get("status") for e in events if e.get("event") == "canary"]
+    assert statuses == ["planted", "disputed", "slashed"], output
+    assert load_planted(journal) == {job_id: "slashed"}
+    assert worker_key[2:].lower() not in output.lower()
+    assert "Traceback" not in output
