@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
@@ -287,7 +288,22 @@ def signed_request(request: Request) -> SignedRequest:
 
 def _client_ip(scope: Scope) -> str:
     client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+    return client_key(str(client[0])) if client else "unknown"
+
+
+def client_key(host: str) -> str:
+    """Whom a per-client rate counts: an IPv4 address, or the /64 network of an IPv6 one (a
+    single home or server gets a whole /64, so counting each address would let one client
+    take 2^64 rates)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _has_body(headers: Any) -> bool:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from meshcompute.market.api.app import create_app
 from meshcompute.market.api.deps import signed_address
-from meshcompute.market.api.gate import Kind, RequestGate, route_kind
+from meshcompute.market.api.gate import Kind, RequestGate, client_key, route_kind
 from meshcompute.settings import Settings
 
 
@@ -176,3 +176,13 @@ def test_chain_reads_for_addresses_without_credit_queue_and_known_users_pass_the
     assert served.status_code == 200, served.text  # served while the lookup was held
     assert first.status_code == 200
     assert len(looked_up) == 1  # the refused one cost no chain read
+
+
+def test_an_ipv6_client_is_rated_by_its_64_network():
+    # one client holds a whole /64: counting each address would give it 2^64 rates
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff::9") == \
+        "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("testclient") == "testclient"
