@@ -83,11 +83,13 @@ class RequestLimiter:
                       f"requests from {client_ip}")
             return False
         cached = quotas.cached_standing(rt, address)
-        if cached is None:
-            if not lookup and not quotas.recently_credited(rt, address):
+        if cached is None and not quotas.recently_credited(rt, address):
+            if not lookup:
                 return None
-            # an address not seen lately costs a chain read: fresh keys are free to make, so
-            # those reads are rationed per client IP and in all
+            # an address without credit lately costs a chain read: fresh keys are free to
+            # make, so those reads are rationed per client IP and in all (an address with
+            # credit refreshes its standing once per stake_cache_s, outside these rations:
+            # many users behind one proxy are not one flood)
             self._hit(limiter, self.settings.rate_lookups_per_ip_per_s, "lookup-ip",
                       client_ip, f"requests from new addresses at {client_ip}")
             self._hit(limiter, self.settings.rate_lookups_per_s, "lookup", "all",

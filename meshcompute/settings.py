@@ -117,12 +117,15 @@ class Settings(BaseSettings):
     """Signed requests a second all addresses without stake or open escrow may make
     together: fresh keys share this rate, never what staked workers and clients need."""
 
-    rate_lookups_per_s: int = Field(default=100, ge=1)
+    rate_lookups_per_s: int = Field(default=20, ge=1)
     """Signed requests a second, in all, from addresses whose standing is not cached (each
-    costs the market a chain read; fresh keys are free to make)."""
+    costs the market a chain read; fresh keys are free to make). An address's standing stays
+    cached ``stake_cache_s`` after its first request, so this bounds new addresses a second,
+    not requests; those reads were most of what a flood of fresh keys cost the market
+    (``mesh bench abuse``)."""
 
-    rate_lookups_per_ip_per_s: int = Field(default=20, ge=1)
-    """The same, per client IP."""
+    rate_lookups_per_ip_per_s: int = Field(default=5, ge=1)
+    """The same, per client IP (an IPv6 client's /64)."""
 
     rate_public_per_s: int = Field(default=500, ge=1)
     """Unsigned requests (reads: jobs, blobs, groups, health) a second per client IP."""

@@ -103,7 +103,7 @@ class _Tally:
 
 def run_abuse_bench(*, duration_s: float = 20.0, workers: int = 2, attackers: int = 4,
                     rates: tuple[float, ...] = (200.0, 400.0),
-                    api_workers: int = 4) -> dict[str, Any]:
+                    api_workers: int = 2) -> dict[str, Any]:
     import torch
 
     from meshcompute.execution.programs import export_program

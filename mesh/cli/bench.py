@@ -95,7 +95,7 @@ def bench_abuse(
         min=1, help="Requests a second the attackers offer in one phase (repeat for more "
                     "phases; a flood as fast as they can always follows).")] = None,
     api_workers: Annotated[int, typer.Option(
-        min=1, help="Processes of the market API (MESH_MARKET_API_WORKERS).")] = 4,
+        min=1, help="Processes of the market API (MESH_MARKET_API_WORKERS).")] = 2,
 ) -> None:
     """The market under attack (oversized bodies, blob floods from fresh keys, group-output
     downloads, replays, malformed JSON) while an honest client and workers run jobs."""
