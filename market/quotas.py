@@ -96,6 +96,8 @@ def standing(rt: MarketRuntime, address: str, *, fresh: bool = False) -> tuple[i
     if not is_stranger(stake=stake, escrow=escrow):
         rt.redis.set(_credited_key(rt, address), 1,
                      px=max(1, int(rt.settings.market_credited_memory_s * 1000)))
+    else:  # unstaked or reclaimed since: its reads queue and count like any stranger's
+        rt.redis.delete(_credited_key(rt, address))
     return stake, escrow
 
 

@@ -175,6 +175,12 @@ class MarketState:
         return self.prefix + ":".join(str(p) for p in parts)
 
     # ------------------------------------------------------------------ auth nonces
+    def check_nonce_unused(self, address: str, nonce: str) -> None:
+        """AuthError if ``nonce`` of ``address`` was claimed already (a replay), without
+        claiming it."""
+        if self.r.exists(self._k("nonce", address, nonce)):
+            raise AuthError(f"nonce {nonce} was already used by {address} (replayed request)")
+
     def claim_nonce(self, address: str, nonce: str, *, expires: int, now: float) -> None:
         """Remember a request nonce until its expiry; AuthError if it was seen before."""
         ttl = max(1, int(expires - now) + 1)

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     """Signed requests a second all addresses without stake or open escrow may make
     together: fresh keys share this rate, never what staked workers and clients need."""
 
-    rate_lookups_per_s: int = Field(default=20, ge=1)
+    rate_lookups_per_s: int = Field(default=50, ge=1)
     """Signed requests a second, in all, from addresses whose standing is not cached (each
     costs the market a chain read; fresh keys are free to make). An address's standing stays
     cached ``stake_cache_s`` after its first request, so this bounds new addresses a second,

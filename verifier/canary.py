@@ -97,10 +97,17 @@ class CanaryRunner:
         spec_sha = self.client_market.put_spec(spec)
         junk = junk_output(self.recompute(spec, program, inputs))
         self.worker_market.put_blob(junk)
+        if self.client.stake_of(self.worker.address).free < collateral:
+            raise BadInput(f"the canary worker {self.worker.address} has less free stake than "
+                           f"one canary's collateral ({collateral} wei): stake more, or lower "
+                           "--max-open or --collateral")
         now = int(self.client.w3.eth.get_block("latest")["timestamp"])
         (job_id,) = self.client.post_jobs([JobParams(
             spec_hash=bytes.fromhex(spec_sha), reward=reward, audit_fee=audit_fee,
             collateral=collateral, deadline=now + deadline_s, audit_bps=audit_bps)])
+        # recorded before the assignment: a job posted but never assigned is taken back
+        # (watch_once), never left open for the market to hand to someone else forever
+        self.planted[job_id] = "posted"
         ticket = AssignTicket(self.worker.address, (job_id,), audit_bps, now + lease_s)
         signature = sign_ticket(ticket, self.assigner,  # type: ignore[arg-type]
                                 chain_id=self.client.deployment.chain_id,
@@ -111,26 +118,45 @@ class CanaryRunner:
         return job_id
 
     def watch_once(self) -> dict[int, str]:
-        """Dispute every planted job whose audit passed; record the ones that ended. Returns
-        what changed, by job id."""
+        """Dispute every planted job whose audit passed; take back a posted job the canary
+        worker never got; record the ones that ended. One job's failure (a node error, a
+        window that closed meanwhile) is logged and tried again next time; it does not stop
+        the others. Returns what changed, by job id."""
         changed: dict[int, str] = {}
         for job_id, status in list(self.planted.items()):
-            if status not in ("planted", "disputed"):
+            if status not in OPEN:
                 continue
-            record = self.client.job(job_id)
-            if record.state == JobState.AUDIT_PASSED and status == "planted":
-                self.client.dispute(job_id, record)
-                log.warning("canary job %d passed by %s: disputed", job_id, record.auditor)
-                changed[job_id] = self.planted[job_id] = "disputed"
-            elif record.state.terminal:
-                changed[job_id] = self.planted[job_id] = record.state.name.lower()
+            try:
+                new = self._watch(job_id, status)
+            except (MeshError, OSError) as exc:
+                log.warning("canary job %d: %s", job_id, exc)
+                continue
+            if new is not None and new != status:
+                changed[job_id] = self.planted[job_id] = new
         return changed
 
+    def _watch(self, job_id: int, status: str) -> str | None:
+        record = self.client.job(job_id)
+        if record.state.terminal:
+            return record.state.name.lower()
+        if status == "posted":
+            if record.worker.lower() == self.worker.address.lower():
+                return "planted"  # the assignment went through after all
+            if record.state == JobState.POSTED:
+                self.client.reclaim(job_id, record)  # never assigned: the escrow comes back
+                return "reclaimed"
+            return "lost"  # someone else's worker took it: an ordinary job now
+        if record.state == JobState.AUDIT_PASSED and status == "planted":
+            self.client.dispute(job_id, record)
+            log.warning("canary job %d passed by %s: disputed", job_id, record.auditor)
+            return "disputed"
+        return None
 
 Program = Callable[[], tuple[bytes, bytes]]
 """Makes one canary's ``(program, inputs)`` (safetensors bytes), fresh each call."""
 
-OPEN = ("planted", "disputed")
+OPEN = ("posted", "planted", "disputed")
+"""Statuses of a canary not yet ended (``posted``: on chain, its assignment not yet seen)."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +183,10 @@ class CanaryPlan:
             raise BadInput("a canary needs a reward, an audit fee and collateral above 0")
 
 
-def canary_journal_path(data_dir: Path, chain_id: int, client: str) -> Path:
-    return Path(data_dir).expanduser() / "canary" / f"{chain_id}-{client.lower()}.json"
+def canary_journal_path(data_dir: Path, chain_id: int, job_market: str, client: str) -> Path:
+    """One journal per deployment (a redeployed JobMarket starts its ids again) and client."""
+    return (Path(data_dir).expanduser() / "canary"
+            / f"{chain_id}-{job_market.lower()}-{client.lower()}.json")
 
 
 def load_planted(path: Path) -> dict[int, str]:
@@ -172,7 +200,8 @@ def load_planted(path: Path) -> dict[int, str]:
 def save_planted(path: Path, planted: dict[int, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"version": 1,
-                             "planted": {str(k): v for k, v in sorted(planted.items())}})
+                             "planted": {str(k): v for k, v in sorted(planted.items())}},
+                      durable=True)
 
 
 def run_canaries(runner: CanaryRunner, programs: Sequence[Program], plan: CanaryPlan, *,
@@ -217,8 +246,9 @@ def run_canaries(runner: CanaryRunner, programs: Sequence[Program], plan: Canary
                 backoff = min(60.0, backoff * 2)
             else:
                 backoff = poll_s
-                save_planted(journal, runner.planted)
                 emit("canary", job_id=job_id, status="planted")
                 next_at = time.monotonic() + rng.expovariate(1 / plan.every_s)
+            finally:  # a job posted before a failure is in the journal too
+                save_planted(journal, runner.planted)
         stop.wait(poll_s)
     return dict(runner.planted)

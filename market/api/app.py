@@ -8,9 +8,11 @@ from __future__ import annotations
 import sys
 import time
 
+import redis
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from meshcompute.errors import ServiceUnavailable
 from meshcompute.market.api.deps import LazyRuntime, signed_address
 from meshcompute.market.api.errors import ERROR_RESPONSES, install_error_handlers
 from meshcompute.market.api.gate import RequestGate, check_public_hosts
@@ -27,6 +29,7 @@ from meshcompute.market.api.routes import (
 from meshcompute.market.ratelimit import RequestLimiter
 from meshcompute.market.runtime import MarketRuntime
 from meshcompute.settings import Settings
+from meshcompute.wire.auth import SignedRequest
 
 _RECURSION_LIMIT = 4000
 
@@ -64,10 +67,22 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
                        identity=lambda: lazy.get().identity, signer=signed_address,
                        limit=lambda address, ip, lookup: limiter.check(
                            lazy.get(), address=address, client_ip=ip, lookup=lookup),
-                       claim=lambda signed: lazy.get().state.claim_nonce(
-                           signed.address, signed.nonce, expires=signed.expires,
-                           now=time.time()))
+                       claim=lambda signed, check_only: _claim(lazy.get(), signed,
+                                                               check_only))
     return app
+
+
+def _claim(rt: MarketRuntime, signed: SignedRequest, check_only: bool) -> None:
+    """Check (``check_only``) or claim a signed request's nonce; a Redis that cannot be
+    reached is 503, not a 500 from the outermost middleware."""
+    try:
+        if check_only:
+            rt.state.check_nonce_unused(signed.address, signed.nonce)
+        else:
+            rt.state.claim_nonce(signed.address, signed.nonce, expires=signed.expires,
+                                 now=time.time())
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"request nonces cannot be checked: {exc}") from None
 
 
 def app_from_settings() -> FastAPI:

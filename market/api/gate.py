@@ -26,10 +26,11 @@ IP's): 429 with Retry-After otherwise. Signed requests of strangers (no stake, n
 escrow) are then served ``market_stranger_concurrency`` at a time: a flood from fresh keys
 queues behind itself, not in front of staked workers and paying clients.
 
-A signed request's nonce is claimed as soon as its signature checks out, before its rate is
+A signed request's nonce is checked as soon as its signature checks out, before its rate is
 counted: a captured request replayed by someone else is refused (401) without spending its
-signer's rate, so nobody can throttle a user with copies of the user's own requests. A client
-that gets 429 signs its next attempt afresh.
+signer's rate, so nobody can throttle a user with copies of the user's own requests. It is
+claimed once the rate passed (so the nonces the market stores grow with the rates, not with
+what anyone sends); a client that gets 429 signs its next attempt afresh.
 """
 
 from __future__ import annotations
@@ -125,14 +126,15 @@ class RequestGate:
     """Pure ASGI middleware (see the module docstring) in front of ``routes`` (the app's
     routes, as included without a prefix). ``identity`` gives the chain id and JobMarket
     address the signatures name (it may block: it is called once, in a thread); ``signer`` is
-    the dependency of signed routes; ``claim`` claims a verified request's nonce (AuthError
-    for one seen before); ``limit`` counts a request against its rate (see
+    the dependency of signed routes; ``claim(signed, check_only)`` claims a verified request's
+    nonce, or with ``check_only`` only checks it is unclaimed (AuthError for one seen before);
+    ``limit`` counts a request against its rate (see
     :meth:`RequestLimiter.check`)."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings, routes: Sequence[APIRoute],
                  identity: Callable[[], tuple[int, str]], signer: Callable[..., Any],
                  limit: Callable[[str | None, str, bool], bool | None],
-                 claim: Callable[[SignedRequest], None]) -> None:
+                 claim: Callable[[SignedRequest, bool], None]) -> None:
         self.app = app
         self.settings = settings
         self.identity = identity
@@ -187,7 +189,8 @@ class RequestGate:
         address = None
         if kind is not Kind.PUBLIC_JSON:
             signed = await self._verify(Request(scope), kind)
-            await run_in_threadpool(self.claim, signed)  # a replay is refused here
+            # a replayed copy is refused before it counts against its signer's rate
+            await run_in_threadpool(self.claim, signed, True)
             scope.setdefault("state", {})[SIGNED] = signed
             address = signed.address
         client_ip = _client_ip(scope)
@@ -198,6 +201,8 @@ class RequestGate:
                 stranger = await run_in_threadpool(self.limit, address, client_ip, True)
             finally:
                 self._lookups.release()
+        if address is not None:  # claimed once within its rate: stored nonces follow rates
+            await run_in_threadpool(self.claim, scope["state"][SIGNED], False)
         return bool(stranger)
 
     async def _wait(self, places: asyncio.Semaphore) -> None:

@@ -145,7 +145,8 @@ def canary_start(
     try:
         final = run_canaries(
             runner, [program_maker(family, rng) for family in chosen], plan,
-            journal=canary_journal_path(settings.data_dir, conn.chain_id, client.address),
+            journal=canary_journal_path(settings.data_dir, conn.chain_id, contract,
+                                        client.address),
             stop=stop, rng=rng, emit=emit)
     finally:
         recompute.close()

@@ -151,7 +151,7 @@ def test_chain_reads_for_addresses_without_credit_queue_and_known_users_pass_the
     gated = RequestGate(app, settings=settings,
                         routes=[r for r in app.routes if isinstance(r, APIRoute)],
                         identity=lambda: (31337, contract), signer=signer, limit=limit,
-                        claim=lambda signed: None)
+                        claim=lambda signed, check_only: None)
 
     async def post(account) -> httpx.Response:
         body = b'{"x": 1}'

@@ -22,7 +22,7 @@ from meshcompute.core.job import PASS_BOND_REWARDS, JobState
 from meshcompute.core.payout import slash_split, split_reward
 from meshcompute.core.spec import JobSpec, sha256_hex
 from meshcompute.core.tolerance import evidence_hash
-from meshcompute.errors import NotPermitted
+from meshcompute.errors import BadInput, NotPermitted
 from meshcompute.execution.programs import export_program, load_tensors, save_tensors
 from meshcompute.mesh.lazy_verifier import LazyAuditor
 from meshcompute.mesh.models import build_model, example_inputs
@@ -587,3 +587,32 @@ def test_a_job_that_cannot_be_judged_is_void_on_chain(world, market, kit, tmp_pa
     )
     assert claim.extra["void"] is True and claim.note.startswith("void:")
     market_client.close()
+
+
+def test_a_canary_whose_assignment_fails_is_journaled_and_taken_back(
+    world, market, kit
+) -> None:
+    """The job is posted, then its assignment reverts (here: a ticket signed by a key without
+    the assigner role): the runner has it as ``posted`` and its next watch reclaims it, so
+    no canary job is ever left open for the market to hand to a stranger."""
+    from meshcompute.errors import ContractRevert
+    from meshcompute.verifier.canary import CanaryRunner
+
+    client, worker = world.clients[1], world.workers[2]
+    runner = CanaryRunner(client, worker, world.outsider.account, client_for(market, client),
+                          client_for(market, worker),
+                          CountingRecomputer(threads=1, allow_unsandboxed=_unsandboxed()))
+    with pytest.raises(ContractRevert):
+        runner.plant(kit.program, kit.inputs, reward=10 * TOKEN, audit_fee=TOKEN,
+                     collateral=50 * TOKEN)
+    ((job_id, status),) = runner.planted.items()
+    assert status == "posted" and world.job(job_id).state == JobState.POSTED
+    assert runner.watch_once() == {job_id: "reclaimed"}
+    assert world.job(job_id).state == JobState.REFUNDED
+    # a canary worker without the free stake for one more: refused before anything is posted
+    with pytest.raises(BadInput, match="less free stake"):
+        runner.plant(kit.program, kit.inputs, reward=10 * TOKEN, audit_fee=TOKEN,
+                     collateral=10 * STAKE)
+    assert list(runner.planted) == [job_id]
+    for c in (runner.client_market, runner.worker_market):
+        c.close()

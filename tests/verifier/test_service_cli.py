@@ -116,7 +116,8 @@ def test_canary_service_disputes_a_lazy_pass_and_stops_when_its_canaries_have_en
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     tether(process.pid)
-    journal = canary_journal_path(tmp_path, world.deployment.chain_id, client.address)
+    journal = canary_journal_path(tmp_path, world.deployment.chain_id,
+                                  world.deployment.address("JobMarket"), client.address)
     try:
         give_up = time.monotonic() + 180
         while not (journal.exists() and load_planted(journal)):
