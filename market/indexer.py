@@ -341,6 +341,10 @@ class ChainIndexer:
                     pipe.zremrangebyscore(self._job_key(job_id), ancestor + 1, "+inf")
                     self._put_record(pipe, job_id, record)
                 pipe.hdel(self._key("blocks"), *range(ancestor + 1, indexed + 1))
+                if ancestor < self.start_block:
+                    # rewound whole: what was pruned is read from the chain again, and
+                    # counted again when pruned again
+                    pipe.delete(self._key("pruned"))
                 pipe.set(self._key("head"), ancestor)
                 pipe.execute()
             except WatchError:
@@ -466,56 +470,89 @@ class ChainIndexer:
         the ids forgotten, for the caller to forget its own keys of them.
 
         Nothing a reorg the index handles can touch is forgotten (a rewind never goes below
-        the kept block hashes), and a job is never forgotten while open."""
-        deep = self.indexed_block - KEPT_BLOCK_HASHES
+        the kept block hashes), and a job is never forgotten while open. What it forgets is
+        read first, then deleted in one transaction that fails if the indexer wrote meanwhile
+        (tried again, a few times: the indexer writes every block)."""
+        self._ensure_prune_sets()
+        for _attempt in range(_SYNC_ATTEMPTS):
+            try:
+                return self._prune_once(ended_before, limit)
+            except WatchError:
+                continue
+        return []  # the indexer kept writing: the next round prunes
+
+    def _prune_once(self, ended_before: float, limit: int) -> list[int]:
+        head = self.indexed_block
+        deep = head - KEPT_BLOCK_HASHES
         ended = self._key("ended")
         candidates = [int(i) for i in
                       self.redis.zrangebyscore(ended, "-inf", ended_before, start=0, num=limit)]
+        reads = self.redis.pipeline(transaction=False)
+        for job_id in candidates:
+            reads.zrange(self._job_key(job_id), 0, -1, withscores=True)
+        forget: dict[int, list[bytes]] = {}
+        for job_id, keys in zip(candidates, reads.execute() if candidates else [],
+                                strict=True):
+            if keys and max(score for _, score in keys) > deep:
+                continue  # still within reach of a reorg: a later round
+            forget[job_id] = [key for key, _ in keys]
+        tallies: dict[str, int] = {}
+        for job_id, record in self.records_of(list(forget)).items():
+            if not record.state.terminal:  # never forget an open job
+                del forget[job_id]
+                continue
+            name = f"state:{record.state.name.lower()}"
+            tallies[name] = tallies.get(name, 0) + 1
+        keys = [key for job_keys in forget.values() for key in job_keys]
+        for item in self.redis.hmget(self._key("events"), keys) if keys else []:
+            if item is not None:
+                for tally in audit_tallies(_event_from_json(item)[0]):
+                    tallies[tally] = tallies.get(tally, 0) + 1
+        other = self.redis.zrangebyscore(self._key("other"), "-inf", deep)
         with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(self._key("head"))
-                forget: dict[int, list[bytes]] = {}
-                for job_id in candidates:
-                    keys = pipe.zrange(self._job_key(job_id), 0, -1, withscores=True)
-                    if keys and max(score for _, score in keys) > deep:
-                        continue  # still within reach of a reorg: a later round
-                    forget[job_id] = [key for key, _ in keys]
-                records = self.records_of(list(forget))
-                tallies: dict[str, int] = {}
-                for job_id, record in records.items():
-                    if not record.state.terminal:  # never forget an open job
-                        del forget[job_id]
-                        continue
-                    name = f"state:{record.state.name.lower()}"
-                    tallies[name] = tallies.get(name, 0) + 1
-                keys = [key for job_keys in forget.values() for key in job_keys]
-                raw = pipe.hmget(self._key("events"), keys) if keys else []
-                for item in raw:
-                    if item is None:
-                        continue
-                    event, _ = _event_from_json(item)
-                    for tally in audit_tallies(event):
-                        tallies[tally] = tallies.get(tally, 0) + 1
-                other = pipe.zrangebyscore(self._key("other"), "-inf", deep)
-                pipe.multi()
-                gone = keys + list(other)
-                if gone:
-                    pipe.hdel(self._key("events"), *gone)
-                    pipe.zrem(self._key("order"), *gone)
-                if other:
-                    pipe.zremrangebyscore(self._key("other"), "-inf", deep)
-                if forget:
-                    ids = [str(i) for i in forget]
-                    pipe.delete(*(self._job_key(i) for i in forget))
-                    pipe.hdel(self._key("records"), *ids)
-                    pipe.srem(self._key("open"), *ids)
-                    pipe.zrem(ended, *ids)
-                for name, count in tallies.items():
-                    pipe.hincrby(self._key("pruned"), name, count)
-                pipe.execute()
-            except WatchError:
-                return []  # the indexer wrote meanwhile: the next round prunes
+            pipe.watch(self._key("head"))
+            if self._head_of(pipe) != head:
+                raise WatchError("the indexer moved on while the prune read")
+            pipe.multi()
+            gone = keys + list(other)
+            if gone:
+                pipe.hdel(self._key("events"), *gone)
+                pipe.zrem(self._key("order"), *gone)
+            if other:
+                pipe.zremrangebyscore(self._key("other"), "-inf", deep)
+            if forget:
+                ids = [str(i) for i in forget]
+                pipe.delete(*(self._job_key(i) for i in forget))
+                pipe.hdel(self._key("records"), *ids)
+                pipe.srem(self._key("open"), *ids)
+                pipe.zrem(ended, *ids)
+            for name, count in tallies.items():
+                pipe.hincrby(self._key("pruned"), name, count)
+            pipe.execute()
         return sorted(forget)
+
+    def _ensure_prune_sets(self) -> None:
+        """An index written before pruning existed lacks the ``ended`` times of the jobs that
+        ended then and the ``other`` list: both are built once (the jobs' retention counts from
+        now), so nothing indexed before is kept forever."""
+        if self.redis.exists(self._key("prune-built")):
+            return
+        now = time.time()
+        ended = {_text(job_id): now for job_id, raw in
+                 self.redis.hgetall(self._key("records")).items()
+                 if _record_from_json(raw).state.terminal}
+        other: dict[str, int] = {}
+        for key, raw in self.redis.hgetall(self._key("events")).items():
+            event, _ = _event_from_json(raw)
+            if event.name not in JOB_EVENTS:
+                other[_text(key)] = event.block_number
+        with self.redis.pipeline(transaction=True) as pipe:
+            if ended:
+                pipe.zadd(self._key("ended"), ended, nx=True)
+            if other:
+                pipe.zadd(self._key("other"), other)
+            pipe.set(self._key("prune-built"), 1)
+            pipe.execute()
 
     def pruned_tallies(self) -> dict[str, int]:
         """What pruning forgot, by tally: ``state:<final state>`` (jobs) and

@@ -158,6 +158,25 @@ return 0
 """
 
 
+_FORGET_WORKER = """
+-- KEYS: worker, workers; ARGV: address, seen before
+local seen = tonumber(redis.call('hget', KEYS[1], 'last_seen') or '0')
+if seen >= tonumber(ARGV[2]) then return 0 end
+redis.call('del', KEYS[1])
+redis.call('srem', KEYS[2], ARGV[1])
+return 1
+"""
+
+_SET_IF_EXISTS = """
+-- KEYS: a hash; ARGV: field, value
+if redis.call('exists', KEYS[1]) == 1 then
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 class MarketState:
     """Typed access to the market's Redis keys."""
 
@@ -168,6 +187,8 @@ class MarketState:
         self._end_lease = client.register_script(_END_LEASE)
         self._add_to_group = client.register_script(_ADD_TO_GROUP)
         self._forget_shards = client.register_script(_FORGET_SHARDS)
+        self._forget_worker = client.register_script(_FORGET_WORKER)
+        self._set_if_exists = client.register_script(_SET_IF_EXISTS)
         self._release_blob = client.register_script(_RELEASE_BLOB)
         self._offer_ids_built = False
 
@@ -237,20 +258,22 @@ class MarketState:
 
     def forget_workers(self, seen_before: float) -> list[str]:
         """Drop the registrations of workers not seen since ``seen_before`` (a worker that
-        comes back registers again, as at its first start). Returns their addresses."""
-        gone = [worker.address for worker in self.workers() if worker.last_seen < seen_before]
-        if gone:
-            pipe = self.r.pipeline()
-            pipe.delete(*(self._k("worker", address) for address in gone))
-            pipe.srem(self._k("workers"), *gone)
-            pipe.execute()
+        comes back registers again, as at its first start). Each is checked and dropped in
+        one step, so a worker seen meanwhile stays. Returns their addresses."""
+        gone = []
+        for worker in self.workers():
+            if worker.last_seen < seen_before and self._forget_worker(
+                    keys=[self._k("worker", worker.address), self._k("workers")],
+                    args=[worker.address, seen_before]):
+                gone.append(worker.address)
         return gone
 
     def touch_worker(self, address: str, now: float) -> None:
-        self.r.hset(self._k("worker", address), "last_seen", now)
+        # only a registration that still exists (one forgotten meanwhile is not half-revived)
+        self._set_if_exists(keys=[self._k("worker", address)], args=["last_seen", now])
 
     def mark_assigned(self, address: str, now: float) -> None:
-        self.r.hset(self._k("worker", address), "last_assigned_at", now)
+        self._set_if_exists(keys=[self._k("worker", address)], args=["last_assigned_at", now])
 
     # ------------------------------------------------------------------ offers
     def create_offer(self, job_id: int, worker: str, collateral: int, *, now: float,

@@ -439,3 +439,25 @@ def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
     indexer.sync()
     assert indexer.job_record(reclaimed).state == JobState.REFUNDED
     assert indexer.job_records(verify=True)[open_job].state == JobState.POSTED
+
+
+def test_an_index_written_before_pruning_existed_is_pruned_too(
+    world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
+) -> None:
+    import time
+
+    from meshcompute.market import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 4)
+    indexer = make_indexer(world, redis_client, prefix)
+    paid = paid_job(world)
+    chain.mine(6)
+    indexer.sync()
+    # what an index of the previous release holds: no end times, no list of other events
+    redis_client.delete(f"{prefix}ended", f"{prefix}other")
+    before = time.time()
+    assert indexer.prune(before - 1) == []  # their retention counts from now
+    assert redis_client.zcard(f"{prefix}ended") == 1
+    assert redis_client.zcard(f"{prefix}other") == 0  # the deep transfers and stakes: gone
+    assert indexer.prune(time.time() + 1) == [paid]
+    assert indexer.events() == []
