@@ -554,6 +554,24 @@ class ChainIndexer:
             pipe.set(self._key("prune-built"), 1)
             pipe.execute()
 
+    def history_tallies(self) -> dict[str, int]:
+        """Counts over all history, the indexed part and the pruned part read in one
+        transaction (a prune between two reads would count its jobs twice): ``state:<state>``
+        per job, ``audit:<drawn|not_drawn|passed|failed>`` per audit event."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._key("records"))
+            pipe.hgetall(self._key("events"))
+            pipe.hgetall(self._key("pruned"))
+            records, events, pruned = pipe.execute()
+        tallies = {_text(k): int(v) for k, v in pruned.items()}
+        for raw in records.values():
+            name = f"state:{_record_from_json(raw).state.name.lower()}"
+            tallies[name] = tallies.get(name, 0) + 1
+        for raw in events.values():
+            for tally in audit_tallies(_event_from_json(raw)[0]):
+                tallies[tally] = tallies.get(tally, 0) + 1
+        return tallies
+
     def pruned_tallies(self) -> dict[str, int]:
         """What pruning forgot, by tally: ``state:<final state>`` (jobs) and
         ``audit:<drawn|not_drawn|passed|failed>`` (events)."""

@@ -8,7 +8,6 @@ exposed here by a custom collector; job states and audit outcomes come from the 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,7 +20,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from meshcompute.core.job import JobState
-from meshcompute.market.indexer import audit_tallies
 from meshcompute.market.runtime import MarketRuntime
 
 log = logging.getLogger("market.metrics")
@@ -37,24 +35,18 @@ class MarketCollector(Collector):
         rt = self.rt
         jobs = GaugeMetricFamily("mesh_jobs", "Jobs on chain by state (indexed, and those "
                                  "pruned after their retention)", labels=["state"])
-        counts = Counter(r.state.name.lower() for r in rt.indexer.job_records().values())
-        pruned = rt.indexer.pruned_tallies()
+        tallies = rt.indexer.history_tallies()
         for state in JobState:
             if state != JobState.NONE:
-                name = state.name.lower()
-                jobs.add_metric([name], counts.get(name, 0) + pruned.get(f"state:{name}", 0))
+                jobs.add_metric([state.name.lower()],
+                                tallies.get(f"state:{state.name.lower()}", 0))
         yield jobs
 
         audits = CounterMetricFamily(
             "mesh_audit_outcomes", "Audit draws and verdicts seen on chain", labels=["outcome"]
         )
-        outcome: Counter[str] = Counter()
-        for name in ("AuditDrawn", "AuditResolved"):
-            for event in rt.indexer.events(name=name):
-                outcome.update(audit_tallies(event))
         for name in ("drawn", "not_drawn", "passed", "failed"):
-            tally = f"audit:{name}"
-            audits.add_metric([name], outcome.get(tally, 0) + pruned.get(tally, 0))
+            audits.add_metric([name], tallies.get(f"audit:{name}", 0))
         yield audits
 
         stored = rt.state.metrics()

@@ -417,7 +417,9 @@ def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
     indexer.sync()
     # deep enough, but it ended after the cutoff: kept
     assert indexer.prune(time.time() - 3600) == []
+    history = indexer.history_tallies()
     assert indexer.prune(time.time() + 1) == [paid, audited]
+    assert indexer.history_tallies() == history  # counts over all history survive
     assert indexer.job_record(paid) is None
     assert indexer.events(job_id=paid) == []
     assert not redis_client.exists(f"{prefix}job:{paid}")
