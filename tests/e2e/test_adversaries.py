@@ -27,6 +27,8 @@ from meshcompute.mesh.bench.verify import FracGelu
 from meshcompute.mesh.devstack import (
     ADMIN,
     ASSIGNER,
+    CANARY_CLIENT,
+    CANARY_WORKER,
     FAST_PARAMS,
     SECOND_VERIFIER,
     VERIFIER,
@@ -279,4 +281,47 @@ def test_lazy_verifier_loses_its_bond_to_canaries_and_no_junk_is_paid() -> None:
         assert set(client.verification(submission).values()) == {"audited"}
         assert client.wait(submission, timeout_s=60) is not None
         _no_honest_worker_slashed(stack, contracts, submission.job_ids)
+        _assert_books(contracts)
+
+
+def test_the_canary_service_of_the_dev_stack_gets_its_canaries_failed_by_honest_verifiers(
+) -> None:
+    """``mesh canary start`` as a service of the dev stack, beside two honest verifiers: it
+    plants two canaries and ends by itself once they have ended. Each is failed by the
+    verifier the draw picks: slashed, never paid; the honest verifiers lose no stake and earn
+    the fees; the books reconcile to the wei."""
+    from meshcompute.chain.contracts import MeshContracts
+
+    config = StackConfig(workers=1, cheaters=0,
+                         params=replace(AUDIT_ALL, audit_window_s=120, appeal_window_s=10),
+                         canary={"every": "1", "total": "2", "max_open": "2",
+                                 "families": "mlp", "reward": "2", "audit_fee": "0.4",
+                                 "collateral": "8"})
+    with DevStack(config) as stack:
+        assert stack.deployment is not None
+        contracts = MeshContracts(stack.chain.w3(), stack.deployment)
+        service = stack.services["canary"]
+        assert service.process is not None
+        give_up = time.monotonic() + 360
+        while service.process.poll() is None:
+            stack.check_alive()
+            assert time.monotonic() < give_up, service.tail(30)
+            time.sleep(1)
+        assert service.process.returncode == 0, service.tail(30)
+        client = stack.accounts[CANARY_CLIENT].address
+        canaries = sorted(int(e.args["jobId"]) for e in contracts.events()
+                          if e.name == "JobPosted" and e.args["client"].lower() == client.lower())
+        assert len(canaries) == 2, service.tail(30)
+        records = contracts.job_records(canaries)
+        assert {records[j].state for j in canaries} == {JobState.SLASHED}
+        assert all(records[j].worker == stack.accounts[CANARY_WORKER].address
+                   for j in canaries)
+        events = contracts.job_events(canaries)
+        assert not [e for e in events if e.name == "JobPaid"]
+        verdicts = [e for e in events if e.name == "AuditResolved"]
+        assert len(verdicts) == 2 and not any(e.args["passed"] for e in verdicts)
+        for verifier in (stack.accounts[VERIFIER], stack.accounts[SECOND_VERIFIER]):
+            assert contracts.stake_of(verifier.address).slashed == 0
+        assert sum(contracts.account_of(e.args["verifier"]).withdrawable
+                   for e in verdicts) > 0  # the fees of the verdicts
         _assert_books(contracts)
