@@ -96,6 +96,8 @@ class Service:
     process: subprocess.Popen[bytes] | None = None
     killed: bool = False
     """Stopped on purpose (a chaos test's kill); check_alive does not complain about it."""
+    finite: bool = False
+    """Ends by itself when its work is done: check_alive takes exit status 0 as fine."""
     _log: IO[bytes] | None = None
 
     def start(self) -> None:
@@ -241,11 +243,12 @@ class DevStack:
                        for part in (f"--{key.replace('_', '-')}", value)]
             if not self.sandboxed:
                 options.append("--allow-unsandboxed")
-            self._add_provider("canary", self.accounts[CANARY_CLIENT],
-                               ["canary", "start", "--json-logs", *options],
-                               {"MESH_CANARY_WORKER_KEY":
-                                self.accounts[CANARY_WORKER].key.to_0x_hex(),
-                                "MESH_ASSIGNER_KEY": self.accounts[ASSIGNER].key.to_0x_hex()})
+            canary = self._add_provider(
+                "canary", self.accounts[CANARY_CLIENT],
+                ["canary", "start", "--json-logs", *options],
+                {"MESH_CANARY_WORKER_KEY": self.accounts[CANARY_WORKER].key.to_0x_hex(),
+                 "MESH_ASSIGNER_KEY": self.accounts[ASSIGNER].key.to_0x_hex()})
+            canary.finite = "total" in cfg.canary  # it stops once its canaries have ended
         for name, service in self.services.items():
             if not service.running and name not in ("market-api", "market-tasks"):
                 service.start()
@@ -332,13 +335,12 @@ class DevStack:
         raise ServiceUnavailable(f"{seen} of {count} workers registered in {timeout_s:g} s\n{tails}")
 
     def check_alive(self) -> None:
-        """Raise with the log tail of any service that exited on its own (a canary service
-        with a ``total`` ends by itself once its canaries have ended: status 0 is fine)."""
+        """Raise with the log tail of any service that exited on its own (status 0 is fine for
+        a ``finite`` one)."""
         for name, service in self.services.items():
             if service.killed:
                 continue
-            if name == "canary" and service.process is not None and \
-                    service.process.poll() == 0:
+            if service.finite and service.process is not None and service.process.poll() == 0:
                 continue
             if service.process is not None and service.process.poll() is not None:
                 raise ServiceUnavailable(

@@ -48,7 +48,7 @@ def _runtime(request: Request) -> MarketRuntime:
 Runtime = Annotated[MarketRuntime, Depends(_runtime)]
 
 
-async def authenticate(request: Request, runtime: MarketRuntime) -> str:
+def authenticate(request: Request) -> str:
     """The address that signed ``request``: its signature was checked and its nonce claimed
     by the gate (:mod:`.gate`) before the body was read, so the request cannot be replayed."""
     return signed_request(request).address
@@ -56,8 +56,10 @@ async def authenticate(request: Request, runtime: MarketRuntime) -> str:
 
 async def signed_address(request: Request, runtime: Runtime) -> str:
     """The address that signed this request (its body checked against the signature by the
-    gate before the route parsed it)."""
-    return await authenticate(request, runtime)
+    gate before the route parsed it). Depending on the runtime makes a signed route answer
+    503 while the market is not ready, before it parses anything."""
+    del runtime
+    return authenticate(request)
 
 
 Signer = Annotated[str, Depends(signed_address)]

@@ -8,6 +8,7 @@ Redis prefix.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -392,15 +393,20 @@ def test_posted_jobs_under_the_reward_floor_stay_out_of_the_open_scan(
     assert set(indexer.open_job_records()) == {real}
 
 
+def _indexer_keeping(blocks: int, world: World, redis_client, prefix: str,
+                     monkeypatch) -> ChainIndexer:
+    """An indexer that keeps only ``blocks`` block hashes (so pruning has deep blocks to
+    work on without mining thousands)."""
+    from meshcompute.market import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", blocks)
+    return make_indexer(world, redis_client, prefix)
+
+
 def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
     world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
 ) -> None:
-    import time
-
-    from meshcompute.market import indexer as indexer_module
-
-    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 40)
-    indexer = make_indexer(world, redis_client, prefix)
+    indexer = _indexer_keeping(40, world, redis_client, prefix, monkeypatch)
     paid = paid_job(world)
     audited = world.audited_job()
     world.verifier_for(audited).resolve_audit(audited, True, b"\xee" * 32)
@@ -446,12 +452,7 @@ def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
 def test_an_index_written_before_pruning_existed_is_pruned_too(
     world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
 ) -> None:
-    import time
-
-    from meshcompute.market import indexer as indexer_module
-
-    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 4)
-    indexer = make_indexer(world, redis_client, prefix)
+    indexer = _indexer_keeping(4, world, redis_client, prefix, monkeypatch)
     paid = paid_job(world)
     chain.mine(6)
     indexer.sync()

@@ -62,7 +62,7 @@ async def put_blob(
 ) -> dict[str, Any]:
     # signed over the blob's name as the body hash (checked by the gate); the store checks
     # that the bytes hash to it
-    address = await authenticate(request, runtime)
+    address = authenticate(request)
     now = time.time()
     stored_already = runtime.blobs.exists(sha256)
     declared = request.headers.get("content-length")
@@ -97,7 +97,7 @@ async def put_bundle(request: Request, response: Response, runtime: Runtime) -> 
     body = await _read_capped(request, runtime.settings.max_bundle_bytes)
     digest = await run_in_threadpool(_sha256_hex, body)
     check_body(signed_request(request), digest)
-    address = await authenticate(request, runtime)
+    address = authenticate(request)
     blobs = await run_in_threadpool(operations.store_bundle, runtime, body, address,
                                     time.time())
     response.status_code = 201 if any(blob["created"] for blob in blobs) else 200
