@@ -88,7 +88,11 @@ def test_posted_sharded_job_is_matched_leased_committed_and_paid(mk, in_process_
             if record.state == JobState.AUDITED and record.resolved_at == 0:
                 world.verifier_for(job_id).resolve_audit(job_id, True, b"\x01" * 32,
                                                          record=record)
-        pass_chain_time(mk, mk.rt.chain_now() + 1)
+        # a passed audit is paid once its appeal window has closed
+        audited = any(r.state in (JobState.AUDITED, JobState.AUDIT_PASSED)
+                      for r in records.values())
+        pass_chain_time(mk, mk.rt.chain_now() + 1
+                        + (TEST_PARAMS.appeal_window_s if audited else 0))
     states = {j: mk.rt.indexer.job_record(j).state for j in job_ids}
     assert states == dict.fromkeys(job_ids, JobState.FINALIZED)
 
