@@ -144,6 +144,12 @@ def _abuse() -> dict[str, Any]:
     return run_abuse_bench()
 
 
+def _cuda() -> dict[str, Any]:
+    from meshcompute.mesh.bench.cuda import run_cuda_bench
+
+    return run_cuda_bench()
+
+
 #: name -> (section title, runner, renderer)
 SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], list[str]]]] = {
     "gas": (("Gas per job (`mesh bench gas --json`, anvil 1.7.1, solc 0.8.37, cancun, via IR, "
@@ -160,7 +166,11 @@ SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], li
             "jobs/s)"), _e2e, render_plain),
     "abuse": (("The market under attack (`mesh bench abuse --json`; targets: no 5xx, RSS < 2x "
                "idle, attackers within quota, honest p95 within 2x)"), _abuse, render_plain),
+    "cuda": (("On a GPU: the worker's CUDA jobs audited by a CPU verifier (`mesh bench cuda "
+              "--json`; needs a CUDA device)"), _cuda, render_plain),
 }
+#: Run only when named: they need hardware a plain machine lacks.
+ON_REQUEST = frozenset({"cuda"})
 
 
 def _existing_sections() -> dict[str, str]:
@@ -174,7 +184,7 @@ def _existing_sections() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    wanted = argv or list(SECTIONS)
+    wanted = argv or [name for name in SECTIONS if name not in ON_REQUEST]
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
         print(f"unknown benchmarks: {sorted(unknown)}; choose from {list(SECTIONS)}")

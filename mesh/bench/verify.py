@@ -34,7 +34,8 @@ difference used 1.0% of an ``allclose(rtol=1e-4, atol=1e-5)`` budget (max abs 1.
 1e-6 and 4e-4 separates them; ``rtol=1e-3`` already lets float16 through. The default
 ``rtol=3e-5, atol=3e-6`` sits near the middle of that window on a log scale, leaning towards
 honest workers: about 30x headroom for honest differences not measured here (other BLAS
-builds, GPUs with TF32 off) and about 13x over the mildest cheat.
+builds) and about 13x over the mildest cheat. On an NVIDIA H200 (TF32 off; ``mesh bench
+cuda``) the worst CUDA-vs-CPU difference used 6.2% of the default budget: 16x headroom.
 
 ``floored``: the same audits through the rounding floors that audits apply
 (:func:`meshcompute.core.tolerance.compare_floored`), for the policy and for ``exact``: no
@@ -247,9 +248,10 @@ def run_verify_bench(
         "runtime_s": round(time.perf_counter() - started, 2),
     }
     report.update(_floored_figures(policy, honest_audits, cheat_audits))
-    count = (len(grief_cases()) if cases is None else cases) if grief is None else grief
+    chosen = grief_cases(cuda=cuda)
+    count = (len(chosen) if cases is None else cases) if grief is None else grief
     if count > 0:
-        report.update(run_grief_bench(grief_cases()[:count]))
+        report.update(run_grief_bench(chosen[:count]))
     return report
 
 
@@ -546,9 +548,10 @@ HONEST_SETUPS: dict[str, dict[str, Any]] = {
     "threads_4": {"threads": 4, "split": "batch_split"},
     "cpu_capability_default": {"threads": 1, "cpu_capability": "default"},
     "onednn_sse41": {"threads": 1, "onednn_max_isa": "SSE41"},
+    "cuda": {"threads": 2, "device": "cuda"},
 }
 HONEST_VARIANTS = ("threads_2", "threads_4", "cpu_capability_default", "onednn_sse41",
-                   "batch_split")
+                   "batch_split", "cuda")
 
 _EXACT = {"kind": "exact"}
 _FAR_BELOW = {"kind": "allclose", "rtol": 1e-9, "atol": 0.0}
@@ -571,12 +574,16 @@ class GriefCase:
         return f"{self.program}/{_policy_label(self.tolerance)}/{self.worker}"
 
 
-def grief_cases() -> list[GriefCase]:
+def grief_cases(cuda: bool = False) -> list[GriefCase]:
     """30 cases, ordered by program: the fractional part of a magnified gelu, a large-magnitude
     cancellation, a deep residual stack at an argmax/top-2 tie, the same tie decided inside the
     program (int64 output, ``exact``), and an ordinary MLP, under ``exact`` on float outputs,
     ``allclose`` far below rounding, at it, and the default; each with honest worker variants
-    (thread counts, batch split, plain CPU kernels, oneDNN on SSE4.1)."""
+    (thread counts, batch split, plain CPU kernels, oneDNN on SSE4.1).
+
+    With ``cuda``, 11 more: a worker that ran the job on the GPU (TF32 off, as the job process
+    sets it) under every (program, tolerance) above and the ordinary MLP under the default
+    tolerance, audited by the CPU verifier: what a CUDA provider risks."""
     default = dict(DEFAULT_TOLERANCE)
     plan: tuple[tuple[str, tuple[dict[str, Any], ...], tuple[tuple[str, str], ...]], ...] = (
         ("frac_gelu", (_EXACT, _FAR_BELOW, default),
@@ -593,9 +600,14 @@ def grief_cases() -> list[GriefCase]:
          (("onednn_sse41", "onednn_sse41"), ("threads_4", "threads_4"),
           ("batch_split", "threads_4"))),
     )
-    return [GriefCase(program, dict(tol), worker, setup)
-            for program, tolerances, workers in plan
-            for tol in tolerances for worker, setup in workers]
+    cases = [GriefCase(program, dict(tol), worker, setup)
+             for program, tolerances, workers in plan
+             for tol in tolerances for worker, setup in workers]
+    if cuda:
+        cases += [GriefCase(program, dict(tol), "cuda", "cuda")
+                  for program, tolerances, _ in plan for tol in tolerances]
+        cases.append(GriefCase("mlp", default, "cuda", "cuda"))
+    return cases
 
 
 def _policy_label(policy: dict[str, Any]) -> str:
@@ -728,7 +740,7 @@ def run_grief_bench(
     from meshcompute.verifier.recompute import Recomputer
 
     started = time.perf_counter()
-    chosen = grief_cases() if cases is None else list(cases)
+    chosen = grief_cases(cuda=torch.cuda.is_available()) if cases is None else list(cases)
     names = [n for n in GRIEF_PROGRAMS if any(c.program == n for c in chosen)]
     tensors = {n: _grief_inputs(n) for n in names}
     programs = {n: export_program(_grief_model(n), tensors[n]) for n in names}

@@ -106,6 +106,19 @@ def bench_abuse(
                          api_workers=api_workers), as_json)
 
 
+@bench_app.command("cuda")
+def bench_cuda(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads of each job process.")] = 4,
+    verify: Annotated[bool, typer.Option(
+        help="Also run the verification bench and the grief set with a CUDA worker.")] = True,
+) -> None:
+    """The worker's CUDA jobs against the CPU verifier's recomputation (needs a GPU)."""
+    from meshcompute.mesh.bench.cuda import run_cuda_bench
+
+    emit(run_cuda_bench(threads=threads, verify=verify), as_json)
+
+
 @bench_app.command("verify")
 def bench_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

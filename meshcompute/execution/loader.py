@@ -141,11 +141,32 @@ def load_program(source: bytes | Path) -> LoadedProgram:
         program._guards_code = []
         check_graph_calls(program.graph)
         module = program.module(check_guards=False)
+        _views_as_reshapes(module)
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a malformed graph
         raise BadInput(f"program failed to load: {type(exc).__name__}: {str(exc)[:500]}") from None
     return LoadedProgram(program=program, module=module, inputs=_input_specs(program))
+
+
+def _views_as_reshapes(module: torch.nn.Module) -> None:
+    """Run the graph's ``view`` calls as ``reshape``. A view was recorded for the memory layout
+    the exporter's kernels produced; a kernel on another device may lay its output out otherwise
+    (CUDA's attention does), and then the same view is impossible ("view size is not compatible
+    with input tensor's size and stride"). Every value of an allowed graph is a value, never
+    written through an alias (no allowed call writes to an argument), so a reshape, which views
+    where it can and copies where it must, computes the same numbers on any layout."""
+    views = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
+    for graph_module in module.modules():
+        if not isinstance(graph_module, torch.fx.GraphModule):
+            continue
+        changed = False
+        for node in graph_module.graph.nodes:
+            if node.op == "call_function" and node.target in views:
+                node.target = torch.ops.aten.reshape.default
+                changed = True
+        if changed:
+            graph_module.recompile()
 
 
 _MISSING = object()

@@ -142,6 +142,50 @@ def _nvidia_devices() -> list[str]:
     return sorted(str(p) for p in Path("/dev").glob("nvidia*"))
 
 
+#: The NVIDIA driver's user-space library that every CUDA program loads first.
+_DRIVER_LIBRARY = "libcuda.so.1"
+
+
+@functools.cache
+def cuda_driver_dirs() -> tuple[str, ...]:
+    """Folders outside ``/usr`` that hold the NVIDIA driver's user-space libraries, as this
+    machine's loader finds them: a driver mounted into a container or a VM often lives in its
+    own folder (``/usr/local/nvidia/lib64``), reached through ``LD_LIBRARY_PATH`` or the loader
+    cache. A CUDA job gets these bound read-only and on its ``LD_LIBRARY_PATH``; without them the
+    job's torch finds no driver. Empty where the driver is under ``/usr`` or absent."""
+    found: list[str] = []
+    searched = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    for folder in searched:
+        if (Path(folder) / _DRIVER_LIBRARY).exists():
+            found.append(folder)
+    found += _loader_cache_dirs(_DRIVER_LIBRARY)
+    dirs: list[str] = []
+    for folder in found:
+        real = Path(folder).resolve()
+        if not real.is_dir() or real == Path("/usr") or Path("/usr") in real.parents:
+            continue  # the sandbox binds /usr, and /lib* as the host has them
+        for path in (str(Path(folder)), str(real)):
+            if path not in dirs:
+                dirs.append(path)
+    return tuple(dirs)
+
+
+def _loader_cache_dirs(library: str) -> list[str]:
+    """The folders the loader cache (``ldconfig -p``) names for ``library``."""
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        listed = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10,
+                                check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    dirs = []
+    for line in listed.splitlines():
+        name, _, target = line.strip().partition(" => ")
+        if name.split(" ", 1)[0] == library and target:
+            dirs.append(str(Path(target).parent))
+    return dirs
+
+
 def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: int = 1,
                   cpu_capability: str | None = None,
                   onednn_max_isa: str | None = None) -> list[str]:
@@ -162,8 +206,11 @@ def build_command(box: Path, argv: list[str], *, device: str = "cpu", threads: i
         for node in _nvidia_devices():
             command += ["--dev-bind", node, node]
         command += ["--ro-bind-try", "/sys", "/sys"]
+        for folder in cuda_driver_dirs():
+            command += ["--ro-bind", folder, folder]
     command += ["--bind", str(box), SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--clearenv"]
-    for key, value in _job_env(threads, SANDBOX_DIR, cpu_capability, onednn_max_isa).items():
+    for key, value in _job_env(threads, SANDBOX_DIR, cpu_capability, onednn_max_isa,
+                               device).items():
         command += ["--setenv", key, value]
     return [*command, "--", *argv]
 
@@ -179,7 +226,7 @@ ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE"
 
 
 def _job_env(threads: int, home: str, cpu_capability: str | None = None,
-             onednn_max_isa: str | None = None) -> dict[str, str]:
+             onednn_max_isa: str | None = None, device: str = "cpu") -> dict[str, str]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": home,
@@ -189,6 +236,10 @@ def _job_env(threads: int, home: str, cpu_capability: str | None = None,
         "PYTHONNOUSERSITE": "1",
         "PYTHONHASHSEED": "0",
         "LANG": "C.UTF-8",
+        # the sandbox has no /etc/passwd: name the user, or getpass.getuser() (torch's CUDA
+        # start-up asks for it) fails with "getpwuid(): uid not found"
+        "USER": "nobody",
+        "LOGNAME": "nobody",
     }
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
@@ -197,6 +248,8 @@ def _job_env(threads: int, home: str, cpu_capability: str | None = None,
         env["ATEN_CPU_CAPABILITY"] = cpu_capability
     if onednn_max_isa is not None:
         env["ONEDNN_MAX_CPU_ISA"] = onednn_max_isa
+    if device == "cuda" and cuda_driver_dirs():
+        env["LD_LIBRARY_PATH"] = ":".join(cuda_driver_dirs())
     return env
 
 
@@ -219,7 +272,7 @@ class _JobProcess:
             cwd = None
         else:
             command = [*argv, str(self.box)]
-            env = _job_env(threads, str(self.box), cpu_capability, onednn_max_isa)
+            env = _job_env(threads, str(self.box), cpu_capability, onednn_max_isa, device)
             cwd = self.box
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,

@@ -46,6 +46,24 @@ def test_load_program_matches_module(programs: dict[str, bytes], family: str) ->
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+class _ScaledFlat(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 2).view(24)  # a view: legal for the layout the exporter saw
+
+
+def test_a_view_recorded_for_one_memory_layout_runs_on_another() -> None:
+    # a kernel on another device may lay its output out otherwise (CUDA's attention does, where
+    # the transformer family's views then failed); a transposed input plays that kernel here
+    from meshcompute.execution.programs import export_program
+
+    x = torch.randn(6, 4).t()  # shape (4, 6), strides (1, 4): no view to (24,) exists
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        _ScaledFlat()(x)
+    program = export_program(_ScaledFlat(), (torch.randn(4, 6),), dynamic_batch=False)
+    torch.testing.assert_close(load_program(program).module(x), (x * 2).reshape(24),
+                               rtol=0, atol=0)
+
+
 def test_input_spec_describes_dynamic_batch(mlp_program: bytes) -> None:
     (spec,) = load_program(mlp_program).inputs
     assert spec.describe() == "float32[1..1048576, 256]"

@@ -116,6 +116,6 @@ def test_output_over_the_limit(requires_sandbox: None, mlp_program: bytes) -> No
 
 def test_cuda_request_without_cuda_is_refused(requires_sandbox: None, mlp_program: bytes) -> None:
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA; scripts/gpu_check.py covers it")
+        pytest.skip("this machine has CUDA; `mesh bench cuda` covers it")
     outcome = run_job(mlp_program, _mlp_inputs(), device="cuda", threads=1, **LIMITS)
     _assert_failed(outcome, "asks for a CUDA device but this worker has none")
