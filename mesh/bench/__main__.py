@@ -144,6 +144,12 @@ def _abuse() -> dict[str, Any]:
     return run_abuse_bench()
 
 
+def _train_verify() -> dict[str, Any]:
+    from meshcompute.mesh.bench.train_verify import run_train_verify_bench
+
+    return run_train_verify_bench()
+
+
 def _cuda() -> dict[str, Any]:
     from meshcompute.mesh.bench.cuda import run_cuda_bench
 
@@ -166,6 +172,9 @@ SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], li
             "jobs/s)"), _e2e, render_plain),
     "abuse": (("The market under attack (`mesh bench abuse --json`; targets: no 5xx, RSS < 2x "
                "idle, attackers within quota, honest p95 within 2x)"), _abuse, render_plain),
+    "train_verify": (("Training verification by segments (`mesh bench train-verify --json`; "
+                      "targets: no false positive, every cheat caught, verify_cost_ratio <= "
+                      "0.25)"), _train_verify, render_plain),
     "cuda": (("On a GPU: the worker's CUDA jobs audited by a CPU verifier (`mesh bench cuda "
               "--json`; needs a CUDA device)"), _cuda, render_plain),
 }

@@ -106,6 +106,16 @@ def bench_abuse(
                          api_workers=api_workers), as_json)
 
 
+@bench_app.command("train-verify")
+def bench_train_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Training jobs checked by segments: honest drift, cheats caught, the verifier's cost."""
+    from meshcompute.mesh.bench.train_verify import run_train_verify_bench
+
+    emit(run_train_verify_bench(), as_json)
+
+
 @bench_app.command("cuda")
 def bench_cuda(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -62,6 +62,9 @@ ATEN = frozenset({
     # symbolic shapes and export's runtime checks
     "sym_stride", "sym_numel", "sym_storage_offset", "_assert_scalar", "_assert_tensor_metadata",
     "sym_constrain_range", "sym_constrain_range_for_size",
+    # losses (training jobs: the program returns its loss)
+    "cross_entropy_loss", "nll_loss", "nll_loss_nd", "nll_loss2d", "mse_loss", "l1_loss",
+    "smooth_l1_loss", "huber_loss", "binary_cross_entropy_with_logits", "kl_div",
     # inference-only forms of dropout (see INFERENCE_ONLY)
     "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
 })

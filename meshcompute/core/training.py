@@ -1,0 +1,268 @@
+"""Training jobs, the pure part: the plan a client asks for, and what everyone derives from it.
+
+A training job trains the program's parameters (the program is the model's forward pass with
+its loss, returning a scalar) for ``steps`` optimizer steps on a data shard, and returns the
+final state, the loss of every step and a checkpoint every ``checkpoint_every`` steps. Nothing
+here runs torch: the worker (:mod:`meshcompute.execution.training`) and the verifier derive
+the same learning rates, the same batches and the same audit segments from the plan alone.
+
+- :func:`validate_plan` -> :class:`TrainingPlan`: the optimizer comes from an allowlist (SGD
+  with momentum, AdamW), its hyperparameters are data within bounds, the learning-rate
+  schedule is constant or cosine with linear warm-up.
+- :func:`learning_rate`: the rate of one step.
+- :func:`batch_rows`: the rows of the shard one step trains on: an epoch-by-epoch shuffle
+  from the plan's seed by a SHA-256 counter generator, so it is the same on every machine,
+  Python and torch version.
+- :func:`segments`, :func:`audit_segments`: the checkpoint segments, and the ones a drawn audit
+  recomputes (always the last, whose end is the final state the client receives, plus others
+  drawn from the audit's seed).
+- :func:`manifest_bytes` / :func:`parse_manifest`: the worker's result is a manifest naming
+  every checkpoint, the loss curve and the final state by their sha256; the result hash the
+  worker commits on chain is the manifest's, so no checkpoint can change after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from meshcompute.errors import BadInput
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
+MAX_STEPS = 1_000_000
+MAX_BATCH = 1 << 16
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+#: name -> {hyperparameter: (default, low, high)}; booleans are (default, None, None).
+_HYPER: dict[str, dict[str, tuple[Any, Any, Any]]] = {
+    "sgd": {"lr": (None, 0.0, 10.0), "momentum": (0.0, 0.0, 0.999),
+            "weight_decay": (0.0, 0.0, 1.0), "nesterov": (False, None, None)},
+    "adamw": {"lr": (None, 0.0, 10.0), "beta1": (0.9, 0.0, 0.9999),
+              "beta2": (0.999, 0.0, 0.999999), "eps": (1e-8, 1e-12, 1e-2),
+              "weight_decay": (0.01, 0.0, 1.0)},
+}
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a training job asks for; :func:`validate_plan` builds it from JSON."""
+
+    optimizer: str
+    hyper: dict[str, Any]
+    steps: int
+    batch_size: int
+    seed: int
+    checkpoint_every: int
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "optimizer": {"name": self.optimizer, **self.hyper},
+            "schedule": {"kind": self.schedule, "warmup_steps": self.warmup_steps,
+                         "min_lr_ratio": self.min_lr_ratio},
+            "steps": self.steps, "batch_size": self.batch_size, "seed": self.seed,
+            "checkpoint_every": self.checkpoint_every,
+        }
+
+
+def _integer(doc: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadInput(f"training plan: {key} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise BadInput(f"training plan: {key} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _number(where: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadInput(f"training plan: {where} must be a finite number, got {value!r}")
+    if not low <= float(value) <= high:
+        raise BadInput(f"training plan: {where} must be in [{low:g}, {high:g}], got {value}")
+    return float(value)
+
+
+def _optimizer(doc: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(doc, dict) or doc.get("name") not in OPTIMIZERS:
+        name = doc.get("name") if isinstance(doc, dict) else doc
+        raise BadInput(f"training plan: optimizer {name!r} is not on the allowlist; choose one "
+                       f"of {list(OPTIMIZERS)}")
+    name = doc["name"]
+    allowed = _HYPER[name]
+    unknown = sorted(set(doc) - set(allowed) - {"name"})
+    if unknown:
+        raise BadInput(f"training plan: {name} has no hyperparameter {unknown[0]!r}; it takes "
+                       f"{sorted(allowed)}")
+    hyper: dict[str, Any] = {}
+    for key, (default, low, high) in allowed.items():
+        value = doc.get(key, default)
+        if value is None:
+            raise BadInput(f"training plan: {name} needs {key}")
+        if low is None:
+            if not isinstance(value, bool):
+                raise BadInput(f"training plan: {name}.{key} must be true or false")
+            hyper[key] = value
+        else:
+            hyper[key] = _number(f"{name}.{key}", value, low, high)
+    if hyper["lr"] <= 0:
+        raise BadInput(f"training plan: {name}.lr must be above 0")
+    return name, hyper
+
+
+def validate_plan(doc: Any) -> TrainingPlan:
+    """The plan in ``doc`` (JSON), or :class:`BadInput` naming the first field that is wrong."""
+    if not isinstance(doc, dict):
+        raise BadInput("training plan must be a JSON object")
+    known = {"optimizer", "schedule", "steps", "batch_size", "seed", "checkpoint_every"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise BadInput(f"training plan: unknown field {unknown[0]!r}")
+    name, hyper = _optimizer(doc.get("optimizer"))
+    steps = _integer(doc, "steps", 1, MAX_STEPS)
+    batch = _integer(doc, "batch_size", 1, MAX_BATCH)
+    seed = _integer(doc, "seed", 0, (1 << 63) - 1)
+    every = _integer(doc, "checkpoint_every", 1, steps)
+    schedule = doc.get("schedule", {"kind": "constant"})
+    if not isinstance(schedule, dict) or schedule.get("kind") not in SCHEDULES:
+        raise BadInput(f"training plan: schedule must be one of {list(SCHEDULES)}, got "
+                       f"{schedule!r}")
+    extra = sorted(set(schedule) - {"kind", "warmup_steps", "min_lr_ratio"})
+    if extra:
+        raise BadInput(f"training plan: schedule has no field {extra[0]!r}")
+    warmup = _integer({"schedule.warmup_steps": schedule.get("warmup_steps", 0)},
+                      "schedule.warmup_steps", 0, steps)
+    floor = _number("schedule.min_lr_ratio", schedule.get("min_lr_ratio", 0.0), 0.0, 1.0)
+    return TrainingPlan(optimizer=name, hyper=hyper, steps=steps, batch_size=batch, seed=seed,
+                        checkpoint_every=every, schedule=schedule["kind"], warmup_steps=warmup,
+                        min_lr_ratio=floor)
+
+
+def learning_rate(plan: TrainingPlan, step: int) -> float:
+    """The learning rate of step ``step`` (0-based): linear warm-up over ``warmup_steps``,
+    then constant, or cosine down to ``min_lr_ratio`` of the base rate at the last step."""
+    base = float(plan.hyper["lr"])
+    if step < plan.warmup_steps:
+        return base * (step + 1) / plan.warmup_steps
+    if plan.schedule == "constant":
+        return base
+    span = max(1, plan.steps - plan.warmup_steps - 1)
+    progress = min(1.0, (step - plan.warmup_steps) / span)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base * (plan.min_lr_ratio + (1.0 - plan.min_lr_ratio) * cosine)
+
+
+def _stream(seed: int, epoch: int) -> Any:
+    counter = 0
+    while True:
+        digest = hashlib.sha256(f"mesh-train:{seed}:{epoch}:{counter}".encode()).digest()
+        counter += 1
+        for i in range(0, 32, 8):
+            yield int.from_bytes(digest[i:i + 8], "big")
+
+
+def epoch_order(seed: int, epoch: int, rows: int) -> list[int]:
+    """The shard's rows in the order epoch ``epoch`` visits them (Fisher-Yates, unbiased)."""
+    order = list(range(rows))
+    numbers = _stream(seed, epoch)
+    for i in range(rows - 1, 0, -1):
+        bound = i + 1
+        limit = (1 << 64) - ((1 << 64) % bound)
+        value = next(numbers)
+        while value >= limit:
+            value = next(numbers)
+        j = value % bound
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def batch_rows(plan: TrainingPlan, rows: int, step: int) -> list[int]:
+    """The shard rows step ``step`` trains on: the next ``batch_size`` rows of the epoch
+    stream (each epoch a fresh shuffle), so every row is seen once per epoch."""
+    if rows < 1:
+        raise BadInput("training data has no rows")
+    start = step * plan.batch_size
+    out: list[int] = []
+    while len(out) < plan.batch_size:
+        epoch, offset = divmod(start + len(out), rows)
+        take = min(plan.batch_size - len(out), rows - offset)
+        out += epoch_order(plan.seed, epoch, rows)[offset:offset + take]
+    return out
+
+
+def segments(plan: TrainingPlan) -> list[tuple[int, int]]:
+    """The checkpoint segments ``(first step, end step)``: checkpoint ``i`` is the state after
+    step ``end_i - 1``; the last segment may be shorter and ends with the final state."""
+    every = plan.checkpoint_every
+    return [(start, min(start + every, plan.steps)) for start in range(0, plan.steps, every)]
+
+
+def audit_segments(plan: TrainingPlan, seed: bytes, count: int) -> list[int]:
+    """The segments a drawn audit recomputes: always the last (its end is what the client is
+    given), plus ``count - 1`` others drawn from ``seed`` (the audit draw's, unknown to the
+    worker when it commits), in increasing order."""
+    total = len(segments(plan))
+    chosen = {total - 1}
+    counter = 0
+    while len(chosen) < min(count, total):
+        digest = hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
+        chosen.add(int.from_bytes(digest[:8], "big") % total)
+        counter += 1
+    return sorted(chosen)
+
+
+#: How a training audit compares the worker's checkpoint with the verifier's recomputation of
+#: the segment before it, element by element (plus the verifier's own spread where its two
+#: runs differ: :func:`meshcompute.execution.training.compare_states`). Chosen from
+#: measurement: BENCHMARKS.md "Training verification".
+DEFAULT_TRAINING_TOLERANCE = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
+#: Segments a drawn audit recomputes: the last and one more drawn.
+DEFAULT_AUDITED_SEGMENTS = 2
+
+MANIFEST_KIND = "mesh-training-result"
+
+
+def manifest_bytes(*, plan_sha256: str, checkpoints: list[str], losses: str,
+                   final_state: str) -> bytes:
+    """The canonical manifest of a training result: the sha256 of each checkpoint (in order,
+    the last is the final state), of the loss curve and of the final state. Its own sha256 is
+    the result hash committed on chain."""
+    for name, value in (("plan", plan_sha256), ("losses", losses), ("final_state", final_state),
+                        *(("checkpoint", c) for c in checkpoints)):
+        if not isinstance(value, str) or not _SHA256_HEX.match(value):
+            raise BadInput(f"training manifest: {name} must be a lowercase sha256 hex digest")
+    if not checkpoints or checkpoints[-1] != final_state:
+        raise BadInput("training manifest: the last checkpoint must be the final state")
+    doc = {"kind": MANIFEST_KIND, "plan": plan_sha256, "checkpoints": list(checkpoints),
+           "losses": losses, "final_state": final_state}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_manifest(data: bytes, plan: TrainingPlan) -> dict[str, Any]:
+    """A worker's manifest checked against ``plan`` (one checkpoint per segment); BadInput
+    otherwise. The bytes must be canonical, so one result has one hash."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("training manifest is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND:
+        raise BadInput("training manifest: not a training result")
+    checkpoints = doc.get("checkpoints")
+    if not isinstance(checkpoints, list) or len(checkpoints) != len(segments(plan)):
+        raise BadInput(f"training manifest: expected {len(segments(plan))} checkpoints")
+    canonical = manifest_bytes(plan_sha256=doc.get("plan"), checkpoints=checkpoints,
+                               losses=doc.get("losses"), final_state=doc.get("final_state"))
+    if canonical != data:
+        raise BadInput("training manifest is not in canonical form")
+    return doc
+
+
+def plan_sha256(plan: TrainingPlan) -> str:
+    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True,
+                                     separators=(",", ":")).encode()).hexdigest()

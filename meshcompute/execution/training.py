@@ -1,0 +1,323 @@
+"""Training jobs, the torch part: run a plan's steps over a loaded program, and check a segment.
+
+The program is validated and loaded exactly as an inference program
+(:func:`meshcompute.execution.loader.load_program`: strict schema, operator allowlist, no
+pickle); it takes a batch's tensors and returns a floating scalar, the loss. Gradients come
+from torch's autograd over the rebuilt graph; the update rules of the allowlisted optimizers
+are written out here (so their state has a fixed layout, the same on every torch version):
+
+- ``sgd``: ``g = grad + weight_decay * p``; with momentum ``buf = momentum * buf + g`` and
+  ``g = buf`` (``g + momentum * buf`` with Nesterov); ``p -= lr * g``.
+- ``adamw``: ``p *= 1 - lr * weight_decay``; ``m``, ``v`` the moving moments;
+  ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with the bias corrections of global step ``t``.
+
+A state is a safetensors file: ``param.<name>`` for every parameter and ``opt.<name>.<slot>``
+for the optimizer's slots (``momentum``; ``exp_avg``, ``exp_avg_sq``). A checkpoint is the
+state after a segment's last step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from meshcompute.core.training import TrainingPlan, batch_rows, learning_rate, segments
+from meshcompute.errors import BadInput
+from meshcompute.execution.loader import LoadedProgram, load_program
+
+PARAM = "param."
+OPT = "opt."
+SLOTS = {"sgd": ("momentum",), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+@dataclass
+class TrainingRun:
+    """What running steps ``[start, end)`` gave: the loss of each step, and a checkpoint at each
+    segment end reached. ``diverged_at`` is the first step whose loss was not finite (the run
+    stops there: the job's outcome, not the worker's fault)."""
+
+    start: int
+    losses: list[float] = field(default_factory=list)
+    checkpoints: list[bytes] = field(default_factory=list)
+    diverged_at: int | None = None
+    last_state: bytes = b""
+    """The state after the last step run (a checkpoint when that step ends a segment)."""
+
+    @property
+    def final_state(self) -> bytes:
+        return self.checkpoints[-1]
+
+
+def _slots(plan: TrainingPlan) -> tuple[str, ...]:
+    if plan.optimizer == "sgd" and float(plan.hyper["momentum"]) == 0.0:
+        return ()
+    return SLOTS[plan.optimizer]
+
+
+def initial_state(program: LoadedProgram, plan: TrainingPlan) -> dict[str, torch.Tensor]:
+    """The program's own parameters and zeroed optimizer slots: the state of step 0."""
+    state = {}
+    for name, param in program.module.named_parameters():
+        state[PARAM + name] = param.detach().clone()
+        for slot in _slots(plan):
+            state[f"{OPT}{name}.{slot}"] = torch.zeros_like(param)
+    return state
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    return st_save({k: v.detach().contiguous().cpu() for k, v in sorted(state.items())})
+
+
+def load_state(data: bytes, program: LoadedProgram, plan: TrainingPlan) -> dict[str, torch.Tensor]:
+    """A state's tensors, checked against the program's parameters and the optimizer's slots
+    (exactly those names, shapes and float32); :class:`BadInput` naming what is wrong."""
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad bytes
+        raise BadInput(f"training state is not a safetensors file: {exc}") from None
+    expected = initial_state(program, plan)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise BadInput(f"training state does not fit the program and optimizer: missing "
+                       f"{missing[:3]}, unexpected {extra[:3]}")
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise BadInput(f"training state: {name} is {got.dtype}{list(got.shape)}, the "
+                           f"program needs {want.dtype}{list(want.shape)}")
+    return tensors
+
+
+def check_data(data: Sequence[torch.Tensor]) -> int:
+    """The number of rows of a data shard (every tensor has the same first dimension)."""
+    if not data:
+        raise BadInput("training data has no tensors")
+    rows = {int(t.shape[0]) if t.dim() else -1 for t in data}
+    if len(rows) != 1 or -1 in rows:
+        raise BadInput(f"training data tensors must share their first dimension (rows), got "
+                       f"{[list(t.shape) for t in data]}")
+    return rows.pop()
+
+
+def _update(plan: TrainingPlan, step: int, lr: float, param: torch.Tensor, grad: torch.Tensor,
+            slots: dict[str, torch.Tensor]) -> None:
+    h = plan.hyper
+    if plan.optimizer == "sgd":
+        g = grad + float(h["weight_decay"]) * param if h["weight_decay"] else grad
+        if slots:
+            buf = slots["momentum"]
+            buf.mul_(float(h["momentum"])).add_(g)
+            g = g + float(h["momentum"]) * buf if h["nesterov"] else buf
+        param.sub_(lr * g)
+        return
+    beta1, beta2, t = float(h["beta1"]), float(h["beta2"]), step + 1
+    param.mul_(1.0 - lr * float(h["weight_decay"]))
+    m, v = slots["exp_avg"], slots["exp_avg_sq"]
+    m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    m_hat = m / (1.0 - beta1 ** t)
+    v_hat = v / (1.0 - beta2 ** t)
+    param.sub_(lr * m_hat / (v_hat.sqrt() + float(h["eps"])))
+
+
+def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan: TrainingPlan,
+              state: dict[str, torch.Tensor] | bytes | None = None, *, start: int = 0,
+              end: int | None = None, micro_batches: int = 1) -> TrainingRun:
+    """Run steps ``[start, end)`` of ``plan`` from ``state`` (the program's own parameters
+    when None; a state's bytes are checked by :func:`load_state`); a checkpoint is taken at
+    each segment end. ``start`` must be a segment start (0 or a checkpoint's step).
+
+    ``micro_batches`` > 1 splits each batch into that many equal parts and averages their
+    gradients (gradient accumulation, for a worker short of memory): the same step for a loss
+    that is a mean over rows, up to rounding."""
+    loaded = program if isinstance(program, LoadedProgram) else load_program(program)
+    end = plan.steps if end is None else end
+    bounds = segments(plan)
+    if start not in {s for s, _ in bounds} or not start < end <= plan.steps:
+        raise BadInput(f"training: steps [{start}, {end}) do not start at a checkpoint of the "
+                       f"plan ({plan.steps} steps, a checkpoint every {plan.checkpoint_every})")
+    rows = check_data(data)
+    if isinstance(state, bytes):
+        state = load_state(state, loaded, plan)
+    state = {k: v.clone() for k, v in (state or initial_state(loaded, plan)).items()}
+    # the run's own parameter tensors, passed to the graph by torch.func.functional_call: the
+    # loaded module keeps the program's parameters (the initial state of the next run)
+    names = [name for name, _ in loaded.module.named_parameters()]
+    named = {name: state[PARAM + name].clone().requires_grad_(True) for name in names}
+    params = list(named.values())
+    slot_names = _slots(plan)
+    ends = {e for _, e in bounds}
+    run = TrainingRun(start=start)
+    for step in range(start, end):
+        index = torch.tensor(batch_rows(plan, rows, step), dtype=torch.long)
+        if plan.batch_size % micro_batches:
+            raise BadInput(f"batch size {plan.batch_size} does not split into {micro_batches}")
+        losses, grads = [], None
+        for part in index.chunk(micro_batches):
+            loss = _loss(loaded, named, [t.index_select(0, part) for t in data])
+            losses.append(loss.detach())
+            if not torch.isfinite(loss.detach()):
+                break
+            part_grads = torch.autograd.grad(loss, params)
+            grads = part_grads if grads is None else [a + b for a, b in zip(grads, part_grads,
+                                                                            strict=True)]
+        mean = torch.stack(losses).mean() if len(losses) == micro_batches else losses[-1]
+        run.losses.append(float(mean))
+        if grads is None or not torch.isfinite(mean):
+            run.diverged_at = step
+            return run
+        if micro_batches > 1:
+            grads = [g / micro_batches for g in grads]
+        lr = learning_rate(plan, step)
+        with torch.no_grad():
+            for (name, param), grad in zip(named.items(), grads, strict=True):
+                slots = {s: state[f"{OPT}{name}.{s}"] for s in slot_names}
+                _update(plan, step, lr, param, grad, slots)
+        if step + 1 in ends or step + 1 == end:
+            for name, param in named.items():
+                state[PARAM + name] = param.detach().clone()
+            run.last_state = state_bytes(state)
+            if step + 1 in ends:
+                run.checkpoints.append(run.last_state)
+    return run
+
+
+def _loss(loaded: LoadedProgram, params: dict[str, torch.Tensor],
+          batch: list[torch.Tensor]) -> torch.Tensor:
+    loss = torch.func.functional_call(loaded.module, params, tuple(batch))
+    if isinstance(loss, list | tuple) and len(loss) == 1:
+        loss = loss[0]
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.is_floating_point():
+        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise BadInput(f"a training program must return its loss as one floating scalar; this "
+                       f"one returned {shape}")
+    return loss
+
+
+@dataclass(frozen=True)
+class SegmentCheck:
+    """One recomputed segment against the worker's checkpoint at its end."""
+
+    index: int
+    agree: bool
+    reason: str
+    max_abs: float
+    first_bad_step: int | None
+    """The first step whose loss differs from the worker's beyond the loss tolerance (where the
+    disagreement starts), when the state disagrees; None when it agrees or the losses do."""
+    used: float
+    """The largest share of its allowance an element of the worker's checkpoint uses."""
+    steps_run: int
+    """The optimizer steps this check recomputed (the verifier's cost)."""
+
+
+#: How far beyond its own spread a worker's checkpoint may lie, tensor by tensor, when the
+#: verifier's two recomputations of a segment differ (see :func:`check_segment`).
+SPREAD_FACTOR = 8.0
+
+
+def _tensors(data: bytes) -> dict[str, torch.Tensor] | None:
+    try:
+        return st_load(data)
+    except Exception:  # noqa: BLE001 - the worker's bytes may be anything
+        return None
+
+
+@dataclass(frozen=True)
+class StateComparison:
+    agree: bool
+    reason: str
+    max_abs: float
+    used: float
+    """The largest share of its allowance any element uses (1.0 = at the edge)."""
+
+
+def _disagree(reason: str) -> StateComparison:
+    return StateComparison(False, reason, float("inf"), float("inf"))
+
+
+def compare_states(ours: bytes, theirs: bytes, tolerance: dict,
+                   second: bytes | None = None) -> StateComparison:
+    """Two states compared tensor by tensor: each element of ``theirs`` within
+    ``atol + rtol * |ours|`` of ours. A state with other names or shapes, or a value that is
+    not finite, disagrees.
+
+    With ``second`` (our recomputation under another numeric setup), each tensor also allows
+    :data:`SPREAD_FACTOR` times the largest difference between our two runs in that tensor:
+    coordinates the loss does not depend on (AdamW turns their rounding-level gradients into
+    full-size steps of either sign, for example the key bias of attention) drift apart between
+    honest runs, and a change there gains a cheater nothing."""
+    a, b = _tensors(ours), _tensors(theirs)
+    if a is None:
+        raise BadInput("our own state is not a safetensors file")
+    if b is None:
+        return _disagree("the worker's checkpoint is not a safetensors file")
+    if sorted(a) != sorted(b) or any(a[n].shape != b[n].shape for n in a):
+        return _disagree("the worker's checkpoint names other tensors or shapes")
+    c = _tensors(second) if second is not None else None
+    rtol, atol = float(tolerance["rtol"]), float(tolerance["atol"])
+    worst, worst_name, max_abs = 0.0, "", 0.0
+    for name in sorted(a):
+        if a[name].numel() == 0:
+            continue
+        if not bool(torch.isfinite(b[name]).all()):
+            return _disagree(f"{name} in the worker's checkpoint is not finite")
+        diff = (a[name].double() - b[name].double()).abs()
+        allowed = atol + rtol * a[name].double().abs()
+        if c is not None:
+            allowed = allowed + SPREAD_FACTOR * float((a[name].double() - c[name].double())
+                                                      .abs().max())
+        used = float((diff / allowed).max())
+        max_abs = max(max_abs, float(diff.max()))
+        if used > worst:
+            worst, worst_name = used, name
+    extra = f" plus {SPREAD_FACTOR:g}x our own spread" if c is not None else ""
+    if worst <= 1.0:
+        return StateComparison(True, f"every tensor within rtol={rtol:g}, atol={atol:g}{extra} "
+                               f"(at most {worst:.3g} of the allowance)", max_abs, worst)
+    return StateComparison(False, f"{worst_name} is off by {worst:.3g} times its allowance "
+                           f"(rtol={rtol:g}, atol={atol:g}{extra})", max_abs, worst)
+
+
+def check_segment(program: bytes | LoadedProgram, data: Sequence[torch.Tensor],
+                  plan: TrainingPlan, index: int, start_state: bytes | None, end_state: bytes,
+                  claimed_losses: Sequence[float], tolerance: dict,
+                  loss_rtol: float = 1e-4, always_second: bool = False) -> SegmentCheck:
+    """Recompute segment ``index`` from ``start_state`` (the worker's checkpoint before it, or
+    the job's initial state for the first) and compare with the worker's ``end_state``. When
+    they disagree, recompute it again under another numeric setup (the batch in two halves)
+    and judge with our own spread (:func:`compare_states`); where they still disagree, the
+    first step whose loss differs from the worker's says where the disagreement starts.
+    ``always_second`` runs the second recomputation whatever the first says (the benchmark's
+    measure of the margin of the final rule)."""
+    loaded = program if isinstance(program, LoadedProgram) else load_program(program)
+    start, end = segments(plan)[index]
+    run = run_steps(loaded, data, plan, start_state, start=start, end=end)
+    if run.diverged_at is not None:
+        return SegmentCheck(index, False, f"our recomputation diverged at step "
+                            f"{run.diverged_at}", float("inf"), run.diverged_at, float("inf"),
+                            end - start)
+    verdict = compare_states(run.final_state, end_state, tolerance)
+    steps_run = end - start
+    if always_second or not verdict.agree:
+        steps_run += end - start
+        halves = 2 if plan.batch_size % 2 == 0 else 1
+        other = run_steps(loaded, data, plan, start_state, start=start, end=end,
+                          micro_batches=halves)
+        if other.diverged_at is None:
+            verdict = compare_states(run.final_state, end_state, tolerance, other.final_state)
+    first_bad = None
+    if not verdict.agree:
+        theirs = list(claimed_losses)[start:end]
+        for offset, ours in enumerate(run.losses):
+            other_loss = theirs[offset] if offset < len(theirs) else float("nan")
+            if not abs(ours - other_loss) <= loss_rtol * abs(ours) + 1e-7:
+                first_bad = start + offset
+                break
+    return SegmentCheck(index, verdict.agree, verdict.reason, verdict.max_abs, first_bad,
+                        verdict.used, steps_run)

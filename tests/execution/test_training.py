@@ -1,0 +1,158 @@
+"""Training over a loaded program (meshcompute.execution.training): the update rules against
+torch's own optimizers, resuming from a checkpoint, bad input, divergence, and the segment
+check that audits use (an honest segment passes, a tampered one is caught)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from torch import nn
+
+from meshcompute.core.training import DEFAULT_TRAINING_TOLERANCE, validate_plan
+from meshcompute.errors import BadInput
+from meshcompute.execution.loader import load_program
+from meshcompute.execution.programs import export_program
+from meshcompute.execution.training import (
+    check_segment,
+    compare_states,
+    initial_state,
+    load_state,
+    run_steps,
+    state_bytes,
+)
+
+
+class Regression(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(x), y)
+
+
+class NotScalar(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def _data(rows: int = 24) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(rows, 6, generator=gen), torch.randint(0, 3, (rows,), generator=gen)]
+
+
+@pytest.fixture(scope="module")
+def program() -> bytes:
+    torch.manual_seed(0)
+    return export_program(Regression().train(), tuple(t[:4] for t in _data()))
+
+
+def _plan(optimizer: dict, steps: int = 6, every: int = 2) -> object:
+    return validate_plan({"optimizer": optimizer, "steps": steps, "batch_size": 4, "seed": 1,
+                          "checkpoint_every": every})
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [
+    ({"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
+     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)),
+    ({"name": "adamw", "lr": 0.01, "weight_decay": 0.1},
+     lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1, foreach=False)),
+])
+def test_the_update_rules_are_torchs_optimizers(program: bytes, ours: dict, theirs) -> None:
+    plan = _plan(ours)
+    data = _data()
+    run = run_steps(program, data, plan)
+    # the same steps with torch's optimizer on an eager copy of the model
+    from meshcompute.core.training import batch_rows
+
+    torch.manual_seed(0)
+    model = Regression().train()
+    optimizer = theirs(list(model.parameters()))
+    for step in range(plan.steps):
+        index = torch.tensor(batch_rows(plan, 24, step))
+        optimizer.zero_grad()
+        model(*(t[index] for t in data)).backward()
+        optimizer.step()
+    final = st_load(run.final_state)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(final["param." + name], param.detach(), rtol=1e-5, atol=1e-6)
+    assert len(run.losses) == 6 and len(run.checkpoints) == 3 and run.diverged_at is None
+
+
+def test_a_run_resumed_from_a_checkpoint_is_the_run_itself(program: bytes) -> None:
+    plan = _plan({"name": "adamw", "lr": 0.01})
+    whole = run_steps(program, _data(), plan)
+    tail = run_steps(program, _data(), plan, whole.checkpoints[0], start=2)
+    assert tail.checkpoints == whole.checkpoints[1:]  # bit for bit
+    assert tail.losses == whole.losses[2:]
+    again = run_steps(program, _data(), plan)  # the loaded program is not changed by a run
+    assert again.checkpoints == whole.checkpoints
+
+
+def test_bad_training_input_is_refused_with_what_was_wrong(program: bytes) -> None:
+    plan = _plan({"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    loaded = load_program(program)
+    with pytest.raises(BadInput, match="do not start at a checkpoint"):
+        run_steps(loaded, _data(), plan, start=1)
+    with pytest.raises(BadInput, match="share their first dimension"):
+        run_steps(loaded, [torch.zeros(5, 6), torch.zeros(4, dtype=torch.long)], plan)
+    state = initial_state(loaded, plan)
+    state["param.net.0.weight"] = torch.zeros(2, 2)
+    with pytest.raises(BadInput, match="param.net.0.weight is torch.float32\\[2, 2\\]"):
+        load_state(state_bytes(state), loaded, plan)
+    del state["param.net.0.weight"]
+    with pytest.raises(BadInput, match="missing \\['param.net.0.weight'\\]"):
+        load_state(state_bytes(state), loaded, plan)
+    with pytest.raises(BadInput, match="not a safetensors file"):
+        load_state(b"junk", loaded, plan)
+    torch.manual_seed(0)
+    vector = export_program(NotScalar(), tuple(t[:4] for t in _data()))
+    with pytest.raises(BadInput, match="one floating scalar; this one returned \\[4, 3\\]"):
+        run_steps(vector, _data(), plan)
+
+
+def test_a_loss_that_stops_being_finite_ends_the_run_at_that_step(program: bytes) -> None:
+    from meshcompute.core.training import batch_rows
+
+    plan = _plan({"name": "sgd", "lr": 0.1}, steps=12)
+    data = _data()
+    data[0][17, 2] = float("inf")  # one bad row: the step whose batch holds it diverges
+    first = next(s for s in range(12) if 17 in batch_rows(plan, 24, s))
+    run = run_steps(program, data, plan)
+    assert run.diverged_at == first and len(run.losses) == first + 1
+    assert len(run.checkpoints) == first // 2  # nothing past the step that diverged
+
+
+def test_an_honest_segment_passes_and_a_tampered_one_is_caught_at_its_first_step(
+        program: bytes) -> None:
+    plan = _plan({"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    data = _data()
+    honest = run_steps(program, data, plan, micro_batches=2)  # computed another way
+    check = check_segment(program, data, plan, 1, honest.checkpoints[0],
+                          honest.checkpoints[1], honest.losses, DEFAULT_TRAINING_TOLERANCE)
+    assert check.agree and check.used < 1.0 and check.first_bad_step is None
+    # the worker skipped step 3 of the segment [2, 4): claims the state after step 2
+    short = run_steps(program, data, plan, honest.checkpoints[0], start=2, end=3)
+    losses = honest.losses[:3] + [honest.losses[2] * 0.5] + honest.losses[4:]
+    caught = check_segment(program, data, plan, 1, honest.checkpoints[0], short.last_state,
+                           losses, DEFAULT_TRAINING_TOLERANCE)
+    assert not caught.agree and caught.first_bad_step == 3 and caught.steps_run == 4
+    assert "times its allowance" in caught.reason
+
+
+def test_checkpoints_with_other_tensors_or_junk_disagree(program: bytes) -> None:
+    plan = _plan({"name": "sgd", "lr": 0.1})
+    run = run_steps(program, _data(), plan)
+    state = st_load(run.final_state)
+    assert not compare_states(run.final_state, b"junk", DEFAULT_TRAINING_TOLERANCE).agree
+    renamed = {("x" + k): v for k, v in state.items()}
+    assert not compare_states(run.final_state, state_bytes(renamed),
+                              DEFAULT_TRAINING_TOLERANCE).agree
+    state["param.net.0.bias"][0] = float("nan")
+    verdict = compare_states(run.final_state, state_bytes(state), DEFAULT_TRAINING_TOLERANCE)
+    assert not verdict.agree and "not finite" in verdict.reason

@@ -1,0 +1,119 @@
+"""The pure part of training jobs: the plan, its schedule, its batches, its segments and the
+result manifest (meshcompute.core.training)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+
+from meshcompute.core.training import (
+    audit_segments,
+    batch_rows,
+    epoch_order,
+    learning_rate,
+    manifest_bytes,
+    parse_manifest,
+    segments,
+    validate_plan,
+)
+from meshcompute.errors import BadInput
+
+PLAN = {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "steps": 10,
+        "batch_size": 4, "seed": 3, "checkpoint_every": 4}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_plan_takes_the_optimizer_defaults_and_round_trips() -> None:
+    plan = validate_plan(PLAN)
+    assert plan.hyper == {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
+    assert validate_plan(plan.to_json()) == plan
+    adamw = validate_plan({**PLAN, "optimizer": {"name": "adamw", "lr": 1e-3}})
+    assert adamw.hyper["beta2"] == 0.999 and adamw.hyper["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"optimizer": {"name": "lbfgs", "lr": 1}}, "not on the allowlist"),
+    ({"optimizer": {"name": "sgd"}}, "sgd needs lr"),
+    ({"optimizer": {"name": "sgd", "lr": 0}}, "lr must be above 0"),
+    ({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 1.5}}, "sgd.momentum must be in"),
+    ({"optimizer": {"name": "sgd", "lr": 0.1, "betas": [0.9]}}, "no hyperparameter 'betas'"),
+    ({"optimizer": {"name": "sgd", "lr": float("nan")}}, "sgd.lr must be a finite number"),
+    ({"optimizer": {"name": "sgd", "lr": 0.1, "nesterov": 1}}, "nesterov must be true or false"),
+    ({"steps": 0}, "steps must be in"),
+    ({"batch_size": 2.5}, "batch_size must be an integer"),
+    ({"checkpoint_every": 11}, "checkpoint_every must be in"),
+    ({"schedule": {"kind": "step"}}, "schedule must be one of"),
+    ({"schedule": {"kind": "cosine", "gamma": 1}}, "schedule has no field 'gamma'"),
+    ({"code": "import os"}, "unknown field 'code'"),
+])
+def test_a_plan_outside_the_allowlist_is_refused_naming_the_field(change, named) -> None:
+    with pytest.raises(BadInput, match=named):
+        validate_plan({**PLAN, **change})
+
+
+def test_the_schedule_warms_up_linearly_then_follows_the_cosine_to_its_floor() -> None:
+    plan = validate_plan({**PLAN, "steps": 12, "schedule": {"kind": "cosine", "warmup_steps": 2,
+                                                            "min_lr_ratio": 0.1}})
+    rates = [learning_rate(plan, s) for s in range(12)]
+    assert rates[:3] == pytest.approx([0.05, 0.1, 0.1])
+    assert rates[-1] == pytest.approx(0.01)
+    assert all(a >= b for a, b in itertools.pairwise(rates[2:]))
+    assert learning_rate(validate_plan(PLAN), 9) == 0.1
+
+
+def test_batches_visit_every_row_once_an_epoch_and_are_the_same_everywhere() -> None:
+    plan = validate_plan({**PLAN, "batch_size": 3})
+    stream = [r for step in range(7) for r in batch_rows(plan, 10, step)]  # 2.1 epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
+    assert stream[:10] != stream[10:20]  # each epoch its own shuffle
+    # fixed by the algorithm (SHA-256 counter words, Fisher-Yates with rejection), not by this
+    # Python's random: a second writing of that algorithm gives the same order
+    words = [int.from_bytes(hashlib.sha256(f"mesh-train:3:0:{c}".encode()).digest()[i:i + 8],
+                            "big") for c in range(4) for i in range(0, 32, 8)]
+    order = list(range(10))
+    for i in range(9, 0, -1):
+        word = words.pop(0)
+        while word >= (1 << 64) - (1 << 64) % (i + 1):
+            word = words.pop(0)
+        j = word % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    assert epoch_order(3, 0, 10) == order
+    assert batch_rows(plan, 10, 1) == batch_rows(plan, 10, 1)
+    with pytest.raises(BadInput, match="no rows"):
+        batch_rows(plan, 0, 0)
+
+
+def test_segments_end_at_the_checkpoints_and_the_last_is_always_audited() -> None:
+    plan = validate_plan(PLAN)
+    assert segments(plan) == [(0, 4), (4, 8), (8, 10)]
+    for seed in (b"a", b"b", b"c"):
+        chosen = audit_segments(plan, seed, 2)
+        assert chosen[-1] == 2 and len(chosen) == 2 and chosen == sorted(set(chosen))
+    assert audit_segments(plan, b"a", 9) == [0, 1, 2]
+    drawn = {tuple(audit_segments(validate_plan({**PLAN, "steps": 40}), bytes([i]), 2))
+             for i in range(30)}
+    assert len(drawn) > 3  # the other segment depends on the seed
+
+
+def test_the_manifest_binds_every_checkpoint_and_has_one_form() -> None:
+    plan = validate_plan(PLAN)
+    checkpoints = [_sha("c0"), _sha("c1"), _sha("final")]
+    data = manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints,
+                          losses=_sha("losses"), final_state=_sha("final"))
+    assert parse_manifest(data, plan)["checkpoints"] == checkpoints
+    with pytest.raises(BadInput, match="canonical"):
+        parse_manifest(data.replace(b",", b", ", 1), plan)
+    with pytest.raises(BadInput, match="expected 3 checkpoints"):
+        parse_manifest(manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints[1:],
+                                      losses=_sha("l"), final_state=_sha("final")), plan)
+    with pytest.raises(BadInput, match="last checkpoint must be the final state"):
+        manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints, losses=_sha("l"),
+                       final_state=_sha("other"))
+    with pytest.raises(BadInput, match="sha256"):
+        manifest_bytes(plan_sha256="x", checkpoints=checkpoints, losses=_sha("l"),
+                       final_state=_sha("final"))
