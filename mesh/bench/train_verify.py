@@ -193,8 +193,9 @@ def _cheat(name: str, program: bytes, shard: list[torch.Tensor], other: list[tor
     if name == "noise_final":
         final = st_load(honest.checkpoints[-1])
         gen = torch.Generator().manual_seed(5)
-        noisy = {k: v + 1e-3 * v.std() * torch.randn(v.shape, generator=gen)
-                 for k, v in final.items()}
+        # in name order: safetensors gives a file's tensors in no fixed order
+        noisy = {k: final[k] + 1e-3 * final[k].std() * torch.randn(final[k].shape, generator=gen)
+                 for k in sorted(final)}
         return _Result(honest.checkpoints[:-1] + [state_bytes(noisy)], honest.losses)
     if name in ("float16_steps", "bfloat16_steps"):
         dtype = torch.float16 if name == "float16_steps" else torch.bfloat16
