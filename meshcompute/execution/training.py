@@ -27,7 +27,7 @@ from safetensors.torch import save as st_save
 
 from meshcompute.core.training import TrainingPlan, batch_rows, learning_rate, segments
 from meshcompute.errors import BadInput
-from meshcompute.execution.loader import LoadedProgram, load_program
+from meshcompute.execution.loader import LoadedProgram, check_inputs, load_program
 
 PARAM = "param."
 OPT = "opt."
@@ -142,6 +142,10 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
         raise BadInput(f"training: steps [{start}, {end}) do not start at a checkpoint of the "
                        f"plan ({plan.steps} steps, a checkpoint every {plan.checkpoint_every})")
     rows = check_data(data)
+    try:
+        check_inputs(loaded.inputs, [t[: plan.batch_size] for t in data])
+    except BadInput as exc:
+        raise BadInput(f"training data does not fit the program: {exc}") from None
     if isinstance(state, bytes):
         state = load_state(state, loaded, plan)
     state = {k: v.clone() for k, v in (state or initial_state(loaded, plan)).items()}

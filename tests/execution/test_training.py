@@ -156,3 +156,58 @@ def test_checkpoints_with_other_tensors_or_junk_disagree(program: bytes) -> None
     state["param.net.0.bias"][0] = float("nan")
     verdict = compare_states(run.final_state, state_bytes(state), DEFAULT_TRAINING_TOLERANCE)
     assert not verdict.agree and "not finite" in verdict.reason
+
+
+# ------------------------------------------------------------- the same, in the job sandbox
+
+LIMITS = {"time_limit_s": 120.0, "memory_limit_mb": 1024, "max_output_bytes": 1 << 24}
+
+
+def _shard() -> bytes:
+    from meshcompute.execution.programs import save_tensors
+
+    return save_tensors(_data())
+
+
+def test_a_sandboxed_training_run_is_the_in_process_run_bit_for_bit(
+        requires_sandbox: None, program: bytes) -> None:
+    from meshcompute.execution.train_runner import run_training_job
+
+    plan = _plan({"name": "adamw", "lr": 0.01})
+    here = run_steps(program, _data(), plan)
+    there = run_training_job(program, _shard(), plan.to_json(), **LIMITS)
+    assert there.ok, there.reason
+    assert there.checkpoints == here.checkpoints and there.losses == here.losses
+    # a verifier's segment: from the worker's checkpoint, only that segment's steps
+    segment = run_training_job(program, _shard(), plan.to_json(), here.checkpoints[0], start=2,
+                               end=4, **LIMITS)
+    assert segment.ok and segment.checkpoints == [here.checkpoints[1]]
+    assert segment.losses == here.losses[2:4]
+
+
+def test_a_sandboxed_training_run_reports_what_went_wrong(requires_sandbox: None,
+                                                         program: bytes) -> None:
+    from meshcompute.execution.programs import save_tensors
+    from meshcompute.execution.train_runner import run_training_job
+
+    plan = _plan({"name": "sgd", "lr": 0.1}).to_json()
+    with pytest.raises(BadInput, match="not on the allowlist"):
+        run_training_job(program, _shard(), {**plan, "optimizer": {"name": "lion", "lr": 1}},
+                         **LIMITS)
+    refused = run_training_job(program, save_tensors([torch.zeros(4, 5),
+                                                      torch.zeros(4, dtype=torch.long)]),
+                               plan, **LIMITS)
+    assert not refused.ok and "training data does not fit the program" in (refused.reason or "")
+    assert "float32[4, 5]" in (refused.reason or "")
+    wrong_state = run_training_job(program, _shard(), plan, b"junk", **LIMITS)
+    assert not wrong_state.ok and "not a safetensors file" in (wrong_state.reason or "")
+    tiny = run_training_job(program, _shard(), plan, **{**LIMITS, "max_output_bytes": 100})
+    assert not tiny.ok and "output limit" in (tiny.reason or "")
+    slow = run_training_job(program, _shard(), {**plan, "steps": 200_000,
+                                                "checkpoint_every": 200_000},
+                            **{**LIMITS, "time_limit_s": 3.0})
+    assert not slow.ok and "time limit of 3 s" in (slow.reason or "")
+    bad = _data()
+    bad[0][5, 0] = float("nan")
+    diverged = run_training_job(program, save_tensors(bad), {**plan, "steps": 12}, **LIMITS)
+    assert diverged.ok and diverged.diverged_at is not None

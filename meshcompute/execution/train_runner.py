@@ -1,0 +1,126 @@
+"""Run steps of a training job in the sandbox: :func:`run_training_job` -> :class:`TrainingOutcome`.
+
+The worker runs a whole job with it; the verifier recomputes one audited segment with it, from
+the worker's checkpoint before the segment. Like :func:`meshcompute.execution.sandbox.run_job`
+this process never imports torch nor loads the program: it checks the archive
+(:func:`meshcompute.execution.archive.validate_program`) and the plan, writes the files into a
+fresh scratch folder and runs ``python -m meshcompute.execution.train_job`` under the same
+bubblewrap command (no network, read-only system, only the scratch folder writable), with the
+job's wall-time limit over the whole process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshcompute.core.spec import sha256_hex
+from meshcompute.core.training import validate_plan
+from meshcompute.errors import BadInput, SandboxUnavailable
+from meshcompute.execution.archive import validate_program
+from meshcompute.execution.sandbox import SANDBOX_DIR, _job_env, build_command, sandbox_available
+
+
+@dataclass
+class TrainingOutcome:
+    """How a training run ended. ``ok`` with the checkpoints reached (safetensors bytes), the
+    loss of every step run and ``last_state``; ``diverged_at`` is the step whose loss was not
+    finite, when one was (still ``ok``: the run itself worked; the job's outcome is that the
+    training diverged). Not ``ok``: ``reason`` says why (refused, limits, crash)."""
+
+    ok: bool
+    reason: str | None = None
+    checkpoints: list[bytes] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    last_state: bytes = b""
+    diverged_at: int | None = None
+    wall_s: float = 0.0
+    compute_s: float = 0.0
+
+
+def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | None = None, *,
+                     start: int = 0, end: int | None = None, threads: int = 1,
+                     time_limit_s: float, memory_limit_mb: int, max_output_bytes: int,
+                     device: str = "cpu", scratch_root: Path | None = None,
+                     allow_unsandboxed: bool = False) -> TrainingOutcome:
+    """Run steps ``[start, end)`` of ``plan`` (JSON) over ``program`` and the data shard
+    ``data`` (safetensors ``args.0``, ...) from ``state`` (None: the program's own parameters)
+    in a fresh sandboxed process. Raises :class:`BadInput` for a plan or program refused before
+    anything runs, :class:`SandboxUnavailable` when the job cannot be isolated and
+    ``allow_unsandboxed`` is False."""
+    started = time.perf_counter()
+    checked = validate_plan(plan)
+    validate_program(program)
+    if threads < 1:
+        raise BadInput("threads must be at least 1")
+    sandboxed = sandbox_available()
+    if not sandboxed and not allow_unsandboxed:
+        raise SandboxUnavailable("bubblewrap (bwrap) is missing or not functional, so the "
+                                 "training job cannot be isolated; install 'bubblewrap'")
+    folder = Path(tempfile.mkdtemp(prefix="mesh-train-", dir=scratch_root))
+    try:
+        box = folder / "box"
+        box.mkdir()
+        (box / "program.pt2").write_bytes(program)
+        (box / "data.safetensors").write_bytes(data)
+        if state is not None:
+            (box / "state.safetensors").write_bytes(state)
+        (box / "train.json").write_text(json.dumps({
+            "plan": checked.to_json(), "start": start,
+            "end": checked.steps if end is None else end, "device": device,
+            "memory_limit_mb": memory_limit_mb, "max_output_bytes": max_output_bytes,
+            "program_sha256": sha256_hex(program),
+        }))
+        argv = [sys.executable, "-m", "meshcompute.execution.train_job"]
+        if sandboxed:
+            command = build_command(box, [*argv, SANDBOX_DIR], device=device, threads=threads)
+            env, cwd = None, None
+        else:
+            command = [*argv, str(box)]
+            env, cwd = _job_env(threads, str(box), device=device), box
+        with (folder / "stderr.log").open("wb") as stderr:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=stderr,
+                                       start_new_session=True, env=env, cwd=cwd)
+            try:
+                process.wait(timeout=time_limit_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return TrainingOutcome(False, f"job exceeded its time limit of {time_limit_s:g} s",
+                                       wall_s=time.perf_counter() - started)
+        return _collect(box, folder, memory_limit_mb, started)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _collect(box: Path, folder: Path, memory_limit_mb: int, started: float) -> TrainingOutcome:
+    wall = time.perf_counter() - started
+    result_file = box / "result.json"
+    if not result_file.exists():
+        tail = (folder / "stderr.log").read_bytes()[-300:].decode(errors="replace").strip()
+        return TrainingOutcome(False, f"training process ended without a result (crash, or "
+                               f"over its memory limit of {memory_limit_mb} MB) {tail}",
+                               wall_s=wall)
+    result = json.loads(result_file.read_text())
+    if not result.get("ok"):
+        return TrainingOutcome(False, str(result.get("reason") or "training failed"),
+                               wall_s=wall)
+    checkpoints = []
+    index = 0
+    while (box / f"checkpoint.{index}.safetensors").exists():
+        checkpoints.append((box / f"checkpoint.{index}.safetensors").read_bytes())
+        index += 1
+    last = box / "last.safetensors"
+    return TrainingOutcome(
+        True, None, checkpoints, [float(x) for x in json.loads((box / "losses.json").read_text())],
+        last.read_bytes() if last.exists() else b"", result.get("diverged_at"), wall,
+        float(result.get("compute_s") or 0.0))
