@@ -212,9 +212,9 @@ def store_specs(rt: MarketRuntime, specs: Sequence[JobSpec], address: str,
     against ``address``'s upload quota (QuotaExceeded)."""
     _check_bundle_count(rt, len(specs), "specs")
     for index, spec in enumerate(specs):
-        for name in ("program", "inputs"):
+        for name in ("program", "inputs", "state"):
             sha = getattr(spec, name)
-            if not rt.blobs.exists(sha):
+            if sha is not None and not rt.blobs.exists(sha):
                 raise BadInput(
                     f"spec {index}: {name} blob {sha} is not in the store; upload it first"
                 )

@@ -27,6 +27,7 @@ releases the rest.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import traceback
@@ -41,8 +42,10 @@ from hexbytes import HexBytes
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.core.job import JobState
+from meshcompute.core.training import manifest_bytes, plan_sha256, validate_plan
 from meshcompute.errors import (
     AuthError,
+    BadInput,
     ConfigError,
     ContractRevert,
     JobFailed,
@@ -51,6 +54,7 @@ from meshcompute.errors import (
     SandboxUnavailable,
     ServiceUnavailable,
 )
+from meshcompute.execution.train_runner import run_training_job
 from meshcompute.health import write_health
 from meshcompute.wire.market_client import Hardware, Lease, MarketClient
 from meshcompute.worker.config import WorkerConfig, parse_price
@@ -567,6 +571,11 @@ class WorkerNode:
         done: dict[_ActiveJob, tuple[bytes, str, Any]] = {}
         to_run: list[tuple[_ActiveJob, bytes, bytes]] = []
         keys: dict[_ActiveJob, ProbeKey] = {}
+        for job, program, inputs in [r for r in ready if r[0].lease.spec.is_training]:
+            trained = self._train(job, program, inputs)
+            if trained is not None:
+                done[job] = trained
+        ready = [r for r in ready if not r[0].lease.spec.is_training]
         for job, program, inputs in ready:
             if self.probes is not None:
                 keys[job] = probe_key(job.lease.spec, inputs)
@@ -611,6 +620,50 @@ class WorkerNode:
                                                bytes(outcome.output), self._emit)
                 done[job] = (output, hashlib.sha256(output).hexdigest(), outcome)
         return done
+
+    def _train(self, job: _ActiveJob, program: bytes,
+               data: bytes) -> tuple[bytes, str, Any] | None:
+        """Run a training job in the sandbox and upload its checkpoints and loss curve; the
+        result to commit is the manifest naming them (None, and the job reported failed, when
+        the run did not finish: refused, over a limit, or its loss stopped being finite)."""
+        spec = job.lease.spec
+        assert spec.training is not None
+        try:
+            state = self._download(spec.state, "training state") if spec.state else None
+            with job.lock:
+                if job.abandoned:
+                    raise _Abandoned
+                job.running = True
+            self._phase(job, "running")
+            outcome = run_training_job(
+                program, data, spec.training, state, threads=self.config.threads,
+                time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
+                max_output_bytes=spec.max_output_bytes, scratch_root=self.config.scratch_dir,
+                allow_unsandboxed=self.config.allow_unsandboxed)
+        except (JobFailed, BadInput) as exc:
+            self._fail(job, str(exc))
+            return None
+        except SandboxUnavailable as exc:
+            self._fail(job, f"this worker cannot isolate the job: {exc}")
+            return None
+        if not outcome.ok:
+            self._fail(job, outcome.reason or "the training failed without a reason")
+            return None
+        if outcome.diverged_at is not None:
+            self._fail(job, f"training diverged: the loss was not finite at step "
+                       f"{outcome.diverged_at} (the job's outcome, not this worker's fault)")
+            return None
+        losses = json.dumps(outcome.losses).encode()
+        blobs = [*outcome.checkpoints, losses]
+        self._phase(job, "uploading")
+        uploaded = self.market.put_blobs(blobs)
+        if uploaded != [hashlib.sha256(b).hexdigest() for b in blobs]:
+            self._fail(job, "the market stored the training's checkpoints under other hashes")
+            return None
+        manifest = manifest_bytes(plan_sha256=plan_sha256(validate_plan(spec.training)),
+                                  checkpoints=uploaded[:-1], losses=uploaded[-1],
+                                  final_state=uploaded[-2])
+        return manifest, hashlib.sha256(manifest).hexdigest(), outcome
 
     def _probe_group(self, client: str, device: str, memory_mb: int, max_output: int,
                      computed: list[tuple[_ActiveJob, bytes, bytes, Any]],

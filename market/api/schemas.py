@@ -46,6 +46,9 @@ class SpecIn(Strict):
     group: Sha256 | None = None
     shard: int = 0
     shards: int = 1
+    training: dict[str, Any] | None = Field(
+        default=None, description="a training job's plan (version 2 specs); None: inference")
+    state: Sha256 | None = None
 
 
 class GpuIn(Strict):

@@ -25,9 +25,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshcompute.core.training import DEFAULT_TRAINING_TOLERANCE, validate_plan
 from meshcompute.errors import BadInput
 
 SPEC_VERSION = 1
+#: The version of a training job's spec (see :attr:`JobSpec.training`).
+TRAINING_SPEC_VERSION = 2
 DEVICES = ("cpu", "cuda")
 TOLERANCE_KINDS = ("exact", "allclose", "argmax", "topk")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -112,6 +115,14 @@ class JobSpec:
     shard: int = 0
     shards: int = 1
     version: int = SPEC_VERSION
+    training: dict[str, Any] | None = None
+    """For a training job, its plan (:func:`meshcompute.core.training.validate_plan`): the
+    program returns the loss, ``inputs`` is the data shard (one row per sample), and the result
+    is a training manifest. None for inference. A training spec is version
+    :data:`TRAINING_SPEC_VERSION`, so that a node that predates training refuses it."""
+    state: str | None = None
+    """sha256 hex of the training's initial state (safetensors ``param.*``/``opt.*``); None
+    starts from the program's own parameters and zeroed optimizer slots."""
 
     def __post_init__(self) -> None:
         for name in ("program", "inputs"):
@@ -132,8 +143,27 @@ class JobSpec:
             raise BadInput("spec needs 0 <= shard < shards <= 10000")
         if self.shards > 1 and self.group is None:
             raise BadInput("a spec with several shards needs a group")
-        if self.version != SPEC_VERSION:
-            raise BadInput(f"spec version {self.version} is not supported")
+        if self.training is None:
+            if self.state is not None:
+                raise BadInput("spec state is only for training jobs")
+            if self.version != SPEC_VERSION:
+                raise BadInput(f"spec version {self.version} is not supported")
+            return
+        if self.version != TRAINING_SPEC_VERSION:
+            raise BadInput(f"a training spec is version {TRAINING_SPEC_VERSION}, got "
+                           f"{self.version}")
+        object.__setattr__(self, "training", validate_plan(self.training).to_json())
+        if self.state is not None and not is_sha256_hex(self.state):
+            raise BadInput("spec 'state' must be a lowercase sha256 hex string")
+        if self.device != "cpu":
+            raise BadInput("training jobs run on the CPU in this version (device 'cpu')")
+        if self.group is not None or self.shards != 1:
+            raise BadInput("a training job is one job: no group, one shard")
+        if self.tolerance == DEFAULT_TOLERANCE:
+            object.__setattr__(self, "tolerance", dict(DEFAULT_TRAINING_TOLERANCE))
+        if self.tolerance["kind"] != "allclose":
+            raise BadInput("a training job's tolerance compares checkpoints: it must be "
+                           "'allclose'")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,7 +178,12 @@ class JobSpec:
             "group": self.group,
             "shard": self.shard,
             "shards": self.shards,
-        }
+        } | ({"training": dict(self.training), "state": self.state}
+             if self.training is not None else {})
+
+    @property
+    def is_training(self) -> bool:
+        return self.training is not None
 
     def canonical_bytes(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
@@ -165,7 +200,8 @@ class JobSpec:
             raise BadInput(f"spec must be a JSON object, got {type(data).__name__}")
         known = {
             "version", "program", "inputs", "device", "tolerance", "time_limit_s",
-            "memory_limit_mb", "max_output_bytes", "group", "shard", "shards",
+            "memory_limit_mb", "max_output_bytes", "group", "shard", "shards", "training",
+            "state",
         }
         unknown = set(data) - known
         if unknown:
