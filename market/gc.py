@@ -3,7 +3,8 @@
 Every blob has a keep-until time (``MarketState.keep_blobs``):
 
 - an upload is kept ``blob_grace_s`` (a day) from its last upload, time to post its job;
-- each round, every blob an open job needs (its spec, program and inputs, the output its
+- each round, every blob an open job needs (its spec, program and inputs (and a training
+  job's initial state, checkpoints and loss curve), the output its
   worker submitted or committed, the evidence its verdicts name), and every blob of a job
   that ended since the last round, is kept ``blob_retention_s`` (a week) from now; so once
   a job ends its blobs stay at least that long: long enough to download an output, to
@@ -23,11 +24,14 @@ chain keeps every event; the market keeps what settlement, reorgs and the retent
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
 from meshcompute.core.job import ZERO_HASH, JobState
+from meshcompute.core.spec import is_sha256_hex
+from meshcompute.core.training import MANIFEST_KIND
 from meshcompute.market.runtime import MarketRuntime
 
 log = logging.getLogger("market.gc")
@@ -53,11 +57,18 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
         spec = rt.spec_or_none(spec_sha)
         if spec is not None:
             needed |= {spec.program, spec.inputs}
+            if spec.state is not None:
+                needed.add(spec.state)
+        outputs = set()
         if record.result_hash != ZERO_HASH:
-            needed.add(record.result_hash.hex())
+            outputs.add(record.result_hash.hex())
         submitted = results.get(job_id)
         if submitted:
-            needed.add(submitted)
+            outputs.add(submitted)
+        needed |= outputs
+        if spec is not None and spec.is_training:
+            for output in outputs:
+                needed |= _manifest_blobs(rt, output)
         if record.state in _VERDICT_STATES:
             for event in rt.indexer.events(job_id=job_id):
                 evidence = event.args.get("evidenceHash") if event.name in _EVIDENCE_EVENTS \
@@ -65,6 +76,21 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
                 if isinstance(evidence, bytes | bytearray) and bytes(evidence) != ZERO_HASH:
                     needed.add(bytes(evidence).hex())
     return needed
+
+
+def _manifest_blobs(rt: MarketRuntime, sha: str) -> set[str]:
+    """The checkpoints and loss curve a training result's manifest names (empty when the
+    manifest is not stored or is not one: the verifier then finds the result unreadable)."""
+    if not rt.blobs.exists(sha):
+        return set()
+    try:
+        doc = json.loads(rt.blobs.read(sha))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return set()
+    if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND:
+        return set()
+    named = [*(doc.get("checkpoints") or []), doc.get("losses")]
+    return {n for n in named if is_sha256_hex(n)}
 
 
 def collect_round(rt: MarketRuntime, *, now: float | None = None) -> dict[str, Any]:

@@ -139,3 +139,29 @@ def test_jobs_ended_past_the_retention_are_forgotten_with_their_keys_and_idle_wo
     report = _round(mk, now + 2 * RETENTION + 240)
     assert report["jobs_pruned"] == 1 and report["groups_pruned"] == 1
     assert mk.rt.state.group(group) == {} and mk.rt.state.group_owner(group) is None
+
+
+def test_a_training_jobs_state_checkpoints_and_loss_curve_are_kept_while_it_is_open(mk):
+    import hashlib
+
+    from meshcompute.core.spec import TRAINING_SPEC_VERSION
+    from meshcompute.core.training import manifest_bytes
+
+    client = mk.client(mk.world.clients[0].account)
+    plan = {"optimizer": {"name": "sgd", "lr": 0.1}, "steps": 4, "batch_size": 2, "seed": 0,
+            "checkpoint_every": 2}
+    spec = JobSpec(program=client.put_blob(os.urandom(50)), inputs=client.put_blob(os.urandom(50)),
+                   state=client.put_blob(os.urandom(40)), training=plan,
+                   version=TRAINING_SPEC_VERSION)
+    client.put_spec(spec)
+    checkpoints = [client.put_blob(os.urandom(30)) for _ in range(2)]
+    losses = client.put_blob(b"[1.0, 0.5, 0.4, 0.3]")
+    manifest = manifest_bytes(plan_sha256=hashlib.sha256(b"plan").hexdigest(),
+                              checkpoints=checkpoints, losses=losses, final_state=checkpoints[-1])
+    result = client.put_blob(manifest)
+    job_id = post(mk, spec, deadline=mk.world.now() + 100)
+    mk.rt.state.save_result(job_id, mk.world.workers[0].address, result, time.time())
+    index_and_match(mk)
+    _round(mk, time.time() + 3 * GRACE)
+    for sha in (spec.state, result, losses, *checkpoints):
+        assert mk.rt.blobs.exists(sha), sha
