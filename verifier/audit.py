@@ -42,6 +42,7 @@ from meshcompute.verifier.evidence import (
     parse_claim,
 )
 from meshcompute.verifier.journal import Journal
+from meshcompute.verifier.training_audit import TrainingJudge
 
 log = logging.getLogger("meshcompute.verifier")
 
@@ -200,8 +201,13 @@ class Auditor:
         check_own: CompareOutputs | None = None,
         perturb: Perturb | None = None,
         near_ties: NearTies | None = None,
+        training: TrainingJudge | None = None,
     ) -> None:
         self.store = store
+        self.training = training
+        """Judges training jobs (:mod:`meshcompute.verifier.training_audit`); None: this
+        verifier gives no verdict on them (RecomputeFailed), so another one or the window's
+        end (void) decides."""
         self.recompute = recompute
         self.confirm = confirm
         """The recomputation under a second numeric setup that must confirm a fail before
@@ -265,6 +271,8 @@ class Auditor:
         Only then is it a fail.
         """
         job = fetch_job_inputs(self.store, job_id, record.spec_hash)
+        if job.spec.is_training:
+            return self._training(job_id, record, job, AUDIT, missing_output_is_final)
         ours, our_sha = self.own_output(job_id, AUDIT, job)
         worker_sha = bytes(record.result_hash).hex()
         policy = dict(job.spec.tolerance)
@@ -370,6 +378,9 @@ class Auditor:
         worker. The pass stands when this verifier agrees with the worker, or when a failure
         could not be told from honest rounding (as for an appealed failure)."""
         job = fetch_job_inputs(self.store, job_id, record.spec_hash)
+        if job.spec.is_training:
+            return self._training(job_id, record, job, APPEAL, missing_output_is_final,
+                                  first_evidence_hash)
         ours, our_sha = self.own_output(job_id, APPEAL, job)
         policy = dict(job.spec.tolerance)
         worker_sha = bytes(record.result_hash).hex()
@@ -416,6 +427,40 @@ class Auditor:
             job_id, APPEAL, job.spec_sha256, policy, (worker_sha, first_sha, our_sha), wins,
             tuple(comparisons), note=note, previous=first_evidence_hash,
         )
+
+    def _training(self, job_id: int, record: JobRecord, job: JobInputs, kind: str,
+                  missing_output_is_final: bool,
+                  first_evidence: bytes | None = None) -> VerdictReady:
+        """An audit or appeal of a training job: our own recomputation of the drawn segments
+        (:meth:`TrainingJudge.judge`) decides; an appeal is judged by it alone, as a disputed
+        pass is."""
+        if self.training is None:
+            raise RecomputeFailed(f"job {job_id} is a training job; this verifier does not "
+                                  "judge training jobs")
+        policy = dict(job.spec.tolerance)
+        worker_sha = bytes(record.result_hash).hex()
+        first: tuple[str, ...] = ()
+        note = ""
+        if kind == APPEAL:
+            assert first_evidence is not None
+            first_sha, _, note = self._first_verifier_output(job_id, first_evidence)
+            first = (first_sha,)
+        try:
+            manifest = fetch_worker_output(self.store, job_id, record)
+        except WorkerOutputMissing as exc:
+            if not missing_output_is_final:
+                raise
+            return self._finish(job_id, kind, job.spec_sha256, policy,
+                                (worker_sha, *first, NO_OUTPUT), False, (),
+                                note=f"{exc}; {note}".rstrip("; "), previous=first_evidence)
+        judged = self.training.judge(self.store, job_id, record, job.spec, job.program,
+                                     job.inputs, manifest)
+        our_sha = self.store.put_blob(judged.document)
+        hashes = (worker_sha, *first, our_sha)
+        comparison = Comparison(0, len(hashes) - 1, judged.verdict, judged.reason,
+                                judged.max_abs, judged.used)
+        return self._finish(job_id, kind, job.spec_sha256, policy, hashes, judged.verdict,
+                            (comparison,), note=note, previous=first_evidence)
 
     def _check_judgeable(
         self, job_id: int, job: JobInputs, ours: bytes, other: bytes, theirs: bytes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -39,6 +40,7 @@ def verifier_start(
     assigns to this verifier (and those a silent verifier leaves halfway through their window),
     until SIGTERM."""
     from meshcompute.chain.connect import actor_for, connect
+    from meshcompute.chain.draws import draw_seed
     from meshcompute.core.tolerance import evidence_hash
     from meshcompute.logs import configure_logging
     from meshcompute.mesh.lazy_verifier import LazyAuditor, lazy_verifier_from_env
@@ -48,6 +50,7 @@ def verifier_start(
     from meshcompute.verifier.outputs import compare_outputs
     from meshcompute.verifier.recompute import Recomputer
     from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
+    from meshcompute.verifier.training_audit import TrainingJudge, sandboxed_segment_run
     from meshcompute.wallet import unlock
     from meshcompute.wire.market_client import MarketClient
 
@@ -73,11 +76,13 @@ def verifier_start(
         scratch_root=settings.verifier_scratch_dir,
     )
     confirm = recompute.alternate_setup()
+    training = TrainingJudge(run=sandboxed_segment_run(recompute),
+                             seed_of=functools.partial(draw_seed, conn.w3))
     auditor_type = LazyAuditor if lazy_verifier_from_env(conn.chain_id) else Auditor  # test-only
     auditor = auditor_type(
         client, recompute, compare_outputs, evidence_hash, journal,
         verifier=account.address, chain_id=conn.chain_id,
-        job_market=conn.deployment.address("JobMarket"), confirm=confirm,
+        job_market=conn.deployment.address("JobMarket"), confirm=confirm, training=training,
     )
     service = VerifierService(
         actor, auditor, journal,

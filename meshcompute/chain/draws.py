@@ -10,6 +10,8 @@ Same answer as ``JobMarket.auditStatus`` at the latest block; a seed block near 
 
 from __future__ import annotations
 
+from typing import Any
+
 from eth_utils import keccak
 
 from meshcompute.chain.contracts import MeshContracts
@@ -55,3 +57,10 @@ class AuditDraws:
             found = bytes(self.contracts.w3.eth.get_block(number)["hash"])
             self._hashes[number] = found
         return found
+
+
+def draw_seed(w3: Any, record: JobRecord) -> bytes:
+    """The audit draw's seed of a committed job: the hash of the block after its commit (a
+    training audit picks its segments with it; the worker could not know it when it
+    committed)."""
+    return bytes(w3.eth.get_block(seed_block(record.committed_block))["hash"])

@@ -1,8 +1,8 @@
 """The training job process: ``python -m meshcompute.execution.train_job JOB_DIR``, run inside
 the sandbox like the inference job process (:mod:`meshcompute.execution.execute`).
 
-``JOB_DIR`` holds ``train.json`` (``plan``, ``start``, ``end``, ``device``, ``memory_limit_mb``,
-``max_output_bytes``, ``program_sha256``), ``program.pt2``, ``data.safetensors`` (tensors
+``JOB_DIR`` holds ``train.json`` (``plan``, ``start``, ``end``, ``micro_batches``, ``device``,
+``memory_limit_mb``, ``max_output_bytes``, ``program_sha256``), ``program.pt2``, ``data.safetensors`` (tensors
 ``args.0``, ``args.1``, ...: the shard, one row per sample) and, unless the run starts from the
 program's own parameters, ``state.safetensors``. The process writes ``checkpoint.<i>.safetensors``
 for each segment end it reaches, ``last.safetensors`` (the state after the last step run),
@@ -66,7 +66,7 @@ def run(job: Path) -> dict[str, Any]:
         state = state_file.read_bytes() if state_file.exists() else None
         started = time.perf_counter()
         run = run_steps(loaded, data, plan, state, start=int(order["start"]),
-                        end=int(order["end"]))
+                        end=int(order["end"]), micro_batches=int(order.get("micro_batches", 1)))
         result["compute_s"] = time.perf_counter() - started
     except BadInput as exc:
         result["reason"] = f"training refused: {exc}"

@@ -48,12 +48,14 @@ class TrainingOutcome:
 
 def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | None = None, *,
                      start: int = 0, end: int | None = None, threads: int = 1,
+                     micro_batches: int = 1,
                      time_limit_s: float, memory_limit_mb: int, max_output_bytes: int,
                      device: str = "cpu", scratch_root: Path | None = None,
                      allow_unsandboxed: bool = False) -> TrainingOutcome:
     """Run steps ``[start, end)`` of ``plan`` (JSON) over ``program`` and the data shard
     ``data`` (safetensors ``args.0``, ...) from ``state`` (None: the program's own parameters)
-    in a fresh sandboxed process. Raises :class:`BadInput` for a plan or program refused before
+    in a fresh sandboxed process; ``micro_batches`` > 1 accumulates each step's gradient over
+    that many parts of its batch (the verifier's second numeric setup). Raises :class:`BadInput` for a plan or program refused before
     anything runs, :class:`SandboxUnavailable` when the job cannot be isolated and
     ``allow_unsandboxed`` is False."""
     started = time.perf_counter()
@@ -74,7 +76,7 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
         if state is not None:
             (box / "state.safetensors").write_bytes(state)
         (box / "train.json").write_text(json.dumps({
-            "plan": checked.to_json(), "start": start,
+            "plan": checked.to_json(), "start": start, "micro_batches": micro_batches,
             "end": checked.steps if end is None else end, "device": device,
             "memory_limit_mb": memory_limit_mb, "max_output_bytes": max_output_bytes,
             "program_sha256": sha256_hex(program),

@@ -1,0 +1,160 @@
+"""The audit of a training job by the real Auditor over an in-memory blob store, recomputing
+the drawn segments in the real sandbox: an honest worker that computed another way passes
+(audit and appeal), a cheater fails with evidence naming its manifest and our recomputed
+segments, a result that is not a manifest or whose checkpoint is missing fails, and a
+verifier that does not judge training gives no verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.spec import TRAINING_SPEC_VERSION, JobSpec
+from meshcompute.core.tolerance import evidence_hash
+from meshcompute.core.training import manifest_bytes, plan_sha256, validate_plan
+from meshcompute.errors import NotFound
+from meshcompute.execution.programs import export_program, save_tensors
+from meshcompute.execution.training import run_steps
+from meshcompute.verifier.audit import Auditor, RecomputeFailed
+from meshcompute.verifier.evidence import AUDIT
+from meshcompute.verifier.journal import Journal
+from meshcompute.verifier.outputs import compare_outputs
+from meshcompute.verifier.recompute import Recomputer
+from meshcompute.verifier.training_audit import TrainingJudge, sandboxed_segment_run
+
+PLAN = {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "steps": 16,
+        "batch_size": 8, "seed": 2, "checkpoint_every": 4}
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 12), nn.GELU(), nn.Linear(12, 3))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(x), y)
+
+
+class Store:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def get_blob(self, sha256: str, *, verify: bool = True) -> bytes:
+        if sha256 not in self.blobs:
+            raise NotFound(f"blob {sha256} is not in the store")
+        return self.blobs[sha256]
+
+    def put_blob(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self.blobs[sha] = bytes(data)
+        return sha
+
+
+def _data() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return [torch.randn(32, 5, generator=gen), torch.randint(0, 3, (32,), generator=gen)]
+
+
+@pytest.fixture(scope="module")
+def program() -> bytes:
+    torch.manual_seed(1)
+    return export_program(Model().train(), tuple(t[:4] for t in _data()))
+
+
+@pytest.fixture
+def recomputer(tmp_path: Path):
+    from meshcompute.execution.sandbox import sandbox_available
+
+    r = Recomputer(threads=1, scratch_root=tmp_path,
+                   allow_unsandboxed=not sandbox_available(), warm=False)
+    yield r
+    r.close()
+
+
+def _post(store: Store, program: bytes, run) -> tuple[JobRecord, JobSpec]:
+    """Store the job and a worker's result (its checkpoints, losses and manifest)."""
+    spec = JobSpec(program=store.put_blob(program), inputs=store.put_blob(save_tensors(_data())),
+                   training=PLAN, version=TRAINING_SPEC_VERSION)
+    spec_sha = store.put_blob(spec.canonical_bytes())
+    checkpoints = [store.put_blob(c) for c in run.checkpoints]
+    losses = store.put_blob(json.dumps(run.losses).encode())
+    manifest = manifest_bytes(plan_sha256=plan_sha256(validate_plan(PLAN)),
+                              checkpoints=checkpoints, losses=losses,
+                              final_state=checkpoints[-1])
+    record = JobRecord(
+        client="0x" + "11" * 20, worker="0x" + "22" * 20, auditor="0x" + "33" * 20,
+        reward=1, audit_fee=1, collateral=1, deadline=2**40, lease_expiry=0, committed_at=1,
+        committed_block=7, resolved_at=0, audit_bps=10_000, state=JobState.AUDITED,
+        spec_hash=bytes.fromhex(spec_sha), result_hash=bytes.fromhex(store.put_blob(manifest)))
+    return record, spec
+
+
+def _auditor(store: Store, tmp_path: Path, recomputer, *, training: bool = True) -> Auditor:
+    judge = TrainingJudge(run=sandboxed_segment_run(recomputer),
+                          seed_of=lambda record: b"seed of block %d" % (record.committed_block + 1))
+    return Auditor(store, recomputer, compare_outputs, evidence_hash,
+                   Journal(tmp_path / "journal.json"), verifier="0x" + "44" * 20,
+                   chain_id=31337, job_market="0x" + "55" * 20,
+                   training=judge if training else None)
+
+
+def test_an_honest_training_result_computed_another_way_passes_audit_and_appeal(
+        program: bytes, recomputer, tmp_path: Path) -> None:
+    store = Store()
+    record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN),
+                                                micro_batches=4))
+    auditor = _auditor(store, tmp_path, recomputer)
+    ready = auditor.audit(1, record, missing_output_is_final=True)
+    assert ready.verdict and ready.kind == AUDIT
+    ours = json.loads(store.get_blob(ready.evidence.output_hashes[1]))
+    assert [row["segment"] for row in ours["segments"]][-1] == 3  # the last is always audited
+    assert all(row["agree"] for row in ours["segments"])
+    appeal = auditor.appeal(1, record, ready.evidence_hash, missing_output_is_final=True)
+    assert appeal.verdict  # the worker wins an appeal of an honest result
+
+
+def test_a_cheaters_training_fails_with_evidence_naming_its_manifest_and_our_segments(
+        program: bytes, recomputer, tmp_path: Path) -> None:
+    store = Store()
+    lazy = validate_plan({**PLAN, "optimizer": {**PLAN["optimizer"], "lr": 0.05}})
+    record, _ = _post(store, program, run_steps(program, _data(), lazy))
+    ready = _auditor(store, tmp_path, recomputer).audit(1, record, missing_output_is_final=True)
+    assert not ready.verdict
+    assert ready.evidence.output_hashes[0] == record.result_hash.hex()
+    (comparison,) = ready.evidence.comparisons
+    assert not comparison.agree and "times its allowance" in comparison.reason
+    ours = json.loads(store.get_blob(ready.evidence.output_hashes[1]))
+    for row in ours["segments"]:
+        assert store.get_blob(row["ours"])  # our recomputed end state is in the store
+
+
+def test_junk_or_incomplete_training_results_fail(program: bytes, recomputer,
+                                                 tmp_path: Path) -> None:
+    store = Store()
+    record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN)))
+    manifest = json.loads(store.get_blob(record.result_hash.hex()))
+    # the last checkpoint (always audited) is not in the store
+    del store.blobs[manifest["checkpoints"][-1]]
+    ready = _auditor(store, tmp_path, recomputer).audit(1, record, missing_output_is_final=True)
+    assert not ready.verdict and "is unavailable" in ready.evidence.comparisons[0].reason
+    junk = store.put_blob(b'{"kind": "something else"}')
+    ready = _auditor(store, tmp_path / "b", recomputer).audit(
+        1, dataclasses.replace(record, result_hash=bytes.fromhex(junk)),
+        missing_output_is_final=True)
+    assert not ready.verdict and "not a training manifest" in ready.evidence.comparisons[0].reason
+
+
+def test_a_verifier_that_does_not_judge_training_gives_no_verdict(
+        program: bytes, recomputer, tmp_path: Path) -> None:
+    store = Store()
+    record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN)))
+    with pytest.raises(RecomputeFailed, match="does not judge training jobs"):
+        _auditor(store, tmp_path, recomputer, training=False).audit(
+            1, record, missing_output_is_final=True)

@@ -1,0 +1,157 @@
+"""The audit of a training job, by segments (used by :class:`meshcompute.verifier.audit.Auditor`
+for specs with a training plan).
+
+1. the worker's result is its manifest (:func:`meshcompute.core.training.parse_manifest`); a
+   manifest that is not one, or names other than one checkpoint per segment, fails;
+2. the segments to recompute come from the audit draw's seed, the hash of the block after the
+   commit, which the worker could not know when it committed: always the last one (its end is
+   the state the client gets) and one more (:func:`meshcompute.core.training.audit_segments`);
+3. each is recomputed in the sandbox from the worker's checkpoint before it (the job's initial
+   state for the first) and compared with the worker's checkpoint after it
+   (:func:`meshcompute.execution.training.compare_states`); where they differ, the segment is
+   recomputed again with each batch in two halves and judged with our own spread; a checkpoint
+   the manifest names but the store does not hold fails the segment.
+
+Unlike an inference audit this one is not blind: recomputing a segment needs the worker's own
+checkpoint before it. What keeps it honest is that our recomputation starts from the worker's
+claim and is compared with the worker's next claim: reading them first changes nothing we
+compute. The verdict's evidence names the manifest and our document (every recomputed
+segment's end state, stored as blobs, with the comparison)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meshcompute.core.job import JobRecord
+from meshcompute.core.spec import JobSpec, sha256_hex
+from meshcompute.core.training import (
+    DEFAULT_AUDITED_SEGMENTS,
+    audit_segments,
+    parse_manifest,
+    segments,
+    validate_plan,
+)
+from meshcompute.errors import BadInput, NotFound
+
+SegmentRun = Callable[[JobSpec, bytes, bytes, "bytes | None", int, int, int], bytes]
+"""``run(spec, program, data, start_state, start, end, micro_batches) -> our end state``;
+raises :class:`meshcompute.verifier.audit.RecomputeFailed` when our run fails."""
+
+AUDIT_DOC_KIND = "mesh-training-audit"
+
+
+@dataclass(frozen=True)
+class TrainingJudgement:
+    verdict: bool
+    reason: str
+    document: bytes
+    """Our account of the audit: each recomputed segment, the worker's checkpoint and ours."""
+    max_abs: float | None
+    used: float | None
+
+
+@dataclass
+class TrainingJudge:
+    """Judges training results: ``run`` recomputes a segment (in the sandbox), ``seed_of``
+    reads the audit draw's seed of a job record (the hash of the block after its commit)."""
+
+    run: SegmentRun
+    seed_of: Callable[[JobRecord], bytes]
+    audited_segments: int = DEFAULT_AUDITED_SEGMENTS
+
+    def judge(self, store: Any, job_id: int, record: JobRecord, spec: JobSpec, program: bytes,
+              data: bytes, manifest: bytes) -> TrainingJudgement:
+        from meshcompute.execution.training import compare_states
+
+        assert spec.training is not None
+        plan = validate_plan(spec.training)
+        try:
+            doc = parse_manifest(manifest, plan)
+        except BadInput as exc:
+            return _fail(f"the worker's result is not a training manifest for this plan: {exc}")
+        bounds = segments(plan)
+        rows: list[dict[str, Any]] = []
+        worst_used, worst_abs = 0.0, 0.0
+        reasons = []
+        for index in audit_segments(plan, self.seed_of(record), self.audited_segments):
+            start, end = bounds[index]
+            theirs_sha = doc["checkpoints"][index]
+            try:
+                theirs = _worker_blob(store, theirs_sha)
+                if index > 0:
+                    before = _worker_blob(store, doc["checkpoints"][index - 1])
+                else:
+                    before = store.get_blob(spec.state, verify=True) if spec.state else None
+            except _Missing as exc:
+                return _fail(f"segment {index}: {exc}", rows)
+            ours = self.run(spec, program, data, before, start, end, 1)
+            check = compare_states(ours, theirs, spec.tolerance)
+            if not check.agree:
+                halves = 2 if plan.batch_size % 2 == 0 else 1
+                other = self.run(spec, program, data, before, start, end, halves)
+                check = compare_states(ours, theirs, spec.tolerance, other)
+            our_sha = store.put_blob(ours)
+            rows.append({"segment": index, "steps": [start, end], "worker": theirs_sha,
+                         "ours": our_sha, "agree": check.agree, "reason": check.reason})
+            worst_used = max(worst_used, check.used)
+            worst_abs = max(worst_abs, check.max_abs)
+            if not check.agree:
+                reasons.append(f"segment {index} (steps {start}-{end}): {check.reason}")
+        verdict = not reasons
+        reason = ("; ".join(reasons) if reasons else
+                  f"{len(rows)} segments recomputed from the worker's checkpoints agree "
+                  f"(at most {worst_used:.3g} of the allowance)")
+        return TrainingJudgement(verdict, reason, _document(rows, reason), worst_abs, worst_used)
+
+
+class _Missing(Exception):
+    pass
+
+
+def _worker_blob(store: Any, sha: str) -> bytes:
+    try:
+        data = store.get_blob(sha, verify=True)
+    except (NotFound, BadInput) as exc:
+        raise _Missing(f"the worker's checkpoint {sha} is unavailable ({exc})") from None
+    if sha256_hex(data) != sha:
+        raise _Missing(f"the worker's checkpoint {sha} does not match its hash")
+    return data
+
+
+def _document(rows: list[dict[str, Any]], reason: str) -> bytes:
+    return json.dumps({"kind": AUDIT_DOC_KIND, "segments": rows, "reason": reason},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def _fail(reason: str, rows: list[dict[str, Any]] | None = None) -> TrainingJudgement:
+    return TrainingJudgement(False, reason, _document(rows or [], reason), None, None)
+
+
+def sandboxed_segment_run(recomputer: Any) -> SegmentRun:
+    """A :data:`SegmentRun` in the job sandbox with ``recomputer``'s threads, scratch folder
+    and sandbox setting (:class:`meshcompute.verifier.recompute.Recomputer`)."""
+    from meshcompute.execution.train_runner import run_training_job
+    from meshcompute.verifier.audit import RecomputeFailed
+
+    def run(spec: JobSpec, program: bytes, data: bytes, state: bytes | None, start: int,
+            end: int, micro_batches: int) -> bytes:
+        assert spec.training is not None
+        try:
+            outcome = run_training_job(
+                program, data, spec.training, state, start=start, end=end,
+                threads=recomputer.threads, micro_batches=micro_batches,
+                time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
+                max_output_bytes=spec.max_output_bytes, scratch_root=recomputer.scratch_root,
+                allow_unsandboxed=recomputer.allow_unsandboxed)
+        except BadInput as exc:
+            raise RecomputeFailed(f"training segment refused: {exc}") from None
+        if not outcome.ok:
+            raise RecomputeFailed(f"training segment recomputation failed: {outcome.reason}")
+        if outcome.diverged_at is not None:
+            raise RecomputeFailed(f"our recomputation diverged at step {outcome.diverged_at}")
+        return outcome.last_state
+
+    return run
