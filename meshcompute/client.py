@@ -15,6 +15,7 @@ The market only stores blobs and hands out work.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -78,6 +79,18 @@ class Shard:
     job_id: int
     attempts: list[int] = field(default_factory=list)
     """Every on-chain job id posted for this shard, oldest first (reposts after a slash)."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A finished training job: the trained parameters (by the program's parameter names),
+    the loss of every step, the final state's bytes (parameters and optimizer slots: the
+    initial state of a next job) and the manifest's sha256 (the result hash on chain)."""
+
+    parameters: dict[str, Any]
+    losses: list[float]
+    state: bytes
+    manifest_sha256: str
 
 
 @dataclass
@@ -305,6 +318,82 @@ class Client:
         _report(progress, "posted", {"posted": shards}, shards, f"jobs {job_ids}")
         return submission
 
+    def submit_training(
+        self,
+        model: torch.nn.Module | bytes | Path,
+        data: Sequence[torch.Tensor] | bytes | Path,
+        plan: dict[str, Any],
+        *,
+        state: bytes | None = None,
+        pay: str | int = "1",
+        deadline: str | int = "1h",
+        collateral: str | int | None = None,
+        audit_fee: str | int | None = None,
+        audit_bps: int = 0,
+        time_limit_s: float | None = None,
+        memory_limit_mb: int | None = None,
+        progress: Progress | None = None,
+    ) -> Submission:
+        """Post a training job: ``model`` is the forward pass with its loss (``forward(*batch)
+        -> scalar``; a module is exported in training mode, or give a ``.pt2``), ``data`` the
+        shard (tensors with one row per sample), ``plan`` the training plan
+        (:func:`meshcompute.core.training.validate_plan`: optimizer, schedule, steps, batch
+        size, seed, checkpoint interval), ``state`` an initial state (safetensors
+        ``param.*``/``opt.*``; None: the program's own parameters). Payment works as for
+        :meth:`submit`; ``audit_fee`` defaults to the reward (an audit recomputes only a few
+        segments, see BENCHMARKS.md).
+
+        Before anything is uploaded or paid, the plan is checked and the first step is run
+        here on the loaded program, as a worker would run it: a plan off the allowlist, a loss
+        that is not a scalar, data that does not fit the program, or a state that does not fit
+        it raises :class:`BadInput` naming the problem."""
+        from meshcompute.core.spec import TRAINING_SPEC_VERSION
+        from meshcompute.core.training import validate_plan
+        from meshcompute.execution.programs import export_program, load_tensors, save_tensors
+        from meshcompute.execution.training import run_steps
+
+        checked = validate_plan(plan)
+        tensors = _as_tensors(data, load_tensors)
+        if isinstance(model, bytes | Path):
+            program_bytes = Path(model).read_bytes() if isinstance(model, Path) else model
+        else:
+            program_bytes = export_program(model.train(), tuple(t[:2] for t in tensors))
+        first = validate_plan({**checked.to_json(), "steps": 1, "checkpoint_every": 1,
+                               "schedule": {"kind": "constant"}})
+        trial = run_steps(program_bytes, tensors, first, state)
+        if trial.diverged_at is not None:
+            raise BadInput("the loss of the first step is not finite: check the data and the "
+                           "initial state (nothing was uploaded or paid)")
+        reward = parse_amount(pay)
+        self._check_min_reward(reward)
+        fee = parse_amount(audit_fee) if audit_fee is not None else reward
+        stake = parse_amount(collateral) if collateral is not None else 2 * reward
+        deadline_s = parse_duration(deadline)
+        self._check_balance(reward + fee)
+        _report(progress, "uploading", {}, 1, "program, data and state")
+        blobs = [program_bytes, save_tensors(list(tensors), prefix="args")]
+        if state is not None:
+            blobs.append(state)
+        shas = self.market.put_blobs(blobs)
+        limits: dict[str, Any] = {}
+        if time_limit_s is not None:
+            limits["time_limit_s"] = time_limit_s
+        if memory_limit_mb is not None:
+            limits["memory_limit_mb"] = memory_limit_mb
+        spec = JobSpec(program=shas[0], inputs=shas[1], training=checked.to_json(),
+                       state=shas[2] if state is not None else None,
+                       version=TRAINING_SPEC_VERSION, **limits)
+        self.market.put_specs([spec])
+        submission = Submission(group=None, program=shas[0], shards=[],
+                                reward_per_shard=reward, audit_fee_per_shard=fee,
+                                collateral_per_shard=stake, audit_bps=audit_bps,
+                                deadline_s=deadline_s)
+        _report(progress, "posting", {}, 1, "escrow on chain")
+        (job_id,) = self._post(submission, [spec])
+        submission.shards = [Shard(index=0, spec=spec, job_id=job_id, attempts=[job_id])]
+        _report(progress, "posted", {"posted": 1}, 1, f"job {job_id}")
+        return submission
+
     def _post(self, submission: Submission, specs: Sequence[JobSpec]) -> list[int]:
         from meshcompute.chain.contracts import JobParams
 
@@ -405,7 +494,8 @@ class Client:
     ) -> list[torch.Tensor]:
         """Wait until every shard is paid, re-posting any shard whose worker was slashed or
         whose job was refunded (or void: drawn for audit, no verdict in time), then return
-        the assembled outputs. A shard a verifier declared void (the program is not
+        the assembled outputs (a :class:`TrainingResult` for a training job). A shard a
+        verifier declared void (the program is not
         reproducible within its tolerance) raises :class:`JobFailed` instead: it would only
         end void again. :meth:`verification` tells, shard by shard, whether a paid
         result was audited and passed or accepted undrawn.
@@ -449,6 +539,8 @@ class Client:
             if progress is not None:
                 progress(status)
             if status.phase == "done":
+                if submission.shards[0].spec.is_training:
+                    return self.training_result(submission)  # type: ignore[return-value]
                 return self.result(submission)
             if status.stuck is not None and status.stuck.final:
                 raise SubmissionStuck(status)
@@ -517,6 +609,31 @@ class Client:
             data = self.market.get_blob(result_hash, verify=True)
             pieces.append(load_tensors(data, prefix="out"))
         return [torch.cat(parts, dim=0) for parts in zip(*pieces, strict=True)]
+
+    def training_result(self, submission: Submission) -> TrainingResult:
+        """The result of a finished training job: its manifest (checked against the result
+        hash its worker committed on chain), the final state and the loss curve it names
+        (each checked against its hash)."""
+        from safetensors.torch import load as load_state
+
+        from meshcompute.core.training import parse_manifest, validate_plan
+
+        (shard,) = submission.shards
+        assert shard.spec.training is not None
+        committed = [bytes(e.args["resultHash"]).hex()
+                     for e in self.connection.contracts.job_events([shard.job_id])
+                     if e.name == "JobCommitted"]
+        if not committed:
+            raise JobFailed(f"training job {shard.job_id} has no committed result")
+        manifest = self.market.get_blob(committed[-1], verify=True)
+        doc = parse_manifest(manifest, validate_plan(shard.spec.training))
+        state = self.market.get_blob(doc["final_state"], verify=True)
+        losses = [float(x) for x in json.loads(self.market.get_blob(doc["losses"], verify=True))]
+        tensors = load_state(state)
+        parameters = {name[len("param."):]: t for name, t in sorted(tensors.items())
+                      if name.startswith("param.")}
+        return TrainingResult(parameters=parameters, losses=losses, state=state,
+                              manifest_sha256=committed[-1])
 
     def _check_min_reward(self, reward: int) -> None:
         """BadInput, before anything is uploaded or paid, when the market ignores jobs paying
