@@ -270,6 +270,24 @@ def audit_rate(audit_bps: int | None, *, audit_all: bool = False) -> int:
     return 0 if audit_bps is None else audit_bps
 
 
+def _read_plan(path: Path) -> dict[str, Any]:
+    from meshcompute.core.training import validate_plan
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"--train {path}: not a JSON file ({exc})") from None
+    return validate_plan(doc).to_json()
+
+
+def _write_training(result: Any, target: Path) -> dict[str, str]:
+    """The final state at ``target`` and the loss curve beside it (``.losses.json``)."""
+    target.write_bytes(result.state)
+    losses = target.with_name(target.name.removesuffix(".safetensors") + ".losses.json")
+    losses.write_text(json.dumps(result.losses))
+    return {"output": str(target), "losses": str(losses)}
+
+
 @app.command("submit")
 def submit(
     program: Annotated[Path, typer.Argument(help="The torch.export program (.pt2).", exists=True)],
@@ -297,19 +315,33 @@ def submit(
         "--stability-check/--no-stability-check",
         help="Before paying, run the program on shard 0 as an audit would: refuse a tolerance "
              "no honest worker can meet, warn when the program is unstable under it.")] = True,
+    train: Annotated[Path | None, typer.Option(
+        help="A training job: this JSON file is the plan (optimizer, schedule, steps, "
+             "batch_size, seed, checkpoint_every); the program returns the loss and --inputs "
+             "is the data shard. The verified final state and the loss curve are written "
+             "next to --out.", exists=True)] = None,
 ) -> None:
     """Upload, escrow payment, and (by default) wait through running and verification."""
+    from meshcompute.client import TrainingResult
     from meshcompute.execution.programs import save_tensors
 
     min_audit_bps = audit_rate(audit_bps, audit_all=audit_all)
+    if train is not None and shards != 1:
+        raise BadInput("a training job is one job: --shards must be 1 with --train")
+    plan = _read_plan(train) if train is not None else None
     client = _client()
     outputs = None
     with _Watch(console, shards, quiet=as_json) as watch:
-        submission = client.submit(
-            program, inputs, shards=shards, pay=pay, tolerance=tolerance, device=device,
-            deadline=deadline, audit_bps=min_audit_bps, progress=watch,
-            check_stability=stability_check,
-        )
+        if plan is not None:
+            submission = client.submit_training(
+                program, inputs, plan, pay=pay, deadline=deadline, audit_bps=min_audit_bps,
+                progress=watch)
+        else:
+            submission = client.submit(
+                program, inputs, shards=shards, pay=pay, tolerance=tolerance, device=device,
+                deadline=deadline, audit_bps=min_audit_bps, progress=watch,
+                check_stability=stability_check,
+            )
         watch.submission = submission
         save_submission(submission)
         if wait:
@@ -326,7 +358,9 @@ def submit(
             save_submission(submission)  # re-posted shards changed the job ids
     result = {"name": submission.name, "job_ids": submission.job_ids, "group": submission.group,
               **_status_json(watch.last, shards)}
-    if outputs is not None:
+    if isinstance(outputs, TrainingResult):
+        result.update(_write_training(outputs, out or Path(f"{submission.name}.state.safetensors")))
+    elif outputs is not None:
         target = out or Path(f"{submission.name}.out.safetensors")
         target.write_bytes(save_tensors(outputs, prefix="out"))
         result["output"] = str(target)
@@ -336,6 +370,8 @@ def submit(
         console.print(f"submission [bold]{submission.name}[/]: jobs {submission.job_ids}")
         if "output" in result:
             console.print(f"verified output written to {result['output']}")
+        if "losses" in result:
+            console.print(f"loss curve written to {result['losses']}")
 
 
 @app.command("status")
@@ -387,10 +423,16 @@ def result(
 
     submission = load_submission(name)
     client = _client()
-    outputs = client.result(submission)
-    target = out or Path(f"{submission.name}.out.safetensors")
-    target.write_bytes(save_tensors(outputs, prefix="out"))
-    console.print(f"output written to {target}")
+    if submission.shards[0].spec.is_training:
+        written = _write_training(client.training_result(submission),
+                                  out or Path(f"{submission.name}.state.safetensors"))
+        console.print(f"final state written to {written['output']}, loss curve to "
+                      f"{written['losses']}")
+    else:
+        outputs = client.result(submission)
+        target = out or Path(f"{submission.name}.out.safetensors")
+        target.write_bytes(save_tensors(outputs, prefix="out"))
+        console.print(f"output written to {target}")
     verified = client.verification(submission)
     for how, label in (("audited", "audited and passed"),
                        ("undrawn", "accepted undrawn (not recomputed)")):

@@ -38,6 +38,10 @@ class _FakeClient:
         self.kwargs = kwargs
         raise _Stop("stopped before uploading")
 
+    def submit_training(self, program, inputs, plan, **kwargs):
+        self.kwargs = {"plan": plan, **kwargs}
+        raise _Stop("stopped before uploading")
+
 
 @pytest.fixture
 def files(tmp_path: Path) -> tuple[str, str]:
@@ -87,3 +91,33 @@ def test_help_says_what_audit_all_costs_and_buys(run_mesh) -> None:
     assert "--audit-all" in text and "--audit-bps" in text and "--no-stability-check" in text
     assert "audit fee" in text and "every shard" in text
     assert "void" in text and "never paid" in text
+
+
+def test_train_posts_a_training_job_with_the_checked_plan(run_mesh, files, fake_client,
+                                                          tmp_path: Path) -> None:
+    program, inputs = files
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"optimizer": {"name": "adamw", "lr": 0.001}, "steps": 10, '
+                    '"batch_size": 4, "seed": 1, "checkpoint_every": 5}')
+    result = run_mesh("job", "submit", program, "--inputs", inputs, "--train", str(plan),
+                      "--audit-all", "--no-wait")
+    assert_one_line_error(result, "stopped before uploading")
+    assert fake_client.kwargs["plan"]["optimizer"]["beta1"] == 0.9  # the defaults filled in
+    assert fake_client.kwargs["audit_bps"] == 10_000
+
+
+@pytest.mark.parametrize(("plan", "args", "fragments"), [
+    (('{"optimizer": {"name": "lion", "lr": 1}, "steps": 1, "batch_size": 1, "seed": 0, '
+     '"checkpoint_every": 1}'), (), ("optimizer 'lion' is not on the allowlist",)),
+    ("not json", (), ("--train", "not a JSON file")),
+    (('{"optimizer": {"name": "sgd", "lr": 1}, "steps": 1, "batch_size": 1, "seed": 0, '
+     '"checkpoint_every": 1}'), ("--shards", "2"), ("--shards must be 1 with --train",)),
+])
+def test_train_refuses_a_bad_plan_before_anything(run_mesh, files, fake_client, tmp_path: Path,
+                                                  plan, args, fragments) -> None:
+    program, inputs = files
+    path = tmp_path / "plan.json"
+    path.write_text(plan)
+    result = run_mesh("job", "submit", program, "--inputs", inputs, "--train", str(path), *args)
+    assert_one_line_error(result, *fragments)
+    assert fake_client.kwargs == {}
