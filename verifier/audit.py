@@ -21,6 +21,7 @@ Nothing here talks to the chain: the caller reads the record and posts the verdi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -42,7 +43,7 @@ from meshcompute.verifier.evidence import (
     parse_claim,
 )
 from meshcompute.verifier.journal import Journal
-from meshcompute.verifier.training_audit import TrainingJudge
+from meshcompute.verifier.training_audit import AUDIT_DOC_KIND, TrainingJudge, TrainingJudgement
 
 log = logging.getLogger("meshcompute.verifier")
 
@@ -453,8 +454,16 @@ class Auditor:
             return self._finish(job_id, kind, job.spec_sha256, policy,
                                 (worker_sha, *first, NO_OUTPUT), False, (),
                                 note=f"{exc}; {note}".rstrip("; "), previous=first_evidence)
-        judged = self.training.judge(self.store, job_id, record, job.spec, job.program,
-                                     job.inputs, manifest)
+        try:
+            judged = self.training.judge(self.store, job_id, record, job.spec, job.program,
+                                         job.inputs, manifest)
+        except NotReproducible as exc:
+            if kind == AUDIT:
+                raise  # void: the service posts it (Auditor.void)
+            # an appeal of a failure that could not be told from chaos: the worker wins
+            reason = f"the failure cannot stand: {exc}"
+            judged = TrainingJudgement(True, reason, json.dumps(
+                {"kind": AUDIT_DOC_KIND, "reason": reason}).encode(), None, None)
         our_sha = self.store.put_blob(judged.document)
         hashes = (worker_sha, *first, our_sha)
         comparison = Comparison(0, len(hashes) - 1, judged.verdict, judged.reason,

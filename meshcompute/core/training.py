@@ -36,6 +36,8 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine")
 MAX_STEPS = 1_000_000
 MAX_BATCH = 1 << 16
+#: Checkpoints a plan may ask for: each is a blob the worker uploads and the manifest names.
+MAX_SEGMENTS = 1024
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 #: name -> {hyperparameter: (default, low, high)}; booleans are (default, None, None).
@@ -129,6 +131,9 @@ def validate_plan(doc: Any) -> TrainingPlan:
     batch = _integer(doc, "batch_size", 1, MAX_BATCH)
     seed = _integer(doc, "seed", 0, (1 << 63) - 1)
     every = _integer(doc, "checkpoint_every", 1, steps)
+    if -(-steps // every) > MAX_SEGMENTS:
+        raise BadInput(f"training plan: {steps} steps with a checkpoint every {every} make "
+                       f"{-(-steps // every)} checkpoints; at most {MAX_SEGMENTS}")
     schedule = doc.get("schedule", {"kind": "constant"})
     if not isinstance(schedule, dict) or schedule.get("kind") not in SCHEDULES:
         raise BadInput(f"training plan: schedule must be one of {list(SCHEDULES)}, got "

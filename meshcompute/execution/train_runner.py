@@ -48,14 +48,17 @@ class TrainingOutcome:
 
 def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | None = None, *,
                      start: int = 0, end: int | None = None, threads: int = 1,
-                     micro_batches: int = 1,
+                     micro_batches: int = 1, cpu_capability: str | None = None,
+                     onednn_max_isa: str | None = None,
                      time_limit_s: float, memory_limit_mb: int, max_output_bytes: int,
                      device: str = "cpu", scratch_root: Path | None = None,
                      allow_unsandboxed: bool = False) -> TrainingOutcome:
     """Run steps ``[start, end)`` of ``plan`` (JSON) over ``program`` and the data shard
     ``data`` (safetensors ``args.0``, ...) from ``state`` (None: the program's own parameters)
     in a fresh sandboxed process; ``micro_batches`` > 1 accumulates each step's gradient over
-    that many parts of its batch (the verifier's second numeric setup). Raises :class:`BadInput` for a plan or program refused before
+    that many parts of its batch; ``cpu_capability`` and ``onednn_max_isa`` pin the CPU
+    kernels as :class:`meshcompute.execution.sandbox.JobRunner` does (the verifier's second
+    numeric setup uses all three). Raises :class:`BadInput` for a plan or program refused before
     anything runs, :class:`SandboxUnavailable` when the job cannot be isolated and
     ``allow_unsandboxed`` is False."""
     started = time.perf_counter()
@@ -83,11 +86,14 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
         }))
         argv = [sys.executable, "-m", "meshcompute.execution.train_job"]
         if sandboxed:
-            command = build_command(box, [*argv, SANDBOX_DIR], device=device, threads=threads)
+            command = build_command(box, [*argv, SANDBOX_DIR], device=device, threads=threads,
+                                    cpu_capability=cpu_capability,
+                                    onednn_max_isa=onednn_max_isa)
             env, cwd = None, None
         else:
             command = [*argv, str(box)]
-            env, cwd = _job_env(threads, str(box), device=device), box
+            env = _job_env(threads, str(box), cpu_capability, onednn_max_isa, device)
+            cwd = box
         with (folder / "stderr.log").open("wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=stderr,

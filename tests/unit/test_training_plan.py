@@ -50,6 +50,7 @@ def test_a_plan_takes_the_optimizer_defaults_and_round_trips() -> None:
     ({"schedule": {"kind": "step"}}, "schedule must be one of"),
     ({"schedule": {"kind": "cosine", "gamma": 1}}, "schedule has no field 'gamma'"),
     ({"code": "import os"}, "unknown field 'code'"),
+    ({"steps": 5000, "checkpoint_every": 4}, "make 1250 checkpoints; at most 1024"),
 ])
 def test_a_plan_outside_the_allowlist_is_refused_naming_the_field(change, named) -> None:
     with pytest.raises(BadInput, match=named):

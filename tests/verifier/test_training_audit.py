@@ -158,3 +158,33 @@ def test_a_verifier_that_does_not_judge_training_gives_no_verdict(
     with pytest.raises(RecomputeFailed, match="does not judge training jobs"):
         _auditor(store, tmp_path, recomputer, training=False).audit(
             1, record, missing_output_is_final=True)
+
+
+def test_training_our_own_runs_cannot_agree_on_is_void_and_an_appeal_of_it_is_won(
+        program: bytes, tmp_path: Path) -> None:
+    # the judge's rule with a stand-in for the sandboxed runs: our second numeric setup lands
+    # far from our first (chaotic training under its tolerance), so no verdict can rest on it
+    from safetensors.torch import load as load_state
+
+    from meshcompute.execution.training import state_bytes
+    from meshcompute.verifier.audit import NotReproducible
+
+    store = Store()
+    record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN),
+                                                micro_batches=2))
+
+    def run(spec, program_, data, state, start, end, alternate):
+        ours = run_steps(program_, _data(), validate_plan(PLAN), state, start=start,
+                         end=end).last_state
+        if not alternate:
+            return state_bytes({k: v + 1e-3 for k, v in load_state(ours).items()})
+        return state_bytes({k: v + 1.0 for k, v in load_state(ours).items()})
+
+    judge = TrainingJudge(run=run, seed_of=lambda record: b"seed")
+    auditor = Auditor(store, lambda *a: b"", compare_outputs, evidence_hash,
+                      Journal(tmp_path / "journal.json"), verifier="0x" + "44" * 20,
+                      chain_id=31337, job_market="0x" + "55" * 20, training=judge)
+    with pytest.raises(NotReproducible, match="cannot be judged"):
+        auditor.audit(1, record, missing_output_is_final=True)
+    appeal = auditor.appeal(1, record, b"\x01" * 32, missing_output_is_final=True)
+    assert appeal.verdict and "cannot stand" in appeal.evidence.comparisons[0].reason
