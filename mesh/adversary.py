@@ -155,6 +155,16 @@ class Adversary:
         return wrong
 
 
+    def after_training(self, job_id: int, checkpoints: list[bytes], emit: Emit) -> list[bytes]:
+        """On a chosen training job, the final state corrupted (the other checkpoints as
+        trained): the cheat that saves the most work is a wrong end, and its segment is the one
+        every audit recomputes."""
+        if not self.should_cheat(job_id):
+            return checkpoints
+        emit("cheated", job_id=job_id, how=f"{self.mode} of the final training state")
+        return [*checkpoints[:-1], self.corrupt(checkpoints[-1])]
+
+
 def require_dev_chain(variable: str, chain_id: int) -> None:
     """ConfigError unless ``chain_id`` is the development chain: a test-only adversary mode
     (set by ``variable``) must never run anywhere else."""

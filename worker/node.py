@@ -653,8 +653,10 @@ class WorkerNode:
             self._fail(job, f"training diverged: the loss was not finite at step "
                        f"{outcome.diverged_at} (the job's outcome, not this worker's fault)")
             return None
+        checkpoints = self.policy.after_training(job.job_id, list(outcome.checkpoints),
+                                                 self._emit)
         losses = json.dumps(outcome.losses).encode()
-        blobs = [*outcome.checkpoints, losses]
+        blobs = [*checkpoints, losses]
         self._phase(job, "uploading")
         uploaded = self.market.put_blobs(blobs)
         if uploaded != [hashlib.sha256(b).hexdigest() for b in blobs]:

@@ -5,7 +5,7 @@ The node asks its :class:`OutputPolicy` at two points of a job and once after a 
 - before running: :meth:`~OutputPolicy.before_run` may hand over an output, and the job is
   then not run;
 - after running: :meth:`~OutputPolicy.after_run` returns the output to commit, given the one
-  the job computed;
+  the job computed (:meth:`~OutputPolicy.after_training`: the checkpoints of a training job);
 - :attr:`~OutputPolicy.appeals`: whether the node appeals when an audit of its job fails.
 
 A real worker runs :data:`HONEST` (run every job, commit what it computed, appeal). Other
@@ -38,6 +38,11 @@ class OutputPolicy(Protocol):
         """The output to commit for a job that ran and computed ``output``."""
         ...
 
+    def after_training(self, job_id: int, checkpoints: list[bytes], emit: Emit) -> list[bytes]:
+        """The checkpoints to upload and name in the manifest, for a training job that ran
+        and reached ``checkpoints`` (the last is the final state)."""
+        ...
+
 
 class HonestPolicy:
     """Run every job, commit what it computed, appeal a failed audit."""
@@ -52,6 +57,9 @@ class HonestPolicy:
     def after_run(self, job_id: int, program_sha256: str, inputs: bytes, output: bytes,
                   emit: Emit) -> bytes:
         return output
+
+    def after_training(self, job_id: int, checkpoints: list[bytes], emit: Emit) -> list[bytes]:
+        return checkpoints
 
 
 HONEST: OutputPolicy = HonestPolicy()
