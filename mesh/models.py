@@ -28,6 +28,14 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class MLPClassifier(MLP):
+    """The MLP with its loss, for training jobs: ``forward(x, y)`` is the cross-entropy of its
+    logits for ``x`` against the classes ``y`` (a scalar)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return nn.functional.cross_entropy(self.net(x), y)
+
+
 class ConvNet(nn.Module):
     def __init__(self, channels: int = 3, width: int = 16, classes: int = 10):
         super().__init__()

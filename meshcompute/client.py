@@ -280,11 +280,7 @@ class Client:
         _report(progress, "uploading", {}, shards, "program")
         program_sha = self.market.put_blob(program_bytes)
         group = sha256_hex(os.urandom(32)) if shards > 1 else None
-        limits: dict[str, Any] = {}
-        if time_limit_s is not None:
-            limits["time_limit_s"] = time_limit_s
-        if memory_limit_mb is not None:
-            limits["memory_limit_mb"] = memory_limit_mb
+        limits = _limits(time_limit_s, memory_limit_mb)
         specs: list[JobSpec] = []
         # shards go up in bundles (a few requests for the whole submission, not two each)
         step = _UPLOAD_STEP
@@ -375,11 +371,7 @@ class Client:
         if state is not None:
             blobs.append(state)
         shas = self.market.put_blobs(blobs)
-        limits: dict[str, Any] = {}
-        if time_limit_s is not None:
-            limits["time_limit_s"] = time_limit_s
-        if memory_limit_mb is not None:
-            limits["memory_limit_mb"] = memory_limit_mb
+        limits = _limits(time_limit_s, memory_limit_mb)
         spec = JobSpec(program=shas[0], inputs=shas[1], training=checked.to_json(),
                        state=shas[2] if state is not None else None,
                        version=TRAINING_SPEC_VERSION, **limits)
@@ -784,6 +776,16 @@ def _as_tensors(
     if len(batch) != 1 or 0 in batch:
         raise BadInput("every input needs the same, non-zero batch dimension (dim 0)")
     return tensors
+
+
+def _limits(time_limit_s: float | None, memory_limit_mb: int | None) -> dict[str, Any]:
+    """The spec limits the client set (the spec's defaults for the others)."""
+    limits: dict[str, Any] = {}
+    if time_limit_s is not None:
+        limits["time_limit_s"] = time_limit_s
+    if memory_limit_mb is not None:
+        limits["memory_limit_mb"] = memory_limit_mb
+    return limits
 
 
 def _as_policy(tolerance: str | dict[str, Any] | None) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from meshcompute.execution.training import (
     run_steps,
     state_bytes,
 )
+from meshcompute.mesh.models import MLPClassifier
 
 TRAINING_TOLERANCE = DEFAULT_TRAINING_TOLERANCE
 AUDITED_SEGMENTS = DEFAULT_AUDITED_SEGMENTS
@@ -54,15 +55,6 @@ HONEST_VARIANTS = {"threads_2": {"threads": 2}, "threads_4": {"threads": 4},
                    "micro_batches_2": {"threads": 1, "micro_batches": 2}}
 CHEATS = ("fewer_steps", "lower_lr", "part_of_shard", "other_shard", "initial_state",
           "noise_final", "float16_steps", "bfloat16_steps", "neighbour_result", "extrapolated")
-
-
-class DigitsMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 10))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(x), y)
 
 
 class CharTransformer(nn.Module):
@@ -111,7 +103,7 @@ def _text(seq: int = 32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 
 FAMILIES = {
-    "digits_mlp": (DigitsMLP, _digits,
+    "digits_mlp": (lambda: MLPClassifier(d_in=64, d_hidden=64, d_out=10, depth=2), _digits,
                    {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "steps": 96,
                     "batch_size": 32, "seed": 7, "checkpoint_every": 4}),
     "char_transformer": (CharTransformer, _text,

@@ -12,7 +12,6 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors.torch import load
-from torch import nn
 
 from meshcompute.client import Submission
 from meshcompute.core.job import JobState
@@ -20,6 +19,7 @@ from meshcompute.core.training import validate_plan
 from meshcompute.execution.programs import export_program
 from meshcompute.execution.training import run_steps
 from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
+from meshcompute.mesh.models import MLPClassifier
 from tests.e2e.test_stack import _assert_books, _client, _wait_terminal
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
@@ -27,15 +27,6 @@ pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 PLAN = {"optimizer": {"name": "adamw", "lr": 0.01}, "schedule": {"kind": "cosine",
                                                                  "warmup_steps": 2},
         "steps": 16, "batch_size": 8, "seed": 3, "checkpoint_every": 4}
-
-
-class Classifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(x), y)
 
 
 def _data(seed: int) -> list[torch.Tensor]:
@@ -47,7 +38,7 @@ def test_training_jobs_are_audited_by_segments_the_cheater_slashed_the_honest_pa
     # two workers, the second the test-only cheater (it zeroes the final state of every
     # training job it takes); every job is drawn for audit
     torch.manual_seed(5)
-    model = Classifier()
+    model = MLPClassifier(d_in=8, d_hidden=16, d_out=4, depth=2)
     config = StackConfig(workers=2, cheaters=1, cheat_fraction=1.0, worker_slots=1,
                          params=replace(FAST_PARAMS, min_audit_bps=10_000, audit_window_s=300))
     with DevStack(config) as stack:

@@ -21,15 +21,11 @@ from meshcompute.execution.training import (
     run_steps,
     state_bytes,
 )
+from meshcompute.mesh.models import MLPClassifier
 
 
-class Regression(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 3))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(x), y)
+def Regression() -> nn.Module:
+    return MLPClassifier(d_in=6, d_hidden=8, d_out=3, depth=2)
 
 
 class NotScalar(nn.Module):

@@ -7,54 +7,29 @@ verifier that does not judge training gives no verdict."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.spec import TRAINING_SPEC_VERSION, JobSpec
 from meshcompute.core.tolerance import evidence_hash
 from meshcompute.core.training import manifest_bytes, plan_sha256, validate_plan
-from meshcompute.errors import NotFound
 from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.execution.training import run_steps
+from meshcompute.mesh.models import MLPClassifier
 from meshcompute.verifier.audit import Auditor, RecomputeFailed
 from meshcompute.verifier.evidence import AUDIT
 from meshcompute.verifier.journal import Journal
 from meshcompute.verifier.outputs import compare_outputs
 from meshcompute.verifier.recompute import Recomputer
 from meshcompute.verifier.training_audit import TrainingJudge, sandboxed_segment_run
+from tests.verifier.test_service_unit import MemoryStore
 
 PLAN = {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "steps": 16,
         "batch_size": 8, "seed": 2, "checkpoint_every": 4}
-
-
-class Model(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(5, 12), nn.GELU(), nn.Linear(12, 3))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(x), y)
-
-
-class Store:
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def get_blob(self, sha256: str, *, verify: bool = True) -> bytes:
-        if sha256 not in self.blobs:
-            raise NotFound(f"blob {sha256} is not in the store")
-        return self.blobs[sha256]
-
-    def put_blob(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        self.blobs[sha] = bytes(data)
-        return sha
 
 
 def _data() -> list[torch.Tensor]:
@@ -65,7 +40,8 @@ def _data() -> list[torch.Tensor]:
 @pytest.fixture(scope="module")
 def program() -> bytes:
     torch.manual_seed(1)
-    return export_program(Model().train(), tuple(t[:4] for t in _data()))
+    return export_program(MLPClassifier(d_in=5, d_hidden=12, d_out=3, depth=2).train(),
+                          tuple(t[:4] for t in _data()))
 
 
 @pytest.fixture
@@ -78,7 +54,7 @@ def recomputer(tmp_path: Path):
     r.close()
 
 
-def _post(store: Store, program: bytes, run) -> tuple[JobRecord, JobSpec]:
+def _post(store: MemoryStore, program: bytes, run) -> tuple[JobRecord, JobSpec]:
     """Store the job and a worker's result (its checkpoints, losses and manifest)."""
     spec = JobSpec(program=store.put_blob(program), inputs=store.put_blob(save_tensors(_data())),
                    training=PLAN, version=TRAINING_SPEC_VERSION)
@@ -96,7 +72,7 @@ def _post(store: Store, program: bytes, run) -> tuple[JobRecord, JobSpec]:
     return record, spec
 
 
-def _auditor(store: Store, tmp_path: Path, recomputer, *, training: bool = True) -> Auditor:
+def _auditor(store: MemoryStore, tmp_path: Path, recomputer, *, training: bool = True) -> Auditor:
     judge = TrainingJudge(run=sandboxed_segment_run(recomputer),
                           seed_of=lambda record: b"seed of block %d" % (record.committed_block + 1))
     return Auditor(store, recomputer, compare_outputs, evidence_hash,
@@ -107,7 +83,7 @@ def _auditor(store: Store, tmp_path: Path, recomputer, *, training: bool = True)
 
 def test_an_honest_training_result_computed_another_way_passes_audit_and_appeal(
         program: bytes, recomputer, tmp_path: Path) -> None:
-    store = Store()
+    store = MemoryStore()
     record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN),
                                                 micro_batches=4))
     auditor = _auditor(store, tmp_path, recomputer)
@@ -122,7 +98,7 @@ def test_an_honest_training_result_computed_another_way_passes_audit_and_appeal(
 
 def test_a_cheaters_training_fails_with_evidence_naming_its_manifest_and_our_segments(
         program: bytes, recomputer, tmp_path: Path) -> None:
-    store = Store()
+    store = MemoryStore()
     lazy = validate_plan({**PLAN, "optimizer": {**PLAN["optimizer"], "lr": 0.05}})
     record, _ = _post(store, program, run_steps(program, _data(), lazy))
     ready = _auditor(store, tmp_path, recomputer).audit(1, record, missing_output_is_final=True)
@@ -137,7 +113,7 @@ def test_a_cheaters_training_fails_with_evidence_naming_its_manifest_and_our_seg
 
 def test_junk_or_incomplete_training_results_fail(program: bytes, recomputer,
                                                  tmp_path: Path) -> None:
-    store = Store()
+    store = MemoryStore()
     record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN)))
     manifest = json.loads(store.get_blob(record.result_hash.hex()))
     # the last checkpoint (always audited) is not in the store
@@ -153,7 +129,7 @@ def test_junk_or_incomplete_training_results_fail(program: bytes, recomputer,
 
 def test_a_verifier_that_does_not_judge_training_gives_no_verdict(
         program: bytes, recomputer, tmp_path: Path) -> None:
-    store = Store()
+    store = MemoryStore()
     record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN)))
     with pytest.raises(RecomputeFailed, match="does not judge training jobs"):
         _auditor(store, tmp_path, recomputer, training=False).audit(
@@ -169,7 +145,7 @@ def test_training_our_own_runs_cannot_agree_on_is_void_and_an_appeal_of_it_is_wo
     from meshcompute.execution.training import state_bytes
     from meshcompute.verifier.audit import NotReproducible
 
-    store = Store()
+    store = MemoryStore()
     record, _ = _post(store, program, run_steps(program, _data(), validate_plan(PLAN),
                                                 micro_batches=2))
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from torch import nn
 
 from meshcompute.core.job import JobState
 from meshcompute.core.spec import TRAINING_SPEC_VERSION
 from meshcompute.core.training import parse_manifest, validate_plan
 from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.execution.training import run_steps
+from meshcompute.mesh.models import MLPClassifier
 from tests.worker.market_stack import MarketStack, market_stack
 from tests.worker.test_node_market import _node, _running, _wait
 
@@ -25,15 +25,6 @@ pytestmark = pytest.mark.anvil
 
 PLAN = {"optimizer": {"name": "adamw", "lr": 0.01}, "steps": 12, "batch_size": 8, "seed": 4,
         "checkpoint_every": 4}
-
-
-class Classifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 3))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(x), y)
 
 
 def _data() -> list[torch.Tensor]:
@@ -50,7 +41,8 @@ def stack(anvil, redis_url, tmp_path_factory) -> Iterator[MarketStack]:
 @pytest.fixture(scope="module")
 def program() -> bytes:
     torch.manual_seed(3)
-    return export_program(Classifier().train(), tuple(t[:4] for t in _data()))
+    return export_program(MLPClassifier(d_in=6, d_hidden=16, d_out=3, depth=2).train(),
+                          tuple(t[:4] for t in _data()))
 
 
 def test_a_training_job_is_trained_uploaded_and_committed_as_its_manifest(
