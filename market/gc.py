@@ -31,7 +31,7 @@ from typing import Any
 
 from meshcompute.core.job import ZERO_HASH, JobState
 from meshcompute.core.spec import is_sha256_hex
-from meshcompute.core.training import MANIFEST_KIND
+from meshcompute.core.training import MANIFEST_KIND, MAX_MANIFEST_BYTES
 from meshcompute.market.runtime import MarketRuntime
 
 log = logging.getLogger("market.gc")
@@ -81,8 +81,8 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
 def _manifest_blobs(rt: MarketRuntime, sha: str) -> set[str]:
     """The checkpoints and loss curve a training result's manifest names (empty when the
     manifest is not stored or is not one: the verifier then finds the result unreadable)."""
-    if not rt.blobs.exists(sha):
-        return set()
+    if not rt.blobs.exists(sha) or rt.blobs.size_or_zero(sha) > MAX_MANIFEST_BYTES:
+        return set()  # a worker's junk "manifest" is not read whole every round
     try:
         doc = json.loads(rt.blobs.read(sha))
     except (ValueError, UnicodeDecodeError, OSError):

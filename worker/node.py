@@ -658,7 +658,13 @@ class WorkerNode:
         losses = json.dumps(outcome.losses).encode()
         blobs = [*checkpoints, losses]
         self._phase(job, "uploading")
-        uploaded = self.market.put_blobs(blobs)
+        try:
+            uploaded = self.market.put_blobs(blobs)
+        except ServiceUnavailable:
+            raise
+        except MeshError as exc:  # refused (over a quota or a limit): only this job is lost
+            self._fail(job, f"the market refused the training's checkpoints: {exc}")
+            return None
         if uploaded != [hashlib.sha256(b).hexdigest() for b in blobs]:
             self._fail(job, "the market stored the training's checkpoints under other hashes")
             return None

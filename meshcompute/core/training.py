@@ -231,6 +231,8 @@ DEFAULT_TRAINING_TOLERANCE = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
 DEFAULT_AUDITED_SEGMENTS = 2
 
 MANIFEST_KIND = "mesh-training-result"
+#: A manifest names at most MAX_SEGMENTS checkpoints: about 70 KB; anything larger is not one.
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def manifest_bytes(*, plan_sha256: str, checkpoints: list[str], losses: str,
@@ -252,6 +254,8 @@ def manifest_bytes(*, plan_sha256: str, checkpoints: list[str], losses: str,
 def parse_manifest(data: bytes, plan: TrainingPlan) -> dict[str, Any]:
     """A worker's manifest checked against ``plan`` (one checkpoint per segment); BadInput
     otherwise. The bytes must be canonical, so one result has one hash."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BadInput(f"training manifest is {len(data)} bytes, over {MAX_MANIFEST_BYTES}")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):

@@ -115,6 +115,8 @@ def test_the_manifest_binds_every_checkpoint_and_has_one_form() -> None:
     with pytest.raises(BadInput, match="last checkpoint must be the final state"):
         manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints, losses=_sha("l"),
                        final_state=_sha("other"))
+    with pytest.raises(BadInput, match="over 1048576"):
+        parse_manifest(b" " * (1 << 20) + data, plan)  # not read as JSON at all
     with pytest.raises(BadInput, match="sha256"):
         manifest_bytes(plan_sha256="x", checkpoints=checkpoints, losses=_sha("l"),
                        final_state=_sha("final"))
