@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from meshcompute.core.job import JobRecord
@@ -41,11 +42,7 @@ SegmentRun = Callable[[JobSpec, bytes, bytes, "bytes | None", int, int, bool], b
 ``alternate`` our second numeric setup; raises
 :class:`meshcompute.verifier.audit.RecomputeFailed` when our run fails."""
 
-#: Our two runs of a segment may differ by this many times the tolerance and the segment still
-#: be judged with their spread (honest AdamW training drifts apart by ~20 times in coordinates
-#: the loss ignores: BENCHMARKS.md "Training verification"); beyond it the training is chaotic
-#: under its tolerance, anything would pass, and the audit is void.
-UNJUDGEABLE_SPREAD = 1000.0
+
 
 AUDIT_DOC_KIND = "mesh-training-audit"
 
@@ -71,7 +68,7 @@ class TrainingJudge:
 
     def judge(self, store: Any, job_id: int, record: JobRecord, spec: JobSpec, program: bytes,
               data: bytes, manifest: bytes) -> TrainingJudgement:
-        from meshcompute.execution.training import compare_states
+        from meshcompute.execution.training import judge_segment
         from meshcompute.verifier.audit import NotReproducible
 
         assert spec.training is not None
@@ -96,17 +93,17 @@ class TrainingJudge:
             except _Missing as exc:
                 return _fail(f"segment {index}: {exc}", rows)
             ours = self.run(spec, program, data, before, start, end, False)
-            check = compare_states(ours, theirs, spec.tolerance)
             our_sha = store.put_blob(ours)
-            if not check.agree:
-                other = self.run(spec, program, data, before, start, end, True)
-                own = compare_states(ours, other, spec.tolerance)
-                if own.used > UNJUDGEABLE_SPREAD:
-                    raise NotReproducible(
-                        f"job {job_id}: segment {index} (steps {start}-{end}): our own two runs "
-                        f"differ by {own.used:.3g} times the tolerance: the training is chaotic "
-                        "under it and cannot be judged", (our_sha, store.put_blob(other)))
-                check = compare_states(ours, theirs, spec.tolerance, other)
+            judged = judge_segment(ours, theirs, spec.tolerance, partial(
+                self.run, spec, program, data, before, start, end, True))
+            if judged.unjudgeable is not None:
+                assert judged.second is not None
+                raise NotReproducible(
+                    f"job {job_id}: segment {index} (steps {start}-{end}): our own two runs "
+                    f"differ by {judged.unjudgeable.used:.3g} times the tolerance: the training "
+                    "is chaotic under it and cannot be judged",
+                    (our_sha, store.put_blob(judged.second)))
+            check = judged.check
             rows.append({"segment": index, "steps": [start, end], "worker": theirs_sha,
                          "ours": our_sha, "agree": check.agree, "reason": check.reason})
             worst_used = max(worst_used, check.used)

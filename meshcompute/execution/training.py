@@ -18,7 +18,7 @@ state after a segment's last step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -288,15 +288,51 @@ def compare_states(ours: bytes, theirs: bytes, tolerance: dict,
                            f"(rtol={rtol:g}, atol={atol:g}{extra})", max_abs, worst)
 
 
+#: Our two runs of a segment may differ by this many times the tolerance and the segment still
+#: be judged with their spread (honest AdamW training drifts apart by ~20 times in coordinates
+#: the loss ignores: BENCHMARKS.md "Training verification"); beyond it the training is chaotic
+#: under its tolerance, anything would pass, and the segment cannot be judged.
+UNJUDGEABLE_SPREAD = 1000.0
+
+
+@dataclass(frozen=True)
+class SegmentJudgement:
+    check: StateComparison
+    """The worker's end state against ours (with our spread, when a second run was made)."""
+    second: bytes | None
+    """Our second run's end state, when one was made."""
+    unjudgeable: StateComparison | None
+    """Our own two runs compared, when they differ beyond :data:`UNJUDGEABLE_SPREAD`: then
+    the segment cannot be judged and ``check`` must not decide anything."""
+
+
+def judge_segment(ours: bytes, theirs: bytes, tolerance: dict, second: Callable[[], bytes], *,
+                  always_second: bool = False) -> SegmentJudgement:
+    """The rule of a training audit for one segment, given our end state, the worker's, and a
+    way to run the segment again under our second numeric setup (called only when the first
+    comparison fails, or with ``always_second``): the worker agrees within the tolerance, or
+    within it plus our own spread (:func:`compare_states`); unless our own two runs differ by
+    over :data:`UNJUDGEABLE_SPREAD` times the tolerance."""
+    check = compare_states(ours, theirs, tolerance)
+    if check.agree and not always_second:
+        return SegmentJudgement(check, None, None)
+    other = second()
+    own = compare_states(ours, other, tolerance)
+    if own.used > UNJUDGEABLE_SPREAD:
+        return SegmentJudgement(check, other, own)
+    return SegmentJudgement(compare_states(ours, theirs, tolerance, other), other, None)
+
+
 def check_segment(program: bytes | LoadedProgram, data: Sequence[torch.Tensor],
                   plan: TrainingPlan, index: int, start_state: bytes | None, end_state: bytes,
                   claimed_losses: Sequence[float], tolerance: dict,
                   loss_rtol: float = 1e-4, always_second: bool = False) -> SegmentCheck:
     """Recompute segment ``index`` from ``start_state`` (the worker's checkpoint before it, or
-    the job's initial state for the first) and compare with the worker's ``end_state``. When
-    they disagree, recompute it again under another numeric setup (the batch in two halves)
-    and judge with our own spread (:func:`compare_states`); where they still disagree, the
-    first step whose loss differs from the worker's says where the disagreement starts.
+    the job's initial state for the first) and judge the worker's ``end_state`` by
+    :func:`judge_segment`, in this process, the second run with each batch in two halves (the
+    verifier service runs both in the sandbox, the second under its alternate setup too:
+    :mod:`meshcompute.verifier.training_audit`); where the worker disagrees, the first step
+    whose loss differs from the worker's says where the disagreement starts.
     ``always_second`` runs the second recomputation whatever the first says (the benchmark's
     measure of the margin of the final rule)."""
     loaded = program if isinstance(program, LoadedProgram) else load_program(program)
@@ -306,15 +342,16 @@ def check_segment(program: bytes | LoadedProgram, data: Sequence[torch.Tensor],
         return SegmentCheck(index, False, f"our recomputation diverged at step "
                             f"{run.diverged_at}", float("inf"), run.diverged_at, float("inf"),
                             end - start)
-    verdict = compare_states(run.final_state, end_state, tolerance)
-    steps_run = end - start
-    if always_second or not verdict.agree:
-        steps_run += end - start
-        halves = 2 if plan.batch_size % 2 == 0 else 1
-        other = run_steps(loaded, data, plan, start_state, start=start, end=end,
-                          micro_batches=halves)
-        if other.diverged_at is None:
-            verdict = compare_states(run.final_state, end_state, tolerance, other.final_state)
+    halves = 2 if plan.batch_size % 2 == 0 else 1
+    judged = judge_segment(run.final_state, end_state, tolerance, lambda: run_steps(
+        loaded, data, plan, start_state, start=start, end=end, micro_batches=halves).last_state,
+        always_second=always_second)
+    steps_run = (end - start) * (1 if judged.second is None else 2)
+    verdict = judged.check
+    if judged.unjudgeable is not None:
+        return SegmentCheck(index, False, f"our own two runs differ by "
+                            f"{judged.unjudgeable.used:.3g} times the tolerance: cannot be "
+                            "judged", verdict.max_abs, None, verdict.used, steps_run)
     first_bad = None
     if not verdict.agree:
         theirs = list(claimed_losses)[start:end]
