@@ -483,7 +483,7 @@ class Client:
         poll_s: float = 0.5,
         repost_slashed: bool = True,
         progress: Progress | None = None,
-    ) -> list[torch.Tensor]:
+    ) -> list[torch.Tensor] | TrainingResult:
         """Wait until every shard is paid, re-posting any shard whose worker was slashed or
         whose job was refunded (or void: drawn for audit, no verdict in time), then return
         the assembled outputs (a :class:`TrainingResult` for a training job). A shard a
@@ -532,7 +532,7 @@ class Client:
                 progress(status)
             if status.phase == "done":
                 if submission.shards[0].spec.is_training:
-                    return self.training_result(submission)  # type: ignore[return-value]
+                    return self.training_result(submission)
                 return self.result(submission)
             if status.stuck is not None and status.stuck.final:
                 raise SubmissionStuck(status)
