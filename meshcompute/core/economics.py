@@ -51,20 +51,42 @@ job stream and draws:
   junk and earns its fee. Lazy passes lose money when ``canary share > verify cost / (audit
   fee + bond)``; the result reports that break-even share.
 
+Training jobs (:data:`TRAINING_STRATEGIES`): a training job of ``n`` checkpoint segments is
+audited by recomputing the last segment and ``DEFAULT_AUDITED_SEGMENTS - 1`` others drawn after
+the commit (:func:`meshcompute.core.training.audit_segments`), each from the worker's own
+checkpoint before it. A worker that skips ``m`` segments and computes the rest honestly from its
+wrong checkpoints saves ``m / n`` of the compute and is caught at an audit only when the draw
+picks a skipped segment: :func:`segment_detection`, exactly, for the cheater's best choice of
+segments (never the last, which every audit recomputes, unless it skips them all). In the
+simulation each audit of its result runs the real ``audit_segments`` on a seed drawn for the
+job; the money flows are those above. With ``A = min(audited, n) - 1 >= 1`` others drawn,
+the detection ``1 - C(n-1-m, A) / C(n-1, A)`` is at least ``m / (n - 1)``, more than the
+``m / n`` saved, so the gain over honest play, ``(m/n) c - p q (R' + C)``, is below ``m / n`` times that
+of full junk: partial cheating is deterred wherever full junk is.
+
 Pure: the standard library and the core only.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 
 from meshcompute.core.audit_rate import BPS, audit_bps
 from meshcompute.core.job import PASS_BOND_REWARDS
 from meshcompute.core.payout import slash_split, split_reward
+from meshcompute.core.training import (
+    DEFAULT_AUDITED_SEGMENTS,
+    MAX_SEGMENTS,
+    TrainingPlan,
+    audit_segments,
+    validate_plan,
+)
 from meshcompute.errors import BadInput
 
 
@@ -168,12 +190,90 @@ class WorkerView:
     reward: int
 
 
+TRAINING_SEGMENTS = 16
+"""Checkpoint segments of a simulated training job (e.g. 1,600 steps, a checkpoint every 100)."""
+
+
+def segment_detection(segments: int, cheated: Iterable[int],
+                      audited: int = DEFAULT_AUDITED_SEGMENTS) -> Fraction:
+    """The exact probability that a drawn audit of a training job of ``segments`` segments
+    recomputes at least one segment of ``cheated``.
+
+    :func:`meshcompute.core.training.audit_segments` always takes the last segment and adds
+    draws uniform over all segments until it holds ``min(audited, segments)``; a draw of the
+    last or of one already taken adds nothing, so the others are a uniformly random set of
+    ``A = min(audited, segments) - 1`` of the ``segments - 1`` non-last ones. So: 1 when the
+    last is cheated, else ``1 - C(segments-1-m, A) / C(segments-1, A)`` for ``m`` cheated.
+    (Each draw is SHA-256 modulo ``segments``: a bias under ``segments / 2**64``, none when
+    ``segments`` is a power of two.)"""
+    if not 1 <= segments <= MAX_SEGMENTS or audited < 1:
+        raise BadInput(f"segment_detection needs 1 <= segments <= {MAX_SEGMENTS} and "
+                       f"audited >= 1, got {segments} and {audited}")
+    chosen = set(cheated)
+    if not chosen <= set(range(segments)):
+        raise BadInput(f"cheated segments must be in 0..{segments - 1}, got {sorted(chosen)}")
+    if not chosen:
+        return Fraction(0)
+    if segments - 1 in chosen:
+        return Fraction(1)
+    others = min(audited, segments) - 1
+    return 1 - Fraction(math.comb(segments - 1 - len(chosen), others),
+                        math.comb(segments - 1, others))
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_plan(segments: int) -> TrainingPlan:
+    """A plan of ``segments`` one-step segments: all :func:`audit_segments` looks at."""
+    return validate_plan({"optimizer": {"name": "sgd", "lr": 0.1}, "steps": segments,
+                          "batch_size": 1, "seed": 0, "checkpoint_every": 1})
+
+
+@dataclass(frozen=True)
+class SegmentCheat:
+    """A training result with ``cheated`` of its ``segments`` segments done wrong (their steps
+    skipped) and the others computed honestly from the worker's own checkpoints; a drawn audit
+    recomputes ``audited`` segments (:func:`meshcompute.core.training.audit_segments`)."""
+
+    segments: int
+    cheated: frozenset[int]
+    audited: int = DEFAULT_AUDITED_SEGMENTS
+
+    def __post_init__(self) -> None:
+        if not self.cheated:
+            raise BadInput("a segment cheat cheats on at least one segment")
+        segment_detection(self.segments, self.cheated, self.audited)  # validates
+
+    @functools.cached_property
+    def detection(self) -> Fraction:
+        """Probability that a drawn audit recomputes a cheated segment (exact)."""
+        return segment_detection(self.segments, self.cheated, self.audited)
+
+    @property
+    def saved_share(self) -> Fraction:
+        """Share of the honest compute the cheat saves."""
+        return Fraction(len(self.cheated), self.segments)
+
+    def cost(self, compute_cost: int, junk_cost: int) -> int:
+        """The worker's cost: the honest cost less the share saved (rounded in its favour)."""
+        saving = -(-(compute_cost - junk_cost) * len(self.cheated) // self.segments)
+        return compute_cost - saving
+
+    def drawn(self, seed: bytes) -> bool:
+        """Whether the audit drawn with ``seed`` recomputes a cheated segment: the real
+        :func:`meshcompute.core.training.audit_segments`."""
+        audit = audit_segments(_segment_plan(self.segments), seed, self.audited)
+        return not self.cheated.isdisjoint(audit)
+
+
 @dataclass(frozen=True)
 class Strategy:
     name: str
     description: str
     cheats: Callable[[WorkerView, float], bool]
     """Decides whether to return junk for this job; the float is a uniform draw in [0, 1)."""
+    segment_cheat: SegmentCheat | None = None
+    """Training jobs: the junk is these segments done wrong, the rest computed (None: the whole
+    result is junk, caught at every audit that detects)."""
 
 
 def _fraction(f: float) -> Strategy:
@@ -198,11 +298,41 @@ STRATEGIES: tuple[Strategy, ...] = (
 )
 
 
+def segment_cheater(cheat: int, segments: int = TRAINING_SEGMENTS,
+                    audited: int = DEFAULT_AUDITED_SEGMENTS) -> Strategy:
+    """A worker that skips ``cheat`` of the ``segments`` segments of every training job,
+    choosing the set an audit catches least often: segments other than the last (which every
+    audit recomputes) while it can, since the draw treats all the others alike."""
+    if not 1 <= cheat <= segments:
+        raise BadInput(f"segment_cheater needs 1 <= cheat <= segments, got {cheat} of {segments}")
+    choices = (frozenset(range(cheat)), frozenset(range(segments - cheat, segments)))
+    best = min(choices, key=lambda chosen: segment_detection(segments, chosen, audited))
+    where = "all" if cheat == segments else (
+        "not the last" if segments - 1 not in best else "with the last")
+    return Strategy(
+        f"segment_cheat_{cheat}_of_{segments}",
+        f"training: skips {cheat} of {segments} segments ({where}) on every job",
+        lambda view, u: True, SegmentCheat(segments, best, audited),
+    )
+
+
+def training_strategies(segments: int = TRAINING_SEGMENTS,
+                        audited: int = DEFAULT_AUDITED_SEGMENTS) -> tuple[Strategy, ...]:
+    """Segment cheaters on training jobs of ``segments`` segments: one segment, a quarter, half,
+    all but the last, and all of them."""
+    counts = sorted({1, segments // 4, segments // 2, segments - 1, segments} - {0})
+    return tuple(segment_cheater(m, segments, audited) for m in counts)
+
+
+TRAINING_STRATEGIES: tuple[Strategy, ...] = training_strategies()
+
+
 def strategy_named(name: str) -> Strategy:
-    for strategy in STRATEGIES:
+    for strategy in STRATEGIES + TRAINING_STRATEGIES:
         if strategy.name == name:
             return strategy
-    raise BadInput(f"unknown strategy {name!r}; choose one of {[s.name for s in STRATEGIES]}")
+    raise BadInput(f"unknown strategy {name!r}; choose one of "
+                   f"{[s.name for s in STRATEGIES + TRAINING_STRATEGIES]}")
 
 
 @dataclass
@@ -240,6 +370,10 @@ class StrategyResult:
     """Drawn jobs that the verifier could not judge (unstable program): void."""
     rate_bps_sum: int = 0
     """Sum of the jobs' audit rates (for the mean rate)."""
+    segment_audits: int = 0
+    """Training: audits of a segment cheater's results (not void)."""
+    segment_audits_drawn: int = 0
+    """Of those, the audits whose drawn segments include a cheated one."""
 
     @property
     def profit_per_job(self) -> float:
@@ -313,6 +447,12 @@ class _Job:
     detect_draw: int
     choice: float
 
+    @property
+    def audit_seed(self) -> bytes:
+        """The seed of the job's audit (a training audit draws its segments from it): a hash of
+        the job's draws, so the stream needs no extra random number."""
+        return f"audit:{self.audit_draw}:{self.detect_draw}:{self.choice!r}".encode()
+
 
 @dataclass
 class _Provider:
@@ -353,6 +493,7 @@ class _Provider:
             ident.stake = max(p.initial_stake, collateral)  # the owner tops the stake up
         view = WorkerView(ident.jobs_taken, ident.completed, ident.audits_passed, reward)
         junk = self.strategy.cheats(view, job.choice)
+        partial = self.strategy.segment_cheat
         formula = audit_bps(
             reward=reward, collateral=collateral, free_stake=ident.stake,
             completed=ident.completed, audits_passed=ident.audits_passed,
@@ -366,9 +507,19 @@ class _Provider:
         audited = job.audit_draw < rate
         void = audited and unstable
         caught = junk and audited and not void and job.detect_draw < p.detection_bps
+        if partial is not None and junk and audited and not void:
+            drawn = partial.drawn(job.audit_seed)  # the audit recomputes a skipped segment
+            res.segment_audits += 1
+            res.segment_audits_drawn += drawn
+            caught = caught and drawn
         audit_fee = p.audit_fee(reward)
         pay, fee = split_reward(reward, p.fee_bps)
-        cost = p.junk_cost(reward) if junk else p.compute_cost(reward)
+        if not junk:
+            cost = p.compute_cost(reward)
+        elif partial is None:
+            cost = p.junk_cost(reward)
+        else:
+            cost = partial.cost(p.compute_cost(reward), p.junk_cost(reward))
         honest_profit = pay - p.compute_cost(reward)
         ident.jobs_taken += 1
         res.jobs += 1
@@ -415,6 +566,8 @@ class _Provider:
                 expected = (1 - pr) * pay - cost
             elif junk:
                 pq = pr * p.detection_bps / BPS
+                if partial is not None:
+                    pq *= float(partial.detection)
                 expected = (1 - pq) * (pay - cost) - pq * (collateral + cost)
             else:
                 expected = float(pay - cost)
@@ -775,10 +928,16 @@ def catch_probabilities(
     }
 
 
-def junk_expected_value(params: MarketParams, *, reward: int, bps: int) -> float:
+def junk_expected_value(params: MarketParams, *, reward: int, bps: int,
+                        segment_cheat: SegmentCheat | None = None) -> float:
     """Expected profit of one junk result at audit rate ``bps``:
-    ``(1 - p q) (R - fee - junk_cost) - p q (C + junk_cost)``, with q the detection rate."""
+    ``(1 - p q) (R - fee - junk_cost) - p q (C + junk_cost)``, with q the detection rate.
+    ``segment_cheat``: a training result with those segments skipped instead, so the cost is
+    :meth:`SegmentCheat.cost` and q is also multiplied by :attr:`SegmentCheat.detection`."""
     pay, _ = split_reward(reward, params.fee_bps)
     pq = bps / BPS * params.detection_bps / BPS
     junk = params.junk_cost(reward)
+    if segment_cheat is not None:
+        pq *= float(segment_cheat.detection)
+        junk = segment_cheat.cost(params.compute_cost(reward), junk)
     return (1 - pq) * (pay - junk) - pq * (params.collateral(reward) + junk)

@@ -47,6 +47,9 @@ pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
 #: Every job drawn for audit, a short audit window so silence ends quickly.
 AUDIT_ALL = replace(FAST_PARAMS, min_audit_bps=10_000, audit_window_s=30)
+#: A drawn job's states from the draw on (its verdict may come before the others are drawn).
+PAST_DRAW = {JobState.AUDITED, JobState.AUDIT_PASSED, JobState.AUDIT_FAILED,
+             JobState.APPEALED, JobState.DISPUTED}
 
 
 def _events(contracts, job_ids: list[int]) -> Counter[str]:
@@ -130,6 +133,10 @@ def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
         primary.stop()
         client, contracts = _client(stack)
         submission = _submit(client, 4, audit_bps=10_000)
+        # every job drawn: the chain skips to half the window, where the silent verifier's
+        # audits escalate to the live one (the rest of the window passes in real time)
+        _wait_states(stack, contracts, submission.job_ids, PAST_DRAW, timeout_s=180)
+        stack.chain.increase_time(config.params.audit_window_s // 2)
         states = _wait_terminal(stack, contracts, submission.job_ids, timeout_s=360)
         records = contracts.job_records(submission.job_ids)
         cheater = next(iter(stack.cheater_addresses()))
@@ -155,6 +162,9 @@ def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
         stack.services["verifier-2"].stop()
         client_before = contracts.account_of(stack.client_account.address).withdrawable
         second = _submit(client, 4, audit_bps=10_000)
+        # every job drawn, nobody answers: the chain skips past the audit window
+        _wait_states(stack, contracts, second.job_ids, PAST_DRAW, timeout_s=180)
+        stack.chain.increase_time(config.params.audit_window_s + 1)
         states = _wait_terminal(stack, contracts, second.job_ids, timeout_s=360)
         assert set(states.values()) == {JobState.REFUNDED}, states
         names = _events(contracts, second.job_ids)
