@@ -87,7 +87,7 @@ def render_sim(sim: dict[str, Any]) -> list[str]:
                      f"{entry.get('profit_per_junk_result')} |")
     losing = (f"Cheating worker strategies that lose: {sim.get('cheating_strategies_losing')}"
               f" of {sim.get('cheating_strategies')}.")
-    lines += ["", losing, "",
+    lines += ["", losing, "", *_render_training(sim.get("training")),
               "| other role | per | gain vs honest (± stderr) | deterred | note |",
               "|---|---|---:|---|---|"]
     for name, entry in sim.get("roles", {}).items():
@@ -100,6 +100,31 @@ def render_sim(sim: dict[str, Any]) -> list[str]:
              f"{', '.join(sim.get('role_strategies_not_losing', [])) or 'none'}.")
     lines += ["", roles, "", "Full output:", ""]
     return lines + _json_block(sim)
+
+
+def _render_training(training: dict[str, Any] | None) -> list[str]:
+    """The segment cheaters on training jobs: compute saved, exact chance that an audit
+    recomputes a skipped segment (and the sim's share), gain over honest work."""
+    if not training:
+        return []
+    lines = [
+        (f"Training jobs of {training.get('segments')} segments, {training.get('audited_segments')}"
+         " recomputed per audit (the last and one drawn): a worker skips some segments of every"
+         " job and computes the rest from its own checkpoints; it is caught only when the audit"
+         " draws a skipped segment."),
+        "",
+        ("| training strategy | compute saved | P(audit draws a skipped segment) | drawn in sim |"
+         " profit/job | gain vs honest |"),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in training.get("strategies", {}).items():
+        lines.append(f"| `{name}` | {entry.get('compute_saved')} | "
+                     f"{entry.get('p_audit_draws_cheated_segment_exact')} | "
+                     f"{entry.get('audit_draws_hit_in_sim')} | {entry.get('profit_per_job')} | "
+                     f"{entry.get('profit_per_job_vs_honest')} |")
+    losing = sum(1 for e in training.get("strategies", {}).values() if e.get("loses_to_honest"))
+    return [*lines, "", (f"Training strategies that lose to honest work: {losing} of "
+                         f"{len(training.get('strategies', {}))}."), ""]
 
 
 def _gas() -> dict[str, Any]:

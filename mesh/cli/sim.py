@@ -52,6 +52,9 @@ def sim(
             *[f"{catch[str(n)]:.3f}" if str(n) in catch else "-" for n in CATCH_WITHIN],
         )
     console.print(table)
+    training = result.get("training")
+    if training:
+        console.print(_training_table(training))
     rates = result["audit_bps_reward_100"]
     console.print(
         f"audit rate for a reward-100 job: new worker {rates['new_worker']} bps, "
@@ -65,6 +68,38 @@ def sim(
         console.print()
         console.print(_roles_table(roles))
         console.print(_roles_summary(result))
+
+
+def _training_table(training: dict) -> Table:
+    """Workers that skip some segments of every training job: the share of compute saved, the
+    exact chance that a drawn audit recomputes a skipped segment (and how often the sim's
+    audits did), and the gain over honest work on the same jobs."""
+    from meshcompute.mesh.bench.sim import CATCH_WITHIN
+
+    table = Table(title=(f"training jobs: {training['segments']} segments, "
+                         f"{training['audited_segments']} recomputed per audit"))
+    table.add_column("strategy", no_wrap=True)
+    table.add_column("saves", justify="right")
+    table.add_column("P(audit\ndraws a\nskipped)", justify="right")
+    table.add_column("in\nsim", justify="right")
+    table.add_column("profit\n/job", justify="right")
+    table.add_column("vs\nhonest", justify="right")
+    for n in CATCH_WITHIN:
+        table.add_column(f"P(caught\n<={n}\njobs)", justify="right")
+    for name, row in training["strategies"].items():
+        catch = row.get("p_caught_within_jobs") or {}
+        hit = row.get("audit_draws_hit_in_sim")
+        vs = f"{row['profit_per_job_vs_honest']:+.2f}"
+        table.add_row(
+            name,
+            f"{row['segments_cheated']}/{training['segments']}",
+            f"{row['p_audit_draws_cheated_segment_exact']}",
+            "-" if hit is None else f"{hit:.3f}",
+            f"{row['profit_per_job']:.2f}",
+            vs if row["loses_to_honest"] else f"[bold red]{vs}[/]",
+            *[f"{catch[str(n)]:.3f}" if str(n) in catch else "-" for n in CATCH_WITHIN],
+        )
+    return table
 
 
 def _roles_table(roles: dict) -> Table:

@@ -253,10 +253,10 @@ class SegmentCheat:
         """Share of the honest compute the cheat saves."""
         return Fraction(len(self.cheated), self.segments)
 
-    def cost(self, compute_cost: int, junk_cost: int) -> int:
-        """The worker's cost: the honest cost less the share saved (rounded in its favour)."""
-        saving = -(-(compute_cost - junk_cost) * len(self.cheated) // self.segments)
-        return compute_cost - saving
+    def cost(self, compute_cost: int, junk_cost: int) -> float:
+        """The worker's cost: the honest cost less the share saved, exactly (a cost is not an
+        amount on chain, and whole credits would round a small job's saving far off)."""
+        return compute_cost - (compute_cost - junk_cost) * len(self.cheated) / self.segments
 
     def drawn(self, seed: bytes) -> bool:
         """Whether the audit drawn with ``seed`` recomputes a cheated segment: the real
@@ -356,11 +356,12 @@ class StrategyResult:
     junk_accepted: int = 0
     """Junk results that were paid (not audited, or audited and missed)."""
     identities: int = 0
-    profit: int = 0
-    profit_sq: int = 0
-    junk_profit: int = 0
+    profit: float = 0
+    """In credits; a whole number except for segment cheaters, whose cost is a share."""
+    profit_sq: float = 0
+    junk_profit: float = 0
     """Profit on the junk jobs alone."""
-    gain_vs_honest: int = 0
+    gain_vs_honest: float = 0
     """Profit on the junk jobs minus what honest work on those same jobs would have earned."""
     slashed: int = 0
     client_compensation: int = 0
@@ -420,7 +421,7 @@ class JobOutcome(NamedTuple):
     audited: bool
     junk: bool
     verdict: Verdict
-    worker_profit: int
+    worker_profit: float
     worker_expected_profit: float
     """The worker's expected profit on this job given its audit rate (before the draw)."""
     compensation: int
@@ -514,6 +515,7 @@ class _Provider:
             caught = caught and drawn
         audit_fee = p.audit_fee(reward)
         pay, fee = split_reward(reward, p.fee_bps)
+        cost: float
         if not junk:
             cost = p.compute_cost(reward)
         elif partial is None:
