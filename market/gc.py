@@ -4,7 +4,8 @@ Every blob has a keep-until time (``MarketState.keep_blobs``):
 
 - an upload is kept ``blob_grace_s`` (a day) from its last upload, time to post its job;
 - each round, every blob an open job needs (its spec, program and inputs (and a training
-  job's initial state, checkpoints and loss curve), the output its
+  job's initial state, checkpoints, loss curve and step records, and the step states of an
+  appealed one), the output its
   worker submitted or committed, the evidence its verdicts name), and every blob of a job
   that ended since the last round, is kept ``blob_retention_s`` (a week) from now; so once
   a job ends its blobs stay at least that long: long enough to download an output, to
@@ -31,7 +32,12 @@ from typing import Any
 
 from meshcompute.core.job import ZERO_HASH, JobState
 from meshcompute.core.spec import is_sha256_hex
-from meshcompute.core.training import MANIFEST_KIND, MAX_MANIFEST_BYTES
+from meshcompute.core.training import (
+    MANIFEST_KIND,
+    MAX_MANIFEST_BYTES,
+    MAX_STEPS_BYTES,
+    STEPS_KIND,
+)
 from meshcompute.market.runtime import MarketRuntime
 
 log = logging.getLogger("market.gc")
@@ -41,6 +47,8 @@ _PRUNE_BATCH = 500
 _VERDICT_STATES = frozenset({JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.APPEALED,
                              JobState.DISPUTED})
 _EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved")
+#: A training job in these states may have its step states uploaded for an appeal.
+_APPEAL_STATES = frozenset({JobState.AUDIT_FAILED, JobState.APPEALED})
 
 
 def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[str]:
@@ -67,8 +75,9 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
             outputs.add(submitted)
         needed |= outputs
         if spec is not None and spec.is_training:
+            appealed = record.state in _APPEAL_STATES or record.state.terminal
             for output in outputs:
-                needed |= _manifest_blobs(rt, output)
+                needed |= _manifest_blobs(rt, output, with_step_states=appealed)
         if record.state in _VERDICT_STATES:
             for event in rt.indexer.events(job_id=job_id):
                 evidence = event.args.get("evidenceHash") if event.name in _EVIDENCE_EVENTS \
@@ -78,18 +87,30 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
     return needed
 
 
-def _manifest_blobs(rt: MarketRuntime, sha: str) -> set[str]:
-    """The checkpoints and loss curve a training result's manifest names (empty when the
-    manifest is not stored or is not one: the verifier then finds the result unreadable)."""
-    if not rt.blobs.exists(sha) or rt.blobs.size_or_zero(sha) > MAX_MANIFEST_BYTES:
-        return set()  # a worker's junk "manifest" is not read whole every round
+def _json_blob(rt: MarketRuntime, sha: str, limit: int, kind: str) -> dict[str, Any] | None:
+    if not is_sha256_hex(sha) or not rt.blobs.exists(sha) or rt.blobs.size_or_zero(sha) > limit:
+        return None  # a worker's junk "manifest" is not read whole every round
     try:
         doc = json.loads(rt.blobs.read(sha))
     except (ValueError, UnicodeDecodeError, OSError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("kind") == kind else None
+
+
+def _manifest_blobs(rt: MarketRuntime, sha: str, *, with_step_states: bool) -> set[str]:
+    """The checkpoints, loss curve and step records a training result's manifest names (empty
+    when the manifest is not stored or is not one: the verifier then finds the result
+    unreadable); ``with_step_states``: also the states the step records name (uploaded by a
+    worker for its appeal)."""
+    doc = _json_blob(rt, sha, MAX_MANIFEST_BYTES, MANIFEST_KIND)
+    if doc is None:
         return set()
-    if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND:
-        return set()
-    named = [*(doc.get("checkpoints") or []), doc.get("losses")]
+    records = [n for n in doc.get("steps") or [] if isinstance(n, str)]
+    named = [*(doc.get("checkpoints") or []), doc.get("losses"), *records]
+    if with_step_states:
+        for record in records:
+            steps = _json_blob(rt, record, MAX_STEPS_BYTES, STEPS_KIND)
+            named += (steps or {}).get("states") or []
     return {n for n in named if is_sha256_hex(n)}
 
 

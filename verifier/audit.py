@@ -434,7 +434,8 @@ class Auditor:
                   first_evidence: bytes | None = None) -> VerdictReady:
         """An audit or appeal of a training job: our own recomputation of the drawn segments
         (:meth:`TrainingJudge.judge`) decides; an appeal is judged by it alone, as a disputed
-        pass is."""
+        pass is, and a segment that disagrees is judged again one step at a time from the
+        states the worker uploaded for its appeal."""
         if self.training is None:
             raise RecomputeFailed(f"job {job_id} is a training job; this verifier does not "
                                   "judge training jobs")
@@ -456,7 +457,7 @@ class Auditor:
                                 note=f"{exc}; {note}".rstrip("; "), previous=first_evidence)
         try:
             judged = self.training.judge(self.store, job_id, record, job.spec, job.program,
-                                         job.inputs, manifest)
+                                         job.inputs, manifest, narrow=kind == APPEAL)
         except NotReproducible as exc:
             if kind == AUDIT:
                 raise  # void: the service posts it (Auditor.void)

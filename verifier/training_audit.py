@@ -32,6 +32,7 @@ from meshcompute.core.training import (
     DEFAULT_AUDITED_SEGMENTS,
     audit_segments,
     parse_manifest,
+    parse_steps,
     segments,
     validate_plan,
 )
@@ -67,7 +68,10 @@ class TrainingJudge:
     audited_segments: int = DEFAULT_AUDITED_SEGMENTS
 
     def judge(self, store: Any, job_id: int, record: JobRecord, spec: JobSpec, program: bytes,
-              data: bytes, manifest: bytes) -> TrainingJudgement:
+              data: bytes, manifest: bytes, *, narrow: bool = False) -> TrainingJudgement:
+        """``narrow`` (an appeal): a segment whose end state disagrees is judged again one step
+        at a time from the worker's own states (:meth:`_narrow`), when the worker uploaded
+        them; the verdict on it is that one."""
         from meshcompute.execution.training import judge_segment
         from meshcompute.verifier.audit import NotReproducible
 
@@ -104,17 +108,53 @@ class TrainingJudge:
                     "is chaotic under it and cannot be judged",
                     (our_sha, store.put_blob(judged.second)))
             check = judged.check
-            rows.append({"segment": index, "steps": [start, end], "worker": theirs_sha,
-                         "ours": our_sha, "agree": check.agree, "reason": check.reason})
+            row = {"segment": index, "steps": [start, end], "worker": theirs_sha,
+                   "ours": our_sha, "agree": check.agree, "reason": check.reason}
+            agree, reason = check.agree, check.reason
+            if not agree and narrow:
+                agree, reason, row["narrowed"] = self._narrow(
+                    store, job_id, spec, program, data, plan, doc, index, before)
+            rows.append(row)
             worst_used = max(worst_used, check.used)
             worst_abs = max(worst_abs, check.max_abs)
-            if not check.agree:
-                reasons.append(f"segment {index} (steps {start}-{end}): {check.reason}")
+            if not agree:
+                reasons.append(f"segment {index} (steps {start}-{end}): {reason}")
         verdict = not reasons
         reason = ("; ".join(reasons) if reasons else
                   f"{len(rows)} segments recomputed from the worker's checkpoints agree "
                   f"(at most {worst_used:.3g} of the allowance)")
         return TrainingJudgement(verdict, reason, _document(rows, reason), worst_abs, worst_used)
+
+
+    def _narrow(self, store: Any, job_id: int, spec: JobSpec, program: bytes, data: bytes,
+                plan: Any, doc: dict[str, Any], index: int,
+                before: bytes | None) -> tuple[bool, str, dict[str, Any]]:
+        """Segment ``index`` judged step by step (:func:`meshcompute.execution.training.
+        check_links`) from the worker's step record, which its manifest committed before the
+        audit, and the states it names, which the worker uploads when it appeals. Without
+        them, the segment's failure stands. Returns (agree, reason, what the document says)."""
+        from meshcompute.execution.training import check_links
+        from meshcompute.verifier.audit import NotReproducible
+
+        start, _ = segments(plan)[index]
+        checkpoint = doc["checkpoints"][index]
+        try:
+            states = parse_steps(_worker_blob(store, doc["steps"][index]), plan, index,
+                                 checkpoint)
+            chain: list[bytes | None] = [before]
+            chain += [_worker_blob(store, sha) for sha in states]
+        except (_Missing, BadInput) as exc:
+            reason = (f"the worker's states within the segment are unavailable ({exc}); the "
+                      "segment's verdict stands")
+            return False, reason, {"agree": False, "reason": reason}
+        links = check_links(chain, start, spec.tolerance,
+                            lambda state, step, alternate: self.run(
+                                spec, program, data, state, step, step + 1, alternate))
+        if links.unjudgeable is not None:
+            raise NotReproducible(f"job {job_id}: segment {index}: {links.reason}", ())
+        result = {"agree": links.agree, "reason": links.reason, "step": links.step,
+                  "steps_run": links.steps_run}
+        return links.agree, links.reason, result
 
 
 class _Missing(Exception):

@@ -41,8 +41,20 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 
 from meshcompute.chain.contracts import MeshActor
-from meshcompute.core.job import JobState
-from meshcompute.core.training import manifest_bytes, plan_sha256, validate_plan
+from meshcompute.chain.draws import draw_seed
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.spec import JobSpec
+from meshcompute.core.training import (
+    DEFAULT_AUDITED_SEGMENTS,
+    audit_segments,
+    manifest_bytes,
+    parse_manifest,
+    parse_steps,
+    plan_sha256,
+    segments,
+    steps_bytes,
+    validate_plan,
+)
 from meshcompute.errors import (
     AuthError,
     BadInput,
@@ -166,7 +178,8 @@ class WorkerNode:
         self._runner: Runner = runner or self._pool  # type: ignore[assignment]
         self._sink = on_event or (lambda event: None)
         self._active: dict[int, _ActiveJob] = {}
-        self.watch = CommitWatch(actor, appeal=policy.appeals, emit=self._emit)
+        self.watch = CommitWatch(actor, appeal=policy.appeals, emit=self._emit,
+                                 before_appeal=self._prepare_appeal)
         self._lock = threading.RLock()
         self._uploads = ThreadPoolExecutor(max_workers=UPLOAD_THREADS,
                                            thread_name_prefix="mesh-upload")
@@ -639,7 +652,7 @@ class WorkerNode:
                 program, data, spec.training, state, threads=self.config.threads,
                 time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
                 max_output_bytes=spec.max_output_bytes, scratch_root=self.config.scratch_dir,
-                allow_unsandboxed=self.config.allow_unsandboxed)
+                allow_unsandboxed=self.config.allow_unsandboxed, record="hashes")
         except (JobFailed, BadInput) as exc:
             self._fail(job, str(exc))
             return None
@@ -656,7 +669,12 @@ class WorkerNode:
         checkpoints = self.policy.after_training(job.job_id, list(outcome.checkpoints),
                                                  self._emit)
         losses = json.dumps(outcome.losses).encode()
-        blobs = [*checkpoints, losses]
+        plan = validate_plan(spec.training)
+        ends = [hashlib.sha256(c).hexdigest() for c in checkpoints]
+        records = [steps_bytes(segment=i, first_step=start,
+                               states=[*outcome.step_hashes[start:end - 1], ends[i]])
+                   for i, (start, end) in enumerate(segments(plan))]
+        blobs = [*checkpoints, losses, *records]
         self._phase(job, "uploading")
         try:
             uploaded = self.market.put_blobs(blobs)
@@ -668,9 +686,10 @@ class WorkerNode:
         if uploaded != [hashlib.sha256(b).hexdigest() for b in blobs]:
             self._fail(job, "the market stored the training's checkpoints under other hashes")
             return None
-        manifest = manifest_bytes(plan_sha256=plan_sha256(validate_plan(spec.training)),
-                                  checkpoints=uploaded[:-1], losses=uploaded[-1],
-                                  final_state=uploaded[-2])
+        count = len(checkpoints)
+        manifest = manifest_bytes(plan_sha256=plan_sha256(plan), checkpoints=uploaded[:count],
+                                  losses=uploaded[count], final_state=uploaded[count - 1],
+                                  steps=uploaded[count + 1:])
         return manifest, hashlib.sha256(manifest).hexdigest(), outcome
 
     def _probe_group(self, client: str, device: str, memory_mb: int, max_output: int,
@@ -801,6 +820,46 @@ class WorkerNode:
                     while len(self._programs) > _PROGRAM_CACHE:
                         self._programs.pop(next(iter(self._programs)))
         return program
+
+    def _prepare_appeal(self, job_id: int, record: JobRecord) -> None:
+        """Before appealing a failed training audit: run again, from our own checkpoints, each
+        segment the audit recomputed, keeping the state after every step; upload the states
+        whose hashes match the step record our manifest committed, so the appeal judges the
+        segment one step at a time (:meth:`meshcompute.verifier.training_audit.TrainingJudge.
+        _narrow`). Nothing to do for an inference job."""
+        spec = JobSpec.from_bytes(self._download(bytes(record.spec_hash).hex(), "spec"))
+        if spec.training is None:
+            return
+        plan = validate_plan(spec.training)
+        doc = parse_manifest(self._download(bytes(record.result_hash).hex(), "manifest"), plan)
+        program = self._download(spec.program, "program")
+        data = self._download(spec.inputs, "data")
+        bounds = segments(plan)
+        seed = draw_seed(self.actor.w3, record)
+        for index in audit_segments(plan, seed, DEFAULT_AUDITED_SEGMENTS):
+            start, end = bounds[index]
+            wanted = parse_steps(self._download(doc["steps"][index], "step record"), plan, index,
+                                 doc["checkpoints"][index])
+            if index > 0:
+                before: bytes | None = self._download(doc["checkpoints"][index - 1],
+                                                      "checkpoint")
+            else:
+                before = self._download(spec.state, "training state") if spec.state else None
+            outcome = run_training_job(
+                program, data, spec.training, before, start=start, end=end, record="states",
+                threads=self.config.threads, time_limit_s=spec.time_limit_s,
+                memory_limit_mb=spec.memory_limit_mb,
+                max_output_bytes=spec.max_output_bytes * (end - start),
+                scratch_root=self.config.scratch_dir,
+                allow_unsandboxed=self.config.allow_unsandboxed)
+            if not outcome.ok or outcome.step_hashes != wanted:
+                self._emit("warning", job_id=job_id, message=(
+                    f"job {job_id}: segment {index} run again does not give the states our "
+                    f"step record names ({outcome.reason or 'other states'}); its appeal "
+                    "rests on the segment alone"))
+                continue
+            self.market.put_blobs(outcome.step_states)
+            self._emit("appeal_states", job_id=job_id, segment=index, steps=end - start)
 
     def _download(self, sha256: str, what: str) -> bytes:
         try:

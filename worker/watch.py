@@ -29,15 +29,19 @@ class _Watched:
     job_id: int
     audit_failed_seen: bool = False
     appealed: bool = False
+    prepared: bool = False
 
 
 class CommitWatch:
     """The committed jobs of one worker address, followed until they settle."""
 
-    def __init__(self, actor: MeshActor, *, appeal: bool,
-                 emit: Callable[..., None]) -> None:
+    def __init__(self, actor: MeshActor, *, appeal: bool, emit: Callable[..., None],
+                 before_appeal: Callable[[int, JobRecord], None] | None = None) -> None:
         self.actor = actor
         self.appeal = appeal
+        self.before_appeal = before_appeal
+        """Called once before a job's first appeal is sent (a training job's worker uploads
+        the states its appeal is judged on); an error is reported and the appeal sent."""
         self._emit = emit
         self._watched: dict[int, _Watched] = {}
         self._lock = threading.Lock()
@@ -99,6 +103,13 @@ class CommitWatch:
 
     def _appeal(self, watched: _Watched, record: JobRecord) -> None:
         job_id = watched.job_id
+        if self.before_appeal is not None and not watched.prepared:
+            watched.prepared = True
+            try:
+                self.before_appeal(job_id, record)
+            except Exception as exc:  # noqa: BLE001 - the appeal is sent all the same
+                self._emit("warning", job_id=job_id,
+                           message=f"preparing the appeal of job {job_id} failed: {exc}")
         watched.appealed = True
         try:
             self.actor.appeal(job_id, record)

@@ -17,8 +17,13 @@ the same learning rates, the same batches and the same audit segments from the p
   recomputes (always the last, whose end is the final state the client receives, plus others
   drawn from the audit's seed).
 - :func:`manifest_bytes` / :func:`parse_manifest`: the worker's result is a manifest naming
-  every checkpoint, the loss curve and the final state by their sha256; the result hash the
-  worker commits on chain is the manifest's, so no checkpoint can change after the commit.
+  every checkpoint, the loss curve, the final state and each segment's step record by their
+  sha256; the result hash the worker commits on chain is the manifest's, so no checkpoint can
+  change after the commit.
+- :func:`steps_bytes` / :func:`parse_steps`: a segment's step record, the sha256 of the state
+  after each of its steps. The states themselves stay with the worker; it uploads those of a
+  segment when it appeals that segment's failure, and the appeal judges them one step at a
+  time (:func:`meshcompute.execution.training.check_links`), where drift cannot blur.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ MAX_STEPS = 1_000_000
 MAX_BATCH = 1 << 16
 #: Checkpoints a plan may ask for: each is a blob the worker uploads and the manifest names.
 MAX_SEGMENTS = 1024
+#: Steps between two checkpoints: a segment's step record names each step's state (about
+#: 67 bytes a step), and an appeal may recompute each of them.
+MAX_SEGMENT_STEPS = 10_000
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 #: name -> {hyperparameter: (default, low, high)}; booleans are (default, None, None).
@@ -130,7 +138,7 @@ def validate_plan(doc: Any) -> TrainingPlan:
     steps = _integer(doc, "steps", 1, MAX_STEPS)
     batch = _integer(doc, "batch_size", 1, MAX_BATCH)
     seed = _integer(doc, "seed", 0, (1 << 63) - 1)
-    every = _integer(doc, "checkpoint_every", 1, steps)
+    every = _integer(doc, "checkpoint_every", 1, min(steps, MAX_SEGMENT_STEPS))
     if -(-steps // every) > MAX_SEGMENTS:
         raise BadInput(f"training plan: {steps} steps with a checkpoint every {every} make "
                        f"{-(-steps // every)} checkpoints; at most {MAX_SEGMENTS}")
@@ -231,45 +239,100 @@ DEFAULT_TRAINING_TOLERANCE = {"kind": "allclose", "rtol": 1e-4, "atol": 1e-5}
 DEFAULT_AUDITED_SEGMENTS = 2
 
 MANIFEST_KIND = "mesh-training-result"
-#: A manifest names at most MAX_SEGMENTS checkpoints: about 70 KB; anything larger is not one.
+#: A manifest names at most MAX_SEGMENTS checkpoints and step records: about 140 KB; anything
+#: larger is not one.
 MAX_MANIFEST_BYTES = 1 << 20
 
 
+def _check_sha(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not _SHA256_HEX.match(value):
+        raise BadInput(f"training manifest: {name} must be a lowercase sha256 hex digest")
+
+
 def manifest_bytes(*, plan_sha256: str, checkpoints: list[str], losses: str,
-                   final_state: str) -> bytes:
+                   final_state: str, steps: list[str]) -> bytes:
     """The canonical manifest of a training result: the sha256 of each checkpoint (in order,
-    the last is the final state), of the loss curve and of the final state. Its own sha256 is
-    the result hash committed on chain."""
+    the last is the final state), of the loss curve, of the final state and of each segment's
+    step record (:func:`steps_bytes`). Its own sha256 is the result hash committed on chain."""
     for name, value in (("plan", plan_sha256), ("losses", losses), ("final_state", final_state),
-                        *(("checkpoint", c) for c in checkpoints)):
-        if not isinstance(value, str) or not _SHA256_HEX.match(value):
-            raise BadInput(f"training manifest: {name} must be a lowercase sha256 hex digest")
+                        *(("checkpoint", c) for c in checkpoints),
+                        *(("step record", c) for c in steps)):
+        _check_sha(name, value)
     if not checkpoints or checkpoints[-1] != final_state:
         raise BadInput("training manifest: the last checkpoint must be the final state")
+    if len(steps) != len(checkpoints):
+        raise BadInput("training manifest: one step record per checkpoint")
     doc = {"kind": MANIFEST_KIND, "plan": plan_sha256, "checkpoints": list(checkpoints),
-           "losses": losses, "final_state": final_state}
+           "losses": losses, "final_state": final_state, "steps": list(steps)}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def parse_manifest(data: bytes, plan: TrainingPlan) -> dict[str, Any]:
-    """A worker's manifest checked against ``plan`` (one checkpoint per segment); BadInput
-    otherwise. The bytes must be canonical, so one result has one hash."""
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise BadInput(f"training manifest is {len(data)} bytes, over {MAX_MANIFEST_BYTES}")
+def _canonical_json(data: bytes, limit: int, what: str) -> dict[str, Any]:
+    if len(data) > limit:
+        raise BadInput(f"{what} is {len(data)} bytes, over {limit}")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise BadInput("training manifest is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND:
+        raise BadInput(f"{what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{what} is not a JSON object")
+    return doc
+
+
+def parse_manifest(data: bytes, plan: TrainingPlan) -> dict[str, Any]:
+    """A worker's manifest checked against ``plan`` (one checkpoint and one step record per
+    segment); BadInput otherwise. The bytes must be canonical, so one result has one hash."""
+    doc = _canonical_json(data, MAX_MANIFEST_BYTES, "training manifest")
+    if doc.get("kind") != MANIFEST_KIND:
         raise BadInput("training manifest: not a training result")
-    checkpoints = doc.get("checkpoints")
-    if not isinstance(checkpoints, list) or len(checkpoints) != len(segments(plan)):
-        raise BadInput(f"training manifest: expected {len(segments(plan))} checkpoints")
+    checkpoints, steps = doc.get("checkpoints"), doc.get("steps")
+    count = len(segments(plan))
+    if not isinstance(checkpoints, list) or len(checkpoints) != count:
+        raise BadInput(f"training manifest: expected {count} checkpoints")
+    if not isinstance(steps, list) or len(steps) != count:
+        raise BadInput(f"training manifest: expected {count} step records")
     canonical = manifest_bytes(plan_sha256=doc.get("plan"), checkpoints=checkpoints,
-                               losses=doc.get("losses"), final_state=doc.get("final_state"))
+                               losses=doc.get("losses"), final_state=doc.get("final_state"),
+                               steps=steps)
     if canonical != data:
         raise BadInput("training manifest is not in canonical form")
     return doc
+
+
+STEPS_KIND = "mesh-training-steps"
+MAX_STEPS_BYTES = 70 * MAX_SEGMENT_STEPS + 1024
+
+
+def steps_bytes(*, segment: int, first_step: int, states: list[str]) -> bytes:
+    """The canonical step record of one segment: ``states[i]`` is the sha256 of the state
+    after step ``first_step + i`` (the last is the segment's checkpoint)."""
+    for value in states:
+        _check_sha("step state", value)
+    doc = {"kind": STEPS_KIND, "segment": segment, "first_step": first_step,
+           "states": list(states)}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_steps(data: bytes, plan: TrainingPlan, segment: int, checkpoint: str) -> list[str]:
+    """The state hashes of segment ``segment``'s step record, checked against the plan (one
+    per step) and the segment's checkpoint (the last one); BadInput otherwise."""
+    doc = _canonical_json(data, MAX_STEPS_BYTES, "step record")
+    bounds = segments(plan)
+    if doc.get("kind") != STEPS_KIND or doc.get("segment") != segment \
+            or not 0 <= segment < len(bounds):
+        raise BadInput(f"not the step record of segment {segment}")
+    start, end = bounds[segment]
+    states = doc.get("states")
+    if doc.get("first_step") != start or not isinstance(states, list) \
+            or len(states) != end - start:
+        raise BadInput(f"step record of segment {segment}: expected {end - start} states from "
+                       f"step {start}")
+    if steps_bytes(segment=segment, first_step=start, states=states) != data:
+        raise BadInput(f"step record of segment {segment} is not in canonical form")
+    if states[-1] != checkpoint:
+        raise BadInput(f"step record of segment {segment}: its last state is not the "
+                       "segment's checkpoint")
+    return states
 
 
 def plan_sha256(plan: TrainingPlan) -> str:

@@ -1,12 +1,13 @@
 """The training job process: ``python -m meshcompute.execution.train_job JOB_DIR``, run inside
 the sandbox like the inference job process (:mod:`meshcompute.execution.execute`).
 
-``JOB_DIR`` holds ``train.json`` (``plan``, ``start``, ``end``, ``micro_batches``, ``device``,
-``memory_limit_mb``, ``max_output_bytes``, ``program_sha256``), ``program.pt2``, ``data.safetensors`` (tensors
+``JOB_DIR`` holds ``train.json`` (``plan``, ``start``, ``end``, ``micro_batches``, ``record``,
+``device``, ``memory_limit_mb``, ``max_output_bytes``, ``program_sha256``), ``program.pt2``, ``data.safetensors`` (tensors
 ``args.0``, ``args.1``, ...: the shard, one row per sample) and, unless the run starts from the
 program's own parameters, ``state.safetensors``. The process writes ``checkpoint.<i>.safetensors``
 for each segment end it reaches, ``last.safetensors`` (the state after the last step run),
-``losses.json`` and, last, ``result.json`` (``{"ok", "reason", "diverged_at", "compute_s"}``).
+``losses.json``, with ``record`` ``steps.json`` (the sha256 of the state after each step) and
+for ``"states"`` ``step.<i>.safetensors`` (the state after step ``start + i``), and, last, ``result.json`` (``{"ok", "reason", "diverged_at", "compute_s"}``).
 No ``result.json`` means it was killed (time or memory) or crashed.
 
 Order of events, as for inference: torch import -> ``train.json`` -> limits (RLIMIT_DATA over
@@ -66,7 +67,8 @@ def run(job: Path) -> dict[str, Any]:
         state = state_file.read_bytes() if state_file.exists() else None
         started = time.perf_counter()
         run = run_steps(loaded, data, plan, state, start=int(order["start"]),
-                        end=int(order["end"]), micro_batches=int(order.get("micro_batches", 1)))
+                        end=int(order["end"]), micro_batches=int(order.get("micro_batches", 1)),
+                        record=order.get("record"))
         result["compute_s"] = time.perf_counter() - started
     except BadInput as exc:
         result["reason"] = f"training refused: {exc}"
@@ -93,6 +95,15 @@ def run(job: Path) -> dict[str, Any]:
         (job / f"checkpoint.{index}.safetensors").write_bytes(checkpoint)
     if run.last_state:
         (job / "last.safetensors").write_bytes(run.last_state)
+    if order.get("record"):
+        (job / "steps.json").write_text(json.dumps(run.step_hashes))
+    for index, step_state in enumerate(run.step_states):
+        written += len(step_state)
+        if written > int(order["max_output_bytes"]):
+            result["reason"] = (f"step states exceed the job's output limit of "
+                                f"{order['max_output_bytes']} bytes")
+            return result
+        (job / f"step.{index}.safetensors").write_bytes(step_state)
     result["diverged_at"] = run.diverged_at
     result["ok"] = True
     return result

@@ -44,11 +44,16 @@ class TrainingOutcome:
     diverged_at: int | None = None
     wall_s: float = 0.0
     compute_s: float = 0.0
+    step_hashes: list[str] = field(default_factory=list)
+    """With ``record``: the sha256 of the state after each step run."""
+    step_states: list[bytes] = field(default_factory=list)
+    """With ``record="states"``: the state after each step run."""
 
 
 def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | None = None, *,
                      start: int = 0, end: int | None = None, threads: int = 1,
-                     micro_batches: int = 1, cpu_capability: str | None = None,
+                     micro_batches: int = 1, record: str | None = None,
+                     cpu_capability: str | None = None,
                      onednn_max_isa: str | None = None,
                      time_limit_s: float, memory_limit_mb: int, max_output_bytes: int,
                      device: str = "cpu", scratch_root: Path | None = None,
@@ -56,7 +61,8 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
     """Run steps ``[start, end)`` of ``plan`` (JSON) over ``program`` and the data shard
     ``data`` (safetensors ``args.0``, ...) from ``state`` (None: the program's own parameters)
     in a fresh sandboxed process; ``micro_batches`` > 1 accumulates each step's gradient over
-    that many parts of its batch; ``cpu_capability`` and ``onednn_max_isa`` pin the CPU
+    that many parts of its batch; ``record`` keeps each step's state hash (``"hashes"``) or
+    state (``"states"``), as :func:`meshcompute.execution.training.run_steps` does; ``cpu_capability`` and ``onednn_max_isa`` pin the CPU
     kernels as :class:`meshcompute.execution.sandbox.JobRunner` does (the verifier's second
     numeric setup uses all three). Raises :class:`BadInput` for a plan or program refused before
     anything runs, :class:`SandboxUnavailable` when the job cannot be isolated and
@@ -80,6 +86,7 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
             (box / "state.safetensors").write_bytes(state)
         (box / "train.json").write_text(json.dumps({
             "plan": checked.to_json(), "start": start, "micro_batches": micro_batches,
+            "record": record,
             "end": checked.steps if end is None else end, "device": device,
             "memory_limit_mb": memory_limit_mb, "max_output_bytes": max_output_bytes,
             "program_sha256": sha256_hex(program),
@@ -128,7 +135,12 @@ def _collect(box: Path, folder: Path, memory_limit_mb: int, started: float) -> T
         checkpoints.append((box / f"checkpoint.{index}.safetensors").read_bytes())
         index += 1
     last = box / "last.safetensors"
+    steps = box / "steps.json"
+    hashes = [str(h) for h in json.loads(steps.read_text())] if steps.exists() else []
+    states = []
+    while (box / f"step.{len(states)}.safetensors").exists():
+        states.append((box / f"step.{len(states)}.safetensors").read_bytes())
     return TrainingOutcome(
         True, None, checkpoints, [float(x) for x in json.loads((box / "losses.json").read_text())],
         last.read_bytes() if last.exists() else b"", result.get("diverged_at"), wall,
-        float(result.get("compute_s") or 0.0))
+        float(result.get("compute_s") or 0.0), hashes, states)

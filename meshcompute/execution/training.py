@@ -18,8 +18,10 @@ state after a segment's last step.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from safetensors.torch import load as st_load
@@ -46,6 +48,11 @@ class TrainingRun:
     diverged_at: int | None = None
     last_state: bytes = b""
     """The state after the last step run (a checkpoint when that step ends a segment)."""
+    step_hashes: list[str] = field(default_factory=list)
+    """With ``record``: the sha256 of the state after each step run (a segment's step record,
+    :func:`meshcompute.core.training.steps_bytes`)."""
+    step_states: list[bytes] = field(default_factory=list)
+    """With ``record="states"``: the state after each step run."""
 
     @property
     def final_state(self) -> bytes:
@@ -127,10 +134,12 @@ def _update(plan: TrainingPlan, step: int, lr: float, param: torch.Tensor, grad:
 
 def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan: TrainingPlan,
               state: dict[str, torch.Tensor] | bytes | None = None, *, start: int = 0,
-              end: int | None = None, micro_batches: int = 1) -> TrainingRun:
+              end: int | None = None, micro_batches: int = 1,
+              record: str | None = None) -> TrainingRun:
     """Run steps ``[start, end)`` of ``plan`` from ``state`` (the program's own parameters
-    when None; a state's bytes are checked by :func:`load_state`); a checkpoint is taken at
-    each segment end. ``start`` must be a segment start (0 or a checkpoint's step).
+    when None; a state's bytes are checked by :func:`load_state`), ``state`` being the state
+    after step ``start - 1``; a checkpoint is taken at each segment end. ``record="hashes"``
+    keeps the sha256 of the state after every step, ``"states"`` the states too.
 
     ``micro_batches`` > 1 splits each batch into that many equal parts and averages their
     gradients (gradient accumulation, for a worker short of memory): the same step for a loss
@@ -138,9 +147,11 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
     loaded = program if isinstance(program, LoadedProgram) else load_program(program)
     end = plan.steps if end is None else end
     bounds = segments(plan)
-    if start not in {s for s, _ in bounds} or not start < end <= plan.steps:
-        raise BadInput(f"training: steps [{start}, {end}) do not start at a checkpoint of the "
-                       f"plan ({plan.steps} steps, a checkpoint every {plan.checkpoint_every})")
+    if not 0 <= start < end <= plan.steps:
+        raise BadInput(f"training: steps [{start}, {end}) are not steps of the plan "
+                       f"({plan.steps} steps)")
+    if record not in (None, "hashes", "states"):
+        raise BadInput(f"training: record must be 'hashes' or 'states', not {record!r}")
     rows = check_data(data)
     try:
         check_inputs(loaded.inputs, [t[: plan.batch_size] for t in data])
@@ -182,12 +193,16 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
             for (name, param), grad in zip(named.items(), grads, strict=True):
                 slots = {s: state[f"{OPT}{name}.{s}"] for s in slot_names}
                 _update(plan, step, lr, param, grad, slots)
-        if step + 1 in ends or step + 1 == end:
+        if record is not None or step + 1 in ends or step + 1 == end:
             for name, param in named.items():
                 state[PARAM + name] = param.detach().clone()
             run.last_state = state_bytes(state)
             if step + 1 in ends:
                 run.checkpoints.append(run.last_state)
+            if record is not None:
+                run.step_hashes.append(hashlib.sha256(run.last_state).hexdigest())
+                if record == "states":
+                    run.step_states.append(run.last_state)
     return run
 
 
@@ -362,3 +377,45 @@ def check_segment(program: bytes | LoadedProgram, data: Sequence[torch.Tensor],
                 break
     return SegmentCheck(index, verdict.agree, verdict.reason, verdict.max_abs, first_bad,
                         verdict.used, steps_run)
+
+
+@dataclass(frozen=True)
+class LinkCheck:
+    """A segment judged one step at a time from the worker's own states (an appeal)."""
+
+    agree: bool
+    reason: str
+    step: int | None
+    """The first step whose state does not follow from the worker's state before it."""
+    steps_run: int
+    unjudgeable: StateComparison | None = None
+    """Our own two runs of ``step`` compared, when they differ beyond
+    :data:`UNJUDGEABLE_SPREAD`: then nothing about the segment can be decided."""
+
+
+def check_links(states: Sequence[bytes | None], start: int, tolerance: dict,
+                one_step: Callable[[bytes | None, int, bool], bytes]) -> LinkCheck:
+    """Judge a segment as a chain of single steps: ``states[0]`` is the state before step
+    ``start`` (None: the program's own parameters), ``states[i]`` the worker's state after
+    step ``start + i - 1``; ``one_step(state, step, alternate)`` runs step ``step`` from
+    ``state`` (``alternate``: our second numeric setup). Each of the worker's states must
+    follow from the one before it by :func:`judge_segment`'s rule for a one-step segment, so
+    a verdict rests on one step's recomputation from the worker's own state, which drift
+    cannot blur: an honest worker whose segment drifted past the tolerance passes, a state
+    that was not computed fails at the first step that produced it."""
+    steps_run = 0
+    for i in range(len(states) - 1):
+        step, before, after = start + i, states[i], states[i + 1]
+        assert after is not None
+        ours = one_step(before, step, False)
+        judged = judge_segment(ours, after, tolerance, partial(one_step, before, step, True))
+        steps_run += 1 if judged.second is None else 2
+        if judged.unjudgeable is not None:
+            return LinkCheck(False, f"step {step}: our own two runs of it differ by "
+                             f"{judged.unjudgeable.used:.3g} times the tolerance: cannot be "
+                             "judged", step, steps_run, judged.unjudgeable)
+        if not judged.check.agree:
+            return LinkCheck(False, f"step {step} does not follow from the worker's own state "
+                             f"before it: {judged.check.reason}", step, steps_run)
+    return LinkCheck(True, f"each of its {len(states) - 1} steps follows from the worker's own "
+                     "state before it", None, steps_run)

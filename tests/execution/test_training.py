@@ -14,6 +14,7 @@ from meshcompute.errors import BadInput
 from meshcompute.execution.loader import load_program
 from meshcompute.execution.programs import export_program
 from meshcompute.execution.training import (
+    check_links,
     check_segment,
     compare_states,
     initial_state,
@@ -90,11 +91,56 @@ def test_a_run_resumed_from_a_checkpoint_is_the_run_itself(program: bytes) -> No
     assert again.checkpoints == whole.checkpoints
 
 
+def test_the_step_record_names_the_state_after_every_step_and_a_run_resumes_from_any(
+        program: bytes) -> None:
+    import hashlib
+
+    plan = _plan({"name": "adamw", "lr": 0.01})
+    whole = run_steps(program, _data(), plan, record="states")
+    assert len(whole.step_hashes) == len(whole.step_states) == 6
+    assert whole.step_hashes == [hashlib.sha256(s).hexdigest() for s in whole.step_states]
+    assert whole.step_states[1::2] == whole.checkpoints  # the checkpoints are steps 1, 3, 5
+    assert run_steps(program, _data(), plan).checkpoints == whole.checkpoints
+    tail = run_steps(program, _data(), plan, whole.step_states[2], start=3, record="hashes")
+    assert tail.step_hashes == whole.step_hashes[3:] and tail.step_states == []
+    assert tail.checkpoints == whole.checkpoints[1:]
+
+
+def _one_step(program: bytes, data: list[torch.Tensor], plan: object):
+    def run(state: bytes | None, step: int, alternate: bool) -> bytes:
+        return run_steps(program, data, plan, state, start=step, end=step + 1,
+                         micro_batches=2 if alternate else 1).last_state
+    return run
+
+
+def test_a_segment_judged_step_by_step_passes_an_honest_chain_and_names_the_forged_step(
+        program: bytes) -> None:
+    plan = _plan({"name": "adamw", "lr": 0.01}, steps=8, every=8)
+    data = _data()
+    one_step = _one_step(program, data, plan)
+    honest = run_steps(program, data, plan, micro_batches=2, record="states")  # another way
+    links = check_links([None, *honest.step_states], 0, DEFAULT_TRAINING_TOLERANCE, one_step)
+    assert links.agree and links.step is None and links.steps_run >= 8, links.reason
+    # the worker skipped step 3 (its state after step 3 is the one after step 2) and ran the
+    # rest honestly from there: every later step follows, step 3 alone does not
+    forged = honest.step_states[:3] + [honest.step_states[2]]
+    forged += run_steps(program, data, plan, honest.step_states[2], start=4,
+                        record="states").step_states
+    links = check_links([None, *forged], 0, DEFAULT_TRAINING_TOLERANCE, one_step)
+    assert not links.agree and links.step == 3, links.reason
+    assert "step 3 does not follow from the worker's own state" in links.reason
+    # the segment started mid-run: the first state is the worker's checkpoint before it
+    links = check_links(honest.step_states[3:], 4, DEFAULT_TRAINING_TOLERANCE, one_step)
+    assert links.agree, links.reason
+
+
 def test_bad_training_input_is_refused_with_what_was_wrong(program: bytes) -> None:
     plan = _plan({"name": "sgd", "lr": 0.1, "momentum": 0.9})
     loaded = load_program(program)
-    with pytest.raises(BadInput, match="do not start at a checkpoint"):
-        run_steps(loaded, _data(), plan, start=1)
+    with pytest.raises(BadInput, match="are not steps of the plan"):
+        run_steps(loaded, _data(), plan, start=6)
+    with pytest.raises(BadInput, match="record must be"):
+        run_steps(loaded, _data(), plan, record="everything")
     with pytest.raises(BadInput, match="share their first dimension"):
         run_steps(loaded, [torch.zeros(5, 6), torch.zeros(4, dtype=torch.long)], plan)
     state = initial_state(loaded, plan)
@@ -200,7 +246,7 @@ def test_a_sandboxed_training_run_reports_what_went_wrong(requires_sandbox: None
     tiny = run_training_job(program, _shard(), plan, **{**LIMITS, "max_output_bytes": 100})
     assert not tiny.ok and "output limit" in (tiny.reason or "")
     slow = run_training_job(program, _shard(), {**plan, "steps": 200_000,
-                                                "checkpoint_every": 200_000},
+                                                "checkpoint_every": 10_000},
                             **{**LIMITS, "time_limit_s": 3.0})
     assert not slow.ok and "time limit of 3 s" in (slow.reason or "")
     bad = _data()

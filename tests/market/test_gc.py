@@ -145,7 +145,8 @@ def test_a_training_jobs_state_checkpoints_and_loss_curve_are_kept_while_it_is_o
     import hashlib
 
     from meshcompute.core.spec import TRAINING_SPEC_VERSION
-    from meshcompute.core.training import manifest_bytes
+    from meshcompute.core.training import manifest_bytes, steps_bytes
+    from meshcompute.market.gc import _manifest_blobs
 
     client = mk.client(mk.world.clients[0].account)
     plan = {"optimizer": {"name": "sgd", "lr": 0.1}, "steps": 4, "batch_size": 2, "seed": 0,
@@ -156,12 +157,23 @@ def test_a_training_jobs_state_checkpoints_and_loss_curve_are_kept_while_it_is_o
     client.put_spec(spec)
     checkpoints = [client.put_blob(os.urandom(30)) for _ in range(2)]
     losses = client.put_blob(b"[1.0, 0.5, 0.4, 0.3]")
+    # each segment's step record: the state after its first step (uploaded only for an
+    # appeal), then its checkpoint
+    between = [client.put_blob(os.urandom(30)) for _ in range(2)]
+    records = [client.put_blob(steps_bytes(segment=i, first_step=2 * i,
+                                           states=[between[i], checkpoints[i]]))
+               for i in range(2)]
     manifest = manifest_bytes(plan_sha256=hashlib.sha256(b"plan").hexdigest(),
-                              checkpoints=checkpoints, losses=losses, final_state=checkpoints[-1])
+                              checkpoints=checkpoints, losses=losses, final_state=checkpoints[-1],
+                              steps=records)
     result = client.put_blob(manifest)
     job_id = post(mk, spec, deadline=mk.world.now() + 100)
     mk.rt.state.save_result(job_id, mk.world.workers[0].address, result, time.time())
     index_and_match(mk)
     _round(mk, time.time() + 3 * GRACE)
-    for sha in (spec.state, result, losses, *checkpoints):
+    for sha in (spec.state, result, losses, *checkpoints, *records):
         assert mk.rt.blobs.exists(sha), sha
+    # the states within segments are kept only once the job may be appealed
+    assert not any(mk.rt.blobs.exists(sha) for sha in between)
+    assert _manifest_blobs(mk.rt, result, with_step_states=True) == {
+        *checkpoints, losses, *records, *between}

@@ -15,7 +15,9 @@ from meshcompute.core.training import (
     learning_rate,
     manifest_bytes,
     parse_manifest,
+    parse_steps,
     segments,
+    steps_bytes,
     validate_plan,
 )
 from meshcompute.errors import BadInput
@@ -104,19 +106,45 @@ def test_segments_end_at_the_checkpoints_and_the_last_is_always_audited() -> Non
 def test_the_manifest_binds_every_checkpoint_and_has_one_form() -> None:
     plan = validate_plan(PLAN)
     checkpoints = [_sha("c0"), _sha("c1"), _sha("final")]
+    steps = [_sha("s0"), _sha("s1"), _sha("s2")]
     data = manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints,
-                          losses=_sha("losses"), final_state=_sha("final"))
+                          losses=_sha("losses"), final_state=_sha("final"), steps=steps)
     assert parse_manifest(data, plan)["checkpoints"] == checkpoints
+    assert parse_manifest(data, plan)["steps"] == steps
     with pytest.raises(BadInput, match="canonical"):
         parse_manifest(data.replace(b",", b", ", 1), plan)
     with pytest.raises(BadInput, match="expected 3 checkpoints"):
         parse_manifest(manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints[1:],
-                                      losses=_sha("l"), final_state=_sha("final")), plan)
+                                      losses=_sha("l"), final_state=_sha("final"),
+                                      steps=steps[1:]), plan)
+    with pytest.raises(BadInput, match="one step record per checkpoint"):
+        manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints, losses=_sha("l"),
+                       final_state=_sha("final"), steps=steps[1:])
     with pytest.raises(BadInput, match="last checkpoint must be the final state"):
         manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints, losses=_sha("l"),
-                       final_state=_sha("other"))
+                       final_state=_sha("other"), steps=steps)
     with pytest.raises(BadInput, match="over 1048576"):
         parse_manifest(b" " * (1 << 20) + data, plan)  # not read as JSON at all
     with pytest.raises(BadInput, match="sha256"):
         manifest_bytes(plan_sha256="x", checkpoints=checkpoints, losses=_sha("l"),
-                       final_state=_sha("final"))
+                       final_state=_sha("final"), steps=steps)
+
+
+def test_a_step_record_names_one_state_per_step_and_ends_at_the_checkpoint() -> None:
+    plan = validate_plan(PLAN)  # 10 steps, a checkpoint every 4: segments 0-4, 4-8, 8-10
+    states = [_sha(f"after {i}") for i in range(4, 8)]
+    data = steps_bytes(segment=1, first_step=4, states=states)
+    assert parse_steps(data, plan, 1, states[-1]) == states
+    with pytest.raises(BadInput, match="last state is not the segment's checkpoint"):
+        parse_steps(data, plan, 1, _sha("another checkpoint"))
+    with pytest.raises(BadInput, match="not the step record of segment 2"):
+        parse_steps(data, plan, 2, states[-1])
+    with pytest.raises(BadInput, match="expected 4 states from step 4"):
+        parse_steps(steps_bytes(segment=1, first_step=4, states=states[1:]), plan, 1,
+                    states[-1])
+    with pytest.raises(BadInput, match="canonical"):
+        parse_steps(data.replace(b",", b", ", 1), plan, 1, states[-1])
+    with pytest.raises(BadInput, match="not JSON"):
+        parse_steps(b"\xff", plan, 1, states[-1])
+    with pytest.raises(BadInput, match="checkpoint_every must be in"):
+        validate_plan({**PLAN, "steps": 20_000, "checkpoint_every": 10_001})

@@ -1,7 +1,9 @@
 """The worker node runs a training job posted on chain: real market, anvil and sandbox. The
-committed result is the manifest, every checkpoint and the loss curve it names are in the
-market's store, and the final state is the one a local run of the same plan gives, bit for
-bit. A run whose loss stops being finite is reported failed with its step, not committed."""
+committed result is the manifest; every checkpoint, the loss curve and the step records it
+names are in the market's store, and the final state is the one a local run of the same plan
+gives, bit for bit. Preparing an appeal uploads the state after every step of the audited
+segments. A run whose loss stops being finite is reported failed with its step, not
+committed."""
 
 from __future__ import annotations
 
@@ -12,9 +14,16 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from meshcompute.chain.draws import draw_seed
 from meshcompute.core.job import JobState
 from meshcompute.core.spec import TRAINING_SPEC_VERSION
-from meshcompute.core.training import parse_manifest, validate_plan
+from meshcompute.core.training import (
+    DEFAULT_AUDITED_SEGMENTS,
+    audit_segments,
+    parse_manifest,
+    parse_steps,
+    validate_plan,
+)
 from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.execution.training import run_steps
 from meshcompute.mesh.models import MLPClassifier
@@ -46,7 +55,7 @@ def program() -> bytes:
 
 
 def test_a_training_job_is_trained_uploaded_and_committed_as_its_manifest(
-        stack: MarketStack, program: bytes) -> None:
+        anvil, stack: MarketStack, program: bytes) -> None:
     job_id = stack.post_job(program, save_tensors(_data()), training=PLAN,
                             version=TRAINING_SPEC_VERSION)
     actor = stack.world.workers[0]
@@ -62,9 +71,22 @@ def test_a_training_job_is_trained_uploaded_and_committed_as_its_manifest(
         doc = parse_manifest(manifest, validate_plan(PLAN))
         checkpoints = [market.get_blob(sha) for sha in doc["checkpoints"]]
         losses = json.loads(market.get_blob(doc["losses"]))
-    local = run_steps(program, _data(), validate_plan(PLAN))
+        records = [parse_steps(market.get_blob(sha), validate_plan(PLAN), i,
+                               doc["checkpoints"][i]) for i, sha in enumerate(doc["steps"])]
+    local = run_steps(program, _data(), validate_plan(PLAN), record="states")
     assert checkpoints == local.checkpoints and losses == local.losses
     assert hashlib.sha256(checkpoints[-1]).hexdigest() == doc["final_state"]
+    assert [h for r in records for h in r] == local.step_hashes  # the state after every step
+    assert not any(stack.runtime.blobs.exists(h) for h in local.step_hashes[:3])  # kept by the worker
+
+    # its appeal: the node runs the audited segments again and uploads each step's state
+    anvil.mine(2)  # the audit draw's seed block
+    node._prepare_appeal(job_id, stack.world.job(job_id))
+    audited = audit_segments(validate_plan(PLAN), draw_seed(anvil.w3(), record),
+                             DEFAULT_AUDITED_SEGMENTS)
+    for index in audited:
+        assert all(stack.runtime.blobs.exists(h) for h in records[index]), index
+    assert any(e["segment"] == audited[0] for e in events.named("appeal_states"))
 
 
 def test_a_training_run_whose_loss_stops_being_finite_is_reported_with_its_step(
