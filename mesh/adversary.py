@@ -156,13 +156,22 @@ class Adversary:
 
 
     def after_training(self, job_id: int, checkpoints: list[bytes], emit: Emit) -> list[bytes]:
-        """On a chosen training job, the final state corrupted (the other checkpoints as
-        trained): the cheat that saves the most work is a wrong end, and its segment is the one
-        every audit recomputes."""
+        """On a chosen training job, one segment's steps skipped, the others as trained: the
+        checkpoint before the last is claimed to be the one before it (its segment's steps not
+        run), or corrupted when there is none to copy; with one segment, the final state is
+        corrupted. The last segment, which every audit recomputes from the checkpoint before
+        it, then disagrees (a cheater careful to skip only segments an audit may not draw is
+        the economics simulation's ``segment_cheater``)."""
         if not self.should_cheat(job_id):
             return checkpoints
+        if len(checkpoints) >= 3:
+            emit("cheated", job_id=job_id, how="skipped the steps of the segment before the last")
+            return [*checkpoints[:-2], checkpoints[-3], checkpoints[-1]]
+        if len(checkpoints) == 2:
+            emit("cheated", job_id=job_id, how=f"{self.mode} of the checkpoint before the last")
+            return [self.corrupt(checkpoints[0]), checkpoints[1]]
         emit("cheated", job_id=job_id, how=f"{self.mode} of the final training state")
-        return [*checkpoints[:-1], self.corrupt(checkpoints[-1])]
+        return [self.corrupt(checkpoints[-1])]
 
 
 def require_dev_chain(variable: str, chain_id: int) -> None:

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,9 @@ class TrainingResult:
     losses: list[float]
     state: bytes
     manifest_sha256: str
+    """The last job's, for a training in parts."""
+    job_ids: list[int] = field(default_factory=list)
+    """The paid job of each part (one for a single job)."""
 
 
 @dataclass
@@ -354,8 +358,7 @@ class Client:
             program_bytes = Path(model).read_bytes() if isinstance(model, Path) else model
         else:
             program_bytes = export_program(model.train(), tuple(t[:2] for t in tensors))
-        first = validate_plan({**checked.to_json(), "steps": 1, "checkpoint_every": 1,
-                               "schedule": {"kind": "constant"}})
+        first = checked.part(checked.start_step, checked.start_step + 1)
         trial = run_steps(program_bytes, tensors, first, state)
         if trial.diverged_at is not None:
             raise BadInput("the loss of the first step is not finite: check the data and the "
@@ -625,7 +628,58 @@ class Client:
         parameters = {name[len("param."):]: t for name, t in sorted(tensors.items())
                       if name.startswith("param.")}
         return TrainingResult(parameters=parameters, losses=losses, state=state,
-                              manifest_sha256=committed[-1])
+                              manifest_sha256=committed[-1], job_ids=[shard.job_id])
+
+    def train_in_parts(
+        self,
+        model: torch.nn.Module | bytes | Path,
+        data: Sequence[torch.Tensor] | bytes | Path,
+        plan: dict[str, Any],
+        *,
+        parts: int,
+        state: bytes | None = None,
+        timeout_s: float = 3600.0,
+        progress: Progress | None = None,
+        **job: Any,
+    ) -> TrainingResult:
+        """Train ``plan`` as ``parts`` training jobs run one after another, each from the
+        verified final state of the one before, so each may be taken by another worker and no
+        worker holds the whole training: the parts split the plan's steps at its checkpoints
+        (:meth:`~meshcompute.core.training.TrainingPlan.part`: the learning rates, batches and
+        optimizer step counts are the whole run's, so the result is the one a single job of
+        the plan gives). Each part is paid only once verified (:meth:`wait`, which re-posts a
+        part whose worker was slashed); ``job`` takes :meth:`submit_training`'s payment and
+        limits, per part. Returns the last part's state with the whole loss curve."""
+        from meshcompute.core.training import validate_plan
+        from meshcompute.execution.programs import export_program, load_tensors
+
+        checked = validate_plan(plan)
+        tensors = _as_tensors(data, load_tensors)
+        if not isinstance(model, bytes | Path):
+            model = export_program(model.train(), tuple(t[:2] for t in tensors))
+        every, first, last = checked.checkpoint_every, checked.start_step, checked.last
+        segments_total = -(-(last - first) // every)
+        if not 1 <= parts <= segments_total:
+            raise BadInput(f"a training of {segments_total} checkpoint segments splits into 1 "
+                           f"to {segments_total} parts, not {parts}")
+        cuts = [first + every * (segments_total * i // parts) for i in range(parts)] + [last]
+        give_up = time.monotonic() + timeout_s
+        losses: list[float] = []
+        job_ids: list[int] = []
+        result: TrainingResult | None = None
+        for start, end in pairwise(cuts):
+            submission = self.submit_training(model, list(tensors),
+                                              checked.part(start, end).to_json(),
+                                              state=state, progress=progress, **job)
+            done = self.wait(submission, timeout_s=max(1.0, give_up - time.monotonic()),
+                             progress=progress)
+            assert isinstance(done, TrainingResult)
+            result, state = done, done.state
+            losses += done.losses
+            job_ids += done.job_ids
+        assert result is not None
+        return TrainingResult(parameters=result.parameters, losses=losses, state=result.state,
+                              manifest_sha256=result.manifest_sha256, job_ids=job_ids)
 
     def _check_min_reward(self, reward: int) -> None:
         """BadInput, before anything is uploaded or paid, when the market ignores jobs paying

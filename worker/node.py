@@ -671,9 +671,10 @@ class WorkerNode:
         losses = json.dumps(outcome.losses).encode()
         plan = validate_plan(spec.training)
         ends = [hashlib.sha256(c).hexdigest() for c in checkpoints]
-        records = [steps_bytes(segment=i, first_step=start,
-                               states=[*outcome.step_hashes[start:end - 1], ends[i]])
-                   for i, (start, end) in enumerate(segments(plan))]
+        base = plan.start_step  # step_hashes[0]: the state after the job's first step
+        records = [steps_bytes(segment=i, first_step=start, states=[
+            *outcome.step_hashes[start - base:end - 1 - base], ends[i]])
+            for i, (start, end) in enumerate(segments(plan))]
         blobs = [*checkpoints, losses, *records]
         self._phase(job, "uploading")
         try:

@@ -71,15 +71,37 @@ class TrainingPlan:
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    start_step: int = 0
+    end_step: int = 0
+    """The job runs steps ``[start_step, end_step)`` of a training of ``steps`` steps (a
+    part of it, when the training is split into jobs run one after another): the learning
+    rate, the batches and AdamW's step count are the whole training's; the job's initial
+    state is the state after step ``start_step - 1``. ``end_step`` 0 (as built by
+    :func:`validate_plan` when absent) means ``steps``."""
+
+    @property
+    def last(self) -> int:
+        """The end of the job's steps (exclusive)."""
+        return self.end_step or self.steps
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "optimizer": {"name": self.optimizer, **self.hyper},
             "schedule": {"kind": self.schedule, "warmup_steps": self.warmup_steps,
                          "min_lr_ratio": self.min_lr_ratio},
             "steps": self.steps, "batch_size": self.batch_size, "seed": self.seed,
             "checkpoint_every": self.checkpoint_every,
         }
+        if self.start_step or self.last != self.steps:
+            doc["part"] = [self.start_step, self.last]
+        return doc
+
+    def part(self, start_step: int, end_step: int) -> TrainingPlan:
+        """Steps ``[start_step, end_step)`` of this plan as the plan of one job (a checkpoint
+        at least at its end)."""
+        every = max(1, min(self.checkpoint_every, end_step - start_step))
+        return validate_plan({**self.to_json(), "part": [start_step, end_step],
+                              "checkpoint_every": every})
 
 
 def _integer(doc: dict[str, Any], key: str, low: int, high: int) -> int:
@@ -130,7 +152,7 @@ def validate_plan(doc: Any) -> TrainingPlan:
     """The plan in ``doc`` (JSON), or :class:`BadInput` naming the first field that is wrong."""
     if not isinstance(doc, dict):
         raise BadInput("training plan must be a JSON object")
-    known = {"optimizer", "schedule", "steps", "batch_size", "seed", "checkpoint_every"}
+    known = {"optimizer", "schedule", "steps", "batch_size", "seed", "checkpoint_every", "part"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise BadInput(f"training plan: unknown field {unknown[0]!r}")
@@ -138,10 +160,12 @@ def validate_plan(doc: Any) -> TrainingPlan:
     steps = _integer(doc, "steps", 1, MAX_STEPS)
     batch = _integer(doc, "batch_size", 1, MAX_BATCH)
     seed = _integer(doc, "seed", 0, (1 << 63) - 1)
-    every = _integer(doc, "checkpoint_every", 1, min(steps, MAX_SEGMENT_STEPS))
-    if -(-steps // every) > MAX_SEGMENTS:
-        raise BadInput(f"training plan: {steps} steps with a checkpoint every {every} make "
-                       f"{-(-steps // every)} checkpoints; at most {MAX_SEGMENTS}")
+    first, last = _part(doc.get("part", [0, steps]), steps)
+    every = _integer(doc, "checkpoint_every", 1, min(last - first, MAX_SEGMENT_STEPS))
+    count = -(-(last - first) // every)
+    if count > MAX_SEGMENTS:
+        raise BadInput(f"training plan: {last - first} steps with a checkpoint every {every} "
+                       f"make {count} checkpoints; at most {MAX_SEGMENTS}")
     schedule = doc.get("schedule", {"kind": "constant"})
     if not isinstance(schedule, dict) or schedule.get("kind") not in SCHEDULES:
         raise BadInput(f"training plan: schedule must be one of {list(SCHEDULES)}, got "
@@ -154,7 +178,18 @@ def validate_plan(doc: Any) -> TrainingPlan:
     floor = _number("schedule.min_lr_ratio", schedule.get("min_lr_ratio", 0.0), 0.0, 1.0)
     return TrainingPlan(optimizer=name, hyper=hyper, steps=steps, batch_size=batch, seed=seed,
                         checkpoint_every=every, schedule=schedule["kind"], warmup_steps=warmup,
-                        min_lr_ratio=floor)
+                        min_lr_ratio=floor, start_step=first,
+                        end_step=0 if last == steps else last)
+
+
+def _part(value: Any, steps: int) -> tuple[int, int]:
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise BadInput(f"training plan: part must be [first step, end step], got {value!r}")
+    first, last = value
+    if not 0 <= first < last <= steps:
+        raise BadInput(f"training plan: part [{first}, {last}) is not within the {steps} steps")
+    return first, last
 
 
 def learning_rate(plan: TrainingPlan, step: int) -> float:
@@ -210,10 +245,11 @@ def batch_rows(plan: TrainingPlan, rows: int, step: int) -> list[int]:
 
 
 def segments(plan: TrainingPlan) -> list[tuple[int, int]]:
-    """The checkpoint segments ``(first step, end step)``: checkpoint ``i`` is the state after
-    step ``end_i - 1``; the last segment may be shorter and ends with the final state."""
+    """The checkpoint segments ``(first step, end step)`` of the job's steps (its part of the
+    plan): checkpoint ``i`` is the state after step ``end_i - 1``; the last segment may be
+    shorter and ends with the final state."""
     every = plan.checkpoint_every
-    return [(start, min(start + every, plan.steps)) for start in range(0, plan.steps, every)]
+    return [(start, min(start + every, plan.last)) for start in range(plan.start_step, plan.last, every)]
 
 
 def audit_segments(plan: TrainingPlan, seed: bytes, count: int) -> list[int]:

@@ -51,7 +51,7 @@ class TrainingOutcome:
 
 
 def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | None = None, *,
-                     start: int = 0, end: int | None = None, threads: int = 1,
+                     start: int | None = None, end: int | None = None, threads: int = 1,
                      micro_batches: int = 1, record: str | None = None,
                      cpu_capability: str | None = None,
                      onednn_max_isa: str | None = None,
@@ -85,9 +85,9 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
         if state is not None:
             (box / "state.safetensors").write_bytes(state)
         (box / "train.json").write_text(json.dumps({
-            "plan": checked.to_json(), "start": start, "micro_batches": micro_batches,
-            "record": record,
-            "end": checked.steps if end is None else end, "device": device,
+            "plan": checked.to_json(), "micro_batches": micro_batches, "record": record,
+            "start": checked.start_step if start is None else start,
+            "end": checked.last if end is None else end, "device": device,
             "memory_limit_mb": memory_limit_mb, "max_output_bytes": max_output_bytes,
             "program_sha256": sha256_hex(program),
         }))

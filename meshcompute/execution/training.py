@@ -133,11 +133,11 @@ def _update(plan: TrainingPlan, step: int, lr: float, param: torch.Tensor, grad:
 
 
 def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan: TrainingPlan,
-              state: dict[str, torch.Tensor] | bytes | None = None, *, start: int = 0,
+              state: dict[str, torch.Tensor] | bytes | None = None, *, start: int | None = None,
               end: int | None = None, micro_batches: int = 1,
               record: str | None = None) -> TrainingRun:
-    """Run steps ``[start, end)`` of ``plan`` from ``state`` (the program's own parameters
-    when None; a state's bytes are checked by :func:`load_state`), ``state`` being the state
+    """Run steps ``[start, end)`` of ``plan`` (by default the job's: its part of the plan)
+    from ``state`` (the program's own parameters when None; a state's bytes are checked by :func:`load_state`), ``state`` being the state
     after step ``start - 1``; a checkpoint is taken at each segment end. ``record="hashes"``
     keeps the sha256 of the state after every step, ``"states"`` the states too.
 
@@ -145,11 +145,12 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
     gradients (gradient accumulation, for a worker short of memory): the same step for a loss
     that is a mean over rows, up to rounding."""
     loaded = program if isinstance(program, LoadedProgram) else load_program(program)
-    end = plan.steps if end is None else end
+    start = plan.start_step if start is None else start
+    end = plan.last if end is None else end
     bounds = segments(plan)
-    if not 0 <= start < end <= plan.steps:
-        raise BadInput(f"training: steps [{start}, {end}) are not steps of the plan "
-                       f"({plan.steps} steps)")
+    if not plan.start_step <= start < end <= plan.last:
+        raise BadInput(f"training: steps [{start}, {end}) are not steps of the job "
+                       f"([{plan.start_step}, {plan.last}))")
     if record not in (None, "hashes", "states"):
         raise BadInput(f"training: record must be 'hashes' or 'states', not {record!r}")
     rows = check_data(data)

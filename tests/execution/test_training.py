@@ -106,6 +106,18 @@ def test_the_step_record_names_the_state_after_every_step_and_a_run_resumes_from
     assert tail.checkpoints == whole.checkpoints[1:]
 
 
+def test_a_training_run_in_parts_is_the_whole_run_bit_for_bit(program: bytes) -> None:
+    plan = validate_plan({"optimizer": {"name": "adamw", "lr": 0.01},
+                          "schedule": {"kind": "cosine", "warmup_steps": 2}, "steps": 9,
+                          "batch_size": 4, "seed": 1, "checkpoint_every": 3})
+    whole = run_steps(program, _data(), plan)
+    state, losses = None, []
+    for start, end in ((0, 3), (3, 6), (6, 9)):
+        part = run_steps(program, _data(), plan.part(start, end), state)
+        state, losses = part.final_state, losses + part.losses
+    assert state == whole.final_state and losses == whole.losses
+
+
 def _one_step(program: bytes, data: list[torch.Tensor], plan: object):
     def run(state: bytes | None, step: int, alternate: bool) -> bytes:
         return run_steps(program, data, plan, state, start=step, end=step + 1,
@@ -137,7 +149,7 @@ def test_a_segment_judged_step_by_step_passes_an_honest_chain_and_names_the_forg
 def test_bad_training_input_is_refused_with_what_was_wrong(program: bytes) -> None:
     plan = _plan({"name": "sgd", "lr": 0.1, "momentum": 0.9})
     loaded = load_program(program)
-    with pytest.raises(BadInput, match="are not steps of the plan"):
+    with pytest.raises(BadInput, match="are not steps of the job"):
         run_steps(loaded, _data(), plan, start=6)
     with pytest.raises(BadInput, match="record must be"):
         run_steps(loaded, _data(), plan, record="everything")

@@ -148,3 +148,18 @@ def test_a_step_record_names_one_state_per_step_and_ends_at_the_checkpoint() -> 
         parse_steps(b"\xff", plan, 1, states[-1])
     with pytest.raises(BadInput, match="checkpoint_every must be in"):
         validate_plan({**PLAN, "steps": 20_000, "checkpoint_every": 10_001})
+
+
+def test_a_part_of_a_plan_keeps_the_whole_runs_schedule_and_checkpoints_at_its_steps() -> None:
+    plan = validate_plan({**PLAN, "schedule": {"kind": "cosine", "warmup_steps": 2}})
+    part = plan.part(4, 8)
+    assert (part.start_step, part.last, part.steps) == (4, 8, 10)
+    assert segments(part) == [(4, 8)] and segments(plan.part(8, 10)) == [(8, 10)]
+    assert [learning_rate(part, s) for s in range(4, 8)] == \
+        [learning_rate(plan, s) for s in range(4, 8)]
+    assert validate_plan(part.to_json()) == part
+    assert plan.part(0, 10) == plan and "part" not in plan.to_json()
+    with pytest.raises(BadInput, match="part \\[8, 12\\) is not within the 10 steps"):
+        plan.part(8, 12)
+    with pytest.raises(BadInput, match="part must be \\[first step, end step\\]"):
+        validate_plan({**PLAN, "part": [1]})
