@@ -21,7 +21,7 @@ segment's end state, stored as blobs, with the comparison)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -42,6 +42,10 @@ SegmentRun = Callable[[JobSpec, bytes, bytes, "bytes | None", int, int, bool], b
 """``run(spec, program, data, start_state, start, end, alternate) -> our end state``, with
 ``alternate`` our second numeric setup; raises
 :class:`meshcompute.verifier.audit.RecomputeFailed` when our run fails."""
+SegmentLinks = Callable[[JobSpec, bytes, bytes, Sequence["bytes | None"], Sequence[int], bool],
+                        list[bytes]]
+"""``links(spec, program, data, befores, steps, alternate)``: each step alone from its state
+(:data:`meshcompute.execution.training.LinkRun` for a job), in one process."""
 
 
 
@@ -66,6 +70,8 @@ class TrainingJudge:
     run: SegmentRun
     seed_of: Callable[[JobRecord], bytes]
     audited_segments: int = DEFAULT_AUDITED_SEGMENTS
+    links: SegmentLinks | None = None
+    """How an appeal runs a segment step by step; None: one ``run`` per step."""
 
     def judge(self, store: Any, job_id: int, record: JobRecord, spec: JobSpec, program: bytes,
               data: bytes, manifest: bytes, *, narrow: bool = False) -> TrainingJudgement:
@@ -148,13 +154,21 @@ class TrainingJudge:
                       "segment's verdict stands")
             return False, reason, {"agree": False, "reason": reason}
         links = check_links(chain, start, spec.tolerance,
-                            lambda state, step, alternate: self.run(
-                                spec, program, data, state, step, step + 1, alternate))
+                            partial(self._links, spec, program, data))
         if links.unjudgeable is not None:
             raise NotReproducible(f"job {job_id}: segment {index}: {links.reason}", ())
         result = {"agree": links.agree, "reason": links.reason, "step": links.step,
                   "steps_run": links.steps_run}
         return links.agree, links.reason, result
+
+
+    def _links(self, spec: JobSpec, program: bytes, data: bytes,
+               befores: Sequence[bytes | None], steps: Sequence[int],
+               alternate: bool) -> list[bytes]:
+        if self.links is not None:
+            return self.links(spec, program, data, befores, steps, alternate)
+        return [self.run(spec, program, data, before, step, step + 1, alternate)
+                for before, step in zip(befores, steps, strict=True)]
 
 
 class _Missing(Exception):
@@ -180,37 +194,65 @@ def _fail(reason: str, rows: list[dict[str, Any]] | None = None) -> TrainingJudg
     return TrainingJudgement(False, reason, _document(rows or [], reason), None, None)
 
 
+def _sandboxed(recomputer: Any, spec: JobSpec, alternate: bool, **job: Any) -> Any:
+    """:func:`meshcompute.execution.train_runner.run_training_job` in our setup (``alternate``:
+    the verifiers' second numeric setup, each batch in two halves); RecomputeFailed when it
+    fails."""
+    from meshcompute.execution.stability import ALTERNATE_SETUP
+    from meshcompute.execution.train_runner import run_training_job
+    from meshcompute.verifier.audit import RecomputeFailed
+
+    assert spec.training is not None
+    halves = 2 if alternate and int(spec.training["batch_size"]) % 2 == 0 else 1
+    try:
+        outcome = run_training_job(
+            threads=recomputer.threads + (ALTERNATE_SETUP["extra_threads"] if alternate
+                                          else 0),
+            micro_batches=halves,
+            cpu_capability=ALTERNATE_SETUP["cpu_capability"] if alternate else None,
+            onednn_max_isa=ALTERNATE_SETUP["onednn_max_isa"] if alternate else None,
+            time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
+            scratch_root=recomputer.scratch_root,
+            allow_unsandboxed=recomputer.allow_unsandboxed, **job)
+    except BadInput as exc:
+        raise RecomputeFailed(f"training segment refused: {exc}") from None
+    if not outcome.ok:
+        raise RecomputeFailed(f"training segment recomputation failed: {outcome.reason}")
+    if outcome.diverged_at is not None:
+        raise RecomputeFailed(f"our recomputation diverged at step {outcome.diverged_at}")
+    return outcome
+
+
 def sandboxed_segment_run(recomputer: Any) -> SegmentRun:
     """A :data:`SegmentRun` in the job sandbox with ``recomputer``'s threads, scratch folder
     and sandbox setting (:class:`meshcompute.verifier.recompute.Recomputer`). The alternate
     setup is the verifiers' second numeric setup (:data:`meshcompute.execution.stability.
     ALTERNATE_SETUP`: one more thread, torch's plainest kernels, oneDNN on SSE4.1) with each
     batch in two halves: other reductions, other instructions, as another machine's."""
-    from meshcompute.execution.stability import ALTERNATE_SETUP
-    from meshcompute.execution.train_runner import run_training_job
-    from meshcompute.verifier.audit import RecomputeFailed
 
     def run(spec: JobSpec, program: bytes, data: bytes, state: bytes | None, start: int,
             end: int, alternate: bool) -> bytes:
-        assert spec.training is not None
-        halves = 2 if alternate and int(spec.training["batch_size"]) % 2 == 0 else 1
-        try:
-            outcome = run_training_job(
-                program, data, spec.training, state, start=start, end=end,
-                threads=recomputer.threads + (ALTERNATE_SETUP["extra_threads"] if alternate
-                                              else 0),
-                micro_batches=halves,
-                cpu_capability=ALTERNATE_SETUP["cpu_capability"] if alternate else None,
-                onednn_max_isa=ALTERNATE_SETUP["onednn_max_isa"] if alternate else None,
-                time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
-                max_output_bytes=spec.max_output_bytes, scratch_root=recomputer.scratch_root,
-                allow_unsandboxed=recomputer.allow_unsandboxed)
-        except BadInput as exc:
-            raise RecomputeFailed(f"training segment refused: {exc}") from None
-        if not outcome.ok:
-            raise RecomputeFailed(f"training segment recomputation failed: {outcome.reason}")
-        if outcome.diverged_at is not None:
-            raise RecomputeFailed(f"our recomputation diverged at step {outcome.diverged_at}")
-        return outcome.last_state
+        return _sandboxed(recomputer, spec, alternate, program=program, data=data,
+                          plan=spec.training, state=state, start=start, end=end,
+                          max_output_bytes=spec.max_output_bytes).last_state
+
+    return run
+
+
+def sandboxed_links_run(recomputer: Any) -> SegmentLinks:
+    """A :data:`SegmentLinks` in one sandboxed process, in the setups of
+    :func:`sandboxed_segment_run`."""
+
+    def run(spec: JobSpec, program: bytes, data: bytes, befores: Sequence[bytes | None],
+            steps: Sequence[int], alternate: bool) -> list[bytes]:
+        outcome = _sandboxed(recomputer, spec, alternate, program=program, data=data,
+                             plan=spec.training, links=list(zip(befores, steps, strict=True)),
+                             max_output_bytes=spec.max_output_bytes * max(1, len(steps)))
+        if len(outcome.link_states) != len(steps):
+            from meshcompute.verifier.audit import RecomputeFailed
+
+            raise RecomputeFailed(f"our step-by-step recomputation gave "
+                                  f"{len(outcome.link_states)} states for {len(steps)} steps")
+        return list(outcome.link_states)
 
     return run

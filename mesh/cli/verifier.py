@@ -50,7 +50,11 @@ def verifier_start(
     from meshcompute.verifier.outputs import compare_outputs
     from meshcompute.verifier.recompute import Recomputer
     from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
-    from meshcompute.verifier.training_audit import TrainingJudge, sandboxed_segment_run
+    from meshcompute.verifier.training_audit import (
+        TrainingJudge,
+        sandboxed_links_run,
+        sandboxed_segment_run,
+    )
     from meshcompute.wallet import unlock
     from meshcompute.wire.market_client import MarketClient
 
@@ -77,7 +81,8 @@ def verifier_start(
     )
     confirm = recompute.alternate_setup()
     training = TrainingJudge(run=sandboxed_segment_run(recompute),
-                             seed_of=functools.partial(draw_seed, conn.w3))
+                             seed_of=functools.partial(draw_seed, conn.w3),
+                             links=sandboxed_links_run(recompute))
     auditor_type = LazyAuditor if lazy_verifier_from_env(conn.chain_id) else Auditor  # test-only
     auditor = auditor_type(
         client, recompute, compare_outputs, evidence_hash, journal,

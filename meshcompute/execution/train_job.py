@@ -8,11 +8,14 @@ program's own parameters, ``state.safetensors``. The process writes ``checkpoint
 for each segment end it reaches, ``last.safetensors`` (the state after the last step run),
 ``losses.json``, with ``record`` ``steps.json`` (the sha256 of the state after each step) and
 for ``"states"`` ``step.<i>.safetensors`` (the state after step ``start + i``), and, last, ``result.json`` (``{"ok", "reason", "diverged_at", "compute_s"}``).
-No ``result.json`` means it was killed (time or memory) or crashed.
+No ``result.json`` means it was killed (time or memory) or crashed. With ``links`` (a list of
+steps) it runs each of them alone instead, step ``links[i]`` from ``link.<i>.safetensors`` (the
+program's own parameters when absent), and writes ``after.<i>.safetensors``.
 
-Order of events, as for inference: torch import -> ``train.json`` -> limits (RLIMIT_DATA over
-the post-import size, RLIMIT_FSIZE, no core) -> pickle disabled -> program validated and
-loaded -> state and data checked -> steps.
+Order of events, as for inference: torch import -> ``train.json`` -> device set-up (``cpu`` or
+``cuda``: TF32 off, the memory limit as the process's share of the GPU) -> limits (RLIMIT_DATA
+over the post-import size, RLIMIT_FSIZE, no core) -> pickle disabled -> program validated and
+loaded -> state and data checked -> steps (on the device; checkpoints written from CPU copies).
 """
 
 from __future__ import annotations
@@ -48,9 +51,8 @@ def run(job: Path) -> dict[str, Any]:
     torch.set_num_interop_threads(1)
     order = json.loads((job / "train.json").read_text())
     result: dict[str, Any] = {"ok": False, "reason": None, "diverged_at": None, "compute_s": 0.0}
-    if order["device"] != "cpu":
-        result["reason"] = "training jobs run on the CPU in this version"
-        return result
+    # the inference job's device set-up: TF32 off on CUDA (float32 steps must be float32),
+    # the job's memory limit as the process's share of the GPU; an unknown device refused
     problem = _set_up(order, _Bound())
     if problem is not None:
         result["reason"] = problem
@@ -63,12 +65,14 @@ def run(job: Path) -> dict[str, Any]:
         plan = validate_plan(order["plan"])
         loaded = load_program(program)
         data = load_tensors((job / "data.safetensors").read_bytes(), "args")
+        started = time.perf_counter()
+        if order.get("links") is not None:
+            return _links(job, order, loaded, data, plan, result, started)
         state_file = job / "state.safetensors"
         state = state_file.read_bytes() if state_file.exists() else None
-        started = time.perf_counter()
         run = run_steps(loaded, data, plan, state, start=int(order["start"]),
                         end=int(order["end"]), micro_batches=int(order.get("micro_batches", 1)),
-                        record=order.get("record"))
+                        record=order.get("record"), device=str(order["device"]))
         result["compute_s"] = time.perf_counter() - started
     except BadInput as exc:
         result["reason"] = f"training refused: {exc}"
@@ -105,6 +109,31 @@ def run(job: Path) -> dict[str, Any]:
             return result
         (job / f"step.{index}.safetensors").write_bytes(step_state)
     result["diverged_at"] = run.diverged_at
+    result["ok"] = True
+    return result
+
+
+def _links(job: Path, order: dict[str, Any], loaded: Any, data: Any, plan: Any,
+           result: dict[str, Any], started: float) -> dict[str, Any]:
+    """One step from each of several states: ``link.<i>.safetensors`` (absent: the program's
+    own parameters) runs step ``links[i]`` alone and gives ``after.<i>.safetensors``. An
+    appeal's recomputation of a segment step by step, in one process."""
+    from meshcompute.execution.training import run_steps
+
+    written = 0
+    for index, step in enumerate(order["links"]):
+        source = job / f"link.{index}.safetensors"
+        state = source.read_bytes() if source.exists() else None
+        after = run_steps(loaded, data, plan, state, start=int(step), end=int(step) + 1,
+                          micro_batches=int(order.get("micro_batches", 1))).last_state
+        written += len(after)
+        if written > int(order["max_output_bytes"]):
+            result["reason"] = (f"states exceed the job's output limit of "
+                                f"{order['max_output_bytes']} bytes")
+            return result
+        (job / f"after.{index}.safetensors").write_bytes(after)
+    result["compute_s"] = time.perf_counter() - started
+    (job / "losses.json").write_text("[]")
     result["ok"] = True
     return result
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,11 +49,14 @@ class TrainingOutcome:
     """With ``record``: the sha256 of the state after each step run."""
     step_states: list[bytes] = field(default_factory=list)
     """With ``record="states"``: the state after each step run."""
+    link_states: list[bytes] = field(default_factory=list)
+    """With ``links``: the state after each link's one step."""
 
 
 def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | None = None, *,
                      start: int | None = None, end: int | None = None, threads: int = 1,
                      micro_batches: int = 1, record: str | None = None,
+                     links: Sequence[tuple[bytes | None, int]] | None = None,
                      cpu_capability: str | None = None,
                      onednn_max_isa: str | None = None,
                      time_limit_s: float, memory_limit_mb: int, max_output_bytes: int,
@@ -62,7 +66,9 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
     ``data`` (safetensors ``args.0``, ...) from ``state`` (None: the program's own parameters)
     in a fresh sandboxed process; ``micro_batches`` > 1 accumulates each step's gradient over
     that many parts of its batch; ``record`` keeps each step's state hash (``"hashes"``) or
-    state (``"states"``), as :func:`meshcompute.execution.training.run_steps` does; ``cpu_capability`` and ``onednn_max_isa`` pin the CPU
+    state (``"states"``), as :func:`meshcompute.execution.training.run_steps` does; ``links``
+    (``(state, step)`` pairs) runs each step alone from its state instead (``link_states``:
+    an appeal's step-by-step recomputation, :data:`meshcompute.execution.training.LinkRun`); ``cpu_capability`` and ``onednn_max_isa`` pin the CPU
     kernels as :class:`meshcompute.execution.sandbox.JobRunner` does (the verifier's second
     numeric setup uses all three). Raises :class:`BadInput` for a plan or program refused before
     anything runs, :class:`SandboxUnavailable` when the job cannot be isolated and
@@ -84,8 +90,12 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
         (box / "data.safetensors").write_bytes(data)
         if state is not None:
             (box / "state.safetensors").write_bytes(state)
+        for index, (before, _) in enumerate(links or ()):
+            if before is not None:
+                (box / f"link.{index}.safetensors").write_bytes(before)
         (box / "train.json").write_text(json.dumps({
             "plan": checked.to_json(), "micro_batches": micro_batches, "record": record,
+            "links": None if links is None else [int(step) for _, step in links],
             "start": checked.start_step if start is None else start,
             "end": checked.last if end is None else end, "device": device,
             "memory_limit_mb": memory_limit_mb, "max_output_bytes": max_output_bytes,
@@ -129,18 +139,19 @@ def _collect(box: Path, folder: Path, memory_limit_mb: int, started: float) -> T
     if not result.get("ok"):
         return TrainingOutcome(False, str(result.get("reason") or "training failed"),
                                wall_s=wall)
-    checkpoints = []
-    index = 0
-    while (box / f"checkpoint.{index}.safetensors").exists():
-        checkpoints.append((box / f"checkpoint.{index}.safetensors").read_bytes())
-        index += 1
+    checkpoints = _numbered(box, "checkpoint")
     last = box / "last.safetensors"
     steps = box / "steps.json"
     hashes = [str(h) for h in json.loads(steps.read_text())] if steps.exists() else []
-    states = []
-    while (box / f"step.{len(states)}.safetensors").exists():
-        states.append((box / f"step.{len(states)}.safetensors").read_bytes())
+    states = _numbered(box, "step")
     return TrainingOutcome(
         True, None, checkpoints, [float(x) for x in json.loads((box / "losses.json").read_text())],
         last.read_bytes() if last.exists() else b"", result.get("diverged_at"), wall,
-        float(result.get("compute_s") or 0.0), hashes, states)
+        float(result.get("compute_s") or 0.0), hashes, states, _numbered(box, "after"))
+
+
+def _numbered(box: Path, name: str) -> list[bytes]:
+    found: list[bytes] = []
+    while (box / f"{name}.{len(found)}.safetensors").exists():
+        found.append((box / f"{name}.{len(found)}.safetensors").read_bytes())
+    return found

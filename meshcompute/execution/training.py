@@ -18,7 +18,9 @@ state after a segment's last step.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -135,7 +137,7 @@ def _update(plan: TrainingPlan, step: int, lr: float, param: torch.Tensor, grad:
 def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan: TrainingPlan,
               state: dict[str, torch.Tensor] | bytes | None = None, *, start: int | None = None,
               end: int | None = None, micro_batches: int = 1,
-              record: str | None = None) -> TrainingRun:
+              record: str | None = None, device: str = "cpu") -> TrainingRun:
     """Run steps ``[start, end)`` of ``plan`` (by default the job's: its part of the plan)
     from ``state`` (the program's own parameters when None; a state's bytes are checked by :func:`load_state`), ``state`` being the state
     after step ``start - 1``; a checkpoint is taken at each segment end. ``record="hashes"``
@@ -143,7 +145,12 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
 
     ``micro_batches`` > 1 splits each batch into that many equal parts and averages their
     gradients (gradient accumulation, for a worker short of memory): the same step for a loss
-    that is a mean over rows, up to rounding."""
+    that is a mean over rows, up to rounding.
+
+    ``device`` (``"cpu"`` or ``"cuda"``) is where the steps run: the data, the batches' row
+    indices, the parameters and the optimizer's slots live there, the graph runs from a copy of
+    the loaded module moved there (the loaded program itself stays on the CPU), and every state
+    is serialized from a CPU copy: the same safetensors a CPU run writes."""
     loaded = program if isinstance(program, LoadedProgram) else load_program(program)
     start = plan.start_step if start is None else start
     end = plan.last if end is None else end
@@ -160,22 +167,24 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
         raise BadInput(f"training data does not fit the program: {exc}") from None
     if isinstance(state, bytes):
         state = load_state(state, loaded, plan)
-    state = {k: v.clone() for k, v in (state or initial_state(loaded, plan)).items()}
+    state = {k: v.to(device).clone() for k, v in (state or initial_state(loaded, plan)).items()}
+    data = [t.to(device) for t in data]
+    module = module_on(loaded.module, device)
     # the run's own parameter tensors, passed to the graph by torch.func.functional_call: the
     # loaded module keeps the program's parameters (the initial state of the next run)
-    names = [name for name, _ in loaded.module.named_parameters()]
+    names = [name for name, _ in module.named_parameters()]
     named = {name: state[PARAM + name].clone().requires_grad_(True) for name in names}
     params = list(named.values())
     slot_names = _slots(plan)
     ends = {e for _, e in bounds}
     run = TrainingRun(start=start)
     for step in range(start, end):
-        index = torch.tensor(batch_rows(plan, rows, step), dtype=torch.long)
+        index = torch.tensor(batch_rows(plan, rows, step), dtype=torch.long, device=device)
         if plan.batch_size % micro_batches:
             raise BadInput(f"batch size {plan.batch_size} does not split into {micro_batches}")
         losses, grads = [], None
         for part in index.chunk(micro_batches):
-            loss = _loss(loaded, named, [t.index_select(0, part) for t in data])
+            loss = _loss(module, named, [t.index_select(0, part) for t in data])
             losses.append(loss.detach())
             if not torch.isfinite(loss.detach()):
                 break
@@ -207,9 +216,28 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
     return run
 
 
-def _loss(loaded: LoadedProgram, params: dict[str, torch.Tensor],
+def module_on(module: torch.nn.Module, device: str) -> torch.nn.Module:
+    """``module`` itself on the CPU; elsewhere a copy of it on ``device``, with its
+    parameters, buffers and the graph's tensor constants (plain tensor attributes) moved there,
+    so a shared loaded program is never moved away from the CPU under a later run."""
+    if torch.device(device) == torch.device("cpu"):
+        return module
+    with warnings.catch_warnings():
+        # deep-copying an unlifted exported module copies its pytree specs, which warns on
+        # some torch versions about their own deprecated isinstance checks
+        warnings.simplefilter("ignore", FutureWarning)
+        moved = copy.deepcopy(module)
+    moved.to(device)
+    for part in moved.modules():
+        for name, value in list(vars(part).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(part, name, value.to(device))
+    return moved
+
+
+def _loss(module: torch.nn.Module, params: dict[str, torch.Tensor],
           batch: list[torch.Tensor]) -> torch.Tensor:
-    loss = torch.func.functional_call(loaded.module, params, tuple(batch))
+    loss = torch.func.functional_call(module, params, tuple(batch))
     if isinstance(loss, list | tuple) and len(loss) == 1:
         loss = loss[0]
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.is_floating_point():
@@ -394,29 +422,63 @@ class LinkCheck:
     :data:`UNJUDGEABLE_SPREAD`: then nothing about the segment can be decided."""
 
 
+LinkRun = Callable[[Sequence["bytes | None"], Sequence[int], bool], list[bytes]]
+"""``run_links(befores, steps, alternate)``: for each ``i``, the state after running step
+``steps[i]`` alone from ``befores[i]`` (None: the program's own parameters); ``alternate``: our
+second numeric setup. One call is one sandboxed process (:func:`meshcompute.execution.
+train_runner.run_training_links`), so a segment of K steps costs about one recomputation of it,
+not K process starts."""
+
+
+def links_in_process(program: bytes | LoadedProgram, data: Sequence[torch.Tensor],
+                     plan: TrainingPlan) -> LinkRun:
+    """A :data:`LinkRun` in this process, the alternate setup being each batch in two halves
+    (tests, the benchmark)."""
+    loaded = program if isinstance(program, LoadedProgram) else load_program(program)
+
+    def run(befores: Sequence[bytes | None], steps: Sequence[int],
+            alternate: bool) -> list[bytes]:
+        halves = 2 if alternate and plan.batch_size % 2 == 0 else 1
+        return [run_steps(loaded, data, plan, before, start=step, end=step + 1,
+                          micro_batches=halves).last_state
+                for before, step in zip(befores, steps, strict=True)]
+    return run
+
+
 def check_links(states: Sequence[bytes | None], start: int, tolerance: dict,
-                one_step: Callable[[bytes | None, int, bool], bytes]) -> LinkCheck:
+                run_links: LinkRun) -> LinkCheck:
     """Judge a segment as a chain of single steps: ``states[0]`` is the state before step
     ``start`` (None: the program's own parameters), ``states[i]`` the worker's state after
-    step ``start + i - 1``; ``one_step(state, step, alternate)`` runs step ``step`` from
-    ``state`` (``alternate``: our second numeric setup). Each of the worker's states must
-    follow from the one before it by :func:`judge_segment`'s rule for a one-step segment, so
-    a verdict rests on one step's recomputation from the worker's own state, which drift
-    cannot blur: an honest worker whose segment drifted past the tolerance passes, a state
-    that was not computed fails at the first step that produced it."""
-    steps_run = 0
-    for i in range(len(states) - 1):
-        step, before, after = start + i, states[i], states[i + 1]
-        assert after is not None
-        ours = one_step(before, step, False)
-        judged = judge_segment(ours, after, tolerance, partial(one_step, before, step, True))
-        steps_run += 1 if judged.second is None else 2
+    step ``start + i - 1``. Each of the worker's states must follow from the one before it by
+    :func:`judge_segment`'s rule for a one-step segment (our second run made, in one more
+    process, only for the steps whose first comparison fails), so a verdict rests on one
+    step's recomputation from the worker's own state, which drift cannot blur: an honest
+    worker whose segment drifted past the tolerance passes, a state that was not computed
+    fails at the first step that claims it."""
+    count = len(states) - 1
+    steps = [start + i for i in range(count)]
+    ours = run_links(states[:-1], steps, False)
+    failing = [i for i in range(count)
+               if not compare_states(ours[i], _worker_state(states[i + 1]), tolerance).agree]
+    seconds = dict(zip(failing, run_links([states[i] for i in failing],
+                                          [steps[i] for i in failing], True), strict=True)) \
+        if failing else {}
+    steps_run = count + len(failing)
+    for i in range(count):
+        judged = judge_segment(ours[i], _worker_state(states[i + 1]), tolerance,
+                               partial(seconds.__getitem__, i))
         if judged.unjudgeable is not None:
-            return LinkCheck(False, f"step {step}: our own two runs of it differ by "
+            return LinkCheck(False, f"step {steps[i]}: our own two runs of it differ by "
                              f"{judged.unjudgeable.used:.3g} times the tolerance: cannot be "
-                             "judged", step, steps_run, judged.unjudgeable)
+                             "judged", steps[i], steps_run, judged.unjudgeable)
         if not judged.check.agree:
-            return LinkCheck(False, f"step {step} does not follow from the worker's own state "
-                             f"before it: {judged.check.reason}", step, steps_run)
-    return LinkCheck(True, f"each of its {len(states) - 1} steps follows from the worker's own "
-                     "state before it", None, steps_run)
+            return LinkCheck(False, f"step {steps[i]} does not follow from the worker's own "
+                             f"state before it: {judged.check.reason}", steps[i], steps_run)
+    return LinkCheck(True, f"each of its {count} steps follows from the worker's own state "
+                     "before it", None, steps_run)
+
+
+def _worker_state(state: bytes | None) -> bytes:
+    if state is None:
+        raise BadInput("a worker's state after a step is missing")
+    return state

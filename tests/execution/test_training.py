@@ -18,6 +18,7 @@ from meshcompute.execution.training import (
     check_segment,
     compare_states,
     initial_state,
+    links_in_process,
     load_state,
     run_steps,
     state_bytes,
@@ -118,31 +119,24 @@ def test_a_training_run_in_parts_is_the_whole_run_bit_for_bit(program: bytes) ->
     assert state == whole.final_state and losses == whole.losses
 
 
-def _one_step(program: bytes, data: list[torch.Tensor], plan: object):
-    def run(state: bytes | None, step: int, alternate: bool) -> bytes:
-        return run_steps(program, data, plan, state, start=step, end=step + 1,
-                         micro_batches=2 if alternate else 1).last_state
-    return run
-
-
 def test_a_segment_judged_step_by_step_passes_an_honest_chain_and_names_the_forged_step(
         program: bytes) -> None:
     plan = _plan({"name": "adamw", "lr": 0.01}, steps=8, every=8)
     data = _data()
-    one_step = _one_step(program, data, plan)
+    links_run = links_in_process(program, data, plan)
     honest = run_steps(program, data, plan, micro_batches=2, record="states")  # another way
-    links = check_links([None, *honest.step_states], 0, DEFAULT_TRAINING_TOLERANCE, one_step)
+    links = check_links([None, *honest.step_states], 0, DEFAULT_TRAINING_TOLERANCE, links_run)
     assert links.agree and links.step is None and links.steps_run >= 8, links.reason
     # the worker skipped step 3 (its state after step 3 is the one after step 2) and ran the
     # rest honestly from there: every later step follows, step 3 alone does not
     forged = honest.step_states[:3] + [honest.step_states[2]]
     forged += run_steps(program, data, plan, honest.step_states[2], start=4,
                         record="states").step_states
-    links = check_links([None, *forged], 0, DEFAULT_TRAINING_TOLERANCE, one_step)
+    links = check_links([None, *forged], 0, DEFAULT_TRAINING_TOLERANCE, links_run)
     assert not links.agree and links.step == 3, links.reason
     assert "step 3 does not follow from the worker's own state" in links.reason
     # the segment started mid-run: the first state is the worker's checkpoint before it
-    links = check_links(honest.step_states[3:], 4, DEFAULT_TRAINING_TOLERANCE, one_step)
+    links = check_links(honest.step_states[3:], 4, DEFAULT_TRAINING_TOLERANCE, links_run)
     assert links.agree, links.reason
 
 
@@ -237,6 +231,12 @@ def test_a_sandboxed_training_run_is_the_in_process_run_bit_for_bit(
                                end=4, **LIMITS)
     assert segment.ok and segment.checkpoints == [here.checkpoints[1]]
     assert segment.losses == here.losses[2:4]
+    # an appeal's steps, each alone from a state, in one process
+    steps = run_steps(program, _data(), plan, record="states").step_states
+    links = run_training_job(program, _shard(), plan.to_json(),
+                             links=[(None, 0), (steps[2], 3), (steps[4], 5)], **LIMITS)
+    assert links.ok, links.reason
+    assert links.link_states == [steps[0], steps[3], steps[5]]
 
 
 def test_a_sandboxed_training_run_reports_what_went_wrong(requires_sandbox: None,

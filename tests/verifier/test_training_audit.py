@@ -32,7 +32,11 @@ from meshcompute.verifier.evidence import AUDIT
 from meshcompute.verifier.journal import Journal
 from meshcompute.verifier.outputs import compare_outputs
 from meshcompute.verifier.recompute import Recomputer
-from meshcompute.verifier.training_audit import TrainingJudge, sandboxed_segment_run
+from meshcompute.verifier.training_audit import (
+    TrainingJudge,
+    sandboxed_links_run,
+    sandboxed_segment_run,
+)
 from tests.verifier.test_service_unit import MemoryStore
 
 PLAN = {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "steps": 16,
@@ -89,7 +93,8 @@ def _post(store: MemoryStore, program: bytes, run, *,
 
 def _auditor(store: MemoryStore, tmp_path: Path, recomputer, *, training: bool = True) -> Auditor:
     judge = TrainingJudge(run=sandboxed_segment_run(recomputer),
-                          seed_of=lambda record: b"seed of block %d" % (record.committed_block + 1))
+                          seed_of=lambda record: b"seed of block %d" % (record.committed_block + 1),
+                          links=sandboxed_links_run(recomputer))
     return Auditor(store, recomputer, compare_outputs, evidence_hash,
                    Journal(tmp_path / "journal.json"), verifier="0x" + "44" * 20,
                    chain_id=31337, job_market="0x" + "55" * 20,
