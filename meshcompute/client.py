@@ -363,6 +363,7 @@ class Client:
         if trial.diverged_at is not None:
             raise BadInput("the loss of the first step is not finite: check the data and the "
                            "initial state (nothing was uploaded or paid)")
+        _check_training_fits(trial.last_state, tensors, memory_limit_mb)
         reward = parse_amount(pay)
         self._check_min_reward(reward)
         fee = parse_amount(audit_fee) if audit_fee is not None else reward
@@ -830,6 +831,24 @@ def _as_tensors(
     if len(batch) != 1 or 0 in batch:
         raise BadInput("every input needs the same, non-zero batch dimension (dim 0)")
     return tensors
+
+
+def _check_training_fits(state: bytes, data: Sequence[torch.Tensor],
+                         memory_limit_mb: int | None) -> None:
+    """BadInput when a training job cannot fit its memory limit: the worker holds its state
+    (parameters and optimizer slots), the gradients (as large as the parameters, under the
+    state's size) and the data shard at least, so a state and shard over the limit would only
+    fail on the worker's machine."""
+    from meshcompute.core.spec import DEFAULT_MEMORY_LIMIT_MB
+
+    limit = DEFAULT_MEMORY_LIMIT_MB if memory_limit_mb is None else memory_limit_mb
+    shard = sum(t.numel() * t.element_size() for t in data)
+    needed = len(state) + shard
+    if needed > limit * (1 << 20):
+        raise BadInput(f"the training state ({len(state) / (1 << 20):.1f} MB) and data shard "
+                       f"({shard / (1 << 20):.1f} MB) do not fit the job's memory limit of "
+                       f"{limit} MB: raise memory_limit_mb or train a smaller model (nothing was "
+                       "uploaded or paid)")
 
 
 def _limits(time_limit_s: float | None, memory_limit_mb: int | None) -> dict[str, Any]:

@@ -195,3 +195,32 @@ def test_a_reward_under_the_markets_floor_is_refused_before_anything_is_paid() -
     with pytest.raises(BadInput, match="offers no worker a job paying under 1 MESH per shard"):
         client.submit(mlp(), (torch.randn(4, 8),), shards=2, pay="1")
     assert client.market.blobs == []  # type: ignore[attr-defined]
+
+
+def _training_data(rows: int = 16) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(rows, 8, generator=gen), torch.randint(0, 3, (rows,), generator=gen)]
+
+
+TRAIN_PLAN = {"optimizer": {"name": "sgd", "lr": 0.1}, "steps": 4, "batch_size": 4, "seed": 0,
+              "checkpoint_every": 2}
+
+
+def test_a_training_job_that_cannot_run_is_refused_before_any_market_or_chain_call() -> None:
+    from meshcompute.mesh.models import MLPClassifier
+
+    torch.manual_seed(0)
+    small = MLPClassifier(d_in=8, d_hidden=16, d_out=3, depth=2)
+    with pytest.raises(BadInput, match="not on the allowlist"):
+        untouchable_client().submit_training(
+            small, _training_data(), {**TRAIN_PLAN, "optimizer": {"name": "lion", "lr": 1}})
+    nan = _training_data()
+    nan[0][:] = float("nan")
+    with pytest.raises(BadInput, match="loss of the first step is not finite"):
+        untouchable_client().submit_training(small, nan, TRAIN_PLAN)
+    # a state of ~6.3 MB (parameters, momentum-less SGD) cannot train in a 4 MB job
+    wide = MLPClassifier(d_in=8, d_hidden=1024, d_out=3, depth=3)
+    with pytest.raises(BadInput, match=r"training state \(\d+\.\d MB\) and data shard \(0\.0 MB\) "
+                                       r"do not fit the job's memory limit of 4 MB"):
+        untouchable_client().submit_training(wide, _training_data(), TRAIN_PLAN,
+                                             memory_limit_mb=4)
