@@ -17,6 +17,11 @@ result (the same job with another seed), and the second half of the checkpoints 
 from the first half. Each is audited as a drawn audit would: the last segment and one more
 drawn from a seed. ``verify_cost_ratio`` is the steps the verifier recomputes over the steps
 the worker ran at those default audit settings.
+
+An appeal is judged step by step from the worker's own states
+(:func:`meshcompute.execution.training.check_links`): every step of every honest run is judged
+so (``honest_steps``, ``step_false_positives``), and ``step_record_overhead`` is what keeping
+the hash of the state after every step (the worker's step records) adds to a run's time.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from meshcompute.core.training import (
 from meshcompute.execution.loader import load_program
 from meshcompute.execution.programs import export_program
 from meshcompute.execution.training import (
+    check_links,
     check_segment,
     initial_state,
+    links_in_process,
     run_steps,
     state_bytes,
 )
@@ -128,21 +135,53 @@ class _Result:
     def __init__(self, checkpoints: list[bytes], losses: list[float]) -> None:
         self.checkpoints = checkpoints
         self.losses = losses
+        self.step_states: list[bytes] = []
 
 
 def _run(program: Any, data: list[torch.Tensor], plan: TrainingPlan, threads: int = 1,
-         micro_batches: int = 1, autocast: torch.dtype | None = None) -> _Result:
+         micro_batches: int = 1, autocast: torch.dtype | None = None,
+         record: str | None = None) -> _Result:
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         if autocast is None:
-            run = run_steps(program, data, plan, micro_batches=micro_batches)
+            run = run_steps(program, data, plan, micro_batches=micro_batches, record=record)
         else:
             with torch.autocast("cpu", dtype=autocast):
                 run = run_steps(program, data, plan, micro_batches=micro_batches)
     finally:
         torch.set_num_threads(saved)
-    return _Result(run.checkpoints, run.losses)
+    result = _Result(run.checkpoints, run.losses)
+    result.step_states = run.step_states
+    return result
+
+
+def _step_checks(loaded: Any, shard: list[torch.Tensor], plan: TrainingPlan,
+                 variants: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Every step of each honest variant judged from the worker's own state before it, as an
+    appeal judges: (steps judged, steps failed, our second runs)."""
+    links = links_in_process(loaded, shard, plan)
+    judged = failed = seconds = 0
+    for setup in variants:
+        states = _run(loaded, shard, plan, record="states", **setup).step_states
+        for start, end in segments(plan):
+            chain = [states[start - 1] if start > 0 else None, *states[start:end]]
+            check = check_links(chain, start, TRAINING_TOLERANCE, links)
+            judged += end - start
+            failed += not check.agree
+            seconds += check.steps_run - (end - start)
+    return judged, failed, seconds
+
+
+def _record_overhead(loaded: Any, shard: list[torch.Tensor], plan: TrainingPlan) -> float:
+    """A run's time with the step records over its time without (the best of three each)."""
+    times: dict[str | None, float] = {}
+    for record in (None, "hashes") * 3:
+        began = time.perf_counter()
+        run_steps(loaded, shard, plan, record=record)
+        spent = time.perf_counter() - began
+        times[record] = min(times.get(record, spent), spent)
+    return times["hashes"] / times[None] - 1.0
 
 
 def _segmentwise(program: Any, data: list[torch.Tensor], plan: TrainingPlan,
@@ -224,6 +263,7 @@ def run_train_verify_bench(families: tuple[str, ...] = tuple(FAMILIES)) -> dict[
     cheat_rows: list[dict[str, Any]] = []
     per_family: dict[str, Any] = {}
     audited_steps = worker_steps = 0
+    honest_steps = step_false_positives = 0
     for family in families:
         program, shard, other, plan = _export(family)
         loaded = load_program(program)
@@ -254,6 +294,12 @@ def run_train_verify_bench(families: tuple[str, ...] = tuple(FAMILIES)) -> dict[
                                "tolerance_used": _num(ratio),
                                "first_bad_step": bad[0] if bad else None})
         row["mildest_cheat_tolerance_used"] = _num(mildest)
+        steps, failed, seconds = _step_checks(loaded, shard, plan,
+                                              list(HONEST_VARIANTS.values()))
+        honest_steps += steps
+        step_false_positives += failed
+        row["honest_steps_needing_our_second_run"] = seconds
+        row["step_record_overhead"] = round(_record_overhead(loaded, shard, plan), 3)
         per_family[family] = row
     detected = sum(1 for r in cheat_rows if r["detected"])
     mildest_all = min((r["tolerance_used"] or float("inf")) for r in cheat_rows)
@@ -269,6 +315,9 @@ def run_train_verify_bench(families: tuple[str, ...] = tuple(FAMILIES)) -> dict[
         "margin_factor": _num(mildest_all / worst_honest) if worst_honest > 0 else None,
         "audited_segments": AUDITED_SEGMENTS,
         "verify_cost_ratio": round(audited_steps / worker_steps, 3),
+        "honest_steps": honest_steps,
+        "step_false_positives": step_false_positives,
+        "step_record_overhead": max(r["step_record_overhead"] for r in per_family.values()),
         "per_family": per_family,
         "cheats": cheat_rows,
         "torch": torch.__version__,
