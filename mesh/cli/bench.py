@@ -122,11 +122,17 @@ def bench_cuda(
     threads: Annotated[int, typer.Option(min=1, help="CPU threads of each job process.")] = 4,
     verify: Annotated[bool, typer.Option(
         help="Also run the verification bench and the grief set with a CUDA worker.")] = True,
+    inference: Annotated[bool, typer.Option(
+        help="Run the inference part (each model family's job on cuda and cpu).")] = True,
+    training: Annotated[bool, typer.Option(
+        help="Run the training part (a GPU training run, every segment audited on the CPU).")
+    ] = True,
 ) -> None:
     """The worker's CUDA jobs against the CPU verifier's recomputation (needs a GPU)."""
     from meshcompute.mesh.bench.cuda import run_cuda_bench
 
-    emit(run_cuda_bench(threads=threads, verify=verify), as_json)
+    emit(run_cuda_bench(threads=threads, verify=verify, inference=inference,
+                        training=training), as_json)
 
 
 @bench_app.command("verify")
