@@ -631,6 +631,50 @@ class Client:
         return TrainingResult(parameters=parameters, losses=losses, state=state,
                               manifest_sha256=committed[-1], job_ids=[shard.job_id])
 
+    def train(
+        self,
+        model: torch.nn.Module | bytes,
+        data: Sequence[torch.Tensor],
+        *,
+        optimizer: dict[str, Any],
+        workers: int,
+        rounds: int,
+        steps_per_round: int,
+        batch_size: int,
+        run_dir: Path | str,
+        seed: int = 0,
+        outer_lr: float = 0.7,
+        outer_momentum: float = 0.9,
+        pay: str = "1",
+        audit_bps: int = 0,
+        round_timeout_s: float = 1800.0,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Any:
+        """Train across machines: ``rounds`` rounds of one training job per shard of ``data``
+        (``workers`` shards), each ``steps_per_round`` steps of ``optimizer`` from the current
+        global parameters, combined by an outer Nesterov step (DiLoCo style:
+        :mod:`meshcompute.rounds`). The run lives in ``run_dir`` and resumes from it after a
+        restart; it ends with ``weights.safetensors`` and ``loss.png`` there. Each job is
+        paid ``pay`` once verified. Returns a :class:`meshcompute.rounds.TrainRunResult`."""
+        from meshcompute.rounds import RunConfig, TrainingRun
+
+        config = RunConfig(workers=workers, rounds=rounds, steps_per_round=steps_per_round,
+                           batch_size=batch_size, optimizer=dict(optimizer), seed=seed,
+                           outer_lr=outer_lr, outer_momentum=outer_momentum, pay=str(pay),
+                           audit_bps=audit_bps, round_timeout_s=round_timeout_s)
+        return TrainingRun(self, model, data, config, Path(run_dir), progress=progress).run()
+
+    def funds(self) -> int:
+        """This client's credits: its wallet's MESH and what the market holds for it to
+        withdraw, in wei."""
+        address = self.account.address
+        return int(self.actor.balance_of(address)) + int(
+            self.connection.contracts.account_of(address).withdrawable)
+
+    @staticmethod
+    def submission_from_json(doc: dict[str, Any]) -> Submission:
+        return Submission.from_json(doc)
+
     def train_in_parts(
         self,
         model: torch.nn.Module | bytes | Path,

@@ -244,6 +244,16 @@ def batch_rows(plan: TrainingPlan, rows: int, step: int) -> list[int]:
     return out
 
 
+def shard_rows(rows: int, shards: int, seed: int) -> list[list[int]]:
+    """A dataset of ``rows`` rows split into ``shards`` disjoint shards of near-equal size
+    (a shuffle by the seed, then contiguous runs): the data of each job of a training round."""
+    if not 1 <= shards <= rows:
+        raise BadInput(f"cannot split {rows} rows into {shards} shards")
+    order = epoch_order(seed, 0, rows)
+    cuts = [rows * i // shards for i in range(shards + 1)]
+    return [sorted(order[cuts[i]:cuts[i + 1]]) for i in range(shards)]
+
+
 def segments(plan: TrainingPlan) -> list[tuple[int, int]]:
     """The checkpoint segments ``(first step, end step)`` of the job's steps (its part of the
     plan): checkpoint ``i`` is the state after step ``end_i - 1``; the last segment may be
