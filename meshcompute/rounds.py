@@ -89,10 +89,15 @@ class RunConfig:
     round_timeout_s: float = 1800.0
 
     def plan(self, round_index: int, shard: int) -> dict[str, Any]:
-        return {"optimizer": dict(self.optimizer), "steps": self.steps_per_round,
-                "batch_size": self.batch_size,
-                "seed": self.seed + round_index * self.workers + shard,
-                "checkpoint_every": max(1, self.steps_per_round // 4)}
+        """Shard ``shard``'s job in round ``round_index``: its part of one long inner run of
+        ``rounds * steps_per_round`` steps (so the inner optimizer's slots, its step count and
+        the shard's batch order carry on from round to round; only the parameters are reset to
+        the global ones)."""
+        h = self.steps_per_round
+        return {"optimizer": dict(self.optimizer), "steps": self.rounds * h,
+                "batch_size": self.batch_size, "seed": self.seed + shard,
+                "checkpoint_every": max(1, h // 4),
+                "part": [round_index * h, (round_index + 1) * h]}
 
     def check(self, rows: int) -> None:
         if not 1 <= self.workers <= rows or self.rounds < 1:

@@ -175,6 +175,20 @@ def _train_verify() -> dict[str, Any]:
     return run_train_verify_bench()
 
 
+def _train() -> dict[str, Any]:
+    from meshcompute.mesh.bench.train import run_train_bench
+
+    return run_train_bench()
+
+
+def render_train(result: dict[str, Any]) -> list[str]:
+    """The figures, then the loss curve (the picture the run drew), then the full JSON."""
+    lines = render_plain({k: v for k, v in result.items() if k != "curve"})
+    if result.get("curve"):
+        lines += ["", f"![loss per round of the distributed run]({result['curve']})", ""]
+    return lines
+
+
 def _cuda() -> dict[str, Any]:
     from meshcompute.mesh.bench.cuda import run_cuda_bench
 
@@ -200,6 +214,8 @@ SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], li
     "train_verify": (("Training verification by segments (`mesh bench train-verify --json`; "
                       "targets: no false positive, every cheat caught, verify_cost_ratio <= "
                       "0.25)"), _train_verify, render_plain),
+    "train": (("A training run across machines (`mesh bench train --json`; four workers on the "
+               "dev stack, five rounds; target loss_ratio <= 1.10)"), _train, render_train),
     "cuda": (("On a GPU: the worker's CUDA jobs audited by a CPU verifier (`mesh bench cuda "
               "--json`; needs a CUDA device)"), _cuda, render_plain),
 }

@@ -116,6 +116,16 @@ def bench_train_verify(
     emit(run_train_verify_bench(), as_json)
 
 
+@bench_app.command("train")
+def bench_train(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """A training run across four workers of the dev stack against one machine's."""
+    from meshcompute.mesh.bench.train import run_train_bench
+
+    emit(run_train_bench(), as_json)
+
+
 @bench_app.command("cuda")
 def bench_cuda(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -37,6 +37,7 @@ for _module, _name in SUBCOMMANDS:
 app.command("verify")(importlib.import_module("meshcompute.mesh.cli.verifier").verify)
 importlib.import_module("meshcompute.mesh.cli.earnings").register(app)  # `mesh earnings`, `mesh withdraw`
 importlib.import_module("meshcompute.mesh.cli.doctor").register(app)  # `mesh doctor`
+importlib.import_module("meshcompute.mesh.cli.train").register(app)  # `mesh train`
 
 
 @app.command("demo")

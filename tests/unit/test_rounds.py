@@ -73,7 +73,7 @@ class Market:
         (job_id,) = submission.job_ids
         job = next(j for j in self.posted if j["job_id"] == job_id)
         plan = validate_plan(job["plan"])
-        key = (job["plan"]["seed"] // 2, job["plan"]["seed"] % 2)  # (round, shard) of 2 shards
+        key = (job["plan"]["part"][0] // CONFIG.steps_per_round, job["plan"]["seed"])
         if key in self.late:
             raise JobFailed(f"timed out after {timeout_s:.0f}s waiting for shards")
         run = run_steps(job["program"], job["data"], plan, job["state"])
