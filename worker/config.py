@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from meshcompute.core.availability import Schedule
 from meshcompute.errors import BadInput, ConfigError
 from meshcompute.settings import Settings
 from meshcompute.units import parse_mesh
@@ -44,6 +45,13 @@ class WorkerConfig:
     """Probe each new program (per program, input layout and tolerance) before committing, as
     an audit would, and hand back unpaid, without penalty, a job unstable under its tolerance
     (:mod:`meshcompute.worker.probe`; about two extra runs per new program)."""
+    when_idle: bool = False
+    """Work only while the owner is not using the machine (``--when idle``:
+    :mod:`meshcompute.core.availability`); running jobs are frozen while they are."""
+    hours: Schedule | None = None
+    """Work only within these daily hours (``--hours 23:00-07:00``, local time)."""
+    hand_back_margin_s: float = 5.0
+    """A frozen job is handed back when its lease has less than this left."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 64:

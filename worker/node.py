@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import threading
 import time
 import traceback
@@ -42,6 +43,7 @@ from hexbytes import HexBytes
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.draws import draw_seed
+from meshcompute.core.availability import ACTIVE, Availability
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.spec import JobSpec
 from meshcompute.core.training import (
@@ -70,6 +72,7 @@ from meshcompute.execution.train_runner import run_training_job
 from meshcompute.health import write_health
 from meshcompute.wire.market_client import Hardware, Lease, MarketClient
 from meshcompute.worker.config import WorkerConfig, parse_price
+from meshcompute.worker.owner import Freezer, OwnerWatch, send_signal
 from meshcompute.worker.policy import HONEST, OutputPolicy
 from meshcompute.worker.probe import (
     EXTRA_RUNS,
@@ -150,6 +153,11 @@ class _Released(Exception):
     """The job must go back to the market (its multi-job ticket cannot be committed)."""
 
 
+def _kill_frozen(pid: int, born: int) -> None:
+    """Kill a stopped job process (SIGKILL is delivered to a stopped process too)."""
+    send_signal(pid, born, signal.SIGKILL)
+
+
 class WorkerNode:
     """One provider's worker: see the module docstring."""
 
@@ -165,6 +173,7 @@ class WorkerNode:
         policy: OutputPolicy = HONEST,
         runner: Runner | None = None,
         alternate_runner: Runner | None = None,
+        owner: Any | None = None,
     ) -> None:
         if actor.address != account.address:
             raise ConfigError("the chain actor and the worker account differ")
@@ -178,6 +187,15 @@ class WorkerNode:
         self._runner: Runner = runner or self._pool  # type: ignore[assignment]
         self._sink = on_event or (lambda event: None)
         self._active: dict[int, _ActiveJob] = {}
+        # yielding to the machine's owner (--when idle, --hours): ``owner.availability()``
+        # decides; the freezer stops and resumes the jobs' processes
+        if owner is None and (config.when_idle or config.hours is not None):
+            owner = OwnerWatch(config.when_idle, config.hours)
+        self.owner = owner
+        self.freezer = Freezer()
+        self.availability = Availability(ACTIVE, "working")
+        self.active_s = self.paused_s = 0.0
+        self._availability_at = time.monotonic()
         self.watch = CommitWatch(actor, appeal=policy.appeals, emit=self._emit,
                                  before_appeal=self._prepare_appeal)
         self._lock = threading.RLock()
@@ -246,9 +264,11 @@ class WorkerNode:
         try:
             while not stop_event.is_set():
                 now = time.monotonic()
-                self._renew_due_leases(now)
+                paused = self._yield_to_owner()
+                if not self.freezer.active:
+                    self._renew_due_leases(now)
                 free = self.config.slots - self._busy_slots()
-                if free > 0 and now >= next_ask:
+                if free > 0 and now >= next_ask and not paused:
                     got = self._ask_for_work(free)
                     more = got and self._busy_slots() < self.config.slots
                     next_ask = now if more else now + self.config.poll_interval_s
@@ -271,6 +291,59 @@ class WorkerNode:
             self._uploads.shutdown(wait=False)
             self._write_health(state="stopped")
             self._emit("stopped", appealed=self.watch.appealed, **self.counts)
+
+    # ------------------------------------------------------------------ the owner
+    def _yield_to_owner(self) -> bool:
+        """True while this worker must not work (the owner is using the machine, or it is
+        outside its hours): no new lease, and the running jobs' processes frozen (stopped,
+        not killed) until it may work again. A frozen job whose lease would run out is
+        handed back first, so the market offers it to someone else at no penalty."""
+        if self.owner is None:
+            return False
+        answer = self.owner.availability()
+        now = time.monotonic()
+        spent = now - self._availability_at
+        self._availability_at = now
+        if self.availability.active:
+            self.active_s += spent
+        else:
+            self.paused_s += spent
+        if answer.state != self.availability.state:
+            self.availability = answer
+            self._emit("availability", state=answer.state, reason=answer.reason)
+        if answer.active:
+            if self.freezer.active:
+                self._emit("resumed", processes=self.freezer.thaw())
+            return False
+        with self._lock:
+            running = any(not j.done and not j.abandoned for j in self._active.values())
+        if running or self.freezer.active:
+            first = not self.freezer.active
+            count = self.freezer.freeze()  # again each time: a process started meanwhile too
+            if first and count:
+                self._emit("paused", processes=count, reason=answer.reason)
+            self._hand_back_expiring()
+        return True
+
+    def _hand_back_expiring(self) -> None:
+        """While frozen: when any held lease has under ``hand_back_margin_s`` left, give every
+        held job back (its processes are killed: a job half done here is done again
+        elsewhere) rather than let the lease lapse, which the market counts against us."""
+        with self._lock:
+            held = [j for j in self._active.values() if not j.done and not j.abandoned]
+        soon = time.time() + self.config.hand_back_margin_s
+        if not any(float(j.lease.lease_expiry) <= soon for j in held):
+            return
+        for job in held:
+            if job.phase == "committing":
+                continue
+            with job.lock:
+                job.abandoned = True
+            self._release(job.job_id, "the owner is using the machine and the lease would run "
+                                      "out while the job is frozen")
+        for pid, born in list(self.freezer.frozen.items()):
+            _kill_frozen(pid, born)
+        self.freezer.frozen.clear()
 
     def _announce_probing(self) -> None:
         """One line at start: whether jobs are probed for stability, and what it costs."""
@@ -327,6 +400,14 @@ class WorkerNode:
                 "last_heartbeat": time.time(),
                 "lease_s": self._lease_s,
                 "running": len(self._active),
+                "availability": {"state": self.availability.state,
+                                 "reason": self.availability.reason,
+                                 "frozen_processes": len(self.freezer.frozen),
+                                 "active_s": round(self.active_s, 1),
+                                 "paused_s": round(self.paused_s, 1),
+                                 "earned_since_start_wei": str(
+                                     (self.watch.earned or 0)
+                                     - (self.watch.earned_at_start or 0))},
                 **self.counts,
             })
         except OSError as exc:

@@ -46,6 +46,8 @@ class CommitWatch:
         self._watched: dict[int, _Watched] = {}
         self._lock = threading.Lock()
         self._last_earnings: tuple[int, int] | None = None
+        self.earned_at_start: int | None = None
+        self.earned: int | None = None
         self.appealed = 0
 
     @property
@@ -143,6 +145,9 @@ class CommitWatch:
             self._emit("warning", message=f"reading earnings failed: {exc}")
             return
         current = (state.earned, state.withdrawable)
+        if self.earned_at_start is None:
+            self.earned_at_start = int(state.earned)
+        self.earned = int(state.earned)
         if current != self._last_earnings:
             self._last_earnings = current
             self._emit("earnings", earned_wei=str(state.earned),

@@ -125,6 +125,12 @@ def provider_status(
         f"record     {record['completed']} completed, {record['missed']} missed, "
         f"{record['slashed']} slashed, {record['audits_passed']} audits passed"
     )
+    local = status.get("this_machine")
+    if local:
+        earned = int(local.get("earned_since_start_wei") or 0) / 10**18
+        out.print(f"worker     {local['state'].replace('_', ' ')} ({local['reason']}); active "
+                  f"{local['active_s']:.0f} s, paused {local['paused_s']:.0f} s since it "
+                  f"started; earned {earned:g} MESH meanwhile")
     jobs = status["jobs_in_progress"]
     if not jobs:
         out.print("jobs       none in progress")
@@ -145,6 +151,25 @@ def provider_status(
     out.print(table)
 
 
+def _local_worker(who: str) -> dict[str, Any] | None:
+    """This machine's worker for ``who``, from its health record: whether it is active,
+    paused for the owner or outside its hours (``--when idle``, ``--hours``), and what it
+    earned since it started; None when no worker of that address runs here."""
+    import json
+
+    from meshcompute.settings import get_settings
+
+    path = get_settings().data_dir / "worker-health.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if str(record.get("address", "")).lower() != who.lower() or record.get("state") == "stopped":
+        return None
+    availability = record.get("availability")
+    return availability if isinstance(availability, dict) else None
+
+
 def provider_status_data(conn: Any, who: str) -> dict[str, Any]:
     """Everything ``mesh provider status`` shows, as plain JSON-able data."""
     from meshcompute.chain.earnings import open_jobs
@@ -156,6 +181,7 @@ def provider_status_data(conn: Any, who: str) -> dict[str, Any]:
     return {
         "address": who,
         "chain_id": conn.chain_id,
+        "this_machine": _local_worker(who),
         "stake": {
             "wallet": onchain.money(contracts.balance_of(who)),
             "free": onchain.money(position.free),

@@ -9,12 +9,21 @@ from typing import Annotated
 
 import typer
 
+from meshcompute.core.availability import Schedule
 from meshcompute.errors import BadInput, SandboxUnavailable
 
 app = typer.Typer(no_args_is_help=True, help="Run a worker node that earns credits for jobs.")
 worker_app = app
 
 STAKE_HINT = "stake first with `mesh provider stake AMOUNT`"
+
+
+def _when_idle(when: str | None) -> bool | None:
+    if when is None:
+        return None
+    if when != "idle":
+        raise BadInput(f"--when takes 'idle', got {when!r}")
+    return True
 
 
 @worker_app.command("start")
@@ -37,6 +46,16 @@ def worker_start(
                                 "(about two extra runs per program) and hand back, unpaid and "
                                 "without penalty, jobs unstable under their tolerance.")
     ] = False,
+    when: Annotated[
+        str | None, typer.Option(help="'idle': work only while the owner is not using the "
+                                      "machine (other programs' load, keyboard and mouse, other "
+                                      "GPU processes, battery); running jobs are frozen "
+                                      "meanwhile.")
+    ] = None,
+    hours: Annotated[
+        str | None, typer.Option(help="Work only within these daily hours, local time "
+                                      "(23:00-07:00).")
+    ] = None,
 ) -> None:
     """Register with the market and run jobs until SIGTERM or Ctrl-C."""
     from meshcompute.chain.connect import actor_for, connect
@@ -61,6 +80,8 @@ def worker_start(
         json_logs=json_logs or None,
         grace_s=grace,
         probe_stability=probe_stability or None,
+        when_idle=_when_idle(when),
+        hours=Schedule.parse(hours) if hours is not None else None,
     )
     if not config.allow_unsandboxed and not sandbox_available():
         raise SandboxUnavailable(
