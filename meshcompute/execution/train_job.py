@@ -89,28 +89,38 @@ def run(job: Path) -> dict[str, Any]:
                                f"{text[:500]}"
         return result
     (job / "losses.json").write_text(json.dumps(run.losses))
-    written = 0
-    for index, checkpoint in enumerate(run.checkpoints):
-        written += len(checkpoint)
-        if written > int(order["max_output_bytes"]):
-            result["reason"] = (f"checkpoints exceed the job's output limit of "
-                                f"{order['max_output_bytes']} bytes")
-            return result
-        (job / f"checkpoint.{index}.safetensors").write_bytes(checkpoint)
+    output = _Output(job, int(order["max_output_bytes"]))
+    problem = output.write("checkpoint", "checkpoints", run.checkpoints)
+    if problem is not None:
+        result["reason"] = problem
+        return result
     if run.last_state:
         (job / "last.safetensors").write_bytes(run.last_state)
     if order.get("record"):
         (job / "steps.json").write_text(json.dumps(run.step_hashes))
-    for index, step_state in enumerate(run.step_states):
-        written += len(step_state)
-        if written > int(order["max_output_bytes"]):
-            result["reason"] = (f"step states exceed the job's output limit of "
-                                f"{order['max_output_bytes']} bytes")
-            return result
-        (job / f"step.{index}.safetensors").write_bytes(step_state)
+    problem = output.write("step", "step states", run.step_states)
+    if problem is not None:
+        result["reason"] = problem
+        return result
     result["diverged_at"] = run.diverged_at
     result["ok"] = True
     return result
+
+
+class _Output:
+    """The job's files under its output limit, counted over everything it writes."""
+
+    def __init__(self, job: Path, limit: int) -> None:
+        self.job, self.limit, self.written = job, limit, 0
+
+    def write(self, name: str, what: str, blobs: list[bytes], first: int = 0) -> str | None:
+        """``<name>.<i>.safetensors`` for each blob; the reason when over the limit."""
+        for index, blob in enumerate(blobs, start=first):
+            self.written += len(blob)
+            if self.written > self.limit:
+                return f"{what} exceed the job's output limit of {self.limit} bytes"
+            (self.job / f"{name}.{index}.safetensors").write_bytes(blob)
+        return None
 
 
 def _links(job: Path, order: dict[str, Any], loaded: Any, data: Any, plan: Any,
@@ -120,18 +130,16 @@ def _links(job: Path, order: dict[str, Any], loaded: Any, data: Any, plan: Any,
     appeal's recomputation of a segment step by step, in one process."""
     from meshcompute.execution.training import run_steps
 
-    written = 0
+    output = _Output(job, int(order["max_output_bytes"]))
     for index, step in enumerate(order["links"]):
         source = job / f"link.{index}.safetensors"
         state = source.read_bytes() if source.exists() else None
         after = run_steps(loaded, data, plan, state, start=int(step), end=int(step) + 1,
                           micro_batches=int(order.get("micro_batches", 1))).last_state
-        written += len(after)
-        if written > int(order["max_output_bytes"]):
-            result["reason"] = (f"states exceed the job's output limit of "
-                                f"{order['max_output_bytes']} bytes")
+        problem = output.write("after", "states", [after], first=index)
+        if problem is not None:
+            result["reason"] = problem
             return result
-        (job / f"after.{index}.safetensors").write_bytes(after)
     result["compute_s"] = time.perf_counter() - started
     (job / "losses.json").write_text("[]")
     result["ok"] = True

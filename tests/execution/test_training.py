@@ -44,10 +44,16 @@ def _data(rows: int = 24) -> list[torch.Tensor]:
     return [torch.randn(rows, 6, generator=gen), torch.randint(0, 3, (rows,), generator=gen)]
 
 
-@pytest.fixture(scope="module")
-def program() -> bytes:
+def small_program() -> bytes:
+    """The small MLP with its loss these tests train (also tests/execution/test_training_
+    device.py)."""
     torch.manual_seed(0)
     return export_program(Regression().train(), tuple(t[:4] for t in _data()))
+
+
+@pytest.fixture(scope="module")
+def program() -> bytes:
+    return small_program()
 
 
 def _plan(optimizer: dict, steps: int = 6, every: int = 2) -> object:

@@ -10,25 +10,21 @@ from safetensors.torch import load as st_load
 
 from meshcompute.core.training import DEFAULT_TRAINING_TOLERANCE, segments, validate_plan
 from meshcompute.execution.loader import load_program
-from meshcompute.execution.programs import export_program, save_tensors
+from meshcompute.execution.programs import save_tensors
 from meshcompute.execution.train_runner import run_training_job
 from meshcompute.execution.training import check_segment, module_on, run_steps
-from meshcompute.mesh.models import MLPClassifier
+from tests.execution.test_training import _data, small_program
+
+
+@pytest.fixture(scope="module")
+def program() -> bytes:
+    return small_program()
+
 
 LIMITS = {"time_limit_s": 120.0, "memory_limit_mb": 1024, "max_output_bytes": 1 << 24}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _data(rows: int = 24) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return [torch.randn(rows, 6, generator=gen), torch.randint(0, 3, (rows,), generator=gen)]
-
-
-@pytest.fixture(scope="module")
-def program() -> bytes:
-    torch.manual_seed(0)
-    model = MLPClassifier(d_in=6, d_hidden=8, d_out=3, depth=2).train()
-    return export_program(model, tuple(t[:4] for t in _data()))
 
 
 def _plan(optimizer: dict | None = None) -> object:
