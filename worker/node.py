@@ -241,6 +241,7 @@ class WorkerNode:
                    slots=self.config.slots, threads=self.config.threads,
                    device=self.hardware.device, policy=self.policy.name)
         self._announce_probing()
+        self._announce_limits()
         while True:
             try:
                 self.register()
@@ -344,6 +345,25 @@ class WorkerNode:
         for pid, born in list(self.freezer.frozen.items()):
             _kill_frozen(pid, born)
         self.freezer.frozen.clear()
+
+    def _announce_limits(self) -> None:
+        """One line at start: what of this machine the worker may use, and when."""
+        hardware = self.hardware
+        gpus = hardware.gpus
+        when = []
+        if self.config.when_idle:
+            when.append("only while the owner is away (--when idle)")
+        if self.config.hours is not None:
+            when.append(f"only within {self.config.hours} (--hours)")
+        message = (f"uses at most {self.config.slots} job(s) at a time of {self.config.threads} "
+                   f"CPU thread(s) each ({self.config.slots * self.config.threads} threads), each "
+                   f"job under its own memory limit (the market offers none over this machine's "
+                   f"{hardware.memory_mb} MB){', and its share of the GPU' if gpus else ''}; "
+                   + (", ".join(when) if when else "whenever it is running"))
+        self._emit("limits", slots=self.config.slots, threads=self.config.threads,
+                   memory_mb=hardware.memory_mb, when_idle=self.config.when_idle,
+                   hours=str(self.config.hours) if self.config.hours else None,
+                   message=message)
 
     def _announce_probing(self) -> None:
         """One line at start: whether jobs are probed for stability, and what it costs."""

@@ -118,6 +118,10 @@ class StatusBoard:
                     row.phase, row.phase_since = phase, now
             elif name == "stability_probe_config":
                 self.probing = bool(event.get("enabled"))
+            elif name == "availability" and self.state not in ("stopping", "stopped"):
+                state = str(event.get("state"))
+                self.state = "running" if state == "active" else (
+                    f"{state.replace('_', ' ')}: {event.get('reason', '')}")
             elif name in ("job_done", "job_failed", "job_released", "commit_reverted",
                           "job_abandoned", "job_handed_back"):
                 if isinstance(job_id, int):
