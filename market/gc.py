@@ -4,8 +4,8 @@ Every blob has a keep-until time (``MarketState.keep_blobs``):
 
 - an upload is kept ``blob_grace_s`` (a day) from its last upload, time to post its job;
 - each round, every blob an open job needs (its spec, program and inputs (and a training
-  job's initial state, checkpoints, loss curve and step records, and the step states of an
-  appealed one), the output its
+  job's initial state, checkpoints, loss curve and step records, and the step states of one
+  that may be or is appealed), the output its
   worker submitted or committed, the evidence its verdicts name), and every blob of a job
   that ended since the last round, is kept ``blob_retention_s`` (a week) from now; so once
   a job ends its blobs stay at least that long: long enough to download an output, to
@@ -75,7 +75,8 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
             outputs.add(submitted)
         needed |= outputs
         if spec is not None and spec.is_training:
-            appealed = record.state in _APPEAL_STATES or record.state.terminal
+            appealed = record.state in _APPEAL_STATES  # once it ends, the verdict's evidence
+            # names what the appeal judged; the states themselves keep the upload's grace
             for output in outputs:
                 needed |= _manifest_blobs(rt, output, with_step_states=appealed)
         if record.state in _VERDICT_STATES:

@@ -17,7 +17,8 @@ At the end the folder holds ``weights.safetensors`` (the trained parameters) and
 ``loss.png`` (the loss curve). A shard whose worker was slashed is posted again by
 :meth:`~meshcompute.client.Client.wait`; a shard still missing when the round's time is up
 (a straggler, or a job nobody took) is left out of that round, said so in the report, and its
-escrow reclaimed once its deadline has passed.
+escrow reclaimed once its deadline has passed (tried at each later round and at the end; what
+is still out then is listed in ``run.json``, ``to_reclaim``, for ``mesh job reclaim``).
 """
 
 from __future__ import annotations
@@ -175,10 +176,13 @@ class TrainingRun:
         first_plan = validate_plan(self.config.plan(0, 0))
         while len(doc["rounds"]) < self.config.rounds:
             index = len(doc["rounds"])
+            self._reclaim(doc)
             report = self._round(index, doc, tensors, loaded, first_plan)
             doc["rounds"].append(asdict(report))
             doc.pop("in_flight", None)
             self._save(doc, tensors)
+        self._reclaim(doc)
+        self._save(doc, tensors)
         params = {k: v for k, v in tensors.items() if k.startswith(PARAM)}
         weights = self.run_dir / WEIGHTS_FILE
         weights.write_bytes(state_bytes(params))
@@ -194,25 +198,27 @@ class TrainingRun:
         before = self._funds()
         started = time.monotonic()
         flight = doc.get("in_flight")
-        if flight is None or flight.get("round") != index:  # post the round's jobs
-            submissions: dict[int, Any] = {}
-            for shard in range(cfg.workers):
-                slots = {k[len(_SLOTS.format(shard)):]: v for k, v in tensors.items()
-                         if k.startswith(_SLOTS.format(shard))}
-                state = join_state(params, slots or _fresh_slots(loaded, plan))
-                rows = torch.tensor(self.shards[shard])
-                submissions[shard] = self.client.submit_training(
-                    self.program, [t.index_select(0, rows) for t in self.data],
-                    cfg.plan(index, shard), state=state, pay=cfg.pay,
-                    deadline=f"{int(cfg.round_timeout_s)}s", audit_bps=cfg.audit_bps)
-                doc["in_flight"] = {"round": index, "funds_before": str(before),
-                                    "jobs": {str(s): sub.to_json()
-                                             for s, sub in submissions.items()}}
-                self._save(doc, tensors)  # posted jobs are remembered before any wait
-        else:  # resumed mid-round: wait on the jobs already paid for
+        submissions: dict[int, Any] = {}
+        if flight is not None and flight.get("round") == index:
+            # resumed mid-round: wait on the jobs already paid for, post only the others
             before = int(flight.get("funds_before", before))
             submissions = {int(s): self.client.submission_from_json(j)
                            for s, j in flight["jobs"].items()}
+        for shard in range(cfg.workers):
+            if shard in submissions:
+                continue
+            slots = {k[len(_SLOTS.format(shard)):]: v for k, v in tensors.items()
+                     if k.startswith(_SLOTS.format(shard))}
+            state = join_state(params, slots or _fresh_slots(loaded, plan))
+            rows = torch.tensor(self.shards[shard])
+            submissions[shard] = self.client.submit_training(
+                self.program, [t.index_select(0, rows) for t in self.data],
+                cfg.plan(index, shard), state=state, pay=cfg.pay,
+                deadline=f"{int(cfg.round_timeout_s)}s", audit_bps=cfg.audit_bps)
+            doc["in_flight"] = {"round": index, "funds_before": str(before),
+                                "jobs": {str(s): sub.to_json()
+                                         for s, sub in submissions.items()}}
+            self._save(doc, tensors)  # posted jobs are remembered before any wait
         returned: list[dict[str, torch.Tensor]] = []
         worker_losses: list[float] = []
         skipped: dict[str, str] = {}
@@ -224,7 +230,7 @@ class TrainingRun:
                 result = self.client.wait(submission, timeout_s=max(1.0, left))
             except MeshError as exc:
                 skipped[str(shard)] = str(exc)
-                self._reclaim(submission)
+                doc.setdefault("to_reclaim", []).extend(submission.job_ids)
                 continue
             new_params, new_slots = split_state(st_load(result.state))
             returned.append(new_params)
@@ -299,12 +305,17 @@ class TrainingRun:
     def _funds(self) -> int:
         return self.client.funds()
 
-    def _reclaim(self, submission: Any) -> None:
-        for job_id in submission.job_ids:
+    def _reclaim(self, doc: dict[str, Any]) -> None:
+        """Take back the escrow of the shards left out, once their deadline has passed (tried
+        at every round and at the end; one taken and committed meanwhile is paid as usual,
+        and one the chain refuses now is tried again later)."""
+        left = []
+        for job_id in doc.get("to_reclaim", []):
             try:
-                self.client.reclaim(job_id)
+                self.client.reclaim(int(job_id))
             except MeshError:
-                pass  # taken and committed meanwhile, or not yet past its deadline
+                left.append(job_id)
+        doc["to_reclaim"] = left
 
     def _report(self, round_index: int, returned: int, doc: dict[str, Any]) -> None:
         if self.progress is None:

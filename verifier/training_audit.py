@@ -82,7 +82,11 @@ class TrainingJudge:
         from meshcompute.verifier.audit import NotReproducible
 
         assert spec.training is not None
-        plan = validate_plan(spec.training)
+        try:
+            plan = validate_plan(spec.training)
+        except BadInput as exc:  # accepted when posted, refused by this version's rules
+            raise NotReproducible(f"job {job_id}: its training plan cannot be judged by this "
+                                  f"verifier: {exc}") from None
         try:
             doc = parse_manifest(manifest, plan)
         except BadInput as exc:
@@ -102,6 +106,14 @@ class TrainingJudge:
                     before = store.get_blob(spec.state, verify=True) if spec.state else None
             except _Missing as exc:
                 return _fail(f"segment {index}: {exc}", rows)
+            impossible = _impossible(theirs, "after") or (
+                _impossible(before, "before") if index > 0 else None)
+            if impossible is not None:
+                reason = f"segment {index} (steps {start}-{end}): {impossible}"
+                rows.append({"segment": index, "steps": [start, end], "worker": theirs_sha,
+                             "agree": False, "reason": reason})
+                reasons.append(reason)
+                continue
             ours = self.run(spec, program, data, before, start, end, False)
             our_sha = store.put_blob(ours)
             judged = judge_segment(ours, theirs, spec.tolerance, partial(
@@ -140,7 +152,6 @@ class TrainingJudge:
         audit, and the states it names, which the worker uploads when it appeals. Without
         them, the segment's failure stands. Returns (agree, reason, what the document says)."""
         from meshcompute.execution.training import check_links
-        from meshcompute.verifier.audit import NotReproducible
 
         start, _ = segments(plan)[index]
         checkpoint = doc["checkpoints"][index]
@@ -155,11 +166,14 @@ class TrainingJudge:
             return False, reason, {"agree": False, "reason": reason}
         links = check_links(chain, start, spec.tolerance,
                             partial(self._links, spec, program, data))
+        reason = links.reason
         if links.unjudgeable is not None:
-            raise NotReproducible(f"job {job_id}: segment {index}: {links.reason}", ())
-        result = {"agree": links.agree, "reason": links.reason, "step": links.step,
+            # the segment as a whole could be judged; a step that cannot, from the worker's
+            # own states, only says those states lead somewhere chaotic: the verdict stands
+            reason = f"{links.reason}; the segment's verdict stands"
+        result = {"agree": links.agree, "reason": reason, "step": links.step,
                   "steps_run": links.steps_run}
-        return links.agree, links.reason, result
+        return links.agree, reason, result
 
 
     def _links(self, spec: JobSpec, program: bytes, data: bytes,
@@ -173,6 +187,24 @@ class TrainingJudge:
 
 class _Missing(Exception):
     pass
+
+
+def _impossible(state: bytes | None, where: str) -> str | None:
+    """Why the worker's checkpoint ``where`` the segment is no state a run can be in (a value
+    not finite, a negative second moment: :func:`meshcompute.execution.training.
+    state_problem`), or None."""
+    from safetensors.torch import load as st_load
+
+    from meshcompute.execution.training import state_problem
+
+    if state is None:
+        return None
+    try:
+        tensors = st_load(state)
+    except Exception:  # noqa: BLE001 - the worker's bytes may be anything
+        return f"the worker's checkpoint {where} it is not a safetensors file"
+    problem = state_problem(tensors)
+    return None if problem is None else f"the worker's checkpoint {where} it: {problem}"
 
 
 def _worker_blob(store: Any, sha: str) -> bytes:
@@ -194,7 +226,8 @@ def _fail(reason: str, rows: list[dict[str, Any]] | None = None) -> TrainingJudg
     return TrainingJudgement(False, reason, _document(rows or [], reason), None, None)
 
 
-def _sandboxed(recomputer: Any, spec: JobSpec, alternate: bool, **job: Any) -> Any:
+def _sandboxed(recomputer: Any, spec: JobSpec, alternate: bool, *,
+               diverged_is_an_answer: bool = False, **job: Any) -> Any:
     """:func:`meshcompute.execution.train_runner.run_training_job` in our setup (``alternate``:
     the verifiers' second numeric setup, each batch in two halves); RecomputeFailed when it
     fails."""
@@ -218,7 +251,7 @@ def _sandboxed(recomputer: Any, spec: JobSpec, alternate: bool, **job: Any) -> A
         raise RecomputeFailed(f"training segment refused: {exc}") from None
     if not outcome.ok:
         raise RecomputeFailed(f"training segment recomputation failed: {outcome.reason}")
-    if outcome.diverged_at is not None:
+    if outcome.diverged_at is not None and not diverged_is_an_answer:
         raise RecomputeFailed(f"our recomputation diverged at step {outcome.diverged_at}")
     return outcome
 
@@ -247,12 +280,8 @@ def sandboxed_links_run(recomputer: Any) -> SegmentLinks:
             steps: Sequence[int], alternate: bool) -> list[bytes]:
         outcome = _sandboxed(recomputer, spec, alternate, program=program, data=data,
                              plan=spec.training, links=list(zip(befores, steps, strict=True)),
-                             max_output_bytes=spec.max_output_bytes * max(1, len(steps)))
-        if len(outcome.link_states) != len(steps):
-            from meshcompute.verifier.audit import RecomputeFailed
-
-            raise RecomputeFailed(f"our step-by-step recomputation gave "
-                                  f"{len(outcome.link_states)} states for {len(steps)} steps")
-        return list(outcome.link_states)
+                             max_output_bytes=spec.max_output_bytes * max(1, len(steps)),
+                             diverged_is_an_answer=True)
+        return list(outcome.link_states)[:len(steps)]
 
     return run

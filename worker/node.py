@@ -120,6 +120,8 @@ class _ActiveJob:
     phase: str = "leased"
     running: bool = False
     abandoned: bool = False
+    frozen: bool = False
+    """Its processes were stopped for the machine's owner at some time."""
     done: bool = False
     """Finished here (failed, committed, reverted or released): nothing more to do."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -319,6 +321,9 @@ class WorkerNode:
         with self._lock:
             running = any(not j.done and not j.abandoned for j in self._active.values())
         if running or self.freezer.active:
+            with self._lock:
+                for job in self._active.values():
+                    job.frozen = True
             first = not self.freezer.active
             count = self.freezer.freeze()  # again each time: a process started meanwhile too
             if first and count:
@@ -978,6 +983,12 @@ class WorkerNode:
         job.done = True
         if job.abandoned:  # already released at shutdown: the market no longer expects us
             self._emit("job_abandoned", job_id=job.job_id, reason=reason)
+            return
+        if job.frozen and "time limit" in reason:
+            # its wall-clock limit ran while it was stopped for the owner: not the job's fault
+            # nor the client's; it goes back to the market for someone else
+            self._release(job.job_id, f"{reason}, having been frozen while the owner used "
+                                      "the machine")
             return
         with self._lock:
             self.counts["failed"] += 1

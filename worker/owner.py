@@ -32,13 +32,15 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _stat(pid: int) -> tuple[int, int, int] | None:
-    """(parent pid, start time, utime + stime in ticks) of ``pid``, None once it is gone."""
+    """(parent pid, start time, CPU ticks) of ``pid``, None once it is gone. The ticks are its
+    own (utime, stime) and those of its children it has reaped (cutime, cstime), so a job
+    process that ended stays counted as the worker's, never as another program's load."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
     fields = raw.rsplit(b")", 1)[1].split()
-    return int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), int(fields[19]), sum(int(f) for f in fields[11:15])
 
 
 def _run_state(pid: int) -> str | None:

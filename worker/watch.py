@@ -10,6 +10,7 @@ refunded jobs are reported and dropped. Earnings come from ``JobMarket.accountOf
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,8 @@ class _Watched:
     job_id: int
     audit_failed_seen: bool = False
     appealed: bool = False
-    prepared: bool = False
+    preparing: threading.Thread | None = None
+    send_by: float = 0.0
 
 
 class CommitWatch:
@@ -40,8 +42,9 @@ class CommitWatch:
         self.actor = actor
         self.appeal = appeal
         self.before_appeal = before_appeal
-        """Called once before a job's first appeal is sent (a training job's worker uploads
-        the states its appeal is judged on); an error is reported and the appeal sent."""
+        """Run once, in a thread of its own, before a job's first appeal is sent (a training
+        job's worker uploads the states its appeal is judged on); the appeal waits for it at
+        most half the appeal window, and an error is reported and the appeal sent."""
         self._emit = emit
         self._watched: dict[int, _Watched] = {}
         self._lock = threading.Lock()
@@ -105,13 +108,15 @@ class CommitWatch:
 
     def _appeal(self, watched: _Watched, record: JobRecord) -> None:
         job_id = watched.job_id
-        if self.before_appeal is not None and not watched.prepared:
-            watched.prepared = True
-            try:
-                self.before_appeal(job_id, record)
-            except Exception as exc:  # noqa: BLE001 - the appeal is sent all the same
-                self._emit("warning", job_id=job_id,
-                           message=f"preparing the appeal of job {job_id} failed: {exc}")
+        if self.before_appeal is not None:
+            if watched.preparing is None:  # in the background: the node's loop goes on
+                watched.send_by = time.monotonic() + self._preparation_budget()
+                watched.preparing = threading.Thread(
+                    target=self._prepare, args=(job_id, record), daemon=True,
+                    name=f"mesh-appeal-{job_id}")
+                watched.preparing.start()
+            if watched.preparing.is_alive() and time.monotonic() < watched.send_by:
+                return  # the appeal goes once it is ready, or at half its window
         watched.appealed = True
         try:
             self.actor.appeal(job_id, record)
@@ -132,6 +137,21 @@ class CommitWatch:
             return
         self.appealed += 1
         self._emit("appealed", job_id=job_id)
+
+    def _prepare(self, job_id: int, record: JobRecord) -> None:
+        assert self.before_appeal is not None
+        try:
+            self.before_appeal(job_id, record)
+        except Exception as exc:  # noqa: BLE001 - the appeal is sent all the same
+            self._emit("warning", job_id=job_id,
+                       message=f"preparing the appeal of job {job_id} failed: {exc}")
+
+    def _preparation_budget(self) -> float:
+        """Half the appeal window: the appeal itself is sent by then, ready or not."""
+        try:
+            return max(1.0, float(self.actor.config()["appeal_window_s"]) / 2)
+        except Exception:  # noqa: BLE001 - unknown: a minute
+            return 60.0
 
     def _drop(self, job_id: int) -> None:
         with self._lock:

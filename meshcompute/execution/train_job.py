@@ -126,17 +126,21 @@ class _Output:
 def _links(job: Path, order: dict[str, Any], loaded: Any, data: Any, plan: Any,
            result: dict[str, Any], started: float) -> dict[str, Any]:
     """One step from each of several states: ``link.<i>.safetensors`` (absent: the program's
-    own parameters) runs step ``links[i]`` alone and gives ``after.<i>.safetensors``. An
-    appeal's recomputation of a segment step by step, in one process."""
+    own parameters) runs step ``links[i]`` alone and gives ``after.<i>.safetensors``, up to
+    the first whose loss is not finite (``diverged_at``: its step). An appeal's recomputation
+    of a segment step by step, in one process."""
     from meshcompute.execution.training import run_steps
 
     output = _Output(job, int(order["max_output_bytes"]))
     for index, step in enumerate(order["links"]):
         source = job / f"link.{index}.safetensors"
         state = source.read_bytes() if source.exists() else None
-        after = run_steps(loaded, data, plan, state, start=int(step), end=int(step) + 1,
-                          micro_batches=int(order.get("micro_batches", 1))).last_state
-        problem = output.write("after", "states", [after], first=index)
+        run = run_steps(loaded, data, plan, state, start=int(step), end=int(step) + 1,
+                        micro_batches=int(order.get("micro_batches", 1)))
+        if run.diverged_at is not None:
+            result["diverged_at"] = int(step)  # the links before it are written
+            break
+        problem = output.write("after", "states", [run.last_state], first=index)
         if problem is not None:
             result["reason"] = problem
             return result

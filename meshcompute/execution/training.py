@@ -99,7 +99,23 @@ def load_state(data: bytes, program: LoadedProgram, plan: TrainingPlan) -> dict[
         if got.shape != want.shape or got.dtype != want.dtype:
             raise BadInput(f"training state: {name} is {got.dtype}{list(got.shape)}, the "
                            f"program needs {want.dtype}{list(want.shape)}")
+    problem = state_problem(tensors)
+    if problem is not None:
+        raise BadInput(f"training state: {problem}")
     return tensors
+
+
+def state_problem(tensors: dict[str, torch.Tensor]) -> str | None:
+    """What makes a state one no honest run can be in: a value that is not finite, or a
+    negative second moment (AdamW's ``exp_avg_sq`` is a running mean of squares), which would
+    turn the next step's square root into NaN; None when it is sound."""
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds a value that is not finite"
+        if name.endswith(".exp_avg_sq") and bool((tensor < 0).any()):
+            return f"{name} holds a negative value (a second moment cannot be negative)"
+    return None
 
 
 def check_data(data: Sequence[torch.Tensor]) -> int:
@@ -315,6 +331,10 @@ def compare_states(ours: bytes, theirs: bytes, tolerance: dict,
             continue
         if not bool(torch.isfinite(b[name]).all()):
             return _disagree(f"{name} in the worker's checkpoint is not finite")
+        if not bool(torch.isfinite(a[name]).all()) or (
+                c is not None and not bool(torch.isfinite(c[name]).all())):
+            # our own run left the finite numbers: nothing can be judged against it
+            return _disagree(f"{name} in our recomputation is not finite")
         diff = (a[name].double() - b[name].double()).abs()
         allowed = atol + rtol * a[name].double().abs()
         if c is not None:
@@ -424,7 +444,8 @@ class LinkCheck:
 
 LinkRun = Callable[[Sequence["bytes | None"], Sequence[int], bool], list[bytes]]
 """``run_links(befores, steps, alternate)``: for each ``i``, the state after running step
-``steps[i]`` alone from ``befores[i]`` (None: the program's own parameters); ``alternate``: our
+``steps[i]`` alone from ``befores[i]`` (None: the program's own parameters), stopping before
+the first step whose loss is not finite (so fewer states than steps); ``alternate``: our
 second numeric setup. One call is one sandboxed process (:func:`meshcompute.execution.
 train_runner.run_training_links`), so a segment of K steps costs about one recomputation of it,
 not K process starts."""
@@ -439,9 +460,14 @@ def links_in_process(program: bytes | LoadedProgram, data: Sequence[torch.Tensor
     def run(befores: Sequence[bytes | None], steps: Sequence[int],
             alternate: bool) -> list[bytes]:
         halves = 2 if alternate and plan.batch_size % 2 == 0 else 1
-        return [run_steps(loaded, data, plan, before, start=step, end=step + 1,
-                          micro_batches=halves).last_state
-                for before, step in zip(befores, steps, strict=True)]
+        out: list[bytes] = []
+        for before, step in zip(befores, steps, strict=True):
+            after = run_steps(loaded, data, plan, before, start=step, end=step + 1,
+                              micro_batches=halves)
+            if after.diverged_at is not None:
+                break
+            out.append(after.last_state)
+        return out
     return run
 
 
@@ -449,24 +475,41 @@ def check_links(states: Sequence[bytes | None], start: int, tolerance: dict,
                 run_links: LinkRun) -> LinkCheck:
     """Judge a segment as a chain of single steps: ``states[0]`` is the state before step
     ``start`` (None: the program's own parameters), ``states[i]`` the worker's state after
-    step ``start + i - 1``. Each of the worker's states must follow from the one before it by
-    :func:`judge_segment`'s rule for a one-step segment (our second run made, in one more
-    process, only for the steps whose first comparison fails), so a verdict rests on one
-    step's recomputation from the worker's own state, which drift cannot blur: an honest
-    worker whose segment drifted past the tolerance passes, a state that was not computed
-    fails at the first step that claims it."""
+    step ``start + i - 1``. Each of the worker's states must be one a run can be in
+    (:func:`state_problem`) and follow from the one before it by :func:`judge_segment`'s rule
+    with a K-th of the segment's tolerance (K the segment's steps, so that differences allowed
+    step by step add up to no more than the segment's own allowance; our second run is made,
+    in one more process, only for the steps whose first comparison fails). A verdict so rests
+    on one step's recomputation from the worker's own state, which drift cannot blur: an
+    honest worker whose segment drifted past the tolerance passes, a state that was not
+    computed fails at the first step that claims it."""
     count = len(states) - 1
     steps = [start + i for i in range(count)]
-    ours = run_links(states[:-1], steps, False)
-    failing = [i for i in range(count)
-               if not compare_states(ours[i], _worker_state(states[i + 1]), tolerance).agree]
+    share = {**tolerance, "rtol": float(tolerance["rtol"]) / max(1, count),
+             "atol": float(tolerance["atol"]) / max(1, count)}
+    runnable = count
+    for i in range(1, count + 1):  # the worker's states, checked before anything runs
+        problem = _state_bytes_problem(states[i])
+        if problem is not None:
+            runnable = i - 1
+            break
+    ours = run_links(states[:runnable], steps[:runnable], False) if runnable else []
+    failing = [i for i in range(len(ours))
+               if not compare_states(ours[i], _worker_state(states[i + 1]), share).agree]
     seconds = dict(zip(failing, run_links([states[i] for i in failing],
-                                          [steps[i] for i in failing], True), strict=True)) \
+                                          [steps[i] for i in failing], True), strict=False)) \
         if failing else {}
-    steps_run = count + len(failing)
+    steps_run = len(ours) + len(failing)
     for i in range(count):
-        judged = judge_segment(ours[i], _worker_state(states[i + 1]), tolerance,
-                               partial(seconds.__getitem__, i))
+        if i >= len(ours):
+            reason = (f"the worker's state after step {steps[i]} is not one a run can be in: "
+                      f"{_state_bytes_problem(states[i + 1])}") if i == runnable else (
+                f"our step {steps[i]} from the worker's own state gave no state (its loss was "
+                "not finite)")
+            return LinkCheck(False, reason, steps[i], steps_run)
+        # a second run that gave no state (its loss not finite) is as far from ours as can be
+        judged = judge_segment(ours[i], _worker_state(states[i + 1]), share,
+                               partial(seconds.get, i, b""))
         if judged.unjudgeable is not None:
             return LinkCheck(False, f"step {steps[i]}: our own two runs of it differ by "
                              f"{judged.unjudgeable.used:.3g} times the tolerance: cannot be "
@@ -475,7 +518,16 @@ def check_links(states: Sequence[bytes | None], start: int, tolerance: dict,
             return LinkCheck(False, f"step {steps[i]} does not follow from the worker's own "
                              f"state before it: {judged.check.reason}", steps[i], steps_run)
     return LinkCheck(True, f"each of its {count} steps follows from the worker's own state "
-                     "before it", None, steps_run)
+                     f"before it within 1/{count} of the tolerance", None, steps_run)
+
+
+def _state_bytes_problem(state: bytes | None) -> str | None:
+    if state is None:
+        return "missing"
+    tensors = _tensors(state)
+    if tensors is None:
+        return "not a safetensors file"
+    return state_problem(tensors)
 
 
 def _worker_state(state: bytes | None) -> bytes:

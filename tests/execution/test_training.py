@@ -271,3 +271,29 @@ def test_a_sandboxed_training_run_reports_what_went_wrong(requires_sandbox: None
     bad[0][5, 0] = float("nan")
     diverged = run_training_job(program, save_tensors(bad), {**plan, "steps": 12}, **LIMITS)
     assert diverged.ok and diverged.diverged_at is not None
+
+
+def test_a_step_chain_with_an_impossible_state_or_drift_added_step_by_step_fails(
+        program: bytes) -> None:
+    # an attacker's chains: a second moment a little below zero (the next step's square root
+    # would be NaN: our run could not judge it), and every state moved by 0.9 of the whole
+    # tolerance (a step within it, the sum of them far outside)
+    plan = _plan({"name": "adamw", "lr": 0.01}, steps=8, every=8)
+    data = _data()
+    links_run = links_in_process(program, data, plan)
+    honest = run_steps(program, data, plan, record="states").step_states
+    bad = st_load(honest[2])
+    name = next(k for k in sorted(bad) if k.endswith(".exp_avg_sq"))
+    bad[name] = bad[name] - 2 * bad[name].abs().max() - 1e-12
+    chain = [None, *honest[:2], state_bytes(bad), *honest[3:]]
+    links = check_links(chain, 0, DEFAULT_TRAINING_TOLERANCE, links_run)
+    assert not links.agree and links.step == 2 and links.unjudgeable is None
+    assert "a second moment cannot be negative" in links.reason
+    drifted: list[bytes | None] = [None]
+    rtol = DEFAULT_TRAINING_TOLERANCE["rtol"]
+    for step in range(8):
+        ours = st_load(links_run([drifted[-1]], [step], False)[0])
+        drifted.append(state_bytes({k: v * (1 + 0.9 * rtol) if k.startswith("param.") else v
+                                    for k, v in ours.items()}))
+    links = check_links(drifted, 0, DEFAULT_TRAINING_TOLERANCE, links_run)
+    assert not links.agree and links.step == 0, links.reason

@@ -46,17 +46,22 @@ class Market:
     (the client stopped)."""
 
     def __init__(self, late: set[tuple[int, int]] | None = None,
-                 stop_after: int | None = None) -> None:
+                 stop_after: int | None = None, stop_posting_after: int | None = None,
+                 refuse_reclaims: int = 0) -> None:
         self.posted: list[dict[str, Any]] = []
         self.reclaimed: list[int] = []
         self.late = late or set()
         self.stop_after = stop_after
+        self.stop_posting_after = stop_posting_after
+        self.refuse_reclaims = refuse_reclaims
         self.waits = 0
         self._ids = itertools.count(1)
         self._funds = 10**24
 
     def submit_training(self, program: bytes, data: list[torch.Tensor], plan: dict[str, Any],
                         *, state: bytes, **job: Any) -> Any:
+        if self.stop_posting_after is not None and len(self.posted) >= self.stop_posting_after:
+            raise KeyboardInterrupt
         job_id = next(self._ids)
         self.posted.append({"job_id": job_id, "plan": plan, "state": state, "data": data,
                             "program": program})
@@ -80,6 +85,9 @@ class Market:
         return SimpleNamespace(state=run.final_state, losses=run.losses, job_ids=[job_id])
 
     def reclaim(self, job_id: int) -> None:
+        if self.refuse_reclaims > 0:  # not past its deadline yet
+            self.refuse_reclaims -= 1
+            raise JobFailed(f"job {job_id} is not past its deadline")
         self.reclaimed.append(job_id)
 
     def funds(self) -> int:
@@ -134,11 +142,12 @@ def test_a_run_trains_each_shard_from_the_global_parameters_and_lowers_the_loss(
 
 def test_a_straggler_is_left_out_of_its_round_and_its_escrow_reclaimed(
         program: bytes, tmp_path: Path) -> None:
-    market = Market(late={(1, 1)})
+    market = Market(late={(1, 1)}, refuse_reclaims=1)  # too early at round 2, fine at 3
     result = TrainingRun(market, program, _data(), CONFIG, tmp_path / "run").run()
     assert list(result.rounds[1].skipped) == ["1"]
     assert "timed out" in result.rounds[1].skipped["1"]
     assert market.reclaimed == [4]  # round 1, shard 1
+    assert json.loads((tmp_path / "run" / RUN_FILE).read_text())["to_reclaim"] == []
     assert len(result.rounds[1].jobs) == 1 and len(result.rounds[2].jobs) == 2
 
 
@@ -158,6 +167,13 @@ def test_a_run_resumed_after_the_client_stopped_mid_round_pays_for_no_job_twice(
     assert result.losses == uninterrupted.losses
     assert hashlib.sha256((run_dir / WEIGHTS_FILE).read_bytes()).digest() == \
         hashlib.sha256((tmp_path / "other" / WEIGHTS_FILE).read_bytes()).digest()
+    # stopped between posting a round's two jobs: the second is posted on resuming, once
+    half = Market(stop_posting_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        TrainingRun(half, program, _data(), CONFIG, tmp_path / "half").run()
+    half.stop_posting_after = None
+    again = TrainingRun(half, program, _data(), CONFIG, tmp_path / "half").run()
+    assert len(half.posted) == 2 * 4 and again.losses == uninterrupted.losses
     with pytest.raises(BadInput, match="holds another training run"):
         TrainingRun(Market(), program, _data(), RunConfig(**{**CONFIG.__dict__, "rounds": 5}),
                     run_dir).run()

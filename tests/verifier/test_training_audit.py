@@ -250,3 +250,26 @@ def test_a_cheaters_appeal_is_judged_at_the_one_step_it_did_not_compute(
     reason = appeal.evidence.comparisons[0].reason
     assert "segment 3 (steps 12-16): step 13 does not follow from the worker's own state" \
         in reason, reason
+
+
+def test_a_checkpoint_no_run_can_be_in_fails_its_segments_before_anything_runs(
+        program: bytes, tmp_path: Path) -> None:
+    # the checkpoint before the last segment (always audited) holds a NaN: our recomputation
+    # from it could only fail or void the audit; the worker claimed an impossible state
+    from safetensors.torch import load as load_state
+
+    from meshcompute.execution.training import state_bytes
+
+    honest = run_steps(program, _data(), validate_plan(PLAN), record="states")
+    states = list(honest.step_states)
+    broken = load_state(states[11])
+    name = min(k for k in broken if k.startswith("opt."))
+    broken[name][0] = float("nan")
+    states[11] = state_bytes(broken)
+    store = MemoryStore()
+    record, _ = _post(store, program, honest, step_states=states)
+    ready = _drifting_verifier(tmp_path, store).audit(1, record, missing_output_is_final=True)
+    assert not ready.verdict
+    reason = ready.evidence.comparisons[0].reason
+    assert "segment 3 (steps 12-16): the worker's checkpoint before it" in reason, reason
+    assert "not finite" in reason

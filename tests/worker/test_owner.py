@@ -10,7 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from meshcompute.worker.owner import Freezer, OwnerWatch, _on_battery, descendants
+from meshcompute.worker.owner import (
+    _TICK,
+    Freezer,
+    OwnerWatch,
+    _on_battery,
+    _stat,
+    descendants,
+)
 
 COUNTER = ("import sys, time\n"
            "path = sys.argv[1]\n"
@@ -38,8 +45,8 @@ def test_a_job_process_is_stopped_at_once_and_goes_on_when_thawed(tmp_path: Path
     counter, bystander = tmp_path / "job", tmp_path / "other"
     # a parent (the worker's stand-in) with a job process and another child below it
     parent = subprocess.Popen(
-        ["sh", "-c", f"{sys.executable} -c \"$JOB\" {counter} meshcompute.execution.execute & "
-                     f"{sys.executable} -c \"$JOB\" {bystander} & wait"],
+        ["sh", "-c", (f"{sys.executable} -c \"$JOB\" {counter} meshcompute.execution.execute & "
+                      f"{sys.executable} -c \"$JOB\" {bystander} & wait")],
         env={"JOB": COUNTER, "PATH": "/usr/bin:/bin"})
     try:
         while not (counter.exists() and bystander.exists()):
@@ -94,3 +101,27 @@ def test_power_supplies_tell_a_laptop_on_battery(tmp_path: Path) -> None:
     assert _on_battery(tmp_path) is True
     (tmp_path / "AC" / "online").write_text("1\n")
     assert _on_battery(tmp_path) is False
+
+
+def test_a_job_process_that_ended_stays_counted_as_the_workers_own_cpu_time(
+        tmp_path: Path) -> None:
+    # the worker's stand-in runs a busy job process to its end and reaps it: the job's CPU
+    # time moves to the parent's reaped-children time, so the worker's tree still owns it
+    # (else every job that ends would look like the owner's load and pause the worker)
+    busy = "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass"
+    done = tmp_path / "done"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         (f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {busy!r}])\n"
+          "open(sys.argv[1], 'w').write('done')\ntime.sleep(30)\n"), str(done)])
+    try:
+        give_up = time.monotonic() + 20
+        while not done.exists():
+            assert time.monotonic() < give_up, "the busy job never ended"
+            time.sleep(0.05)
+        assert descendants(parent.pid) == {}
+        ticks = _stat(parent.pid)[2]
+        assert ticks / _TICK >= 0.4, ticks  # the child's ~0.6 s of CPU is the parent's now
+    finally:
+        parent.kill()
+        parent.wait()
