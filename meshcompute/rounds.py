@@ -232,6 +232,9 @@ class TrainingRun:
                 skipped[str(shard)] = str(exc)
                 doc.setdefault("to_reclaim", []).extend(submission.job_ids)
                 continue
+            finally:  # a shard re-posted after a slash is remembered by its new job
+                doc["in_flight"]["jobs"][str(shard)] = submission.to_json()
+                self._save(doc, tensors)
             new_params, new_slots = split_state(st_load(result.state))
             returned.append(new_params)
             worker_losses.append(result.losses[-1])

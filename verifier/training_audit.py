@@ -155,6 +155,10 @@ class TrainingJudge:
 
         start, _ = segments(plan)[index]
         checkpoint = doc["checkpoints"][index]
+        if not doc.get("steps"):
+            reason = ("the worker's manifest names no step records (a worker from before "
+                      "them); the segment's verdict stands")
+            return False, reason, {"agree": False, "reason": reason}
         try:
             states = parse_steps(_worker_blob(store, doc["steps"][index]), plan, index,
                                  checkpoint)

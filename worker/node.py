@@ -939,6 +939,8 @@ class WorkerNode:
             return
         plan = validate_plan(spec.training)
         doc = parse_manifest(self._download(bytes(record.result_hash).hex(), "manifest"), plan)
+        if not doc.get("steps"):
+            return  # committed without step records: nothing to judge step by step
         program = self._download(spec.program, "program")
         data = self._download(spec.inputs, "data")
         bounds = segments(plan)

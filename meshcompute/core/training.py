@@ -296,20 +296,25 @@ def _check_sha(name: str, value: Any) -> None:
 
 
 def manifest_bytes(*, plan_sha256: str, checkpoints: list[str], losses: str,
-                   final_state: str, steps: list[str]) -> bytes:
+                   final_state: str, steps: list[str] | None) -> bytes:
     """The canonical manifest of a training result: the sha256 of each checkpoint (in order,
     the last is the final state), of the loss curve, of the final state and of each segment's
-    step record (:func:`steps_bytes`). Its own sha256 is the result hash committed on chain."""
+    step record (:func:`steps_bytes`; None: a manifest of a worker from before step records,
+    still a valid result, whose appeal cannot be judged step by step). Its own sha256 is the
+    result hash committed on chain."""
     for name, value in (("plan", plan_sha256), ("losses", losses), ("final_state", final_state),
                         *(("checkpoint", c) for c in checkpoints),
-                        *(("step record", c) for c in steps)):
+                        *(("step record", c) for c in steps or ())):
         _check_sha(name, value)
     if not checkpoints or checkpoints[-1] != final_state:
         raise BadInput("training manifest: the last checkpoint must be the final state")
-    if len(steps) != len(checkpoints):
+    if steps is not None and len(steps) != len(checkpoints):
         raise BadInput("training manifest: one step record per checkpoint")
-    doc = {"kind": MANIFEST_KIND, "plan": plan_sha256, "checkpoints": list(checkpoints),
-           "losses": losses, "final_state": final_state, "steps": list(steps)}
+    doc: dict[str, Any] = {"kind": MANIFEST_KIND, "plan": plan_sha256,
+                           "checkpoints": list(checkpoints), "losses": losses,
+                           "final_state": final_state}
+    if steps is not None:
+        doc["steps"] = list(steps)
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -326,8 +331,9 @@ def _canonical_json(data: bytes, limit: int, what: str) -> dict[str, Any]:
 
 
 def parse_manifest(data: bytes, plan: TrainingPlan) -> dict[str, Any]:
-    """A worker's manifest checked against ``plan`` (one checkpoint and one step record per
-    segment); BadInput otherwise. The bytes must be canonical, so one result has one hash."""
+    """A worker's manifest checked against ``plan`` (one checkpoint and, unless it is from a
+    worker before step records, one step record per segment); BadInput otherwise. The bytes
+    must be canonical, so one result has one hash."""
     doc = _canonical_json(data, MAX_MANIFEST_BYTES, "training manifest")
     if doc.get("kind") != MANIFEST_KIND:
         raise BadInput("training manifest: not a training result")
@@ -335,7 +341,7 @@ def parse_manifest(data: bytes, plan: TrainingPlan) -> dict[str, Any]:
     count = len(segments(plan))
     if not isinstance(checkpoints, list) or len(checkpoints) != count:
         raise BadInput(f"training manifest: expected {count} checkpoints")
-    if not isinstance(steps, list) or len(steps) != count:
+    if steps is not None and (not isinstance(steps, list) or len(steps) != count):
         raise BadInput(f"training manifest: expected {count} step records")
     canonical = manifest_bytes(plan_sha256=doc.get("plan"), checkpoints=checkpoints,
                                losses=doc.get("losses"), final_state=doc.get("final_state"),

@@ -117,6 +117,11 @@ def test_the_manifest_binds_every_checkpoint_and_has_one_form() -> None:
         parse_manifest(manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints[1:],
                                       losses=_sha("l"), final_state=_sha("final"),
                                       steps=steps[1:]), plan)
+    # a manifest from a worker before step records is still a result (its appeal cannot be
+    # judged step by step)
+    older = manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints,
+                           losses=_sha("losses"), final_state=_sha("final"), steps=None)
+    assert b"steps" not in older and "steps" not in parse_manifest(older, plan)
     with pytest.raises(BadInput, match="one step record per checkpoint"):
         manifest_bytes(plan_sha256=_sha("plan"), checkpoints=checkpoints, losses=_sha("l"),
                        final_state=_sha("final"), steps=steps[1:])

@@ -65,8 +65,8 @@ def recomputer(tmp_path: Path):
     r.close()
 
 
-def _post(store: MemoryStore, program: bytes, run, *,
-          step_states: list[bytes] | None = None) -> tuple[JobRecord, JobSpec]:
+def _post(store: MemoryStore, program: bytes, run, *, step_states: list[bytes] | None = None,
+          with_step_records: bool = True) -> tuple[JobRecord, JobSpec]:
     """Store the job and a worker's result: its checkpoints, losses, step records and
     manifest, from ``run`` (made with ``record="states"``) or the worker's ``step_states``
     (the state after each step). The step states themselves stay with the worker."""
@@ -82,7 +82,8 @@ def _post(store: MemoryStore, program: bytes, run, *,
         hashlib.sha256(s).hexdigest() for s in states[start:end]]))
         for i, (start, end) in enumerate(bounds)]
     manifest = manifest_bytes(plan_sha256=plan_sha256(plan), checkpoints=checkpoints,
-                              losses=losses, final_state=checkpoints[-1], steps=records)
+                              losses=losses, final_state=checkpoints[-1],
+                              steps=records if with_step_records else None)
     record = JobRecord(
         client="0x" + "11" * 20, worker="0x" + "22" * 20, auditor="0x" + "33" * 20,
         reward=1, audit_fee=1, collateral=1, deadline=2**40, lease_expiry=0, committed_at=1,
@@ -273,3 +274,17 @@ def test_a_checkpoint_no_run_can_be_in_fails_its_segments_before_anything_runs(
     reason = ready.evidence.comparisons[0].reason
     assert "segment 3 (steps 12-16): the worker's checkpoint before it" in reason, reason
     assert "not finite" in reason
+
+
+def test_a_result_from_a_worker_before_step_records_is_judged_by_segments_alone(
+        program: bytes, tmp_path: Path) -> None:
+    store = MemoryStore()
+    honest = run_steps(program, _data(), validate_plan(PLAN), record="states")
+    record, _ = _post(store, program, honest, with_step_records=False)
+    auditor = _drifting_verifier(tmp_path, store)
+    ready = auditor.audit(1, record, missing_output_is_final=True)
+    assert not ready.verdict and "is not a training manifest" not in \
+        ready.evidence.comparisons[0].reason  # a valid result, judged by its segments
+    appeal = auditor.appeal(1, record, ready.evidence_hash, missing_output_is_final=True)
+    assert not appeal.verdict
+    assert "names no step records" in appeal.evidence.comparisons[0].reason
