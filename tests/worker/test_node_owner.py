@@ -6,6 +6,7 @@ lease would run out is handed back first, and done again once the worker may wor
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.execution.training import run_steps
 from meshcompute.mesh.models import MLPClassifier
 from meshcompute.worker.node import WorkerConfig, WorkerNode
+from meshcompute.worker.owner import descendants
 from tests.worker.market_stack import MarketStack, market_stack
 from tests.worker.test_node_market import ALLOW_UNSANDBOXED, HARDWARE, Events, _running, _wait
 
@@ -73,6 +75,19 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode()
 
 
+def _training_processes() -> list[int]:
+    """This test process's training job processes (the node runs in it)."""
+    found = []
+    for pid in descendants(os.getpid()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"meshcompute.execution.train_job" in argv:
+            found.append(pid)
+    return found
+
+
 def _post(stack: MarketStack, program: bytes) -> int:
     return stack.post_job(program, save_tensors(_data()), training=PLAN,
                           version=TRAINING_SPEC_VERSION)
@@ -118,7 +133,9 @@ def test_a_frozen_job_whose_lease_would_run_out_is_handed_back_and_done_later(
         _wait(lambda: events.named("job_released"), timeout=10, what="the hand-back")
         (released,) = events.named("job_released")
         assert released["job_id"] == job_id and "lease would run out" in released["reason"]
-        assert not node.freezer.active  # its processes are gone, not left stopped
+        # its training process is gone, not left stopped (idle warm sandboxes of the runner
+        # pool started meanwhile are frozen too while the owner is there: they hold no job)
+        _wait(lambda: not _training_processes(), timeout=10, what="the job's process to end")
         assert stack.world.job(job_id).state in (JobState.POSTED, JobState.ASSIGNED)
         owner.state = ACTIVE
         _wait(lambda: events.named("committed"), timeout=120, what="the job done again")
