@@ -195,7 +195,7 @@ class TrainingRun:
                loaded: Any, plan: Any) -> RoundReport:
         cfg = self.config
         params = {k: v for k, v in tensors.items() if k.startswith(PARAM)}
-        before = self._funds()
+        before = self.client.funds()
         started = time.monotonic()
         flight = doc.get("in_flight")
         submissions: dict[int, Any] = {}
@@ -253,7 +253,7 @@ class TrainingRun:
         tensors.update({_MOMENTUM + k: v for k, v in new_momentum.items()})
         loss = mean_loss(loaded, self.data, new_params, cfg.batch_size)
         report = RoundReport(index, loss, sum(worker_losses) / len(worker_losses), jobs,
-                             skipped, before - self._funds())
+                             skipped, before - self.client.funds())
         self._report(index + 1, len(returned), {**doc, "rounds": [*doc["rounds"],
                                                                  asdict(report)]})
         return report
@@ -305,9 +305,6 @@ class TrainingRun:
         return path
 
     # ------------------------------------------------------------------ helpers
-    def _funds(self) -> int:
-        return self.client.funds()
-
     def _reclaim(self, doc: dict[str, Any]) -> None:
         """Take back the escrow of the shards left out, once their deadline has passed (tried
         at every round and at the end; one taken and committed meanwhile is paid as usual,

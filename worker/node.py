@@ -155,11 +155,6 @@ class _Released(Exception):
     """The job must go back to the market (its multi-job ticket cannot be committed)."""
 
 
-def _kill_frozen(pid: int, born: int) -> None:
-    """Kill a stopped job process (SIGKILL is delivered to a stopped process too)."""
-    send_signal(pid, born, signal.SIGKILL)
-
-
 class WorkerNode:
     """One provider's worker: see the module docstring."""
 
@@ -348,7 +343,7 @@ class WorkerNode:
             self._release(job.job_id, "the owner is using the machine and the lease would run "
                                       "out while the job is frozen")
         for pid, born in list(self.freezer.frozen.items()):
-            _kill_frozen(pid, born)
+            send_signal(pid, born, signal.SIGKILL)  # delivered to a stopped process too
         self.freezer.frozen.clear()
 
     def _announce_limits(self) -> None:

@@ -43,7 +43,7 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
     return int(fields[1]), int(fields[19]), sum(int(f) for f in fields[11:15])
 
 
-def _run_state(pid: int) -> str | None:
+def run_state(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode()
     except (OSError, IndexError):
@@ -150,7 +150,8 @@ class OwnerWatch:
         now = self.clock()
         busy = _busy_ticks()
         ours = _stat(self.pid)
-        own = (ours[2] if ours else 0) + sum(t for _, t in descendants(self.pid).values())
+        below = descendants(self.pid)  # one walk of /proc per sample
+        own = (ours[2] if ours else 0) + sum(t for _, t in below.values())
         if busy is not None and self._last is not None and now > self._last[0]:
             elapsed = now - self._last[0]
             other = (busy - self._last[1]) - max(0, own - self._last[2])
@@ -159,7 +160,7 @@ class OwnerWatch:
         if busy is not None:
             self._last = (now, busy, own)
         gpu = _gpu_pids()
-        mine = set(descendants(self.pid)) | {self.pid}
+        mine = set(below) | {self.pid}
         return OwnerSignals(other_load=self._load, input_idle_s=_input_idle_s(),
                             gpu_other_processes=None if gpu is None else len(gpu - mine),
                             on_battery=_on_battery())
@@ -208,7 +209,7 @@ class Freezer:
                 sent.append(pid)
         give_up = time.monotonic() + 1.0  # the signal is delivered asynchronously
         while sent and time.monotonic() < give_up:
-            sent = [pid for pid in sent if _run_state(pid) not in ("T", "t", "Z", "X", None)]
+            sent = [pid for pid in sent if run_state(pid) not in ("T", "t", "Z", "X", None)]
             if sent:
                 time.sleep(0.01)
         return len(self.frozen)

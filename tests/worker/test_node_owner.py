@@ -22,7 +22,7 @@ from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.execution.training import run_steps
 from meshcompute.mesh.models import MLPClassifier
 from meshcompute.worker.node import WorkerConfig, WorkerNode
-from meshcompute.worker.owner import descendants
+from meshcompute.worker.owner import descendants, run_state
 from tests.worker.market_stack import MarketStack, market_stack
 from tests.worker.test_node_market import ALLOW_UNSANDBOXED, HARDWARE, Events, _running, _wait
 
@@ -71,9 +71,6 @@ def _node(stack: MarketStack, owner: Owner, index: int, **config) -> tuple[Worke
     return node, events
 
 
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode()
-
 
 def _training_processes() -> list[int]:
     """This test process's training job processes (the node runs in it)."""
@@ -104,7 +101,7 @@ def test_the_owner_back_freezes_the_running_job_and_leases_nothing_until_they_le
         owner.state = PAUSED
         _wait(lambda: events.named("paused"), timeout=5, what="the freeze")
         frozen = dict(node.freezer.frozen)
-        assert frozen and all(_state(pid) == "T" for pid in frozen)
+        assert frozen and all(run_state(pid) == "T" for pid in frozen)
         other = _post(stack, program)  # posted while the owner is at the machine
         time.sleep(2.0)  # ten of the node's polls for work
         assert stack.lease_of(other) is None and len(node._active) == 1

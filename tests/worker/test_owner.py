@@ -17,6 +17,7 @@ from meshcompute.worker.owner import (
     _on_battery,
     _stat,
     descendants,
+    run_state,
 )
 
 COUNTER = ("import sys, time\n"
@@ -27,9 +28,6 @@ COUNTER = ("import sys, time\n"
            "    open(path, 'w').write(str(n))\n"
            "    time.sleep(0.02)\n")
 
-
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode()
 
 
 def _count(path: Path) -> int:
@@ -56,7 +54,7 @@ def test_a_job_process_is_stopped_at_once_and_goes_on_when_thawed(tmp_path: Path
         assert freezer.freeze() == 1  # the job process only
         assert time.monotonic() - started < 2.0
         (job,) = freezer.frozen
-        assert _state(job) == "T"
+        assert run_state(job) == "T"
         stopped_at, other_at = _count(counter), _count(bystander)
         time.sleep(0.4)
         assert _count(counter) == stopped_at  # frozen: no progress
@@ -64,7 +62,7 @@ def test_a_job_process_is_stopped_at_once_and_goes_on_when_thawed(tmp_path: Path
         assert freezer.thaw() == 1 and not freezer.active
         time.sleep(0.4)
         assert _count(counter) > stopped_at  # it went on from where it was
-        assert _state(job) in "SR"
+        assert run_state(job) in "SR"
     finally:
         for pid in descendants(parent.pid):
             subprocess.run(["kill", "-9", str(pid)], check=False)
