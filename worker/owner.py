@@ -29,6 +29,9 @@ from pathlib import Path
 from meshcompute.core.availability import Availability, OwnerSignals, Schedule, decide
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: The shortest interval a load sample is measured over: the kernel counts CPU time in
+#: ticks (10 ms), so a shorter one reads a busy machine as idle half the time.
+_MIN_SAMPLE_S = 0.25
 
 
 def _stat(pid: int) -> tuple[int, int, int] | None:
@@ -152,12 +155,12 @@ class OwnerWatch:
         ours = _stat(self.pid)
         below = descendants(self.pid)  # one walk of /proc per sample
         own = (ours[2] if ours else 0) + sum(t for _, t in below.values())
-        if busy is not None and self._last is not None and now > self._last[0]:
+        if busy is not None and self._last is not None and now - self._last[0] >= _MIN_SAMPLE_S:
             elapsed = now - self._last[0]
             other = (busy - self._last[1]) - max(0, own - self._last[2])
             load = max(0.0, other / _TICK / elapsed)
             self._load = load if self._load is None else 0.5 * self._load + 0.5 * load
-        if busy is not None:
+        if busy is not None and (self._last is None or now - self._last[0] >= _MIN_SAMPLE_S):
             self._last = (now, busy, own)
         gpu = _gpu_pids()
         mine = set(below) | {self.pid}

@@ -91,7 +91,9 @@ def test_worker_runs_posted_job_and_commits_hash_of_uploaded_output(stack: Marke
     assert record.result_hash == bytes.fromhex(output_sha)
     with stack.client_for(stack.world.clients[0]) as market:
         output = market.get_blob(output_sha)  # what the client downloads from the market
-        assert market.job(job_id).output_sha256 == output_sha
+        # The market learns of the commit from the chain, on its indexer's next round.
+        _wait(lambda: market.job(job_id).output_sha256 == output_sha,
+              what="the market to index the commit")
     assert hashlib.sha256(output).digest() == record.result_hash
     torch.testing.assert_close(load(output)["out.0"], expected, rtol=1e-4, atol=1e-5)
     phases = [e["phase"] for e in events.named("phase") if e["job_id"] == job_id]
