@@ -17,10 +17,15 @@ Blobs past their time are deleted, each only if its time is still past at that m
 uploaded again meanwhile stays). A group's assembled output is rebuilt on its next download.
 
 The same round prunes the index and the market's own keys (:func:`prune_round`): a job that
-ended more than ``blob_retention_s`` ago (and whose events are deeper than any reorg the
-indexer handles) is forgotten, with what the market kept about it (failures, results, its
-group once no shard is left), and so is a worker registration not seen for that long. The
-chain keeps every event; the market keeps what settlement, reorgs and the retention need.
+ended more than ``job_retention_s`` ago (and whose events are deeper than any reorg the
+indexer handles) is forgotten, with what the market kept about it (failures, results, a
+leftover lease or offer, its group once no shard is left), and so is a worker registration
+not seen for that long. It works in batches of :data:`PRUNE_BATCH` jobs (or events about no
+job), at most :data:`PRUNE_BATCHES` of each per round, so one round never holds Redis long; a
+backlog (a flood of spam jobs) drains over the next rounds. The market's own keys of a job go
+before the index forgets it, so a crash between the two leaves nothing unreachable. The chain
+keeps every event; the market keeps what settlement, reorgs and the metrics' all-history counts
+need.
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ from meshcompute.market.runtime import MarketRuntime
 log = logging.getLogger("market.gc")
 
 _BATCH = 1000
-_PRUNE_BATCH = 500
+PRUNE_BATCH = 500
+"""Jobs (or events about no job) one prune step forgets: one Redis transaction."""
+PRUNE_BATCHES = 20
+"""Prune steps of each kind one round runs at most (10,000 jobs a round by default)."""
 _VERDICT_STATES = frozenset({JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.APPEALED,
                              JobState.DISPUTED})
 _EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved")
@@ -149,25 +157,43 @@ def collect_round(rt: MarketRuntime, *, now: float | None = None) -> dict[str, A
             break
     report = {"needed": len(needed), "adopted": adopted, "deleted": deleted,
               "freed_bytes": freed, **prune_round(rt, now=now)}
-    if deleted or adopted or report["jobs_pruned"] or report["workers_pruned"]:
+    if deleted or adopted or report["jobs_pruned"] or report["workers_pruned"] \
+            or report["events_pruned"]:
         rt.state.incr_metric("blobs_deleted", deleted)
         log.info("blobs collected", extra={"fields": report})
     return report
 
 
-def prune_round(rt: MarketRuntime, *, now: float) -> dict[str, int]:
-    """Forget the jobs that ended more than ``blob_retention_s`` ago (index and market keys)
-    and the workers not seen for that long. Returns counts."""
-    before = now - rt.settings.blob_retention_s
-    jobs = groups = 0
-    while True:
-        forgotten = rt.indexer.prune(before, limit=_PRUNE_BATCH)
-        groups += rt.state.forget_jobs(forgotten)
+def prune_round(rt: MarketRuntime, *, now: float, batch: int = PRUNE_BATCH,
+                batches: int = PRUNE_BATCHES) -> dict[str, int]:
+    """Forget the jobs that ended more than ``job_retention_s`` ago (the market's keys of
+    them, then their indexed events and record), the deep events about no job, and the
+    workers not seen for that long: at most ``batches`` steps of ``batch`` jobs (and as many
+    of events) per round. Returns counts; ``prune_backlog`` is 1 when a round stopped at its
+    bound with more to forget (the next round goes on)."""
+    before = now - rt.settings.job_retention_s
+    jobs = groups = events = 0
+    backlog = False
+
+    def forget_first(job_ids: list[int]) -> None:
+        nonlocal groups
+        groups += rt.state.forget_jobs(job_ids)
+
+    for step in range(batches):
+        forgotten = rt.indexer.prune(before, limit=batch, forget_first=forget_first)
         jobs += len(forgotten)
-        if len(forgotten) < _PRUNE_BATCH:
+        if len(forgotten) < batch:
             break
+        backlog = step == batches - 1
+    for step in range(batches):
+        dropped = rt.indexer.prune_unrelated_events(limit=batch)
+        events += dropped
+        if dropped < batch:
+            break
+        backlog = backlog or step == batches - 1
     workers = rt.state.forget_workers(before)
-    return {"jobs_pruned": jobs, "groups_pruned": groups, "workers_pruned": len(workers)}
+    return {"jobs_pruned": jobs, "groups_pruned": groups, "events_pruned": events,
+            "workers_pruned": len(workers), "prune_backlog": int(backlog)}
 
 
 def _adopt(rt: MarketRuntime, names: list[str], now: float) -> int:

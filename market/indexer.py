@@ -21,11 +21,14 @@ What it keeps under its prefix (default ``mesh:idx:``):
 * ``ended`` — when (wall time) the index saw each job end; ``other`` — the keys of events that
   are about no job (token transfers, stake changes), scored by block;
 * ``pruned`` — tallies of what :meth:`ChainIndexer.prune` forgot (jobs by final state, audit
-  draws and verdicts), so counts over all history survive the pruning.
+  draws and verdicts), so counts over all history survive the pruning; ``pruned-max`` — the
+  highest job id it forgot (job ids are consecutive, so a job at or below it with no record
+  was pruned: :meth:`ChainIndexer.was_pruned`).
 
 Nothing is kept forever: :meth:`ChainIndexer.prune` forgets a job that ended more than the
 retention ago once its last event is deeper than :data:`KEPT_BLOCK_HASHES` (no reorg the index
-handles reaches it), and every event about no job that deep.
+handles reaches it), and :meth:`ChainIndexer.prune_unrelated_events` every event about no job
+that deep; both in batches of a bounded size.
 
 Each sync first checks that the stored hash of the last indexed block is still the chain's.
 If not (a reorganisation), it walks back to the highest block whose stored hash still matches
@@ -42,7 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -136,13 +139,16 @@ class ChainIndexer:
         start_block: int,
         prefix: str = DEFAULT_PREFIX,
         min_reward: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``min_reward``: a posted job paying less is kept out of the open set (matching and
         settlement never scan it; it is *dormant* until it ends), so a flood of 1-wei jobs with
-        far deadlines costs the market nothing per round."""
+        far deadlines costs the market nothing per round. ``clock``: wall time in unix
+        seconds, for when the index saw a job end (what retention counts from)."""
         if start_block < 0:
             raise BadInput(f"start_block must be >= 0, got {start_block}")
         self.min_reward = int(min_reward)
+        self.clock = clock
         self.redis = redis
         self.contracts = contracts
         self.w3 = contracts.w3
@@ -450,8 +456,8 @@ class ChainIndexer:
         else:
             pipe.srem(self._key("open"), str(job_id))
         if record is not None and record.state.terminal:
-            # when the index saw it end (wall time): blob retention counts from here
-            pipe.zadd(self._key("ended"), {str(job_id): time.time()}, nx=True)
+            # when the index saw it end (wall time): blob and job retention count from here
+            pipe.zadd(self._key("ended"), {str(job_id): self.clock()}, nx=True)
         else:  # not ended (again, after a rewind): nothing to retain or prune yet
             pipe.zrem(self._key("ended"), str(job_id))
 
@@ -462,26 +468,34 @@ class ChainIndexer:
         return self.records_of(ids)
 
     # ------------------------------------------------------------------ pruning
-    def prune(self, ended_before: float, *, limit: int = 500) -> list[int]:
+    def prune(self, ended_before: float, *, limit: int = 500,
+              forget_first: Callable[[list[int]], object] | None = None) -> list[int]:
         """Forget up to ``limit`` jobs the index saw end before ``ended_before`` (unix
         seconds) whose last event is more than :data:`KEPT_BLOCK_HASHES` blocks behind the
         indexed head: their events, event list and record (their final state and audit events
-        are added to the ``pruned`` tallies). Events about no job that deep go too. Returns
-        the ids forgotten, for the caller to forget its own keys of them.
+        are added to the ``pruned`` tallies). Returns the ids forgotten.
+
+        ``forget_first`` is called with the ids about to be forgotten before the index forgets
+        them (the market drops its own keys of them there): a crash in between leaves the jobs
+        indexed and the next round forgets them again, never keys of a job the index no longer
+        names. It may be called again with the same ids (it must be idempotent).
 
         Nothing a reorg the index handles can touch is forgotten (a rewind never goes below
         the kept block hashes), and a job is never forgotten while open. What it forgets is
         read first, then deleted in one transaction that fails if the indexer wrote meanwhile
         (tried again, a few times: the indexer writes every block)."""
+        if limit < 1:
+            raise BadInput(f"limit must be >= 1, got {limit}")
         self._ensure_prune_sets()
         for _attempt in range(_SYNC_ATTEMPTS):
             try:
-                return self._prune_once(ended_before, limit)
+                return self._prune_once(ended_before, limit, forget_first)
             except WatchError:
                 continue
         return []  # the indexer kept writing: the next round prunes
 
-    def _prune_once(self, ended_before: float, limit: int) -> list[int]:
+    def _prune_once(self, ended_before: float, limit: int,
+                    forget_first: Callable[[list[int]], object] | None) -> list[int]:
         head = self.indexed_block
         deep = head - KEPT_BLOCK_HASHES
         ended = self._key("ended")
@@ -497,39 +511,85 @@ class ChainIndexer:
                 continue  # still within reach of a reorg: a later round
             forget[job_id] = [key for key, _ in keys]
         tallies: dict[str, int] = {}
-        for job_id, record in self.records_of(list(forget)).items():
-            if not record.state.terminal:  # never forget an open job
+        records = self.records_of(list(forget))
+        for job_id in list(forget):
+            record = records.get(job_id)
+            if record is not None and not record.state.terminal:  # never forget an open job
                 del forget[job_id]
                 continue
-            name = f"state:{record.state.name.lower()}"
-            tallies[name] = tallies.get(name, 0) + 1
+            if record is not None:
+                name = f"state:{record.state.name.lower()}"
+                tallies[name] = tallies.get(name, 0) + 1
+        if not forget:
+            return []
         keys = [key for job_keys in forget.values() for key in job_keys]
         for item in self.redis.hmget(self._key("events"), keys) if keys else []:
             if item is not None:
                 for tally in audit_tallies(_event_from_json(item)[0]):
                     tallies[tally] = tallies.get(tally, 0) + 1
-        other = self.redis.zrangebyscore(self._key("other"), "-inf", deep)
+        ids = sorted(forget)
+        if forget_first is not None:
+            forget_first(ids)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.watch(self._key("head"))
             if self._head_of(pipe) != head:
                 raise WatchError("the indexer moved on while the prune read")
             pipe.multi()
-            gone = keys + list(other)
-            if gone:
-                pipe.hdel(self._key("events"), *gone)
-                pipe.zrem(self._key("order"), *gone)
-            if other:
-                pipe.zremrangebyscore(self._key("other"), "-inf", deep)
-            if forget:
-                ids = [str(i) for i in forget]
-                pipe.delete(*(self._job_key(i) for i in forget))
-                pipe.hdel(self._key("records"), *ids)
-                pipe.srem(self._key("open"), *ids)
-                pipe.zrem(ended, *ids)
+            if keys:
+                pipe.hdel(self._key("events"), *keys)
+                pipe.zrem(self._key("order"), *keys)
+            names = [str(i) for i in ids]
+            pipe.delete(*(self._job_key(i) for i in ids))
+            pipe.hdel(self._key("records"), *names)
+            pipe.srem(self._key("open"), *names)
+            pipe.zrem(ended, *names)
+            pipe.zadd(self._key("pruned-max"), {"job": ids[-1]}, gt=True)
             for name, count in tallies.items():
                 pipe.hincrby(self._key("pruned"), name, count)
             pipe.execute()
-        return sorted(forget)
+        return ids
+
+    def prune_unrelated_events(self, *, limit: int = 500) -> int:
+        """Forget up to ``limit`` of the events about no job (token transfers, stake changes)
+        that are more than :data:`KEPT_BLOCK_HASHES` blocks behind the indexed head. Returns
+        how many it forgot (``limit``: there may be more)."""
+        if limit < 1:
+            raise BadInput(f"limit must be >= 1, got {limit}")
+        self._ensure_prune_sets()
+        for _attempt in range(_SYNC_ATTEMPTS):
+            head = self.indexed_block
+            other = self.redis.zrangebyscore(self._key("other"), "-inf",
+                                             head - KEPT_BLOCK_HASHES, start=0, num=limit)
+            if not other:
+                return 0
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self._key("head"))
+                    if self._head_of(pipe) != head:
+                        continue
+                    pipe.multi()
+                    pipe.hdel(self._key("events"), *other)
+                    pipe.zrem(self._key("order"), *other)
+                    pipe.zrem(self._key("other"), *other)
+                    pipe.execute()
+                except WatchError:
+                    continue
+            return len(other)
+        return 0  # the indexer kept writing: the next round prunes
+
+    def was_pruned(self, job_id: int) -> bool:
+        """Whether ``job_id`` was forgotten by :meth:`prune` (ended long ago): it has no record
+        and no events here, and a job at or after it was pruned (ids are consecutive from 1, so
+        every id up to that one was posted)."""
+        if job_id < 1:
+            return False
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(self._key("pruned-max"), "job")
+            pipe.hexists(self._key("records"), str(job_id))
+            pipe.exists(self._job_key(job_id))
+            highest, has_record, has_events = pipe.execute()
+        return highest is not None and job_id <= int(highest) and not has_record \
+            and not has_events
 
     def _ensure_prune_sets(self) -> None:
         """An index written before pruning existed lacks the ``ended`` times of the jobs that
@@ -537,7 +597,7 @@ class ChainIndexer:
         now), so nothing indexed before is kept forever."""
         if self.redis.exists(self._key("prune-built")):
             return
-        now = time.time()
+        now = self.clock()
         ended = {_text(job_id): now for job_id, raw in
                  self.redis.hgetall(self._key("records")).items()
                  if _record_from_json(raw).state.terminal}

@@ -39,6 +39,10 @@ class Forbidden(AuthError):
     """Authenticated, but not allowed (no stake, not registered, not the lease holder): 403."""
 
 
+class JobPruned(NotFound):
+    """The job ended longer ago than ``job_retention_s`` and the market forgot it: 410."""
+
+
 # ---------------------------------------------------------------------- public reads
 def health(rt: MarketRuntime) -> dict[str, Any]:
     rt.redis.ping()
@@ -67,10 +71,26 @@ def info(rt: MarketRuntime) -> dict[str, Any]:
 def job_record(rt: MarketRuntime, job_id: int) -> JobRecord:
     record = rt.indexer.job_record(job_id)
     if record is None:
-        raise NotFound(f"job {job_id} is not known: never posted, not indexed yet, or ended "
-                       "longer ago than the retention (the market forgets ended jobs then; "
-                       "the chain keeps their events)")
+        retention = duration_text(rt.settings.job_retention_s)
+        if rt.indexer.was_pruned(job_id):
+            raise JobPruned(
+                f"job {job_id} ended more than {retention} ago and was pruned: the market "
+                f"keeps an ended job {retention} (job_retention_s). The chain's events remain "
+                "its record (`mesh job status`, `mesh verify` and `mesh earnings` read them)")
+        raise NotFound(f"job {job_id} is not known: not posted yet, or not indexed yet (the "
+                       f"market forgets a job {retention} after it ended, and then answers "
+                       "410)")
     return record
+
+
+def duration_text(seconds: float) -> str:
+    """``604800`` -> ``"7 days"``, ``7200`` -> ``"2 hours"``, ``90`` -> ``"90 seconds"``."""
+    whole = int(seconds)
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if whole >= size and whole % size == 0:
+            count = whole // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{whole} second{'s' if whole != 1 else ''}"
 
 
 def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
@@ -108,7 +128,9 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
 def group_view(rt: MarketRuntime, group: str) -> dict[str, Any]:
     shards = rt.state.group(group)
     if not shards:
-        raise NotFound(f"group {group} is not known (no posted job's spec names it)")
+        raise NotFound(f"group {group} is not known: no posted job's spec names it, or all "
+                       "its shards ended more than "
+                       f"{duration_text(rt.settings.job_retention_s)} ago and were pruned")
     ordered = [shards[i] for i in sorted(shards)]
     states = [job_record(rt, job_id).state for job_id in ordered]
     expected = _expected_shards(rt, ordered)

@@ -683,11 +683,18 @@ class MarketState:
 
     def forget_jobs(self, job_ids: Sequence[int]) -> int:
         """Drop what the market keeps per job for ``job_ids`` (ended long ago: the index
-        forgot them): failures, exclusions, results, first-seen times, spec problems, and a
-        group once none of its shards is left. Returns how many groups were dropped."""
+        is about to forget them): failures, exclusions, results, first-seen times, spec
+        problems, a lease or offer left over, a ticket hold, and a group once none of its
+        shards is left. Idempotent. Returns how many groups were dropped."""
         ids = [int(i) for i in job_ids]
         if not ids:
             return 0
+        # a job that ended has no lease or offer once a match round saw it end; one left over
+        # (its round never came) goes, with the worker's list and the expiry entry
+        self.end_leases([lease for lease in self.leases(ids) if lease is not None])
+        for offer in self._offers(ids):
+            if offer is not None:
+                self.drop_offer(offer.job_id, offer.worker)
         groups = {value.decode() for value in
                   self.r.mget([self._k("job-group", job_id) for job_id in ids])
                   if value is not None}
@@ -697,6 +704,7 @@ class MarketState:
                          "job-group"):
                 pipe.delete(self._k(part, job_id))
         pipe.hdel(self._k("first-seen"), *ids)
+        pipe.zrem(self._k("ticket-live"), *ids)
         pipe.execute()
         forgotten = [str(i) for i in ids]
         return sum(int(self._forget_shards(

@@ -245,6 +245,13 @@ class Settings(BaseSettings):
     blob_grace_s: int = Field(default=86_400, ge=60)
     """An upload that no job names yet is kept this long (time to post its job)."""
 
+    job_retention_s: int = Field(default_factory=lambda data: data["blob_retention_s"], ge=60)
+    """A job that ended (finalized, slashed, refunded) more than this long ago is pruned by
+    ``market.gc``: its indexed events and record and the market's own keys of it (failures,
+    result, group membership) are deleted, and ``GET /jobs/{id}`` answers 410. A worker
+    registration not seen for this long is dropped too (the worker registers again). Defaults
+    to ``blob_retention_s``. The chain keeps every event for good; open jobs are never pruned."""
+
     settle_max_batch: int = Field(default=100, ge=1, le=1000)
     """Most jobs one ``finalizeBatch`` transaction settles."""
 

@@ -26,7 +26,7 @@ from meshcompute.errors import (
 from meshcompute.market.api.gate import BodyTimeout, BodyTooLarge
 from meshcompute.market.api.schemas import ErrorOut
 from meshcompute.market.blobs import BlobTooLarge, HashMismatch, StoreFull
-from meshcompute.market.operations import Forbidden
+from meshcompute.market.operations import Forbidden, JobPruned
 from meshcompute.market.quotas import QuotaExceeded
 from meshcompute.market.ratelimit import RateLimited
 from meshcompute.wire.bundle import BundleHashMismatch, BundleTooLarge
@@ -36,7 +36,7 @@ log = logging.getLogger("market.api")
 #: The error answers every route may give (documented in the OpenAPI schema).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut}
-    for code in (400, 401, 403, 404, 408, 409, 413, 422, 429, 503, 507)
+    for code in (400, 401, 403, 404, 408, 409, 410, 413, 422, 429, 503, 507)
 }
 
 
@@ -53,6 +53,7 @@ def status_of(exc: Exception) -> int:
         (RateLimited, 429),
         (Forbidden, 403),
         (AuthError, 401),
+        (JobPruned, 410),
         (NotFound, 404),
         (Conflict, 409),
         (BadInput, 422),

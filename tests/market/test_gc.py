@@ -11,7 +11,7 @@ import pytest
 
 from meshcompute.core.spec import JobSpec
 from meshcompute.market import gc
-from tests.market.helpers import index_and_match, pass_chain_time, post
+from tests.market.helpers import index_and_match, pass_chain_time, post, upload_spec
 
 pytestmark = pytest.mark.anvil
 REDIS_DB = 4
@@ -126,7 +126,7 @@ def test_jobs_ended_past_the_retention_are_forgotten_with_their_keys_and_idle_wo
     assert mk.rt.state.failures(ended) == {}
     assert mk.rt.state.group(group) == {1: still_open}  # the open shard keeps the group
     answer = httpx.get(f"{mk.url}/jobs/{ended}")
-    assert answer.status_code == 404 and "forgets ended jobs" in answer.json()["detail"]
+    assert answer.status_code == 410 and "was pruned" in answer.json()["detail"]
     assert httpx.get(f"{mk.url}/jobs/{still_open}").status_code == 200
     # the worker, not seen for longer than the retention, was forgotten; it registers again
     assert report["workers_pruned"] == 1 and mk.rt.state.worker(
@@ -177,3 +177,166 @@ def test_a_training_jobs_state_checkpoints_and_loss_curve_are_kept_while_it_is_o
     assert not any(mk.rt.blobs.exists(sha) for sha in between)
     assert _manifest_blobs(mk.rt, result, with_step_states=True) == {
         *checkpoints, losses, *records, *between}
+
+
+# ---------------------------------------------------------------------------- pruning
+
+
+def _keys_naming(mk, job_id: int) -> list[str]:
+    """The Redis keys named after ``job_id`` (``...:<id>``) and the hashes, sets and sorted
+    sets that hold it as a field or member (the index's records, open, ended; the market's
+    first-seen, lease-expiry, offer-ids, ticket-live)."""
+    r = mk.rt.redis
+    found = [key.decode() for key in r.scan_iter(count=1000)
+             if key.decode().endswith(f":{job_id}")]
+    idx, mkt = mk.rt.indexer.prefix, mk.rt.state.prefix
+    for key in (f"{idx}records", f"{mkt}first-seen"):
+        if r.hexists(key, str(job_id)):
+            found.append(f"{key}[{job_id}]")
+    for key in (f"{idx}open", f"{mkt}offer-ids"):
+        if r.sismember(key, str(job_id)):
+            found.append(f"{key}[{job_id}]")
+    for key in (f"{idx}ended", f"{mkt}lease-expiry", f"{mkt}ticket-live"):
+        if r.zscore(key, str(job_id)) is not None:
+            found.append(f"{key}[{job_id}]")
+    return sorted(found)
+
+
+def _market_keys_of(mk, job_id: int, worker: str) -> None:
+    """What the market writes about a job while it runs: a failure, an exclusion, a submitted
+    result, a lease left over, a ticket hold."""
+    from meshcompute.market.state import LeaseInfo
+
+    state = mk.rt.state
+    state.record_failure(job_id, worker, "it broke")
+    state.exclude(job_id, worker, time.time() + 60)
+    state.save_result(job_id, worker, "ab" * 32, time.time())
+    state.hold_for_ticket(job_id, mk.world.now() + 10**6)
+    with state.r.pipeline() as pipe:
+        state._write_lease(pipe, LeaseInfo(job_id=job_id, worker=worker, collateral=1,
+                                           expiry=mk.world.now() + 10**6, audit_bps=0,
+                                           ticket={}, signature="0x", leased_at=time.time()))
+        pipe.execute()
+
+
+def test_prune_round_forgets_an_ended_job_past_job_retention_with_all_its_keys(mk, monkeypatch):
+    import httpx
+
+    from meshcompute.market import indexer as indexer_module
+    from meshcompute.market import operations
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 8)
+    retention = 2 * 86_400  # its own setting: shorter than the blobs' week
+    monkeypatch.setattr(mk.rt, "settings", mk.settings.model_copy(
+        update={"job_retention_s": retention}))
+    actor, worker = mk.world.clients[0], mk.world.workers[0].address
+    client = mk.client(actor.account)
+    old, still_open, young = (post(mk, upload_spec(client)) for _ in range(3))
+    index_and_match(mk)  # first-seen times, the queue
+    for job_id in (old, still_open, young):
+        _market_keys_of(mk, job_id, worker)
+    actor.reclaim(old)
+    now = time.time()
+    monkeypatch.setattr(mk.rt.indexer, "clock", lambda: now)
+    _round(mk, now)  # the index saw it end now
+    mk.world.chain.mine(10)  # deeper than any reorg the index handles
+    assert _keys_naming(mk, old)
+    report = _round(mk, now + retention - 60)
+    assert report["jobs_pruned"] == 0 and mk.rt.indexer.job_record(old) is not None
+    actor.reclaim(young)
+    monkeypatch.setattr(mk.rt.indexer, "clock", lambda: now + retention - 30)
+    _round(mk, now + retention - 30)  # the index saw the young one end a day later
+    mk.world.chain.mine(10)
+    report = _round(mk, now + retention + 60)
+    assert report["jobs_pruned"] == 1 and report["prune_backlog"] == 0
+    assert _keys_naming(mk, old) == []
+    assert mk.rt.indexer.events(job_id=old) == []
+    # the open job of the same age keeps everything, as does the job that ended lately
+    assert mk.rt.indexer.job_record(still_open).state.name == "POSTED"
+    assert mk.rt.state.failures(still_open) and mk.rt.state.lease(still_open) is not None
+    assert mk.rt.state.result(still_open) is not None
+    assert mk.rt.indexer.job_record(young).state.name == "REFUNDED"
+    assert mk.rt.state.failures(young) and mk.rt.state.result(young) is not None
+    # the API says what happened to the pruned job, and tells it from one never posted
+    answer = httpx.get(f"{mk.url}/jobs/{old}")  # (the API's runtime has its own settings)
+    assert answer.status_code == 410
+    detail = answer.json()["detail"]
+    assert f"job {old} ended more than 7 days ago and was pruned" in detail
+    assert "The chain's events remain its record" in detail
+    with pytest.raises(operations.JobPruned, match="ended more than 2 days ago"):
+        operations.job_view(mk.rt, old)
+    answer = httpx.get(f"{mk.url}/jobs/{young + 1000}")
+    assert answer.status_code == 404 and "not posted yet" in answer.json()["detail"]
+    assert httpx.get(f"{mk.url}/jobs/{still_open}").status_code == 200
+    assert httpx.get(f"{mk.url}/jobs/{young}").status_code == 200
+    # the young job goes once it too is older than the retention
+    report = _round(mk, now + 2 * retention)
+    assert report["jobs_pruned"] == 1 and _keys_naming(mk, young) == []
+    assert httpx.get(f"{mk.url}/jobs/{young}").status_code == 410
+
+
+def test_prune_round_forgets_at_most_its_bound_per_round_and_the_rest_next(mk, monkeypatch):
+    from meshcompute.market import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 4)
+    actor = mk.world.clients[0]
+    jobs = mk.world.post(actor, n=7)
+    for job_id in jobs:
+        actor.reclaim(job_id)
+    mk.world.chain.mine(6)
+    mk.rt.indexer.sync()
+    later = time.time() + RETENTION + 60
+    steps = []
+    real_prune = mk.rt.indexer.prune
+
+    def counted(*args, **kwargs):
+        forgotten = real_prune(*args, **kwargs)
+        steps.append(len(forgotten))
+        return forgotten
+
+    monkeypatch.setattr(mk.rt.indexer, "prune", counted)
+    first = gc.prune_round(mk.rt, now=later, batch=2, batches=2)
+    assert first["jobs_pruned"] == 4 and first["prune_backlog"] == 1
+    assert steps == [2, 2]  # two steps of at most two jobs: the bound
+    assert len(mk.rt.indexer.records_of(jobs)) == 3
+    assert first["events_pruned"] == 4  # the deep events about no job: bounded the same way
+    second = gc.prune_round(mk.rt, now=later, batch=2, batches=2)
+    assert second["jobs_pruned"] == 3 and steps == [2, 2, 2, 1]
+    assert mk.rt.indexer.records_of(jobs) == {}
+
+
+def test_a_flood_of_spam_jobs_is_pruned_back_to_the_baseline_key_count(mk, monkeypatch):
+    """The attacker posts many cheap jobs naming no spec, has them fail at a worker, cancels
+    them, and waits: once the retention passes the market holds no key more than before,
+    only the all-history counts (metrics, pruned tallies)."""
+    from meshcompute.market import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 4)
+    r, idx, mkt = mk.rt.redis, mk.rt.indexer.prefix, mk.rt.state.prefix
+    attacker, worker = mk.world.clients[1], mk.world.workers[0].address
+    now = time.time()
+    mk.world.chain.mine(6)
+    _round(mk, now)  # the market as it stands before the flood
+    mk.rt.state.incr_metric("blobs_deleted", 0)
+    baseline = {key.decode() for key in r.scan_iter(count=1000)}
+    sizes = {name: r.hlen(f"{idx}{name}") for name in ("records", "events")}
+
+    spam = mk.world.post(attacker, n=40, reward=10**15, audit_fee=0)
+    index_and_match(mk)  # queued: first seen, the missing spec recorded as its problem
+    for job_id in spam:
+        mk.rt.state.record_failure(job_id, worker, "junk")
+        mk.rt.state.exclude(job_id, worker, now + 60)
+    assert len({key.decode() for key in r.scan_iter(count=1000)} - baseline) >= 40
+    for job_id in spam:
+        attacker.reclaim(job_id)
+    _round(mk, now + 60)
+    mk.world.chain.mine(6)
+    report = _round(mk, now + RETENTION + 3600)
+    assert report["jobs_pruned"] == len(spam)
+    left = {key.decode() for key in r.scan_iter(count=1000)} - baseline
+    assert left <= {f"{mkt}metric", f"{idx}pruned", f"{idx}pruned-max"}, left
+    assert r.hlen(f"{idx}records") == sizes["records"]
+    assert r.hlen(f"{idx}events") <= sizes["events"]
+    assert r.hlen(f"{mkt}first-seen") == 0 and r.scard(f"{idx}open") == 0
+    assert not any(_keys_naming(mk, job_id) for job_id in spam)
+    assert mk.rt.indexer.pruned_tallies()["state:refunded"] == len(spam)

@@ -433,6 +433,8 @@ def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
     assert indexer.job_record(open_job).state == JobState.POSTED
     assert [e.name for e in indexer.events(job_id=open_job)] == ["JobPosted"]
     assert set(indexer.open_job_records()) == {open_job}
+    assert redis_client.zcard(f"{prefix}other") > 0  # events about no job: their own step
+    assert indexer.prune_unrelated_events() > 0
     assert redis_client.zcard(f"{prefix}other") == 0
     names = {e.name for e in indexer.events()}
     assert names == {"JobPosted"}
@@ -461,6 +463,66 @@ def test_an_index_written_before_pruning_existed_is_pruned_too(
     before = time.time()
     assert indexer.prune(before - 1) == []  # their retention counts from now
     assert redis_client.zcard(f"{prefix}ended") == 1
-    assert redis_client.zcard(f"{prefix}other") == 0  # the deep transfers and stakes: gone
+    assert redis_client.zcard(f"{prefix}other") > 0  # the other events got their list
+    assert indexer.prune_unrelated_events() > 0  # the deep transfers and stakes: gone
+    assert redis_client.zcard(f"{prefix}other") == 0
     assert indexer.prune(time.time() + 1) == [paid]
     assert indexer.events() == []
+
+
+def test_prune_calls_forget_first_before_the_index_forgets_and_a_failure_there_keeps_the_jobs(
+    world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
+) -> None:
+    indexer = _indexer_keeping(4, world, redis_client, prefix, monkeypatch)
+    jobs = world.post(n=3)
+    for job_id in jobs:
+        world.clients[0].reclaim(job_id)
+    chain.mine(6)
+    indexer.sync()
+    seen: list[list[int]] = []
+
+    def crash(job_ids: list[int]) -> None:
+        seen.append(job_ids)
+        assert all(indexer.job_record(job_id) is not None for job_id in job_ids)
+        raise RuntimeError("the market died here")
+
+    with pytest.raises(RuntimeError):
+        indexer.prune(time.time() + 1, limit=2, forget_first=crash)
+    assert seen == [jobs[:2]]
+    assert set(indexer.records_of(jobs)) == set(jobs)  # nothing forgotten: the next round
+    assert indexer.prune(time.time() + 1, limit=2, forget_first=seen.append) == jobs[:2]
+    assert seen[-1] == jobs[:2] and set(indexer.records_of(jobs)) == {jobs[2]}
+
+
+def test_was_pruned_tells_a_forgotten_job_from_one_not_posted_or_still_held(
+    world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
+) -> None:
+    indexer = _indexer_keeping(4, world, redis_client, prefix, monkeypatch)
+    first, second, kept = world.post(n=3)
+    for job_id in (first, second):
+        world.clients[0].reclaim(job_id)
+    chain.mine(6)
+    indexer.sync()
+    assert not indexer.was_pruned(first)  # nothing pruned yet
+    assert indexer.prune(time.time() + 1) == [first, second]
+    assert indexer.was_pruned(first) and indexer.was_pruned(second)
+    assert not indexer.was_pruned(kept)  # open: still indexed
+    assert not indexer.was_pruned(kept + 1) and not indexer.was_pruned(0)
+
+
+def test_prune_unrelated_events_forgets_deep_ones_at_most_limit_at_a_time(
+    world: World, chain: LocalChain, redis_client, prefix: str, monkeypatch
+) -> None:
+    indexer = _indexer_keeping(4, world, redis_client, prefix, monkeypatch)
+    chain.mine(6)
+    indexer.sync()
+    deep = redis_client.zcount(f"{prefix}other", "-inf", indexer.indexed_block - 4)
+    assert deep > 3  # the world's mints, approvals and stakes
+    assert indexer.prune_unrelated_events(limit=3) == 3
+    assert redis_client.zcard(f"{prefix}other") == deep - 3
+    while indexer.prune_unrelated_events(limit=3):
+        pass
+    assert redis_client.zcard(f"{prefix}other") == 0
+    assert indexer.events() == []
+    with pytest.raises(BadInput):
+        indexer.prune_unrelated_events(limit=0)

@@ -159,3 +159,30 @@ def test_write_match_applies_a_plan_in_one_round_trip(state):
     assert (offer.worker, offer.collateral, offer.batch, offer.expires_at) == (
         W1, 7, "3-2-20.000000", 50.0)
     assert state.write_match(MatchPlan(), now=20, ttl_s=30) == ([], [])
+
+
+def test_forget_jobs_drops_every_key_of_the_jobs_and_only_theirs(state):
+    for job_id in (7, 8):
+        state.record_failure(job_id, W1, "broke")
+        state.exclude(job_id, W1, 10**10)
+        state.save_result(job_id, W1, "ab" * 32, 1.0)
+        state.hold_for_ticket(job_id, 10**10)
+        state.queue_facts([job_id], 1.0)
+    state.create_offer(7, W2, 5, now=10, ttl_s=30)
+    offer = state.offer(7)
+    assert offer is not None
+    state.offer_to_lease(offer, _lease(7, W2, 500))
+    state.create_offer(8, W2, 5, now=10, ttl_s=30)
+    assert state.add_to_group("g", 0, 7, W1) and state.add_to_group("g", 1, 8, W1)
+    assert state.forget_jobs([7]) == 0  # shard 1 still names the group
+    assert state.lease(7) is None and state.leases_of(W2) == [] and state.all_leases() == []
+    assert state.failures(7) == {} and state.failure(7) is None and state.result(7) is None
+    assert state.excluded(7, 0) == frozenset() and 7 not in state.held_for_tickets(0)
+    assert state.group("g") == {1: 8}
+    assert not any(key.decode().endswith(":7") for key in state.r.scan_iter())
+    assert not state.r.hexists(f"{state.prefix}first-seen", "7")
+    # the other job keeps everything; forgetting twice changes nothing more
+    assert state.offer(8) is not None and state.failures(8) and 8 in state.held_for_tickets(0)
+    assert state.forget_jobs([7]) == 0
+    assert state.forget_jobs([8]) == 1 and state.group_owner("g") is None
+    assert [o.job_id for o in state.all_offers()] == []
