@@ -12,6 +12,7 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {IStakeManager} from "./interfaces/IStakeManager.sol";
+import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
 import {Job, JobParams, JobState, AssignTicket} from "./types/Job.sol";
 import {Payout} from "./libraries/Payout.sol";
 
@@ -33,7 +34,6 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     using SafeCast for uint256;
 
     bytes32 public constant ASSIGNER_ROLE = keccak256("ASSIGNER_ROLE");
-    bytes32 public constant VERIFIER_ROLE = keccak256("VERIFIER_ROLE");
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
 
     bytes32 private constant _TICKET_TYPEHASH =
@@ -96,6 +96,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
 
     IERC20 private immutable _token;
     IStakeManager private immutable _stakes;
+    IVerifierRegistry private immutable _registry;
     uint16 private immutable _feeBps;
     uint16 private immutable _minAuditBps;
     uint40 private immutable _challengeWindow;
@@ -128,15 +129,19 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     uint256 private constant _JOB_WORDS_BYTES = 15 * 32;
 
     Globals private _globals;
-    /// @dev The holders of VERIFIER_ROLE, in the order they were granted (a revoked one is
-    /// replaced by the last): the draw assigns each audit and each appeal to one of them.
-    address[] private _verifiers;
-    mapping(address verifier => uint256 slot) private _verifierSlot;
     mapping(uint256 jobId => bytes32 digest) private _jobDigest;
     mapping(address account => Account) private _accounts;
     mapping(address account => Record) private _records;
 
-    constructor(IERC20 token_, IStakeManager stakes_, address admin, address feeRecipient_, Config memory cfg)
+    /// @param registry_ the open verifier membership the draw assigns verdicts from
+    constructor(
+        IERC20 token_,
+        IStakeManager stakes_,
+        IVerifierRegistry registry_,
+        address admin,
+        address feeRecipient_,
+        Config memory cfg
+    )
         EIP712("MeshJobMarket", "1")
     {
         if (address(token_) == address(0) || address(stakes_) == address(0)) revert ZeroAddress();
@@ -147,8 +152,12 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         uint256 windows =
             uint256(cfg.challengeWindow) + cfg.auditWindow + cfg.appealWindow + cfg.auditWindow;
         if (stakes_.unbondingDelay() <= windows) revert UnbondingTooShort(stakes_.unbondingDelay(), windows);
+        // A verifier's deposit must stay bound past every verdict window it may be assigned.
+        (, uint256 exitDelay) = registry_.terms();
+        if (exitDelay <= windows) revert UnbondingTooShort(exitDelay, windows);
         _token = token_;
         _stakes = stakes_;
+        _registry = registry_;
         _feeBps = cfg.feeBps;
         _minAuditBps = cfg.minAuditBps;
         _challengeWindow = cfg.challengeWindow;
@@ -257,8 +266,9 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// @notice Appeal a verdict, once, within the appeal window: the worker appeals a failure;
     /// the client disputes a pass, escrowing a dispute bond equal to the audit fee (needs an
     /// allowance), which pays the appeal verifier if the pass is upheld and comes back if it is
-    /// overturned. A second verifier then recomputes; without its verdict an appealed failure
-    /// stands and a disputed pass is void (not paid; the dispute bond goes to the protocol).
+    /// overturned. A second verifier then recomputes; without its verdict the job is void
+    /// (neither paid nor slashed; a dispute bond goes to the protocol) and the silent verifiers
+    /// lose part of their deposits.
     /// Works while paused: the window keeps running and its outcome waits at its end, so a pause
     /// must not take the appeal.
     function appeal(uint256 jobId, Job calldata job) external nonReentrant {
@@ -305,7 +315,6 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// one). A verifier that passes without recomputing thus risks its bond on every canary.
     function resolveAudit(uint256 jobId, Job calldata job, bool passed, bytes32 evidenceHash)
         external
-        onlyRole(VERIFIER_ROLE)
         nonReentrant
     {
         Job memory j = _openAudit(jobId, job, evidenceHash);
@@ -326,7 +335,6 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// audit fee for the recomputations that showed it (evidence: their output hashes).
     function voidAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash)
         external
-        onlyRole(VERIFIER_ROLE)
         nonReentrant
     {
         Job memory j = _openAudit(jobId, job, evidenceHash);
@@ -348,7 +356,6 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// audit fee, and the client gets that verifier's bond and its dispute bond back.
     function resolveAppeal(uint256 jobId, Job calldata job, bool workerWins, bytes32 evidenceHash)
         external
-        onlyRole(VERIFIER_ROLE)
         nonReentrant
     {
         _checkRecord(jobId, job);
@@ -449,6 +456,10 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         return _stakes;
     }
 
+    function verifierRegistry() external view returns (IVerifierRegistry) {
+        return _registry;
+    }
+
     function feeRecipient() external view returns (address) {
         return _globals.feeRecipient;
     }
@@ -511,11 +522,12 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
     /// (Committed and drawn, or Audited) or its appeal or dispute (Appealed, Disputed). Only
     /// that verifier may post the verdict, and so only it earns the fee: a verifier cannot race
     /// the others to every fee by passing without recomputing. The draw's seed is the audit
-    /// draw's (the hash of the block after the commit) and the candidates are the holders of
-    /// VERIFIER_ROLE other than the job's worker and client (and, for an appeal, the verifier
-    /// whose verdict is in question). Silence escalates: in the second half of the verdict's
-    /// window the next candidate is assigned instead; a verdict still missing when the window
-    /// closes leaves the job void. Zero when no candidate is left.
+    /// draw's (the hash of the block after the commit) and the candidates are the registry's
+    /// seats joined by the commit block (`VerifierRegistry.assignee`) other than the job's worker and
+    /// client (and, for an appeal, the verifier whose verdict is in question). Silence
+    /// escalates: in the second half of the verdict's window the next candidate is assigned
+    /// instead; a verdict still missing when the window closes leaves the job void and burns
+    /// part of both silent verifiers' deposits. Zero when no candidate is left.
     function assignedVerifier(uint256 jobId, Job calldata job) external view returns (address) {
         _checkRecord(jobId, job);
         Job memory j = job;
@@ -694,6 +706,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             uint256 closesAt = _auditClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
             _void(jobId, job, p, uint256(job.reward) + job.auditFee);
+            _punishSilence(jobId, job, false);
             return true;
         }
         if (s == JobState.AuditPassed) {
@@ -702,20 +715,15 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
             _passStands(jobId, job, p, address(0));
             return true;
         }
-        if (s == JobState.Disputed) {
+        if (s == JobState.Disputed || s == JobState.Appealed) {
             uint256 closesAt = _appealVerdictClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _voidDispute(jobId, job, p);
+            _voidUnjudged(jobId, job, p);
+            _punishSilence(jobId, job, true);
             return true;
         }
         if (s == JobState.AuditFailed) {
             uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
-            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _slash(jobId, job, address(0));
-            return true;
-        }
-        if (s == JobState.Appealed) {
-            uint256 closesAt = _appealVerdictClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
             _slash(jobId, job, address(0));
             return true;
@@ -799,17 +807,29 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (j.state == JobState.Disputed) _payAuditFee(jobId, disputeWinner, j.auditFee);
     }
 
-    /// @dev A disputed pass no appeal verdict confirmed in time: silence never pays, so the
-    /// result is not paid and the job ends Refunded. The client gets its reward back but not
-    /// its dispute bond (to the fee recipient: a dispute that nobody judged must still cost
-    /// the client, or disputing every pass would make results free whenever verifiers are
-    /// slow); the passing verifier, whose pass was not overturned, earns its fee and gets its
-    /// bond back; the worker gets its collateral back.
-    function _voidDispute(uint256 jobId, Job memory j, Pending memory p) private {
+    /// @dev An appeal or a dispute no appeal verdict judged in time: silence decides nothing,
+    /// so the job is void (never paid, never slashed) and ends Refunded. The client gets its
+    /// reward back; the first verifier, whose verdict was not overturned, earns its fee and gets
+    /// its bond back; the worker gets its collateral back. A dispute's bond goes to the fee
+    /// recipient (a dispute that nobody judged must still cost the client, or disputing every
+    /// pass would make results free whenever verifiers are slow).
+    function _voidUnjudged(uint256 jobId, Job memory j, Pending memory p) private {
         _payAuditFee(jobId, j.auditor, j.auditFee);
-        _credit(_globals.feeRecipient, j.auditFee);
+        if (j.state == JobState.Disputed) _credit(_globals.feeRecipient, j.auditFee);
         _stakes.unlock(j.auditor, _verifierBond(j));
         _void(jobId, j, p, j.reward);
+    }
+
+    /// @dev The verifiers the draw assigned to a verdict that never came (the first, and the
+    /// second it escalated to) each have the job's reward and collateral burned from their
+    /// registry deposit: staying silent must cost more than whatever silence could save a
+    /// cheater (its collateral) or the verifier (the recomputation).
+    function _punishSilence(uint256 jobId, Job memory j, bool appealed) private {
+        (bytes32 seed, address[3] memory excluded) = _drawInputs(j, appealed);
+        if (seed == bytes32(0)) return; // the draw is gone: who was assigned is unknown
+        _registry.punishSilence(
+            seed, jobId, appealed, j.committedBlock, j.committedAt, excluded, uint256(j.reward) + j.collateral
+        );
     }
 
     function _refundDisputeBond(uint256 jobId, Job memory j) private {
@@ -1041,47 +1061,23 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         if (msg.sender != assigned) revert NotAssignedVerifier(jobId, msg.sender, assigned);
     }
 
-    /// @dev See `assignedVerifier`. Walks the verifier list from a drawn start and takes the
-    /// first candidate, or the second once the window is in its second half (the first if
-    /// there is no second).
+    /// @dev See `assignedVerifier`: the registry's draw among the seats joined by the commit,
+    /// escalated to the second candidate once the window is in its second half.
     function _assignee(uint256 jobId, Job memory j, bool appealed, uint256 closesAt)
         private
         view
-        returns (address first)
+        returns (address)
     {
-        uint256 n = _verifiers.length;
-        if (n == 0) return address(0);
-        bytes32 seed = _blockHashOf(uint256(j.committedBlock) + 1);
-        uint256 start = uint256(keccak256(abi.encode(seed, jobId, appealed))) % n;
+        (bytes32 seed, address[3] memory excluded) = _drawInputs(j, appealed);
         bool escalated = block.timestamp + _auditWindow / 2 > closesAt;
-        for (uint256 k = 0; k < n; ++k) {
-            address v = _verifiers[(start + k) % n];
-            if (v == j.worker || v == j.client || (appealed && v == j.auditor)) continue;
-            if (first != address(0)) return v; // the second candidate: escalated
-            first = v;
-            if (!escalated) return v;
-        }
+        return _registry.assignee(
+            seed, jobId, appealed, j.committedBlock, uint256(j.reward) + j.collateral, excluded, escalated
+        );
     }
 
-    /// @dev Keeps `_verifiers` equal to the holders of VERIFIER_ROLE.
-    function _grantRole(bytes32 role, address account) internal override returns (bool granted) {
-        granted = super._grantRole(role, account);
-        if (granted && role == VERIFIER_ROLE) {
-            _verifiers.push(account);
-            _verifierSlot[account] = _verifiers.length;
-        }
-    }
-
-    function _revokeRole(bytes32 role, address account) internal override returns (bool revoked) {
-        revoked = super._revokeRole(role, account);
-        if (revoked && role == VERIFIER_ROLE) {
-            uint256 slot = _verifierSlot[account];
-            address last = _verifiers[_verifiers.length - 1];
-            _verifiers[slot - 1] = last;
-            _verifierSlot[last] = slot;
-            _verifiers.pop();
-            delete _verifierSlot[account];
-        }
+    /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign.
+    function _drawInputs(Job memory j, bool appealed) private view returns (bytes32, address[3] memory) {
+        return (_blockHashOf(uint256(j.committedBlock) + 1), [j.worker, j.client, appealed ? j.auditor : address(0)]);
     }
 
     function _ticketDigest(AssignTicket calldata ticket) private view returns (bytes32) {

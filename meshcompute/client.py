@@ -278,6 +278,7 @@ class Client:
         self._check_min_reward(reward)
         fee = parse_amount(audit_fee) if audit_fee is not None else reward
         stake = parse_amount(collateral) if collateral is not None else 2 * reward
+        self._check_verifier_cover(reward + stake)
         deadline_s = parse_duration(deadline)
         self._check_balance(shards * (reward + fee))
 
@@ -368,6 +369,7 @@ class Client:
         self._check_min_reward(reward)
         fee = parse_amount(audit_fee) if audit_fee is not None else reward
         stake = parse_amount(collateral) if collateral is not None else 2 * reward
+        self._check_verifier_cover(reward + stake)
         deadline_s = parse_duration(deadline)
         self._check_balance(reward + fee)
         _report(progress, "uploading", {}, 1, "program, data and state")
@@ -737,6 +739,22 @@ class Client:
                 f"the market offers no worker a job paying under {format_mesh(floor)} MESH per "
                 f"shard, and this one pays {format_mesh(reward)}: raise --pay (nothing was "
                 "uploaded or paid)")
+
+    def _check_verifier_cover(self, cover: int) -> None:
+        """BadInput, before anything is uploaded or paid, when no verifier seat could audit a
+        shard whose reward plus collateral is ``cover``: the registry assigns a job only to
+        seats whose deposit covers that, so a drawn shard beyond every seat would be void."""
+        from meshcompute.units import format_mesh
+
+        unit, _exit = self.actor.registry_terms()
+        best = max((seat.units * unit for seat in self.actor.verifier_seats()
+                    if not seat.leaving), default=0)
+        if cover > best:
+            raise BadInput(
+                f"no verifier seat covers a shard of {format_mesh(cover)} MESH (reward plus "
+                f"collateral; the largest seat covers {format_mesh(best)}): a shard drawn for "
+                "audit would end void, unpaid. Split it over more shards or lower --pay or "
+                "--collateral (nothing was uploaded or paid)")
 
     def reclaim(self, job_id: int) -> None:
         """Take back a job's escrow: at once for a job no worker holds on chain (a cancel),

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from meshcompute.chain.contracts import MeshActor
-from meshcompute.chain.deploy import VERIFIER_ROLE
 from meshcompute.chain.draws import AuditDraws
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.lease import (
@@ -65,6 +64,7 @@ from meshcompute.errors import (
     WrongJobState,
 )
 from meshcompute.health import write_health
+from meshcompute.units import format_mesh
 from meshcompute.verifier.audit import (
     Auditor,
     MissingBlob,
@@ -109,13 +109,16 @@ class PollReport:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-def require_verifier_role(actor: MeshActor) -> None:
-    """AuthError (one line) unless the actor's account may post verdicts."""
-    if not actor.market.functions.hasRole(VERIFIER_ROLE, actor.address).call():
+def require_verifier_seat(actor: MeshActor) -> None:
+    """AuthError (one line) unless the actor's account holds a seat in the verifier registry,
+    which is what makes the draw assign it verdicts (anyone may take one with a deposit)."""
+    seat = actor.verifier_seat(actor.address)
+    if seat is None:
+        minimum, _exit = actor.registry_terms()
         raise AuthError(
-            f"{actor.address} does not hold VERIFIER_ROLE on JobMarket "
-            f"{actor.market.address}: ask the deployer to grant it (`mesh chain deploy "
-            "--verifier ADDRESS`, or grantRole) before starting a verifier"
+            f"{actor.address} holds no seat in the verifier registry "
+            f"{actor.registry.address}: take one with `mesh verifier join AMOUNT` (at least "
+            f"{format_mesh(minimum)} MESH, weighted by the deposit) before starting a verifier"
         )
 
 

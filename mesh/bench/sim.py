@@ -3,8 +3,8 @@
 Simulates each strategy's providers over the same job stream (:mod:`meshcompute.core.economics`)
 and reports profit per job, the value of a junk result, and the probability that a cheater is
 caught within N jobs of its first junk result. ``roles``: the strategies of the other roles (a
-griefing client, a colluding market operator, a lazy verifier) on the same job stream, each with
-``gain_vs_honest`` against honest play of its role
+griefing client, a colluding market operator, a lazy verifier, a silent verifier) on the same
+job stream, each with ``gain_vs_honest`` against honest play of its role
 (:func:`meshcompute.core.economics.simulate_roles`). ``training``: workers that skip some
 segments of every training job (:data:`meshcompute.core.economics.TRAINING_STRATEGIES`) on the
 same job stream, with the exact chance that a drawn audit recomputes a skipped segment and

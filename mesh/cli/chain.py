@@ -186,7 +186,7 @@ def chain_deploy(
         str, typer.Option(help="Environment variable holding the deployer's private key.")
     ] = "MESH_DEPLOYER_KEY",
     assigner: Annotated[list[str], typer.Option(help="Address allowed to sign tickets.")] = [],  # noqa: B006
-    verifier: Annotated[list[str], typer.Option(help="Address allowed to post verdicts.")] = [],  # noqa: B006
+    verifier: Annotated[list[str], typer.Option(help="A verifier to seat in the registry, its deposit paid by the deployer (anyone can also join with `mesh verifier join`).")] = [],  # noqa: B006
     faucet: Annotated[bool, typer.Option(help="Enable the faucet (testnets only).")] = False,
     if_missing: Annotated[bool, typer.Option(
         help="Do nothing when a deployment record for this chain exists and its contracts "

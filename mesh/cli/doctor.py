@@ -365,16 +365,14 @@ def check_stake(contracts: MeshContracts, address: str) -> Check:
     return Check("stake", OK, detail)
 
 
-def check_verifier_role(contracts: MeshContracts, address: str) -> Check:
-    """Whether ``address`` holds VERIFIER_ROLE on JobMarket (information only)."""
-    from meshcompute.chain.deploy import VERIFIER_ROLE
-
-    holds = bool(contracts.market.functions.hasRole(VERIFIER_ROLE, address).call())
-    if holds:
-        return Check("verifier", INFO, f"{address} holds VERIFIER_ROLE (can run "
-                     "`mesh verifier start`)")
-    return Check("verifier", INFO, f"{address} does not hold VERIFIER_ROLE (only verifiers "
-                 "need it)")
+def check_verifier_seat(contracts: MeshContracts, address: str) -> Check:
+    """Whether ``address`` holds a seat in the verifier registry (information only)."""
+    seat = contracts.verifier_seat(address)
+    if seat is not None:
+        return Check("verifier", INFO, f"{address} holds a verifier seat (deposit "
+                     f"{_mesh(seat.deposit)}, weight {seat.units}; can run `mesh verifier start`)")
+    return Check("verifier", INFO, f"{address} holds no verifier seat (only verifiers need one: "
+                 "`mesh verifier join AMOUNT`)")
 
 
 def check_market(
@@ -542,7 +540,7 @@ def run_checks(
         else:
             checks.append(skipped("balance", *needs_chain, *needs_wallet))
         needs_contracts = needs_chain or ([] if contracts is not None else ["contracts"])
-        for name, fn in (("stake", check_stake), ("verifier", check_verifier_role)):
+        for name, fn in (("stake", check_stake), ("verifier", check_verifier_seat)):
             if contracts is not None and address is not None:
                 checks.append(guarded(name, lambda fn=fn: fn(contracts, address)))
             else:

@@ -103,8 +103,9 @@ def _training_table(training: dict) -> Table:
 
 
 def _roles_table(roles: dict) -> Table:
-    """The other roles (client, market operator, verifier): what one gains per job or audit
-    by deviating instead of acting honestly, and whether that is deterred."""
+    """The other roles (client, market operator, verifiers lazy and silent): what one gains
+    per job or audit by deviating instead of acting honestly, and whether that is deterred. A
+    silent verifier's row adds the case where the escalated seat is silent too."""
     table = Table(title="other roles: gain from deviating instead of acting honestly")
     table.add_column("role")
     table.add_column("deviation", ratio=2)
@@ -115,6 +116,9 @@ def _roles_table(roles: dict) -> Table:
     for name, row in roles.items():
         stderr = row.get("gain_vs_honest_stderr")
         gain = f"{row['gain_vs_honest']:+.2f}" + ("" if stderr is None else f" ±{stderr:.2f}")
+        all_silent = row.get("if_escalation_also_silent")
+        if all_silent:
+            gain += f"\nall silent: {all_silent['gain_vs_honest']:+.2f}"
         who = row.get("role")
         table.add_row(
             name if who is None else f"{name}\n({who})",
@@ -128,7 +132,7 @@ def _roles_table(roles: dict) -> Table:
 
 
 def _roles_summary(result: dict) -> str:
-    """``2 of 3 other roles lose by deviating; not deterred: lazy_verifier (no mechanism
+    """``3 of 4 other roles lose by deviating; not deterred: lazy_verifier (no mechanism
     built yet)``."""
     roles = result["roles"]
     losing = result.get("role_strategies_losing", sum(1 for r in roles.values() if r["deterred"]))

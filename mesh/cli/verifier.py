@@ -1,4 +1,5 @@
-"""``mesh verifier start|health`` (run a verifier) and ``mesh verify JOB_ID`` (re-check one)."""
+"""``mesh verifier join|leave|withdraw|seat`` (a seat in the verifier registry), ``mesh verifier
+start|health`` (run a verifier) and ``mesh verify JOB_ID`` (re-check one)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def verifier_start(
     from meshcompute.verifier.journal import Journal, journal_path
     from meshcompute.verifier.outputs import compare_outputs
     from meshcompute.verifier.recompute import Recomputer
-    from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
+    from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_seat
     from meshcompute.verifier.training_audit import (
         TrainingJudge,
         sandboxed_links_run,
@@ -66,7 +67,7 @@ def verifier_start(
     account = unlock(settings, prompt=sys.stdin.isatty())
     conn = connect(settings)
     actor = actor_for(conn, account)
-    require_verifier_role(actor)
+    require_verifier_seat(actor)
     _require_stake(actor, settings.verifier_min_stake)
     market_url = market or settings.market_url
     client = MarketClient(market_url, account, conn.chain_id,
@@ -110,6 +111,119 @@ def verifier_start(
         recompute.close()
         confirm.close()
         client.close()
+
+
+AmountArg = Annotated[str, typer.Argument(help="MESH, up to 18 decimals (e.g. 100).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+@verifier_app.command("join")
+def verifier_join(amount: AmountArg, as_json: JsonOption = False) -> None:
+    """Take a seat in the verifier registry with a deposit of AMOUNT MESH from the wallet.
+
+    Anyone may: the draw assigns each verdict to a seat, weighted by its deposit. A verdict
+    assigned and never given burns part of the deposit."""
+    from meshcompute.chain.connect import actor_for
+    from meshcompute.errors import BadInput
+    from meshcompute.mesh.cli import onchain
+    from meshcompute.units import parse_mesh
+
+    wei = parse_mesh(amount)
+    cfg = onchain.settings()
+    conn = onchain.connect_chain(cfg)
+    who = onchain.my_address(cfg)
+    minimum, _exit = conn.contracts.registry_terms()
+    if wei < minimum:
+        raise BadInput(f"a seat needs a deposit of at least {onchain.mesh(minimum)}; "
+                       f"{onchain.mesh(wei)} was offered")
+    if conn.contracts.verifier_seat(who) is not None:
+        raise BadInput(f"{who} already holds a seat (see `mesh verifier seat`)")
+    onchain.require_balance(conn, who, wei, f"a verifier deposit of {onchain.mesh(wei)}")
+    onchain.require_gas(conn, who)
+    actor_for(conn, onchain.unlock_wallet(cfg)).join_verifiers(wei)
+    _print_seat(conn, who, as_json, f"joined with {onchain.mesh(wei)}")
+
+
+@verifier_app.command("leave")
+def verifier_leave(as_json: JsonOption = False) -> None:
+    """Stop being a candidate for jobs committed from now on (after the join delay); the
+    deposit comes back with `mesh verifier withdraw` once the exit delay has passed."""
+    from meshcompute.chain.connect import actor_for
+    from meshcompute.mesh.cli import onchain
+
+    cfg = onchain.settings()
+    conn = onchain.connect_chain(cfg)
+    who = onchain.my_address(cfg)
+    _require_seat(conn, who)
+    onchain.require_gas(conn, who)
+    actor_for(conn, onchain.unlock_wallet(cfg)).leave_verifiers()
+    _print_seat(conn, who, as_json, "leaving")
+
+
+@verifier_app.command("withdraw")
+def verifier_withdraw(as_json: JsonOption = False) -> None:
+    """Take the deposit back and give up the seat (after leaving and the exit delay)."""
+    from meshcompute.chain.connect import actor_for
+    from meshcompute.errors import BadInput
+    from meshcompute.mesh.cli import onchain
+
+    cfg = onchain.settings()
+    conn = onchain.connect_chain(cfg)
+    who = onchain.my_address(cfg)
+    seat = _require_seat(conn, who)
+    if not seat.leaving:
+        raise BadInput("the seat is still a candidate: `mesh verifier leave` first")
+    if conn.w3.eth.get_block("latest")["timestamp"] < seat.release_at:
+        raise BadInput(f"the deposit is bound until {onchain.when(seat.release_at)}")
+    onchain.require_gas(conn, who)
+    actor_for(conn, onchain.unlock_wallet(cfg)).withdraw_verifier_deposit()
+    _print_seat(conn, who, as_json, f"withdrew {onchain.mesh(seat.deposit)}")
+
+
+@verifier_app.command("seat")
+def verifier_seat(as_json: JsonOption = False) -> None:
+    """This wallet's seat in the verifier registry: deposit, weight, and the jobs it is a
+    candidate for."""
+    from meshcompute.mesh.cli import onchain
+
+    cfg = onchain.settings()
+    conn = onchain.connect_chain(cfg)
+    _print_seat(conn, onchain.my_address(cfg), as_json, "")
+
+
+def _require_seat(conn: object, who: str) -> object:
+    from meshcompute.errors import BadInput
+
+    seat = conn.contracts.verifier_seat(who)  # type: ignore[attr-defined]
+    if seat is None:
+        raise BadInput(f"{who} holds no seat in the verifier registry "
+                       "(`mesh verifier join AMOUNT` takes one)")
+    return seat
+
+
+def _print_seat(conn: object, who: str, as_json: bool, action: str) -> None:
+    from meshcompute.mesh.cli import onchain
+
+    seat = conn.contracts.verifier_seat(who)  # type: ignore[attr-defined]
+    data = {"address": who, "seat": seat is not None}
+    if seat is not None:
+        data |= {"deposit": onchain.money(seat.deposit), "units": seat.units,
+                 "from_block": seat.from_block,
+                 "until_block": seat.until_block if seat.leaving else None,
+                 "release_at": seat.release_at or None}
+    if action:
+        data["action"] = action
+    if as_json:
+        onchain.emit_json(data)
+        return
+    if seat is None:
+        console.print(f"{who}: no seat in the verifier registry" + (f" ({action})" if action else ""))
+        return
+    span = (f"for jobs committed in blocks {seat.from_block} to {seat.until_block - 1}; deposit "
+            f"released {onchain.when(seat.release_at)}" if seat.leaving
+            else f"for jobs committed from block {seat.from_block} on")
+    console.print(f"{who}: {action + '; ' if action else ''}deposit {onchain.mesh(seat.deposit)}, "
+                  f"weight {seat.units}, a candidate {span}")
 
 
 @verifier_app.command("health")

@@ -26,8 +26,9 @@ from meshcompute.chain.deploy import Deployment
 from meshcompute.chain.reverts import contract_revert, revert_data_bytes
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
+from meshcompute.core.audit_draw import VerifierSeat
 from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, JobState, apply_event
-from meshcompute.errors import BadInput, ChainError, StaleJobRecord
+from meshcompute.errors import BadInput, ChainError, ConfigError, StaleJobRecord
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ class MeshContracts:
         self.credit = self._contract("MeshCredit")
         self.stakes = self._contract("StakeManager")
         self.market = self._contract("JobMarket")
+        self.registry = self._contract("VerifierRegistry")
         self._events_by_topic: dict[bytes, tuple[str, dict[str, Any]]] = {}
-        for contract in (self.credit, self.stakes, self.market):
+        for contract in (self.credit, self.stakes, self.registry, self.market):
             for item in contract.abi:
                 if item.get("type") == "event":
                     types = ",".join(abi_type(i) for i in item["inputs"])
@@ -118,6 +120,11 @@ class MeshContracts:
         ]
 
     def _contract(self, name: str) -> Any:
+        if name not in self.deployment.addresses:
+            raise ConfigError(
+                f"the deployment record for chain id {self.deployment.chain_id} has no {name}: "
+                "it predates this version of the contracts; deploy them again "
+                "(`mesh chain deploy`, or `mesh chain up` on a development chain)")
         return self.w3.eth.contract(
             address=self.deployment.address(name), abi=load_artifact(name)["abi"]
         )
@@ -136,6 +143,25 @@ class MeshContracts:
         return int(self.stakes.functions.freeStake(staker).call())
 
     # ------------------------------------------------------------------ market views
+    # ------------------------------------------------------------------ verifier registry
+    def verifier_seats(self) -> list[VerifierSeat]:
+        """Every seat of the verifier registry (deposits not included)."""
+        return [VerifierSeat(Web3.to_checksum_address(v), int(units), int(start), int(until))
+                for v, units, start, until in self.registry.functions.seats().call()]
+
+    def verifier_seat(self, verifier: str) -> VerifierSeat | None:
+        """``verifier``'s seat with its deposit, or None when it holds none."""
+        (v, units, start, until), deposit, release = self.registry.functions.seatOf(verifier).call()
+        if int(v, 16) == 0:
+            return None
+        return VerifierSeat(Web3.to_checksum_address(v), int(units), int(start), int(until),
+                            int(deposit), int(release))
+
+    def registry_terms(self) -> tuple[int, int]:
+        """(deposit per unit of weight, exit delay in seconds) of the verifier registry."""
+        minimum, exit_delay = self.registry.functions.terms().call()
+        return int(minimum), int(exit_delay)
+
     def account_of(self, account: str) -> AccountState:
         return AccountState(*(int(v) for v in self.market.functions.accountOf(account).call()))
 
@@ -418,6 +444,19 @@ class MeshActor(MeshContracts):
 
     def withdraw_unbonded(self) -> TxReceipt:
         return self._send(self.stakes.functions.withdrawUnbonded())
+
+    # ------------------------------------------------------------------ verifier seat
+    def join_verifiers(self, amount: int, *, approve: bool = True) -> TxReceipt:
+        """Take a seat in the verifier registry with a deposit of ``amount``."""
+        if approve and self.allowance(self.address, self.registry.address) < amount:
+            self.approve(self.registry.address, amount)
+        return self._send(self.registry.functions.join(amount))
+
+    def leave_verifiers(self) -> TxReceipt:
+        return self._send(self.registry.functions.leave())
+
+    def withdraw_verifier_deposit(self) -> TxReceipt:
+        return self._send(self.registry.functions.withdraw())
 
     # ------------------------------------------------------------------ client
     def post_job(self, params: JobParams, *, approve: bool = True) -> int:

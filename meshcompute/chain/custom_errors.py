@@ -40,6 +40,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "CallerNotJobMarket": NotPermitted,
     "VerifierConflict": NotPermitted,
     "NotAssignedVerifier": NotPermitted,
+    "NotMember": NotPermitted,
     "ReentrancyGuardReentrantCall": NotPermitted,
     # money and stake
     "InsufficientFreeStake": InsufficientFunds,
@@ -47,6 +48,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "ERC20InsufficientBalance": InsufficientFunds,
     "ERC20InsufficientAllowance": InsufficientFunds,
     "NothingToWithdraw": InsufficientFunds,
+    "DepositTooSmall": InsufficientFunds,
     # bad arguments
     "ZeroReward": InvalidRequest,
     "ZeroAmount": InvalidRequest,
@@ -70,11 +72,15 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "JobLeased": WrongJobState,
     "NotDrawnForAudit": WrongJobState,
     "JobMarketAlreadySet": WrongJobState,
+    "AlreadyMember": WrongJobState,
+    "AlreadyLeaving": WrongJobState,
+    "RegistryFull": WrongJobState,
     # timing
     "DeadlineNotReached": TooEarly,
     "NotYetSettleable": TooEarly,
     "AuditDrawPending": TooEarly,
     "StillUnbonding": TooEarly,
+    "StillBound": TooEarly,
     "FaucetCooldown": TooEarly,
     "TicketExpired": TooLate,
     "JobDeadlinePassed": TooLate,

@@ -25,10 +25,9 @@ from meshcompute.errors import ConfigError, DeploymentNotFound
 from meshcompute.files import write_json_atomic
 from meshcompute.units import BPS, DEV_CHAIN_ID, TOKEN
 
-CONTRACT_NAMES = ("MeshCredit", "StakeManager", "JobMarket")
+CONTRACT_NAMES = ("MeshCredit", "StakeManager", "VerifierRegistry", "JobMarket")
 
 ASSIGNER_ROLE = keccak(text="ASSIGNER_ROLE")
-VERIFIER_ROLE = keccak(text="VERIFIER_ROLE")
 PAUSER_ROLE = keccak(text="PAUSER_ROLE")
 MINTER_ROLE = keccak(text="MINTER_ROLE")
 
@@ -55,6 +54,11 @@ class DeployParams:
     runs no verifier, where a drawn job could only end void."""
     unbonding_delay_s: int = 3 * 24 * 3600
     """Seconds between an unstake request and its withdrawal; must exceed all windows."""
+    verifier_deposit: int = 1_000 * TOKEN
+    """The verifier registry's deposit per unit of weight: anyone who deposits at least this
+    much is a candidate for verdicts, weighted by its deposit over this, of the jobs whose
+    reward plus collateral its weight covers (its silence burns that much). Deployment pays one
+    unit for each verifier it names (``--verifier``), so that appeals work from the start."""
     min_block_time_s: float = 1.0
     """The shortest time between two blocks on the target chain. The audit draw's seed (the
     hash of the block after a commit) must stay readable until the audit window closes:
@@ -75,6 +79,8 @@ class DeployParams:
         for name in ("fee_bps", "min_audit_bps"):
             if not 0 <= getattr(self, name) <= BPS:
                 raise ConfigError(f"{name} must be within 0..10000, got {getattr(self, name)}")
+        if self.verifier_deposit <= 0:
+            raise ConfigError(f"verifier_deposit must be > 0, got {self.verifier_deposit}")
         if not self.min_block_time_s > 0:
             raise ConfigError(f"min_block_time_s must be > 0, got {self.min_block_time_s}")
 
@@ -176,8 +182,10 @@ def deploy_contracts(
     verifiers: tuple[str, ...] = (),
     fee_recipient: str | None = None,
 ) -> Deployment:
-    """Deploy MeshCredit, StakeManager and JobMarket with ``sender`` as admin, link them, and
-    grant ASSIGNER_ROLE / VERIFIER_ROLE to the given addresses."""
+    """Deploy MeshCredit, StakeManager, VerifierRegistry and JobMarket with ``sender`` as
+    admin, link them, grant ASSIGNER_ROLE to ``assigners``, and seat each of ``verifiers`` in
+    the registry with one unit of deposit that the admin mints and pays for them (the seat and
+    the deposit are theirs; anyone else joins by depositing their own)."""
     params = params or DeployParams()
     w3 = sender.w3
     check_draw_coverage(params, draw_coverage_blocks(w3))
@@ -200,20 +208,35 @@ def deploy_contracts(
         params.appeal_window_s,
         params.audit_deterrence,
     )
-    market = _deploy(sender, "JobMarket", credit, stakes, admin, fee_recipient or admin, config)
+    # A verifier's deposit stays bound for the unbonding delay after it leaves (> all windows).
+    registry = _deploy(sender, "VerifierRegistry", credit, admin, params.verifier_deposit,
+                       params.unbonding_delay_s)
+    market = _deploy(sender, "JobMarket", credit, stakes, registry, admin, fee_recipient or admin,
+                     config)
     stake_contract = w3.eth.contract(address=stakes, abi=load_artifact("StakeManager")["abi"])
     sender.send(stake_contract.functions.setJobMarket(market))
+    registry_contract = w3.eth.contract(address=registry,
+                                        abi=load_artifact("VerifierRegistry")["abi"])
+    sender.send(registry_contract.functions.setJobMarket(market))
     market_contract = w3.eth.contract(address=market, abi=load_artifact("JobMarket")["abi"])
     for account in assigners:
         sender.send(market_contract.functions.grantRole(ASSIGNER_ROLE, account))
-    for account in verifiers:
-        sender.send(market_contract.functions.grantRole(VERIFIER_ROLE, account))
-    for address, name in ((credit, "MeshCredit"), (stakes, "StakeManager"), (market, "JobMarket")):
+    if verifiers:
+        credit_contract = w3.eth.contract(address=credit, abi=load_artifact("MeshCredit")["abi"])
+        total = params.verifier_deposit * len(verifiers)
+        sender.send(credit_contract.functions.mint(admin, total))
+        sender.send(credit_contract.functions.approve(registry, total))
+        for account in verifiers:
+            sender.send(registry_contract.functions.joinFor(account, params.verifier_deposit))
+    named = {credit: "MeshCredit", stakes: "StakeManager", registry: "VerifierRegistry",
+             market: "JobMarket"}
+    for address, name in named.items():
         sender.name_contract(address, name)
     return Deployment(
         chain_id=sender.chain_id,
         block=first_block,
-        addresses={"MeshCredit": credit, "StakeManager": stakes, "JobMarket": market},
+        addresses={"MeshCredit": credit, "StakeManager": stakes, "VerifierRegistry": registry,
+                   "JobMarket": market},
         deployer=admin,
         params=params,
     )

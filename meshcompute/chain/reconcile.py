@@ -67,6 +67,12 @@ def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> S
         )
     if stake_balance != staked:
         problems.append(f"StakeManager holds {stake_balance} but stakes add up to {staked}")
+    registry_balance = contracts.balance_of(contracts.registry.address)
+    deposits = sum(contracts.verifier_seat(seat.verifier).deposit  # type: ignore[union-attr]
+                   for seat in contracts.verifier_seats())
+    if registry_balance != deposits:
+        problems.append(f"VerifierRegistry holds {registry_balance} but verifier deposits add "
+                        f"up to {deposits}")
     return SolvencyReport(
         market_balance=market_balance, escrow=escrow, withdrawable=withdrawable,
         stake_balance=stake_balance, staked=staked, jobs=len(records),

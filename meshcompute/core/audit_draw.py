@@ -15,6 +15,7 @@ whenever the seed block is near the end of that window (:func:`needs_contract`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from meshcompute.units import BPS
 
@@ -55,40 +56,72 @@ def audit_drawn(seed: bytes, job_id: int, audit_bps: int, keccak: Keccak256) -> 
     return int.from_bytes(word, "big") % BPS < int(audit_bps)
 
 
+@dataclass(frozen=True)
+class VerifierSeat:
+    """One seat of the VerifierRegistry: its verifier, weight (deposit over the registry's
+    unit), and the blocks of the jobs it is a candidate for: committed in ``from_block`` or
+    later and before ``until_block`` (:data:`NEVER` while it has not left)."""
+
+    verifier: str
+    units: int
+    from_block: int
+    until_block: int
+    deposit: int = 0
+    release_at: int = 0
+    """When a seat that left gets its deposit back (zero while it has not left)."""
+
+    @property
+    def leaving(self) -> bool:
+        return self.until_block != NEVER
+
+    def candidate_for(self, committed_block: int) -> bool:
+        """Whether this seat may be assigned the verdicts of a job committed in block
+        ``committed_block`` (``VerifierRegistry._candidates``)."""
+        return self.from_block <= int(committed_block) < self.until_block
+
+
+#: ``untilBlock`` of a seat that has not left.
+NEVER = 2**40 - 1
+
+
 def assigned_verifier(
-    verifiers: Sequence[str],
+    seats: Sequence[VerifierSeat],
     seed: bytes,
     job_id: int,
     *,
+    committed_block: int,
+    cover: int,
+    unit: int,
     excluded: Iterable[str],
     appealed: bool,
     escalated: bool,
     keccak: Keccak256,
 ) -> str | None:
-    """``JobMarket._assignee``: the verifier the draw assigns to a job's pending verdict.
+    """``VerifierRegistry.assignee``: the verifier the draw assigns to a job's pending verdict.
 
-    ``verifiers`` are the holders of VERIFIER_ROLE in the contract's order, ``seed`` the
-    draw's seed block hash (zero when the chain no longer has it), ``excluded`` the job's
-    worker and client (and, for an appeal or dispute, the verifier whose verdict is in
-    question). From a start drawn from ``(seed, job_id, appealed)`` the list is walked and the
-    first candidate not excluded is assigned, or the second once ``escalated`` (the window is
-    in its second half; the first again when there is no second). None: no candidate."""
+    ``seats`` are the registry's seats (in any order), ``seed`` the draw's seed block hash,
+    ``committed_block`` the job's commit block (only the seats' candidates for it count),
+    ``cover`` the job's reward plus collateral (only seats whose ``units * unit`` covers it,
+    ``unit`` being the registry's minimum deposit), ``excluded`` the job's worker and client
+    (and, for an appeal or dispute, the verifier whose verdict is in question). Each candidate
+    scores ``keccak256(abi.encode(keccak256(abi.encode(seed, job_id, appealed)), verifier))
+    // units``; the lowest is
+    assigned, or the second lowest once ``escalated`` (the window is in its second half; the
+    lowest again when there is no second). Ties go to the lower address. None: no candidate."""
     if len(seed) != 32:
         raise ValueError(f"a block hash has 32 bytes, got {len(seed)}")
-    n = len(verifiers)
-    if n == 0:
-        return None
     skip = {address.lower() for address in excluded}
-    word = keccak(seed + int(job_id).to_bytes(32, "big") + int(bool(appealed)).to_bytes(32, "big"))
-    start = int.from_bytes(word, "big") % n
-    first: str | None = None
-    for k in range(n):
-        candidate = verifiers[(start + k) % n]
-        if candidate.lower() in skip:
+    key = keccak(seed + int(job_id).to_bytes(32, "big") + int(bool(appealed)).to_bytes(32, "big"))
+    scored = []
+    for seat in seats:
+        if not seat.candidate_for(committed_block) or seat.verifier.lower() in skip:
             continue
-        if first is not None:
-            return candidate
-        first = candidate
-        if not escalated:
-            return candidate
-    return first
+        if int(seat.units) * int(unit) < int(cover):
+            continue
+        address = int(seat.verifier, 16)
+        word = keccak(key + address.to_bytes(32, "big"))
+        scored.append((int.from_bytes(word, "big") // int(seat.units), address, seat.verifier))
+    if not scored:
+        return None
+    scored.sort()
+    return scored[1][2] if escalated and len(scored) > 1 else scored[0][2]

@@ -50,6 +50,14 @@ job stream and draws:
   on which the lazy verifier loses that bond and earns no fee while an honest one fails the
   junk and earns its fee. Lazy passes lose money when ``canary share > verify cost / (audit
   fee + bond)``; the result reports that break-even share.
+- ``silent_verifier``: never posts the verdicts the draw assigns it, saving ``verify_cost_bps``
+  of the reward per audit. Halfway through the verdict's window it escalates to a second seat
+  of the VerifierRegistry; when that seat posts (honest, the default), the job is judged as
+  usual and the fee is the poster's: the silent seat earns nothing and loses nothing, so it
+  forfeits the honest profit ``audit fee - verify cost``. When the escalated seat is silent
+  too, the job is void (the worker gets its collateral back and is not paid, the client its
+  escrow) and each of the two seats has ``reward + collateral`` of its registry deposit burned
+  (a seat is only ever assigned jobs its deposit covers; ``if_escalation_also_silent``).
 
 Training jobs (:data:`TRAINING_STRATEGIES`): a training job of ``n`` checkpoint segments is
 audited by recomputing the last segment and ``DEFAULT_AUDITED_SEGMENTS - 1`` others drawn after
@@ -165,6 +173,12 @@ class MarketParams:
 
     def verify_cost(self, reward: int) -> int:
         return reward * self.verify_bps // BPS
+
+    def silence_penalty(self, reward: int) -> int:
+        """What the registry burns from each assigned seat's deposit when a verdict never comes
+        (JobMarket._punishSilence): the job's reward and collateral. The registry assigns a
+        job only to seats whose weight covers that much, so the deposit holds it."""
+        return reward + self.collateral(reward)
 
 
 def job_audit_bps(params: MarketParams, *, formula_bps: int, ticket_bps: int,
@@ -638,6 +652,9 @@ ROLE_STRATEGIES: tuple[tuple[str, str, str], ...] = (
     ("lazy_verifier", "verifier",
      ("posts pass on every audit without recomputing, saving its verification cost; canary "
       "jobs (known junk, disputed once passed) cost it its pass bond")),
+    ("silent_verifier", "verifier",
+     ("never posts the verdicts the draw assigns it, saving its verification cost; the verdict "
+      "escalates to a second seat, which posts it and takes the fee")),
 )
 """The strategies of roles other than the worker: (name, role, description)."""
 
@@ -647,6 +664,17 @@ LAZY_VERIFIER_NOTE = (
     "overturned pass costs the verifier that bond and its fee. Lazy passing loses money once "
     "canaries are more than verify_cost / (audit_fee + bond) of the audits, and only as long "
     "as a verifier cannot tell canaries from other jobs."
+)
+
+SILENT_VERIFIER_NOTE = (
+    "Silence forfeits the fee: halfway through the window the verdict escalates to a second "
+    "seat, which posts it and earns the audit fee, so the silent seat gives up audit_fee - "
+    "verify_cost per audit. If both assigned seats stay silent the job is void (the junk of a "
+    "cheater is not paid, nor its collateral slashed) and each seat has reward + collateral of "
+    "its registry deposit burned (the registry assigns a job only to seats whose weight covers "
+    "that). Colluding silence to void a cheater's job thus burns 2 x (reward + collateral), "
+    "more than the collateral it saves the cheater. Not modelled: a seat silent on many jobs "
+    "at once risks each job's cover, but its deposit bounds what all of them burn."
 )
 
 
@@ -865,6 +893,51 @@ def _lazy_verifier(
     )
 
 
+def _silent_verifier(params: MarketParams, honest_out: list[JobOutcome]) -> RoleResult:
+    """A seat that never posts its assigned verdicts against one recomputing each, over the
+    audits of the honest market. The escalated seat is honest: it posts and takes the fee, so
+    the silent seat earns 0 and is not punished. Also reported: every seat silent, where the job
+    is void and each of the two assigned seats loses :meth:`MarketParams.silence_penalty`."""
+    audits = [o for o in honest_out if o.audited]
+    honest_v = [o.audit_fee - params.verify_cost(o.reward) for o in audits]
+    silent_v = [0] * len(audits)
+    stats = _paired(silent_v, honest_v, [0.0] * len(audits), [float(v) for v in honest_v])
+    penalties = [params.silence_penalty(o.reward) for o in audits]
+    collaterals = [params.collateral(o.reward) for o in audits]
+    both = _paired([-x for x in penalties], honest_v, [float(-x) for x in penalties],
+                   [float(v) for v in honest_v])
+    n = len(audits)
+    # colluding silence: both seats burn their penalty to spare a cheater its collateral
+    deterred = sum(2 * x > c for x, c in zip(penalties, collaterals, strict=True))
+    return _role_result(
+        3, "audit", stats,
+        details={
+            "verify_cost_bps": params.verify_bps,
+            "audit_fee_bps": params.audit_fee_bps,
+            "mechanism_built": True,
+            "mechanism": "verdicts escalate to a second seat halfway through the window; a "
+                         "verdict that never comes voids the job and burns reward + collateral "
+                         "of both assigned seats' registry deposits (seats are assigned only "
+                         "jobs their weight covers)",
+            "honest_verifier_profit_per_audit": round(sum(honest_v) / n, 4) if n else 0.0,
+            "if_escalation_also_silent": {
+                "job_void": True,
+                "junk_paid": False,
+                "penalty_per_audit": round(sum(penalties) / n, 4) if n else 0.0,
+                "profit_per_audit": round(both["profit_per_job"], 4),
+                "gain_vs_honest": round(both["gain_vs_honest"], 4),
+                "colluding_silence_burns_per_audit": round(2 * sum(penalties) / n, 4)
+                if n else 0.0,
+                "cheater_collateral_saved_per_audit": round(sum(collaterals) / n, 4)
+                if n else 0.0,
+                "colluding_silence_costs_more_than_collateral_share": round(deterred / n, 4)
+                if n else 0.0,
+            },
+        },
+        note=SILENT_VERIFIER_NOTE,
+    )
+
+
 def simulate_roles(
     params: MarketParams = MarketParams(),
     *,
@@ -882,6 +955,7 @@ def simulate_roles(
         "griefing_client": _griefing_client(params, stream, providers, honest, honest_out),
         "colluding_operator": _colluding_operator(params, stream, providers, honest_out),
         "lazy_verifier": _lazy_verifier(params, stream, providers, honest, honest_out, seed),
+        "silent_verifier": _silent_verifier(params, honest_out),
     }
 
 

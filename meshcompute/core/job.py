@@ -72,7 +72,7 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
         {JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.REFUNDED}
     ),
     JobState.AUDIT_FAILED: frozenset({JobState.APPEALED, JobState.SLASHED}),
-    JobState.APPEALED: frozenset({JobState.FINALIZED, JobState.SLASHED}),
+    JobState.APPEALED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
     JobState.AUDIT_PASSED: frozenset({JobState.DISPUTED, JobState.FINALIZED}),
     JobState.DISPUTED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
     JobState.FINALIZED: frozenset(),
@@ -225,7 +225,7 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
         return replace(record, state=JobState.SLASHED)
     if event == "JobRefunded":
         if record.state in (JobState.POSTED, JobState.ASSIGNED, JobState.AUDITED,
-                            JobState.DISPUTED):  # a dispute nobody judged is void
+                            JobState.DISPUTED, JobState.APPEALED):  # unjudged appeals are void
             return replace(record, state=JobState.REFUNDED)
         return record
     if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid", "AuditVoided",

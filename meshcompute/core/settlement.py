@@ -13,7 +13,8 @@ or refuses it; :func:`settle_action` answers the same question off chain, at blo
   did not come in time, so the job is void (:attr:`SettleAction.VOID`): silence never pays.
 * ``AUDIT_FAILED`` — after ``resolved_at + appeal_window`` (strictly) with no appeal: slashed.
 * ``APPEALED`` — after ``resolved_at + appeal_window + audit_window`` (strictly) with no appeal
-  verdict: the failed audit stands, slashed.
+  verdict: void (:attr:`SettleAction.VOID`: silence decides nothing, so the worker is neither
+  paid nor slashed; the silent appeal verifiers lose part of their registry deposits).
 * ``AUDIT_PASSED`` — after ``resolved_at + appeal_window`` (strictly) with no dispute from the
   client: the pass stands, the worker and the verifier are paid (:attr:`SettleAction.PAY`).
 * ``DISPUTED`` — after ``resolved_at + appeal_window + audit_window`` (strictly) with no appeal
@@ -92,9 +93,8 @@ def settle_action(
                                     audit_window=audit_window)
         return None if window_open(now, closes_at) else SettleAction.VOID
     if state in _VERDICT_STANDS:
-        # a verdict stands when its appeal window closes unappealed, or when an appeal
-        # verdict did not come: a failure is slashed, a pass paid; a disputed pass nobody
-        # judged is void
+        # a verdict stands when its appeal window closes unappealed: a failure is slashed, a
+        # pass paid; an appeal or a dispute nobody judged is void
         if state in (JobState.AUDIT_FAILED, JobState.AUDIT_PASSED):
             closes_at = appeal_closes_at(record, appeal_window=appeal_window)
         else:
@@ -107,7 +107,7 @@ def settle_action(
 #: What finalize does to a job once its verdict's windows closed, by the state it is in.
 _VERDICT_STANDS = {
     JobState.AUDIT_FAILED: SettleAction.SLASH,
-    JobState.APPEALED: SettleAction.SLASH,
+    JobState.APPEALED: SettleAction.VOID,
     JobState.AUDIT_PASSED: SettleAction.PAY,
     JobState.DISPUTED: SettleAction.VOID,
 }

@@ -316,6 +316,7 @@ _STATUS_ERRORS: dict[int, type[MeshError]] = {
     401: AuthError,
     403: AuthError,
     404: NotFound,
+    410: NotFound,  # an ended job the market pruned (the chain keeps its events)
     405: BadInput,
     409: Conflict,
     413: BadInput,

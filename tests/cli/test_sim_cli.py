@@ -1,6 +1,6 @@
 """`mesh sim` in text and JSON: the worker strategies' table, then the other roles' table
-(griefing client, colluding operator, lazy verifier) and the line saying which roles lose by
-deviating. No chain: the simulation is pure arithmetic."""
+(griefing client, colluding operator, lazy and silent verifiers) and the line saying which
+roles lose by deviating. No chain: the simulation is pure arithmetic."""
 
 from __future__ import annotations
 
@@ -19,15 +19,16 @@ def test_text_output_has_the_roles_table_and_summary(run_mesh) -> None:
     roles_at = out.index("other roles")
     assert roles_at > out.index("always_cheat")
     roles = out[roles_at:]
-    for name in ("griefing_client", "colluding_operator", "lazy_verifier"):
+    for name in ("griefing_client", "colluding_operator", "lazy_verifier", "silent_verifier"):
         assert name in roles
     for column in ("per", "gain vs honest", "deterred", "note"):
         assert column in roles
     assert "audit" in roles and "job" in roles
     assert "NO" not in roles  # every role is deterred, the lazy verifier by canaries
     assert "canaries" in " ".join(roles.split())  # its note
+    assert "all silent:" in roles  # the silent verifier's row: the escalated seat silent too
     last = out.strip().splitlines()[-1]
-    assert last == "3 of 3 other roles lose by deviating"
+    assert last == "4 of 4 other roles lose by deviating"
 
 
 def test_json_output_is_the_report(run_mesh) -> None:
@@ -35,7 +36,8 @@ def test_json_output_is_the_report(run_mesh) -> None:
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["jobs_per_strategy"] == 300 and report["seed"] == 3
-    assert set(report["roles"]) == {"griefing_client", "colluding_operator", "lazy_verifier"}
+    assert set(report["roles"]) == {"griefing_client", "colluding_operator", "lazy_verifier",
+                                    "silent_verifier"}
     assert report["role_strategies_not_losing"] == []
 
 

@@ -340,7 +340,8 @@ class MarketMachine(RuleBasedStateMachine):
         self.clients = list(w.clients)
         self.workers = [*w.workers, w.outsider, w.verifiers[0]]
         self.stakers = [*w.workers, w.outsider, *w.verifiers]
-        self.verifier_pool = [*w.verifiers, w.clients[0]]  # a client lacks VERIFIER_ROLE
+        self.verifier_pool = [*w.verifiers, w.clients[0]]  # a client holds no verifier seat
+        self.unit, _exit = w.verifiers[0].registry_terms()
         self.blockhashes: dict[int, bytes] = {}
         self.digests: dict[JobRecord, bytes] = {}
         self.chain_reader = _Reader(self.w3, d.addresses, self.accounts, self.holders)
@@ -434,7 +435,8 @@ class MarketMachine(RuleBasedStateMachine):
         return draw % BPS < j.audit_bps
 
     def _assignee(self, job_id: int, j: JobRecord, appealed: bool) -> str | None:
-        """JobMarket._assignee (the pure core's ``assigned_verifier``) in the latest block."""
+        """JobMarket._assignee (VerifierRegistry.assignee; the pure core's
+        ``assigned_verifier``) in the latest block."""
         closes = (j.resolved_at + APPEAL + AUDIT) if appealed else (
             j.committed_at + CHALLENGE + AUDIT)
         seed_block = j.committed_block + 1
@@ -442,7 +444,9 @@ class MarketMachine(RuleBasedStateMachine):
         seed = self._blockhash(seed_block) if in_reach else bytes(32)
         excluded = [j.worker, j.client, *([j.auditor] if appealed else [])]
         return assigned_verifier(
-            [v.address for v in self.world.verifiers], seed, job_id, excluded=excluded,
+            # seats read from the chain: a burn for silence can make one leave (for later jobs)
+            self.world.admin.verifier_seats(), seed, job_id, committed_block=j.committed_block,
+            cover=j.reward + j.collateral, unit=self.unit, excluded=excluded,
             appealed=appealed, escalated=escalated(self.now, closes, AUDIT), keccak=keccak)
 
     def _assigned_actor(self, job_id: int, j: JobRecord, appealed: bool) -> MeshActor | None:
@@ -551,17 +555,19 @@ class MarketMachine(RuleBasedStateMachine):
             assert dispute_winner is not None  # an unjudged dispute is void, not a pass
             self._credit(dispute_winner, j.audit_fee)
 
-    def _void_dispute(self, job_id: int, j: JobRecord) -> None:
-        """A dispute no appeal verdict judged in time: unpaid (Refunded). The client gets its
-        reward back, its dispute bond goes to the protocol, the passing verifier earns its fee
-        and gets its bond back, the worker its collateral."""
+    def _void_unjudged(self, job_id: int, j: JobRecord) -> None:
+        """An appeal or a dispute no appeal verdict judged in time: void (Refunded). The client
+        gets its reward back (a dispute's bond goes to the protocol), the first verifier earns
+        its fee and gets its bond back, the worker its collateral. (The silent verifiers' burned
+        deposits are the registry's, outside this model's holders.)"""
         self._credit(j.auditor, j.audit_fee)
-        self._credit(self.fee_recipient, j.audit_fee)
+        if j.state == JobState.DISPUTED:
+            self._credit(self.fee_recipient, j.audit_fee)
         self._unlock(j.auditor, j.verifier_bond)
         self._credit(j.client, j.reward)
         self._unlock(j.worker, j.collateral)
         self.jobs[job_id] = replace(j, state=JobState.REFUNDED)
-        STATS["dispute unjudged: void"] += 1
+        STATS[f"{j.state.name.lower()} unjudged: void"] += 1
 
     def _void(self, job_id: int, j: JobRecord) -> None:
         """Drawn for audit, no verdict in time: escrow back to the client, collateral back to
@@ -590,18 +596,14 @@ class MarketMachine(RuleBasedStateMachine):
             if self.now <= j.resolved_at + APPEAL:
                 raise Revert("NotYetSettleable")
             return "slash"
-        if s == JobState.APPEALED:
-            if self.now <= j.resolved_at + APPEAL + AUDIT:
-                raise Revert("NotYetSettleable")
-            return "slash"
         if s == JobState.AUDIT_PASSED:
             if self.now <= j.resolved_at + APPEAL:
                 raise Revert("NotYetSettleable")
             return "stand"
-        if s == JobState.DISPUTED:
+        if s in (JobState.DISPUTED, JobState.APPEALED):
             if self.now <= j.resolved_at + APPEAL + AUDIT:
                 raise Revert("NotYetSettleable")
-            return "void_dispute"
+            return "void_unjudged"
         raise Revert("InvalidJobState")
 
     def _apply_settle(self, job_id: int, j: JobRecord, outcome: str) -> None:
@@ -615,8 +617,8 @@ class MarketMachine(RuleBasedStateMachine):
             self._slash(job_id, j)
         elif outcome == "stand":
             self._pass_stands(job_id, j, None)
-        elif outcome == "void_dispute":
-            self._void_dispute(job_id, j)
+        elif outcome == "void_unjudged":
+            self._void_unjudged(job_id, j)
 
     def _not_paused(self) -> None:
         if self.paused:
@@ -927,13 +929,8 @@ class MarketMachine(RuleBasedStateMachine):
             self.jobs[job_id] = replace(j, state=state)
         return ok
 
-    def _check_role(self, actor: MeshActor) -> None:
-        if actor not in self.world.verifiers:
-            raise Revert("AccessControlUnauthorizedAccount")
-
     def _predict_verdict(self, job_id: int, j: JobRecord, verifier: MeshActor) -> None:
         """JobMarket._openAudit: the checks every verdict on a drawn job passes first."""
-        self._check_role(verifier)
         self._open(job_id)
         if verifier.address in (j.worker, j.client):
             raise Revert("VerifierConflict")
@@ -1002,7 +999,6 @@ class MarketMachine(RuleBasedStateMachine):
         evidence = keccak(text=f"appeal-{job_id}")
 
         def predict() -> None:
-            self._check_role(verifier)
             self._open(job_id)
             if j.state not in (JobState.APPEALED, JobState.DISPUTED):
                 raise Revert("InvalidJobState")
@@ -1070,7 +1066,7 @@ class MarketMachine(RuleBasedStateMachine):
                 plan.append((job_id, j, outcome))
                 after = {"draw": JobState.AUDITED, "pay": JobState.FINALIZED,
                          "stand": JobState.FINALIZED, "void": JobState.REFUNDED,
-                         "void_dispute": JobState.REFUNDED}
+                         "void_unjudged": JobState.REFUNDED}
                 current[job_id] = replace(j, state=after.get(outcome, JobState.SLASHED))
             return plan
 

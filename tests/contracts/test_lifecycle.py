@@ -151,6 +151,7 @@ def test_postJob_floors_audit_rate_at_min_audit_bps(world: World) -> None:
         "JobMarket",
         world.deployment.address("MeshCredit"),
         world.deployment.address("StakeManager"),
+        world.deployment.address("VerifierRegistry"),
         admin.address,
         admin.address,
         (p.fee_bps, 3000, p.challenge_window_s, p.audit_window_s, p.appeal_window_s,
@@ -520,15 +521,20 @@ def test_finalize_slashes_failed_audit_not_appealed(world: World, collateral: in
     assert_solvent(world)
 
 
-def test_finalize_slashes_appealed_job_without_appeal_verdict(world: World) -> None:
+def test_finalize_voids_appealed_job_without_appeal_verdict(world: World) -> None:
+    """Silence decides nothing: an appeal no verdict judged in time leaves the job void, never
+    slashed (the worker keeps its collateral; the silent appeal verifier pays for it, see
+    test_registry.py)."""
     worker, client = world.workers[0], world.clients[0]
     job_id = appealed_job(world, worker=worker)
     record = world.job(job_id)
     world.advance(P + A + 1)
     world.outsider.finalize(job_id)
-    assert world.job(job_id).state == JobState.SLASHED
-    compensation, _ = slash_split(record.collateral, record.audit_fee)
-    assert _withdrawable(world, client) == record.reward + compensation
+    assert world.job(job_id).state == JobState.REFUNDED
+    assert _withdrawable(world, client) == record.reward
+    assert _withdrawable(world, world.auditor_of(job_id)) == record.audit_fee
+    assert worker.stake_of(worker.address).slashed == 0
+    assert worker.worker_record(worker.address).slashed == 0
     assert_solvent(world)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from meshcompute.chain.contracts import MeshActor, mesh_sender
-from meshcompute.chain.deploy import ASSIGNER_ROLE, VERIFIER_ROLE, Deployment
+from meshcompute.chain.deploy import ASSIGNER_ROLE, Deployment
 from meshcompute.core.job import JobState
 from meshcompute.errors import NotPermitted
 from meshcompute.units import TOKEN
@@ -55,17 +55,24 @@ def build_hostile_world(chain) -> HostileWorld:
     stakes = deploy(admin_sender, "StakeManager", token.address, admin, p.unbonding_delay_s)
     config = (p.fee_bps, p.min_audit_bps, p.challenge_window_s, p.audit_window_s, p.appeal_window_s,
               p.audit_deterrence)
-    market = deploy(admin_sender, "JobMarket", token.address, stakes.address, admin, admin, config)
+    registry = deploy(admin_sender, "VerifierRegistry", token.address, admin, p.verifier_deposit,
+                      p.unbonding_delay_s)
+    market = deploy(admin_sender, "JobMarket", token.address, stakes.address, registry.address,
+                    admin, admin, config)
     admin_sender.send(stakes.functions.setJobMarket(market.address))
+    admin_sender.send(registry.functions.setJobMarket(market.address))
     admin_sender.send(market.functions.grantRole(ASSIGNER_ROLE, accounts[1].address))
+    admin_sender.send(token.functions.mint(admin, 2 * p.verifier_deposit))
+    admin_sender.send(token.functions.approve(registry.address, 2 * p.verifier_deposit))
     for i in (7, 8):
-        admin_sender.send(market.functions.grantRole(VERIFIER_ROLE, accounts[i].address))
+        admin_sender.send(registry.functions.joinFor(accounts[i].address, p.verifier_deposit))
     deployment = Deployment(
         chain_id=admin_sender.chain_id,
         block=first_block,
         addresses={
             "MeshCredit": token.address,
             "StakeManager": stakes.address,
+            "VerifierRegistry": registry.address,
             "JobMarket": market.address,
         },
         deployer=admin,

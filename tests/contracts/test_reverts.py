@@ -10,7 +10,7 @@ import pytest
 
 from meshcompute.chain import testchain
 from meshcompute.chain.contracts import mesh_sender
-from meshcompute.chain.deploy import MINTER_ROLE, PAUSER_ROLE, VERIFIER_ROLE
+from meshcompute.chain.deploy import MINTER_ROLE, PAUSER_ROLE
 from meshcompute.chain.tickets import sign_permit
 from meshcompute.core.job import JobState
 from meshcompute.errors import (
@@ -335,12 +335,14 @@ def test_lock_unlock_slash_revert_beyond_stake(world: World) -> None:
 # ============================================================================= JobMarket
 
 
-def _deploy_market(world: World, token=None, stakes=None, admin=None, fee=None, config=CONFIG):
+def _deploy_market(world: World, token=None, stakes=None, admin=None, fee=None, config=CONFIG,
+                   registry=None):
     return deploy(
         world.admin.sender,
         "JobMarket",
         token or world.deployment.address("MeshCredit"),
         stakes or world.deployment.address("StakeManager"),
+        registry or world.deployment.address("VerifierRegistry"),
         admin or world.admin.address,
         fee or world.admin.address,
         config,
@@ -379,6 +381,18 @@ def test_JobMarket_constructor_reverts_when_unbonding_not_longer_than_windows(
     with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=delay, windows=delay):
         _deploy_market(world, config=config)
     _deploy_market(world, config=(*config[:4], config[4] - 1, config[5]))  # one second less is fine
+
+
+def test_JobMarket_constructor_reverts_when_verifier_deposits_unbind_before_windows_close(
+    world: World,
+) -> None:
+    """A registry whose deposits could be withdrawn before a verdict window closes would let a
+    silent verifier run from its burn: refused."""
+    windows = CONFIG[2] + 2 * CONFIG[3] + CONFIG[4]
+    short = deploy(world.admin.sender, "VerifierRegistry", world.deployment.address("MeshCredit"),
+                   world.admin.address, TEST_PARAMS.verifier_deposit, windows)
+    with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=windows, windows=windows):
+        _deploy_market(world, registry=short.address)
 
 
 # --------------------------------------------------------------------------- postJob(s)
@@ -767,21 +781,18 @@ def test_withdraw_revert_names_its_own_argument(world: World) -> None:
 # ------------------------------------------------------------------------ resolveAudit
 
 
-def test_resolveAudit_reverts_without_verifier_role(world: World) -> None:
+def test_resolveAudit_reverts_for_anyone_but_the_assigned_verifier(world: World) -> None:
     job_id = world.audited_job()
-    for intruder in (world.outsider, world.admin, world.clients[0]):
-        with reverts(
-            "AccessControlUnauthorizedAccount",
-            NotPermitted,
-            account=intruder.address,
-            neededRole=VERIFIER_ROLE,
-        ):
+    assigned = world.verifier_for(job_id).address
+    for intruder in (world.outsider, world.admin, world.other_verifier(world.verifier_for(job_id))):
+        with reverts("NotAssignedVerifier", NotPermitted, jobId=job_id, caller=intruder.address,
+                     assigned=assigned):
             intruder.resolve_audit(job_id, False, EVIDENCE)
 
 
 def test_resolveAudit_reverts_for_verifier_that_did_the_job(world: World) -> None:
     worker = world.workers[0]
-    world.admin.grant_role(world.market, VERIFIER_ROLE, worker.address)
+    worker.join_verifiers(TEST_PARAMS.verifier_deposit)  # anyone may take a seat
     job_id = world.audited_job(worker=worker)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=worker.address):
         worker.resolve_audit(job_id, True, EVIDENCE)
@@ -845,9 +856,11 @@ def test_resolveAudit_reverts_on_unknown_or_forged_record(world: World) -> None:
 # ----------------------------------------------------------------------- resolveAppeal
 
 
-def test_resolveAppeal_reverts_without_verifier_role(world: World) -> None:
+def test_resolveAppeal_reverts_for_anyone_but_the_assigned_verifier(world: World) -> None:
     job_id = appealed_job(world)
-    with reverts("AccessControlUnauthorizedAccount", NotPermitted, neededRole=VERIFIER_ROLE):
+    assigned = world.verifier_for(job_id).address
+    with reverts("NotAssignedVerifier", NotPermitted, jobId=job_id,
+                 caller=world.outsider.address, assigned=assigned):
         world.outsider.resolve_appeal(job_id, True, EVIDENCE)
 
 
@@ -859,7 +872,7 @@ def test_resolveAppeal_reverts_unless_appealed(world: World) -> None:
 
 def test_resolveAppeal_reverts_for_first_verifier_or_worker(world: World) -> None:
     worker = world.workers[0]
-    world.admin.grant_role(world.market, VERIFIER_ROLE, worker.address)
+    worker.join_verifiers(TEST_PARAMS.verifier_deposit)
     job_id = appealed_job(world, worker=worker)
     first = world.auditor_of(job_id)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=first.address):

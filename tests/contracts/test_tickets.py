@@ -143,6 +143,7 @@ def test_assign_reverts_on_ticket_for_another_market(world: World) -> None:
         "JobMarket",
         world.deployment.address("MeshCredit"),
         world.deployment.address("StakeManager"),
+        world.deployment.address("VerifierRegistry"),
         admin.address,
         admin.address,
         (p.fee_bps, p.min_audit_bps, p.challenge_window_s, p.audit_window_s, p.appeal_window_s,

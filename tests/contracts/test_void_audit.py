@@ -63,7 +63,7 @@ def test_void_only_for_a_drawn_job_within_its_window(world: World) -> None:
         verifier.void_audit(late, EVIDENCE)
     intruder = world.outsider
     other = world.audited_job()
-    with reverts("AccessControlUnauthorizedAccount", NotPermitted):
+    with reverts("NotAssignedVerifier", NotPermitted, caller=intruder.address):
         intruder.void_audit(other, EVIDENCE)
 
 

@@ -22,6 +22,9 @@ TEST_PARAMS = DeployParams(
     audit_window_s=300,
     appeal_window_s=300,
     unbonding_delay_s=2 * 24 * 3600,
+    # A verifier seat covers the jobs whose reward plus collateral is within its deposit: the
+    # default test job (100 + 50) is, the invariants' largest collateral (20,000) is not.
+    verifier_deposit=10_000 * TOKEN,
     # The tests that follow one job through its life choose its audit rate themselves; the
     # on-chain deterrence rate is tested on its own deployment (test_audit_rate_onchain.py,
     # and the invariants' state machine).

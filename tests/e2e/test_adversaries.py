@@ -157,6 +157,11 @@ def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
         _no_honest_worker_slashed(stack, contracts, submission.job_ids)
         _assert_books(contracts)
 
+        # the silent primary was escalated past, not punished: the backup gave every verdict
+        verifiers = [stack.accounts[i].address for i in (VERIFIER, SECOND_VERIFIER)]
+        deposits = {v: contracts.verifier_seat(v).deposit for v in verifiers}
+        assert len(set(deposits.values())) == 1, deposits
+
         # both verifiers silent: nothing drawn is paid, everything goes back
         stack.services["verifier-2"].killed = True
         stack.services["verifier-2"].stop()
@@ -174,6 +179,18 @@ def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
         assert refunded == sum(r.reward + r.audit_fee for r in records.values())
         assert {client.verification(second)[s.index] for s in second.shards} == {"refunded"}
         _no_honest_worker_slashed(stack, contracts, second.job_ids)
+        # ... and each silent verifier pays reward plus collateral, from its deposit, for every
+        # job it was a candidate for (a seat burned in the first half has left since)
+        unit, _exit = contracts.registry_terms()
+        for verifier in verifiers:
+            seat = contracts.verifier_seat(verifier)
+            owed = sum(r.reward + r.collateral for r in records.values()
+                       if seat.candidate_for(r.committed_block)
+                       and seat.units * unit >= r.reward + r.collateral)
+            burned = deposits[verifier] - seat.deposit
+            assert burned == min(deposits[verifier], owed), (verifier, burned, owed)
+        assert any(deposits[v] > contracts.verifier_seat(v).deposit for v in verifiers) or all(
+            contracts.verifier_seat(v).leaving for v in verifiers)
         _assert_books(contracts)
 
 

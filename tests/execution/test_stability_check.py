@@ -15,6 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from meshcompute.client import Client, UnstableProgramWarning, check_stability_of
+from meshcompute.core.audit_draw import NEVER, VerifierSeat
 from meshcompute.core.spec import sha256_hex
 from meshcompute.errors import BadInput
 from meshcompute.execution.programs import export_program, save_tensors
@@ -49,7 +50,9 @@ def offline_client() -> Client:
     """A Client whose market and chain are stand-ins: submit runs up to posting."""
     client = Client.__new__(Client)
     client.market = FakeMarket()  # type: ignore[assignment]
-    client.actor = SimpleNamespace(balance_of=lambda _address: 10**30)  # type: ignore[assignment]
+    client.actor = SimpleNamespace(  # type: ignore[assignment]
+        balance_of=lambda _address: 10**30, registry_terms=lambda: (10**21, 0),
+        verifier_seats=lambda: [VerifierSeat("0x" + "22" * 20, 1_000, 0, NEVER)])
     client.account = SimpleNamespace(address="0x" + "11" * 20)  # type: ignore[assignment]
     client._post = lambda submission, specs: list(range(1, len(specs) + 1))  # type: ignore
     return client

@@ -17,6 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from meshcompute.client import Client
+from meshcompute.core.audit_draw import NEVER, VerifierSeat
 from meshcompute.core.spec import sha256_hex
 from meshcompute.errors import BadInput
 from meshcompute.execution.archive import example_inputs_member, validate_program
@@ -66,7 +67,9 @@ def untouchable_client() -> Client:
 def offline_client() -> Client:
     client = untouchable_client()
     client.market = RecordingMarket()  # type: ignore[assignment]
-    client.actor = SimpleNamespace(balance_of=lambda _address: 10**30)  # type: ignore[assignment]
+    client.actor = SimpleNamespace(  # type: ignore[assignment]
+        balance_of=lambda _address: 10**30, registry_terms=lambda: (10**21, 0),
+        verifier_seats=lambda: [VerifierSeat("0x" + "22" * 20, 1_000, 0, NEVER)])
     client._post = lambda submission, specs: list(range(1, len(specs) + 1))  # type: ignore
     return client
 
@@ -113,6 +116,19 @@ def test_a_program_workers_accept_is_posted_as_is(ordinary: bytes) -> None:
     client = offline_client()
     client.submit(program, (torch.randn(6, 8),), shards=2)
     assert client.market.blobs[0] == program  # type: ignore[attr-defined]
+
+
+def test_a_shard_no_verifier_seat_covers_is_refused_before_anything_is_paid() -> None:
+    """The registry assigns a job only to seats whose deposit covers its reward plus
+    collateral: a shard beyond every seat would be void when drawn, so it is not posted."""
+    client = offline_client()
+    client.actor.verifier_seats = lambda: [  # type: ignore[attr-defined]
+        VerifierSeat("0x" + "22" * 20, 2, 0, NEVER),  # covers 2 * 10**21 wei = 2,000 MESH
+        VerifierSeat("0x" + "33" * 20, 9, 0, 5)]  # has left: covers nothing new
+    with pytest.raises(BadInput, match="no verifier seat covers a shard of 3000 MESH"):
+        client.submit(mlp(), (torch.randn(6, 8),), shards=1, pay="1000")  # + 2,000 collateral
+    assert client.market.blobs == []  # type: ignore[attr-defined]
+    assert client.submit(mlp(), (torch.randn(6, 8),), shards=2, pay="1000").job_ids == [1, 2]
 
 
 def test_a_module_is_exported_and_checked(ordinary: bytes) -> None:

@@ -86,10 +86,11 @@ def test_settle_action_audit_failed_slashes_strictly_after_appeal_window() -> No
     assert action(rec, 2_000 + APPEAL + 1) is SettleAction.SLASH
 
 
-def test_settle_action_appealed_slashes_after_appeal_verdict_window() -> None:
+def test_settle_action_appealed_without_appeal_verdict_is_void() -> None:
+    """Silence decides nothing: an appeal nobody judged in time leaves the job void."""
     rec = record(JobState.APPEALED, resolved_at=2_000)
     assert action(rec, 2_000 + APPEAL + AUDIT) is None
-    assert action(rec, 2_000 + APPEAL + AUDIT + 1) is SettleAction.SLASH
+    assert action(rec, 2_000 + APPEAL + AUDIT + 1) is SettleAction.VOID
 
 
 def test_settle_action_audit_passed_pays_strictly_after_appeal_window() -> None:
@@ -184,5 +185,5 @@ def test_payable_jobs_matches_the_contract_rules(jobs, now: int) -> None:
             act = action(rec, now, audited, job_id)
             assert act is not None
             assert act.final == (rec.state != JobState.COMMITTED or draw is False)
-            slash = rec.state in (JobState.AUDIT_FAILED, JobState.APPEALED)
+            slash = rec.state == JobState.AUDIT_FAILED  # an unjudged appeal is void
             assert (act is SettleAction.SLASH) == slash

@@ -1,4 +1,5 @@
-"""Economics of the other roles: a griefing client, a colluding operator, a lazy verifier.
+"""Economics of the other roles: a griefing client, a colluding operator, a lazy verifier,
+a silent verifier.
 
 Each strategy is compared with honest play of its own role on the same jobs and draws; the
 contract rules modelled: the audit rate decided on chain (a ticket only raises it), void audits
@@ -211,6 +212,56 @@ def test_each_caught_canary_costs_the_lazy_verifier_its_bond() -> None:
     assert lazy.profit_per_job == -reward * params.pass_bond_rewards
 
 
+# ------------------------------------------------------------------ silent verifier
+
+
+def test_silent_verifier_loses_at_the_defaults(roles: dict) -> None:
+    """Honest verifying pays (fee = the reward > cost = 0.6 reward), so staying silent, which
+    hands the verdict and its fee to the escalated seat, loses; every seat silent loses more."""
+    silent = roles["silent_verifier"]
+    entry = silent.to_json()
+    assert entry["per"] == "audit" and entry["role"] == "verifier"
+    assert entry["honest_verifier_profit_per_audit"] > 0
+    assert silent.gain_vs_honest < 0 and silent.expected_gain_vs_honest < 0
+    assert entry["deterred"] is True and entry["mechanism_built"] is True
+    both = entry["if_escalation_also_silent"]
+    assert both["job_void"] is True and both["junk_paid"] is False
+    assert both["gain_vs_honest"] < silent.gain_vs_honest
+    assert "escalat" in entry["note"] and "burned" in entry["note"]
+
+
+def test_silent_verifier_forfeits_exactly_the_honest_profit_per_audit() -> None:
+    reward = 300
+    params = MarketParams(reward_min=reward, reward_max=reward, verify_cost_bps=2_500)
+    silent = simulate_roles(params, jobs=1_000, seed=4)["silent_verifier"]
+    honest = params.audit_fee(reward) - params.verify_cost(reward)
+    assert silent.units > 0
+    assert silent.profit_per_job == 0  # the escalated seat posts and takes the fee
+    assert silent.honest_profit_per_job == honest == 225
+    assert silent.gain_vs_honest == silent.expected_gain_vs_honest == -honest
+    assert silent.gain_vs_honest_stderr == 0
+    # with verifying unprofitable (fee <= cost) silence is not deterred: nothing to forfeit
+    free_fee = dataclasses.replace(params, audit_fee_bps=2_500)
+    assert simulate_roles(free_fee, jobs=200, seed=4)["silent_verifier"].gain_vs_honest == 0
+
+
+def test_every_seat_silent_burns_reward_plus_collateral_more_than_collusion_saves() -> None:
+    reward = 300
+    params = MarketParams(reward_min=reward, reward_max=reward)
+    penalty = reward + params.collateral(reward)
+    assert params.silence_penalty(reward) == penalty
+    silent = simulate_roles(params, jobs=1_000, seed=5)["silent_verifier"]
+    both = silent.details["if_escalation_also_silent"]
+    honest = params.audit_fee(reward) - params.verify_cost(reward)
+    assert both["penalty_per_audit"] == penalty
+    assert both["profit_per_audit"] == -penalty
+    assert both["gain_vs_honest"] == -penalty - honest
+    # colluding silence burns both seats' penalties to spare the cheater its collateral
+    assert both["colluding_silence_burns_per_audit"] == 2 * penalty
+    assert both["cheater_collateral_saved_per_audit"] == params.collateral(reward)
+    assert both["colluding_silence_costs_more_than_collateral_share"] == 1.0
+
+
 # ------------------------------------------------------------------ params and report
 
 
@@ -232,10 +283,12 @@ def test_sim_report_has_roles_beside_the_worker_strategies() -> None:
     assert report["cheating_has_negative_ev"] == (
         report["cheating_strategies_losing"] == report["cheating_strategies"])
     roles = report["roles"]
-    assert set(roles) == {"griefing_client", "colluding_operator", "lazy_verifier"}
+    assert set(roles) == {"griefing_client", "colluding_operator", "lazy_verifier",
+                          "silent_verifier"}
     assert all("gain_vs_honest" in entry for entry in roles.values())
-    assert report["role_strategies"] == 3
-    assert report["role_strategies_losing"] == 3
+    assert report["role_strategies"] == 4
+    assert report["role_strategies_losing"] == 4
     assert report["role_strategies_not_losing"] == []
     assert roles["lazy_verifier"]["deterred"] is True
+    assert roles["silent_verifier"]["deterred"] is True
     assert roles["griefing_client"]["honest_workers_slashed"] == 0

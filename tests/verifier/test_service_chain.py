@@ -33,7 +33,7 @@ from meshcompute.verifier.evidence import EvidenceRecord, claim_document
 from meshcompute.verifier.journal import POSTED, SKIPPED, Journal
 from meshcompute.verifier.outputs import compare_outputs
 from meshcompute.verifier.recompute import Recomputer
-from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_role
+from meshcompute.verifier.service import ServiceConfig, VerifierService, require_verifier_seat
 from meshcompute.wire.market_client import MarketClient
 from tests.contracts.helpers import reverts
 from tests.contracts.world import STAKE, TEST_PARAMS, World, build_world
@@ -208,12 +208,12 @@ def scaled(output: bytes, factor: float) -> bytes:
 
 
 # ---------------------------------------------------------------------- tests
-def test_role_check_refuses_an_account_without_verifier_role(world: World) -> None:
+def test_seat_check_refuses_an_account_without_a_verifier_seat(world: World) -> None:
     from meshcompute.errors import AuthError
 
-    require_verifier_role(world.verifiers[0])
-    with pytest.raises(AuthError, match="does not hold VERIFIER_ROLE"):
-        require_verifier_role(world.outsider)
+    require_verifier_seat(world.verifiers[0])
+    with pytest.raises(AuthError, match="holds no seat in the verifier registry"):
+        require_verifier_seat(world.outsider)
 
 
 def test_honest_job_drawn_for_audit_passes_and_pays(world, market, kit, tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""``mesh verifier start`` as a real process: refuses an account without VERIFIER_ROLE in one
+"""``mesh verifier start`` as a real process: refuses an account without a verifier seat in one
 line, and audits a job drawn for audit end to end (JSON logs, health record, SIGTERM)."""
 
 from __future__ import annotations
@@ -41,13 +41,14 @@ def _mesh(*args: str) -> list[str]:
     return [sys.executable, "-m", "meshcompute.mesh.cli.main", *args, *extra]
 
 
-def test_start_refuses_an_account_without_the_role(world, market, tmp_path) -> None:
+def test_start_refuses_an_account_without_a_seat(world, market, tmp_path) -> None:
     result = subprocess.run(
         _mesh("verifier", "start", "--json-logs"), env=_env(market, world.outsider, tmp_path),
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 1
-    assert "does not hold VERIFIER_ROLE" in result.stderr
+    assert "holds no seat in the verifier registry" in result.stderr
+    assert "mesh verifier join" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
+
+/// @title VerifierRegistry
+/// @notice Open, stake-weighted verifier membership. Anyone who deposits at least the minimum
+/// takes a seat and is a candidate for the verdicts the job market's draw assigns (an audit, an
+/// appeal, a dispute) of every job committed from its join block on, with a weight of one unit
+/// per minimum deposit. Nobody grants or revokes seats.
+/// @dev Steering. The candidates for a job's verdicts are the seats joined in or before its
+/// commit block and not left by then. The draw's seed is the hash of the block after the
+/// commit, so a seat joined once the seed is known is no candidate for that job, and a seat
+/// that leaves stays one for every job committed before it left: neither joining nor leaving
+/// can move a known draw, and no waiting period is needed for that. The weight is fixed at
+/// join. The winner is the lowest keccak256(keccak256(seed, jobId, appealed), verifier) / units
+/// (rendezvous hashing), so the order of seats does not matter either.
+/// Cover. A seat is a candidate only for jobs whose reward plus collateral its weight covers
+/// (units * minimum deposit): silence on a job burns that much of its deposit, more than the
+/// collateral a cheater could save if both assigned seats colluded in silence. A burn that
+/// leaves the deposit below its weight's cover makes the seat leave (for jobs committed later,
+/// as a leave does), so its weight never promises more than it holds.
+/// Accountability. A deposit stays bound for `exitDelay` after its seat left, which exceeds
+/// every verdict window (checked by the job market at deployment), so the job market can still
+/// burn part of it for a verdict the verifier was assigned and never gave.
+/// Solvency: token.balanceOf(this) == sum of deposits.
+contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierRegistry {
+    using SafeERC20 for IERC20;
+
+    /// @dev One slot: the seat's verifier, its weight, and the blocks of the jobs it is a
+    /// candidate for (committed in `fromBlock` or later, and before `untilBlock`).
+    struct Seat {
+        address verifier;
+        uint16 units;
+        uint40 fromBlock;
+        uint40 untilBlock;
+    }
+
+    /// @notice Seats the draw walks at most (every verdict reads each seat once).
+    uint256 public constant MAX_SEATS = 64;
+    /// @dev Where burned deposits go: nobody holds its key, so nobody gains from a punishment.
+    address private constant _BURN = 0x000000000000000000000000000000000000dEaD;
+    uint40 private constant _NEVER = type(uint40).max;
+
+    IERC20 private immutable _token;
+    uint256 private immutable _minDeposit;
+    uint256 private immutable _exitDelay;
+    address private _jobMarket;
+
+    Seat[] private _seats;
+    mapping(address verifier => uint256 slot) private _slot; // index + 1
+    mapping(address verifier => uint256) private _deposit;
+    mapping(address verifier => uint256) private _leftAt;
+
+    /// @param token_ the MeshCredit token
+    /// @param admin may set the job market address, once (and nothing else)
+    /// @param minDeposit_ the deposit of one unit of weight
+    /// @param exitDelay_ seconds a deposit stays bound after its seat left
+    constructor(IERC20 token_, address admin, uint256 minDeposit_, uint256 exitDelay_) {
+        if (address(token_) == address(0) || admin == address(0)) revert ZeroAddress();
+        if (minDeposit_ == 0) revert DepositTooSmall(0, 1);
+        _token = token_;
+        _minDeposit = minDeposit_;
+        _exitDelay = exitDelay_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    /// @notice Set the job market contract. Only the admin, only once.
+    function setJobMarket(address jobMarket_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (_jobMarket != address(0)) revert JobMarketAlreadySet(_jobMarket);
+        if (jobMarket_ == address(0)) revert ZeroAddress();
+        _jobMarket = jobMarket_;
+    }
+
+    // ---------------------------------------------------------------- members
+
+    /// @notice Take a seat with a deposit of `amount` (needs an allowance).
+    function join(uint256 amount) external nonReentrant {
+        _join(msg.sender, amount);
+    }
+
+    /// @notice Pay the deposit of a seat for `verifier` (a sponsor, such as a deployment
+    /// bootstrapping its first verifiers). The seat and the deposit are the verifier's.
+    function joinFor(address verifier, uint256 amount) external nonReentrant {
+        if (verifier == address(0)) revert ZeroAddress();
+        _join(verifier, amount);
+    }
+
+    /// @notice Stop being a candidate for jobs committed from the next block on. The seat stays
+    /// a candidate for the jobs committed before, and the deposit stays bound for the exit
+    /// delay.
+    function leave() external {
+        uint256 slot = _slot[msg.sender];
+        if (slot == 0) revert NotMember(msg.sender);
+        Seat storage s = _seats[slot - 1];
+        if (s.untilBlock != _NEVER) revert AlreadyLeaving(msg.sender);
+        s.untilBlock = uint40(block.number + 1);
+        _leftAt[msg.sender] = block.timestamp;
+        emit VerifierLeaving(msg.sender, block.number + 1, block.timestamp + _exitDelay);
+    }
+
+    /// @notice Take the deposit back and give up the seat, once the exit delay has passed.
+    function withdraw() external nonReentrant returns (uint256 amount) {
+        uint256 slot = _slot[msg.sender];
+        if (slot == 0) revert NotMember(msg.sender);
+        uint256 releaseAt = _seats[slot - 1].untilBlock == _NEVER ? _NEVER : _leftAt[msg.sender] + _exitDelay;
+        if (block.timestamp < releaseAt) revert StillBound(msg.sender, releaseAt);
+        Seat memory last = _seats[_seats.length - 1];
+        _seats[slot - 1] = last;
+        _slot[last.verifier] = slot;
+        _seats.pop();
+        delete _slot[msg.sender];
+        delete _leftAt[msg.sender];
+        amount = _deposit[msg.sender];
+        delete _deposit[msg.sender];
+        emit VerifierWithdrawn(msg.sender, amount);
+        if (amount > 0) _token.safeTransfer(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- job market
+
+    /// @inheritdoc IVerifierRegistry
+    function assignee(
+        bytes32 seed,
+        uint256 jobId,
+        bool appealed,
+        uint256 committedBlock,
+        uint256 cover,
+        address[3] calldata excluded,
+        bool escalated
+    ) external view returns (address) {
+        (address first, address second) = _candidates(_drawKey(seed, jobId, appealed), committedBlock, cover, excluded);
+        return escalated && second != address(0) ? second : first;
+    }
+
+    /// @inheritdoc IVerifierRegistry
+    function punishSilence(
+        bytes32 seed,
+        uint256 jobId,
+        bool appealed,
+        uint256 committedBlock,
+        uint256 committedAt,
+        address[3] calldata excluded,
+        uint256 penalty
+    ) external nonReentrant {
+        if (msg.sender != _jobMarket) revert CallerNotJobMarket(msg.sender);
+        // A seat that was a candidate left after the commit, so its deposit is bound at least
+        // until committedAt + exitDelay; past that it may be gone.
+        if (block.timestamp > committedAt + _exitDelay) return;
+        (address first, address second) = _candidates(_drawKey(seed, jobId, appealed), committedBlock, penalty, excluded);
+        uint256 burned = _punish(first, jobId, penalty) + _punish(second, jobId, penalty);
+        if (burned > 0) _token.safeTransfer(_BURN, burned);
+    }
+
+    // ---------------------------------------------------------------- views
+
+    function token() external view returns (IERC20) {
+        return _token;
+    }
+
+    function jobMarket() external view returns (address) {
+        return _jobMarket;
+    }
+
+    /// @inheritdoc IVerifierRegistry
+    function terms() external view returns (uint256 minDeposit, uint256 exitDelay) {
+        return (_minDeposit, _exitDelay);
+    }
+
+    /// @notice Every seat, in storage order (the order does not matter to the draw).
+    function seats() external view returns (Seat[] memory) {
+        return _seats;
+    }
+
+    /// @notice The seat of `verifier` (all zero when it holds none), its deposit, and when the
+    /// deposit is released (zero while the seat has not left).
+    function seatOf(address verifier) external view returns (Seat memory seat, uint256 deposit, uint256 releaseAt) {
+        uint256 slot = _slot[verifier];
+        if (slot != 0) seat = _seats[slot - 1];
+        uint256 left = _leftAt[verifier];
+        return (seat, _deposit[verifier], left == 0 ? 0 : left + _exitDelay);
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    /// @dev The lowest and second lowest scores among the candidates for a job committed in
+    /// `committedBlock` whose reward plus collateral is `cover`.
+    function _candidates(
+        bytes32 key,
+        uint256 committedBlock,
+        uint256 cover,
+        address[3] calldata excluded
+    ) private view returns (address first, address second) {
+        uint256 firstScore = type(uint256).max;
+        uint256 secondScore = type(uint256).max;
+        uint256 n = _seats.length;
+        for (uint256 i = 0; i < n; ++i) {
+            Seat memory s = _seats[i];
+            if (s.fromBlock > committedBlock || s.untilBlock <= committedBlock) continue;
+            if (uint256(s.units) * _minDeposit < cover) continue;
+            address v = s.verifier;
+            if (v == excluded[0] || v == excluded[1] || v == excluded[2]) continue;
+            uint256 score = uint256(keccak256(abi.encode(key, v))) / s.units;
+            if (first == address(0) || score < firstScore || (score == firstScore && v < first)) {
+                (second, secondScore) = (first, firstScore);
+                (first, firstScore) = (v, score);
+            } else if (second == address(0) || score < secondScore || (score == secondScore && v < second)) {
+                (second, secondScore) = (v, score);
+            }
+        }
+    }
+
+    /// @dev The draw's key for one verdict: each seat's score is keccak256(key, seat) / units.
+    function _drawKey(bytes32 seed, uint256 jobId, bool appealed) private pure returns (bytes32) {
+        return keccak256(abi.encode(seed, jobId, appealed));
+    }
+
+    function _punish(address verifier, uint256 jobId, uint256 penalty) private returns (uint256 burned) {
+        if (verifier == address(0)) return 0;
+        uint256 held = _deposit[verifier];
+        burned = penalty < held ? penalty : held;
+        if (burned == 0) return 0;
+        _deposit[verifier] = held - burned;
+        emit VerifierPunished(verifier, jobId, burned);
+        // A deposit below its weight's cover: the seat leaves (for jobs committed from the next
+        // block on, as a leave would, so no draw already seeded moves).
+        Seat storage s = _seats[_slot[verifier] - 1];
+        if (held - burned < uint256(s.units) * _minDeposit && s.untilBlock == _NEVER) {
+            s.untilBlock = uint40(block.number + 1);
+            _leftAt[verifier] = block.timestamp;
+            emit VerifierLeaving(verifier, block.number + 1, block.timestamp + _exitDelay);
+        }
+    }
+
+    function _join(address verifier, uint256 amount) private {
+        if (_slot[verifier] != 0) revert AlreadyMember(verifier);
+        if (amount < _minDeposit) revert DepositTooSmall(amount, _minDeposit);
+        if (_seats.length >= MAX_SEATS) revert RegistryFull(MAX_SEATS);
+        uint256 units = amount / _minDeposit;
+        if (units > type(uint16).max) units = type(uint16).max;
+        _seats.push(Seat(verifier, uint16(units), uint40(block.number), _NEVER));
+        _slot[verifier] = _seats.length;
+        _deposit[verifier] = amount;
+        emit VerifierJoined(verifier, amount, units, block.number);
+        _token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+}

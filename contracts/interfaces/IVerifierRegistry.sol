@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/// @notice Events, errors and the job-market-facing functions of the VerifierRegistry.
+interface IVerifierRegistry {
+    /// @notice A deposit below the minimum (`minimum`) was offered.
+    error DepositTooSmall(uint256 amount, uint256 minimum);
+    /// @notice `verifier` already holds a seat (one seat per address; leave and withdraw first).
+    error AlreadyMember(address verifier);
+    /// @notice `verifier` holds no seat.
+    error NotMember(address verifier);
+    /// @notice `verifier` has already asked to leave.
+    error AlreadyLeaving(address verifier);
+    /// @notice The deposit of `verifier` is released only at `releaseAt`.
+    error StillBound(address verifier, uint256 releaseAt);
+    /// @notice Every seat is taken (`maxSeats`).
+    error RegistryFull(uint256 maxSeats);
+    /// @notice Only the job market contract may punish.
+    error CallerNotJobMarket(address caller);
+    /// @notice The job market address was already set (it can be set once).
+    error JobMarketAlreadySet(address jobMarket);
+    /// @notice The zero address was given where an account or contract was required.
+    error ZeroAddress();
+
+    /// @notice `verifier` took a seat of weight `units` with `deposit`, a candidate for the
+    /// verdicts of jobs committed from block `fromBlock` on.
+    event VerifierJoined(address indexed verifier, uint256 deposit, uint256 units, uint256 fromBlock);
+    /// @notice `verifier` left: no candidate for jobs committed from block `untilBlock` on; its
+    /// deposit is released at `releaseAt`.
+    event VerifierLeaving(address indexed verifier, uint256 untilBlock, uint256 releaseAt);
+    /// @notice `verifier` took its deposit back and gave up its seat.
+    event VerifierWithdrawn(address indexed verifier, uint256 amount);
+    /// @notice `verifier` was assigned job `jobId`'s verdict and stayed silent until its window
+    /// closed: `amount` of its deposit was burned.
+    event VerifierPunished(address indexed verifier, uint256 indexed jobId, uint256 amount);
+
+    /// @notice (minimum deposit per unit of weight, exit delay)
+    function terms() external view returns (uint256 minDeposit, uint256 exitDelay);
+
+    /// @notice The verifier the draw assigns to a verdict: among the seats joined in or before
+    /// `committedBlock` and not left by then whose weight covers `cover` (units * minimum
+    /// deposit >= the job's reward plus collateral), other than the three `excluded`, the
+    /// one with the lowest score keccak256(keccak256(seed, jobId, appealed), verifier) / units; the second
+    /// lowest when `escalated`, or the lowest when there is no second. Zero when none.
+    function assignee(
+        bytes32 seed,
+        uint256 jobId,
+        bool appealed,
+        uint256 committedBlock,
+        uint256 cover,
+        address[3] calldata excluded,
+        bool escalated
+    ) external view returns (address);
+
+    /// @notice A verdict the draw assigned (`assignee` with the same arguments) never came:
+    /// burn up to `penalty` of the deposit of the verifier it was assigned to and of the one it
+    /// escalated to (the candidates for a cover of `penalty`). Only the job market calls it, when
+    /// the verdict's window has closed.
+    /// Ignored when it comes later than the deposits are known to be bound for the job.
+    function punishSilence(
+        bytes32 seed,
+        uint256 jobId,
+        bool appealed,
+        uint256 committedBlock,
+        uint256 committedAt,
+        address[3] calldata excluded,
+        uint256 penalty
+    ) external;
+}
