@@ -171,6 +171,16 @@ class Settings(BaseSettings):
     """Largest request head (request line and headers) the market's HTTP server buffers
     (uvicorn's ``h11_max_incomplete_event_size``)."""
 
+    market_header_timeout_s: float = Field(default=10.0, gt=0)
+    """A request head (request line and headers) must arrive whole within this many seconds of
+    its first byte (or of the connection opening), or the market closes the connection: a
+    client trickling headers cannot hold connections forever (market/api/connections.py)."""
+
+    market_max_connections_per_client: int = Field(default=256, ge=0)
+    """Most open connections one client (an IPv4 address, an IPv6 /64) may hold on each API
+    process; more are closed as they open. 0: no cap (behind a reverse proxy, which is then
+    every client, cap there instead)."""
+
     max_bundle_blobs: int = Field(default=1024, ge=1, le=65_536)
     """Most blobs one bundle carries, and most entries of one ``POST /blobs/fetch``,
     ``POST /specs/batch`` or ``POST /results/batch`` request."""

@@ -43,6 +43,7 @@ def serve(
     import uvicorn
 
     from meshcompute.market.api.app import create_app
+    from meshcompute.market.api.connections import GuardedH11Protocol
 
     settings, embedded = _prepare()
     workers = settings.market_api_workers
@@ -57,6 +58,7 @@ def serve(
             access_log=False,
             limit_concurrency=settings.market_max_connections,
             h11_max_incomplete_event_size=settings.market_max_header_bytes,
+            http=GuardedH11Protocol,  # deadlines on request heads, connections per client
         )
     finally:
         if embedded is not None:

@@ -79,6 +79,9 @@ def test_serve_passes_the_connection_and_header_limits_to_uvicorn(monkeypatch, t
         get_settings.cache_clear()
     assert seen["limit_concurrency"] == 77
     assert seen["h11_max_incomplete_event_size"] == 8192
+    from meshcompute.market.api.connections import GuardedH11Protocol
+
+    assert seen["http"] is GuardedH11Protocol  # head deadlines, connections per client
     if workers == 1:  # one process: the app itself
         assert not seen["factory"] and seen["workers"] is None
     else:  # several: each of uvicorn's processes builds its own from the same settings
