@@ -155,6 +155,7 @@ contract JobMarket is AccessControl, ReentrancyGuardTransient, EIP712, IJobMarke
         // A verifier's deposit must stay bound past every verdict window it may be assigned.
         (, uint256 exitDelay) = registry_.terms();
         if (exitDelay <= windows) revert UnbondingTooShort(exitDelay, windows);
+        if (address(registry_.token()) != address(token_)) revert TokenMismatch();
         _token = token_;
         _stakes = stakes_;
         _registry = registry_;

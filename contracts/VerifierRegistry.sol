@@ -8,10 +8,18 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
 
 /// @title VerifierRegistry
-/// @notice Open, stake-weighted verifier membership. Anyone who deposits at least the minimum
-/// takes a seat and is a candidate for the verdicts the job market's draw assigns (an audit, an
-/// appeal, a dispute) of every job committed from its join block on, with a weight of one unit
-/// per minimum deposit. Nobody grants or revokes seats.
+/// @notice Stake-weighted, accountable verifier membership. Anyone may apply with a deposit of
+/// at least the minimum; the admin admits an applicant (until admission, the applicant can take
+/// its deposit back at any time). An admitted seat is a candidate for the verdicts the job
+/// market's draw assigns (an audit, an appeal, a dispute) of every job committed from its
+/// admission block on, with a weight of one unit per minimum deposit, and its deposit answers
+/// for its silence. Nobody can revoke a seat; it leaves by itself or when a burn leaves its
+/// deposit below its weight's cover.
+/// Why admission is not open yet: an appeal's or a dispute's verdict is final and moves the
+/// other side's bonds with none of its own at stake, and a void needs none either, so a seat
+/// that colludes with a client or a worker could steal an honest verifier's bond or spare a
+/// cheater; until such verdicts are bonded or confirmed by a second seat, the admin vouches
+/// for who may give them (the same trust as the role it replaces, now with deposits at stake).
 /// @dev Steering. The candidates for a job's verdicts are the seats joined in or before its
 /// commit block and not left by then. The draw's seed is the hash of the block after the
 /// commit, so a seat joined once the seed is known is no candidate for that job, and a seat
@@ -78,16 +86,23 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
 
     // ---------------------------------------------------------------- members
 
-    /// @notice Take a seat with a deposit of `amount` (needs an allowance).
+    /// @notice Apply for a seat with a deposit of `amount` (needs an allowance); the admin
+    /// admits it (`admit`). Until then `withdraw` returns the deposit at once.
     function join(uint256 amount) external nonReentrant {
-        _join(msg.sender, amount);
+        _apply(msg.sender, msg.sender, amount);
     }
 
-    /// @notice Pay the deposit of a seat for `verifier` (a sponsor, such as a deployment
+    /// @notice Admit an applicant: its seat is a candidate for jobs committed from this block on.
+    function admit(address verifier) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _admit(verifier);
+    }
+
+    /// @notice The admin pays the deposit of a seat for `verifier` and admits it (a deployment
     /// bootstrapping its first verifiers). The seat and the deposit are the verifier's.
-    function joinFor(address verifier, uint256 amount) external nonReentrant {
+    function joinFor(address verifier, uint256 amount) external onlyRole(DEFAULT_ADMIN_ROLE) nonReentrant {
         if (verifier == address(0)) revert ZeroAddress();
-        _join(verifier, amount);
+        _apply(msg.sender, verifier, amount);
+        _admit(verifier);
     }
 
     /// @notice Stop being a candidate for jobs committed from the next block on. The seat stays
@@ -103,10 +118,18 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         emit VerifierLeaving(msg.sender, block.number + 1, block.timestamp + _exitDelay);
     }
 
-    /// @notice Take the deposit back and give up the seat, once the exit delay has passed.
+    /// @notice Take the deposit back: an applicant's at once, a seat's once the exit delay after
+    /// leaving has passed (giving up the seat).
     function withdraw() external nonReentrant returns (uint256 amount) {
         uint256 slot = _slot[msg.sender];
-        if (slot == 0) revert NotMember(msg.sender);
+        if (slot == 0) {
+            amount = _deposit[msg.sender];
+            if (amount == 0) revert NotMember(msg.sender);
+            delete _deposit[msg.sender];
+            emit VerifierWithdrawn(msg.sender, amount);
+            _token.safeTransfer(msg.sender, amount);
+            return amount;
+        }
         uint256 releaseAt = _seats[slot - 1].untilBlock == _NEVER ? _NEVER : _leftAt[msg.sender] + _exitDelay;
         if (block.timestamp < releaseAt) revert StillBound(msg.sender, releaseAt);
         Seat memory last = _seats[_seats.length - 1];
@@ -150,7 +173,7 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         if (msg.sender != _jobMarket) revert CallerNotJobMarket(msg.sender);
         // A seat that was a candidate left after the commit, so its deposit is bound at least
         // until committedAt + exitDelay; past that it may be gone.
-        if (block.timestamp > committedAt + _exitDelay) return;
+        if (block.timestamp >= committedAt + _exitDelay) return;
         (address first, address second) = _candidates(_drawKey(seed, jobId, appealed), committedBlock, penalty, excluded);
         uint256 burned = _punish(first, jobId, penalty) + _punish(second, jobId, penalty);
         if (burned > 0) _token.safeTransfer(_BURN, burned);
@@ -236,16 +259,22 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         }
     }
 
-    function _join(address verifier, uint256 amount) private {
-        if (_slot[verifier] != 0) revert AlreadyMember(verifier);
+    function _apply(address payer, address verifier, uint256 amount) private {
+        if (_slot[verifier] != 0 || _deposit[verifier] != 0) revert AlreadyMember(verifier);
         if (amount < _minDeposit) revert DepositTooSmall(amount, _minDeposit);
+        _deposit[verifier] = amount;
+        emit VerifierApplied(verifier, amount);
+        _token.safeTransferFrom(payer, address(this), amount);
+    }
+
+    function _admit(address verifier) private {
+        uint256 amount = _deposit[verifier];
+        if (_slot[verifier] != 0 || amount == 0) revert NotMember(verifier);
         if (_seats.length >= MAX_SEATS) revert RegistryFull(MAX_SEATS);
         uint256 units = amount / _minDeposit;
         if (units > type(uint16).max) units = type(uint16).max;
         _seats.push(Seat(verifier, uint16(units), uint40(block.number), _NEVER));
         _slot[verifier] = _seats.length;
-        _deposit[verifier] = amount;
         emit VerifierJoined(verifier, amount, units, block.number);
-        _token.safeTransferFrom(msg.sender, address(this), amount);
     }
 }

@@ -741,20 +741,23 @@ class Client:
                 "uploaded or paid)")
 
     def _check_verifier_cover(self, cover: int) -> None:
-        """BadInput, before anything is uploaded or paid, when no verifier seat could audit a
-        shard whose reward plus collateral is ``cover``: the registry assigns a job only to
-        seats whose deposit covers that, so a drawn shard beyond every seat would be void."""
+        """BadInput, before anything is uploaded or paid, unless two verifier seats (other than
+        this client's own) could judge a shard whose reward plus collateral is ``cover``: the
+        registry assigns a job only to seats whose weight covers that, so a drawn shard beyond
+        every seat would end void, and one judged by a lone seat could not be appealed."""
         from meshcompute.units import format_mesh
 
         unit, _exit = self.actor.registry_terms()
-        best = max((seat.units * unit for seat in self.actor.verifier_seats()
-                    if not seat.leaving), default=0)
-        if cover > best:
+        me = self.account.address.lower()
+        covers = sorted((seat.units * unit for seat in self.actor.verifier_seats()
+                         if not seat.leaving and seat.verifier.lower() != me), reverse=True)
+        if len(covers) < 2 or cover > covers[1]:
+            best = covers[1] if len(covers) > 1 else 0
             raise BadInput(
-                f"no verifier seat covers a shard of {format_mesh(cover)} MESH (reward plus "
-                f"collateral; the largest seat covers {format_mesh(best)}): a shard drawn for "
-                "audit would end void, unpaid. Split it over more shards or lower --pay or "
-                "--collateral (nothing was uploaded or paid)")
+                f"fewer than two verifier seats cover a shard of {format_mesh(cover)} MESH "
+                f"(reward plus collateral; the second largest seat covers {format_mesh(best)}): "
+                "a shard drawn for audit could not be judged and appealed. Split it over more "
+                "shards or lower --pay or --collateral (nothing was uploaded or paid)")
 
     def reclaim(self, job_id: int) -> None:
         """Take back a job's escrow: at once for a job no worker holds on chain (a cancel),

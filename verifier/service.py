@@ -117,9 +117,15 @@ def require_verifier_seat(actor: MeshActor) -> None:
         minimum, _exit = actor.registry_terms()
         raise AuthError(
             f"{actor.address} holds no seat in the verifier registry "
-            f"{actor.registry.address}: take one with `mesh verifier join AMOUNT` (at least "
-            f"{format_mesh(minimum)} MESH, weighted by the deposit) before starting a verifier"
+            f"{actor.registry.address}: apply with `mesh verifier join AMOUNT` (at least "
+            f"{format_mesh(minimum)} MESH, weighted by the deposit), then have the registry's "
+            "admin admit it, before starting a verifier"
         )
+    if not seat.admitted:
+        raise AuthError(
+            f"{actor.address} has applied for a verifier seat ({format_mesh(seat.deposit)} "
+            "MESH deposited) but is not admitted yet: the registry's admin admits it "
+            "(`mesh verifier admit ADDRESS`)")
 
 
 class VerifierService:
@@ -347,12 +353,18 @@ class VerifierService:
             return self._skip(ready.job_id, ready.kind, f"verdict refused on chain: {exc}")
         except InsufficientFunds as exc:
             # a verdict locks a bond from our free stake (the reward behind a failure, ten
-            # behind a pass); without it we cannot judge (the job then ends void: silence
-            # never pays)
+            # behind a pass); without it we cannot back our verdict, so we declare the audit
+            # void rather than stay silent: silence would burn our seat's deposit, and a client
+            # could post jobs whose pass bond exceeds our stake for that purpose alone
             _event(logging.ERROR, "bond_unavailable", job_id=ready.job_id, task=ready.kind,
                    error=str(exc), fix="stake more: mesh provider stake AMOUNT")
-            return self._skip(ready.job_id, ready.kind,
-                              f"no free stake for the verdict's bond: {exc}")
+            if ready.kind != AUDIT or ready.void:
+                return self._skip(ready.job_id, ready.kind,
+                                  f"no free stake for the verdict's bond: {exc}")
+            record = self.actor.job(ready.job_id)
+            unbacked = NotReproducible(f"this verifier's free stake cannot back the verdict's "
+                                       f"bond ({exc})")
+            return self._post(self.auditor.void(ready.job_id, record, unbacked), record)
         tx_hash = receipt["transactionHash"].to_0x_hex()
         self.journal.mark_posted(
             ready.job_id, ready.kind,

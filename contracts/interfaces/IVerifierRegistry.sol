@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+
 /// @notice Events, errors and the job-market-facing functions of the VerifierRegistry.
 interface IVerifierRegistry {
     /// @notice A deposit below the minimum (`minimum`) was offered.
     error DepositTooSmall(uint256 amount, uint256 minimum);
-    /// @notice `verifier` already holds a seat (one seat per address; leave and withdraw first).
+    /// @notice `verifier` already holds a seat or has applied for one (one per address).
     error AlreadyMember(address verifier);
-    /// @notice `verifier` holds no seat.
+    /// @notice `verifier` holds no seat (or, for `admit`, has not applied, or is seated).
     error NotMember(address verifier);
     /// @notice `verifier` has already asked to leave.
     error AlreadyLeaving(address verifier);
@@ -22,7 +24,9 @@ interface IVerifierRegistry {
     /// @notice The zero address was given where an account or contract was required.
     error ZeroAddress();
 
-    /// @notice `verifier` took a seat of weight `units` with `deposit`, a candidate for the
+    /// @notice `verifier` applied for a seat with `deposit` (the admin admits it).
+    event VerifierApplied(address indexed verifier, uint256 deposit);
+    /// @notice `verifier` was admitted to a seat of weight `units` with `deposit`, a candidate for the
     /// verdicts of jobs committed from block `fromBlock` on.
     event VerifierJoined(address indexed verifier, uint256 deposit, uint256 units, uint256 fromBlock);
     /// @notice `verifier` left: no candidate for jobs committed from block `untilBlock` on; its
@@ -33,6 +37,9 @@ interface IVerifierRegistry {
     /// @notice `verifier` was assigned job `jobId`'s verdict and stayed silent until its window
     /// closed: `amount` of its deposit was burned.
     event VerifierPunished(address indexed verifier, uint256 indexed jobId, uint256 amount);
+
+    /// @notice The MeshCredit token deposits are made in.
+    function token() external view returns (IERC20);
 
     /// @notice (minimum deposit per unit of weight, exit delay)
     function terms() external view returns (uint256 minDeposit, uint256 exitDelay);

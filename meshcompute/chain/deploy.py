@@ -181,11 +181,14 @@ def deploy_contracts(
     assigners: tuple[str, ...] = (),
     verifiers: tuple[str, ...] = (),
     fee_recipient: str | None = None,
+    seat_deposit: int | None = None,
 ) -> Deployment:
     """Deploy MeshCredit, StakeManager, VerifierRegistry and JobMarket with ``sender`` as
     admin, link them, grant ASSIGNER_ROLE to ``assigners``, and seat each of ``verifiers`` in
     the registry with one unit of deposit that the admin mints and pays for them (the seat and
-    the deposit are theirs; anyone else joins by depositing their own)."""
+    the deposit are theirs; anyone else applies with a deposit of its own and the admin admits
+    it). ``seat_deposit`` (at least ``verifier_deposit``) pays more than one unit: the part above
+    whole units is a buffer that a burn for silence takes before the seat has to leave."""
     params = params or DeployParams()
     w3 = sender.w3
     check_draw_coverage(params, draw_coverage_blocks(w3))
@@ -222,12 +225,16 @@ def deploy_contracts(
     for account in assigners:
         sender.send(market_contract.functions.grantRole(ASSIGNER_ROLE, account))
     if verifiers:
+        seat = params.verifier_deposit if seat_deposit is None else int(seat_deposit)
+        if seat < params.verifier_deposit:
+            raise ConfigError(f"seat_deposit {seat} is below verifier_deposit "
+                              f"{params.verifier_deposit}")
         credit_contract = w3.eth.contract(address=credit, abi=load_artifact("MeshCredit")["abi"])
-        total = params.verifier_deposit * len(verifiers)
+        total = seat * len(verifiers)
         sender.send(credit_contract.functions.mint(admin, total))
         sender.send(credit_contract.functions.approve(registry, total))
         for account in verifiers:
-            sender.send(registry_contract.functions.joinFor(account, params.verifier_deposit))
+            sender.send(registry_contract.functions.joinFor(account, seat))
     named = {credit: "MeshCredit", stakes: "StakeManager", registry: "VerifierRegistry",
              market: "JobMarket"}
     for address, name in named.items():

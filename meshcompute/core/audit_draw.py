@@ -71,8 +71,13 @@ class VerifierSeat:
     """When a seat that left gets its deposit back (zero while it has not left)."""
 
     @property
+    def admitted(self) -> bool:
+        """False for an applicant (a deposit the registry's admin has not admitted yet)."""
+        return self.units > 0
+
+    @property
     def leaving(self) -> bool:
-        return self.until_block != NEVER
+        return self.admitted and self.until_block != NEVER
 
     def candidate_for(self, committed_block: int) -> bool:
         """Whether this seat may be assigned the verdicts of a job committed in block

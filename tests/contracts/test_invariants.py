@@ -1709,7 +1709,11 @@ SETTINGS = settings(
 def _deployed(anvil: LocalChain) -> Iterator[World]:
     """This module's own deployment, with the on-chain deterrence rate on (PARAMS)."""
     snapshot = anvil.snapshot()
-    world = build_world(anvil, PARAMS)
+    # One unit of weight each, and almost another unit of deposit above it: a burn for silence
+    # (reward plus collateral, up to the unit) takes the buffer before the seat must leave, so
+    # the verifiers stay seated through the silences the clock advances cause and the machine
+    # keeps reaching verdicts and appeals.
+    world = build_world(anvil, PARAMS, seat_deposit=2 * PARAMS.verifier_deposit - 1)
     yield world
     anvil.revert(snapshot)
 

@@ -1,6 +1,7 @@
-"""VerifierRegistry on anvil: open, stake-weighted verifier seats that nobody grants, a draw
-that joining or leaving cannot steer once a job's seed is known, and silence that costs the
-silent verifiers their deposit (burned: nobody gains) while the job is void, never slashed."""
+"""VerifierRegistry on anvil: stake-weighted verifier seats (anyone applies with a deposit, the
+admin admits), a draw that joining or leaving cannot steer once a job's seed is known, and
+silence that costs the silent verifiers their deposit (burned: nobody gains) while the job is
+void, never slashed."""
 
 from __future__ import annotations
 
@@ -23,11 +24,18 @@ def _deposit(world: World, who: str) -> int:
     return 0 if seat is None else seat.deposit
 
 
-def test_anyone_takes_a_seat_with_a_deposit_and_is_drawn_for_verdicts(world: World) -> None:
+def test_anyone_applies_with_a_deposit_and_once_admitted_is_drawn_for_verdicts(
+        world: World) -> None:
     newcomer = world.outsider
     with reverts("DepositTooSmall", InsufficientFunds, amount=DEPOSIT - 1, minimum=DEPOSIT):
         newcomer.join_verifiers(DEPOSIT - 1)
     newcomer.join_verifiers(3 * DEPOSIT + DEPOSIT // 2)  # weight 3 (whole units only)
+    applicant = world.admin.verifier_seat(newcomer.address)
+    assert not applicant.admitted and applicant.deposit == 3 * DEPOSIT + DEPOSIT // 2
+    assert newcomer.address not in {s.verifier for s in world.admin.verifier_seats()}
+    with reverts("AccessControlUnauthorizedAccount", NotPermitted):
+        newcomer.admit_verifier(newcomer.address)  # only the admin admits
+    world.admin.admit_verifier(newcomer.address)
     newcomer.stake(STAKE)  # the verdict bonds still come from stake
     seat = world.admin.verifier_seat(newcomer.address)
     assert (seat.units, seat.deposit, seat.until_block) == (3, 3 * DEPOSIT + DEPOSIT // 2, NEVER)
@@ -64,6 +72,7 @@ def test_joining_or_leaving_after_a_commit_cannot_move_its_draw(world: World) ->
     before = world.admin.assigned_verifier(job_id)
     world.admin.mint(world.outsider.address, 1000 * DEPOSIT)
     world.outsider.join_verifiers(1000 * DEPOSIT)  # 1000 times the weight of each other seat
+    world.admin.admit_verifier(world.outsider.address)  # even the admin's admission is late
     assert world.admin.assigned_verifier(job_id) == before
     assigned = next(v for v in world.verifiers if v.address == before)
     world.other_verifier(assigned).leave_verifiers()
@@ -124,6 +133,26 @@ def test_a_silent_appeal_voids_the_job_instead_of_slashing_the_worker(world: Wor
     assert _deposit(world, auditor) == DEPOSIT
 
 
+def test_an_applicant_takes_its_deposit_back_at_once_and_nobody_seats_keyless_addresses(
+        world: World) -> None:
+    applicant = world.outsider
+    before = world.admin.balance_of(applicant.address)
+    applicant.join_verifiers(DEPOSIT)
+    with reverts("AlreadyMember", WrongJobState, verifier=applicant.address):
+        applicant.join_verifiers(DEPOSIT)
+    applicant.withdraw_verifier_deposit()  # not admitted: nothing is bound yet
+    assert world.admin.balance_of(applicant.address) == before
+    assert world.admin.verifier_seat(applicant.address) is None
+    # joinFor (a sponsor's seat, admitted at once) is the admin's alone: a stranger cannot fill
+    # the registry with seats of keyless addresses that could never leave
+    world.clients[0].approve(world.admin.registry.address, DEPOSIT)
+    call = world.admin.registry.functions.joinFor("0x" + "00" * 19 + "01", DEPOSIT)
+    with reverts("AccessControlUnauthorizedAccount", NotPermitted):
+        world.clients[0]._send(call)
+    with reverts("NotMember", NotPermitted):
+        world.admin.admit_verifier(world.clients[1].address)  # never applied
+
+
 def test_deposits_stay_bound_after_leaving_and_only_the_job_market_punishes(world: World) -> None:
     verifier = world.verifiers[0]
     with reverts("StillBound", TooEarly, verifier=verifier.address):
@@ -157,6 +186,7 @@ def test_a_job_no_seat_covers_has_no_verifier_and_ends_void_unpaid(world: World)
     job_id = world.audited_job(collateral=big)
     assert world.admin.assigned_verifier(job_id) is None
     world.outsider.join_verifiers(2 * DEPOSIT)  # too late for this job (joined after its commit)
+    world.admin.admit_verifier(world.outsider.address)
     assert world.admin.assigned_verifier(job_id) is None
     world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s + 1)
     receipt = world.admin.finalize(job_id)

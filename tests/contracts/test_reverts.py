@@ -792,7 +792,8 @@ def test_resolveAudit_reverts_for_anyone_but_the_assigned_verifier(world: World)
 
 def test_resolveAudit_reverts_for_verifier_that_did_the_job(world: World) -> None:
     worker = world.workers[0]
-    worker.join_verifiers(TEST_PARAMS.verifier_deposit)  # anyone may take a seat
+    worker.join_verifiers(TEST_PARAMS.verifier_deposit)  # anyone may apply
+    world.admin.admit_verifier(worker.address)
     job_id = world.audited_job(worker=worker)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=worker.address):
         worker.resolve_audit(job_id, True, EVIDENCE)
@@ -873,6 +874,7 @@ def test_resolveAppeal_reverts_unless_appealed(world: World) -> None:
 def test_resolveAppeal_reverts_for_first_verifier_or_worker(world: World) -> None:
     worker = world.workers[0]
     worker.join_verifiers(TEST_PARAMS.verifier_deposit)
+    world.admin.admit_verifier(worker.address)
     job_id = appealed_job(world, worker=worker)
     first = world.auditor_of(job_id)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=first.address):

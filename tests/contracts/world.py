@@ -154,7 +154,8 @@ class World:
             actor.sender.resync()
 
 
-def build_world(chain: DevChain, params: DeployParams = TEST_PARAMS) -> World:
+def build_world(chain: DevChain, params: DeployParams = TEST_PARAMS,
+                seat_deposit: int | None = None) -> World:
     w3 = chain.w3()
     accounts = chain.accounts
     admin_sender = mesh_sender(w3, accounts[0])
@@ -163,6 +164,7 @@ def build_world(chain: DevChain, params: DeployParams = TEST_PARAMS) -> World:
         params,
         assigners=(accounts[1].address,),
         verifiers=(accounts[7].address, accounts[8].address),
+        seat_deposit=seat_deposit,
     )
 
     def actor(i: int) -> MeshActor:

@@ -52,7 +52,7 @@ def offline_client() -> Client:
     client.market = FakeMarket()  # type: ignore[assignment]
     client.actor = SimpleNamespace(  # type: ignore[assignment]
         balance_of=lambda _address: 10**30, registry_terms=lambda: (10**21, 0),
-        verifier_seats=lambda: [VerifierSeat("0x" + "22" * 20, 1_000, 0, NEVER)])
+        verifier_seats=lambda: [VerifierSeat("0x" + a * 20, 1_000, 0, NEVER) for a in ("22", "33")])
     client.account = SimpleNamespace(address="0x" + "11" * 20)  # type: ignore[assignment]
     client._post = lambda submission, specs: list(range(1, len(specs) + 1))  # type: ignore
     return client

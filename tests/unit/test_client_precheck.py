@@ -69,7 +69,7 @@ def offline_client() -> Client:
     client.market = RecordingMarket()  # type: ignore[assignment]
     client.actor = SimpleNamespace(  # type: ignore[assignment]
         balance_of=lambda _address: 10**30, registry_terms=lambda: (10**21, 0),
-        verifier_seats=lambda: [VerifierSeat("0x" + "22" * 20, 1_000, 0, NEVER)])
+        verifier_seats=lambda: [VerifierSeat("0x" + a * 20, 1_000, 0, NEVER) for a in ("22", "33")])
     client._post = lambda submission, specs: list(range(1, len(specs) + 1))  # type: ignore
     return client
 
@@ -124,8 +124,10 @@ def test_a_shard_no_verifier_seat_covers_is_refused_before_anything_is_paid() ->
     client = offline_client()
     client.actor.verifier_seats = lambda: [  # type: ignore[attr-defined]
         VerifierSeat("0x" + "22" * 20, 2, 0, NEVER),  # covers 2 * 10**21 wei = 2,000 MESH
+        VerifierSeat("0x" + "44" * 20, 3, 0, NEVER),
+        VerifierSeat("0x" + "11" * 20, 9, 0, NEVER),  # the client's own: not counted
         VerifierSeat("0x" + "33" * 20, 9, 0, 5)]  # has left: covers nothing new
-    with pytest.raises(BadInput, match="no verifier seat covers a shard of 3000 MESH"):
+    with pytest.raises(BadInput, match="fewer than two verifier seats cover a shard of 3000 MESH"):
         client.submit(mlp(), (torch.randn(6, 8),), shards=1, pay="1000")  # + 2,000 collateral
     assert client.market.blobs == []  # type: ignore[attr-defined]
     assert client.submit(mlp(), (torch.randn(6, 8),), shards=2, pay="1000").job_ids == [1, 2]

@@ -216,6 +216,27 @@ def test_seat_check_refuses_an_account_without_a_verifier_seat(world: World) -> 
         require_verifier_seat(world.outsider)
 
 
+def test_a_verifier_that_cannot_back_its_pass_voids_the_audit_instead_of_staying_silent(
+        world, market, kit, tmp_path) -> None:
+    """A client can post a job whose pass bond (ten rewards) exceeds the assigned verifier's
+    free stake: silence would burn the verifier's seat deposit, so it declares the audit void
+    (the worker is neither paid nor slashed, the client refunded, the deposit untouched)."""
+    job_id = post_and_commit(world, market, kit, kit.honest)
+    verifier = world.verifier_for(job_id)
+    record = world.job(job_id)
+    free = world.admin.free_stake(verifier.address)
+    verifier.unstake(free - record.reward)  # can back a failure (one reward), not a pass (ten)
+    deposit = world.admin.verifier_seat(verifier.address).deposit
+    service, _client = make_service(world, market, verifier, tmp_path)
+    service.poll_once()
+    names = [e.name for e in world.admin.job_events([job_id])]
+    assert "AuditVoided" in names and "AuditResolved" not in names
+    assert world.job(job_id).state == JobState.REFUNDED
+    assert world.admin.worker_record(record.worker).slashed == 0
+    assert world.admin.verifier_seat(verifier.address).deposit == deposit
+    assert service.journal.task(job_id, "audit")["status"] == POSTED
+
+
 def test_honest_job_drawn_for_audit_passes_and_pays(world, market, kit, tmp_path) -> None:
     worker = world.workers[0]
     job_id = post_and_commit(world, market, kit, kit.honest)
