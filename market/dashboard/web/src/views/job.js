@@ -1,0 +1,78 @@
+// #/job/ID : one job's path from posting to payment, its audit, and how to re-check it.
+import { getJSON } from "../api.js";
+import { card, copyable, groupLink, h, mesh, providerLink, stateBadge, table, verifierLink, when } from "../dom.js";
+import { showError, wallet } from "../state.js";
+import { sameAddress, send, walletMessage } from "../wallet.js";
+
+function hash(value) {
+  return value ? h("code", { class: "hash" }, value) : h("span", { class: "muted" }, "—");
+}
+
+function args(a) {
+  return Object.entries(a || {}).map(([k, v]) => h("span", { class: "arg" }, `${k}=${v} `));
+}
+
+function auditCard(a) {
+  const drawn = a.drawn === null || a.drawn === undefined ? "not yet drawn" : a.drawn ? "drawn for audit" : "not drawn";
+  const rows = [
+    h("dt", {}, "draw"), h("dd", { "data-testid": "audit-drawn" }, drawn),
+    h("dt", {}, "verdict"), h("dd", {}, stateBadge(a.verdict ?? "none", "audit-verdict")),
+    h("dt", {}, "verifier"), h("dd", {}, verifierLink(a.verifier)),
+    h("dt", {}, "evidence"), h("dd", { "data-testid": "audit-evidence" }, hash(a.evidence)),
+  ];
+  if (a.appeal) {
+    rows.push(h("dt", {}, "appeal"), h("dd", { "data-testid": "appeal" },
+      "by ", providerLink(a.appeal.by), ", judged by ", verifierLink(a.appeal.verifier), ": ",
+      a.appeal.worker_wins === null ? "pending" : a.appeal.worker_wins ? "worker wins" : "worker loses",
+      a.appeal.evidence ? [" · evidence ", hash(a.appeal.evidence)] : null));
+  }
+  return card("Audit", h("dl", {}, rows));
+}
+
+function reclaimPanel(j, ctx) {
+  if (!j.reclaimable) return null;
+  if (!sameAddress(wallet.account, j.client)) {
+    return card("Reclaim", h("p", { class: "muted" },
+      "The client may reclaim this job's escrow now. Connect the client's wallet to do it here."));
+  }
+  const button = h("button", { type: "button", "data-testid": "reclaim", onclick: async () => {
+    button.disabled = true;
+    try {
+      if (await send("job_market", "reclaim", [j.job_id, j.record])) await ctx.refresh();
+    } catch (err) {
+      showError(walletMessage(err));
+    } finally {
+      button.disabled = false;
+    }
+  } }, "Reclaim escrow");
+  return card("Reclaim", h("p", {}, "This job can be reclaimed: its escrow goes back to you."), button);
+}
+
+export async function jobView([id], ctx) {
+  const j = await getJSON(`jobs/${encodeURIComponent(id)}`);
+  return h("div", { class: "grid" },
+    h("section", { class: "card wide" },
+      h("h1", {}, `Job #${j.job_id} `, stateBadge(j.state, "job-state")),
+      h("dl", { class: "facts" },
+        h("dt", {}, "group"), h("dd", { "data-testid": "job-group" }, groupLink(j.group), ` shard ${j.shard ?? "—"}`),
+        h("dt", {}, "client"), h("dd", { "data-testid": "job-client" }, providerLink(j.client)),
+        h("dt", {}, "worker"), h("dd", { "data-testid": "job-worker" }, providerLink(j.worker)),
+        h("dt", {}, "auditor"), h("dd", { "data-testid": "job-auditor" }, verifierLink(j.auditor)),
+        h("dt", {}, "reward"), h("dd", {}, mesh(j.reward_wei, "job-reward")),
+        h("dt", {}, "audit fee"), h("dd", {}, mesh(j.audit_fee_wei)),
+        h("dt", {}, "collateral"), h("dd", {}, mesh(j.collateral_wei)),
+        h("dt", {}, "audit rate"), h("dd", {}, `${(Number(j.audit_bps) / 100).toFixed(2)} %`),
+        h("dt", {}, "spec sha256"), h("dd", {}, hash(j.spec_sha256)),
+        h("dt", {}, "result hash"), h("dd", {}, hash(j.result_hash)),
+        h("dt", {}, "output sha256"), h("dd", {}, hash(j.output_sha256)))),
+    h("section", { class: "card wide" }, h("h2", {}, "Timeline"),
+      table(["event", "block", "time", "transaction", "details"],
+        (j.timeline || []).map((e) => h("tr", { "data-testid": "timeline-row", "data-event": e.event },
+          h("td", {}, e.event), h("td", {}, e.block), h("td", {}, when(e.time)),
+          h("td", {}, h("code", { class: "hash", "data-testid": "timeline-tx" }, e.tx)),
+          h("td", { class: "args" }, args(e.args)))))),
+    auditCard(j.audit || {}),
+    card("Re-check it yourself", h("p", {}, "Recompute this job's result and compare it with the chain:"),
+      copyable(j.verify_command || `mesh verify ${j.job_id}`, "verify-command")),
+    reclaimPanel(j, ctx));
+}
