@@ -467,6 +467,13 @@ class ChainIndexer:
         ids = [int(i) for i in self.redis.zrangebyscore(self._key("ended"), since, "+inf")]
         return self.records_of(ids)
 
+    def ended_times_since(self, since: float) -> list[tuple[float, JobState]]:
+        """(when the index saw it end, its final state) of each job that ended at or after
+        ``since`` (unix seconds) and is still held, oldest first."""
+        pairs = self.redis.zrangebyscore(self._key("ended"), since, "+inf", withscores=True)
+        records = self.records_of([int(i) for i, _ in pairs])
+        return [(float(at), records[int(i)].state) for i, at in pairs if int(i) in records]
+
     # ------------------------------------------------------------------ pruning
     def prune(self, ended_before: float, *, limit: int = 500,
               forget_first: Callable[[list[int]], object] | None = None) -> list[int]:
@@ -617,7 +624,7 @@ class ChainIndexer:
     def history_tallies(self) -> dict[str, int]:
         """Counts over all history, the indexed part and the pruned part read in one
         transaction (a prune between two reads would count its jobs twice): ``state:<state>``
-        per job, ``audit:<drawn|not_drawn|passed|failed>`` per audit event."""
+        per job, ``audit:<drawn|not_drawn|passed|failed|voided|appealed>`` per audit event."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self._key("records"))
             pipe.hgetall(self._key("events"))
@@ -697,6 +704,10 @@ def audit_tallies(event: ChainEvent) -> list[str]:
         return ["audit:drawn" if event.args.get("audited") else "audit:not_drawn"]
     if event.name == "AuditResolved":
         return ["audit:passed" if event.args.get("passed") else "audit:failed"]
+    if event.name == "AuditVoided":
+        return ["audit:voided"]
+    if event.name == "AuditAppealed":
+        return ["audit:appealed"]
     return []
 
 

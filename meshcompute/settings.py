@@ -176,6 +176,17 @@ class Settings(BaseSettings):
     its first byte (or of the connection opening), or the market closes the connection: a
     client trickling headers cannot hold connections forever (market/api/connections.py)."""
 
+    dashboard_stale_blocks: int = Field(default=10, ge=0)
+    """The dashboard shows a "stale" sign when the market's index is more than this many blocks
+    behind the chain's head (docs/dashboard-api.md)."""
+
+    dashboard_tick_s: float = Field(default=1.0, gt=0)
+    """How often the dashboard's event stream tells open pages whether the index moved."""
+
+    dashboard_stream_s: float = Field(default=300.0, gt=0)
+    """How long one event-stream connection lasts; the browser reconnects by itself, so no
+    connection is held forever."""
+
     market_max_connections_per_client: int = Field(default=256, ge=0)
     """Most open connections one client (an IPv4 address, an IPv6 /64) may hold on each API
     process; more are closed as they open. 0: no cap (behind a reverse proxy, which is then

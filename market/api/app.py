@@ -18,6 +18,7 @@ from meshcompute.market.api.errors import ERROR_RESPONSES, install_error_handler
 from meshcompute.market.api.gate import RequestGate, check_public_hosts
 from meshcompute.market.api.routes import (
     blobs,
+    dashboard,
     groups,
     health,
     jobs,
@@ -56,7 +57,8 @@ def create_app(settings: Settings, *, runtime: MarketRuntime | None = None) -> F
     app.state.runtime = lazy
     install_error_handlers(app)
     routers = [module.router for module in
-               (health, blobs, jobs, groups, specs, workers, leases, results)]
+               (health, blobs, jobs, groups, specs, workers, leases, results,
+                dashboard)]
     for router in routers:
         app.include_router(router)
     # outermost: a request is bounded and its signature checked before any route reads it

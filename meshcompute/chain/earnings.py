@@ -141,7 +141,7 @@ def earnings_report(
     from_block = None
     if since_block_time is not None:
         from_block = first_block_at_or_after(contracts, since_block_time)
-    times = _BlockTimes(contracts.w3)
+    times = BlockTimes(contracts.w3)
     job_topic = None if job_id is None else [_uint_topic(job_id)]
     paid = _worker_events(contracts, "JobPaid", address, from_block, job_topic)
     rows = [
@@ -293,7 +293,7 @@ def _uint_topic(value: int) -> str:
     return "0x" + int(value).to_bytes(32, "big").hex()
 
 
-class _BlockTimes:
+class BlockTimes:
     """Block timestamps, fetched once per block."""
 
     def __init__(self, w3: Web3) -> None:

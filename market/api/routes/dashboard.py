@@ -1,0 +1,125 @@
+"""The dashboard (docs/dashboard-api.md): the page and its assets, the JSON each view reads, and
+a stream of ticks that tells open pages when the index moved. All public and unsigned, read
+only, rate-limited per IP like every unsigned route."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+
+from meshcompute.errors import BadInput, NotFound, ServiceUnavailable
+from meshcompute.market.api.deps import Runtime
+from meshcompute.market.dashboard import views
+
+router = APIRouter(tags=["dashboard"])
+
+DIST = Path(views.__file__).resolve().parent / "web" / "dist"
+_ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
+          ".png": "image/png", ".woff2": "font/woff2", ".map": "application/json",
+          ".json": "application/json", ".ico": "image/x-icon"}
+
+
+@router.get("/dashboard", response_class=FileResponse, include_in_schema=False)
+def page() -> FileResponse:
+    index = DIST / "index.html"
+    if not index.is_file():
+        raise NotFound("the dashboard is not built in this installation "
+                       "(npm run build:dashboard writes market/dashboard/web/dist)")
+    return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard/assets/{name}", response_class=FileResponse, include_in_schema=False)
+def asset(name: str) -> FileResponse:
+    path = DIST / "assets" / name
+    if not _ASSET_NAME.match(name) or not path.is_file():
+        raise NotFound(f"no dashboard asset {name!r}")
+    return FileResponse(path, media_type=_MEDIA.get(path.suffix, "application/octet-stream"))
+
+
+async def _read(call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` off the event loop; a chain node that cannot be reached is 503 (a page
+    says the market is down), not a 500."""
+    try:
+        return await run_in_threadpool(call, *args)
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            ConnectionError) as exc:
+        raise ServiceUnavailable(f"the chain node cannot be reached: {exc}") from None
+
+
+def _job_id(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,19}", text):
+        raise BadInput(f"{text!r} is not a job id (a whole number)")
+    return int(text)
+
+
+@router.get("/dashboard/api/overview")
+async def overview(runtime: Runtime) -> dict[str, Any]:
+    return await _read(views.overview, runtime)
+
+
+@router.get("/dashboard/api/jobs/{job_id}")
+async def job(job_id: str, runtime: Runtime) -> dict[str, Any]:
+    return await _read(views.job_page, runtime, _job_id(job_id))
+
+
+@router.get("/dashboard/api/groups/{group}")
+async def group(group: str, runtime: Runtime) -> dict[str, Any]:
+    if not re.fullmatch(r"[0-9a-f]{64}", group):
+        raise BadInput(f"{group!r} is not a group id (64 lowercase hex digits)")
+    return await _read(views.group_page, runtime, group)
+
+
+@router.get("/dashboard/api/providers/{address}")
+async def provider(address: str, runtime: Runtime) -> dict[str, Any]:
+    return await _read(views.provider_page, runtime, address)
+
+
+@router.get("/dashboard/api/verifiers/{address}")
+async def verifier(address: str, runtime: Runtime) -> dict[str, Any]:
+    return await _read(views.verifier_page, runtime, address)
+
+
+@router.get("/dashboard/api/contracts")
+async def contracts(runtime: Runtime) -> dict[str, Any]:
+    return await _read(views.contracts_info, runtime)
+
+
+@router.get("/dashboard/api/stream", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def stream(runtime: Runtime) -> StreamingResponse:
+    first = await _read(views.tick, runtime)  # a market that cannot answer says so up front
+    return StreamingResponse(_ticks(runtime, first), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _ticks(runtime: Any, first: dict[str, Any]) -> AsyncIterator[bytes]:
+    """``event: tick`` each ``dashboard_tick_s`` for ``dashboard_stream_s``; ``changed`` says
+    the index moved since the last tick sent. A tick that cannot be read says ``stale``."""
+    settings = runtime.settings
+    ends = time.monotonic() + settings.dashboard_stream_s
+    last = first["indexed"]
+    yield _event("tick", {**first, "changed": True})
+    while time.monotonic() < ends:
+        await asyncio.sleep(settings.dashboard_tick_s)
+        try:
+            now = await _read(views.tick, runtime)
+        except Exception as exc:  # noqa: BLE001 - the page shows it; the stream goes on
+            yield _event("tick", {"stale": True, "changed": False, "error": str(exc)[:200]})
+            continue
+        yield _event("tick", {**now, "changed": now["indexed"] != last})
+        last = now["indexed"]
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

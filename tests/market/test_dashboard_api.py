@@ -1,0 +1,265 @@
+"""The dashboard's JSON (docs/dashboard-api.md) on the real app, a real anvil and Redis: each
+page's figures against the chain, a job followed from posting to payment, the provider page
+equal to `mesh earnings --json` to the wei, the verifier page against the fee events, the
+stale sign, the tick stream, and bad input answered with a clear status."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import httpx
+import pytest
+
+from meshcompute.chain.artifacts import load_artifact
+from meshcompute.chain.earnings import earnings_report
+from meshcompute.core.job import JobRecord, JobState
+from meshcompute.mesh.cli.main import main
+from meshcompute.settings import get_settings
+from meshcompute.units import TOKEN
+from tests.contracts.world import TEST_PARAMS
+from tests.market.conftest import Market
+from tests.market.helpers import register
+
+pytestmark = pytest.mark.anvil
+
+REDIS_DB = 6
+MARKET_SETTINGS = {"dashboard_tick_s": 0.2, "dashboard_stream_s": 1.5,
+                   "dashboard_stale_blocks": 5}
+EVIDENCE = b"\x0e" * 32
+
+
+def _get(mk: Market, path: str) -> httpx.Response:
+    return httpx.get(mk.url + path, timeout=30)
+
+
+def _json(mk: Market, path: str) -> dict:
+    answer = _get(mk, path)
+    assert answer.status_code == 200, (path, answer.status_code, answer.text)
+    return answer.json()
+
+
+def _record_of(page: dict) -> JobRecord:
+    """The page's ``record`` read back as the chain's Job struct."""
+    values = []
+    for value, name in zip(page["record"], JobRecord.__dataclass_fields__, strict=True):
+        if name in ("spec_hash", "result_hash"):
+            values.append(bytes.fromhex(value.removeprefix("0x")))
+        elif name in ("client", "worker", "auditor"):
+            values.append(value)
+        else:
+            values.append(int(value))
+    return JobRecord.from_tuple(values)
+
+
+def test_a_job_page_follows_a_job_from_posting_to_payment(mk: Market) -> None:
+    world = mk.world
+    (job_id,) = world.post()
+    mk.rt.indexer.sync()
+    page = _json(mk, f"/dashboard/api/jobs/{job_id}")
+    assert page["state"] == "posted" and page["worker"] is None and page["reclaimable"]
+    # the record a wallet passes to reclaim(jobId, job) is the chain's, field for field
+    assert _record_of(page) == world.job(job_id)
+    assert page["audit"]["drawn"] is None and page["verify_command"] == f"mesh verify {job_id}"
+
+    worker = world.workers[0]
+    world.assign(worker, [job_id], audit_bps=10_000)
+    world.commit(worker, [job_id])
+    world.advance(TEST_PARAMS.challenge_window_s + 1)
+    world.admin.finalize(job_id)  # the draw: audited
+    verifier = world.verifier_for(job_id)
+    verifier.resolve_audit(job_id, True, EVIDENCE)
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.admin.finalize(job_id)  # the pass stands: paid
+    mk.rt.indexer.sync()
+
+    page = _json(mk, f"/dashboard/api/jobs/{job_id}")
+    assert page["state"] == "finalized" and not page["reclaimable"]
+    assert page["worker"] == worker.address and page["auditor"] == verifier.address
+    names = [row["event"] for row in page["timeline"]]
+    assert names[0] == "JobPosted" and "JobPaid" in names
+    assert names.index("AuditDrawn") < names.index("AuditResolved") < names.index("JobPaid")
+    for row in page["timeline"]:  # each step's transaction is the one that emitted it
+        receipt = world.w3.eth.get_transaction_receipt(row["tx"])
+        assert receipt["blockNumber"] == row["block"]
+        assert row["time"] == world.w3.eth.get_block(row["block"])["timestamp"]
+    assert page["audit"] == {"drawn": True, "verdict": "passed", "verifier": verifier.address,
+                             "evidence": "0x" + EVIDENCE.hex(), "appeal": None}
+
+
+def test_the_overview_counts_what_the_chain_holds_and_says_when_it_is_stale(
+        mk: Market) -> None:
+    world = mk.world
+    posted = world.post(n=2)
+    paid = world.committed_job()
+    world.advance(TEST_PARAMS.challenge_window_s + 1)
+    world.admin.finalize(paid)
+    register(mk, world.workers[1], price_wei=7)
+    mk.rt.indexer.sync()
+    page = _json(mk, "/dashboard/api/overview")
+
+    assert [world.job(j).state for j in posted] == [JobState.POSTED] * 2
+    assert page["jobs"]["by_state"]["posted"] == 2
+    assert page["jobs"]["by_state"]["finalized"] == 1
+    assert page["jobs"]["total"] == 3 and page["jobs"]["open"] == 2
+    assert sum(page["series"]["settled"]) == 1  # ended within the hour, in the last minute
+    assert page["series"]["settled"][-1] == 1
+    assert page["workers"]["online"] == 1
+    assert page["workers"]["by_device"] == [{"device": "cpu", "count": 1, "min_price_wei": "7",
+                                             "max_price_wei": "7"}]
+    assert [row["job_id"] for row in page["recent"]] == sorted([*posted, paid], reverse=True)
+    assert page["chain"]["stale"] is False
+
+    world.chain.mine(MARKET_SETTINGS["dashboard_stale_blocks"] + 1)  # the index falls behind
+    stale = _json(mk, "/dashboard/api/overview")["chain"]
+    assert stale["lag_blocks"] > MARKET_SETTINGS["dashboard_stale_blocks"] and stale["stale"]
+    mk.rt.indexer.sync()
+    assert _json(mk, "/dashboard/api/overview")["chain"]["stale"] is False
+
+
+def _mesh_earnings_json(mk: Market, address: str, monkeypatch, capsys) -> dict:
+    """`mesh earnings ADDRESS --json` through the real entry point against this chain."""
+    monkeypatch.setenv("MESH_DATA_DIR", str(mk.settings.data_dir))
+    monkeypatch.setenv("MESH_DEPLOYMENTS_DIR", str(mk.settings.deployments_dir))
+    monkeypatch.setenv("MESH_RPC_URL", mk.settings.rpc_url)
+    monkeypatch.setattr(sys, "argv", ["mesh", "earnings", address, "--json"])
+    get_settings.cache_clear()
+    capsys.readouterr()
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
+    out = json.loads(capsys.readouterr().out)
+    out.pop("chain_id")
+    return out
+
+
+def test_the_provider_page_equals_mesh_earnings_to_the_wei(mk: Market, monkeypatch,
+                                                           capsys) -> None:
+    world = mk.world
+    me = world.workers[2]
+    plain = world.committed_job(worker=me, reward=40 * TOKEN)
+    failed = world.audited_job(worker=me)
+    world.verifier_for(failed).resolve_audit(failed, False, EVIDENCE)
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.admin.finalize_batch([plain, failed])  # one paid, one slashed
+    pending = world.committed_job(worker=me, reward=20 * TOKEN)
+    mk.rt.indexer.sync()
+
+    page = _json(mk, f"/dashboard/api/providers/{me.address.lower()}")
+    assert page["address"] == me.address
+    assert page["earnings"] == _mesh_earnings_json(mk, me.address, monkeypatch, capsys)
+    assert page["earnings"] == earnings_report(mk.rt.contracts, me.address).to_json()
+    rows = {row["job_id"]: row for row in page["earnings"]["rows"]}
+    assert set(rows) == {plain, pending}
+    assert page["by_status"]["paid_wei"] == rows[plain]["amount"]["wei"]
+    assert page["by_status"]["pending_wei"] == rows[pending]["amount"]["wei"]
+    (slash,) = page["earnings"]["slashes"]
+    assert slash["job_id"] == failed
+    assert page["by_status"]["slashed_wei"] == slash["amount"]["wei"] == str(50 * TOKEN)
+    assert sum(int(d["final_wei"]) for d in page["by_day"]) == int(rows[plain]["amount"]["wei"])
+    position = mk.rt.contracts.stake_of(me.address)
+    assert page["stake"] == {"free_wei": str(position.free), "locked_wei": str(position.locked),
+                             "unbonding_wei": str(position.unbonding),
+                             "unbonding_until": position.release_at,
+                             "slashed_wei": str(position.slashed)}
+    assert page["record"]["slashed"] == 1 and page["record"]["completed"] == 1
+    assert page["balance_wei"] == str(mk.rt.contracts.balance_of(me.address))
+    assert page["worker"] is None  # never registered with this market
+
+
+def test_the_verifier_page_counts_its_verdicts_and_the_fees_the_chain_paid(mk: Market) -> None:
+    world = mk.world
+    jobs = [world.audited_job() for _ in range(3)]
+    judged: dict[str, list[int]] = {}
+    for i, job_id in enumerate(jobs):
+        verifier = world.verifier_for(job_id)
+        if i == 2:
+            verifier.void_audit(job_id, EVIDENCE)
+        else:
+            verifier.resolve_audit(job_id, True, EVIDENCE)
+        judged.setdefault(verifier.address, []).append(job_id)
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.admin.finalize_batch(jobs[:2])
+    for verifier in world.verifiers:
+        page = _json(mk, f"/dashboard/api/verifiers/{verifier.address}")
+        mine = judged.get(verifier.address, [])
+        fees = world.admin.market.events.AuditFeePaid().get_logs(
+            from_block=world.deployment.block, argument_filters={"verifier": verifier.address})
+        assert page["audits"] == len(mine)
+        assert page["fees_earned_wei"] == str(sum(int(log["args"]["amount"]) for log in fees))
+        assert sorted(row["job_id"] for row in page["recent"]) == sorted(mine)
+        assert page["verdicts"]["void"] == (1 if jobs[2] in mine else 0)
+        assert page["seat"] is not None and page["seat"]["admitted"]
+    outsider = _json(mk, f"/dashboard/api/verifiers/{world.outsider.address}")
+    assert outsider["audits"] == 0 and outsider["seat"] is None
+
+
+def test_the_contracts_are_the_artifacts_python_uses(mk: Market) -> None:
+    page = _json(mk, "/dashboard/api/contracts")
+    assert page["chain_id"] == mk.world.deployment.chain_id
+    for key, name in (("token", "MeshCredit"), ("stake_manager", "StakeManager"),
+                      ("job_market", "JobMarket"), ("verifier_registry", "VerifierRegistry")):
+        assert page[key]["address"] == mk.world.deployment.address(name)
+        assert page[key]["abi"] == load_artifact(name)["abi"]
+
+
+def test_the_stream_ticks_and_says_when_the_index_moved(mk: Market) -> None:
+    mk.rt.indexer.sync()
+    ticks = []
+    with httpx.stream("GET", mk.url + "/dashboard/api/stream", timeout=30) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines():  # the stream ends after dashboard_stream_s
+            if line.startswith("data: "):
+                ticks.append(json.loads(line.removeprefix("data: ")))
+                if len(ticks) == 2:
+                    mk.world.post()
+                    mk.rt.indexer.sync()
+    assert ticks[0]["changed"] is True  # the first tick: fetch the view
+    assert any(t["changed"] for t in ticks[2:]), ticks  # the index moved: fetch again
+    assert not any(t["changed"] for t in ticks[1:2]), ticks
+    assert all({"head", "indexed", "lag_blocks", "stale"} <= set(t) for t in ticks)
+
+
+@pytest.mark.parametrize(("path", "status", "words"), [
+    ("/dashboard/api/jobs/abc", 422, "not a job id"),
+    ("/dashboard/api/jobs/987654321", 404, "not known"),
+    ("/dashboard/api/providers/0x1234", 422, "not an Ethereum address"),
+    ("/dashboard/api/verifiers/not-an-address", 422, "not an Ethereum address"),
+    ("/dashboard/api/groups/XYZ", 422, "not a group id"),
+    ("/dashboard/api/groups/" + "ab" * 32, 404, "not known"),
+    ("/dashboard/assets/..%2F..%2Fviews.py", 404, "Not Found"),
+    ("/dashboard/assets/.hidden", 404, "no dashboard asset"),
+    ("/dashboard/assets/nothing.js", 404, "no dashboard asset"),
+])
+def test_bad_input_gets_a_clear_answer(mk: Market, path: str, status: int, words: str) -> None:
+    answer = _get(mk, path)
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["detail"]
+
+
+def test_a_pruned_job_is_gone_not_unknown(mk: Market, monkeypatch) -> None:
+    from meshcompute.market import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 2)
+    paid = mk.world.committed_job()
+    mk.world.advance(TEST_PARAMS.challenge_window_s + 1)
+    mk.world.admin.finalize(paid)
+    mk.world.chain.mine(4)
+    mk.rt.indexer.sync()
+    assert paid in mk.rt.indexer.prune(time.time() + 1)
+    answer = _get(mk, f"/dashboard/api/jobs/{paid}")
+    assert answer.status_code == 410 and "pruned" in answer.json()["detail"]
+
+
+def test_the_page_is_served_when_built(mk: Market) -> None:
+    from meshcompute.market.api.routes.dashboard import DIST
+
+    if not (DIST / "index.html").is_file():
+        pytest.skip("the dashboard is not built (npm run build:dashboard)")
+    answer = _get(mk, "/dashboard")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
