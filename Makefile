@@ -11,9 +11,9 @@ STAMP_TORCH := $(VENV)/.stamp-torch
 STAMP_PY    := $(VENV)/.stamp-python-deps
 STAMP_NPM   := $(VENV)/.stamp-npm
 
-.PHONY: setup sandbox test demo bench compile lint FORCE
+.PHONY: setup sandbox browser test demo bench compile lint FORCE
 
-setup: $(STAMP_PY) $(STAMP_NPM) sandbox
+setup: $(STAMP_PY) $(STAMP_NPM) sandbox browser
 
 # Job sandbox (worker): install bubblewrap when it is missing and apt-get is usable (root or
 # passwordless sudo). Never fails setup; without bwrap the worker refuses to run jobs unless told.
@@ -25,6 +25,18 @@ sandbox:
 	    sudo -n apt-get install -y bubblewrap >/dev/null 2>&1 || { sudo -n apt-get update >/dev/null 2>&1 && sudo -n apt-get install -y bubblewrap >/dev/null 2>&1; } || true; \
 	  fi; \
 	  command -v bwrap >/dev/null 2>&1 || echo "note: bubblewrap (bwrap) not installed; install the 'bubblewrap' package to sandbox worker jobs"; \
+	}
+
+# Dashboard browser tests (tests/dashboard): Debian's chromium, which Playwright drives (it cannot
+# download its own browsers here). Never fails setup; without it those tests skip and say why.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y chromium >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1; } || true; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then \
+	    sudo -n apt-get install -y chromium >/dev/null 2>&1 || { sudo -n apt-get update >/dev/null 2>&1 && sudo -n apt-get install -y chromium >/dev/null 2>&1; } || true; \
+	  fi; \
+	  test -x /usr/bin/chromium || echo "note: chromium not installed; the dashboard's browser tests will skip (install the 'chromium' package)"; \
 	}
 
 $(PY):
