@@ -69,7 +69,7 @@ from web3 import Web3
 
 from meshcompute.chain.contracts import ChainEvent, JobParams, MeshActor
 from meshcompute.chain.local import LocalChain
-from meshcompute.core.audit_draw import assigned_verifier
+from meshcompute.core.audit_draw import VerifierSeat, assigned_verifier
 from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.job import (
     JOB_EVENTS,
@@ -383,6 +383,11 @@ class MarketMachine(RuleBasedStateMachine):
         self.jobs: dict[int, JobRecord] = dict(self.records)
         self.seen_block = view.block
         self.prev_view = view
+        #: The registry's seats and the block they were read in, kept while the blocks mined
+        #: since carry no event of the registry (every change of a seat emits one: a join, an
+        #: admission, a leave, a burn for silence); None: read them again.
+        self.seat_cache: tuple[int, list[VerifierSeat]] | None = None
+        self.registry_addr = d.address("VerifierRegistry").lower()
         self.terminal_events: Counter[int] = Counter()
         self.checks = 0
         self.spec_counter = 0
@@ -444,10 +449,17 @@ class MarketMachine(RuleBasedStateMachine):
         seed = self._blockhash(seed_block) if in_reach else bytes(32)
         excluded = [j.worker, j.client, *([j.auditor] if appealed else [])]
         return assigned_verifier(
-            # seats read from the chain: a burn for silence can make one leave (for later jobs)
-            self.world.admin.verifier_seats(), seed, job_id, committed_block=j.committed_block,
+            self._seats(), seed, job_id, committed_block=j.committed_block,
             cover=j.reward + j.collateral, unit=self.unit, excluded=excluded,
             appealed=appealed, escalated=escalated(self.now, closes, AUDIT), keccak=keccak)
+
+    def _seats(self) -> list[VerifierSeat]:
+        """The registry's seats in the latest block, read from the chain (a burn for silence
+        can make one leave, for later jobs). Read again unless every block since the last read
+        has been scanned for events (by the invariants) and none came from the registry."""
+        if self.seat_cache is None or self.seat_cache[0] != self.block:
+            self.seat_cache = (self.block, self.world.admin.verifier_seats())
+        return self.seat_cache[1]
 
     def _assigned_actor(self, job_id: int, j: JobRecord, appealed: bool) -> MeshActor | None:
         address = self._assignee(job_id, j, appealed)
@@ -1529,6 +1541,7 @@ class MarketMachine(RuleBasedStateMachine):
                 self.records[job_id] = apply_event(self.records.get(job_id), e.name, e.args)
         view = self._read(self.records)
         assert view.block == latest
+        scanned_from = self.seen_block
         self.seen_block = view.block
         prev = self.prev_view
         self.prev_view = view
@@ -1537,6 +1550,16 @@ class MarketMachine(RuleBasedStateMachine):
         assert (view.block, view.now) == (self.block, self.now), (
             f"chain at block {view.block} t={view.now}, model at {self.block} t={self.now}"
         )
+        # the seats read in this step (or valid up to its start) hold in its last block too
+        # unless a later block of the step carries an event of the registry
+        if self.seat_cache is not None:
+            read_in = self.seat_cache[0]
+            assert scanned_from <= read_in <= view.block, (read_in, scanned_from, view.block)
+            if any(e.address.lower() == self.registry_addr and e.block_number > read_in
+                   for e in events):
+                self.seat_cache = None
+            else:
+                self.seat_cache = (view.block, self.seat_cache[1])
         assert view.paused == self.paused
         assert view.next_job_id == self.next_job_id
         # every record rebuilt from events is the one the contract stores (an ended job's
