@@ -144,10 +144,11 @@ class MeshContracts:
 
     # ------------------------------------------------------------------ market views
     # ------------------------------------------------------------------ verifier registry
-    def verifier_seats(self) -> list[VerifierSeat]:
+    def verifier_seats(self, block: int | str = "latest") -> list[VerifierSeat]:
         """Every seat of the verifier registry (deposits not included)."""
+        seats = self.registry.functions.seats().call(block_identifier=block)
         return [VerifierSeat(Web3.to_checksum_address(v), int(units), int(start), int(until))
-                for v, units, start, until in self.registry.functions.seats().call()]
+                for v, units, start, until in seats]
 
     def verifier_seat(self, verifier: str) -> VerifierSeat | None:
         """``verifier``'s seat with its deposit (``admitted`` False while it is an applicant

@@ -8,12 +8,16 @@ Accounts are every address any event of the deployment names. Read-only: anyone 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from web3 import Web3
 
-from meshcompute.chain.contracts import MeshContracts
-from meshcompute.core.job import JobRecord
+from meshcompute.chain.contracts import AccountState, ChainEvent, MeshContracts, StakePosition
+from meshcompute.chain.custom_errors import abi_type
+from meshcompute.core.job import JOB_EVENTS, JobRecord, apply_event
+from meshcompute.errors import ChainError
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,12 @@ class SolvencyReport:
 
 def event_addresses(contracts: MeshContracts) -> set[str]:
     """Every address named in an event argument of the deployment."""
+    return _named_addresses(contracts.events())
+
+
+def _named_addresses(events: Iterable[ChainEvent]) -> set[str]:
     found: set[str] = set()
-    for event in contracts.events():
+    for event in events:
         for value in event.args.values():
             if isinstance(value, str) and Web3.is_address(value):
                 found.add(Web3.to_checksum_address(value))
@@ -44,21 +52,41 @@ def event_addresses(contracts: MeshContracts) -> set[str]:
 
 
 def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> SolvencyReport:
-    records: dict[int, JobRecord] = contracts.job_records(verify=False)
-    problems: list[str] = []
-    for job_id, record in records.items():
-        if not contracts.record_matches(job_id, record):
-            problems.append(f"job {job_id}: record rebuilt from events differs from the digest")
-    accounts = sorted(event_addresses(contracts) | set(extra or ()))
+    # Everything is read at one block, the views in one JSON-RPC batch (one web3 call per
+    # job, account and seat took seconds on a stack's few hundred jobs).
+    head = int(contracts.w3.eth.block_number)
+    events = contracts.events(to_block=head)
     market = contracts.deployment.address("JobMarket")
     stakes = contracts.deployment.address("StakeManager")
-    market_balance = contracts.balance_of(market)
-    stake_balance = contracts.balance_of(stakes)
+    registry = contracts.registry.address
+    records: dict[int, JobRecord] = {}
+    for event in events:
+        if event.name in JOB_EVENTS and event.address == market:
+            job_id = int(event.args["jobId"])
+            records[job_id] = apply_event(records.get(job_id), event.name, event.args)
+    accounts = sorted(_named_addresses(events) | set(extra or ()))
+    seats = [seat.verifier for seat in contracts.verifier_seats(head)]
+    views = _BatchViews(contracts, head)
+    market_balance = views.add(contracts.credit, "balanceOf", market)
+    stake_balance = views.add(contracts.credit, "balanceOf", stakes)
+    registry_balance = views.add(contracts.credit, "balanceOf", registry)
+    digests = {job_id: views.add(contracts.market, "jobDigest", job_id) for job_id in records}
+    owed = [views.add(contracts.market, "accountOf", a) for a in accounts]
+    positions = [views.add(contracts.stakes, "stakeOf", a) for a in accounts]
+    deposits_of = [views.add(contracts.registry, "seatOf", v) for v in seats]
+    out = views.run()
+
+    problems: list[str] = []
+    for job_id, record in records.items():
+        if contracts.expected_digest(record) != bytes(out[digests[job_id]][0]):
+            problems.append(f"job {job_id}: record rebuilt from events differs from the digest")
+    market_balance, stake_balance, registry_balance = (
+        int(out[i][0]) for i in (market_balance, stake_balance, registry_balance))
     escrow = sum(r.escrow for r in records.values())
-    withdrawable = sum(contracts.account_of(a).withdrawable for a in accounts)
+    withdrawable = sum(AccountState(*out[i]).withdrawable for i in owed)
     staked = 0
-    for account in accounts:
-        position = contracts.stake_of(account)
+    for i in positions:
+        position = StakePosition(*out[i])
         staked += position.free + position.locked + position.unbonding
     if market_balance != escrow + withdrawable:
         problems.append(
@@ -67,9 +95,7 @@ def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> S
         )
     if stake_balance != staked:
         problems.append(f"StakeManager holds {stake_balance} but stakes add up to {staked}")
-    registry_balance = contracts.balance_of(contracts.registry.address)
-    deposits = sum(contracts.verifier_seat(seat.verifier).deposit  # type: ignore[union-attr]
-                   for seat in contracts.verifier_seats())
+    deposits = sum(int(out[i][1]) for i in deposits_of)  # seatOf: (seat, deposit, releaseAt)
     if registry_balance != deposits:
         problems.append(f"VerifierRegistry holds {registry_balance} but verifier deposits add "
                         f"up to {deposits}")
@@ -78,3 +104,40 @@ def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> S
         stake_balance=stake_balance, staked=staked, jobs=len(records),
         accounts=len(accounts), problems=problems,
     )
+
+
+class _BatchViews:
+    """View calls gathered, then sent as one JSON-RPC batch pinned to ``block``; each answer
+    decoded with its function's ABI outputs."""
+
+    def __init__(self, contracts: MeshContracts, block: int) -> None:
+        self.contracts = contracts
+        self.block = hex(block)
+        self.requests: list[tuple[str, list[Any]]] = []
+        self.outputs: list[list[str]] = []
+
+    def add(self, contract: Any, fn_name: str, *args: Any) -> int:
+        """Queue ``contract.fn_name(*args)``; returns its index in :meth:`run`'s answer."""
+        (abi,) = [item for item in contract.abi
+                  if item.get("type") == "function" and item["name"] == fn_name]
+        self.requests.append(
+            ("eth_call", [self.contracts.encoded_call(contract, fn_name, *args), self.block]))
+        self.outputs.append([abi_type(o) for o in abi["outputs"]])
+        return len(self.requests) - 1
+
+    def run(self) -> list[tuple[Any, ...]]:
+        if not self.requests:
+            return []
+        responses = self.contracts.w3.provider.make_batch_request(self.requests)  # type: ignore[arg-type]
+        if not isinstance(responses, list):
+            raise ChainError(f"a batch of {len(self.requests)} view calls failed: {responses}")
+        if len(responses) != len(self.requests):
+            raise ChainError(f"{len(self.requests)} view calls in a batch, "
+                             f"{len(responses)} answers")
+        out = []
+        for response, types in zip(sorted(responses, key=lambda r: int(r["id"])), self.outputs,
+                                   strict=True):
+            if "error" in response:
+                raise ChainError(f"a view call of the solvency check failed: {response['error']}")
+            out.append(self.contracts.w3.codec.decode(types, bytes.fromhex(response["result"][2:])))
+        return out
