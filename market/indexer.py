@@ -23,7 +23,10 @@ What it keeps under its prefix (default ``mesh:idx:``):
 * ``pruned`` — tallies of what :meth:`ChainIndexer.prune` forgot (jobs by final state, audit
   draws and verdicts), so counts over all history survive the pruning; ``pruned-max`` — the
   highest job id it forgot (job ids are consecutive, so a job at or below it with no record
-  was pruned: :meth:`ChainIndexer.was_pruned`).
+  was pruned: :meth:`ChainIndexer.was_pruned`);
+* ``tallies`` — the same counts for what the index holds now, moved by every write, rewind and
+  prune in its own transaction (``tallies-built`` marks that they were counted once from an
+  index written before them), so counts over all history cost two hash reads, not a scan.
 
 Nothing is kept forever: :meth:`ChainIndexer.prune` forgets a job that ended more than the
 retention ago once its last event is deeper than :data:`KEPT_BLOCK_HASHES` (no reorg the index
@@ -56,7 +59,7 @@ from web3.exceptions import BlockNotFound
 
 from meshcompute.chain.contracts import ChainEvent, MeshContracts
 from meshcompute.core.job import JOB_EVENTS, JobRecord, JobState, apply_event
-from meshcompute.errors import BadInput, ChainError, ConfigError
+from meshcompute.errors import BadInput, ChainError, ConfigError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +341,17 @@ class ChainIndexer:
                 rebuilt = {
                     job_id: self._rebuild_job(pipe, job_id, ancestor) for job_id in affected
                 }
+                counts: dict[str, int] = {}
+                held = pipe.hmget(self._key("records"), [str(i) for i in affected]) \
+                    if affected else []
+                for job_id, current in zip(affected, held, strict=True):
+                    _count_record(counts, None if current is None
+                                  else _record_from_json(current), -1)
+                    _count_record(counts, rebuilt[job_id], +1)
+                for item in raw:
+                    if item is not None:
+                        for tally in audit_tallies(_event_from_json(item)[0]):
+                            counts[tally] = counts.get(tally, 0) - 1
                 pipe.multi()
                 if orphans:
                     pipe.hdel(events_key, *orphans)
@@ -346,6 +360,7 @@ class ChainIndexer:
                 for job_id, record in rebuilt.items():
                     pipe.zremrangebyscore(self._job_key(job_id), ancestor + 1, "+inf")
                     self._put_record(pipe, job_id, record)
+                self._add_tallies(pipe, counts)
                 pipe.hdel(self._key("blocks"), *range(ancestor + 1, indexed + 1))
                 if ancestor < self.start_block:
                     # rewound whole: what was pruned is read from the chain again, and
@@ -409,9 +424,15 @@ class ChainIndexer:
                 records: dict[int, JobRecord | None] = {}
                 ids = list(by_job)
                 held = pipe.hmget(self._key("records"), [str(i) for i in ids]) if ids else []
+                counts: dict[str, int] = {}
                 for job_id, current in zip(ids, held, strict=True):
                     before = None if current is None else _record_from_json(current)
                     records[job_id] = _fold(job_id, before, by_job[job_id])
+                    _count_record(counts, before, -1)
+                    _count_record(counts, records[job_id], +1)
+                for event, _ in stored:
+                    for tally in audit_tallies(event):
+                        counts[tally] = counts.get(tally, 0) + 1
                 pipe.multi()
                 pipe.hset(
                     self._key("blocks"),
@@ -437,6 +458,7 @@ class ChainIndexer:
                         self._job_key(job_id), {_event_key(e): e.block_number for e in job_events}
                     )
                     self._put_record(pipe, job_id, records[job_id])
+                self._add_tallies(pipe, counts)
                 pipe.set(self._key("head"), headers[-1].number)
                 pipe.execute()
             except WatchError:
@@ -553,6 +575,7 @@ class ChainIndexer:
             pipe.zadd(self._key("pruned-max"), {"job": ids[-1]}, gt=True)
             for name, count in tallies.items():
                 pipe.hincrby(self._key("pruned"), name, count)
+            self._add_tallies(pipe, {name: -count for name, count in tallies.items()})
             pipe.execute()
         return ids
 
@@ -625,19 +648,59 @@ class ChainIndexer:
         """Counts over all history, the indexed part and the pruned part read in one
         transaction (a prune between two reads would count its jobs twice): ``state:<state>``
         per job, ``audit:<drawn|not_drawn|passed|failed|voided|appealed>`` per audit event."""
+        self._ensure_live_tallies()
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._key("tallies"))
+            pipe.hgetall(self._key("pruned"))
+            live, pruned = pipe.execute()
+        tallies = {_text(k): int(v) for k, v in pruned.items()}
+        for name, count in live.items():
+            if int(count):
+                tallies[_text(name)] = tallies.get(_text(name), 0) + int(count)
+        return tallies
+
+    def counted_tallies(self) -> dict[str, int]:
+        """:meth:`history_tallies` counted afresh from every record and event held (what the
+        running tallies must always equal; what they are built from once)."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self._key("records"))
             pipe.hgetall(self._key("events"))
             pipe.hgetall(self._key("pruned"))
             records, events, pruned = pipe.execute()
         tallies = {_text(k): int(v) for k, v in pruned.items()}
-        for raw in records.values():
-            name = f"state:{_record_from_json(raw).state.name.lower()}"
-            tallies[name] = tallies.get(name, 0) + 1
-        for raw in events.values():
-            for tally in audit_tallies(_event_from_json(raw)[0]):
-                tallies[tally] = tallies.get(tally, 0) + 1
+        for name, count in _scan_tallies(records.values(), events.values()).items():
+            tallies[name] = tallies.get(name, 0) + count
         return tallies
+
+    def _add_tallies(self, pipe: Any, counts: Mapping[str, int]) -> None:
+        for name, count in counts.items():
+            if count:
+                pipe.hincrby(self._key("tallies"), name, count)
+
+    def _ensure_live_tallies(self) -> None:
+        """The running tallies of what the index holds (``tallies``: every write, rewind and
+        prune moves them in its own transaction) are counted once from the records and events
+        of an index written before them; the count is written only if no sync, rewind or prune
+        ran meanwhile."""
+        if self.redis.exists(self._key("tallies-built")):
+            return
+        for _attempt in range(_SYNC_ATTEMPTS):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self._key("head"), self._key("pruned"))
+                    records = pipe.hgetall(self._key("records"))
+                    events = pipe.hgetall(self._key("events"))
+                    counted = _scan_tallies(records.values(), events.values())
+                    pipe.multi()
+                    pipe.delete(self._key("tallies"))
+                    if counted:
+                        pipe.hset(self._key("tallies"), mapping=counted)
+                    pipe.set(self._key("tallies-built"), 1)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+        raise ServiceUnavailable("the index kept changing while its tallies were counted")
 
     def pruned_tallies(self) -> dict[str, int]:
         """What pruning forgot, by tally: ``state:<final state>`` (jobs) and
@@ -696,6 +759,22 @@ def _fold(job_id: int, record: JobRecord | None, events: Sequence[ChainEvent]) -
         log.warning("job %d cannot be rebuilt from indexed events: %s", job_id, exc)
         return None
     return record
+
+
+def _count_record(counts: dict[str, int], record: JobRecord | None, sign: int) -> None:
+    if record is not None:
+        name = f"state:{record.state.name.lower()}"
+        counts[name] = counts.get(name, 0) + sign
+
+
+def _scan_tallies(records: Iterable[Any], events: Iterable[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for raw in records:
+        _count_record(counts, _record_from_json(raw), +1)
+    for raw in events:
+        for tally in audit_tallies(_event_from_json(raw)[0]):
+            counts[tally] = counts.get(tally, 0) + 1
+    return counts
 
 
 def audit_tallies(event: ChainEvent) -> list[str]:

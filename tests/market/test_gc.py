@@ -308,7 +308,7 @@ def test_prune_round_forgets_at_most_its_bound_per_round_and_the_rest_next(mk, m
 def test_a_flood_of_spam_jobs_is_pruned_back_to_the_baseline_key_count(mk, monkeypatch):
     """The attacker posts many cheap jobs naming no spec, has them fail at a worker, cancels
     them, and waits: once the retention passes the market holds no key more than before,
-    only the all-history counts (metrics, pruned tallies)."""
+    only the all-history counts (metrics, pruned and running tallies)."""
     from meshcompute.market import indexer as indexer_module
 
     monkeypatch.setattr(indexer_module, "KEPT_BLOCK_HASHES", 4)
@@ -334,7 +334,7 @@ def test_a_flood_of_spam_jobs_is_pruned_back_to_the_baseline_key_count(mk, monke
     report = _round(mk, now + RETENTION + 3600)
     assert report["jobs_pruned"] == len(spam)
     left = {key.decode() for key in r.scan_iter(count=1000)} - baseline
-    assert left <= {f"{mkt}metric", f"{idx}pruned", f"{idx}pruned-max"}, left
+    assert left <= {f"{mkt}metric", f"{idx}pruned", f"{idx}pruned-max", f"{idx}tallies"}, left
     assert r.hlen(f"{idx}records") == sizes["records"]
     assert r.hlen(f"{idx}events") <= sizes["events"]
     assert r.hlen(f"{mkt}first-seen") == 0 and r.scard(f"{idx}open") == 0

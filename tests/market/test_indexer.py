@@ -111,6 +111,8 @@ def assert_matches_chain(indexer: ChainIndexer, world: World) -> None:
     }
     assert indexer.indexed_block == world.w3.eth.block_number
     assert indexer.head_lag() == 0
+    # the running tallies (moved by each write, rewind and prune) equal a fresh count
+    assert indexer.history_tallies() == indexer.counted_tallies()
 
 
 # ---------------------------------------------------------------------------- following
@@ -286,6 +288,7 @@ def test_indexer_follows_a_reorg_of_depth_3_after_a_paid_job(
     assert [e.args["jobId"] for e in paid_events] == [job_id]
     head = world.w3.eth.block_number
     assert paid_events[0].block_number == head - 2
+    assert_matches_chain(indexer, world)  # the running tallies exist before the reorg
 
     # The replacement chain holds another transaction instead: a new job posted.
     client = world.clients[0]
@@ -424,8 +427,10 @@ def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
     # deep enough, but it ended after the cutoff: kept
     assert indexer.prune(time.time() - 3600) == []
     history = indexer.history_tallies()
+    assert history == indexer.counted_tallies()
     assert indexer.prune(time.time() + 1) == [paid, audited]
     assert indexer.history_tallies() == history  # counts over all history survive
+    assert indexer.counted_tallies() == history  # the running ones moved with the prune
     assert indexer.job_record(paid) is None
     assert indexer.events(job_id=paid) == []
     assert not redis_client.exists(f"{prefix}job:{paid}")
@@ -449,6 +454,28 @@ def test_prune_forgets_jobs_ended_long_ago_once_no_reorg_can_reach_them(
     indexer.sync()
     assert indexer.job_record(reclaimed).state == JobState.REFUNDED
     assert indexer.job_records(verify=True)[open_job].state == JobState.POSTED
+
+
+def test_an_index_written_before_running_tallies_counts_them_once_then_moves_them(
+    world: World, chain: LocalChain, redis_client, prefix: str
+) -> None:
+    indexer = make_indexer(world, redis_client, prefix)
+    audited = world.audited_job()
+    world.verifier_for(audited).resolve_audit(audited, True, b"\xee" * 32)
+    indexer.sync()
+    # what an index of the previous release holds: records and events, no running tallies
+    redis_client.delete(f"{prefix}tallies", f"{prefix}tallies-built")
+    counted = indexer.counted_tallies()
+    assert counted["state:audit_passed"] == 1 and counted["audit:passed"] == 1
+    assert indexer.history_tallies() == counted  # counted once from what is held
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.outsider.finalize(audited)
+    world.post()
+    indexer.sync()  # then moved by each write
+    tallies = indexer.history_tallies()
+    assert tallies == indexer.counted_tallies()
+    assert tallies.get("state:audit_passed", 0) == 0 and tallies["state:finalized"] == 1
+    assert tallies["state:posted"] == 1
 
 
 def test_an_index_written_before_pruning_existed_is_pruned_too(
