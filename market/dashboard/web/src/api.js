@@ -13,6 +13,7 @@ const REASONS = {
   400: "Malformed request",
   404: "Not found",
   410: "Gone",
+  422: "Malformed request",
   429: "Too many requests; slow down and retry",
   503: "The market cannot reach the chain or its database right now",
 };

@@ -49,7 +49,7 @@ export function dailyBars(el, days, series) {
   return mount(el, {
     legend: { show: true },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] },
+    scales: { x: { time: true, range: () => [xs[0] - 86400, xs[xs.length - 1] + 86400] },
               y: { range: (u, min, max) => [0, Math.max(1e-6, max)] } },
     axes: [{}, { size: 50 }],
     series: [{}, ...series.map((s) => ({

@@ -79,7 +79,7 @@ export function card(title, ...body) {
 }
 
 export function stat(label, value, testid) {
-  return h("div", { class: "stat", "data-testid": testid }, h("div", { class: "v" }, value),
+  return h("div", { class: "stat" }, h("div", { class: "v", "data-testid": testid }, value),
            h("div", { class: "k" }, label));
 }
 

@@ -50,7 +50,6 @@ async function render(quiet = false) {
     refresh: () => render(true),
   };
   if (!quiet) view.replaceChildren(Object.assign(document.createElement("p"), { className: "muted", textContent: "Loading…" }));
-  const kept = [...view.querySelectorAll("input[name]")].map((i) => [i.name, i.value]);
   let node;
   try {
     if (!match) throw new Error(`There is no page at ${hash}: try #/, #/job/ID, #/group/GROUP, #/provider/ADDRESS or #/verifier/ADDRESS.`);
@@ -66,6 +65,8 @@ async function render(quiet = false) {
     }
     node = errorView(err);
   }
+  // what the user typed survives a live refresh (read now: the fetch above took a while)
+  const kept = [...view.querySelectorAll("input[name]")].map((i) => [i.name, i.value]);
   resetCharts();
   view.replaceChildren(node);
   for (const [name, value] of kept) {
