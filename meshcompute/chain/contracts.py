@@ -745,3 +745,40 @@ def _normal(typ: str, value: Any) -> Any:
     if typ == "address":
         return Web3.to_checksum_address(value)
     return value
+
+
+class BatchViews:
+    """View calls gathered, then sent as one JSON-RPC batch pinned to ``block``; each answer
+    decoded with its function's ABI outputs."""
+
+    def __init__(self, contracts: MeshContracts, block: int) -> None:
+        self.contracts = contracts
+        self.block = hex(block)
+        self.requests: list[tuple[str, list[Any]]] = []
+        self.outputs: list[list[str]] = []
+
+    def add(self, contract: Any, fn_name: str, *args: Any) -> int:
+        """Queue ``contract.fn_name(*args)``; returns its index in :meth:`run`'s answer."""
+        (abi,) = [item for item in contract.abi
+                  if item.get("type") == "function" and item["name"] == fn_name]
+        self.requests.append(
+            ("eth_call", [self.contracts.encoded_call(contract, fn_name, *args), self.block]))
+        self.outputs.append([abi_type(o) for o in abi["outputs"]])
+        return len(self.requests) - 1
+
+    def run(self) -> list[tuple[Any, ...]]:
+        if not self.requests:
+            return []
+        responses = self.contracts.w3.provider.make_batch_request(self.requests)  # type: ignore[arg-type]
+        if not isinstance(responses, list):
+            raise ChainError(f"a batch of {len(self.requests)} view calls failed: {responses}")
+        if len(responses) != len(self.requests):
+            raise ChainError(f"{len(self.requests)} view calls in a batch, "
+                             f"{len(responses)} answers")
+        out = []
+        for response, types in zip(sorted(responses, key=lambda r: int(r["id"])), self.outputs,
+                                   strict=True):
+            if "error" in response:
+                raise ChainError(f"a view call of a batch failed: {response['error']}")
+            out.append(self.contracts.w3.codec.decode(types, bytes.fromhex(response["result"][2:])))
+        return out

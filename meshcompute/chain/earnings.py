@@ -19,13 +19,14 @@ The totals are all-time; ``since``/``job_id`` narrow only the rows (``rows_total
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from eth_utils import keccak
 from web3 import Web3
 
-from meshcompute.chain.contracts import ChainEvent, MeshContracts
+from meshcompute.chain.contracts import BatchViews, ChainEvent, MeshContracts
 from meshcompute.chain.custom_errors import abi_type
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.payout import split_reward
@@ -159,7 +160,11 @@ def earnings_report(
         for e in paid
     ]
     fee_bps = int(contracts.config()["fee_bps"])
-    for open_id, record in sorted(open_jobs(contracts, address).items()):
+    slashed = _worker_events(contracts, "JobSlashed", address, from_block, job_topic)
+    # unfiltered, the paid and slashed jobs are every job of the worker that ended that way
+    ended = ({row.job_id for row in rows} | {int(e.args["jobId"]) for e in slashed}
+             if from_block is None and job_id is None else set())
+    for open_id, record in sorted(open_jobs(contracts, address, ended=ended).items()):
         if record.state not in _PENDING_STAGES:
             continue
         if job_id is not None and open_id != job_id:
@@ -189,7 +194,7 @@ def earnings_report(
             timestamp=times.of(e.block_number),
             tx_hash=e.tx_hash,
         )
-        for e in _worker_events(contracts, "JobSlashed", address, from_block, job_topic)
+        for e in slashed
     ]
     account = contracts.account_of(address)
     position = contracts.stake_of(address)
@@ -212,33 +217,38 @@ def earnings_report(
     )
 
 
-def open_jobs(contracts: MeshContracts, worker: str) -> dict[int, JobRecord]:
+def open_jobs(contracts: MeshContracts, worker: str, *,
+              ended: Iterable[int] = ()) -> dict[int, JobRecord]:
     """Jobs currently held by ``worker`` (assigned or committed, not yet terminal), rebuilt
-    from events and checked against the contract's digests."""
+    from events and checked against the contract's digests.
+
+    Every job the worker ever took is a candidate; ``ended`` (ids the caller already knows
+    ended: paid or slashed) are left out, then one batch of ``jobDigest`` reads drops the
+    jobs the contract closed (a closed job's digest is zero), so only the few still open are
+    rebuilt from their events: a provider with thousands of paid jobs costs two log reads and
+    one batch, not a rebuild of its whole history."""
     worker = Web3.to_checksum_address(worker)
     # assignAndCommit emits no JobAssigned (its JobCommitted carries the lease), so jobs taken
     # that way are found by their JobCommitted events.
+    head = int(contracts.w3.eth.block_number)
     ids = {
         int(e.args["jobId"])
         for name in ("JobAssigned", "JobCommitted")
-        for e in _worker_events(contracts, name, worker, None, None)
-    }
+        for e in _worker_events(contracts, name, worker, None, None, to_block=head)
+    } - set(ended)
     if not ids:
         return {}
-    records = contracts.job_records(sorted(ids), verify=False)
-    held = {
+    views = BatchViews(contracts, head)
+    asked = {job_id: views.add(contracts.market, "jobDigest", job_id) for job_id in sorted(ids)}
+    digests = views.run()
+    alive = sorted(i for i, at in asked.items() if any(bytes(digests[at][0])))
+    if not alive:
+        return {}
+    return {
         i: r
-        for i, r in records.items()
+        for i, r in contracts.job_records(alive, verify=True).items()
         if not r.state.terminal and r.worker == worker and r.state != JobState.POSTED
     }
-    if held:
-        # Re-read with digest checks for the (few) jobs that are still open.
-        held = {
-            i: r
-            for i, r in contracts.job_records(sorted(held), verify=True).items()
-            if not r.state.terminal and r.worker == worker
-        }
-    return held
 
 
 def first_block_at_or_after(contracts: MeshContracts, timestamp: int) -> int:
@@ -274,12 +284,15 @@ def _worker_events(
     worker: str,
     from_block: int | None,
     job_topic: list[str] | None,
+    *,
+    to_block: int | str = "latest",
 ) -> list[ChainEvent]:
     """JobMarket events ``name(uint256 indexed jobId, address indexed worker, ...)``."""
     if from_block is not None and from_block > contracts.w3.eth.block_number:
         return []  # nodes refuse a range that starts past the head
     return contracts.events(
         from_block,
+        to_block,
         topics=[event_topic(contracts, name), job_topic, _address_topic(worker)],
         addresses=[contracts.deployment.address("JobMarket")],
     )

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from web3 import Web3
 
-from meshcompute.chain.contracts import AccountState, ChainEvent, MeshContracts, StakePosition
-from meshcompute.chain.custom_errors import abi_type
+from meshcompute.chain.contracts import (
+    AccountState,
+    BatchViews,
+    ChainEvent,
+    MeshContracts,
+    StakePosition,
+)
 from meshcompute.core.job import JOB_EVENTS, JobRecord, apply_event
-from meshcompute.errors import ChainError
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> S
             records[job_id] = apply_event(records.get(job_id), event.name, event.args)
     accounts = sorted(_named_addresses(events) | set(extra or ()))
     seats = [seat.verifier for seat in contracts.verifier_seats(head)]
-    views = _BatchViews(contracts, head)
+    views = BatchViews(contracts, head)
     market_balance = views.add(contracts.credit, "balanceOf", market)
     stake_balance = views.add(contracts.credit, "balanceOf", stakes)
     registry_balance = views.add(contracts.credit, "balanceOf", registry)
@@ -104,40 +107,3 @@ def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> S
         stake_balance=stake_balance, staked=staked, jobs=len(records),
         accounts=len(accounts), problems=problems,
     )
-
-
-class _BatchViews:
-    """View calls gathered, then sent as one JSON-RPC batch pinned to ``block``; each answer
-    decoded with its function's ABI outputs."""
-
-    def __init__(self, contracts: MeshContracts, block: int) -> None:
-        self.contracts = contracts
-        self.block = hex(block)
-        self.requests: list[tuple[str, list[Any]]] = []
-        self.outputs: list[list[str]] = []
-
-    def add(self, contract: Any, fn_name: str, *args: Any) -> int:
-        """Queue ``contract.fn_name(*args)``; returns its index in :meth:`run`'s answer."""
-        (abi,) = [item for item in contract.abi
-                  if item.get("type") == "function" and item["name"] == fn_name]
-        self.requests.append(
-            ("eth_call", [self.contracts.encoded_call(contract, fn_name, *args), self.block]))
-        self.outputs.append([abi_type(o) for o in abi["outputs"]])
-        return len(self.requests) - 1
-
-    def run(self) -> list[tuple[Any, ...]]:
-        if not self.requests:
-            return []
-        responses = self.contracts.w3.provider.make_batch_request(self.requests)  # type: ignore[arg-type]
-        if not isinstance(responses, list):
-            raise ChainError(f"a batch of {len(self.requests)} view calls failed: {responses}")
-        if len(responses) != len(self.requests):
-            raise ChainError(f"{len(self.requests)} view calls in a batch, "
-                             f"{len(responses)} answers")
-        out = []
-        for response, types in zip(sorted(responses, key=lambda r: int(r["id"])), self.outputs,
-                                   strict=True):
-            if "error" in response:
-                raise ChainError(f"a view call of the solvency check failed: {response['error']}")
-            out.append(self.contracts.w3.codec.decode(types, bytes.fromhex(response["result"][2:])))
-        return out
