@@ -121,11 +121,21 @@ class Service:
                 pass
 
     def stop(self, timeout_s: float = 8.0) -> None:
+        self.request_stop()
+        self.finish_stop(time.monotonic() + timeout_s)
+
+    def request_stop(self) -> None:
+        """SIGTERM, without waiting (:meth:`finish_stop` waits): services stopped together
+        take their shutdowns side by side."""
+        self.signal(signal.SIGTERM)
+
+    def finish_stop(self, deadline: float) -> None:
+        """Wait for the process to exit after :meth:`request_stop`, SIGKILL it once
+        ``deadline`` (monotonic) has passed."""
         if self.process is None:
             return
-        self.signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout_s)
+            self.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL)
             self.process.wait(5)
@@ -257,9 +267,19 @@ class DevStack:
         self.wait_workers(cfg.workers)
         return self
 
-    def stop(self) -> None:
-        for service in reversed(list(self.services.values())):
-            service.stop()
+    def stop(self, timeout_s: float = 8.0) -> None:
+        # The providers (workers, verifiers, canary) stop together while the market is still
+        # up (a worker hands its leases back on its way out), then the market's processes:
+        # each group's shutdowns run side by side (one after another they took ~12 s).
+        market = ("market-api", "market-tasks")
+        services = list(self.services.values())
+        for group in ([s for s in services if s.name not in market],
+                      [s for s in services if s.name in market]):
+            for service in group:
+                service.request_stop()
+            deadline = time.monotonic() + timeout_s
+            for service in group:
+                service.finish_stop(deadline)
         if self.valkey is not None:
             self.valkey.stop()
             self.valkey = None
