@@ -241,14 +241,19 @@ def open_jobs(contracts: MeshContracts, worker: str, *,
     views = BatchViews(contracts, head)
     asked = {job_id: views.add(contracts.market, "jobDigest", job_id) for job_id in sorted(ids)}
     digests = views.run()
-    alive = sorted(i for i, at in asked.items() if any(bytes(digests[at][0])))
+    digest = {i: bytes(digests[at][0]) for i, at in asked.items()}
+    alive = sorted(i for i, value in digest.items() if any(value))
     if not alive:
         return {}
-    return {
-        i: r
-        for i, r in contracts.job_records(alive, verify=True).items()
-        if not r.state.terminal and r.worker == worker and r.state != JobState.POSTED
-    }
+    held = {}
+    for i, record in contracts.job_records(alive, verify=False).items():
+        if contracts.expected_digest(record) != digest[i]:
+            # a transaction after the digests were read: the contract's word, read again
+            record = contracts.job_records([i], verify=True)[i]
+        if not record.state.terminal and record.worker == worker \
+                and record.state != JobState.POSTED:
+            held[i] = record
+    return held
 
 
 def first_block_at_or_after(contracts: MeshContracts, timestamp: int) -> int:

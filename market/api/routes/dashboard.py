@@ -105,11 +105,13 @@ async def stream(runtime: Runtime) -> StreamingResponse:
 
 async def _ticks(runtime: Any, first: dict[str, Any]) -> AsyncIterator[bytes]:
     """``event: tick`` each ``dashboard_tick_s`` for ``dashboard_stream_s``; ``changed`` says
-    the index moved since the last tick sent. A tick that cannot be read says ``stale``."""
+    the index moved since the last tick sent (false on the first: the page just fetched its
+    view, and fetches it again itself when it reconnects). A tick that cannot be read says
+    ``stale``."""
     settings = runtime.settings
     ends = time.monotonic() + settings.dashboard_stream_s
     last = first["indexed"]
-    yield _event("tick", {**first, "changed": True})
+    yield _event("tick", {**first, "changed": False})
     while time.monotonic() < ends:
         await asyncio.sleep(settings.dashboard_tick_s)
         try:

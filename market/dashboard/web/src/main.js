@@ -86,7 +86,13 @@ async function render(quiet = false) {
 function openStream() {
   if (typeof EventSource === "undefined") return;
   const source = new EventSource(`${BASE}/api/stream`);
-  source.addEventListener("open", () => setMode("live"));
+  let opened = 0;
+  source.addEventListener("open", () => {
+    setMode("live");
+    // a reconnect may have missed a change: fetch the view again (the first open follows
+    // the first render, which is current)
+    if (opened++ > 0) render(true);
+  });
   source.addEventListener("tick", (event) => {
     let tick;
     try {
