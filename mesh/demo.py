@@ -21,6 +21,7 @@ certainty in one run; in production the audit rate per job comes from
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from rich.console import Console
@@ -30,7 +31,13 @@ from rich.table import Table
 from meshcompute.core.job import JobState
 from meshcompute.core.payout import slash_split
 from meshcompute.errors import MeshError
-from meshcompute.mesh.devstack import FAST_PARAMS, StackConfig, running_stack
+from meshcompute.mesh.devstack import (
+    FAST_PARAMS,
+    VERIFIER,
+    DevStack,
+    StackConfig,
+    running_stack,
+)
 from meshcompute.units import BPS, TOKEN
 
 SHARDS = 6
@@ -42,7 +49,11 @@ class DemoFailed(MeshError):
     """Something in the demo did not reconcile."""
 
 
-def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> None:
+def run_demo(console: Console | None = None, *, timeout_s: float = 150.0,
+             keep: Callable[[DevStack, dict[str, str]], None] | None = None) -> None:
+    """``keep`` (``mesh demo --keep``): once everything reconciled, called with the running
+    stack and the dashboard's pages of this run (:func:`dashboard_pages`); the network stays
+    up until it returns, then every process is stopped as without it."""
     import torch
 
     from meshcompute.chain.connect import ChainConnection
@@ -104,8 +115,44 @@ def run_demo(console: Console | None = None, *, timeout_s: float = 150.0) -> Non
         console.print(f"[bold green]output[/] {tuple(outputs[0].shape)} matches the local "
                       f"computation (max abs diff {verdict.max_abs:.2e})")
         _report(console, stack, contracts, submission, client_before)
+        if keep is not None:
+            pages = dashboard_pages(stack, submission)
+            table = Table(title=f"dashboard (chain id {stack.deployment.chain_id}, "
+                                f"rpc {stack.chain.rpc_url})")
+            table.add_column("page")
+            table.add_column("address")
+            for name, url in pages.items():
+                table.add_row(name, url)
+            console.print(table)
+            keep(stack, pages)
     console.print(f"[bold green]demo finished[/] in {time.monotonic() - started:.0f} s; "
                   "every process stopped")
+
+
+def hold_until_interrupted(console: Console, stack: DevStack) -> None:
+    """Keep the demo's network up until Ctrl-C (or SIGTERM), watching that it stays alive."""
+    console.print("[bold]the network keeps running[/]: open the dashboard above; press "
+                  "Ctrl-C to stop every process")
+    try:
+        while True:
+            stack.check_alive()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping")
+
+
+def dashboard_pages(stack: DevStack, submission) -> dict[str, str]:
+    """The dashboard's pages of a demo run: the overview, the submission's group, the first
+    cheater's provider page and the first verifier's page."""
+    base = f"{stack.market_url}/dashboard#"
+    pages = {"overview": f"{base}/"}
+    if submission.group:
+        pages["this run's shards"] = f"{base}/group/{submission.group}"
+    cheaters = sorted(stack.cheater_addresses())
+    if cheaters:
+        pages["the cheater"] = f"{base}/provider/{cheaters[0]}"
+    pages["a verifier"] = f"{base}/verifier/{stack.accounts[VERIFIER].address}"
+    return pages
 
 
 def _report(console: Console, stack, contracts, submission, client_before: int) -> None:

@@ -163,6 +163,12 @@ def _e2e() -> dict[str, Any]:
     return run_e2e_bench()
 
 
+def _dashboard() -> dict[str, Any]:
+    from meshcompute.mesh.bench.dashboard import run_dashboard_bench
+
+    return run_dashboard_bench()
+
+
 def _abuse() -> dict[str, Any]:
     from meshcompute.mesh.bench.abuse import run_abuse_bench
 
@@ -229,6 +235,9 @@ SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], li
                       "0.25)"), _train_verify, render_plain),
     "train": (("A training run across machines (`mesh bench train --json`; four workers on the "
                "dev stack, five rounds; target loss_ratio <= 1.10)"), _train, render_train),
+    "dashboard": (("The dashboard (`mesh bench dashboard --json`; targets: overview and provider "
+                   "page p95 < 1,000 ms with 100,000 jobs indexed, settlement within 5 % with "
+                   "10 dashboards open)"), _dashboard, render_plain),
     "cuda": (("On a GPU: the worker's CUDA jobs audited by a CPU verifier (`mesh bench cuda "
               "--json`; needs a CUDA device)"), _cuda, render_plain),
 }

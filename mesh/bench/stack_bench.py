@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -127,7 +130,9 @@ E2E_ENV = {
 
 def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50,
                   slots: int = 2, clients: int = 1, settle_s: float = 10.0,
-                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+                  extra_env: dict[str, str] | None = None,
+                  alongside: Callable[[DevStack], AbstractContextManager[Any]] | None = None,
+                  ) -> dict[str, Any]:
     """Post trivial jobs continuously for ``duration_s`` after a warm-up (one submission per
     client run to its payment, then ``settle_s`` for the spare processes it started); count
     JobPaid events in the window.
@@ -138,6 +143,9 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
     one permit transaction. Collateral is 100 x the reward per shard, so the market's audit
     rate for these jobs is the deployment's floor (``min_audit_bps``, 500 = 5 %) and the
     verifier audits at that rate.
+
+    ``alongside(stack)``, when given, is entered when the measured window starts and left
+    when it ends (``mesh bench dashboard`` opens dashboards there).
     """
     import threading
 
@@ -215,13 +223,14 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
 
         threads = [threading.Thread(target=post_loop, args=(i, c), daemon=True)
                    for i, c in enumerate(posters)]
-        for thread in threads:
-            thread.start()
-        while any(thread.is_alive() for thread in threads):
-            next_block = _collect_final(contracts, next_block, final_at, outcome)
-            stack.check_alive()
-            time.sleep(0.25)
-        window_end = time.perf_counter()
+        with alongside(stack) if alongside is not None else contextlib.nullcontext():
+            for thread in threads:
+                thread.start()
+            while any(thread.is_alive() for thread in threads):
+                next_block = _collect_final(contracts, next_block, final_at, outcome)
+                stack.check_alive()
+                time.sleep(0.25)
+            window_end = time.perf_counter()
         if errors:
             raise errors[0]
         drain_until = window_end + 120

@@ -70,6 +70,27 @@ def bench_e2e(
     emit(run_e2e_bench(workers=workers, duration_s=duration), as_json)
 
 
+@bench_app.command("dashboard")
+def bench_dashboard(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    jobs: Annotated[int, typer.Option(min=1, help="Jobs posted and indexed.")] = 100_000,
+    provider_jobs: Annotated[int, typer.Option(
+        min=1, help="Of them, jobs the measured provider takes and is paid for.")] = 2_000,
+    loads: Annotated[int, typer.Option(min=1, help="Browser loads of each page.")] = 20,
+    dashboards: Annotated[int, typer.Option(
+        min=0, help="Open dashboards during the settlement run (0: skip that part).")] = 10,
+    duration: Annotated[float, typer.Option(help="Seconds of each settlement run.")] = 30.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Settlement runs of each kind.")] = 1,
+) -> None:
+    """Dashboard pages drawn in Chromium with many jobs indexed, the market's CPU per page
+    view, and settlement with dashboards open against without."""
+    from meshcompute.mesh.bench.dashboard import run_dashboard_bench
+
+    emit(run_dashboard_bench(jobs=jobs, provider_jobs=provider_jobs, loads=loads,
+                             dashboards=dashboards, duration_s=duration, rounds=rounds),
+         as_json)
+
+
 @bench_app.command("match")
 def bench_match(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -41,11 +42,17 @@ importlib.import_module("meshcompute.mesh.cli.train").register(app)  # `mesh tra
 
 
 @app.command("demo")
-def demo() -> None:
+def demo(
+    keep: Annotated[bool, typer.Option(
+        "--keep", help="Leave the demo's network running afterwards and print the "
+        "dashboard's address; Ctrl-C stops every process.")] = False,
+) -> None:
     """Run the marketplace on one machine and reconcile every balance with the chain."""
-    from meshcompute.mesh.demo import run_demo
+    from meshcompute.mesh.demo import hold_until_interrupted, run_demo
 
-    run_demo(Console())
+    console = Console()
+    run_demo(console, keep=(lambda stack, pages: hold_until_interrupted(console, stack))
+             if keep else None)
 
 
 

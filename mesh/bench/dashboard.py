@@ -1,0 +1,278 @@
+"""``mesh bench dashboard``: how fast the dashboard draws with a large index, what a page view
+costs the market, and whether open dashboards slow settlement (issue 16).
+
+1. **Pages with many jobs indexed.** A dev stack (anvil, Valkey, the market API and its tasks;
+   no verifier, no worker process) gets ``jobs`` real jobs posted on chain in batches; one
+   provider (a dev account, staked) takes ``provider_jobs`` of them with market-signed tickets,
+   commits and is paid for them (a few are drawn for audit at the deployment's floor and end
+   void, as without a verifier they must). Once the market's index holds them all, Debian's
+   Chromium loads the overview and that provider's page ``loads`` times each, each in a new
+   tab; a load's time is ``performance.now()`` when the page marks itself drawn
+   (``body[data-rendered]``: its data fetched, its DOM and charts drawn). The market API
+   process's CPU time (user + system, from /proc) over all loads, divided by their count, is
+   its CPU per page view.
+2. **Settlement with dashboards open.** The end-to-end bench (``mesh bench e2e``) twice, on one
+   machine, alternately: without dashboards, and with ``dashboards`` of them open during its
+   measured window. An open dashboard here is what the page does on the network: it holds the
+   event stream and fetches the overview again on each tick that says the index moved (an HTTP
+   client per dashboard, not a browser: on a two-core machine ten browsers' own rendering
+   would be charged to the market).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from meshcompute.mesh.bench.stack_bench import _percentile
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and its children it waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _fill(stack: Any, jobs: int, provider_jobs: int, batch: int) -> dict[str, Any]:
+    """Post ``jobs`` jobs; the provider takes, commits and settles ``provider_jobs`` of them."""
+    from meshcompute.chain.contracts import JobParams, MeshContracts
+    from meshcompute.chain.tickets import AssignTicket, sign_ticket
+    from meshcompute.mesh.devstack import ADMIN, ASSIGNER, FIRST_WORKER
+    from meshcompute.units import TOKEN
+
+    w3 = stack.chain.w3()
+    contracts = MeshContracts(w3, stack.deployment)
+    admin = stack.actor(stack.accounts[ADMIN])
+    client = stack.actor(stack.client_account)
+    worker_account = stack.accounts[FIRST_WORKER]
+    worker = stack.actor(worker_account)
+    reward, collateral = TOKEN // 100, TOKEN // 10
+    admin.mint(stack.client_account.address, jobs * reward * 2)
+    admin.mint(worker_account.address, provider_jobs * collateral * 2)
+    worker.stake(provider_jobs * collateral * 2)
+    started = time.perf_counter()
+    deadline = int(w3.eth.get_block("latest")["timestamp"]) + 86_400
+    ids: list[int] = []
+    for first in range(0, jobs, batch):
+        count = min(batch, jobs - first)
+        params = [JobParams(spec_hash=os.urandom(32), reward=reward, audit_fee=0,
+                            collateral=collateral, deadline=deadline, audit_bps=0)
+                  for _ in range(count)]
+        ids += client.post_jobs(params)
+    posted_s = time.perf_counter() - started
+    taken = ids[:provider_jobs]
+    assigner = stack.accounts[ASSIGNER]
+    market_address = stack.deployment.address("JobMarket")
+    step = max(1, min(batch, 200))
+    for first in range(0, len(taken), step):
+        chunk = taken[first:first + step]
+        records = contracts.job_records(chunk)
+        ticket = AssignTicket(worker_account.address, tuple(chunk), 0,
+                              int(w3.eth.get_block("latest")["timestamp"]) + 3600)
+        signature = sign_ticket(ticket, assigner, chain_id=stack.deployment.chain_id,
+                                job_market=market_address)
+        worker.assign_and_commit(ticket, signature, [os.urandom(32) for _ in chunk],
+                                 [records[i] for i in chunk])
+    stack.chain.increase_time(stack.config.params.challenge_window_s + 1)
+    stack.chain.mine(2)
+    for first in range(0, len(taken), step):
+        admin.finalize_batch(taken[first:first + step])
+    return {"posted": len(ids), "provider": worker_account.address,
+            "provider_jobs": len(taken), "fill_s": round(time.perf_counter() - started, 1),
+            "post_s": round(posted_s, 1)}
+
+
+def _wait_indexed(stack: Any, timeout_s: float) -> float:
+    import httpx
+
+    started = time.perf_counter()
+    while True:
+        chain = httpx.get(f"{stack.market_url}/dashboard/api/overview", timeout=120).json()[
+            "chain"]
+        if chain["lag_blocks"] == 0:
+            return time.perf_counter() - started
+        stack.check_alive()
+        if time.perf_counter() - started > timeout_s:
+            raise TimeoutError(f"the market did not index the chain in {timeout_s:.0f} s "
+                               f"({chain['lag_blocks']} blocks behind)\n"
+                               + stack.services["market-tasks"].tail(20))
+        time.sleep(1.0)
+
+
+def _page_loads(url: str, loads: int, viewport: dict[str, int]) -> list[float]:
+    """Milliseconds from navigation until the page marked itself drawn, one new tab a load;
+    a console error or a page that says it failed fails the bench."""
+    from playwright.sync_api import sync_playwright
+
+    times: list[float] = []
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"],
+                                     headless=True)
+        try:
+            context = browser.new_context(viewport=viewport)
+            for _ in range(loads):
+                page = context.new_page()
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error"
+                        else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(url)
+                try:
+                    page.wait_for_function("document.body.dataset.rendered", timeout=60_000)
+                except Exception as exc:  # noqa: BLE001 - said with what the page showed
+                    raise RuntimeError(f"{url} was not drawn in 60 s; console errors "
+                                       f"{errors[:3]}; the page says: "
+                                       f"{page.inner_text('body')[:500]!r}") from exc
+                failed = page.query_selector('[data-testid="error"]:not(:empty)')
+                if failed is not None:
+                    errors.append(failed.inner_text())
+                times.append(float(page.evaluate("performance.now()")))
+                page.close()
+        finally:
+            browser.close()
+    if errors:
+        raise RuntimeError(f"{url}: the page reported errors: {errors[:3]}")
+    return times
+
+
+def _pages_bench(jobs: int, provider_jobs: int, loads: int, batch: int) -> dict[str, Any]:
+    from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
+
+    config = StackConfig(workers=0, cheaters=0, verifier=False,
+                         params=replace(FAST_PARAMS, challenge_window_s=1),
+                         extra_env={"MESH_INDEX_INTERVAL_S": "0.5"})
+    with DevStack(config) as stack:
+        filled = _fill(stack, jobs, provider_jobs, batch)
+        index_s = _wait_indexed(stack, timeout_s=1800)
+        pid = stack.services["market-api"].process.pid
+        desktop = {"width": 1280, "height": 800}
+        base = f"{stack.market_url}/dashboard#"
+        cpu_before = _cpu_seconds(pid)
+        overview = _page_loads(f"{base}/", loads, desktop)
+        provider = _page_loads(f"{base}/provider/{filled['provider']}", loads, desktop)
+        cpu_s = _cpu_seconds(pid) - cpu_before
+    return {
+        "jobs_indexed": filled["posted"],
+        "overview_ms_p95": round(_percentile(overview, 0.95), 1),
+        "overview_ms_p50": round(_percentile(overview, 0.5), 1),
+        "overview_ms_first": round(overview[0], 1),
+        "provider_ms_p95": round(_percentile(provider, 0.95), 1),
+        "provider_ms_p50": round(_percentile(provider, 0.5), 1),
+        "provider_ms_first": round(provider[0], 1),
+        "provider_jobs": filled["provider_jobs"],
+        "loads_per_page": loads,
+        "market_cpu_ms_per_page_view": round(1000 * cpu_s / (2 * loads), 1),
+        "fill_s": filled["fill_s"],
+        "index_wait_s": round(index_s, 1),
+    }
+
+
+@contextlib.contextmanager
+def open_dashboards(stack: Any, count: int) -> Iterator[dict[str, int]]:
+    """``count`` dashboards' traffic while the block runs: each holds the event stream and
+    fetches the overview again on each tick that says the index moved (reconnecting when the
+    stream ends). Yields the counts of ticks and overview fetches."""
+    import json
+
+    import httpx
+
+    stop = threading.Event()
+    counts = {"ticks": 0, "fetches": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def dashboard() -> None:
+        with httpx.Client(base_url=stack.market_url, timeout=30) as http:
+            http.get("/dashboard/api/overview")
+            while not stop.is_set():
+                try:
+                    with http.stream("GET", "/dashboard/api/stream") as answer:
+                        for line in answer.iter_lines():
+                            if stop.is_set():
+                                return
+                            if not line.startswith("data: "):
+                                continue
+                            tick = json.loads(line.removeprefix("data: "))
+                            with lock:
+                                counts["ticks"] += 1
+                            if tick.get("changed"):
+                                http.get("/dashboard/api/overview")
+                                with lock:
+                                    counts["fetches"] += 1
+                except httpx.HTTPError:
+                    with lock:
+                        counts["errors"] += 1
+                    time.sleep(0.5)
+
+    threads = [threading.Thread(target=dashboard, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield counts
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(35)
+
+
+def _dashboards_alongside(count: int, seen: dict[str, int]) -> Any:
+    @contextlib.contextmanager
+    def alongside(stack: Any) -> Iterator[None]:
+        with open_dashboards(stack, count) as counts:
+            yield
+        seen.update(counts)
+
+    return alongside
+
+
+def _settlement_bench(dashboards: int, duration_s: float, rounds: int) -> dict[str, Any]:
+    from meshcompute.mesh.bench.stack_bench import run_e2e_bench
+
+    without: list[float] = []
+    with_open: list[float] = []
+    traffic: list[dict[str, int]] = []
+    for _ in range(rounds):
+        without.append(run_e2e_bench(duration_s=duration_s)["settled_jobs_per_s"])
+        seen: dict[str, int] = {}
+        with_open.append(run_e2e_bench(duration_s=duration_s,
+                                       alongside=_dashboards_alongside(dashboards, seen),
+                                       )["settled_jobs_per_s"])
+        traffic.append(dict(seen))
+    base = sum(without) / len(without)
+    loaded = sum(with_open) / len(with_open)
+    return {
+        "settled_jobs_per_s_without": round(base, 2),
+        "settled_jobs_per_s_with_dashboards": round(loaded, 2),
+        "settlement_change_pct": round(100 * (loaded - base) / base, 1),
+        "dashboards": dashboards,
+        "settlement_runs": {"without": without, "with": with_open},
+        "dashboard_traffic": traffic,
+    }
+
+
+def run_dashboard_bench(*, jobs: int = 100_000, provider_jobs: int = 2_000, loads: int = 20,
+                        dashboards: int = 10, duration_s: float = 30.0, rounds: int = 1,
+                        batch: int = 500) -> dict[str, Any]:
+    if not shutil.which(CHROMIUM):
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (make setup does)")
+    pages = _pages_bench(jobs, provider_jobs, loads, batch)
+    settlement = _settlement_bench(dashboards, duration_s, rounds) if dashboards else {}
+    return {
+        **pages,
+        **settlement,
+        "targets": {"overview_ms_p95": 1000, "provider_ms_p95": 1000,
+                    "settlement_change_pct": -5},
+        "method": "pages: Debian Chromium, a new tab per load, performance.now() when the page "
+                  "marks itself drawn; CPU: the market API process's user+system time over "
+                  "all loads / loads; settlement: mesh bench e2e without and with the "
+                  "dashboards' traffic (event stream + overview refetch per changed tick)",
+    }
