@@ -21,7 +21,7 @@ import torch
 
 from meshcompute.client import Submission
 from meshcompute.core.job import PASS_BOND_REWARDS, JobState
-from meshcompute.errors import JobFailed
+from meshcompute.errors import ContractRevert, JobFailed
 from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.mesh.bench.verify import FracGelu
 from meshcompute.mesh.devstack import (
@@ -71,6 +71,24 @@ def _wait_states(stack: DevStack, contracts, job_ids: list[int], wanted: set[Job
                 + "\n".join(f"--- {name}\n{s.tail(15)}" for name, s in stack.services.items()
                             if name.startswith(("worker", "market-tasks")))
             )
+        time.sleep(0.5)
+
+
+def _wait_own_verdicts(stack: DevStack, contracts, job_ids: list[int], verifier: str,
+                       timeout_s: float) -> None:
+    """Wait until no job drawn for audit awaits a verdict the draw gives ``verifier`` now; after
+    ``timeout_s`` (by then half the window has passed in real time) go on anyway."""
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        stack.check_alive()
+        records = contracts.job_records(job_ids)
+        try:
+            if not any(records[i].state == JobState.AUDITED
+                       and contracts.assigned_verifier(i, records[i]) == verifier
+                       for i in job_ids):
+                return
+        except ContractRevert:  # a verdict landed since the read: read again
+            pass
         time.sleep(0.5)
 
 
@@ -133,14 +151,23 @@ def test_silent_verifier_escalates_then_nothing_unverified_is_paid() -> None:
         primary.stop()
         client, contracts = _client(stack)
         submission = _submit(client, 4, audit_bps=10_000)
-        # every job drawn: the chain skips to half the window, where the silent verifier's
-        # audits escalate to the live one (the rest of the window passes in real time)
+        # every job drawn: once the live verifier has judged the audits the draw gave it, the
+        # chain skips to just past half of every job's window, where the silent verifier's
+        # audits escalate to the live one (the rest of the window passes in real time).
+        # Skipping before that handed the live one's own audit, still being recomputed, to the
+        # silent one: that job then sat out the whole window to end void.
         _wait_states(stack, contracts, submission.job_ids, PAST_DRAW, timeout_s=180)
-        stack.chain.increase_time(config.params.audit_window_s // 2)
+        backup = stack.accounts[SECOND_VERIFIER].address  # the verifier still up
+        _wait_own_verdicts(stack, contracts, submission.job_ids, backup,
+                           timeout_s=config.params.audit_window_s // 2)
+        half = max(r.committed_at + config.params.challenge_window_s
+                   + config.params.audit_window_s // 2
+                   for r in contracts.job_records(submission.job_ids).values())
+        now = int(stack.chain.w3().eth.get_block("latest")["timestamp"])
+        stack.chain.increase_time(max(1, half + 1 - now))
         states = _wait_terminal(stack, contracts, submission.job_ids, timeout_s=360)
         records = contracts.job_records(submission.job_ids)
         cheater = next(iter(stack.cheater_addresses()))
-        backup = stack.accounts[SECOND_VERIFIER].address  # the verifier still up
         resolved = [e for e in contracts.job_events(submission.job_ids)
                     if e.name == "AuditResolved"]
         assert resolved and {e.args["verifier"] for e in resolved} == {backup}, (
