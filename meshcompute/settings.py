@@ -183,6 +183,14 @@ class Settings(BaseSettings):
     dashboard_tick_s: float = Field(default=1.0, gt=0)
     """How often the dashboard's event stream tells open pages whether the index moved."""
 
+    dashboard_concurrency: int = Field(default=4, ge=1)
+    """Dashboard pages (a job, a group, a provider, a verifier: each costs chain reads) computed
+    at once per API process; more wait (``dashboard_queue_s``), so pages never take the CPU
+    the market's own routes need."""
+
+    dashboard_queue_s: float = Field(default=10.0, gt=0)
+    """How long a dashboard page waits for its turn before it is answered 503 (busy)."""
+
     dashboard_stream_s: float = Field(default=300.0, gt=0)
     """How long one event-stream connection lasts; the browser reconnects by itself, so no
     connection is held forever."""

@@ -54,6 +54,37 @@ _overview = _PerSecond()
 _tick = _PerSecond()
 
 
+class _ByHead:
+    """Pages of an address kept while the chain's head has not moved (their figures are the
+    chain's at that head): a popular provider's page is computed once per block, not once per
+    viewer. Bounded: the oldest entries go first."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._lock = threading.Lock()
+        self._size = size
+        self._pages: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._pages:
+                return self._pages[key]
+        value = compute()
+        with self._lock:
+            self._pages[key] = value
+            while len(self._pages) > self._size:
+                del self._pages[next(iter(self._pages))]
+        return value
+
+
+_by_head = _ByHead()
+
+
+def _head_key(rt: MarketRuntime) -> tuple[Any, ...]:
+    """The deployment and the chain's head block by hash (a number is reused after a reorg)."""
+    head = rt.chain.w3.eth.get_block("latest")
+    return rt.chain_id, rt.chain.deployment.address("JobMarket"), bytes(head["hash"])
+
+
 def checked_address(value: str) -> str:
     """``value`` as a checksummed address, or BadInput naming what is wrong with it."""
     if not isinstance(value, str) or not Web3.is_address(value):
@@ -174,13 +205,25 @@ def group_page(rt: MarketRuntime, group: str) -> dict[str, Any]:
 
 def provider_page(rt: MarketRuntime, address: str) -> dict[str, Any]:
     who = checked_address(address)
+    page = _by_head.get(("provider", who, *_head_key(rt)), lambda: _provider_page(rt, who))
+    return {**page, "worker": _worker_of(rt, who)}
+
+
+def _worker_of(rt: MarketRuntime, who: str) -> dict[str, Any] | None:
+    info = rt.state.worker(who)
+    if info is None:
+        return None
+    return {"online": heartbeating(info.last_seen, time.time(), rt.heartbeat_timeout_s),
+            "device": info.device, "price_wei": fold.wei(info.price_wei), "slots": info.slots,
+            "last_seen": info.last_seen}
+
+
+def _provider_page(rt: MarketRuntime, who: str) -> dict[str, Any]:
     report = earnings_report(rt.contracts, who).to_json()
     by_day, by_status = fold.earnings_by_day(report)
     position = rt.contracts.stake_of(who)
     record = rt.contracts.worker_record(who)
     stakes = rt.chain.deployment.address("StakeManager")
-    info = rt.state.worker(who)
-    now = time.time()
     return {
         "address": who,
         "earnings": report,
@@ -194,15 +237,15 @@ def provider_page(rt: MarketRuntime, address: str) -> dict[str, Any]:
                    "slashed": record.slashed, "audits_passed": record.audits_passed},
         "balance_wei": fold.wei(rt.contracts.balance_of(who)),
         "allowance_wei": fold.wei(rt.contracts.allowance(who, stakes)),
-        "worker": None if info is None else {
-            "online": heartbeating(info.last_seen, now, rt.heartbeat_timeout_s),
-            "device": info.device, "price_wei": fold.wei(info.price_wei), "slots": info.slots,
-            "last_seen": info.last_seen},
     }
 
 
 def verifier_page(rt: MarketRuntime, address: str) -> dict[str, Any]:
     who = checked_address(address)
+    return _by_head.get(("verifier", who, *_head_key(rt)), lambda: _verifier_page(rt, who))
+
+
+def _verifier_page(rt: MarketRuntime, who: str) -> dict[str, Any]:
     contracts = rt.contracts
     topics = [event_topic(contracts, name) for name in fold.VERIFIER_EVENTS]
     events = contracts.events(

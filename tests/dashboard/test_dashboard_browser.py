@@ -5,6 +5,8 @@ Screenshots of every page at desktop and phone widths go to docs/screenshots/.""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from meshcompute.chain.connect import ChainConnection
-from meshcompute.chain.contracts import MeshContracts
+from meshcompute.chain.contracts import JobParams, MeshContracts
 from meshcompute.chain.earnings import earnings_report
 from meshcompute.client import Client, Submission
 from meshcompute.core.job import JobState
@@ -294,6 +296,30 @@ def test_stake_unstake_and_withdraw_through_the_wallet(
     _notice(page, "Cancelled")
     assert len(wallet.sent) == sent
     assert page.get_by_test_id("error").is_hidden()
+
+
+def test_a_client_cancels_a_job_nobody_holds_through_the_wallet(
+        market: Market, session_factory: Callable[..., PageSession]) -> None:
+    """A posted job whose spec the market does not hold is offered to no worker: its client
+    cancels it from the job page and gets the whole escrow back."""
+    client = market.stack.actor(market.stack.client_account)
+    params = JobParams(spec_hash=os.urandom(32), reward=TOKEN, audit_fee=TOKEN // 10,
+                       collateral=TOKEN, deadline=int(time.time()) + 3600, audit_bps=0)
+    (job_id,) = client.post_jobs([params])
+    address = market.stack.client_account.address
+    wallet = FakeWallet(market.stack.chain.rpc_url, address)
+    s = session_factory(market.url, wallet=wallet)
+    page = s.open(f"#/job/{job_id}")
+    page.get_by_test_id("job-state").filter(has_text="posted").wait_for()
+    _connect(page, address)
+    balance = market.contracts.balance_of(address)
+    page.get_by_test_id("reclaim").click()
+    _confirm(page, "reclaim")
+    _notice(page, "JobMarket.reclaim confirmed")
+    assert market.states([job_id])[job_id] == JobState.REFUNDED
+    assert market.contracts.balance_of(address) == balance + params.reward + params.audit_fee
+    page.get_by_test_id("job-state").filter(has_text="refunded").wait_for()  # live, no reload
+    assert page.get_by_test_id("reclaim").count() == 0
 
 
 def test_wallet_on_the_wrong_chain_and_a_rejected_signature(

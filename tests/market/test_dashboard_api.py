@@ -26,7 +26,8 @@ pytestmark = pytest.mark.anvil
 
 REDIS_DB = 6
 MARKET_SETTINGS = {"dashboard_tick_s": 0.2, "dashboard_stream_s": 1.5,
-                   "dashboard_stale_blocks": 5}
+                   "dashboard_stale_blocks": 5, "dashboard_concurrency": 2,
+                   "dashboard_queue_s": 0.5}
 EVIDENCE = b"\x0e" * 32
 
 
@@ -262,3 +263,29 @@ def test_the_page_is_served_when_built(mk: Market) -> None:
         pytest.skip("the dashboard is not built (npm run build:dashboard)")
     answer = _get(mk, "/dashboard")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+
+
+def test_a_flood_of_page_requests_waits_its_turn_and_is_told_when_busy(mk: Market,
+                                                                        monkeypatch) -> None:
+    """At most dashboard_concurrency pages are computed at once; one that waits past
+    dashboard_queue_s is 503 (busy), and the market's own routes keep answering meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from meshcompute.market.dashboard import views
+
+    def slow_page(rt, address):  # a page whose chain reads take 1.5 s
+        time.sleep(1.5)
+        return {"address": address}
+
+    monkeypatch.setattr(views, "provider_page", slow_page)
+    address = mk.world.outsider.address
+    with ThreadPoolExecutor(3) as pool:
+        pending = [pool.submit(_get, mk, f"/dashboard/api/providers/{address}")
+                   for _ in range(3)]
+        time.sleep(0.2)
+        assert _get(mk, "/health").status_code == 200  # while the pages are computed
+        answers = [future.result() for future in pending]
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 200, 503], codes
+    busy = next(a for a in answers if a.status_code == 503)
+    assert "busy" in busy.json()["detail"]

@@ -57,6 +57,31 @@ async def _read(call: Callable[..., Any], *args: Any) -> Any:
         raise ServiceUnavailable(f"the chain node cannot be reached: {exc}") from None
 
 
+_turns: dict[tuple[int, int], asyncio.Semaphore] = {}
+"""Per event loop (an app served in a test's thread runs its own) and concurrency."""
+
+
+async def _page(runtime: Any, call: Callable[..., Any], *args: Any) -> Any:
+    """A page that costs chain reads, computed at most ``dashboard_concurrency`` at a time per
+    process: a flood of page requests (each within the per-IP rate) queues behind itself, and
+    one that waits past ``dashboard_queue_s`` is 503, instead of taking the CPU settlement and
+    the workers' routes need."""
+    settings = runtime.settings
+    key = (id(asyncio.get_running_loop()), settings.dashboard_concurrency)
+    turns = _turns.get(key)
+    if turns is None:
+        turns = _turns[key] = asyncio.Semaphore(settings.dashboard_concurrency)
+    try:
+        await asyncio.wait_for(turns.acquire(), settings.dashboard_queue_s)
+    except TimeoutError:
+        raise ServiceUnavailable("the dashboard is busy: too many pages are being computed; "
+                                 "retry in a few seconds") from None
+    try:
+        return await _read(call, runtime, *args)
+    finally:
+        turns.release()
+
+
 def _job_id(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,19}", text):
         raise BadInput(f"{text!r} is not a job id (a whole number)")
@@ -70,24 +95,24 @@ async def overview(runtime: Runtime) -> dict[str, Any]:
 
 @router.get("/dashboard/api/jobs/{job_id}")
 async def job(job_id: str, runtime: Runtime) -> dict[str, Any]:
-    return await _read(views.job_page, runtime, _job_id(job_id))
+    return await _page(runtime, views.job_page, _job_id(job_id))
 
 
 @router.get("/dashboard/api/groups/{group}")
 async def group(group: str, runtime: Runtime) -> dict[str, Any]:
     if not re.fullmatch(r"[0-9a-f]{64}", group):
         raise BadInput(f"{group!r} is not a group id (64 lowercase hex digits)")
-    return await _read(views.group_page, runtime, group)
+    return await _page(runtime, views.group_page, group)
 
 
 @router.get("/dashboard/api/providers/{address}")
 async def provider(address: str, runtime: Runtime) -> dict[str, Any]:
-    return await _read(views.provider_page, runtime, address)
+    return await _page(runtime, views.provider_page, address)
 
 
 @router.get("/dashboard/api/verifiers/{address}")
 async def verifier(address: str, runtime: Runtime) -> dict[str, Any]:
-    return await _read(views.verifier_page, runtime, address)
+    return await _page(runtime, views.verifier_page, address)
 
 
 @router.get("/dashboard/api/contracts")

@@ -31,9 +31,15 @@ function auditCard(a) {
 
 function reclaimPanel(j, ctx) {
   if (!j.reclaimable) return null;
+  // a posted job nobody holds is cancelled by taking its escrow back; an assigned one whose
+  // worker let the deadline pass, reclaimed the same way (JobMarket.reclaim)
+  const title = j.state === "posted" ? "Cancel" : "Reclaim";
+  const why = j.state === "posted"
+    ? "No worker holds this job: cancelling it returns its whole escrow to you."
+    : "Its worker let the deadline pass without a result: its escrow goes back to you.";
   if (!sameAddress(wallet.account, j.client)) {
-    return card("Reclaim", h("p", { class: "muted" },
-      "The client may reclaim this job's escrow now. Connect the client's wallet to do it here."));
+    return card(title, h("p", { class: "muted" },
+      `The client may ${title.toLowerCase()} this job now. Connect the client's wallet to do it here.`));
   }
   const button = h("button", { type: "button", "data-testid": "reclaim", onclick: async () => {
     button.disabled = true;
@@ -44,8 +50,8 @@ function reclaimPanel(j, ctx) {
     } finally {
       button.disabled = false;
     }
-  } }, "Reclaim escrow");
-  return card("Reclaim", h("p", {}, "This job can be reclaimed: its escrow goes back to you."), button);
+  } }, j.state === "posted" ? "Cancel job (reclaim escrow)" : "Reclaim escrow");
+  return card(title, h("p", {}, why), button);
 }
 
 export async function jobView([id], ctx) {

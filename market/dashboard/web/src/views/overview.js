@@ -19,7 +19,6 @@ export async function overviewView(_params, ctx) {
       stat("jobs", o.jobs.total, "jobs-total"),
       stat("verifier backlog", o.verifier_backlog, "verifier-backlog"),
       stat("slashes", o.slashes.count, "slashes-count"),
-      stat("slashed", mesh(o.slashes.total_wei, "slashes-total"), null),
       stat("chain head", o.chain.head, "chain-head"),
       stat("indexed", `${o.chain.indexed} (${o.chain.lag_blocks} behind)`, "chain-indexed")),
     card("Settled jobs per minute (last hour)", chart),
@@ -31,7 +30,7 @@ export async function overviewView(_params, ctx) {
     card("Audit outcomes", h("div", { class: "stats", "data-testid": "audits" },
       ["drawn", "not_drawn", "passed", "failed", "voided", "appealed"].map((k) =>
         stat(k.replace("_", " "), o.audits[k] ?? 0, `audits-${k}`)))),
-    card("Workers online by device",
+    h("section", { class: "card wide" }, h("h2", {}, "Workers online by device"),
       table(["device", "workers", "lowest price", "highest price"],
         (o.workers.by_device || []).map((d) => h("tr", { "data-testid": "device-row" },
           h("td", {}, d.device), h("td", {}, d.count),
