@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcompute.core.job import JobRecord
+from meshcompute.core.dashboard import job_states, verifier_backlog
+from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.lease import (
     QueuedEntry,
     committed_by_holder,
@@ -52,8 +53,9 @@ class ExpireReport:
 
 
 # ---------------------------------------------------------------------- index
-def index_round(rt: MarketRuntime) -> dict[str, Any]:
+def index_round(rt: MarketRuntime, *, now: float | None = None) -> dict[str, Any]:
     report = rt.indexer.sync()
+    sample_minute(rt, time.time() if now is None else now)
     result = {
         "from_block": report.from_block,
         "to_block": report.to_block,
@@ -63,6 +65,23 @@ def index_round(rt: MarketRuntime) -> dict[str, Any]:
     if report.new_events or report.reorged_blocks:
         log.info("indexed", extra={"fields": result})
     return result
+
+
+def sample_minute(rt: MarketRuntime, now: float) -> bool:
+    """Once a minute (the first index round of it), what the market looks like: workers
+    online, open jobs, jobs awaiting a verdict (the dashboard charts them over time)."""
+    minute = int(now) // 60
+    if rt.state.has_sample(minute):
+        return False
+    online = sum(1 for w in rt.state.workers()
+                 if heartbeating(w.last_seen, now, rt.heartbeat_timeout_s))
+    by_state = job_states(rt.indexer.history_tallies())["by_state"]
+    return rt.state.record_sample(minute, {
+        "workers_online": online,
+        "open_jobs": sum(n for name, n in by_state.items()
+                         if not JobState[name.upper()].terminal),
+        "backlog": verifier_backlog(by_state),
+    })
 
 
 # ---------------------------------------------------------------------- match

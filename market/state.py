@@ -9,7 +9,8 @@ Keys (under ``prefix``): ``nonce:<addr>:<nonce>``, ``workers`` (set), ``worker:<
 ``offer:<job>`` (hash) + ``offers:<addr>`` (zset by time) + ``offer-ids`` (set), ``lease:<job>`` (hash) +
 ``leases:<addr>`` (set) + ``lease-expiry`` (zset), ``exclude:<job>`` (zset worker -> until),
 ``failures:<job>`` (hash worker -> reason), ``result:<job>`` (hash), ``first-seen`` (hash
-job -> time), ``group:<g>`` (hash shard -> job), ``spec-problem:<job>``, ``metric:*``.
+job -> time), ``group:<g>`` (hash shard -> job), ``spec-problem:<job>``, ``metric:*``, ``samples`` (hash
+unix minute -> what the market looked like then: the dashboard's charts over time).
 """
 
 from __future__ import annotations
@@ -774,6 +775,31 @@ class MarketState:
 
     def metrics(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.r.hgetall(self._k("metric")).items()}
+
+    # ------------------------------------------------------------------ samples over time
+    #: Minutes of samples kept (a day).
+    SAMPLE_MINUTES = 24 * 60
+
+    def has_sample(self, minute: int) -> bool:
+        return bool(self.r.hexists(self._k("samples"), str(minute)))
+
+    def record_sample(self, minute: int, values: Mapping[str, int]) -> bool:
+        """What the market looked like in ``minute`` (unix minutes), written once (the first
+        round of the minute); samples older than :data:`SAMPLE_MINUTES` are dropped. Returns
+        whether this call wrote it."""
+        written = bool(self.r.hsetnx(self._k("samples"), str(minute), json.dumps(dict(values))))
+        if written:
+            old = [m for m in self.r.hkeys(self._k("samples"))
+                   if int(m) <= minute - self.SAMPLE_MINUTES]
+            if old:
+                self.r.hdel(self._k("samples"), *old)
+        return written
+
+    def samples(self, first_minute: int, last_minute: int) -> dict[int, dict[str, int]]:
+        minutes = [str(m) for m in range(first_minute, last_minute + 1)]
+        raw = self.r.hmget(self._k("samples"), minutes) if minutes else []
+        return {int(m): json.loads(v) for m, v in zip(minutes, raw, strict=True)
+                if v is not None}
 
     def observe_batch(self, size: int) -> None:
         pipe = self.r.pipeline()

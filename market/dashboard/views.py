@@ -134,12 +134,19 @@ def _overview_now(rt: MarketRuntime, now: float) -> dict[str, Any]:
         "audits": fold.audit_outcomes(tallies),
         "slashes": {"count": jobs["by_state"]["slashed"]},
         "verifier_backlog": fold.verifier_backlog(jobs["by_state"]),
-        "series": fold.ended_series(ended, now),
+        "series": _series(rt, ended, now),
         "recent": [{"job_id": job_id, "state": fold.state_name(r.state), "client": r.client,
                     "worker": fold.address_or_none(r.worker), "reward_wei": fold.wei(r.reward),
                     "group": _group_of(rt, r.client, r.spec_hash.hex())}
                    for job_id, r in sorted(records.items(), reverse=True)],
     }
+
+
+def _series(rt: MarketRuntime, ended: list[Any], now: float) -> dict[str, Any]:
+    series = fold.ended_series(ended, now)
+    first = series["start"] // 60
+    samples = rt.state.samples(first, first + fold.SERIES_MINUTES - 1)
+    return {**series, **fold.sampled_series(samples, series["start"])}
 
 
 def _group_of(rt: MarketRuntime, client: str, spec_sha: str) -> str | None:

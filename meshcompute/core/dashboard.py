@@ -110,6 +110,19 @@ def ended_series(ended: Iterable[tuple[float, JobState]], now: float, *,
     return {"bucket_s": bucket_s, "start": start, **series}
 
 
+#: What the market samples each minute (``MarketState.record_sample``).
+SAMPLED = ("workers_online", "open_jobs", "backlog")
+
+
+def sampled_series(samples: Mapping[int, Mapping[str, int]], start: int, *,
+                   minutes: int = SERIES_MINUTES) -> dict[str, list[int | None]]:
+    """The per-minute samples from unix second ``start`` on, one value per bucket of
+    :func:`ended_series` (None for a minute with no sample: the market's tasks were down)."""
+    first = start // 60
+    return {name: [None if (row := samples.get(first + i)) is None else row.get(name)
+                   for i in range(minutes)] for name in SAMPLED}
+
+
 @dataclass(frozen=True)
 class WorkerRow:
     address: str

@@ -5,11 +5,13 @@ Screenshots of every page at desktop and phone widths go to docs/screenshots/.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import torch
@@ -190,6 +192,12 @@ def test_every_page_and_screenshots(market: Market, settled: dict[int, JobState]
     assert "JobPaid" in [n for n, _ in shown]
     assert _text(page, "audit-verdict") == "passed"
     assert _text(page, "audit-evidence").startswith("0x")
+    # the evidence hash names a blob: the verifier's claim document, which hashes back to it
+    href = page.get_by_test_id("evidence-link").get_attribute("href")
+    document = page.request.get(urljoin(page.url, href))
+    assert document.ok, (href, document.status)
+    on_chain = _text(page, "audit-evidence").split()[0].removeprefix("0x")
+    assert hashlib.sha256(document.body()).hexdigest() == on_chain
     assert _text(page, "verify-command") == f"mesh verify {paid}"
 
 

@@ -15,6 +15,7 @@ import pytest
 from meshcompute.chain.artifacts import load_artifact
 from meshcompute.chain.earnings import earnings_report
 from meshcompute.core.job import JobRecord, JobState
+from meshcompute.market import rounds
 from meshcompute.mesh.cli.main import main
 from meshcompute.settings import get_settings
 from meshcompute.units import TOKEN
@@ -111,6 +112,17 @@ def test_the_overview_counts_what_the_chain_holds_and_says_when_it_is_stale(
                                              "max_price_wei": "7"}]
     assert [row["job_id"] for row in page["recent"]] == sorted([*posted, paid], reverse=True)
     assert page["chain"]["stale"] is False
+    assert page["series"]["workers_online"] == [None] * 60  # no round sampled the market yet
+
+    now = time.time()
+    assert rounds.sample_minute(mk.rt, now)  # the index round's sample of the minute
+    assert not rounds.sample_minute(mk.rt, now)  # once a minute
+    world.chain.mine(1)
+    mk.rt.indexer.sync()  # (the overview is kept while the index stands, within a second)
+    series = _json(mk, "/dashboard/api/overview")["series"]
+    at = (int(now) - series["start"]) // series["bucket_s"]  # the sampled minute's bucket
+    assert series["workers_online"][at] == 1 and series["open_jobs"][at] == 2
+    assert series["backlog"][at] == 0
 
     world.chain.mine(MARKET_SETTINGS["dashboard_stale_blocks"] + 1)  # the index falls behind
     stale = _json(mk, "/dashboard/api/overview")["chain"]

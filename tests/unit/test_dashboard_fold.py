@@ -118,3 +118,13 @@ def test_reclaimable_when_nobody_holds_it_or_its_deadline_passed() -> None:
     assert not fold.reclaimable(assigned, 100) and fold.reclaimable(assigned, 101)
     assert not fold.reclaimable(replace(record, state=JobState.COMMITTED), 10**9)
     assert fold.record_json(record)[3] == "1" and fold.record_json(record)[12] == "1"
+
+
+def test_sampled_series_aligns_the_minutes_samples_with_the_buckets() -> None:
+    start = 600 * 60
+    samples = {600: {"workers_online": 2, "open_jobs": 5, "backlog": 1},
+               602: {"workers_online": 3, "open_jobs": 0, "backlog": 0},
+               599: {"workers_online": 9, "open_jobs": 9, "backlog": 9}}  # before the hour
+    series = fold.sampled_series(samples, start, minutes=4)
+    assert series == {"workers_online": [2, None, 3, None], "open_jobs": [5, None, 0, None],
+                      "backlog": [1, None, 0, None]}

@@ -1,11 +1,20 @@
 // #/job/ID : one job's path from posting to payment, its audit, and how to re-check it.
-import { getJSON } from "../api.js";
+import { BASE, getJSON } from "../api.js";
 import { card, copyable, groupLink, h, mesh, providerLink, stateBadge, table, verifierLink, when } from "../dom.js";
 import { showError, wallet } from "../state.js";
 import { sameAddress, send, walletMessage } from "../wallet.js";
 
 function hash(value) {
   return value ? h("code", { class: "hash" }, value) : h("span", { class: "muted" }, "—");
+}
+
+// The on-chain evidence hash names a blob: the verifier's claim document (which outputs it
+// compared, under which tolerance), served by the market at /blobs/HASH.
+function evidence(value, testid) {
+  if (!value) return hash(value);
+  const root = BASE.replace(/\/dashboard$/, "");
+  return [hash(value), " ", h("a", { href: `${root}/blobs/${value.replace(/^0x/, "")}`,
+    target: "_blank", rel: "noopener", "data-testid": testid }, "evidence document")];
 }
 
 function args(a) {
@@ -18,13 +27,13 @@ function auditCard(a) {
     h("dt", {}, "draw"), h("dd", { "data-testid": "audit-drawn" }, drawn),
     h("dt", {}, "verdict"), h("dd", {}, stateBadge(a.verdict ?? "none", "audit-verdict")),
     h("dt", {}, "verifier"), h("dd", {}, verifierLink(a.verifier)),
-    h("dt", {}, "evidence"), h("dd", { "data-testid": "audit-evidence" }, hash(a.evidence)),
+    h("dt", {}, "evidence"), h("dd", { "data-testid": "audit-evidence" }, evidence(a.evidence, "evidence-link")),
   ];
   if (a.appeal) {
     rows.push(h("dt", {}, "appeal"), h("dd", { "data-testid": "appeal" },
       "by ", providerLink(a.appeal.by), ", judged by ", verifierLink(a.appeal.verifier), ": ",
       a.appeal.worker_wins === null ? "pending" : a.appeal.worker_wins ? "worker wins" : "worker loses",
-      a.appeal.evidence ? [" · evidence ", hash(a.appeal.evidence)] : null));
+      a.appeal.evidence ? [" · evidence ", evidence(a.appeal.evidence, "appeal-evidence-link")] : null));
   }
   return card("Audit", h("dl", {}, rows));
 }

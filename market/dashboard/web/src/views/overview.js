@@ -10,6 +10,7 @@ export async function overviewView(_params, ctx) {
   const o = await getJSON("overview");
   ctx.setStale(o.chain.stale, o.chain.lag_blocks);
   const chart = h("div", { class: "chart", "data-testid": "settled-chart" });
+  const market = h("div", { class: "chart", "data-testid": "market-chart" });
   const byState = o.jobs.by_state || {};
   const most = Math.max(1, ...Object.values(byState).map(Number));
   const node = h("div", { class: "grid" },
@@ -22,6 +23,7 @@ export async function overviewView(_params, ctx) {
       stat("chain head", o.chain.head, "chain-head"),
       stat("indexed", `${o.chain.indexed} (${o.chain.lag_blocks} behind)`, "chain-indexed")),
     card("Settled jobs per minute (last hour)", chart),
+    card("Workers, open jobs and verdicts awaited (last hour)", market),
     card("Jobs by state", h("div", { class: "bars", "data-testid": "jobs-by-state" },
       STATES.map((s) => h("div", { class: "bar-row", "data-state": s, "data-count": byState[s] ?? 0 },
         h("span", { class: "bar-label" }, s.replace("_", " ")),
@@ -48,6 +50,11 @@ export async function overviewView(_params, ctx) {
   ctx.afterMount(() => countsChart(chart, o.series.start, o.series.bucket_s, [
     { label: "settled", values: o.series.settled || [], stroke: "#2f855a" },
     { label: "slashed", values: o.series.slashed || [], stroke: "#c53030" },
+  ]));
+  ctx.afterMount(() => countsChart(market, o.series.start, o.series.bucket_s, [
+    { label: "workers online", values: o.series.workers_online || [], stroke: "#2b6cb0" },
+    { label: "open jobs", values: o.series.open_jobs || [], stroke: "#b7791f" },
+    { label: "awaiting a verdict", values: o.series.backlog || [], stroke: "#6b46c1" },
   ]));
   return node;
 }
