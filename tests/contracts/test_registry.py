@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from eth_utils import keccak
 
+from meshcompute.chain.contracts import MeshContracts
+from meshcompute.chain.reconcile import check_solvency
 from meshcompute.core.audit_draw import NEVER, assigned_verifier
 from meshcompute.core.job import JobState
 from meshcompute.errors import InsufficientFunds, NotPermitted, TooEarly, WrongJobState
@@ -32,6 +34,9 @@ def test_anyone_applies_with_a_deposit_and_once_admitted_is_drawn_for_verdicts(
     newcomer.join_verifiers(3 * DEPOSIT + DEPOSIT // 2)  # weight 3 (whole units only)
     applicant = world.admin.verifier_seat(newcomer.address)
     assert not applicant.admitted and applicant.deposit == 3 * DEPOSIT + DEPOSIT // 2
+    # the books count an applicant's deposit, held by the registry before any seat is made
+    books = check_solvency(MeshContracts(world.w3, world.deployment))
+    assert books.ok, books.problems
     assert newcomer.address not in {s.verifier for s in world.admin.verifier_seats()}
     with reverts("AccessControlUnauthorizedAccount", NotPermitted):
         newcomer.admit_verifier(newcomer.address)  # only the admin admits
