@@ -153,6 +153,7 @@ class Settler:
         ``sent:`` so no other run resends it; a later run finishes them from the receipt).
         """
         draws = AuditDraws(self.actor)
+        draws.prefetch(records)
 
         def audited(job_id: int, record: JobRecord) -> bool | None:
             can_draw, drawn = draws.status(job_id, record)

@@ -10,11 +10,12 @@ Same answer as ``JobMarket.auditStatus`` at the latest block; a seed block near 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from eth_utils import keccak
 
-from meshcompute.chain.contracts import MeshContracts
+from meshcompute.chain.contracts import BatchViews, MeshContracts
 from meshcompute.core.audit_draw import audit_drawn, drawable, needs_contract, seed_block
 from meshcompute.core.job import JobRecord, JobState
 
@@ -26,12 +27,31 @@ class AuditDraws:
         self.contracts = contracts
         self._head = head
         self._hashes: dict[int, bytes] = {}
+        self._answers: dict[int, tuple[bool, bool]] = {}
 
     @property
     def head(self) -> int:
         if self._head is None:
             self._head = int(self.contracts.w3.eth.block_number)
         return self._head
+
+    def prefetch(self, records: Mapping[int, JobRecord]) -> None:
+        """Ask the contract, in one JSON-RPC batch, about every job of ``records`` whose seed
+        block is too deep to read here (a backlog after a stall: one view call per job took
+        the settlement round minutes)."""
+        deep = [(job_id, record) for job_id, record in records.items()
+                if record.state == JobState.COMMITTED and job_id not in self._answers
+                and drawable(record.committed_block, self.head)
+                and needs_contract(record.committed_block, self.head)]
+        if not deep:
+            return
+        views = BatchViews(self.contracts, self.head)
+        asked = [(job_id, views.add(self.contracts.market, "auditStatus", job_id,
+                                    record.as_tuple())) for job_id, record in deep]
+        answers = views.run()
+        for job_id, at in asked:
+            can_draw, audited = answers[at]
+            self._answers[job_id] = (bool(can_draw), bool(audited))
 
     def status(self, job_id: int, record: JobRecord) -> tuple[bool, bool]:
         """(drawable, audited) as ``JobMarket.auditStatus(job_id, record)`` answers."""
@@ -40,7 +60,8 @@ class AuditDraws:
         if not drawable(record.committed_block, self.head):
             return False, False
         if needs_contract(record.committed_block, self.head):
-            return self.contracts.audit_status(job_id, record)
+            known = self._answers.get(job_id)
+            return known if known is not None else self.contracts.audit_status(job_id, record)
         return True, audit_drawn(self._hash(seed_block(record.committed_block)), job_id,
                                  record.audit_bps, keccak)
 

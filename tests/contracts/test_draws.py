@@ -57,6 +57,13 @@ def test_local_draws_match_the_contract(world) -> None:
         record = contracts.job(job_id)
         assert deep.status(job_id, record) == contracts.audit_status(job_id, record)
         assert deep.drawn(job_id, record.committed_block, record.audit_bps) is None
+    # asked in one batch beforehand (the settler's way), the contract says the same
+    batched = AuditDraws(contracts)
+    records = {job_id: contracts.job(job_id) for job_id in jobs}
+    batched.prefetch(records)
+    assert set(batched._answers) == set(jobs)
+    for job_id, record in records.items():
+        assert batched.status(job_id, record) == contracts.audit_status(job_id, record)
 
 
 def test_a_settlement_delay_does_not_change_the_draw(world) -> None:
