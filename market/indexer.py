@@ -18,7 +18,8 @@ What it keeps under its prefix (default ``mesh:idx:``):
   the set was built (an index written before it existed gets it from ``records`` once);
 * ``meta`` — chain id, JobMarket address and start block, so a prefix is never reused for
   another deployment;
-* ``ended`` — when (wall time) the index saw each job end; ``other`` — the keys of events that
+* ``ended`` — when (wall time) the index saw each job end (and ``ended:<final state>``, the
+  same by final state: the dashboard counts jobs settled per minute from them); ``other`` — the keys of events that
   are about no job (token transfers, stake changes), scored by block;
 * ``pruned`` — tallies of what :meth:`ChainIndexer.prune` forgot (jobs by final state, audit
   draws and verdicts), so counts over all history survive the pruning; ``pruned-max`` — the
@@ -58,7 +59,7 @@ from redis.exceptions import WatchError
 from web3.exceptions import BlockNotFound
 
 from meshcompute.chain.contracts import ChainEvent, MeshContracts
-from meshcompute.core.job import JOB_EVENTS, JobRecord, JobState, apply_event
+from meshcompute.core.job import JOB_EVENTS, TERMINAL_STATES, JobRecord, JobState, apply_event
 from meshcompute.errors import BadInput, ChainError, ConfigError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -477,24 +478,69 @@ class ChainIndexer:
             pipe.sadd(self._key("open"), str(job_id))
         else:
             pipe.srem(self._key("open"), str(job_id))
-        if record is not None and record.state.terminal:
+        ended_as = record.state if record is not None and record.state.terminal else None
+        if ended_as is not None:
             # when the index saw it end (wall time): blob and job retention count from here
             pipe.zadd(self._key("ended"), {str(job_id): self.clock()}, nx=True)
         else:  # not ended (again, after a rewind): nothing to retain or prune yet
             pipe.zrem(self._key("ended"), str(job_id))
+        for state in TERMINAL_STATES:  # the same, by final state (a rewind may change it)
+            if state == ended_as:
+                pipe.zadd(self._ended_key(state), {str(job_id): self.clock()}, nx=True)
+            else:
+                pipe.zrem(self._ended_key(state), str(job_id))
+
+    def _ended_key(self, state: JobState) -> str:
+        return self._key(f"ended:{state.name.lower()}")
+
+    def ended_counts(self, start: float, bucket_s: int, buckets: int) -> dict[str, list[int]]:
+        """Jobs the index saw end in each of ``buckets`` intervals of ``bucket_s`` seconds from
+        ``start``, by final state (``finalized``, ``slashed``, ``refunded``): one count per
+        interval, however many jobs ended in it."""
+        self._ensure_ended_by_state()
+        states = sorted(TERMINAL_STATES)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for state in states:
+                for i in range(buckets):
+                    low = start + i * bucket_s
+                    pipe.zcount(self._ended_key(state), low, f"({low + bucket_s}")
+            counts = pipe.execute()
+        return {state.name.lower(): [int(n) for n in counts[k * buckets:(k + 1) * buckets]]
+                for k, state in enumerate(states)}
+
+    def _ensure_ended_by_state(self) -> None:
+        """An index written before the end times were kept by final state gets them once from
+        ``ended`` and the records (written only if no sync, rewind or prune ran meanwhile)."""
+        if self.redis.exists(self._key("ended-states-built")):
+            return
+        for _attempt in range(_SYNC_ATTEMPTS):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self._key("head"), self._key("pruned"))
+                    times = pipe.zrange(self._key("ended"), 0, -1, withscores=True)
+                    raw = pipe.hmget(self._key("records"), [i for i, _ in times]) \
+                        if times else []
+                    by_state: dict[JobState, dict[str, float]] = {}
+                    for (job_id, at), item in zip(times, raw, strict=True):
+                        if item is not None:
+                            state = _record_from_json(item).state
+                            by_state.setdefault(state, {})[_text(job_id)] = at
+                    pipe.multi()
+                    for state, members in by_state.items():
+                        if state in TERMINAL_STATES:
+                            pipe.zadd(self._ended_key(state), members, nx=True)
+                    pipe.set(self._key("ended-states-built"), 1)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+        raise ServiceUnavailable("the index kept changing while its end times were sorted")
 
     def ended_since(self, since: float) -> dict[int, JobRecord]:
         """The records of jobs the index saw end at or after ``since`` (unix seconds) and
         still holds."""
         ids = [int(i) for i in self.redis.zrangebyscore(self._key("ended"), since, "+inf")]
         return self.records_of(ids)
-
-    def ended_times_since(self, since: float) -> list[tuple[float, JobState]]:
-        """(when the index saw it end, its final state) of each job that ended at or after
-        ``since`` (unix seconds) and is still held, oldest first."""
-        pairs = self.redis.zrangebyscore(self._key("ended"), since, "+inf", withscores=True)
-        records = self.records_of([int(i) for i, _ in pairs])
-        return [(float(at), records[int(i)].state) for i, at in pairs if int(i) in records]
 
     # ------------------------------------------------------------------ pruning
     def prune(self, ended_before: float, *, limit: int = 500,
@@ -572,6 +618,8 @@ class ChainIndexer:
             pipe.hdel(self._key("records"), *names)
             pipe.srem(self._key("open"), *names)
             pipe.zrem(ended, *names)
+            for state in TERMINAL_STATES:
+                pipe.zrem(self._ended_key(state), *names)
             pipe.zadd(self._key("pruned-max"), {"job": ids[-1]}, gt=True)
             for name, count in tallies.items():
                 pipe.hincrby(self._key("pruned"), name, count)

@@ -122,7 +122,6 @@ def overview(rt: MarketRuntime) -> dict[str, Any]:
 def _overview_now(rt: MarketRuntime, now: float) -> dict[str, Any]:
     tallies = rt.indexer.history_tallies()
     jobs = fold.job_states(tallies)
-    ended = rt.indexer.ended_times_since(now - fold.SERIES_MINUTES * fold.SERIES_BUCKET_S)
     workers = [fold.WorkerRow(w.address, w.device, w.price_wei, w.slots, w.last_seen)
                for w in rt.state.workers()]
     next_id = int(rt.contracts.next_job_id())
@@ -134,7 +133,7 @@ def _overview_now(rt: MarketRuntime, now: float) -> dict[str, Any]:
         "audits": fold.audit_outcomes(tallies),
         "slashes": {"count": jobs["by_state"]["slashed"]},
         "verifier_backlog": fold.verifier_backlog(jobs["by_state"]),
-        "series": _series(rt, ended, now),
+        "series": _series(rt, now),
         "recent": [{"job_id": job_id, "state": fold.state_name(r.state), "client": r.client,
                     "worker": fold.address_or_none(r.worker), "reward_wei": fold.wei(r.reward),
                     "group": _group_of(rt, r.client, r.spec_hash.hex())}
@@ -142,11 +141,12 @@ def _overview_now(rt: MarketRuntime, now: float) -> dict[str, Any]:
     }
 
 
-def _series(rt: MarketRuntime, ended: list[Any], now: float) -> dict[str, Any]:
-    series = fold.ended_series(ended, now)
-    first = series["start"] // 60
+def _series(rt: MarketRuntime, now: float) -> dict[str, Any]:
+    start = fold.series_start(now)
+    counts = rt.indexer.ended_counts(start, fold.SERIES_BUCKET_S, fold.SERIES_MINUTES)
+    first = start // 60
     samples = rt.state.samples(first, first + fold.SERIES_MINUTES - 1)
-    return {**series, **fold.sampled_series(samples, series["start"])}
+    return {**fold.ended_series(counts, start), **fold.sampled_series(samples, start)}
 
 
 def _group_of(rt: MarketRuntime, client: str, spec_sha: str) -> str | None:

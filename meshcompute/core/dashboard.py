@@ -9,7 +9,7 @@ chain: ``now`` and every block time are arguments, so each figure is a function 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,20 +94,22 @@ def verifier_backlog(by_state: Mapping[str, int]) -> int:
     return sum(int(by_state.get(state_name(s), 0)) for s in BACKLOG_STATES)
 
 
-def ended_series(ended: Iterable[tuple[float, JobState]], now: float, *,
-                 minutes: int = SERIES_MINUTES, bucket_s: int = SERIES_BUCKET_S) -> dict[str, Any]:
-    """Jobs that ended per bucket over the last ``minutes``, oldest bucket first: ``settled``
-    (paid), ``slashed`` and ``refunded`` (void or reclaimed). ``ended`` is (wall time the index
-    saw the job end, its final state)."""
-    start = (int(now) // bucket_s - minutes + 1) * bucket_s
-    series = {"settled": [0] * minutes, "slashed": [0] * minutes, "refunded": [0] * minutes}
-    key = {JobState.FINALIZED: "settled", JobState.SLASHED: "slashed",
-           JobState.REFUNDED: "refunded"}
-    for at, state in ended:
-        index = (int(at) - start) // bucket_s
-        if 0 <= index < minutes and state in key:
-            series[key[state]][index] += 1
-    return {"bucket_s": bucket_s, "start": start, **series}
+def series_start(now: float, *, minutes: int = SERIES_MINUTES,
+                 bucket_s: int = SERIES_BUCKET_S) -> int:
+    """The first second of the overview's series: ``minutes`` whole buckets ending with the
+    current one."""
+    return (int(now) // bucket_s - minutes + 1) * bucket_s
+
+
+def ended_series(counts: Mapping[str, Sequence[int]], start: int, *,
+                 bucket_s: int = SERIES_BUCKET_S) -> dict[str, Any]:
+    """Jobs that ended per bucket from ``start``, oldest bucket first, by final state as the
+    index counts them (``finalized``, ``slashed``, ``refunded``): ``settled`` (paid),
+    ``slashed`` and ``refunded`` (void or reclaimed)."""
+    return {"bucket_s": bucket_s, "start": start,
+            "settled": list(counts.get("finalized", [])),
+            "slashed": list(counts.get("slashed", [])),
+            "refunded": list(counts.get("refunded", []))}
 
 
 #: What the market samples each minute (``MarketState.record_sample``).

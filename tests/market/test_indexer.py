@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from meshcompute.chain.contracts import ChainEvent, MeshContracts
 from meshcompute.chain.local import LocalChain
-from meshcompute.core.job import JobState
+from meshcompute.core.job import TERMINAL_STATES, JobState
 from meshcompute.errors import BadInput, ChainError, ConfigError
 from meshcompute.market.indexer import BlockRef, ChainIndexer, common_ancestor, first_broken_link
 from tests.contracts.world import TEST_PARAMS, World, build_world
@@ -113,6 +113,11 @@ def assert_matches_chain(indexer: ChainIndexer, world: World) -> None:
     assert indexer.head_lag() == 0
     # the running tallies (moved by each write, rewind and prune) equal a fresh count
     assert indexer.history_tallies() == indexer.counted_tallies()
+    # and the end times kept by final state hold each ended job once, under its state
+    ended = indexer.ended_counts(0, 10**11, 1)
+    for state in TERMINAL_STATES:
+        held = sum(1 for r in expected.values() if r.state == state)
+        assert ended[state.name.lower()] == [held], (state, ended)
 
 
 # ---------------------------------------------------------------------------- following
@@ -476,6 +481,22 @@ def test_an_index_written_before_running_tallies_counts_them_once_then_moves_the
     assert tallies == indexer.counted_tallies()
     assert tallies.get("state:audit_passed", 0) == 0 and tallies["state:finalized"] == 1
     assert tallies["state:posted"] == 1
+
+
+def test_an_index_written_before_end_times_by_state_sorts_them_once(
+    world: World, redis_client, prefix: str
+) -> None:
+    indexer = make_indexer(world, redis_client, prefix)
+    paid = paid_job(world)
+    (cancelled,) = world.post()
+    world.clients[0].reclaim(cancelled)
+    indexer.sync()
+    # what an index of the previous release holds: end times, none by final state
+    redis_client.delete(*(f"{prefix}ended:{s.name.lower()}" for s in TERMINAL_STATES),
+                        f"{prefix}ended-states-built")
+    counts = indexer.ended_counts(0, 10**11, 1)
+    assert counts == {"finalized": [1], "slashed": [0], "refunded": [1]}
+    assert indexer.job_record(paid).state == JobState.FINALIZED
 
 
 def test_an_index_written_before_pruning_existed_is_pruned_too(

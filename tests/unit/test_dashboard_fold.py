@@ -21,19 +21,14 @@ class Ev:
     log_index: int = 0
 
 
-def test_ended_series_buckets_the_last_hour_by_minute_oldest_first() -> None:
+def test_the_series_start_and_the_ended_counts_by_final_state() -> None:
     now = 10_000.0
-    start = (10_000 // 60 - 59) * 60
-    ended = [(now, JobState.FINALIZED), (now - 61, JobState.FINALIZED),
-             (now - 30, JobState.SLASHED), (start - 1, JobState.FINALIZED),  # before the hour
-             (start, JobState.REFUNDED), (now, JobState.COMMITTED)]  # not an end
-    series = fold.ended_series(ended, now)
-    assert series["start"] == start and series["bucket_s"] == 60
-    assert len(series["settled"]) == 60
-    assert series["settled"][-1] == 1 and series["settled"][-2] == 1
-    assert sum(series["settled"]) == 2
-    assert series["slashed"][-1] == 1
-    assert series["refunded"][0] == 1
+    start = fold.series_start(now)
+    assert start == (10_000 // 60 - 59) * 60 and start <= now < start + 60 * 60
+    series = fold.ended_series({"finalized": [1, 2], "slashed": [0, 1], "refunded": [3, 0]},
+                               start)
+    assert series == {"bucket_s": 60, "start": start, "settled": [1, 2], "slashed": [0, 1],
+                      "refunded": [3, 0]}
 
 
 def _money(wei: int) -> dict[str, str]:
