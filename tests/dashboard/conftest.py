@@ -112,7 +112,7 @@ class PageSession:
     def open(self, route: str = "#/") -> Any:
         self.page.goto("about:blank")
         self.page.goto(f"{self.base_url}/dashboard{route}")
-        self.page.wait_for_function("document.body.dataset.rendered !== undefined")
+        wait_js(self.page, "document.body.dataset.rendered !== undefined")
         return self.page
 
     def allow(self, *fragments: str) -> None:
@@ -163,6 +163,20 @@ def session_factory(browser: Any, request: pytest.FixtureRequest,
     else:
         problems = [e for s in sessions for e in s.unexpected_errors()]
         assert not problems, "errors in the browser console:\n" + "\n".join(problems)
+
+
+def wait_js(page: Any, expression: str, timeout_s: float = 20.0) -> Any:
+    """Poll a JavaScript expression until it is truthy. Not ``page.wait_for_function``: that
+    evaluates the string in the page, which the dashboard's Content-Security-Policy (no
+    'unsafe-eval') refuses, as it should; this asks through the DevTools protocol."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{expression!r} still false after {timeout_s:.0f} s")
+        time.sleep(0.05)
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout_s: float,

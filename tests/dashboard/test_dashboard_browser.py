@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urljoin
 
+import httpx
 import pytest
 import torch
 
@@ -26,7 +27,7 @@ from meshcompute.mesh.models import MLP
 from meshcompute.settings import load_settings
 from meshcompute.units import TOKEN
 from meshcompute.wire.market_client import MarketClient
-from tests.dashboard.conftest import FakeWallet, PageSession, stack_tails, wait_until
+from tests.dashboard.conftest import FakeWallet, PageSession, stack_tails, wait_js, wait_until
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
@@ -110,7 +111,7 @@ def _wei(page: Any, testid: str) -> int:
 
 
 def _wait_rendered_after(page: Any, before: str) -> None:
-    page.wait_for_function(f"document.body.dataset.rendered !== '{before}'")
+    wait_js(page, f"document.body.dataset.rendered !== '{before}'")
 
 
 # ---------------------------------------------------------------------- live
@@ -247,7 +248,7 @@ def test_the_cheaters_job_is_shown_slashed(market: Market, settled: dict[int, Jo
 
 def _connect(page: Any, address: str) -> None:
     page.get_by_test_id("connect-wallet").click()
-    page.wait_for_function(f"document.getElementById('wallet').dataset.account === '{address}'")
+    wait_js(page, f"document.getElementById('wallet').dataset.account === '{address}'")
 
 
 def _confirm(page: Any, function: str) -> None:
@@ -285,7 +286,8 @@ def test_stake_unstake_and_withdraw_through_the_wallet(
     _notice(page, "StakeManager.unstake confirmed")
     assert market.contracts.stake_of(address).unbonding == before.unbonding + 4 * TOKEN
     # the page shows the chain's new figures by itself
-    page.wait_for_function(
+    wait_js(
+        page,
         f"document.querySelector('[data-testid=stake-unbonding]').dataset.wei === "
         f"'{before.unbonding + 4 * TOKEN}'")
     # withdraw the earnings from JobMarket
@@ -314,6 +316,11 @@ def test_a_client_cancels_a_job_nobody_holds_through_the_wallet(
     params = JobParams(spec_hash=os.urandom(32), reward=TOKEN, audit_fee=TOKEN // 10,
                        collateral=TOKEN, deadline=int(time.time()) + 3600, audit_bps=0)
     (job_id,) = client.post_jobs([params])
+    # opened before the market indexed it, the page would rightly say "not known" (and the
+    # browser log the 404): wait for the index
+    wait_until(lambda: httpx.get(f"{market.url}/dashboard/api/jobs/{job_id}",
+                                 timeout=10).status_code == 200,
+               f"job {job_id} indexed by the market", 30, market.stack.check_alive)
     address = market.stack.client_account.address
     wallet = FakeWallet(market.stack.chain.rpc_url, address)
     s = session_factory(market.url, wallet=wallet)

@@ -275,6 +275,8 @@ def test_the_page_is_served_when_built(mk: Market) -> None:
         pytest.skip("the dashboard is not built (npm run build:dashboard)")
     answer = _get(mk, "/dashboard")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+    policy = answer.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
 
 
 def test_a_flood_of_page_requests_waits_its_turn_and_is_told_when_busy(mk: Market,
