@@ -217,7 +217,8 @@ def settle_round(rt: MarketRuntime, *, max_batch: int | None = None) -> dict[str
     from meshcompute.market.settler import Settler
 
     batch = rt.settings.settle_max_batch if max_batch is None else max_batch
-    settler = Settler(rt.settler, rt.redis, max_batch=batch)
+    settler = Settler(rt.settler, rt.redis, max_batch=batch,
+                      max_batches=rt.settings.settle_max_batches)
     report = settler.settle(rt.indexer.open_job_records(), rt.chain_now())
     if report.job_ids:
         rt.state.incr_metric("settled_jobs", len(report.job_ids), key=str(report.tx_hash))

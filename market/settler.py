@@ -46,7 +46,7 @@ from web3.types import TxReceipt
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.draws import AuditDraws
 from meshcompute.core.job import JobRecord
-from meshcompute.core.settlement import settle_actions
+from meshcompute.core.settlement import SettleAction, settle_actions
 from meshcompute.errors import BadInput, ContractRevert, TransactionRejected
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class Settler:
         redis: Redis,
         *,
         max_batch: int = 100,
+        max_batches: int | None = None,
         prefix: str = DEFAULT_PREFIX,
         claim_ttl_s: int = 120,
         pending_ttl_s: int = 900,
@@ -130,6 +131,8 @@ class Settler:
         self.actor = actor
         self.redis = redis
         self.max_batch = max_batch
+        self.max_batches = max_batches
+        """Most batches one :meth:`settle` sends (None: all); the rest wait for the next."""
         self.prefix = prefix
         self.claim_ttl_s = claim_ttl_s
         self.pending_ttl_s = pending_ttl_s
@@ -153,18 +156,24 @@ class Settler:
         ``sent:`` so no other run resends it; a later run finishes them from the receipt).
         """
         draws = AuditDraws(self.actor)
-        draws.prefetch(records)
 
         def audited(job_id: int, record: JobRecord) -> bool | None:
             can_draw, drawn = draws.status(job_id, record)
             return drawn if can_draw else None
 
-        actions = settle_actions(
-            records,
-            now=now,
-            **self._config(),
-            audited=audited,
-        )
+        # oldest jobs first, a slice at a time, until this round has its fill of actions: a
+        # backlog is worked off over several rounds, each a bounded amount of work
+        limit = None if self.max_batches is None else self.max_batch * self.max_batches
+        ordered = sorted(records)
+        step = len(ordered) if limit is None else max(limit, 1)
+        actions: dict[int, SettleAction] = {}
+        for start in range(0, len(ordered), max(step, 1)):
+            part = {job_id: records[job_id] for job_id in ordered[start:start + step]}
+            draws.prefetch(part)
+            actions.update(settle_actions(part, now=now, **self._config(), audited=audited))
+            if limit is not None and len(actions) >= limit:
+                actions = dict(list(actions.items())[:limit])
+                break
         report = SettlementReport(job_ids=[], tx_hash=None, skipped=[])
         token = f"claim:{uuid.uuid4().hex}"
         claims = self._claim_all(list(actions), records, token)

@@ -284,6 +284,11 @@ class Settings(BaseSettings):
     settle_max_batch: int = Field(default=100, ge=1, le=1000)
     """Most jobs one ``finalizeBatch`` transaction settles."""
 
+    settle_max_batches: int = Field(default=10, ge=1)
+    """Most ``finalizeBatch`` transactions one settlement round sends (each waits for its
+    receipt); a larger backlog is left to the next rounds, so indexing and matching, which
+    share the task threads, are not held up behind it."""
+
     task_threads: int = Field(default=1, ge=1, le=64)
     """Threads of ``mesh market tasks``. 1 (the default) runs the rounds one after another
     (Celery's solo pool); more run them side by side (the threads pool: a settlement waiting

@@ -89,6 +89,22 @@ def test_settle_pays_a_batch_once(world: World, redis_client, prefix: str) -> No
     assert paid_count(world) == Counter({i: 1 for i in job_ids})
 
 
+def test_a_backlog_is_settled_oldest_first_over_several_rounds(
+        world: World, redis_client, prefix: str) -> None:
+    """A round sends at most max_batches transactions (the task threads it shares with
+    indexing and matching are not held up behind a backlog); the next rounds take the rest."""
+    job_ids = committed_jobs(world, 5)
+    world.advance(CHALLENGE + 1)
+    s = settler(world, redis_client, prefix, max_batch=2, max_batches=1)
+    first = s.settle(records_of(world), world.now())
+    assert first.job_ids == job_ids[:2] and len(first.tx_hashes) == 1
+    second = s.settle(records_of(world), world.now())
+    assert second.job_ids == job_ids[2:4]
+    third = s.settle(records_of(world), world.now())
+    assert third.job_ids == job_ids[4:]
+    assert paid_count(world) == Counter({i: 1 for i in job_ids})
+
+
 def test_settle_leaves_jobs_the_contract_would_refuse(
     world: World, redis_client, prefix: str
 ) -> None:
