@@ -184,6 +184,27 @@ class DevStack:
         return {a.address for a in workers[len(workers) - self.config.cheaters:]} \
             if self.config.cheaters else set()
 
+    def client(self, account: LocalAccount | None = None) -> Any:
+        """A :class:`meshcompute.client.Client` of ``account`` (the stack's client by
+        default) on this stack's chain and market."""
+        from meshcompute.chain.connect import ChainConnection
+        from meshcompute.chain.contracts import MeshContracts
+        from meshcompute.client import Client
+        from meshcompute.settings import load_settings
+        from meshcompute.wire.market_client import MarketClient
+
+        assert self.deployment is not None
+        w3 = self.chain.w3()
+        account = account or self.client_account
+        return Client(
+            account,
+            connection=ChainConnection(w3, self.deployment, MeshContracts(w3, self.deployment),
+                                       self.chain.rpc_url),
+            market=MarketClient(self.market_url, account, self.deployment.chain_id,
+                                contract=self.deployment.address("JobMarket")),
+            settings=load_settings(market_url=self.market_url),
+        )
+
     def actor(self, account: LocalAccount) -> MeshActor:
         assert self.deployment is not None
         w3 = self.chain.w3()

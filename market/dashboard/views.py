@@ -210,10 +210,23 @@ def group_page(rt: MarketRuntime, group: str) -> dict[str, Any]:
     return {"group": group, "complete": complete, "shards": rows}
 
 
-def provider_page(rt: MarketRuntime, address: str) -> dict[str, Any]:
+#: Earning rows a provider page carries by default (the newest); ``?rows=all`` for every one.
+PROVIDER_ROWS = 200
+
+
+def provider_page(rt: MarketRuntime, address: str,
+                  rows: int | None = PROVIDER_ROWS) -> dict[str, Any]:
+    """``rows``: how many of the newest earning rows to carry (None: all, which is then
+    ``mesh earnings --json`` exactly); the totals, days and statuses always count all."""
     who = checked_address(address)
     page = _by_head.get(("provider", who, *_head_key(rt)), lambda: _provider_page(rt, who))
-    return {**page, "worker": _worker_of(rt, who)}
+    earnings = page["earnings"]
+    listed = earnings["rows"]
+    if rows is not None and len(listed) > rows:
+        newest = sorted(listed, key=lambda r: (r["block_number"], r["job_id"]))[-rows:]
+        earnings = {**earnings, "rows": newest}
+    return {**page, "earnings": earnings, "rows_total": len(listed),
+            "worker": _worker_of(rt, who)}
 
 
 def _worker_of(rt: MarketRuntime, who: str) -> dict[str, Any] | None:

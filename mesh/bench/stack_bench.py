@@ -22,23 +22,7 @@ from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
 
 
 def _client(stack: DevStack, account: Any = None) -> Any:
-    from meshcompute.chain.connect import ChainConnection
-    from meshcompute.chain.contracts import MeshContracts
-    from meshcompute.client import Client
-    from meshcompute.settings import load_settings
-    from meshcompute.wire.market_client import MarketClient
-
-    assert stack.deployment is not None
-    w3 = stack.chain.w3()
-    contracts = MeshContracts(w3, stack.deployment)
-    account = account or stack.client_account
-    return Client(
-        account,
-        connection=ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url),
-        market=MarketClient(stack.market_url, account, stack.deployment.chain_id,
-                          contract=stack.deployment.address("JobMarket")),
-        settings=load_settings(market_url=stack.market_url),
-    )
+    return stack.client(account)
 
 
 def _output_of(client: Any, job_id: int) -> str | None:

@@ -17,16 +17,13 @@ import httpx
 import pytest
 import torch
 
-from meshcompute.chain.connect import ChainConnection
 from meshcompute.chain.contracts import JobParams, MeshContracts
 from meshcompute.chain.earnings import earnings_report
 from meshcompute.client import Client, Submission
 from meshcompute.core.job import JobState
 from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
 from meshcompute.mesh.models import MLP
-from meshcompute.settings import load_settings
 from meshcompute.units import TOKEN
-from meshcompute.wire.market_client import MarketClient
 from tests.dashboard.conftest import FakeWallet, PageSession, stack_tails, wait_js, wait_until
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
@@ -76,17 +73,8 @@ def market() -> Iterator[Market]:
     config = StackConfig(workers=2, cheaters=1, cheat_fraction=1.0,
                          params=replace(FAST_PARAMS, min_audit_bps=10_000, audit_window_s=120))
     with DevStack(config) as stack:
-        assert stack.deployment is not None
-        w3 = stack.chain.w3()
-        contracts = MeshContracts(w3, stack.deployment)
-        account = stack.client_account
-        client = Client(
-            account,
-            connection=ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url),
-            market=MarketClient(stack.market_url, account, stack.deployment.chain_id),
-            settings=load_settings(market_url=stack.market_url),
-        )
-        yield Market(stack, client, contracts, _submit(client, 4, seed=1))
+        client = stack.client()
+        yield Market(stack, client, client.connection.contracts, _submit(client, 4, seed=1))
 
 
 @pytest.fixture(scope="module")

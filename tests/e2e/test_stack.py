@@ -12,7 +12,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from meshcompute.chain.connect import ChainConnection
 from meshcompute.chain.contracts import MeshContracts
 from meshcompute.chain.reconcile import check_solvency
 from meshcompute.client import Client, Submission
@@ -21,8 +20,6 @@ from meshcompute.core.payout import slash_split
 from meshcompute.errors import NotFound
 from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
 from meshcompute.mesh.models import MLP
-from meshcompute.settings import load_settings
-from meshcompute.wire.market_client import MarketClient
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
@@ -33,17 +30,8 @@ def _tiny_model() -> torch.nn.Module:
 
 
 def _client(stack: DevStack) -> tuple[Client, MeshContracts]:
-    assert stack.deployment is not None
-    w3 = stack.chain.w3()
-    contracts = MeshContracts(w3, stack.deployment)
-    account = stack.client_account
-    client = Client(
-        account,
-        connection=ChainConnection(w3, stack.deployment, contracts, stack.chain.rpc_url),
-        market=MarketClient(stack.market_url, account, stack.deployment.chain_id),
-        settings=load_settings(market_url=stack.market_url),
-    )
-    return client, contracts
+    client = stack.client()
+    return client, client.connection.contracts
 
 
 def _submit(client: Client, jobs: int, *, rows: int = 2, audit_bps: int = 0) -> Submission:

@@ -162,9 +162,14 @@ def test_the_provider_page_equals_mesh_earnings_to_the_wei(mk: Market, monkeypat
     pending = world.committed_job(worker=me, reward=20 * TOKEN)
     mk.rt.indexer.sync()
 
-    page = _json(mk, f"/dashboard/api/providers/{me.address.lower()}")
+    page = _json(mk, f"/dashboard/api/providers/{me.address.lower()}?rows=all")
     assert page["address"] == me.address
     assert page["earnings"] == _mesh_earnings_json(mk, me.address, monkeypatch, capsys)
+    assert page["rows_total"] == 2
+    newest = _json(mk, f"/dashboard/api/providers/{me.address}?rows=1")  # the newest row only
+    assert [r["job_id"] for r in newest["earnings"]["rows"]] == [pending]
+    assert newest["rows_total"] == 2 and newest["by_status"] == page["by_status"]
+    assert newest["earnings"]["totals"] == page["earnings"]["totals"]
     assert page["earnings"] == earnings_report(mk.rt.contracts, me.address).to_json()
     rows = {row["job_id"]: row for row in page["earnings"]["rows"]}
     assert set(rows) == {plain, pending}
@@ -243,6 +248,7 @@ def test_the_stream_ticks_and_says_when_the_index_moved(mk: Market) -> None:
     ("/dashboard/api/providers/0x1234", 422, "not an Ethereum address"),
     ("/dashboard/api/verifiers/not-an-address", 422, "not an Ethereum address"),
     ("/dashboard/api/groups/XYZ", 422, "not a group id"),
+    ("/dashboard/api/providers/0x" + "11" * 20 + "?rows=-1", 422, "rows must be"),
     ("/dashboard/api/groups/" + "ab" * 32, 404, "not known"),
     ("/dashboard/assets/..%2F..%2Fviews.py", 404, "Not Found"),
     ("/dashboard/assets/.hidden", 404, "no dashboard asset"),
@@ -287,7 +293,7 @@ def test_a_flood_of_page_requests_waits_its_turn_and_is_told_when_busy(mk: Marke
 
     from meshcompute.market.dashboard import views
 
-    def slow_page(rt, address):  # a page whose chain reads take 1.5 s
+    def slow_page(rt, address, rows=None):  # a page whose chain reads take 1.5 s
         time.sleep(1.5)
         return {"address": address}
 

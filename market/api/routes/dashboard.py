@@ -120,8 +120,12 @@ async def group(group: str, runtime: Runtime) -> dict[str, Any]:
 
 
 @router.get("/dashboard/api/providers/{address}")
-async def provider(address: str, runtime: Runtime) -> dict[str, Any]:
-    return await _page(runtime, views.provider_page, address)
+async def provider(address: str, runtime: Runtime, rows: str = str(views.PROVIDER_ROWS),
+                   ) -> dict[str, Any]:
+    if rows != "all" and not re.fullmatch(r"[0-9]{1,6}", rows):
+        raise BadInput(f"rows must be a whole number or 'all', got {rows!r}")
+    return await _page(runtime, views.provider_page, address,
+                       None if rows == "all" else int(rows))
 
 
 @router.get("/dashboard/api/verifiers/{address}")

@@ -38,6 +38,27 @@ function setMode(mode) {
   setStaleBadge();
 }
 
+// A live refresh never cancels one in flight: while a view's data is being fetched, further
+// ticks only ask for one more refresh after it (a view slower to fetch than the ticks come,
+// a busy provider's page, would otherwise be restarted forever and never drawn).
+let refreshing = null;
+let refreshAgain = false;
+
+function refresh() {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = render(true).finally(() => {
+    refreshing = null;
+    if (refreshAgain) {
+      refreshAgain = false;
+      refresh();
+    }
+  });
+  return refreshing;
+}
+
 /** Render the view the hash names; `quiet` keeps the old content until the new one is ready. */
 async function render(quiet = false) {
   const ticket = ++rendering;
@@ -47,7 +68,7 @@ async function render(quiet = false) {
   const ctx = {
     setStale: (stale) => { indexStale = Boolean(stale); setStaleBadge(); },
     afterMount: (fn) => mounted.push(fn),
-    refresh: () => render(true),
+    refresh: () => refresh(),
   };
   if (!quiet) view.replaceChildren(Object.assign(document.createElement("p"), { className: "muted", textContent: "Loading…" }));
   let node;
@@ -91,7 +112,7 @@ function openStream() {
     setMode("live");
     // a reconnect may have missed a change: fetch the view again (the first open follows
     // the first render, which is current)
-    if (opened++ > 0) render(true);
+    if (opened++ > 0) refresh();
   });
   source.addEventListener("tick", (event) => {
     let tick;
@@ -103,7 +124,7 @@ function openStream() {
     setMode("live");
     streamStale = Boolean(tick.stale);
     setStaleBadge();
-    if (tick.changed) render(true);
+    if (tick.changed) refresh();
   });
   source.addEventListener("error", () => setMode("offline"));
 }
@@ -115,7 +136,7 @@ async function connectWallet(button) {
     button.title = account;
     button.dataset.account = account;
     clearError();
-    render(true);
+    refresh();
   } catch (err) {
     showError(walletMessage(err));
   }

@@ -100,6 +100,11 @@ export async function providerView([address], ctx) {
       stat("audits passed", p.record.audits_passed, "record-audits-passed"))),
     actions(p, ctx),
     h("section", { class: "card wide" }, h("h2", {}, "Earnings by job"),
+      p.rows_total > (e.rows || []).length
+        ? h("p", { class: "muted", "data-testid": "rows-cut" },
+          `The newest ${(e.rows || []).length} of ${p.rows_total} jobs; the totals count them all `
+          + `(mesh earnings ${p.address} lists every one).`)
+        : null,
       table(["job", "status", "stage", "amount", "fee", "audited", "block", "time", "transaction"],
         (e.rows || []).map((r) => h("tr", { "data-testid": "earning-row", "data-job": r.job_id, "data-status": r.status },
           h("td", {}, jobLink(r.job_id)), h("td", {}, r.status), h("td", {}, r.stage),
