@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshcompute.core.dashboard import job_states, verifier_backlog
-from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.job import JobRecord
 from meshcompute.core.lease import (
     QueuedEntry,
     committed_by_holder,
@@ -75,12 +75,11 @@ def sample_minute(rt: MarketRuntime, now: float) -> bool:
         return False
     online = sum(1 for w in rt.state.workers()
                  if heartbeating(w.last_seen, now, rt.heartbeat_timeout_s))
-    by_state = job_states(rt.indexer.history_tallies())["by_state"]
+    jobs = job_states(rt.indexer.history_tallies())
     return rt.state.record_sample(minute, {
         "workers_online": online,
-        "open_jobs": sum(n for name, n in by_state.items()
-                         if not JobState[name.upper()].terminal),
-        "backlog": verifier_backlog(by_state),
+        "open_jobs": jobs["open"],
+        "backlog": verifier_backlog(jobs["by_state"]),
     })
 
 

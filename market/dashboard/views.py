@@ -223,7 +223,8 @@ def provider_page(rt: MarketRuntime, address: str,
     earnings = page["earnings"]
     listed = earnings["rows"]
     if rows is not None and len(listed) > rows:
-        newest = sorted(listed, key=lambda r: (r["block_number"], r["job_id"]))[-rows:]
+        ordered = sorted(listed, key=lambda r: (r["block_number"], r["job_id"]))
+        newest = ordered[len(ordered) - rows:]  # (not [-rows:]: rows=0 would keep them all)
         earnings = {**earnings, "rows": newest}
     return {**page, "earnings": earnings, "rows_total": len(listed),
             "worker": _worker_of(rt, who)}

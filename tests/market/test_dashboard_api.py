@@ -170,6 +170,7 @@ def test_the_provider_page_equals_mesh_earnings_to_the_wei(mk: Market, monkeypat
     assert [r["job_id"] for r in newest["earnings"]["rows"]] == [pending]
     assert newest["rows_total"] == 2 and newest["by_status"] == page["by_status"]
     assert newest["earnings"]["totals"] == page["earnings"]["totals"]
+    assert _json(mk, f"/dashboard/api/providers/{me.address}?rows=0")["earnings"]["rows"] == []
     assert page["earnings"] == earnings_report(mk.rt.contracts, me.address).to_json()
     rows = {row["job_id"]: row for row in page["earnings"]["rows"]}
     assert set(rows) == {plain, pending}
