@@ -4,7 +4,8 @@ exist and their states, the chain for money (contract state and events), folded 
 
 Every figure about money is read from the chain, never from the market: the provider page's
 earnings are ``mesh earnings --json`` itself (:func:`meshcompute.chain.earnings.
-earnings_report`). Pages many people open at once (the overview, the stream's tick) are
+earnings_report` is a fresh :class:`~meshcompute.chain.earnings.EarningsLedger`'s report; the
+page's ledger is kept and extended block by block). Pages many people open at once (the overview, the stream's tick) are
 computed at most once a second per process and shared.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 from web3 import Web3
 
 from meshcompute.chain.artifacts import load_artifact
-from meshcompute.chain.earnings import BlockTimes, earnings_report, event_topic
+from meshcompute.chain.earnings import BlockTimes, EarningsLedger, event_topic
 from meshcompute.core import dashboard as fold
 from meshcompute.core.lease import heartbeating
 from meshcompute.core.spec import client_group
@@ -239,8 +240,27 @@ def _worker_of(rt: MarketRuntime, who: str) -> dict[str, Any] | None:
             "last_seen": info.last_seen}
 
 
+_ledgers: dict[tuple[Any, ...], EarningsLedger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def _ledger(rt: MarketRuntime) -> EarningsLedger:
+    """The process's earnings ledger of this deployment: a provider's history is read once,
+    then extended by the blocks since its last view (``mesh earnings --json`` is a fresh
+    ledger's report, so the figures are the same code's)."""
+    # by the contracts object too: two nodes (tests' anvils) can hold one address and chain id;
+    # the ledger keeps that object alive, so its id is not reused while the entry is here
+    key = (id(rt.contracts), rt.chain_id, rt.chain.deployment.address("JobMarket"))
+    with _ledgers_lock:
+        if key not in _ledgers:
+            _ledgers[key] = EarningsLedger(rt.contracts)
+            while len(_ledgers) > 8:
+                del _ledgers[next(iter(_ledgers))]
+        return _ledgers[key]
+
+
 def _provider_page(rt: MarketRuntime, who: str) -> dict[str, Any]:
-    report = earnings_report(rt.contracts, who).to_json()
+    report = _ledger(rt).report(who).to_json()
     by_day, by_status = fold.earnings_by_day(report)
     position = rt.contracts.stake_of(who)
     record = rt.contracts.worker_record(who)

@@ -19,6 +19,8 @@ The totals are all-time; ``since``/``job_id`` narrow only the rows (``rows_total
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from meshcompute.chain.contracts import BatchViews, ChainEvent, MeshContracts
 from meshcompute.chain.custom_errors import abi_type
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.payout import split_reward
+from meshcompute.errors import ChainError
 from meshcompute.units import format_mesh
 
 FINAL = "final"
@@ -137,7 +140,11 @@ def earnings_report(
     since_block_time: int | None = None,
     job_id: int | None = None,
 ) -> EarningsReport:
-    """The earnings of ``address`` from contract state and events (see the module docstring)."""
+    """The earnings of ``address`` from contract state and events (see the module docstring).
+    Unfiltered, it is :meth:`EarningsLedger.report` of a fresh ledger (the dashboard keeps one
+    ledger and extends it block by block: the same code, so the same figures)."""
+    if since_block_time is None and job_id is None:
+        return EarningsLedger(contracts, size=1).report(address)
     address = Web3.to_checksum_address(address)
     from_block = None
     if since_block_time is not None:
@@ -145,76 +152,184 @@ def earnings_report(
     times = BlockTimes(contracts.w3)
     job_topic = None if job_id is None else [_uint_topic(job_id)]
     paid = _worker_events(contracts, "JobPaid", address, from_block, job_topic)
-    rows = [
-        EarningRow(
-            job_id=int(e.args["jobId"]),
-            amount=int(e.args["amount"]),
-            fee=int(e.args["fee"]),
-            audited=bool(e.args["audited"]),
-            status=FINAL,
-            stage="paid",
-            block_number=e.block_number,
-            timestamp=times.of(e.block_number),
-            tx_hash=e.tx_hash,
-        )
-        for e in paid
-    ]
-    fee_bps = int(contracts.config()["fee_bps"])
     slashed = _worker_events(contracts, "JobSlashed", address, from_block, job_topic)
-    # unfiltered, the paid and slashed jobs are every job of the worker that ended that way
-    ended = ({row.job_id for row in rows} | {int(e.args["jobId"]) for e in slashed}
-             if from_block is None and job_id is None else set())
-    for open_id, record in sorted(open_jobs(contracts, address, ended=ended).items()):
-        if record.state not in _PENDING_STAGES:
-            continue
-        if job_id is not None and open_id != job_id:
-            continue
-        if since_block_time is not None and record.committed_at < since_block_time:
-            continue
-        pay, fee = split_reward(record.reward, fee_bps)
-        rows.append(
-            EarningRow(
-                job_id=open_id,
-                amount=pay,
-                fee=fee,
-                audited=record.state != JobState.COMMITTED,
-                status=PENDING,
-                stage=_PENDING_STAGES[record.state],
-                block_number=record.committed_block,
-                timestamp=record.committed_at,
-                tx_hash="",
-            )
-        )
-    slashes = [
-        SlashRow(
-            job_id=int(e.args["jobId"]),
-            amount=int(e.args["slashed"]),
-            client_compensation=int(e.args["clientCompensation"]),
-            block_number=e.block_number,
-            timestamp=times.of(e.block_number),
-            tx_hash=e.tx_hash,
-        )
-        for e in slashed
+    times.prefetch(e.block_number for e in paid + slashed)
+    pending = [
+        row for row in _pending_rows(contracts, open_jobs(contracts, address))
+        if (job_id is None or row.job_id == job_id)
+        and (since_block_time is None or row.timestamp >= since_block_time)
     ]
-    account = contracts.account_of(address)
-    position = contracts.stake_of(address)
     filters: dict[str, Any] = {}
     if since_block_time is not None:
         filters["since_block_time"] = since_block_time
     if job_id is not None:
         filters["job_id"] = job_id
+    return _assemble(contracts, address, paid, slashed, pending, times.of, filters)
+
+
+def _paid_row(e: ChainEvent, timestamp: int) -> EarningRow:
+    return EarningRow(job_id=int(e.args["jobId"]), amount=int(e.args["amount"]),
+                      fee=int(e.args["fee"]), audited=bool(e.args["audited"]), status=FINAL,
+                      stage="paid", block_number=e.block_number, timestamp=timestamp,
+                      tx_hash=e.tx_hash)
+
+
+def _slash_row(e: ChainEvent, timestamp: int) -> SlashRow:
+    return SlashRow(job_id=int(e.args["jobId"]), amount=int(e.args["slashed"]),
+                    client_compensation=int(e.args["clientCompensation"]),
+                    block_number=e.block_number, timestamp=timestamp, tx_hash=e.tx_hash)
+
+
+def _pending_rows(contracts: MeshContracts, held: dict[int, JobRecord]) -> list[EarningRow]:
+    """A row for each job the worker holds that waits to settle (what it will pay)."""
+    fee_bps = int(contracts.config()["fee_bps"])
+    rows = []
+    for open_id, record in sorted(held.items()):
+        if record.state not in _PENDING_STAGES:
+            continue
+        pay, fee = split_reward(record.reward, fee_bps)
+        rows.append(EarningRow(job_id=open_id, amount=pay, fee=fee,
+                               audited=record.state != JobState.COMMITTED, status=PENDING,
+                               stage=_PENDING_STAGES[record.state],
+                               block_number=record.committed_block,
+                               timestamp=record.committed_at, tx_hash=""))
+    return rows
+
+
+def _assemble(contracts: MeshContracts, address: str, paid: list[ChainEvent],
+              slashed: list[ChainEvent], pending: list[EarningRow],
+              time_of: Any, filters: dict[str, Any]) -> EarningsReport:
+    rows = [_paid_row(e, time_of(e.block_number)) for e in paid] + pending
+    account = contracts.account_of(address)
+    position = contracts.stake_of(address)
     return EarningsReport(
         address=address,
         rows=rows,
-        slashes=slashes,
+        slashes=[_slash_row(e, time_of(e.block_number)) for e in slashed],
         earned=account.earned,
         withdrawn=account.withdrawn,
         withdrawable=account.withdrawable,
-        pending=sum(row.amount for row in rows if row.status == PENDING),
+        pending=sum(row.amount for row in pending),
         slashed=position.slashed,
         completed=account.completed,
         filters=filters,
     )
+
+
+#: The events of a worker an unfiltered report reads (each has ``jobId`` as its first indexed
+#: topic and ``worker`` as its second).
+_LEDGER_EVENTS = ("JobPaid", "JobSlashed", "JobAssigned", "JobCommitted")
+
+#: Blocks under the head a ledger re-reads on every report instead of keeping: a node may
+#: answer for its newest block before that block's logs are stored (see
+#: :meth:`MeshContracts.job_records`), and a shallow reorganization lands there.
+CONFIRMATIONS = 3
+
+
+@dataclass
+class _Scan:
+    """What one worker's logs said, from the deployment to ``block`` (whose hash was
+    ``block_hash``)."""
+
+    block: int
+    block_hash: bytes
+    paid: list[ChainEvent] = field(default_factory=list)
+    slashed: list[ChainEvent] = field(default_factory=list)
+    taken: set[int] = field(default_factory=set)
+    """Every job the worker took (``JobAssigned``, or ``JobCommitted`` of assignAndCommit)."""
+    times: dict[int, int] = field(default_factory=dict)
+    """Timestamps of the blocks of ``paid`` and ``slashed``."""
+
+    def add(self, events: Iterable[ChainEvent]) -> None:
+        for e in events:
+            if e.name == "JobPaid":
+                self.paid.append(e)
+            elif e.name == "JobSlashed":
+                self.slashed.append(e)
+            else:
+                self.taken.add(int(e.args["jobId"]))
+
+
+class EarningsLedger:
+    """Unfiltered earnings reports of many workers, each kept between reports and extended
+    with the logs of the blocks since (one log read per report, not the worker's whole
+    history: the dashboard's provider page).
+
+    Reorg-safe: a worker's kept scan ends ``CONFIRMATIONS`` blocks under the head it was read
+    at and remembers that block's hash; a report whose kept block no longer has that hash
+    (the chain reorganized under it) reads the worker's history again from the deployment.
+    The blocks above the kept one are read again on every report. Bounded: at most ``size``
+    workers are kept, the least recently reported go first."""
+
+    def __init__(self, contracts: MeshContracts, size: int = 256) -> None:
+        self.contracts = contracts
+        self._size = size
+        self._lock = threading.Lock()
+        self._scans: OrderedDict[str, _Scan] = OrderedDict()
+        self._locks: dict[str, threading.Lock] = {}
+        self.rebuilds = 0
+        """Reports that read a worker's history from the deployment (first ones, reorgs)."""
+
+    def report(self, address: str) -> EarningsReport:
+        address = Web3.to_checksum_address(address)
+        with self._lock:
+            lock = self._locks.setdefault(address, threading.Lock())
+        with lock:
+            for _attempt in range(3):
+                report = self._report(address)
+                if report is not None:
+                    return report
+            raise ChainError(f"the chain kept reorganizing while the earnings of {address} "
+                             "were read; try again")
+
+    def _report(self, address: str) -> EarningsReport | None:
+        contracts, w3 = self.contracts, self.contracts.w3
+        head = int(w3.eth.block_number)
+        base = max(0, int(contracts.deployment.block) - 1)
+        stable = max(base, head - CONFIRMATIONS)
+        stable_hash = _hash_of(w3, stable)  # before any log is read; checked after
+        with self._lock:
+            scan = self._scans.pop(address, None)
+        if scan is not None and (scan.block > stable
+                                 or _hash_of(w3, scan.block) != scan.block_hash):
+            scan = None  # reorganized under it (or a node behind the last one): read it all
+        if scan is None:
+            self.rebuilds += 1
+            scan = _Scan(block=base, block_hash=_hash_of(w3, base))
+        grown = _Scan(scan.block, scan.block_hash, list(scan.paid), list(scan.slashed),
+                      set(scan.taken), dict(scan.times))
+        if stable > grown.block:
+            grown.add(self._events(address, grown.block + 1, stable))
+            grown.block, grown.block_hash = stable, stable_hash
+        tail = _Scan(grown.block, grown.block_hash)
+        if head > grown.block:
+            tail.add(self._events(address, grown.block + 1, head))
+        paid, slashed = grown.paid + tail.paid, grown.slashed + tail.slashed
+        ended = {int(e.args["jobId"]) for e in paid + slashed}
+        held = _held(contracts, address, (grown.taken | tail.taken) - ended, head)
+        missing = {e.block_number for e in paid + slashed} - set(grown.times)
+        times = {**grown.times, **_block_times(w3, missing)}
+        if _hash_of(w3, stable) != stable_hash:
+            return None  # reorganized while it was read: read again
+        grown.times = {b: t for b, t in times.items() if b <= grown.block}
+        with self._lock:
+            self._scans[address] = grown
+            while len(self._scans) > self._size:
+                self._scans.popitem(last=False)
+        return _assemble(contracts, address, paid, slashed, _pending_rows(contracts, held),
+                         times.__getitem__, {})
+
+    def _events(self, address: str, from_block: int, to_block: int) -> list[ChainEvent]:
+        contracts = self.contracts
+        return contracts.events(
+            from_block, to_block,
+            topics=[[event_topic(contracts, name) for name in _LEDGER_EVENTS], None,
+                    _address_topic(address)],
+            addresses=[contracts.deployment.address("JobMarket")])
+
+
+def _hash_of(w3: Web3, block: int) -> bytes:
+    return bytes(w3.eth.get_block(block)["hash"])
 
 
 def open_jobs(contracts: MeshContracts, worker: str, *,
@@ -236,10 +351,18 @@ def open_jobs(contracts: MeshContracts, worker: str, *,
         for name in ("JobAssigned", "JobCommitted")
         for e in _worker_events(contracts, name, worker, None, None, to_block=head)
     } - set(ended)
+    return _held(contracts, worker, ids, head)
+
+
+def _held(contracts: MeshContracts, worker: str, ids: Iterable[int],
+          head: int) -> dict[int, JobRecord]:
+    """Of the jobs ``ids`` the worker took, those it still holds: one batch of ``jobDigest``
+    reads at ``head`` drops the ones the contract closed, the rest are rebuilt from events."""
+    ids = sorted(ids)
     if not ids:
         return {}
     views = BatchViews(contracts, head)
-    asked = {job_id: views.add(contracts.market, "jobDigest", job_id) for job_id in sorted(ids)}
+    asked = {job_id: views.add(contracts.market, "jobDigest", job_id) for job_id in ids}
     digests = views.run()
     digest = {i: bytes(digests[at][0]) for i, at in asked.items()}
     alive = sorted(i for i, value in digest.items() if any(value))
@@ -254,6 +377,25 @@ def open_jobs(contracts: MeshContracts, worker: str, *,
                 and record.state != JobState.POSTED:
             held[i] = record
     return held
+
+
+def _block_times(w3: Web3, blocks: Iterable[int]) -> dict[int, int]:
+    """Timestamps of ``blocks``, read in JSON-RPC batches of at most 500."""
+    wanted = sorted(set(blocks))
+    out: dict[int, int] = {}
+    for first in range(0, len(wanted), 500):
+        chunk = wanted[first:first + 500]
+        responses = w3.provider.make_batch_request(  # type: ignore[attr-defined]
+            [("eth_getBlockByNumber", [hex(b), False]) for b in chunk])
+        if not isinstance(responses, list) or len(responses) != len(chunk):
+            raise ChainError(f"a batch of {len(chunk)} block reads failed: {responses}")
+        for response in sorted(responses, key=lambda r: int(r["id"])):
+            if "error" in response or not response.get("result"):
+                raise ChainError(f"a block read of a batch failed: {response}")
+        for block, response in zip(chunk, sorted(responses, key=lambda r: int(r["id"])),
+                                   strict=True):
+            out[block] = int(response["result"]["timestamp"], 16)
+    return out
 
 
 def first_block_at_or_after(contracts: MeshContracts, timestamp: int) -> int:
@@ -317,6 +459,10 @@ class BlockTimes:
     def __init__(self, w3: Web3) -> None:
         self._w3 = w3
         self._cache: dict[int, int] = {}
+
+    def prefetch(self, blocks: Iterable[int]) -> None:
+        """Read the timestamps of ``blocks`` in batches (instead of one request each)."""
+        self._cache.update(_block_times(self._w3, set(blocks) - set(self._cache)))
 
     def of(self, block_number: int) -> int:
         if block_number not in self._cache:
