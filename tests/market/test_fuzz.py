@@ -17,6 +17,9 @@ from tests.market.helpers import register
 pytestmark = pytest.mark.anvil
 REDIS_DB = 13
 EXAMPLES = 20
+# the dashboard's event stream is read to its end: short here (300 s by default), so fuzzing it
+# costs seconds, not five minutes per generated request
+MARKET_SETTINGS = {"dashboard_tick_s": 0.2, "dashboard_stream_s": 0.5}
 
 
 @pytest.fixture(scope="module")
