@@ -80,7 +80,7 @@ def bench_dashboard(
     dashboards: Annotated[int, typer.Option(
         min=0, help="Open dashboards during the settlement run (0: skip that part).")] = 10,
     duration: Annotated[float, typer.Option(help="Seconds of each settlement run.")] = 30.0,
-    rounds: Annotated[int, typer.Option(min=1, help="Settlement runs of each kind.")] = 1,
+    rounds: Annotated[int, typer.Option(min=1, help="Settlement runs of each kind (alternately; medians compared).")] = 3,
 ) -> None:
     """Dashboard pages drawn in Chromium with many jobs indexed, the market's CPU per page
     view, and settlement with dashboards open against without."""
