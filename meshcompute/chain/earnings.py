@@ -266,15 +266,15 @@ class EarningsLedger:
         self._size = size
         self._lock = threading.Lock()
         self._scans: OrderedDict[str, _Scan] = OrderedDict()
-        self._locks: dict[str, threading.Lock] = {}
+        # one report of an address at a time, by stripes (a lock per address ever asked for
+        # would grow without bound under a flood of random addresses)
+        self._stripes = [threading.Lock() for _ in range(64)]
         self.rebuilds = 0
         """Reports that read a worker's history from the deployment (first ones, reorgs)."""
 
     def report(self, address: str) -> EarningsReport:
         address = Web3.to_checksum_address(address)
-        with self._lock:
-            lock = self._locks.setdefault(address, threading.Lock())
-        with lock:
+        with self._stripes[int(address[-4:], 16) % len(self._stripes)]:
             for _attempt in range(3):
                 report = self._report(address)
                 if report is not None:
