@@ -11,6 +11,7 @@ computed at most once a second per process and shared.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -110,14 +111,19 @@ def tick(rt: MarketRuntime) -> dict[str, Any]:
     return {key: status[key] for key in ("head", "indexed", "lag_blocks", "stale")}
 
 
-def overview(rt: MarketRuntime) -> dict[str, Any]:
-    """The market at a glance; the chain's status read each time (the stale sign must not
-    lag), the rest once per index head and second."""
+def overview_json(rt: MarketRuntime) -> bytes:
+    """The market at a glance, as the JSON the route sends: the chain's status read each time
+    (the stale sign must not lag), the rest computed and encoded once per index head and
+    second and shared (ten open dashboards refetching it on every tick cost one encoding)."""
     now = time.time()
     status = chain_status(rt)
     body = _overview.get((rt.chain_id, status["indexed"], int(now)),
-                         lambda: _overview_now(rt, now))
-    return {**body, "chain": status}
+                         lambda: _json(_overview_now(rt, now)))
+    return body[:-1] + b',"chain":' + _json(status) + b"}"
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _overview_now(rt: MarketRuntime, now: float) -> dict[str, Any]:

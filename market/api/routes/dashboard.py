@@ -15,7 +15,7 @@ from typing import Any
 import requests
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from meshcompute.errors import BadInput, NotFound, ServiceUnavailable
 from meshcompute.market.api.deps import Runtime
@@ -102,9 +102,10 @@ def _job_id(text: str) -> int:
     return int(text)
 
 
-@router.get("/dashboard/api/overview")
-async def overview(runtime: Runtime) -> dict[str, Any]:
-    return await _read(views.overview, runtime)
+@router.get("/dashboard/api/overview", response_class=Response,
+            responses={200: {"content": {"application/json": {}}}})
+async def overview(runtime: Runtime) -> Response:
+    return Response(await _read(views.overview_json, runtime), media_type="application/json")
 
 
 @router.get("/dashboard/api/jobs/{job_id}")
