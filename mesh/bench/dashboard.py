@@ -245,12 +245,12 @@ def open_dashboards(stack: Any, count: int) -> Iterator[dict[str, Any]]:
     import sys
 
     api = stack.services["market-api"].process.pid
-    child = subprocess.Popen(
-        [sys.executable, "-c", ("import sys; from meshcompute.mesh.bench.dashboard import "
-                                "emulate_dashboards as e; e(sys.argv[1], int(sys.argv[2]))"),
+    child = subprocess.Popen(  # nice(1), not a preexec_fn: this process has threads
+        ["nice", "-n", "19", sys.executable, "-c",
+         ("import sys; from meshcompute.mesh.bench.dashboard import "
+          "emulate_dashboards as e; e(sys.argv[1], int(sys.argv[2]))"),
          stack.market_url, str(count)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        preexec_fn=lambda: os.nice(19))  # noqa: PLW1509 - only a nice() before exec
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     seen: dict[str, Any] = {}
     cpu_before = _cpu_seconds(api)
     try:
