@@ -27,6 +27,7 @@ from typing import Any
 
 from eth_utils import keccak
 from web3 import Web3
+from web3.exceptions import BlockNotFound
 
 from meshcompute.chain.contracts import BatchViews, ChainEvent, MeshContracts
 from meshcompute.chain.custom_errors import abi_type
@@ -274,7 +275,9 @@ class EarningsLedger:
 
     def report(self, address: str) -> EarningsReport:
         address = Web3.to_checksum_address(address)
-        with self._stripes[int(address[-4:], 16) % len(self._stripes)]:
+        # hash() of a str is salted per process: nobody can pick addresses that queue behind
+        # a given provider's lock
+        with self._stripes[hash(address) % len(self._stripes)]:
             for _attempt in range(3):
                 report = self._report(address)
                 if report is not None:
@@ -312,10 +315,13 @@ class EarningsLedger:
         if _hash_of(w3, stable) != stable_hash:
             return None  # reorganized while it was read: read again
         grown.times = {b: t for b, t in times.items() if b <= grown.block}
-        with self._lock:
-            self._scans[address] = grown
-            while len(self._scans) > self._size:
-                self._scans.popitem(last=False)
+        if grown.paid or grown.slashed or grown.taken:
+            # an address with no history is not kept: views of random addresses (one log
+            # read each) cannot push the providers' kept histories out
+            with self._lock:
+                self._scans[address] = grown
+                while len(self._scans) > self._size:
+                    self._scans.popitem(last=False)
         return _assemble(contracts, address, paid, slashed, _pending_rows(contracts, held),
                          times.__getitem__, {})
 
@@ -329,7 +335,12 @@ class EarningsLedger:
 
 
 def _hash_of(w3: Web3, block: int) -> bytes:
-    return bytes(w3.eth.get_block(block)["hash"])
+    """The hash of block ``block``; empty when the node has no such block (the chain got
+    shorter: a reorganization), which matches no kept hash."""
+    try:
+        return bytes(w3.eth.get_block(block)["hash"])
+    except BlockNotFound:
+        return b""
 
 
 def open_jobs(contracts: MeshContracts, worker: str, *,
@@ -380,17 +391,19 @@ def _held(contracts: MeshContracts, worker: str, ids: Iterable[int],
 
 
 def _block_times(w3: Web3, blocks: Iterable[int]) -> dict[int, int]:
-    """Timestamps of ``blocks``, read in JSON-RPC batches of at most 500."""
+    """Timestamps of ``blocks``, read in JSON-RPC batches of at most 100 (a limit hosted
+    nodes accept)."""
     wanted = sorted(set(blocks))
     out: dict[int, int] = {}
-    for first in range(0, len(wanted), 500):
-        chunk = wanted[first:first + 500]
+    for first in range(0, len(wanted), 100):
+        chunk = wanted[first:first + 100]
         responses = w3.provider.make_batch_request(  # type: ignore[attr-defined]
             [("eth_getBlockByNumber", [hex(b), False]) for b in chunk])
         if not isinstance(responses, list) or len(responses) != len(chunk):
             raise ChainError(f"a batch of {len(chunk)} block reads failed: {responses}")
-        for response in sorted(responses, key=lambda r: int(r["id"])):
-            if "error" in response or not response.get("result"):
+        for response in responses:
+            if not isinstance(response, dict) or "error" in response \
+                    or not response.get("result") or response.get("id") is None:
                 raise ChainError(f"a block read of a batch failed: {response}")
         for block, response in zip(chunk, sorted(responses, key=lambda r: int(r["id"])),
                                    strict=True):

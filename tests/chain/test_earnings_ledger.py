@@ -32,7 +32,11 @@ def _slashed(world: World, worker) -> int:
 
 
 def _fresh(contracts: MeshContracts, who: str) -> dict:
-    return earnings_report(contracts, who).to_json()
+    """The whole history read the other way: the filtered report's path (each event kind
+    read on its own from the deployment, the held jobs by open_jobs), filtered from time 0."""
+    report = earnings_report(contracts, who, since_block_time=0).to_json()
+    assert report.pop("filters") == {"since_block_time": 0}
+    return {**report, "filters": {}}
 
 
 def _job_ids(report: dict, status: str) -> list[int]:
@@ -73,12 +77,31 @@ def test_a_reorganization_under_the_kept_history_reads_it_again(world: World, an
     gone = _paid(world, me)
     world.chain.mine(CONFIRMATIONS + 2)
     assert _job_ids(ledger.report(me.address).to_json(), "final") == before + gone
-    # the chain reorganizes: the blocks that paid `gone` are replaced by others, higher
+    kept = ledger._scans[me.address].block
+    # the chain reorganizes: the blocks that paid `gone` are replaced by others, higher (so
+    # the kept block is below the new head's confirmations: only its hash tells)
     anvil.revert(fork)
     world.resync()
     other = _paid(world, me, 1)
-    world.chain.mine(3 * CONFIRMATIONS)
+    world.chain.mine(max(1, kept + CONFIRMATIONS + 1 - int(world.w3.eth.block_number)))
+    assert int(world.w3.eth.block_number) - CONFIRMATIONS > kept
     report = ledger.report(me.address).to_json()
     assert report == _fresh(contracts, me.address)
     assert _job_ids(report, "final") == before + other
     assert ledger.rebuilds == 2
+
+
+def test_an_address_with_no_history_is_not_kept(world: World) -> None:
+    """Views of random addresses cannot push the providers' kept histories out."""
+    contracts = MeshContracts(world.w3, world.deployment)
+    ledger = EarningsLedger(contracts, size=2)
+    me = world.workers[0]
+    _paid(world, me)
+    world.chain.mine(CONFIRMATIONS + 1)
+    ledger.report(me.address)
+    for i in range(5):
+        report = ledger.report("0x" + f"{i + 1:040x}").to_json()
+        assert report["rows"] == [] and report["totals"]["earned"]["wei"] == "0"
+    assert list(ledger._scans) == [me.address]
+    ledger.report(me.address)
+    assert ledger.rebuilds == 6  # the provider once, each empty address once
