@@ -51,6 +51,11 @@ class _PerSecond:
             self._key, self._value = key, value
         return value
 
+    def peek(self, key: Any) -> Any:
+        """The value kept for ``key``, or None (computes nothing)."""
+        with self._lock:
+            return self._value if self._key == key else None
+
 
 _overview = _PerSecond()
 _tick = _PerSecond()
@@ -103,23 +108,50 @@ def chain_status(rt: MarketRuntime) -> dict[str, Any]:
             "stale": lag > limit, "stale_after_blocks": limit, "now": time.time()}
 
 
+def status(rt: MarketRuntime) -> dict[str, Any]:
+    """The chain's status as of this tick (``dashboard_tick_s``), read once per tick and
+    process and shared by the stream's ticks and every overview: the stale sign lags the
+    chain by at most one tick."""
+    return _tick.get(_tick_key(rt), lambda: chain_status(rt))
+
+
+def _tick_key(rt: MarketRuntime) -> tuple[Any, ...]:
+    return id(rt), int(time.time() / rt.settings.dashboard_tick_s)
+
+
 def tick(rt: MarketRuntime) -> dict[str, Any]:
-    """What the event stream sends each second: the chain's head and the index's, and whether
-    the index is stale (shared by every open stream of this process)."""
-    status = _tick.get(int(time.time() / rt.settings.dashboard_tick_s),
-                       lambda: chain_status(rt))
-    return {key: status[key] for key in ("head", "indexed", "lag_blocks", "stale")}
+    """What the event stream sends each tick: the chain's head and the index's, and whether
+    the index is stale."""
+    now = status(rt)
+    return {key: now[key] for key in ("head", "indexed", "lag_blocks", "stale")}
 
 
 def overview_json(rt: MarketRuntime) -> bytes:
-    """The market at a glance, as the JSON the route sends: the chain's status read each time
-    (the stale sign must not lag), the rest computed and encoded once per index head and
-    second and shared (ten open dashboards refetching it on every tick cost one encoding)."""
+    """The market at a glance, as the JSON the route sends: the chain's status of this tick,
+    the rest computed and encoded once per index head and second and shared (ten open
+    dashboards refetching it on every tick cost one computation and one encoding)."""
     now = time.time()
-    status = chain_status(rt)
-    body = _overview.get((rt.chain_id, status["indexed"], int(now)),
-                         lambda: _json(_overview_now(rt, now)))
-    return body[:-1] + b',"chain":' + _json(status) + b"}"
+    chain = status(rt)
+    body = _overview.get(_overview_key(rt, chain, now), lambda: _json(_overview_now(rt, now)))
+    return _with_chain(body, chain)
+
+
+def overview_kept(rt: MarketRuntime) -> bytes | None:
+    """The overview when this tick's status and this second's overview are both computed
+    already (no I/O: the route answers it on the event loop), else None."""
+    chain = _tick.peek(_tick_key(rt))
+    if chain is None:
+        return None
+    body = _overview.peek(_overview_key(rt, chain, time.time()))
+    return None if body is None else _with_chain(body, chain)
+
+
+def _overview_key(rt: MarketRuntime, chain: dict[str, Any], now: float) -> tuple[Any, ...]:
+    return id(rt), rt.chain_id, chain["indexed"], int(now)
+
+
+def _with_chain(body: bytes, chain: dict[str, Any]) -> bytes:
+    return body[:-1] + b',"chain":' + _json(chain) + b"}"
 
 
 def _json(value: dict[str, Any]) -> bytes:

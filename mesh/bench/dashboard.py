@@ -263,6 +263,8 @@ def open_dashboards(stack: Any, count: int) -> Iterator[dict[str, Any]]:
         yield seen
     finally:
         seen["market_api_cpu_s"] = round(_cpu_seconds(api) - cpu_before, 2)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            seen["viewers_cpu_s"] = round(_cpu_seconds(child.pid), 2)
         try:
             out, _ = child.communicate(input="", timeout=30)
             seen.update(json.loads(out.strip().splitlines()[-1]))
