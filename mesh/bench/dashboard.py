@@ -11,12 +11,13 @@ costs the market, and whether open dashboards slow settlement (issue 16).
    (``body[data-rendered]``: its data fetched, its DOM and charts drawn). The market API
    process's CPU time (user + system, from /proc) over all loads, divided by their count, is
    its CPU per page view.
-2. **Settlement with dashboards open.** The end-to-end bench (``mesh bench e2e``) twice, on one
-   machine, alternately: without dashboards, and with ``dashboards`` of them open during its
-   measured window. An open dashboard here is what the page does on the network: it holds the
-   event stream and fetches the overview again on each tick that says the index moved (an HTTP
-   client per dashboard, not a browser: on a two-core machine ten browsers' own rendering
-   would be charged to the market).
+2. **Settlement with dashboards open.** The end-to-end bench's stack and load (``mesh bench
+   e2e``), warmed up once, then windows alternately without and with ``dashboards`` open (A B
+   B A order, ``pairs`` of each): each window's rate is the jobs paid in the blocks mined
+   during it per second. An open dashboard here is what the page does on the network: it
+   holds the event stream and fetches the overview again on each tick that says the index
+   moved (an HTTP client per dashboard, not a browser: on a two-core machine ten browsers' own
+   rendering would be charged to the market).
 """
 
 from __future__ import annotations
@@ -286,68 +287,91 @@ def _market_cpu(stack: Any) -> Iterator[dict[str, Any]]:
         seen["market_api_cpu_s"] = round(_cpu_seconds(api) - before, 2)
 
 
-def _alongside(opener: Any, seen: dict[str, Any]) -> Any:
-    @contextlib.contextmanager
-    def alongside(stack: Any) -> Iterator[None]:
-        with opener(stack) as counts:
-            yield
-        seen.update(counts)
+def _windows_order(pairs: int) -> list[bool]:
+    """Which windows have dashboards open: pairs in A B B A order (without, with, with,
+    without, ...), so a drift of the machine over the run falls on both kinds alike."""
+    order: list[bool] = []
+    for n in range(pairs):
+        order += [False, True] if n % 2 == 0 else [True, False]
+    return order
 
-    return alongside
 
+def _settlement_bench(dashboards: int, window_s: float, pairs: int,
+                      settle_s: float = 5.0) -> dict[str, Any]:
+    """The end-to-end bench's stack and load (``mesh bench e2e``: four workers, a verifier,
+    a client posting 50-shard submissions without pause), warmed up once, then windows of
+    ``window_s`` alternately without and with ``dashboards`` open, in A B B A order. A
+    window's rate is the JobPaid events in the blocks mined during it per second. Each window
+    begins ``settle_s`` after its condition changed (the viewers' process starts, and jobs
+    posted under the other condition are mostly paid by then). One stack for all windows: two
+    stacks started one after another differ by more than the effect measured (single runs of
+    the e2e bench on this machine went from 48 to 75 jobs a second with nothing changed)."""
+    from meshcompute.mesh.bench.stack_bench import warm_e2e_stack
 
-def _settlement_bench(dashboards: int, duration_s: float, rounds: int) -> dict[str, Any]:
-    from meshcompute.mesh.bench.stack_bench import run_e2e_bench
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    windows: list[dict[str, Any]] = []
+    with warm_e2e_stack() as load:
+        stack = load.stack
+        w3 = stack.chain.w3()
+        stop = threading.Event()
+        threads, errors = load.post_continuously(stop.is_set)
 
-    without: list[float] = []
-    with_open: list[float] = []
-    cpu_without: list[float] = []
-    traffic: list[dict[str, Any]] = []
-    def plain() -> None:
-        seen: dict[str, Any] = {}
-        without.append(run_e2e_bench(duration_s=duration_s,
-                                     alongside=_alongside(_market_cpu, seen),
-                                     )["settled_jobs_per_s"])
-        cpu_without.append(seen["market_api_cpu_s"])
+        def wait(seconds: float) -> None:
+            ends = time.perf_counter() + seconds
+            while time.perf_counter() < ends:
+                if errors:
+                    raise errors[0]
+                stack.check_alive()
+                time.sleep(0.25)
 
-    def dashboarded() -> None:
-        seen: dict[str, Any] = {}
-        rate = run_e2e_bench(
-            duration_s=duration_s,
-            alongside=_alongside(lambda stack: open_dashboards(stack, dashboards), seen),
-        )["settled_jobs_per_s"]
-        if seen.get("counts_lost"):
-            raise RuntimeError("the emulated dashboards' process did not report: its load "
-                               "is unknown, so this run cannot count")
-        with_open.append(rate)
-        traffic.append(seen)
-
-    for n in range(rounds):  # alternately, each kind first in turn: a drift falls on both
-        for run in ((plain, dashboarded) if n % 2 == 0 else (dashboarded, plain)):
-            run()
-    base = statistics.median(without)
-    loaded = statistics.median(with_open)
+        try:
+            for dash in _windows_order(pairs):
+                with (open_dashboards(stack, dashboards) if dash else _market_cpu(stack)) as seen:
+                    wait(settle_s)
+                    first, start = w3.eth.block_number, time.perf_counter()
+                    wait(window_s)
+                    last, end = w3.eth.block_number, time.perf_counter()
+                paid = len(load.contracts.job_events(None, first + 1, last, names=("JobPaid",)))
+                if dash and seen.get("counts_lost"):
+                    raise RuntimeError("the emulated dashboards' process did not report: its "
+                                       "load is unknown, so this run cannot count")
+                rate = paid / (end - start)
+                rates[dash].append(rate)
+                cpu[dash].append(seen["market_api_cpu_s"])
+                windows.append({"dashboards": dashboards if dash else 0,
+                                "settled_jobs_per_s": round(rate, 2), **seen})
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+    base = statistics.mean(rates[False])
+    loaded = statistics.mean(rates[True])
+    by_pair = [100 * (w - o) / o for o, w in zip(rates[False], rates[True], strict=True)]
     return {
         "settled_jobs_per_s_without": round(base, 2),
         "settled_jobs_per_s_with_dashboards": round(loaded, 2),
         "settlement_change_pct": round(100 * (loaded - base) / base, 1),
-        "market_api_cpu_s_without": statistics.median(cpu_without),
-        "market_api_cpu_s_with_dashboards": statistics.median(
-            t["market_api_cpu_s"] for t in traffic),
+        "settlement_change_pct_by_pair": [round(c, 1) for c in by_pair],
+        # how far the pairs' mean change may be off: their spread / sqrt(pairs)
+        "settlement_change_pct_stderr": round(
+            statistics.stdev(by_pair) / len(by_pair) ** 0.5, 1) if len(by_pair) > 1 else None,
+        "market_api_cpu_s_without": round(statistics.mean(cpu[False]), 2),
+        "market_api_cpu_s_with_dashboards": round(statistics.mean(cpu[True]), 2),
         "dashboards": dashboards,
-        "settlement_rounds": rounds,
-        "settlement_runs": {"without": without, "with": with_open},
-        "dashboard_traffic": traffic,
+        "settlement_pairs": pairs,
+        "settlement_window_s": window_s,
+        "settlement_windows": windows,
     }
 
 
 def run_dashboard_bench(*, jobs: int = 100_000, provider_jobs: int = 2_000, loads: int = 20,
-                        dashboards: int = 10, duration_s: float = 30.0, rounds: int = 3,
+                        dashboards: int = 10, duration_s: float = 30.0, pairs: int = 4,
                         batch: int = 500) -> dict[str, Any]:
     if not shutil.which(CHROMIUM):
         raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (make setup does)")
     pages = _pages_bench(jobs, provider_jobs, loads, batch)
-    settlement = _settlement_bench(dashboards, duration_s, rounds) if dashboards else {}
+    settlement = _settlement_bench(dashboards, duration_s, pairs) if dashboards else {}
     return {
         **pages,
         **settlement,
@@ -355,6 +379,8 @@ def run_dashboard_bench(*, jobs: int = 100_000, provider_jobs: int = 2_000, load
                     "settlement_change_pct": -5},
         "method": "pages: Debian Chromium, a new tab per load, performance.now() when the page "
                   "marks itself drawn; CPU: the market API process's user+system time over "
-                  "all loads / loads; settlement: mesh bench e2e without and with the "
-                  "dashboards' traffic (event stream + overview refetch per changed tick)",
+                  "all loads / loads; settlement: mesh bench e2e's stack and load, warmed up "
+                  "once, windows alternately without and with the dashboards' traffic (event "
+                  "stream + overview refetch per changed tick) in A B B A order; a window's "
+                  "rate = JobPaid in the blocks mined during it / its length; means compared",
     }

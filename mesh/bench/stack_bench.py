@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from decimal import Decimal
@@ -112,6 +113,123 @@ E2E_ENV = {
 }
 
 
+class E2ELoad:
+    """The end-to-end bench's stack once warm: its clients, what each posts, and the jobs seen
+    posted and final (:func:`warm_e2e_stack`)."""
+
+    def __init__(self, stack: DevStack, posters: list[Any], program: Any, batch: int,
+                 next_block: int) -> None:
+        self.stack = stack
+        self.posters = posters
+        self.contracts = posters[0].connection.contracts
+        self.program = program
+        self.batch = batch
+        self.next_block = next_block
+        self.posted_at: dict[int, float] = {}
+        self.final_at: dict[int, float] = {}
+        self.outcome: dict[int, str] = {}
+        self.warmup_s = 0.0
+        self._lock = threading.Lock()
+
+    def submit(self, client: Any, seed: int) -> list[int]:
+        """One submission of ``batch`` shards from ``client``, each escrowed at the bench's
+        reward and collateral."""
+        import torch
+
+        x = torch.randn(self.batch, 8, generator=torch.Generator().manual_seed(seed))
+        submission = client.submit(self.program, (x,), shards=self.batch,
+                                   pay=str(Decimal(E2E_REWARD) * self.batch),
+                                   collateral=E2E_COLLATERAL, deadline="30m")
+        now = time.perf_counter()
+        with self._lock:
+            for job_id in submission.job_ids:
+                self.posted_at[job_id] = now
+        return submission.job_ids
+
+    def collect(self) -> None:
+        """Note the jobs that became final (paid, slashed, refunded) since the last call."""
+        self.next_block = _collect_final(self.contracts, self.next_block, self.final_at,
+                                         self.outcome)
+
+    def post_continuously(self, until: Callable[[], bool]) -> tuple[list[threading.Thread],
+                                                                    list[BaseException]]:
+        """Every client posting submission after submission, one thread each, until
+        ``until()``; the threads, and where they put an error."""
+        errors: list[BaseException] = []
+
+        def post_loop(index: int, client: Any) -> None:
+            seed = 1000 * (index + 1)
+            try:
+                while not until():
+                    seed += 1
+                    self.submit(client, seed)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post_loop, args=(i, c), daemon=True)
+                   for i, c in enumerate(self.posters)]
+        for thread in threads:
+            thread.start()
+        return threads, errors
+
+
+E2E_REWARD = "0.01"
+E2E_COLLATERAL = "1"
+
+
+@contextlib.contextmanager
+def warm_e2e_stack(*, workers: int = 4, batch: int = 50, slots: int = 2, clients: int = 1,
+                   settle_s: float = 10.0, extra_env: dict[str, str] | None = None,
+                   ) -> Iterator[E2ELoad]:
+    """The end-to-end bench's stack (``workers`` workers, a verifier, the market tuned by
+    :data:`E2E_ENV`), warmed up: one submission per client run to its payment, then
+    ``settle_s`` for the spare processes it started, so what follows measures the steady
+    state, not process start-up."""
+    import torch
+
+    from meshcompute.execution.programs import export_program
+    from meshcompute.mesh.devstack import ADMIN, FIRST_WORKER
+    from meshcompute.mesh.models import MLP
+    from meshcompute.units import TOKEN
+
+    torch.manual_seed(0)
+    model = MLP(d_in=8, d_hidden=8, d_out=2, depth=2).eval()
+    program = export_program(model, (torch.randn(2, 8),))
+    env = dict(E2E_ENV) | (extra_env or {})
+    config = StackConfig(workers=workers, cheaters=0, verifier=True, worker_slots=slots,
+                         params=E2E_PARAMS, extra_env=env)
+    with DevStack(config) as stack:
+        spare = stack.accounts[FIRST_WORKER + workers:]
+        if clients < 1 or clients - 1 > len(spare):
+            raise ValueError(f"clients must be in 1..{len(spare) + 1} with {workers} workers")
+        accounts = [stack.client_account, *spare[:clients - 1]]
+        admin = stack.actor(stack.accounts[ADMIN])
+        for account in accounts[1:]:
+            admin.mint(account.address, 10_000 * TOKEN)
+        load = E2ELoad(stack, [_client(stack, account) for account in accounts], program,
+                       batch, stack.chain.w3().eth.block_number)
+        warm_start = time.perf_counter()
+        warm_ids = [i for n, poster in enumerate(load.posters) for i in load.submit(poster, n)]
+        while not all(i in load.final_at for i in warm_ids):
+            load.collect()
+            stack.check_alive()
+            if time.perf_counter() - warm_start > 300:
+                tails = "\n".join(f"--- {name}\n{service.tail(15)}"
+                                  for name, service in stack.services.items())
+                raise TimeoutError(f"the warm-up submission did not settle in 300 s "
+                                   f"({len([i for i in warm_ids if i in load.final_at])} of "
+                                   f"{len(warm_ids)} final)\n{tails}")
+            time.sleep(0.25)
+        time.sleep(settle_s)  # spare job processes started by the warm-up finish importing
+        load.warmup_s = time.perf_counter() - warm_start
+        for job_id in warm_ids:
+            load.posted_at.pop(job_id, None)
+        yield load
+
+
+E2E_PARAMS = replace(FAST_PARAMS, challenge_window_s=1)
+
+
 def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50,
                   slots: int = 2, clients: int = 1, settle_s: float = 10.0,
                   extra_env: dict[str, str] | None = None,
@@ -129,103 +247,33 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
     verifier audits at that rate.
 
     ``alongside(stack)``, when given, is entered when the measured window starts and left
-    when it ends (``mesh bench dashboard`` opens dashboards there).
+    when it ends.
     """
-    import threading
-
-    import torch
-
-    from meshcompute.execution.programs import export_program
-    from meshcompute.mesh.devstack import ADMIN, FIRST_WORKER
-    from meshcompute.mesh.models import MLP
-    from meshcompute.units import TOKEN
-
-    torch.manual_seed(0)
-    model = MLP(d_in=8, d_hidden=8, d_out=2, depth=2).eval()
-    program = export_program(model, (torch.randn(2, 8),))
     env = dict(E2E_ENV) | (extra_env or {})
-    params = replace(FAST_PARAMS, challenge_window_s=1)
-    config = StackConfig(workers=workers, cheaters=0, verifier=True, worker_slots=slots,
-                         params=params, extra_env=env)
-    posted_at: dict[int, float] = {}
-    final_at: dict[int, float] = {}
-    outcome: dict[int, str] = {}
-    reward, collateral = "0.01", "1"
-    lock = threading.Lock()
-
-    def submit(client: Any, seed: int) -> list[int]:
-        x = torch.randn(batch, 8, generator=torch.Generator().manual_seed(seed))
-        submission = client.submit(program, (x,), shards=batch,
-                                   pay=str(Decimal(reward) * batch), collateral=collateral,
-                                   deadline="30m")
-        now = time.perf_counter()
-        with lock:
-            for job_id in submission.job_ids:
-                posted_at[job_id] = now
-        return submission.job_ids
-
-    with DevStack(config) as stack:
-        spare = stack.accounts[FIRST_WORKER + workers:]
-        if clients < 1 or clients - 1 > len(spare):
-            raise ValueError(f"clients must be in 1..{len(spare) + 1} with {workers} workers")
-        accounts = [stack.client_account, *spare[:clients - 1]]
-        admin = stack.actor(stack.accounts[ADMIN])
-        for account in accounts[1:]:
-            admin.mint(account.address, 10_000 * TOKEN)
-        posters = [_client(stack, account) for account in accounts]
-        contracts = posters[0].connection.contracts
-        next_block = stack.chain.w3().eth.block_number
-        warm_start = time.perf_counter()
-        # every client's first jobs start the worker processes that serve it (kept per client
-        # and program): the window measures the steady state, not process start-up
-        warm_ids = [i for n, poster in enumerate(posters) for i in submit(poster, n)]
-        while not all(i in final_at for i in warm_ids):
-            next_block = _collect_final(contracts, next_block, final_at, outcome)
-            stack.check_alive()
-            if time.perf_counter() - warm_start > 300:
-                tails = "\n".join(f"--- {name}\n{service.tail(15)}"
-                                  for name, service in stack.services.items())
-                raise TimeoutError(f"the warm-up submission did not settle in 300 s "
-                                   f"({len([i for i in warm_ids if i in final_at])} of "
-                                   f"{len(warm_ids)} final)\n{tails}")
-            time.sleep(0.25)
-        time.sleep(settle_s)  # spare job processes started by the warm-up finish importing
-        warmup_s = time.perf_counter() - warm_start
-        for job_id in warm_ids:
-            posted_at.pop(job_id, None)
+    with warm_e2e_stack(workers=workers, batch=batch, slots=slots, clients=clients,
+                        settle_s=settle_s, extra_env=extra_env) as load:
+        stack = load.stack
         start = time.perf_counter()
-        errors: list[BaseException] = []
-
-        def post_loop(index: int, client: Any) -> None:
-            seed = 1000 * (index + 1)
-            try:
-                while time.perf_counter() - start < duration_s:
-                    seed += 1
-                    submit(client, seed)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=post_loop, args=(i, c), daemon=True)
-                   for i, c in enumerate(posters)]
         with alongside(stack) if alongside is not None else contextlib.nullcontext():
-            for thread in threads:
-                thread.start()
+            threads, errors = load.post_continuously(
+                lambda: time.perf_counter() - start >= duration_s)
             while any(thread.is_alive() for thread in threads):
-                next_block = _collect_final(contracts, next_block, final_at, outcome)
+                load.collect()
                 stack.check_alive()
                 time.sleep(0.25)
             window_end = time.perf_counter()
         if errors:
             raise errors[0]
         drain_until = window_end + 120
-        while (not all(i in final_at for i in posted_at)
+        while (not all(i in load.final_at for i in load.posted_at)
                and time.perf_counter() < drain_until):
-            next_block = _collect_final(contracts, next_block, final_at, outcome)
+            load.collect()
             time.sleep(0.25)
         sandboxed = stack.sandboxed
-        audited = sum(1 for e in contracts.job_events(None, 0)
+        audited = sum(1 for e in load.contracts.job_events(None, 0)
                       if e.name == "AuditDrawn" and e.args.get("audited")
-                      and int(e.args["jobId"]) in posted_at)
+                      and int(e.args["jobId"]) in load.posted_at)
+    posted_at, final_at, outcome = load.posted_at, load.final_at, load.outcome
     measured = [j for j in posted_at if j in final_at]
     paid_in_window = [j for j in measured if outcome[j] == "JobPaid" and final_at[j] <= window_end]
     latencies = [final_at[j] - posted_at[j] for j in measured if outcome[j] == "JobPaid"]
@@ -246,13 +294,13 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
         "audited": audited,
         "clients": clients,
         "shards_per_post": batch,
-        "reward_per_job": reward,
-        "collateral_per_job": collateral,
-        "min_audit_bps": params.min_audit_bps,
+        "reward_per_job": E2E_REWARD,
+        "collateral_per_job": E2E_COLLATERAL,
+        "min_audit_bps": E2E_PARAMS.min_audit_bps,
         "slots_per_worker": slots,
         "max_lease_batch": int(env.get("MESH_MAX_LEASE_BATCH", "32")),
-        "challenge_window_s": params.challenge_window_s,
-        "warmup_s": round(warmup_s, 1),
+        "challenge_window_s": E2E_PARAMS.challenge_window_s,
+        "warmup_s": round(load.warmup_s, 1),
         "tuning_env": env,
         "sandboxed": sandboxed,
         "target_settled_jobs_per_s": 50,

@@ -79,15 +79,15 @@ def bench_dashboard(
     loads: Annotated[int, typer.Option(min=1, help="Browser loads of each page.")] = 20,
     dashboards: Annotated[int, typer.Option(
         min=0, help="Open dashboards during the settlement run (0: skip that part).")] = 10,
-    duration: Annotated[float, typer.Option(help="Seconds of each settlement run.")] = 30.0,
-    rounds: Annotated[int, typer.Option(min=1, help="Settlement runs of each kind (alternately; medians compared).")] = 3,
+    duration: Annotated[float, typer.Option(help="Seconds of each settlement window.")] = 30.0,
+    pairs: Annotated[int, typer.Option(min=1, help="Settlement windows of each kind, on one warm stack (A B B A order; means compared).")] = 4,
 ) -> None:
     """Dashboard pages drawn in Chromium with many jobs indexed, the market's CPU per page
     view, and settlement with dashboards open against without."""
     from meshcompute.mesh.bench.dashboard import run_dashboard_bench
 
     emit(run_dashboard_bench(jobs=jobs, provider_jobs=provider_jobs, loads=loads,
-                             dashboards=dashboards, duration_s=duration, rounds=rounds),
+                             dashboards=dashboards, duration_s=duration, pairs=pairs),
          as_json)
 
 
