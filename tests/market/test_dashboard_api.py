@@ -119,27 +119,33 @@ def test_the_overview_counts_what_the_chain_holds_and_says_when_it_is_stale(
     assert not rounds.sample_minute(mk.rt, now)  # once a minute
     world.chain.mine(1)
     mk.rt.indexer.sync()  # (the overview is kept while the index stands, within a second)
-    series = _json(mk, "/dashboard/api/overview")["series"]
-    at = (int(now) - series["start"]) // series["bucket_s"]  # the sampled minute's bucket
+    at = (int(now) - page["series"]["start"]) // page["series"]["bucket_s"]  # sampled minute
+
+    def sampled(page: dict) -> bool:
+        return page["series"]["workers_online"][at] is not None
+
+    series = _overview_within_a_tick(mk, sampled)["series"]
     assert series["workers_online"][at] == 1 and series["open_jobs"][at] == 2
     assert series["backlog"][at] == 0
 
     world.chain.mine(MARKET_SETTINGS["dashboard_stale_blocks"] + 1)  # the index falls behind
-    stale = _chain_within_a_tick(mk, stale=True)
+    stale = _overview_within_a_tick(mk, lambda page: page["chain"]["stale"])["chain"]
     assert stale["lag_blocks"] > MARKET_SETTINGS["dashboard_stale_blocks"]
     mk.rt.indexer.sync()
-    assert _chain_within_a_tick(mk, stale=False)["lag_blocks"] == 0
+    fresh = _overview_within_a_tick(mk, lambda page: not page["chain"]["stale"])["chain"]
+    assert fresh["lag_blocks"] == 0
 
 
-def _chain_within_a_tick(mk: Market, *, stale: bool) -> dict:
-    """The overview's chain status once it says ``stale``: the status is read once per tick
-    and shared, so the sign may lag by one tick (and no more: two ticks is a failure)."""
+def _overview_within_a_tick(mk: Market, holds) -> dict:
+    """The overview once ``holds(page)``: the chain status (and with it the index head the
+    overview is kept by) is read once per tick and shared, so the page may lag the index by
+    one tick, and no more (two ticks is a failure)."""
     ends = time.monotonic() + 2 * MARKET_SETTINGS["dashboard_tick_s"]
     while True:
-        chain = _json(mk, "/dashboard/api/overview")["chain"]
-        if chain["stale"] is stale or time.monotonic() > ends:
-            assert chain["stale"] is stale, chain
-            return chain
+        page = _json(mk, "/dashboard/api/overview")
+        if holds(page) or time.monotonic() > ends:
+            assert holds(page), page["chain"]
+            return page
         time.sleep(0.02)
 
 
