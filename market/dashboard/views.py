@@ -147,7 +147,7 @@ def overview_kept(rt: MarketRuntime) -> bytes | None:
 
 
 def _overview_key(rt: MarketRuntime, chain: dict[str, Any], now: float) -> tuple[Any, ...]:
-    return id(rt), rt.chain_id, chain["indexed"], int(now)
+    return id(rt), chain["indexed"], int(now)
 
 
 def _with_chain(body: bytes, chain: dict[str, Any]) -> bytes:

@@ -14,7 +14,6 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -232,9 +231,7 @@ E2E_PARAMS = replace(FAST_PARAMS, challenge_window_s=1)
 
 def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50,
                   slots: int = 2, clients: int = 1, settle_s: float = 10.0,
-                  extra_env: dict[str, str] | None = None,
-                  alongside: Callable[[DevStack], AbstractContextManager[Any]] | None = None,
-                  ) -> dict[str, Any]:
+                  extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Post trivial jobs continuously for ``duration_s`` after a warm-up (one submission per
     client run to its payment, then ``settle_s`` for the spare processes it started); count
     JobPaid events in the window.
@@ -245,23 +242,19 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
     one permit transaction. Collateral is 100 x the reward per shard, so the market's audit
     rate for these jobs is the deployment's floor (``min_audit_bps``, 500 = 5 %) and the
     verifier audits at that rate.
-
-    ``alongside(stack)``, when given, is entered when the measured window starts and left
-    when it ends.
     """
     env = dict(E2E_ENV) | (extra_env or {})
     with warm_e2e_stack(workers=workers, batch=batch, slots=slots, clients=clients,
                         settle_s=settle_s, extra_env=extra_env) as load:
         stack = load.stack
         start = time.perf_counter()
-        with alongside(stack) if alongside is not None else contextlib.nullcontext():
-            threads, errors = load.post_continuously(
-                lambda: time.perf_counter() - start >= duration_s)
-            while any(thread.is_alive() for thread in threads):
-                load.collect()
-                stack.check_alive()
-                time.sleep(0.25)
-            window_end = time.perf_counter()
+        threads, errors = load.post_continuously(
+            lambda: time.perf_counter() - start >= duration_s)
+        while any(thread.is_alive() for thread in threads):
+            load.collect()
+            stack.check_alive()
+            time.sleep(0.25)
+        window_end = time.perf_counter()
         if errors:
             raise errors[0]
         drain_until = window_end + 120
