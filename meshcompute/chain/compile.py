@@ -44,14 +44,21 @@ TEST_ARTIFACTS_DIR = "tests/fixtures/artifacts"
 
 #: Pinned compiler settings (recorded in each artifact's ``compiler.settings``). ``runs`` is
 #: 500: with appealable passes (disputes) JobMarket's deployed code at 2000 runs was 24,994
-#: bytes, past EIP-170's 24,576-byte limit; at 500 it is 24,181 with the verifier draw
-#: (gas per job: BENCHMARKS.md). Lower runs barely help (a few hundred bytes): code must shrink.
+#: bytes, past EIP-170's 24,576-byte limit. Lower runs barely help (a few hundred bytes), so
+#: the job market is split in two (JobMarket, 12.4 KB, and the JobMarketSettlement it
+#: delegates to, 14.8 KB; see :data:`DELEGATED_ABI`).
 SETTINGS: dict[str, Any] = {
     "evmVersion": "cancun",
     "optimizer": {"enabled": True, "runs": 500},
     "viaIR": True,
     "remappings": ["@openzeppelin/=node_modules/@openzeppelin/"],
 }
+
+#: Contracts that serve part of their calls by DELEGATECALL to a second contract they deploy
+#: (host -> delegate): the host's artifact ABI also lists the delegate's functions and errors,
+#: since callers reach them at the host's address. JobMarket is split in two because one
+#: contract's code may not exceed 24,576 bytes (EIP-170); see contracts/JobMarketBase.sol.
+DELEGATED_ABI: dict[str, str] = {"JobMarket": "JobMarketSettlement"}
 
 OUTPUT_SELECTION = {
     "*": {
@@ -179,7 +186,26 @@ def compile_contracts(root: Path = REPO_ROOT) -> dict[str, dict]:
                 ),
                 "compiler": {"version": version, "settings": recorded_settings},
             }
+    _merge_delegated_abis(artifacts)
     return artifacts
+
+
+def _abi_key(entry: dict) -> tuple:
+    return (entry["type"], entry.get("name"), tuple(i["type"] for i in entry.get("inputs", [])))
+
+
+def _merge_delegated_abis(artifacts: dict[str, dict]) -> None:
+    """Add each delegate's functions and errors to its host's ABI (:data:`DELEGATED_ABI`)."""
+    by_name = {art["contractName"]: art for art in artifacts.values()}
+    for host, delegate in DELEGATED_ABI.items():
+        if host not in by_name or delegate not in by_name:
+            raise CompileError(f"{host} delegates to {delegate}, but one of them was not compiled")
+        abi = by_name[host]["abi"]
+        seen = {_abi_key(e) for e in abi}
+        for entry in by_name[delegate]["abi"]:
+            if entry["type"] in ("function", "error") and _abi_key(entry) not in seen:
+                abi.append(entry)
+                seen.add(_abi_key(entry))
 
 
 def render(artifact: dict) -> str:

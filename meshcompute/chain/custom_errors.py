@@ -38,6 +38,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "TicketWorkerMismatch": NotPermitted,
     "InvalidTicketSigner": NotPermitted,
     "CallerNotJobMarket": NotPermitted,
+    "NotThroughMarket": NotPermitted,
     "VerifierConflict": NotPermitted,
     "NotAssignedVerifier": NotPermitted,
     "NotMember": NotPermitted,

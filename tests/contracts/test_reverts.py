@@ -1185,3 +1185,20 @@ def test_finalizeBatch_skips_ended_jobs(world: World) -> None:
     receipt = world.outsider.finalize_batch([ended, job_id], records)
     paid = [e.args["jobId"] for e in world.admin.job_events([ended, job_id]) if e.name == "JobPaid"]
     assert paid == [ended, job_id] and receipt["status"] == 1
+
+
+# ---------------------------------------------------------------------- JobMarketSettlement
+
+
+def test_settlement_half_reverts_when_called_directly(world: World) -> None:
+    """The settlement half runs only on the JobMarket's storage, by its DELEGATECALL: called at
+    its own address, every function refuses, so nobody can act on a second, empty copy."""
+    market = world.market
+    settlement = at(world.w3, "JobMarket", market.functions.settlement().call())
+    assert settlement.address != market.address
+    job_id = world.committed_job()
+    record = world.job(job_id).as_tuple()
+    with reverts("NotThroughMarket", NotPermitted):
+        send(world.outsider, settlement.functions.finalize(job_id, record))
+    with reverts("NotThroughMarket", NotPermitted):
+        send(world.outsider, settlement.functions.finalizeBatch([job_id], [record]))

@@ -92,7 +92,23 @@ def test_every_deployable_contract_fits_the_eip170_code_size_limit() -> None:
     the contracts must keep every deployable artifact under it."""
     from meshcompute.chain.artifacts import load_artifact
 
-    for name in ("MeshCredit", "StakeManager", "JobMarket"):
+    for name in ("MeshCredit", "StakeManager", "JobMarket", "JobMarketSettlement", "VerifierRegistry"):
         code = load_artifact(name)["deployedBytecode"]
         size = (len(code) - 2) // 2
         assert 0 < size <= 24_576, f"{name} deployed code is {size} bytes"
+        # EIP-3860: creation code over 49,152 bytes is refused too (JobMarket's holds its
+        # settlement half's, which its constructor deploys)
+        init = (len(load_artifact(name)["bytecode"]) - 2) // 2
+        assert 0 < init <= 49_152, f"{name} creation code is {init} bytes"
+
+
+def test_the_job_market_abi_lists_what_its_settlement_half_serves() -> None:
+    """JobMarket delegates its verifier and settlement calls; callers find them in its ABI."""
+    from meshcompute.chain.artifacts import load_artifact
+
+    host = {(e["type"], e.get("name")) for e in load_artifact("JobMarket")["abi"]}
+    for entry in load_artifact("JobMarketSettlement")["abi"]:
+        if entry["type"] in ("function", "error"):
+            assert (entry["type"], entry["name"]) in host, entry["name"]
+    for name in ("finalizeBatch", "resolveAudit", "resolveAppeal", "appeal", "postJobs", "assign"):
+        assert ("function", name) in host

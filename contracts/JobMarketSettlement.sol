@@ -1,0 +1,526 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+
+import {IStakeManager} from "./interfaces/IStakeManager.sol";
+import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
+import {Job, JobParams, JobState, AssignTicket} from "./types/Job.sol";
+import {Payout} from "./libraries/Payout.sol";
+import {JobMarketBase} from "./JobMarketBase.sol";
+
+/// @title JobMarketSettlement
+/// @notice The verifier and settlement half of the job market: appeals, verdicts and
+/// settlement. Deployed by the JobMarket's constructor and run only by its DELEGATECALL, on the
+/// JobMarket's storage: called directly, every function reverts (`NotThroughMarket`).
+contract JobMarketSettlement is JobMarketBase {
+    using SafeERC20 for IERC20;
+    using SafeCast for uint256;
+
+    /// @dev The JobMarket that deployed this contract: the only context its code runs in.
+    address private immutable _market;
+
+    /// @notice A call came to the settlement half directly instead of through its JobMarket.
+    error NotThroughMarket();
+
+    constructor(IERC20 token_, IStakeManager stakes_, IVerifierRegistry registry_, Config memory cfg)
+        JobMarketBase(token_, stakes_, registry_, cfg)
+    {
+        _market = msg.sender;
+    }
+
+    modifier throughMarket() {
+        if (address(this) != _market) revert NotThroughMarket();
+        _;
+    }
+
+    /// @notice Appeal a verdict, once, within the appeal window: the worker appeals a failure;
+    /// the client disputes a pass, escrowing a dispute bond equal to the audit fee (needs an
+    /// allowance), which pays the appeal verifier if the pass is upheld and comes back if it is
+    /// overturned. A second verifier then recomputes; without its verdict the job is void
+    /// (neither paid nor slashed; a dispute bond goes to the protocol) and the silent verifiers
+    /// lose part of their deposits.
+    /// Works while paused: the window keeps running and its outcome waits at its end, so a pause
+    /// must not take the appeal.
+    function appeal(uint256 jobId, Job calldata job) external throughMarket nonReentrant {
+        _checkRecord(jobId, job);
+        Job memory j = job;
+        if (j.state == JobState.AuditPassed) {
+            if (msg.sender != j.client) revert NotJobClient(jobId, msg.sender);
+            j.state = JobState.Disputed;
+        } else {
+            if (msg.sender != j.worker) revert NotAssignedWorker(jobId, msg.sender);
+            if (j.state != JobState.AuditFailed) revert InvalidJobState(jobId, j.state);
+            j.state = JobState.Appealed;
+        }
+        uint256 closesAt = uint256(j.resolvedAt) + _appealWindow;
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        _store(jobId, j);
+        emit AuditAppealed(jobId, msg.sender);
+        if (j.state == JobState.Disputed && j.auditFee > 0) {
+            _token.safeTransferFrom(msg.sender, address(this), j.auditFee);
+        }
+    }
+
+    /// @notice Post the verdict on a job drawn for audit, with the hash of the evidence (the
+    /// hashes of every output compared and the tolerance policy; never zero). The verifier may
+    /// be neither the job's worker nor its client.
+    /// Either verdict opens the appeal window and puts the verifier's word at stake: its audit
+    /// fee stays in escrow and the job's reward is locked from its free stake as a bond
+    /// (`_verifierBond`) until the verdict stands (fee paid, bond released; a pass then pays the
+    /// worker) or the appeal verifier overturns it (fee to the appeal verifier, bond to the
+    /// party it wronged: the worker of a wrongly failed job, the client of a wrongly passed
+    /// one). A verifier that passes without recomputing thus risks its bond on every canary.
+    function resolveAudit(uint256 jobId, Job calldata job, bool passed, bytes32 evidenceHash)
+        external
+        throughMarket
+        nonReentrant
+    {
+        Job memory j = _openAudit(jobId, job, evidenceHash);
+        j.auditor = msg.sender;
+        j.resolvedAt = uint40(block.timestamp);
+        emit AuditResolved(jobId, msg.sender, passed, evidenceHash, j.resolvedAt);
+        j.state = passed ? JobState.AuditPassed : JobState.AuditFailed;
+        _store(jobId, j);
+        uint256 bond = _verifierBond(j);
+        if (bond > 0) _stakes.lock(msg.sender, bond);
+    }
+
+    /// @notice Declare a job drawn for audit void: it cannot be judged, because the verifier's
+    /// own recomputations under two numeric setups disagree under the job's tolerance, or a
+    /// one-ulp change of its inputs moves its output beyond that tolerance (the program is
+    /// unstable). Nobody is at fault: the worker is not paid (its result could not be verified)
+    /// and keeps its collateral, the client gets its reward back, and the verifier earns the
+    /// audit fee for the recomputations that showed it (evidence: their output hashes).
+    function voidAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash)
+        external
+        throughMarket
+        nonReentrant
+    {
+        Job memory j = _openAudit(jobId, job, evidenceHash);
+        emit AuditVoided(jobId, msg.sender, evidenceHash);
+        _payAuditFee(jobId, msg.sender, j.auditFee);
+        _close(jobId);
+        _credit(j.client, j.reward);
+        emit JobRefunded(jobId, j.client, j.reward);
+        if (j.collateral > 0) _stakes.unlock(j.worker, j.collateral);
+    }
+
+    /// @notice Post the verdict of an appeal (of a failure) or a dispute (of a pass). Must come
+    /// from a verifier other than the one who gave the first verdict (and other than the job's
+    /// worker and client). When the worker wins it is paid; when it loses it is slashed.
+    /// Appealed failure: a worker who wins gets the overturned verifier's bond, and this
+    /// verifier its audit fee; a failure upheld pays this verifier up to the audit fee from the
+    /// slashed collateral (after the client's compensation). Disputed pass: upheld, this
+    /// verifier earns the client's dispute bond; overturned, it earns the passing verifier's
+    /// audit fee, and the client gets that verifier's bond and its dispute bond back.
+    function resolveAppeal(uint256 jobId, Job calldata job, bool workerWins, bytes32 evidenceHash)
+        external
+        throughMarket
+        nonReentrant
+    {
+        _checkRecord(jobId, job);
+        bool dispute = job.state == JobState.Disputed;
+        if (!dispute && job.state != JobState.Appealed) revert InvalidJobState(jobId, job.state);
+        if (evidenceHash == bytes32(0)) revert EmptyEvidence(jobId);
+        if (msg.sender == job.auditor || msg.sender == job.worker || msg.sender == job.client) {
+            revert VerifierConflict(jobId, msg.sender);
+        }
+        uint256 closesAt = _appealVerdictClosesAt(job);
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        Job memory j = job;
+        _checkAssigned(jobId, j, true, closesAt);
+        emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
+        if (!workerWins) {
+            _slash(jobId, j, msg.sender);
+        } else if (dispute) {
+            Pending memory p = _noPending();
+            _passStands(jobId, j, p, msg.sender);
+            _flush(p);
+        } else {
+            _records[j.worker].auditsPassed += 1;
+            Pending memory p = _noPending();
+            _pay(jobId, j, p, true, false);
+            _flush(p);
+            _payAuditFee(jobId, msg.sender, j.auditFee);
+            _slashVerifier(jobId, j, j.worker);
+        }
+    }
+
+    /// @notice Settle one job whose outcome is decided: pay an unaudited job after the
+    /// challenge window, void an audited job whose verdict did not come in time (silence never
+    /// pays) and a disputed pass no appeal verdict confirmed, pay a pass that stands, slash a
+    /// job whose failed audit stands. If the draw selects the job for audit, this records the
+    /// draw (AuditDrawn) and the job waits for the verifier.
+    function finalize(uint256 jobId, Job calldata job) external throughMarket nonReentrant {
+        _checkRecord(jobId, job);
+        Pending memory p = _noPending();
+        _settle(jobId, job, p, true);
+        _flush(p);
+    }
+
+    /// @notice Settle many jobs; jobs that are not settleable (or whose record is stale) are
+    /// skipped rather than reverting the batch.
+    /// @return settled how many jobs were paid or slashed
+    function finalizeBatch(uint256[] calldata jobIds, Job[] calldata jobs)
+        external
+        throughMarket
+        nonReentrant
+        returns (uint256 settled)
+    {
+        uint256 n = jobIds.length;
+        if (jobs.length != n) revert LengthMismatch();
+        Pending memory p = _noPending();
+        for (uint256 i = 0; i < n; ++i) {
+            bytes32 stored = _jobDigest[jobIds[i]];
+            if (stored == bytes32(0) || stored != _hashCalldata(jobs[i])) continue;
+            if (_settle(jobIds[i], jobs[i], p, false)) ++settled;
+        }
+        _flush(p);
+    }
+
+    /// @notice Whether the audit draw of a committed job can be taken yet, and its outcome.
+    function auditStatus(uint256 jobId, Job calldata job) external view throughMarket returns (bool drawable, bool audited) {
+        if (job.state != JobState.Committed) return (false, job.state == JobState.Audited);
+        if (block.number <= uint256(job.committedBlock) + 1) return (false, false);
+        return (true, _drawAudit(jobId, job));
+    }
+
+    /// @notice Payment state of `account`: credited and not withdrawn, total earned as a
+    /// worker, total withdrawn, jobs completed.
+    /// @notice The verifier the draw assigns to the job's pending verdict now: its audit
+    /// (Committed and drawn, or Audited) or its appeal or dispute (Appealed, Disputed). Only
+    /// that verifier may post the verdict, and so only it earns the fee: a verifier cannot race
+    /// the others to every fee by passing without recomputing. The draw's seed is the audit
+    /// draw's (the hash of the block after the commit) and the candidates are the registry's
+    /// seats joined by the commit block (`VerifierRegistry.assignee`) other than the job's worker and
+    /// client (and, for an appeal, the verifier whose verdict is in question). Silence
+    /// escalates: in the second half of the verdict's window the next candidate is assigned
+    /// instead; a verdict still missing when the window closes leaves the job void and burns
+    /// part of both silent verifiers' deposits. Zero when no candidate is left.
+    function assignedVerifier(uint256 jobId, Job calldata job) external view throughMarket returns (address) {
+        _checkRecord(jobId, job);
+        Job memory j = job;
+        bool appealed = j.state == JobState.Appealed || j.state == JobState.Disputed;
+        uint256 closesAt = appealed ? _appealVerdictClosesAt(j) : _auditClosesAt(j);
+        return _assignee(jobId, j, appealed, closesAt);
+    }
+
+    // ================================================================== internals
+
+    /// @dev Settles `job` if its outcome is decided. In strict mode, says why not by reverting.
+    function _settle(uint256 jobId, Job calldata job, Pending memory p, bool strict) private returns (bool) {
+        JobState s = job.state;
+        if (s == JobState.Committed) {
+            uint256 openAt = uint256(job.committedAt) + _challengeWindow;
+            if (block.timestamp < openAt) return _notYet(strict, jobId, openAt);
+            uint256 drawBlock = uint256(job.committedBlock) + 1;
+            if (block.number <= drawBlock) {
+                if (strict) revert AuditDrawPending(jobId, drawBlock + 1);
+                return false;
+            }
+            Job memory j = job;
+            if (_drawAudit(jobId, j)) {
+                j.state = JobState.Audited;
+                _store(jobId, j);
+                emit AuditDrawn(jobId, true);
+                return false;
+            }
+            _pay(jobId, j, p, false, true);
+            return true;
+        }
+        if (s == JobState.Audited) {
+            uint256 closesAt = _auditClosesAt(job);
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _void(jobId, job, p, uint256(job.reward) + job.auditFee);
+            _punishSilence(jobId, job, false);
+            return true;
+        }
+        if (s == JobState.AuditPassed) {
+            uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _passStands(jobId, job, p, address(0));
+            return true;
+        }
+        if (s == JobState.Disputed || s == JobState.Appealed) {
+            uint256 closesAt = _appealVerdictClosesAt(job);
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _voidUnjudged(jobId, job, p);
+            _punishSilence(jobId, job, true);
+            return true;
+        }
+        if (s == JobState.AuditFailed) {
+            uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _slash(jobId, job, address(0));
+            return true;
+        }
+        if (strict) revert InvalidJobState(jobId, s);
+        return false;
+    }
+
+    function _notYet(bool strict, uint256 jobId, uint256 openAt) private pure returns (bool) {
+        if (strict) revert NotYetSettleable(jobId, openAt);
+        return false;
+    }
+
+    /// @dev Pays the worker (reward less fee, collateral unlocked). The audit fee goes back to
+    /// the client when no verifier earned it.
+    function _pay(uint256 jobId, Job memory j, Pending memory p, bool audited, bool refundAuditFee) private {
+        (uint256 workerPay, uint256 fee) = Payout.split(j.reward, _feeBps);
+        if (p.worker != j.worker) {
+            _flushWorker(p);
+            p.worker = j.worker;
+        }
+        p.workerPay += workerPay;
+        p.unlock += j.collateral;
+        p.completed += 1;
+        p.fees += fee;
+        if (refundAuditFee && j.auditFee > 0) {
+            if (p.client != j.client) {
+                _flushClient(p);
+                p.client = j.client;
+            }
+            p.clientRefund += j.auditFee;
+        }
+        _close(jobId);
+        emit JobPaid(jobId, j.worker, workerPay, fee, audited);
+    }
+
+    /// @dev Slashes the worker's collateral for a failed audit that stands: the client gets the
+    /// reward back and its audit fee from the collateral (never more than it paid); the verifier
+    /// who failed the job earns the audit fee held since its verdict and gets its bond back; an
+    /// appeal verifier who upheld the failure (`appealVerifier`, zero when no appeal verdict
+    /// came) is paid up to the audit fee from the collateral; the rest goes to the fee recipient.
+    /// A disputed pass that is overturned instead: the passing verifier earns nothing and
+    /// loses its bond to the client, its audit fee goes to the appeal verifier, and the
+    /// client's dispute bond comes back.
+    function _slash(uint256 jobId, Job memory j, address appealVerifier) private {
+        bool overturnedPass = j.state == JobState.Disputed;
+        (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.auditFee);
+        uint256 appealFee = 0;
+        if (appealVerifier != address(0) && !overturnedPass) {
+            appealFee = remainder < j.auditFee ? remainder : j.auditFee;
+            remainder -= appealFee;
+        }
+        _close(jobId);
+        _records[j.worker].slashed += 1;
+        _credit(j.client, uint256(j.reward) + compensation);
+        if (remainder > 0) _credit(_globals.feeRecipient, remainder);
+        emit JobSlashed(jobId, j.worker, j.collateral, compensation);
+        emit JobRefunded(jobId, j.client, j.reward);
+        if (overturnedPass) {
+            _payAuditFee(jobId, appealVerifier, j.auditFee);
+            _refundDisputeBond(jobId, j);
+            _slashVerifier(jobId, j, j.client);
+        } else {
+            _payAuditFee(jobId, j.auditor, j.auditFee);
+            _payAuditFee(jobId, appealVerifier, appealFee);
+            uint256 bond = _verifierBond(j);
+            if (bond > 0) _stakes.unlock(j.auditor, bond);
+        }
+        if (j.collateral > 0) _stakes.slash(j.worker, j.collateral, address(this));
+    }
+
+    /// @dev A pass that stands (its appeal window closed, or upheld on dispute): the worker is
+    /// paid, the passing verifier earns its audit fee and gets its bond back; a dispute bond
+    /// goes to the appeal verifier who upheld the pass.
+    function _passStands(uint256 jobId, Job memory j, Pending memory p, address disputeWinner) private {
+        _records[j.worker].auditsPassed += 1;
+        _pay(jobId, j, p, true, false);
+        _payAuditFee(jobId, j.auditor, j.auditFee);
+        uint256 bond = _verifierBond(j);
+        if (bond > 0) _stakes.unlock(j.auditor, bond);
+        if (j.state == JobState.Disputed) _payAuditFee(jobId, disputeWinner, j.auditFee);
+    }
+
+    /// @dev An appeal or a dispute no appeal verdict judged in time: silence decides nothing,
+    /// so the job is void (never paid, never slashed) and ends Refunded. The client gets its
+    /// reward back; the first verifier, whose verdict was not overturned, earns its fee and gets
+    /// its bond back; the worker gets its collateral back. A dispute's bond goes to the fee
+    /// recipient (a dispute that nobody judged must still cost the client, or disputing every
+    /// pass would make results free whenever verifiers are slow).
+    function _voidUnjudged(uint256 jobId, Job memory j, Pending memory p) private {
+        _payAuditFee(jobId, j.auditor, j.auditFee);
+        if (j.state == JobState.Disputed) _credit(_globals.feeRecipient, j.auditFee);
+        _stakes.unlock(j.auditor, _verifierBond(j));
+        _void(jobId, j, p, j.reward);
+    }
+
+    /// @dev The verifiers the draw assigned to a verdict that never came (the first, and the
+    /// second it escalated to) each have the job's reward and collateral burned from their
+    /// registry deposit: staying silent must cost more than whatever silence could save a
+    /// cheater (its collateral) or the verifier (the recomputation).
+    function _punishSilence(uint256 jobId, Job memory j, bool appealed) private {
+        (bytes32 seed, address[3] memory excluded) = _drawInputs(j, appealed);
+        if (seed == bytes32(0)) return; // the draw is gone: who was assigned is unknown
+        _registry.punishSilence(
+            seed, jobId, appealed, j.committedBlock, j.committedAt, excluded, uint256(j.reward) + j.collateral
+        );
+    }
+
+    function _refundDisputeBond(uint256 jobId, Job memory j) private {
+        if (j.auditFee == 0) return;
+        _credit(j.client, j.auditFee);
+        emit JobRefunded(jobId, j.client, j.auditFee);
+    }
+
+    /// @dev The bond of a verifier whose verdict was overturned goes to the party it wronged.
+    function _slashVerifier(uint256 jobId, Job memory j, address wronged) private {
+        uint256 bond = _verifierBond(j);
+        if (bond == 0) return;
+        _credit(wronged, bond);
+        emit VerifierSlashed(jobId, j.auditor, bond, wronged);
+        _stakes.slash(j.auditor, bond, address(this));
+    }
+
+    /// @dev Voids a job whose verdict never came: an unverified result is never paid. The client
+    /// gets `refund` back (after an audit, its whole escrow: reward and audit fee; after a
+    /// dispute, the reward), the worker its collateral (no verdict, no fault); the job ends
+    /// (Refunded).
+    function _void(uint256 jobId, Job memory j, Pending memory p, uint256 refund) private {
+        if (p.worker != j.worker) {
+            _flushWorker(p);
+            p.worker = j.worker;
+        }
+        p.unlock += j.collateral;
+        if (p.client != j.client) {
+            _flushClient(p);
+            p.client = j.client;
+        }
+        p.clientRefund += refund;
+        _close(jobId);
+        emit JobRefunded(jobId, j.client, refund);
+    }
+
+    function _noPending() private pure returns (Pending memory) {
+        return Pending(address(0), 0, 0, 0, address(0), 0, 0);
+    }
+
+    function _flush(Pending memory p) private {
+        _flushWorker(p);
+        _flushClient(p);
+        if (p.fees > 0) {
+            _credit(_globals.feeRecipient, p.fees);
+            p.fees = 0;
+        }
+    }
+
+    function _flushWorker(Pending memory p) private {
+        if (p.worker == address(0)) return;
+        Account storage a = _accounts[p.worker];
+        a.withdrawable += p.workerPay.toUint112();
+        a.earned += p.workerPay.toUint112();
+        a.completed += p.completed.toUint32();
+        if (p.unlock > 0) _stakes.unlock(p.worker, p.unlock);
+        p.worker = address(0);
+        p.workerPay = 0;
+        p.unlock = 0;
+        p.completed = 0;
+    }
+
+    function _flushClient(Pending memory p) private {
+        if (p.client == address(0)) return;
+        _credit(p.client, p.clientRefund);
+        p.client = address(0);
+        p.clientRefund = 0;
+    }
+
+    /// @dev The audit draw uses the hash of the block after the commit, which does not exist
+    /// when the worker sends its commit. The hash is read with `blockhash` (the last 256
+    /// blocks) and, further back, from the EIP-2935 history contract (the last 8191 blocks)
+    /// where the chain has it, so a settlement delay does not change the draw. Deployment
+    /// refuses windows longer than the draw can see (meshcompute.chain.deploy). Only if the
+    /// hash is gone anyway (a job nobody settled for 8191 blocks, long after its audit window)
+    /// does the job count as drawn, so waiting cannot help a worker escape an audit; being
+    /// past its audit window, such a job is then void (nobody paid, nobody slashed).
+    function _drawAudit(uint256 jobId, Job memory j) private view returns (bool) {
+        bytes32 seed = _blockHashOf(uint256(j.committedBlock) + 1);
+        if (seed == bytes32(0)) return true;
+        return uint256(keccak256(abi.encode(seed, jobId))) % Payout.BPS < j.auditBps;
+    }
+
+    /// @dev The hash of block `number`, from `blockhash` or the EIP-2935 history contract;
+    /// zero when neither has it.
+    function _blockHashOf(uint256 number) private view returns (bytes32 hash) {
+        hash = blockhash(number);
+        if (hash != bytes32(0) || number >= block.number || block.number - number > _HISTORY_WINDOW) {
+            return hash;
+        }
+        if (_HISTORY.code.length == 0) return hash;
+        (bool ok, bytes memory data) = _HISTORY.staticcall(abi.encode(number));
+        if (ok && data.length == 32) hash = abi.decode(data, (bytes32));
+    }
+
+    /// @dev Checks a verdict on a drawn job (caller, state, draw, window, evidence) and returns
+    /// its record, recording the draw (AuditDrawn) when it was not taken yet.
+    function _openAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash) private returns (Job memory j) {
+        _checkRecord(jobId, job);
+        if (msg.sender == job.worker || msg.sender == job.client) revert VerifierConflict(jobId, msg.sender);
+        if (evidenceHash == bytes32(0)) revert EmptyEvidence(jobId);
+        j = job;
+        if (j.state == JobState.Committed) {
+            uint256 drawBlock = uint256(j.committedBlock) + 1;
+            if (block.number <= drawBlock) revert AuditDrawPending(jobId, drawBlock + 1);
+            if (!_drawAudit(jobId, j)) revert NotDrawnForAudit(jobId);
+            emit AuditDrawn(jobId, true);
+        } else if (j.state != JobState.Audited) {
+            revert InvalidJobState(jobId, j.state);
+        }
+        uint256 closesAt = _auditClosesAt(j);
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        _checkAssigned(jobId, j, false, closesAt);
+    }
+
+    /// @dev The stake a verifier locks behind a verdict: the job's reward behind a failure,
+    /// `_PASS_BOND_REWARDS` rewards behind a pass. A pass given without recomputing saves the
+    /// verifier about one job's compute; a canary (a job whose result is known to be junk,
+    /// disputed by its client once passed) must cost it far more, so that canaries on a few
+    /// percent of audits make lazy passes lose money (README, trust model; `mesh sim`).
+    function _verifierBond(Job memory j) private pure returns (uint256) {
+        if (j.state == JobState.AuditPassed || j.state == JobState.Disputed) {
+            return uint256(j.reward) * _PASS_BOND_REWARDS;
+        }
+        return j.reward;
+    }
+
+    function _payAuditFee(uint256 jobId, address to, uint256 amount) private {
+        if (amount == 0) return;
+        _credit(to, amount);
+        emit AuditFeePaid(jobId, to, amount);
+    }
+
+    function _auditClosesAt(Job memory j) private view returns (uint256) {
+        return uint256(j.committedAt) + _challengeWindow + _auditWindow;
+    }
+
+    function _appealVerdictClosesAt(Job memory j) private view returns (uint256) {
+        return uint256(j.resolvedAt) + _appealWindow + _auditWindow;
+    }
+
+    function _checkAssigned(uint256 jobId, Job memory j, bool appealed, uint256 closesAt) private view {
+        address assigned = _assignee(jobId, j, appealed, closesAt);
+        if (msg.sender != assigned) revert NotAssignedVerifier(jobId, msg.sender, assigned);
+    }
+
+    /// @dev See `assignedVerifier`: the registry's draw among the seats joined by the commit,
+    /// escalated to the second candidate once the window is in its second half.
+    function _assignee(uint256 jobId, Job memory j, bool appealed, uint256 closesAt)
+        private
+        view
+        returns (address)
+    {
+        (bytes32 seed, address[3] memory excluded) = _drawInputs(j, appealed);
+        bool escalated = block.timestamp + _auditWindow / 2 > closesAt;
+        return _registry.assignee(
+            seed, jobId, appealed, j.committedBlock, uint256(j.reward) + j.collateral, excluded, escalated
+        );
+    }
+
+    /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign.
+    function _drawInputs(Job memory j, bool appealed) private view returns (bytes32, address[3] memory) {
+        return (_blockHashOf(uint256(j.committedBlock) + 1), [j.worker, j.client, appealed ? j.auditor : address(0)]);
+    }
+}
