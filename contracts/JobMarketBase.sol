@@ -119,14 +119,17 @@ abstract contract JobMarketBase is AccessControl, ReentrancyGuardTransient, IJob
     mapping(uint256 jobId => bytes32 digest) internal _jobDigest;
     mapping(address account => Account) internal _accounts;
     mapping(address account => Record) internal _records;
+    /// @dev The verifier whose appeal verdict overturned the first, while a contest decides.
+    mapping(uint256 jobId => address verifier) internal _overturner;
 
     constructor(IERC20 token_, IStakeManager stakes_, IVerifierRegistry registry_, Config memory cfg) {
         if (address(token_) == address(0) || address(stakes_) == address(0)) revert ZeroAddress();
         if (address(stakes_.token()) != address(token_)) revert TokenMismatch();
         if (cfg.feeBps > Payout.BPS) revert InvalidBps(cfg.feeBps);
         if (cfg.minAuditBps > Payout.BPS) revert InvalidBps(cfg.minAuditBps);
-        uint256 windows =
-            uint256(cfg.challengeWindow) + cfg.auditWindow + cfg.appealWindow + cfg.auditWindow;
+        // The longest path from a commit to its last verdict: the audit (a void proposed as its
+        // window closes), the void's confirmation (a failure), the appeal, and its contest.
+        uint256 windows = uint256(cfg.challengeWindow) + 4 * uint256(cfg.auditWindow) + cfg.appealWindow;
         if (stakes_.unbondingDelay() <= windows) revert UnbondingTooShort(stakes_.unbondingDelay(), windows);
         // A verifier's deposit must stay bound past every verdict window it may be assigned.
         (, uint256 exitDelay) = registry_.terms();

@@ -22,6 +22,14 @@ contract JobMarketSettlement is JobMarketBase {
     /// @dev The JobMarket that deployed this contract: the only context its code runs in.
     address private immutable _market;
 
+    // The verdicts the registry's draw assigns (its `stage`): a drawn job's audit, the appeal of a
+    // verdict (or dispute of a pass), the contest of an appeal verdict that overturns the first,
+    // and the confirmation of a void.
+    uint8 private constant _AUDIT = 0;
+    uint8 private constant _APPEAL = 1;
+    uint8 private constant _CONTEST = 2;
+    uint8 private constant _CONFIRM = 3;
+
     /// @notice A call came to the settlement half directly instead of through its JobMarket.
     error NotThroughMarket();
 
@@ -91,61 +99,119 @@ contract JobMarketSettlement is JobMarketBase {
     /// @notice Declare a job drawn for audit void: it cannot be judged, because the verifier's
     /// own recomputations under two numeric setups disagree under the job's tolerance, or a
     /// one-ulp change of its inputs moves its output beyond that tolerance (the program is
-    /// unstable). Nobody is at fault: the worker is not paid (its result could not be verified)
-    /// and keeps its collateral, the client gets its reward back, and the verifier earns the
-    /// audit fee for the recomputations that showed it (evidence: their output hashes).
+    /// unstable). No single seat decides a void: the first proposes it (VoidProposed) and a
+    /// second seat, drawn excluding the worker, the client and the proposer, judges the job
+    /// again within one audit window: its void confirms it, its pass or failure replaces it as
+    /// the job's first verdict (appealable as any), and its silence leaves the job void
+    /// unconfirmed, with nobody paid (the client gets its whole escrow back) and the silent
+    /// seats punished. A confirmed void: nobody is at fault; the worker is not paid (its result
+    /// could not be verified) and keeps its collateral, the client gets its reward back, and the
+    /// proposer earns the audit fee for the recomputations that showed it (evidence: their
+    /// output hashes). The confirming seat earns nothing for confirming, so confirming without
+    /// recomputing gains it nothing over a verdict.
     function voidAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash)
         external
         throughMarket
         nonReentrant
     {
         Job memory j = _openAudit(jobId, job, evidenceHash);
+        if (j.state != JobState.VoidProposed) {
+            j.auditor = msg.sender;
+            j.resolvedAt = uint40(block.timestamp);
+            j.state = JobState.VoidProposed;
+            _store(jobId, j);
+            emit VoidProposed(jobId, msg.sender, evidenceHash, j.resolvedAt);
+            return;
+        }
         emit AuditVoided(jobId, msg.sender, evidenceHash);
-        _payAuditFee(jobId, msg.sender, j.auditFee);
+        _payAuditFee(jobId, j.auditor, j.auditFee);
         _close(jobId);
         _credit(j.client, j.reward);
         emit JobRefunded(jobId, j.client, j.reward);
         if (j.collateral > 0) _stakes.unlock(j.worker, j.collateral);
     }
 
-    /// @notice Post the verdict of an appeal (of a failure) or a dispute (of a pass). Must come
-    /// from a verifier other than the one who gave the first verdict (and other than the job's
-    /// worker and client). When the worker wins it is paid; when it loses it is slashed.
-    /// Appealed failure: a worker who wins gets the overturned verifier's bond, and this
-    /// verifier its audit fee; a failure upheld pays this verifier up to the audit fee from the
-    /// slashed collateral (after the client's compensation). Disputed pass: upheld, this
-    /// verifier earns the client's dispute bond; overturned, it earns the passing verifier's
-    /// audit fee, and the client gets that verifier's bond and its dispute bond back.
+    /// @notice Post the verdict of an appeal (of a failure) or a dispute (of a pass), or of the
+    /// contest of such a verdict. Must come from the verifier the draw assigns (never the job's
+    /// worker or client, the verifier who gave the first verdict, or for a contest the one who
+    /// overturned it). When the worker wins it is paid; when it loses it is slashed.
+    /// No single seat overturns a verdict: an appeal verdict that upholds the first stands (two
+    /// seats agree), one that overturns it is contested (AppealContested, DisputeContested) and
+    /// a third seat, drawn excluding the worker, the client and both verifiers, decides within
+    /// one audit window; its silence leaves the job void (nobody paid or slashed) and punishes
+    /// it. The overturning verifier answers with its registry deposit: if the contest upholds
+    /// the first verdict it forfeits the job's reward and collateral and the bond of the verdict
+    /// it tried to overturn (the cover it was drawn for, `_cover`). The contest
+    /// verifier is paid min(audit fee, reward) from the minority's bond either way, so its pay
+    /// does not depend on which way it decides. Only where the draw has no third seat for the
+    /// job (fewer than three candidates besides the worker and the client) is the appeal
+    /// verdict final.
+    /// Appealed failure: a worker who wins gets the overturned verifier's bond, and the appeal
+    /// verifier its audit fee; a failure upheld on appeal pays the appeal verifier up to the
+    /// audit fee from the slashed collateral (after the client's compensation). Disputed pass:
+    /// upheld on appeal, the appeal verifier earns the client's dispute bond (upheld by a
+    /// contest, the bond goes to the fee recipient); overturned, the appeal verifier earns the
+    /// passing verifier's audit fee, and the client gets that verifier's bond and its dispute
+    /// bond back.
     function resolveAppeal(uint256 jobId, Job calldata job, bool workerWins, bytes32 evidenceHash)
         external
         throughMarket
         nonReentrant
     {
         _checkRecord(jobId, job);
-        bool dispute = job.state == JobState.Disputed;
-        if (!dispute && job.state != JobState.Appealed) revert InvalidJobState(jobId, job.state);
+        JobState s = job.state;
+        bool contest = s == JobState.AppealContested || s == JobState.DisputeContested;
+        bool dispute = s == JobState.Disputed || s == JobState.DisputeContested;
+        if (!contest && !dispute && s != JobState.Appealed) revert InvalidJobState(jobId, s);
         if (evidenceHash == bytes32(0)) revert EmptyEvidence(jobId);
-        if (msg.sender == job.auditor || msg.sender == job.worker || msg.sender == job.client) {
+        address overturner = contest ? _overturner[jobId] : address(0);
+        if (
+            msg.sender == job.auditor || msg.sender == job.worker || msg.sender == job.client
+                || msg.sender == overturner
+        ) {
             revert VerifierConflict(jobId, msg.sender);
         }
-        uint256 closesAt = _appealVerdictClosesAt(job);
-        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
         Job memory j = job;
-        _checkAssigned(jobId, j, true, closesAt);
+        uint256 closesAt = _verdictClosesAt(j);
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        _checkAssigned(jobId, j, closesAt);
+        // The verdict under appeal says the worker loses (a failure) or wins (a pass).
+        bool overturns = workerWins != dispute;
+        if (!contest && overturns && _hasContestSeat(jobId, j, msg.sender)) {
+            j.state = dispute ? JobState.DisputeContested : JobState.AppealContested;
+            j.resolvedAt = uint40(block.timestamp);
+            _overturner[jobId] = msg.sender;
+            _store(jobId, j);
+            emit AppealContested(jobId, msg.sender, workerWins, evidenceHash, j.resolvedAt);
+            return;
+        }
         emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
+        address appealVerifier = msg.sender;
+        address contestVerifier = address(0);
+        if (contest) {
+            delete _overturner[jobId];
+            j.state = dispute ? JobState.Disputed : JobState.Appealed; // settled as the appeal, below
+            if (overturns) {
+                (appealVerifier, contestVerifier) = (overturner, msg.sender);
+            } else {
+                appealVerifier = address(0);
+                uint256 paid = _registry.forfeit(overturner, jobId, _cover(j, _APPEAL), _contestFee(j));
+                _payAuditFee(jobId, msg.sender, paid);
+            }
+        }
         if (!workerWins) {
-            _slash(jobId, j, msg.sender);
+            _slash(jobId, j, appealVerifier, contestVerifier);
         } else if (dispute) {
             Pending memory p = _noPending();
-            _passStands(jobId, j, p, msg.sender);
+            _passStands(jobId, j, p, appealVerifier);
             _flush(p);
         } else {
             _records[j.worker].auditsPassed += 1;
             Pending memory p = _noPending();
             _pay(jobId, j, p, true, false);
             _flush(p);
-            _payAuditFee(jobId, msg.sender, j.auditFee);
-            _slashVerifier(jobId, j, j.worker);
+            _payAuditFee(jobId, appealVerifier, j.auditFee);
+            _slashVerifier(jobId, j, j.worker, contestVerifier);
         }
     }
 
@@ -191,7 +257,9 @@ contract JobMarketSettlement is JobMarketBase {
     /// @notice Payment state of `account`: credited and not withdrawn, total earned as a
     /// worker, total withdrawn, jobs completed.
     /// @notice The verifier the draw assigns to the job's pending verdict now: its audit
-    /// (Committed and drawn, or Audited) or its appeal or dispute (Appealed, Disputed). Only
+    /// (Committed and drawn, or Audited), its appeal or dispute (Appealed, Disputed), the contest
+    /// of an overturning appeal verdict (AppealContested, DisputeContested) or the confirmation
+    /// of a void (VoidProposed). Only
     /// that verifier may post the verdict, and so only it earns the fee: a verifier cannot race
     /// the others to every fee by passing without recomputing. The draw's seed is the audit
     /// draw's (the hash of the block after the commit) and the candidates are the registry's
@@ -203,9 +271,7 @@ contract JobMarketSettlement is JobMarketBase {
     function assignedVerifier(uint256 jobId, Job calldata job) external view throughMarket returns (address) {
         _checkRecord(jobId, job);
         Job memory j = job;
-        bool appealed = j.state == JobState.Appealed || j.state == JobState.Disputed;
-        uint256 closesAt = appealed ? _appealVerdictClosesAt(j) : _auditClosesAt(j);
-        return _assignee(jobId, j, appealed, closesAt);
+        return _assignee(jobId, j, _verdictClosesAt(j));
     }
 
     // ================================================================== internals
@@ -231,11 +297,11 @@ contract JobMarketSettlement is JobMarketBase {
             _pay(jobId, j, p, false, true);
             return true;
         }
-        if (s == JobState.Audited) {
-            uint256 closesAt = _auditClosesAt(job);
+        if (s == JobState.Audited || s == JobState.VoidProposed) {
+            uint256 closesAt = _verdictClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
             _void(jobId, job, p, uint256(job.reward) + job.auditFee);
-            _punishSilence(jobId, job, false);
+            _punishSilence(jobId, job);
             return true;
         }
         if (s == JobState.AuditPassed) {
@@ -244,17 +310,25 @@ contract JobMarketSettlement is JobMarketBase {
             _passStands(jobId, job, p, address(0));
             return true;
         }
-        if (s == JobState.Disputed || s == JobState.Appealed) {
-            uint256 closesAt = _appealVerdictClosesAt(job);
+        if (
+            s == JobState.Disputed || s == JobState.Appealed || s == JobState.AppealContested
+                || s == JobState.DisputeContested
+        ) {
+            uint256 closesAt = _verdictClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _voidUnjudged(jobId, job, p);
-            _punishSilence(jobId, job, true);
+            _punishSilence(jobId, job);
+            Job memory j = job;
+            if (s == JobState.AppealContested || s == JobState.DisputeContested) {
+                delete _overturner[jobId];
+                j.state = s == JobState.DisputeContested ? JobState.Disputed : JobState.Appealed;
+            }
+            _voidUnjudged(jobId, j, p);
             return true;
         }
         if (s == JobState.AuditFailed) {
             uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
-            _slash(jobId, job, address(0));
+            _slash(jobId, job, address(0), address(0));
             return true;
         }
         if (strict) revert InvalidJobState(jobId, s);
@@ -296,8 +370,9 @@ contract JobMarketSettlement is JobMarketBase {
     /// came) is paid up to the audit fee from the collateral; the rest goes to the fee recipient.
     /// A disputed pass that is overturned instead: the passing verifier earns nothing and
     /// loses its bond to the client, its audit fee goes to the appeal verifier, and the
-    /// client's dispute bond comes back.
-    function _slash(uint256 jobId, Job memory j, address appealVerifier) private {
+    /// client's dispute bond comes back. A contest verifier that confirmed the overturn is paid
+    /// from the passing verifier's bond (`_slashVerifier`).
+    function _slash(uint256 jobId, Job memory j, address appealVerifier, address contestVerifier) private {
         bool overturnedPass = j.state == JobState.Disputed;
         (uint256 compensation, uint256 remainder) = Payout.slashSplit(j.collateral, j.auditFee);
         uint256 appealFee = 0;
@@ -314,7 +389,7 @@ contract JobMarketSettlement is JobMarketBase {
         if (overturnedPass) {
             _payAuditFee(jobId, appealVerifier, j.auditFee);
             _refundDisputeBond(jobId, j);
-            _slashVerifier(jobId, j, j.client);
+            _slashVerifier(jobId, j, j.client, contestVerifier);
         } else {
             _payAuditFee(jobId, j.auditor, j.auditFee);
             _payAuditFee(jobId, appealVerifier, appealFee);
@@ -326,14 +401,18 @@ contract JobMarketSettlement is JobMarketBase {
 
     /// @dev A pass that stands (its appeal window closed, or upheld on dispute): the worker is
     /// paid, the passing verifier earns its audit fee and gets its bond back; a dispute bond
-    /// goes to the appeal verifier who upheld the pass.
+    /// goes to the appeal verifier who upheld the pass (to the fee recipient when a contest
+    /// upheld it: the appeal verifier then tried to overturn it).
     function _passStands(uint256 jobId, Job memory j, Pending memory p, address disputeWinner) private {
         _records[j.worker].auditsPassed += 1;
         _pay(jobId, j, p, true, false);
         _payAuditFee(jobId, j.auditor, j.auditFee);
         uint256 bond = _verifierBond(j);
         if (bond > 0) _stakes.unlock(j.auditor, bond);
-        if (j.state == JobState.Disputed) _payAuditFee(jobId, disputeWinner, j.auditFee);
+        if (j.state == JobState.Disputed) {
+            if (disputeWinner != address(0)) _payAuditFee(jobId, disputeWinner, j.auditFee);
+            else _credit(_globals.feeRecipient, j.auditFee);
+        }
     }
 
     /// @dev An appeal or a dispute no appeal verdict judged in time: silence decides nothing,
@@ -353,12 +432,11 @@ contract JobMarketSettlement is JobMarketBase {
     /// second it escalated to) each have the job's reward and collateral burned from their
     /// registry deposit: staying silent must cost more than whatever silence could save a
     /// cheater (its collateral) or the verifier (the recomputation).
-    function _punishSilence(uint256 jobId, Job memory j, bool appealed) private {
-        (bytes32 seed, address[3] memory excluded) = _drawInputs(j, appealed);
+    function _punishSilence(uint256 jobId, Job memory j) private {
+        uint8 stage = _stage(j.state);
+        (bytes32 seed, address[4] memory excluded) = _drawInputs(jobId, j, stage);
         if (seed == bytes32(0)) return; // the draw is gone: who was assigned is unknown
-        _registry.punishSilence(
-            seed, jobId, appealed, j.committedBlock, j.committedAt, excluded, uint256(j.reward) + j.collateral
-        );
+        _registry.punishSilence(seed, jobId, stage, j.committedBlock, j.committedAt, excluded, _cover(j, stage));
     }
 
     function _refundDisputeBond(uint256 jobId, Job memory j) private {
@@ -367,13 +445,30 @@ contract JobMarketSettlement is JobMarketBase {
         emit JobRefunded(jobId, j.client, j.auditFee);
     }
 
-    /// @dev The bond of a verifier whose verdict was overturned goes to the party it wronged.
-    function _slashVerifier(uint256 jobId, Job memory j, address wronged) private {
+    /// @dev The bond of a verifier whose verdict was overturned goes to the party it wronged,
+    /// less the contest verifier's pay when a contest confirmed the overturn.
+    function _slashVerifier(uint256 jobId, Job memory j, address wronged, address contestVerifier) private {
         uint256 bond = _verifierBond(j);
-        if (bond == 0) return;
-        _credit(wronged, bond);
+        uint256 fee = contestVerifier == address(0) ? 0 : _contestFee(j); // <= reward <= bond
+        _credit(wronged, bond - fee);
         emit VerifierSlashed(jobId, j.auditor, bond, wronged);
+        _payAuditFee(jobId, contestVerifier, fee);
         _stakes.slash(j.auditor, bond, address(this));
+    }
+
+    /// @dev What a contest verifier earns, from the bond of the seat it finds against: the
+    /// audit fee, at most the job's reward (every bond is at least the reward).
+    function _contestFee(Job memory j) private pure returns (uint256) {
+        return j.auditFee < j.reward ? j.auditFee : j.reward;
+    }
+
+    /// @dev Whether the draw has a seat to contest an appeal verdict given by `appealVerifier`.
+    function _hasContestSeat(uint256 jobId, Job memory j, address appealVerifier) private view returns (bool) {
+        (bytes32 seed, address[4] memory excluded) = _drawInputs(jobId, j, _CONTEST);
+        excluded[3] = appealVerifier;
+        return _registry.assignee(
+            seed, jobId, _CONTEST, j.committedBlock, uint256(j.reward) + j.collateral, excluded, false
+        ) != address(0);
     }
 
     /// @dev Voids a job whose verdict never came: an unverified result is never paid. The client
@@ -454,7 +549,8 @@ contract JobMarketSettlement is JobMarketBase {
         if (ok && data.length == 32) hash = abi.decode(data, (bytes32));
     }
 
-    /// @dev Checks a verdict on a drawn job (caller, state, draw, window, evidence) and returns
+    /// @dev Checks a verdict on a drawn job, or on a proposed void (caller, state, draw,
+    /// window, evidence) and returns
     /// its record, recording the draw (AuditDrawn) when it was not taken yet.
     function _openAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash) private returns (Job memory j) {
         _checkRecord(jobId, job);
@@ -466,12 +562,12 @@ contract JobMarketSettlement is JobMarketBase {
             if (block.number <= drawBlock) revert AuditDrawPending(jobId, drawBlock + 1);
             if (!_drawAudit(jobId, j)) revert NotDrawnForAudit(jobId);
             emit AuditDrawn(jobId, true);
-        } else if (j.state != JobState.Audited) {
+        } else if (j.state != JobState.Audited && j.state != JobState.VoidProposed) {
             revert InvalidJobState(jobId, j.state);
         }
-        uint256 closesAt = _auditClosesAt(j);
+        uint256 closesAt = _verdictClosesAt(j);
         if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
-        _checkAssigned(jobId, j, false, closesAt);
+        _checkAssigned(jobId, j, closesAt);
     }
 
     /// @dev The stake a verifier locks behind a verdict: the job's reward behind a failure,
@@ -480,7 +576,8 @@ contract JobMarketSettlement is JobMarketBase {
     /// disputed by its client once passed) must cost it far more, so that canaries on a few
     /// percent of audits make lazy passes lose money (README, trust model; `mesh sim`).
     function _verifierBond(Job memory j) private pure returns (uint256) {
-        if (j.state == JobState.AuditPassed || j.state == JobState.Disputed) {
+        JobState s = j.state;
+        if (s == JobState.AuditPassed || s == JobState.Disputed || s == JobState.DisputeContested) {
             return uint256(j.reward) * _PASS_BOND_REWARDS;
         }
         return j.reward;
@@ -492,35 +589,65 @@ contract JobMarketSettlement is JobMarketBase {
         emit AuditFeePaid(jobId, to, amount);
     }
 
-    function _auditClosesAt(Job memory j) private view returns (uint256) {
+    /// @dev When the window of the job's pending verdict closes: the audit's (the challenge
+    /// and audit windows after the commit), an appeal's or dispute's (the appeal and audit
+    /// windows after the first verdict), a contest's or a void confirmation's (an audit window
+    /// after the verdict it answers).
+    function _verdictClosesAt(Job memory j) private view returns (uint256) {
+        JobState s = j.state;
+        if (s == JobState.Appealed || s == JobState.Disputed) {
+            return uint256(j.resolvedAt) + _appealWindow + _auditWindow;
+        }
+        if (s == JobState.AppealContested || s == JobState.DisputeContested || s == JobState.VoidProposed) {
+            return uint256(j.resolvedAt) + _auditWindow;
+        }
         return uint256(j.committedAt) + _challengeWindow + _auditWindow;
     }
 
-    function _appealVerdictClosesAt(Job memory j) private view returns (uint256) {
-        return uint256(j.resolvedAt) + _appealWindow + _auditWindow;
+    /// @dev Which verdict the job waits for (the registry draw's `stage`).
+    function _stage(JobState s) private pure returns (uint8) {
+        if (s == JobState.Appealed || s == JobState.Disputed) return _APPEAL;
+        if (s == JobState.AppealContested || s == JobState.DisputeContested) return _CONTEST;
+        if (s == JobState.VoidProposed) return _CONFIRM;
+        return _AUDIT;
     }
 
-    function _checkAssigned(uint256 jobId, Job memory j, bool appealed, uint256 closesAt) private view {
-        address assigned = _assignee(jobId, j, appealed, closesAt);
+    function _checkAssigned(uint256 jobId, Job memory j, uint256 closesAt) private view {
+        address assigned = _assignee(jobId, j, closesAt);
         if (msg.sender != assigned) revert NotAssignedVerifier(jobId, msg.sender, assigned);
     }
 
     /// @dev See `assignedVerifier`: the registry's draw among the seats joined by the commit,
     /// escalated to the second candidate once the window is in its second half.
-    function _assignee(uint256 jobId, Job memory j, bool appealed, uint256 closesAt)
-        private
-        view
-        returns (address)
-    {
-        (bytes32 seed, address[3] memory excluded) = _drawInputs(j, appealed);
+    function _assignee(uint256 jobId, Job memory j, uint256 closesAt) private view returns (address) {
+        uint8 stage = _stage(j.state);
+        (bytes32 seed, address[4] memory excluded) = _drawInputs(jobId, j, stage);
         bool escalated = block.timestamp + _auditWindow / 2 > closesAt;
-        return _registry.assignee(
-            seed, jobId, appealed, j.committedBlock, uint256(j.reward) + j.collateral, excluded, escalated
-        );
+        return _registry.assignee(seed, jobId, stage, j.committedBlock, _cover(j, stage), excluded, escalated);
     }
 
-    /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign.
-    function _drawInputs(Job memory j, bool appealed) private view returns (bytes32, address[3] memory) {
-        return (_blockHashOf(uint256(j.committedBlock) + 1), [j.worker, j.client, appealed ? j.auditor : address(0)]);
+    /// @dev What a seat's deposit must cover to be drawn for a verdict of `stage`: the job's
+    /// reward and collateral (what its silence burns, more than silence could save a cheater);
+    /// for an appeal, also the bond of the verdict under appeal, since an appeal verdict that
+    /// overturns it and that the contest finds wrong forfeits all of this. Sparing a cheater
+    /// (its pay, its collateral, the failing verifier's bond) or robbing an honest pass (the
+    /// reward, the pass bond) then gains a coalition no more than it risks, so a coalition
+    /// drawn as the third seat less than half the time loses money by trying.
+    function _cover(Job memory j, uint8 stage) private pure returns (uint256 cover) {
+        cover = uint256(j.reward) + j.collateral;
+        if (stage == _APPEAL) cover += _verifierBond(j);
+    }
+
+    /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign: the
+    /// worker and the client; after a verdict, the verifier who gave it (or proposed the void);
+    /// in a contest, also the verifier who overturned it.
+    function _drawInputs(uint256 jobId, Job memory j, uint8 stage)
+        private
+        view
+        returns (bytes32, address[4] memory)
+    {
+        address judged = stage == _AUDIT ? address(0) : j.auditor;
+        address overturner = stage == _CONTEST ? _overturner[jobId] : address(0);
+        return (_blockHashOf(uint256(j.committedBlock) + 1), [j.worker, j.client, judged, overturner]);
     }
 }

@@ -8,18 +8,19 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
 
 /// @title VerifierRegistry
-/// @notice Stake-weighted, accountable verifier membership. Anyone may apply with a deposit of
-/// at least the minimum; the admin admits an applicant (until admission, the applicant can take
-/// its deposit back at any time). An admitted seat is a candidate for the verdicts the job
-/// market's draw assigns (an audit, an appeal, a dispute) of every job committed from its
-/// admission block on, with a weight of one unit per minimum deposit, and its deposit answers
-/// for its silence. Nobody can revoke a seat; it leaves by itself or when a burn leaves its
-/// deposit below its weight's cover.
-/// Why admission is not open yet: an appeal's or a dispute's verdict is final and moves the
-/// other side's bonds with none of its own at stake, and a void needs none either, so a seat
-/// that colludes with a client or a worker could steal an honest verifier's bond or spare a
-/// cheater; until such verdicts are bonded or confirmed by a second seat, the admin vouches
-/// for who may give them (the same trust as the role it replaces, now with deposits at stake).
+/// @notice Stake-weighted, accountable, open verifier membership. Anyone may take a seat with a
+/// deposit of at least the minimum (`join`); nobody admits or vouches for it. A seat is a
+/// candidate for the verdicts the job market's draw assigns (an audit, an appeal or dispute,
+/// the contest of an appeal verdict, the confirmation of a void) of every job committed from
+/// its joining block on, with a weight of one unit per minimum deposit, and its deposit
+/// answers for its silence and for an overturn the contest finds wrong. Nobody can revoke a
+/// seat; it leaves by itself or when a burn leaves its deposit below its weight's cover.
+/// Why admission can be open: no verdict of a single seat is final against an honest party.
+/// A failure or a pass can be appealed; an appeal verdict that overturns it goes to a third
+/// seat, and the seat in the minority loses its bond (the job market, `resolveAppeal`); a void
+/// must be confirmed by a second seat (`voidAudit`). A seat that joins to cheat is drawn in
+/// proportion to its weight, so a coalition must hold the seats of two stages of the same job
+/// to move money, and loses its bond whenever the other seat is honest.
 /// @dev Steering. The candidates for a job's verdicts are the seats joined in or before its
 /// commit block and not left by then. The draw's seed is the hash of the block after the
 /// commit, so a seat joined once the seed is known is no candidate for that job, and a seat
@@ -86,23 +87,17 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
 
     // ---------------------------------------------------------------- members
 
-    /// @notice Apply for a seat with a deposit of `amount` (needs an allowance); the admin
-    /// admits it (`admit`). Until then `withdraw` returns the deposit at once.
+    /// @notice Take a seat with a deposit of `amount` (needs an allowance): a candidate for the
+    /// verdicts of jobs committed from this block on.
     function join(uint256 amount) external nonReentrant {
-        _apply(msg.sender, msg.sender, amount);
+        _join(msg.sender, msg.sender, amount);
     }
 
-    /// @notice Admit an applicant: its seat is a candidate for jobs committed from this block on.
-    function admit(address verifier) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        _admit(verifier);
-    }
-
-    /// @notice The admin pays the deposit of a seat for `verifier` and admits it (a deployment
-    /// bootstrapping its first verifiers). The seat and the deposit are the verifier's.
+    /// @notice The admin pays the deposit of a seat for `verifier` (a deployment bootstrapping
+    /// its first verifiers). The seat and the deposit are the verifier's.
     function joinFor(address verifier, uint256 amount) external onlyRole(DEFAULT_ADMIN_ROLE) nonReentrant {
         if (verifier == address(0)) revert ZeroAddress();
-        _apply(msg.sender, verifier, amount);
-        _admit(verifier);
+        _join(msg.sender, verifier, amount);
     }
 
     /// @notice Stop being a candidate for jobs committed from the next block on. The seat stays
@@ -118,18 +113,11 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         emit VerifierLeaving(msg.sender, block.number + 1, block.timestamp + _exitDelay);
     }
 
-    /// @notice Take the deposit back: an applicant's at once, a seat's once the exit delay after
-    /// leaving has passed (giving up the seat).
+    /// @notice Take the deposit back once the exit delay after leaving has passed (giving up
+    /// the seat).
     function withdraw() external nonReentrant returns (uint256 amount) {
         uint256 slot = _slot[msg.sender];
-        if (slot == 0) {
-            amount = _deposit[msg.sender];
-            if (amount == 0) revert NotMember(msg.sender);
-            delete _deposit[msg.sender];
-            emit VerifierWithdrawn(msg.sender, amount);
-            _token.safeTransfer(msg.sender, amount);
-            return amount;
-        }
+        if (slot == 0) revert NotMember(msg.sender);
         uint256 releaseAt = _seats[slot - 1].untilBlock == _NEVER ? _NEVER : _leftAt[msg.sender] + _exitDelay;
         if (block.timestamp < releaseAt) revert StillBound(msg.sender, releaseAt);
         Seat memory last = _seats[_seats.length - 1];
@@ -150,13 +138,13 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
     function assignee(
         bytes32 seed,
         uint256 jobId,
-        bool appealed,
+        uint8 stage,
         uint256 committedBlock,
         uint256 cover,
-        address[3] calldata excluded,
+        address[4] calldata excluded,
         bool escalated
     ) external view returns (address) {
-        (address first, address second) = _candidates(_drawKey(seed, jobId, appealed), committedBlock, cover, excluded);
+        (address first, address second) = _candidates(_drawKey(seed, jobId, stage), committedBlock, cover, excluded);
         return escalated && second != address(0) ? second : first;
     }
 
@@ -164,19 +152,32 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
     function punishSilence(
         bytes32 seed,
         uint256 jobId,
-        bool appealed,
+        uint8 stage,
         uint256 committedBlock,
         uint256 committedAt,
-        address[3] calldata excluded,
+        address[4] calldata excluded,
         uint256 penalty
     ) external nonReentrant {
         if (msg.sender != _jobMarket) revert CallerNotJobMarket(msg.sender);
         // A seat that was a candidate left after the commit, so its deposit is bound at least
         // until committedAt + exitDelay; past that it may be gone.
         if (block.timestamp >= committedAt + _exitDelay) return;
-        (address first, address second) = _candidates(_drawKey(seed, jobId, appealed), committedBlock, penalty, excluded);
+        (address first, address second) = _candidates(_drawKey(seed, jobId, stage), committedBlock, penalty, excluded);
         uint256 burned = _punish(first, jobId, penalty) + _punish(second, jobId, penalty);
         if (burned > 0) _token.safeTransfer(_BURN, burned);
+    }
+
+    /// @inheritdoc IVerifierRegistry
+    function forfeit(address verifier, uint256 jobId, uint256 amount, uint256 pay)
+        external
+        nonReentrant
+        returns (uint256 paid)
+    {
+        if (msg.sender != _jobMarket) revert CallerNotJobMarket(msg.sender);
+        uint256 taken = _slot[verifier] == 0 ? 0 : _punish(verifier, jobId, amount);
+        paid = pay < taken ? pay : taken;
+        if (taken > paid) _token.safeTransfer(_BURN, taken - paid);
+        if (paid > 0) _token.safeTransfer(msg.sender, paid);
     }
 
     // ---------------------------------------------------------------- views
@@ -216,7 +217,7 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         bytes32 key,
         uint256 committedBlock,
         uint256 cover,
-        address[3] calldata excluded
+        address[4] calldata excluded
     ) private view returns (address first, address second) {
         uint256 firstScore = type(uint256).max;
         uint256 secondScore = type(uint256).max;
@@ -226,7 +227,7 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
             if (s.fromBlock > committedBlock || s.untilBlock <= committedBlock) continue;
             if (uint256(s.units) * _minDeposit < cover) continue;
             address v = s.verifier;
-            if (v == excluded[0] || v == excluded[1] || v == excluded[2]) continue;
+            if (v == excluded[0] || v == excluded[1] || v == excluded[2] || v == excluded[3]) continue;
             uint256 score = uint256(keccak256(abi.encode(key, v))) / s.units;
             if (first == address(0) || score < firstScore || (score == firstScore && v < first)) {
                 (second, secondScore) = (first, firstScore);
@@ -238,8 +239,8 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
     }
 
     /// @dev The draw's key for one verdict: each seat's score is keccak256(key, seat) / units.
-    function _drawKey(bytes32 seed, uint256 jobId, bool appealed) private pure returns (bytes32) {
-        return keccak256(abi.encode(seed, jobId, appealed));
+    function _drawKey(bytes32 seed, uint256 jobId, uint8 stage) private pure returns (bytes32) {
+        return keccak256(abi.encode(seed, jobId, stage));
     }
 
     function _punish(address verifier, uint256 jobId, uint256 penalty) private returns (uint256 burned) {
@@ -259,22 +260,17 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         }
     }
 
-    function _apply(address payer, address verifier, uint256 amount) private {
+    /// @dev A seat for `verifier` with a deposit of `amount` paid by `payer`.
+    function _join(address payer, address verifier, uint256 amount) private {
         if (_slot[verifier] != 0 || _deposit[verifier] != 0) revert AlreadyMember(verifier);
         if (amount < _minDeposit) revert DepositTooSmall(amount, _minDeposit);
-        _deposit[verifier] = amount;
-        emit VerifierApplied(verifier, amount);
-        _token.safeTransferFrom(payer, address(this), amount);
-    }
-
-    function _admit(address verifier) private {
-        uint256 amount = _deposit[verifier];
-        if (_slot[verifier] != 0 || amount == 0) revert NotMember(verifier);
         if (_seats.length >= MAX_SEATS) revert RegistryFull(MAX_SEATS);
         uint256 units = amount / _minDeposit;
         if (units > type(uint16).max) units = type(uint16).max;
+        _deposit[verifier] = amount;
         _seats.push(Seat(verifier, uint16(units), uint40(block.number), _NEVER));
         _slot[verifier] = _seats.length;
         emit VerifierJoined(verifier, amount, units, block.number);
+        _token.safeTransferFrom(payer, address(this), amount);
     }
 }

@@ -53,10 +53,12 @@ PRUNE_BATCH = 500
 PRUNE_BATCHES = 20
 """Prune steps of each kind one round runs at most (10,000 jobs a round by default)."""
 _VERDICT_STATES = frozenset({JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.APPEALED,
-                             JobState.DISPUTED})
-_EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved")
+                             JobState.DISPUTED, JobState.APPEAL_CONTESTED,
+                             JobState.DISPUTE_CONTESTED, JobState.VOID_PROPOSED})
+_EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved", "AppealContested",
+                    "VoidProposed")
 #: A training job in these states may have its step states uploaded for an appeal.
-_APPEAL_STATES = frozenset({JobState.AUDIT_FAILED, JobState.APPEALED})
+_APPEAL_STATES = frozenset({JobState.AUDIT_FAILED, JobState.APPEALED, JobState.APPEAL_CONTESTED})
 
 
 def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[str]:

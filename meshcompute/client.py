@@ -958,7 +958,9 @@ PHASES = ("posted", "leased", "committed", "audited", "paid", "refunded", "slash
   committed a result yet (running it, or about to: the market does not know which);
 - ``committed``: a result is on chain, waiting for the audit draw or payment;
 - ``audited``: drawn for audit, waiting for the verdict, or a verdict waiting for its appeal
-  window (a failure: the worker's appeal; a pass: the client's dispute) or appeal verdict;
+  window (a failure: the worker's appeal; a pass: the client's dispute) or appeal verdict (or
+  a third verifier's, when the appeal verdict overturned the first; or a second verifier's,
+  when one proposed the job void);
 - ``paid``; ``refunded`` (void: an audit got no verdict in time or the verifier declared the
   program unjudgeable; or reclaimed after the deadline); ``slashed`` (the worker was caught).
 """
@@ -968,6 +970,8 @@ _PHASE_OF_STATE = {
     JobState.COMMITTED: "committed", JobState.AUDITED: "audited",
     JobState.AUDIT_FAILED: "audited", JobState.APPEALED: "audited",
     JobState.AUDIT_PASSED: "audited", JobState.DISPUTED: "audited",
+    JobState.APPEAL_CONTESTED: "audited", JobState.DISPUTE_CONTESTED: "audited",
+    JobState.VOID_PROPOSED: "audited",
     JobState.FINALIZED: "paid", JobState.REFUNDED: "refunded", JobState.SLASHED: "slashed",
 }
 _MOVING = frozenset({"leased", "committed", "audited"})

@@ -407,7 +407,7 @@ class Auditor:
             comparisons.append(wf.between(0, 1))
             comparisons.append(self.compare(ours, first_output, policy).between(1, 2))
             worker_vs_first = wf.agree
-        if record.state == JobState.DISPUTED:
+        if record.state in (JobState.DISPUTED, JobState.DISPUTE_CONTESTED):
             wins = worker_vs_appeal.agree
         else:
             wins = appeal_worker_wins(worker_vs_first, worker_vs_appeal.agree)

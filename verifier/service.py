@@ -17,6 +17,10 @@ Each poll (:meth:`VerifierService.poll_once`):
    - appeal: an ``Appealed`` job whose first audit was not ours and whose worker is not us is
      recomputed a third time and decided by majority (``resolveAppeal``); a ``Disputed`` pass
      is recomputed and judged alone;
+   - contest (``AppealContested``): another seat's appeal verdict overturned the first; judged
+     as an appeal, and ours decides (``resolveAppeal``);
+   - confirm (``VoidProposed``): another seat proposed that the job cannot be judged; audited
+     as a drawn job: our void confirms it, our pass or failure replaces it;
    - anything already settled on chain (a verdict posted by anyone, a finalized job) is skipped.
 
    Every verdict is assigned by the draw (``JobMarket.assignedVerifier``): a verifier works only
@@ -39,7 +43,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +51,12 @@ from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.draws import AuditDraws
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.lease import (
-    appeal_verdict_closes_at,
     audit_closes_at,
+    contest_closes_at,
     escalated,
     final_margin,
     in_final_margin,
+    verdict_closes_at,
     window_open,
 )
 from meshcompute.errors import (
@@ -79,7 +84,14 @@ from meshcompute.verifier.verdicts import job_verdicts
 
 log = logging.getLogger("meshcompute.verifier")
 
-_TASK_EVENTS = {"JobCommitted": AUDIT, "AuditDrawn": AUDIT, "AuditAppealed": APPEAL}
+#: Tasks of the two later verdicts (their recomputations are an audit's and an appeal's):
+#: confirming or replacing a void another seat proposed, and deciding a contested appeal.
+CONFIRM = "confirm"
+CONTEST = "contest"
+
+_TASK_EVENTS = {"JobCommitted": AUDIT, "AuditDrawn": AUDIT, "AuditAppealed": APPEAL,
+                "VoidProposed": CONFIRM, "AppealContested": CONTEST}
+_CONTESTED = (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED)
 
 
 @dataclass(frozen=True)
@@ -117,15 +129,9 @@ def require_verifier_seat(actor: MeshActor) -> None:
         minimum, _exit = actor.registry_terms()
         raise AuthError(
             f"{actor.address} holds no seat in the verifier registry "
-            f"{actor.registry.address}: apply with `mesh verifier join AMOUNT` (at least "
-            f"{format_mesh(minimum)} MESH, weighted by the deposit), then have the registry's "
-            "admin admit it, before starting a verifier"
+            f"{actor.registry.address}: take one with `mesh verifier join AMOUNT` (at least "
+            f"{format_mesh(minimum)} MESH, weighted by the deposit) before starting a verifier"
         )
-    if not seat.admitted:
-        raise AuthError(
-            f"{actor.address} has applied for a verifier seat ({format_mesh(seat.deposit)} "
-            "MESH deposited) but is not admitted yet: the registry's admin admits it "
-            "(`mesh verifier admit ADDRESS`)")
 
 
 class VerifierService:
@@ -249,12 +255,18 @@ class VerifierService:
             return self._skip(job_id, kind, "we are this job's worker")
         if kind == AUDIT:
             return self._audit(job_id, record, now)
-        if record.state not in (JobState.APPEALED, JobState.DISPUTED):
-            return self._skip(job_id, kind,
-                              f"job is {record.state.name}, not APPEALED or DISPUTED")
+        if kind == CONFIRM:
+            if record.state != JobState.VOID_PROPOSED:
+                return self._skip(job_id, kind, f"job is {record.state.name}, not VOID_PROPOSED")
+            closes = contest_closes_at(record, audit_window=self._windows["audit_window_s"])
+            return self._judge(job_id, CONFIRM, record, now, closes)
+        wanted = _CONTESTED if kind == CONTEST else (JobState.APPEALED, JobState.DISPUTED)
+        if record.state not in wanted:
+            return self._skip(job_id, kind, f"job is {record.state.name}, not "
+                              + " or ".join(s.name for s in wanted))
         if record.auditor == me:
             return self._skip(job_id, kind, "we did the first audit; another verifier judges")
-        return self._appeal(job_id, record, now)
+        return self._appeal(job_id, record, now, kind)
 
     def _audit(self, job_id: int, record: JobRecord, now: int) -> VerdictReady | str:
         if record.state == JobState.COMMITTED:
@@ -268,9 +280,16 @@ class VerifierService:
             return self._skip(job_id, AUDIT, f"job is {record.state.name}: verdict already in")
         closes = audit_closes_at(record, challenge_window=self._windows["challenge_window_s"],
                                  audit_window=self._windows["audit_window_s"])
+        return self._judge(job_id, AUDIT, record, now, closes)
+
+    def _judge(self, job_id: int, kind: str, record: JobRecord, now: int,
+               closes: int) -> VerdictReady | str:
+        """An audit's recomputation: of a drawn job (``AUDIT``), or of a job whose void
+        another seat proposed (``CONFIRM``: our void confirms it, our pass or failure replaces
+        it)."""
         if not window_open(now, closes):
-            return self._skip(job_id, AUDIT, "audit window closed")
-        waiting = self._not_ours(job_id, AUDIT, record, now, closes)
+            return self._skip(job_id, kind, f"{kind} window closed")
+        waiting = self._not_ours(job_id, kind, record, now, closes)
         if waiting is not None:
             return waiting
         final = in_final_margin(now, closes, self._margin())
@@ -287,25 +306,29 @@ class VerifierService:
                 return "wait"
             ready = self.auditor.fail_without_output(job_id, record, str(exc))
         except NotReproducible as exc:
-            # cannot be judged: void on chain (the client gets its reward back, we the audit
-            # fee for the recomputations that showed it, nobody is slashed or paid the reward)
+            # cannot be judged: propose a void on chain, or confirm another seat's proposal
+            # (then the client gets its reward back, the proposer the audit fee for the
+            # recomputations that showed it, nobody is slashed or paid the reward)
             _event(logging.WARNING, "not_reproducible", job_id=job_id, error=str(exc))
             ready = self.auditor.void(job_id, record, exc)
         except RecomputeFailed as exc:
-            return self._recompute_failed(job_id, AUDIT, exc)
-        return self._post(ready, record)
+            return self._recompute_failed(job_id, kind, exc)
+        return self._post(replace(ready, kind=kind), record)
 
-    def _appeal(self, job_id: int, record: JobRecord, now: int) -> VerdictReady | str:
-        closes = appeal_verdict_closes_at(record, appeal_window=self._windows["appeal_window_s"],
-                                          audit_window=self._windows["audit_window_s"])
+    def _appeal(self, job_id: int, record: JobRecord, now: int, kind: str) -> VerdictReady | str:
+        """An appeal's (or dispute's) verdict, or the contest of another seat's appeal verdict
+        that overturned the first (``CONTEST``): the same recomputation, judged the same way."""
+        closes = verdict_closes_at(record, challenge_window=self._windows["challenge_window_s"],
+                                   appeal_window=self._windows["appeal_window_s"],
+                                   audit_window=self._windows["audit_window_s"])
         if not window_open(now, closes):
-            return self._skip(job_id, APPEAL, "appeal verdict window closed")
-        waiting = self._not_ours(job_id, APPEAL, record, now, closes)
+            return self._skip(job_id, kind, f"{kind} verdict window closed")
+        waiting = self._not_ours(job_id, kind, record, now, closes)
         if waiting is not None:
             return waiting
         first = job_verdicts(self.actor, job_id).audit
         if first is None:
-            return self._skip(job_id, APPEAL, "no first verdict found in the job's events")
+            return self._skip(job_id, kind, "no first verdict found in the job's events")
         final = in_final_margin(now, closes, self._margin())
         try:
             ready = self.auditor.appeal(job_id, record, first.evidence_hash,
@@ -321,8 +344,8 @@ class VerifierService:
             ready = self.auditor.fail_without_output(job_id, record, str(exc), kind=APPEAL,
                                                      first_evidence=first.evidence_hash)
         except RecomputeFailed as exc:
-            return self._recompute_failed(job_id, APPEAL, exc)
-        return self._post(ready, record)
+            return self._recompute_failed(job_id, kind, exc)
+        return self._post(replace(ready, kind=kind), record)
 
     def _not_ours(self, job_id: int, kind: str, record: JobRecord, now: int,
                   closes: int) -> str | None:
@@ -342,7 +365,8 @@ class VerifierService:
             def send(job_id: int, _verdict: bool, evidence: bytes, rec: JobRecord) -> Any:
                 return self.actor.void_audit(job_id, evidence, rec)
         else:
-            send = self.actor.resolve_audit if ready.kind == AUDIT else self.actor.resolve_appeal
+            judging_audit = ready.kind in (AUDIT, CONFIRM)
+            send = self.actor.resolve_audit if judging_audit else self.actor.resolve_appeal
         try:
             try:
                 receipt = send(ready.job_id, ready.verdict, ready.evidence_hash, record)
@@ -358,13 +382,14 @@ class VerifierService:
             # could post jobs whose pass bond exceeds our stake for that purpose alone
             _event(logging.ERROR, "bond_unavailable", job_id=ready.job_id, task=ready.kind,
                    error=str(exc), fix="stake more: mesh provider stake AMOUNT")
-            if ready.kind != AUDIT or ready.void:
+            if ready.kind not in (AUDIT, CONFIRM) or ready.void:
                 return self._skip(ready.job_id, ready.kind,
                                   f"no free stake for the verdict's bond: {exc}")
             record = self.actor.job(ready.job_id)
             unbacked = NotReproducible(f"this verifier's free stake cannot back the verdict's "
                                        f"bond ({exc})")
-            return self._post(self.auditor.void(ready.job_id, record, unbacked), record)
+            return self._post(replace(self.auditor.void(ready.job_id, record, unbacked),
+                                      kind=ready.kind), record)
         tx_hash = receipt["transactionHash"].to_0x_hex()
         self.journal.mark_posted(
             ready.job_id, ready.kind,

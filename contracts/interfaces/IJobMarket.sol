@@ -109,6 +109,14 @@ interface IJobMarket {
     /// dispute, with a bond of the audit fee).
     event AuditAppealed(uint256 indexed jobId, address indexed appellant);
     event AppealResolved(uint256 indexed jobId, address indexed verifier, bool workerWins, bytes32 evidenceHash);
+    /// @notice `verifier`'s appeal verdict overturns the first verdict: a third verifier decides
+    /// (the contest window closes an audit window after `contestedAt`).
+    event AppealContested(
+        uint256 indexed jobId, address indexed verifier, bool workerWins, bytes32 evidenceHash, uint40 contestedAt
+    );
+    /// @notice `verifier` proposed that the job cannot be judged; a second verifier confirms the
+    /// void or gives a verdict (within an audit window after `proposedAt`).
+    event VoidProposed(uint256 indexed jobId, address indexed verifier, bytes32 evidenceHash, uint40 proposedAt);
     /// @notice The earnings ledger: one event per paid job.
     event JobPaid(uint256 indexed jobId, address indexed worker, uint256 amount, uint256 fee, bool audited);
     event AuditFeePaid(uint256 indexed jobId, address indexed verifier, uint256 amount);

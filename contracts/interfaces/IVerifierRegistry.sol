@@ -7,9 +7,9 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 interface IVerifierRegistry {
     /// @notice A deposit below the minimum (`minimum`) was offered.
     error DepositTooSmall(uint256 amount, uint256 minimum);
-    /// @notice `verifier` already holds a seat or has applied for one (one per address).
+    /// @notice `verifier` already holds a seat (one per address).
     error AlreadyMember(address verifier);
-    /// @notice `verifier` holds no seat (or, for `admit`, has not applied, or is seated).
+    /// @notice `verifier` holds no seat.
     error NotMember(address verifier);
     /// @notice `verifier` has already asked to leave.
     error AlreadyLeaving(address verifier);
@@ -24,9 +24,7 @@ interface IVerifierRegistry {
     /// @notice The zero address was given where an account or contract was required.
     error ZeroAddress();
 
-    /// @notice `verifier` applied for a seat with `deposit` (the admin admits it).
-    event VerifierApplied(address indexed verifier, uint256 deposit);
-    /// @notice `verifier` was admitted to a seat of weight `units` with `deposit`, a candidate for the
+    /// @notice `verifier` took a seat of weight `units` with `deposit`, a candidate for the
     /// verdicts of jobs committed from block `fromBlock` on.
     event VerifierJoined(address indexed verifier, uint256 deposit, uint256 units, uint256 fromBlock);
     /// @notice `verifier` left: no candidate for jobs committed from block `untilBlock` on; its
@@ -46,16 +44,18 @@ interface IVerifierRegistry {
 
     /// @notice The verifier the draw assigns to a verdict: among the seats joined in or before
     /// `committedBlock` and not left by then whose weight covers `cover` (units * minimum
-    /// deposit >= the job's reward plus collateral), other than the three `excluded`, the
-    /// one with the lowest score keccak256(keccak256(seed, jobId, appealed), verifier) / units; the second
-    /// lowest when `escalated`, or the lowest when there is no second. Zero when none.
+    /// deposit >= the job's reward plus collateral), other than the four `excluded`, the
+    /// one with the lowest score keccak256(keccak256(seed, jobId, stage), verifier) / units; the
+    /// second lowest when `escalated`, or the lowest when there is no second. Zero when none.
+    /// `stage` names the verdict: 0 the audit, 1 the appeal or dispute, 2 the contest of an
+    /// overturning appeal verdict, 3 the confirmation of a void.
     function assignee(
         bytes32 seed,
         uint256 jobId,
-        bool appealed,
+        uint8 stage,
         uint256 committedBlock,
         uint256 cover,
-        address[3] calldata excluded,
+        address[4] calldata excluded,
         bool escalated
     ) external view returns (address);
 
@@ -67,10 +67,16 @@ interface IVerifierRegistry {
     function punishSilence(
         bytes32 seed,
         uint256 jobId,
-        bool appealed,
+        uint8 stage,
         uint256 committedBlock,
         uint256 committedAt,
-        address[3] calldata excluded,
+        address[4] calldata excluded,
         uint256 penalty
     ) external;
+
+    /// @notice `verifier` overturned a verdict on appeal and the contest upheld the verdict it
+    /// overturned: take up to `amount` of its deposit, send up to `pay` of it to the job market
+    /// (the contest verifier's fee) and burn the rest. Only the job market calls it. Returns
+    /// what was sent.
+    function forfeit(address verifier, uint256 jobId, uint256 amount, uint256 pay) external returns (uint256 paid);
 }

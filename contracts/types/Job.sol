@@ -2,12 +2,14 @@
 pragma solidity ^0.8.24;
 
 /// @notice Where a job is in its life. Terminal states: Finalized, Slashed, Refunded.
-/// Posted -> Assigned -> Committed -> (Audited -> AuditFailed (-> Appealed)
-///                                            | AuditPassed (-> Disputed))
+/// Posted -> Assigned -> Committed -> (Audited (-> VoidProposed) -> AuditFailed (-> Appealed
+///        (-> AppealContested)) | AuditPassed (-> Disputed (-> DisputeContested)))
 ///        -> Finalized | Slashed | Refunded. Every verdict can be appealed by the party it goes
 /// against (a failure by the worker, a pass by the client: a dispute); it stands when its
-/// appeal window closes unappealed or the appeal verifier upholds it. An audited job whose
-/// verdict never came is void (Refunded): silence never pays.
+/// appeal window closes unappealed or the appeal verifier upholds it. An appeal verdict that
+/// overturns it is contested: a third verifier decides. A void is proposed by one verifier and
+/// confirmed, or replaced by a verdict, by a second. An audited job whose verdict never came is
+/// void (Refunded): silence never pays.
 enum JobState {
     None,
     Posted,
@@ -20,7 +22,10 @@ enum JobState {
     Slashed,
     Refunded,
     AuditPassed,
-    Disputed
+    Disputed,
+    AppealContested,
+    DisputeContested,
+    VoidProposed
 }
 
 /// @notice The full record of one job. The contract stores only keccak256(abi.encode(job)) per

@@ -337,7 +337,7 @@ def _verifier_page(rt: MarketRuntime, who: str) -> dict[str, Any]:
         **story,
         "seat": None if seat is None else {
             "units": seat.units, "deposit_wei": fold.wei(seat.deposit),
-            "admitted": seat.admitted, "leaving": seat.leaving},
+            "leaving": seat.leaving},
     }
 
 

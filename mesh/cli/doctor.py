@@ -368,9 +368,6 @@ def check_stake(contracts: MeshContracts, address: str) -> Check:
 def check_verifier_seat(contracts: MeshContracts, address: str) -> Check:
     """Whether ``address`` holds a seat in the verifier registry (information only)."""
     seat = contracts.verifier_seat(address)
-    if seat is not None and not seat.admitted:
-        return Check("verifier", INFO, f"{address} applied for a verifier seat (deposit "
-                     f"{_mesh(seat.deposit)}; awaits the registry admin's admission)")
     if seat is not None:
         return Check("verifier", INFO, f"{address} holds a verifier seat (deposit "
                      f"{_mesh(seat.deposit)}, weight {seat.units}; can run `mesh verifier start`)")

@@ -119,11 +119,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 @verifier_app.command("join")
 def verifier_join(amount: AmountArg, as_json: JsonOption = False) -> None:
-    """Apply for a seat in the verifier registry with a deposit of AMOUNT MESH from the wallet.
+    """Take a seat in the verifier registry with a deposit of AMOUNT MESH from the wallet.
 
-    Anyone may apply; the registry's admin admits (`mesh verifier admit`), and until then
-    `mesh verifier withdraw` returns the deposit. The draw assigns each verdict to a seat,
-    weighted by its deposit; a verdict assigned and never given burns part of it."""
+    Anyone may: nobody admits or vouches. The seat is a candidate for the verdicts of jobs
+    committed from the next block on. The draw assigns each verdict to a seat, weighted by its
+    deposit; a verdict assigned and never given burns part of it, and so does an appeal verdict
+    that overturns another verifier's and that a third seat finds wrong."""
     from meshcompute.chain.connect import actor_for
     from meshcompute.errors import BadInput
     from meshcompute.mesh.cli import onchain
@@ -138,35 +139,11 @@ def verifier_join(amount: AmountArg, as_json: JsonOption = False) -> None:
         raise BadInput(f"a seat needs a deposit of at least {onchain.mesh(minimum)}; "
                        f"{onchain.mesh(wei)} was offered")
     if conn.contracts.verifier_seat(who) is not None:
-        raise BadInput(f"{who} already holds or applied for a seat (see `mesh verifier seat`)")
+        raise BadInput(f"{who} already holds a seat (see `mesh verifier seat`)")
     onchain.require_balance(conn, who, wei, f"a verifier deposit of {onchain.mesh(wei)}")
     onchain.require_gas(conn, who)
     actor_for(conn, onchain.unlock_wallet(cfg)).join_verifiers(wei)
-    _print_seat(conn, who, as_json, f"applied with {onchain.mesh(wei)}")
-
-
-@verifier_app.command("admit")
-def verifier_admit(
-    address: Annotated[str, typer.Argument(help="The applicant's address.")],
-    as_json: JsonOption = False,
-) -> None:
-    """Admit an applicant to its seat (the registry's admin only): it becomes a candidate for
-    the verdicts of jobs committed from the next block on."""
-    from meshcompute.chain.connect import actor_for
-    from meshcompute.errors import BadInput
-    from meshcompute.mesh.cli import onchain
-
-    cfg = onchain.settings()
-    conn = onchain.connect_chain(cfg)
-    who = onchain.my_address(cfg)
-    seat = conn.contracts.verifier_seat(address)
-    if seat is None:
-        raise BadInput(f"{address} has not applied for a verifier seat")
-    if seat.admitted:
-        raise BadInput(f"{address} is already admitted")
-    onchain.require_gas(conn, who)
-    actor_for(conn, onchain.unlock_wallet(cfg)).admit_verifier(address)
-    _print_seat(conn, address, as_json, "admitted")
+    _print_seat(conn, who, as_json, f"joined with {onchain.mesh(wei)}")
 
 
 @verifier_app.command("leave")
@@ -180,9 +157,8 @@ def verifier_leave(as_json: JsonOption = False) -> None:
     cfg = onchain.settings()
     conn = onchain.connect_chain(cfg)
     who = onchain.my_address(cfg)
-    if not _require_seat(conn, who).admitted:  # type: ignore[attr-defined]
-        raise BadInput("an applicant has no seat to leave: `mesh verifier withdraw` takes the "
-                       "deposit back")
+    if _require_seat(conn, who).leaving:  # type: ignore[attr-defined]
+        raise BadInput("the seat is already leaving (see `mesh verifier seat`)")
     onchain.require_gas(conn, who)
     actor_for(conn, onchain.unlock_wallet(cfg)).leave_verifiers()
     _print_seat(conn, who, as_json, "leaving")
@@ -190,8 +166,7 @@ def verifier_leave(as_json: JsonOption = False) -> None:
 
 @verifier_app.command("withdraw")
 def verifier_withdraw(as_json: JsonOption = False) -> None:
-    """Take the deposit back: an applicant's at once, a seat's after leaving and the exit
-    delay (giving up the seat)."""
+    """Take the deposit back after leaving and the exit delay (giving up the seat)."""
     from meshcompute.chain.connect import actor_for
     from meshcompute.errors import BadInput
     from meshcompute.mesh.cli import onchain
@@ -200,7 +175,7 @@ def verifier_withdraw(as_json: JsonOption = False) -> None:
     conn = onchain.connect_chain(cfg)
     who = onchain.my_address(cfg)
     seat = _require_seat(conn, who)
-    if seat.admitted and not seat.leaving:
+    if not seat.leaving:
         raise BadInput("the seat is still a candidate: `mesh verifier leave` first")
     if conn.w3.eth.get_block("latest")["timestamp"] < seat.release_at:
         raise BadInput(f"the deposit is bound until {onchain.when(seat.release_at)}")
@@ -234,8 +209,7 @@ def _print_seat(conn: object, who: str, as_json: bool, action: str) -> None:
     from meshcompute.mesh.cli import onchain
 
     seat = conn.contracts.verifier_seat(who)  # type: ignore[attr-defined]
-    data = {"address": who, "seat": seat is not None and seat.admitted,
-            "applied": seat is not None and not seat.admitted}
+    data: dict[str, object] = {"address": who, "seat": seat is not None}
     if seat is not None:
         data |= {"deposit": onchain.money(seat.deposit), "units": seat.units,
                  "from_block": seat.from_block,
@@ -248,10 +222,6 @@ def _print_seat(conn: object, who: str, as_json: bool, action: str) -> None:
         return
     if seat is None:
         console.print(f"{who}: no seat in the verifier registry" + (f" ({action})" if action else ""))
-        return
-    if not seat.admitted:
-        console.print(f"{who}: {action + '; ' if action else ''}applied with a deposit of "
-                      f"{onchain.mesh(seat.deposit)}, awaiting the registry admin's admission")
         return
     span = (f"for jobs committed in blocks {seat.from_block} to {seat.until_block - 1}; deposit "
             f"released {onchain.when(seat.release_at)}" if seat.leaving

@@ -152,13 +152,10 @@ class MeshContracts:
                 for v, units, start, until in seats]
 
     def verifier_seat(self, verifier: str) -> VerifierSeat | None:
-        """``verifier``'s seat with its deposit (``admitted`` False while it is an applicant
-        awaiting the admin's admission), or None when it holds and asked for none."""
+        """``verifier``'s seat with its deposit, or None when it holds none."""
         (v, units, start, until), deposit, release = self.registry.functions.seatOf(verifier).call()
         if int(v, 16) == 0:
-            if int(deposit) == 0:
-                return None
-            return VerifierSeat(Web3.to_checksum_address(verifier), 0, 0, 0, int(deposit))
+            return None
         return VerifierSeat(Web3.to_checksum_address(v), int(units), int(start), int(until),
                             int(deposit), int(release))
 
@@ -456,10 +453,6 @@ class MeshActor(MeshContracts):
         if approve and self.allowance(self.address, self.registry.address) < amount:
             self.approve(self.registry.address, amount)
         return self._send(self.registry.functions.join(amount))
-
-    def admit_verifier(self, verifier: str) -> TxReceipt:
-        """The registry's admin admits an applicant to its seat."""
-        return self._send(self.registry.functions.admit(verifier))
 
     def leave_verifiers(self) -> TxReceipt:
         return self._send(self.registry.functions.leave())

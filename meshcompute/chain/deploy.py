@@ -70,11 +70,13 @@ class DeployParams:
     faucet_cooldown_s: int = 3600
 
     def __post_init__(self) -> None:
-        windows = self.challenge_window_s + 2 * self.audit_window_s + self.appeal_window_s
+        # the longest path from a commit to its last verdict (JobMarketBase's constructor):
+        # audit, void confirmation, appeal, contest
+        windows = self.challenge_window_s + 4 * self.audit_window_s + self.appeal_window_s
         if self.unbonding_delay_s <= windows:
             raise ConfigError(
-                f"unbonding_delay_s ({self.unbonding_delay_s}) must exceed the challenge, audit "
-                f"and appeal windows together ({windows})"
+                f"unbonding_delay_s ({self.unbonding_delay_s}) must exceed the challenge "
+                f"window, four audit windows and the appeal window together ({windows})"
             )
         for name in ("fee_bps", "min_audit_bps"):
             if not 0 <= getattr(self, name) <= BPS:
@@ -186,8 +188,8 @@ def deploy_contracts(
     """Deploy MeshCredit, StakeManager, VerifierRegistry and JobMarket with ``sender`` as
     admin, link them, grant ASSIGNER_ROLE to ``assigners``, and seat each of ``verifiers`` in
     the registry with one unit of deposit that the admin mints and pays for them (the seat and
-    the deposit are theirs; anyone else applies with a deposit of its own and the admin admits
-    it). ``seat_deposit`` (at least ``verifier_deposit``) pays more than one unit: the part above
+    the deposit are theirs; anyone else takes a seat with a deposit of its own, `join`).
+    ``seat_deposit`` (at least ``verifier_deposit``) pays more than one unit: the part above
     whole units is a buffer that a burn for silence takes before the seat has to leave."""
     params = params or DeployParams()
     w3 = sender.w3

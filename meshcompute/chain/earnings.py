@@ -46,6 +46,9 @@ _PENDING_STAGES = {
     JobState.APPEALED: "appealed, awaiting verdict",
     JobState.AUDIT_PASSED: "audit passed, client may dispute",
     JobState.DISPUTED: "pass disputed, awaiting verdict",
+    JobState.APPEAL_CONTESTED: "appeal upheld, awaiting a third verifier",
+    JobState.DISPUTE_CONTESTED: "dispute upheld, awaiting a third verifier",
+    JobState.VOID_PROPOSED: "void proposed, awaiting a second verifier",
 }
 
 

@@ -68,8 +68,7 @@ def check_solvency(contracts: MeshContracts, extra: set[str] | None = None) -> S
             job_id = int(event.args["jobId"])
             records[job_id] = apply_event(records.get(job_id), event.name, event.args)
     accounts = sorted(_named_addresses(events) | set(extra or ()))
-    # every deposit the registry holds: the seats', and those of applicants not admitted yet
-    # (named by their VerifierApplied events, so among the accounts)
+    # every deposit the registry holds: the seats' (and any account events name)
     seats = sorted(set(accounts) | {seat.verifier for seat in contracts.verifier_seats(head)})
     views = BatchViews(contracts, head)
     market_balance = views.add(contracts.credit, "balanceOf", market)

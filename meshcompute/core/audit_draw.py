@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from meshcompute.core.job import JobRecord, JobState, verifier_bond
 from meshcompute.units import BPS
 
 Keccak256 = Callable[[bytes], bytes]
@@ -71,13 +72,8 @@ class VerifierSeat:
     """When a seat that left gets its deposit back (zero while it has not left)."""
 
     @property
-    def admitted(self) -> bool:
-        """False for an applicant (a deposit the registry's admin has not admitted yet)."""
-        return self.units > 0
-
-    @property
     def leaving(self) -> bool:
-        return self.admitted and self.until_block != NEVER
+        return self.until_block != NEVER
 
     def candidate_for(self, committed_block: int) -> bool:
         """Whether this seat may be assigned the verdicts of a job committed in block
@@ -89,6 +85,34 @@ class VerifierSeat:
 NEVER = 2**40 - 1
 
 
+#: The verdicts the registry's draw assigns, by its ``stage``: a drawn job's audit, the appeal
+#: of a verdict (or dispute of a pass), the contest of an appeal verdict that overturned the
+#: first, and the confirmation of a proposed void (``JobMarketSettlement._stage``).
+STAGES = {"audit": 0, "appeal": 1, "contest": 2, "confirm": 3}
+
+
+def verdict_stage(state: JobState) -> int:
+    """The stage of the verdict a job in ``state`` waits for."""
+    if state in (JobState.APPEALED, JobState.DISPUTED):
+        return STAGES["appeal"]
+    if state in (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED):
+        return STAGES["contest"]
+    if state == JobState.VOID_PROPOSED:
+        return STAGES["confirm"]
+    return STAGES["audit"]
+
+
+def verdict_cover(record: JobRecord, stage: int) -> int:
+    """What a seat's deposit must cover to be drawn for a verdict of ``stage`` on ``record``
+    (``JobMarketSettlement._cover``): the job's reward and collateral, and for an appeal the
+    bond of the verdict under appeal. It is also what the seat's silence burns, and for an
+    appeal verdict that a contest finds wrong, what its seat forfeits."""
+    cover = record.reward + record.collateral
+    if stage == STAGES["appeal"]:
+        cover += verifier_bond(record.reward, record.state)
+    return cover
+
+
 def assigned_verifier(
     seats: Sequence[VerifierSeat],
     seed: bytes,
@@ -98,7 +122,7 @@ def assigned_verifier(
     cover: int,
     unit: int,
     excluded: Iterable[str],
-    appealed: bool,
+    stage: int,
     escalated: bool,
     keccak: Keccak256,
 ) -> str | None:
@@ -108,15 +132,18 @@ def assigned_verifier(
     ``committed_block`` the job's commit block (only the seats' candidates for it count),
     ``cover`` the job's reward plus collateral (only seats whose ``units * unit`` covers it,
     ``unit`` being the registry's minimum deposit), ``excluded`` the job's worker and client
-    (and, for an appeal or dispute, the verifier whose verdict is in question). Each candidate
-    scores ``keccak256(abi.encode(keccak256(abi.encode(seed, job_id, appealed)), verifier))
-    // units``; the lowest is
+    (and, after a verdict, the verifier whose verdict is in question; in a contest, also the
+    one who overturned it), ``stage`` the verdict (:data:`STAGES`). Each candidate scores
+    ``keccak256(abi.encode(keccak256(abi.encode(seed, job_id, stage)), verifier)) // units``;
+    the lowest is
     assigned, or the second lowest once ``escalated`` (the window is in its second half; the
     lowest again when there is no second). Ties go to the lower address. None: no candidate."""
     if len(seed) != 32:
         raise ValueError(f"a block hash has 32 bytes, got {len(seed)}")
     skip = {address.lower() for address in excluded}
-    key = keccak(seed + int(job_id).to_bytes(32, "big") + int(bool(appealed)).to_bytes(32, "big"))
+    if stage not in STAGES.values():
+        raise ValueError(f"unknown verdict stage {stage!r} (one of {sorted(STAGES.values())})")
+    key = keccak(seed + int(job_id).to_bytes(32, "big") + int(stage).to_bytes(32, "big"))
     scored = []
     for seat in seats:
         if not seat.candidate_for(committed_block) or seat.verifier.lower() in skip:

@@ -87,7 +87,8 @@ def audit_outcomes(tallies: Mapping[str, int]) -> dict[str, int]:
 
 
 #: States where a verdict is awaited: a verifier's backlog.
-BACKLOG_STATES = (JobState.AUDITED, JobState.APPEALED, JobState.DISPUTED)
+BACKLOG_STATES = (JobState.AUDITED, JobState.APPEALED, JobState.DISPUTED,
+                  JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED, JobState.VOID_PROPOSED)
 
 
 def verifier_backlog(by_state: Mapping[str, int]) -> int:
@@ -164,32 +165,40 @@ def timeline(events: Sequence[EventLike], time_of: Callable[[int], int]) -> list
 
 def audit_story(events: Sequence[EventLike]) -> dict[str, Any]:
     """What the events say of a job's audit: whether it was drawn (None until the draw is
-    taken), the first verdict (``passed``, ``failed`` or ``void``) with its verifier and
-    evidence, and an appeal or dispute with its verdict."""
+    taken), the first verdict (``passed``, ``failed``, ``void proposed`` until a second seat
+    confirms it, then ``void``) with its verifier and evidence, an appeal or dispute with its
+    verdict, and the contest of an appeal verdict that overturned the first (a third seat's)."""
     story: dict[str, Any] = {"drawn": None, "verdict": None, "verifier": None,
-                             "evidence": None, "appeal": None}
+                             "evidence": None, "appeal": None, "contest": None}
     for e in sorted(events, key=lambda e: (e.block_number, e.log_index)):
         if e.name == "AuditDrawn":
             story["drawn"] = bool(e.args.get("audited"))
-        elif e.name in ("AuditResolved", "AuditVoided"):
+        elif e.name in ("AuditResolved", "AuditVoided", "VoidProposed"):
             story["drawn"] = True
             story["verdict"] = ("void" if e.name == "AuditVoided"
+                                else "void proposed" if e.name == "VoidProposed"
                                 else "passed" if e.args.get("passed") else "failed")
             story["verifier"] = e.args.get("verifier")
             story["evidence"] = text_value(e.args.get("evidenceHash"))
         elif e.name == "AuditAppealed":
             story["appeal"] = {"by": e.args.get("appellant"), "verifier": None,
                                "worker_wins": None, "evidence": None}
-        elif e.name == "AppealResolved" and story["appeal"] is not None:
-            story["appeal"].update(verifier=e.args.get("verifier"),
-                                   worker_wins=bool(e.args.get("workerWins")),
-                                   evidence=text_value(e.args.get("evidenceHash")))
+        elif e.name in ("AppealResolved", "AppealContested") and story["appeal"] is not None:
+            verdict = {"verifier": e.args.get("verifier"),
+                       "worker_wins": bool(e.args.get("workerWins")),
+                       "evidence": text_value(e.args.get("evidenceHash"))}
+            if e.name == "AppealContested":
+                story["contest"] = {"verifier": None, "worker_wins": None, "evidence": None}
+            if e.name == "AppealResolved" and story["contest"] is not None:
+                story["contest"].update(verdict)
+            else:
+                story["appeal"].update(verdict)
     return story
 
 
 #: The JobMarket events that name a verifier (second indexed topic) in what they say of it.
-VERIFIER_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved", "AuditFeePaid",
-                   "VerifierSlashed")
+VERIFIER_EVENTS = ("AuditResolved", "AuditVoided", "VoidProposed", "AppealResolved",
+                   "AppealContested", "AuditFeePaid", "VerifierSlashed")
 
 
 def verifier_story(events: Sequence[EventLike], time_of: Callable[[int], int],
@@ -202,12 +211,13 @@ def verifier_story(events: Sequence[EventLike], time_of: Callable[[int], int],
     rows: list[dict[str, Any]] = []
     for e in sorted(events, key=lambda e: (e.block_number, e.log_index)):
         job_id = int(e.args.get("jobId", 0))
-        if e.name in ("AuditResolved", "AuditVoided"):
-            verdict = ("void" if e.name == "AuditVoided"
+        if e.name in ("AuditResolved", "AuditVoided", "VoidProposed"):
+            verdict = ("void" if e.name in ("AuditVoided", "VoidProposed")
                        else "passed" if e.args.get("passed") else "failed")
             verdicts[verdict] += 1
-            rows.append({"job_id": job_id, "kind": "audit", "verdict": verdict})
-        elif e.name == "AppealResolved":
+            kind = {"AuditVoided": "void confirmed", "VoidProposed": "void proposed"}
+            rows.append({"job_id": job_id, "kind": kind.get(e.name, "audit"), "verdict": verdict})
+        elif e.name in ("AppealResolved", "AppealContested"):
             appeals += 1
             rows.append({"job_id": job_id, "kind": "appeal",
                          "verdict": "worker wins" if e.args.get("workerWins")

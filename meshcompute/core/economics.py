@@ -139,13 +139,16 @@ class MarketParams:
     that client once passed. A verifier cannot tell them from other audits."""
     pass_bond_rewards: int = PASS_BOND_REWARDS
     """Rewards of the verifier's stake behind a pass (JobMarket), lost on an overturned one."""
+    coalition_bps: int = 3_333
+    """Share of the verifier seats' weight a colluding coalition holds (open admission: anyone
+    may take seats), so the chance the draw gives it the contest of its own appeal verdict."""
 
     def __post_init__(self) -> None:
         if not 0 < self.reward_min <= self.reward_max:
             raise BadInput("market needs 0 < reward_min <= reward_max")
         for name in ("audit_fee_bps", "compute_cost_bps", "junk_cost_bps", "fee_bps",
                      "min_audit_bps", "detection_bps", "client_audit_bps", "verify_cost_bps",
-                     "canary_bps"):
+                     "canary_bps", "coalition_bps"):
             if name == "verify_cost_bps" and self.verify_cost_bps is None:
                 continue
             if not 0 <= getattr(self, name) <= BPS:
@@ -655,6 +658,14 @@ ROLE_STRATEGIES: tuple[tuple[str, str, str], ...] = (
     ("silent_verifier", "verifier",
      ("never posts the verdicts the draw assigns it, saving its verification cost; the verdict "
       "escalates to a second seat, which posts it and takes the fee")),
+    ("appeal_seat_spares_cheater", "verifier coalition",
+     ("holds coalition_bps of the seats' weight and a cheating worker: drawn as the appeal seat "
+      "of the cheater's rightly failed job, it overturns the failure, and wins only if the draw "
+      "also gives it the contest")),
+    ("appeal_seat_robs_pass", "verifier coalition",
+     ("holds coalition_bps of the seats' weight and a client: the client disputes an honest "
+      "pass and the coalition, drawn as the appeal seat, overturns it to get the worker slashed "
+      "and the passing verifier's bond, winning only if it also holds the contest")),
 )
 """The strategies of roles other than the worker: (name, role, description)."""
 
@@ -938,6 +949,79 @@ def _silent_verifier(params: MarketParams, honest_out: list[JobOutcome]) -> Role
     )
 
 
+APPEAL_COALITION_NOTE = (
+    "No single seat overturns a verdict: an appeal verdict that overturns the first goes to a "
+    "third seat, drawn excluding the worker, the client and both verifiers, and the seat in "
+    "the minority pays. A seat is drawn for an appeal only if its deposit covers the job's "
+    "reward and collateral plus the bond of the verdict under appeal, and an overturn that the "
+    "contest finds wrong forfeits exactly that, which is at least what the overturn would have "
+    "moved to the coalition. So the coalition loses money unless it holds the contest more "
+    "than breakeven_coalition_share of the time, about half the seats' weight."
+)
+
+
+def _appeal_coalition(index: int, params: MarketParams, honest_out: list[JobOutcome],
+                      seed: int) -> RoleResult:
+    """A coalition holding ``coalition_bps`` of the seats' weight, drawn as the appeal seat of
+    each audited job of the honest market (one attempt per audit), against giving the honest
+    appeal verdict. The contest is the coalition's with probability ``coalition_bps``.
+
+    Sparing a cheater (index 4): honest, the cheater loses its collateral and the appeal seat
+    earns up to the audit fee from it, less its recomputation. Won, the cheater is paid and
+    gets the failing verifier's bond less the contest fee, keeps its collateral, and the
+    coalition earns the audit fee and the contest fee. Lost, the cheater is slashed anyway and
+    the appeal seat forfeits reward + collateral + the failure's bond (one reward).
+
+    Robbing an honest pass (index 5): honest, nothing happens (an honest client does not
+    dispute a right pass). Won, the client gets the reward back (and keeps the result), the
+    compensation from the worker's collateral, the pass bond less the contest fee; the
+    coalition's seats earn the audit fee and the contest fee. Lost, the client's dispute bond
+    (an audit fee) goes to the fee recipient and the appeal seat forfeits reward + collateral
+    + the pass bond."""
+    audits = [o for o in honest_out if o.audited]
+    share = params.coalition_bps / BPS
+    rng = random.Random(f"coalition-{index}-{seed}")
+    won_v: list[float] = []
+    lost_v: list[float] = []
+    profits: list[int] = []
+    honest_v: list[int] = []
+    for o in audits:
+        r, fee_a, c = o.reward, o.audit_fee, params.collateral(o.reward)
+        contest_fee = min(fee_a, r)
+        pay = r - math.ceil(r * params.fee_bps / BPS)
+        if index == 4:
+            honest = -c + min(fee_a, c - min(c, fee_a)) - params.verify_cost(r)
+            won = pay + (r - contest_fee) + fee_a + contest_fee
+            lost = -c - (r + c + r)
+        else:
+            honest = 0
+            won = r + min(c, fee_a) + (params.pass_bond_rewards * r - contest_fee) + fee_a \
+                + contest_fee
+            lost = -fee_a - (r + c + params.pass_bond_rewards * r)
+        won_v.append(won - honest)
+        lost_v.append(lost - honest)
+        profits.append(won if rng.random() < share else lost)
+        honest_v.append(honest)
+    expected = [share * w + (1 - share) * lo + h
+                for w, lo, h in zip(won_v, lost_v, honest_v, strict=True)]
+    stats = _paired(profits, honest_v, expected, [float(h) for h in honest_v])
+    gain, loss = sum(won_v), -sum(lost_v)
+    return _role_result(
+        index, "attempt", stats,
+        details={
+            "coalition_share": round(share, 4),
+            "mechanism_built": True,
+            "mechanism": "an overturning appeal verdict is contested by a third seat; the "
+                         "minority's bond pays (the overturner's registry deposit: reward + "
+                         "collateral + the bond of the verdict under appeal)",
+            "gain_if_contest_held_per_attempt": round(gain / len(audits), 4) if audits else 0.0,
+            "loss_if_contest_lost_per_attempt": round(loss / len(audits), 4) if audits else 0.0,
+            "breakeven_coalition_share": round(loss / (gain + loss), 4) if gain + loss else 1.0,
+        },
+        note=APPEAL_COALITION_NOTE,
+    )
+
+
 def simulate_roles(
     params: MarketParams = MarketParams(),
     *,
@@ -956,6 +1040,8 @@ def simulate_roles(
         "colluding_operator": _colluding_operator(params, stream, providers, honest_out),
         "lazy_verifier": _lazy_verifier(params, stream, providers, honest, honest_out, seed),
         "silent_verifier": _silent_verifier(params, honest_out),
+        "appeal_seat_spares_cheater": _appeal_coalition(4, params, honest_out, seed),
+        "appeal_seat_robs_pass": _appeal_coalition(5, params, honest_out, seed),
     }
 
 

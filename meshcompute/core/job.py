@@ -32,6 +32,9 @@ class JobState(IntEnum):
     REFUNDED = 9
     AUDIT_PASSED = 10
     DISPUTED = 11
+    APPEAL_CONTESTED = 12
+    DISPUTE_CONTESTED = 13
+    VOID_PROPOSED = 14
 
     @property
     def terminal(self) -> bool:
@@ -47,16 +50,17 @@ PASS_BOND_REWARDS = 10
 
 def verifier_bond(reward: int, state: JobState) -> int:
     """The stake a verdict that leaves a job in ``state`` locks (0 outside a verdict)."""
-    if state in (JobState.AUDIT_PASSED, JobState.DISPUTED):
+    if state in (JobState.AUDIT_PASSED, JobState.DISPUTED, JobState.DISPUTE_CONTESTED):
         return reward * PASS_BOND_REWARDS
-    if state in (JobState.AUDIT_FAILED, JobState.APPEALED):
+    if state in (JobState.AUDIT_FAILED, JobState.APPEALED, JobState.APPEAL_CONTESTED):
         return reward
     return 0
 
 
 #: A verdict is in and can still be appealed or is under appeal: the verifier's bond is locked.
 VERDICT_STATES = frozenset(
-    {JobState.AUDIT_FAILED, JobState.APPEALED, JobState.AUDIT_PASSED, JobState.DISPUTED}
+    {JobState.AUDIT_FAILED, JobState.APPEALED, JobState.AUDIT_PASSED, JobState.DISPUTED,
+     JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED}
 )
 
 #: Every state change the contract can make. ASSIGNED -> ASSIGNED is a lease renewal or a
@@ -69,12 +73,21 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
         {JobState.AUDITED, JobState.FINALIZED, JobState.AUDIT_FAILED, JobState.AUDIT_PASSED}
     ),
     JobState.AUDITED: frozenset(
+        {JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.VOID_PROPOSED, JobState.REFUNDED}
+    ),
+    JobState.VOID_PROPOSED: frozenset(
         {JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.REFUNDED}
     ),
     JobState.AUDIT_FAILED: frozenset({JobState.APPEALED, JobState.SLASHED}),
-    JobState.APPEALED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
+    JobState.APPEALED: frozenset(
+        {JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED, JobState.APPEAL_CONTESTED}
+    ),
+    JobState.APPEAL_CONTESTED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
     JobState.AUDIT_PASSED: frozenset({JobState.DISPUTED, JobState.FINALIZED}),
-    JobState.DISPUTED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
+    JobState.DISPUTED: frozenset(
+        {JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED, JobState.DISPUTE_CONTESTED}
+    ),
+    JobState.DISPUTE_CONTESTED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
     JobState.FINALIZED: frozenset(),
     JobState.SLASHED: frozenset(),
     JobState.REFUNDED: frozenset(),
@@ -128,7 +141,7 @@ class JobRecord:
             return 0
         # a verdict's audit fee stays in escrow until the verdict stands or falls; a disputed
         # pass also holds the client's dispute bond (one more audit fee)
-        if self.state == JobState.DISPUTED:
+        if self.state in (JobState.DISPUTED, JobState.DISPUTE_CONTESTED):
             return self.reward + 2 * self.audit_fee
         return self.reward + self.audit_fee
 
@@ -143,6 +156,9 @@ class JobRecord:
             JobState.APPEALED,
             JobState.AUDIT_PASSED,
             JobState.DISPUTED,
+            JobState.APPEAL_CONTESTED,
+            JobState.DISPUTE_CONTESTED,
+            JobState.VOID_PROPOSED,
         )
 
     @property
@@ -219,13 +235,22 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
     if event == "AuditAppealed":
         disputed = record.state == JobState.AUDIT_PASSED
         return replace(record, state=JobState.DISPUTED if disputed else JobState.APPEALED)
+    if event == "AppealContested":
+        disputed = record.state == JobState.DISPUTED
+        return replace(record, resolved_at=args["contestedAt"],
+                       state=JobState.DISPUTE_CONTESTED if disputed else JobState.APPEAL_CONTESTED)
+    if event == "VoidProposed":
+        return replace(record, auditor=args["verifier"], resolved_at=args["proposedAt"],
+                       state=JobState.VOID_PROPOSED)
     if event == "JobPaid":
         return replace(record, state=JobState.FINALIZED)
     if event == "JobSlashed":
         return replace(record, state=JobState.SLASHED)
     if event == "JobRefunded":
         if record.state in (JobState.POSTED, JobState.ASSIGNED, JobState.AUDITED,
-                            JobState.DISPUTED, JobState.APPEALED):  # unjudged appeals are void
+                            JobState.DISPUTED, JobState.APPEALED,  # unjudged appeals are void
+                            JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED,
+                            JobState.VOID_PROPOSED):
             return replace(record, state=JobState.REFUNDED)
         return record
     if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid", "AuditVoided",
@@ -245,6 +270,8 @@ JOB_EVENTS = (
     "AuditVoided",
     "VerifierSlashed",
     "AuditAppealed",
+    "AppealContested",
+    "VoidProposed",
     "AppealResolved",
     "JobPaid",
     "AuditFeePaid",

@@ -403,6 +403,28 @@ def appeal_verdict_closes_at(record: JobRecord, *, appeal_window: int, audit_win
     return record.resolved_at + appeal_window + audit_window
 
 
+def contest_closes_at(record: JobRecord, *, audit_window: int) -> int:
+    """The last second the verdict answering a contested appeal verdict or a proposed void is
+    accepted (AppealContested, DisputeContested, VoidProposed): an audit window after it
+    (``resolved_at`` is the time the appeal verdict or the void proposal came)."""
+    return record.resolved_at + audit_window
+
+
+def verdict_closes_at(record: JobRecord, *, challenge_window: int, appeal_window: int,
+                      audit_window: int) -> int:
+    """The last second the job's pending verdict is accepted, whatever it is
+    (``JobMarketSettlement._verdictClosesAt``)."""
+    from meshcompute.core.job import JobState
+
+    if record.state in (JobState.APPEALED, JobState.DISPUTED):
+        return appeal_verdict_closes_at(record, appeal_window=appeal_window,
+                                        audit_window=audit_window)
+    if record.state in (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED,
+                        JobState.VOID_PROPOSED):
+        return contest_closes_at(record, audit_window=audit_window)
+    return audit_closes_at(record, challenge_window=challenge_window, audit_window=audit_window)
+
+
 def window_open(now: int, closes_at: int) -> bool:
     """Whether a window closing at ``closes_at`` still accepts a transaction at ``now``."""
     return now <= closes_at

@@ -36,6 +36,7 @@ from meshcompute.core.lease import (
     appeal_closes_at,
     appeal_verdict_closes_at,
     audit_closes_at,
+    contest_closes_at,
     window_open,
 )
 
@@ -91,6 +92,10 @@ def settle_action(
     if state == JobState.AUDITED:
         closes_at = audit_closes_at(record, challenge_window=challenge_window,
                                     audit_window=audit_window)
+        return None if window_open(now, closes_at) else SettleAction.VOID
+    if state in (JobState.VOID_PROPOSED, JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED):
+        # an unconfirmed void, or a contest nobody decided: void
+        closes_at = contest_closes_at(record, audit_window=audit_window)
         return None if window_open(now, closes_at) else SettleAction.VOID
     if state in _VERDICT_STANDS:
         # a verdict stands when its appeal window closes unappealed: a failure is slashed, a

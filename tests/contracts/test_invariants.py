@@ -69,7 +69,7 @@ from web3 import Web3
 
 from meshcompute.chain.contracts import ChainEvent, JobParams, MeshActor
 from meshcompute.chain.local import LocalChain
-from meshcompute.core.audit_draw import VerifierSeat, assigned_verifier
+from meshcompute.core.audit_draw import VerifierSeat, assigned_verifier, verdict_cover
 from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.job import (
     JOB_EVENTS,
@@ -450,8 +450,8 @@ class MarketMachine(RuleBasedStateMachine):
         excluded = [j.worker, j.client, *([j.auditor] if appealed else [])]
         return assigned_verifier(
             self._seats(), seed, job_id, committed_block=j.committed_block,
-            cover=j.reward + j.collateral, unit=self.unit, excluded=excluded,
-            appealed=appealed, escalated=escalated(self.now, closes, AUDIT), keccak=keccak)
+            cover=verdict_cover(j, int(appealed)), unit=self.unit, excluded=excluded,
+            stage=int(appealed), escalated=escalated(self.now, closes, AUDIT), keccak=keccak)
 
     def _seats(self) -> list[VerifierSeat]:
         """The registry's seats in the latest block, read from the chain (a burn for silence

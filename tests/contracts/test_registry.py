@@ -1,5 +1,5 @@
-"""VerifierRegistry on anvil: stake-weighted verifier seats (anyone applies with a deposit, the
-admin admits), a draw that joining or leaving cannot steer once a job's seed is known, and
+"""VerifierRegistry on anvil: open, stake-weighted verifier seats (anyone takes one with a
+deposit; nobody admits it), a draw that joining or leaving cannot steer once a job's seed is known, and
 silence that costs the silent verifiers their deposit (burned: nobody gains) while the job is
 void, never slashed."""
 
@@ -26,21 +26,13 @@ def _deposit(world: World, who: str) -> int:
     return 0 if seat is None else seat.deposit
 
 
-def test_anyone_applies_with_a_deposit_and_once_admitted_is_drawn_for_verdicts(
-        world: World) -> None:
+def test_anyone_takes_a_seat_with_a_deposit_and_is_drawn_for_verdicts(world: World) -> None:
     newcomer = world.outsider
     with reverts("DepositTooSmall", InsufficientFunds, amount=DEPOSIT - 1, minimum=DEPOSIT):
         newcomer.join_verifiers(DEPOSIT - 1)
     newcomer.join_verifiers(3 * DEPOSIT + DEPOSIT // 2)  # weight 3 (whole units only)
-    applicant = world.admin.verifier_seat(newcomer.address)
-    assert not applicant.admitted and applicant.deposit == 3 * DEPOSIT + DEPOSIT // 2
-    # the books count an applicant's deposit, held by the registry before any seat is made
     books = check_solvency(MeshContracts(world.w3, world.deployment))
     assert books.ok, books.problems
-    assert newcomer.address not in {s.verifier for s in world.admin.verifier_seats()}
-    with reverts("AccessControlUnauthorizedAccount", NotPermitted):
-        newcomer.admit_verifier(newcomer.address)  # only the admin admits
-    world.admin.admit_verifier(newcomer.address)
     newcomer.stake(STAKE)  # the verdict bonds still come from stake
     seat = world.admin.verifier_seat(newcomer.address)
     assert (seat.units, seat.deposit, seat.until_block) == (3, 3 * DEPOSIT + DEPOSIT // 2, NEVER)
@@ -58,7 +50,7 @@ def test_anyone_applies_with_a_deposit_and_once_admitted_is_drawn_for_verdicts(
         mirror = assigned_verifier(seats, bytes(seed), job_id,
                                    committed_block=record.committed_block,
                                    cover=record.reward + record.collateral, unit=DEPOSIT,
-                                   excluded=[record.worker, record.client], appealed=False,
+                                   excluded=[record.worker, record.client], stage=0,
                                    escalated=False, keccak=keccak)
         assigned = world.admin.assigned_verifier(job_id)
         assert assigned == mirror
@@ -77,7 +69,6 @@ def test_joining_or_leaving_after_a_commit_cannot_move_its_draw(world: World) ->
     before = world.admin.assigned_verifier(job_id)
     world.admin.mint(world.outsider.address, 1000 * DEPOSIT)
     world.outsider.join_verifiers(1000 * DEPOSIT)  # 1000 times the weight of each other seat
-    world.admin.admit_verifier(world.outsider.address)  # even the admin's admission is late
     assert world.admin.assigned_verifier(job_id) == before
     assigned = next(v for v in world.verifiers if v.address == before)
     world.other_verifier(assigned).leave_verifiers()
@@ -133,29 +124,29 @@ def test_a_silent_appeal_voids_the_job_instead_of_slashing_the_worker(world: Wor
     assert world.admin.stake_of(auditor).locked == 0  # the failing verifier's bond is back
     assert world.admin.account_of(auditor).withdrawable == auditor_before + record.audit_fee
     assert world.admin.account_of(record.client).withdrawable == client_before + record.reward
-    # only one other verifier exists (the escalation falls back to it): punished once
-    assert _deposit(world, appeal_verifier) == DEPOSIT - (record.reward + record.collateral)
+    # only one other verifier exists (the escalation falls back to it): punished once, by what
+    # an appeal seat covers: the reward and collateral and the failure's bond (one reward)
+    assert _deposit(world, appeal_verifier) == DEPOSIT - (2 * record.reward + record.collateral)
     assert _deposit(world, auditor) == DEPOSIT
 
 
-def test_an_applicant_takes_its_deposit_back_at_once_and_nobody_seats_keyless_addresses(
-        world: World) -> None:
-    applicant = world.outsider
-    before = world.admin.balance_of(applicant.address)
-    applicant.join_verifiers(DEPOSIT)
-    with reverts("AlreadyMember", WrongJobState, verifier=applicant.address):
-        applicant.join_verifiers(DEPOSIT)
-    applicant.withdraw_verifier_deposit()  # not admitted: nothing is bound yet
-    assert world.admin.balance_of(applicant.address) == before
-    assert world.admin.verifier_seat(applicant.address) is None
-    # joinFor (a sponsor's seat, admitted at once) is the admin's alone: a stranger cannot fill
-    # the registry with seats of keyless addresses that could never leave
+def test_a_new_seat_is_bound_at_once_and_nobody_seats_keyless_addresses(world: World) -> None:
+    """A seat is a candidate from its joining block, so its deposit is bound from then on (it
+    may be assigned a verdict at once); and nobody but the admin pays a seat for another
+    address: a stranger cannot fill the registry with keyless seats that could never leave."""
+    newcomer = world.outsider
+    newcomer.join_verifiers(DEPOSIT)
+    with reverts("AlreadyMember", WrongJobState, verifier=newcomer.address):
+        newcomer.join_verifiers(DEPOSIT)
+    with reverts("StillBound", TooEarly, verifier=newcomer.address):
+        newcomer.withdraw_verifier_deposit()
+    assert world.admin.verifier_seat(newcomer.address).deposit == DEPOSIT
     world.clients[0].approve(world.admin.registry.address, DEPOSIT)
     call = world.admin.registry.functions.joinFor("0x" + "00" * 19 + "01", DEPOSIT)
     with reverts("AccessControlUnauthorizedAccount", NotPermitted):
         world.clients[0]._send(call)
     with reverts("NotMember", NotPermitted):
-        world.admin.admit_verifier(world.clients[1].address)  # never applied
+        world.clients[1].withdraw_verifier_deposit()  # holds no seat
 
 
 def test_deposits_stay_bound_after_leaving_and_only_the_job_market_punishes(world: World) -> None:
@@ -170,10 +161,13 @@ def test_deposits_stay_bound_after_leaving_and_only_the_job_market_punishes(worl
     with reverts("StillBound", TooEarly, verifier=verifier.address, releaseAt=seat.release_at):
         verifier.withdraw_verifier_deposit()
     registry = world.admin.registry
-    call = registry.functions.punishSilence(b"\x01" * 32, 1, False, 1, world.now(),
-                                            [world.outsider.address] * 3, DEPOSIT)
+    call = registry.functions.punishSilence(b"\x01" * 32, 1, 0, 1, world.now(),
+                                            [world.outsider.address] * 4, DEPOSIT)
     with reverts("CallerNotJobMarket", NotPermitted, caller=world.outsider.address):
         world.outsider._send(call)
+    forfeit = registry.functions.forfeit(verifier.address, 1, DEPOSIT, DEPOSIT)
+    with reverts("CallerNotJobMarket", NotPermitted, caller=world.outsider.address):
+        world.outsider._send(forfeit)
     world.advance(TEST_PARAMS.unbonding_delay_s + 1)
     balance = world.admin.balance_of(verifier.address)
     verifier.withdraw_verifier_deposit()
@@ -191,7 +185,6 @@ def test_a_job_no_seat_covers_has_no_verifier_and_ends_void_unpaid(world: World)
     job_id = world.audited_job(collateral=big)
     assert world.admin.assigned_verifier(job_id) is None
     world.outsider.join_verifiers(2 * DEPOSIT)  # too late for this job (joined after its commit)
-    world.admin.admit_verifier(world.outsider.address)
     assert world.admin.assigned_verifier(job_id) is None
     world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s + 1)
     receipt = world.admin.finalize(job_id)
@@ -213,7 +206,7 @@ def test_the_draw_weights_seats_by_deposit(units: int) -> None:
              VerifierSeat("0x" + "cc" * 20, 1, 1, NEVER)]
     wins = sum(
         assigned_verifier(seats, keccak(i.to_bytes(32, "big")), i, committed_block=5, cover=1,
-                          unit=1, excluded=[], appealed=False, escalated=False,
+                          unit=1, excluded=[], stage=0, escalated=False,
                           keccak=keccak) == heavy
         for i in range(3000))
     share = wins / 3000

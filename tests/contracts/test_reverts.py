@@ -50,7 +50,7 @@ CONFIG = (
     TEST_PARAMS.audit_deterrence,
 )
 WINDOWS = (
-    TEST_PARAMS.challenge_window_s + 2 * TEST_PARAMS.audit_window_s + TEST_PARAMS.appeal_window_s
+    TEST_PARAMS.challenge_window_s + 4 * TEST_PARAMS.audit_window_s + TEST_PARAMS.appeal_window_s
 )
 
 
@@ -376,8 +376,9 @@ def test_JobMarket_constructor_reverts_when_unbonding_not_longer_than_windows(
 ) -> None:
     delay = TEST_PARAMS.unbonding_delay_s
     # windows == delay: not strictly longer, refused.
-    config = (*CONFIG[:3], CONFIG[3], delay - CONFIG[2] - 2 * CONFIG[3], CONFIG[5])
-    assert config[2] + 2 * config[3] + config[4] == delay
+    # the longest path: audit, void confirmation, appeal and contest windows after the challenge
+    config = (*CONFIG[:3], CONFIG[3], delay - CONFIG[2] - 4 * CONFIG[3], CONFIG[5])
+    assert config[2] + 4 * config[3] + config[4] == delay
     with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=delay, windows=delay):
         _deploy_market(world, config=config)
     _deploy_market(world, config=(*config[:4], config[4] - 1, config[5]))  # one second less is fine
@@ -388,7 +389,7 @@ def test_JobMarket_constructor_reverts_when_verifier_deposits_unbind_before_wind
 ) -> None:
     """A registry whose deposits could be withdrawn before a verdict window closes would let a
     silent verifier run from its burn: refused."""
-    windows = CONFIG[2] + 2 * CONFIG[3] + CONFIG[4]
+    windows = CONFIG[2] + 4 * CONFIG[3] + CONFIG[4]
     short = deploy(world.admin.sender, "VerifierRegistry", world.deployment.address("MeshCredit"),
                    world.admin.address, TEST_PARAMS.verifier_deposit, windows)
     with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=windows, windows=windows):
@@ -792,8 +793,7 @@ def test_resolveAudit_reverts_for_anyone_but_the_assigned_verifier(world: World)
 
 def test_resolveAudit_reverts_for_verifier_that_did_the_job(world: World) -> None:
     worker = world.workers[0]
-    worker.join_verifiers(TEST_PARAMS.verifier_deposit)  # anyone may apply
-    world.admin.admit_verifier(worker.address)
+    worker.join_verifiers(TEST_PARAMS.verifier_deposit)  # anyone may take a seat
     job_id = world.audited_job(worker=worker)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=worker.address):
         worker.resolve_audit(job_id, True, EVIDENCE)
@@ -874,7 +874,6 @@ def test_resolveAppeal_reverts_unless_appealed(world: World) -> None:
 def test_resolveAppeal_reverts_for_first_verifier_or_worker(world: World) -> None:
     worker = world.workers[0]
     worker.join_verifiers(TEST_PARAMS.verifier_deposit)
-    world.admin.admit_verifier(worker.address)
     job_id = appealed_job(world, worker=worker)
     first = world.auditor_of(job_id)
     with reverts("VerifierConflict", NotPermitted, jobId=job_id, verifier=first.address):

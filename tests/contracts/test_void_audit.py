@@ -24,7 +24,7 @@ def _withdrawable(world: World, actor) -> int:
 
 
 @pytest.mark.parametrize("draw_recorded", [True, False], ids=["audited", "committed"])
-def test_void_refunds_the_reward_pays_the_verifier_and_unlocks_the_collateral(
+def test_a_confirmed_void_refunds_the_reward_pays_the_proposer_and_unlocks_the_collateral(
     world: World, draw_recorded: bool
 ) -> None:
     worker, client = world.workers[0], world.clients[0]
@@ -33,21 +33,73 @@ def test_void_refunds_the_reward_pays_the_verifier_and_unlocks_the_collateral(
     else:
         job_id = world.committed_job(audit_bps=10_000, worker=worker)
         world.advance(1, blocks=2)
-    verifier = world.verifier_for(job_id)
+    proposer = world.verifier_for(job_id)
     record = world.job(job_id)
-    receipt = verifier.void_audit(job_id, EVIDENCE)
-    (voided,) = events_in(verifier, receipt, "AuditVoided")
-    assert (voided.args["verifier"], bytes(voided.args["evidenceHash"])) == (verifier.address, EVIDENCE)
-    (refund,) = events_in(verifier, receipt, "JobRefunded")
+    receipt = proposer.void_audit(job_id, EVIDENCE)
+    (proposed,) = events_in(proposer, receipt, "VoidProposed")
+    assert (proposed.args["verifier"], bytes(proposed.args["evidenceHash"])) == (proposer.address, EVIDENCE)
+    assert not events_in(proposer, receipt, "AuditVoided")
+    assert not events_in(proposer, receipt, "JobRefunded")
+    proposal = world.job(job_id)
+    assert (proposal.state, proposal.auditor) == (JobState.VOID_PROPOSED, proposer.address)
+    assert proposal.resolved_at == proposed.args["proposedAt"]
+    # a second seat, never the proposer, confirms it
+    confirmer = world.verifier_for(job_id)
+    assert confirmer.address != proposer.address
+    with reverts("NotAssignedVerifier", NotPermitted, caller=proposer.address):
+        proposer.void_audit(job_id, EVIDENCE)
+    receipt = confirmer.void_audit(job_id, EVIDENCE)
+    (voided,) = events_in(confirmer, receipt, "AuditVoided")
+    assert voided.args["verifier"] == confirmer.address
+    (refund,) = events_in(confirmer, receipt, "JobRefunded")
     assert refund.args["amount"] == record.reward
-    assert not events_in(verifier, receipt, "JobPaid")
-    assert not events_in(verifier, receipt, "JobSlashed")
+    assert not events_in(confirmer, receipt, "JobPaid")
+    assert not events_in(confirmer, receipt, "JobSlashed")
     assert _withdrawable(world, client) == record.reward
-    assert _withdrawable(world, verifier) == record.audit_fee
+    assert _withdrawable(world, proposer) == record.audit_fee
+    assert _withdrawable(world, confirmer) == 0  # confirming earns nothing over a verdict
     assert _withdrawable(world, worker) == 0
     assert worker.stake_of(worker.address).locked == 0
     assert worker.worker_record(worker.address).slashed == 0
     assert world.admin.job_digest(job_id) == bytes(32)  # the job has ended
+    assert_solvent(world)
+
+
+def test_a_lone_void_is_replaced_by_the_second_seats_verdict(world: World) -> None:
+    """One seat cannot void an honest result away: the second seat's pass is the job's verdict,
+    the worker is paid when it stands, and the proposer earns nothing."""
+    worker = world.workers[0]
+    job_id = world.audited_job(worker=worker)
+    proposer = world.verifier_for(job_id)
+    proposer.void_audit(job_id, EVIDENCE)
+    judge = world.verifier_for(job_id)
+    judge.resolve_audit(job_id, True, EVIDENCE)
+    record = world.job(job_id)
+    assert (record.state, record.auditor) == (JobState.AUDIT_PASSED, judge.address)
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    world.admin.finalize(job_id)
+    assert _withdrawable(world, judge) == record.audit_fee
+    assert _withdrawable(world, proposer) == 0
+    assert _withdrawable(world, worker) > 0
+    assert_solvent(world)
+
+
+def test_an_unconfirmed_void_pays_nobody_and_punishes_the_silent_seat(world: World) -> None:
+    worker, client = world.workers[0], world.clients[0]
+    job_id = world.audited_job(worker=worker)
+    proposer = world.verifier_for(job_id)
+    proposer.void_audit(job_id, EVIDENCE)
+    silent = world.verifier_for(job_id)
+    deposit = world.admin.verifier_seat(silent.address).deposit
+    record = world.job(job_id)
+    world.advance(TEST_PARAMS.audit_window_s + 1)
+    receipt = world.outsider.finalize(job_id)
+    (refund,) = events_in(world.outsider, receipt, "JobRefunded")
+    assert refund.args["amount"] == record.reward + record.audit_fee  # the whole escrow
+    assert _withdrawable(world, client) == record.reward + record.audit_fee
+    assert _withdrawable(world, proposer) == 0 and _withdrawable(world, worker) == 0
+    assert world.admin.verifier_seat(silent.address).deposit == deposit - (record.reward + record.collateral)
+    assert worker.stake_of(worker.address).locked == 0
     assert_solvent(world)
 
 

@@ -230,7 +230,7 @@ def test_the_verifier_page_counts_its_verdicts_and_the_fees_the_chain_paid(mk: M
         assert page["fees_earned_wei"] == str(sum(int(log["args"]["amount"]) for log in fees))
         assert sorted(row["job_id"] for row in page["recent"]) == sorted(mine)
         assert page["verdicts"]["void"] == (1 if jobs[2] in mine else 0)
-        assert page["seat"] is not None and page["seat"]["admitted"]
+        assert page["seat"] is not None and not page["seat"]["leaving"]
     outsider = _json(mk, f"/dashboard/api/verifiers/{world.outsider.address}")
     assert outsider["audits"] == 0 and outsider["seat"] is None
 

@@ -178,6 +178,9 @@ def test_payable_jobs_matches_the_contract_rules(jobs, now: int) -> None:
             expected = now - rec.resolved_at > APPEAL
         elif rec.state in (JobState.APPEALED, JobState.DISPUTED):
             expected = now - rec.resolved_at > APPEAL + AUDIT
+        elif rec.state in (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED,
+                           JobState.VOID_PROPOSED):
+            expected = now - rec.resolved_at > AUDIT  # an unconfirmed void, an undecided contest
         else:
             expected = False
         assert (job_id in chosen) == expected, (rec.state, now, draw)

@@ -1,5 +1,5 @@
 """Economics of the other roles: a griefing client, a colluding operator, a lazy verifier,
-a silent verifier.
+a silent verifier, a coalition of verifier seats overturning right verdicts on appeal.
 
 Each strategy is compared with honest play of its own role on the same jobs and draws; the
 contract rules modelled: the audit rate decided on chain (a ticket only raises it), void audits
@@ -284,11 +284,38 @@ def test_sim_report_has_roles_beside_the_worker_strategies() -> None:
         report["cheating_strategies_losing"] == report["cheating_strategies"])
     roles = report["roles"]
     assert set(roles) == {"griefing_client", "colluding_operator", "lazy_verifier",
-                          "silent_verifier"}
+                          "silent_verifier", "appeal_seat_spares_cheater",
+                          "appeal_seat_robs_pass"}
     assert all("gain_vs_honest" in entry for entry in roles.values())
-    assert report["role_strategies"] == 4
-    assert report["role_strategies_losing"] == 4
+    assert report["role_strategies"] == 6
+    assert report["role_strategies_losing"] == 6
     assert report["role_strategies_not_losing"] == []
     assert roles["lazy_verifier"]["deterred"] is True
     assert roles["silent_verifier"]["deterred"] is True
     assert roles["griefing_client"]["honest_workers_slashed"] == 0
+
+
+# ------------------------------------------------------------------ a coalition of verifier seats
+@pytest.mark.parametrize("name", ["appeal_seat_spares_cheater", "appeal_seat_robs_pass"])
+def test_a_coalition_of_a_third_of_the_seats_loses_by_overturning_right_verdicts(
+        roles: dict, name: str) -> None:
+    """Open admission: anyone may take seats, so a coalition may be drawn as the appeal seat.
+    Its overturn is contested by a third seat and the forfeit (what the seat was drawn to
+    cover) is at least what the overturn would move to it: below about half the weight it loses."""
+    coalition = roles[name]
+    assert coalition.units > 0
+    assert coalition.deterred and coalition.gain_vs_honest < 0
+    details = coalition.details
+    assert details["coalition_share"] == pytest.approx(DEFAULTS.coalition_bps / BPS, abs=1e-4)
+    assert details["loss_if_contest_lost_per_attempt"] >= 0.95 * details[
+        "gain_if_contest_held_per_attempt"]
+    assert details["breakeven_coalition_share"] > 0.45
+
+
+@pytest.mark.parametrize("name", ["appeal_seat_spares_cheater", "appeal_seat_robs_pass"])
+def test_a_coalition_holding_most_of_the_weight_wins(name: str) -> None:
+    """The limit of the mechanism, shown so the check above can fail: a coalition that holds
+    the contest nine times in ten profits from overturning right verdicts."""
+    params = MarketParams(coalition_bps=9_000)
+    coalition = simulate_roles(params, jobs=1_000, seed=5)[name]
+    assert not coalition.deterred and coalition.expected_gain_vs_honest > 0

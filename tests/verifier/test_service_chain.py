@@ -219,8 +219,9 @@ def test_seat_check_refuses_an_account_without_a_verifier_seat(world: World) -> 
 def test_a_verifier_that_cannot_back_its_pass_voids_the_audit_instead_of_staying_silent(
         world, market, kit, tmp_path) -> None:
     """A client can post a job whose pass bond (ten rewards) exceeds the assigned verifier's
-    free stake: silence would burn the verifier's seat deposit, so it declares the audit void
-    (the worker is neither paid nor slashed, the client refunded, the deposit untouched)."""
+    free stake: silence would burn the verifier's seat deposit, so it proposes a void instead
+    (its deposit untouched). A lone void decides nothing: the second seat, which can back its
+    pass, audits the job and its pass becomes the verdict."""
     job_id = post_and_commit(world, market, kit, kit.honest)
     verifier = world.verifier_for(job_id)
     record = world.job(job_id)
@@ -230,11 +231,18 @@ def test_a_verifier_that_cannot_back_its_pass_voids_the_audit_instead_of_staying
     service, _client = make_service(world, market, verifier, tmp_path)
     service.poll_once()
     names = [e.name for e in world.admin.job_events([job_id])]
-    assert "AuditVoided" in names and "AuditResolved" not in names
-    assert world.job(job_id).state == JobState.REFUNDED
-    assert world.admin.worker_record(record.worker).slashed == 0
+    assert "VoidProposed" in names and "AuditResolved" not in names
+    assert world.job(job_id).state == JobState.VOID_PROPOSED
     assert world.admin.verifier_seat(verifier.address).deposit == deposit
     assert service.journal.task(job_id, "audit")["status"] == POSTED
+    second = world.other_verifier(verifier)
+    assert world.verifier_for(job_id) == second
+    other_service, _ = make_service(world, market, second, tmp_path / "second")
+    report = other_service.poll_once()
+    assert [(j, kind, verdict) for j, kind, verdict in report.posted] == [(job_id, "confirm", True)]
+    judged = world.job(job_id)
+    assert (judged.state, judged.auditor) == (JobState.AUDIT_PASSED, second.address)
+    assert world.admin.worker_record(record.worker).slashed == 0
 
 
 def test_honest_job_drawn_for_audit_passes_and_pays(world, market, kit, tmp_path) -> None:
@@ -576,10 +584,11 @@ def test_only_jobs_the_chain_draws_are_audited(world, market, kit, tmp_path) -> 
 
 
 def test_a_job_that_cannot_be_judged_is_void_on_chain(world, market, kit, tmp_path) -> None:
-    """Our own two numeric setups disagree (a chaotic program, as seen by the verifier): the
-    verifier declares the job void. The worker is neither slashed nor paid and keeps its
-    collateral, the client gets its reward back, the verifier earns the audit fee, and the
-    evidence record says why and names the disagreeing output."""
+    """Our own two numeric setups disagree (a chaotic program, as seen by the verifiers): the
+    assigned verifier proposes the job void and the second seat, finding the same, confirms it.
+    The worker is neither slashed nor paid and keeps its collateral, the client gets its reward
+    back, the proposer earns the audit fee, and the evidence record says why and names the
+    disagreeing output."""
     worker, client = world.workers[0], world.clients[0]
     job_id = post_and_commit(world, market, kit, scaled(kit.honest, 1.01))
     verifier = world.verifier_for(job_id)
@@ -594,6 +603,12 @@ def test_a_job_that_cannot_be_judged_is_void_on_chain(world, market, kit, tmp_pa
 
     report = service.poll_once()
     assert [(j, kind) for j, kind, _ in report.posted] == [(job_id, "audit")]
+    assert world.job(job_id).state == JobState.VOID_PROPOSED
+    second = world.other_verifier(verifier)
+    second_service, _ = make_service(world, market, second, tmp_path / "second")
+    second_service.auditor.confirm = lambda spec, program, inputs: other
+    report = second_service.poll_once()
+    assert [(j, kind) for j, kind, _ in report.posted] == [(job_id, "confirm")]
     assert world.job(job_id).state == JobState.REFUNDED
     events = {e.name: e for e in world.admin.job_events([job_id])}
     assert "AuditVoided" in events and "JobSlashed" not in events and "JobPaid" not in events

@@ -35,6 +35,13 @@ function auditCard(a) {
       a.appeal.worker_wins === null ? "pending" : a.appeal.worker_wins ? "worker wins" : "worker loses",
       a.appeal.evidence ? [" · evidence ", evidence(a.appeal.evidence, "appeal-evidence-link")] : null));
   }
+  if (a.contest) {
+    rows.push(h("dt", {}, "contest"), h("dd", { "data-testid": "contest" },
+      "the appeal verdict overturned the first; a third verifier decides: ",
+      verifierLink(a.contest.verifier), ": ",
+      a.contest.worker_wins === null ? "pending" : a.contest.worker_wins ? "worker wins" : "worker loses",
+      a.contest.evidence ? [" · evidence ", evidence(a.contest.evidence, "contest-evidence-link")] : null));
+  }
   return card("Audit", h("dl", {}, rows));
 }
 

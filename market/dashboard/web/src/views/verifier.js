@@ -21,7 +21,6 @@ export async function verifierView([address]) {
       ? h("dl", { "data-testid": "seat" },
         h("dt", {}, "units"), h("dd", {}, seat.units),
         h("dt", {}, "deposit"), h("dd", {}, mesh(seat.deposit_wei, "seat-deposit")),
-        h("dt", {}, "admitted"), h("dd", {}, seat.admitted ? "yes" : "no"),
         h("dt", {}, "leaving"), h("dd", {}, seat.leaving ? "yes" : "no"))
       : h("p", { class: "muted", "data-testid": "seat" }, "no seat in the verifier registry")),
     h("section", { class: "card wide" }, h("h2", {}, "Recent verdicts"),

@@ -1,0 +1,215 @@
+"""No single seat overturns a verdict (issue: the verification game, open verifier admission).
+
+An appeal verdict that upholds the first verdict stands: two seats agree. One that overturns it
+is contested: a third seat, drawn excluding the worker, the client and both verifiers, decides.
+The seat found in the minority pays for it (the overturned verifier its stake bond, an
+overturning verifier that the contest finds wrong its registry deposit), and the contest
+verifier is paid the same from the minority's bond whichever way it decides. Each test plays
+one side as an attacker and checks that it loses money, and that the books balance.
+
+The module's world has three verifier seats (tests/contracts/world.py has two, where an
+overturn has no third seat and is final, as before).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from meshcompute.chain.devchain import DevChain
+from meshcompute.core.job import PASS_BOND_REWARDS, JobState
+from meshcompute.core.payout import split_reward
+from meshcompute.errors import NotPermitted
+from tests.contracts.helpers import assert_solvent, events_in, reverts
+from tests.contracts.world import TEST_PARAMS, World, build_world
+
+pytestmark = pytest.mark.anvil
+
+EVIDENCE = b"\xee" * 32
+DEPOSIT = TEST_PARAMS.verifier_deposit
+
+
+@pytest.fixture(scope="module")
+def _deployed(anvil: DevChain) -> Iterator[World]:
+    """The usual world plus a third verifier seat (the last worker's account, which works no
+    job here), so that every appeal has a seat left to contest it."""
+    snapshot = anvil.snapshot()
+    world = build_world(anvil)
+    third = world.workers.pop()
+    third.join_verifiers(DEPOSIT)
+    world.verifiers.append(third)
+    world.advance(1, blocks=1)
+    yield world
+    anvil.revert(snapshot)
+    world.resync()
+
+
+def _withdrawable(world: World, actor) -> int:
+    return world.admin.account_of(actor.address).withdrawable
+
+
+def _deposit(world: World, actor) -> int:
+    return world.admin.verifier_seat(actor.address).deposit
+
+
+def _failed_and_appealed(world: World) -> tuple[int, object, object]:
+    """A job failed by its assigned verifier and appealed by its worker: (job, worker, auditor)."""
+    worker = world.workers[0]
+    job_id = world.audited_job(worker=worker)
+    auditor = world.verifier_for(job_id)
+    auditor.resolve_audit(job_id, False, EVIDENCE)
+    worker.appeal(job_id)
+    return job_id, worker, auditor
+
+
+def _passed_and_disputed(world: World) -> tuple[int, object, object]:
+    client = world.clients[0]
+    job_id = world.audited_job(worker=world.workers[0], client=client)
+    auditor = world.verifier_for(job_id)
+    auditor.resolve_audit(job_id, True, EVIDENCE)
+    client.dispute(job_id)
+    return job_id, client, auditor
+
+
+def test_an_appeal_verdict_that_upholds_the_first_stands_at_once(world: World) -> None:
+    job_id, _worker, _auditor = _failed_and_appealed(world)
+    judge = world.verifier_for(job_id)
+    receipt = judge.resolve_appeal(job_id, False, EVIDENCE)
+    assert events_in(judge, receipt, "JobSlashed")
+    assert not events_in(judge, receipt, "AppealContested")
+    assert world.admin.job_digest(job_id) == bytes(32)
+    assert_solvent(world)
+
+
+def test_a_wrongly_failed_worker_wins_when_the_contest_confirms_the_overturn(world: World) -> None:
+    """The honest path: the first verifier failed an honest result, the appeal seat overturns
+    it, the third seat agrees. The worker is paid and gets the wrong verifier's bond less the
+    contest verifier's pay; the appeal verifier earns the audit fee."""
+    job_id, worker, auditor = _failed_and_appealed(world)
+    appeal_seat = world.verifier_for(job_id)
+    record = world.job(job_id)
+    receipt = appeal_seat.resolve_appeal(job_id, True, EVIDENCE)
+    (contested,) = events_in(appeal_seat, receipt, "AppealContested")
+    assert contested.args["verifier"] == appeal_seat.address and contested.args["workerWins"]
+    assert not events_in(appeal_seat, receipt, "JobPaid")  # nothing moves until the contest
+    state = world.job(job_id)
+    assert state.state == JobState.APPEAL_CONTESTED
+    assert state.resolved_at == contested.args["contestedAt"]
+    third = world.verifier_for(job_id)
+    assert third.address not in (auditor.address, appeal_seat.address, worker.address)
+    for party in (auditor, appeal_seat):  # neither verifier judges its own word
+        with reverts("VerifierConflict", NotPermitted, verifier=party.address):
+            party.resolve_appeal(job_id, False, EVIDENCE)
+    receipt = third.resolve_appeal(job_id, True, EVIDENCE)
+    assert events_in(third, receipt, "JobPaid")
+    fee = min(record.audit_fee, record.reward)
+    pay, _ = split_reward(record.reward, TEST_PARAMS.fee_bps)
+    assert _withdrawable(world, worker) == pay + record.reward - fee  # the bond, less the fee
+    assert _withdrawable(world, appeal_seat) == record.audit_fee
+    assert _withdrawable(world, third) == fee
+    assert _withdrawable(world, auditor) == 0
+    assert auditor.stake_of(auditor.address).locked == 0
+    assert_solvent(world)
+
+
+def test_an_appeal_seat_that_overturns_a_true_failure_loses_its_deposit(world: World) -> None:
+    """The attacker: a cheater's accomplice holds the appeal seat and overturns the failure.
+    The third seat upholds it: the cheater is slashed as it would have been, the first verifier
+    earns its fee, and the accomplice forfeits from its deposit what it was drawn to cover
+    (the job's reward and collateral and the failure's bond: more than sparing the cheater
+    would have gained), of which the third seat is paid its fee and the rest burned."""
+    job_id, worker, auditor = _failed_and_appealed(world)
+    accomplice = world.verifier_for(job_id)
+    record = world.job(job_id)
+    deposit = _deposit(world, accomplice)
+    accomplice.resolve_appeal(job_id, True, EVIDENCE)
+    third = world.verifier_for(job_id)
+    receipt = third.resolve_appeal(job_id, False, EVIDENCE)
+    (slashed,) = events_in(third, receipt, "JobSlashed")
+    assert slashed.args["worker"] == worker.address
+    # what it was drawn to cover: the job's reward and collateral and the failure's bond
+    forfeit = record.reward + record.collateral + record.reward
+    (punished,) = events_in(third, receipt, "VerifierPunished")
+    assert (punished.args["verifier"], punished.args["amount"]) == (accomplice.address, forfeit)
+    assert _deposit(world, accomplice) == deposit - forfeit
+    assert _withdrawable(world, accomplice) == 0
+    assert _withdrawable(world, third) == min(record.audit_fee, record.reward)
+    assert _withdrawable(world, auditor) == record.audit_fee
+    assert auditor.stake_of(auditor.address).locked == 0
+    assert worker.worker_record(worker.address).slashed == 1
+    assert_solvent(world)
+
+
+def test_a_client_and_an_appeal_seat_cannot_overturn_an_honest_pass(world: World) -> None:
+    """The attacker: a client disputes an honest pass and its accomplice holds the appeal seat,
+    hoping to get the worker slashed and the passing verifier's bond. The third seat upholds the
+    pass: the worker is paid, the passing verifier earns its fee, the client loses its dispute
+    bond (to the fee recipient, not to anyone who could have caused the dispute) and the
+    accomplice forfeits the job's reward and collateral and the pass's bond."""
+    job_id, client, auditor = _passed_and_disputed(world)
+    accomplice = world.verifier_for(job_id)
+    record = world.job(job_id)
+    client_before = _withdrawable(world, client)
+    deposit = _deposit(world, accomplice)
+    receipt = accomplice.resolve_appeal(job_id, False, EVIDENCE)
+    assert events_in(accomplice, receipt, "AppealContested")
+    assert world.job(job_id).state == JobState.DISPUTE_CONTESTED
+    third = world.verifier_for(job_id)
+    receipt = third.resolve_appeal(job_id, True, EVIDENCE)
+    assert events_in(third, receipt, "JobPaid")
+    assert not events_in(third, receipt, "JobSlashed")
+    forfeited = record.reward + record.collateral + PASS_BOND_REWARDS * record.reward
+    assert _deposit(world, accomplice) == deposit - forfeited
+    assert _withdrawable(world, client) == client_before  # its dispute bond is gone
+    assert _withdrawable(world, auditor) == record.audit_fee
+    assert _withdrawable(world, third) == min(record.audit_fee, record.reward)
+    assert _withdrawable(world, accomplice) == 0
+    assert auditor.stake_of(auditor.address).locked == 0
+    assert_solvent(world)
+
+
+def test_a_lazy_pass_overturned_by_two_seats_pays_the_client(world: World) -> None:
+    """A canary: the passing verifier passed junk. The appeal seat and the third seat both find
+    against it: the worker is slashed, the client gets its dispute bond back and the passing
+    verifier's bond less the contest verifier's fee, the appeal verifier the audit fee."""
+    job_id, client, auditor = _passed_and_disputed(world)
+    appeal_seat = world.verifier_for(job_id)
+    record = world.job(job_id)
+    client_before = _withdrawable(world, client)
+    appeal_seat.resolve_appeal(job_id, False, EVIDENCE)
+    third = world.verifier_for(job_id)
+    receipt = third.resolve_appeal(job_id, False, EVIDENCE)
+    assert events_in(third, receipt, "JobSlashed")
+    (bond,) = events_in(third, receipt, "VerifierSlashed")
+    assert bond.args["verifier"] == auditor.address
+    fee = min(record.audit_fee, record.reward)
+    assert _withdrawable(world, third) == fee
+    assert _withdrawable(world, appeal_seat) == record.audit_fee
+    gained = _withdrawable(world, client) - client_before
+    # reward back, the audit fee back from the collateral, the dispute bond back, the bond less the fee
+    assert gained == record.reward + record.audit_fee + record.audit_fee + PASS_BOND_REWARDS * record.reward - fee
+    assert_solvent(world)
+
+
+def test_a_contest_nobody_decides_is_void_and_punishes_the_silent_seat(world: World) -> None:
+    job_id, worker, auditor = _failed_and_appealed(world)
+    appeal_seat = world.verifier_for(job_id)
+    appeal_seat.resolve_appeal(job_id, True, EVIDENCE)
+    silent = world.verifier_for(job_id)
+    record = world.job(job_id)
+    deposit = _deposit(world, silent)
+    client = world.clients[0]
+    client_before = _withdrawable(world, client)
+    world.advance(TEST_PARAMS.audit_window_s + 1)
+    receipt = world.outsider.finalize(job_id)
+    (refund,) = events_in(world.outsider, receipt, "JobRefunded")
+    assert refund.args["amount"] == record.reward
+    assert not events_in(world.outsider, receipt, "JobPaid")
+    assert not events_in(world.outsider, receipt, "JobSlashed")
+    assert _deposit(world, silent) == deposit - (record.reward + record.collateral)
+    assert _withdrawable(world, client) == client_before + record.reward
+    assert _withdrawable(world, appeal_seat) == 0 and _withdrawable(world, worker) == 0
+    assert worker.stake_of(worker.address).locked == 0
+    assert auditor.stake_of(auditor.address).locked == 0
+    assert_solvent(world)

@@ -1,0 +1,106 @@
+"""The later verdicts in the pure core: a contested appeal verdict and a proposed void, as the
+event reducer, the draw's stage and cover, the windows and settlement see them (mirrors of
+JobMarketSettlement; the contract tests hold the reducer to the stored digests)."""
+
+from __future__ import annotations
+
+from meshcompute.core.audit_draw import STAGES, verdict_cover, verdict_stage
+from meshcompute.core.dashboard import audit_story
+from meshcompute.core.job import PASS_BOND_REWARDS, JobState, apply_event, can_transition
+from meshcompute.core.lease import verdict_closes_at
+from meshcompute.core.settlement import SettleAction, settle_action
+from tests.unit.test_core import POSTED
+
+WORKER, FIRST, SECOND = "0x" + "22" * 20, "0x" + "33" * 20, "0x" + "44" * 20
+WINDOWS = {"challenge_window": 60, "appeal_window": 300, "audit_window": 600}
+
+
+def _judged(passed: bool):
+    record = apply_event(None, "JobPosted", POSTED)
+    record = apply_event(record, "JobCommitted", {"resultHash": b"\x02" * 32, "committedAt": 600,
+                                                  "committedBlock": 9, "worker": WORKER,
+                                                  "leaseExpiry": 500, "auditBps": 10_000})
+    record = apply_event(record, "AuditResolved", {"verifier": FIRST, "passed": passed,
+                                                   "resolvedAt": 700, "evidenceHash": b""})
+    return apply_event(record, "AuditAppealed", {"appellant": WORKER})
+
+
+def test_an_overturned_failure_is_contested_and_keeps_the_first_bond_locked() -> None:
+    appealed = _judged(False)
+    assert verdict_stage(appealed.state) == STAGES["appeal"]
+    assert verdict_cover(appealed, STAGES["appeal"]) == 100 + 50 + 100  # + the failure's bond
+    contested = apply_event(appealed, "AppealContested", {
+        "verifier": SECOND, "workerWins": True, "evidenceHash": b"\x05" * 32,
+        "contestedAt": 1500})
+    assert can_transition(appealed.state, contested.state)
+    assert (contested.state, contested.resolved_at) == (JobState.APPEAL_CONTESTED, 1500)
+    assert contested.auditor == FIRST  # the first verdict's verifier, whose bond is at stake
+    assert contested.locks() == {WORKER: 50, FIRST: 100}
+    assert verdict_stage(contested.state) == STAGES["contest"]
+    assert verdict_cover(contested, STAGES["contest"]) == 150
+    assert verdict_closes_at(contested, **WINDOWS) == 1500 + 600
+    now_open = {"now": 2100, **WINDOWS, "audited": lambda *_: None}
+    assert settle_action(1, contested, **now_open) is None
+    assert settle_action(1, contested, **{**now_open, "now": 2101}) == SettleAction.VOID
+    assert apply_event(contested, "JobRefunded", {}).state == JobState.REFUNDED
+    assert apply_event(contested, "JobPaid", {}).state == JobState.FINALIZED
+
+
+def test_a_contested_dispute_holds_the_dispute_bond_and_the_pass_bond() -> None:
+    disputed = _judged(True)
+    assert disputed.state == JobState.DISPUTED
+    assert verdict_cover(disputed, STAGES["appeal"]) == 150 + PASS_BOND_REWARDS * 100
+    contested = apply_event(disputed, "AppealContested", {
+        "verifier": SECOND, "workerWins": False, "evidenceHash": b"\x05" * 32,
+        "contestedAt": 1500})
+    assert contested.state == JobState.DISPUTE_CONTESTED
+    assert contested.escrow == 100 + 2 * 10  # reward, audit fee, dispute bond
+    assert contested.locks() == {WORKER: 50, FIRST: PASS_BOND_REWARDS * 100}
+    assert apply_event(contested, "JobSlashed", {}).state == JobState.SLASHED
+
+
+def test_a_proposed_void_waits_for_a_second_seat() -> None:
+    record = apply_event(None, "JobPosted", POSTED)
+    record = apply_event(record, "JobCommitted", {"resultHash": b"\x02" * 32, "committedAt": 600,
+                                                  "committedBlock": 9, "worker": WORKER,
+                                                  "leaseExpiry": 500, "auditBps": 10_000})
+    record = apply_event(record, "AuditDrawn", {"audited": True})
+    proposed = apply_event(record, "VoidProposed", {"verifier": FIRST, "evidenceHash": b"\x06" * 32,
+                                                    "proposedAt": 900})
+    assert (proposed.state, proposed.auditor, proposed.resolved_at) == (
+        JobState.VOID_PROPOSED, FIRST, 900)
+    assert proposed.locks() == {WORKER: 50}  # a proposal locks no bond
+    assert proposed.escrow == 110
+    assert verdict_stage(proposed.state) == STAGES["confirm"]
+    assert verdict_closes_at(proposed, **WINDOWS) == 1500
+    # the second seat's pass replaces the proposal as the job's verdict
+    passed = apply_event(proposed, "AuditResolved", {"verifier": SECOND, "passed": True,
+                                                     "resolvedAt": 1000, "evidenceHash": b""})
+    assert (passed.state, passed.auditor) == (JobState.AUDIT_PASSED, SECOND)
+    # ... or its void confirms it
+    voided = apply_event(apply_event(proposed, "AuditVoided", {"verifier": SECOND}),
+                         "JobRefunded", {})
+    assert voided.state == JobState.REFUNDED
+
+
+def test_the_audit_story_tells_a_contest_apart_from_the_appeal() -> None:
+    class E:
+        def __init__(self, n, name, **args):
+            self.block_number, self.log_index, self.name, self.args = n, 0, name, args
+
+    story = audit_story([
+        E(1, "AuditDrawn", audited=True),
+        E(2, "VoidProposed", verifier=FIRST, evidenceHash=b"\x06" * 32),
+        E(3, "AuditResolved", verifier=SECOND, passed=False, evidenceHash=b"\x07" * 32),
+        E(4, "AuditAppealed", appellant=WORKER),
+        E(5, "AppealContested", verifier=FIRST, workerWins=True, evidenceHash=b"\x08" * 32),
+        E(6, "AppealResolved", verifier="0x" + "55" * 20, workerWins=True,
+          evidenceHash=b"\x09" * 32),
+    ])
+    assert (story["verdict"], story["verifier"]) == ("failed", SECOND)
+    assert story["appeal"]["verifier"] == FIRST and story["appeal"]["worker_wins"] is True
+    assert story["contest"]["verifier"] == "0x" + "55" * 20
+    assert story["contest"]["worker_wins"] is True
+    plain = audit_story([E(1, "AuditDrawn", audited=True),
+                         E(2, "VoidProposed", verifier=FIRST, evidenceHash=b"\x06" * 32)])
+    assert plain["verdict"] == "void proposed" and plain["contest"] is None
