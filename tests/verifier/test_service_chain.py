@@ -371,6 +371,54 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     c2.close()
 
 
+def test_with_a_third_seat_the_overturn_is_contested_and_the_third_verifier_decides(
+    world, market, kit, tmp_path
+) -> None:
+    """Open admission: the appeal verdict that overturns a wrong failure is not final when a
+    third seat exists. The appeal seat's service posts its overturn (contested), the third
+    seat's service judges the contest (a task of its own) and the worker is paid."""
+    third_seat = world.workers[2]  # works no job here
+    third_seat.join_verifiers(world.deployment.params.verifier_deposit)
+    seats = [*world.verifiers, third_seat]
+    worker = world.workers[0]
+    job_id = post_and_commit(world, market, kit, kit.honest)
+    by_address = {v.address: v for v in seats}
+    faulty = by_address[world.admin.assigned_verifier(job_id)]
+    junk = scaled(kit.honest, -1.0)
+    policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
+    hashes = [sha256_hex(kit.honest), sha256_hex(junk)]
+    with client_for(market, faulty) as c:
+        c.put_blob(junk)
+        c.put_blob(claim_document(hashes, policy))
+    faulty.resolve_audit(job_id, False, evidence_hash(hashes, policy))
+    worker.appeal(job_id)
+    record = world.job(job_id)
+    worker_before = world.admin.account_of(worker.address).withdrawable
+
+    appeal_seat = by_address[world.admin.assigned_verifier(job_id)]
+    service, c1 = make_service(world, market, appeal_seat, tmp_path / "appeal")
+    assert service.poll_once().posted == [(job_id, "appeal", True)]
+    assert world.job(job_id).state == JobState.APPEAL_CONTESTED
+    contest_seat = by_address[world.admin.assigned_verifier(job_id)]
+    assert contest_seat.address not in (faulty.address, appeal_seat.address)
+    assert service.poll_once().posted == []  # the appeal seat does not judge its own overturn
+    judge, c2 = make_service(world, market, contest_seat, tmp_path / "contest")
+    report = judge.poll_once()
+    assert report.posted == [(job_id, "contest", True)], report
+    assert judge.journal.status(job_id, "contest") == POSTED
+
+    assert world.job(job_id).state == JobState.FINALIZED
+    pay, _ = split_reward(record.reward, world.deployment.params.fee_bps)
+    contest_fee = min(record.audit_fee, record.reward)
+    assert world.admin.account_of(worker.address).withdrawable - worker_before == \
+        pay + record.reward - contest_fee
+    assert world.admin.account_of(contest_seat.address).withdrawable == contest_fee
+    assert world.admin.account_of(appeal_seat.address).withdrawable == record.audit_fee
+    assert world.admin.stake_of(faulty.address).slashed == record.reward
+    c1.close()
+    c2.close()
+
+
 def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(
     world, market, kit, tmp_path
 ) -> None:
