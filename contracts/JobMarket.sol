@@ -31,9 +31,10 @@ import {JobMarketSettlement} from "./JobMarketSettlement.sol";
 /// refund pays for part of the settlement, and any later call about it reverts JobClosed.
 /// `assignAndCommit` emits one JobCommitted per job (carrying the lease) and no JobAssigned.
 /// Solvency: token.balanceOf(this) == sum of open escrows (reward + auditFee of every open job:
-/// Posted, Assigned, Committed, Audited, AuditFailed, Appealed, AuditPassed; plus the dispute
-/// bond, another auditFee, while Disputed) + sum of withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never freezes
-/// settlement, verdicts, reclaim or withdraw.
+/// Posted, Assigned, Committed, Audited, VoidProposed, AuditFailed, Appealed, AppealContested,
+/// AuditPassed; plus the dispute bond, another auditFee, while Disputed or DisputeContested) +
+/// sum of withdrawable balances. Pause stops new work (post, assign, commit, appeal); it never
+/// freezes settlement, verdicts, reclaim or withdraw.
 contract JobMarket is JobMarketBase, EIP712 {
     using SafeERC20 for IERC20;
     using SafeCast for uint256;

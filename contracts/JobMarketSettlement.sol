@@ -195,7 +195,9 @@ contract JobMarketSettlement is JobMarketBase {
                 (appealVerifier, contestVerifier) = (overturner, msg.sender);
             } else {
                 appealVerifier = address(0);
-                uint256 paid = _registry.forfeit(overturner, jobId, _cover(j, _APPEAL), _contestFee(j));
+                (bytes32 seed, address[4] memory appealExcluded) = _drawInputs(jobId, j, _APPEAL);
+                uint256 owed = _cover(jobId, j, _APPEAL, seed, appealExcluded);
+                uint256 paid = _registry.forfeit(overturner, jobId, owed, _contestFee(j));
                 _payAuditFee(jobId, msg.sender, paid);
             }
         }
@@ -436,7 +438,8 @@ contract JobMarketSettlement is JobMarketBase {
         uint8 stage = _stage(j.state);
         (bytes32 seed, address[4] memory excluded) = _drawInputs(jobId, j, stage);
         if (seed == bytes32(0)) return; // the draw is gone: who was assigned is unknown
-        _registry.punishSilence(seed, jobId, stage, j.committedBlock, j.committedAt, excluded, _cover(j, stage));
+        uint256 cover = _cover(jobId, j, stage, seed, excluded);
+        _registry.punishSilence(seed, jobId, stage, j.committedBlock, j.committedAt, excluded, cover);
     }
 
     function _refundDisputeBond(uint256 jobId, Job memory j) private {
@@ -623,7 +626,8 @@ contract JobMarketSettlement is JobMarketBase {
         uint8 stage = _stage(j.state);
         (bytes32 seed, address[4] memory excluded) = _drawInputs(jobId, j, stage);
         bool escalated = block.timestamp + _auditWindow / 2 > closesAt;
-        return _registry.assignee(seed, jobId, stage, j.committedBlock, _cover(j, stage), excluded, escalated);
+        uint256 cover = _cover(jobId, j, stage, seed, excluded);
+        return _registry.assignee(seed, jobId, stage, j.committedBlock, cover, excluded, escalated);
     }
 
     /// @dev What a seat's deposit must cover to be drawn for a verdict of `stage`: the job's
@@ -632,10 +636,21 @@ contract JobMarketSettlement is JobMarketBase {
     /// overturns it and that the contest finds wrong forfeits all of this. Sparing a cheater
     /// (its pay, its collateral, the failing verifier's bond) or robbing an honest pass (the
     /// reward, the pass bond) then gains a coalition no more than it risks, so a coalition
-    /// drawn as the third seat less than half the time loses money by trying.
-    function _cover(Job memory j, uint8 stage) private pure returns (uint256 cover) {
+    /// drawn as the third seat less than half the time loses money by trying. Where no
+    /// candidate's weight covers that much, the appeal is drawn on the reward and collateral
+    /// alone (as the audit was), so an appeal always has a seat when its audit had one; the
+    /// overturner then forfeits at most its deposit (README, trust model).
+    function _cover(uint256 jobId, Job memory j, uint8 stage, bytes32 seed, address[4] memory excluded)
+        private
+        view
+        returns (uint256 cover)
+    {
         cover = uint256(j.reward) + j.collateral;
-        if (stage == _APPEAL) cover += _verifierBond(j);
+        if (stage != _APPEAL) return cover;
+        uint256 full = cover + _verifierBond(j);
+        if (_registry.assignee(seed, jobId, stage, j.committedBlock, full, excluded, false) != address(0)) {
+            cover = full;
+        }
     }
 
     /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign: the

@@ -102,15 +102,17 @@ def verdict_stage(state: JobState) -> int:
     return STAGES["audit"]
 
 
-def verdict_cover(record: JobRecord, stage: int) -> int:
+def verdict_covers(record: JobRecord, stage: int) -> tuple[int, ...]:
     """What a seat's deposit must cover to be drawn for a verdict of ``stage`` on ``record``
-    (``JobMarketSettlement._cover``): the job's reward and collateral, and for an appeal the
-    bond of the verdict under appeal. It is also what the seat's silence burns, and for an
+    (``JobMarketSettlement._cover``), in the order the draw tries them: the first that some
+    candidate covers is used. The job's reward and collateral; for an appeal, first that plus
+    the bond of the verdict under appeal, falling back to the reward and collateral where no
+    seat covers that much. The cover used is also what the seat's silence burns, and for an
     appeal verdict that a contest finds wrong, what its seat forfeits."""
     cover = record.reward + record.collateral
     if stage == STAGES["appeal"]:
-        cover += verifier_bond(record.reward, record.state)
-    return cover
+        return (cover + verifier_bond(record.reward, record.state), cover)
+    return (cover,)
 
 
 def assigned_verifier(

@@ -213,3 +213,28 @@ def test_a_contest_nobody_decides_is_void_and_punishes_the_silent_seat(world: Wo
     assert worker.stake_of(worker.address).locked == 0
     assert auditor.stake_of(auditor.address).locked == 0
     assert_solvent(world)
+
+
+def test_an_appeal_no_seat_can_cover_in_full_still_has_a_seat(world: World) -> None:
+    """The reviewer's case: a pass of a large job, whose bond no seat's weight covers on top of
+    the reward and collateral. The dispute is drawn on the reward and collateral alone (as the
+    audit was), so it is judged rather than void; an overturner the contest finds wrong then
+    forfeits that smaller cover."""
+    reward = 950 * 10**18  # reward + collateral + ten rewards > one 10,000 MESH seat
+    client = world.clients[0]
+    job_id = world.audited_job(worker=world.workers[0], client=client, reward=reward)
+    auditor = world.verifier_for(job_id)
+    auditor.resolve_audit(job_id, True, EVIDENCE)
+    client.dispute(job_id)
+    record = world.job(job_id)
+    assert record.reward + record.collateral + PASS_BOND_REWARDS * record.reward > DEPOSIT
+    accomplice = world.verifier_for(job_id)
+    assert accomplice is not None
+    deposit = _deposit(world, accomplice)
+    accomplice.resolve_appeal(job_id, False, EVIDENCE)
+    third = world.verifier_for(job_id)
+    receipt = third.resolve_appeal(job_id, True, EVIDENCE)
+    (punished,) = events_in(third, receipt, "VerifierPunished")
+    assert punished.args["amount"] == record.reward + record.collateral
+    assert _deposit(world, accomplice) == deposit - (record.reward + record.collateral)
+    assert_solvent(world)

@@ -69,7 +69,7 @@ from web3 import Web3
 
 from meshcompute.chain.contracts import ChainEvent, JobParams, MeshActor
 from meshcompute.chain.local import LocalChain
-from meshcompute.core.audit_draw import VerifierSeat, assigned_verifier, verdict_cover
+from meshcompute.core.audit_draw import VerifierSeat, assigned_verifier, verdict_covers
 from meshcompute.core.audit_rate import audit_bps
 from meshcompute.core.job import (
     JOB_EVENTS,
@@ -441,17 +441,27 @@ class MarketMachine(RuleBasedStateMachine):
 
     def _assignee(self, job_id: int, j: JobRecord, appealed: bool) -> str | None:
         """JobMarket._assignee (VerifierRegistry.assignee; the pure core's
-        ``assigned_verifier``) in the latest block."""
+        ``assigned_verifier``) in the latest block. A proposed void's confirmation (stage 3)
+        goes to a seat other than the proposer, within an audit window of the proposal."""
+        confirm = j.state == JobState.VOID_PROPOSED
         closes = (j.resolved_at + APPEAL + AUDIT) if appealed else (
-            j.committed_at + CHALLENGE + AUDIT)
+            j.resolved_at + AUDIT if confirm else j.committed_at + CHALLENGE + AUDIT)
         seed_block = j.committed_block + 1
         in_reach = self.block - HISTORY_WINDOW <= seed_block < self.block
         seed = self._blockhash(seed_block) if in_reach else bytes(32)
-        excluded = [j.worker, j.client, *([j.auditor] if appealed else [])]
-        return assigned_verifier(
-            self._seats(), seed, job_id, committed_block=j.committed_block,
-            cover=verdict_cover(j, int(appealed)), unit=self.unit, excluded=excluded,
-            stage=int(appealed), escalated=escalated(self.now, closes, AUDIT), keccak=keccak)
+        excluded = [j.worker, j.client, *([j.auditor] if appealed or confirm else [])]
+        seats, stage = self._seats(), 3 if confirm else int(appealed)
+        assigned = None
+        for cover in verdict_covers(j, stage):  # the first cover some candidate holds
+            def draw(escalate: bool, cover: int = cover) -> str | None:
+                return assigned_verifier(
+                    seats, seed, job_id, committed_block=j.committed_block, cover=cover,
+                    unit=self.unit, excluded=excluded, stage=stage, escalated=escalate,
+                    keccak=keccak)
+            if draw(False) is not None:
+                assigned = draw(escalated(self.now, closes, AUDIT))
+                break
+        return assigned
 
     def _seats(self) -> list[VerifierSeat]:
         """The registry's seats in the latest block, read from the chain (a burn for silence
@@ -602,6 +612,10 @@ class MarketMachine(RuleBasedStateMachine):
             return "draw" if self._drawn(job_id, j, draw_at) else "pay"
         if s == JobState.AUDITED:
             if self.now <= j.committed_at + CHALLENGE + AUDIT:
+                raise Revert("NotYetSettleable")
+            return "void"
+        if s == JobState.VOID_PROPOSED:  # no second seat confirmed or replaced it in time
+            if self.now <= j.resolved_at + AUDIT:
                 raise Revert("NotYetSettleable")
             return "void"
         if s == JobState.AUDIT_FAILED:
@@ -952,9 +966,11 @@ class MarketMachine(RuleBasedStateMachine):
                 raise Revert("AuditDrawPending")
             if not self._drawn(job_id, j, self.block):
                 raise Revert("NotDrawnForAudit")
-        elif j.state != JobState.AUDITED:
+        elif j.state not in (JobState.AUDITED, JobState.VOID_PROPOSED):
             raise Revert("InvalidJobState")
-        if self.now > j.committed_at + CHALLENGE + AUDIT:
+        closes = (j.resolved_at + AUDIT if j.state == JobState.VOID_PROPOSED
+                  else j.committed_at + CHALLENGE + AUDIT)
+        if self.now > closes:
             raise Revert("WindowClosed")
         if verifier.address != self._assignee(job_id, j, appealed=False):
             raise Revert("NotAssignedVerifier")
@@ -988,7 +1004,8 @@ class MarketMachine(RuleBasedStateMachine):
         return True
 
     def _do_void_audit(self, job_id: int, verifier: MeshActor) -> bool:
-        """voidAudit: a drawn job that cannot be judged. The verifier earns the audit fee, the
+        """voidAudit: a drawn job that cannot be judged. The first seat only proposes it
+        (VoidProposed); a second seat's void confirms it: the proposer earns the audit fee, the
         client gets its reward back, the worker its collateral; nobody is paid the reward."""
         j = self.jobs[job_id]
         evidence = keccak(text=f"void-{job_id}")
@@ -999,8 +1016,13 @@ class MarketMachine(RuleBasedStateMachine):
         ok, _ = self._send("voidAudit", predict, lambda: verifier.void_audit(job_id, evidence, j))
         if not ok:
             return False
-        STATS["audit void"] += 1
-        self._credit(verifier.address, j.audit_fee)
+        if j.state != JobState.VOID_PROPOSED:
+            STATS["void proposed"] += 1
+            self.jobs[job_id] = replace(j, auditor=verifier.address, resolved_at=self.now,
+                                        state=JobState.VOID_PROPOSED)
+            return True
+        STATS["void confirmed"] += 1
+        self._credit(j.auditor, j.audit_fee)
         self._credit(j.client, j.reward)
         self._unlock(j.worker, j.collateral)
         self.jobs[job_id] = replace(j, state=JobState.REFUNDED)
@@ -1294,14 +1316,14 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def resolve_audit(self, data: st.DataObject) -> None:
-        job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED))
+        job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED, JobState.VOID_PROPOSED))
         verifier = self._verifier_or_other(data, job_id, appealed=False)
         self._do_resolve_audit(job_id, verifier, data.draw(st.booleans(), label="passed"))
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
     def void_audit(self, data: st.DataObject) -> None:
-        job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED))
+        job_id = self._choose(data, (JobState.COMMITTED, JobState.AUDITED, JobState.VOID_PROPOSED))
         verifier = self._verifier_or_other(data, job_id, appealed=False)
         self._do_void_audit(job_id, verifier)
 
@@ -1438,7 +1460,8 @@ class MarketMachine(RuleBasedStateMachine):
         appeal_verifier = (self._assigned_actor(job_id, j, appealed=True)
                            if s in (JobState.APPEALED, JobState.DISPUTED) else None)
         auditor = (self._assigned_actor(job_id, j, appealed=False)
-                   if s in (JobState.COMMITTED, JobState.AUDITED) else None)
+                   if s in (JobState.COMMITTED, JobState.AUDITED, JobState.VOID_PROPOSED)
+                   else None)
         owed = [a for a in self.world.actors if self.accts[a.address].withdrawable]
         STATS[f"progress on {s.name}"] += 1
         if owed and data.draw(st.integers(0, 4), label="withdraw instead") == 4:
@@ -1474,7 +1497,21 @@ class MarketMachine(RuleBasedStateMachine):
             and auditor is not None
             and data.draw(st.integers(0, 3), label="verdict") < 3
         ):
-            self._do_resolve_audit(job_id, auditor, self._flip(data, job_id, "passed"))
+            if data.draw(st.integers(0, 5), label="propose void") == 0:
+                self._do_void_audit(job_id, auditor)
+            else:
+                self._do_resolve_audit(job_id, auditor, self._flip(data, job_id, "passed"))
+        elif (
+            s == JobState.VOID_PROPOSED
+            and self.now <= j.resolved_at + AUDIT
+            and auditor is not None
+            and data.draw(st.integers(0, 3), label="second seat") < 3
+        ):
+            # the second seat confirms the void or replaces it with its own verdict
+            if self._flip(data, job_id, "confirm void"):
+                self._do_void_audit(job_id, auditor)
+            else:
+                self._do_resolve_audit(job_id, auditor, self._flip(data, job_id, "passed"))
         elif (
             s == JobState.AUDIT_FAILED
             and self.now <= j.resolved_at + APPEAL

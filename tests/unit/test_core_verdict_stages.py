@@ -4,7 +4,7 @@ JobMarketSettlement; the contract tests hold the reducer to the stored digests).
 
 from __future__ import annotations
 
-from meshcompute.core.audit_draw import STAGES, verdict_cover, verdict_stage
+from meshcompute.core.audit_draw import STAGES, verdict_covers, verdict_stage
 from meshcompute.core.dashboard import audit_story
 from meshcompute.core.job import PASS_BOND_REWARDS, JobState, apply_event, can_transition
 from meshcompute.core.lease import verdict_closes_at
@@ -28,7 +28,8 @@ def _judged(passed: bool):
 def test_an_overturned_failure_is_contested_and_keeps_the_first_bond_locked() -> None:
     appealed = _judged(False)
     assert verdict_stage(appealed.state) == STAGES["appeal"]
-    assert verdict_cover(appealed, STAGES["appeal"]) == 100 + 50 + 100  # + the failure's bond
+    # + the failure's bond, or the reward and collateral alone where no seat covers that much
+    assert verdict_covers(appealed, STAGES["appeal"]) == (100 + 50 + 100, 150)
     contested = apply_event(appealed, "AppealContested", {
         "verifier": SECOND, "workerWins": True, "evidenceHash": b"\x05" * 32,
         "contestedAt": 1500})
@@ -37,7 +38,7 @@ def test_an_overturned_failure_is_contested_and_keeps_the_first_bond_locked() ->
     assert contested.auditor == FIRST  # the first verdict's verifier, whose bond is at stake
     assert contested.locks() == {WORKER: 50, FIRST: 100}
     assert verdict_stage(contested.state) == STAGES["contest"]
-    assert verdict_cover(contested, STAGES["contest"]) == 150
+    assert verdict_covers(contested, STAGES["contest"]) == (150,)
     assert verdict_closes_at(contested, **WINDOWS) == 1500 + 600
     now_open = {"now": 2100, **WINDOWS, "audited": lambda *_: None}
     assert settle_action(1, contested, **now_open) is None
@@ -49,7 +50,7 @@ def test_an_overturned_failure_is_contested_and_keeps_the_first_bond_locked() ->
 def test_a_contested_dispute_holds_the_dispute_bond_and_the_pass_bond() -> None:
     disputed = _judged(True)
     assert disputed.state == JobState.DISPUTED
-    assert verdict_cover(disputed, STAGES["appeal"]) == 150 + PASS_BOND_REWARDS * 100
+    assert verdict_covers(disputed, STAGES["appeal"])[0] == 150 + PASS_BOND_REWARDS * 100
     contested = apply_event(disputed, "AppealContested", {
         "verifier": SECOND, "workerWins": False, "evidenceHash": b"\x05" * 32,
         "contestedAt": 1500})
