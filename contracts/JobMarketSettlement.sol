@@ -87,11 +87,17 @@ contract JobMarketSettlement is JobMarketBase {
         nonReentrant
     {
         Job memory j = _openAudit(jobId, job, evidenceHash);
+        // A proposed void replaced by this verdict: the proposer was wrong that the job cannot
+        // be judged, and its bond goes to the fee recipient (not to anyone who could have
+        // caused the replacement).
+        address proposer = j.state == JobState.VoidProposed ? j.auditor : address(0);
+        uint256 proposal = proposer == address(0) ? 0 : _verifierBond(j);
         j.auditor = msg.sender;
         j.resolvedAt = uint40(block.timestamp);
         emit AuditResolved(jobId, msg.sender, passed, evidenceHash, j.resolvedAt);
         j.state = passed ? JobState.AuditPassed : JobState.AuditFailed;
         _store(jobId, j);
+        if (proposal > 0) _forfeitProposal(jobId, proposer, proposal);
         uint256 bond = _verifierBond(j);
         if (bond > 0) _stakes.lock(msg.sender, bond);
     }
@@ -99,16 +105,20 @@ contract JobMarketSettlement is JobMarketBase {
     /// @notice Declare a job drawn for audit void: it cannot be judged, because the verifier's
     /// own recomputations under two numeric setups disagree under the job's tolerance, or a
     /// one-ulp change of its inputs moves its output beyond that tolerance (the program is
-    /// unstable). No single seat decides a void: the first proposes it (VoidProposed) and a
-    /// second seat, drawn excluding the worker, the client and the proposer, judges the job
-    /// again within one audit window: its void confirms it, its pass or failure replaces it as
-    /// the job's first verdict (appealable as any), and its silence leaves the job void
-    /// unconfirmed, with nobody paid (the client gets its whole escrow back) and the silent
-    /// seats punished. A confirmed void: nobody is at fault; the worker is not paid (its result
-    /// could not be verified) and keeps its collateral, the client gets its reward back, and the
-    /// proposer earns the audit fee for the recomputations that showed it (evidence: their
-    /// output hashes). The confirming seat earns nothing for confirming, so confirming without
-    /// recomputing gains it nothing over a verdict.
+    /// unstable). No single seat decides a void: the first proposes it (VoidProposed), locking
+    /// the job's reward plus audit fee of its stake, and a second seat, drawn excluding the
+    /// worker, the client and the proposer, judges the job again within one audit window: its
+    /// void confirms it (the proposer's bond comes back), its pass or failure replaces it as the
+    /// job's first verdict (appealable as any; the proposer's bond goes to the fee recipient),
+    /// and its silence leaves the job void unconfirmed, with nobody paid (the client gets its
+    /// whole escrow back, the proposer its bond) and the silent seats punished. A confirmed
+    /// void: nobody is at fault; the worker is not paid (its result could not be verified) and
+    /// keeps its collateral, the client gets its reward back, and the proposer earns the audit
+    /// fee for the recomputations that showed it (evidence: their output hashes). The
+    /// confirming seat earns nothing for confirming, so confirming without recomputing gains it
+    /// nothing over a verdict. Proposing unread loses the bond whenever the second seat is
+    /// honest: a coalition holding the proposer and the confirmer of a job with weight share f
+    /// gains at most f * (fee + reward) and loses (1 - f) * (reward + fee).
     function voidAudit(uint256 jobId, Job calldata job, bytes32 evidenceHash)
         external
         throughMarket
@@ -121,9 +131,11 @@ contract JobMarketSettlement is JobMarketBase {
             j.state = JobState.VoidProposed;
             _store(jobId, j);
             emit VoidProposed(jobId, msg.sender, evidenceHash, j.resolvedAt);
+            _stakes.lock(msg.sender, _verifierBond(j));
             return;
         }
         emit AuditVoided(jobId, msg.sender, evidenceHash);
+        _stakes.unlock(j.auditor, _verifierBond(j));
         _payAuditFee(jobId, j.auditor, j.auditFee);
         _close(jobId);
         _credit(j.client, j.reward);
@@ -303,6 +315,7 @@ contract JobMarketSettlement is JobMarketBase {
             uint256 closesAt = _verdictClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
             _void(jobId, job, p, uint256(job.reward) + job.auditFee);
+            if (s == JobState.VoidProposed) _stakes.unlock(job.auditor, _verifierBond(job));
             _punishSilence(jobId, job);
             return true;
         }
@@ -574,7 +587,8 @@ contract JobMarketSettlement is JobMarketBase {
     }
 
     /// @dev The stake a verifier locks behind a verdict: the job's reward behind a failure,
-    /// `_PASS_BOND_REWARDS` rewards behind a pass. A pass given without recomputing saves the
+    /// the reward and audit fee behind a void proposal, `_PASS_BOND_REWARDS` rewards behind a
+    /// pass. A pass given without recomputing saves the
     /// verifier about one job's compute; a canary (a job whose result is known to be junk,
     /// disputed by its client once passed) must cost it far more, so that canaries on a few
     /// percent of audits make lazy passes lose money (README, trust model; `mesh sim`).
@@ -583,7 +597,17 @@ contract JobMarketSettlement is JobMarketBase {
         if (s == JobState.AuditPassed || s == JobState.Disputed || s == JobState.DisputeContested) {
             return uint256(j.reward) * _PASS_BOND_REWARDS;
         }
+        if (s == JobState.VoidProposed) return uint256(j.reward) + j.auditFee;
         return j.reward;
+    }
+
+    /// @dev A proposed void that a second seat replaced with a verdict: the proposer's bond
+    /// goes to the fee recipient.
+    function _forfeitProposal(uint256 jobId, address proposer, uint256 bond) private {
+        address recipient = _globals.feeRecipient;
+        _credit(recipient, bond);
+        emit VerifierSlashed(jobId, proposer, bond, recipient);
+        _stakes.slash(proposer, bond, address(this));
     }
 
     function _payAuditFee(uint256 jobId, address to, uint256 amount) private {

@@ -166,6 +166,8 @@ class JobRecord:
         """Stake the verifier who judged this job has locked behind its verdict while the
         verdict can still be overturned (the reward behind a failure, :data:`PASS_BOND_REWARDS`
         rewards behind a pass); 0 otherwise."""
+        if self.state == JobState.VOID_PROPOSED:  # the proposer's bond: reward and audit fee
+            return self.reward + self.audit_fee
         return verifier_bond(self.reward, self.state)
 
     def locks(self) -> dict[str, int]:

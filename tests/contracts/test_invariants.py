@@ -592,10 +592,13 @@ class MarketMachine(RuleBasedStateMachine):
         STATS[f"{j.state.name.lower()} unjudged: void"] += 1
 
     def _void(self, job_id: int, j: JobRecord) -> None:
-        """Drawn for audit, no verdict in time: escrow back to the client, collateral back to
-        the worker, nobody paid."""
+        """Drawn for audit, no verdict in time (or a void proposed and not confirmed): escrow
+        back to the client, collateral back to the worker, a proposer's bond back, nobody
+        paid."""
         self._credit(j.client, j.reward + j.audit_fee)
         self._unlock(j.worker, j.collateral)
+        if j.state == JobState.VOID_PROPOSED:
+            self._unlock(j.auditor, j.verifier_bond)
         self.jobs[job_id] = replace(j, state=JobState.REFUNDED)
 
     def _settle_outcome(self, job_id: int, j: JobRecord, pending_at: int, draw_at: int) -> str:
@@ -994,6 +997,10 @@ class MarketMachine(RuleBasedStateMachine):
         if not ok:
             return False
         STATS[f"audit {'passed' if passed else 'failed'}"] += 1
+        if j.state == JobState.VOID_PROPOSED:  # the replaced proposal's bond: to the protocol
+            STATS["void replaced"] += 1
+            self._slash_verifier(j)
+            self._credit(self.fee_recipient, j.verifier_bond)
         # either verdict: the fee stays in escrow; the verifier's bond is locked
         bond = self.stake[verifier.address]
         bond.free -= bond_for(passed)
@@ -1010,18 +1017,26 @@ class MarketMachine(RuleBasedStateMachine):
         j = self.jobs[job_id]
         evidence = keccak(text=f"void-{job_id}")
 
+        proposal = j.reward + j.audit_fee  # the proposer's bond
+
         def predict() -> None:
             self._predict_verdict(job_id, j, verifier)
+            if j.state != JobState.VOID_PROPOSED and proposal > self.stake[verifier.address].free:
+                raise Revert("InsufficientFreeStake")
 
         ok, _ = self._send("voidAudit", predict, lambda: verifier.void_audit(job_id, evidence, j))
         if not ok:
             return False
         if j.state != JobState.VOID_PROPOSED:
             STATS["void proposed"] += 1
+            bond = self.stake[verifier.address]
+            bond.free -= proposal
+            bond.locked += proposal
             self.jobs[job_id] = replace(j, auditor=verifier.address, resolved_at=self.now,
                                         state=JobState.VOID_PROPOSED)
             return True
         STATS["void confirmed"] += 1
+        self._unlock(j.auditor, proposal)
         self._credit(j.auditor, j.audit_fee)
         self._credit(j.client, j.reward)
         self._unlock(j.worker, j.collateral)

@@ -43,6 +43,8 @@ def test_a_confirmed_void_refunds_the_reward_pays_the_proposer_and_unlocks_the_c
     proposal = world.job(job_id)
     assert (proposal.state, proposal.auditor) == (JobState.VOID_PROPOSED, proposer.address)
     assert proposal.resolved_at == proposed.args["proposedAt"]
+    # a proposal is bonded: the reward and the audit fee of the proposer's stake
+    assert proposer.stake_of(proposer.address).locked == record.reward + record.audit_fee
     # a second seat, never the proposer, confirms it
     confirmer = world.verifier_for(job_id)
     assert confirmer.address != proposer.address
@@ -58,6 +60,7 @@ def test_a_confirmed_void_refunds_the_reward_pays_the_proposer_and_unlocks_the_c
     assert _withdrawable(world, client) == record.reward
     assert _withdrawable(world, proposer) == record.audit_fee
     assert _withdrawable(world, confirmer) == 0  # confirming earns nothing over a verdict
+    assert proposer.stake_of(proposer.address).locked == 0  # confirmed: the bond comes back
     assert _withdrawable(world, worker) == 0
     assert worker.stake_of(worker.address).locked == 0
     assert worker.worker_record(worker.address).slashed == 0
@@ -67,13 +70,23 @@ def test_a_confirmed_void_refunds_the_reward_pays_the_proposer_and_unlocks_the_c
 
 def test_a_lone_void_is_replaced_by_the_second_seats_verdict(world: World) -> None:
     """One seat cannot void an honest result away: the second seat's pass is the job's verdict,
-    the worker is paid when it stands, and the proposer earns nothing."""
+    the worker is paid when it stands, and the proposer earns nothing and loses its bond (to
+    the fee recipient: proposing a void unread costs money whenever the second seat is
+    honest)."""
     worker = world.workers[0]
     job_id = world.audited_job(worker=worker)
     proposer = world.verifier_for(job_id)
     proposer.void_audit(job_id, EVIDENCE)
+    bond = world.job(job_id).reward + world.job(job_id).audit_fee
+    recipient = world.admin.market.functions.feeRecipient().call()
+    recipient_before = world.admin.account_of(recipient).withdrawable
     judge = world.verifier_for(job_id)
-    judge.resolve_audit(job_id, True, EVIDENCE)
+    receipt = judge.resolve_audit(job_id, True, EVIDENCE)
+    (slashed,) = events_in(judge, receipt, "VerifierSlashed")
+    assert (slashed.args["verifier"], slashed.args["amount"]) == (proposer.address, bond)
+    assert proposer.stake_of(proposer.address).slashed == bond
+    assert proposer.stake_of(proposer.address).locked == 0
+    assert world.admin.account_of(recipient).withdrawable == recipient_before + bond
     record = world.job(job_id)
     assert (record.state, record.auditor) == (JobState.AUDIT_PASSED, judge.address)
     world.advance(TEST_PARAMS.appeal_window_s + 1)
@@ -98,6 +111,7 @@ def test_an_unconfirmed_void_pays_nobody_and_punishes_the_silent_seat(world: Wor
     assert refund.args["amount"] == record.reward + record.audit_fee  # the whole escrow
     assert _withdrawable(world, client) == record.reward + record.audit_fee
     assert _withdrawable(world, proposer) == 0 and _withdrawable(world, worker) == 0
+    assert proposer.stake_of(proposer.address).locked == 0  # unconfirmed: its bond comes back
     assert world.admin.verifier_seat(silent.address).deposit == deposit - (record.reward + record.collateral)
     assert worker.stake_of(worker.address).locked == 0
     assert_solvent(world)

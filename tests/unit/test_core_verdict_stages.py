@@ -70,7 +70,7 @@ def test_a_proposed_void_waits_for_a_second_seat() -> None:
                                                     "proposedAt": 900})
     assert (proposed.state, proposed.auditor, proposed.resolved_at) == (
         JobState.VOID_PROPOSED, FIRST, 900)
-    assert proposed.locks() == {WORKER: 50}  # a proposal locks no bond
+    assert proposed.locks() == {WORKER: 50, FIRST: 100 + 10}  # the proposer's bond: reward + fee
     assert proposed.escrow == 110
     assert verdict_stage(proposed.state) == STAGES["confirm"]
     assert verdict_closes_at(proposed, **WINDOWS) == 1500

@@ -61,6 +61,8 @@ def test_every_state_has_a_phase() -> None:
         JobState.COMMITTED: "committed", JobState.AUDITED: "audited",
         JobState.AUDIT_FAILED: "audited", JobState.APPEALED: "audited",
         JobState.AUDIT_PASSED: "audited", JobState.DISPUTED: "audited",
+        JobState.APPEAL_CONTESTED: "audited", JobState.DISPUTE_CONTESTED: "audited",
+        JobState.VOID_PROPOSED: "audited",
         JobState.FINALIZED: "paid", JobState.REFUNDED: "refunded",
         JobState.SLASHED: "slashed",
     }
