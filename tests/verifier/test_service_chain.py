@@ -169,6 +169,19 @@ def post_and_commit(world: World, market: Market, kit: JobKit, output: bytes, *,
     return job_id
 
 
+def fail_wrongly(market: Market, kit: JobKit, faulty: MeshActor, job_id: int) -> bytes:
+    """A faulty verifier fails an honest job, with evidence naming a junk "recomputation"
+    (uploaded with its claim document); returns the junk."""
+    junk = scaled(kit.honest, -1.0)
+    policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
+    hashes = [sha256_hex(kit.honest), sha256_hex(junk)]
+    with client_for(market, faulty) as c:
+        c.put_blob(junk)
+        c.put_blob(claim_document(hashes, policy))
+    faulty.resolve_audit(job_id, False, evidence_hash(hashes, policy))
+    return junk
+
+
 class CountingRecomputer(Recomputer):
     calls = 0
 
@@ -329,14 +342,7 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     faulty = world.verifier_for(job_id)  # the draw gave it the audit
     honest_verifier = world.other_verifier(faulty)
     record = world.job(job_id)
-    # a faulty verifier fails the job, with evidence naming a junk "recomputation"
-    junk = scaled(kit.honest, -1.0)
-    policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
-    hashes = [sha256_hex(kit.honest), sha256_hex(junk)]
-    with client_for(market, faulty) as c:
-        c.put_blob(junk)
-        c.put_blob(claim_document(hashes, policy))
-    faulty.resolve_audit(job_id, False, evidence_hash(hashes, policy))
+    junk = fail_wrongly(market, kit, faulty, job_id)
     worker.appeal(job_id)
     assert world.job(job_id).state == JobState.APPEALED
     worker_before = world.admin.account_of(worker.address).withdrawable
@@ -385,13 +391,7 @@ def test_with_a_third_seat_the_overturn_is_contested_and_the_third_verifier_deci
     job_id = post_and_commit(world, market, kit, kit.honest)
     by_address = {v.address: v for v in seats}
     faulty = by_address[world.admin.assigned_verifier(job_id)]
-    junk = scaled(kit.honest, -1.0)
-    policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
-    hashes = [sha256_hex(kit.honest), sha256_hex(junk)]
-    with client_for(market, faulty) as c:
-        c.put_blob(junk)
-        c.put_blob(claim_document(hashes, policy))
-    faulty.resolve_audit(job_id, False, evidence_hash(hashes, policy))
+    fail_wrongly(market, kit, faulty, job_id)
     worker.appeal(job_id)
     record = world.job(job_id)
     worker_before = world.admin.account_of(worker.address).withdrawable
