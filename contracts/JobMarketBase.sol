@@ -131,9 +131,11 @@ abstract contract JobMarketBase is AccessControl, ReentrancyGuardTransient, IJob
         // window closes), the void's confirmation (a failure), the appeal, and its contest.
         uint256 windows = uint256(cfg.challengeWindow) + 4 * uint256(cfg.auditWindow) + cfg.appealWindow;
         if (stakes_.unbondingDelay() <= windows) revert UnbondingTooShort(stakes_.unbondingDelay(), windows);
-        // A verifier's deposit must stay bound past every verdict window it may be assigned.
+        // A verifier's deposit must stay bound past every verdict window it may be assigned,
+        // and past the first second a timeout can be settled (one after the window closes):
+        // the registry burns silence only while every candidate's deposit is surely bound.
         (, uint256 exitDelay) = registry_.terms();
-        if (exitDelay <= windows) revert UnbondingTooShort(exitDelay, windows);
+        if (exitDelay <= windows + 1) revert UnbondingTooShort(exitDelay, windows + 1);
         if (address(registry_.token()) != address(token_)) revert TokenMismatch();
         _token = token_;
         _stakes = stakes_;

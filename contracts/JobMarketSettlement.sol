@@ -190,11 +190,13 @@ contract JobMarketSettlement is JobMarketBase {
         // The verdict under appeal says the worker loses (a failure) or wins (a pass).
         bool overturns = workerWins != dispute;
         if (!contest && overturns && _hasContestSeat(jobId, j, msg.sender)) {
+            uint256 owed = _overturnCover(jobId, j);
             j.state = dispute ? JobState.DisputeContested : JobState.AppealContested;
             j.resolvedAt = uint40(block.timestamp);
             _overturner[jobId] = msg.sender;
             _store(jobId, j);
             emit AppealContested(jobId, msg.sender, workerWins, evidenceHash, j.resolvedAt);
+            _registry.reserve(msg.sender, jobId, owed);
             return;
         }
         emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
@@ -203,12 +205,12 @@ contract JobMarketSettlement is JobMarketBase {
         if (contest) {
             delete _overturner[jobId];
             j.state = dispute ? JobState.Disputed : JobState.Appealed; // settled as the appeal, below
+            uint256 owed = _overturnCover(jobId, j);
             if (overturns) {
                 (appealVerifier, contestVerifier) = (overturner, msg.sender);
+                _registry.release(overturner, jobId, owed);
             } else {
                 appealVerifier = address(0);
-                (bytes32 seed, address[4] memory appealExcluded) = _drawInputs(jobId, j, _APPEAL);
-                uint256 owed = _cover(jobId, j, _APPEAL, seed, appealExcluded);
                 uint256 paid = _registry.forfeit(overturner, jobId, owed, _contestFee(j));
                 _payAuditFee(jobId, msg.sender, paid);
             }
@@ -334,8 +336,10 @@ contract JobMarketSettlement is JobMarketBase {
             _punishSilence(jobId, job);
             Job memory j = job;
             if (s == JobState.AppealContested || s == JobState.DisputeContested) {
+                address overturner = _overturner[jobId];
                 delete _overturner[jobId];
                 j.state = s == JobState.DisputeContested ? JobState.Disputed : JobState.Appealed;
+                _registry.release(overturner, jobId, _overturnCover(jobId, j));
             }
             _voidUnjudged(jobId, j, p);
             return true;
@@ -675,6 +679,13 @@ contract JobMarketSettlement is JobMarketBase {
         if (_registry.assignee(seed, jobId, stage, j.committedBlock, full, excluded, false) != address(0)) {
             cover = full;
         }
+    }
+
+    /// @dev What an overturn of `j`'s verdict (`j` in Appealed or Disputed) answers for: the
+    /// appeal's cover, reserved from the overturner's deposit until the contest ends.
+    function _overturnCover(uint256 jobId, Job memory j) private view returns (uint256) {
+        (bytes32 seed, address[4] memory excluded) = _drawInputs(jobId, j, _APPEAL);
+        return _cover(jobId, j, _APPEAL, seed, excluded);
     }
 
     /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign: the

@@ -36,6 +36,11 @@ import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
 /// Accountability. A deposit stays bound for `exitDelay` after its seat left, which exceeds
 /// every verdict window (checked by the job market at deployment), so the job market can still
 /// burn part of it for a verdict the verifier was assigned and never gave.
+/// Reservation. An overturn reserves what it would forfeit (`reserve`) until its contest ends,
+/// and an overturn the unreserved deposit cannot cover is refused: a seat overturning many jobs
+/// at once answers for each, so a coalition's concurrent attempts cannot share one deposit.
+/// Reservations never change who is drawn (eligibility reads only the weight fixed at join),
+/// so they cannot steer a draw; a seat short of unreserved deposit tops up (`topUp`).
 /// Solvency: token.balanceOf(this) == sum of deposits.
 contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierRegistry {
     using SafeERC20 for IERC20;
@@ -64,6 +69,7 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
     mapping(address verifier => uint256 slot) private _slot; // index + 1
     mapping(address verifier => uint256) private _deposit;
     mapping(address verifier => uint256) private _leftAt;
+    mapping(address verifier => uint256) private _reserved;
 
     /// @param token_ the MeshCredit token
     /// @param admin may set the job market address, once (and nothing else)
@@ -100,6 +106,18 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         _join(msg.sender, verifier, amount);
     }
 
+    /// @notice Add `amount` to the caller's deposit (needs an allowance). The weight stays what
+    /// it was at join (a draw already seeded must not move); the deposit answers for more
+    /// overturns at once (`reserve`) and for more silence before the seat must leave.
+    function topUp(uint256 amount) external nonReentrant {
+        if (_slot[msg.sender] == 0) revert NotMember(msg.sender);
+        if (amount == 0) revert DepositTooSmall(0, 1);
+        uint256 deposit = _deposit[msg.sender] + amount;
+        _deposit[msg.sender] = deposit;
+        emit VerifierToppedUp(msg.sender, amount, deposit);
+        _token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
     /// @notice Stop being a candidate for jobs committed from the next block on. The seat stays
     /// a candidate for the jobs committed before, and the deposit stays bound for the exit
     /// delay.
@@ -120,6 +138,7 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         if (slot == 0) revert NotMember(msg.sender);
         uint256 releaseAt = _seats[slot - 1].untilBlock == _NEVER ? _NEVER : _leftAt[msg.sender] + _exitDelay;
         if (block.timestamp < releaseAt) revert StillBound(msg.sender, releaseAt);
+        if (_reserved[msg.sender] > 0) revert OverturnsPending(msg.sender, _reserved[msg.sender]);
         Seat memory last = _seats[_seats.length - 1];
         _seats[slot - 1] = last;
         _slot[last.verifier] = slot;
@@ -168,12 +187,29 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
     }
 
     /// @inheritdoc IVerifierRegistry
+    function reserve(address verifier, uint256 jobId, uint256 amount) external {
+        if (msg.sender != _jobMarket) revert CallerNotJobMarket(msg.sender);
+        uint256 free = freeDeposit(verifier);
+        if (free < amount) revert DepositReserved(verifier, free, amount);
+        uint256 reserved = _reserved[verifier] + amount;
+        _reserved[verifier] = reserved;
+        emit DepositReservedFor(verifier, jobId, amount, reserved);
+    }
+
+    /// @inheritdoc IVerifierRegistry
+    function release(address verifier, uint256 jobId, uint256 amount) external {
+        if (msg.sender != _jobMarket) revert CallerNotJobMarket(msg.sender);
+        _release(verifier, jobId, amount);
+    }
+
+    /// @inheritdoc IVerifierRegistry
     function forfeit(address verifier, uint256 jobId, uint256 amount, uint256 pay)
         external
         nonReentrant
         returns (uint256 paid)
     {
         if (msg.sender != _jobMarket) revert CallerNotJobMarket(msg.sender);
+        _release(verifier, jobId, amount);
         uint256 taken = _slot[verifier] == 0 ? 0 : _punish(verifier, jobId, amount);
         paid = pay < taken ? pay : taken;
         if (taken > paid) _token.safeTransfer(_BURN, taken - paid);
@@ -209,7 +245,28 @@ contract VerifierRegistry is AccessControl, ReentrancyGuardTransient, IVerifierR
         return (seat, _deposit[verifier], left == 0 ? 0 : left + _exitDelay);
     }
 
+    /// @notice What of `verifier`'s deposit no overturn has reserved: an overturn needs this
+    /// to cover what it would forfeit.
+    function freeDeposit(address verifier) public view returns (uint256) {
+        uint256 held = _deposit[verifier];
+        uint256 reserved = _reserved[verifier];
+        return held > reserved ? held - reserved : 0;
+    }
+
+    /// @notice What of `verifier`'s deposit answers for overturns whose contests are open.
+    function reservedOf(address verifier) external view returns (uint256) {
+        return _reserved[verifier];
+    }
+
     // ---------------------------------------------------------------- internals
+
+    function _release(address verifier, uint256 jobId, uint256 amount) private {
+        uint256 reserved = _reserved[verifier];
+        uint256 released = amount < reserved ? amount : reserved;
+        if (released == 0) return;
+        _reserved[verifier] = reserved - released;
+        emit DepositReleased(verifier, jobId, released, reserved - released);
+    }
 
     /// @dev The lowest and second lowest scores among the candidates for a job committed in
     /// `committedBlock` whose reward plus collateral is `cover`.

@@ -360,7 +360,7 @@ class VerifierService:
         return "wait"
 
     # ------------------------------------------------------------------ posting
-    def _post(self, ready: VerdictReady, record: JobRecord) -> VerdictReady | str:
+    def _post(self, ready: VerdictReady, record: JobRecord, *, topped_up: bool = False) -> VerdictReady | str:
         if ready.void:
             def send(job_id: int, _verdict: bool, evidence: bytes, rec: JobRecord) -> Any:
                 return self.actor.void_audit(job_id, evidence, rec)
@@ -376,6 +376,14 @@ class VerifierService:
         except (WrongJobState, TooLate) as exc:
             return self._skip(ready.job_id, ready.kind, f"verdict refused on chain: {exc}")
         except InsufficientFunds as exc:
+            if exc.error_name == "DepositReserved" and not topped_up:
+                # an overturn reserves what it would forfeit from our seat's deposit until its
+                # contest ends; our other open overturns hold the rest: add the shortfall from
+                # the wallet (it stays our deposit) rather than stay silent, which burns it
+                if self._top_up(ready, exc):
+                    return self._post(ready, self.actor.job(ready.job_id), topped_up=True)
+                return self._skip(ready.job_id, ready.kind,
+                                  f"the seat's unreserved deposit cannot cover the overturn: {exc}")
             # a verdict locks a bond from our free stake (the reward behind a failure, ten
             # behind a pass); without it we cannot back our verdict, so we declare the audit
             # void rather than stay silent: silence would burn our seat's deposit, and a client
@@ -405,6 +413,20 @@ class VerifierService:
                reason="; ".join(c.reason for c in ready.evidence.comparisons)
                or ready.evidence.note)
         return ready
+
+    def _top_up(self, ready: VerdictReady, exc: InsufficientFunds) -> bool:
+        """Add to the seat's deposit what an overturn lacks, when the wallet holds it."""
+        shortfall = int(exc.args_dict.get("needed", 0)) - int(exc.args_dict.get("free", 0))
+        balance = self.actor.balance_of(self.actor.address)
+        if shortfall <= 0 or balance < shortfall:
+            _event(logging.ERROR, "deposit_reserved", job_id=ready.job_id, task=ready.kind,
+                   error=str(exc), wallet=format_mesh(balance),
+                   fix=f"mesh verifier top-up {format_mesh(max(shortfall, 0))}")
+            return False
+        self.actor.top_up_verifier_deposit(shortfall)
+        _event(logging.WARNING, "deposit_topped_up", job_id=ready.job_id, task=ready.kind,
+               amount=format_mesh(shortfall))
+        return True
 
     def _recompute_failed(self, job_id: int, kind: str, exc: Exception) -> str:
         attempts = self.journal.note_attempt(job_id, kind, str(exc))

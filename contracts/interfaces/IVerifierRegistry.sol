@@ -23,6 +23,12 @@ interface IVerifierRegistry {
     error JobMarketAlreadySet(address jobMarket);
     /// @notice The zero address was given where an account or contract was required.
     error ZeroAddress();
+    /// @notice `verifier`'s deposit not yet reserved (`free`) is less than `needed`: an overturn
+    /// reserves what it would forfeit until its contest ends (`topUp` adds to the deposit).
+    error DepositReserved(address verifier, uint256 free, uint256 needed);
+    /// @notice `verifier` has `reserved` of its deposit behind overturns whose contests have
+    /// not ended; the deposit is released once they have.
+    error OverturnsPending(address verifier, uint256 reserved);
 
     /// @notice `verifier` took a seat of weight `units` with `deposit`, a candidate for the
     /// verdicts of jobs committed from block `fromBlock` on.
@@ -36,6 +42,14 @@ interface IVerifierRegistry {
     /// closed: `amount` of its deposit was burned.
     event VerifierPunished(address indexed verifier, uint256 indexed jobId, uint256 amount);
 
+    /// @notice `verifier` added `amount` to its deposit (its weight unchanged), now `deposit`.
+    event VerifierToppedUp(address indexed verifier, uint256 amount, uint256 deposit);
+    /// @notice `amount` of `verifier`'s deposit answers for its overturn of job `jobId` until the
+    /// contest ends (`reserved` in all).
+    event DepositReservedFor(address indexed verifier, uint256 indexed jobId, uint256 amount, uint256 reserved);
+    /// @notice The contest of `verifier`'s overturn of job `jobId` ended: `amount` is no longer
+    /// reserved (`reserved` left).
+    event DepositReleased(address indexed verifier, uint256 indexed jobId, uint256 amount, uint256 reserved);
     /// @notice The MeshCredit token deposits are made in.
     function token() external view returns (IERC20);
 
@@ -74,9 +88,17 @@ interface IVerifierRegistry {
         uint256 penalty
     ) external;
 
+    /// @notice `verifier` overturned a verdict on appeal: reserve `amount` of its deposit (what
+    /// it forfeits if the contest finds it wrong) until the contest ends, so that a seat's
+    /// deposit answers for each of its overturns at once, not for one of them. Reverts
+    /// `DepositReserved` when its deposit not yet reserved is short. Only the job market.
+    function reserve(address verifier, uint256 jobId, uint256 amount) external;
+    /// @notice The contest of `verifier`'s overturn of job `jobId` ended without a forfeit (the
+    /// overturn was confirmed, or nobody decided): release `amount`. Only the job market.
+    function release(address verifier, uint256 jobId, uint256 amount) external;
     /// @notice `verifier` overturned a verdict on appeal and the contest upheld the verdict it
     /// overturned: take up to `amount` of its deposit, send up to `pay` of it to the job market
-    /// (the contest verifier's fee) and burn the rest. Only the job market calls it. Returns
-    /// what was sent.
+    /// (the contest verifier's fee) and burn the rest, releasing the `amount` reserved for the
+    /// overturn. Only the job market calls it. Returns what was sent.
     function forfeit(address verifier, uint256 jobId, uint256 amount, uint256 pay) external returns (uint256 paid);
 }

@@ -1,4 +1,4 @@
-"""``mesh verifier join|leave|withdraw|seat`` (a seat in the verifier registry), ``mesh verifier
+"""``mesh verifier join|top-up|leave|withdraw|seat`` (a seat in the verifier registry), ``mesh verifier
 start|health`` (run a verifier) and ``mesh verify JOB_ID`` (re-check one)."""
 
 from __future__ import annotations
@@ -146,6 +146,27 @@ def verifier_join(amount: AmountArg, as_json: JsonOption = False) -> None:
     _print_seat(conn, who, as_json, f"joined with {onchain.mesh(wei)}")
 
 
+@verifier_app.command("top-up")
+def verifier_top_up(amount: AmountArg, as_json: JsonOption = False) -> None:
+    """Add AMOUNT MESH from the wallet to this seat's deposit. The weight stays as joined; the
+    deposit answers for more overturns at once (each reserves what it would forfeit until its
+    contest ends, and one the unreserved deposit cannot cover is refused). The verifier service
+    tops up by itself when its wallet holds the shortfall."""
+    from meshcompute.chain.connect import actor_for
+    from meshcompute.mesh.cli import onchain
+    from meshcompute.units import parse_mesh
+
+    wei = parse_mesh(amount)  # refuses zero and negatives
+    cfg = onchain.settings()
+    conn = onchain.connect_chain(cfg)
+    who = onchain.my_address(cfg)
+    _require_seat(conn, who)
+    onchain.require_balance(conn, who, wei, f"a top-up of {onchain.mesh(wei)}")
+    onchain.require_gas(conn, who)
+    actor_for(conn, onchain.unlock_wallet(cfg)).top_up_verifier_deposit(wei)
+    _print_seat(conn, who, as_json, f"topped up {onchain.mesh(wei)}")
+
+
 @verifier_app.command("leave")
 def verifier_leave(as_json: JsonOption = False) -> None:
     """Stop being a candidate for jobs committed from the next block on; the deposit comes back
@@ -179,6 +200,11 @@ def verifier_withdraw(as_json: JsonOption = False) -> None:
         raise BadInput("the seat is still a candidate: `mesh verifier leave` first")
     if conn.w3.eth.get_block("latest")["timestamp"] < seat.release_at:
         raise BadInput(f"the deposit is bound until {onchain.when(seat.release_at)}")
+    reserved = conn.contracts.verifier_reserved(who)
+    if reserved:
+        raise BadInput(f"{onchain.mesh(reserved)} of the deposit answers for overturns whose "
+                       "contests have not ended; it is released once they are settled "
+                       "(the market settles each once its window has closed)")
     onchain.require_gas(conn, who)
     actor_for(conn, onchain.unlock_wallet(cfg)).withdraw_verifier_deposit()
     _print_seat(conn, who, as_json, f"withdrew {onchain.mesh(seat.deposit)}")
@@ -211,7 +237,9 @@ def _print_seat(conn: object, who: str, as_json: bool, action: str) -> None:
     seat = conn.contracts.verifier_seat(who)  # type: ignore[attr-defined]
     data: dict[str, object] = {"address": who, "seat": seat is not None}
     if seat is not None:
-        data |= {"deposit": onchain.money(seat.deposit), "units": seat.units,
+        reserved = conn.contracts.verifier_reserved(who)  # type: ignore[attr-defined]
+        data |= {"deposit": onchain.money(seat.deposit), "reserved": onchain.money(reserved),
+                 "units": seat.units,
                  "from_block": seat.from_block,
                  "until_block": seat.until_block if seat.leaving else None,
                  "release_at": seat.release_at or None}
@@ -226,8 +254,10 @@ def _print_seat(conn: object, who: str, as_json: bool, action: str) -> None:
     span = (f"for jobs committed in blocks {seat.from_block} to {seat.until_block - 1}; deposit "
             f"released {onchain.when(seat.release_at)}" if seat.leaving
             else f"for jobs committed from block {seat.from_block} on")
-    console.print(f"{who}: {action + '; ' if action else ''}deposit {onchain.mesh(seat.deposit)}, "
-                  f"weight {seat.units}, a candidate {span}")
+    held = (f" ({onchain.mesh(reserved)} reserved behind overturns in contest)"
+            if reserved else "")
+    console.print(f"{who}: {action + '; ' if action else ''}deposit {onchain.mesh(seat.deposit)}"
+                  f"{held}, weight {seat.units}, a candidate {span}")
 
 
 @verifier_app.command("health")

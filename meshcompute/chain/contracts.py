@@ -159,6 +159,10 @@ class MeshContracts:
         return VerifierSeat(Web3.to_checksum_address(v), int(units), int(start), int(until),
                             int(deposit), int(release))
 
+    def verifier_reserved(self, verifier: str) -> int:
+        """How much of ``verifier``'s deposit answers for overturns whose contests are open."""
+        return int(self.registry.functions.reservedOf(verifier).call())
+
     def registry_terms(self) -> tuple[int, int]:
         """(deposit per unit of weight, exit delay in seconds) of the verifier registry."""
         minimum, exit_delay = self.registry.functions.terms().call()
@@ -453,6 +457,13 @@ class MeshActor(MeshContracts):
         if approve and self.allowance(self.address, self.registry.address) < amount:
             self.approve(self.registry.address, amount)
         return self._send(self.registry.functions.join(amount))
+
+    def top_up_verifier_deposit(self, amount: int, *, approve: bool = True) -> TxReceipt:
+        """Add ``amount`` to this seat's deposit (its weight stays as joined): room for more
+        overturns whose contests are open at once."""
+        if approve and self.allowance(self.address, self.registry.address) < amount:
+            self.approve(self.registry.address, amount)
+        return self._send(self.registry.functions.topUp(amount))
 
     def leave_verifiers(self) -> TxReceipt:
         return self._send(self.registry.functions.leave())

@@ -50,6 +50,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "ERC20InsufficientAllowance": InsufficientFunds,
     "NothingToWithdraw": InsufficientFunds,
     "DepositTooSmall": InsufficientFunds,
+    "DepositReserved": InsufficientFunds,
     # bad arguments
     "ZeroReward": InvalidRequest,
     "ZeroAmount": InvalidRequest,
@@ -82,6 +83,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "AuditDrawPending": TooEarly,
     "StillUnbonding": TooEarly,
     "StillBound": TooEarly,
+    "OverturnsPending": TooEarly,
     "FaucetCooldown": TooEarly,
     "TicketExpired": TooLate,
     "JobDeadlinePassed": TooLate,

@@ -1,4 +1,4 @@
-"""`mesh verifier join|seat|leave|withdraw` against anvil: anyone takes a verifier seat with a
+"""`mesh verifier join|seat|top-up|leave|withdraw` against anvil: anyone takes a verifier seat with a
 deposit from its wallet, and the numbers printed are the registry's."""
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ def test_join_leave_and_withdraw_a_seat(world, cli_wallet, run_mesh) -> None:
     assert world.admin.balance_of(who) == WALLET_MESH - 25_000 * TOKEN
     again = run_mesh("verifier", "join", "10000")
     assert_one_line_error(again, "already holds a seat")
+    assert data["reserved"]["wei"] == "0"
+
+    zero = run_mesh("verifier", "top-up", "0")
+    assert_one_line_error(zero, "positive number of MESH")
+    topped = run_mesh("verifier", "top-up", "5000", "--json")
+    assert topped.code == 0, topped.err
+    data = json.loads(topped.out)
+    assert data["action"] == "topped up 5000 MESH" and data["units"] == 2  # weight as joined
+    assert data["deposit"]["wei"] == str(30_000 * TOKEN)
+    assert world.admin.balance_of(who) == WALLET_MESH - 30_000 * TOKEN
 
     early = run_mesh("verifier", "withdraw")
     assert_one_line_error(early, "still a candidate", "mesh verifier leave")

@@ -238,3 +238,102 @@ def test_an_appeal_no_seat_can_cover_in_full_still_has_a_seat(world: World) -> N
     assert punished.args["amount"] == record.reward + record.collateral
     assert _deposit(world, accomplice) == deposit - (record.reward + record.collateral)
     assert_solvent(world)
+
+
+@pytest.fixture
+def scratch(world: World) -> Iterator[World]:
+    """The module's world, restored after the test (its seats may be burned or leave)."""
+    snapshot = world.chain.snapshot()
+    yield world
+    world.chain.revert(snapshot)
+    world.resync()
+
+
+def _two_appeals_with_one_seat(world: World, reward: int) -> tuple[object, int, int]:
+    """Failures appealed until the draw gives two of them the same appeal seat: (seat, a, b)."""
+    seen: dict[str, int] = {}
+    for _ in range(len(world.verifiers) + 1):  # three seats: a repeat within four appeals
+        job_id, _worker, _auditor = _failed_and_appealed_large(world, reward)
+        seat = world.verifier_for(job_id)
+        if seat.address in seen:
+            return seat, seen[seat.address], job_id
+        seen[seat.address] = job_id
+    raise AssertionError("no appeal seat was drawn twice")
+
+
+def _failed_and_appealed_large(world: World, reward: int) -> tuple[int, object, object]:
+    worker = world.workers[0]
+    job_id = world.audited_job(worker=worker, reward=reward, collateral=reward)
+    auditor = world.verifier_for(job_id)
+    auditor.resolve_audit(job_id, False, EVIDENCE)
+    worker.appeal(job_id)
+    return job_id, worker, auditor
+
+
+def test_concurrent_overturns_each_reserve_their_cover(scratch: World) -> None:
+    """The attacker of the last review: a seat that overturns many jobs at once risked its
+    deposit once while its gains added up. Each overturn now reserves what it would forfeit;
+    one beyond the unreserved deposit is refused (DepositReserved) until the seat tops up, and
+    each contest's end releases its reservation (confirmed) or takes it (found wrong)."""
+    world = scratch
+    reward = 2_000 * 10**18
+    cover = reward + reward + reward  # the reward, the collateral and the failure's bond
+    seat, first, second = _two_appeals_with_one_seat(world, reward)
+    registry = world.admin.registry.functions
+    seat.resolve_appeal(first, True, EVIDENCE)
+    assert registry.reservedOf(seat.address).call() == cover
+    assert registry.freeDeposit(seat.address).call() == DEPOSIT - cover
+    with reverts("DepositReserved", verifier=seat.address, free=DEPOSIT - cover, needed=cover):
+        seat.resolve_appeal(second, True, EVIDENCE)
+    seat.top_up_verifier_deposit(2 * cover - DEPOSIT)
+    assert _deposit(world, seat) == 2 * cover
+    assert seat.verifier_seat(seat.address).units == 1  # the weight stays as joined
+    receipt = seat.resolve_appeal(second, True, EVIDENCE)
+    assert events_in(seat, receipt, "AppealContested")
+    assert registry.reservedOf(seat.address).call() == 2 * cover
+    # the first overturn confirmed: its reservation is released, nothing taken
+    judge = world.verifier_for(first)
+    judge.resolve_appeal(first, True, EVIDENCE)
+    assert registry.reservedOf(seat.address).call() == cover
+    assert _deposit(world, seat) == 2 * cover
+    # the second found wrong: its reservation is what the seat forfeits
+    judge = world.verifier_for(second)
+    receipt = judge.resolve_appeal(second, False, EVIDENCE)
+    (punished,) = events_in(judge, receipt, "VerifierPunished")
+    assert punished.args["amount"] == cover
+    assert registry.reservedOf(seat.address).call() == 0
+    assert _deposit(world, seat) == cover
+    assert_solvent(world)
+
+
+def test_a_reserved_deposit_is_released_by_a_contest_nobody_decides(scratch: World) -> None:
+    """A seat cannot withdraw a deposit that answers for an open contest (OverturnsPending),
+    even past its exit delay; once the contest's window has closed and the job is settled
+    (void, nobody decided), the reservation is released and the deposit comes back whole."""
+    world = scratch
+    job_id, _worker, _auditor = _failed_and_appealed(world)
+    seat = world.verifier_for(job_id)
+    seat.resolve_appeal(job_id, True, EVIDENCE)
+    registry = world.admin.registry.functions
+    reserved = registry.reservedOf(seat.address).call()
+    assert reserved > 0
+    seat.leave_verifiers()
+    world.advance(TEST_PARAMS.unbonding_delay_s + 1)
+    with reverts("OverturnsPending", verifier=seat.address, reserved=reserved):
+        seat.withdraw_verifier_deposit()
+    world.outsider.finalize(job_id)
+    assert registry.reservedOf(seat.address).call() == 0
+    before = seat.balance_of(seat.address)
+    seat.withdraw_verifier_deposit()
+    assert seat.balance_of(seat.address) - before == DEPOSIT
+    assert_solvent(world)
+
+
+def test_only_the_job_market_reserves_and_releases(world: World) -> None:
+    seat = world.verifiers[0]
+    for call in ("reserve", "release"):
+        fn = getattr(world.outsider.registry.functions, call)(seat.address, 1, 1)
+        with reverts("CallerNotJobMarket", NotPermitted):
+            world.outsider._send(fn)
+    with reverts("NotMember", NotPermitted):
+        world.outsider.top_up_verifier_deposit(DEPOSIT)

@@ -381,7 +381,9 @@ def test_JobMarket_constructor_reverts_when_unbonding_not_longer_than_windows(
     assert config[2] + 4 * config[3] + config[4] == delay
     with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=delay, windows=delay):
         _deploy_market(world, config=config)
-    _deploy_market(world, config=(*config[:4], config[4] - 1, config[5]))  # one second less is fine
+    # two seconds less is fine (the registry's exit delay, equal here, must also exceed the
+    # windows by the second in which a timeout is first settled)
+    _deploy_market(world, config=(*config[:4], config[4] - 2, config[5]))
 
 
 def test_JobMarket_constructor_reverts_when_verifier_deposits_unbind_before_windows_close(
@@ -390,10 +392,19 @@ def test_JobMarket_constructor_reverts_when_verifier_deposits_unbind_before_wind
     """A registry whose deposits could be withdrawn before a verdict window closes would let a
     silent verifier run from its burn: refused."""
     windows = CONFIG[2] + 4 * CONFIG[3] + CONFIG[4]
-    short = deploy(world.admin.sender, "VerifierRegistry", world.deployment.address("MeshCredit"),
-                   world.admin.address, TEST_PARAMS.verifier_deposit, windows)
-    with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=windows, windows=windows):
-        _deploy_market(world, registry=short.address)
+
+    def registry(exit_delay: int) -> str:
+        return deploy(world.admin.sender, "VerifierRegistry", world.deployment.address("MeshCredit"),
+                      world.admin.address, TEST_PARAMS.verifier_deposit, exit_delay).address
+
+    # A timeout is settled one second after the last window at the earliest, and the registry
+    # burns silence only while every candidate's deposit is surely bound: a delay of windows + 1
+    # would let a timeout settled in that very second go unpunished.
+    for exit_delay in (windows, windows + 1):
+        with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=exit_delay,
+                     windows=windows + 1):
+            _deploy_market(world, registry=registry(exit_delay))
+    _deploy_market(world, registry=registry(windows + 2))
 
 
 # --------------------------------------------------------------------------- postJob(s)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hexbytes import HexBytes
 
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.spec import JobSpec, sha256_hex
@@ -430,3 +431,57 @@ def test_an_unreachable_market_never_gives_a_task_up(tmp_path: Path) -> None:
         service.poll_once()
         time.sleep(0.01)
     assert len(calls) > 4 and service.journal.pending() == [(7, "appeal")]
+
+
+def _posting_service(tmp_path: Path, wallet: int):
+    """A VerifierService whose actor refuses its first appeal verdict with DepositReserved
+    (free 40, needed 100) and records top-ups (the chain stubbed: only the posting runs)."""
+    from types import SimpleNamespace
+
+    from meshcompute.chain.custom_errors import revert_class
+    from meshcompute.verifier.journal import Journal
+    from meshcompute.verifier.service import VerifierService
+
+    service = VerifierService.__new__(VerifierService)
+    service.journal = Journal(tmp_path / "journal.json")
+    service.journal.ensure(7, "appeal")
+    calls: dict[str, list] = {"sent": [], "top_up": []}
+    reserved = revert_class("DepositReserved")
+
+    def resolve_appeal(job_id, verdict, evidence, rec):
+        calls["sent"].append(job_id)
+        if not calls["top_up"]:
+            raise reserved("DepositReserved", {"verifier": "0x" + "77" * 20, "free": 40, "needed": 100})
+        return {"transactionHash": HexBytes(bytes(32))}
+
+    service.actor = SimpleNamespace(
+        address="0x" + "77" * 20, resolve_appeal=resolve_appeal,
+        balance_of=lambda _a: wallet, job=lambda _j: None,
+        top_up_verifier_deposit=lambda amount: calls["top_up"].append(amount))
+    return service, calls
+
+
+def _ready_appeal():
+    from meshcompute.verifier.audit import VerdictReady
+
+    evidence = EvidenceRecord(kind="appeal", chain_id=1, job_market="0x" + "33" * 20, job_id=7,
+                              spec_sha256="ee" * 32, policy=POLICY,
+                              output_hashes=("ab" * 32, "ac" * 32, "ab" * 32),
+                              verifier="0x" + "77" * 20, verdict=True,
+                              evidence_hash="0x" + "01" * 32, note="overturn")
+    return VerdictReady(job_id=7, kind="appeal", verdict=True, evidence_hash=b"\x01" * 32,
+                        evidence=evidence, evidence_sha256="cd" * 32)
+
+
+def test_an_overturn_short_of_unreserved_deposit_tops_up_from_the_wallet(tmp_path: Path) -> None:
+    service, calls = _posting_service(tmp_path, wallet=1_000)
+    posted = service._post(_ready_appeal(), None)
+    assert calls == {"sent": [7, 7], "top_up": [60]}  # the shortfall, then the verdict again
+    assert posted != "skipped" and service.journal.task(7, "appeal")["status"] == POSTED
+
+
+def test_an_overturn_the_wallet_cannot_back_is_skipped_with_the_fix(tmp_path: Path) -> None:
+    service, calls = _posting_service(tmp_path, wallet=59)
+    assert service._post(_ready_appeal(), None) == "skipped"
+    assert calls == {"sent": [7], "top_up": []}
+    assert "unreserved deposit" in service.journal.task(7, "appeal")["skip_reason"]
