@@ -414,8 +414,6 @@ def verdict_closes_at(record: JobRecord, *, challenge_window: int, appeal_window
                       audit_window: int) -> int:
     """The last second the job's pending verdict is accepted, whatever it is
     (``JobMarketSettlement._verdictClosesAt``)."""
-    from meshcompute.core.job import JobState
-
     if record.state in (JobState.APPEALED, JobState.DISPUTED):
         return appeal_verdict_closes_at(record, appeal_window=appeal_window,
                                         audit_window=audit_window)

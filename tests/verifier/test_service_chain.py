@@ -169,10 +169,11 @@ def post_and_commit(world: World, market: Market, kit: JobKit, output: bytes, *,
     return job_id
 
 
-def fail_wrongly(market: Market, kit: JobKit, faulty: MeshActor, job_id: int) -> bytes:
-    """A faulty verifier fails an honest job, with evidence naming a junk "recomputation"
-    (uploaded with its claim document); returns the junk."""
-    junk = scaled(kit.honest, -1.0)
+def fail_wrongly(market: Market, kit: JobKit, faulty: MeshActor, job_id: int,
+                 factor: float = -1.0) -> bytes:
+    """A faulty verifier fails an honest job, with evidence naming a junk "recomputation" (the
+    honest output times ``factor``, uploaded with its claim document); returns the junk."""
+    junk = scaled(kit.honest, factor)
     policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
     hashes = [sha256_hex(kit.honest), sha256_hex(junk)]
     with client_for(market, faulty) as c:
@@ -609,15 +610,23 @@ def test_only_jobs_the_chain_draws_are_audited(world, market, kit, tmp_path) -> 
     with client_for(market, worker) as w:
         w.put_blob(kit.honest)
     jobs = []
-    for rate in rates:
+
+    def commit(rate: int) -> None:
         (job_id,) = world.post(client, spec_hash=bytes.fromhex(spec_sha), audit_bps=rate)
         world.assign(worker, [job_id], audit_bps=rate)
         worker.commit_results([job_id], [bytes.fromhex(sha256_hex(kit.honest))])
         jobs.append(job_id)
-    # every commit mined its own block: all seed blocks but the last one's exist
-    drawn = {j for j in jobs[:-1] if world.admin.audit_status(j, world.job(j)) == (True, True)}
+
+    for rate in rates[:-1]:
+        commit(rate)
+    world.chain.mine(2)  # every seed block exists, and the draw reads it from the next one
+    assert all(world.admin.audit_status(j, world.job(j))[0] for j in jobs)
+    drawn = {j for j in jobs if world.admin.audit_status(j, world.job(j)) == (True, True)}
     pairs = [make_service(world, market, v, tmp_path / v.address) for v in world.verifiers]
     services = [service for service, _ in pairs]
+    poll_all(services)  # the drawn jobs' audits are posted (each mines a block)
+    # the last job's seed block is not mined, and nothing is left to post that would mine it
+    commit(rates[-1])
     _, early = poll_all(services)
     assert jobs[-1] in early
     world.chain.mine(2)

@@ -8,17 +8,14 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from meshcompute.core.spec import JobSpec, sha256_hex
-from meshcompute.core.tolerance import evidence_hash
+from meshcompute.core.spec import sha256_hex
 from meshcompute.settings import get_settings
-from meshcompute.verifier.evidence import claim_document
 from tests.verifier import test_service_chain as chain
 from tests.verifier.test_service_chain import (
     _unsandboxed,
-    client_for,
+    fail_wrongly,
     make_service,
     post_and_commit,
-    scaled,
 )
 
 # the anvil world, the market and the job kit are the service tests' fixtures
@@ -65,14 +62,7 @@ def test_verify_agrees_with_a_correct_verdict(world, market, kit, mesh, tmp_path
 
 def test_verify_disagrees_with_a_wrong_verdict(world, market, kit, mesh) -> None:
     job_id = post_and_commit(world, market, kit, kit.honest)
-    faulty = world.verifier_for(job_id)
-    junk = scaled(kit.honest, 2.0)
-    policy = JobSpec(program="0" * 64, inputs="0" * 64).tolerance
-    hashes = [sha256_hex(kit.honest), sha256_hex(junk)]
-    with client_for(market, faulty) as c:
-        c.put_blob(junk)
-        c.put_blob(claim_document(hashes, policy))
-    faulty.resolve_audit(job_id, False, evidence_hash(hashes, policy))
+    fail_wrongly(market, kit, world.verifier_for(job_id), job_id, factor=2.0)
 
     result = mesh("verify", str(job_id))
     assert result.exit_code == 3, result.output
