@@ -91,7 +91,7 @@ def render_sim(sim: dict[str, Any]) -> list[str]:
               "| other role | per | gain vs honest (± stderr) | deterred | note |",
               "|---|---|---:|---|---|"]
     for name, entry in sim.get("roles", {}).items():
-        note = str(entry.get("note", "")).replace("|", "/")
+        note = _role_figures(entry) + str(entry.get("note", "")).replace("|", "/")
         lines.append(f"| `{name}` ({entry.get('role')}) | {entry.get('per')} | "
                      f"{entry.get('gain_vs_honest')} (± {entry.get('gain_vs_honest_stderr')}) | "
                      f"{entry.get('deterred')} | {note} |")
@@ -100,6 +100,20 @@ def render_sim(sim: dict[str, Any]) -> list[str]:
              f"{', '.join(sim.get('role_strategies_not_losing', [])) or 'none'}.")
     lines += ["", roles, "", "Full output:", ""]
     return lines + _json_block(sim)
+
+
+def _role_figures(entry: dict[str, Any]) -> str:
+    """The breakevens a role's row leads with, where the sim reports them."""
+    figures = []
+    if "breakeven_coalition_share" in entry:
+        figures.append(f"coalition share {entry.get('coalition_share')}; breakeven share "
+                       f"{entry['breakeven_coalition_share']}")
+    if "breakeven_lazy_share" in entry:
+        half = entry.get("if_half_the_weight_lazy") or {}
+        figures.append(f"breakeven lazy share {entry['breakeven_lazy_share']}; with half the "
+                       f"weight lazy it gains {half.get('gain_vs_honest_per_audit')} (± "
+                       f"{half.get('gain_vs_honest_stderr')}) per audit")
+    return "".join(f"{f}. " for f in figures)
 
 
 def _render_training(training: dict[str, Any] | None) -> list[str]:

@@ -674,7 +674,11 @@ LAZY_VERIFIER_NOTE = (
     "may dispute it; a canary client disputes every pass of its known-junk jobs, and the "
     "overturned pass costs the verifier that bond and its fee. Lazy passing loses money once "
     "canaries are more than verify_cost / (audit_fee + bond) of the audits, and only as long "
-    "as a verifier cannot tell canaries from other jobs."
+    "as a verifier cannot tell canaries from other jobs. Not deterred among lazy seats: a "
+    "canary's dispute goes to an appeal seat that upholds the pass unread when it is lazy too "
+    "(an upholding appeal verdict is final), so the bond is lost only (1 - L) of the time for "
+    "a lazy share L of the weight; above breakeven_lazy_share laziness pays "
+    "(if_half_the_weight_lazy)."
 )
 
 SILENT_VERIFIER_NOTE = (
@@ -881,6 +885,20 @@ def _lazy_verifier(
         if fee_share + params.pass_bond_rewards > 0 else 1.0
     blind, _ = _run(replace(params, detection_bps=0), strategy_named("always_cheat"), stream,
                     providers, outcomes=False)
+    # Among lazy seats: a canary's dispute goes to an appeal seat that is itself lazy with the
+    # lazy share L of the weight, and a lazy appeal seat upholds the pass unread, so the canary
+    # catches the lazy passer only (1 - L) of the time. lazy - honest = c - q (1 - L)(fee +
+    # bond) per audit: laziness pays once L > 1 - c / (q (fee + bond)).
+    half = 0.5
+    appeal_lazy = [rng.random() < half for _ in audits]
+    among_lazy = [o.audit_fee if (not c or lazy_seat) else -o.reward * params.pass_bond_rewards
+                  for o, c, lazy_seat in zip(audits, canary, appeal_lazy, strict=True)]
+    among_lazy_expected = [(1 - q * (1 - half)) * o.audit_fee
+                           - q * (1 - half) * o.reward * params.pass_bond_rewards for o in audits]
+    half_stats = _paired(among_lazy, honest_v, among_lazy_expected, [float(v) for v in honest_v])
+    caught_share = q * (fee_share + params.pass_bond_rewards)
+    lazy_share_breakeven = max(0.0, 1 - (params.verify_bps / BPS) / caught_share) \
+        if caught_share > 0 else 0.0
     return _role_result(
         2, "audit", stats,
         details={
@@ -894,6 +912,13 @@ def _lazy_verifier(
             "breakeven_canary_bps": math.ceil(breakeven * BPS),
             "honest_verifier_profit_per_audit": round(sum(honest_v) / len(honest_v), 4)
             if honest_v else 0.0,
+            "breakeven_lazy_share": round(lazy_share_breakeven, 4),
+            "if_half_the_weight_lazy": {
+                "gain_vs_honest_per_audit": round(half_stats["gain_vs_honest"], 4),
+                "gain_vs_honest_stderr": round(half_stats["gain_vs_honest_stderr"], 4),
+                "expected_gain_vs_honest_per_audit": round(
+                    half_stats["expected_gain_vs_honest"], 4),
+            },
             "if_every_verifier_lazy": {
                 "always_cheat_profit_per_job": round(blind.profit_per_job, 4),
                 "always_cheat_gain_vs_honest": round(

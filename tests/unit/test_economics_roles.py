@@ -191,6 +191,18 @@ def test_lazy_verifier_loses_to_canaries(roles: dict) -> None:
     assert entry["if_every_verifier_lazy"]["always_cheat_gain_vs_honest"] > 0
 
 
+def test_lazy_verifier_pays_once_enough_of_the_weight_is_lazy(roles: dict) -> None:
+    """The hole the sim shows honestly: a canary's dispute goes to an appeal seat, and a lazy
+    appeal seat upholds the lazy pass unread (an upholding appeal verdict is final), so among
+    lazy seats the canary catches the passer only (1 - L) of the time. At the defaults
+    laziness pays above L = 1 - 0.6 / (0.08 x 11), about 32 % of the weight."""
+    entry = roles["lazy_verifier"].to_json()
+    assert entry["breakeven_lazy_share"] == round(1 - 0.6 / (0.08 * 11), 4)
+    half = entry["if_half_the_weight_lazy"]
+    assert half["expected_gain_vs_honest_per_audit"] > 0
+    assert half["gain_vs_honest_per_audit"] > 0
+
+
 def test_lazy_verifier_gains_without_canaries_and_saves_exactly_its_cost() -> None:
     reward = 300
     params = MarketParams(reward_min=reward, reward_max=reward, verify_cost_bps=2_500,
