@@ -119,8 +119,9 @@ abstract contract JobMarketBase is AccessControl, ReentrancyGuardTransient, IJob
     mapping(uint256 jobId => bytes32 digest) internal _jobDigest;
     mapping(address account => Account) internal _accounts;
     mapping(address account => Record) internal _records;
-    /// @dev The verifier whose appeal verdict overturned the first, while a contest decides.
-    mapping(uint256 jobId => address verifier) internal _overturner;
+    /// @dev The verifier whose appeal verdict a third seat may judge: it overturned the first
+    /// (while a contest decides), or upheld it (while it may be escalated, and is).
+    mapping(uint256 jobId => address verifier) internal _appealSeat;
 
     constructor(IERC20 token_, IStakeManager stakes_, IVerifierRegistry registry_, Config memory cfg) {
         if (address(token_) == address(0) || address(stakes_) == address(0)) revert ZeroAddress();
@@ -128,8 +129,11 @@ abstract contract JobMarketBase is AccessControl, ReentrancyGuardTransient, IJob
         if (cfg.feeBps > Payout.BPS) revert InvalidBps(cfg.feeBps);
         if (cfg.minAuditBps > Payout.BPS) revert InvalidBps(cfg.minAuditBps);
         // The longest path from a commit to its last verdict: the audit (a void proposed as its
-        // window closes), the void's confirmation (a failure), the appeal, and its contest.
-        uint256 windows = uint256(cfg.challengeWindow) + 4 * uint256(cfg.auditWindow) + cfg.appealWindow;
+        // window closes), the void's confirmation (a failure), the appeal, the window to
+        // escalate an upheld verdict and the escalation's verdict (a contest of an overturn
+        // closes sooner: one audit window after the appeal verdict).
+        uint256 windows =
+            uint256(cfg.challengeWindow) + 4 * uint256(cfg.auditWindow) + 2 * uint256(cfg.appealWindow);
         if (stakes_.unbondingDelay() <= windows) revert UnbondingTooShort(stakes_.unbondingDelay(), windows);
         // A verifier's deposit must stay bound past every verdict window it may be assigned,
         // and past the first second a timeout can be settled (one after the window closes):

@@ -24,11 +24,12 @@ contract JobMarketSettlement is JobMarketBase {
 
     // The verdicts the registry's draw assigns (its `stage`): a drawn job's audit, the appeal of a
     // verdict (or dispute of a pass), the contest of an appeal verdict that overturns the first,
-    // and the confirmation of a void.
+    // the confirmation of a void, and the escalation of an appeal verdict that upholds it.
     uint8 private constant _AUDIT = 0;
     uint8 private constant _APPEAL = 1;
     uint8 private constant _CONTEST = 2;
     uint8 private constant _CONFIRM = 3;
+    uint8 private constant _ESCALATION = 4;
 
     /// @notice A call came to the settlement half directly instead of through its JobMarket.
     error NotThroughMarket();
@@ -50,11 +51,17 @@ contract JobMarketSettlement is JobMarketBase {
     /// overturned. A second verifier then recomputes; without its verdict the job is void
     /// (neither paid nor slashed; a dispute bond goes to the protocol) and the silent verifiers
     /// lose part of their deposits.
+    /// An appeal verdict that upheld the first (FailureUpheld, PassUpheld) is escalated the same
+    /// way, by the party it goes against, within an appeal window after it (see `_escalate`).
     /// Works while paused: the window keeps running and its outcome waits at its end, so a pause
     /// must not take the appeal.
     function appeal(uint256 jobId, Job calldata job) external throughMarket nonReentrant {
         _checkRecord(jobId, job);
         Job memory j = job;
+        if (j.state == JobState.FailureUpheld || j.state == JobState.PassUpheld) {
+            _escalate(jobId, j);
+            return;
+        }
         if (j.state == JobState.AuditPassed) {
             if (msg.sender != j.client) revert NotJobClient(jobId, msg.sender);
             j.state = JobState.Disputed;
@@ -158,6 +165,11 @@ contract JobMarketSettlement is JobMarketBase {
     /// does not depend on which way it decides. Only where the draw has no third seat for the
     /// job (fewer than three candidates besides the worker and the client) is the appeal
     /// verdict final.
+    /// An appeal verdict that upholds the first, where a third seat exists, waits an appeal window
+    /// for the party it goes against to escalate it (FailureUpheld, PassUpheld, then `appeal`);
+    /// unescalated it stands, as it would have at once. Escalated (FailureEscalated,
+    /// PassEscalated), a third seat drawn excluding the worker, the client and both verifiers
+    /// judges (see `_judgeEscalation`).
     /// Appealed failure: a worker who wins gets the overturned verifier's bond, and the appeal
     /// verifier its audit fee; a failure upheld on appeal pays the appeal verifier up to the
     /// audit fee from the slashed collateral (after the client's compensation). Disputed pass:
@@ -173,10 +185,11 @@ contract JobMarketSettlement is JobMarketBase {
         _checkRecord(jobId, job);
         JobState s = job.state;
         bool contest = s == JobState.AppealContested || s == JobState.DisputeContested;
-        bool dispute = s == JobState.Disputed || s == JobState.DisputeContested;
-        if (!contest && !dispute && s != JobState.Appealed) revert InvalidJobState(jobId, s);
+        bool escalation = s == JobState.FailureEscalated || s == JobState.PassEscalated;
+        bool dispute = s == JobState.Disputed || s == JobState.DisputeContested || s == JobState.PassEscalated;
+        if (!contest && !escalation && !dispute && s != JobState.Appealed) revert InvalidJobState(jobId, s);
         if (evidenceHash == bytes32(0)) revert EmptyEvidence(jobId);
-        address overturner = contest ? _overturner[jobId] : address(0);
+        address overturner = contest || escalation ? _appealSeat[jobId] : address(0);
         if (
             msg.sender == job.auditor || msg.sender == job.worker || msg.sender == job.client
                 || msg.sender == overturner
@@ -189,13 +202,27 @@ contract JobMarketSettlement is JobMarketBase {
         _checkAssigned(jobId, j, closesAt);
         // The verdict under appeal says the worker loses (a failure) or wins (a pass).
         bool overturns = workerWins != dispute;
-        if (!contest && overturns && _hasContestSeat(jobId, j, msg.sender)) {
+        if (escalation) {
+            emit AppealResolved(jobId, msg.sender, workerWins, evidenceHash);
+            _judgeEscalation(jobId, j, overturner, overturns);
+            return;
+        }
+        if (!contest && _hasContestSeat(jobId, j, msg.sender)) {
+            // Any appeal verdict a third seat may judge answers with its seat's deposit until
+            // it stands: an overturn while its contest is open, an uphold while it may be
+            // escalated and is.
             uint256 owed = _overturnCover(jobId, j);
-            j.state = dispute ? JobState.DisputeContested : JobState.AppealContested;
             j.resolvedAt = uint40(block.timestamp);
-            _overturner[jobId] = msg.sender;
-            _store(jobId, j);
-            emit AppealContested(jobId, msg.sender, workerWins, evidenceHash, j.resolvedAt);
+            _appealSeat[jobId] = msg.sender;
+            if (overturns) {
+                j.state = dispute ? JobState.DisputeContested : JobState.AppealContested;
+                _store(jobId, j);
+                emit AppealContested(jobId, msg.sender, workerWins, evidenceHash, j.resolvedAt);
+            } else {
+                j.state = dispute ? JobState.PassUpheld : JobState.FailureUpheld;
+                _store(jobId, j);
+                emit AppealUpheld(jobId, msg.sender, workerWins, evidenceHash, j.resolvedAt);
+            }
             _registry.reserve(msg.sender, jobId, owed);
             return;
         }
@@ -203,7 +230,7 @@ contract JobMarketSettlement is JobMarketBase {
         address appealVerifier = msg.sender;
         address contestVerifier = address(0);
         if (contest) {
-            delete _overturner[jobId];
+            delete _appealSeat[jobId];
             j.state = dispute ? JobState.Disputed : JobState.Appealed; // settled as the appeal, below
             uint256 owed = _overturnCover(jobId, j);
             if (overturns) {
@@ -336,8 +363,8 @@ contract JobMarketSettlement is JobMarketBase {
             _punishSilence(jobId, job);
             Job memory j = job;
             if (s == JobState.AppealContested || s == JobState.DisputeContested) {
-                address overturner = _overturner[jobId];
-                delete _overturner[jobId];
+                address overturner = _appealSeat[jobId];
+                delete _appealSeat[jobId];
                 j.state = s == JobState.DisputeContested ? JobState.Disputed : JobState.Appealed;
                 _registry.release(overturner, jobId, _overturnCover(jobId, j));
             }
@@ -348,6 +375,29 @@ contract JobMarketSettlement is JobMarketBase {
             uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
             _slash(jobId, job, address(0), address(0));
+            return true;
+        }
+        if (s == JobState.FailureUpheld || s == JobState.PassUpheld) {
+            uint256 closesAt = uint256(job.resolvedAt) + _appealWindow;
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _upheldStands(jobId, job, p);
+            return true;
+        }
+        if (s == JobState.FailureEscalated || s == JobState.PassEscalated) {
+            // The third seat was silent: silence changes no verdict, so the upheld one stands;
+            // the escalation bond comes back (the silence is not the escalating party's) and
+            // the silent seats lose part of their deposits.
+            uint256 closesAt = _verdictClosesAt(job);
+            if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _punishSilence(jobId, job);
+            uint256 bond = _escalationBond(job);
+            _upheldStands(jobId, job, p);
+            if (s == JobState.PassEscalated) {
+                _credit(job.client, bond);
+                emit JobRefunded(jobId, job.client, bond);
+            } else if (bond > 0) {
+                _stakes.unlock(job.worker, bond);
+            }
             return true;
         }
         if (strict) revert InvalidJobState(jobId, s);
@@ -510,6 +560,96 @@ contract JobMarketSettlement is JobMarketBase {
         emit JobRefunded(jobId, j.client, refund);
     }
 
+    /// @dev The party an upheld verdict goes against (the worker of a failure, the client of a
+    /// pass) escalates it within an appeal window after the uphold, with a bond of what a void
+    /// would give it (`_escalationBond`): the worker locks it from its free stake, the client
+    /// escrows it (needs an allowance). Two seats agree against it, so only a third seat
+    /// disagreeing with both can help it, and then only to a void: a party escalating a true
+    /// verdict gains the void's value when the draw gives its coalition the third seat and
+    /// loses the same bond otherwise, so it loses below half the seats' weight.
+    function _escalate(uint256 jobId, Job memory j) private {
+        bool pass = j.state == JobState.PassUpheld;
+        if (pass && msg.sender != j.client) revert NotJobClient(jobId, msg.sender);
+        if (!pass && msg.sender != j.worker) revert NotAssignedWorker(jobId, msg.sender);
+        uint256 closesAt = uint256(j.resolvedAt) + _appealWindow;
+        if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
+        uint256 bond = _escalationBond(j);
+        j.state = pass ? JobState.PassEscalated : JobState.FailureEscalated;
+        j.resolvedAt = uint40(block.timestamp);
+        _store(jobId, j);
+        emit AppealEscalated(jobId, msg.sender, bond, j.resolvedAt);
+        if (bond == 0) return;
+        if (pass) _token.safeTransferFrom(msg.sender, address(this), bond);
+        else _stakes.lock(msg.sender, bond);
+    }
+
+    /// @dev What a void of the escalated job would move to the escalating party and a third seat
+    /// of its coalition together: the worker's collateral (not slashed) and the third seat's
+    /// pay; the client's reward, its dispute bond and the third seat's pay (the audit fee, split
+    /// between them). So a coalition escalating true verdicts loses below half the weight.
+    function _escalationBond(Job memory j) private pure returns (uint256) {
+        JobState s = j.state;
+        if (s == JobState.PassUpheld || s == JobState.PassEscalated) {
+            return uint256(j.reward) + 2 * uint256(j.auditFee);
+        }
+        return uint256(j.collateral) + _contestFee(j);
+    }
+
+    /// @dev An upheld verdict that stands (unescalated, or its escalation unjudged): settled as
+    /// the appeal verdict would have been at once, the upholding seat's deposit released.
+    function _upheldStands(uint256 jobId, Job calldata job, Pending memory p) private {
+        Job memory j = job;
+        bool pass = j.state == JobState.PassUpheld || j.state == JobState.PassEscalated;
+        address upholder = _appealSeat[jobId];
+        delete _appealSeat[jobId];
+        j.state = pass ? JobState.Disputed : JobState.Appealed;
+        _registry.release(upholder, jobId, _overturnCover(jobId, j));
+        if (pass) _passStands(jobId, j, p, upholder);
+        else _slash(jobId, j, upholder, address(0));
+    }
+
+    /// @dev The third seat's verdict on an escalated uphold. Agreeing (three seats against the
+    /// escalating party): the upheld verdict stands, and the escalation bond pays the third seat
+    /// min(audit fee, reward) and the rest the fee recipient. Disagreeing: two seats say one
+    /// thing and the one that judged the first verdict without having given it says the other,
+    /// so nothing is settled on the result: the job is void (the worker neither paid nor
+    /// slashed, its collateral and bond unlocked; the client gets its reward, its dispute and
+    /// escalation bonds back); the first verifier gets its bond back but not its fee, which pays
+    /// the third seat (the rest to the client); and the upholding seat forfeits its reserved
+    /// cover, burned, so that upholding without recomputing costs what a wrong overturn costs.
+    function _judgeEscalation(uint256 jobId, Job memory j, address upholder, bool disagrees) private {
+        bool pass = j.state == JobState.PassEscalated;
+        uint256 bond = _escalationBond(j);
+        delete _appealSeat[jobId];
+        j.state = pass ? JobState.Disputed : JobState.Appealed; // settled as the appeal, below
+        uint256 owed = _overturnCover(jobId, j);
+        uint256 fee = _contestFee(j);
+        if (!disagrees) {
+            _registry.release(upholder, jobId, owed);
+            uint256 paid = fee < bond ? fee : bond;
+            if (pass) {
+                Pending memory p = _noPending();
+                _passStands(jobId, j, p, upholder);
+                _flush(p);
+            } else {
+                _slash(jobId, j, upholder, address(0));
+                if (bond > 0) _stakes.slash(j.worker, bond, address(this));
+            }
+            _payAuditFee(jobId, msg.sender, paid);
+            if (bond > paid) _credit(_globals.feeRecipient, bond - paid);
+            return;
+        }
+        _registry.forfeit(upholder, jobId, owed, 0);
+        _stakes.unlock(j.auditor, _verifierBond(j));
+        _payAuditFee(jobId, msg.sender, fee);
+        uint256 refund = uint256(j.reward) + j.auditFee - fee;
+        if (pass) refund += bond + j.auditFee; // the escalation bond and the dispute bond
+        Pending memory v = _noPending();
+        _void(jobId, j, v, refund);
+        _flush(v);
+        if (!pass && bond > 0) _stakes.unlock(j.worker, bond);
+    }
+
     function _noPending() private pure returns (Pending memory) {
         return Pending(address(0), 0, 0, 0, address(0), 0, 0);
     }
@@ -598,7 +738,10 @@ contract JobMarketSettlement is JobMarketBase {
     /// percent of audits make lazy passes lose money (README, trust model; `mesh sim`).
     function _verifierBond(Job memory j) private pure returns (uint256) {
         JobState s = j.state;
-        if (s == JobState.AuditPassed || s == JobState.Disputed || s == JobState.DisputeContested) {
+        if (
+            s == JobState.AuditPassed || s == JobState.Disputed || s == JobState.DisputeContested
+                || s == JobState.PassUpheld || s == JobState.PassEscalated
+        ) {
             return uint256(j.reward) * _PASS_BOND_REWARDS;
         }
         if (s == JobState.VoidProposed) return uint256(j.reward) + j.auditFee;
@@ -629,7 +772,10 @@ contract JobMarketSettlement is JobMarketBase {
         if (s == JobState.Appealed || s == JobState.Disputed) {
             return uint256(j.resolvedAt) + _appealWindow + _auditWindow;
         }
-        if (s == JobState.AppealContested || s == JobState.DisputeContested || s == JobState.VoidProposed) {
+        if (
+            s == JobState.AppealContested || s == JobState.DisputeContested || s == JobState.VoidProposed
+                || s == JobState.FailureEscalated || s == JobState.PassEscalated
+        ) {
             return uint256(j.resolvedAt) + _auditWindow;
         }
         return uint256(j.committedAt) + _challengeWindow + _auditWindow;
@@ -640,6 +786,7 @@ contract JobMarketSettlement is JobMarketBase {
         if (s == JobState.Appealed || s == JobState.Disputed) return _APPEAL;
         if (s == JobState.AppealContested || s == JobState.DisputeContested) return _CONTEST;
         if (s == JobState.VoidProposed) return _CONFIRM;
+        if (s == JobState.FailureEscalated || s == JobState.PassEscalated) return _ESCALATION;
         return _AUDIT;
     }
 
@@ -690,14 +837,14 @@ contract JobMarketSettlement is JobMarketBase {
 
     /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign: the
     /// worker and the client; after a verdict, the verifier who gave it (or proposed the void);
-    /// in a contest, also the verifier who overturned it.
+    /// in a contest, also the verifier who overturned it; in an escalation, the one who upheld it.
     function _drawInputs(uint256 jobId, Job memory j, uint8 stage)
         private
         view
         returns (bytes32, address[4] memory)
     {
         address judged = stage == _AUDIT ? address(0) : j.auditor;
-        address overturner = stage == _CONTEST ? _overturner[jobId] : address(0);
-        return (_blockHashOf(uint256(j.committedBlock) + 1), [j.worker, j.client, judged, overturner]);
+        address appealSeat = stage == _CONTEST || stage == _ESCALATION ? _appealSeat[jobId] : address(0);
+        return (_blockHashOf(uint256(j.committedBlock) + 1), [j.worker, j.client, judged, appealSeat]);
     }
 }

@@ -35,7 +35,7 @@ import logging
 import time
 from typing import Any
 
-from meshcompute.core.job import ZERO_HASH, JobState
+from meshcompute.core.job import FAILURE_VERDICT_STATES, VERDICT_STATES, ZERO_HASH, JobState
 from meshcompute.core.spec import is_sha256_hex
 from meshcompute.core.training import (
     MANIFEST_KIND,
@@ -52,13 +52,11 @@ PRUNE_BATCH = 500
 """Jobs (or events about no job) one prune step forgets: one Redis transaction."""
 PRUNE_BATCHES = 20
 """Prune steps of each kind one round runs at most (10,000 jobs a round by default)."""
-_VERDICT_STATES = frozenset({JobState.AUDIT_PASSED, JobState.AUDIT_FAILED, JobState.APPEALED,
-                             JobState.DISPUTED, JobState.APPEAL_CONTESTED,
-                             JobState.DISPUTE_CONTESTED, JobState.VOID_PROPOSED})
+_VERDICT_STATES = VERDICT_STATES | {JobState.VOID_PROPOSED}
 _EVIDENCE_EVENTS = ("AuditResolved", "AuditVoided", "AppealResolved", "AppealContested",
-                    "VoidProposed")
+                    "AppealUpheld", "VoidProposed")
 #: A training job in these states may have its step states uploaded for an appeal.
-_APPEAL_STATES = frozenset({JobState.AUDIT_FAILED, JobState.APPEALED, JobState.APPEAL_CONTESTED})
+_APPEAL_STATES = FAILURE_VERDICT_STATES
 
 
 def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[str]:

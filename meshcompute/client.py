@@ -770,13 +770,18 @@ class Client:
         comes back if the pass is overturned (then the worker is slashed and the client also
         gets the passing verifier's bond, the job's reward) and pays the appeal verifier if the
         pass is upheld. This is how a canary job catches a verifier that passes results
-        without recomputing them."""
+        without recomputing them.
+
+        A pass upheld on dispute (PASS_UPHELD, where a third verifier exists) is escalated by
+        the same call, within an appeal window after the uphold: the client escrows the reward
+        and two audit fees as its bond; a third verifier confirms the pass (the bond pays it and the protocol) or
+        disagrees (the job is void: the client gets its reward and both bonds back)."""
         record = self.actor.job(job_id)
         if record.client.lower() != self.actor.address.lower():
             raise BadInput(f"job {job_id} is not yours: its client is {record.client}")
-        if record.state != JobState.AUDIT_PASSED:
-            raise BadInput(f"job {job_id} is {record.state.name}: only a passed audit, within "
-                           "its appeal window, can be disputed")
+        if record.state not in (JobState.AUDIT_PASSED, JobState.PASS_UPHELD):
+            raise BadInput(f"job {job_id} is {record.state.name}: only a passed audit, or a pass "
+                           "upheld on dispute, within its appeal window, can be disputed")
         self.actor.dispute(job_id, record)
 
 
@@ -959,8 +964,8 @@ PHASES = ("posted", "leased", "committed", "audited", "paid", "refunded", "slash
 - ``committed``: a result is on chain, waiting for the audit draw or payment;
 - ``audited``: drawn for audit, waiting for the verdict, or a verdict waiting for its appeal
   window (a failure: the worker's appeal; a pass: the client's dispute) or appeal verdict (or
-  a third verifier's, when the appeal verdict overturned the first; or a second verifier's,
-  when one proposed the job void);
+  a third verifier's, when the appeal verdict overturned the first or was escalated; or a
+  second verifier's, when one proposed the job void);
 - ``paid``; ``refunded`` (void: an audit got no verdict in time or the verifier declared the
   program unjudgeable; or reclaimed after the deadline); ``slashed`` (the worker was caught).
 """
@@ -972,6 +977,8 @@ _PHASE_OF_STATE = {
     JobState.AUDIT_PASSED: "audited", JobState.DISPUTED: "audited",
     JobState.APPEAL_CONTESTED: "audited", JobState.DISPUTE_CONTESTED: "audited",
     JobState.VOID_PROPOSED: "audited",
+    JobState.FAILURE_UPHELD: "audited", JobState.PASS_UPHELD: "audited",
+    JobState.FAILURE_ESCALATED: "audited", JobState.PASS_ESCALATED: "audited",
     JobState.FINALIZED: "paid", JobState.REFUNDED: "refunded", JobState.SLASHED: "slashed",
 }
 _MOVING = frozenset({"leased", "committed", "audited"})

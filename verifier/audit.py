@@ -407,7 +407,10 @@ class Auditor:
             comparisons.append(wf.between(0, 1))
             comparisons.append(self.compare(ours, first_output, policy).between(1, 2))
             worker_vs_first = wf.agree
-        if record.state in (JobState.DISPUTED, JobState.DISPUTE_CONTESTED):
+        if record.state in (JobState.DISPUTED, JobState.DISPUTE_CONTESTED,
+                            JobState.FAILURE_ESCALATED, JobState.PASS_ESCALATED):
+            # a disputed pass's verifier, and both verifiers of an escalated uphold, are the
+            # ones in question: our recomputation alone judges
             wins = worker_vs_appeal.agree
         else:
             wins = appeal_worker_wins(worker_vs_first, worker_vs_appeal.agree)

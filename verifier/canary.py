@@ -8,7 +8,9 @@ with a ticket signed by the assigner key, and commits a wrong output (the honest
 far beyond any tolerance). An honest verifier fails it (the canary pays the audit fee; its own
 worker's collateral goes back to it as compensation, the rest to the protocol). A verifier
 that passes it is disputed at once: another verifier recomputes, the pass is overturned and
-the lazy verifier's bond goes to the canary client.
+the lazy verifier's bond goes to the canary client. Where that verifier upholds the pass
+(lazy too), the canary escalates it: a third seat recomputes, the job is void and the lazy
+upholder forfeits its reserved cover.
 
 Who runs it: whoever holds the assigner key (the market operator, or the protocol through
 it), since the canary worker must get the job without the market offering it to anyone else.
@@ -150,12 +152,18 @@ class CanaryRunner:
             self.client.dispute(job_id, record)
             log.warning("canary job %d passed by %s: disputed", job_id, record.auditor)
             return "disputed"
+        if record.state == JobState.PASS_UPHELD and status == "disputed":
+            # the dispute's appeal seat upheld known junk: it did not recompute either, so
+            # escalate (a third seat judges; the reward is escrowed as the bond)
+            self.client.dispute(job_id, record)
+            log.warning("canary job %d: the pass was upheld on dispute: escalated", job_id)
+            return "escalated"
         return None
 
 Program = Callable[[], tuple[bytes, bytes]]
 """Makes one canary's ``(program, inputs)`` (safetensors bytes), fresh each call."""
 
-OPEN = ("posted", "planted", "disputed")
+OPEN = ("posted", "planted", "disputed", "escalated")
 """Statuses of a canary not yet ended (``posted``: on chain, its assignment not yet seen)."""
 
 

@@ -84,14 +84,19 @@ from meshcompute.verifier.verdicts import job_verdicts
 
 log = logging.getLogger("meshcompute.verifier")
 
-#: Tasks of the two later verdicts (their recomputations are an audit's and an appeal's):
-#: confirming or replacing a void another seat proposed, and deciding a contested appeal.
+#: Tasks of the later verdicts (their recomputations are an audit's and an appeal's):
+#: confirming or replacing a void another seat proposed, deciding a contested appeal, and
+#: judging an escalated uphold.
 CONFIRM = "confirm"
 CONTEST = "contest"
+ESCALATION = "escalation"
 
 _TASK_EVENTS = {"JobCommitted": AUDIT, "AuditDrawn": AUDIT, "AuditAppealed": APPEAL,
-                "VoidProposed": CONFIRM, "AppealContested": CONTEST}
-_CONTESTED = (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED)
+                "VoidProposed": CONFIRM, "AppealContested": CONTEST,
+                "AppealEscalated": ESCALATION}
+_WANTED = {CONTEST: (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED),
+           ESCALATION: (JobState.FAILURE_ESCALATED, JobState.PASS_ESCALATED),
+           APPEAL: (JobState.APPEALED, JobState.DISPUTED)}
 
 
 @dataclass(frozen=True)
@@ -260,7 +265,7 @@ class VerifierService:
                 return self._skip(job_id, kind, f"job is {record.state.name}, not VOID_PROPOSED")
             closes = contest_closes_at(record, audit_window=self._windows["audit_window_s"])
             return self._judge(job_id, CONFIRM, record, now, closes)
-        wanted = _CONTESTED if kind == CONTEST else (JobState.APPEALED, JobState.DISPUTED)
+        wanted = _WANTED[kind]
         if record.state not in wanted:
             return self._skip(job_id, kind, f"job is {record.state.name}, not "
                               + " or ".join(s.name for s in wanted))
@@ -316,8 +321,9 @@ class VerifierService:
         return self._post(replace(ready, kind=kind), record)
 
     def _appeal(self, job_id: int, record: JobRecord, now: int, kind: str) -> VerdictReady | str:
-        """An appeal's (or dispute's) verdict, or the contest of another seat's appeal verdict
-        that overturned the first (``CONTEST``): the same recomputation, judged the same way."""
+        """An appeal's (or dispute's) verdict, the contest of another seat's appeal verdict
+        that overturned the first (``CONTEST``), or the escalation of one that upheld it
+        (``ESCALATION``): the same recomputation, judged the same way."""
         closes = verdict_closes_at(record, challenge_window=self._windows["challenge_window_s"],
                                    appeal_window=self._windows["appeal_window_s"],
                                    audit_window=self._windows["audit_window_s"])

@@ -3,8 +3,10 @@
 :class:`CommitWatch` keeps the ids of the jobs the node committed and, on each
 :meth:`~CommitWatch.check`, rebuilds their records from the chain's events. A job that failed
 its audit is appealed exactly once (``JobMarket.appeal``, inside the appeal window the contract
-enforces) unless the node's output policy never appeals (``appeal=False``); paid, slashed and
-refunded jobs are reported and dropped. Earnings come from ``JobMarket.accountOf``.
+enforces) unless the node's output policy never appeals (``appeal=False``), and a failure upheld
+on appeal is escalated once the same way (a third verifier judges it; the node's collateral is
+locked again as the escalation's bond until then); paid, slashed and refunded jobs are reported
+and dropped. Earnings come from ``JobMarket.accountOf``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class _Watched:
     job_id: int
     audit_failed_seen: bool = False
     appealed: bool = False
+    escalated: bool = False
     preparing: threading.Thread | None = None
     send_by: float = 0.0
 
@@ -52,6 +55,7 @@ class CommitWatch:
         self.earned_at_start: int | None = None
         self.earned: int | None = None
         self.appealed = 0
+        self.escalated = 0
 
     @property
     def address(self) -> str:
@@ -97,6 +101,9 @@ class CommitWatch:
                 self._emit("audit_failed", job_id=job_id)
             if self.appeal and not watched.appealed:
                 self._appeal(watched, record)
+        elif state == JobState.FAILURE_UPHELD:
+            if self.appeal and not watched.escalated:
+                self._escalate(watched, record)
         elif state == JobState.FINALIZED:
             self._emit("paid", job_id=job_id)
             self._drop(job_id)
@@ -118,25 +125,39 @@ class CommitWatch:
             if watched.preparing.is_alive() and time.monotonic() < watched.send_by:
                 return  # the appeal goes once it is ready, or at half its window
         watched.appealed = True
+        sent = self._send(job_id, record, "appeal")
+        watched.appealed = sent is not None
+        if sent:
+            self.appealed += 1
+            self._emit("appealed", job_id=job_id)
+
+    def _escalate(self, watched: _Watched, record: JobRecord) -> None:
+        watched.escalated = True
+        sent = self._send(watched.job_id, record, "escalation")
+        watched.escalated = sent is not None
+        if sent:
+            self.escalated += 1
+            self._emit("escalated", job_id=watched.job_id)
+
+    def _send(self, job_id: int, record: JobRecord, what: str) -> bool | None:
+        """Send an appeal (or an escalation, the same call): True when sent, False when it
+        never can be, None when it should be tried again on the next pass."""
         try:
             self.actor.appeal(job_id, record)
         except ContractRevert as exc:
             if exc.error_name in _FINAL_APPEAL_REVERTS:  # window closed, or the job moved on
                 self._emit("error", job_id=job_id,
-                           message=f"appeal of job {job_id} reverted: {exc}")
-                return
-            # anything else may pass later (a stale record, a node hiccup): try again on the
-            # next pass, until the window closes
-            watched.appealed = False
+                           message=f"{what} of job {job_id} reverted: {exc}")
+                return False
+            # anything else may pass later (a stale record, a node hiccup, stake not yet free
+            # for the escalation's bond): try again on the next pass, until the window closes
             self._emit("warning", job_id=job_id,
-                       message=f"appeal of job {job_id} reverted, will retry: {exc}")
-            return
+                       message=f"{what} of job {job_id} reverted, will retry: {exc}")
+            return None
         except Exception as exc:  # noqa: BLE001 - not sent: try again on the next pass
-            watched.appealed = False
-            self._emit("warning", job_id=job_id, message=f"appeal of job {job_id} failed: {exc}")
-            return
-        self.appealed += 1
-        self._emit("appealed", job_id=job_id)
+            self._emit("warning", job_id=job_id, message=f"{what} of job {job_id} failed: {exc}")
+            return None
+        return True
 
     def _prepare(self, job_id: int, record: JobRecord) -> None:
         assert self.before_appeal is not None

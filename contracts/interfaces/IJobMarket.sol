@@ -114,6 +114,17 @@ interface IJobMarket {
     event AppealContested(
         uint256 indexed jobId, address indexed verifier, bool workerWins, bytes32 evidenceHash, uint40 contestedAt
     );
+    /// @notice `verifier`'s appeal verdict upholds the first verdict (`workerWins` false: a
+    /// failure, true: a pass): the party it goes against may escalate it within an appeal window
+    /// after `upheldAt`; otherwise it stands.
+    event AppealUpheld(
+        uint256 indexed jobId, address indexed verifier, bool workerWins, bytes32 evidenceHash, uint40 upheldAt
+    );
+    /// @notice `appellant` (the worker of an upheld failure, the client of an upheld pass)
+    /// escalated the upheld verdict, with a bond of what a void would give it (the worker locks
+    /// its collateral and a contest fee from its stake; the client escrows the reward and two
+    /// audit fees): a third verifier judges within an audit window after `escalatedAt`.
+    event AppealEscalated(uint256 indexed jobId, address indexed appellant, uint256 bond, uint40 escalatedAt);
     /// @notice `verifier` proposed that the job cannot be judged; a second verifier confirms the
     /// void or gives a verdict (within an audit window after `proposedAt`).
     event VoidProposed(uint256 indexed jobId, address indexed verifier, bytes32 evidenceHash, uint40 proposedAt);

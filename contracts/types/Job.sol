@@ -8,8 +8,10 @@ pragma solidity ^0.8.24;
 /// against (a failure by the worker, a pass by the client: a dispute); it stands when its
 /// appeal window closes unappealed or the appeal verifier upholds it. An appeal verdict that
 /// overturns it is contested: a third verifier decides. A void is proposed by one verifier and
-/// confirmed, or replaced by a verdict, by a second. An audited job whose verdict never came is
-/// void (Refunded): silence never pays.
+/// confirmed, or replaced by a verdict, by a second. An appeal verdict that upholds the first
+/// (FailureUpheld, PassUpheld) may be escalated by the party it goes against (FailureEscalated,
+/// PassEscalated): a third verifier confirms it or disagrees, and then the job is void. An
+/// audited job whose verdict never came is void (Refunded): silence never pays.
 enum JobState {
     None,
     Posted,
@@ -25,7 +27,11 @@ enum JobState {
     Disputed,
     AppealContested,
     DisputeContested,
-    VoidProposed
+    VoidProposed,
+    FailureUpheld,
+    PassUpheld,
+    FailureEscalated,
+    PassEscalated
 }
 
 /// @notice The full record of one job. The contract stores only keccak256(abi.encode(job)) per

@@ -471,11 +471,21 @@ def dispute(
     job_id: Annotated[int, typer.Argument(help="The on-chain job id.")],
 ) -> None:
     """Dispute a passed audit of your job (within its appeal window): another verifier
-    recomputes it; a bond of the audit fee comes back if the pass is overturned."""
+    recomputes it; a bond of the audit fee comes back if the pass is overturned. A pass that
+    verifier upheld is escalated the same way (within an appeal window after the uphold; a
+    bond of the reward and two audit fees): a third verifier judges, and if it disagrees the
+    job is void and every bond comes back."""
     if job_id < 0:
         raise BadInput("job id must be non-negative")
-    _client().dispute(job_id)
-    console.print(f"job {job_id}: pass disputed; an appeal verifier recomputes it")
+    from meshcompute.core.job import JobState
+
+    client = _client()
+    escalating = client.actor.job(job_id).state == JobState.PASS_UPHELD
+    client.dispute(job_id)
+    if escalating:
+        console.print(f"job {job_id}: upheld pass escalated; a third verifier recomputes it")
+    else:
+        console.print(f"job {job_id}: pass disputed; an appeal verifier recomputes it")
 
 
 @app.command("reclaim")

@@ -46,7 +46,8 @@ TEST_ARTIFACTS_DIR = "tests/fixtures/artifacts"
 #: 500: with appealable passes (disputes) JobMarket's deployed code at 2000 runs was 24,994
 #: bytes, past EIP-170's 24,576-byte limit. Lower runs barely help (a few hundred bytes), so
 #: the job market is split in two (JobMarket, 12,460 bytes, and the JobMarketSettlement it
-#: delegates to, 17,391 bytes with contests and two-step voids; see :data:`DELEGATED_ABI`).
+#: delegates to, 21,986 bytes with contests, two-step voids and escalations; see
+#: :data:`DELEGATED_ABI`).
 SETTINGS: dict[str, Any] = {
     "evmVersion": "cancun",
     "optimizer": {"enabled": True, "runs": 500},

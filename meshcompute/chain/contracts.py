@@ -28,7 +28,14 @@ from meshcompute.chain.reverts import contract_revert, revert_data_bytes
 from meshcompute.chain.sender import TxSender
 from meshcompute.chain.tickets import AssignTicket, sign_permit
 from meshcompute.core.audit_draw import VerifierSeat
-from meshcompute.core.job import JOB_EVENTS, ZERO_HASH, JobRecord, JobState, apply_event
+from meshcompute.core.job import (
+    JOB_EVENTS,
+    ZERO_HASH,
+    JobRecord,
+    JobState,
+    apply_event,
+    escalation_bond,
+)
 from meshcompute.errors import BadInput, ChainError, ConfigError, StaleJobRecord
 
 
@@ -572,11 +579,16 @@ class MeshActor(MeshContracts):
 
     def appeal(self, job_id: int, record: JobRecord | None = None) -> TxReceipt:
         """Appeal the verdict on ``job_id``: as its worker, a failure; as its client, a pass
-        (a dispute: the client escrows a bond equal to the audit fee, approved here)."""
+        (a dispute: the client escrows a bond equal to the audit fee, approved here). The same
+        call escalates an appeal verdict that upheld the first, as the party it goes against
+        (the client escrows its bond, the reward and two audit fees, approved here; the
+        worker's, its collateral and a contest fee, is locked from its free stake)."""
         record = record or self.job(job_id)
-        if (record.state == JobState.AUDIT_PASSED and record.audit_fee
-                and record.client.lower() == self.address.lower()):
+        mine = record.client.lower() == self.address.lower()
+        if record.state == JobState.AUDIT_PASSED and record.audit_fee and mine:
             self._ensure_allowance(record.audit_fee)
+        if record.state == JobState.PASS_UPHELD and mine:
+            self._ensure_allowance(escalation_bond(record))
         return self._send(self.market.functions.appeal(job_id, record.as_tuple()))
 
     def dispute(self, job_id: int, record: JobRecord | None = None) -> TxReceipt:

@@ -71,12 +71,12 @@ class DeployParams:
 
     def __post_init__(self) -> None:
         # the longest path from a commit to its last verdict (JobMarketBase's constructor):
-        # audit, void confirmation, appeal, contest
-        windows = self.challenge_window_s + 4 * self.audit_window_s + self.appeal_window_s
+        # audit, void confirmation, appeal, the escalation of an uphold and its verdict
+        windows = self.challenge_window_s + 4 * self.audit_window_s + 2 * self.appeal_window_s
         if self.unbonding_delay_s <= windows + 1:  # a timeout settles a second after them
             raise ConfigError(
                 f"unbonding_delay_s ({self.unbonding_delay_s}) must exceed the challenge "
-                f"window, four audit windows and the appeal window together, plus one second "
+                f"window, four audit windows and two appeal windows together, plus one second "
                 f"({windows + 1})"
             )
         for name in ("fee_bps", "min_audit_bps"):

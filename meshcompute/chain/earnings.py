@@ -46,9 +46,13 @@ _PENDING_STAGES = {
     JobState.APPEALED: "appealed, awaiting verdict",
     JobState.AUDIT_PASSED: "audit passed, client may dispute",
     JobState.DISPUTED: "pass disputed, awaiting verdict",
-    JobState.APPEAL_CONTESTED: "appeal upheld, awaiting a third verifier",
-    JobState.DISPUTE_CONTESTED: "dispute upheld, awaiting a third verifier",
+    JobState.APPEAL_CONTESTED: "failure overturned on appeal, awaiting a third verifier",
+    JobState.DISPUTE_CONTESTED: "pass overturned on dispute, awaiting a third verifier",
     JobState.VOID_PROPOSED: "void proposed, awaiting a second verifier",
+    JobState.FAILURE_UPHELD: "failure upheld on appeal, escalatable",
+    JobState.PASS_UPHELD: "pass upheld on dispute, client may escalate",
+    JobState.FAILURE_ESCALATED: "upheld failure escalated, awaiting a third verifier",
+    JobState.PASS_ESCALATED: "upheld pass escalated, awaiting a third verifier",
 }
 
 

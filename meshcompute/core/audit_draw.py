@@ -87,8 +87,9 @@ NEVER = 2**40 - 1
 
 #: The verdicts the registry's draw assigns, by its ``stage``: a drawn job's audit, the appeal
 #: of a verdict (or dispute of a pass), the contest of an appeal verdict that overturned the
-#: first, and the confirmation of a proposed void (``JobMarketSettlement._stage``).
-STAGES = {"audit": 0, "appeal": 1, "contest": 2, "confirm": 3}
+#: first, the confirmation of a proposed void, and the escalation of an appeal verdict that
+#: upheld the first (``JobMarketSettlement._stage``).
+STAGES = {"audit": 0, "appeal": 1, "contest": 2, "confirm": 3, "escalation": 4}
 
 
 def verdict_stage(state: JobState) -> int:
@@ -99,6 +100,8 @@ def verdict_stage(state: JobState) -> int:
         return STAGES["contest"]
     if state == JobState.VOID_PROPOSED:
         return STAGES["confirm"]
+    if state in (JobState.FAILURE_ESCALATED, JobState.PASS_ESCALATED):
+        return STAGES["escalation"]
     return STAGES["audit"]
 
 

@@ -88,7 +88,8 @@ def audit_outcomes(tallies: Mapping[str, int]) -> dict[str, int]:
 
 #: States where a verdict is awaited: a verifier's backlog.
 BACKLOG_STATES = (JobState.AUDITED, JobState.APPEALED, JobState.DISPUTED,
-                  JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED, JobState.VOID_PROPOSED)
+                  JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED, JobState.VOID_PROPOSED,
+                  JobState.FAILURE_ESCALATED, JobState.PASS_ESCALATED)
 
 
 def verifier_backlog(by_state: Mapping[str, int]) -> int:
@@ -167,9 +168,11 @@ def audit_story(events: Sequence[EventLike]) -> dict[str, Any]:
     """What the events say of a job's audit: whether it was drawn (None until the draw is
     taken), the first verdict (``passed``, ``failed``, ``void proposed`` until a second seat
     confirms it, then ``void``) with its verifier and evidence, an appeal or dispute with its
-    verdict, and the contest of an appeal verdict that overturned the first (a third seat's)."""
+    verdict, the contest of an appeal verdict that overturned the first (a third seat's), and
+    the escalation of one that upheld it (by the party it went against; a third seat's)."""
     story: dict[str, Any] = {"drawn": None, "verdict": None, "verifier": None,
-                             "evidence": None, "appeal": None, "contest": None}
+                             "evidence": None, "appeal": None, "contest": None,
+                             "escalation": None}
     for e in sorted(events, key=lambda e: (e.block_number, e.log_index)):
         if e.name == "AuditDrawn":
             story["drawn"] = bool(e.args.get("audited"))
@@ -183,14 +186,19 @@ def audit_story(events: Sequence[EventLike]) -> dict[str, Any]:
         elif e.name == "AuditAppealed":
             story["appeal"] = {"by": e.args.get("appellant"), "verifier": None,
                                "worker_wins": None, "evidence": None}
-        elif e.name in ("AppealResolved", "AppealContested") and story["appeal"] is not None:
+        elif e.name == "AppealEscalated":
+            story["escalation"] = {"by": e.args.get("appellant"), "verifier": None,
+                                   "worker_wins": None, "evidence": None}
+        elif (e.name in ("AppealResolved", "AppealContested", "AppealUpheld")
+              and story["appeal"] is not None):
             verdict = {"verifier": e.args.get("verifier"),
                        "worker_wins": bool(e.args.get("workerWins")),
                        "evidence": text_value(e.args.get("evidenceHash"))}
             if e.name == "AppealContested":
                 story["contest"] = {"verifier": None, "worker_wins": None, "evidence": None}
-            if e.name == "AppealResolved" and story["contest"] is not None:
-                story["contest"].update(verdict)
+            third = story["escalation"] or story["contest"]
+            if e.name == "AppealResolved" and third is not None:
+                third.update(verdict)
             else:
                 story["appeal"].update(verdict)
     return story
@@ -198,7 +206,7 @@ def audit_story(events: Sequence[EventLike]) -> dict[str, Any]:
 
 #: The JobMarket events that name a verifier (second indexed topic) in what they say of it.
 VERIFIER_EVENTS = ("AuditResolved", "AuditVoided", "VoidProposed", "AppealResolved",
-                   "AppealContested", "AuditFeePaid", "VerifierSlashed")
+                   "AppealContested", "AppealUpheld", "AuditFeePaid", "VerifierSlashed")
 
 
 def verifier_story(events: Sequence[EventLike], time_of: Callable[[int], int],
@@ -217,7 +225,7 @@ def verifier_story(events: Sequence[EventLike], time_of: Callable[[int], int],
             verdicts[verdict] += 1
             kind = {"AuditVoided": "void confirmed", "VoidProposed": "void proposed"}
             rows.append({"job_id": job_id, "kind": kind.get(e.name, "audit"), "verdict": verdict})
-        elif e.name in ("AppealResolved", "AppealContested"):
+        elif e.name in ("AppealResolved", "AppealContested", "AppealUpheld"):
             appeals += 1
             rows.append({"job_id": job_id, "kind": "appeal",
                          "verdict": "worker wins" if e.args.get("workerWins")

@@ -666,6 +666,14 @@ ROLE_STRATEGIES: tuple[tuple[str, str, str], ...] = (
      ("holds coalition_bps of the seats' weight and a client: the client disputes an honest "
       "pass and the coalition, drawn as the appeal seat, overturns it to get the worker slashed "
       "and the passing verifier's bond, winning only if it also holds the contest")),
+    ("escalating_cheater", "worker and verifier coalition",
+     ("a cheating worker whose failure two honest seats upheld escalates it, hoping the draw "
+      "gives its coalition (coalition_bps of the seats' weight) the third seat, whose "
+      "disagreement voids the job and saves its collateral")),
+    ("escalating_client", "client and verifier coalition",
+     ("a client whose dispute of an honest pass was upheld escalates it, hoping the draw gives "
+      "its coalition the third seat, whose disagreement voids the job: the reward and the "
+      "bonds come back and the result is kept")),
 )
 """The strategies of roles other than the worker: (name, role, description)."""
 
@@ -674,11 +682,11 @@ LAZY_VERIFIER_NOTE = (
     "may dispute it; a canary client disputes every pass of its known-junk jobs, and the "
     "overturned pass costs the verifier that bond and its fee. Lazy passing loses money once "
     "canaries are more than verify_cost / (audit_fee + bond) of the audits, and only as long "
-    "as a verifier cannot tell canaries from other jobs. Not deterred among lazy seats: a "
-    "canary's dispute goes to an appeal seat that upholds the pass unread when it is lazy too "
-    "(an upholding appeal verdict is final), so the bond is lost only (1 - L) of the time for "
-    "a lazy share L of the weight; above breakeven_lazy_share laziness pays "
-    "(if_half_the_weight_lazy)."
+    "as a verifier cannot tell canaries from other jobs. Among lazy seats: a canary's dispute "
+    "may go to an appeal seat that upholds the pass unread; the canary then escalates, and an "
+    "honest third seat voids the job (the passer loses its fee, the upholder its cover: "
+    "reward + collateral + the pass bond). Laziness pays only above breakeven_lazy_share of "
+    "the weight (if_half_the_weight_lazy: a lazy share of one half)."
 )
 
 SILENT_VERIFIER_NOTE = (
@@ -885,20 +893,41 @@ def _lazy_verifier(
         if fee_share + params.pass_bond_rewards > 0 else 1.0
     blind, _ = _run(replace(params, detection_bps=0), strategy_named("always_cheat"), stream,
                     providers, outcomes=False)
-    # Among lazy seats: a canary's dispute goes to an appeal seat that is itself lazy with the
-    # lazy share L of the weight, and a lazy appeal seat upholds the pass unread, so the canary
-    # catches the lazy passer only (1 - L) of the time. lazy - honest = c - q (1 - L)(fee +
-    # bond) per audit: laziness pays once L > 1 - c / (q (fee + bond)).
+    # Among lazy seats (a share L of the weight lazy, the rest honest): a canary's dispute
+    # goes to an appeal seat; an honest one overturns the lazy pass (bond lost), a lazy one
+    # upholds it unread, and the canary escalates: an honest third seat then disagrees (the
+    # job is void: the lazy passer keeps its bond but not its fee, the lazy upholder forfeits
+    # its cover: reward + collateral + the pass bond), a lazy one lets the pass stand. A lazy
+    # seat is also the appeal seat of the canaries other lazy seats passed (q L per audit).
     half = 0.5
-    appeal_lazy = [rng.random() < half for _ in audits]
-    among_lazy = [o.audit_fee if (not c or lazy_seat) else -o.reward * params.pass_bond_rewards
-                  for o, c, lazy_seat in zip(audits, canary, appeal_lazy, strict=True)]
-    among_lazy_expected = [(1 - q * (1 - half)) * o.audit_fee
-                           - q * (1 - half) * o.reward * params.pass_bond_rewards for o in audits]
-    half_stats = _paired(among_lazy, honest_v, among_lazy_expected, [float(v) for v in honest_v])
-    caught_share = q * (fee_share + params.pass_bond_rewards)
-    lazy_share_breakeven = max(0.0, 1 - (params.verify_bps / BPS) / caught_share) \
-        if caught_share > 0 else 0.0
+    draws = [(rng.random(), rng.random(), rng.random(), rng.random()) for _ in audits]
+
+    def among_lazy(o: JobOutcome, c: bool, u: tuple[float, ...], lazy: float) -> tuple[int, int]:
+        """(lazy, honest) profit of one audit slot and its share of appeal duties."""
+        fee, bond = o.audit_fee, o.reward * params.pass_bond_rewards
+        cover = o.reward + params.collateral(o.reward) + bond
+        cost = params.verify_cost(o.reward)
+        first = fee if not c else (-bond if u[0] >= lazy else fee if u[1] < lazy else 0)
+        honest_first = fee - cost
+        duty = u[2] < q * lazy  # a lazily passed canary's dispute drawn to this seat
+        second = (fee if u[3] < lazy else -cover) if duty else 0
+        honest_second = fee - cost if duty else 0
+        return first + second, honest_first + honest_second
+
+    pairs = [among_lazy(o, c, u, half) for o, c, u in zip(audits, canary, draws, strict=True)]
+
+    def lazy_gain(lazy: float, fee: float, cost: float, bond: float, cover: float) -> float:
+        """lazy - honest per audit, in expectation, at lazy share ``lazy``."""
+        first = (1 - q) * fee + q * ((1 - lazy) * -bond + lazy * lazy * fee)
+        second = q * lazy * ((1 - lazy) * -cover + lazy * fee)
+        return first + second - (fee - cost) - q * lazy * (fee - cost)
+
+    unit = (fee_share, params.verify_bps / BPS, float(params.pass_bond_rewards),
+            1 + params.collateral_ratio + float(params.pass_bond_rewards))
+    among_lazy_expected = [lazy_gain(half, *unit) * o.reward for o in audits]
+    half_stats = _paired([p[0] for p in pairs], [p[1] for p in pairs], among_lazy_expected,
+                         [0.0] * len(pairs))
+    lazy_share_breakeven = _first_root(lambda lazy: lazy_gain(lazy, *unit))
     return _role_result(
         2, "audit", stats,
         details={
@@ -927,6 +956,22 @@ def _lazy_verifier(
         },
         note=LAZY_VERIFIER_NOTE,
     )
+
+
+def _first_root(f: Callable[[float], float], steps: int = 60) -> float:
+    """The least x in [0, 1] with f(x) >= 0 for f negative at 0 (bisection after a scan); 0
+    when f(0) >= 0, 1 when f stays negative."""
+    if f(0.0) >= 0:
+        return 0.0
+    grid = [i / 1000 for i in range(1001)]
+    hi = next((x for x in grid if f(x) >= 0), None)
+    if hi is None:
+        return 1.0
+    lo = hi - 0.001
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if f(mid) >= 0 else (mid, hi)
+    return hi
 
 
 def _silent_verifier(params: MarketParams, honest_out: list[JobOutcome]) -> RoleResult:
@@ -1003,26 +1048,42 @@ def _appeal_coalition(index: int, params: MarketParams, honest_out: list[JobOutc
     coalition's seats earn the audit fee and the contest fee. Lost, the client's dispute bond
     (an audit fee) goes to the fee recipient and the appeal seat forfeits reward + collateral
     + the pass bond."""
-    audits = [o for o in honest_out if o.audited]
-    share = params.coalition_bps / BPS
-    rng = random.Random(f"coalition-{index}-{seed}")
-    won_v: list[float] = []
-    lost_v: list[float] = []
-    profits: list[int] = []
-    honest_v: list[int] = []
-    for o in audits:
+    def outcomes(o: JobOutcome) -> tuple[int, int, int]:
         r, fee_a, c = o.reward, o.audit_fee, params.collateral(o.reward)
         contest_fee = min(fee_a, r)
         pay = r - math.ceil(r * params.fee_bps / BPS)
         if index == 4:
             honest = -c + min(fee_a, c - min(c, fee_a)) - params.verify_cost(r)
             won = pay + (r - contest_fee) + fee_a + contest_fee
-            lost = -c - (r + c + r)
-        else:
-            honest = 0
-            won = r + min(c, fee_a) + (params.pass_bond_rewards * r - contest_fee) + fee_a \
-                + contest_fee
-            lost = -fee_a - (r + c + params.pass_bond_rewards * r)
+            return honest, won, -c - (r + c + r)
+        won = r + min(c, fee_a) + (params.pass_bond_rewards * r - contest_fee) + fee_a \
+            + contest_fee
+        return 0, won, -fee_a - (r + c + params.pass_bond_rewards * r)
+
+    return _coalition_attempts(
+        index, params, honest_out, random.Random(f"coalition-{index}-{seed}"), outcomes,
+        mechanism="an overturning appeal verdict is contested by a third seat; the minority's "
+                  "bond pays (the overturner's registry deposit: reward + collateral + the bond "
+                  "of the verdict under appeal)",
+        held="contest", note=APPEAL_COALITION_NOTE)
+
+
+def _coalition_attempts(
+    index: int, params: MarketParams, honest_out: list[JobOutcome], rng: random.Random,
+    outcomes: Callable[[JobOutcome], tuple[int, int, int]], *, mechanism: str, held: str,
+    note: str,
+) -> RoleResult:
+    """One attempt per audit of the honest market: ``outcomes(o)`` gives (honest, won, lost)
+    profits, won when the coalition (``coalition_bps`` of the weight) holds the deciding seat,
+    drawn with ``rng``. Reports the breakeven share at which the attempts break even."""
+    audits = [o for o in honest_out if o.audited]
+    share = params.coalition_bps / BPS
+    won_v: list[float] = []
+    lost_v: list[float] = []
+    profits: list[int] = []
+    honest_v: list[int] = []
+    for o in audits:
+        honest, won, lost = outcomes(o)
         won_v.append(won - honest)
         lost_v.append(lost - honest)
         profits.append(won if rng.random() < share else lost)
@@ -1036,15 +1097,54 @@ def _appeal_coalition(index: int, params: MarketParams, honest_out: list[JobOutc
         details={
             "coalition_share": round(share, 4),
             "mechanism_built": True,
-            "mechanism": "an overturning appeal verdict is contested by a third seat; the "
-                         "minority's bond pays (the overturner's registry deposit: reward + "
-                         "collateral + the bond of the verdict under appeal)",
-            "gain_if_contest_held_per_attempt": round(gain / len(audits), 4) if audits else 0.0,
-            "loss_if_contest_lost_per_attempt": round(loss / len(audits), 4) if audits else 0.0,
+            "mechanism": mechanism,
+            f"gain_if_{held}_held_per_attempt": round(gain / len(audits), 4) if audits else 0.0,
+            f"loss_if_{held}_lost_per_attempt": round(loss / len(audits), 4) if audits else 0.0,
             "breakeven_coalition_share": round(loss / (gain + loss), 4) if gain + loss else 1.0,
         },
-        note=APPEAL_COALITION_NOTE,
+        note=note,
     )
+
+
+ESCALATION_NOTE = (
+    "An appeal verdict that upholds the first may be escalated by the party it goes against; "
+    "a third seat that disagrees with both voids the job (and the upholding seat forfeits its "
+    "cover). The escalation's bond is what the void would move to the escalating party and a "
+    "third seat of its coalition (the worker: its collateral and the contest fee; the client: "
+    "the reward and two audit fees), so escalating a true verdict gains the void's value when "
+    "the coalition holds the third seat and loses the same otherwise: it loses below half the "
+    "seats' weight."
+)
+
+
+def _escalation_coalition(index: int, params: MarketParams, honest_out: list[JobOutcome],
+                          seed: int) -> RoleResult:
+    """A coalition holding ``coalition_bps`` of the seats' weight escalates each true upheld
+    verdict of the honest market's audits (one attempt per audit), against not escalating.
+
+    A cheater (index 6): not escalating, it is slashed (its collateral). Won (the coalition
+    holds the third seat), the job is void: its collateral comes back and the third seat earns
+    the contest fee from the first verifier's fee. Lost, it is slashed and loses its bond
+    (collateral + contest fee).
+
+    A client (index 7): not escalating, the pass stands: it paid the reward for the result
+    (valued at the reward), the audit fee and its lost dispute bond. Won, void: the reward
+    comes back with the result kept, the audit fee comes back less the contest fee (which the
+    coalition's third seat earns), the dispute bond comes back. Lost, the pass stands and the
+    bond (reward + two audit fees) is lost."""
+    def outcomes(o: JobOutcome) -> tuple[int, int, int]:
+        r, fee_a, c = o.reward, o.audit_fee, params.collateral(o.reward)
+        contest_fee = min(fee_a, r)
+        if index == 6:
+            return -c, contest_fee, -c - (c + contest_fee)
+        return -2 * fee_a, r, -2 * fee_a - (r + 2 * fee_a)
+
+    return _coalition_attempts(
+        index, params, honest_out, random.Random(f"escalation-{index}-{seed}"), outcomes,
+        mechanism="an escalated uphold is judged by a third seat; disagreeing, the job is void; "
+                  "the escalation bonds what the void would move to the escalating party and "
+                  "its third seat",
+        held="third_seat", note=ESCALATION_NOTE)
 
 
 def simulate_roles(
@@ -1067,6 +1167,8 @@ def simulate_roles(
         "silent_verifier": _silent_verifier(params, honest_out),
         "appeal_seat_spares_cheater": _appeal_coalition(4, params, honest_out, seed),
         "appeal_seat_robs_pass": _appeal_coalition(5, params, honest_out, seed),
+        "escalating_cheater": _escalation_coalition(6, params, honest_out, seed),
+        "escalating_client": _escalation_coalition(7, params, honest_out, seed),
     }
 
 

@@ -35,6 +35,10 @@ class JobState(IntEnum):
     APPEAL_CONTESTED = 12
     DISPUTE_CONTESTED = 13
     VOID_PROPOSED = 14
+    FAILURE_UPHELD = 15
+    PASS_UPHELD = 16
+    FAILURE_ESCALATED = 17
+    PASS_ESCALATED = 18
 
     @property
     def terminal(self) -> bool:
@@ -50,18 +54,42 @@ PASS_BOND_REWARDS = 10
 
 def verifier_bond(reward: int, state: JobState) -> int:
     """The stake a verdict that leaves a job in ``state`` locks (0 outside a verdict)."""
-    if state in (JobState.AUDIT_PASSED, JobState.DISPUTED, JobState.DISPUTE_CONTESTED):
+    if state in PASS_VERDICT_STATES:
         return reward * PASS_BOND_REWARDS
-    if state in (JobState.AUDIT_FAILED, JobState.APPEALED, JobState.APPEAL_CONTESTED):
+    if state in FAILURE_VERDICT_STATES:
         return reward
     return 0
 
 
-#: A verdict is in and can still be appealed or is under appeal: the verifier's bond is locked.
-VERDICT_STATES = frozenset(
-    {JobState.AUDIT_FAILED, JobState.APPEALED, JobState.AUDIT_PASSED, JobState.DISPUTED,
-     JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED}
+#: A pass is in and can still be disputed, or is under dispute: its verifier's bond is locked.
+PASS_VERDICT_STATES = frozenset(
+    {JobState.AUDIT_PASSED, JobState.DISPUTED, JobState.DISPUTE_CONTESTED, JobState.PASS_UPHELD,
+     JobState.PASS_ESCALATED}
 )
+#: A failure is in and can still be appealed, or is under appeal.
+FAILURE_VERDICT_STATES = frozenset(
+    {JobState.AUDIT_FAILED, JobState.APPEALED, JobState.APPEAL_CONTESTED, JobState.FAILURE_UPHELD,
+     JobState.FAILURE_ESCALATED}
+)
+#: An appeal verdict upheld the first and may be escalated by the party it goes against, or
+#: was, and a third seat judges the escalation.
+UPHELD_STATES = frozenset({JobState.FAILURE_UPHELD, JobState.PASS_UPHELD})
+ESCALATED_STATES = frozenset({JobState.FAILURE_ESCALATED, JobState.PASS_ESCALATED})
+
+
+def escalation_bond(record: JobRecord) -> int:
+    """What escalating an upheld verdict bonds, while the escalation is open
+    (``JobMarketSettlement._escalationBond``): what a void would move to the escalating party
+    and a third seat of its coalition. The worker locks its collateral and a contest fee
+    (min(audit fee, reward)) from its stake; the client escrows the reward and two audit
+    fees."""
+    if record.state in (JobState.PASS_UPHELD, JobState.PASS_ESCALATED):
+        return record.reward + 2 * record.audit_fee
+    return record.collateral + min(record.audit_fee, record.reward)
+
+
+#: A verdict is in and can still be appealed or is under appeal: the verifier's bond is locked.
+VERDICT_STATES = PASS_VERDICT_STATES | FAILURE_VERDICT_STATES
 
 #: Every state change the contract can make. ASSIGNED -> ASSIGNED is a lease renewal or a
 #: takeover after an expired lease.
@@ -80,12 +108,18 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     ),
     JobState.AUDIT_FAILED: frozenset({JobState.APPEALED, JobState.SLASHED}),
     JobState.APPEALED: frozenset(
-        {JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED, JobState.APPEAL_CONTESTED}
+        {JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED, JobState.APPEAL_CONTESTED,
+         JobState.FAILURE_UPHELD}
     ),
+    JobState.FAILURE_UPHELD: frozenset({JobState.FAILURE_ESCALATED, JobState.SLASHED}),
+    JobState.FAILURE_ESCALATED: frozenset({JobState.SLASHED, JobState.REFUNDED}),
+    JobState.PASS_UPHELD: frozenset({JobState.PASS_ESCALATED, JobState.FINALIZED}),
+    JobState.PASS_ESCALATED: frozenset({JobState.FINALIZED, JobState.REFUNDED}),
     JobState.APPEAL_CONTESTED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
     JobState.AUDIT_PASSED: frozenset({JobState.DISPUTED, JobState.FINALIZED}),
     JobState.DISPUTED: frozenset(
-        {JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED, JobState.DISPUTE_CONTESTED}
+        {JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED, JobState.DISPUTE_CONTESTED,
+         JobState.PASS_UPHELD}
     ),
     JobState.DISPUTE_CONTESTED: frozenset({JobState.FINALIZED, JobState.SLASHED, JobState.REFUNDED}),
     JobState.FINALIZED: frozenset(),
@@ -141,8 +175,10 @@ class JobRecord:
             return 0
         # a verdict's audit fee stays in escrow until the verdict stands or falls; a disputed
         # pass also holds the client's dispute bond (one more audit fee)
-        if self.state in (JobState.DISPUTED, JobState.DISPUTE_CONTESTED):
+        if self.state in (JobState.DISPUTED, JobState.DISPUTE_CONTESTED, JobState.PASS_UPHELD):
             return self.reward + 2 * self.audit_fee
+        if self.state == JobState.PASS_ESCALATED:  # and the client's escalation bond
+            return self.reward + 2 * self.audit_fee + escalation_bond(self)
         return self.reward + self.audit_fee
 
     @property
@@ -159,6 +195,8 @@ class JobRecord:
             JobState.APPEAL_CONTESTED,
             JobState.DISPUTE_CONTESTED,
             JobState.VOID_PROPOSED,
+            *UPHELD_STATES,
+            *ESCALATED_STATES,
         )
 
     @property
@@ -176,6 +214,8 @@ class JobRecord:
         held: dict[str, int] = {}  # the worker's collateral, the verifier's bond
         if self.holds_collateral and self.collateral:
             held[self.worker] = self.collateral
+        if self.state == JobState.FAILURE_ESCALATED:  # the worker's escalation bond
+            held[self.worker] = held.get(self.worker, 0) + escalation_bond(self)
         if self.verifier_bond:
             held[self.auditor] = held.get(self.auditor, 0) + self.verifier_bond
         return held
@@ -241,6 +281,13 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
         disputed = record.state == JobState.DISPUTED
         return replace(record, resolved_at=args["contestedAt"],
                        state=JobState.DISPUTE_CONTESTED if disputed else JobState.APPEAL_CONTESTED)
+    if event == "AppealUpheld":
+        upheld = JobState.PASS_UPHELD if record.state == JobState.DISPUTED else JobState.FAILURE_UPHELD
+        return replace(record, resolved_at=args["upheldAt"], state=upheld)
+    if event == "AppealEscalated":
+        escalated = (JobState.PASS_ESCALATED if record.state == JobState.PASS_UPHELD
+                     else JobState.FAILURE_ESCALATED)
+        return replace(record, resolved_at=args["escalatedAt"], state=escalated)
     if event == "VoidProposed":
         return replace(record, auditor=args["verifier"], resolved_at=args["proposedAt"],
                        state=JobState.VOID_PROPOSED)
@@ -252,7 +299,7 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
         if record.state in (JobState.POSTED, JobState.ASSIGNED, JobState.AUDITED,
                             JobState.DISPUTED, JobState.APPEALED,  # unjudged appeals are void
                             JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED,
-                            JobState.VOID_PROPOSED):
+                            JobState.VOID_PROPOSED, *ESCALATED_STATES):  # a tie is void
             return replace(record, state=JobState.REFUNDED)
         return record
     if event in ("LeaseExpired", "AppealResolved", "AuditFeePaid", "AuditVoided",
@@ -273,6 +320,8 @@ JOB_EVENTS = (
     "VerifierSlashed",
     "AuditAppealed",
     "AppealContested",
+    "AppealUpheld",
+    "AppealEscalated",
     "VoidProposed",
     "AppealResolved",
     "JobPaid",

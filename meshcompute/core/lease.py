@@ -418,7 +418,8 @@ def verdict_closes_at(record: JobRecord, *, challenge_window: int, appeal_window
         return appeal_verdict_closes_at(record, appeal_window=appeal_window,
                                         audit_window=audit_window)
     if record.state in (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED,
-                        JobState.VOID_PROPOSED):
+                        JobState.VOID_PROPOSED, JobState.FAILURE_ESCALATED,
+                        JobState.PASS_ESCALATED):
         return contest_closes_at(record, audit_window=audit_window)
     return audit_closes_at(record, challenge_window=challenge_window, audit_window=audit_window)
 

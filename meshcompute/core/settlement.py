@@ -21,6 +21,11 @@ or refuses it; :func:`settle_action` answers the same question off chain, at blo
   verdict: void (:attr:`SettleAction.VOID`: silence never pays, so the disputed result is not
   paid; the client gets its reward back and forfeits its dispute bond to the protocol, the
   passing verifier earns its fee).
+* ``FAILURE_UPHELD`` / ``PASS_UPHELD`` — after ``resolved_at + appeal_window`` (strictly),
+  unescalated: the upheld failure is slashed, the upheld pass paid.
+* ``FAILURE_ESCALATED`` / ``PASS_ESCALATED`` — after ``resolved_at + audit_window`` (strictly)
+  with no verdict from the third seat: silence changes no verdict, so the upheld one stands
+  (slashed, paid) and the escalation bond comes back.
 
 Every other state (posted, assigned, and the terminal ones) is refused. Only the draw needs
 the chain (the hash of the block after the commit), so the caller supplies it as ``audited``.
@@ -97,6 +102,12 @@ def settle_action(
         # an unconfirmed void, or a contest nobody decided: void
         closes_at = contest_closes_at(record, audit_window=audit_window)
         return None if window_open(now, closes_at) else SettleAction.VOID
+    if state in _UPHELD_STANDS:
+        if state in (JobState.FAILURE_UPHELD, JobState.PASS_UPHELD):  # the escalation window
+            closes_at = appeal_closes_at(record, appeal_window=appeal_window)
+        else:  # the third seat's window
+            closes_at = contest_closes_at(record, audit_window=audit_window)
+        return None if window_open(now, closes_at) else _UPHELD_STANDS[state]
     if state in _VERDICT_STANDS:
         # a verdict stands when its appeal window closes unappealed: a failure is slashed, a
         # pass paid; an appeal or a dispute nobody judged is void
@@ -115,6 +126,15 @@ _VERDICT_STANDS = {
     JobState.APPEALED: SettleAction.VOID,
     JobState.AUDIT_PASSED: SettleAction.PAY,
     JobState.DISPUTED: SettleAction.VOID,
+}
+
+
+#: An upheld verdict unescalated, or escalated and unjudged, stands.
+_UPHELD_STANDS = {
+    JobState.FAILURE_UPHELD: SettleAction.SLASH,
+    JobState.FAILURE_ESCALATED: SettleAction.SLASH,
+    JobState.PASS_UPHELD: SettleAction.PAY,
+    JobState.PASS_ESCALATED: SettleAction.PAY,
 }
 
 

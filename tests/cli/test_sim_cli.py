@@ -28,7 +28,7 @@ def test_text_output_has_the_roles_table_and_summary(run_mesh) -> None:
     assert "canaries" in " ".join(roles.split())  # its note
     assert "all silent:" in roles  # the silent verifier's row: the escalated seat silent too
     last = out.strip().splitlines()[-1]
-    assert last == "6 of 6 other roles lose by deviating"
+    assert last == "8 of 8 other roles lose by deviating"
 
 
 def test_json_output_is_the_report(run_mesh) -> None:
@@ -38,7 +38,8 @@ def test_json_output_is_the_report(run_mesh) -> None:
     assert report["jobs_per_strategy"] == 300 and report["seed"] == 3
     assert set(report["roles"]) == {"griefing_client", "colluding_operator", "lazy_verifier",
                                     "silent_verifier", "appeal_seat_spares_cheater",
-                                    "appeal_seat_robs_pass"}
+                                    "appeal_seat_robs_pass", "escalating_cheater",
+                                    "escalating_client"}
     assert report["role_strategies_not_losing"] == []
 
 

@@ -72,13 +72,197 @@ def _passed_and_disputed(world: World) -> tuple[int, object, object]:
     return job_id, client, auditor
 
 
-def test_an_appeal_verdict_that_upholds_the_first_stands_at_once(world: World) -> None:
-    job_id, _worker, _auditor = _failed_and_appealed(world)
+def _reserved(world: World, actor) -> int:
+    return world.admin.verifier_reserved(actor.address)
+
+
+def test_an_appeal_verdict_that_upholds_the_first_stands_unless_escalated(world: World) -> None:
+    """Two seats agree: the uphold stands once its escalation window closes unescalated, as it
+    stood at once before; until then the upholding seat's cover is reserved."""
+    job_id, _worker, auditor = _failed_and_appealed(world)
     judge = world.verifier_for(job_id)
+    record = world.job(job_id)
     receipt = judge.resolve_appeal(job_id, False, EVIDENCE)
-    assert events_in(judge, receipt, "JobSlashed")
-    assert not events_in(judge, receipt, "AppealContested")
+    (upheld,) = events_in(judge, receipt, "AppealUpheld")
+    assert upheld.args["verifier"] == judge.address and not upheld.args["workerWins"]
+    assert not events_in(judge, receipt, "JobSlashed")
+    assert world.job(job_id).state == JobState.FAILURE_UPHELD
+    cover = record.reward + record.collateral + record.reward
+    assert _reserved(world, judge) == cover
+    with reverts("NotYetSettleable"):
+        world.outsider.finalize(job_id)
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    receipt = world.outsider.finalize(job_id)
+    assert events_in(world.outsider, receipt, "JobSlashed")
     assert world.admin.job_digest(job_id) == bytes(32)
+    assert _reserved(world, judge) == 0
+    assert _withdrawable(world, judge) == record.audit_fee  # paid from the collateral
+    assert _withdrawable(world, auditor) == record.audit_fee
+    assert_solvent(world)
+
+
+def test_only_the_party_an_uphold_goes_against_escalates_it_in_its_window(world: World) -> None:
+    job_id, worker, auditor = _failed_and_appealed(world)
+    world.verifier_for(job_id).resolve_appeal(job_id, False, EVIDENCE)
+    for stranger in (world.clients[0], auditor, world.outsider):
+        with reverts("NotAssignedWorker", NotPermitted):
+            stranger.appeal(job_id)
+    world.advance(TEST_PARAMS.appeal_window_s + 1)
+    with reverts("WindowClosed"):
+        worker.appeal(job_id)
+    world.outsider.finalize(job_id)
+    assert_solvent(world)
+
+
+def test_an_escalation_the_third_seat_confirms_costs_the_worker_its_bond(world: World) -> None:
+    """The attacker: a cheater escalates its rightly upheld failure, hoping the draw gives its
+    accomplice the third seat. An honest third seat confirms: the cheater is slashed as it
+    would have been and loses the escalation's bond (its collateral again and a contest fee),
+    which pays the third seat min(audit fee, reward) and the protocol the rest."""
+    job_id, worker, auditor = _failed_and_appealed(world)
+    judge = world.verifier_for(job_id)
+    record = world.job(job_id)
+    fee = min(record.audit_fee, record.reward)
+    bond = record.collateral + fee  # what a void would move to the worker and a third seat
+    judge.resolve_appeal(job_id, False, EVIDENCE)
+    stake_before = worker.stake_of(worker.address)
+    receipt = worker.appeal(job_id)
+    (escalated,) = events_in(worker, receipt, "AppealEscalated")
+    assert escalated.args["bond"] == bond
+    assert world.job(job_id).state == JobState.FAILURE_ESCALATED
+    assert worker.stake_of(worker.address).locked == stake_before.locked + bond
+    third = world.verifier_for(job_id)
+    assert third.address not in (auditor.address, judge.address, worker.address)
+    with reverts("VerifierConflict", NotPermitted):
+        judge.resolve_appeal(job_id, False, EVIDENCE)
+    fees_before = _withdrawable(world, world.admin)
+    receipt = third.resolve_appeal(job_id, False, EVIDENCE)
+    assert events_in(third, receipt, "JobSlashed")
+    assert _withdrawable(world, third) == fee
+    assert _withdrawable(world, judge) == record.audit_fee
+    assert _withdrawable(world, auditor) == record.audit_fee
+    stake_after = worker.stake_of(worker.address)
+    assert stake_after.locked == stake_before.locked - record.collateral
+    assert stake_after.free == stake_before.free - bond  # the bond is gone
+    # the protocol: what the slash leaves after the client and the appeal fee, and the bond's rest
+    remainder = record.collateral - record.audit_fee - record.audit_fee
+    assert _withdrawable(world, world.admin) - fees_before == remainder + bond - fee
+    assert _reserved(world, judge) == 0
+    assert_solvent(world)
+
+
+def test_two_seats_that_fail_an_honest_worker_lose_to_its_escalation(scratch: World) -> None:
+    """The lazy (or colluding) pair: the first verifier fails an honest result and the appeal
+    seat upholds it without recomputing. The worker escalates and the third seat finds for it:
+    two seats against one that judged neither's word, so the job is void. The worker is not
+    slashed (its collateral and bond come back), the client gets its reward and the audit fee
+    less the third seat's pay, the first verifier its bond but not its fee, and the upholding
+    seat forfeits its reserved cover, burned: upholding unread now costs what it risks."""
+    world = scratch
+    job_id, worker, auditor = _failed_and_appealed(world)
+    lazy = world.verifier_for(job_id)
+    record = world.job(job_id)
+    client = world.clients[0]
+    client_before = _withdrawable(world, client)
+    lazy.resolve_appeal(job_id, False, EVIDENCE)
+    deposit = _deposit(world, lazy)
+    stake_before = worker.stake_of(worker.address)
+    worker.appeal(job_id)
+    third = world.verifier_for(job_id)
+    receipt = third.resolve_appeal(job_id, True, EVIDENCE)
+    (refund,) = events_in(third, receipt, "JobRefunded")
+    fee = min(record.audit_fee, record.reward)
+    assert refund.args["amount"] == record.reward + record.audit_fee - fee
+    assert not events_in(third, receipt, "JobSlashed") and not events_in(third, receipt, "JobPaid")
+    cover = record.reward + record.collateral + record.reward
+    (punished,) = events_in(third, receipt, "VerifierPunished")
+    assert (punished.args["verifier"], punished.args["amount"]) == (lazy.address, cover)
+    assert _deposit(world, lazy) == deposit - cover and _reserved(world, lazy) == 0
+    assert _withdrawable(world, third) == fee
+    assert _withdrawable(world, auditor) == 0 and _withdrawable(world, lazy) == 0
+    assert auditor.stake_of(auditor.address).locked == 0
+    assert worker.stake_of(worker.address).locked == stake_before.locked - record.collateral
+    assert worker.worker_record(worker.address).slashed == 0
+    assert _withdrawable(world, client) == client_before + record.reward + record.audit_fee - fee
+    assert world.admin.job_digest(job_id) == bytes(32)
+    assert_solvent(world)
+
+
+def test_a_canary_escalates_a_lazy_pass_a_lazy_seat_upheld(scratch: World) -> None:
+    """Lazy seats shielding each other from canaries: the first passes junk, the dispute's
+    appeal seat upholds the pass unread. The canary client escalates (escrowing the reward
+    and two audit fees) and an honest third seat fails it: void, the client gets everything back, the lazy
+    upholder forfeits its cover (the reward, the collateral and the pass's ten-reward bond)."""
+    world = scratch
+    job_id, client, auditor = _passed_and_disputed(world)
+    lazy = world.verifier_for(job_id)
+    record = world.job(job_id)
+    client_before = _withdrawable(world, client)
+    lazy.resolve_appeal(job_id, True, EVIDENCE)
+    assert world.job(job_id).state == JobState.PASS_UPHELD
+    balance = client.balance_of(client.address)
+    receipt = client.dispute(job_id)  # escalates
+    assert events_in(client, receipt, "AppealEscalated")
+    bond = record.reward + 2 * record.audit_fee
+    assert client.balance_of(client.address) == balance - bond
+    assert world.job(job_id).state == JobState.PASS_ESCALATED
+    deposit = _deposit(world, lazy)
+    third = world.verifier_for(job_id)
+    third.resolve_appeal(job_id, False, EVIDENCE)
+    fee = min(record.audit_fee, record.reward)
+    cover = record.reward + record.collateral + PASS_BOND_REWARDS * record.reward
+    assert _deposit(world, lazy) == deposit - cover
+    # the reward, the audit fee less the third seat's pay, the dispute bond, the escalation bond
+    gained = _withdrawable(world, client) - client_before
+    assert gained == record.reward + record.audit_fee - fee + record.audit_fee + bond
+    assert _withdrawable(world, third) == fee
+    assert auditor.stake_of(auditor.address).locked == 0
+    assert_solvent(world)
+
+
+def test_a_pass_upheld_and_escalated_but_confirmed_pays_the_worker(world: World) -> None:
+    """A griefing client escalates an honest pass two seats upheld: the third confirms it, the
+    worker and both verifiers are paid, and the client's escalation bond pays the third seat
+    and the protocol."""
+    job_id, client, auditor = _passed_and_disputed(world)
+    judge = world.verifier_for(job_id)
+    record = world.job(job_id)
+    client_before = _withdrawable(world, client)
+    judge.resolve_appeal(job_id, True, EVIDENCE)
+    client.dispute(job_id)
+    third = world.verifier_for(job_id)
+    receipt = third.resolve_appeal(job_id, True, EVIDENCE)
+    assert events_in(third, receipt, "JobPaid")
+    fee = min(record.audit_fee, record.reward)
+    assert _withdrawable(world, third) == fee
+    assert _withdrawable(world, judge) == record.audit_fee  # the dispute bond
+    assert _withdrawable(world, auditor) == record.audit_fee
+    assert _withdrawable(world, client) == client_before
+    assert _reserved(world, judge) == 0
+    assert_solvent(world)
+
+
+def test_an_escalation_nobody_judges_leaves_the_upheld_verdict_standing(scratch: World) -> None:
+    """Silence changes no verdict: the upheld failure stands, the worker's escalation bond
+    comes back (the silence is not its fault), and the silent seats lose part of their
+    deposits."""
+    world = scratch
+    job_id, worker, _auditor = _failed_and_appealed(world)
+    judge = world.verifier_for(job_id)
+    record = world.job(job_id)
+    judge.resolve_appeal(job_id, False, EVIDENCE)
+    stake_before = worker.stake_of(worker.address)
+    worker.appeal(job_id)
+    silent = world.verifier_for(job_id)
+    deposit = _deposit(world, silent)
+    world.advance(TEST_PARAMS.audit_window_s + 1)
+    receipt = world.outsider.finalize(job_id)
+    assert events_in(world.outsider, receipt, "JobSlashed")
+    assert _deposit(world, silent) == deposit - (record.reward + record.collateral)
+    after = worker.stake_of(worker.address)
+    assert after.locked == stake_before.locked - record.collateral  # the collateral, slashed
+    assert after.free == stake_before.free  # the bond, unlocked
+    assert _reserved(world, judge) == 0
     assert_solvent(world)
 
 

@@ -376,14 +376,16 @@ def test_JobMarket_constructor_reverts_when_unbonding_not_longer_than_windows(
 ) -> None:
     delay = TEST_PARAMS.unbonding_delay_s
     # windows == delay: not strictly longer, refused.
-    # the longest path: audit, void confirmation, appeal and contest windows after the challenge
-    config = (*CONFIG[:3], CONFIG[3], delay - CONFIG[2] - 4 * CONFIG[3], CONFIG[5])
-    assert config[2] + 4 * config[3] + config[4] == delay
+    # the longest path: audit, void confirmation, appeal, escalation and its verdict's windows
+    # after the challenge
+    appeal = (delay - CONFIG[2] - 4 * CONFIG[3]) // 2
+    config = (*CONFIG[:3], CONFIG[3], appeal, CONFIG[5])
+    assert config[2] + 4 * config[3] + 2 * config[4] == delay
     with reverts("UnbondingTooShort", InvalidRequest, unbondingDelay=delay, windows=delay):
         _deploy_market(world, config=config)
     # two seconds less is fine (the registry's exit delay, equal here, must also exceed the
     # windows by the second in which a timeout is first settled)
-    _deploy_market(world, config=(*config[:4], config[4] - 2, config[5]))
+    _deploy_market(world, config=(*config[:4], config[4] - 1, config[5]))
 
 
 def test_JobMarket_constructor_reverts_when_verifier_deposits_unbind_before_windows_close(
@@ -391,7 +393,7 @@ def test_JobMarket_constructor_reverts_when_verifier_deposits_unbind_before_wind
 ) -> None:
     """A registry whose deposits could be withdrawn before a verdict window closes would let a
     silent verifier run from its burn: refused."""
-    windows = CONFIG[2] + 4 * CONFIG[3] + CONFIG[4]
+    windows = CONFIG[2] + 4 * CONFIG[3] + 2 * CONFIG[4]
 
     def registry(exit_delay: int) -> str:
         return deploy(world.admin.sender, "VerifierRegistry", world.deployment.address("MeshCredit"),

@@ -88,7 +88,7 @@ def test_a_job_page_follows_a_job_from_posting_to_payment(mk: Market) -> None:
         assert row["time"] == world.w3.eth.get_block(row["block"])["timestamp"]
     assert page["audit"] == {"drawn": True, "verdict": "passed", "verifier": verifier.address,
                              "evidence": "0x" + EVIDENCE.hex(), "appeal": None,
-                             "contest": None}
+                             "contest": None, "escalation": None}
 
 
 def test_the_overview_counts_what_the_chain_holds_and_says_when_it_is_stale(

@@ -179,8 +179,12 @@ def test_payable_jobs_matches_the_contract_rules(jobs, now: int) -> None:
         elif rec.state in (JobState.APPEALED, JobState.DISPUTED):
             expected = now - rec.resolved_at > APPEAL + AUDIT
         elif rec.state in (JobState.APPEAL_CONTESTED, JobState.DISPUTE_CONTESTED,
-                           JobState.VOID_PROPOSED):
-            expected = now - rec.resolved_at > AUDIT  # an unconfirmed void, an undecided contest
+                           JobState.VOID_PROPOSED, JobState.FAILURE_ESCALATED,
+                           JobState.PASS_ESCALATED):
+            # an unconfirmed void, an undecided contest, an unjudged escalation
+            expected = now - rec.resolved_at > AUDIT
+        elif rec.state in (JobState.FAILURE_UPHELD, JobState.PASS_UPHELD):
+            expected = now - rec.resolved_at > APPEAL  # unescalated, the uphold stands
         else:
             expected = False
         assert (job_id in chosen) == expected, (rec.state, now, draw)
@@ -188,5 +192,7 @@ def test_payable_jobs_matches_the_contract_rules(jobs, now: int) -> None:
             act = action(rec, now, audited, job_id)
             assert act is not None
             assert act.final == (rec.state != JobState.COMMITTED or draw is False)
-            slash = rec.state == JobState.AUDIT_FAILED  # an unjudged appeal is void
+            # an unjudged appeal is void; an upheld failure stands, escalated or not
+            slash = rec.state in (JobState.AUDIT_FAILED, JobState.FAILURE_UPHELD,
+                                  JobState.FAILURE_ESCALATED)
             assert (act is SettleAction.SLASH) == slash

@@ -105,3 +105,74 @@ def test_the_audit_story_tells_a_contest_apart_from_the_appeal() -> None:
     plain = audit_story([E(1, "AuditDrawn", audited=True),
                          E(2, "VoidProposed", verifier=FIRST, evidenceHash=b"\x06" * 32)])
     assert plain["verdict"] == "void proposed" and plain["contest"] is None
+
+
+def _upheld(passed: bool):
+    appealed = _judged(passed)
+    return apply_event(appealed, "AppealUpheld", {
+        "verifier": SECOND, "workerWins": passed, "evidenceHash": b"\x05" * 32,
+        "upheldAt": 1500})
+
+
+def test_an_upheld_failure_waits_its_escalation_window_then_stands() -> None:
+    upheld = _upheld(False)
+    assert can_transition(JobState.APPEALED, upheld.state)
+    assert (upheld.state, upheld.resolved_at) == (JobState.FAILURE_UPHELD, 1500)
+    assert upheld.locks() == {WORKER: 50, FIRST: 100}  # the first verdict's bond stays at stake
+    now = {"now": 1500 + 300, **WINDOWS, "audited": lambda *_: None}
+    assert settle_action(1, upheld, **now) is None  # the worker may still escalate
+    assert settle_action(1, upheld, **{**now, "now": 1801}) == SettleAction.SLASH
+    assert apply_event(upheld, "JobSlashed", {}).state == JobState.SLASHED
+
+
+def test_an_escalated_failure_locks_the_bond_and_waits_for_a_third_seat() -> None:
+    escalated = apply_event(_upheld(False), "AppealEscalated", {
+        "appellant": WORKER, "bond": 60, "escalatedAt": 1700})
+    assert can_transition(JobState.FAILURE_UPHELD, escalated.state)
+    assert (escalated.state, escalated.resolved_at) == (JobState.FAILURE_ESCALATED, 1700)
+    # the collateral, and the bond: the collateral again and a contest fee (min(10, 100))
+    assert escalated.locks() == {WORKER: 50 + 60, FIRST: 100}
+    assert verdict_stage(escalated.state) == STAGES["escalation"]
+    assert verdict_covers(escalated, STAGES["escalation"]) == (150,)
+    assert verdict_closes_at(escalated, **WINDOWS) == 1700 + 600
+    now = {"now": 2300, **WINDOWS, "audited": lambda *_: None}
+    assert settle_action(1, escalated, **now) is None
+    # unjudged, the upheld failure stands
+    assert settle_action(1, escalated, **{**now, "now": 2301}) == SettleAction.SLASH
+    assert apply_event(escalated, "JobRefunded", {}).state == JobState.REFUNDED  # a tie: void
+
+
+def test_an_escalated_pass_holds_the_reward_bond_in_escrow() -> None:
+    upheld = _upheld(True)
+    assert upheld.state == JobState.PASS_UPHELD
+    assert upheld.escrow == 100 + 2 * 10
+    assert upheld.locks() == {WORKER: 50, FIRST: PASS_BOND_REWARDS * 100}
+    now = {"now": 1801, **WINDOWS, "audited": lambda *_: None}
+    assert settle_action(1, upheld, **now) == SettleAction.PAY
+    escalated = apply_event(upheld, "AppealEscalated", {
+        "appellant": "0x" + "11" * 20, "bond": 120, "escalatedAt": 1700})
+    assert escalated.state == JobState.PASS_ESCALATED
+    # reward, audit fee, dispute bond, and the escalation bond: the reward and two audit fees
+    assert escalated.escrow == 100 + 2 * 10 + 120
+    assert escalated.locks() == {WORKER: 50, FIRST: PASS_BOND_REWARDS * 100}
+    assert apply_event(escalated, "JobPaid", {}).state == JobState.FINALIZED
+
+
+def test_the_audit_story_tells_an_escalation_apart_from_the_appeal() -> None:
+    class E:
+        def __init__(self, n, name, **args):
+            self.block_number, self.log_index, self.name, self.args = n, 0, name, args
+
+    third = "0x" + "55" * 20
+    story = audit_story([
+        E(1, "AuditDrawn", audited=True),
+        E(2, "AuditResolved", verifier=FIRST, passed=False, evidenceHash=b"\x07" * 32),
+        E(3, "AuditAppealed", appellant=WORKER),
+        E(4, "AppealUpheld", verifier=SECOND, workerWins=False, evidenceHash=b"\x08" * 32),
+        E(5, "AppealEscalated", appellant=WORKER, bond=60),
+        E(6, "AppealResolved", verifier=third, workerWins=True, evidenceHash=b"\x09" * 32),
+    ])
+    assert story["appeal"]["verifier"] == SECOND and story["appeal"]["worker_wins"] is False
+    assert story["contest"] is None
+    assert story["escalation"] == {"by": WORKER, "verifier": third, "worker_wins": True,
+                                   "evidence": "0x" + "09" * 32}

@@ -63,6 +63,8 @@ def test_every_state_has_a_phase() -> None:
         JobState.AUDIT_PASSED: "audited", JobState.DISPUTED: "audited",
         JobState.APPEAL_CONTESTED: "audited", JobState.DISPUTE_CONTESTED: "audited",
         JobState.VOID_PROPOSED: "audited",
+        JobState.FAILURE_UPHELD: "audited", JobState.PASS_UPHELD: "audited",
+        JobState.FAILURE_ESCALATED: "audited", JobState.PASS_ESCALATED: "audited",
         JobState.FINALIZED: "paid", JobState.REFUNDED: "refunded",
         JobState.SLASHED: "slashed",
     }

@@ -379,21 +379,28 @@ def test_appeal_of_a_wrongly_failed_honest_worker_wins_by_majority(
     c2.close()
 
 
+def wrong_failure_appealed_with_three_seats(world, market, kit) -> tuple[dict, int, MeshActor]:
+    """A third seat joins (the last worker's account, which works no job here), an honest job
+    is failed wrongly by the seat the draw assigns and its worker appeals: (the seats by
+    address, the job, the faulty seat)."""
+    third_seat = world.workers[2]
+    third_seat.join_verifiers(world.deployment.params.verifier_deposit)
+    by_address = {v.address: v for v in (*world.verifiers, third_seat)}
+    job_id = post_and_commit(world, market, kit, kit.honest)
+    faulty = by_address[world.admin.assigned_verifier(job_id)]
+    fail_wrongly(market, kit, faulty, job_id)
+    world.workers[0].appeal(job_id)
+    return by_address, job_id, faulty
+
+
 def test_with_a_third_seat_the_overturn_is_contested_and_the_third_verifier_decides(
     world, market, kit, tmp_path
 ) -> None:
     """Open admission: the appeal verdict that overturns a wrong failure is not final when a
     third seat exists. The appeal seat's service posts its overturn (contested), the third
     seat's service judges the contest (a task of its own) and the worker is paid."""
-    third_seat = world.workers[2]  # works no job here
-    third_seat.join_verifiers(world.deployment.params.verifier_deposit)
-    seats = [*world.verifiers, third_seat]
+    by_address, job_id, faulty = wrong_failure_appealed_with_three_seats(world, market, kit)
     worker = world.workers[0]
-    job_id = post_and_commit(world, market, kit, kit.honest)
-    by_address = {v.address: v for v in seats}
-    faulty = by_address[world.admin.assigned_verifier(job_id)]
-    fail_wrongly(market, kit, faulty, job_id)
-    worker.appeal(job_id)
     record = world.job(job_id)
     worker_before = world.admin.account_of(worker.address).withdrawable
 
@@ -419,6 +426,39 @@ def test_with_a_third_seat_the_overturn_is_contested_and_the_third_verifier_deci
     assert world.admin.stake_of(faulty.address).slashed == record.reward
     c1.close()
     c2.close()
+
+
+def test_a_wrong_failure_upheld_unread_is_escalated_and_the_third_verifier_voids_it(
+    world, market, kit, tmp_path
+) -> None:
+    """Two seats against an honest worker: the first fails it with junk evidence, the appeal
+    seat upholds without recomputing. The worker escalates; the third seat's service judges
+    the escalation (a task of its own) by its own recomputation alone, finds for the worker,
+    and the job is void: the worker is not slashed and the lazy upholder forfeits its cover."""
+    by_address, job_id, faulty = wrong_failure_appealed_with_three_seats(world, market, kit)
+    worker = world.workers[0]
+    record = world.job(job_id)
+    lazy = by_address[world.admin.assigned_verifier(job_id)]
+    lazy.resolve_appeal(job_id, False, b"\x0e" * 32)  # upheld unread
+    assert world.job(job_id).state == JobState.FAILURE_UPHELD
+    worker.appeal(job_id)  # the escalation (the worker node's watch sends the same call)
+    assert world.job(job_id).state == JobState.FAILURE_ESCALATED
+    third = by_address[world.admin.assigned_verifier(job_id)]
+    assert third.address not in (faulty.address, lazy.address)
+    deposit = world.admin.verifier_seat(lazy.address).deposit
+
+    service, c1 = make_service(world, market, third, tmp_path / "third")
+    report = service.poll_once()
+    assert report.posted == [(job_id, "escalation", True)], report
+    assert service.journal.status(job_id, "escalation") == POSTED
+    assert world.job(job_id).state == JobState.REFUNDED
+    assert world.admin.worker_record(worker.address).slashed == 0
+    assert world.admin.stake_of(worker.address).locked == 0
+    cover = record.reward + record.collateral + record.reward
+    assert world.admin.verifier_seat(lazy.address).deposit == deposit - cover
+    assert world.admin.account_of(third.address).withdrawable == \
+        min(record.audit_fee, record.reward)
+    c1.close()
 
 
 def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(

@@ -371,6 +371,25 @@ def test_honest_node_appeals_failed_audit_once():
     assert h.node.watch.job_ids() == []
 
 
+def test_honest_node_escalates_a_failure_upheld_on_appeal_once():
+    """Two seats upheld the failure of our honest output: the node escalates it (the same
+    contract call as the appeal; a third verifier judges), once."""
+    market = FakeMarket()
+    market.add_job(make_lease(1))
+    actor = FakeActor()
+    with running(market=market, actor=actor) as h:
+        _wait(lambda: h.of("job_done"))
+        actor.records[1] = replace(actor.records[1], state=JobState.AUDIT_FAILED)
+        _wait(lambda: h.of("appealed"))
+        actor.records[1] = replace(actor.records[1], state=JobState.FAILURE_UPHELD)
+        _wait(lambda: h.of("escalated"))
+        time.sleep(0.3)  # more watch passes: escalated once
+        actor.records[1] = replace(actor.records[1], state=JobState.REFUNDED)
+        _wait(lambda: h.node.watch.job_ids() == [])
+    assert actor.appeals == [1, 1]
+    assert h.node.watch.escalated == 1 and h.node.watch.appealed == 1
+
+
 def test_appeal_is_retried_after_a_transient_revert_but_not_after_the_window():
     transient = ContractRevert("JobRecordMismatch", {"jobId": 1}, contract="JobMarket")
     market = FakeMarket()

@@ -42,6 +42,13 @@ function auditCard(a) {
       a.contest.worker_wins === null ? "pending" : a.contest.worker_wins ? "worker wins" : "worker loses",
       a.contest.evidence ? [" · evidence ", evidence(a.contest.evidence, "contest-evidence-link")] : null));
   }
+  if (a.escalation) {
+    rows.push(h("dt", {}, "escalation"), h("dd", { "data-testid": "escalation" },
+      "the appeal verdict upheld the first; escalated by ", providerLink(a.escalation.by),
+      ", a third verifier judges: ", verifierLink(a.escalation.verifier), ": ",
+      a.escalation.worker_wins === null ? "pending" : a.escalation.worker_wins ? "worker wins (void)" : "worker loses",
+      a.escalation.evidence ? [" · evidence ", evidence(a.escalation.evidence, "escalation-evidence-link")] : null));
+  }
   return card("Audit", h("dl", {}, rows));
 }
 
