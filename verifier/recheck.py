@@ -134,7 +134,7 @@ def recheck_job(
         worker_acceptable=acceptable,
         reason=reason,
     )
-    for posted in (verdicts.audit, verdicts.appeal):
+    for posted in (verdicts.audit, verdicts.appeal, verdicts.third):
         if posted is not None:
             report.checks.append(
                 _check(posted, store, compare, evidence_hash, worker_sha, ours, policy, acceptable)

@@ -24,23 +24,38 @@ class JobVerdicts:
     audit: PostedVerdict | None
     appeal: PostedVerdict | None
     appealed: bool
+    third: PostedVerdict | None = None
+    """The third seat's verdict: on the contest of an overturning appeal verdict (kind
+    ``contest``) or on the escalation of an upholding one (``escalation``)."""
 
 
 def job_verdicts(contracts: MeshContracts, job_id: int) -> JobVerdicts:
-    """The audit and appeal verdicts posted for ``job_id`` (None where there is none)."""
-    audit = appeal = None
+    """The audit, appeal and third-seat verdicts posted for ``job_id`` (None where there is
+    none). An appeal verdict a third seat may judge is posted as ``AppealContested`` (an
+    overturn) or ``AppealUpheld``; the third seat's then as ``AppealResolved``."""
+    audit = appeal = third = None
     appealed = False
+    third_kind = ""
     for event in contracts.job_events([job_id]):
         if event.name == "AuditResolved":
             audit = PostedVerdict(
                 "audit", event.args["verifier"], bool(event.args["passed"]),
                 bytes(event.args["evidenceHash"]), event.block_number, event.tx_hash,
             )
-        elif event.name == "AppealResolved":
-            appeal = PostedVerdict(
-                "appeal", event.args["verifier"], bool(event.args["workerWins"]),
+        elif event.name in ("AppealResolved", "AppealContested", "AppealUpheld"):
+            if event.name == "AppealContested":
+                third_kind = "contest"
+            kind = third_kind if event.name == "AppealResolved" and third_kind else "appeal"
+            posted = PostedVerdict(
+                kind, event.args["verifier"], bool(event.args["workerWins"]),
                 bytes(event.args["evidenceHash"]), event.block_number, event.tx_hash,
             )
+            if kind == "appeal":
+                appeal = posted
+            else:
+                third = posted
+        elif event.name == "AppealEscalated":
+            third_kind = "escalation"
         elif event.name == "AuditAppealed":
             appealed = True
-    return JobVerdicts(audit, appeal, appealed)
+    return JobVerdicts(audit, appeal, appealed, third)

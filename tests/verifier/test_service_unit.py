@@ -485,3 +485,36 @@ def test_an_overturn_the_wallet_cannot_back_is_skipped_with_the_fix(tmp_path: Pa
     assert service._post(_ready_appeal(), None) == "skipped"
     assert calls == {"sent": [7], "top_up": []}
     assert "unreserved deposit" in service.journal.task(7, "appeal")["skip_reason"]
+
+
+def test_job_verdicts_tell_the_appeal_seat_from_the_third_seat() -> None:
+    """An appeal verdict a third seat may judge is posted as AppealUpheld (or AppealContested);
+    the third seat's verdict then comes as AppealResolved: each is read as what it is."""
+    from types import SimpleNamespace
+
+    from meshcompute.verifier.verdicts import job_verdicts
+
+    def ev(n, name, **args):
+        return SimpleNamespace(name=name, args=args, block_number=n, tx_hash=f"0x{n:02x}")
+
+    first, second, third = ("0x" + c * 40 for c in "abc")
+    events = [
+        ev(1, "AuditResolved", verifier=first, passed=False, evidenceHash=b"\x01" * 32),
+        ev(2, "AuditAppealed", appellant="0x" + "22" * 20),
+        ev(3, "AppealUpheld", verifier=second, workerWins=False, evidenceHash=b"\x02" * 32),
+        ev(4, "AppealEscalated", appellant="0x" + "22" * 20, bond=60),
+        ev(5, "AppealResolved", verifier=third, workerWins=True, evidenceHash=b"\x03" * 32),
+    ]
+    verdicts = job_verdicts(SimpleNamespace(job_events=lambda _ids: events), 7)
+    assert verdicts.appealed and verdicts.audit.verifier == first
+    assert (verdicts.appeal.kind, verdicts.appeal.verifier, verdicts.appeal.verdict) == \
+        ("appeal", second, False)
+    assert (verdicts.third.kind, verdicts.third.verifier, verdicts.third.verdict) == \
+        ("escalation", third, True)
+    contested = [events[0], events[1],
+                 ev(3, "AppealContested", verifier=second, workerWins=True,
+                    evidenceHash=b"\x02" * 32), events[4]]
+    verdicts = job_verdicts(SimpleNamespace(job_events=lambda _ids: contested), 7)
+    assert verdicts.appeal.verifier == second and verdicts.third.kind == "contest"
+    plain = job_verdicts(SimpleNamespace(job_events=lambda _ids: [*events[:2], events[4]]), 7)
+    assert plain.appeal.verifier == third and plain.third is None
