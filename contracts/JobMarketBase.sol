@@ -122,6 +122,13 @@ abstract contract JobMarketBase is AccessControl, ReentrancyGuardTransient, IJob
     /// @dev The verifier whose appeal verdict a third seat may judge: it overturned the first
     /// (while a contest decides), or upheld it (while it may be escalated, and is).
     mapping(uint256 jobId => address verifier) internal _appealSeat;
+    /// @dev What that verifier's registry deposit has reserved for the verdict: released or
+    /// forfeited, exactly, when the verdict stands or falls.
+    mapping(uint256 jobId => uint256 amount) internal _appealCover;
+    /// @dev The block of the transaction that opened the job's pending later verdict (an
+    /// appeal or dispute, a contest, a void's confirmation, an escalation): that verdict's draw
+    /// is seeded by the hash of the block after it, which nobody knew when deciding to send it.
+    mapping(uint256 jobId => uint256 blockNumber) internal _stageBlock;
 
     constructor(IERC20 token_, IStakeManager stakes_, IVerifierRegistry registry_, Config memory cfg) {
         if (address(token_) == address(0) || address(stakes_) == address(0)) revert ZeroAddress();
@@ -171,6 +178,7 @@ abstract contract JobMarketBase is AccessControl, ReentrancyGuardTransient, IJob
     /// refund), so a closed job can never be acted on again. Its events keep the full record.
     function _close(uint256 jobId) internal {
         delete _jobDigest[jobId];
+        delete _stageBlock[jobId];
     }
 
     /// @dev keccak256(abi.encode(j)) without allocating: a memory struct of 15 static fields

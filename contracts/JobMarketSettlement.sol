@@ -73,6 +73,7 @@ contract JobMarketSettlement is JobMarketBase {
         uint256 closesAt = uint256(j.resolvedAt) + _appealWindow;
         if (block.timestamp > closesAt) revert WindowClosed(jobId, closesAt);
         _store(jobId, j);
+        _stageBlock[jobId] = block.number;
         emit AuditAppealed(jobId, msg.sender);
         if (j.state == JobState.Disputed && j.auditFee > 0) {
             _token.safeTransferFrom(msg.sender, address(this), j.auditFee);
@@ -137,6 +138,7 @@ contract JobMarketSettlement is JobMarketBase {
             j.resolvedAt = uint40(block.timestamp);
             j.state = JobState.VoidProposed;
             _store(jobId, j);
+            _stageBlock[jobId] = block.number;
             emit VoidProposed(jobId, msg.sender, evidenceHash, j.resolvedAt);
             _stakes.lock(msg.sender, _verifierBond(j));
             return;
@@ -214,9 +216,11 @@ contract JobMarketSettlement is JobMarketBase {
             uint256 owed = _overturnCover(jobId, j);
             j.resolvedAt = uint40(block.timestamp);
             _appealSeat[jobId] = msg.sender;
+            _appealCover[jobId] = owed;
             if (overturns) {
                 j.state = dispute ? JobState.DisputeContested : JobState.AppealContested;
                 _store(jobId, j);
+                _stageBlock[jobId] = block.number;
                 emit AppealContested(jobId, msg.sender, workerWins, evidenceHash, j.resolvedAt);
             } else {
                 j.state = dispute ? JobState.PassUpheld : JobState.FailureUpheld;
@@ -232,7 +236,7 @@ contract JobMarketSettlement is JobMarketBase {
         if (contest) {
             delete _appealSeat[jobId];
             j.state = dispute ? JobState.Disputed : JobState.Appealed; // settled as the appeal, below
-            uint256 owed = _overturnCover(jobId, j);
+            uint256 owed = _takeCover(jobId);
             if (overturns) {
                 (appealVerifier, contestVerifier) = (overturner, msg.sender);
                 _registry.release(overturner, jobId, owed);
@@ -301,11 +305,12 @@ contract JobMarketSettlement is JobMarketBase {
     /// worker, total withdrawn, jobs completed.
     /// @notice The verifier the draw assigns to the job's pending verdict now: its audit
     /// (Committed and drawn, or Audited), its appeal or dispute (Appealed, Disputed), the contest
-    /// of an overturning appeal verdict (AppealContested, DisputeContested) or the confirmation
-    /// of a void (VoidProposed). Only
+    /// of an overturning appeal verdict (AppealContested, DisputeContested), the confirmation
+    /// of a void (VoidProposed) or an escalated uphold (FailureEscalated, PassEscalated). Only
     /// that verifier may post the verdict, and so only it earns the fee: a verifier cannot race
-    /// the others to every fee by passing without recomputing. The draw's seed is the audit
-    /// draw's (the hash of the block after the commit) and the candidates are the registry's
+    /// the others to every fee by passing without recomputing. The draw's seed is the hash of
+    /// the block after the commit for the audit, and after the transaction that opened the
+    /// verdict for a later one (zero is returned until that block is mined); the candidates are the registry's
     /// seats joined by the commit block (`VerifierRegistry.assignee`) other than the job's worker and
     /// client (and, for an appeal, the verifier whose verdict is in question). Silence
     /// escalates: in the second half of the verdict's window the next candidate is assigned
@@ -313,6 +318,8 @@ contract JobMarketSettlement is JobMarketBase {
     /// part of both silent verifiers' deposits. Zero when no candidate is left.
     function assignedVerifier(uint256 jobId, Job calldata job) external view throughMarket returns (address) {
         _checkRecord(jobId, job);
+        // an upheld verdict waits for its party's escalation, not for a verdict
+        if (job.state == JobState.FailureUpheld || job.state == JobState.PassUpheld) return address(0);
         Job memory j = job;
         return _assignee(jobId, j, _verdictClosesAt(j));
     }
@@ -343,9 +350,9 @@ contract JobMarketSettlement is JobMarketBase {
         if (s == JobState.Audited || s == JobState.VoidProposed) {
             uint256 closesAt = _verdictClosesAt(job);
             if (block.timestamp <= closesAt) return _notYet(strict, jobId, closesAt + 1);
+            _punishSilence(jobId, job); // before the job closes: its draw reads the stage block
             _void(jobId, job, p, uint256(job.reward) + job.auditFee);
             if (s == JobState.VoidProposed) _stakes.unlock(job.auditor, _verifierBond(job));
-            _punishSilence(jobId, job);
             return true;
         }
         if (s == JobState.AuditPassed) {
@@ -366,7 +373,7 @@ contract JobMarketSettlement is JobMarketBase {
                 address overturner = _appealSeat[jobId];
                 delete _appealSeat[jobId];
                 j.state = s == JobState.DisputeContested ? JobState.Disputed : JobState.Appealed;
-                _registry.release(overturner, jobId, _overturnCover(jobId, j));
+                _registry.release(overturner, jobId, _takeCover(jobId));
             }
             _voidUnjudged(jobId, j, p);
             return true;
@@ -577,22 +584,25 @@ contract JobMarketSettlement is JobMarketBase {
         j.state = pass ? JobState.PassEscalated : JobState.FailureEscalated;
         j.resolvedAt = uint40(block.timestamp);
         _store(jobId, j);
+        _stageBlock[jobId] = block.number;
         emit AppealEscalated(jobId, msg.sender, bond, j.resolvedAt);
         if (bond == 0) return;
         if (pass) _token.safeTransferFrom(msg.sender, address(this), bond);
         else _stakes.lock(msg.sender, bond);
     }
 
-    /// @dev What a void of the escalated job would move to the escalating party and a third seat
-    /// of its coalition together: the worker's collateral (not slashed) and the third seat's
-    /// pay; the client's reward, its dispute bond and the third seat's pay (the audit fee, split
-    /// between them). So a coalition escalating true verdicts loses below half the weight.
+    /// @dev At least what a void of the escalated job would move to the escalating party and a
+    /// third seat of its coalition together: the worker's collateral (not slashed) and the
+    /// third seat's pay (at most the reward; the worker bonds the reward, so that escalating is
+    /// never free, even on a job with no collateral and no audit fee); the client's reward,
+    /// its dispute bond and the third seat's pay (the audit fee, split between them). So a
+    /// coalition escalating true verdicts loses below half the weight.
     function _escalationBond(Job memory j) private pure returns (uint256) {
         JobState s = j.state;
         if (s == JobState.PassUpheld || s == JobState.PassEscalated) {
             return uint256(j.reward) + 2 * uint256(j.auditFee);
         }
-        return uint256(j.collateral) + _contestFee(j);
+        return uint256(j.collateral) + j.reward;
     }
 
     /// @dev An upheld verdict that stands (unescalated, or its escalation unjudged): settled as
@@ -603,7 +613,7 @@ contract JobMarketSettlement is JobMarketBase {
         address upholder = _appealSeat[jobId];
         delete _appealSeat[jobId];
         j.state = pass ? JobState.Disputed : JobState.Appealed;
-        _registry.release(upholder, jobId, _overturnCover(jobId, j));
+        _registry.release(upholder, jobId, _takeCover(jobId));
         if (pass) _passStands(jobId, j, p, upholder);
         else _slash(jobId, j, upholder, address(0));
     }
@@ -622,7 +632,7 @@ contract JobMarketSettlement is JobMarketBase {
         uint256 bond = _escalationBond(j);
         delete _appealSeat[jobId];
         j.state = pass ? JobState.Disputed : JobState.Appealed; // settled as the appeal, below
-        uint256 owed = _overturnCover(jobId, j);
+        uint256 owed = _takeCover(jobId);
         uint256 fee = _contestFee(j);
         if (!disagrees) {
             _registry.release(upholder, jobId, owed);
@@ -791,15 +801,22 @@ contract JobMarketSettlement is JobMarketBase {
     }
 
     function _checkAssigned(uint256 jobId, Job memory j, uint256 closesAt) private view {
+        uint256 seedBlock = _seedBlock(jobId, j, _stage(j.state));
+        if (block.number <= seedBlock) revert AuditDrawPending(jobId, seedBlock + 1);
         address assigned = _assignee(jobId, j, closesAt);
         if (msg.sender != assigned) revert NotAssignedVerifier(jobId, msg.sender, assigned);
     }
 
     /// @dev See `assignedVerifier`: the registry's draw among the seats joined by the commit,
-    /// escalated to the second candidate once the window is in its second half.
+    /// escalated to the second candidate once the window is in its second half. Zero while the
+    /// draw's seed block is not mined.
     function _assignee(uint256 jobId, Job memory j, uint256 closesAt) private view returns (address) {
         uint8 stage = _stage(j.state);
+        if (block.number <= _seedBlock(jobId, j, stage)) return address(0);
         (bytes32 seed, address[4] memory excluded) = _drawInputs(jobId, j, stage);
+        // a later verdict's seed out of reach: a zero seed would be known in advance, so
+        // nobody is assigned (the verdict never comes, and its window's end voids the job)
+        if (seed == bytes32(0) && stage != _AUDIT) return address(0);
         bool escalated = block.timestamp + _auditWindow / 2 > closesAt;
         uint256 cover = _cover(jobId, j, stage, seed, excluded);
         return _registry.assignee(seed, jobId, stage, j.committedBlock, cover, excluded, escalated);
@@ -835,7 +852,14 @@ contract JobMarketSettlement is JobMarketBase {
         return _cover(jobId, j, _APPEAL, seed, excluded);
     }
 
-    /// @dev The verdict draw's seed (the audit draw's) and the parties it may not assign: the
+    /// @dev What the appeal seat's deposit reserved for its verdict (stored when it was
+    /// reserved, so that exactly that is released or forfeited whatever seats changed since).
+    function _takeCover(uint256 jobId) private returns (uint256 owed) {
+        owed = _appealCover[jobId];
+        delete _appealCover[jobId];
+    }
+
+    /// @dev The verdict draw's seed (`_seedBlock`'s hash) and the parties it may not assign: the
     /// worker and the client; after a verdict, the verifier who gave it (or proposed the void);
     /// in a contest, also the verifier who overturned it; in an escalation, the one who upheld it.
     function _drawInputs(uint256 jobId, Job memory j, uint8 stage)
@@ -845,6 +869,15 @@ contract JobMarketSettlement is JobMarketBase {
     {
         address judged = stage == _AUDIT ? address(0) : j.auditor;
         address appealSeat = stage == _CONTEST || stage == _ESCALATION ? _appealSeat[jobId] : address(0);
-        return (_blockHashOf(uint256(j.committedBlock) + 1), [j.worker, j.client, judged, appealSeat]);
+        return (_blockHashOf(_seedBlock(jobId, j, stage)), [j.worker, j.client, judged, appealSeat]);
+    }
+
+    /// @dev The block whose hash seeds a verdict's draw: for the audit, the block after the
+    /// commit; for every later verdict, the block after the transaction that opened it (the
+    /// appeal or dispute, the overturn, the void's proposal, the escalation). Neither the party
+    /// that sends that transaction nor any seat can know the draw when deciding to send it,
+    /// so nobody appeals, overturns, proposes or escalates only when an accomplice is drawn.
+    function _seedBlock(uint256 jobId, Job memory j, uint8 stage) private view returns (uint256) {
+        return (stage == _AUDIT ? uint256(j.committedBlock) : _stageBlock[jobId]) + 1;
     }
 }

@@ -23,7 +23,8 @@ import {IVerifierRegistry} from "./interfaces/IVerifierRegistry.sol";
 /// to move money, and loses its bond whenever the other seat is honest.
 /// @dev Steering. The candidates for a job's verdicts are the seats joined in or before its
 /// commit block and not left by then. The draw's seed is the hash of the block after the
-/// commit, so a seat joined once the seed is known is no candidate for that job, and a seat
+/// commit for the audit, and after the transaction that opened it for a later verdict (the job
+/// market's `_seedBlock`), so a seat joined once a seed is known is no candidate, and a seat
 /// that leaves stays one for every job committed before it left: neither joining nor leaving
 /// can move a known draw, and no waiting period is needed for that. The weight is fixed at
 /// join. The winner is the lowest keccak256(keccak256(seed, jobId, appealed), verifier) / units

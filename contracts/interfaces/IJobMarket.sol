@@ -122,7 +122,7 @@ interface IJobMarket {
     );
     /// @notice `appellant` (the worker of an upheld failure, the client of an upheld pass)
     /// escalated the upheld verdict, with a bond of what a void would give it (the worker locks
-    /// its collateral and a contest fee from its stake; the client escrows the reward and two
+    /// its collateral and the reward from its stake; the client escrows the reward and two
     /// audit fees): a third verifier judges within an audit window after `escalatedAt`.
     event AppealEscalated(uint256 indexed jobId, address indexed appellant, uint256 bond, uint40 escalatedAt);
     /// @notice `verifier` proposed that the job cannot be judged; a second verifier confirms the

@@ -210,9 +210,10 @@ class MeshContracts:
 
     def assigned_verifier(self, job_id: int, record: JobRecord | None = None) -> str | None:
         """The verifier the draw assigns to the job's pending verdict (audit, appeal or
-        dispute) at the latest block: only it may post the verdict (escalating to the next
-        one in the second half of the window). None when no verifier may (none other than
-        the job's parties is registered)."""
+        dispute, contest, void confirmation, escalation) at the latest block: only it may post
+        the verdict (escalating to the next one in the second half of the window). None when no
+        verifier may (none other than the job's parties is registered), or not yet (a later
+        verdict's draw waits for the block after the transaction that opened it)."""
         try:
             address = self._view(self.market.functions.assignedVerifier(
                 job_id, (record or self.job(job_id)).as_tuple()))
@@ -582,7 +583,7 @@ class MeshActor(MeshContracts):
         (a dispute: the client escrows a bond equal to the audit fee, approved here). The same
         call escalates an appeal verdict that upheld the first, as the party it goes against
         (the client escrows its bond, the reward and two audit fees, approved here; the
-        worker's, its collateral and a contest fee, is locked from its free stake)."""
+        worker's, its collateral and the reward, is locked from its free stake)."""
         record = record or self.job(job_id)
         mine = record.client.lower() == self.address.lower()
         if record.state == JobState.AUDIT_PASSED and record.audit_fee and mine:

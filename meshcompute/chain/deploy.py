@@ -60,10 +60,11 @@ class DeployParams:
     reward plus collateral its weight covers (its silence burns that much). Deployment pays one
     unit for each verifier it names (``--verifier``), so that appeals work from the start."""
     min_block_time_s: float = 1.0
-    """The shortest time between two blocks on the target chain. The audit draw's seed (the
-    hash of the block after a commit) must stay readable until the audit window closes:
-    ``blockhash`` sees 256 blocks, EIP-2935's history 8191. Deployment refuses windows longer
-    than that at this block time (:func:`check_draw_coverage`)."""
+    """The shortest time between two blocks on the target chain. A draw's seed (the hash of
+    the block after a commit, or after the transaction that opened a later verdict) must stay
+    readable until its verdict's window closes: ``blockhash`` sees 256 blocks, EIP-2935's
+    history 8191. Deployment refuses windows longer than that at this block time
+    (:func:`check_draw_coverage`)."""
     enable_faucet: bool = False
     """Turn the faucet on outside chain id 31337 (public testnets)."""
     faucet_amount: int = 10_000 * TOKEN
@@ -103,19 +104,21 @@ def draw_coverage_blocks(w3: Web3) -> int:
 
 
 def check_draw_coverage(params: DeployParams, coverage_blocks: int) -> None:
-    """ConfigError unless the draw's seed stays readable through the challenge and audit
-    windows at the chain's fastest block rate: otherwise a job could be drawn (or not)
-    depending on when someone settles it."""
-    blocks = math.ceil((params.challenge_window_s + params.audit_window_s)
-                       / params.min_block_time_s)
+    """ConfigError unless every draw's seed stays readable through its verdict's window at
+    the chain's fastest block rate: the audit's (seeded after the commit) through the challenge
+    and audit windows, a later verdict's (seeded after the transaction that opened it: an
+    appeal, at the latest as its window opens) through the appeal and audit windows, so that
+    a job cannot be drawn (or assigned) differently depending on when someone acts on it."""
+    span = max(params.challenge_window_s, params.appeal_window_s) + params.audit_window_s
+    blocks = math.ceil(span / params.min_block_time_s)
     usable = coverage_blocks - DRAW_MARGIN_BLOCKS
     if blocks > usable:
         raise ConfigError(
-            f"the challenge and audit windows ({params.challenge_window_s} + "
-            f"{params.audit_window_s} s) span up to {blocks} blocks at one block every "
-            f"{params.min_block_time_s} s, but the audit draw's seed stays readable for "
-            f"{coverage_blocks} blocks on this chain ({usable} after a margin): shorten the "
-            "windows, or deploy on a chain with EIP-2935 block hash history"
+            f"a draw's seed must stay readable through the longer of the challenge and appeal "
+            f"windows and the audit window ({span} s): up to {blocks} blocks at one block every "
+            f"{params.min_block_time_s} s, but it stays readable for {coverage_blocks} blocks "
+            f"on this chain ({usable} after a margin): shorten the windows, or deploy on a "
+            "chain with EIP-2935 block hash history"
         )
 
 

@@ -1110,10 +1110,10 @@ ESCALATION_NOTE = (
     "An appeal verdict that upholds the first may be escalated by the party it goes against; "
     "a third seat that disagrees with both voids the job (and the upholding seat forfeits its "
     "cover). The escalation's bond is what the void would move to the escalating party and a "
-    "third seat of its coalition (the worker: its collateral and the contest fee; the client: "
-    "the reward and two audit fees), so escalating a true verdict gains the void's value when "
-    "the coalition holds the third seat and loses the same otherwise: it loses below half the "
-    "seats' weight."
+    "third seat of its coalition, at least (the worker: its collateral and the reward; the "
+    "client: the reward and two audit fees), so escalating a true verdict gains the void's "
+    "value when the coalition holds the third seat and loses at least as much otherwise: it "
+    "loses below half the seats' weight."
 )
 
 
@@ -1125,7 +1125,7 @@ def _escalation_coalition(index: int, params: MarketParams, honest_out: list[Job
     A cheater (index 6): not escalating, it is slashed (its collateral). Won (the coalition
     holds the third seat), the job is void: its collateral comes back and the third seat earns
     the contest fee from the first verifier's fee. Lost, it is slashed and loses its bond
-    (collateral + contest fee).
+    (collateral + reward).
 
     A client (index 7): not escalating, the pass stands: it paid the reward for the result
     (valued at the reward), the audit fee and its lost dispute bond. Won, void: the reward
@@ -1136,7 +1136,7 @@ def _escalation_coalition(index: int, params: MarketParams, honest_out: list[Job
         r, fee_a, c = o.reward, o.audit_fee, params.collateral(o.reward)
         contest_fee = min(fee_a, r)
         if index == 6:
-            return -c, contest_fee, -c - (c + contest_fee)
+            return -c, contest_fee, -c - (c + r)
         return -2 * fee_a, r, -2 * fee_a - (r + 2 * fee_a)
 
     return _coalition_attempts(

@@ -80,12 +80,12 @@ ESCALATED_STATES = frozenset({JobState.FAILURE_ESCALATED, JobState.PASS_ESCALATE
 def escalation_bond(record: JobRecord) -> int:
     """What escalating an upheld verdict bonds, while the escalation is open
     (``JobMarketSettlement._escalationBond``): what a void would move to the escalating party
-    and a third seat of its coalition. The worker locks its collateral and a contest fee
-    (min(audit fee, reward)) from its stake; the client escrows the reward and two audit
-    fees."""
+    and a third seat of its coalition, at least. The worker locks its collateral and the
+    reward (at least the third seat's pay, min(audit fee, reward), and never nothing) from
+    its stake; the client escrows the reward and two audit fees."""
     if record.state in (JobState.PASS_UPHELD, JobState.PASS_ESCALATED):
         return record.reward + 2 * record.audit_fee
-    return record.collateral + min(record.audit_fee, record.reward)
+    return record.collateral + record.reward
 
 
 #: A verdict is in and can still be appealed or is under appeal: the verifier's bond is locked.

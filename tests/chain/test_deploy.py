@@ -118,13 +118,18 @@ def test_custom_errors_decode_into_the_tree(deployed) -> None:
 
 
 def test_deploy_refuses_windows_the_draw_cannot_see(dev_chain) -> None:
-    """The draw's seed must stay readable through the challenge and audit windows: at one
-    block a second, 610 s of windows need 610 blocks, more than blockhash's 256 (eth-tester)
-    but well within EIP-2935's 8191 (anvil)."""
+    """A draw's seed must stay readable through its verdict's window: the audit's through the
+    challenge and audit windows, a later verdict's (seeded after the appeal that opened it)
+    through the appeal and audit windows. At one block a second, 610 s of windows need 610
+    blocks, more than blockhash's 256 (eth-tester) but well within EIP-2935's 8191 (anvil)."""
     from meshcompute.chain.deploy import check_draw_coverage, draw_coverage_blocks
     from meshcompute.errors import ConfigError
 
-    params = DeployParams(challenge_window_s=10, audit_window_s=600, min_block_time_s=1.0)
+    params = DeployParams(challenge_window_s=10, appeal_window_s=10, audit_window_s=600,
+                          min_block_time_s=1.0)
+    with pytest.raises(ConfigError, match="800 s"):  # the appeal window is the longer here
+        check_draw_coverage(DeployParams(challenge_window_s=10, appeal_window_s=200,
+                                         audit_window_s=600, min_block_time_s=1.0), 256)
     coverage = draw_coverage_blocks(dev_chain.w3())
     if coverage == 256:
         with pytest.raises(ConfigError, match="610 blocks"):

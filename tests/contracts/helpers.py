@@ -235,9 +235,11 @@ def failed_job(world: Any, **kw: Any) -> int:
 
 
 def appealed_job(world: Any, **kw: Any) -> int:
-    """A failed job its worker appealed (state Appealed)."""
+    """A failed job its worker appealed (state Appealed), with the appeal's draw taken (its
+    seed, the block after the appeal, mined)."""
     job_id = failed_job(world, **kw)
     record = world.job(job_id)
     worker = next(w for w in world.workers if w.address == record.worker)
     worker.appeal(job_id)
+    world.chain.mine(2)
     return job_id

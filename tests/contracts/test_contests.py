@@ -117,13 +117,14 @@ def test_only_the_party_an_uphold_goes_against_escalates_it_in_its_window(world:
 def test_an_escalation_the_third_seat_confirms_costs_the_worker_its_bond(world: World) -> None:
     """The attacker: a cheater escalates its rightly upheld failure, hoping the draw gives its
     accomplice the third seat. An honest third seat confirms: the cheater is slashed as it
-    would have been and loses the escalation's bond (its collateral again and a contest fee),
+    would have been and loses the escalation's bond (its collateral again and the reward),
     which pays the third seat min(audit fee, reward) and the protocol the rest."""
     job_id, worker, auditor = _failed_and_appealed(world)
     judge = world.verifier_for(job_id)
     record = world.job(job_id)
     fee = min(record.audit_fee, record.reward)
-    bond = record.collateral + fee  # what a void would move to the worker and a third seat
+    bond = record.collateral + record.reward  # at least what a void would move to the worker
+    # and a third seat of its coalition (the collateral and the fee), and never nothing
     judge.resolve_appeal(job_id, False, EVIDENCE)
     stake_before = worker.stake_of(worker.address)
     receipt = worker.appeal(job_id)
@@ -521,3 +522,38 @@ def test_only_the_job_market_reserves_and_releases(world: World) -> None:
             world.outsider._send(fn)
     with reverts("NotMember", NotPermitted):
         world.outsider.top_up_verifier_deposit(DEPOSIT)
+
+
+def test_a_later_verdicts_draw_is_seeded_after_the_transaction_that_opens_it(world: World) -> None:
+    """The reviewer's attack: with every stage drawn from the commit's seed, a party could
+    compute the third seat before deciding to escalate (or an appeal seat before overturning)
+    and act only when an accomplice was drawn. Each later verdict's draw is seeded by the
+    block after the transaction that opened it: until that block is mined nobody is assigned
+    and no verdict is taken (AuditDrawPending), and then the assignee is the pure mirror's for
+    that block's hash."""
+    from eth_utils import keccak
+
+    from meshcompute.core.audit_draw import STAGES, assigned_verifier
+
+    job_id, worker, auditor = _failed_and_appealed(world)
+    judge = world.verifier_for(job_id)
+    judge.resolve_appeal(job_id, False, EVIDENCE)
+    receipt = worker.appeal(job_id)  # the escalation
+    assert world.admin.assigned_verifier(job_id) is None  # its seed block is not mined
+    for seat in world.verifiers:
+        if seat.address not in (auditor.address, judge.address):
+            with reverts("AuditDrawPending", jobId=job_id,
+                         blockNumber=receipt["blockNumber"] + 2):
+                seat.resolve_appeal(job_id, True, EVIDENCE)  # lands in the seed block itself
+    world.chain.mine(2)  # the seed block, and one a call reads it from
+    record = world.job(job_id)
+    seed = bytes(world.w3.eth.get_block(receipt["blockNumber"] + 1)["hash"])
+    mirror = assigned_verifier(
+        world.admin.verifier_seats(), seed, job_id, committed_block=record.committed_block,
+        cover=record.reward + record.collateral, unit=DEPOSIT,
+        excluded=[record.worker, record.client, auditor.address, judge.address],
+        stage=STAGES["escalation"], escalated=False, keccak=keccak)
+    assert mirror is not None and world.admin.assigned_verifier(job_id) == mirror
+    world.verifier_for(job_id).resolve_appeal(job_id, False, EVIDENCE)
+    assert world.admin.job_digest(job_id) == bytes(32)
+    assert_solvent(world)

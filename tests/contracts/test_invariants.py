@@ -381,6 +381,9 @@ class MarketMachine(RuleBasedStateMachine):
         self.accts = {a: replace(m) for a, m in view.accounts.items()}
         self.stake = {a: replace(m) for a, m in view.stakes.items()}
         self.jobs: dict[int, JobRecord] = dict(self.records)
+        #: The block of the transaction that opened each job's pending later verdict (an
+        #: appeal, a dispute, a void's proposal): that verdict's draw is seeded by the next one.
+        self.stage_blocks: dict[int, int] = {}
         self.seen_block = view.block
         self.prev_view = view
         #: The registry's seats and the block they were read in, kept while the blocks mined
@@ -446,7 +449,9 @@ class MarketMachine(RuleBasedStateMachine):
         confirm = j.state == JobState.VOID_PROPOSED
         closes = (j.resolved_at + APPEAL + AUDIT) if appealed else (
             j.resolved_at + AUDIT if confirm else j.committed_at + CHALLENGE + AUDIT)
-        seed_block = j.committed_block + 1
+        seed_block = self._seed_block(job_id, j, later=appealed or confirm)
+        if self.block <= seed_block:
+            return None  # the seed block is not mined: nobody is assigned yet
         in_reach = self.block - HISTORY_WINDOW <= seed_block < self.block
         seed = self._blockhash(seed_block) if in_reach else bytes(32)
         excluded = [j.worker, j.client, *([j.auditor] if appealed or confirm else [])]
@@ -462,6 +467,23 @@ class MarketMachine(RuleBasedStateMachine):
                 assigned = draw(escalated(self.now, closes, AUDIT))
                 break
         return assigned
+
+    def _seed_block(self, job_id: int, j: JobRecord, *, later: bool) -> int:
+        """JobMarketSettlement._seedBlock: the block after the commit for the audit, after the
+        transaction that opened the verdict for a later one."""
+        later = later and j.state in (JobState.APPEALED, JobState.DISPUTED,
+                                      JobState.VOID_PROPOSED)
+        if not later:  # (asked of a job no later verdict is open for: the audit's seed)
+            return j.committed_block + 1
+        if job_id not in self.stage_blocks:  # opened before the model started: from events
+            opened = [e.block_number for e in self.world.admin.job_events([job_id])
+                      if e.name in ("AuditAppealed", "VoidProposed")]
+            self.stage_blocks[job_id] = max(opened)
+        return self.stage_blocks[job_id] + 1
+
+    def _draw_pending(self, job_id: int, j: JobRecord, *, later: bool) -> bool:
+        """Whether gas estimation (in the latest block) finds the draw's seed block unmined."""
+        return self.block <= self._seed_block(job_id, j, later=later)
 
     def _seats(self) -> list[VerifierSeat]:
         """The registry's seats in the latest block, read from the chain (a burn for silence
@@ -951,6 +973,7 @@ class MarketMachine(RuleBasedStateMachine):
 
         ok, _ = self._send("appeal", predict, lambda: actor.appeal(job_id, j))
         if ok:
+            self.stage_blocks[job_id] = self.block  # the appeal's block seeds its draw
             if dispute:
                 self._move_tokens(actor.address, self.market_addr, j.audit_fee)
                 STATS["pass disputed"] += 1
@@ -975,6 +998,9 @@ class MarketMachine(RuleBasedStateMachine):
                   else j.committed_at + CHALLENGE + AUDIT)
         if self.now > closes:
             raise Revert("WindowClosed")
+        confirm = j.state == JobState.VOID_PROPOSED
+        if confirm and self._draw_pending(job_id, j, later=True):
+            raise Revert("AuditDrawPending")  # the proposal's block seeds the confirmation
         if verifier.address != self._assignee(job_id, j, appealed=False):
             raise Revert("NotAssignedVerifier")
 
@@ -1029,6 +1055,7 @@ class MarketMachine(RuleBasedStateMachine):
             return False
         if j.state != JobState.VOID_PROPOSED:
             STATS["void proposed"] += 1
+            self.stage_blocks[job_id] = self.block
             bond = self.stake[verifier.address]
             bond.free -= proposal
             bond.locked += proposal
@@ -1055,6 +1082,8 @@ class MarketMachine(RuleBasedStateMachine):
                 raise Revert("VerifierConflict")
             if self.now > j.resolved_at + APPEAL + AUDIT:
                 raise Revert("WindowClosed")
+            if self._draw_pending(job_id, j, later=True):
+                raise Revert("AuditDrawPending")  # the appeal's block seeds its draw
             if verifier.address != self._assignee(job_id, j, appealed=True):
                 raise Revert("NotAssignedVerifier")
 
@@ -1539,6 +1568,11 @@ class MarketMachine(RuleBasedStateMachine):
             and data.draw(st.integers(0, 3), label="dispute") == 0
         ):
             self._do_appeal(job_id, next(c for c in self.clients if c.address == j.client))
+        elif (
+            s in (JobState.APPEALED, JobState.DISPUTED, JobState.VOID_PROPOSED)
+            and self._draw_pending(job_id, j, later=True)
+        ):
+            self._do_advance(0, 2)  # mine the block that seeds the verdict's draw
         elif (
             s in (JobState.APPEALED, JobState.DISPUTED)
             and appeal_verifier

@@ -128,8 +128,12 @@ class World:
 
     def verifier_for(self, job_id: int) -> MeshActor:
         """The verifier the draw assigns to the job's pending verdict now (audit, appeal or
-        dispute): the only one whose verdict the contract takes."""
+        dispute): the only one whose verdict the contract takes. A later verdict's draw is
+        seeded by the block after the transaction that opened it: mined here when it is not."""
         address = self.admin.assigned_verifier(job_id)
+        if address is None:
+            self.chain.mine(2)
+            address = self.admin.assigned_verifier(job_id)
         for verifier in self.verifiers:
             if verifier.address == address:
                 return verifier

@@ -127,11 +127,11 @@ def test_an_upheld_failure_waits_its_escalation_window_then_stands() -> None:
 
 def test_an_escalated_failure_locks_the_bond_and_waits_for_a_third_seat() -> None:
     escalated = apply_event(_upheld(False), "AppealEscalated", {
-        "appellant": WORKER, "bond": 60, "escalatedAt": 1700})
+        "appellant": WORKER, "bond": 150, "escalatedAt": 1700})
     assert can_transition(JobState.FAILURE_UPHELD, escalated.state)
     assert (escalated.state, escalated.resolved_at) == (JobState.FAILURE_ESCALATED, 1700)
-    # the collateral, and the bond: the collateral again and a contest fee (min(10, 100))
-    assert escalated.locks() == {WORKER: 50 + 60, FIRST: 100}
+    # the collateral, and the bond: the collateral again and the reward
+    assert escalated.locks() == {WORKER: 50 + 150, FIRST: 100}
     assert verdict_stage(escalated.state) == STAGES["escalation"]
     assert verdict_covers(escalated, STAGES["escalation"]) == (150,)
     assert verdict_closes_at(escalated, **WINDOWS) == 1700 + 600

@@ -169,6 +169,12 @@ def post_and_commit(world: World, market: Market, kit: JobKit, output: bytes, *,
     return job_id
 
 
+def opened(world) -> None:
+    """Mine the block that seeds the draw of a verdict a transaction just opened (an appeal, a
+    dispute, an overturn, a void's proposal, an escalation), and one to read it from."""
+    world.chain.mine(2)
+
+
 def fail_wrongly(market: Market, kit: JobKit, faulty: MeshActor, job_id: int,
                  factor: float = -1.0) -> bytes:
     """A faulty verifier fails an honest job, with evidence naming a junk "recomputation" (the
@@ -390,6 +396,7 @@ def wrong_failure_appealed_with_three_seats(world, market, kit) -> tuple[dict, i
     faulty = by_address[world.admin.assigned_verifier(job_id)]
     fail_wrongly(market, kit, faulty, job_id)
     world.workers[0].appeal(job_id)
+    opened(world)
     return by_address, job_id, faulty
 
 
@@ -408,6 +415,7 @@ def test_with_a_third_seat_the_overturn_is_contested_and_the_third_verifier_deci
     service, c1 = make_service(world, market, appeal_seat, tmp_path / "appeal")
     assert service.poll_once().posted == [(job_id, "appeal", True)]
     assert world.job(job_id).state == JobState.APPEAL_CONTESTED
+    opened(world)
     contest_seat = by_address[world.admin.assigned_verifier(job_id)]
     assert contest_seat.address not in (faulty.address, appeal_seat.address)
     assert service.poll_once().posted == []  # the appeal seat does not judge its own overturn
@@ -442,6 +450,7 @@ def test_a_wrong_failure_upheld_unread_is_escalated_and_the_third_verifier_voids
     lazy.resolve_appeal(job_id, False, b"\x0e" * 32)  # upheld unread
     assert world.job(job_id).state == JobState.FAILURE_UPHELD
     worker.appeal(job_id)  # the escalation (the worker node's watch sends the same call)
+    opened(world)
     assert world.job(job_id).state == JobState.FAILURE_ESCALATED
     third = by_address[world.admin.assigned_verifier(job_id)]
     assert third.address not in (faulty.address, lazy.address)
@@ -483,6 +492,7 @@ def test_a_lazy_pass_disputed_by_the_client_is_overturned_and_costs_its_bond(
     client_before = world.admin.account_of(client.address).withdrawable
     client.dispute(job_id)
     assert world.job(job_id).state == JobState.DISPUTED
+    opened(world)
 
     service, c2 = make_service(world, market, honest_verifier, tmp_path / "honest")
     report = service.poll_once()
@@ -538,6 +548,7 @@ def test_canary_runner_costs_a_lazy_verifier_its_bond_and_an_honest_one_nothing(
                                job_market=world.deployment.address("JobMarket"))
     assert (second, "audit", True) in lazy.poll_once().posted
     assert runner.watch_once() == {job_id: "disputed" for job_id in lazy_jobs}
+    opened(world)
     assert (second, "appeal", False) in honest.poll_once().posted
     assert world.job(second).state == JobState.SLASHED
     assert world.admin.stake_of(lazy_v.address).slashed == \
@@ -563,6 +574,7 @@ def test_a_disputed_honest_pass_is_upheld(world, market, kit, tmp_path) -> None:
     assert auditor.poll_once().posted == [(job_id, "audit", True)]
     record = world.job(job_id)
     client.dispute(job_id)
+    opened(world)
     service, c2 = make_service(world, market, second, tmp_path / "second")
     assert service.poll_once().posted == [(job_id, "appeal", True)]
     assert world.job(job_id).state == JobState.FINALIZED
@@ -702,6 +714,7 @@ def test_a_job_that_cannot_be_judged_is_void_on_chain(world, market, kit, tmp_pa
     report = service.poll_once()
     assert [(j, kind) for j, kind, _ in report.posted] == [(job_id, "audit")]
     assert world.job(job_id).state == JobState.VOID_PROPOSED
+    opened(world)
     second = world.other_verifier(verifier)
     second_service, _ = make_service(world, market, second, tmp_path / "second")
     second_service.auditor.confirm = lambda spec, program, inputs: other
