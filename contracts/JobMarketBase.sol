@@ -178,7 +178,8 @@ abstract contract JobMarketBase is AccessControl, ReentrancyGuardTransient, IJob
     /// refund), so a closed job can never be acted on again. Its events keep the full record.
     function _close(uint256 jobId) internal {
         delete _jobDigest[jobId];
-        delete _stageBlock[jobId];
+        // (_stageBlock stays: job ids are never reused and nothing reads a closed job's draw;
+        // clearing it would cost every settled job a storage write, opened stage or not)
     }
 
     /// @dev keccak256(abi.encode(j)) without allocating: a memory struct of 15 static fields

@@ -557,3 +557,49 @@ def test_a_later_verdicts_draw_is_seeded_after_the_transaction_that_opens_it(wor
     world.verifier_for(job_id).resolve_appeal(job_id, False, EVIDENCE)
     assert world.admin.job_digest(job_id) == bytes(32)
     assert_solvent(world)
+
+
+def test_an_unconfirmed_void_punishes_the_seats_its_own_draw_assigned(scratch: World) -> None:
+    """The void's confirmation is drawn from the block after the proposal, and its silence is
+    punished on that same draw, before the job closes: with three candidates for it (a fourth
+    seat joined), the two punished are the first and second candidates of that seed (the pure
+    mirror's), and the third is untouched."""
+    from eth_utils import keccak
+
+    from meshcompute.core.audit_draw import STAGES, assigned_verifier
+
+    world = scratch
+    fourth = world.workers[1]
+    fourth.join_verifiers(DEPOSIT)
+    world.verifiers.append(fourth)
+    try:
+        world.advance(1, blocks=1)
+        job_id = world.audited_job(worker=world.workers[0])
+        proposer = world.verifier_for(job_id)
+        receipt = proposer.void_audit(job_id, EVIDENCE)
+        record = world.job(job_id)
+        world.chain.mine(2)
+        seed = bytes(world.w3.eth.get_block(receipt["blockNumber"] + 1)["hash"])
+        seats = world.admin.verifier_seats()
+
+        def candidate(escalated: bool) -> str:
+            return assigned_verifier(
+                seats, seed, job_id, committed_block=record.committed_block,
+                cover=record.reward + record.collateral, unit=DEPOSIT,
+                excluded=[record.worker, record.client, proposer.address],
+                stage=STAGES["confirm"], escalated=escalated, keccak=keccak)
+
+        expected = {candidate(False), candidate(True)}
+        assert len(expected) == 2 and world.admin.assigned_verifier(job_id) == candidate(False)
+        world.advance(TEST_PARAMS.audit_window_s + 1)
+        receipt = world.outsider.finalize(job_id)
+        punished = {e.args["verifier"] for e in world.admin.receipt_events(receipt)
+                    if e.name == "VerifierPunished"}
+        assert punished == expected
+        untouched = {v.address for v in world.verifiers} - expected - {proposer.address}
+        assert len(untouched) == 1
+        assert all(_deposit(world, v) == DEPOSIT for v in world.verifiers
+                   if v.address in untouched)
+        assert_solvent(world)
+    finally:
+        world.verifiers.remove(fourth)
