@@ -764,7 +764,7 @@ class Client:
         after its deadline for one a worker took without committing a result."""
         self.actor.reclaim(job_id)
 
-    def dispute(self, job_id: int) -> None:
+    def dispute(self, job_id: int) -> bool:
         """Dispute the passed audit of one of this client's jobs, within its appeal window:
         another verifier recomputes it. The client escrows a bond of the job's audit fee: it
         comes back if the pass is overturned (then the worker is slashed and the client also
@@ -775,7 +775,8 @@ class Client:
         A pass upheld on dispute (PASS_UPHELD, where a third verifier exists) is escalated by
         the same call, within an appeal window after the uphold: the client escrows the reward
         and two audit fees as its bond; a third verifier confirms the pass (the bond pays it and the protocol) or
-        disagrees (the job is void: the client gets its reward and both bonds back)."""
+        disagrees (the job is void: the client gets its reward and both bonds back).
+        Returns whether it escalated (True) or disputed a pass (False)."""
         record = self.actor.job(job_id)
         if record.client.lower() != self.actor.address.lower():
             raise BadInput(f"job {job_id} is not yours: its client is {record.client}")
@@ -783,6 +784,7 @@ class Client:
             raise BadInput(f"job {job_id} is {record.state.name}: only a passed audit, or a pass "
                            "upheld on dispute, within its appeal window, can be disputed")
         self.actor.dispute(job_id, record)
+        return record.state == JobState.PASS_UPHELD
 
 
 # ---------------------------------------------------------------------- checks before paying

@@ -477,12 +477,7 @@ def dispute(
     job is void and every bond comes back."""
     if job_id < 0:
         raise BadInput("job id must be non-negative")
-    from meshcompute.core.job import JobState
-
-    client = _client()
-    escalating = client.actor.job(job_id).state == JobState.PASS_UPHELD
-    client.dispute(job_id)
-    if escalating:
+    if _client().dispute(job_id):
         console.print(f"job {job_id}: upheld pass escalated; a third verifier recomputes it")
     else:
         console.print(f"job {job_id}: pass disputed; an appeal verifier recomputes it")
