@@ -87,14 +87,30 @@ contract JobMarket is JobMarketBase, EIP712 {
     function postJob(JobParams calldata params) external whenNotPaused nonReentrant returns (uint256 jobId) {
         jobId = _globals.nextJobId;
         _globals.nextJobId = uint64(jobId + 1);
-        uint256 escrow = _recordPost(jobId, params);
+        uint256 escrow = _recordPost(jobId, params, address(0));
         _token.safeTransferFrom(msg.sender, address(this), escrow);
     }
 
     /// @notice Post a batch of jobs (the shards of one submission) with one token transfer.
     /// @return firstJobId the id of the first job; the others follow consecutively
     function postJobs(JobParams[] calldata params) external whenNotPaused nonReentrant returns (uint256 firstJobId) {
-        return _postJobs(params);
+        return _postJobs(params, address(0));
+    }
+
+    /// @notice `postJobs` for jobs only `worker` may take, and only by committing a result in the
+    /// same transaction (`assignAndCommit`): how a client pays a worker for work it already
+    /// did, such as the finished checkpoints of a training job it handed back while its owner
+    /// used the machine (the worker uploaded them; anyone could commit their hash, so the job
+    /// is its alone). The job is otherwise an ordinary job: drawn for audit, verified, paid.
+    /// The client may cancel it (`reclaim`) while it is posted.
+    function postJobsFor(JobParams[] calldata params, address worker)
+        external
+        whenNotPaused
+        nonReentrant
+        returns (uint256 firstJobId)
+    {
+        if (worker == address(0)) revert ZeroAddress();
+        return _postJobs(params, worker);
     }
 
     /// @notice `postJobs` with an EIP-2612 permit, so a client with no prior approval needs one
@@ -110,7 +126,7 @@ contract JobMarket is JobMarketBase, EIP712 {
     ) external whenNotPaused nonReentrant returns (uint256 firstJobId) {
         try IERC20Permit(address(_token)).permit(msg.sender, address(this), permitValue, permitDeadline, v, r, s) {}
             catch {}
-        return _postJobs(params);
+        return _postJobs(params, address(0));
     }
 
     /// @notice Take back the escrow of a job that has no committed result: at any time while
@@ -295,26 +311,27 @@ contract JobMarket is JobMarketBase, EIP712 {
 
     // ================================================================== internals
 
-    function _postJobs(JobParams[] calldata params) private returns (uint256 firstJobId) {
+    function _postJobs(JobParams[] calldata params, address worker) private returns (uint256 firstJobId) {
         uint256 n = params.length;
         if (n == 0) revert EmptyBatch();
         firstJobId = _globals.nextJobId;
         _globals.nextJobId = (firstJobId + n).toUint64();
         uint256 escrow = 0;
         for (uint256 i = 0; i < n; ++i) {
-            escrow += _recordPost(firstJobId + i, params[i]);
+            escrow += _recordPost(firstJobId + i, params[i], worker);
         }
         _token.safeTransferFrom(msg.sender, address(this), escrow);
     }
 
-    function _recordPost(uint256 jobId, JobParams calldata p) private returns (uint256 escrow) {
+    /// @dev A job reserved for `worker` (not zero) names it while Posted; `_assign` checks it.
+    function _recordPost(uint256 jobId, JobParams calldata p, address worker) private returns (uint256 escrow) {
         if (p.reward == 0) revert ZeroReward();
         if (p.deadline <= block.timestamp) revert DeadlineInPast(p.deadline);
         if (p.auditBps > Payout.BPS) revert InvalidBps(p.auditBps);
         uint16 auditBps = p.auditBps < _minAuditBps ? _minAuditBps : p.auditBps;
         Job memory j = Job({
             client: msg.sender,
-            worker: address(0),
+            worker: worker,
             auditor: address(0),
             reward: p.reward,
             auditFee: p.auditFee,
@@ -331,6 +348,7 @@ contract JobMarket is JobMarketBase, EIP712 {
         });
         _store(jobId, j);
         emit JobPosted(jobId, msg.sender, p.specHash, p.reward, p.auditFee, p.collateral, p.deadline, auditBps);
+        if (worker != address(0)) emit JobReserved(jobId, worker);
         return uint256(p.reward) + p.auditFee;
     }
 
@@ -364,6 +382,11 @@ contract JobMarket is JobMarketBase, EIP712 {
             Job memory j = jobs[i];
             if (block.timestamp > j.deadline) revert JobDeadlinePassed(jobId, j.deadline);
             if (j.state == JobState.Posted) {
+                // a reserved job: its worker only, committing at once (never left Assigned,
+                // where an expired lease would open it to others)
+                if (j.worker != address(0) && (j.worker != msg.sender || !commit)) {
+                    revert JobReservedFor(jobId, j.worker);
+                }
                 toLock += j.collateral;
             } else if (j.state == JobState.Assigned) {
                 if (j.worker != msg.sender) {

@@ -65,6 +65,9 @@ interface IJobMarket {
     error UnbondingTooShort(uint256 unbondingDelay, uint256 windows);
     /// @notice The stake manager is bound to another token.
     error TokenMismatch();
+    /// @notice Job `jobId` is reserved for `worker`: only it may take the job, and only by
+    /// committing its result in the same transaction (`assignAndCommit`).
+    error JobReservedFor(uint256 jobId, address worker);
     /// @notice The market is paused: no new work is taken.
     error EnforcedPause();
     /// @notice pause() while paused, or unpause() while not paused.
@@ -81,6 +84,8 @@ interface IJobMarket {
         uint40 deadline,
         uint16 auditBps
     );
+    /// @notice Job `jobId`, just posted, is reserved for `worker` (see `postJobsFor`).
+    event JobReserved(uint256 indexed jobId, address indexed worker);
     event JobAssigned(uint256 indexed jobId, address indexed worker, uint40 leaseExpiry, uint16 auditBps);
     event LeaseExpired(uint256 indexed jobId, address indexed worker);
     /// @notice A result was committed. It also carries the lease (`leaseExpiry`, `auditBps`),

@@ -495,6 +495,17 @@ class MeshActor(MeshContracts):
                                                [p.as_tuple() for p in params]))
         return self._posted_ids(receipt)
 
+    def post_jobs_for(self, params: Sequence[JobParams], worker: str, *,
+                      approve: bool = True) -> list[int]:
+        """Post a batch only ``worker`` may take, and only by committing in the same
+        transaction (``postJobsFor``: paying a worker for work it already did); the ids."""
+        if approve:
+            self._ensure_allowance(sum(p.reward + p.audit_fee for p in params))
+        receipt = self._send(self.encoded_call(self.market, "postJobsFor",
+                                               [p.as_tuple() for p in params],
+                                               Web3.to_checksum_address(worker)))
+        return self._posted_ids(receipt)
+
     def post_jobs_with_permit(
         self, params: Sequence[JobParams], *, permit_deadline: int | None = None
     ) -> list[int]:

@@ -36,6 +36,7 @@ ERROR_FAMILIES: dict[str, type[ContractRevert]] = {
     "NotJobClient": NotPermitted,
     "NotAssignedWorker": NotPermitted,
     "TicketWorkerMismatch": NotPermitted,
+    "JobReservedFor": NotPermitted,
     "InvalidTicketSigner": NotPermitted,
     "CallerNotJobMarket": NotPermitted,
     "NotThroughMarket": NotPermitted,

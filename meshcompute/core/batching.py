@@ -49,12 +49,12 @@ class Batch:
     the first job's)."""
 
 
-def batch_key(job: QueuedJob) -> tuple[str, str, str, frozenset[str], frozenset[str]]:
+def batch_key(job: QueuedJob) -> tuple[str, str, str, frozenset[str], frozenset[str], str]:
     """Jobs with equal keys may share a batch (and so a sandbox process)."""
     d = job.demand
     return (job.client.lower(), job.program.lower(), d.device.lower(),
             frozenset(w.lower() for w in d.exclude_workers),
-            frozenset(o.lower() for o in d.exclude_operators))
+            frozenset(o.lower() for o in d.exclude_operators), d.only_worker or "")
 
 
 def batch_demand(jobs: Sequence[JobDemand]) -> JobDemand:
@@ -70,6 +70,7 @@ def batch_demand(jobs: Sequence[JobDemand]) -> JobDemand:
         posted_at=min(j.posted_at for j in jobs),
         exclude_workers=frozenset().union(*(j.exclude_workers for j in jobs)),
         exclude_operators=frozenset().union(*(j.exclude_operators for j in jobs)),
+        only_worker=jobs[0].only_worker,
     )
 
 

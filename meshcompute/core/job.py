@@ -247,6 +247,8 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
         )
     if record is None:
         raise ValueError(f"{event} for a job with no JobPosted event")
+    if event == "JobReserved":  # posted for one worker alone: it names it while Posted
+        return replace(record, worker=args["worker"])
     if event == "JobAssigned":
         return replace(
             record,
@@ -311,6 +313,7 @@ def apply_event(record: JobRecord | None, event: str, args: Mapping[str, Any]) -
 #: JobMarket events that carry a ``jobId`` and feed :func:`apply_event`.
 JOB_EVENTS = (
     "JobPosted",
+    "JobReserved",
     "JobAssigned",
     "LeaseExpired",
     "JobCommitted",

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from meshcompute.core.batching import QueuedJob, plan_batches
-from meshcompute.core.job import JobRecord, JobState
+from meshcompute.core.job import ZERO_ADDRESS, JobRecord, JobState
 from meshcompute.core.matching import JobDemand, WorkerOffer, match
 from meshcompute.core.spec import JobSpec, client_group
 from meshcompute.errors import BadInput
@@ -124,6 +124,13 @@ def queued(record: JobRecord, chain_now: int) -> bool:
     return record.state == JobState.POSTED or (
         record.state == JobState.ASSIGNED and record.lease_expiry <= chain_now
     )
+
+
+def reserved_for(record: JobRecord) -> str | None:
+    """The worker a posted job is reserved for on chain (``postJobsFor``), if any."""
+    if record.state == JobState.POSTED and record.worker != ZERO_ADDRESS:
+        return record.worker
+    return None
 
 
 def leasable(record: JobRecord, worker: str, chain_now: int) -> bool:
@@ -300,6 +307,7 @@ def plan_match(
             reward=entry.record.reward,
             posted_at=entry.first_seen,
             exclude_workers=entry.excluded,
+            only_worker=reserved_for(entry.record),
         )
         jobs.append(QueuedJob(demand=demand, client=entry.record.client, program=spec.program))
     plan.queued = len(jobs)

@@ -66,7 +66,7 @@ import itertools
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshcompute.errors import BadInput
 
@@ -138,6 +138,9 @@ class WorkerOffer:
         _finite("WorkerOffer", "last_assigned_at", self.last_assigned_at)
 
 
+_ANY_PRICE = 2**256
+
+
 @dataclass(frozen=True, slots=True)
 class JobDemand:
     """A posted job waiting for a worker (or an audit recomputation waiting for a verifier)."""
@@ -150,9 +153,15 @@ class JobDemand:
     posted_at: float
     exclude_workers: frozenset[str] = field(default_factory=frozenset)
     exclude_operators: frozenset[str] = field(default_factory=frozenset)
+    only_worker: str | None = None
+    """A job reserved on chain for one worker (``postJobsFor``): it alone may take it, at the
+    reward its client chose (paying it for work already done: no price check)."""
 
     def __post_init__(self) -> None:
         _nonneg_int("JobDemand", "job_id", self.job_id)
+        if self.only_worker is not None:
+            _text("JobDemand", "only_worker", self.only_worker)
+            object.__setattr__(self, "only_worker", self.only_worker.lower())
         _text("JobDemand", "device", self.device)
         for name in ("memory_mb", "collateral", "reward"):
             _nonneg_int("JobDemand", name, getattr(self, name))
@@ -364,6 +373,8 @@ class MatchRound:
         if job.job_id in self._served:
             raise BadInput(f"job {job.job_id} already served in this round")
         self._served.add(job.job_id)
+        if job.only_worker is not None:  # any price: searched for its one worker
+            job = replace(job, reward=_ANY_PRICE)
         device = job.device.lower()
         ex_workers = frozenset(a.lower() for a in job.exclude_workers) if job.exclude_workers else None
         ex_operators = (frozenset(a.lower() for a in job.exclude_operators)
@@ -385,6 +396,8 @@ class MatchRound:
 
     def _eligible(self, i: int, memory: list[int], job: JobDemand,
                   ex_workers: frozenset[str] | None, ex_operators: frozenset[str] | None) -> bool:
+        if job.only_worker is not None and self._address[i] != job.only_worker:
+            return False
         return (self._load[i] < self._slots[i]
                 and self._free_stake[i] >= job.collateral
                 and memory[i] >= job.memory_mb

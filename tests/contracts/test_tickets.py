@@ -27,6 +27,7 @@ from tests.contracts.helpers import (
     deploy,
     events_in,
     forged,
+    market_events,
     reverts,
     send,
 )
@@ -394,3 +395,33 @@ def test_hashTicket_differs_for_every_field(world: World) -> None:
     ]
     digests = {bytes(market.functions.hashTicket(t.as_tuple()).call()) for t in variants}
     assert len(digests) == len(variants)
+
+
+# ------------------------------------------------------------------------------ reserved jobs
+
+def test_a_reserved_job_is_taken_only_by_its_worker_and_only_with_its_result(world: World) -> None:
+    """postJobsFor: a job paying a worker for work it already did (uploaded, so anyone could
+    commit its hash) is its alone, taken and committed in one transaction, never left Assigned
+    where a lapsed lease would open it to others; the client may still cancel it."""
+    w0, w1 = world.workers[0], world.workers[1]
+    client = world.clients[0]
+    with reverts("ZeroAddress"):
+        client.post_jobs_for([world.params()], ZERO)
+    first, second = client.post_jobs_for([world.params(), world.params()], w0.address)
+    posted = world.job(first)
+    assert posted.state == JobState.POSTED and posted.worker.lower() == w0.address.lower()
+    reserved = market_events(client, "JobReserved")
+    assert {(int(e.args["jobId"]), e.args["worker"].lower()) for e in reserved} == {
+        (first, w0.address.lower()), (second, w0.address.lower())}
+    ticket, sig = world.ticket(w1, [first])
+    with reverts("JobReservedFor", NotPermitted, worker=w0.address):
+        w1.assign_and_commit(ticket, sig, [RESULT])
+    ticket, sig = world.ticket(w0, [first])
+    with reverts("JobReservedFor", NotPermitted, worker=w0.address):
+        w0.assign(ticket, sig)  # taking it without its result
+    w0.assign_and_commit(ticket, sig, [RESULT])
+    done = world.job(first)
+    assert done.state == JobState.COMMITTED and done.worker.lower() == w0.address.lower()
+    client.reclaim(second)  # cancelled while posted: the escrow comes back
+    assert world.job(second).state == JobState.REFUNDED
+    assert_solvent(world)

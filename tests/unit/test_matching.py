@@ -465,3 +465,28 @@ def test_match_benchmark_reports_consistent_figures() -> None:
     assert "median" in figures["method"]
     with pytest.raises(BadInput, match="scenario"):
         run_match_bench(workers=5, jobs=5, scenario="easy")
+
+
+# --- a job reserved on chain for one worker (postJobsFor) ---
+
+def test_a_reserved_job_goes_to_its_worker_alone_at_any_price():
+    """Paying a worker for work it already did: the reserved worker gets the job even priced
+    above its reward and ranked below the others; nobody else gets it, even when it cannot."""
+    workers = [offer(1), offer(2), offer(3, price_wei=500, completed=0)]
+    reserved = demand(1, reward=100, only_worker=f"0x{3:040X}")
+    assert assigned([reserved, demand(2)], workers)[1] == f"0x{3:040x}"
+    busy = [offer(1), offer(2), offer(3, load=1)]
+    assert 1 not in assigned([reserved], busy)
+
+
+def test_reserved_jobs_share_a_batch_only_with_jobs_reserved_for_the_same_worker():
+    from meshcompute.core.batching import QueuedJob, plan_batches
+
+    def queued(n: int, only: str | None) -> QueuedJob:
+        return QueuedJob(demand=demand(n, only_worker=only), client="0xc", program="p")
+
+    batches = plan_batches([queued(1, None), queued(2, "0xaa"), queued(3, "0xaa"),
+                            queued(4, "0xbb")], max_batch=8)
+    groups = sorted(sorted(b.job_ids) for b in batches)
+    assert groups == [[1], [2, 3], [4]]
+    assert {b.demand.only_worker for b in batches} == {None, "0xaa", "0xbb"}
