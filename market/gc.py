@@ -5,7 +5,7 @@ Every blob has a keep-until time (``MarketState.keep_blobs``):
 - an upload is kept ``blob_grace_s`` (a day) from its last upload, time to post its job;
 - each round, every blob an open job needs (its spec, program and inputs (and a training
   job's initial state, checkpoints, loss curve and step records, and the step states of one
-  that may be or is appealed), the output its
+  that may be or is appealed, and the finished work a worker handed back), the output its
   worker submitted or committed, the evidence its verdicts name), and every blob of a job
   that ended since the last round, is kept ``blob_retention_s`` (a week) from now; so once
   a job ends its blobs stay at least that long: long enough to download an output, to
@@ -87,6 +87,10 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
             # names what the appeal judged; the states themselves keep the upload's grace
             for output in outputs:
                 needed |= _manifest_blobs(rt, output, with_step_states=appealed)
+            for partial in rt.state.partials(job_id).values():  # handed back: work to pay
+                needed |= {str(partial.get("state_sha256")), str(partial.get("manifest_sha256"))}
+                needed |= _manifest_blobs(rt, str(partial.get("manifest_sha256")),
+                                          with_step_states=False)
         if record.state in _VERDICT_STATES:
             for event in rt.indexer.events(job_id=job_id):
                 evidence = event.args.get("evidenceHash") if event.name in _EVIDENCE_EVENTS \

@@ -24,6 +24,7 @@ from meshcompute.core.lease import (
     lease_expired,
     lease_unit,
     offer_lapsed,
+    reserved_for,
 )
 from meshcompute.core.spec import JobSpec, client_group
 from meshcompute.errors import AuthError, BadInput, ChainError, Conflict, NotFound
@@ -106,6 +107,7 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
     )
     lease = rt.state.lease(job_id)
     failures = rt.state.failures(job_id)
+    partials = rt.state.partials(job_id)
     return {
         "job_id": job_id,
         "state": record.state.name.lower(),
@@ -120,6 +122,7 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
         "failures": [{"worker": worker, "reason": failures[worker]}
                      for worker in sorted(failures)],
         "given_up": given_up(len(failures)),
+        "partials": [{"worker": worker, **partials[worker]} for worker in sorted(partials)],
         "audited": audited,
         "group": client_group(record.client, spec.group) if spec and spec.group else None,
     }
@@ -410,7 +413,8 @@ def worker_capacity(rt: MarketRuntime, now: float) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- leases
-def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> list[Lease]:
+def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float, *,
+                reserved_only: bool = False) -> list[Lease]:
     """Turn the offers waiting for ``address`` into signed leases, for up to ``max_jobs`` free
     slots of the worker.
 
@@ -418,7 +422,8 @@ def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> l
     :mod:`meshcompute.core.batching`) fill one slot and become one ``Lease`` per job, all
     carrying the same multi-job ticket over the batch's jobs; a single offer is a batch of one.
     Offers that lapsed, or whose job can no longer be taken on chain or has no readable spec,
-    are dropped (the rest of their batch is still leased)."""
+    are dropped (the rest of their batch is still leased). ``reserved_only``: only the jobs
+    reserved on chain for this worker (the others stay offered until their offer lapses)."""
     worker = registered(rt, address)
     rt.state.touch_worker(address, now)
     chain_now = rt.chain_now()
@@ -439,6 +444,8 @@ def take_leases(rt: MarketRuntime, address: str, max_jobs: int, now: float) -> l
             if record is None or spec is None or not leasable(record, worker.address,
                                                               chain_now):
                 rt.state.drop_offer(offer.job_id, worker.address)
+                continue
+            if reserved_only and (reserved_for(record) or "").lower() != worker.address.lower():
                 continue
             usable.append((offer, record, spec))
         if not usable:
@@ -581,9 +588,15 @@ def release_lease(rt: MarketRuntime, address: str, job_id: int, now: float) -> N
         rt.state.incr_metric("leases_released", key=lease.key)
 
 
-def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: float) -> None:
-    """``address`` could not run the job; ``reason`` is kept as :func:`printable` text."""
+def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: float, *,
+               partial: dict[str, Any] | None = None) -> None:
+    """``address`` could not run the job; ``reason`` is kept as :func:`printable` text.
+    ``partial``: a training job's finished checkpoints (``PartialIn``), kept for its client
+    once the blobs it names are in the store and its steps are within the job's."""
     lease = held_lease(rt, address, job_id)
+    if partial is not None:
+        _check_partial(rt, lease, partial)
+        rt.state.record_partial(job_id, address, partial)
     count = rt.state.record_failure(job_id, address, printable(reason))
     if rt.state.end_lease(lease):
         rt.state.hold_for_ticket(job_id, lease.expiry)
@@ -592,6 +605,26 @@ def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: f
         rt.state.incr_metric("jobs_failed_runs", key=lease.key)
         if given_up(count):
             rt.state.incr_metric("jobs_given_up", key=str(job_id))
+
+
+def _check_partial(rt: MarketRuntime, lease: LeaseInfo, partial: dict[str, Any]) -> None:
+    """BadInput unless ``partial`` names a step inside the leased training job's steps and
+    blobs the store holds (what it names is the worker's claim: an audit of the job that pays
+    for it checks it)."""
+    from meshcompute.core.training import validate_plan
+
+    record = job_record(rt, lease.job_id)
+    spec = rt.spec_or_none(record.spec_hash.hex())
+    if spec is None or spec.training is None:
+        raise BadInput(f"job {lease.job_id} is not a training job: it has no partial work")
+    plan = validate_plan(spec.training)
+    end = int(partial["end_step"])
+    if not plan.start_step < end < plan.last:
+        raise BadInput(f"partial: end_step {end} is not inside the job's steps "
+                       f"({plan.start_step}, {plan.last})")
+    for key in ("manifest_sha256", "state_sha256"):
+        if not rt.blobs.exists(str(partial[key])):
+            raise BadInput(f"partial: {key} {partial[key]} is not in the store; upload it first")
 
 
 def submit_result(

@@ -619,6 +619,16 @@ class MarketState:
         pipe.hlen(key)
         return int(pipe.execute()[-1])
 
+    def record_partial(self, job_id: int, worker: str, partial: Mapping[str, Any]) -> None:
+        """Keep a training job's finished work that ``worker`` handed back (its latest)."""
+        key = self._k("partials", job_id)
+        self.r.hset(key, worker, json.dumps(dict(partial), sort_keys=True))
+
+    def partials(self, job_id: int) -> dict[str, dict[str, Any]]:
+        """Each worker's handed-back training work on the job (see :meth:`record_partial`)."""
+        data = self.r.hgetall(self._k("partials", job_id))
+        return {k.decode(): json.loads(v) for k, v in data.items()}
+
     def failures(self, job_id: int) -> dict[str, str]:
         """Why each worker that failed to run the job could not (its latest reason)."""
         data = self.r.hgetall(self._k("failures", job_id))
@@ -701,7 +711,7 @@ class MarketState:
                   if value is not None}
         pipe = self.r.pipeline()
         for job_id in ids:
-            for part in ("failures", "last-failure", "exclude", "result", "spec-problem",
+            for part in ("failures", "partials", "last-failure", "exclude", "result", "spec-problem",
                          "job-group"):
                 pipe.delete(self._k(part, job_id))
         pipe.hdel(self._k("first-seen"), *ids)

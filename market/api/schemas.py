@@ -94,10 +94,24 @@ class HeartbeatIn(Strict):
 
 class LeaseIn(Strict):
     max_jobs: int = Field(default=1, ge=1, le=64)
+    reserved_only: bool = False
+    """Only jobs reserved on chain for this worker (a worker yielding to its owner collects
+    payment for work it already did, and takes nothing new)."""
+
+
+class PartialIn(Strict):
+    """The finished checkpoints of a training job handed back unfinished: its first
+    ``end_step - start`` steps as a job of their own would give them (the manifest of the plan's
+    part up to ``end_step``, uploaded with everything it names), and the state at ``end_step``."""
+
+    end_step: int = Field(ge=1, le=2**31)
+    manifest_sha256: Sha256
+    state_sha256: Sha256
 
 
 class FailIn(Strict):
     reason: str = Field(min_length=1, max_length=2000)
+    partial: PartialIn | None = None
 
 
 class ResultIn(Strict):
@@ -250,6 +264,9 @@ class JobOut(BaseModel):
     failure: str | None
     failures: list[FailureOut] = []
     """Every worker that failed to run the job, with its (latest) reason."""
+    partials: list[dict[str, Any]] = []
+    """Training work handed back unfinished: ``worker``, ``end_step``, ``manifest_sha256``,
+    ``state_sha256`` (see ``PartialIn``); the client may pay for it (``postJobsFor``)."""
     given_up: bool = False
     """The market offers the job no more: as many workers as it allows failed to run it."""
     audited: bool

@@ -8,6 +8,8 @@ program's own parameters, ``state.safetensors``. The process writes ``checkpoint
 for each segment end it reaches, ``last.safetensors`` (the state after the last step run),
 ``losses.json``, with ``record`` ``steps.json`` (the sha256 of the state after each step) and
 for ``"states"`` ``step.<i>.safetensors`` (the state after step ``start + i``), and, last, ``result.json`` (``{"ok", "reason", "diverged_at", "compute_s"}``).
+Each checkpoint is written as soon as it is reached, followed by ``progress.json`` (how many
+are written, the losses and step hashes up to the last), so a run stopped half way keeps them.
 No ``result.json`` means it was killed (time or memory) or crashed. With ``links`` (a list of
 steps) it runs each of them alone instead, step ``links[i]`` from ``link.<i>.safetensors`` (the
 program's own parameters when absent), and writes ``after.<i>.safetensors``.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -70,9 +73,12 @@ def run(job: Path) -> dict[str, Any]:
             return _links(job, order, loaded, data, plan, result, started)
         state_file = job / "state.safetensors"
         state = state_file.read_bytes() if state_file.exists() else None
+        output = _Output(job, int(order["max_output_bytes"]))
+        progress = _Progress(job, output)
         run = run_steps(loaded, data, plan, state, start=int(order["start"]),
                         end=int(order["end"]), micro_batches=int(order.get("micro_batches", 1)),
-                        record=order.get("record"), device=str(order["device"]))
+                        record=order.get("record"), device=str(order["device"]),
+                        on_checkpoint=progress)
         result["compute_s"] = time.perf_counter() - started
     except BadInput as exc:
         result["reason"] = f"training refused: {exc}"
@@ -89,8 +95,9 @@ def run(job: Path) -> dict[str, Any]:
                                f"{text[:500]}"
         return result
     (job / "losses.json").write_text(json.dumps(run.losses))
-    output = _Output(job, int(order["max_output_bytes"]))
-    problem = output.write("checkpoint", "checkpoints", run.checkpoints)
+    problem = progress.problem or output.write("checkpoint", "checkpoints",
+                                               run.checkpoints[progress.written:],
+                                               first=progress.written)
     if problem is not None:
         result["reason"] = problem
         return result
@@ -121,6 +128,29 @@ class _Output:
                 return f"{what} exceed the job's output limit of {self.limit} bytes"
             (self.job / f"{name}.{index}.safetensors").write_bytes(blob)
         return None
+
+
+class _Progress:
+    """Writes each checkpoint as the run reaches it, then ``progress.json`` (``checkpoints``:
+    how many are written, with the ``losses`` and ``step_hashes`` of the steps up to the last),
+    replaced atomically: a run stopped half way (frozen for its owner, then handed back) keeps
+    its finished segments, which a later job continues from."""
+
+    def __init__(self, job: Path, output: _Output) -> None:
+        self.job, self.output, self.written, self.problem = job, output, 0, None
+
+    def __call__(self, run: Any) -> None:
+        if self.problem is not None:
+            return
+        self.problem = self.output.write("checkpoint", "checkpoints",
+                                         run.checkpoints[self.written:], first=self.written)
+        if self.problem is not None:
+            return
+        self.written = len(run.checkpoints)
+        temporary = self.job / "progress.json.tmp"
+        temporary.write_text(json.dumps({"checkpoints": self.written, "losses": run.losses,
+                                         "step_hashes": run.step_hashes}))
+        os.replace(temporary, self.job / "progress.json")
 
 
 def _links(job: Path, order: dict[str, Any], loaded: Any, data: Any, plan: Any,

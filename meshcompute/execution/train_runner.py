@@ -40,6 +40,8 @@ class TrainingOutcome:
     ok: bool
     reason: str | None = None
     checkpoints: list[bytes] = field(default_factory=list)
+    """The checkpoints reached; not ``ok`` (the process was killed: a job handed back half
+    way), those it wrote before, with ``losses`` and ``step_hashes`` up to the last of them."""
     losses: list[float] = field(default_factory=list)
     last_state: bytes = b""
     diverged_at: int | None = None
@@ -120,8 +122,9 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                return TrainingOutcome(False, f"job exceeded its time limit of {time_limit_s:g} s",
-                                       wall_s=time.perf_counter() - started)
+                return _finished_part(box, TrainingOutcome(
+                    False, f"job exceeded its time limit of {time_limit_s:g} s",
+                    wall_s=time.perf_counter() - started))
         return _collect(box, folder, memory_limit_mb, started)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -132,9 +135,9 @@ def _collect(box: Path, folder: Path, memory_limit_mb: int, started: float) -> T
     result_file = box / "result.json"
     if not result_file.exists():
         tail = (folder / "stderr.log").read_bytes()[-300:].decode(errors="replace").strip()
-        return TrainingOutcome(False, f"training process ended without a result (crash, or "
-                               f"over its memory limit of {memory_limit_mb} MB) {tail}",
-                               wall_s=wall)
+        return _finished_part(box, TrainingOutcome(
+            False, f"training process ended without a result (killed, crashed, or over its "
+                   f"memory limit of {memory_limit_mb} MB) {tail}", wall_s=wall))
     result = json.loads(result_file.read_text())
     if not result.get("ok"):
         return TrainingOutcome(False, str(result.get("reason") or "training failed"),
@@ -148,6 +151,21 @@ def _collect(box: Path, folder: Path, memory_limit_mb: int, started: float) -> T
         True, None, checkpoints, [float(x) for x in json.loads((box / "losses.json").read_text())],
         last.read_bytes() if last.exists() else b"", result.get("diverged_at"), wall,
         float(result.get("compute_s") or 0.0), hashes, states, _numbered(box, "after"))
+
+
+def _finished_part(box: Path, outcome: TrainingOutcome) -> TrainingOutcome:
+    """``outcome`` (a run that did not finish) with the checkpoints its process wrote before
+    it ended, as its ``progress.json`` counts them (none when it has none or is unreadable)."""
+    try:
+        progress = json.loads((box / "progress.json").read_text())
+        count = int(progress["checkpoints"])
+        checkpoints = [(box / f"checkpoint.{i}.safetensors").read_bytes() for i in range(count)]
+        outcome.losses = [float(x) for x in progress["losses"]]
+        outcome.step_hashes = [str(h) for h in progress["step_hashes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return outcome
+    outcome.checkpoints = checkpoints
+    return outcome
 
 
 def _numbered(box: Path, name: str) -> list[bytes]:

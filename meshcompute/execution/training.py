@@ -153,11 +153,14 @@ def _update(plan: TrainingPlan, step: int, lr: float, param: torch.Tensor, grad:
 def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan: TrainingPlan,
               state: dict[str, torch.Tensor] | bytes | None = None, *, start: int | None = None,
               end: int | None = None, micro_batches: int = 1,
-              record: str | None = None, device: str = "cpu") -> TrainingRun:
+              record: str | None = None, device: str = "cpu",
+              on_checkpoint: Callable[[TrainingRun], None] | None = None) -> TrainingRun:
     """Run steps ``[start, end)`` of ``plan`` (by default the job's: its part of the plan)
     from ``state`` (the program's own parameters when None; a state's bytes are checked by :func:`load_state`), ``state`` being the state
     after step ``start - 1``; a checkpoint is taken at each segment end. ``record="hashes"``
     keeps the sha256 of the state after every step, ``"states"`` the states too.
+    ``on_checkpoint`` is called with the run so far each time a checkpoint is taken (the job
+    process writes it out then, so a run stopped half way keeps its finished segments).
 
     ``micro_batches`` > 1 splits each batch into that many equal parts and averages their
     gradients (gradient accumulation, for a worker short of memory): the same step for a loss
@@ -229,6 +232,8 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
                 run.step_hashes.append(hashlib.sha256(run.last_state).hexdigest())
                 if record == "states":
                     run.step_states.append(run.last_state)
+            if step + 1 in ends and on_checkpoint is not None:
+                on_checkpoint(run)
     return run
 
 

@@ -225,6 +225,29 @@ class WorkerCapacity:
 
 
 @dataclass(frozen=True)
+class PartialWork:
+    """A training job's finished checkpoints that ``worker`` handed back unfinished (its owner
+    came back): steps up to ``end_step`` as a job of their own gives them (``manifest_sha256``,
+    everything it names uploaded), and the state there (``state_sha256``), from which another
+    worker continues. Its client pays for it with a job reserved for ``worker``."""
+
+    worker: str
+    end_step: int
+    manifest_sha256: str
+    state_sha256: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PartialWork:
+        return cls(worker=str(data["worker"]), end_step=int(data["end_step"]),
+                   manifest_sha256=str(data["manifest_sha256"]),
+                   state_sha256=str(data["state_sha256"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"end_step": self.end_step, "manifest_sha256": self.manifest_sha256,
+                "state_sha256": self.state_sha256}
+
+
+@dataclass(frozen=True)
 class JobView:
     """``GET /jobs/{id}``: a job as the market sees it (state from the indexed chain)."""
 
@@ -244,6 +267,8 @@ class JobView:
     """``(worker, reason)`` for every worker that failed to run the job."""
     given_up: bool = False
     """The market offers the job no more (as many workers as it allows failed it)."""
+    partials: tuple[PartialWork, ...] = ()
+    """Training work handed back unfinished (see :class:`PartialWork`)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobView:
@@ -264,6 +289,7 @@ class JobView:
             failures=tuple((str(f["worker"]), str(f["reason"]))
                            for f in data.get("failures") or ()),
             given_up=bool(data.get("given_up", False)),
+            partials=tuple(PartialWork.from_json(p) for p in data.get("partials") or ()),
         )
 
 
@@ -610,9 +636,13 @@ class MarketClient:
         )
         return int(answer["lease_s"])
 
-    def lease(self, max_jobs: int = 1) -> list[Lease]:
-        """Jobs offered to this worker (possibly none: poll again later)."""
-        answer = self._signed_json("POST", "/leases", {"max_jobs": int(max_jobs)})
+    def lease(self, max_jobs: int = 1, *, reserved_only: bool = False) -> list[Lease]:
+        """Jobs offered to this worker (possibly none: poll again later); ``reserved_only``:
+        only those reserved on chain for it (payment for work it already did)."""
+        body: dict[str, Any] = {"max_jobs": int(max_jobs)}
+        if reserved_only:
+            body["reserved_only"] = True
+        answer = self._signed_json("POST", "/leases", body)
         return [Lease.from_json(item) for item in answer["leases"]]
 
     def renew(self, job_id: int) -> Lease:
@@ -621,8 +651,13 @@ class MarketClient:
     def release(self, job_id: int) -> None:
         self._signed_json("POST", f"/leases/{int(job_id)}/release", {})
 
-    def fail(self, job_id: int, reason: str) -> None:
-        self._signed_json("POST", f"/leases/{int(job_id)}/fail", {"reason": str(reason)})
+    def fail(self, job_id: int, reason: str, *, partial: PartialWork | None = None) -> None:
+        """Give a held job back as not run here, saying why; ``partial``: a training job's
+        finished checkpoints, uploaded, for its client to pay for."""
+        body: dict[str, Any] = {"reason": str(reason)}
+        if partial is not None:
+            body["partial"] = partial.to_json()
+        self._signed_json("POST", f"/leases/{int(job_id)}/fail", body)
 
     def submit_result(self, job_id: int, output_sha256: str) -> dict[str, Any]:
         """Report the uploaded output blob of a held job (then commit it on chain)."""

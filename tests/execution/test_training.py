@@ -297,3 +297,49 @@ def test_a_step_chain_with_an_impossible_state_or_drift_added_step_by_step_fails
                                     for k, v in ours.items()}))
     links = check_links(drifted, 0, DEFAULT_TRAINING_TOLERANCE, links_run)
     assert not links.agree and links.step == 0, links.reason
+
+
+def test_a_training_run_killed_half_way_keeps_its_finished_checkpoints(
+        requires_sandbox: None, program: bytes, tmp_path) -> None:
+    """The job process writes each checkpoint as it reaches it (then progress.json): a run
+    killed mid-way (a worker handing back a job frozen for its owner) still gives the
+    checkpoints, losses and step hashes of its finished segments, equal to a clean run's."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from meshcompute.execution.train_runner import run_training_job
+
+    plan = _plan({"name": "adamw", "lr": 0.01}, steps=200_000, every=500)
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(run_training_job(
+        program, _shard(), plan.to_json(), record="hashes", scratch_root=tmp_path,
+        **{**LIMITS, "max_output_bytes": 1 << 26})))
+    runner.start()
+    give_up = time.monotonic() + 120
+    progress: list[Path] = []
+    while not progress and time.monotonic() < give_up and runner.is_alive():
+        progress = [p for p in tmp_path.glob("mesh-train-*/box/progress.json")
+                    if json.loads(p.read_text())["checkpoints"] >= 2]
+        time.sleep(0.05)
+    assert progress, "the run wrote no progress"
+    box = str(progress[0].parent)
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if box.encode() in line:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            break
+    runner.join(60)
+    (killed,) = outcome
+    assert not killed.ok and "killed" in (killed.reason or "")
+    count = len(killed.checkpoints)
+    assert count >= 2 and len(killed.losses) == len(killed.step_hashes) == 500 * count
+    clean = run_steps(program, _data(), plan, start=0, end=500 * count, record="hashes")
+    assert killed.checkpoints == clean.checkpoints
+    assert killed.losses == clean.losses and killed.step_hashes == clean.step_hashes

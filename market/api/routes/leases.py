@@ -17,7 +17,8 @@ router = APIRouter(tags=["workers"])
 
 @router.post("/leases", response_model=LeasesOut)
 def lease(body: LeaseIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
-    leases = operations.take_leases(runtime, address, body.max_jobs, time.time())
+    leases = operations.take_leases(runtime, address, body.max_jobs, time.time(),
+                                    reserved_only=body.reserved_only)
     return {"leases": [item.to_json() for item in leases]}
 
 
@@ -34,5 +35,6 @@ def release(job_id: JobIdPath, address: Signer, runtime: Runtime) -> dict[str, A
 
 @router.post("/leases/{job_id}/fail", response_model=OkOut)
 def fail(job_id: JobIdPath, body: FailIn, address: Signer, runtime: Runtime) -> dict[str, Any]:
-    operations.fail_lease(runtime, address, job_id, body.reason, time.time())
+    partial = body.partial.model_dump() if body.partial is not None else None
+    operations.fail_lease(runtime, address, job_id, body.reason, time.time(), partial=partial)
     return {"ok": True}
