@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
@@ -489,6 +489,7 @@ class Client:
         poll_s: float = 0.5,
         repost_slashed: bool = True,
         progress: Progress | None = None,
+        stop_on_partial: bool = False,
     ) -> list[torch.Tensor] | TrainingResult:
         """Wait until every shard is paid, re-posting any shard whose worker was slashed or
         whose job was refunded (or void: drawn for audit, no verdict in time), then return
@@ -505,7 +506,9 @@ class Client:
         instead of waiting out ``timeout_s``. When no worker live at the market now can take
         any posted shard (its device, memory or price; read from ``GET /workers/capacity``),
         ``progress`` gets a ``no_worker_fits`` diagnosis, but the wait goes on: a worker may
-        still come online."""
+        still come online. ``stop_on_partial``: a training job handed back with finished
+        checkpoints (and still posted) raises :class:`HandedBack` instead, for the caller to pay
+        for them and go on from them (:meth:`train_in_parts`)."""
         give_up = time.monotonic() + timeout_s
         capacity = self._capacity_reader()
         while True:
@@ -536,6 +539,11 @@ class Client:
             status = self._status(submission, records, capacity=capacity)
             if progress is not None:
                 progress(status)
+            if stop_on_partial:
+                for shard in status.shards:
+                    if shard.partials and shard.state == JobState.POSTED:
+                        best = max(shard.partials, key=lambda p: p.end_step)
+                        raise HandedBack(shard.job_id, best)
             if status.phase == "done":
                 if submission.shards[0].spec.is_training:
                     return self.training_result(submission)
@@ -696,7 +704,14 @@ class Client:
         optimizer step counts are the whole run's, so the result is the one a single job of
         the plan gives). Each part is paid only once verified (:meth:`wait`, which re-posts a
         part whose worker was slashed); ``job`` takes :meth:`submit_training`'s payment and
-        limits, per part. Returns the last part's state with the whole loss curve."""
+        limits, per part. Returns the last part's state with the whole loss curve.
+
+        A part handed back with finished checkpoints (its worker's owner came back and the
+        lease would have run out while it was frozen: :class:`HandedBack`) loses none of
+        them: its job is cancelled, the steps done are paid to that worker pro rata by a job
+        reserved for it (:meth:`pay_for_partial`: it commits the uploaded result without
+        computing it; verified and audited like any job), and the rest of the part is posted
+        from the state they end in, for any worker."""
         from meshcompute.core.training import validate_plan
         from meshcompute.execution.programs import export_program, load_tensors
 
@@ -714,12 +729,27 @@ class Client:
         losses: list[float] = []
         job_ids: list[int] = []
         result: TrainingResult | None = None
-        for start, end in pairwise(cuts):
+        reward = parse_amount(job.pop("pay", "1"))
+        todo = [(start, end, reward) for start, end in pairwise(cuts)]
+        while todo:
+            start, end, pay = todo.pop(0)
             submission = self.submit_training(model, list(tensors),
                                               checked.part(start, end).to_json(),
-                                              state=state, progress=progress, **job)
-            done = self.wait(submission, timeout_s=max(1.0, give_up - time.monotonic()),
-                             progress=progress)
+                                              state=state, progress=progress, pay=pay, **job)
+            try:
+                done = self.wait(submission, timeout_s=max(1.0, give_up - time.monotonic()),
+                                 progress=progress, stop_on_partial=True)
+            except HandedBack as back:
+                paid = self.pay_for_partial(submission, back.partial)
+                if paid is None:  # taken meanwhile: follow it as it is
+                    done = self.wait(submission,
+                                     timeout_s=max(1.0, give_up - time.monotonic()),
+                                     progress=progress)
+                else:
+                    done = self.wait(paid, timeout_s=max(1.0, give_up - time.monotonic()),
+                                     progress=progress)
+                    todo.insert(0, (back.partial.end_step, end,
+                                    pay - paid.reward_per_shard))
             assert isinstance(done, TrainingResult)
             result, state = done, done.state
             losses += done.losses
@@ -727,6 +757,59 @@ class Client:
         assert result is not None
         return TrainingResult(parameters=result.parameters, losses=losses, state=result.state,
                               manifest_sha256=result.manifest_sha256, job_ids=job_ids)
+
+    def pay_for_partial(self, submission: Submission, partial: Any) -> Submission | None:
+        """Pay for the finished checkpoints a worker handed back on ``submission``'s training
+        job (a :class:`~meshcompute.wire.market_client.PartialWork`): the job is cancelled
+        (its escrow comes back) and its steps up to ``partial.end_step`` are posted as a job
+        reserved on chain for that worker (``postJobsFor``: it alone may take it, committing
+        the result it uploaded), paying the reward, fee and collateral pro rata to the steps.
+        That job is an ordinary job from then on: drawn for audit, verified, its worker
+        slashed and the steps posted again for anyone if its result is wrong. Returns it as a
+        submission to :meth:`wait` for; None when the job was taken meanwhile (nothing is
+        posted). BadInput, before anything is cancelled or paid, when the partial work is not
+        steps of the job ending at one of its checkpoints, or its manifest does not check."""
+        from meshcompute.chain.contracts import JobParams
+        from meshcompute.core.training import parse_manifest, segments, validate_plan
+
+        (shard,) = submission.shards
+        if shard.spec.training is None:
+            raise BadInput(f"job {shard.job_id} is not a training job")
+        plan = validate_plan(shard.spec.training)
+        ends = [end for _, end in segments(plan)][:-1]
+        if partial.end_step not in ends:
+            raise BadInput(f"job {shard.job_id}: partial work up to step {partial.end_step} "
+                           f"does not end at one of its checkpoints (nothing was paid)")
+        part = plan.part(plan.start_step, partial.end_step)
+        manifest = self.market.get_blob(partial.manifest_sha256, verify=True)
+        doc = parse_manifest(manifest, part)
+        if doc.get("final_state") != partial.state_sha256:
+            raise BadInput(f"job {shard.job_id}: the partial work's manifest does not end in "
+                           "the state it names (nothing was paid)")
+        record = self.actor.job(shard.job_id)
+        if record.state != JobState.POSTED:
+            return None
+        try:
+            self.actor.reclaim(shard.job_id, record)
+        except MeshError:
+            if self.actor.job(shard.job_id).state != JobState.POSTED:
+                return None  # a worker committed it meanwhile
+            raise
+        share = partial.end_step - plan.start_step, plan.last - plan.start_step
+        spec = replace(shard.spec, training=part.to_json())
+        self.market.put_specs([spec])
+        paid = Submission(group=None, program=submission.program, shards=[],
+                          reward_per_shard=max(1, record.reward * share[0] // share[1]),
+                          audit_fee_per_shard=record.audit_fee * share[0] // share[1],
+                          collateral_per_shard=record.collateral * share[0] // share[1],
+                          audit_bps=submission.audit_bps, deadline_s=submission.deadline_s)
+        now = int(self.connection.w3.eth.get_block("latest")["timestamp"])
+        (job_id,) = self.actor.post_jobs_for([JobParams(
+            spec_hash=bytes.fromhex(spec.sha256), reward=paid.reward_per_shard,
+            audit_fee=paid.audit_fee_per_shard, collateral=paid.collateral_per_shard,
+            deadline=now + paid.deadline_s, audit_bps=paid.audit_bps)], partial.worker)
+        paid.shards = [Shard(index=0, spec=spec, job_id=job_id, attempts=[job_id])]
+        return paid
 
     def _check_min_reward(self, reward: int) -> None:
         """BadInput, before anything is uploaded or paid, when the market ignores jobs paying
@@ -1011,6 +1094,10 @@ class ShardProgress:
     """What the market says is wrong with the job itself (its spec), if anything."""
     deadline: int | None = None
     """The job's deadline on chain (unix seconds, chain time)."""
+    partials: tuple[Any, ...] = ()
+    """Finished training work handed back on the job
+    (:class:`~meshcompute.wire.market_client.PartialWork`): :meth:`Client.train_in_parts` pays
+    for it and goes on from it."""
 
     @property
     def phase(self) -> str:
@@ -1042,7 +1129,8 @@ def shard_progress(index: int, job_id: int, state: JobState, deadline: int | Non
         elif match is not None and not failures:
             failures, note = ((match.group(1), match.group(2)),), None
     return ShardProgress(index, job_id, state, leased_by=view.lease_holder, failures=failures,
-                         given_up=bool(view.given_up), note=note, deadline=deadline)
+                         given_up=bool(view.given_up), note=note, deadline=deadline,
+                         partials=tuple(getattr(view, "partials", ()) or ()))
 
 
 def phase_counts(shards: Sequence[ShardProgress]) -> dict[str, int]:
@@ -1363,6 +1451,16 @@ def submission_status(
     return SubmissionStatus(phase, counts, total, "; ".join(map(describe_failure, failures)),
                             phases, failures, stuck, tuple(shards),
                             max(deadlines) if deadlines else None)
+
+
+class HandedBack(Exception):
+    """Raised by :meth:`Client.wait` with ``stop_on_partial`` only: job ``job_id`` (still
+    posted) was handed back by a worker with finished checkpoints, ``partial``."""
+
+    def __init__(self, job_id: int, partial: Any) -> None:
+        super().__init__(f"job {job_id} was handed back with steps up to "
+                         f"{partial.end_step} done by {partial.worker}")
+        self.job_id, self.partial = job_id, partial
 
 
 class SubmissionStuck(JobFailed):

@@ -336,6 +336,9 @@ class Settings(BaseSettings):
     worker_grace_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM, how long running jobs may take to finish before their leases are released."""
 
+    worker_idle_load_cpus: float = Field(default=0.5, gt=0, le=4096)
+    """``--when idle``: load from other processes (CPUs) above which the owner is present."""
+
     worker_probe_stability: bool = False
     """Before committing a job, probe its program as an audit would (our output, inputs moved
     by one ulp, the verifiers' alternate numeric setup: about two extra runs per new program,

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meshcompute.core.availability import Schedule
+from meshcompute.core.availability import OTHER_LOAD_CPUS, Schedule
 from meshcompute.errors import BadInput, ConfigError
 from meshcompute.settings import Settings
 from meshcompute.units import parse_mesh
@@ -20,6 +20,10 @@ def parse_price(mesh: str | float | Decimal) -> int:
                           allow_zero=True)
     except BadInput as exc:
         raise ConfigError(str(exc)) from None
+
+
+#: In the worker's data folder: while it exists the worker pauses (``mesh worker pause``).
+PAUSE_FILE = "worker.pause"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ class WorkerConfig:
     """Work only within these daily hours (``--hours 23:00-07:00``, local time)."""
     hand_back_margin_s: float = 5.0
     """A frozen job is handed back when its lease has less than this left."""
+    pause_file: Path | None = None
+    """While this file exists the worker works as if its owner were using the machine
+    (``mesh worker pause`` creates it, ``mesh worker resume`` removes it)."""
+    idle_load_cpus: float = OTHER_LOAD_CPUS
+    """``--when idle``: load from other processes, in CPUs, above which the owner is using
+    the machine (``--idle-load``)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 64:
@@ -62,6 +72,9 @@ class WorkerConfig:
             raise ConfigError("worker price must be >= 0")
         if self.poll_interval_s <= 0:
             raise ConfigError("worker poll interval must be positive")
+        if not 0 < self.idle_load_cpus <= 4096:
+            raise ConfigError(f"--idle-load must be a positive number of CPUs, got "
+                              f"{self.idle_load_cpus}")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
@@ -81,6 +94,8 @@ class WorkerConfig:
             "grace_s": settings.worker_grace_s,
             "health_path": settings.data_dir / "worker-health.json",
             "probe_stability": settings.worker_probe_stability,
+            "pause_file": settings.data_dir / PAUSE_FILE,
+            "idle_load_cpus": settings.worker_idle_load_cpus,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

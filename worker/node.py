@@ -70,7 +70,7 @@ from meshcompute.errors import (
 )
 from meshcompute.execution.train_runner import run_training_job
 from meshcompute.health import write_health
-from meshcompute.wire.market_client import Hardware, Lease, MarketClient
+from meshcompute.wire.market_client import Hardware, Lease, MarketClient, PartialWork
 from meshcompute.worker.config import WorkerConfig, parse_price
 from meshcompute.worker.owner import Freezer, OwnerWatch, send_signal
 from meshcompute.worker.policy import HONEST, OutputPolicy
@@ -111,6 +111,11 @@ class JobOutcomeLike(Protocol):
 Runner = Callable[..., JobOutcomeLike]
 
 
+def _partial_key(spec: JobSpec) -> tuple[str, ...]:
+    """What identifies a training job's work: its program, data, initial state and plan."""
+    return (spec.program, spec.inputs, spec.state or "", plan_sha256(validate_plan(spec.training)))
+
+
 @dataclass(eq=False)
 class _ActiveJob:
     lease: Lease
@@ -122,6 +127,9 @@ class _ActiveJob:
     abandoned: bool = False
     frozen: bool = False
     """Its processes were stopped for the machine's owner at some time."""
+    handing_back: bool = False
+    """A training job killed while frozen, its lease running out: its thread hands it back
+    with the finished checkpoints (:meth:`WorkerNode._hand_back_partial`)."""
     done: bool = False
     """Finished here (failed, committed, reverted or released): nothing more to do."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -186,8 +194,10 @@ class WorkerNode:
         self._active: dict[int, _ActiveJob] = {}
         # yielding to the machine's owner (--when idle, --hours): ``owner.availability()``
         # decides; the freezer stops and resumes the jobs' processes
-        if owner is None and (config.when_idle or config.hours is not None):
-            owner = OwnerWatch(config.when_idle, config.hours)
+        if owner is None and (config.when_idle or config.hours is not None
+                              or config.pause_file is not None):
+            owner = OwnerWatch(config.when_idle, config.hours, pause_file=config.pause_file,
+                               other_load_cpus=config.idle_load_cpus)
         self.owner = owner
         self.freezer = Freezer()
         self.availability = Availability(ACTIVE, "working")
@@ -204,6 +214,9 @@ class WorkerNode:
         self._hb_stop = threading.Event()
         self._lease_s = 60.0
         self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0, "handed_back": 0}
+        self._partials: dict[tuple[str, ...], tuple[bytes, str]] = {}
+        """Finished training work handed back, by :func:`_partial_key` of the job that pays
+        for it: its manifest and the manifest's sha256 (everything uploaded)."""
         self._programs: dict[str, bytes] = {}
         self.probes: ProbeCache | None = ProbeCache() if config.probe_stability else None
         """Stability verdicts by program, input layout and tolerance (``probe_stability``)."""
@@ -266,8 +279,9 @@ class WorkerNode:
                 if not self.freezer.active:
                     self._renew_due_leases(now)
                 free = self.config.slots - self._busy_slots()
-                if free > 0 and now >= next_ask and not paused:
-                    got = self._ask_for_work(free)
+                # paused for the owner: only jobs paying for work already done (no compute)
+                if free > 0 and now >= next_ask and (not paused or self._partials):
+                    got = self._ask_for_work(free, reserved_only=paused)
                     more = got and self._busy_slots() < self.config.slots
                     next_ask = now if more else now + self.config.poll_interval_s
                 if now >= next_audit:
@@ -328,8 +342,10 @@ class WorkerNode:
 
     def _hand_back_expiring(self) -> None:
         """While frozen: when any held lease has under ``hand_back_margin_s`` left, give every
-        held job back (its processes are killed: a job half done here is done again
-        elsewhere) rather than let the lease lapse, which the market counts against us."""
+        held job back (its processes are killed) rather than let the lease lapse, which the
+        market counts against us. An inference job is done again elsewhere; a training job
+        is handed back with the checkpoints it finished, which its client pays this worker
+        for (a job reserved for it) while another worker continues from the last one."""
         with self._lock:
             held = [j for j in self._active.values() if not j.done and not j.abandoned]
         soon = time.time() + self.config.hand_back_margin_s
@@ -340,8 +356,11 @@ class WorkerNode:
                 continue
             with job.lock:
                 job.abandoned = True
-            self._release(job.job_id, "the owner is using the machine and the lease would run "
-                                      "out while the job is frozen")
+                # a training run: its thread hands it back once killed, with what it finished
+                job.handing_back = job.running and job.lease.spec.is_training
+            if not job.handing_back:
+                self._release(job.job_id, "the owner is using the machine and the lease "
+                                          "would run out while the job is frozen")
         for pid, born in list(self.freezer.frozen.items()):
             send_signal(pid, born, signal.SIGKILL)  # delivered to a stopped process too
         self.freezer.frozen.clear()
@@ -434,11 +453,12 @@ class WorkerNode:
             self._emit("warning", message=f"cannot write health record: {exc}")
 
     # ------------------------------------------------------------------ leasing
-    def _ask_for_work(self, free: int) -> bool:
+    def _ask_for_work(self, free: int, *, reserved_only: bool = False) -> bool:
         if self._stopping.is_set():
             return False
         try:
-            leases = self.market.lease(free)
+            leases = self.market.lease(free, reserved_only=True) if reserved_only \
+                else self.market.lease(free)
         except (NotFound, AuthError) as exc:
             self._emit("warning", message=f"lease refused ({exc}); registering again")
             try:
@@ -742,6 +762,11 @@ class WorkerNode:
         the run did not finish: refused, over a limit, or its loss stopped being finite)."""
         spec = job.lease.spec
         assert spec.training is not None
+        with self._lock:
+            finished = self._partials.pop(_partial_key(spec), None)
+        if finished is not None:  # a job paying for checkpoints this worker handed back
+            self._emit("partial_claimed", job_id=job.job_id, manifest=finished[1])
+            return finished[0], finished[1], None
         try:
             state = self._download(spec.state, "training state") if spec.state else None
             with job.lock:
@@ -760,6 +785,9 @@ class WorkerNode:
         except SandboxUnavailable as exc:
             self._fail(job, f"this worker cannot isolate the job: {exc}")
             return None
+        if job.handing_back:
+            self._hand_back_partial(job, outcome)
+            return None
         if not outcome.ok:
             self._fail(job, outcome.reason or "the training failed without a reason")
             return None
@@ -769,30 +797,77 @@ class WorkerNode:
             return None
         checkpoints = self.policy.after_training(job.job_id, list(outcome.checkpoints),
                                                  self._emit)
-        losses = json.dumps(outcome.losses).encode()
-        plan = validate_plan(spec.training)
-        ends = [hashlib.sha256(c).hexdigest() for c in checkpoints]
-        base = plan.start_step  # step_hashes[0]: the state after the job's first step
-        records = [steps_bytes(segment=i, first_step=start, states=[
-            *outcome.step_hashes[start - base:end - 1 - base], ends[i]])
-            for i, (start, end) in enumerate(segments(plan))]
-        blobs = [*checkpoints, losses, *records]
         self._phase(job, "uploading")
         try:
-            uploaded = self.market.put_blobs(blobs)
+            manifest = self._upload_training(validate_plan(spec.training), checkpoints,
+                                             outcome.losses, outcome.step_hashes)
         except ServiceUnavailable:
             raise
         except MeshError as exc:  # refused (over a quota or a limit): only this job is lost
             self._fail(job, f"the market refused the training's checkpoints: {exc}")
             return None
-        if uploaded != [hashlib.sha256(b).hexdigest() for b in blobs]:
-            self._fail(job, "the market stored the training's checkpoints under other hashes")
-            return None
-        count = len(checkpoints)
-        manifest = manifest_bytes(plan_sha256=plan_sha256(plan), checkpoints=uploaded[:count],
-                                  losses=uploaded[count], final_state=uploaded[count - 1],
-                                  steps=uploaded[count + 1:])
         return manifest, hashlib.sha256(manifest).hexdigest(), outcome
+
+    def _upload_training(self, plan: Any, checkpoints: list[bytes], losses: list[float],
+                         step_hashes: list[str]) -> bytes:
+        """Upload the checkpoints, loss curve and step records of ``plan``'s steps; the
+        manifest naming them (the result to commit). MeshError when the market refuses."""
+        ends = [hashlib.sha256(c).hexdigest() for c in checkpoints]
+        base = plan.start_step  # step_hashes[0]: the state after the job's first step
+        records = [steps_bytes(segment=i, first_step=start, states=[
+            *step_hashes[start - base:end - 1 - base], ends[i]])
+            for i, (start, end) in enumerate(segments(plan))]
+        blobs = [*checkpoints, json.dumps(losses).encode(), *records]
+        uploaded = self.market.put_blobs(blobs)
+        if uploaded != [hashlib.sha256(b).hexdigest() for b in blobs]:
+            raise JobFailed("the market stored the training's checkpoints under other hashes")
+        count = len(checkpoints)
+        return manifest_bytes(plan_sha256=plan_sha256(plan), checkpoints=uploaded[:count],
+                              losses=uploaded[count], final_state=uploaded[count - 1],
+                              steps=uploaded[count + 1:])
+
+    def _hand_back_partial(self, job: _ActiveJob, outcome: Any) -> None:
+        """Hand back a training job killed while frozen for the owner (its lease running out)
+        with the checkpoints it finished: their steps, as a job of their own would give them,
+        are uploaded with their manifest and named to the market (``PartialWork``), so the
+        client can pay this worker for them (a job reserved for it, which this worker then
+        commits without computing) and have another worker continue from the last one. With
+        no finished checkpoint, it is simply given back."""
+        job.done = True
+        spec = job.lease.spec
+        reason = ("the owner is using the machine and the lease would run out while the job "
+                  "is frozen")
+        plan = validate_plan(spec.training)
+        count = len(outcome.checkpoints)
+        if count == 0 or count >= len(segments(plan)):
+            self._release(job.job_id, reason)
+            return
+        end = segments(plan)[count - 1][1]
+        part = plan.part(plan.start_step, end)
+        steps = end - plan.start_step
+        try:
+            manifest = self._upload_training(part, list(outcome.checkpoints),
+                                             outcome.losses[:steps], outcome.step_hashes[:steps])
+            sha = self.market.put_blob(manifest)
+            if sha != hashlib.sha256(manifest).hexdigest():
+                raise JobFailed("the market stored the manifest under another hash")
+            partial = PartialWork(worker=self.address, end_step=end, manifest_sha256=sha,
+                                  state_sha256=hashlib.sha256(outcome.checkpoints[-1]).hexdigest())
+            self.market.fail(job.job_id, f"{reason}; steps {plan.start_step} to {end} are done "
+                             "and uploaded, to be paid for", partial=partial)
+        except MeshError as exc:
+            self._emit("warning", job_id=job.job_id,
+                       message=f"could not hand back job {job.job_id} with its finished "
+                               f"checkpoints ({exc}); giving it back without them")
+            self._release(job.job_id, reason)
+            return
+        with self._lock:
+            key = (spec.program, spec.inputs, spec.state or "", plan_sha256(part))
+            self._partials[key] = (manifest, sha)
+            self.counts["handed_back"] += 1
+        self._emit("job_handed_back", job_id=job.job_id, program=spec.program,
+                   verdict="owner", cached=False, reason=reason, partial_end_step=end,
+                   manifest=sha)
 
     def _probe_group(self, client: str, device: str, memory_mb: int, max_output: int,
                      computed: list[tuple[_ActiveJob, bytes, bytes, Any]],

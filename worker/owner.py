@@ -23,10 +23,16 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from meshcompute.core.availability import Availability, OwnerSignals, Schedule, decide
+from meshcompute.core.availability import (
+    OTHER_LOAD_CPUS,
+    Availability,
+    OwnerSignals,
+    Schedule,
+    decide,
+)
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: The shortest interval a load sample is measured over: the kernel counts CPU time in
@@ -140,6 +146,9 @@ class OwnerWatch:
 
     when_idle: bool
     schedule: Schedule | None
+    pause_file: Path | None = None
+    """While this file exists the owner has asked the worker to pause."""
+    other_load_cpus: float = OTHER_LOAD_CPUS
     pid: int = field(default_factory=os.getpid)
     every_s: float = 1.0
     clock: Callable[[], float] = time.monotonic
@@ -171,9 +180,12 @@ class OwnerWatch:
     def availability(self) -> Availability:
         now = self.clock()
         if self._answer is None or now - self._answered_at >= self.every_s:
-            self._answer = decide(self.signals() if self.when_idle else OwnerSignals(),
-                                  when_idle=self.when_idle, schedule=self.schedule,
-                                  minute_of_day=self.local_minute())
+            signals = self.signals() if self.when_idle else OwnerSignals()
+            if self.pause_file is not None and self.pause_file.exists():
+                signals = replace(signals, paused_by_owner=True)
+            self._answer = decide(signals, when_idle=self.when_idle, schedule=self.schedule,
+                                  minute_of_day=self.local_minute(),
+                                  other_load_cpus=self.other_load_cpus)
             self._answered_at = now
         return self._answer
 

@@ -56,6 +56,10 @@ def worker_start(
         str | None, typer.Option(help="Work only within these daily hours, local time "
                                       "(23:00-07:00).")
     ] = None,
+    idle_load: Annotated[
+        float | None, typer.Option(help="With --when idle: load from other programs, in CPUs, "
+                                        "above which the machine counts as in use (0.5).")
+    ] = None,
 ) -> None:
     """Register with the market and run jobs until SIGTERM or Ctrl-C."""
     from meshcompute.chain.connect import actor_for, connect
@@ -82,6 +86,7 @@ def worker_start(
         probe_stability=probe_stability or None,
         when_idle=_when_idle(when),
         hours=Schedule.parse(hours) if hours is not None else None,
+        idle_load_cpus=idle_load,
     )
     if not config.allow_unsandboxed and not sandbox_available():
         raise SandboxUnavailable(
@@ -130,3 +135,33 @@ def worker_health() -> None:
     typer.echo(message)
     if not ok:
         raise typer.Exit(1)
+
+
+@worker_app.command("pause")
+def worker_pause() -> None:
+    """Pause this machine's worker now, as if you were using the machine: its running jobs are
+    frozen (stopped, not killed) and it takes no new one until `mesh worker resume`. A frozen
+    job whose lease would run out is handed back, its finished checkpoints paid for."""
+    from meshcompute.settings import get_settings
+    from meshcompute.worker.config import PAUSE_FILE
+
+    path = get_settings().data_dir / PAUSE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    typer.echo(f"paused: the worker freezes its jobs within two seconds ({path} exists; "
+               "`mesh worker resume` removes it)")
+
+
+@worker_app.command("resume")
+def worker_resume() -> None:
+    """Let this machine's worker work again after `mesh worker pause`."""
+    from meshcompute.settings import get_settings
+    from meshcompute.worker.config import PAUSE_FILE
+
+    path = get_settings().data_dir / PAUSE_FILE
+    if not path.exists():
+        typer.echo("the worker was not paused")
+        return
+    path.unlink()
+    typer.echo("resumed: the worker thaws its jobs and takes work again (unless --when idle "
+               "or --hours say otherwise)")

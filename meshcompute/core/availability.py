@@ -6,7 +6,8 @@ seconds since the last keyboard or mouse input where the system reports it, othe
 the GPU, running on battery) and the schedule, and answers :class:`Availability`:
 
 - ``outside_hours``: a schedule is set and the local time is not in it;
-- ``paused_for_owner``: the owner is using the machine (any one signal is enough);
+- ``paused_for_owner``: the owner is using the machine (any one signal is enough), or asked
+  the worker to pause (``mesh worker pause``, in any mode);
 - ``active``: work may run.
 
 A signal the system does not report (None) says nothing either way. The node freezes its
@@ -70,6 +71,8 @@ class OwnerSignals:
     gpu_other_processes: int | None = None
     """Processes on the GPU that are not the worker's."""
     on_battery: bool | None = None
+    paused_by_owner: bool | None = None
+    """The owner asked the worker to pause (``mesh worker pause``), whatever the mode."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,11 @@ class Availability:
 
 
 def decide(signals: OwnerSignals, *, when_idle: bool, schedule: Schedule | None,
-           minute_of_day: int) -> Availability:
-    """Whether the worker may work now (see the module's docstring)."""
+           minute_of_day: int, other_load_cpus: float = OTHER_LOAD_CPUS) -> Availability:
+    """Whether the worker may work now (see the module's docstring); ``other_load_cpus``
+    is the load from other processes above which the owner is using the machine."""
+    if signals.paused_by_owner:
+        return Availability(PAUSED, "paused by its owner (mesh worker resume)")
     if schedule is not None and not schedule.contains(minute_of_day):
         return Availability(OUTSIDE, f"outside the hours {schedule}")
     if when_idle:
@@ -95,7 +101,7 @@ def decide(signals: OwnerSignals, *, when_idle: bool, schedule: Schedule | None,
         if signals.gpu_other_processes:
             return Availability(PAUSED, f"{signals.gpu_other_processes} other process(es) on "
                                         "the GPU")
-        if signals.other_load is not None and signals.other_load > OTHER_LOAD_CPUS:
+        if signals.other_load is not None and signals.other_load > other_load_cpus:
             return Availability(PAUSED, f"other programs keep {signals.other_load:.1f} CPUs "
                                         "busy")
     return Availability(ACTIVE, "idle" if when_idle else "working")

@@ -49,3 +49,16 @@ def test_without_when_idle_only_the_hours_count() -> None:
 def test_bad_hours_are_refused_naming_the_form(text: str) -> None:
     with pytest.raises(BadInput, match="--hours"):
         Schedule.parse(text)
+
+
+def test_the_owners_pause_wins_in_any_mode_and_the_load_threshold_is_the_workers():
+    """`mesh worker pause` pauses a worker that does not yield to load, and outside hours
+    too; `--idle-load` moves the load above which the owner counts as present."""
+    paused = OwnerSignals(paused_by_owner=True)
+    for when_idle in (False, True):
+        answer = decide(paused, when_idle=when_idle, schedule=None, minute_of_day=0)
+        assert answer.state == PAUSED and "mesh worker resume" in answer.reason
+    busy = OwnerSignals(other_load=1.2)
+    assert decide(busy, when_idle=True, schedule=None, minute_of_day=0).state == PAUSED
+    assert decide(busy, when_idle=True, schedule=None, minute_of_day=0,
+                  other_load_cpus=1.5).state == ACTIVE

@@ -123,3 +123,19 @@ def test_a_job_process_that_ended_stays_counted_as_the_workers_own_cpu_time(
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_the_pause_file_pauses_the_worker_until_it_is_removed(tmp_path: Path) -> None:
+    """`mesh worker pause` / `resume`: the watch reads the file at each answer (every_s)."""
+    from meshcompute.core.availability import ACTIVE, PAUSED
+
+    clock = [0.0]
+    pause = tmp_path / "worker.pause"
+    watch = OwnerWatch(False, None, pause_file=pause, clock=lambda: clock[0])
+    assert watch.availability().state == ACTIVE
+    pause.touch()
+    clock[0] += 1.0
+    assert watch.availability().state == PAUSED
+    pause.unlink()
+    clock[0] += 1.0
+    assert watch.availability().state == ACTIVE
