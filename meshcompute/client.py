@@ -706,12 +706,8 @@ class Client:
         part whose worker was slashed); ``job`` takes :meth:`submit_training`'s payment and
         limits, per part. Returns the last part's state with the whole loss curve.
 
-        A part handed back with finished checkpoints (its worker's owner came back and the
-        lease would have run out while it was frozen: :class:`HandedBack`) loses none of
-        them: its job is cancelled, the steps done are paid to that worker pro rata by a job
-        reserved for it (:meth:`pay_for_partial`: it commits the uploaded result without
-        computing it; verified and audited like any job), and the rest of the part is posted
-        from the state they end in, for any worker."""
+        A part handed back with finished checkpoints loses none of them
+        (:meth:`wait_training`)."""
         from meshcompute.core.training import validate_plan
         from meshcompute.execution.programs import export_program, load_tensors
 
@@ -729,34 +725,76 @@ class Client:
         losses: list[float] = []
         job_ids: list[int] = []
         result: TrainingResult | None = None
-        reward = parse_amount(job.pop("pay", "1"))
-        todo = [(start, end, reward) for start, end in pairwise(cuts)]
-        while todo:
-            start, end, pay = todo.pop(0)
+        for start, end in pairwise(cuts):
             submission = self.submit_training(model, list(tensors),
                                               checked.part(start, end).to_json(),
-                                              state=state, progress=progress, pay=pay, **job)
-            try:
-                done = self.wait(submission, timeout_s=max(1.0, give_up - time.monotonic()),
-                                 progress=progress, stop_on_partial=True)
-            except HandedBack as back:
-                paid = self.pay_for_partial(submission, back.partial)
-                if paid is None:  # taken meanwhile: follow it as it is
-                    done = self.wait(submission,
-                                     timeout_s=max(1.0, give_up - time.monotonic()),
-                                     progress=progress)
-                else:
-                    done = self.wait(paid, timeout_s=max(1.0, give_up - time.monotonic()),
-                                     progress=progress)
-                    todo.insert(0, (back.partial.end_step, end,
-                                    pay - paid.reward_per_shard))
-            assert isinstance(done, TrainingResult)
+                                              state=state, progress=progress, **job)
+            done = self.wait_training(submission,
+                                      timeout_s=max(1.0, give_up - time.monotonic()),
+                                      progress=progress)
             result, state = done, done.state
             losses += done.losses
             job_ids += done.job_ids
         assert result is not None
         return TrainingResult(parameters=result.parameters, losses=losses, state=result.state,
                               manifest_sha256=result.manifest_sha256, job_ids=job_ids)
+
+    def wait_training(self, submission: Submission, *, timeout_s: float = 3600.0,
+                      progress: Progress | None = None) -> TrainingResult:
+        """:meth:`wait` for a training job, losing no finished work: a job handed back with
+        finished checkpoints (its worker's owner came back and its lease would have run out
+        while it was frozen) is cancelled, the steps done are paid to that worker pro rata
+        by a job reserved for it (:meth:`pay_for_partial`: it commits the result it uploaded
+        without computing it; verified and audited like any job), and once they are verified
+        the rest is posted from the state they end in, for any worker (again and again, if
+        it is handed back again). Returns the whole result: the loss of every step, the last
+        job's state, and every job paid."""
+        from meshcompute.core.training import validate_plan
+
+        give_up = time.monotonic() + timeout_s
+        losses: list[float] = []
+        job_ids: list[int] = []
+        while True:
+            try:
+                done = self.wait(submission, timeout_s=max(1.0, give_up - time.monotonic()),
+                                 progress=progress, stop_on_partial=True)
+            except HandedBack as back:
+                paid = self.pay_for_partial(submission, back.partial)
+                if paid is None:  # taken meanwhile: follow it as it is
+                    continue
+                first = self.wait(paid, timeout_s=max(1.0, give_up - time.monotonic()),
+                                  progress=progress)
+                assert isinstance(first, TrainingResult)
+                losses += first.losses
+                job_ids += first.job_ids
+                (shard,) = submission.shards
+                plan = validate_plan(shard.spec.training)
+                rest = replace(shard.spec, training=plan.part(back.partial.end_step,
+                                                              plan.last).to_json(),
+                               state=back.partial.state_sha256)
+                submission = self._post_training_spec(
+                    rest, submission,
+                    reward=submission.reward_per_shard - paid.reward_per_shard,
+                    audit_fee=submission.audit_fee_per_shard - paid.audit_fee_per_shard,
+                    collateral=submission.collateral_per_shard - paid.collateral_per_shard)
+                continue
+            assert isinstance(done, TrainingResult)
+            return TrainingResult(parameters=done.parameters, losses=losses + done.losses,
+                                  state=done.state, manifest_sha256=done.manifest_sha256,
+                                  job_ids=job_ids + done.job_ids)
+
+    def _post_training_spec(self, spec: JobSpec, like: Submission, *, reward: int,
+                            audit_fee: int, collateral: int) -> Submission:
+        """Post ``spec`` (its blobs already stored) as a one-job submission with ``like``'s
+        audit rate and deadline and these amounts."""
+        self.market.put_specs([spec])
+        submission = Submission(group=None, program=spec.program, shards=[],
+                                reward_per_shard=max(1, reward), audit_fee_per_shard=audit_fee,
+                                collateral_per_shard=collateral, audit_bps=like.audit_bps,
+                                deadline_s=like.deadline_s)
+        (job_id,) = self._post(submission, [spec])
+        submission.shards = [Shard(index=0, spec=spec, job_id=job_id, attempts=[job_id])]
+        return submission
 
     def pay_for_partial(self, submission: Submission, partial: Any) -> Submission | None:
         """Pay for the finished checkpoints a worker handed back on ``submission``'s training

@@ -15,7 +15,9 @@ local SGD, DiLoCo style). Everything a round needs to go on lives in the run's f
 
 At the end the folder holds ``weights.safetensors`` (the trained parameters) and
 ``loss.png`` (the loss curve). A shard whose worker was slashed is posted again by
-:meth:`~meshcompute.client.Client.wait`; a shard still missing when the round's time is up
+:meth:`~meshcompute.client.Client.wait_training`, and one handed back with finished
+checkpoints is paid for them and goes on from the last (its worker's owner came back); a
+shard still missing when the round's time is up
 (a straggler, or a job nobody took) is left out of that round, said so in the report, and its
 escrow reclaimed once its deadline has passed (tried at each later round and at the end; what
 is still out then is listed in ``run.json``, ``to_reclaim``, for ``mesh job reclaim``).
@@ -54,7 +56,7 @@ class RunClient(Protocol):
     def submit_training(self, model: Any, data: Any, plan: dict[str, Any],
                         **job: Any) -> Any: ...
 
-    def wait(self, submission: Any, *, timeout_s: float) -> Any: ...
+    def wait_training(self, submission: Any, *, timeout_s: float) -> Any: ...
 
     def reclaim(self, job_id: int) -> None: ...
 
@@ -227,7 +229,7 @@ class TrainingRun:
             self._report(index, len(returned), doc)
             left = cfg.round_timeout_s - (time.monotonic() - started)
             try:
-                result = self.client.wait(submission, timeout_s=max(1.0, left))
+                result = self.client.wait_training(submission, timeout_s=max(1.0, left))
             except MeshError as exc:
                 skipped[str(shard)] = str(exc)
                 doc.setdefault("to_reclaim", []).extend(submission.job_ids)

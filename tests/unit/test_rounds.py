@@ -71,7 +71,7 @@ class Market:
     def submission_from_json(self, doc: dict[str, Any]) -> Any:
         return SimpleNamespace(job_ids=[doc["job_id"]], to_json=lambda: dict(doc))
 
-    def wait(self, submission: Any, *, timeout_s: float) -> Any:
+    def wait_training(self, submission: Any, *, timeout_s: float) -> Any:
         self.waits += 1
         if self.stop_after is not None and self.waits > self.stop_after:
             raise KeyboardInterrupt

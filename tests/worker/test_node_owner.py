@@ -6,9 +6,11 @@ lease would run out is handed back first, and done again once the worker may wor
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,8 +129,9 @@ def test_a_frozen_job_whose_lease_would_run_out_is_handed_back_and_done_later(
         _wait(lambda: any(e.get("phase") == "running" and e.get("job_id") == job_id
                           for e in events.named("phase")), what="the training to start")
         owner.state = PAUSED
-        _wait(lambda: events.named("job_released"), timeout=10, what="the hand-back")
-        (released,) = events.named("job_released")
+        _wait(lambda: events.named("job_released") or events.named("job_handed_back"),
+              timeout=10, what="the hand-back")
+        (released,) = events.named("job_released") or events.named("job_handed_back")
         assert released["job_id"] == job_id and "lease would run out" in released["reason"]
         # its training process is gone, not left stopped (idle warm sandboxes of the runner
         # pool started meanwhile are frozen too while the owner is there: they hold no job)
@@ -137,3 +140,57 @@ def test_a_frozen_job_whose_lease_would_run_out_is_handed_back_and_done_later(
         owner.state = ACTIVE
         _wait(lambda: events.named("committed"), timeout=120, what="the job done again")
     assert stack.world.job(job_id).state == JobState.COMMITTED
+
+
+LONG_PLAN = {**PLAN, "steps": 200_000, "checkpoint_every": 500}
+
+
+def test_a_frozen_training_job_is_handed_back_with_its_finished_checkpoints_and_paid_for_them(
+        stack: MarketStack, program: bytes, tmp_path: Path) -> None:
+    """The owner comes back once the job has finished checkpoints, and stays past the lease:
+    the job is handed back with the steps it finished, uploaded with the manifest of those
+    steps as a job of their own (the market shows them on the job). The client pays for them
+    with a job reserved for this worker (postJobsFor), which the worker, still paused, leases
+    and commits at once without computing: the committed result is those steps as a local run
+    gives them, and nobody else could have taken it."""
+    from meshcompute.chain.contracts import JobParams
+    from meshcompute.units import TOKEN
+
+    job_id = stack.post_job(program, save_tensors(_data()), training=LONG_PLAN,
+                            version=TRAINING_SPEC_VERSION)
+    owner = Owner()
+    node, events = _node(stack, owner, 2, hand_back_margin_s=18, scratch_dir=tmp_path)
+    client = stack.world.clients[0]
+    with _running(node), stack.client_for(client) as market:
+        def finished() -> bool:
+            return any(json.loads(p.read_text())["checkpoints"] >= 2
+                       for p in tmp_path.glob("mesh-train-*/box/progress.json"))
+        _wait(finished, timeout=120, what="two finished checkpoints")
+        owner.state = PAUSED
+        _wait(lambda: events.named("job_handed_back"), timeout=15, what="the hand-back")
+        (back,) = events.named("job_handed_back")
+        assert back["job_id"] == job_id and back["partial_end_step"] % 500 == 0
+        (partial,) = market.job(job_id).partials
+        assert partial.worker.lower() == stack.world.workers[2].address.lower()
+        end = partial.end_step
+        assert end == back["partial_end_step"] and 1000 <= end < LONG_PLAN["steps"]
+        part = validate_plan(LONG_PLAN).part(0, end)
+        doc = parse_manifest(market.get_blob(partial.manifest_sha256), part)
+        assert doc["final_state"] == partial.state_sha256
+        # the client pays for the steps done: cancel, and a job reserved for this worker
+        client.reclaim(job_id)
+        spec = market.job(job_id).spec
+        paying = replace(spec, training=part.to_json())
+        market.put_spec(paying)
+        (paid,) = client.post_jobs_for([JobParams(
+            spec_hash=bytes.fromhex(paying.sha256), reward=10 * TOKEN, audit_fee=TOKEN,
+            collateral=5 * TOKEN, deadline=stack.world.now() + 3600, audit_bps=0)],
+            partial.worker)
+        _wait(lambda: events.named("committed"), timeout=60, what="the reserved job committed")
+        assert events.named("partial_claimed") and not events.named("resumed")
+    record = stack.world.job(paid)
+    assert record.state == JobState.COMMITTED
+    assert record.result_hash.hex() == partial.manifest_sha256
+    local = run_steps(program, _data(), part)
+    with stack.client_for(client) as market:
+        assert market.get_blob(partial.state_sha256) == local.final_state
