@@ -121,7 +121,9 @@ def job_view(rt: MarketRuntime, job_id: int) -> dict[str, Any]:
         "failure": rt.state.failure(job_id),
         "failures": [{"worker": worker, "reason": failures[worker]}
                      for worker in sorted(failures)],
-        "given_up": given_up(len(failures)),
+        # a reserved job can go to its worker only: once that worker failed it, nobody will
+        "given_up": given_up(len(failures)) or (reserved_for(record) or "").lower() in {
+            w.lower() for w in failures},
         "partials": [{"worker": worker, **partials[worker]} for worker in sorted(partials)],
         "audited": audited,
         "group": client_group(record.client, spec.group) if spec and spec.group else None,

@@ -762,8 +762,19 @@ class Client:
                 paid = self.pay_for_partial(submission, back.partial)
                 if paid is None:  # taken meanwhile: follow it as it is
                     continue
-                first = self.wait(paid, timeout_s=max(1.0, give_up - time.monotonic()),
-                                  progress=progress)
+                try:
+                    first = self.wait(paid, timeout_s=max(1.0, give_up - time.monotonic()),
+                                      progress=progress)
+                except SubmissionStuck:
+                    # its worker refused it (restarted, so it no longer holds that work):
+                    # cancel it and post the whole job again, for anyone
+                    self.reclaim(paid.job_ids[0])
+                    submission = self._post_training_spec(
+                        submission.shards[0].spec, submission,
+                        reward=submission.reward_per_shard,
+                        audit_fee=submission.audit_fee_per_shard,
+                        collateral=submission.collateral_per_shard)
+                    continue
                 assert isinstance(first, TrainingResult)
                 losses += first.losses
                 job_ids += first.job_ids

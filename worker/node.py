@@ -679,6 +679,7 @@ class WorkerNode:
             try:
                 lease = job.lease
                 self._check_lease(lease)
+                self._check_reserved(lease)
                 if lease.spec.device == "cuda" and not self.hardware.gpus:
                     raise JobFailed("the job asks for device 'cuda' but this worker has no "
                                     "CUDA GPU")
@@ -754,6 +755,21 @@ class WorkerNode:
                                                bytes(outcome.output), self._emit)
                 done[job] = (output, hashlib.sha256(output).hexdigest(), outcome)
         return done
+
+    def _check_reserved(self, lease: Lease) -> None:
+        """JobFailed for a job reserved for this worker (``postJobsFor``) that does not pay
+        for finished work it holds: such a job is only ever committed from that work, never
+        computed (else anyone could have this worker compute for them at any price, since a
+        reserved job is offered to its worker whatever it pays)."""
+        record = lease.record
+        if record.state != JobState.POSTED or record.worker.lower() != self.address.lower():
+            return
+        if lease.spec.training is not None:
+            with self._lock:
+                if _partial_key(lease.spec) in self._partials:
+                    return
+        raise JobFailed("this job is reserved for this worker but pays for no work it handed "
+                        "back: a reserved job is committed from finished work, never computed")
 
     def _train(self, job: _ActiveJob, program: bytes,
                data: bytes) -> tuple[bytes, str, Any] | None:

@@ -194,3 +194,31 @@ def test_a_frozen_training_job_is_handed_back_with_its_finished_checkpoints_and_
     local = run_steps(program, _data(), part)
     with stack.client_for(client) as market:
         assert market.get_blob(partial.state_sha256) == local.final_state
+
+
+def test_a_job_reserved_for_the_worker_that_pays_for_nothing_it_did_is_never_computed(
+        stack: MarketStack, program: bytes) -> None:
+    """A reserved job is offered to its worker whatever it pays: were it computed, anyone
+    could have this worker train for them at any price. The worker refuses one that pays for
+    no work it handed back, before downloading or running anything."""
+    from meshcompute.chain.contracts import JobParams
+    from meshcompute.core.spec import JobSpec
+    from meshcompute.units import TOKEN
+
+    client = stack.world.clients[0]
+    worker = stack.world.workers[0]
+    with stack.client_for(client) as market:
+        spec = JobSpec(program=market.put_blob(program),
+                       inputs=market.put_blob(save_tensors(_data())), training=PLAN,
+                       version=TRAINING_SPEC_VERSION)
+        market.put_spec(spec)
+    (job_id,) = client.post_jobs_for([JobParams(
+        spec_hash=bytes.fromhex(spec.sha256), reward=TOKEN, audit_fee=0, collateral=0,
+        deadline=stack.world.now() + 3600, audit_bps=0)], worker.address)
+    node, events = _node(stack, Owner(), 0)
+    with _running(node):
+        _wait(lambda: events.named("job_failed"), timeout=30, what="the refusal")
+    (failed,) = events.named("job_failed")
+    assert failed["job_id"] == job_id and "reserved" in failed["reason"]
+    assert not [e for e in events.named("phase") if e.get("phase") == "running"]
+    assert stack.world.job(job_id).state == JobState.POSTED
