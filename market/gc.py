@@ -88,7 +88,7 @@ def needed_blobs(rt: MarketRuntime, *, ended_since: float | None = None) -> set[
             for output in outputs:
                 needed |= _manifest_blobs(rt, output, with_step_states=appealed)
             for partial in rt.state.partials(job_id).values():  # handed back: work to pay
-                needed |= {str(partial.get("state_sha256")), str(partial.get("manifest_sha256"))}
+                needed.add(str(partial.get("manifest_sha256")))
                 needed |= _manifest_blobs(rt, str(partial.get("manifest_sha256")),
                                           with_step_states=False)
         if record.state in _VERDICT_STATES:

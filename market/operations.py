@@ -610,9 +610,9 @@ def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: f
 
 
 def _check_partial(rt: MarketRuntime, lease: LeaseInfo, partial: dict[str, Any]) -> None:
-    """BadInput unless ``partial`` names a step inside the leased training job's steps and
-    blobs the store holds (what it names is the worker's claim: an audit of the job that pays
-    for it checks it)."""
+    """BadInput unless ``partial`` names a step inside the leased training job's steps and a
+    manifest the store holds (what it names is the worker's claim: an audit of the job that
+    pays for it checks it; its checkpoints are uploaded once that job is committed)."""
     from meshcompute.core.training import validate_plan
 
     record = job_record(rt, lease.job_id)
@@ -624,9 +624,10 @@ def _check_partial(rt: MarketRuntime, lease: LeaseInfo, partial: dict[str, Any])
     if not plan.start_step < end < plan.last:
         raise BadInput(f"partial: end_step {end} is not inside the job's steps "
                        f"({plan.start_step}, {plan.last})")
-    for key in ("manifest_sha256", "state_sha256"):
-        if not rt.blobs.exists(str(partial[key])):
-            raise BadInput(f"partial: {key} {partial[key]} is not in the store; upload it first")
+    # the states themselves are withheld until a job paying for them is committed
+    if not rt.blobs.exists(str(partial["manifest_sha256"])):
+        raise BadInput(f"partial: manifest_sha256 {partial['manifest_sha256']} is not in the "
+                       "store; upload it first")
 
 
 def submit_result(

@@ -111,6 +111,19 @@ class JobOutcomeLike(Protocol):
 Runner = Callable[..., JobOutcomeLike]
 
 
+@dataclass(frozen=True)
+class _Withheld:
+    """The outcome of a job paying for handed-back work: its checkpoints, uploaded once the
+    job is committed."""
+
+    checkpoints: list[bytes]
+    compute_s: float = 0.0
+
+
+#: Tries to upload withheld checkpoints after their job's commit.
+_UPLOAD_TRIES = 5
+
+
 def _partial_key(spec: JobSpec) -> tuple[str, ...]:
     """What identifies a training job's work: its program, data, initial state and plan."""
     return (spec.program, spec.inputs, spec.state or "", plan_sha256(validate_plan(spec.training)))
@@ -127,6 +140,8 @@ class _ActiveJob:
     abandoned: bool = False
     frozen: bool = False
     """Its processes were stopped for the machine's owner at some time."""
+    committed: bool = False
+    """Its result was committed on chain by this node."""
     handing_back: bool = False
     """A training job killed while frozen, its lease running out: its thread hands it back
     with the finished checkpoints (:meth:`WorkerNode._hand_back_partial`)."""
@@ -214,9 +229,10 @@ class WorkerNode:
         self._hb_stop = threading.Event()
         self._lease_s = 60.0
         self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0, "handed_back": 0}
-        self._partials: dict[tuple[str, ...], tuple[bytes, str]] = {}
+        self._partials: dict[tuple[str, ...], tuple[bytes, str, list[bytes]]] = {}
         """Finished training work handed back, by :func:`_partial_key` of the job that pays
-        for it: its manifest and the manifest's sha256 (everything uploaded)."""
+        for it: its manifest, the manifest's sha256 (uploaded with what it names but the
+        checkpoints) and the checkpoints, withheld until that job is committed."""
         self._programs: dict[str, bytes] = {}
         self.probes: ProbeCache | None = ProbeCache() if config.probe_stability else None
         """Stability verdicts by program, input layout and tolerance (``probe_stability``)."""
@@ -569,6 +585,9 @@ class WorkerNode:
             self._upload_all(done)
             if done:
                 self._commit(batch, {job: sha for job, (_, sha, _) in done.items()})
+                for job, (_, _, outcome) in done.items():
+                    if isinstance(outcome, _Withheld) and job.committed:
+                        self._upload_withheld(job, outcome)
                 for job, (_, sha, outcome) in done.items():
                     self._emit("job_done", job_id=job.job_id, output_sha256=sha,
                                wall_s=round(time.monotonic() - started, 3),
@@ -782,7 +801,7 @@ class WorkerNode:
             finished = self._partials.pop(_partial_key(spec), None)
         if finished is not None:  # a job paying for checkpoints this worker handed back
             self._emit("partial_claimed", job_id=job.job_id, manifest=finished[1])
-            return finished[0], finished[1], None
+            return finished[0], finished[1], _Withheld(finished[2])
         try:
             state = self._download(spec.state, "training state") if spec.state else None
             with job.lock:
@@ -825,22 +844,43 @@ class WorkerNode:
         return manifest, hashlib.sha256(manifest).hexdigest(), outcome
 
     def _upload_training(self, plan: Any, checkpoints: list[bytes], losses: list[float],
-                         step_hashes: list[str]) -> bytes:
+                         step_hashes: list[str], *, withhold: bool = False) -> bytes:
         """Upload the checkpoints, loss curve and step records of ``plan``'s steps; the
-        manifest naming them (the result to commit). MeshError when the market refuses."""
+        manifest naming them (the result to commit). ``withhold``: all but the checkpoints
+        (work handed back: its states are uploaded once a job paying for it is committed,
+        so nobody can take them unpaid). MeshError when the market refuses."""
         ends = [hashlib.sha256(c).hexdigest() for c in checkpoints]
         base = plan.start_step  # step_hashes[0]: the state after the job's first step
         records = [steps_bytes(segment=i, first_step=start, states=[
             *step_hashes[start - base:end - 1 - base], ends[i]])
             for i, (start, end) in enumerate(segments(plan))]
-        blobs = [*checkpoints, json.dumps(losses).encode(), *records]
+        blobs = [json.dumps(losses).encode(), *records]
+        if not withhold:
+            blobs = [*checkpoints, *blobs]
         uploaded = self.market.put_blobs(blobs)
         if uploaded != [hashlib.sha256(b).hexdigest() for b in blobs]:
             raise JobFailed("the market stored the training's checkpoints under other hashes")
-        count = len(checkpoints)
-        return manifest_bytes(plan_sha256=plan_sha256(plan), checkpoints=uploaded[:count],
-                              losses=uploaded[count], final_state=uploaded[count - 1],
-                              steps=uploaded[count + 1:])
+        losses_sha, records_sha = uploaded[-len(records) - 1], uploaded[-len(records):]
+        return manifest_bytes(plan_sha256=plan_sha256(plan), checkpoints=ends,
+                              losses=losses_sha, final_state=ends[-1], steps=records_sha)
+
+    def _upload_withheld(self, job: _ActiveJob, withheld: _Withheld) -> None:
+        """After committing a job that pays for work this worker handed back: upload the
+        checkpoints it withheld till then (the audit and the client need them)."""
+        for attempt in range(_UPLOAD_TRIES):
+            try:
+                self.market.put_blobs(withheld.checkpoints)
+            except MeshError as exc:
+                if attempt + 1 == _UPLOAD_TRIES:
+                    self._emit("error", job_id=job.job_id,
+                               message=f"could not upload the checkpoints of job {job.job_id} "
+                                       f"({exc}): an audit would find them missing")
+                    return
+                time.sleep(1.0 + attempt)
+                continue
+            self._emit("partial_states_uploaded", job_id=job.job_id,
+                       checkpoints=len(withheld.checkpoints))
+            return
 
     def _hand_back_partial(self, job: _ActiveJob, outcome: Any) -> None:
         """Hand back a training job killed while frozen for the owner (its lease running out)
@@ -863,7 +903,8 @@ class WorkerNode:
         steps = end - plan.start_step
         try:
             manifest = self._upload_training(part, list(outcome.checkpoints),
-                                             outcome.losses[:steps], outcome.step_hashes[:steps])
+                                             outcome.losses[:steps], outcome.step_hashes[:steps],
+                                             withhold=True)
             sha = self.market.put_blob(manifest)
             if sha != hashlib.sha256(manifest).hexdigest():
                 raise JobFailed("the market stored the manifest under another hash")
@@ -879,7 +920,7 @@ class WorkerNode:
             return
         with self._lock:
             key = (spec.program, spec.inputs, spec.state or "", plan_sha256(part))
-            self._partials[key] = (manifest, sha)
+            self._partials[key] = (manifest, sha, list(outcome.checkpoints))
             self.counts["handed_back"] += 1
         self._emit("job_handed_back", job_id=job.job_id, program=spec.program,
                    verdict="owner", cached=False, reason=reason, partial_end_step=end,
@@ -1185,7 +1226,7 @@ class WorkerNode:
             ticket, signature, [bytes.fromhex(results[by_id[i]]) for i in ids],
             [by_id[i].lease.record for i in ids])
         for i in ids:
-            by_id[i].done = True
+            by_id[i].done = by_id[i].committed = True
         for job in jobs:
             if job.job_id not in ticket.job_ids:
                 self._release(job.job_id, "left out of the renewed ticket")

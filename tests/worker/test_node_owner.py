@@ -20,6 +20,7 @@ from meshcompute.core.availability import ACTIVE, PAUSED, Availability
 from meshcompute.core.job import JobState
 from meshcompute.core.spec import TRAINING_SPEC_VERSION
 from meshcompute.core.training import parse_manifest, validate_plan
+from meshcompute.errors import NotFound
 from meshcompute.execution.programs import export_program, save_tensors
 from meshcompute.execution.training import run_steps
 from meshcompute.mesh.models import MLPClassifier
@@ -142,17 +143,18 @@ def test_a_frozen_job_whose_lease_would_run_out_is_handed_back_and_done_later(
     assert stack.world.job(job_id).state == JobState.COMMITTED
 
 
-LONG_PLAN = {**PLAN, "steps": 200_000, "checkpoint_every": 500}
+LONG_PLAN = {**PLAN, "steps": 200_000, "checkpoint_every": 500, "seed": 7}  # its own states
 
 
 def test_a_frozen_training_job_is_handed_back_with_its_finished_checkpoints_and_paid_for_them(
         stack: MarketStack, program: bytes, tmp_path: Path) -> None:
     """The owner comes back once the job has finished checkpoints, and stays past the lease:
-    the job is handed back with the steps it finished, uploaded with the manifest of those
-    steps as a job of their own (the market shows them on the job). The client pays for them
+    the job is handed back with the steps it finished: the manifest of those steps as a job of
+    their own is uploaded (the market shows it on the job), their states are withheld. The
+    client pays for them
     with a job reserved for this worker (postJobsFor), which the worker, still paused, leases
-    and commits at once without computing: the committed result is those steps as a local run
-    gives them, and nobody else could have taken it."""
+    and commits at once without computing, then uploads the states: the committed result is
+    those steps as a local run gives them, and nobody else could have taken it."""
     from meshcompute.chain.contracts import JobParams
     from meshcompute.units import TOKEN
 
@@ -177,6 +179,11 @@ def test_a_frozen_training_job_is_handed_back_with_its_finished_checkpoints_and_
         part = validate_plan(LONG_PLAN).part(0, end)
         doc = parse_manifest(market.get_blob(partial.manifest_sha256), part)
         assert doc["final_state"] == partial.state_sha256
+        # the states are withheld until a job paying for them is committed: the client
+        # cannot go on from them unpaid
+        for checkpoint in doc["checkpoints"]:
+            with pytest.raises(NotFound):
+                market.get_blob(checkpoint)
         # the client pays for the steps done: cancel, and a job reserved for this worker
         client.reclaim(job_id)
         spec = market.job(job_id).spec
@@ -186,8 +193,10 @@ def test_a_frozen_training_job_is_handed_back_with_its_finished_checkpoints_and_
             spec_hash=bytes.fromhex(paying.sha256), reward=10 * TOKEN, audit_fee=TOKEN,
             collateral=5 * TOKEN, deadline=stack.world.now() + 3600, audit_bps=0)],
             partial.worker)
-        _wait(lambda: events.named("committed"), timeout=60, what="the reserved job committed")
-        assert events.named("partial_claimed") and not events.named("resumed")
+        _wait(lambda: events.named("partial_states_uploaded"), timeout=60,
+              what="the reserved job committed and its checkpoints uploaded")
+        assert events.named("committed") and events.named("partial_claimed")
+        assert not events.named("resumed")
     record = stack.world.job(paid)
     assert record.state == JobState.COMMITTED
     assert record.result_hash.hex() == partial.manifest_sha256
