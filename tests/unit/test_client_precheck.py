@@ -242,3 +242,41 @@ def test_a_training_job_that_cannot_run_is_refused_before_any_market_or_chain_ca
                                        r"do not fit the job's memory limit of 4 MB"):
         untouchable_client().submit_training(wide, _training_data(), TRAIN_PLAN,
                                              memory_limit_mb=4)
+
+
+# ------------------------------------------------------- paying for handed-back training work
+
+def test_paying_for_handed_back_work_refuses_a_claim_that_does_not_check_before_cancelling():
+    """A worker's claim of finished steps is checked before the client cancels its job or pays
+    anything: its end must be one of the job's checkpoints (not its last: that is the whole
+    job), and its manifest must be the manifest of those steps ending in the state it names."""
+    from meshcompute.client import Shard, Submission
+    from meshcompute.core.spec import JobSpec
+    from meshcompute.core.training import manifest_bytes, plan_sha256, validate_plan
+    from meshcompute.wire.market_client import PartialWork
+
+    plan = validate_plan({"optimizer": {"name": "sgd", "lr": 0.1}, "steps": 12,
+                          "batch_size": 4, "seed": 1, "checkpoint_every": 4})
+    spec = JobSpec(program="a" * 64, inputs="b" * 64, training=plan.to_json(), version=2)
+    submission = Submission(group=None, program="a" * 64, shards=[
+        Shard(index=0, spec=spec, job_id=7, attempts=[7])], reward_per_shard=10**18,
+        audit_fee_per_shard=10**18, collateral_per_shard=2 * 10**18, audit_bps=0,
+        deadline_s=600)
+    states = ["c" * 64, "d" * 64]
+    manifest = manifest_bytes(plan_sha256=plan_sha256(plan.part(0, 8)), checkpoints=states,
+                              losses="e" * 64, final_state=states[-1],
+                              steps=["f" * 64, "0" * 64])
+    client = untouchable_client()
+    client.market = SimpleNamespace(get_blob=lambda sha, verify=True: manifest)  # type: ignore
+
+    def claim(end: int, state: str = states[-1]) -> PartialWork:
+        return PartialWork(worker="0x" + "22" * 20, end_step=end,
+                           manifest_sha256=sha256_hex(manifest), state_sha256=state)
+
+    for end in (5, 12, 0):
+        with pytest.raises(BadInput, match="does not end at one of its checkpoints"):
+            client.pay_for_partial(submission, claim(end))
+    with pytest.raises(BadInput, match="expected 1 checkpoints"):
+        client.pay_for_partial(submission, claim(4))  # the manifest is of 8 steps
+    with pytest.raises(BadInput, match="does not end in the state it names"):
+        client.pay_for_partial(submission, claim(8, state="9" * 64))
