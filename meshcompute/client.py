@@ -817,18 +817,18 @@ class Client:
         slashed and the steps posted again for anyone if its result is wrong. Returns it as a
         submission to :meth:`wait` for; None when the job was taken meanwhile (nothing is
         posted). BadInput, before anything is cancelled or paid, when the partial work is not
-        steps of the job ending at one of its checkpoints, or its manifest does not check."""
+        steps of the job, or its manifest is not that of those steps."""
         from meshcompute.chain.contracts import JobParams
-        from meshcompute.core.training import parse_manifest, segments, validate_plan
+        from meshcompute.core.training import parse_manifest, validate_plan
 
         (shard,) = submission.shards
         if shard.spec.training is None:
             raise BadInput(f"job {shard.job_id} is not a training job")
         plan = validate_plan(shard.spec.training)
-        ends = [end for _, end in segments(plan)][:-1]
-        if partial.end_step not in ends:
-            raise BadInput(f"job {shard.job_id}: partial work up to step {partial.end_step} "
-                           f"does not end at one of its checkpoints (nothing was paid)")
+        if not plan.start_step < partial.end_step < plan.last:
+            raise BadInput(f"job {shard.job_id}: partial work up to step {partial.end_step} is "
+                           f"not part of its steps [{plan.start_step}, {plan.last}) (nothing "
+                           "was paid)")
         part = plan.part(plan.start_step, partial.end_step)
         manifest = self.market.get_blob(partial.manifest_sha256, verify=True)
         doc = parse_manifest(manifest, part)

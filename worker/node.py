@@ -72,7 +72,7 @@ from meshcompute.execution.train_runner import run_training_job
 from meshcompute.health import write_health
 from meshcompute.wire.market_client import Hardware, Lease, MarketClient, PartialWork
 from meshcompute.worker.config import WorkerConfig, parse_price
-from meshcompute.worker.owner import Freezer, OwnerWatch, send_signal
+from meshcompute.worker.owner import Freezer, OwnerWatch, descendants, run_state, send_signal
 from meshcompute.worker.policy import HONEST, OutputPolicy
 from meshcompute.worker.probe import (
     EXTRA_RUNS,
@@ -122,6 +122,8 @@ class _Withheld:
 
 #: Tries to upload withheld checkpoints after their job's commit.
 _UPLOAD_TRIES = 5
+#: How long a training job handed back gets to finish its step and save its state.
+_STOP_WAIT_S = 10.0
 
 
 def _partial_key(spec: JobSpec) -> tuple[str, ...]:
@@ -142,6 +144,10 @@ class _ActiveJob:
     """Its processes were stopped for the machine's owner at some time."""
     committed: bool = False
     """Its result was committed on chain by this node."""
+    process_group: int | None = None
+    """A running training job's process group (its sandbox and job process)."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set to stop a running training job after its current step (a hand-back)."""
     handing_back: bool = False
     """A training job killed while frozen, its lease running out: its thread hands it back
     with the finished checkpoints (:meth:`WorkerNode._hand_back_partial`)."""
@@ -377,9 +383,37 @@ class WorkerNode:
             if not job.handing_back:
                 self._release(job.job_id, "the owner is using the machine and the lease "
                                           "would run out while the job is frozen")
+        stopping = {job.process_group for job in held
+                    if job.handing_back and job.process_group is not None}
+        for job in held:
+            if job.handing_back:
+                job.stop.set()
+        if stopping:
+            self._let_stop(stopping)
         for pid, born in list(self.freezer.frozen.items()):
             send_signal(pid, born, signal.SIGKILL)  # delivered to a stopped process too
         self.freezer.frozen.clear()
+
+    def _let_stop(self, groups: set[int]) -> None:
+        """Thaw the frozen processes of these training jobs, asked to stop after their
+        current step, keeping every step done (each named by its sandbox's pid: the job
+        process below it has a session of its own), and wait, at most :data:`_STOP_WAIT_S`,
+        until they have ended; the caller kills what is left."""
+        members = set(groups)  # each group's leader (the sandbox) and everything below it
+        for leader in groups:
+            members |= set(descendants(leader))
+        woken = {}
+        for pid, born in self.freezer.frozen.items():
+            if pid in members and send_signal(pid, born, signal.SIGCONT):
+                woken[pid] = born
+        give_up = time.monotonic() + min(_STOP_WAIT_S, self.config.hand_back_margin_s / 2)
+        while woken and time.monotonic() < give_up:
+            woken = {pid: born for pid, born in woken.items()
+                     if run_state(pid) not in (None, "Z", "X")}
+            time.sleep(0.02)
+        for pid in list(self.freezer.frozen):
+            if pid not in woken and run_state(pid) in (None, "Z", "X"):
+                del self.freezer.frozen[pid]
 
     def _announce_limits(self) -> None:
         """One line at start: what of this machine the worker may use, and when."""
@@ -813,7 +847,8 @@ class WorkerNode:
                 program, data, spec.training, state, threads=self.config.threads,
                 time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
                 max_output_bytes=spec.max_output_bytes, scratch_root=self.config.scratch_dir,
-                allow_unsandboxed=self.config.allow_unsandboxed, record="hashes")
+                allow_unsandboxed=self.config.allow_unsandboxed, record="hashes",
+                stop=job.stop, on_start=lambda pid: setattr(job, "process_group", pid))
         except (JobFailed, BadInput) as exc:
             self._fail(job, str(exc))
             return None
@@ -894,22 +929,25 @@ class WorkerNode:
         reason = ("the owner is using the machine and the lease would run out while the job "
                   "is frozen")
         plan = validate_plan(spec.training)
-        count = len(outcome.checkpoints)
-        if count == 0 or count >= len(segments(plan)):
+        bounds = segments(plan)
+        states = list(outcome.checkpoints[:len(bounds) - 1])
+        end = bounds[len(states) - 1][1] if states else plan.start_step
+        if outcome.stopped_at is not None and end < outcome.stopped_at < plan.last:
+            end = outcome.stopped_at  # stopped after this step: every step done is kept
+            states.append(outcome.last_state)
+        if end == plan.start_step or len(outcome.losses) < end - plan.start_step:
             self._release(job.job_id, reason)
             return
-        end = segments(plan)[count - 1][1]
         part = plan.part(plan.start_step, end)
         steps = end - plan.start_step
         try:
-            manifest = self._upload_training(part, list(outcome.checkpoints),
-                                             outcome.losses[:steps], outcome.step_hashes[:steps],
-                                             withhold=True)
+            manifest = self._upload_training(part, states, outcome.losses[:steps],
+                                             outcome.step_hashes[:steps], withhold=True)
             sha = self.market.put_blob(manifest)
             if sha != hashlib.sha256(manifest).hexdigest():
                 raise JobFailed("the market stored the manifest under another hash")
             partial = PartialWork(worker=self.address, end_step=end, manifest_sha256=sha,
-                                  state_sha256=hashlib.sha256(outcome.checkpoints[-1]).hexdigest())
+                                  state_sha256=hashlib.sha256(states[-1]).hexdigest())
             self.market.fail(job.job_id, f"{reason}; steps {plan.start_step} to {end} are done "
                              "and uploaded, to be paid for", partial=partial)
         except MeshError as exc:
@@ -920,7 +958,7 @@ class WorkerNode:
             return
         with self._lock:
             key = (spec.program, spec.inputs, spec.state or "", plan_sha256(part))
-            self._partials[key] = (manifest, sha, list(outcome.checkpoints))
+            self._partials[key] = (manifest, sha, states)
             self.counts["handed_back"] += 1
         self._emit("job_handed_back", job_id=job.job_id, program=spec.program,
                    verdict="owner", cached=False, reason=reason, partial_end_step=end,

@@ -10,6 +10,9 @@ for each segment end it reaches, ``last.safetensors`` (the state after the last 
 for ``"states"`` ``step.<i>.safetensors`` (the state after step ``start + i``), and, last, ``result.json`` (``{"ok", "reason", "diverged_at", "compute_s"}``).
 Each checkpoint is written as soon as it is reached, followed by ``progress.json`` (how many
 are written, the losses and step hashes up to the last), so a run stopped half way keeps them.
+A file ``stop`` created in ``JOB_DIR`` (with ``record``) ends the run after the step under way:
+``stopped.safetensors`` is the state there and ``progress.json`` names every step done
+(``stopped_at``), so a job handed back loses no step at all.
 No ``result.json`` means it was killed (time or memory) or crashed. With ``links`` (a list of
 steps) it runs each of them alone instead, step ``links[i]`` from ``link.<i>.safetensors`` (the
 program's own parameters when absent), and writes ``after.<i>.safetensors``.
@@ -29,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+#: Created in the job folder by the worker: stop after the current step, keeping its state.
+STOP_FILE = "stop"
 
 
 def main(argv: list[str]) -> int:
@@ -78,8 +84,12 @@ def run(job: Path) -> dict[str, Any]:
         run = run_steps(loaded, data, plan, state, start=int(order["start"]),
                         end=int(order["end"]), micro_batches=int(order.get("micro_batches", 1)),
                         record=order.get("record"), device=str(order["device"]),
-                        on_checkpoint=progress)
+                        on_checkpoint=progress, should_stop=(job / STOP_FILE).exists)
         result["compute_s"] = time.perf_counter() - started
+        if run.stopped_at is not None:
+            progress.stopped(run)
+            result["reason"] = f"stopped on request after step {run.stopped_at - 1}"
+            return result
     except BadInput as exc:
         result["reason"] = f"training refused: {exc}"
         return result
@@ -150,6 +160,20 @@ class _Progress:
         temporary = self.job / "progress.json.tmp"
         temporary.write_text(json.dumps({"checkpoints": self.written, "losses": run.losses,
                                          "step_hashes": run.step_hashes}))
+        os.replace(temporary, self.job / "progress.json")
+
+    def stopped(self, run: Any) -> None:
+        """The run stopped on request: ``stopped.safetensors`` (the state after its last
+        step), then ``progress.json`` with every step done and ``stopped_at``."""
+        if self.problem is None:
+            self(run)  # the checkpoints reached and not yet written
+        if self.problem is not None:
+            return
+        (self.job / "stopped.safetensors").write_bytes(run.last_state)
+        temporary = self.job / "progress.json.tmp"
+        temporary.write_text(json.dumps({"checkpoints": self.written, "losses": run.losses,
+                                         "step_hashes": run.step_hashes,
+                                         "stopped_at": run.stopped_at}))
         os.replace(temporary, self.job / "progress.json")
 
 

@@ -18,8 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from meshcompute.core.training import validate_plan
 from meshcompute.errors import BadInput, SandboxUnavailable
 from meshcompute.execution.archive import validate_program
 from meshcompute.execution.sandbox import SANDBOX_DIR, _job_env, build_command, sandbox_available
+from meshcompute.execution.train_job import STOP_FILE
 
 
 @dataclass
@@ -53,6 +55,9 @@ class TrainingOutcome:
     """With ``record="states"``: the state after each step run."""
     link_states: list[bytes] = field(default_factory=list)
     """With ``links``: the state after each link's one step."""
+    stopped_at: int | None = None
+    """Stopped on request (``stop``) after step ``stopped_at - 1``: not ``ok``, with every
+    step's loss and hash up to there and ``last_state`` the state there."""
 
 
 def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | None = None, *,
@@ -63,7 +68,9 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
                      onednn_max_isa: str | None = None,
                      time_limit_s: float, memory_limit_mb: int, max_output_bytes: int,
                      device: str = "cpu", scratch_root: Path | None = None,
-                     allow_unsandboxed: bool = False) -> TrainingOutcome:
+                     allow_unsandboxed: bool = False,
+                     stop: threading.Event | None = None,
+                     on_start: Callable[[int], None] | None = None) -> TrainingOutcome:
     """Run steps ``[start, end)`` of ``plan`` (JSON) over ``program`` and the data shard
     ``data`` (safetensors ``args.0``, ...) from ``state`` (None: the program's own parameters)
     in a fresh sandboxed process; ``micro_batches`` > 1 accumulates each step's gradient over
@@ -74,7 +81,9 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
     kernels as :class:`meshcompute.execution.sandbox.JobRunner` does (the verifier's second
     numeric setup uses all three). Raises :class:`BadInput` for a plan or program refused before
     anything runs, :class:`SandboxUnavailable` when the job cannot be isolated and
-    ``allow_unsandboxed`` is False."""
+    ``allow_unsandboxed`` is False. ``stop``, once set, ends the run after the step under way
+    (with ``record``), keeping every step done (``stopped_at``); ``on_start`` is told the job's
+    process group once it runs."""
     started = time.perf_counter()
     checked = validate_plan(plan)
     validate_program(program)
@@ -117,9 +126,9 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=stderr,
                                        start_new_session=True, env=env, cwd=cwd)
-            try:
-                process.wait(timeout=time_limit_s)
-            except subprocess.TimeoutExpired:
+            if on_start is not None:
+                on_start(process.pid)
+            if not _wait(process, time_limit_s, stop, box / STOP_FILE):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 return _finished_part(box, TrainingOutcome(
@@ -140,8 +149,8 @@ def _collect(box: Path, folder: Path, memory_limit_mb: int, started: float) -> T
                    f"memory limit of {memory_limit_mb} MB) {tail}", wall_s=wall))
     result = json.loads(result_file.read_text())
     if not result.get("ok"):
-        return TrainingOutcome(False, str(result.get("reason") or "training failed"),
-                               wall_s=wall)
+        return _finished_part(box, TrainingOutcome(
+            False, str(result.get("reason") or "training failed"), wall_s=wall))
     checkpoints = _numbered(box, "checkpoint")
     last = box / "last.safetensors"
     steps = box / "steps.json"
@@ -160,12 +169,40 @@ def _finished_part(box: Path, outcome: TrainingOutcome) -> TrainingOutcome:
         progress = json.loads((box / "progress.json").read_text())
         count = int(progress["checkpoints"])
         checkpoints = [(box / f"checkpoint.{i}.safetensors").read_bytes() for i in range(count)]
-        outcome.losses = [float(x) for x in progress["losses"]]
-        outcome.step_hashes = [str(h) for h in progress["step_hashes"]]
+        losses = [float(x) for x in progress["losses"]]
+        hashes = [str(h) for h in progress["step_hashes"]]
+        stopped = progress.get("stopped_at")
+        last = (box / "stopped.safetensors").read_bytes() if stopped is not None else b""
     except (OSError, ValueError, KeyError, TypeError):
         return outcome
-    outcome.checkpoints = checkpoints
+    outcome.checkpoints, outcome.losses, outcome.step_hashes = checkpoints, losses, hashes
+    if stopped is not None:
+        outcome.stopped_at, outcome.last_state = int(stopped), last
     return outcome
+
+
+def _wait(process: subprocess.Popen[bytes], time_limit_s: float, stop: threading.Event | None,
+          stop_file: Path) -> bool:
+    """Wait for the job process; False when its time limit ran out. ``stop`` set: the
+    process is asked to stop after its current step (``stop_file``)."""
+    if stop is None:
+        try:
+            process.wait(timeout=time_limit_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    deadline = time.monotonic() + time_limit_s
+    asked = False
+    while True:
+        try:
+            process.wait(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                return False
+            if stop.is_set() and not asked:
+                stop_file.touch()
+                asked = True
 
 
 def _numbered(box: Path, name: str) -> list[bytes]:

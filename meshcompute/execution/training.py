@@ -55,6 +55,9 @@ class TrainingRun:
     :func:`meshcompute.core.training.steps_bytes`)."""
     step_states: list[bytes] = field(default_factory=list)
     """With ``record="states"``: the state after each step run."""
+    stopped_at: int | None = None
+    """Stopped on request (``should_stop``) after step ``stopped_at - 1``: ``last_state`` is
+    the state there."""
 
     @property
     def final_state(self) -> bytes:
@@ -154,13 +157,17 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
               state: dict[str, torch.Tensor] | bytes | None = None, *, start: int | None = None,
               end: int | None = None, micro_batches: int = 1,
               record: str | None = None, device: str = "cpu",
-              on_checkpoint: Callable[[TrainingRun], None] | None = None) -> TrainingRun:
+              on_checkpoint: Callable[[TrainingRun], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TrainingRun:
     """Run steps ``[start, end)`` of ``plan`` (by default the job's: its part of the plan)
     from ``state`` (the program's own parameters when None; a state's bytes are checked by :func:`load_state`), ``state`` being the state
     after step ``start - 1``; a checkpoint is taken at each segment end. ``record="hashes"``
     keeps the sha256 of the state after every step, ``"states"`` the states too.
     ``on_checkpoint`` is called with the run so far each time a checkpoint is taken (the job
     process writes it out then, so a run stopped half way keeps its finished segments).
+    ``should_stop`` is asked after each step (with ``record`` set): when it says so the run
+    ends there, ``stopped_at`` the next step and ``last_state`` the state (a job handed back
+    keeps every step it finished).
 
     ``micro_batches`` > 1 splits each batch into that many equal parts and averages their
     gradients (gradient accumulation, for a worker short of memory): the same step for a loss
@@ -234,6 +241,10 @@ def run_steps(program: bytes | LoadedProgram, data: Sequence[torch.Tensor], plan
                     run.step_states.append(run.last_state)
             if step + 1 in ends and on_checkpoint is not None:
                 on_checkpoint(run)
+            if (should_stop is not None and record is not None and step + 1 < end
+                    and should_stop()):
+                run.stopped_at = step + 1
+                return run
     return run
 
 

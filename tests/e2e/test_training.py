@@ -99,10 +99,10 @@ def test_a_worker_paused_past_its_lease_is_paid_for_its_finished_steps_and_anoth
         tmp_path) -> None:
     """Real processes: the worker running a training job is paused by its owner (`mesh worker
     pause`) once its first checkpoint is done, and stays paused past its lease. It hands the
-    job back with that checkpoint; the client cancels the job, pays that worker for the steps
-    it did with a job reserved for it (which it commits while still paused, and a verifier
-    audits), and posts the rest from that checkpoint, which another worker finishes. Nothing
-    is computed twice, both workers are paid after a verified pass, the result is a local
+    job back stopped after the step under way, with every step it did; the client cancels the
+    job, pays that worker for those steps with a job reserved for it (which it commits while
+    still paused, and a verifier audits), and posts the rest from the state they end in, which
+    another worker finishes. No step is computed twice, both workers are paid after a verified pass, the result is a local
     run's bit for bit, and the books reconcile to the wei."""
     import threading
     import time
@@ -163,8 +163,12 @@ def test_a_worker_paused_past_its_lease_is_paid_for_its_finished_steps_and_anoth
         assert sorted(int(e.args["jobId"]) for e in events if e.name == "JobPaid") \
             == [steps_done, rest]
         assert all(e.args["audited"] for e in events if e.name == "JobPaid")
-        assert records[steps_done].reward + records[rest].reward == records[handed].reward
-        assert records[steps_done].reward == records[handed].reward // 2  # 6,000 of 12,000
+        # stopped after the step under way: every step it did is paid, pro rata
+        (partial,) = client.market.job(handed).partials
+        assert 6_000 <= partial.end_step < 12_000
+        reward = records[handed].reward
+        assert records[steps_done].reward == reward * partial.end_step // 12_000
+        assert records[steps_done].reward + records[rest].reward == reward
         # the client paid the two jobs' escrow and got the cancelled job's back, to the wei
         escrows = sum(records[j].reward + records[j].audit_fee for j in posted)
         refunded = sum(int(e.args["amount"]) for e in events if e.name == "JobRefunded")

@@ -343,3 +343,25 @@ def test_a_training_run_killed_half_way_keeps_its_finished_checkpoints(
     clean = run_steps(program, _data(), plan, start=0, end=500 * count, record="hashes")
     assert killed.checkpoints == clean.checkpoints
     assert killed.losses == clean.losses and killed.step_hashes == clean.step_hashes
+
+
+def test_a_training_run_asked_to_stop_keeps_every_step_it_did(
+        requires_sandbox: None, program: bytes) -> None:
+    """``stop`` (a worker handing a frozen job back) ends the run after the step under way:
+    every step's loss and hash up to there, and the state there, equal to a clean run's."""
+    import threading
+
+    from meshcompute.execution.train_runner import run_training_job
+
+    plan = _plan({"name": "adamw", "lr": 0.01}, steps=200_000, every=10_000)
+    stop = threading.Event()
+    stop.set()  # at once: it stops after its first steps
+    stopped = run_training_job(program, _shard(), plan.to_json(), record="hashes", stop=stop,
+                               **LIMITS)
+    assert not stopped.ok and stopped.stopped_at is not None, stopped.reason
+    done = stopped.stopped_at
+    assert 1 <= done < 10_000 and not stopped.checkpoints
+    assert len(stopped.losses) == len(stopped.step_hashes) == done
+    clean = run_steps(program, _data(), plan, start=0, end=done, record="hashes")
+    assert stopped.last_state == clean.last_state
+    assert stopped.losses == clean.losses and stopped.step_hashes == clean.step_hashes

@@ -248,8 +248,8 @@ def test_a_training_job_that_cannot_run_is_refused_before_any_market_or_chain_ca
 
 def test_paying_for_handed_back_work_refuses_a_claim_that_does_not_check_before_cancelling():
     """A worker's claim of finished steps is checked before the client cancels its job or pays
-    anything: its end must be one of the job's checkpoints (not its last: that is the whole
-    job), and its manifest must be the manifest of those steps ending in the state it names."""
+    anything: its end must be a step inside the job (not its last: that is the whole job), and
+    its manifest must be the manifest of those steps ending in the state it names."""
     from meshcompute.client import Shard, Submission
     from meshcompute.core.spec import JobSpec
     from meshcompute.core.training import manifest_bytes, plan_sha256, validate_plan
@@ -273,10 +273,12 @@ def test_paying_for_handed_back_work_refuses_a_claim_that_does_not_check_before_
         return PartialWork(worker="0x" + "22" * 20, end_step=end,
                            manifest_sha256=sha256_hex(manifest), state_sha256=state)
 
-    for end in (5, 12, 0):
-        with pytest.raises(BadInput, match="does not end at one of its checkpoints"):
+    for end in (12, 0, 15):
+        with pytest.raises(BadInput, match="is not part of its steps"):
             client.pay_for_partial(submission, claim(end))
     with pytest.raises(BadInput, match="expected 1 checkpoints"):
         client.pay_for_partial(submission, claim(4))  # the manifest is of 8 steps
+    with pytest.raises(BadInput, match="expected 3 checkpoints"):
+        client.pay_for_partial(submission, claim(9))
     with pytest.raises(BadInput, match="does not end in the state it names"):
         client.pay_for_partial(submission, claim(8, state="9" * 64))
