@@ -85,6 +85,10 @@ class StackConfig:
     root: Path | None = None
     """Where the processes keep their data and logs; a temp dir (removed on stop) if None."""
     extra_env: dict[str, str] = field(default_factory=dict)
+    worker_options: dict[int, list[str]] = field(default_factory=dict)
+    """More ``mesh worker start`` options by worker index (``{0: ["--when", "idle"]}``)."""
+    paused_workers: frozenset[int] = frozenset()
+    """Workers that start paused (``mesh worker pause``: their pause file exists)."""
 
 
 @dataclass
@@ -268,7 +272,10 @@ class DevStack:
                     "--threads", str(cfg.worker_threads)]
             if not self.sandboxed:
                 argv.append("--allow-unsandboxed")
+            argv += cfg.worker_options.get(index, [])
             self._add_provider(f"worker-{index}", account, argv, extra)
+            if index in cfg.paused_workers:
+                self.pause_file(f"worker-{index}").touch()
         if cfg.canary is not None:
             options = [part for key, value in cfg.canary.items()
                        for part in (f"--{key.replace('_', '-')}", value)]
@@ -459,6 +466,12 @@ class DevStack:
         )
         self.services[name] = service
         return service
+
+    def pause_file(self, worker: str) -> Path:
+        """The file that pauses ``worker`` (``worker-0``, ...) while it exists."""
+        from meshcompute.worker.config import PAUSE_FILE
+
+        return self.root / worker / PAUSE_FILE
 
     def _add_provider(self, name: str, account: LocalAccount, argv: list[str],
                       extra: dict[str, str]) -> Service:

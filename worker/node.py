@@ -302,7 +302,8 @@ class WorkerNode:
                     self._renew_due_leases(now)
                 free = self.config.slots - self._busy_slots()
                 # paused for the owner: only jobs paying for work already done (no compute)
-                if free > 0 and now >= next_ask and (not paused or self._partials):
+                may_ask = free > 0 and (not paused or bool(self._partials))
+                if may_ask and now >= next_ask:
                     got = self._ask_for_work(free, reserved_only=paused)
                     more = got and self._busy_slots() < self.config.slots
                     next_ask = now if more else now + self.config.poll_interval_s
@@ -312,7 +313,9 @@ class WorkerNode:
                 if now >= next_earnings:
                     self.watch.refresh_earnings()
                     next_earnings = now + self.config.earnings_poll_s
-                timeout = min(0.25, max(0.0, next_ask - time.monotonic()))
+                # nothing to ask for (every slot busy, or paused): wait for a wake-up or the
+                # next look at the owner, never spin (a lapsed next_ask would be 0 s)
+                timeout = min(0.25, max(0.0, next_ask - time.monotonic())) if may_ask else 0.25
                 if self._wake.wait(timeout):
                     self._wake.clear()
                     next_ask = min(next_ask, time.monotonic())
@@ -962,7 +965,7 @@ class WorkerNode:
             self.counts["handed_back"] += 1
         self._emit("job_handed_back", job_id=job.job_id, program=spec.program,
                    verdict="owner", cached=False, reason=reason, partial_end_step=end,
-                   manifest=sha)
+                   steps_run=len(outcome.losses), manifest=sha)
 
     def _probe_group(self, client: str, device: str, memory_mb: int, max_output: int,
                      computed: list[tuple[_ActiveJob, bytes, bytes, Any]],

@@ -150,7 +150,7 @@ class OwnerWatch:
     """While this file exists the owner has asked the worker to pause."""
     other_load_cpus: float = OTHER_LOAD_CPUS
     pid: int = field(default_factory=os.getpid)
-    every_s: float = 1.0
+    every_s: float = 0.5
     clock: Callable[[], float] = time.monotonic
     local_minute: Callable[[], int] = field(default=lambda: _minute_of_day(time.localtime()))
     _last: tuple[float, int, int] | None = None

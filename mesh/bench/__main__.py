@@ -222,6 +222,12 @@ def render_train(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _yield() -> dict[str, Any]:
+    from meshcompute.mesh.bench.yielding import run_yield_bench
+
+    return run_yield_bench()
+
+
 def _cuda() -> dict[str, Any]:
     from meshcompute.mesh.bench.cuda import run_cuda_bench
 
@@ -249,6 +255,9 @@ SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], li
                       "0.25)"), _train_verify, render_plain),
     "train": (("A training run across machines (`mesh bench train --json`; four workers on the "
                "dev stack, five rounds; target loss_ratio <= 1.10)"), _train, render_train),
+    "yield": (("A worker that yields to its owner (`mesh bench yield --json`; targets: pause "
+               "p95 <= 2 s, owner CPU share >= 0.90, at least 1 hand-off, 0 lost steps, 0 "
+               "slashed)"), _yield, render_plain),
     "dashboard": (("The dashboard (`mesh bench dashboard --json`; targets: overview and provider "
                    "page p95 < 1,000 ms with 100,000 jobs indexed, settlement within 5 % with "
                    "10 dashboards open)"), _dashboard, render_plain),

@@ -147,6 +147,18 @@ def bench_train(
     emit(run_train_bench(), as_json)
 
 
+@bench_app.command("yield")
+def bench_yield(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    cycles: Annotated[int, typer.Option(min=1, help="Times the owner comes and goes.")] = 6,
+) -> None:
+    """A worker that yields to its owner: pause and resume latency, the owner's CPU share,
+    a hand-back that loses no step."""
+    from meshcompute.mesh.bench.yielding import run_yield_bench
+
+    emit(run_yield_bench(cycles=cycles), as_json)
+
+
 @bench_app.command("cuda")
 def bench_cuda(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

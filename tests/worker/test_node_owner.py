@@ -102,12 +102,18 @@ def test_the_owner_back_freezes_the_running_job_and_leases_nothing_until_they_le
     with _running(node):
         _wait(lambda: any(e.get("phase") == "running" for e in events.named("phase")),
               what="the training to start")
+        cpu = time.process_time()
+        time.sleep(1.0)
+        assert time.process_time() - cpu < 0.3  # its one slot busy: the node waits, no spin
         owner.state = PAUSED
         _wait(lambda: events.named("paused"), timeout=5, what="the freeze")
         frozen = dict(node.freezer.frozen)
         assert frozen and all(run_state(pid) == "T" for pid in frozen)
         other = _post(stack, program)  # posted while the owner is at the machine
+        cpu = time.process_time()
         time.sleep(2.0)  # ten of the node's polls for work
+        # a paused node waits for its owner, it does not spin (the job is a child process)
+        assert time.process_time() - cpu < 0.5
         assert stack.lease_of(other) is None and len(node._active) == 1
         assert not events.named("committed")
         owner.state = ACTIVE
