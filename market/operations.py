@@ -601,7 +601,10 @@ def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: f
         rt.state.record_partial(job_id, address, partial)
     count = rt.state.record_failure(job_id, address, printable(reason))
     if rt.state.end_lease(lease):
-        rt.state.hold_for_ticket(job_id, lease.expiry)
+        # work handed back: its client gets a while to pay for it and post the rest before
+        # anyone else starts the job over (and loses that work when the client cancels it)
+        grace = PARTIAL_GRACE_S if partial is not None else 0
+        rt.state.hold_for_ticket(job_id, max(lease.expiry, rt.chain_now() + grace))
         # a job that failed on one worker may still run elsewhere, but never again here
         rt.state.exclude(job_id, address, float("inf"))
         rt.state.incr_metric("jobs_failed_runs", key=lease.key)
@@ -609,11 +612,21 @@ def fail_lease(rt: MarketRuntime, address: str, job_id: int, reason: str, now: f
             rt.state.incr_metric("jobs_given_up", key=str(job_id))
 
 
+#: How long a training job handed back with finished work is offered to nobody, so that its
+#: client can pay for that work and post the rest (chain seconds).
+PARTIAL_GRACE_S = 120
+
+
 def _check_partial(rt: MarketRuntime, lease: LeaseInfo, partial: dict[str, Any]) -> None:
     """BadInput unless ``partial`` names a step inside the leased training job's steps and a
     manifest the store holds (what it names is the worker's claim: an audit of the job that
     pays for it checks it; its checkpoints are uploaded once that job is committed)."""
-    from meshcompute.core.training import validate_plan
+    from meshcompute.core.training import (
+        MAX_MANIFEST_BYTES,
+        parse_manifest,
+        plan_sha256,
+        validate_plan,
+    )
 
     record = job_record(rt, lease.job_id)
     spec = rt.spec_or_none(record.spec_hash.hex())
@@ -624,10 +637,18 @@ def _check_partial(rt: MarketRuntime, lease: LeaseInfo, partial: dict[str, Any])
     if not plan.start_step < end < plan.last:
         raise BadInput(f"partial: end_step {end} is not inside the job's steps "
                        f"({plan.start_step}, {plan.last})")
-    # the states themselves are withheld until a job paying for them is committed
-    if not rt.blobs.exists(str(partial["manifest_sha256"])):
-        raise BadInput(f"partial: manifest_sha256 {partial['manifest_sha256']} is not in the "
-                       "store; upload it first")
+    # the manifest of those steps as a job of their own, ending in the state named (the
+    # states themselves are withheld until a job paying for them is committed)
+    sha = str(partial["manifest_sha256"])
+    if not rt.blobs.exists(sha):
+        raise BadInput(f"partial: manifest_sha256 {sha} is not in the store; upload it first")
+    if rt.blobs.size_or_zero(sha) > MAX_MANIFEST_BYTES:
+        raise BadInput(f"partial: manifest {sha} is over {MAX_MANIFEST_BYTES} bytes")
+    part = plan.part(plan.start_step, end)
+    doc = parse_manifest(rt.blobs.read(sha), part)
+    if doc.get("plan") != plan_sha256(part) or doc.get("final_state") != partial["state_sha256"]:
+        raise BadInput(f"partial: manifest {sha} is not that of steps {plan.start_step} to {end} "
+                       "of this job ending in state_sha256")
 
 
 def submit_result(

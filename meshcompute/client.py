@@ -15,6 +15,8 @@ The market only stores blobs and hands out work.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -490,6 +492,7 @@ class Client:
         repost_slashed: bool = True,
         progress: Progress | None = None,
         stop_on_partial: bool = False,
+        skip_partials: frozenset[str] = frozenset(),
     ) -> list[torch.Tensor] | TrainingResult:
         """Wait until every shard is paid, re-posting any shard whose worker was slashed or
         whose job was refunded (or void: drawn for audit, no verdict in time), then return
@@ -541,9 +544,10 @@ class Client:
                 progress(status)
             if stop_on_partial:
                 for shard in status.shards:
-                    if shard.partials and shard.state == JobState.POSTED:
-                        best = max(shard.partials, key=lambda p: p.end_step)
-                        raise HandedBack(shard.job_id, best)
+                    claims = [p for p in shard.partials
+                              if p.manifest_sha256 not in skip_partials]
+                    if claims and shard.state == JobState.POSTED:
+                        raise HandedBack(shard.job_id, max(claims, key=lambda p: p.end_step))
             if status.phase == "done":
                 if submission.shards[0].spec.is_training:
                     return self.training_result(submission)
@@ -754,12 +758,20 @@ class Client:
         give_up = time.monotonic() + timeout_s
         losses: list[float] = []
         job_ids: list[int] = []
+        skipped: set[str] = set()  # claims not worth paying for (see pay_for_partial)
         while True:
             try:
                 done = self.wait(submission, timeout_s=max(1.0, give_up - time.monotonic()),
-                                 progress=progress, stop_on_partial=True)
+                                 progress=progress, stop_on_partial=True,
+                                 skip_partials=frozenset(skipped))
             except HandedBack as back:
-                paid = self.pay_for_partial(submission, back.partial)
+                try:
+                    paid = self.pay_for_partial(submission, back.partial)
+                except BadInput as exc:  # a claim not worth paying for: keep waiting
+                    logging.getLogger(__name__).warning(
+                        "not paying for handed-back work: %s", exc)
+                    skipped.add(back.partial.manifest_sha256)
+                    continue
                 if paid is None:  # taken meanwhile: follow it as it is
                     continue
                 try:
@@ -768,7 +780,8 @@ class Client:
                 except SubmissionStuck:
                     # its worker refused it (restarted, so it no longer holds that work):
                     # cancel it and post the whole job again, for anyone
-                    self.reclaim(paid.job_ids[0])
+                    with contextlib.suppress(MeshError):
+                        self.reclaim(paid.job_ids[0])
                     submission = self._post_training_spec(
                         submission.shards[0].spec, submission,
                         reward=submission.reward_per_shard,
@@ -780,9 +793,11 @@ class Client:
                 job_ids += first.job_ids
                 (shard,) = submission.shards
                 plan = validate_plan(shard.spec.training)
+                # from the state the paid job was verified with (its worker's, or an honest
+                # recomputation's if that worker was slashed and the steps posted again)
                 rest = replace(shard.spec, training=plan.part(back.partial.end_step,
                                                               plan.last).to_json(),
-                               state=back.partial.state_sha256)
+                               state=hashlib.sha256(first.state).hexdigest())
                 submission = self._post_training_spec(
                     rest, submission,
                     reward=submission.reward_per_shard - paid.reward_per_shard,
@@ -817,9 +832,10 @@ class Client:
         slashed and the steps posted again for anyone if its result is wrong. Returns it as a
         submission to :meth:`wait` for; None when the job was taken meanwhile (nothing is
         posted). BadInput, before anything is cancelled or paid, when the partial work is not
-        steps of the job, or its manifest is not that of those steps."""
+        steps of the job, its manifest is not that of those steps, or a part would pay under
+        the market's minimum job reward."""
         from meshcompute.chain.contracts import JobParams
-        from meshcompute.core.training import parse_manifest, validate_plan
+        from meshcompute.core.training import parse_manifest, plan_sha256, validate_plan
 
         (shard,) = submission.shards
         if shard.spec.training is None:
@@ -832,23 +848,29 @@ class Client:
         part = plan.part(plan.start_step, partial.end_step)
         manifest = self.market.get_blob(partial.manifest_sha256, verify=True)
         doc = parse_manifest(manifest, part)
-        if doc.get("final_state") != partial.state_sha256:
+        if doc.get("plan") != plan_sha256(part) or doc.get("final_state") != partial.state_sha256:
             raise BadInput(f"job {shard.job_id}: the partial work's manifest does not end in "
                            "the state it names (nothing was paid)")
         record = self.actor.job(shard.job_id)
         if record.state != JobState.POSTED:
             return None
+        share = partial.end_step - plan.start_step, plan.last - plan.start_step
+        floor = int(self.market.info().extra.get("min_job_reward_wei", 0) or 0)
+        reward = max(1, record.reward * share[0] // share[1])
+        if min(reward, record.reward - reward) < floor:
+            raise BadInput(f"job {shard.job_id}: paying for {share[0]} of its {share[1]} steps "
+                           f"would split its reward into a part under the market's minimum "
+                           f"job reward (nothing was paid)")
         try:
             self.actor.reclaim(shard.job_id, record)
         except MeshError:
             if self.actor.job(shard.job_id).state != JobState.POSTED:
                 return None  # a worker committed it meanwhile
             raise
-        share = partial.end_step - plan.start_step, plan.last - plan.start_step
         spec = replace(shard.spec, training=part.to_json())
         self.market.put_specs([spec])
         paid = Submission(group=None, program=submission.program, shards=[],
-                          reward_per_shard=max(1, record.reward * share[0] // share[1]),
+                          reward_per_shard=reward,
                           audit_fee_per_shard=record.audit_fee * share[0] // share[1],
                           collateral_per_shard=record.collateral * share[0] // share[1],
                           audit_bps=submission.audit_bps, deadline_s=submission.deadline_s)

@@ -54,7 +54,7 @@ class WorkerConfig:
     :mod:`meshcompute.core.availability`); running jobs are frozen while they are."""
     hours: Schedule | None = None
     """Work only within these daily hours (``--hours 23:00-07:00``, local time)."""
-    hand_back_margin_s: float = 5.0
+    hand_back_margin_s: float = 10.0
     """A frozen job is handed back when its lease has less than this left."""
     pause_file: Path | None = None
     """While this file exists the worker works as if its owner were using the machine

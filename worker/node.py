@@ -112,6 +112,20 @@ Runner = Callable[..., JobOutcomeLike]
 
 
 @dataclass(frozen=True)
+class _Partial:
+    """Training work this worker handed back, held for the job that pays for it: the
+    manifest (uploaded, with what it names but the states), its sha256, the states (withheld
+    until that job is committed), the client of the job handed back and the least reward a
+    job paying for it must offer (that job's reward, pro rata to the steps)."""
+
+    manifest: bytes
+    sha256: str
+    states: list[bytes]
+    client: str
+    min_reward: int
+
+
+@dataclass(frozen=True)
 class _Withheld:
     """The outcome of a job paying for handed-back work: its checkpoints, uploaded once the
     job is committed."""
@@ -144,6 +158,9 @@ class _ActiveJob:
     """Its processes were stopped for the machine's owner at some time."""
     committed: bool = False
     """Its result was committed on chain by this node."""
+    claimed: _Partial | None = None
+    """The handed-back work this (reserved) job pays for, taken from the node's store; put
+    back if the job is not committed."""
     process_group: int | None = None
     """A running training job's process group (its sandbox and job process)."""
     stop: threading.Event = field(default_factory=threading.Event)
@@ -235,7 +252,7 @@ class WorkerNode:
         self._hb_stop = threading.Event()
         self._lease_s = 60.0
         self.counts = {"done": 0, "failed": 0, "lost": 0, "released": 0, "handed_back": 0}
-        self._partials: dict[tuple[str, ...], tuple[bytes, str, list[bytes]]] = {}
+        self._partials: dict[tuple[str, ...], _Partial] = {}
         """Finished training work handed back, by :func:`_partial_key` of the job that pays
         for it: its manifest, the manifest's sha256 (uploaded with what it names but the
         checkpoints) and the checkpoints, withheld until that job is committed."""
@@ -658,6 +675,10 @@ class WorkerNode:
             with self._lock:
                 for job in batch.jobs:
                     self._active.pop(job.job_id, None)
+                    if job.claimed is not None and not job.committed:
+                        # not committed (cancelled, reverted, unreachable chain): the work
+                        # waits for another job paying for it
+                        self._partials.setdefault(_partial_key(job.lease.spec), job.claimed)
             self._wake.set()
 
     def _upload_all(self, done: dict[_ActiveJob, tuple[bytes, str, Any]]) -> None:
@@ -735,7 +756,7 @@ class WorkerNode:
             try:
                 lease = job.lease
                 self._check_lease(lease)
-                self._check_reserved(lease)
+                self._check_reserved(job)
                 if lease.spec.device == "cuda" and not self.hardware.gpus:
                     raise JobFailed("the job asks for device 'cuda' but this worker has no "
                                     "CUDA GPU")
@@ -812,20 +833,28 @@ class WorkerNode:
                 done[job] = (output, hashlib.sha256(output).hexdigest(), outcome)
         return done
 
-    def _check_reserved(self, lease: Lease) -> None:
-        """JobFailed for a job reserved for this worker (``postJobsFor``) that does not pay
-        for finished work it holds: such a job is only ever committed from that work, never
-        computed (else anyone could have this worker compute for them at any price, since a
-        reserved job is offered to its worker whatever it pays)."""
-        record = lease.record
+    def _check_reserved(self, job: _ActiveJob) -> None:
+        """A job reserved for this worker (``postJobsFor``) claims the finished work it pays
+        for (``job.claimed``, taken at once so no other job can claim it too), or is refused
+        (JobFailed): it must be posted by the client of the job handed back and pay at least
+        that job's reward pro rata to the steps. Such a job is only ever committed from that
+        work, never computed: a reserved job is offered to its worker whatever it pays, so
+        anyone could otherwise have this worker train for them at any price, or buy its
+        withheld states for a wei."""
+        record = job.lease.record
         if record.state != JobState.POSTED or record.worker.lower() != self.address.lower():
             return
-        if lease.spec.training is not None:
+        if job.lease.spec.training is not None:
             with self._lock:
-                if _partial_key(lease.spec) in self._partials:
+                key = _partial_key(job.lease.spec)
+                held = self._partials.get(key)
+                if held is not None and held.client.lower() == record.client.lower() \
+                        and record.reward >= held.min_reward:
+                    job.claimed = self._partials.pop(key)
                     return
         raise JobFailed("this job is reserved for this worker but pays for no work it handed "
-                        "back: a reserved job is committed from finished work, never computed")
+                        "back (or not its client, or under its share of the reward): a "
+                        "reserved job is committed from finished work, never computed")
 
     def _train(self, job: _ActiveJob, program: bytes,
                data: bytes) -> tuple[bytes, str, Any] | None:
@@ -834,11 +863,9 @@ class WorkerNode:
         the run did not finish: refused, over a limit, or its loss stopped being finite)."""
         spec = job.lease.spec
         assert spec.training is not None
-        with self._lock:
-            finished = self._partials.pop(_partial_key(spec), None)
-        if finished is not None:  # a job paying for checkpoints this worker handed back
-            self._emit("partial_claimed", job_id=job.job_id, manifest=finished[1])
-            return finished[0], finished[1], _Withheld(finished[2])
+        if job.claimed is not None:  # a job paying for work this worker handed back
+            self._emit("partial_claimed", job_id=job.job_id, manifest=job.claimed.sha256)
+            return job.claimed.manifest, job.claimed.sha256, _Withheld(job.claimed.states)
         try:
             state = self._download(spec.state, "training state") if spec.state else None
             with job.lock:
@@ -961,7 +988,9 @@ class WorkerNode:
             return
         with self._lock:
             key = (spec.program, spec.inputs, spec.state or "", plan_sha256(part))
-            self._partials[key] = (manifest, sha, states)
+            share = max(1, job.lease.record.reward * steps // (plan.last - plan.start_step))
+            self._partials[key] = _Partial(manifest, sha, states, job.lease.record.client,
+                                           share)
             self.counts["handed_back"] += 1
         self._emit("job_handed_back", job_id=job.job_id, program=spec.program,
                    verdict="owner", cached=False, reason=reason, partial_end_step=end,

@@ -299,6 +299,9 @@ def plan_match(
         spec = _usable_spec(entry, owners, plan)
         if spec is None or given_up(entry.failures):
             continue
+        only = reserved_for(entry.record)
+        if only is not None and only.lower() in {w.lower() for w in entry.excluded}:
+            continue  # its one worker refused it: nobody else may take it
         demand = JobDemand(
             job_id=entry.job_id,
             device=spec.device,
@@ -307,7 +310,7 @@ def plan_match(
             reward=entry.record.reward,
             posted_at=entry.first_seen,
             exclude_workers=entry.excluded,
-            only_worker=reserved_for(entry.record),
+            only_worker=only,
         )
         jobs.append(QueuedJob(demand=demand, client=entry.record.client, program=spec.program))
     plan.queued = len(jobs)

@@ -316,6 +316,7 @@ class MatchRound:
         self.now = float(now)
         self._offers = ordered
         self._address = [w.address.lower() for w in ordered]
+        self._index = {address: i for i, address in enumerate(self._address)}
         self._operator = [w.operator.lower() for w in ordered]
         self._price = [w.price_wei for w in ordered]
         self._slots = [w.slots for w in ordered]
@@ -373,8 +374,8 @@ class MatchRound:
         if job.job_id in self._served:
             raise BadInput(f"job {job.job_id} already served in this round")
         self._served.add(job.job_id)
-        if job.only_worker is not None:  # any price: searched for its one worker
-            job = replace(job, reward=_ANY_PRICE)
+        if job.only_worker is not None:  # its one worker, at any price, looked up directly
+            return self._serve_reserved(job)
         device = job.device.lower()
         ex_workers = frozenset(a.lower() for a in job.exclude_workers) if job.exclude_workers else None
         ex_operators = (frozenset(a.lower() for a in job.exclude_operators)
@@ -393,6 +394,30 @@ class MatchRound:
                     self._refresh(i)
                     return self._offers[i].address
         return None
+
+    def _serve_reserved(self, job: JobDemand) -> str | None:
+        """A job reserved for one worker: that worker if it can take it now (slots, stake,
+        memory, device, exclusions), whatever the job pays; else nobody."""
+        i = self._index.get(str(job.only_worker))
+        if i is None:
+            return None
+        device = job.device.lower()
+        if device == CPU:
+            memory = self._host_memory
+        elif self._offers[i].device.lower() == device:
+            memory = self._accel_memory
+        else:
+            return None
+        ex_workers = frozenset(a.lower() for a in job.exclude_workers)
+        ex_operators = frozenset(a.lower() for a in job.exclude_operators)
+        if not self._eligible(i, memory, replace(job, reward=_ANY_PRICE), ex_workers,
+                              ex_operators):
+            return None
+        self._load[i] += 1
+        self._free_stake[i] -= job.collateral
+        self._last[i] = self.now
+        self._refresh(i)
+        return self._offers[i].address
 
     def _eligible(self, i: int, memory: list[int], job: JobDemand,
                   ex_workers: frozenset[str] | None, ex_operators: frozenset[str] | None) -> bool:

@@ -89,23 +89,28 @@ def test_a_training_split_over_three_workers_slashes_the_cheater_and_matches_a_l
     assert sum(result.losses[-6:]) < sum(result.losses[:6])  # the last epoch's below the first's
 
 
-#: Two segments of 6,000 steps: long enough to pause the worker once the first is done and
-#: before the second is, on any machine; every step is one thread, so runs agree bit for bit.
-LONG_PLAN = {"optimizer": {"name": "adamw", "lr": 0.003}, "steps": 12_000, "batch_size": 8,
-             "seed": 3, "checkpoint_every": 6_000}
+#: Three rounds of three shards of 16 rows, 3,000 steps a round (a checkpoint every 750):
+#: each job runs for seconds, long enough to pause its worker half way on any machine.
+ROUNDS = {"optimizer": {"name": "adamw", "lr": 0.003}, "workers": 3, "rounds": 3,
+          "steps_per_round": 3_000, "batch_size": 8, "round_timeout_s": 900}
 
 
-def test_a_worker_paused_past_its_lease_is_paid_for_its_finished_steps_and_another_finishes(
-        tmp_path) -> None:
-    """Real processes: the worker running a training job is paused by its owner (`mesh worker
-    pause`) once its first checkpoint is done, and stays paused past its lease. It hands the
-    job back stopped after the step under way, with every step it did; the client cancels the
-    job, pays that worker for those steps with a job reserved for it (which it commits while
-    still paused, and a verifier audits), and posts the rest from the state they end in, which
-    another worker finishes. No step is computed twice, both workers are paid after a verified pass, the result is a local
-    run's bit for bit, and the books reconcile to the wei."""
+def test_a_training_run_whose_worker_is_paused_past_its_lease_loses_no_step(tmp_path) -> None:
+    """Real processes: a 3-round training run (Client.train) over three workers. In the
+    second round, the worker training shard 0 is paused by its owner (`mesh worker pause`)
+    half way and stays paused past its lease. It hands the job back stopped after the step
+    under way, with every step it did; the client cancels the job, pays that worker for those
+    steps pro rata with a job reserved for it (which it commits while still paused, and a
+    verifier audits), and posts the rest from the state they end in, which another worker
+    finishes. The run completes with weights equal to the same run trained here bit for bit
+    (no step missing or done twice), every job is paid after a verified pass, and the books
+    and the client's wallet reconcile to the wei."""
     import threading
     import time
+    from pathlib import Path
+
+    from meshcompute.rounds import RunConfig, TrainingRun
+    from tests.unit.test_rounds import Market
 
     torch.manual_seed(5)
     model = MLPClassifier(d_in=8, d_hidden=16, d_out=4, depth=2)
@@ -115,66 +120,81 @@ def test_a_worker_paused_past_its_lease_is_paid_for_its_finished_steps_and_anoth
     config = StackConfig(workers=3, cheaters=0, worker_slots=1, lease_s=15,
                          params=replace(FAST_PARAMS, min_audit_bps=10_000, audit_window_s=300),
                          extra_env={"MESH_WORKER_SCRATCH_DIR": str(scratch)})
+    target = RunConfig(**ROUNDS).plan(1, 0)  # shard 0's job of the second round
     with DevStack(config) as stack:
         client, contracts = _client(stack)
         me = stack.client_account.address
         names = {a.address.lower(): f"worker-{i}" for i, a in enumerate(stack.worker_accounts())}
         wallet_before = contracts.balance_of(me)
         outcome: list = []
-        run = threading.Thread(target=lambda: outcome.append(client.train_in_parts(
-            program, _data(), LONG_PLAN, parts=1, pay="1", deadline="20m", timeout_s=400)),
-            daemon=True)
+        run = threading.Thread(target=lambda: outcome.append(client.train(
+            program, _data(), run_dir=tmp_path / "run", pay="1", **ROUNDS)), daemon=True)
         run.start()
+
+        def running_half_way() -> Path | None:
+            for box in scratch.glob("mesh-train-*/box"):
+                try:
+                    order = json.loads((box / "train.json").read_text())
+                    done = json.loads((box / "progress.json").read_text())["checkpoints"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                if order["plan"]["part"] == target["part"] \
+                        and order["plan"]["seed"] == target["seed"] and done >= 1:
+                    return box
+            return None
+
         paused = None
-        give_up = time.monotonic() + 120
+        give_up = time.monotonic() + 300
         while paused is None and time.monotonic() < give_up and run.is_alive():
             stack.check_alive()
-            done = [p for p in scratch.glob("mesh-train-*/box/progress.json")
-                    if json.loads(p.read_text() or "{}").get("checkpoints", 0) >= 1]
-            posted = [int(e.args["jobId"]) for e in contracts.events()
-                      if e.name == "JobPosted" and e.args["client"].lower() == me.lower()]
-            holder = client.market.job(posted[0]).lease_holder if posted and done else None
-            if holder is not None:
-                paused = names[holder.lower()]
-                (stack.root / paused / "worker.pause").touch()
+            if running_half_way() is not None:
+                doc = json.loads((tmp_path / "run" / "run.json").read_text())
+                job_id = int(doc["in_flight"]["jobs"]["0"]["shards"][0]["job_id"])
+                holder = client.market.job(job_id).lease_holder
+                if holder is not None:
+                    paused = names[holder.lower()]
+                    stack.pause_file(paused).touch()
             time.sleep(0.05)
-        assert paused is not None, "the training never reached its first checkpoint"
-        run.join(400)
+        assert paused is not None, "round 2's shard 0 never ran half way"
+        run.join(600)
         log = "\n".join(f"--- {n}\n{stack.services[n].tail(15)}" for n in names.values())
-        assert outcome, f"the training did not finish\n{log}"
+        assert outcome, f"the run did not finish\n{log}"
         (result,) = outcome
-        (stack.root / paused / "worker.pause").unlink()
         posted = sorted(int(e.args["jobId"]) for e in contracts.events()
                         if e.name == "JobPosted" and e.args["client"].lower() == me.lower())
         records = contracts.job_records(posted)
         states = {j: records[j].state for j in posted}
-        assert len(posted) == 3, f"{states}\n{log}"
-        handed, steps_done, rest = posted
-        assert states[handed] == JobState.REFUNDED, f"{states}\n{log}"
-        assert result.job_ids == [steps_done, rest]
-        assert states[steps_done] == states[rest] == JobState.FINALIZED, f"{states}\n{log}"
+        # nine shard jobs, of which one was handed back: it was cancelled, and two jobs did
+        # its steps, the first reserved for (and done by) the paused worker
+        assert len(posted) == 11, f"{states}\n{log}"
+        (handed,) = [j for j in posted if states[j] == JobState.REFUNDED]
+        assert all(states[j] == JobState.FINALIZED for j in posted if j != handed), states
         reserved = [e for e in contracts.events() if e.name == "JobReserved"]
-        assert [(int(e.args["jobId"]), names[e.args["worker"].lower()]) for e in reserved] \
-            == [(steps_done, paused)]
-        assert names[records[steps_done].worker.lower()] == paused
+        ((steps_done, worker),) = [(int(e.args["jobId"]), e.args["worker"]) for e in reserved]
+        assert names[worker.lower()] == paused == names[records[steps_done].worker.lower()]
+        rest = steps_done + 1
         assert names[records[rest].worker.lower()] != paused
-        # each paid its share of the steps, after an audit passed; nothing else was paid
-        events = contracts.job_events(posted)
-        assert sorted(int(e.args["jobId"]) for e in events if e.name == "JobPaid") \
-            == [steps_done, rest]
-        assert all(e.args["audited"] for e in events if e.name == "JobPaid")
-        # stopped after the step under way: every step it did is paid, pro rata
         (partial,) = client.market.job(handed).partials
-        assert 6_000 <= partial.end_step < 12_000
+        h = ROUNDS["steps_per_round"]
+        assert h + 750 <= partial.end_step < 2 * h  # stopped half way, every step kept
         reward = records[handed].reward
-        assert records[steps_done].reward == reward * partial.end_step // 12_000
+        assert records[steps_done].reward == reward * (partial.end_step - h) // h
         assert records[steps_done].reward + records[rest].reward == reward
-        # the client paid the two jobs' escrow and got the cancelled job's back, to the wei
+        assert steps_done in result.rounds[1].jobs and rest in result.rounds[1].jobs
+        assert not any(r.skipped for r in result.rounds)
+        # every job paid once, after a passed audit
+        events = contracts.job_events(posted)
+        paid = [int(e.args["jobId"]) for e in events if e.name == "JobPaid"]
+        assert sorted(paid) == [j for j in posted if j != handed]
+        assert all(e.args["audited"] for e in events if e.name == "JobPaid")
+        for address in names:
+            assert contracts.account_of(address).earned > 0
+        # the client paid the escrow of every job and got the cancelled one's back, to the wei
         escrows = sum(records[j].reward + records[j].audit_fee for j in posted)
         refunded = sum(int(e.args["amount"]) for e in events if e.name == "JobRefunded")
         assert refunded == records[handed].reward + records[handed].audit_fee
         assert wallet_before - contracts.balance_of(me) == escrows - refunded
         _assert_books(contracts)
-    local = run_steps(program, _data(), validate_plan(LONG_PLAN))
-    assert result.losses == local.losses
-    assert result.state == local.final_state
+    here = TrainingRun(Market(), program, _data(), RunConfig(**ROUNDS), tmp_path / "here").run()
+    for name, tensor in here.parameters.items():
+        torch.testing.assert_close(result.parameters[name], tensor, rtol=0, atol=0)

@@ -195,11 +195,20 @@ def test_a_frozen_training_job_is_handed_back_with_its_finished_checkpoints_and_
         for checkpoint in doc["checkpoints"]:
             with pytest.raises(NotFound):
                 market.get_blob(checkpoint)
-        # the client pays for the steps done: cancel, and a job reserved for this worker
-        client.reclaim(job_id)
         spec = market.job(job_id).spec
         paying = replace(spec, training=part.to_json())
         market.put_spec(paying)
+        # a stranger (the spec and the claim are public) offers a wei over the floor to buy
+        # the withheld states: refused, never computed, and the work stays for its client
+        stranger = stack.world.clients[1]
+        (bought,) = stranger.post_jobs_for([JobParams(
+            spec_hash=bytes.fromhex(paying.sha256), reward=TOKEN, audit_fee=0, collateral=0,
+            deadline=stack.world.now() + 3600, audit_bps=0)], partial.worker)
+        _wait(lambda: events.named("job_failed"), timeout=30, what="the stranger refused")
+        (refused,) = events.named("job_failed")
+        assert refused["job_id"] == bought and "reserved" in refused["reason"]
+        # the client pays for the steps done: cancel, and a job reserved for this worker
+        client.reclaim(job_id)
         (paid,) = client.post_jobs_for([JobParams(
             spec_hash=bytes.fromhex(paying.sha256), reward=10 * TOKEN, audit_fee=TOKEN,
             collateral=5 * TOKEN, deadline=stack.world.now() + 3600, audit_bps=0)],
