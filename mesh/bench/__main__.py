@@ -228,6 +228,11 @@ def _yield() -> dict[str, Any]:
     return run_yield_bench()
 
 
+def render_yield(result: dict[str, Any]) -> list[str]:
+    """How the figures are taken, then the figures."""
+    return [("The owner is a CPU-bound shell loop run as `nobody`, on for `owner_on_s` and off for `owner_off_s`, `cycles` times, beside the whole dev stack on the same machine (hence `--idle-load 0.7`: the stack's own services are other programs too). Latencies are read from the job processes' states in `/proc` every 10 ms, not from the worker (with `cycles` samples, the p95 is the slowest). The owner's share is its CPU seconds per second while it ran beside the worker (the freeze included), over the same with no job running. Then the owner stays past the lease: the worker hands the job back stopped after its step under way (`steps_run_by_frozen_worker`), is paid for those steps by a job reserved for it (`steps_paid_to_frozen_worker`), and the second worker finishes the rest; `steps_match_local`: the losses and final state equal a local run's bit for bit."), "", *render_plain(result)]
+
+
 def _cuda() -> dict[str, Any]:
     from meshcompute.mesh.bench.cuda import run_cuda_bench
 
@@ -257,7 +262,7 @@ SECTIONS: dict[str, tuple[str, Callable[[], dict[str, Any]], Callable[[dict], li
                "dev stack, five rounds; target loss_ratio <= 1.10)"), _train, render_train),
     "yield": (("A worker that yields to its owner (`mesh bench yield --json`; targets: pause "
                "p95 <= 2 s, owner CPU share >= 0.90, at least 1 hand-off, 0 lost steps, 0 "
-               "slashed)"), _yield, render_plain),
+               "slashed)"), _yield, render_yield),
     "dashboard": (("The dashboard (`mesh bench dashboard --json`; targets: overview and provider "
                    "page p95 < 1,000 ms with 100,000 jobs indexed, settlement within 5 % with "
                    "10 dashboards open)"), _dashboard, render_plain),

@@ -45,9 +45,9 @@ TEST_ARTIFACTS_DIR = "tests/fixtures/artifacts"
 #: Pinned compiler settings (recorded in each artifact's ``compiler.settings``). ``runs`` is
 #: 500: with appealable passes (disputes) JobMarket's deployed code at 2000 runs was 24,994
 #: bytes, past EIP-170's 24,576-byte limit. Lower runs barely help (a few hundred bytes), so
-#: the job market is split in two (JobMarket, 12,474 bytes, and the JobMarketSettlement it
-#: delegates to, 22,417 bytes with contests, two-step voids and escalations; see
-#: :data:`DELEGATED_ABI`).
+#: the job market is split in two (JobMarket, 12,887 bytes with reserved posts, and the
+#: JobMarketSettlement it delegates to, 22,285 bytes with contests, two-step voids and
+#: escalations; see :data:`DELEGATED_ABI`).
 SETTINGS: dict[str, Any] = {
     "evmVersion": "cancun",
     "optimizer": {"enabled": True, "runs": 500},
