@@ -38,7 +38,7 @@ from typing import Any
 from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
 
 CYCLES, ON_S, OFF_S = 6, 3.0, 3.0
-LEASE_S = 20
+LEASE_S = 40  # renewed half way: a 3 s visit of the owner never reaches the hand-back margin
 #: The load from other programs above which the idle worker yields: the stack's own services
 #: (anvil, the market, two verifiers, the other worker) run on the same machine here.
 IDLE_LOAD = "0.7"
