@@ -131,7 +131,6 @@ class _Withheld:
     job is committed."""
 
     checkpoints: list[bytes]
-    compute_s: float = 0.0
 
 
 #: Tries to upload withheld checkpoints after their job's commit.
@@ -140,9 +139,11 @@ _UPLOAD_TRIES = 5
 _STOP_WAIT_S = 10.0
 
 
-def _partial_key(spec: JobSpec) -> tuple[str, ...]:
-    """What identifies a training job's work: its program, data, initial state and plan."""
-    return (spec.program, spec.inputs, spec.state or "", plan_sha256(validate_plan(spec.training)))
+def _partial_key(spec: JobSpec, plan: Any = None) -> tuple[str, ...]:
+    """What identifies a training job's work: its program, data, initial state and plan
+    (``plan``, else the spec's own)."""
+    plan = validate_plan(spec.training) if plan is None else plan
+    return (spec.program, spec.inputs, spec.state or "", plan_sha256(plan))
 
 
 @dataclass(eq=False)
@@ -987,7 +988,7 @@ class WorkerNode:
             self._release(job.job_id, reason)
             return
         with self._lock:
-            key = (spec.program, spec.inputs, spec.state or "", plan_sha256(part))
+            key = _partial_key(spec, part)
             share = max(1, job.lease.record.reward * steps // (plan.last - plan.start_step))
             self._partials[key] = _Partial(manifest, sha, states, job.lease.record.client,
                                            share)

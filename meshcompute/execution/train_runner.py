@@ -126,9 +126,15 @@ def run_training_job(program: bytes, data: bytes, plan: dict, state: bytes | Non
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=stderr,
                                        start_new_session=True, env=env, cwd=cwd)
-            if on_start is not None:
-                on_start(process.pid)
-            if not _wait(process, time_limit_s, stop, box / STOP_FILE):
+            try:
+                if on_start is not None:
+                    on_start(process.pid)
+                finished = _wait(process, time_limit_s, stop, box / STOP_FILE)
+            except BaseException:  # never leave the job running behind an error of ours
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise
+            if not finished:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 return _finished_part(box, TrainingOutcome(

@@ -365,3 +365,32 @@ def test_a_training_run_asked_to_stop_keeps_every_step_it_did(
     clean = run_steps(program, _data(), plan, start=0, end=done, record="hashes")
     assert stopped.last_state == clean.last_state
     assert stopped.losses == clean.losses and stopped.step_hashes == clean.step_hashes
+
+
+def test_an_error_of_the_runner_after_starting_the_job_leaves_no_job_running(
+        requires_sandbox: None, program: bytes, tmp_path) -> None:
+    """Whatever goes wrong in the runner once the job process runs, it is killed, not left
+    training behind the error."""
+    import os
+    import signal
+    import time
+
+    from meshcompute.execution.train_runner import run_training_job
+
+    started: list[int] = []
+
+    def broken(pid: int) -> None:
+        started.append(pid)
+        time.sleep(3.0)  # the job is under way
+        raise RuntimeError("the caller's bug")
+
+    plan = _plan({"name": "adamw", "lr": 0.01}, steps=200_000, every=10_000)
+    with pytest.raises(RuntimeError, match="the caller's bug"):
+        run_training_job(program, _shard(), plan.to_json(), on_start=broken,
+                         scratch_root=tmp_path, **LIMITS)
+    try:
+        os.killpg(started[0], 0)
+    except ProcessLookupError:
+        return  # its whole process group is gone
+    os.killpg(started[0], signal.SIGKILL)
+    pytest.fail("the job's processes outlived the runner's error")
