@@ -11,27 +11,27 @@ costs the market, and whether open dashboards slow settlement (issue 16).
    (``body[data-rendered]``: its data fetched, its DOM and charts drawn). The market API
    process's CPU time (user + system, from /proc) over all loads, divided by their count, is
    its CPU per page view.
-2. **Settlement with dashboards open.** The end-to-end bench's stack and load (``mesh bench
-   e2e``), warmed up once, then windows alternately without and with ``dashboards`` open (A B
-   B A order, ``pairs`` of each): each window's rate is the jobs paid in the blocks mined
-   during it per second. An open dashboard here is what the page does on the network: it
-   holds the event stream and fetches the overview again on each tick that says the index
-   moved (an HTTP client per dashboard, not a browser: on a two-core machine ten browsers' own
-   rendering would be charged to the market).
+2. **Settlement with dashboards open.** The end-to-end bench's stack (``mesh bench e2e``),
+   warmed up once, its client keeping a fixed number of jobs in flight (a closed loop), then
+   windows alternately without and with ``dashboards`` open (A B B A order, ``pairs`` of
+   each): each window's rate is the jobs paid in the blocks mined during it per second. An
+   open dashboard here is what the page does on the network: it holds the event stream and
+   fetches the overview again on each tick that says the index moved (an HTTP client per
+   dashboard, not a browser: on a two-core machine ten browsers' own rendering would be
+   charged to the market). The viewers run in one child process for the whole run, under
+   SCHED_IDLE, and are opened and closed between windows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from meshcompute.mesh.bench.stack_bench import _percentile
 
@@ -190,24 +190,24 @@ def _pages_bench(jobs: int, provider_jobs: int, loads: int, batch: int) -> dict[
 
 
 def emulate_dashboards(url: str, count: int) -> None:
-    """Run in a child process (see :func:`open_dashboards`): ``count`` dashboards' traffic
-    against the market at ``url`` until standard input closes, then the counts of ticks,
-    overview fetches and errors as one JSON line on standard output."""
+    """Run in a child process (see :class:`Viewers`): ``count`` dashboards' traffic against
+    the market at ``url`` while open. Reads commands from standard input: ``open`` opens them,
+    ``close`` closes them and answers the block's counts of ticks, overview fetches and errors
+    as one JSON line; the end of input closes them and ends the process."""
     import json
     import sys
 
     import httpx
 
-    stop = threading.Event()
-    counts = {"ticks": 0, "fetches": 0, "errors": 0}
     lock = threading.Lock()
+    counts = {"ticks": 0, "fetches": 0, "errors": 0}
 
     def fetch(http: httpx.Client) -> None:
         answer = http.get("/dashboard/api/overview")
         with lock:  # a refusal (429, 503) is an error, not a page drawn
             counts["fetches" if answer.status_code == 200 else "errors"] += 1
 
-    def dashboard() -> None:
+    def dashboard(stop: threading.Event) -> None:
         with httpx.Client(base_url=url, timeout=30) as http:
             first = True
             while not stop.is_set():
@@ -231,60 +231,94 @@ def emulate_dashboards(url: str, count: int) -> None:
                         counts["errors"] += 1
                     time.sleep(0.5)
 
-    for _ in range(count):
-        threading.Thread(target=dashboard, daemon=True).start()
-    sys.stdin.read()  # until the parent closes it (or dies)
-    stop.set()
-    with lock:
-        print(json.dumps(counts), flush=True)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def close() -> dict[str, int]:
+        stop.set()
+        for thread in threads:  # a stream sees the stop at its next tick
+            thread.join(timeout=10)
+        still_open = sum(thread.is_alive() for thread in threads)
+        threads.clear()
+        with lock:
+            block = dict(counts, still_open=still_open)
+            counts.update(ticks=0, fetches=0, errors=0)
+        return block
+
+    for command in sys.stdin:
+        if command.strip() == "open" and not threads:
+            stop = threading.Event()
+            threads[:] = [threading.Thread(target=dashboard, args=(stop,), daemon=True)
+                          for _ in range(count)]
+            for thread in threads:
+                thread.start()
+        elif command.strip() == "close":
+            print(json.dumps(close()), flush=True)
+    close()
 
 
-@contextlib.contextmanager
-def open_dashboards(stack: Any, count: int) -> Iterator[dict[str, Any]]:
-    """``count`` dashboards' traffic while the block runs: each holds the event stream and
-    fetches the overview again on each tick that says the index moved (reconnecting when the
-    stream ends). They run in a child process at the lowest CPU priority from its start (a
-    viewer's browser runs on the viewer's machine: what it spends must not be charged to the
-    market sharing this one). Yields a dict filled on exit with the counts of ticks, fetches
-    and errors, and ``market_api_cpu_s``: the market API process's CPU time over the block."""
-    import json
-    import subprocess
-    import sys
+class Viewers:
+    """``count`` dashboards' traffic, opened and closed on demand (:func:`emulate_dashboards`
+    in one child process for the whole run, so a window's start costs no process start). Each
+    holds the event stream and fetches the overview again on each tick that says the index
+    moved (reconnecting when the stream ends). The child runs under SCHED_IDLE (nice 19 where
+    chrt is missing): a viewer's browser runs on the viewer's machine, so what it spends must
+    not be charged to the market sharing this one. What the market does for them is."""
 
-    api = stack.services["market-api"].process.pid
-    child = subprocess.Popen(  # nice(1), not a preexec_fn: this process has threads
-        ["nice", "-n", "19", sys.executable, "-c",
-         ("import sys; from meshcompute.mesh.bench.dashboard import "
-          "emulate_dashboards as e; e(sys.argv[1], int(sys.argv[2]))"),
-         stack.market_url, str(count)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    seen: dict[str, Any] = {}
-    cpu_before = _cpu_seconds(api)
-    try:
-        yield seen
-    finally:
-        seen["market_api_cpu_s"] = round(_cpu_seconds(api) - cpu_before, 2)
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            seen["viewers_cpu_s"] = round(_cpu_seconds(child.pid), 2)
+    def __init__(self, url: str, count: int) -> None:
+        import subprocess
+        import sys
+
+        self.count = count
+        # chrt(1) and nice(1), not a preexec_fn: this process has threads
+        idle = ["chrt", "--idle", "0"] if shutil.which("chrt") else []
+        self.process = subprocess.Popen(
+            [*idle, "nice", "-n", "19", sys.executable, "-c",
+             ("import sys; from meshcompute.mesh.bench.dashboard import "
+              "emulate_dashboards as e; e(sys.argv[1], int(sys.argv[2]))"),
+             url, str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.scheduling = "SCHED_IDLE + nice 19" if idle else "nice 19"
+
+    def _say(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def open(self) -> None:
+        self._say("open")
+
+    def close(self) -> dict[str, Any]:
+        """Close them; the counts of the block since :meth:`open`."""
+        import json
+
+        self._say("close")
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the emulated dashboards' process ended without reporting: "
+                               "its load is unknown, so this run cannot count")
+        return json.loads(line)
+
+    def cpu_s(self) -> float:
+        return _cpu_seconds(self.process.pid)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            out, _ = child.communicate(input="", timeout=30)
-            seen.update(json.loads(out.strip().splitlines()[-1]))
-        except (subprocess.TimeoutExpired, ValueError, IndexError):
-            child.kill()
-            child.wait()
-            seen["counts_lost"] = True
+            self.process.communicate(input="", timeout=30)
+        except Exception:  # noqa: BLE001 - whatever went wrong, the child must not outlive us
+            self.process.kill()
+            self.process.wait()
 
 
-@contextlib.contextmanager
-def _market_cpu(stack: Any) -> Iterator[dict[str, Any]]:
-    """The market API process's CPU time over the block (the run without dashboards)."""
-    seen: dict[str, Any] = {}
-    api = stack.services["market-api"].process.pid
-    before = _cpu_seconds(api)
-    try:
-        yield seen
-    finally:
-        seen["market_api_cpu_s"] = round(_cpu_seconds(api) - before, 2)
+def _cpu_ticks() -> tuple[int, int]:
+    """The machine's CPU ticks since boot, (busy, all), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _windows_order(pairs: int) -> list[bool]:
@@ -296,16 +330,22 @@ def _windows_order(pairs: int) -> list[bool]:
     return order
 
 
-def _settlement_bench(dashboards: int, window_s: float, pairs: int,
-                      settle_s: float = 5.0) -> dict[str, Any]:
-    """The end-to-end bench's stack and load (``mesh bench e2e``: four workers, a verifier,
-    a client posting 50-shard submissions without pause), warmed up once, then windows of
-    ``window_s`` alternately without and with ``dashboards`` open, in A B B A order. A
+def _settlement_bench(dashboards: int, window_s: float, pairs: int, settle_s: float = 5.0,
+                      outstanding: int = 1_000) -> dict[str, Any]:
+    """The end-to-end bench's stack (``mesh bench e2e``: four workers, two verifiers, 50-shard
+    submissions), warmed up once, its client keeping ``outstanding`` jobs posted and not yet
+    final (a closed loop: the stack runs at its capacity with a bounded backlog), then windows
+    of ``window_s`` alternately without and with ``dashboards`` open, in A B B A order. A
     window's rate is the JobPaid events in the blocks mined during it per second. Each window
-    begins ``settle_s`` after its condition changed (the viewers' process starts, and jobs
-    posted under the other condition are mostly paid by then). One stack for all windows: two
-    stacks started one after another differ by more than the effect measured (single runs of
-    the e2e bench on this machine went from 48 to 75 jobs a second with nothing changed)."""
+    begins ``settle_s`` after its condition changed (jobs matched under the other condition are
+    mostly paid by then).
+
+    One stack for all windows: two stacks started one after another differ by more than the
+    effect measured (single runs of the e2e bench on this machine went from 48 to 75 jobs a
+    second with nothing changed). A closed loop, not the e2e bench's open one: posting faster
+    than the stack settles grows the backlog for as long as the run lasts, so its rate drifts
+    down (76 to 52 jobs a second over one earlier run) and, after a few minutes, the
+    verifiers fall so far behind that a seat's silence is punished."""
     from meshcompute.mesh.bench.stack_bench import warm_e2e_stack
 
     rates: dict[bool, list[float]] = {False: [], True: []}
@@ -314,8 +354,9 @@ def _settlement_bench(dashboards: int, window_s: float, pairs: int,
     with warm_e2e_stack() as load:
         stack = load.stack
         w3 = stack.chain.w3()
+        api = stack.services["market-api"].process.pid
         stop = threading.Event()
-        threads, errors = load.post_continuously(stop.is_set)
+        threads, errors = load.post_continuously(stop.is_set, max_outstanding=outstanding)
 
         def wait(seconds: float) -> None:
             ends = time.perf_counter() + seconds
@@ -323,24 +364,41 @@ def _settlement_bench(dashboards: int, window_s: float, pairs: int,
                 if errors:
                     raise errors[0]
                 stack.check_alive()
+                load.collect()
                 time.sleep(0.25)
 
         try:
-            for dash in _windows_order(pairs):
-                with (open_dashboards(stack, dashboards) if dash else _market_cpu(stack)) as seen:
+            with Viewers(stack.market_url, dashboards) as viewers:
+                for dash in _windows_order(pairs):
+                    if dash:
+                        viewers.open()
                     wait(settle_s)
                     first, start = w3.eth.block_number, time.perf_counter()
+                    api_cpu, viewers_cpu, ticks = (_cpu_seconds(api), viewers.cpu_s(),
+                                                   _cpu_ticks())
                     wait(window_s)
                     last, end = w3.eth.block_number, time.perf_counter()
-                paid = len(load.contracts.job_events(None, first + 1, last, names=("JobPaid",)))
-                if dash and seen.get("counts_lost"):
-                    raise RuntimeError("the emulated dashboards' process did not report: its "
-                                       "load is unknown, so this run cannot count")
-                rate = paid / (end - start)
-                rates[dash].append(rate)
-                cpu[dash].append(seen["market_api_cpu_s"])
-                windows.append({"dashboards": dashboards if dash else 0,
-                                "settled_jobs_per_s": round(rate, 2), **seen})
+                    busy = _cpu_ticks()
+                    seen: dict[str, Any] = {
+                        "market_api_cpu_s": round(_cpu_seconds(api) - api_cpu, 2),
+                        "viewers_cpu_s": round(viewers.cpu_s() - viewers_cpu, 2),
+                        "machine_busy": round((busy[0] - ticks[0])
+                                              / max(1, busy[1] - ticks[1]), 3),
+                        "outstanding": load.outstanding(),
+                    }
+                    if dash:
+                        seen.update(viewers.close())
+                        if seen.get("still_open") or not seen.get("ticks"):
+                            raise RuntimeError(f"the emulated dashboards did not run as asked "
+                                               f"in a window: {seen}")
+                    paid = len(load.contracts.job_events(None, first + 1, last,
+                                                         names=("JobPaid",)))
+                    rate = paid / (end - start)
+                    rates[dash].append(rate)
+                    cpu[dash].append(seen["market_api_cpu_s"])
+                    windows.append({"dashboards": dashboards if dash else 0,
+                                    "settled_jobs_per_s": round(rate, 2), **seen})
+                scheduling = viewers.scheduling
         finally:
             stop.set()
             for thread in threads:
@@ -359,28 +417,34 @@ def _settlement_bench(dashboards: int, window_s: float, pairs: int,
         "market_api_cpu_s_without": round(statistics.mean(cpu[False]), 2),
         "market_api_cpu_s_with_dashboards": round(statistics.mean(cpu[True]), 2),
         "dashboards": dashboards,
+        "viewers_scheduling": scheduling,
         "settlement_pairs": pairs,
         "settlement_window_s": window_s,
+        "settlement_outstanding_jobs": outstanding,
         "settlement_windows": windows,
     }
 
 
 def run_dashboard_bench(*, jobs: int = 100_000, provider_jobs: int = 2_000, loads: int = 20,
                         dashboards: int = 10, duration_s: float = 30.0, pairs: int = 4,
-                        batch: int = 500) -> dict[str, Any]:
-    if not shutil.which(CHROMIUM):
+                        batch: int = 500, outstanding: int = 1_000,
+                        pages: bool = True) -> dict[str, Any]:
+    if pages and not shutil.which(CHROMIUM):
         raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (make setup does)")
-    pages = _pages_bench(jobs, provider_jobs, loads, batch)
-    settlement = _settlement_bench(dashboards, duration_s, pairs) if dashboards else {}
+    drawn = _pages_bench(jobs, provider_jobs, loads, batch) if pages else {}
+    settlement = (_settlement_bench(dashboards, duration_s, pairs, outstanding=outstanding)
+                  if dashboards else {})
     return {
-        **pages,
+        **drawn,
         **settlement,
         "targets": {"overview_ms_p95": 1000, "provider_ms_p95": 1000,
                     "settlement_change_pct": -5},
         "method": "pages: Debian Chromium, a new tab per load, performance.now() when the page "
                   "marks itself drawn; CPU: the market API process's user+system time over "
-                  "all loads / loads; settlement: mesh bench e2e's stack and load, warmed up "
-                  "once, windows alternately without and with the dashboards' traffic (event "
-                  "stream + overview refetch per changed tick) in A B B A order; a window's "
-                  "rate = JobPaid in the blocks mined during it / its length; means compared",
+                  "all loads / loads; settlement: mesh bench e2e's stack, warmed up once, its "
+                  "client keeping a fixed number of jobs posted and not final (closed loop), "
+                  "windows alternately without and with the dashboards' traffic (event "
+                  "stream + overview refetch per changed tick, viewers under SCHED_IDLE) in "
+                  "A B B A order; a window's rate = JobPaid in the blocks mined during it / "
+                  "its length; means compared",
     }

@@ -129,6 +129,7 @@ class E2ELoad:
         self.outcome: dict[int, str] = {}
         self.warmup_s = 0.0
         self._lock = threading.Lock()
+        self._collecting = threading.Lock()
 
     def submit(self, client: Any, seed: int) -> list[int]:
         """One submission of ``batch`` shards from ``client``, each escrowed at the bench's
@@ -147,19 +148,40 @@ class E2ELoad:
 
     def collect(self) -> None:
         """Note the jobs that became final (paid, slashed, refunded) since the last call."""
-        self.next_block = _collect_final(self.contracts, self.next_block, self.final_at,
-                                         self.outcome)
+        with self._collecting:
+            self.next_block = _collect_final(self.contracts, self.next_block, self.final_at,
+                                             self.outcome)
 
-    def post_continuously(self, until: Callable[[], bool]) -> tuple[list[threading.Thread],
-                                                                    list[BaseException]]:
+    def outstanding(self) -> int:
+        """Jobs posted and not final yet (as of the last :meth:`collect`)."""
+        with self._lock:
+            return sum(1 for job_id in self.posted_at if job_id not in self.final_at)
+
+    def post_continuously(self, until: Callable[[], bool], *,
+                          max_outstanding: int | None = None,
+                          ) -> tuple[list[threading.Thread], list[BaseException]]:
         """Every client posting submission after submission, one thread each, until
-        ``until()``; the threads, and where they put an error."""
+        ``until()``; the threads, and where they put an error.
+
+        With ``max_outstanding``, a client posts only while that many jobs at most would be
+        posted and not final (a closed loop: the market runs at its capacity with a bounded
+        backlog). Without it the clients post as fast as they can, faster than the stack
+        settles, so the backlog grows for as long as they post."""
         errors: list[BaseException] = []
+
+        def room() -> bool:
+            if max_outstanding is None or self.outstanding() + self.batch <= max_outstanding:
+                return True
+            self.collect()
+            return self.outstanding() + self.batch <= max_outstanding
 
         def post_loop(index: int, client: Any) -> None:
             seed = 1000 * (index + 1)
             try:
                 while not until():
+                    if not room():
+                        time.sleep(0.1)
+                        continue
                     seed += 1
                     self.submit(client, seed)
             except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread

@@ -81,13 +81,18 @@ def bench_dashboard(
         min=0, help="Open dashboards during the settlement run (0: skip that part).")] = 10,
     duration: Annotated[float, typer.Option(help="Seconds of each settlement window.")] = 30.0,
     pairs: Annotated[int, typer.Option(min=1, help="Settlement windows of each kind, on one warm stack (A B B A order; means compared).")] = 4,
+    outstanding: Annotated[int, typer.Option(
+        min=50, help="Jobs the settlement run's client keeps posted and not final.")] = 1_000,
+    pages: Annotated[bool, typer.Option(
+        "--pages/--no-pages", help="Measure the pages (--no-pages: settlement only).")] = True,
 ) -> None:
     """Dashboard pages drawn in Chromium with many jobs indexed, the market's CPU per page
     view, and settlement with dashboards open against without."""
     from meshcompute.mesh.bench.dashboard import run_dashboard_bench
 
     emit(run_dashboard_bench(jobs=jobs, provider_jobs=provider_jobs, loads=loads,
-                             dashboards=dashboards, duration_s=duration, pairs=pairs),
+                             dashboards=dashboards, duration_s=duration, pairs=pairs,
+                             outstanding=outstanding, pages=pages),
          as_json)
 
 
