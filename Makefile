@@ -59,10 +59,12 @@ $(STAMP_NPM): package-lock.json $(if $(wildcard node_modules/.bin/anvil),,FORCE)
 
 FORCE:
 
-# The import rules first (a second): a layer broken by accident fails at once.
+# The import rules first (a second): a layer broken by accident fails at once. Two xdist
+# workers: the process-stack tests run one after another on one, the rest on the other
+# (tests/conftest.py); most of the suite waits on processes, so two cores run both.
 test: setup
 	$(PY) tools/lint_imports.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 demo: setup
 	$(VENV)/bin/mesh demo

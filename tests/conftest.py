@@ -1,6 +1,8 @@
 """Session-wide fixtures: a shared anvil node and a Redis URL (embedded Valkey by default).
 
-Both are stopped when the session ends, so no process outlives pytest.
+Both are stopped when the session ends, so no process outlives pytest. Under pytest-xdist
+(``make test`` runs two workers) each worker is a session of its own, with its own anvil and
+Valkey; :func:`pytest_collection_modifyitems` decides which tests share a worker.
 """
 
 from __future__ import annotations
@@ -74,3 +76,34 @@ def world(_deployed: World, anvil: LocalChain) -> Iterator[World]:
     yield _deployed
     anvil.revert(snapshot)
     _deployed.resync()
+
+
+#: Tests that run whole process stacks (anvil, Valkey, the market, workers, verifiers, a
+#: browser): one after another on one xdist worker, so two stacks never share the two cores
+#: and a stack's timing is what it would be alone beside the lighter tests.
+STACK_TESTS = ("tests/e2e/", "tests/test_demo.py", "tests/dashboard/test_dashboard_browser.py")
+
+#: Tests that write the same files in the checkout (the Solidity compilers' caches and
+#: slither's export folder): on one worker.
+SHARED_CHECKOUT_TESTS = ("tests/unit/test_slither.py", "tests/unit/test_artifacts.py")
+
+
+def xdist_group_of(nodeid: str) -> str:
+    """The xdist group a test runs in (``--dist loadgroup``): the stacks together, the tests
+    sharing checkout files together, and otherwise its module, so a module's fixtures (a
+    deployed world, a market) are built once, on one worker."""
+    if nodeid.startswith(STACK_TESTS):
+        return "stack"
+    if nodeid.startswith(SHARED_CHECKOUT_TESTS):
+        return "checkout"
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test gets its xdist group, and the stack tests go first: they are the longest
+    chain run one after another, so the other worker takes the rest beside them."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.nodeid)))
+    items.sort(key=lambda item: xdist_group_of(item.nodeid) != "stack")

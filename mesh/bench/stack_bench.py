@@ -18,6 +18,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from meshcompute.chain.deploy import DeployParams
 from meshcompute.mesh.devstack import FAST_PARAMS, DevStack, StackConfig
 
 
@@ -127,6 +128,8 @@ class E2ELoad:
         self.posted_at: dict[int, float] = {}
         self.final_at: dict[int, float] = {}
         self.outcome: dict[int, str] = {}
+        self.audited: set[int] = set()
+        """Jobs the chain drew for audit (seen by :meth:`collect`)."""
         self.warmup_s = 0.0
         self._lock = threading.Lock()
         self._collecting = threading.Lock()
@@ -150,12 +153,14 @@ class E2ELoad:
         """Note the jobs that became final (paid, slashed, refunded) since the last call."""
         with self._collecting:
             self.next_block = _collect_final(self.contracts, self.next_block, self.final_at,
-                                             self.outcome)
+                                             self.outcome, self.audited)
 
-    def outstanding(self) -> int:
-        """Jobs posted and not final yet (as of the last :meth:`collect`)."""
+    def outstanding(self, *, audited: bool = True) -> int:
+        """Jobs posted and not final yet (as of the last :meth:`collect`); with
+        ``audited=False``, not counting those drawn for audit (they wait for a verdict)."""
         with self._lock:
-            return sum(1 for job_id in self.posted_at if job_id not in self.final_at)
+            return sum(1 for job_id in self.posted_at if job_id not in self.final_at
+                       and (audited or job_id not in self.audited))
 
     def post_continuously(self, until: Callable[[], bool], *,
                           max_outstanding: int | None = None,
@@ -164,16 +169,20 @@ class E2ELoad:
         ``until()``; the threads, and where they put an error.
 
         With ``max_outstanding``, a client posts only while that many jobs at most would be
-        posted and not final (a closed loop: the market runs at its capacity with a bounded
-        backlog). Without it the clients post as fast as they can, faster than the stack
-        settles, so the backlog grows for as long as they post."""
+        posted and not final, those drawn for audit aside (a closed loop: the market runs at
+        its capacity with a bounded backlog; the verifiers' backlog is not bounded by it).
+        Without it the clients post as fast as they can, faster than the stack settles, so the
+        backlog grows for as long as they post."""
         errors: list[BaseException] = []
 
         def room() -> bool:
-            if max_outstanding is None or self.outstanding() + self.batch <= max_outstanding:
+            def fits() -> bool:
+                return self.outstanding(audited=False) + self.batch <= max_outstanding
+
+            if max_outstanding is None or fits():
                 return True
             self.collect()
-            return self.outstanding() + self.batch <= max_outstanding
+            return fits()
 
         def post_loop(index: int, client: Any) -> None:
             seed = 1000 * (index + 1)
@@ -201,7 +210,7 @@ E2E_COLLATERAL = "1"
 @contextlib.contextmanager
 def warm_e2e_stack(*, workers: int = 4, batch: int = 50, slots: int = 2, clients: int = 1,
                    settle_s: float = 10.0, extra_env: dict[str, str] | None = None,
-                   ) -> Iterator[E2ELoad]:
+                   params: DeployParams | None = None) -> Iterator[E2ELoad]:
     """The end-to-end bench's stack (``workers`` workers, a verifier, the market tuned by
     :data:`E2E_ENV`), warmed up: one submission per client run to its payment, then
     ``settle_s`` for the spare processes it started, so what follows measures the steady
@@ -218,7 +227,7 @@ def warm_e2e_stack(*, workers: int = 4, batch: int = 50, slots: int = 2, clients
     program = export_program(model, (torch.randn(2, 8),))
     env = dict(E2E_ENV) | (extra_env or {})
     config = StackConfig(workers=workers, cheaters=0, verifier=True, worker_slots=slots,
-                         params=E2E_PARAMS, extra_env=env)
+                         params=params or E2E_PARAMS, extra_env=env)
     with DevStack(config) as stack:
         spare = stack.accounts[FIRST_WORKER + workers:]
         if clients < 1 or clients - 1 > len(spare):
@@ -326,16 +335,19 @@ def run_e2e_bench(*, workers: int = 4, duration_s: float = 30.0, batch: int = 50
 
 
 def _collect_final(contracts: Any, from_block: int, final_at: dict[int, float],
-                   outcome: dict[int, str]) -> int:
+                   outcome: dict[int, str], audited: set[int] | None = None) -> int:
     head = contracts.w3.eth.block_number
     if head < from_block:
         return from_block
     now = time.perf_counter()
     for event in contracts.job_events(None, from_block, head,
-                                      names=("JobPaid", "JobSlashed", "JobRefunded")):
-        if event.name in ("JobPaid", "JobSlashed", "JobRefunded"):
-            job_id = int(event.args["jobId"])
-            if job_id not in final_at:
-                final_at[job_id] = now
-                outcome[job_id] = event.name
+                                      names=("JobPaid", "JobSlashed", "JobRefunded",
+                                             "AuditDrawn")):
+        job_id = int(event.args["jobId"])
+        if event.name == "AuditDrawn":
+            if audited is not None and event.args.get("audited"):
+                audited.add(job_id)
+        elif job_id not in final_at:
+            final_at[job_id] = now
+            outcome[job_id] = event.name
     return head + 1

@@ -82,7 +82,7 @@ def bench_dashboard(
     duration: Annotated[float, typer.Option(help="Seconds of each settlement window.")] = 30.0,
     pairs: Annotated[int, typer.Option(min=1, help="Settlement windows of each kind, on one warm stack (A B B A order; means compared).")] = 4,
     outstanding: Annotated[int, typer.Option(
-        min=50, help="Jobs the settlement run's client keeps posted and not final.")] = 1_000,
+        min=50, help="Jobs the settlement run's client keeps posted and not final.")] = 600,
     pages: Annotated[bool, typer.Option(
         "--pages/--no-pages", help="Measure the pages (--no-pages: settlement only).")] = True,
 ) -> None:

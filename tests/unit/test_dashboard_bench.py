@@ -1,7 +1,7 @@
-"""The dashboard bench's emulated viewers (mesh/bench/dashboard.py): one child process for the
-whole run, opened and closed on command, each block's traffic counted. A small local HTTP
-server plays the market's two routes the viewers use (the bench itself runs them against the
-real market)."""
+"""The dashboard bench's settlement part (mesh/bench/dashboard.py): the emulated viewers, one
+child process for the whole run, opened and closed on command, each block's traffic counted (a
+small local HTTP server plays the market's two routes they use; the bench itself runs them
+against the real market); and how its windows are ordered and compared."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from meshcompute.mesh.bench.dashboard import Viewers
+from meshcompute.mesh.bench.dashboard import Viewers, bracketed_changes, windows_order
 
 
 class _Market(BaseHTTPRequestHandler):
@@ -22,7 +22,7 @@ class _Market(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         if self.path == "/dashboard/api/overview":
             body = json.dumps({"jobs": {}}).encode()
             self.send_response(200)
@@ -95,3 +95,23 @@ def test_a_viewers_process_that_died_is_an_error_not_a_silent_zero(market_url):
         viewers.process.wait()
         with pytest.raises((RuntimeError, BrokenPipeError)):
             viewers.close()
+
+
+def test_windows_alternate_and_each_window_with_dashboards_lies_between_two_without():
+    assert windows_order(1) == [False, True, False]
+    order = windows_order(4)
+    assert order == [False, True] * 4 + [False]
+
+
+def test_a_straight_drift_cancels_out_of_each_bracketed_change():
+    # a stack slowing 5 jobs/s a window, the dashboards costing exactly 10 %
+    drift = [100 - 5 * n for n in range(9)]
+    rates = [r * (0.9 if n % 2 else 1.0) for n, r in enumerate(drift)]
+    assert bracketed_changes(rates) == pytest.approx([-10.0] * 4)
+    # and with no effect, none is seen, where pairs (A B) would show the drift as one
+    assert bracketed_changes(drift) == pytest.approx([0.0] * 4)
+
+
+def test_bracketing_needs_an_odd_number_of_windows():
+    with pytest.raises(ValueError, match="odd number"):
+        bracketed_changes([1.0, 2.0])
