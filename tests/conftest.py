@@ -43,9 +43,12 @@ def anvil(anvil_binary: str) -> Iterator[LocalChain]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """``REDIS_URL`` when set; otherwise an embedded Valkey on a free loopback port."""
+    """``REDIS_URL`` when set; otherwise an embedded Valkey on a free loopback port. Under
+    pytest-xdist only the first worker uses ``REDIS_URL``: the tests pick their database
+    numbers themselves, so two workers on one server would flush each other's; the others
+    start their own Valkey."""
     configured = os.environ.get("REDIS_URL") or os.environ.get("MESH_REDIS_URL")
-    if configured:
+    if configured and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         yield configured
         return
     from meshcompute.market.embedded_redis import start_valkey
