@@ -64,7 +64,7 @@ FORCE:
 # (tests/conftest.py); most of the suite waits on processes, so two cores run both.
 test: setup
 	$(PY) tools/lint_imports.py
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 demo: setup
 	$(VENV)/bin/mesh demo

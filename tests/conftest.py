@@ -44,9 +44,10 @@ def anvil(anvil_binary: str) -> Iterator[LocalChain]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """``REDIS_URL`` when set; otherwise an embedded Valkey on a free loopback port. Under
-    pytest-xdist only the first worker uses ``REDIS_URL``: the tests pick their database
+    pytest-xdist only the first worker's tests use ``REDIS_URL``: they pick their database
     numbers themselves, so two workers on one server would flush each other's; the others
-    start their own Valkey."""
+    start their own Valkey. (A process stack reads ``REDIS_URL`` itself: the stack tests all
+    run on one worker.)"""
     configured = os.environ.get("REDIS_URL") or os.environ.get("MESH_REDIS_URL")
     if configured and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         yield configured
@@ -92,9 +93,9 @@ SHARED_CHECKOUT_TESTS = ("tests/unit/test_slither.py", "tests/unit/test_artifact
 
 
 def xdist_group_of(nodeid: str) -> str:
-    """The xdist group a test runs in (``--dist loadgroup``): the stacks together, the tests
-    sharing checkout files together, and otherwise its module, so a module's fixtures (a
-    deployed world, a market) are built once, on one worker."""
+    """The group a test runs in under ``make test``'s xdist workers: the stacks together, the
+    tests sharing checkout files together, and otherwise its module, so a module's fixtures
+    (a deployed world, a market) are built once, on one worker."""
     if nodeid.startswith(STACK_TESTS):
         return "stack"
     if nodeid.startswith(SHARED_CHECKOUT_TESTS):
@@ -102,11 +103,25 @@ def xdist_group_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """With ``--dist loadscope`` (``make test``), whole groups (:func:`xdist_group_of`) are
+    handed to the workers instead of modules. Not xdist's own ``loadgroup``: under pytest 9
+    the group it appends to a test's id does not take (pytest reads ``Node._id``), so every
+    test would go out alone."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group_of(nodeid)
+
+    return ByGroup(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test gets its xdist group, and the stack tests go first: they are the longest
-    chain run one after another, so the other worker takes the rest beside them."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.nodeid)))
+    """The stack tests first: they are the longest chain run one after another, so the other
+    worker takes the rest beside them (``make test`` passes ``--no-loadscope-reorder``, so the
+    groups are handed out in this order)."""
     items.sort(key=lambda item: xdist_group_of(item.nodeid) != "stack")

@@ -13,8 +13,8 @@ costs the market, and whether open dashboards slow settlement (issue 16).
    its CPU per page view.
 2. **Settlement with dashboards open.** The end-to-end bench's stack (``mesh bench e2e``),
    warmed up once, its client keeping a fixed number of jobs in flight (a closed loop), then
-   windows alternately without and with ``dashboards`` open (A B B A order, ``pairs`` of
-   each): each window's rate is the jobs paid in the blocks mined during it per second. An
+   windows alternately without and with ``dashboards`` open (A B A ... A, ``pairs`` with
+   them, each compared with the two around it): each window's rate is the jobs paid in the blocks mined during it per second. An
    open dashboard here is what the page does on the network: it holds the event stream and
    fetches the overview again on each tick that says the index moved (an HTTP client per
    dashboard, not a browser: on a two-core machine ten browsers' own rendering would be
@@ -375,6 +375,13 @@ def _settlement_bench(dashboards: int, window_s: float, pairs: int, settle_s: fl
     cpu: dict[bool, list[float]] = {False: [], True: []}
     windows: list[dict[str, Any]] = []
     params = replace(E2E_PARAMS, audit_window_s=DeployParams().audit_window_s)
+    run_s = (2 * pairs + 1) * (settle_s + window_s)  # the warm-up's audits are judged in it
+    if run_s > 0.8 * params.audit_window_s:
+        raise ValueError(
+            f"{pairs} pairs of {window_s:g} s windows take {run_s:.0f} s: audits drawn at "
+            f"the start would be near the end of their {params.audit_window_s} s window by then "
+            f"and later windows would measure expiring audits; use fewer pairs or shorter "
+            f"windows (at most {0.8 * params.audit_window_s:.0f} s in all)")
     with warm_e2e_stack(params=params) as load:
         stack = load.stack
         w3 = stack.chain.w3()
@@ -469,6 +476,6 @@ def run_dashboard_bench(*, jobs: int = 100_000, provider_jobs: int = 2_000, load
                   "client keeping a fixed number of jobs posted and not final (closed loop), "
                   "windows alternately without and with the dashboards' traffic (event "
                   "stream + overview refetch per changed tick, viewers under SCHED_IDLE) in "
-                  "A B B A order; a window's rate = JobPaid in the blocks mined during it / "
-                  "its length; means compared",
+                  "A B A ... A order; a window's rate = JobPaid in the blocks mined during it "
+                  "/ its length; each B against the mean of the A before and after it",
     }

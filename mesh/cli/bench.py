@@ -80,7 +80,7 @@ def bench_dashboard(
     dashboards: Annotated[int, typer.Option(
         min=0, help="Open dashboards during the settlement run (0: skip that part).")] = 10,
     duration: Annotated[float, typer.Option(help="Seconds of each settlement window.")] = 30.0,
-    pairs: Annotated[int, typer.Option(min=1, help="Settlement windows of each kind, on one warm stack (A B B A order; means compared).")] = 4,
+    pairs: Annotated[int, typer.Option(min=1, help="Settlement windows with dashboards, on one warm stack (A B A ... A; each against the two around it).")] = 4,
     outstanding: Annotated[int, typer.Option(
         min=50, help="Jobs the settlement run's client keeps posted and not final.")] = 600,
     pages: Annotated[bool, typer.Option(
