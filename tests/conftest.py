@@ -2,7 +2,7 @@
 
 Both are stopped when the session ends, so no process outlives pytest. Under pytest-xdist
 (``make test`` runs two workers) each worker is a session of its own, with its own anvil and
-Valkey; :func:`pytest_collection_modifyitems` decides which tests share a worker.
+Valkey; :func:`pytest_xdist_make_scheduler` decides which tests share a worker.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ costs the market, and whether open dashboards slow settlement (issue 16).
 2. **Settlement with dashboards open.** The end-to-end bench's stack (``mesh bench e2e``),
    warmed up once, its client keeping a fixed number of jobs in flight (a closed loop), then
    windows alternately without and with ``dashboards`` open (A B A ... A, ``pairs`` with
-   them, each compared with the two around it): each window's rate is the jobs paid in the blocks mined during it per second. An
-   open dashboard here is what the page does on the network: it holds the event stream and
-   fetches the overview again on each tick that says the index moved (an HTTP client per
-   dashboard, not a browser: on a two-core machine ten browsers' own rendering would be
+   them, each compared with the two around it): each window's rate is the jobs paid in the
+   blocks mined during it per second. An open dashboard here is what the page does on the
+   network: it holds the event stream and fetches the overview again on each tick that says
+   the index moved (an HTTP client per dashboard, not a browser: on a two-core machine ten browsers' own rendering would be
    charged to the market). The viewers run in one child process for the whole run, under
    SCHED_IDLE, and are opened and closed between windows.
 """
@@ -269,7 +269,6 @@ class Viewers:
         import subprocess
         import sys
 
-        self.count = count
         # chrt(1) and nice(1), not a preexec_fn: this process has threads
         idle = ["chrt", "--idle", "0"] if shutil.which("chrt") else []
         self.process = subprocess.Popen(
@@ -360,8 +359,8 @@ def _settlement_bench(dashboards: int, window_s: float, pairs: int, settle_s: fl
     - A closed loop: posting as fast as it can, the client grows the backlog for as long as
       the run lasts.
     - Audited jobs aside, and the deployment's default audit window (600 s, not the dev
-      stack's 60 s): the two verifiers judge about one audit in four seconds between them (a
-      fresh sandboxed process each), while 5 % of 80 jobs a second is four a second. Counted
+      stack's 60 s): the two verifiers judge about one audit in four seconds between them,
+      while 5 % of 80 jobs a second is four a second. Counted
       in the loop, audited jobs soon fill it and settlement stalls (86 down to 2.5 jobs a
       second in five minutes); in a 60 s window, verdicts come late, seats are punished for
       silence, and the client can no longer post (two seats must cover a shard). The run

@@ -340,9 +340,10 @@ def _collect_final(contracts: Any, from_block: int, final_at: dict[int, float],
     if head < from_block:
         return from_block
     now = time.perf_counter()
-    for event in contracts.job_events(None, from_block, head,
-                                      names=("JobPaid", "JobSlashed", "JobRefunded",
-                                             "AuditDrawn")):
+    names: tuple[str, ...] = ("JobPaid", "JobSlashed", "JobRefunded")
+    if audited is not None:  # the draws are read only for a caller that keeps them
+        names += ("AuditDrawn",)
+    for event in contracts.job_events(None, from_block, head, names=names):
         job_id = int(event.args["jobId"])
         if event.name == "AuditDrawn":
             if audited is not None and event.args.get("audited"):
