@@ -16,9 +16,9 @@ costs the market, and whether open dashboards slow settlement (issue 16).
    windows alternately without and with ``dashboards`` open (A B A ... A, ``pairs`` with
    them, each compared with the two around it): each window's rate is the jobs paid in the
    blocks mined during it per second. An open dashboard here is what the page does on the
-   network: it holds the event stream and fetches the overview again on each tick that says
-   the index moved (an HTTP client per dashboard, not a browser: on a two-core machine ten browsers' own rendering would be
-   charged to the market). The viewers run in one child process for the whole run, under
+   network on the overview: it holds the event stream, which carries the overview each time
+   the index moved (an HTTP client per dashboard, not a browser: on a two-core machine ten
+   browsers' own rendering would be charged to the market). The viewers run in one child process for the whole run, under
    SCHED_IDLE, and are opened and closed between windows.
 """
 
@@ -191,16 +191,19 @@ def _pages_bench(jobs: int, provider_jobs: int, loads: int, batch: int) -> dict[
 
 def emulate_dashboards(url: str, count: int) -> None:
     """Run in a child process (see :class:`Viewers`): ``count`` dashboards' traffic against
-    the market at ``url`` while open. Reads commands from standard input: ``open`` opens them,
-    ``close`` closes them and answers the block's counts of ticks, overview fetches and errors
-    as one JSON line; the end of input closes them and ends the process."""
+    the market at ``url`` while open, each an overview page: it holds the event stream with
+    the overview in it, and fetches the overview only when it opens and when a tick says the
+    index moved without the overview having come before it (as the page does). Reads commands
+    from standard input: ``open`` opens them, ``close`` closes them and answers the block's
+    counts of ticks, overviews pushed, overview fetches and errors as one JSON line; the end of
+    input closes them and ends the process."""
     import json
     import sys
 
     import httpx
 
     lock = threading.Lock()
-    counts = {"ticks": 0, "fetches": 0, "errors": 0}
+    counts = {"ticks": 0, "pushed": 0, "fetches": 0, "errors": 0}
 
     def fetch(http: httpx.Client) -> None:
         answer = http.get("/dashboard/api/overview")
@@ -215,16 +218,19 @@ def emulate_dashboards(url: str, count: int) -> None:
                     if first:
                         fetch(http)
                         first = False
-                    with http.stream("GET", "/dashboard/api/stream") as answer:
+                    with http.stream("GET", "/dashboard/api/stream?overview=true") as answer:
+                        event = ""
                         for line in answer.iter_lines():
                             if stop.is_set():
                                 return
+                            if line.startswith("event: "):
+                                event = line.removeprefix("event: ")
                             if not line.startswith("data: "):
                                 continue
-                            tick = json.loads(line.removeprefix("data: "))
+                            data = json.loads(line.removeprefix("data: "))
                             with lock:
-                                counts["ticks"] += 1
-                            if tick.get("changed"):
+                                counts["pushed" if event == "overview" else "ticks"] += 1
+                            if event == "tick" and data.get("changed") and not data.get("overview"):
                                 fetch(http)
                 except (httpx.HTTPError, ValueError):
                     with lock:
@@ -242,7 +248,7 @@ def emulate_dashboards(url: str, count: int) -> None:
         threads.clear()
         with lock:
             block = dict(counts, still_open=still_open)
-            counts.update(ticks=0, fetches=0, errors=0)
+            counts.update(ticks=0, pushed=0, fetches=0, errors=0)
         return block
 
     for command in sys.stdin:
@@ -260,8 +266,8 @@ def emulate_dashboards(url: str, count: int) -> None:
 class Viewers:
     """``count`` dashboards' traffic, opened and closed on demand (:func:`emulate_dashboards`
     in one child process for the whole run, so a window's start costs no process start). Each
-    holds the event stream and fetches the overview again on each tick that says the index
-    moved (reconnecting when the stream ends). The child runs under SCHED_IDLE (nice 19 where
+    is an overview page: it holds the event stream, which carries the overview each time the
+    index moved (reconnecting when the stream ends). The child runs under SCHED_IDLE (nice 19 where
     chrt is missing): a viewer's browser runs on the viewer's machine, so what it spends must
     not be charged to the market sharing this one. What the market does for them is."""
 

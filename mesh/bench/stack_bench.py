@@ -133,6 +133,11 @@ class E2ELoad:
         self.warmup_s = 0.0
         self._lock = threading.Lock()
         self._collecting = threading.Lock()
+        # posted and not final (and of those, not drawn for audit), kept as jobs come and go:
+        # the closed loop asks many times a second, and a scan of every job ever posted grows
+        # with the run (tens of thousands) and slows the bench's own process as it goes
+        self._waiting: set[int] = set()
+        self._waiting_unaudited: set[int] = set()
 
     def submit(self, client: Any, seed: int) -> list[int]:
         """One submission of ``batch`` shards from ``client``, each escrowed at the bench's
@@ -147,20 +152,35 @@ class E2ELoad:
         with self._lock:
             for job_id in submission.job_ids:
                 self.posted_at[job_id] = now
+                if job_id not in self.final_at:  # collect may have seen it end already
+                    self._waiting.add(job_id)
+                    if job_id not in self.audited:
+                        self._waiting_unaudited.add(job_id)
         return submission.job_ids
 
     def collect(self) -> None:
         """Note the jobs that became final (paid, slashed, refunded) since the last call."""
         with self._collecting:
-            self.next_block = _collect_final(self.contracts, self.next_block, self.final_at,
-                                             self.outcome, self.audited)
+            final_at: dict[int, float] = {}
+            outcome: dict[int, str] = {}
+            drawn: set[int] = set()
+            self.next_block = _collect_final(self.contracts, self.next_block, final_at,
+                                             outcome, drawn)
+            with self._lock:
+                self.audited |= drawn
+                self._waiting_unaudited -= drawn
+                for job_id, at in final_at.items():
+                    if job_id not in self.final_at:  # the first final event is the one
+                        self.final_at[job_id] = at
+                        self.outcome[job_id] = outcome[job_id]
+                        self._waiting.discard(job_id)
+                        self._waiting_unaudited.discard(job_id)
 
     def outstanding(self, *, audited: bool = True) -> int:
         """Jobs posted and not final yet (as of the last :meth:`collect`); with
         ``audited=False``, not counting those drawn for audit (they wait for a verdict)."""
         with self._lock:
-            return sum(1 for job_id in self.posted_at if job_id not in self.final_at
-                       and (audited or job_id not in self.audited))
+            return len(self._waiting if audited else self._waiting_unaudited)
 
     def post_continuously(self, until: Callable[[], bool], *,
                           max_outstanding: int | None = None,

@@ -108,13 +108,19 @@ def _wait_rendered_after(page: Any, before: str) -> None:
 def test_a_job_is_followed_live_from_posting_to_payment(
         market: Market, session_factory: Callable[..., PageSession]) -> None:
     s = session_factory(market.url)
+    fetched: list[str] = []
+    s.page.on("request", lambda r: fetched.append(r.url) if "/api/overview" in r.url else None)
     page = s.open("#/")
     page.evaluate("window.__noReload = 1")
     page.get_by_test_id("live-state").filter(has_text="live").wait_for()
     submission = _submit(market.client, 2, seed=2)
     job_id = submission.job_ids[0]
-    # the overview lists the new job by itself; follow its link (a hash change, no reload)
-    page.locator(f'[data-testid="recent-job"][data-job="{job_id}"] a').first.click(timeout=30_000)
+    # the overview lists the new job by itself, drawn from the overview the market's stream
+    # sent (the page fetched it once, when it opened); follow its link (a hash change)
+    new_job = page.locator(f'[data-testid="recent-job"][data-job="{job_id}"] a').first
+    new_job.wait_for(timeout=30_000)
+    assert len(fetched) == 1, f"the overview page fetched the overview again: {fetched}"
+    new_job.click()
     page.get_by_test_id("job-state").wait_for()
     seen: list[str] = []
 

@@ -245,8 +245,15 @@ def test_the_contracts_are_the_artifacts_python_uses(mk: Market) -> None:
         assert page[key]["abi"] == load_artifact(name)["abi"]
 
 
+def _next_tick() -> None:
+    """Wait out the tick kept for this tick period: the test before may have read it from a
+    chain this test's fixture has since reverted."""
+    time.sleep(MARKET_SETTINGS["dashboard_tick_s"])
+
+
 def test_the_stream_ticks_and_says_when_the_index_moved(mk: Market) -> None:
     mk.rt.indexer.sync()
+    _next_tick()
     ticks = []
     with httpx.stream("GET", mk.url + "/dashboard/api/stream", timeout=30) as answer:
         assert answer.status_code == 200
@@ -260,6 +267,100 @@ def test_the_stream_ticks_and_says_when_the_index_moved(mk: Market) -> None:
     assert not any(t["changed"] for t in ticks[:2]), ticks  # nothing moved yet
     assert any(t["changed"] for t in ticks[2:]), ticks  # the index moved: fetch again
     assert all({"head", "indexed", "lag_blocks", "stale"} <= set(t) for t in ticks)
+
+
+def _events(mk: Market, query: str, on_tick=None) -> list[tuple[str, dict]]:
+    """Every event of one stream (it ends after dashboard_stream_s), as (name, data);
+    ``on_tick(n)`` runs after the n-th tick."""
+    events: list[tuple[str, dict]] = []
+    name = "message"
+    with httpx.stream("GET", mk.url + "/dashboard/api/stream" + query, timeout=30) as answer:
+        assert answer.status_code == 200, answer.read()
+        for line in answer.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+                if name == "tick" and on_tick is not None:
+                    on_tick(sum(n == "tick" for n, _ in events))
+    return events
+
+
+def test_the_overview_page_gets_the_overview_in_the_stream(mk: Market) -> None:
+    """The overview page asks for the overview in its stream: each tick that says the index
+    moved comes after the overview at the new head, so the page fetches nothing; a stream that
+    did not ask gets none."""
+    mk.rt.indexer.sync()
+    _next_tick()
+
+    def post(n: int) -> None:
+        if n == 2:
+            mk.world.post()
+            mk.rt.indexer.sync()
+
+    events = _events(mk, "?overview=true", post)
+    changed = [i for i, (name, data) in enumerate(events) if name == "tick" and data["changed"]]
+    assert changed, events
+    for i in changed:
+        assert events[i][1]["overview"] is True, events[i]
+        name, pushed = events[i - 1]
+        assert name == "overview", events[i - 1]
+        assert pushed["chain"]["indexed"] == events[i][1]["indexed"]
+    fetched = _json(mk, "/dashboard/api/overview")
+    assert set(events[changed[-1] - 1][1]) == set(fetched)
+    assert events[changed[-1] - 1][1]["jobs"] == fetched["jobs"]
+    # a tick that did not change carries no overview before it
+    assert all(events[i - 1][0] == "tick" for i, (name, data) in enumerate(events)
+               if i and name == "tick" and not data["changed"])
+
+    plain = _events(mk, "", post)
+    assert {name for name, _ in plain} == {"tick"}
+    assert not any(data["overview"] for _, data in plain)
+
+
+def test_open_streams_share_one_computation_of_the_overview(mk: Market, monkeypatch) -> None:
+    """Four overview pages open cost one overview computation each time the index moves, not
+    one each, and a stream without the overview costs none."""
+    from meshcompute.market.dashboard import views
+
+    computed = []
+    real = views.overview_json
+
+    def counted(rt):
+        computed.append(time.monotonic())
+        return real(rt)
+
+    monkeypatch.setattr(views, "overview_json", counted)
+    mk.rt.indexer.sync()
+    _next_tick()
+    _events(mk, "")
+    assert computed == [], "a stream that did not ask for the overview computed it"
+    streams = 4
+    pushed: list[int] = [0] * streams
+
+    def follow(n: int) -> None:
+        def move(ticks: int) -> None:
+            if n == 0 and ticks in (2, 4):
+                mk.world.post()
+                mk.rt.indexer.sync()
+        pushed[n] = sum(name == "overview" for name, _ in _events(mk, "?overview=true", move))
+
+    import threading
+    threads = [threading.Thread(target=follow, args=(n,)) for n in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert min(pushed) >= 1, pushed
+    # once on the ticker's first turn with them (at the head it finds) and once per move (two)
+    assert len(computed) <= 3, (len(computed), pushed)
+
+
+@pytest.mark.parametrize("query", ["?overview=maybe", "?overview="])
+def test_a_malformed_overview_flag_is_refused(mk: Market, query: str) -> None:
+    answer = _get(mk, "/dashboard/api/stream" + query)
+    assert answer.status_code == 422, answer.text
+    assert "overview" in answer.text
 
 
 def test_open_streams_share_one_read_of_each_tick(mk: Market, monkeypatch) -> None:
@@ -276,6 +377,7 @@ def test_open_streams_share_one_read_of_each_tick(mk: Market, monkeypatch) -> No
 
     monkeypatch.setattr(views, "tick", counted)
     mk.rt.indexer.sync()
+    _next_tick()
     streams = 4
     received: list[int] = [0] * streams
 

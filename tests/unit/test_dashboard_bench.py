@@ -31,6 +31,10 @@ class _Market(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
+        if self.path != "/dashboard/api/stream?overview=true":  # an overview page's stream
+            self.send_response(404)
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -38,7 +42,12 @@ class _Market(BaseHTTPRequestHandler):
             _Market.streams_open += 1
         try:
             for n in range(200):
-                tick = {"indexed": n // 2, "changed": n % 2 == 1}
+                # every other tick says the index moved; every other such tick comes after
+                # the overview itself, the rest without it (the market could not compute it)
+                pushed = n % 4 == 1
+                tick = {"indexed": n // 2, "changed": n % 2 == 1, "overview": pushed}
+                if pushed:
+                    self.wfile.write(b'event: overview\ndata: {"jobs":{}}\n\n')
                 self.wfile.write(f"event: tick\ndata: {json.dumps(tick)}\n\n".encode())
                 self.wfile.flush()
                 time.sleep(0.05)
@@ -71,15 +80,19 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
 
 def test_the_viewers_open_and_close_on_command_and_count_each_block(market_url):
     with Viewers(market_url, 3) as viewers:
-        assert viewers.close() == {"ticks": 0, "fetches": 0, "errors": 0, "still_open": 0}
+        assert viewers.close() == {"ticks": 0, "pushed": 0, "fetches": 0, "errors": 0,
+                                   "still_open": 0}
         viewers.open()
         assert _wait_for(lambda: _Market.streams_open == 3)
         time.sleep(0.5)
         block = viewers.close()
         assert block["still_open"] == 0 and block["errors"] == 0
         assert block["ticks"] >= 3 * 4
-        # one fetch each on opening, then one per tick that says the index moved
-        assert 3 + block["ticks"] // 2 - 3 <= block["fetches"] <= 3 + block["ticks"] // 2 + 3
+        # one fetch each on opening, then one per tick that says the index moved without
+        # the overview having come before it; none for the ones that came with it
+        quarter = block["ticks"] // 4
+        assert quarter - 3 <= block["pushed"] <= quarter + 3, block
+        assert 3 + quarter - 3 <= block["fetches"] <= 3 + quarter + 3, block
         assert _wait_for(lambda: _Market.streams_open == 0)
         assert viewers.close()["ticks"] == 0  # closed: nothing counted since
         viewers.open()

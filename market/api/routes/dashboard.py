@@ -1,11 +1,13 @@
 """The dashboard (docs/dashboard-api.md): the page and its assets, the JSON each view reads, and
-a stream of ticks that tells open pages when the index moved. All public and unsigned, read
-only, rate-limited per IP like every unsigned route."""
+a stream of ticks that tells open pages when the index moved (and carries the overview itself
+to the pages that show it). All public and unsigned, read only, rate-limited per IP like every
+unsigned route."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +24,7 @@ from meshcompute.market.api.deps import Runtime
 from meshcompute.market.dashboard import views
 
 router = APIRouter(tags=["dashboard"])
+log = logging.getLogger(__name__)
 
 DIST = Path(views.__file__).resolve().parent / "web" / "dist"
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -146,52 +149,71 @@ async def contracts(runtime: Runtime) -> dict[str, Any]:
 
 @router.get("/dashboard/api/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def stream(runtime: Runtime) -> StreamingResponse:
+async def stream(runtime: Runtime, overview: bool = False) -> StreamingResponse:
+    """Ticks; with ``overview=true`` also the overview itself each time the index moved (the
+    overview page draws it from the stream instead of fetching it again)."""
     first = await _read(views.tick, runtime)  # a market that cannot answer says so up front
-    return StreamingResponse(_ticks(runtime, first), media_type="text/event-stream",
+    return StreamingResponse(_ticks(runtime, first, overview), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 class _Ticker:
     """One reader of the tick per event loop and runtime, however many streams are open: each
     ``dashboard_tick_s`` it reads the tick once (off the loop) and wakes every open stream with
-    it, so ten open dashboards cost one read a tick, not ten threadpool round trips. It runs
-    while a stream listens and stops after the last one leaves."""
+    it, so ten open dashboards cost one read a tick, not ten threadpool round trips. While a
+    stream wants the overview, it also computes and encodes the overview once each time the
+    index moved, and every such stream sends those same bytes. It runs while a stream listens
+    and stops after the last one leaves."""
 
     def __init__(self, runtime: Any) -> None:
         self._runtime = runtime
         self._listeners = 0
+        self._overview_listeners = 0
         self._task: asyncio.Task[None] | None = None
         self._turn = 0
         self._value: dict[str, Any] = {}
+        self._overview: tuple[int, bytes] | None = None
         self._moved = asyncio.Condition()
 
-    def join(self) -> int:
+    def join(self, overview: bool) -> int:
         self._listeners += 1
+        self._overview_listeners += overview
         if self._task is None or self._task.done():
+            self._overview = None  # computed before a pause: the index may have moved since
             self._task = asyncio.get_running_loop().create_task(self._run())
         return self._turn
 
-    def leave(self) -> None:
+    def leave(self, overview: bool) -> None:
         self._listeners -= 1
+        self._overview_listeners -= overview
 
-    async def after(self, turn: int) -> tuple[int, dict[str, Any]]:
-        """The first tick read after ``turn``, and its turn."""
+    async def after(self, turn: int) -> tuple[int, dict[str, Any], tuple[int, bytes] | None]:
+        """The first tick read after ``turn``, its turn, and the last overview computed (the
+        index head it was computed at, and its JSON)."""
         async with self._moved:
             await self._moved.wait_for(lambda: self._turn > turn)
-            return self._turn, self._value
+            return self._turn, self._value, self._overview
 
     async def _run(self) -> None:
         period = self._runtime.settings.dashboard_tick_s
         while self._listeners > 0:
             await asyncio.sleep(period)
+            overview = self._overview
             try:
                 value = await _read(views.tick, self._runtime)
             except Exception as exc:  # noqa: BLE001 - the pages show it; the ticks go on
                 value = {"stale": True, "error": str(exc)[:200]}
+            if self._overview_listeners > 0 and "indexed" in value and (
+                    overview is None or overview[0] != value["indexed"]):
+                try:
+                    overview = (value["indexed"],
+                                await _read(views.overview_json, self._runtime))
+                except Exception as exc:  # noqa: BLE001 - not pushed: the pages fetch it
+                    log.warning("the dashboard overview could not be computed: %s", exc)
             async with self._moved:
                 self._turn += 1
                 self._value = value
+                self._overview = overview
                 self._moved.notify_all()
 
 
@@ -207,26 +229,34 @@ def _ticker(runtime: Any) -> _Ticker:
     return ticker
 
 
-async def _ticks(runtime: Any, first: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _ticks(runtime: Any, first: dict[str, Any], overview: bool) -> AsyncIterator[bytes]:
     """``event: tick`` each ``dashboard_tick_s`` for ``dashboard_stream_s``; ``changed`` says
     the index moved since the last tick sent (false on the first: the page just fetched its
     view, and fetches it again itself when it reconnects). A tick that cannot be read says
-    ``stale``."""
+    ``stale``. With ``overview``, a tick that says ``changed`` follows ``event: overview`` with
+    the overview at the new head where it could be computed, and then says ``overview: true``
+    (the page needs to fetch nothing); where it could not, the page fetches it as before."""
     ends = time.monotonic() + runtime.settings.dashboard_stream_s
     last = first["indexed"]
-    yield _event("tick", {**first, "changed": False})
+    yield _event("tick", {**first, "changed": False, "overview": False})
     ticker = _ticker(runtime)
-    turn = ticker.join()
+    turn = ticker.join(overview)
     try:
         while time.monotonic() < ends:
-            turn, now = await ticker.after(turn)
+            turn, now, computed = await ticker.after(turn)
             if "indexed" not in now:
-                yield _event("tick", {**now, "changed": False})
+                yield _event("tick", {**now, "changed": False, "overview": False})
                 continue
-            yield _event("tick", {**now, "changed": now["indexed"] != last})
+            changed = now["indexed"] != last
+            pushed = (overview and changed and computed is not None
+                      and computed[0] == now["indexed"])
+            if pushed:
+                assert computed is not None
+                yield b"event: overview\ndata: " + computed[1] + b"\n\n"
+            yield _event("tick", {**now, "changed": changed, "overview": pushed})
             last = now["indexed"]
     finally:
-        ticker.leave()
+        ticker.leave(overview)
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:

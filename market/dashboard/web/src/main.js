@@ -1,5 +1,6 @@
 // The dashboard: hash routes, one view at a time, refetched when the market's stream says the
-// index moved. No view ever leaves the page blank: a failure becomes a message (#error).
+// index moved; the overview comes in the stream itself while it is shown. No view ever leaves
+// the page blank: a failure becomes a message (#error).
 import { BASE } from "./api.js";
 import { resetCharts } from "./charts.js";
 import { clearError, errorView, showError } from "./state.js";
@@ -19,6 +20,7 @@ const ROUTES = [
 ];
 
 const view = document.getElementById("view");
+const isOverview = (hash) => ROUTES[0][0].test(hash || "#/");
 let rendering = 0;
 let streamStale = false;
 let indexStale = false;
@@ -43,6 +45,9 @@ function setMode(mode) {
 // a busy provider's page, would otherwise be restarted forever and never drawn).
 let refreshing = null;
 let refreshAgain = false;
+// the overview the stream sent, not yet drawn: the next refresh of the overview draws it
+// instead of fetching it again
+let pushed = null;
 
 function refresh() {
   if (refreshing) {
@@ -65,7 +70,11 @@ async function render(quiet = false) {
   const hash = location.hash || "#/";
   const match = ROUTES.map(([re, fn]) => [hash.match(re), fn]).find(([m]) => m);
   const mounted = [];
+  const overview = isOverview(hash) && quiet ? pushed : null;
+  pushed = null;
+  if (!quiet) openStream(isOverview(hash));
   const ctx = {
+    pushed: overview,
     setStale: (stale) => { indexStale = Boolean(stale); setStaleBadge(); },
     afterMount: (fn) => mounted.push(fn),
     refresh: () => refresh(),
@@ -104,17 +113,38 @@ async function render(quiet = false) {
   document.body.dataset.rendered = String(ticket);
 }
 
-function openStream() {
+// One stream at a time; it carries the overview while the overview is shown, so that page
+// fetches nothing on a change. A route that needs the other kind of stream reopens it.
+let source = null;
+let sourceHasOverview = false;
+
+function openStream(withOverview) {
   if (typeof EventSource === "undefined") return;
-  const source = new EventSource(`${BASE}/api/stream`);
+  if (source && sourceHasOverview === withOverview) return;
+  if (source) source.close();
+  const mine = new EventSource(`${BASE}/api/stream${withOverview ? "?overview=true" : ""}`);
+  source = mine;
+  sourceHasOverview = withOverview;
   let opened = 0;
-  source.addEventListener("open", () => {
+  let pushOk = false;  // the overview event just before a tick could be read
+  mine.addEventListener("open", () => {
     setMode("live");
     // a reconnect may have missed a change: fetch the view again (the first open follows
-    // the first render, which is current)
+    // the render that opened it, which is current)
     if (opened++ > 0) refresh();
   });
-  source.addEventListener("tick", (event) => {
+  mine.addEventListener("overview", (event) => {
+    pushOk = false;
+    if (!isOverview(location.hash)) return;
+    try {
+      pushed = JSON.parse(event.data);
+    } catch {
+      return;  // the tick after it refreshes the view, which fetches it instead
+    }
+    pushOk = true;
+    refresh();
+  });
+  mine.addEventListener("tick", (event) => {
     let tick;
     try {
       tick = JSON.parse(event.data);
@@ -124,9 +154,12 @@ function openStream() {
     setMode("live");
     streamStale = Boolean(tick.stale);
     setStaleBadge();
-    if (tick.changed) refresh();
+    // a change whose overview came just before this tick is drawn already (or being drawn)
+    const drawn = tick.overview && pushOk && isOverview(location.hash);
+    pushOk = false;
+    if (tick.changed && !drawn) refresh();
   });
-  source.addEventListener("error", () => setMode("offline"));
+  mine.addEventListener("error", () => setMode("offline"));
 }
 
 async function connectWallet(button) {
@@ -151,4 +184,3 @@ window.addEventListener("hashchange", () => render());
 const walletButton = document.getElementById("wallet");
 walletButton.addEventListener("click", () => connectWallet(walletButton));
 render();
-openStream();

@@ -7,7 +7,8 @@ const STATES = ["posted", "assigned", "committed", "audited", "audit_passed", "a
   "appealed", "disputed", "finalized", "slashed", "refunded"];
 
 export async function overviewView(_params, ctx) {
-  const o = await getJSON("overview");
+  // the overview the market's stream sent, when this draw follows one; else fetched
+  const o = ctx.pushed ?? await getJSON("overview");
   ctx.setStale(o.chain.stale, o.chain.lag_blocks);
   const chart = h("div", { class: "chart", "data-testid": "settled-chart" });
   const market = h("div", { class: "chart", "data-testid": "market-chart" });
