@@ -56,8 +56,13 @@ class BlobSource(Protocol):
     def put_blob(self, data: bytes) -> str: ...
 
 
-Recompute = Callable[[JobSpec, bytes, bytes], bytes]
-"""``recompute(spec, program, inputs) -> output safetensors``; raises :class:`RecomputeFailed`."""
+class Recompute(Protocol):
+    """``recompute(spec, program, inputs, client=...) -> output safetensors``; raises
+    :class:`RecomputeFailed`. ``client`` (the job's client on chain, or None) lets it keep a
+    process for that client's next job (:class:`meshcompute.verifier.recompute.Recomputer`)."""
+
+    def __call__(self, spec: JobSpec, program: bytes, inputs: bytes, *,
+                 client: str | None = None) -> bytes: ...
 
 CompareOutputs = Callable[[bytes, bytes, dict[str, Any]], "OutputComparison"]
 """``compare(expected, got, policy)``: two safetensors outputs under a tolerance policy."""
@@ -232,16 +237,19 @@ class Auditor:
         self.job_market = job_market
 
     # ------------------------------------------------------------------ blind step
-    def own_output(self, job_id: int, kind: str, job: JobInputs) -> tuple[bytes, str]:
+    def own_output(self, job_id: int, kind: str, job: JobInputs,
+                   client: str | None = None) -> tuple[bytes, str]:
         """Our output for (job, kind), recomputed unless the journal already fixed one (then
-        it is read back from the blob store, or recomputed if it must be, and must match)."""
+        it is read back from the blob store, or recomputed if it must be, and must match).
+        ``client``: the job's client on chain, so the recomputation may run in a process kept
+        for that client's jobs (never another's)."""
         fixed = self.journal.own_output(job_id, kind)
         if fixed is not None:
             try:
                 return self.store.get_blob(fixed, verify=True), fixed
             except (NotFound, BadInput):
                 log.info("job %s: own output %s not in the blob store, recomputing", job_id, fixed)
-        output = self.recompute(job.spec, job.program, job.inputs)
+        output = self.recompute(job.spec, job.program, job.inputs, client=client)
         sha = sha256_hex(output)
         if fixed is not None and sha != fixed:
             raise RecomputeFailed(
@@ -274,7 +282,7 @@ class Auditor:
         job = fetch_job_inputs(self.store, job_id, record.spec_hash)
         if job.spec.is_training:
             return self._training(job_id, record, job, AUDIT, missing_output_is_final)
-        ours, our_sha = self.own_output(job_id, AUDIT, job)
+        ours, our_sha = self.own_output(job_id, AUDIT, job, record.client)
         worker_sha = bytes(record.result_hash).hex()
         policy = dict(job.spec.tolerance)
         try:
@@ -382,7 +390,7 @@ class Auditor:
         if job.spec.is_training:
             return self._training(job_id, record, job, APPEAL, missing_output_is_final,
                                   first_evidence_hash)
-        ours, our_sha = self.own_output(job_id, APPEAL, job)
+        ours, our_sha = self.own_output(job_id, APPEAL, job, record.client)
         policy = dict(job.spec.tolerance)
         worker_sha = bytes(record.result_hash).hex()
         first_sha, first_output, first_note = self._first_verifier_output(

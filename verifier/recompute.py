@@ -37,7 +37,7 @@ class Recomputer:
     """None: use CUDA for CUDA jobs when this machine has it."""
     warm: bool = True
     """Keep the next sandboxed job process started (interpreter and torch imported) per
-    device, so an audit does not wait for torch's import; each job still gets a fresh one."""
+    device, so an audit does not wait for torch's import."""
     alternate: bool = False
     """This recomputer is the *other* numeric setup
     (:data:`meshcompute.execution.stability.ALTERNATE_SETUP`): one more thread, torch's plainest
@@ -81,14 +81,22 @@ class Recomputer:
         use = cuda_available() if self.use_cuda is None else self.use_cuda
         return "cuda" if use else "cpu"
 
-    def __call__(self, spec: JobSpec, program: bytes, inputs: bytes) -> bytes:
-        outcome = self._runner(self.device_for(spec)).run(
-            program,
-            inputs,
-            time_limit_s=spec.time_limit_s,
-            memory_limit_mb=spec.memory_limit_mb,
-            max_output_bytes=spec.max_output_bytes,
-        )
+    def __call__(self, spec: JobSpec, program: bytes, inputs: bytes, *,
+                 client: str | None = None) -> bytes:
+        """The job's output. With ``client`` (the job's client, from its on-chain record), the
+        sandboxed process is kept for that client's next job of the same program and limits,
+        as a worker keeps it (:meth:`JobRunner.run_batch`'s ``reuse_key``: a process only
+        ever runs one client's jobs of one program); without, each job gets a fresh one. A
+        fresh process per audit costs an interpreter start and torch's import, more CPU than
+        the recomputation of a small job, and at a market's load that, not the chain, is
+        what limits how many audits a verifier judges."""
+        runner = self._runner(self.device_for(spec))
+        limits = {"time_limit_s": spec.time_limit_s, "memory_limit_mb": spec.memory_limit_mb,
+                  "max_output_bytes": spec.max_output_bytes}
+        if client is None:
+            outcome = runner.run(program, inputs, **limits)
+        else:
+            (outcome,) = runner.run_batch(program, [inputs], reuse_key=client, **limits)
         if not outcome.ok or outcome.output is None:
             raise RecomputeFailed(f"recomputation failed: {outcome.reason}")
         output = bytes(outcome.output)

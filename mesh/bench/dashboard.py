@@ -479,8 +479,9 @@ def run_dashboard_bench(*, jobs: int = 100_000, provider_jobs: int = 2_000, load
                   "marks itself drawn; CPU: the market API process's user+system time over "
                   "all loads / loads; settlement: mesh bench e2e's stack, warmed up once, its "
                   "client keeping a fixed number of jobs posted and not final (closed loop), "
-                  "windows alternately without and with the dashboards' traffic (event "
-                  "stream + overview refetch per changed tick, viewers under SCHED_IDLE) in "
+                  "windows alternately without and with the dashboards' traffic (an "
+                  "overview page each: the event stream carrying the overview, fetched when "
+                  "it opens; viewers under SCHED_IDLE) in "
                   "A B A ... A order; a window's rate = JobPaid in the blocks mined during it "
                   "/ its length; each B against the mean of the A before and after it",
     }

@@ -668,12 +668,13 @@ class _Once:
                 if outcome.ok and outcome.output is not None:
                     self.done[self._key(program, data)] = bytes(outcome.output)
 
-    def __call__(self, spec: Any, program: bytes, inputs: bytes) -> bytes:
+    def __call__(self, spec: Any, program: bytes, inputs: bytes, *,
+                 client: str | None = None) -> bytes:
         key = self._key(program, inputs)
         with self._lock:
             if key in self.done:
                 return self.done[key]
-        output = self.recomputer(spec, program, inputs)
+        output = self.recomputer(spec, program, inputs, client=client)
         with self._lock:
             self.processes += 1
             self.done[key] = output

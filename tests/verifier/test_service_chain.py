@@ -192,9 +192,9 @@ def fail_wrongly(market: Market, kit: JobKit, faulty: MeshActor, job_id: int,
 class CountingRecomputer(Recomputer):
     calls = 0
 
-    def __call__(self, spec, program, inputs):  # type: ignore[override]
+    def __call__(self, spec, program, inputs, *, client=None):  # type: ignore[override]
         type(self).calls += 1
-        return super().__call__(spec, program, inputs)
+        return super().__call__(spec, program, inputs, client=client)
 
 
 def make_service(world: World, market: Market, verifier: MeshActor, journal_dir: Path,
