@@ -34,3 +34,21 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = None,
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_lines_atomic(path: Path, lines: list[str], *, durable: bool = False) -> Path:
+    """Replace ``path`` with ``lines``, each ended by a newline, the way
+    :func:`write_json_atomic` replaces a file (a log rewritten whole when it is compacted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in lines))
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -159,6 +159,11 @@ class VerifierService:
         """Job id -> (committed block, audit rate) from JobCommitted events seen this run."""
         self._retry_at: dict[tuple[int, str], float] = {}
         """(job id, kind) -> monotonic time before which a task that erred is not tried."""
+        self._others_until: dict[tuple[int, str], int] = {}
+        """(job id, kind) -> the last chain second in which the draw keeps that verdict with
+        another verifier (before it may escalate to us): not read again until it has passed.
+        Read every poll, such tasks (about half of all audits drawn, each waiting half its
+        window) cost a market's verifier most of its time in chain reads."""
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event | None = None) -> None:
@@ -198,6 +203,10 @@ class VerifierService:
             if time.monotonic() < self._retry_at.get((job_id, kind), 0.0):
                 report.waiting.append(job_id)  # backing off after an error
                 continue
+            if now <= self._others_until.get((job_id, kind), -1):
+                report.waiting.append(job_id)  # another verifier's, not yet escalated
+                continue
+            self._others_until.pop((job_id, kind), None)
             try:
                 outcome = self._process(job_id, kind, now)
             except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others
@@ -361,8 +370,12 @@ class VerifierService:
         assigned = self.actor.assigned_verifier(job_id, record)
         if assigned == self.actor.address:
             return None
-        if escalated(now, closes, self._windows["audit_window_s"]):
+        window = self._windows["audit_window_s"]
+        if escalated(now, closes, window):
             return self._skip(job_id, kind, f"the draw assigned this verdict to {assigned}")
+        # nothing makes it ours before the second half of its window: look again then (if
+        # the assigned verifier posts meanwhile, the job's state says so when we look)
+        self._others_until[(job_id, kind)] = closes - window // 2
         return "wait"
 
     # ------------------------------------------------------------------ posting

@@ -605,12 +605,20 @@ def test_only_the_verifier_the_draw_assigns_may_judge_and_silence_escalates(
     assert backup.poll_once().posted == []
     assert backup.journal.status(job_id, "audit") != SKIPPED  # it may still escalate to us
     assert world.job(job_id).state == JobState.COMMITTED
-    world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s // 2 + 1)
+    # until it may escalate, the backup does not read the job again on each poll
+    read: list[int] = []
+    assigned = backup.actor.assigned_verifier
+    backup.actor.assigned_verifier = lambda j, *a, **k: read.append(j) or assigned(j, *a, **k)
+    world.advance(TEST_PARAMS.challenge_window_s + TEST_PARAMS.audit_window_s // 4)
+    report = backup.poll_once()
+    assert report.posted == [] and job_id in report.waiting and read == [], (report, read)
+    world.advance(TEST_PARAMS.audit_window_s // 2 - TEST_PARAMS.audit_window_s // 4 + 1)
     assert world.verifier_for(job_id).address == other.address
     with reverts("NotAssignedVerifier", NotPermitted, caller=silent.address):
         silent.resolve_audit(job_id, True, b"\x11" * 32)  # too late for the silent one
     report = backup.poll_once()
     assert report.posted == [(job_id, "audit", False)], report
+    assert read == [job_id]  # read again once it could be ours
     record = world.job(job_id)
     assert (record.state, record.auditor) == (JobState.AUDIT_FAILED, other.address)
     c.close()

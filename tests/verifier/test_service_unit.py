@@ -393,6 +393,7 @@ def _erring_service(tmp_path: Path, error: Exception):
     service.health_path = None
     service._commits = {}
     service._retry_at = {}
+    service._others_until = {}
     service._follow_events = lambda: 10
     calls = []
 
