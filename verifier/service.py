@@ -49,6 +49,7 @@ from typing import Any
 
 from meshcompute.chain.contracts import MeshActor
 from meshcompute.chain.draws import AuditDraws
+from meshcompute.core.audit_draw import needs_contract
 from meshcompute.core.job import JobRecord, JobState
 from meshcompute.core.lease import (
     audit_closes_at,
@@ -61,6 +62,7 @@ from meshcompute.core.lease import (
 )
 from meshcompute.errors import (
     AuthError,
+    ChainError,
     ChainUnavailable,
     InsufficientFunds,
     ServiceUnavailable,
@@ -188,13 +190,17 @@ class VerifierService:
         now = int(self.actor.w3.eth.get_block("latest")["timestamp"])
         draws = AuditDraws(self.actor, head)
         dropped = 0
-        for job_id, kind in self.journal.pending():
+        pending = self.journal.pending()
+        deep = self._deep_draws(draws, pending)
+        for job_id, kind in pending:
             if kind == AUDIT and job_id in self._commits:
                 committed_block, audit_bps = self._commits[job_id]
                 drawn = draws.drawn(job_id, committed_block, audit_bps)
                 if drawn is None and draws.head <= committed_block + 1:
                     report.waiting.append(job_id)  # the seed block is not mined yet
                     continue
+                if drawn is None and job_id in deep:
+                    drawn = deep[job_id]
                 if drawn is False:
                     self._commits.pop(job_id, None)
                     self.journal.forget(job_id, AUDIT, save=False)
@@ -220,6 +226,37 @@ class VerifierService:
         if dropped:
             self.journal.save()
         return report
+
+    def _deep_draws(self, draws: AuditDraws, pending: list[tuple[int, str]]) -> dict[int, bool]:
+        """Whether each committed job whose seed block is too deep for the local draw
+        (``needs_contract``: a verifier that fell ~200 blocks behind) still needs an audit:
+        their records in one log query and the contract's draws in one batch of view calls
+        (a stale record fails the batch, which the contract checks against its digest). False
+        for a job not drawn, or ended without an audit. Read one by one instead, each costs a
+        record read and a call: at a market's load, 80 jobs a second, that slowed the poll
+        further, until the verifier judged almost nothing. A job missing here is read on its
+        own as before."""
+        deep = [job_id for job_id, kind in pending if kind == AUDIT and job_id in self._commits
+                and needs_contract(self._commits[job_id][0], draws.head)
+                and time.monotonic() >= self._retry_at.get((job_id, kind), 0.0)]
+        if not deep:
+            return {}
+        try:
+            records = self.actor.job_records(deep, verify=False)
+            draws.prefetch(records)
+            answers = {}
+            for job_id, record in records.items():
+                if record.state == JobState.COMMITTED:
+                    drawable, audited = draws.status(job_id, record)
+                    if drawable:
+                        answers[job_id] = audited
+                elif record.state == JobState.FINALIZED:
+                    answers[job_id] = False  # paid without an audit: nothing to judge
+            return answers
+        except (ChainError, ValueError) as exc:
+            _event(logging.WARNING, "deep_draws_failed", jobs=len(deep),
+                   error=f"{type(exc).__name__}: {exc}")
+            return {}
 
     def _erred(self, job_id: int, kind: str, exc: Exception, report: PollReport) -> None:
         """An unexpected error of one task: logged; tried again after a backoff; given up

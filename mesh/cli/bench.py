@@ -70,6 +70,22 @@ def bench_e2e(
     emit(run_e2e_bench(workers=workers, duration_s=duration), as_json)
 
 
+@bench_app.command("sustained")
+def bench_sustained(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    windows: Annotated[int, typer.Option(min=1, help="Windows measured, one after another.")] = 8,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of each window.")] = 25.0,
+    outstanding: Annotated[int, typer.Option(
+        min=50, help="Jobs the client keeps posted and not final.")] = 600,
+) -> None:
+    """The e2e stack held under load for minutes: jobs paid, audits drawn and judged, and a
+    record's read cost, window by window."""
+    from meshcompute.mesh.bench.sustained import run_sustained_bench
+
+    emit(run_sustained_bench(windows=windows, window_s=duration, outstanding=outstanding),
+         as_json)
+
+
 @bench_app.command("dashboard")
 def bench_dashboard(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -9,7 +9,9 @@ contract's custom error (see :mod:`meshcompute.chain.custom_errors`).
 from __future__ import annotations
 
 import functools
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -104,6 +106,10 @@ class MeshContracts:
 
     def __init__(self, w3: Web3, deployment: Deployment) -> None:
         self.w3 = w3
+        self._first_blocks: OrderedDict[int, int] = OrderedDict()
+        """Job id -> the block of its first event (JobPosted), as last read: a job's events
+        are read from there, not from the deployment block (see :meth:`job_records`)."""
+        self._first_blocks_lock = threading.Lock()
         self.deployment = deployment
         self.credit = self._contract("MeshCredit")
         self.stakes = self._contract("StakeManager")
@@ -364,31 +370,78 @@ class MeshContracts:
     ) -> dict[int, JobRecord]:
         """Current records rebuilt from events; with ``verify`` each one is checked against
         the digest the contract stores (an ended job's must be cleared, see
-        :meth:`expected_digest`)."""
+        :meth:`expected_digest`).
+
+        Jobs read before are read from ``_REORG_MARGIN`` blocks before their first event,
+        not from the deployment block: a node answers a log query in time that grows with
+        the blocks it spans (on anvil under a market's load, a job's read went from 11 ms to
+        124 ms in five minutes, measured), and the services read the same jobs again and again.
+        A read that does not rebuild every job from its JobPosted (a reorg moved it further
+        back than the margin), or that does not match the digests, is read again from the
+        deployment block."""
         # Events and digests are read at one block, so a transaction landing in between
         # cannot make a consistent record look inconsistent. A node may still answer
         # eth_getLogs for its newest block before that block's logs are stored (seen once on
         # anvil, and reported of other nodes): a mismatch is read again, at a newer head,
         # before it is reported.
         wanted = None if job_ids is None else list(job_ids)
-        for attempt in range(_RECORD_READS):
+        since = self._first_block_of(wanted)
+        bad: int | None = None
+        reads = _RECORD_READS + (since is not None)  # a read from too late does not count
+        for attempt in range(reads):
             head = int(self.w3.eth.block_number)
+            if since is not None and since > head:  # the chain went back (a revert, a reorg)
+                since = None
             records: dict[int, JobRecord] = {}
-            for event in self.job_events(wanted, to_block=head):
-                job_id = int(event.args["jobId"])
-                records[job_id] = apply_event(records.get(job_id), event.name, event.args)
+            firsts: dict[int, int] = {}
+            try:
+                for event in self.job_events(wanted, from_block=since, to_block=head):
+                    job_id = int(event.args["jobId"])
+                    firsts.setdefault(job_id, event.block_number)
+                    records[job_id] = apply_event(records.get(job_id), event.name, event.args)
+            except ValueError:  # an event before its JobPosted: the read began too late
+                if since is None:
+                    raise
+                since = None
+                continue
+            if since is not None and wanted is not None and len(records) < len(set(wanted)):
+                since = None  # a job it knew of is missing: read them from the beginning
+                continue
+            self._note_first_blocks(firsts)
             if not verify:
                 return records
             bad = next((j for j, r in records.items() if not self.record_matches(j, r, head)),
                        None)
             if bad is None:
                 return records
-            if attempt + 1 < _RECORD_READS:
+            since = None
+            if attempt + 1 < reads:
                 time.sleep(0.25 * (attempt + 1))
         raise ChainError(
             f"job {bad}: the record rebuilt from events does not match the contract's digest "
             f"at block {head} (events missing from this node?)"
         )
+
+    def _first_block_of(self, job_ids: list[int] | None) -> int | None:
+        """Where to read ``job_ids``' events from: ``_REORG_MARGIN`` blocks before the first
+        of their first events when all were read before, else None (the deployment block)."""
+        if not job_ids:
+            return None
+        with self._first_blocks_lock:
+            known = [self._first_blocks.get(int(j)) for j in job_ids]
+        if any(block is None for block in known):
+            return None
+        start = min(b for b in known if b is not None) - _REORG_MARGIN
+        return start if start > self.deployment.block else None
+
+    def _note_first_blocks(self, firsts: dict[int, int]) -> None:
+        with self._first_blocks_lock:
+            for job_id, block in firsts.items():
+                if self._first_blocks.get(job_id, block + 1) > block:
+                    self._first_blocks[job_id] = block
+                self._first_blocks.move_to_end(job_id)
+            while len(self._first_blocks) > _FIRST_BLOCKS_KEPT:
+                self._first_blocks.popitem(last=False)
 
     def job(self, job_id: int) -> JobRecord:
         """The current record of one job."""
@@ -400,6 +453,11 @@ class MeshContracts:
 
 #: Reads of events and digests before a record that does not match is reported.
 _RECORD_READS = 3
+#: Blocks before a job's first event that its events are read from, once known (a reorg that
+#: moves its JobPosted further back is caught: the read then misses it and starts over).
+_REORG_MARGIN = 64
+#: Jobs whose first block is kept (the least recently read go first).
+_FIRST_BLOCKS_KEPT = 100_000
 
 
 class MeshActor(MeshContracts):

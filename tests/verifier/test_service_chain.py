@@ -771,3 +771,42 @@ def test_a_canary_whose_assignment_fails_is_journaled_and_taken_back(
     assert list(runner.planted) == [job_id]
     for c in (runner.client_market, runner.worker_market):
         c.close()
+
+
+def test_a_verifier_far_behind_takes_the_deep_draws_in_one_batch(world, market, kit,
+                                                                 tmp_path) -> None:
+    """A verifier that fell behind the chain by more than the local draw's safe depth asks the
+    contract for those draws: in one log query and one batch of view calls for all of them,
+    not a record read per job, and still audits exactly the jobs drawn."""
+    from meshcompute.core.audit_draw import SAFE_DEPTH
+
+    client, worker = world.clients[0], world.workers[0]
+    with client_for(market, client) as c:
+        spec_sha = c.put_spec(JobSpec(program=c.put_blob(kit.program),
+                                      inputs=c.put_blob(kit.inputs)))
+    with client_for(market, worker) as w:
+        w.put_blob(kit.honest)
+    jobs = []
+    for rate in [0, 0, 5_000, 5_000, 5_000, 10_000]:
+        (job_id,) = world.post(client, spec_hash=bytes.fromhex(spec_sha), audit_bps=rate)
+        world.assign(worker, [job_id], audit_bps=rate)
+        worker.commit_results([job_id], [bytes.fromhex(sha256_hex(kit.honest))])
+        jobs.append(job_id)
+    world.chain.mine(SAFE_DEPTH + 5)  # every seed block is past the local draw's depth
+    drawn = {j for j in jobs if world.admin.audit_status(j, world.job(j)) == (True, True)}
+    assert jobs[-1] in drawn and jobs[0] not in drawn
+    pairs = [make_service(world, market, v, tmp_path / v.address) for v in world.verifiers]
+    services = [service for service, _ in pairs]
+    single: list[int] = []
+    for service in services:
+        one = service.actor.job
+        service.actor.job = lambda j, one=one: single.append(j) or one(j)
+    poll_all(services)
+    assert not set(single) - drawn, f"undrawn jobs read one by one: {set(single) - drawn}"
+    poll_all(services)
+    audited = {j for j in jobs for s in services
+               if (s.journal.task(j, "audit") or {}).get("status") == POSTED}
+    assert audited == drawn
+    for service, market_client in pairs:
+        assert all(service.journal.task(j, "audit") is None for j in set(jobs) - drawn)
+        market_client.close()
