@@ -67,6 +67,8 @@ class Journal:
         self._pending: set[str] = set()
         self._dirty: set[str] = set()
         self._cursor_dirty = False
+        self._failed = False
+        """An append failed: the next save writes the journal whole."""
         self._lines = 0
         """Changes in the file since it was last written whole."""
         self._load()
@@ -220,24 +222,31 @@ class Journal:
             self._compact()  # a new line must not be glued to the torn one
 
     def _save(self) -> None:
-        changes = []
+        # the cursor goes last: a write torn by a crash may keep some of the tasks the events
+        # below the cursor created, but never a cursor past tasks it lost (those events are
+        # read again after a restart)
+        changes: list[dict[str, Any]] = [{"key": key, "task": self.tasks.get(key)}
+                                         for key in sorted(self._dirty)]
         if self._cursor_dirty:
             changes.append({"cursor": self.cursor})
-        changes += [{"key": key, "task": self.tasks.get(key)} for key in sorted(self._dirty)]
-        self._dirty.clear()
-        self._cursor_dirty = False
-        if not self.path.exists():
+        if self._failed or not self.path.exists() or (
+                changes and self._lines + len(changes) > max(COMPACT_AFTER, 2 * len(self.tasks))):
             self._compact()
             return
         if not changes:
             return
-        if self._lines + len(changes) > max(COMPACT_AFTER, 2 * len(self.tasks)):
-            self._compact()
-            return
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write("".join(json.dumps(c, sort_keys=True) + "\n" for c in changes))
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write("".join(json.dumps(c, sort_keys=True) + "\n" for c in changes))
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            # not on disk: keep the changes, and write the journal whole next time (an append
+            # cut short may have left part of a line the next one would be glued to)
+            self._failed = True
+            raise
+        self._dirty.clear()
+        self._cursor_dirty = False
         self._lines += len(changes)
 
     def _compact(self) -> None:
@@ -249,6 +258,7 @@ class Journal:
         self._lines = len(lines) - 1
         self._dirty.clear()
         self._cursor_dirty = False
+        self._failed = False
 
 
 def _key(job_id: int, kind: str) -> str:

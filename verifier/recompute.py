@@ -61,9 +61,11 @@ class Recomputer:
 
         with self._lock:
             if device not in self._runners:
+                # one kept process at most: what it holds (up to a job's memory limit) is not
+                # free for the next client's recomputation, which must not fail for want of it
                 self._runners[device] = JobRunner(
                     device=device, threads=self.threads, scratch_root=self.scratch_root,
-                    allow_unsandboxed=self.allow_unsandboxed, warm=self.warm,
+                    allow_unsandboxed=self.allow_unsandboxed, warm=self.warm, max_kept=1,
                     cpu_capability=ALTERNATE_SETUP["cpu_capability"] if self.alternate else None,
                     onednn_max_isa=ALTERNATE_SETUP["onednn_max_isa"] if self.alternate else None,
                 )
@@ -84,16 +86,17 @@ class Recomputer:
     def __call__(self, spec: JobSpec, program: bytes, inputs: bytes, *,
                  client: str | None = None) -> bytes:
         """The job's output. With ``client`` (the job's client, from its on-chain record), the
-        sandboxed process is kept for that client's next job of the same program and limits,
-        as a worker keeps it (:meth:`JobRunner.run_batch`'s ``reuse_key``: a process only
+        sandboxed process (on the CPU; one at most) is kept for that client's next job of the
+        same program and limits, as a worker keeps it (:meth:`JobRunner.run_batch`'s ``reuse_key``: a process only
         ever runs one client's jobs of one program); without, each job gets a fresh one. A
         fresh process per audit costs an interpreter start and torch's import, more CPU than
         the recomputation of a small job, and at a market's load that, not the chain, is
         what limits how many audits a verifier judges."""
-        runner = self._runner(self.device_for(spec))
+        device = self.device_for(spec)
+        runner = self._runner(device)
         limits = {"time_limit_s": spec.time_limit_s, "memory_limit_mb": spec.memory_limit_mb,
                   "max_output_bytes": spec.max_output_bytes}
-        if client is None:
+        if client is None or device == "cuda":  # a kept CUDA process would hold GPU memory
             outcome = runner.run(program, inputs, **limits)
         else:
             (outcome,) = runner.run_batch(program, [inputs], reuse_key=client, **limits)

@@ -238,7 +238,8 @@ class VerifierService:
         own as before."""
         deep = [job_id for job_id, kind in pending if kind == AUDIT and job_id in self._commits
                 and needs_contract(self._commits[job_id][0], draws.head)
-                and time.monotonic() >= self._retry_at.get((job_id, kind), 0.0)]
+                and time.monotonic() >= self._retry_at.get((job_id, kind), 0.0)
+                and (job_id, kind) not in self._others_until]
         if not deep:
             return {}
         try:
@@ -410,9 +411,11 @@ class VerifierService:
         window = self._windows["audit_window_s"]
         if escalated(now, closes, window):
             return self._skip(job_id, kind, f"the draw assigned this verdict to {assigned}")
-        # nothing makes it ours before the second half of its window: look again then (if
-        # the assigned verifier posts meanwhile, the job's state says so when we look)
-        self._others_until[(job_id, kind)] = closes - window // 2
+        if assigned is not None:
+            # another seat's until the second half of its window: look again then (if it
+            # posts meanwhile, the job's state says so when we look). None is a draw not yet
+            # seeded (its block is not mined): it may be ours, so it is read again next poll
+            self._others_until[(job_id, kind)] = closes - window // 2
         return "wait"
 
     # ------------------------------------------------------------------ posting

@@ -269,6 +269,21 @@ def test_the_stream_ticks_and_says_when_the_index_moved(mk: Market) -> None:
     assert all({"head", "indexed", "lag_blocks", "stale"} <= set(t) for t in ticks)
 
 
+def _calls_of(name: str, monkeypatch) -> list[float]:
+    """When each call of the dashboard's views.``name`` was made, from now on."""
+    from meshcompute.market.dashboard import views
+
+    calls: list[float] = []
+    real = getattr(views, name)
+
+    def counted(rt):
+        calls.append(time.monotonic())
+        return real(rt)
+
+    monkeypatch.setattr(views, name, counted)
+    return calls
+
+
 def _events(mk: Market, query: str, on_tick=None) -> list[tuple[str, dict]]:
     """Every event of one stream (it ends after dashboard_stream_s), as (name, data);
     ``on_tick(n)`` runs after the n-th tick."""
@@ -321,16 +336,7 @@ def test_the_overview_page_gets_the_overview_in_the_stream(mk: Market) -> None:
 def test_open_streams_share_one_computation_of_the_overview(mk: Market, monkeypatch) -> None:
     """Four overview pages open cost one overview computation each time the index moves, not
     one each, and a stream without the overview costs none."""
-    from meshcompute.market.dashboard import views
-
-    computed = []
-    real = views.overview_json
-
-    def counted(rt):
-        computed.append(time.monotonic())
-        return real(rt)
-
-    monkeypatch.setattr(views, "overview_json", counted)
+    computed = _calls_of("overview_json", monkeypatch)
     mk.rt.indexer.sync()
     _next_tick()
     _events(mk, "")
@@ -366,16 +372,7 @@ def test_a_malformed_overview_flag_is_refused(mk: Market, query: str) -> None:
 def test_open_streams_share_one_read_of_each_tick(mk: Market, monkeypatch) -> None:
     """Ten dashboards open cost the market one tick read per tick, not one each: every stream
     but its first tick (read when it opens) is fed by one shared reader."""
-    from meshcompute.market.dashboard import views
-
-    reads = []
-    real_tick = views.tick
-
-    def counted(rt):
-        reads.append(time.monotonic())
-        return real_tick(rt)
-
-    monkeypatch.setattr(views, "tick", counted)
+    reads = _calls_of("tick", monkeypatch)
     mk.rt.indexer.sync()
     _next_tick()
     streams = 4

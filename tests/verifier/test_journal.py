@@ -98,3 +98,45 @@ def test_the_log_is_compacted_and_a_change_costs_one_line(tmp_path: Path, monkey
     assert lines <= size + 2, (size, lines)
     again = Journal(path)
     assert again.tasks == journal.tasks and again.cursor == 500 and again.pending() == []
+
+
+def test_a_torn_batch_never_keeps_a_cursor_past_the_tasks_it_lost(tmp_path: Path) -> None:
+    """Tasks found while following events are written with the cursor that covers them, in
+    one append: the cursor is its last line, so a crash that keeps only part of the append
+    leaves the cursor where those events are read again."""
+    path = tmp_path / "j.json"
+    journal = Journal(path)
+    journal.set_cursor(10)
+    before = path.read_text()
+    for job_id in (1, 2, 3):
+        journal.ensure(job_id, "audit", save=False)
+    journal.set_cursor(20)
+    appended = path.read_text()[len(before):].splitlines()
+    assert json.loads(appended[-1]) == {"cursor": 20}
+    for keep in range(len(appended)):  # every place the append could have been cut
+        path.write_text(before + "\n".join(appended[:keep]) + ("\n" if keep else "")
+                        + appended[keep][: len(appended[keep]) // 2])
+        again = Journal(path)
+        assert again.cursor == 10, keep
+
+
+def test_a_failed_append_keeps_its_changes_and_writes_the_journal_whole_next(
+        tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "j.json"
+    journal = Journal(path)
+    _fill(journal, range(1, 3))
+    real_fsync = journal_module.os.fsync
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        journal.record_own_output(1, "audit", "aa" * 32)
+    with open(path, "a", encoding="utf-8") as out:
+        out.write('{"key": "1:au')  # what the failed append left behind
+    monkeypatch.setattr(journal_module.os, "fsync", real_fsync)
+    journal.mark_skipped(2, "audit", "not ours")  # the next save: the journal written whole
+    again = Journal(path)
+    assert again.own_output(1, "audit") == "aa" * 32
+    assert again.status(2, "audit") == SKIPPED

@@ -169,6 +169,17 @@ def post_and_commit(world: World, market: Market, kit: JobKit, output: bytes, *,
     return job_id
 
 
+def uploaded_spec(market: Market, kit: JobKit, client: MeshActor, worker: MeshActor) -> str:
+    """The kit's job spec uploaded by ``client`` (its sha256), with the honest output uploaded
+    by ``worker``."""
+    with client_for(market, client) as c:
+        spec_sha = c.put_spec(JobSpec(program=c.put_blob(kit.program),
+                                      inputs=c.put_blob(kit.inputs)))
+    with client_for(market, worker) as w:
+        w.put_blob(kit.honest)
+    return spec_sha
+
+
 def opened(world) -> None:
     """Mine the block that seeds the draw of a verdict a transaction just opened (an appeal, a
     dispute, an overturn, a void's proposal, an escalation), and one to read it from."""
@@ -664,11 +675,7 @@ def test_only_jobs_the_chain_draws_are_audited(world, market, kit, tmp_path) -> 
     saw: the jobs it audits are exactly those the contract says were drawn."""
     client, worker = world.clients[0], world.workers[0]
     rates = [0, 5_000, 5_000, 5_000, 10_000]
-    with client_for(market, client) as c:
-        spec_sha = c.put_spec(JobSpec(program=c.put_blob(kit.program),
-                                      inputs=c.put_blob(kit.inputs)))
-    with client_for(market, worker) as w:
-        w.put_blob(kit.honest)
+    spec_sha = uploaded_spec(market, kit, client, worker)
     jobs = []
 
     def commit(rate: int) -> None:
@@ -781,11 +788,7 @@ def test_a_verifier_far_behind_takes_the_deep_draws_in_one_batch(world, market, 
     from meshcompute.core.audit_draw import SAFE_DEPTH
 
     client, worker = world.clients[0], world.workers[0]
-    with client_for(market, client) as c:
-        spec_sha = c.put_spec(JobSpec(program=c.put_blob(kit.program),
-                                      inputs=c.put_blob(kit.inputs)))
-    with client_for(market, worker) as w:
-        w.put_blob(kit.honest)
+    spec_sha = uploaded_spec(market, kit, client, worker)
     jobs = []
     for rate in [0, 0, 5_000, 5_000, 5_000, 10_000]:
         (job_id,) = world.post(client, spec_hash=bytes.fromhex(spec_sha), audit_bps=rate)

@@ -519,3 +519,25 @@ def test_job_verdicts_tell_the_appeal_seat_from_the_third_seat() -> None:
     assert verdicts.appeal.verifier == second and verdicts.third.kind == "contest"
     plain = job_verdicts(SimpleNamespace(job_events=lambda _ids: [*events[:2], events[4]]), 7)
     assert plain.appeal.verifier == third and plain.third is None
+
+
+def test_a_verdict_whose_draw_is_not_seeded_yet_is_read_again_next_poll(tmp_path: Path) -> None:
+    """A verdict assigned to another seat is not read again until it may escalate to us; but
+    one whose draw is not seeded yet (``assignedVerifier`` answers nobody until the block
+    after the transaction that opened it) may be ours: it must be read again at once, or the
+    seat the draw picks would stay silent until its window is half gone."""
+    from types import SimpleNamespace
+
+    from meshcompute.verifier.service import VerifierService
+
+    me, other = "0x" + "77" * 20, "0x" + "88" * 20
+    answers = {1: None, 2: other}
+    service = VerifierService.__new__(VerifierService)
+    service.actor = SimpleNamespace(address=me,
+                                    assigned_verifier=lambda job_id, _record: answers[job_id])
+    service._windows = {"audit_window_s": 600}
+    service._others_until = {}
+    now, closes = 1_000, 1_000 + 500  # in the first half of the window
+    assert service._not_ours(1, "appeal", None, now, closes) == "wait"
+    assert service._not_ours(2, "appeal", None, now, closes) == "wait"
+    assert service._others_until == {(2, "appeal"): closes - 300}
