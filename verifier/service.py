@@ -243,7 +243,9 @@ class VerifierService:
         if not deep:
             return {}
         try:
-            records = self.actor.job_records(deep, verify=False)
+            # as of the block the draws are asked at: a job that moved since would make its
+            # view call revert (a stale record) and fail the whole batch
+            records = self.actor.job_records(deep, verify=False, at_block=draws.head)
             draws.prefetch(records)
             answers = {}
             for job_id, record in records.items():

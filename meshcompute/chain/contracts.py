@@ -366,11 +366,13 @@ class MeshContracts:
         )
 
     def job_records(
-        self, job_ids: Iterable[int] | None = None, *, verify: bool = True
+        self, job_ids: Iterable[int] | None = None, *, verify: bool = True,
+        at_block: int | None = None,
     ) -> dict[int, JobRecord]:
         """Current records rebuilt from events; with ``verify`` each one is checked against
         the digest the contract stores (an ended job's must be cleared, see
-        :meth:`expected_digest`).
+        :meth:`expected_digest`). ``at_block``: the records as of that block, not the head
+        (for view calls made at that block).
 
         Jobs read before are read from ``_REORG_MARGIN`` blocks before their first event,
         not from the deployment block: a node answers a log query in time that grows with
@@ -389,7 +391,7 @@ class MeshContracts:
         bad: int | None = None
         reads = _RECORD_READS + (since is not None)  # a read from too late does not count
         for attempt in range(reads):
-            head = int(self.w3.eth.block_number)
+            head = int(self.w3.eth.block_number) if at_block is None else int(at_block)
             if since is not None and since > head:  # the chain went back (a revert, a reorg)
                 since = None
             records: dict[int, JobRecord] = {}

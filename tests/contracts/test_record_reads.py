@@ -71,3 +71,14 @@ def test_what_it_remembers_is_bounded(world: World, monkeypatch) -> None:
     for job_id in ids:
         reader.job(job_id)
     assert list(reader._first_blocks) == ids[-3:]
+
+
+def test_records_as_of_a_block_leave_out_what_came_after(world: World) -> None:
+    reader = world.outsider
+    (job_id,) = world.post()
+    posted = world.w3.eth.block_number
+    world.assign(world.workers[0], [job_id])
+    world.commit(world.workers[0], [job_id])
+    assert reader.job_records([job_id], verify=False, at_block=posted)[job_id].state \
+        == JobState.POSTED
+    assert reader.job(job_id).state == JobState.COMMITTED
