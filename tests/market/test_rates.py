@@ -29,10 +29,12 @@ def _heartbeat(mk, account) -> httpx.Response:
 
 def test_a_fresh_key_gets_a_small_rate_and_429_with_retry_after(mk):
     stranger = Account.create()
-    answers = [_heartbeat(mk, stranger).status_code for _ in range(8)]
-    assert 429 in answers and answers[0] != 429
-    limited = _heartbeat(mk, stranger)
-    assert limited.status_code == 429
+    answers = [_heartbeat(mk, stranger) for _ in range(8)]
+    codes = [answer.status_code for answer in answers]
+    assert 429 in codes and codes[0] != 429, codes
+    # the refusal itself (one more request after the burst may find the bucket refilled on a
+    # slow machine: 3 a second is one every 333 ms)
+    limited = next(answer for answer in answers if answer.status_code == 429)
     assert int(limited.headers["retry-after"]) >= 1
     assert "at most 3 a second" in limited.json()["detail"]
 
